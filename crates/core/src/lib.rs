@@ -1,0 +1,14 @@
+//! The portable core of the Diosix hypervisor.
+//!
+//! Everything here is plain, safe Rust that runs on the host under `cargo test`:
+//! typed addresses, the G-stage page-table logic (over a memory trait), device-tree
+//! parsing and generation, guest image loading, SBI decoding and dispatch, scheduling
+//! policy, and the VM tree with its quotas. The riscv platform crate and the
+//! hypervisor binary supply the hardware behind the traits defined here.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod addr;

@@ -1,0 +1,3 @@
+//! RISC-V platform layer: the only crate (besides the hypervisor binary) with `unsafe`.
+#![no_std]
+#![warn(missing_docs)]

@@ -1,0 +1,2 @@
+//! Guest runtime.
+#![no_std]
