@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask`: builds, boots, tests and benchmarks Diosix.
+//!
+//! Every command installs what it is missing first (see [`setup`]) and says so.
+
+mod build;
+mod bench;
+mod guests;
+mod qemu;
+mod rootvm;
+mod setup;
+mod tests;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Result type of every xtask step: errors are human-readable messages naming the step.
+pub type Result<T> = std::result::Result<T, String>;
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+  run [--smp N] [--mem SIZE] [build options]
+                      build everything, then boot it in QEMU (interactive; Ctrl-a x quits)
+  build [--root-vm FILE] [--out OUT] [--demo]
+                      build the hypervisor image (default: target/diosix.elf) with the
+                      Linux Root VM, the demo guest (--demo), or FILE (ELF or Linux Image)
+  test                every test: host unit tests, lints, then QEMU boot tests
+  bench               instruction-count benchmarks, Diosix vs OpenSBI (-icount shift=0)
+  setup               install what the build needs (apt packages, rustup targets)
+  help                this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r.to_vec()),
+        None => ("help", Vec::new()),
+    };
+    let result = match cmd {
+        "build" => build::cmd_build(&rest).map(|_| ()),
+        "run" => build::cmd_run(&rest),
+        "test" => tests::cmd_test(&rest),
+        "bench" => bench::cmd_bench(&rest),
+        "setup" => setup::ensure_all(),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => Err(format!("unknown command `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Runs QEMU with a timeout and captures its serial output.

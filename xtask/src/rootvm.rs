@@ -1,0 +1,1 @@
+//! Builds the Linux Root VM (kernel, busybox, Lua, initramfs) from pinned Debian sources.
