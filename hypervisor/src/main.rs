@@ -1,4 +1,37 @@
+//! Diosix: a bare-metal hypervisor for 64-bit RISC-V.
+//!
+//! This binary is the machine firmware. Every hart enters [`_start`](boot) in M-mode
+//! straight from the reset vector with a0 = hart ID and a1 = the firmware device tree
+//! (an HPA). The first hart to arrive zeroes `.bss`, sets up the console, heap and
+//! page allocator from the device tree, builds the Root VM from the payload embedded in
+//! this image, then releases the other harts; every hart then schedules vCPUs.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
+
+mod boot;
+mod console;
+mod hart;
+mod heap;
+mod mem;
+mod platform;
+mod sbi;
+mod sched;
+mod trap;
+mod vcpu;
+mod vm;
+
+/// The hypervisor's version as printed in the banner and returned by SBI
+/// `get_impl_version` (major << 16 | minor << 8 | patch).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::emergency_print(format_args!(
+        "\n[PANIC hart {}] {}\n",
+        diosix_riscv::csr::id::mhartid(),
+        info
+    ));
+    platform::restart_host()
+}

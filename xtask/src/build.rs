@@ -1,6 +1,16 @@
 //! Builds the hypervisor image with its embedded Root VM payload.
-use crate::Result;
-use std::path::PathBuf;
+//!
+//! The hypervisor is linked once (it does not depend on the guest); the Root VM —
+//! kernel, optional initrd and command line, packed by `diosix_core::payload` — is then
+//! appended to the ELF as a PT_LOAD segment of its own at the image's end
+//! (`__payload_start` in link.ld), where the hypervisor finds and unpacks it at boot.
+use crate::{rootvm, setup, workspace_root, Result};
+use diosix_core::payload::{encode, PayloadSpec};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The bare-metal target the hypervisor and guests are built for.
+pub const TARGET: &str = "riscv64gc-unknown-none-elf";
 
 /// Which guest becomes the Root VM.
 #[derive(Clone, Debug)]
@@ -26,17 +36,226 @@ pub struct ImageOptions {
     pub out: PathBuf,
 }
 
+/// Builds the hypervisor ELF (no payload) and returns its path.
+pub fn build_hypervisor() -> Result<PathBuf> {
+    setup::ensure_rust_targets()?;
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "diosix",
+            "--target",
+            TARGET,
+        ])
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err("building the hypervisor failed (see the cargo output above)".into());
+    }
+    Ok(workspace_root()
+        .join("target")
+        .join(TARGET)
+        .join("release")
+        .join("diosix"))
+}
+
 /// Builds a hypervisor image and returns its path.
-pub fn build_image(_opts: &ImageOptions) -> Result<PathBuf> {
-    Err("not yet".into())
+pub fn build_image(opts: &ImageOptions) -> Result<PathBuf> {
+    let (kernel, initrd, default_cmdline) = match &opts.root_vm {
+        RootVm::File(path) => {
+            let kernel = std::fs::read(path)
+                .map_err(|e| format!("reading Root VM {}: {e}", path.display()))?;
+            (kernel, None, None)
+        }
+        RootVm::Linux => {
+            let a = rootvm::build_linux_root_vm()?;
+            let kernel = std::fs::read(&a.kernel_image)
+                .map_err(|e| format!("reading {}: {e}", a.kernel_image.display()))?;
+            let initrd = std::fs::read(&a.initramfs)
+                .map_err(|e| format!("reading {}: {e}", a.initramfs.display()))?;
+            (kernel, Some(initrd), Some(a.cmdline))
+        }
+    };
+    let cmdline = opts.cmdline.clone().or(default_cmdline);
+    let payload = encode(&PayloadSpec {
+        kernel: &kernel,
+        initrd: initrd.as_deref(),
+        cmdline: cmdline.as_deref(),
+        vcpus: opts.vcpus.unwrap_or(0),
+        ram_mib: opts.ram_mib.unwrap_or(0),
+    })
+    .map_err(|e| format!("packing the Root VM payload: {e}"))?;
+    let hypervisor = build_hypervisor()?;
+    let elf =
+        std::fs::read(&hypervisor).map_err(|e| format!("reading {}: {e}", hypervisor.display()))?;
+    let image = append_load_segment(&elf, &payload)?;
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    std::fs::write(&opts.out, image).map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
+    Ok(opts.out.clone())
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// Returns `elf` with `data` appended as a new read-only PT_LOAD segment placed right
+/// after the highest existing segment (4 KiB aligned). The program header table is
+/// rewritten at the end of the file, since there is no room to grow it in place.
+pub fn append_load_segment(elf: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+    const PT_LOAD: u32 = 1;
+    const PHENT: usize = 56;
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return Err("the hypervisor is not a little-endian ELF64 file".into());
+    }
+    let phoff = u64_at(elf, 0x20) as usize;
+    let phentsize = u16_at(elf, 0x36) as usize;
+    let phnum = u16_at(elf, 0x38) as usize;
+    if phentsize != PHENT || phoff + phnum * PHENT > elf.len() {
+        return Err("malformed program header table in the hypervisor ELF".into());
+    }
+    let old_phdrs = &elf[phoff..phoff + phnum * PHENT];
+    let mut end = 0u64;
+    for ph in old_phdrs.chunks(PHENT) {
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) == PT_LOAD {
+            end = end.max(u64_at(ph, 0x18) + u64_at(ph, 0x28)); // p_paddr + p_memsz
+        }
+    }
+    let addr = end.next_multiple_of(4096);
+    let mut out = elf.to_vec();
+    out.resize(out.len().next_multiple_of(4096), 0);
+    let data_off = out.len() as u64;
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(8), 0);
+    let new_phoff = out.len() as u64;
+    out.extend_from_slice(old_phdrs);
+    let mut ph = Vec::with_capacity(PHENT);
+    ph.extend_from_slice(&PT_LOAD.to_le_bytes());
+    ph.extend_from_slice(&4u32.to_le_bytes()); // PF_R
+    ph.extend_from_slice(&data_off.to_le_bytes());
+    ph.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+    ph.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+    ph.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    ph.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    ph.extend_from_slice(&4096u64.to_le_bytes());
+    out.extend_from_slice(&ph);
+    out[0x20..0x28].copy_from_slice(&new_phoff.to_le_bytes());
+    let n = u16::try_from(phnum + 1).map_err(|_| "too many program headers")?;
+    out[0x38..0x3a].copy_from_slice(&n.to_le_bytes());
+    Ok(out)
+}
+
+/// Options shared by `build` and `run`.
+struct BuildArgs {
+    opts: ImageOptions,
+    smp: u32,
+    mem: String,
+}
+
+fn parse_size_mib(s: &str) -> Result<u32> {
+    let (num, mult) = match s.chars().last() {
+        Some('G' | 'g') => (&s[..s.len() - 1], 1024),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1),
+        _ => (s, 1),
+    };
+    num.parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("bad size `{s}` (examples: 64M, 1G)"))
+}
+
+fn parse_args(args: &[String]) -> Result<BuildArgs> {
+    let mut opts = ImageOptions {
+        root_vm: RootVm::Linux,
+        vcpus: None,
+        ram_mib: None,
+        cmdline: None,
+        out: workspace_root().join("target").join("diosix.elf"),
+    };
+    let (mut smp, mut mem) = (2, "1G".to_string());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--root-vm" => opts.root_vm = RootVm::File(PathBuf::from(val("--root-vm")?)),
+            "--demo" => opts.root_vm = RootVm::File(demo_guest()?),
+            "--out" => opts.out = PathBuf::from(val("--out")?),
+            "--vcpus" => opts.vcpus = Some(val("--vcpus")?.parse().map_err(|_| "bad --vcpus")?),
+            "--ram" => opts.ram_mib = Some(parse_size_mib(&val("--ram")?)?),
+            "--cmdline" => opts.cmdline = Some(val("--cmdline")?),
+            "--smp" => smp = val("--smp")?.parse().map_err(|_| "bad --smp")?,
+            "--mem" => mem = val("--mem")?,
+            other => return Err(format!("unknown option `{other}` (see `cargo xtask help`)")),
+        }
+    }
+    Ok(BuildArgs { opts, smp, mem })
 }
 
 /// `cargo xtask build`: returns the path of the image written.
-pub fn cmd_build(_args: &[String]) -> Result<PathBuf> {
-    Err("not yet".into())
+pub fn cmd_build(args: &[String]) -> Result<PathBuf> {
+    setup::ensure_all()?;
+    let b = parse_args(args)?;
+    let out = build_image(&b.opts)?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!("xtask: wrote {} ({} KiB)", display(&out), size >> 10);
+    Ok(out)
 }
 
-/// `cargo xtask run`.
-pub fn cmd_run(_args: &[String]) -> Result<()> {
-    Err("not yet".into())
+fn display(p: &Path) -> String {
+    p.strip_prefix(workspace_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
+/// `cargo xtask run`: build, then boot interactively in QEMU.
+pub fn cmd_run(args: &[String]) -> Result<()> {
+    setup::ensure_all()?;
+    let b = parse_args(args)?;
+    let image = build_image(&b.opts)?;
+    let cmd = format!(
+        "qemu-system-riscv64 -bios none -nographic -machine virt -smp {} -m {} -kernel {}",
+        b.smp,
+        b.mem,
+        display(&image)
+    );
+    println!("xtask: booting: {cmd}\nxtask: (Ctrl-a x quits QEMU)");
+    let status = Command::new("qemu-system-riscv64")
+        .current_dir(workspace_root())
+        .args(["-bios", "none", "-nographic", "-machine", "virt"])
+        .args(["-smp", &b.smp.to_string(), "-m", &b.mem, "-kernel"])
+        .arg(&image)
+        .status()
+        .map_err(|e| format!("starting qemu-system-riscv64: {e}"))?;
+    if !status.success() {
+        return Err(format!("QEMU exited with {status}"));
+    }
+    Ok(())
+}
+
+/// Builds the demo guest (the Root VM used until a Linux one is wanted).
+fn demo_guest() -> Result<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "--release", "-p", "diosix-guest-demo", "--target", TARGET])
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err("building the demo guest failed".into());
+    }
+    Ok(workspace_root().join("target").join(TARGET).join("release").join("demo"))
 }

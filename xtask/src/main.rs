@@ -2,8 +2,8 @@
 //!
 //! Every command installs what it is missing first (see [`setup`]) and says so.
 
-mod build;
 mod bench;
+mod build;
 mod guests;
 mod qemu;
 mod rootvm;

@@ -2,7 +2,14 @@
 //! Diosix, and the Diosix extension's numbers and structures.
 //!
 //! This crate is shared, unchanged, by the hypervisor, the `no_std` test guests and the
-//! Linux tools, so every side agrees on every number.
+//! Linux tools, so every side agrees on every number. The C header
+//! `include/diosix_sbi.h` is generated from it (`cargo xtask cheader`), never edited by
+//! hand.
+//!
+//! Structures passed through guest memory are C layout, little-endian, with every field
+//! naturally aligned so there is no padding, and with an explicit `size` field so they can
+//! grow in later ABI versions. Each has a `SIZE`, a `from_le_bytes` and a `to_le_bytes`
+//! so the hypervisor reads them from raw guest bytes without `unsafe`.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -43,7 +50,731 @@ pub mod error {
 }
 
 /// The Diosix SBI extension (EID `0x0A000005`).
+///
+/// Function numbers 0..=10 and 13..=15 are the reference Diosix hypervisor's, with the
+/// same meaning; 11 and 12 are reserved because the reference leaves them unpublished;
+/// 16 onwards are ours. See `docs/sbi-extension.md` for every argument and error.
 pub mod ext {
     /// Extension ID: firmware-specific range, low digits = implementation ID 5.
     pub const EID: usize = 0x0A00_0005;
+
+    /// ABI version reported by GET_HV_INFO: major in bits 31..16, minor in bits 15..0.
+    pub const ABI_VERSION: u32 = 1 << 16;
+
+    /// Terminate a VM and its whole subtree. a0 = target CID (1 = self, >= 2 = a child),
+    /// a1 = exit code. Self: never returns. Child: a1 = 0.
+    pub const FID_EXIT: usize = 0;
+    /// Give up the rest of the vCPU's time slice.
+    pub const FID_YIELD: usize = 1;
+    /// Clone the calling VM. a0 = flags ([`super::flags::FORK_UNTRUSTED`]). Parent gets
+    /// the child's CID in a1; the child resumes with a0 = 0, a1 = 0.
+    pub const FID_FORK: usize = 2;
+    /// Irrevocably drop the caller's hardware trust (and its whole subtree's).
+    pub const FID_DROP_TRUST: usize = 3;
+    /// Create (or reset) a child from an image. a0 = GPA of [`super::SpawnArgs`].
+    /// a1 = the child's CID.
+    pub const FID_SPAWN: usize = 4;
+    /// Fill a [`super::VmInfo`] about the caller. a0 = GPA, a1 = size of the buffer.
+    pub const FID_GET_INFO: usize = 5;
+    /// Change a quota. a0 = GPA of [`super::QuotaArgs`].
+    pub const FID_SET_QUOTA: usize = 6;
+    /// Send a message to the parent or a child. a0 = GPA of [`super::IpcSendArgs`].
+    pub const FID_IPC_SEND: usize = 7;
+    /// Receive a message. a0 = GPA of [`super::IpcRecvArgs`]; a1 = 1 if one was received.
+    pub const FID_IPC_RECV: usize = 8;
+    /// Take the oldest event. a0 = GPA of [`super::Event`], a1 = its size; a1 = 1 if an
+    /// event was returned, else 0.
+    pub const FID_POLL_EVENT: usize = 9;
+    /// Fill a [`super::HvInfo`]. a0 = GPA, a1 = size of the buffer.
+    pub const FID_GET_HV_INFO: usize = 10;
+    /// Reserved (unpublished by the reference): always NOT_SUPPORTED.
+    pub const FID_RESERVED_11: usize = 11;
+    /// Reserved (unpublished by the reference): always NOT_SUPPORTED.
+    pub const FID_RESERVED_12: usize = 12;
+    /// Map caller memory into a child. a0 = child CID, a1 = child GPA, a2 = caller GPA,
+    /// a3 = size, a4 = permissions ([`super::flags::MAP_READ`] ...).
+    pub const FID_MAP_CHILD_MEM: usize = 13;
+    /// Unmap caller memory from every child it was mapped into. a0 = caller GPA, a1 = size.
+    pub const FID_UNMAP_CHILD_MEM: usize = 14;
+    /// Start a child created paused. a0 = child CID, a1 = entry GPA, a2 = DTB GPA.
+    pub const FID_START: usize = 15;
+    /// Pause every vCPU of a child. a0 = child CID.
+    pub const FID_STOP: usize = 16;
+    /// Resume a stopped child. a0 = child CID.
+    pub const FID_RESUME: usize = 17;
+    /// Reboot a child back to the state it was created or forked in. a0 = child CID.
+    pub const FID_REBOOT: usize = 18;
+    /// Read a child's console output. a0 = child CID, a1 = buffer GPA, a2 = length;
+    /// a1 = bytes read.
+    pub const FID_CONSOLE_READ: usize = 19;
+    /// Feed a child's console input. a0 = child CID, a1 = data GPA, a2 = length;
+    /// a1 = bytes accepted.
+    pub const FID_CONSOLE_WRITE: usize = 20;
+    /// Irrevocably drop a child's hardware trust (and its subtree's). a0 = child CID.
+    pub const FID_DROP_CHILD_TRUST: usize = 21;
+    /// Fill a [`super::VmInfo`] about self or a child. a0 = CID, a1 = GPA, a2 = size.
+    pub const FID_GET_CHILD_INFO: usize = 22;
+    /// List the caller's live children's CIDs (u64 each, ascending). a0 = GPA,
+    /// a1 = capacity in entries; a1 = number of live children.
+    pub const FID_LIST_CHILDREN: usize = 23;
+    /// Trusted VMs only: map host MMIO into the caller. a0 = HPA, a1 = GPA, a2 = size.
+    pub const FID_MAP_HOST_MMIO: usize = 24;
+    /// Trusted VMs only: route a host interrupt to the caller. a0 = interrupt number.
+    pub const FID_ROUTE_IRQ: usize = 25;
+    /// One past the highest function number defined by this ABI version.
+    pub const FID_COUNT: usize = 26;
+
+    /// Every defined function: (number, name as in the documentation and C header).
+    pub const FUNCTIONS: &[(usize, &str)] = &[
+        (FID_EXIT, "EXIT"),
+        (FID_YIELD, "YIELD"),
+        (FID_FORK, "FORK"),
+        (FID_DROP_TRUST, "DROP_TRUST"),
+        (FID_SPAWN, "SPAWN"),
+        (FID_GET_INFO, "GET_INFO"),
+        (FID_SET_QUOTA, "SET_QUOTA"),
+        (FID_IPC_SEND, "IPC_SEND"),
+        (FID_IPC_RECV, "IPC_RECV"),
+        (FID_POLL_EVENT, "POLL_EVENT"),
+        (FID_GET_HV_INFO, "GET_HV_INFO"),
+        (FID_MAP_CHILD_MEM, "MAP_CHILD_MEM"),
+        (FID_UNMAP_CHILD_MEM, "UNMAP_CHILD_MEM"),
+        (FID_START, "START"),
+        (FID_STOP, "STOP"),
+        (FID_RESUME, "RESUME"),
+        (FID_REBOOT, "REBOOT"),
+        (FID_CONSOLE_READ, "CONSOLE_READ"),
+        (FID_CONSOLE_WRITE, "CONSOLE_WRITE"),
+        (FID_DROP_CHILD_TRUST, "DROP_CHILD_TRUST"),
+        (FID_GET_CHILD_INFO, "GET_CHILD_INFO"),
+        (FID_LIST_CHILDREN, "LIST_CHILDREN"),
+        (FID_MAP_HOST_MMIO, "MAP_HOST_MMIO"),
+        (FID_ROUTE_IRQ, "ROUTE_IRQ"),
+    ];
+}
+
+/// Context IDs (CIDs): always relative to the calling VM.
+pub mod cid {
+    /// The caller's parent.
+    pub const PARENT: u64 = 0;
+    /// The caller itself.
+    pub const SELF: u64 = 1;
+    /// The first CID given to a child; each parent numbers its children upwards from
+    /// here and never reuses a number.
+    pub const FIRST_CHILD: u64 = 2;
+}
+
+/// Limits fixed by this ABI version.
+pub mod limits {
+    /// Largest IPC message, in bytes.
+    pub const IPC_MAX_MESSAGE: usize = 4096;
+    /// Messages one sender may have queued at one receiver before sends are refused.
+    pub const IPC_QUEUE_DEPTH: usize = 16;
+    /// Events kept for a VM before the oldest are dropped (and counted).
+    pub const EVENT_QUEUE_DEPTH: usize = 64;
+    /// Bytes of a child's console output kept for its parent (oldest dropped, counted).
+    pub const CONSOLE_OUT_RING: usize = 16384;
+    /// Bytes of console input a parent may have queued for a child.
+    pub const CONSOLE_IN_BUFFER: usize = 4096;
+    /// Largest transfer of one CONSOLE_READ or CONSOLE_WRITE call.
+    pub const CONSOLE_MAX_TRANSFER: usize = 4096;
+    /// Highest scheduling priority. Priorities run from 1 (lowest) upwards; 0 is never a
+    /// priority, so 0 can mean "unchanged" or "default" in argument structures.
+    pub const MAX_PRIORITY: u32 = 255;
+    /// Deepest possible tree below the Root VM.
+    pub const MAX_TREE_DEPTH: u32 = 64;
+    /// Most VMs the tree can hold below the Root VM.
+    pub const MAX_DESCENDANTS: u32 = 65536;
+    /// Most vCPUs any quota can grant.
+    pub const MAX_VCPUS: u32 = 4096;
+}
+
+/// Exit codes the hypervisor itself reports in TERMINATED events.
+pub mod exit_code {
+    /// The VM shut itself down through SBI SRST (or the legacy shutdown call).
+    pub const SHUTDOWN: u64 = 0;
+    /// The VM died of a fatal fault (an unhandled trap the hypervisor cannot reflect).
+    pub const FATAL_FAULT: u64 = u64::MAX;
+    /// The VM died because an ancestor of it was terminated (never seen by the
+    /// terminated VM's own parent, which dies too; reserved for tracing).
+    pub const ANCESTOR_TERMINATED: u64 = u64::MAX - 1;
+}
+
+/// Flag bits of the extension's arguments and results.
+pub mod flags {
+    /// FORK a0: the child starts without hardware trust.
+    pub const FORK_UNTRUSTED: u64 = 1 << 0;
+    /// Every FORK flag this ABI version defines.
+    pub const FORK_ALL: u64 = FORK_UNTRUSTED;
+
+    /// SpawnArgs.flags: give the child hardware trust (trusted callers only).
+    pub const SPAWN_TRUSTED: u32 = 1 << 0;
+    /// SpawnArgs.flags: create the child paused (state CREATED); the parent may
+    /// MAP_CHILD_MEM into it, then START it.
+    pub const SPAWN_PAUSED: u32 = 1 << 1;
+    /// Every SpawnArgs flag this ABI version defines.
+    pub const SPAWN_ALL: u32 = SPAWN_TRUSTED | SPAWN_PAUSED;
+
+    /// QuotaArgs.flags: apply `ram_pages` even when it is 0.
+    pub const QUOTA_SET_RAM: u32 = 1 << 0;
+    /// QuotaArgs.flags: apply `vcpus` even when it is 0.
+    pub const QUOTA_SET_VCPUS: u32 = 1 << 1;
+    /// QuotaArgs.flags: apply `max_priority` even when it is 0 (always invalid: 0 is
+    /// not a priority; defined so every field has a bit).
+    pub const QUOTA_SET_PRIORITY: u32 = 1 << 2;
+    /// QuotaArgs.flags: apply `max_depth` even when it is 0 (no children allowed).
+    pub const QUOTA_SET_DEPTH: u32 = 1 << 3;
+    /// QuotaArgs.flags: apply `max_descendants` even when it is 0.
+    pub const QUOTA_SET_DESCENDANTS: u32 = 1 << 4;
+    /// Every QuotaArgs flag this ABI version defines.
+    pub const QUOTA_ALL: u32 = QUOTA_SET_RAM
+        | QUOTA_SET_VCPUS
+        | QUOTA_SET_PRIORITY
+        | QUOTA_SET_DEPTH
+        | QUOTA_SET_DESCENDANTS;
+
+    /// IpcRecvArgs.flags: `cid` is an exact sender (so 0 means the parent) rather than
+    /// the reference's "0 = any sender".
+    pub const IPC_RECV_EXACT: u32 = 1 << 0;
+    /// Every IpcRecvArgs flag this ABI version defines.
+    pub const IPC_RECV_ALL: u32 = IPC_RECV_EXACT;
+
+    /// VmInfo.flags: the VM has hardware trust.
+    pub const INFO_TRUSTED: u32 = 1 << 0;
+    /// VmInfo.flags: the VM is the Root VM (it has no parent).
+    pub const INFO_ROOT: u32 = 1 << 1;
+
+    /// MAP_CHILD_MEM a4: the child may read.
+    pub const MAP_READ: u64 = 1 << 0;
+    /// MAP_CHILD_MEM a4: the child may write.
+    pub const MAP_WRITE: u64 = 1 << 1;
+    /// MAP_CHILD_MEM a4: the child may execute.
+    pub const MAP_EXEC: u64 = 1 << 2;
+    /// Every MAP_CHILD_MEM permission bit.
+    pub const MAP_ALL: u64 = MAP_READ | MAP_WRITE | MAP_EXEC;
+}
+
+/// Feature bits of [`HvInfo::features`].
+pub mod features {
+    /// The hart has the H extension; guests run in VS-mode.
+    pub const HW_VIRT: u64 = 1 << 0;
+    /// Guest memory is translated by G-stage (sv39x4) page tables.
+    pub const GSTAGE: u64 = 1 << 1;
+    /// FORK shares memory copy-on-write.
+    pub const COW_FORK: u64 = 1 << 2;
+    /// IPC_SEND / IPC_RECV are available.
+    pub const IPC: u64 = 1 << 3;
+    /// Consoles are routed through the tree (CONSOLE_READ / CONSOLE_WRITE).
+    pub const CONSOLE: u64 = 1 << 4;
+    /// Subtree quotas, including priority, depth and descendants.
+    pub const QUOTAS: u64 = 1 << 5;
+    /// No H extension: guests are isolated by PMP with offset translation.
+    pub const PMP_FALLBACK: u64 = 1 << 6;
+    /// MAP_HOST_MMIO / ROUTE_IRQ are available to trusted VMs.
+    pub const HW_TRUST: u64 = 1 << 7;
+}
+
+/// Kinds of [`Event::kind`].
+pub mod event {
+    /// No event (never returned with a1 = 1).
+    pub const NONE: u32 = 0;
+    /// A child (and its subtree) terminated; `exit_code` is set.
+    pub const CHILD_TERMINATED: u32 = 1;
+    /// A child was stopped.
+    pub const CHILD_STOPPED: u32 = 2;
+    /// A child was started or resumed.
+    pub const CHILD_STARTED: u32 = 3;
+    /// A message from `cid` is waiting for IPC_RECV.
+    pub const MESSAGE: u32 = 4;
+    /// A child rebooted (by its parent or through its own SRST reboot).
+    pub const CHILD_REBOOTED: u32 = 5;
+}
+
+/// Lifecycle states reported in [`VmInfo::state`].
+pub mod state {
+    /// Created paused: memory may be mapped in, waiting for START.
+    pub const CREATED: u32 = 1;
+    /// Running (its vCPUs are schedulable).
+    pub const RUNNING: u32 = 2;
+    /// Stopped by its parent: every vCPU paused.
+    pub const STOPPED: u32 = 3;
+}
+
+/// How a field of an ABI structure is encoded, for the generated C header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldInfo {
+    /// Field name, identical in Rust and C.
+    pub name: &'static str,
+    /// C type (`uint32_t` or `uint64_t`).
+    pub c_type: &'static str,
+    /// Byte offset from the start of the structure.
+    pub offset: usize,
+    /// Size in bytes.
+    pub size: usize,
+}
+
+/// An integer that can be a field of an ABI structure.
+pub trait LeField: Copy {
+    /// Encoded size in bytes.
+    const SIZE: usize;
+    /// C type name.
+    const C_TYPE: &'static str;
+    /// Decodes from the first `SIZE` bytes, or `None` if there are fewer.
+    fn read_le(bytes: &[u8]) -> Option<Self>;
+    /// Encodes into the first `SIZE` bytes of `out` (which callers size exactly).
+    fn write_le(self, out: &mut [u8]);
+}
+
+macro_rules! le_field {
+    ($ty:ty, $c:literal) => {
+        impl LeField for $ty {
+            const SIZE: usize = core::mem::size_of::<$ty>();
+            const C_TYPE: &'static str = $c;
+            fn read_le(bytes: &[u8]) -> Option<Self> {
+                let raw: [u8; core::mem::size_of::<$ty>()] =
+                    bytes.get(..Self::SIZE)?.try_into().ok()?;
+                Some(<$ty>::from_le_bytes(raw))
+            }
+            fn write_le(self, out: &mut [u8]) {
+                // Callers always pass a slice of exactly SIZE bytes from a SIZE'd array,
+                // so this zip copies every byte; it cannot panic either way.
+                for (dst, src) in out.iter_mut().zip(self.to_le_bytes()) {
+                    *dst = src;
+                }
+            }
+        }
+    };
+}
+le_field!(u32, "uint32_t");
+le_field!(u64, "uint64_t");
+
+/// Fills in cumulative offsets (fields are laid out back to back, as C does when every
+/// field is naturally aligned, which [`abi_struct!`] asserts at compile time).
+const fn with_offsets<const N: usize>(mut fields: [FieldInfo; N]) -> [FieldInfo; N] {
+    let mut offset = 0;
+    let mut i = 0;
+    while i < N {
+        fields[i].offset = offset;
+        offset += fields[i].size;
+        i += 1;
+    }
+    fields
+}
+
+/// True when every field is naturally aligned and the total is a multiple of 8, i.e.
+/// the C layout has no padding anywhere and matches our back-to-back encoding.
+const fn layout_is_packed_and_aligned(fields: &[FieldInfo]) -> bool {
+    let mut i = 0;
+    let mut end = 0;
+    while i < fields.len() {
+        // Sizes are 4 or 8, so a mask tests divisibility (and works in const fn).
+        if fields[i].offset & (fields[i].size - 1) != 0 {
+            return false;
+        }
+        end = fields[i].offset + fields[i].size;
+        i += 1;
+    }
+    end & 7 == 0
+}
+
+macro_rules! abi_struct {
+    (
+        $(#[$meta:meta])*
+        $name:ident = $cname:literal {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ident ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// Encoded size in bytes (this ABI version).
+            pub const SIZE: usize = 0 $( + <$ty as LeField>::SIZE )*;
+            /// Name of the matching C struct in `diosix_sbi.h`.
+            pub const C_NAME: &'static str = $cname;
+            /// Every field with its C type, offset and size, in order.
+            pub const FIELDS: &'static [FieldInfo] = &with_offsets([
+                $( FieldInfo {
+                    name: stringify!($field),
+                    c_type: <$ty as LeField>::C_TYPE,
+                    offset: 0,
+                    size: <$ty as LeField>::SIZE,
+                }, )*
+            ]);
+
+            /// Decodes from little-endian bytes. Extra trailing bytes (a newer, larger
+            /// version of the structure) are ignored; `None` if `bytes` is too short.
+            pub fn from_le_bytes(bytes: &[u8]) -> Option<Self> {
+                let mut offset = 0usize;
+                $(
+                    let $field = <$ty as LeField>::read_le(bytes.get(offset..)?)?;
+                    offset += <$ty as LeField>::SIZE;
+                )*
+                let _ = offset;
+                Some(Self { $( $field, )* })
+            }
+
+            /// Encodes to little-endian bytes.
+            pub fn to_le_bytes(&self) -> [u8; Self::SIZE] {
+                let mut out = [0u8; Self::SIZE];
+                let mut offset = 0usize;
+                $(
+                    let end = offset + <$ty as LeField>::SIZE;
+                    if let Some(dst) = out.get_mut(offset..end) {
+                        self.$field.write_le(dst);
+                    }
+                    offset = end;
+                )*
+                let _ = offset;
+                out
+            }
+        }
+
+        const _: () = assert!(
+            layout_is_packed_and_aligned($name::FIELDS)
+                && $name::SIZE == core::mem::size_of::<$name>()
+        );
+    };
+}
+
+abi_struct! {
+    /// SPAWN arguments (read from a0's GPA). Quota fields left 0 take defaults: exactly
+    /// what the child holds, its own priority, and no children.
+    SpawnArgs = "diosix_spawn_args" {
+        /// Size of the structure as the caller knows it; at least [`SpawnArgs::SIZE`].
+        size: u32,
+        /// [`flags::SPAWN_TRUSTED`], [`flags::SPAWN_PAUSED`]; other bits must be 0.
+        flags: u32,
+        /// 0 = create a new child; >= 2 = reset that child with this image.
+        cid: u64,
+        /// GPA (in the caller) of the guest image.
+        image_gpa: u64,
+        /// Image size in bytes.
+        image_size: u64,
+        /// GPA (in the caller) of the device tree for the child; 0 = generated.
+        dtb_gpa: u64,
+        /// Device tree size in bytes (0 when `dtb_gpa` is 0).
+        dtb_size: u64,
+        /// Guest RAM of the child, in 4 KiB pages (> 0).
+        ram_pages: u64,
+        /// vCPUs of the child (> 0).
+        vcpus: u32,
+        /// Scheduling priority of the child's vCPUs (1..=caller's max priority).
+        priority: u32,
+        /// Child subtree quota: RAM + page-table pages (0 = exactly what it holds).
+        quota_ram_pages: u64,
+        /// Child subtree quota: vCPUs (0 = exactly its own).
+        quota_vcpus: u32,
+        /// Child subtree quota: highest priority (0 = its own priority).
+        quota_max_priority: u32,
+        /// Child subtree quota: levels of descendants below it (0 = none).
+        quota_max_depth: u32,
+        /// Child subtree quota: number of descendants (0 = none).
+        quota_max_descendants: u32,
+    }
+}
+
+abi_struct! {
+    /// SET_QUOTA arguments. A field that is 0 is left unchanged (the reference's rule)
+    /// unless its `QUOTA_SET_*` bit is set in `flags`.
+    QuotaArgs = "diosix_quota_args" {
+        /// Size of the structure as the caller knows it; at least [`QuotaArgs::SIZE`].
+        size: u32,
+        /// `QUOTA_SET_*` bits; other bits must be 0.
+        flags: u32,
+        /// Target: 1 = self (only lower), >= 2 = a child; 0 (parent) is DENIED.
+        cid: u64,
+        /// RAM + page-table pages for the whole subtree.
+        ram_pages: u64,
+        /// vCPUs for the whole subtree.
+        vcpus: u32,
+        /// Highest priority any vCPU in the subtree may have.
+        max_priority: u32,
+        /// Levels of descendants allowed below the target.
+        max_depth: u32,
+        /// Number of descendants allowed below the target.
+        max_descendants: u32,
+    }
+}
+
+abi_struct! {
+    /// GET_INFO / GET_CHILD_INFO result: quotas, usage and state of one VM.
+    VmInfo = "diosix_vm_info" {
+        /// Bytes written by the hypervisor ([`VmInfo::SIZE`]).
+        size: u32,
+        /// [`flags::INFO_TRUSTED`], [`flags::INFO_ROOT`].
+        flags: u32,
+        /// The CID the caller used (1 = itself).
+        cid: u64,
+        /// Quota: RAM + page-table pages for the subtree.
+        ram_pages_max: u64,
+        /// RAM + page-table pages held by the VM and its descendants.
+        ram_pages_used: u64,
+        /// Pages held by the VM itself plus the quotas granted to its children: what it
+        /// can no longer hand out. `ram_pages_max - ram_pages_reserved` is its headroom.
+        ram_pages_reserved: u64,
+        /// Guest RAM pages of the VM itself.
+        own_ram_pages: u64,
+        /// Page-table pages charged to the VM itself.
+        own_table_pages: u64,
+        /// Quota: vCPUs in the subtree.
+        vcpus_max: u32,
+        /// vCPUs of the VM and its descendants.
+        vcpus_used: u32,
+        /// Own vCPUs plus the vCPU quotas granted to children.
+        vcpus_reserved: u32,
+        /// vCPUs of the VM itself.
+        own_vcpus: u32,
+        /// Quota: highest priority in the subtree.
+        max_priority: u32,
+        /// Priority of the VM's own vCPUs.
+        priority: u32,
+        /// Quota: levels of descendants allowed.
+        max_depth: u32,
+        /// Levels of descendants that exist now.
+        depth_used: u32,
+        /// Quota: number of descendants allowed.
+        max_descendants: u32,
+        /// Number of descendants that exist now.
+        descendants_used: u32,
+        /// Descendant slots granted to children (each child counts 1 + its quota).
+        descendants_reserved: u32,
+        /// Number of live direct children.
+        child_count: u32,
+        /// One of the [`state`] values.
+        state: u32,
+        /// Bytes of console output waiting for the parent to read.
+        console_pending: u32,
+        /// Bytes of console output dropped because the parent did not read in time.
+        console_dropped: u64,
+    }
+}
+
+abi_struct! {
+    /// IPC_SEND arguments.
+    IpcSendArgs = "diosix_ipc_send_args" {
+        /// Size of the structure as the caller knows it; at least [`IpcSendArgs::SIZE`].
+        size: u32,
+        /// Must be 0.
+        flags: u32,
+        /// Receiver: 0 = parent, >= 2 = a child (1, self, is INVALID_PARAM).
+        cid: u64,
+        /// GPA (in the caller) of the message.
+        data_gpa: u64,
+        /// Message length in bytes (<= [`limits::IPC_MAX_MESSAGE`]).
+        len: u64,
+    }
+}
+
+abi_struct! {
+    /// IPC_RECV arguments; `cid` and `out_len` are written back on success.
+    IpcRecvArgs = "diosix_ipc_recv_args" {
+        /// Size of the structure as the caller knows it; at least [`IpcRecvArgs::SIZE`].
+        size: u32,
+        /// [`flags::IPC_RECV_EXACT`]; other bits must be 0.
+        flags: u32,
+        /// In: sender filter (0 = any, unless IPC_RECV_EXACT). Out: the actual sender.
+        cid: u64,
+        /// GPA (in the caller) of the receive buffer.
+        buf_gpa: u64,
+        /// Buffer length in bytes. If the next matching message is longer, the call
+        /// fails with BAD_RANGE and the message stays queued.
+        max_len: u64,
+        /// Out: length of the received message.
+        out_len: u64,
+    }
+}
+
+abi_struct! {
+    /// POLL_EVENT result.
+    Event = "diosix_event" {
+        /// Bytes written by the hypervisor ([`Event::SIZE`]).
+        size: u32,
+        /// One of the [`event`] kinds.
+        kind: u32,
+        /// The CID (as the receiver names it) the event is about.
+        cid: u64,
+        /// Exit code, for [`event::CHILD_TERMINATED`]; otherwise 0.
+        exit_code: u64,
+        /// Events dropped (queue full) since the previous POLL_EVENT.
+        dropped: u32,
+        /// Reserved, 0.
+        reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// GET_HV_INFO result. RAM figures are the caller's own view (its quota and
+    /// headroom), never host-wide numbers, so they reveal nothing about other VMs.
+    HvInfo = "diosix_hv_info" {
+        /// Bytes written by the hypervisor ([`HvInfo::SIZE`]).
+        size: u32,
+        /// [`ext::ABI_VERSION`].
+        abi_version: u32,
+        /// Hypervisor version: major << 32 | minor << 16 | patch.
+        hv_version: u64,
+        /// [`features`] bits.
+        features: u64,
+        /// Physical harts the hypervisor runs on.
+        host_cores: u32,
+        /// Reserved, 0.
+        reserved: u32,
+        /// Timer (`time` CSR) frequency in Hz.
+        timer_freq_hz: u64,
+        /// The caller's RAM quota in pages.
+        ram_total_pages: u64,
+        /// Pages the caller could still obtain (quota minus what it holds or granted).
+        ram_free_pages: u64,
+    }
+}
+
+/// Every ABI structure's C name, size and fields, for the header generator and tests.
+pub const STRUCTS: &[(&str, usize, &[FieldInfo])] = &[
+    (SpawnArgs::C_NAME, SpawnArgs::SIZE, SpawnArgs::FIELDS),
+    (QuotaArgs::C_NAME, QuotaArgs::SIZE, QuotaArgs::FIELDS),
+    (VmInfo::C_NAME, VmInfo::SIZE, VmInfo::FIELDS),
+    (IpcSendArgs::C_NAME, IpcSendArgs::SIZE, IpcSendArgs::FIELDS),
+    (IpcRecvArgs::C_NAME, IpcRecvArgs::SIZE, IpcRecvArgs::FIELDS),
+    (Event::C_NAME, Event::SIZE, Event::FIELDS),
+    (HvInfo::C_NAME, HvInfo::SIZE, HvInfo::FIELDS),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn reference_function_numbers_are_kept() {
+        assert_eq!(ext::EID, 0x0A00_0005);
+        let reference = [
+            (0, "EXIT"),
+            (1, "YIELD"),
+            (2, "FORK"),
+            (3, "DROP_TRUST"),
+            (4, "SPAWN"),
+            (5, "GET_INFO"),
+            (6, "SET_QUOTA"),
+            (7, "IPC_SEND"),
+            (8, "IPC_RECV"),
+            (9, "POLL_EVENT"),
+            (10, "GET_HV_INFO"),
+            (13, "MAP_CHILD_MEM"),
+            (14, "UNMAP_CHILD_MEM"),
+            (15, "START"),
+        ];
+        for (fid, name) in reference {
+            assert!(ext::FUNCTIONS.contains(&(fid, name)), "{fid} {name}");
+        }
+        // Ours come after the reference's, unique, and below FID_COUNT.
+        for (i, (fid, _)) in ext::FUNCTIONS.iter().enumerate() {
+            assert!(*fid < ext::FID_COUNT);
+            assert!(*fid != 11 && *fid != 12);
+            for (other, _) in &ext::FUNCTIONS[i + 1..] {
+                assert_ne!(fid, other);
+            }
+            if !reference.iter().any(|(r, _)| r == fid) {
+                assert!(*fid >= 16);
+            }
+        }
+    }
+
+    #[test]
+    fn sizes_are_pinned() {
+        assert_eq!(SpawnArgs::SIZE, 88);
+        assert_eq!(QuotaArgs::SIZE, 40);
+        assert_eq!(VmInfo::SIZE, 120);
+        assert_eq!(IpcSendArgs::SIZE, 32);
+        assert_eq!(IpcRecvArgs::SIZE, 40);
+        assert_eq!(Event::SIZE, 32);
+        assert_eq!(HvInfo::SIZE, 56);
+        for (_, size, fields) in STRUCTS {
+            let last = fields.last().unwrap();
+            assert_eq!(last.offset + last.size, *size);
+        }
+    }
+
+    #[test]
+    fn offsets_match_repr_c() {
+        fn check(fields: &[FieldInfo], name: &str, offset: usize) {
+            let f = fields.iter().find(|f| f.name == name).unwrap();
+            assert_eq!(f.offset, offset, "{name}");
+        }
+        check(SpawnArgs::FIELDS, "cid", offset_of!(SpawnArgs, cid));
+        check(
+            SpawnArgs::FIELDS,
+            "ram_pages",
+            offset_of!(SpawnArgs, ram_pages),
+        );
+        check(SpawnArgs::FIELDS, "vcpus", offset_of!(SpawnArgs, vcpus));
+        check(
+            SpawnArgs::FIELDS,
+            "quota_max_descendants",
+            offset_of!(SpawnArgs, quota_max_descendants),
+        );
+        check(
+            QuotaArgs::FIELDS,
+            "ram_pages",
+            offset_of!(QuotaArgs, ram_pages),
+        );
+        check(
+            QuotaArgs::FIELDS,
+            "max_descendants",
+            offset_of!(QuotaArgs, max_descendants),
+        );
+        check(VmInfo::FIELDS, "own_vcpus", offset_of!(VmInfo, own_vcpus));
+        check(
+            VmInfo::FIELDS,
+            "console_dropped",
+            offset_of!(VmInfo, console_dropped),
+        );
+        check(
+            IpcRecvArgs::FIELDS,
+            "out_len",
+            offset_of!(IpcRecvArgs, out_len),
+        );
+        check(Event::FIELDS, "exit_code", offset_of!(Event, exit_code));
+        check(
+            HvInfo::FIELDS,
+            "ram_free_pages",
+            offset_of!(HvInfo, ram_free_pages),
+        );
+        check(HvInfo::FIELDS, "timer_freq_hz", 32);
+        check(VmInfo::FIELDS, "console_dropped", 112);
+        assert_eq!(size_of::<VmInfo>(), VmInfo::SIZE);
+    }
+
+    #[test]
+    fn codec_round_trips_and_is_little_endian() {
+        let e = Event {
+            size: Event::SIZE as u32,
+            kind: event::CHILD_TERMINATED,
+            cid: 0x0102_0304_0506_0708,
+            exit_code: 42,
+            dropped: 3,
+            reserved: 0,
+        };
+        let bytes = e.to_le_bytes();
+        assert_eq!(&bytes[..4], &[32, 0, 0, 0]);
+        assert_eq!(&bytes[8..16], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(Event::from_le_bytes(&bytes), Some(e));
+        // Longer input (a future version) decodes; shorter does not.
+        let mut long = [0xAAu8; 64];
+        long[..Event::SIZE].copy_from_slice(&bytes);
+        assert_eq!(Event::from_le_bytes(&long), Some(e));
+        assert_eq!(Event::from_le_bytes(&bytes[..Event::SIZE - 1]), None);
+        assert_eq!(Event::from_le_bytes(&[]), None);
+    }
+
+    #[test]
+    fn flag_masks_cover_their_bits() {
+        assert_eq!(flags::FORK_ALL, 1);
+        assert_eq!(flags::SPAWN_ALL, 3);
+        assert_eq!(flags::QUOTA_ALL, 0x1f);
+        assert_eq!(flags::MAP_ALL, 7);
+    }
 }

@@ -1,2 +1,162 @@
-//! Guest runtime.
+//! Minimal `no_std` runtime for the Diosix test guests.
+//!
+//! A guest links against this crate, passes `link.x` to the linker from its build
+//! script and names its entry point with [`entry!`]. The runtime provides:
+//!
+//! * `_start`: per-hart stacks, `.bss` zeroing on the boot hart, FP enabled, and the
+//!   `instret` value at the guest's very first instruction ([`boot_instret`]);
+//! * a secondary entry point for harts started (or resumed) through HSM, which calls a
+//!   per-hart Rust function ([`hart::start`]);
+//! * raw and typed SBI calls ([`sbi`]), a console over DBCN ([`print!`], [`println!`]);
+//! * a small trap handler counting timer and software interrupts ([`trap`]);
+//! * device-tree facts the guests need ([`dtb`]) and CSR accessors ([`csr`]).
+//!
+//! The boot hart id is whatever the SBI implementation hands over in `a0`: under
+//! OpenSBI it is not necessarily 0, so guests never assume it.
 #![no_std]
+
+pub mod console;
+pub mod csr;
+pub mod dtb;
+pub mod hart;
+pub mod sbi;
+pub mod trap;
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most harts a guest supports; hart ids must be below this (they index the stacks).
+/// Must match `RT_MAX_HARTS` in `link.x`.
+pub const MAX_HARTS: usize = 32;
+/// Bytes of stack per hart. Must match `RT_STACK_SIZE` in `link.x`.
+pub const STACK_SIZE: usize = 16 * 1024;
+const _: () = assert!(STACK_SIZE.is_power_of_two(), "the entry code shifts by log2");
+
+/// `instret` as read by the first instruction of `_start`, saved for [`boot_instret`].
+/// In `.data` (not `.bss`) so zeroing `.bss` cannot wipe it.
+#[no_mangle]
+#[link_section = ".data.rt_boot_instret"]
+static RT_BOOT_INSTRET: AtomicUsize = AtomicUsize::new(0);
+
+/// Instructions retired from reset up to the guest's first instruction (as counted by
+/// this hart's `instret`, read before anything else runs).
+pub fn boot_instret() -> usize {
+    RT_BOOT_INSTRET.load(Ordering::Relaxed)
+}
+
+// Boot hart entry. Register use: a0 = hart id, a1 = DTB address, both kept intact
+// for the Rust entry; t6 carries the first `instret` sample until .bss is zeroed.
+// The hart id goes into tp so any code (trap handler included) can find its hart
+// without a table lookup; the runtime uses no thread-local storage, so tp is free.
+core::arch::global_asm!(
+    r#"
+    .section .text.rt_entry, "ax"
+    .globl _start
+_start:
+    csrr    t6, instret
+    .option push
+    .option norelax
+    la      gp, __global_pointer$
+    .option pop
+    csrw    sie, zero
+    csrw    sip, zero
+    li      t0, {fs_initial}
+    csrs    sstatus, t0
+    mv      tp, a0
+    li      t0, {max_harts}
+    bgeu    a0, t0, 9f
+    addi    t0, a0, 1
+    slli    t0, t0, {stack_shift}
+    la      sp, __stacks_start
+    add     sp, sp, t0
+    la      t0, __bss_start
+    la      t1, __bss_end
+1:
+    bgeu    t0, t1, 2f
+    sd      zero, 0(t0)
+    addi    t0, t0, 8
+    j       1b
+2:
+    la      t0, RT_BOOT_INSTRET
+    sd      t6, 0(t0)
+    call    __rt_boot
+9:
+    wfi
+    j       9b
+
+    .section .text.rt_secondary, "ax"
+    .globl  __rt_secondary_entry
+    .p2align 2
+__rt_secondary_entry:
+    .option push
+    .option norelax
+    la      gp, __global_pointer$
+    .option pop
+    csrw    sie, zero
+    li      t0, {fs_initial}
+    csrs    sstatus, t0
+    mv      tp, a0
+    li      t0, {max_harts}
+    bgeu    a0, t0, 9b
+    addi    t0, a0, 1
+    slli    t0, t0, {stack_shift}
+    la      sp, __stacks_start
+    add     sp, sp, t0
+    call    __rt_secondary
+    j       9b
+    "#,
+    fs_initial = const 1usize << 13,
+    max_harts = const MAX_HARTS,
+    stack_shift = const STACK_SIZE.trailing_zeros(),
+);
+
+/// Called by `_start` on the boot hart; runs the guest's main, then shuts down.
+#[no_mangle]
+extern "C" fn __rt_boot(hartid: usize, dtb: usize) -> ! {
+    hart::mark_booted(hartid);
+    extern "Rust" {
+        fn __rt_guest_main(hartid: usize, dtb: usize);
+    }
+    // SAFETY: `__rt_guest_main` is defined by the guest's `entry!` invocation with
+    // exactly this signature; it is called once, on the boot hart.
+    unsafe { __rt_guest_main(hartid, dtb) };
+    sbi::shutdown(false)
+}
+
+/// Names the guest's entry point: `fn main(hartid: usize, dtb: usize)`.
+///
+/// When `main` returns, the guest shuts down with "no reason" (success); a panic shuts
+/// it down with "system failure".
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[doc(hidden)]
+        #[export_name = "__rt_guest_main"]
+        pub fn __rt_guest_main(hartid: usize, dtb: usize) {
+            let f: fn(usize, usize) = $main;
+            f(hartid, dtb)
+        }
+    };
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    // The console lock may be held by the panicking hart; write raw so the message
+    // still gets out instead of deadlocking.
+    console::force_unlock();
+    println!("guest panicked on hart {}: {}", hart::id(), info);
+    sbi::shutdown(true)
+}
+
+/// Sleeps for `ticks` of `time` using the SBI timer and `wfi`, without taking the
+/// interrupt (only `sie.STIE` is set, so `wfi` wakes but no trap is taken unless the
+/// guest enabled `sstatus.SIE` itself). Leaves the timer disarmed.
+pub fn sleep_ticks(ticks: u64) {
+    let deadline = csr::time().saturating_add(ticks);
+    sbi::set_timer(deadline);
+    csr::sie_set(csr::STI);
+    while csr::time() < deadline {
+        csr::wfi();
+    }
+    sbi::set_timer(u64::MAX);
+    csr::sie_clear(csr::STI);
+}

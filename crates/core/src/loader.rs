@@ -1,0 +1,646 @@
+//! Turns a guest kernel image (hostile bytes) into a [`LoadPlan`] against the guest's
+//! RAM, and places the initrd and device tree after it ([`boot_layout`]).
+//!
+//! Two formats are understood:
+//! - an ELF64 RISC-V executable (`ET_EXEC`): each non-empty `PT_LOAD` segment is loaded
+//!   at its `p_paddr`, which is taken as a GPA (Linux's `vmlinux` links at high virtual
+//!   addresses with physical load addresses in `p_paddr`); the entry point, a virtual
+//!   address, is translated through the executable segment that contains it;
+//! - a raw RISC-V Linux `Image` (Documentation/arch/riscv/boot-image-header.rst): loaded
+//!   at `text_offset` above the first 2 MiB boundary in RAM; rv64 Linux maps itself with
+//!   2 MiB pages and so requires a 2 MiB aligned load address.
+//!
+//! Nothing is copied here: the plan says which file bytes go to which GPA and how much
+//! memory after them must be zeroed. Every check that keeps the copy inside the image
+//! and inside guest RAM is done here, so the copier can trust the plan.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use elf::abi::{ELFCLASS64, EM_RISCV, ET_EXEC, PF_X, PT_LOAD};
+use elf::endian::LittleEndian;
+use elf::file::Class;
+use elf::ElfBytes;
+
+use crate::addr::{Gpa, Range, PAGE_SIZE};
+
+/// Alignment rv64 Linux needs for its load address.
+pub const KERNEL_ALIGN: u64 = 2 * 1024 * 1024;
+/// Linux `Image` header size.
+pub const IMAGE_HEADER_SIZE: usize = 64;
+/// The `Image` magic at offset 0x30 (deprecated by Linux, still written).
+pub const IMAGE_MAGIC: [u8; 8] = *b"RISCV\0\0\0";
+/// The `Image` magic at offset 0x38.
+pub const IMAGE_MAGIC2: [u8; 4] = *b"RSC\x05";
+/// A generous bound for a generated guest DTB, for callers that must fix the layout
+/// before the DTB exists.
+pub const DTB_RESERVE: u64 = 64 * 1024;
+
+/// Why an image was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadError {
+    /// Neither an ELF file nor a RISC-V Linux `Image`.
+    UnknownFormat,
+    /// The ELF structure is corrupt (the `elf` crate refused it).
+    BadElf,
+    /// An ELF file that is not 64-bit.
+    NotElf64,
+    /// An ELF file for another machine.
+    NotRiscv,
+    /// An ELF file that is not a plain executable (`ET_EXEC`).
+    NotExecutable,
+    /// A big-endian `Image`.
+    BigEndian,
+    /// No non-empty loadable segment.
+    NoLoadableSegments,
+    /// Segment `n` (index in the program header table): file bytes outside the image.
+    SegmentOutsideFile(usize),
+    /// Segment `n`: `p_memsz < p_filesz`.
+    MemSmallerThanFile(usize),
+    /// Segment `n`: address arithmetic overflows.
+    Overflow(usize),
+    /// Segment `n` does not fit inside guest RAM.
+    SegmentOutsideRam(usize),
+    /// Segment `n` overlaps an earlier segment.
+    SegmentOverlap(usize),
+    /// The entry point is not inside a loaded executable segment.
+    BadEntry,
+    /// The `Image` file is shorter than its header.
+    Truncated,
+    /// The `Image` load address would not be 2 MiB aligned.
+    MisalignedImage,
+    /// The `Image` does not fit inside guest RAM.
+    ImageOutsideRam,
+    /// No room in guest RAM after the kernel for the initrd and device tree.
+    NoRoom,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::UnknownFormat => f.write_str("not an ELF or RISC-V Linux Image"),
+            LoadError::BadElf => f.write_str("corrupt ELF file"),
+            LoadError::NotElf64 => f.write_str("ELF file is not 64-bit"),
+            LoadError::NotRiscv => f.write_str("ELF file is not for RISC-V"),
+            LoadError::NotExecutable => f.write_str("ELF file is not an executable"),
+            LoadError::BigEndian => f.write_str("big-endian Image"),
+            LoadError::NoLoadableSegments => f.write_str("no loadable segments"),
+            LoadError::SegmentOutsideFile(n) => write!(f, "segment {n} extends past the file"),
+            LoadError::MemSmallerThanFile(n) => write!(f, "segment {n} memsz < filesz"),
+            LoadError::Overflow(n) => write!(f, "segment {n} address overflow"),
+            LoadError::SegmentOutsideRam(n) => write!(f, "segment {n} outside guest RAM"),
+            LoadError::SegmentOverlap(n) => write!(f, "segment {n} overlaps another"),
+            LoadError::BadEntry => f.write_str("entry point not in a loaded executable segment"),
+            LoadError::Truncated => f.write_str("Image shorter than its header"),
+            LoadError::MisalignedImage => f.write_str("Image load address not 2 MiB aligned"),
+            LoadError::ImageOutsideRam => f.write_str("Image does not fit in guest RAM"),
+            LoadError::NoRoom => f.write_str("no room for initrd/DTB in guest RAM"),
+        }
+    }
+}
+
+/// Which format the image was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// ELF64 RISC-V executable.
+    Elf,
+    /// Raw RISC-V Linux `Image`.
+    LinuxImage,
+}
+
+/// One piece of the image to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Where it goes in guest physical memory.
+    pub gpa: Gpa,
+    /// The bytes of the image to copy there (checked to lie inside the image).
+    pub file: core::ops::Range<usize>,
+    /// Bytes of guest memory the segment occupies, `>= file.len()`; the part past the
+    /// file bytes must be zeroed. `[gpa, gpa + mem_size)` is checked to lie in guest RAM.
+    pub mem_size: u64,
+}
+
+/// How to load an image; every range in it has been validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadPlan {
+    /// Format detected.
+    pub format: ImageFormat,
+    /// What to copy where, in ascending GPA order, non-overlapping.
+    pub segments: Vec<Segment>,
+    /// Guest physical entry point.
+    pub entry: Gpa,
+}
+
+impl LoadPlan {
+    /// One past the highest guest byte the kernel occupies.
+    pub fn end(&self) -> Gpa {
+        self.segments
+            .iter()
+            // Each segment was checked to lie in RAM, so this cannot overflow.
+            .map(|s| Gpa::new(s.gpa.raw() + s.mem_size))
+            .max()
+            .unwrap_or(self.entry)
+    }
+}
+
+/// Parses `image` and plans its loading into guest RAM `ram`.
+pub fn plan(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
+    if image.starts_with(b"\x7fELF") {
+        plan_elf(image, ram)
+    } else if image.len() >= IMAGE_HEADER_SIZE
+        && (image[0x38..0x3c] == IMAGE_MAGIC2 || image[0x30..0x38] == IMAGE_MAGIC)
+    {
+        plan_image(image, ram)
+    } else {
+        Err(LoadError::UnknownFormat)
+    }
+}
+
+fn plan_elf(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
+    // Read the class byte ourselves: the elf crate reports 32-bit files as a generic
+    // parse error under a fixed endianness, and this one deserves a clear message.
+    if image.get(4) != Some(&ELFCLASS64) {
+        return Err(LoadError::NotElf64);
+    }
+    let file = ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|_| LoadError::BadElf)?;
+    if file.ehdr.class != Class::ELF64 {
+        return Err(LoadError::NotElf64);
+    }
+    if file.ehdr.e_machine != EM_RISCV {
+        return Err(LoadError::NotRiscv);
+    }
+    if file.ehdr.e_type != ET_EXEC {
+        return Err(LoadError::NotExecutable);
+    }
+    let table = file.segments().ok_or(LoadError::NoLoadableSegments)?;
+
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut entry = None;
+    for (n, ph) in table.iter().enumerate() {
+        if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
+            continue;
+        }
+        if ph.p_memsz < ph.p_filesz {
+            return Err(LoadError::MemSmallerThanFile(n));
+        }
+        let fstart = usize::try_from(ph.p_offset).map_err(|_| LoadError::SegmentOutsideFile(n))?;
+        let flen = usize::try_from(ph.p_filesz).map_err(|_| LoadError::SegmentOutsideFile(n))?;
+        let fend = fstart.checked_add(flen).ok_or(LoadError::Overflow(n))?;
+        if fend > image.len() {
+            return Err(LoadError::SegmentOutsideFile(n));
+        }
+        let gpa = Gpa::new(ph.p_paddr);
+        gpa.checked_add(ph.p_memsz).ok_or(LoadError::Overflow(n))?;
+        if !ram.contains_span(gpa, ph.p_memsz) {
+            return Err(LoadError::SegmentOutsideRam(n));
+        }
+        let end = gpa.raw() + ph.p_memsz;
+        if segments
+            .iter()
+            .any(|s| gpa.raw() < s.gpa.raw() + s.mem_size && s.gpa.raw() < end)
+        {
+            return Err(LoadError::SegmentOverlap(n));
+        }
+        if ph.p_flags & PF_X != 0 && entry.is_none() {
+            if let Some(off) = file.ehdr.e_entry.checked_sub(ph.p_vaddr) {
+                if off < ph.p_memsz {
+                    entry = Some(Gpa::new(gpa.raw() + off));
+                }
+            }
+        }
+        segments.push(Segment {
+            gpa,
+            file: fstart..fend,
+            mem_size: ph.p_memsz,
+        });
+    }
+    if segments.is_empty() {
+        return Err(LoadError::NoLoadableSegments);
+    }
+    let entry = entry.ok_or(LoadError::BadEntry)?;
+    // RISC-V instructions are at least 2-byte aligned (C extension).
+    if !entry.is_aligned(2) {
+        return Err(LoadError::BadEntry);
+    }
+    segments.sort_by_key(|s| s.gpa);
+    Ok(LoadPlan {
+        format: ImageFormat::Elf,
+        segments,
+        entry,
+    })
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+fn plan_image(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
+    // The caller checked the header is present; keep the check local too.
+    if image.len() < IMAGE_HEADER_SIZE {
+        return Err(LoadError::Truncated);
+    }
+    let text_offset = le_u64(image, 0x08);
+    let image_size = le_u64(image, 0x10);
+    let flags = le_u64(image, 0x18);
+    if flags & 1 != 0 {
+        return Err(LoadError::BigEndian);
+    }
+    let base = ram
+        .start
+        .align_up(KERNEL_ALIGN)
+        .ok_or(LoadError::ImageOutsideRam)?;
+    let load = base
+        .checked_add(text_offset)
+        .ok_or(LoadError::ImageOutsideRam)?;
+    if !load.is_aligned(KERNEL_ALIGN) {
+        return Err(LoadError::MisalignedImage);
+    }
+    // Older kernels leave image_size 0; the file length is then the best bound.
+    let mem_size = image_size.max(image.len() as u64);
+    if !ram.contains_span(load, mem_size) {
+        return Err(LoadError::ImageOutsideRam);
+    }
+    Ok(LoadPlan {
+        format: ImageFormat::LinuxImage,
+        segments: alloc::vec![Segment {
+            gpa: load,
+            file: 0..image.len(),
+            mem_size,
+        }],
+        entry: load,
+    })
+}
+
+/// Where the boot-time blobs go in guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootLayout {
+    /// The initrd, if one was asked for.
+    pub initrd: Option<Range<Gpa>>,
+    /// The device tree.
+    pub dtb: Range<Gpa>,
+}
+
+/// Places the initrd and then the device tree after the kernel.
+///
+/// Layout: `[kernel ... plan.end()]`, the initrd at the next page boundary, then the
+/// DTB at the page boundary after that (Linux needs the DTB 8-byte aligned and the
+/// initrd page aligned; page alignment satisfies both and lets each be mapped or
+/// reserved by whole pages). Everything sits as low as possible, right after the
+/// kernel, so a guest whose RAM starts low also finds its DTB below 4 GiB. rv64 Linux
+/// does not require that (it maps the DTB through a fixmap), so it is not enforced.
+///
+/// The initrd's position does not depend on `dtb_len`: a caller can fix the layout with
+/// [`DTB_RESERVE`], write the initrd range into the DTB, and then check the real DTB
+/// fits the reservation.
+pub fn boot_layout(
+    plan: &LoadPlan,
+    ram: Range<Gpa>,
+    initrd_len: Option<u64>,
+    dtb_len: u64,
+) -> Result<BootLayout, LoadError> {
+    let place = |at: Gpa, len: u64| -> Result<Range<Gpa>, LoadError> {
+        let start = at.align_up(PAGE_SIZE).ok_or(LoadError::NoRoom)?;
+        let r = Range::new(start, len).ok_or(LoadError::NoRoom)?;
+        if !ram.contains_span(start, len) {
+            return Err(LoadError::NoRoom);
+        }
+        Ok(r)
+    };
+    let mut at = plan.end();
+    let initrd = match initrd_len {
+        Some(len) => {
+            let r = place(at, len)?;
+            at = r.end();
+            Some(r)
+        }
+        None => None,
+    };
+    let dtb = place(at, dtb_len)?;
+    Ok(BootLayout { initrd, dtb })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const RAM_BASE: u64 = 0x8000_0000;
+    fn ram() -> Range<Gpa> {
+        Range::new(Gpa::new(RAM_BASE), 128 << 20).unwrap()
+    }
+
+    /// One program header's fields.
+    #[derive(Clone, Copy)]
+    struct Ph {
+        ty: u32,
+        flags: u32,
+        offset: u64,
+        vaddr: u64,
+        paddr: u64,
+        filesz: u64,
+        memsz: u64,
+    }
+
+    /// Writes a minimal little-endian ELF64 RISC-V executable by hand: header, program
+    /// headers, then `body` at offset 0x100.
+    fn elf(entry: u64, phs: &[Ph], body: &[u8], machine: u16, etype: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 0x100];
+        b[0..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2; // ELFCLASS64
+        b[5] = 1; // little-endian
+        b[6] = 1; // EV_CURRENT
+        b[16..18].copy_from_slice(&etype.to_le_bytes());
+        b[18..20].copy_from_slice(&machine.to_le_bytes());
+        b[20..24].copy_from_slice(&1u32.to_le_bytes());
+        b[24..32].copy_from_slice(&entry.to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        b[56..58].copy_from_slice(&(phs.len() as u16).to_le_bytes());
+        b[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+        for (i, p) in phs.iter().enumerate() {
+            let o = 64 + i * 56;
+            b[o..o + 4].copy_from_slice(&p.ty.to_le_bytes());
+            b[o + 4..o + 8].copy_from_slice(&p.flags.to_le_bytes());
+            b[o + 8..o + 16].copy_from_slice(&p.offset.to_le_bytes());
+            b[o + 16..o + 24].copy_from_slice(&p.vaddr.to_le_bytes());
+            b[o + 24..o + 32].copy_from_slice(&p.paddr.to_le_bytes());
+            b[o + 32..o + 40].copy_from_slice(&p.filesz.to_le_bytes());
+            b[o + 40..o + 48].copy_from_slice(&p.memsz.to_le_bytes());
+            b[o + 48..o + 56].copy_from_slice(&0x1000u64.to_le_bytes());
+        }
+        b.extend_from_slice(body);
+        b
+    }
+
+    fn text() -> Ph {
+        Ph {
+            ty: PT_LOAD,
+            flags: PF_X | 4,
+            offset: 0x100,
+            vaddr: 0xffff_ffff_8000_0000,
+            paddr: RAM_BASE + 0x20_0000,
+            filesz: 0x20,
+            memsz: 0x20,
+        }
+    }
+
+    fn data() -> Ph {
+        Ph {
+            ty: PT_LOAD,
+            flags: 6,
+            offset: 0x120,
+            vaddr: 0xffff_ffff_8000_1000,
+            paddr: RAM_BASE + 0x20_1000,
+            filesz: 0x20,
+            memsz: 0x3000,
+        }
+    }
+
+    fn good_elf() -> Vec<u8> {
+        elf(
+            0xffff_ffff_8000_0004,
+            &[text(), data()],
+            &[0x13; 0x40],
+            EM_RISCV,
+            ET_EXEC,
+        )
+    }
+
+    #[test]
+    fn elf_plan_uses_paddr_and_translates_entry() {
+        let p = plan(&good_elf(), ram()).unwrap();
+        assert_eq!(p.format, ImageFormat::Elf);
+        assert_eq!(p.entry, Gpa::new(RAM_BASE + 0x20_0004));
+        assert_eq!(
+            p.segments,
+            vec![
+                Segment {
+                    gpa: Gpa::new(RAM_BASE + 0x20_0000),
+                    file: 0x100..0x120,
+                    mem_size: 0x20
+                },
+                Segment {
+                    gpa: Gpa::new(RAM_BASE + 0x20_1000),
+                    file: 0x120..0x140,
+                    mem_size: 0x3000
+                },
+            ]
+        );
+        assert_eq!(p.end(), Gpa::new(RAM_BASE + 0x20_4000));
+    }
+
+    #[test]
+    fn elf_errors() {
+        let body = [0u8; 0x40];
+        let e = |entry: u64, phs: &[Ph]| plan(&elf(entry, phs, &body, EM_RISCV, ET_EXEC), ram());
+        let entry = 0xffff_ffff_8000_0000;
+        assert_eq!(
+            plan(&elf(entry, &[text()], &body, 62, ET_EXEC), ram()),
+            Err(LoadError::NotRiscv)
+        );
+        assert_eq!(
+            plan(&elf(entry, &[text()], &body, EM_RISCV, 3), ram()),
+            Err(LoadError::NotExecutable)
+        );
+        let mut c32 = good_elf();
+        c32[4] = 1;
+        assert_eq!(plan(&c32, ram()), Err(LoadError::NotElf64));
+        assert_eq!(plan(&good_elf()[..40], ram()), Err(LoadError::BadElf));
+        assert_eq!(e(entry, &[]), Err(LoadError::NoLoadableSegments));
+        assert_eq!(
+            e(
+                entry,
+                &[Ph {
+                    filesz: 0x1000,
+                    ..text()
+                }]
+            ),
+            Err(LoadError::MemSmallerThanFile(0))
+        );
+        assert_eq!(
+            e(
+                entry,
+                &[Ph {
+                    filesz: 0x1000,
+                    memsz: 0x1000,
+                    ..text()
+                }]
+            ),
+            Err(LoadError::SegmentOutsideFile(0))
+        );
+        assert_eq!(
+            e(
+                entry,
+                &[Ph {
+                    offset: u64::MAX,
+                    ..text()
+                }]
+            ),
+            Err(LoadError::Overflow(0))
+        );
+        assert_eq!(
+            e(
+                entry,
+                &[Ph {
+                    paddr: u64::MAX - 4,
+                    ..text()
+                }]
+            ),
+            Err(LoadError::Overflow(0))
+        );
+        assert_eq!(
+            e(
+                entry,
+                &[Ph {
+                    paddr: RAM_BASE - 0x10,
+                    ..text()
+                }]
+            ),
+            Err(LoadError::SegmentOutsideRam(0))
+        );
+        assert_eq!(
+            e(
+                entry,
+                &[Ph {
+                    paddr: RAM_BASE + (128 << 20) - 0x10,
+                    ..text()
+                }]
+            ),
+            Err(LoadError::SegmentOutsideRam(0))
+        );
+        assert_eq!(
+            e(
+                entry,
+                &[
+                    text(),
+                    Ph {
+                        paddr: RAM_BASE + 0x20_0010,
+                        ..data()
+                    }
+                ]
+            ),
+            Err(LoadError::SegmentOverlap(1))
+        );
+        // Entry in a non-executable segment, outside every segment, or misaligned.
+        assert_eq!(
+            e(0xffff_ffff_8000_1000, &[text(), data()]),
+            Err(LoadError::BadEntry)
+        );
+        assert_eq!(e(0x1234, &[text(), data()]), Err(LoadError::BadEntry));
+        assert_eq!(e(entry + 1, &[text()]), Err(LoadError::BadEntry));
+        // Non-LOAD and empty segments are ignored.
+        let note = Ph { ty: 4, ..text() };
+        let empty = Ph {
+            memsz: 0,
+            filesz: 0,
+            ..data()
+        };
+        assert_eq!(
+            e(entry, &[note, empty, text()]).map(|p| p.segments.len()),
+            Ok(1)
+        );
+        assert_eq!(plan(b"hello", ram()), Err(LoadError::UnknownFormat));
+    }
+
+    fn image(text_offset: u64, image_size: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len.max(IMAGE_HEADER_SIZE)];
+        b[0..4].copy_from_slice(&0x0000_0013u32.to_le_bytes());
+        b[0x08..0x10].copy_from_slice(&text_offset.to_le_bytes());
+        b[0x10..0x18].copy_from_slice(&image_size.to_le_bytes());
+        b[0x20..0x24].copy_from_slice(&0x0000_0002u32.to_le_bytes());
+        b[0x30..0x38].copy_from_slice(&IMAGE_MAGIC);
+        b[0x38..0x3c].copy_from_slice(&IMAGE_MAGIC2);
+        b
+    }
+
+    #[test]
+    fn linux_image_plans() {
+        let p = plan(&image(0x20_0000, 0x100_0000, 0x8000), ram()).unwrap();
+        assert_eq!(p.format, ImageFormat::LinuxImage);
+        assert_eq!(p.entry, Gpa::new(RAM_BASE + 0x20_0000));
+        assert_eq!(p.segments[0].file, 0..0x8000);
+        assert_eq!(p.segments[0].mem_size, 0x100_0000);
+        // text_offset 0 with RAM not 2 MiB aligned: rounded up to the next 2 MiB.
+        let odd = Range::new(Gpa::new(RAM_BASE + 0x1000), 64 << 20).unwrap();
+        let p = plan(&image(0, 0, 0x9000), odd).unwrap();
+        assert_eq!(p.entry, Gpa::new(RAM_BASE + 0x20_0000));
+        assert_eq!(p.segments[0].mem_size, 0x9000);
+        assert_eq!(
+            plan(&image(0x1000, 0, 0x100), ram()),
+            Err(LoadError::MisalignedImage)
+        );
+        assert_eq!(
+            plan(&image(0, 1 << 40, 0x100), ram()),
+            Err(LoadError::ImageOutsideRam)
+        );
+        assert_eq!(
+            plan(&image(!0x1f_ffff, 0, 0x100), ram()),
+            Err(LoadError::ImageOutsideRam)
+        );
+        let mut be = image(0, 0, 0x100);
+        be[0x18] = 1;
+        assert_eq!(plan(&be, ram()), Err(LoadError::BigEndian));
+        let mut no_magic = image(0, 0, 0x100);
+        no_magic[0x30..0x3c].fill(0);
+        assert_eq!(plan(&no_magic, ram()), Err(LoadError::UnknownFormat));
+    }
+
+    #[test]
+    fn boot_layout_follows_the_kernel() {
+        let p = plan(&image(0x20_0000, 0x100_0000, 0x8000), ram()).unwrap();
+        let l = boot_layout(&p, ram(), Some(0x1234), 0x800).unwrap();
+        let initrd = l.initrd.unwrap();
+        assert_eq!(initrd.start, Gpa::new(RAM_BASE + 0x120_0000));
+        assert_eq!(initrd.len, 0x1234);
+        assert_eq!(l.dtb.start, Gpa::new(RAM_BASE + 0x120_2000));
+        assert!(l.dtb.start.is_aligned(8));
+        // The initrd does not move with the DTB size.
+        let l2 = boot_layout(&p, ram(), Some(0x1234), DTB_RESERVE).unwrap();
+        assert_eq!(l2.initrd, l.initrd);
+        let l3 = boot_layout(&p, ram(), None, 0x800).unwrap();
+        assert_eq!(l3.dtb.start, Gpa::new(RAM_BASE + 0x120_0000));
+        assert_eq!(
+            boot_layout(&p, ram(), Some(200 << 20), 0x800),
+            Err(LoadError::NoRoom)
+        );
+        assert_eq!(
+            boot_layout(&p, ram(), Some(u64::MAX), 0x800),
+            Err(LoadError::NoRoom)
+        );
+        assert_eq!(
+            boot_layout(&p, ram(), None, u64::MAX),
+            Err(LoadError::NoRoom)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = plan(&b, ram());
+        }
+
+        #[test]
+        fn mutated_headers_never_panic_and_plans_stay_in_bounds(
+            flips in prop::collection::vec((0usize..0x140, any::<u8>()), 1..12),
+            as_image in any::<bool>(),
+        ) {
+            let mut b = if as_image { image(0x20_0000, 0x4000, 0x200) } else { good_elf() };
+            for (at, v) in flips {
+                let at = at % b.len();
+                b[at] = v;
+            }
+            if let Ok(p) = plan(&b, ram()) {
+                for s in &p.segments {
+                    prop_assert!(s.file.end <= b.len());
+                    prop_assert!(s.mem_size >= s.file.len() as u64);
+                    prop_assert!(ram().contains_span(s.gpa, s.mem_size));
+                }
+                prop_assert!(p.segments.iter().any(|s| s.gpa <= p.entry
+                    && p.entry.raw() < s.gpa.raw() + s.mem_size));
+            }
+        }
+    }
+}

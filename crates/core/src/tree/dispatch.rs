@@ -1,0 +1,640 @@
+//! The Diosix extension's SBI calls, decoded and carried out against a [`VmTree`] and an
+//! [`ExtensionHost`] that supplies everything needing hardware.
+//!
+//! The hypervisor's SBI dispatcher calls [`handle_diosix_call`] for EID `0x0A000005`.
+//! Arguments are guest-controlled, so nothing here panics on them: every conversion and
+//! sum is checked, and structures are decoded from bytes with their ABI codecs.
+//!
+//! # Order of checks
+//! Every function checks in this order and stops at the first failure, so the error a
+//! guest sees is determined by its own arguments and its own position in the tree only:
+//! 1. the CID argument (if any) resolves among the caller's own names: unknown →
+//!    `INVALID_PARAM`, a kind the function does not accept (parent, or self on a
+//!    child-only path) → `DENIED`;
+//! 2. trust, for trusted-only functions → `DENIED`;
+//! 3. a structure's GPA: 8-byte aligned and inside the caller's RAM → `INVALID_ADDRESS`;
+//!    its `size` (field or argument) at least this version's → `INVALID_PARAM`; unknown
+//!    flag bits → `INVALID_PARAM` (for structures that carry the CID, step 1 follows
+//!    this step, as the CID is inside);
+//! 4. scalar values (lengths, counts, priorities) → `INVALID_PARAM`;
+//! 5. data buffers inside the caller's RAM (checked, overflow-free) → `INVALID_ADDRESS`;
+//! 6. state, quota and queue room (see each function in `docs/sbi-extension.md`);
+//! 7. the host's work; if it fails after the tree admitted the change, the change is
+//!    undone (a new child is discarded, a rebooted one is terminated) → `FAILED`.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use diosix_abi::{
+    cid as abicid, ext, flags, limits, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs,
+    SpawnArgs, VmInfo,
+};
+
+use super::{
+    ChildRequest, HostFacts, KilledVm, Quota, QuotaChange, SbiError, Termination, VmId, VmState,
+    VmTree,
+};
+use crate::addr::{Gpa, Hpa, PAGE_SIZE};
+use crate::sbi::SbiRet;
+
+/// What the extension needs from the hypervisor proper. Implemented by the hypervisor
+/// over real vCPUs and G-stage tables, and by a fake in the tests.
+pub trait ExtensionHost {
+    /// `Ok` when `[gpa, gpa + len)` lies wholly inside `vm`'s guest RAM (len 0: `gpa`
+    /// itself must be inside or at its end); `InvalidAddress` otherwise.
+    fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError>;
+    /// Copies `buf.len()` bytes from `vm`'s memory at `gpa`; `InvalidAddress` if any of
+    /// it is outside its RAM.
+    fn read_guest(&mut self, vm: VmId, gpa: Gpa, buf: &mut [u8]) -> Result<(), SbiError>;
+    /// Copies `data` into `vm`'s memory at `gpa`; `InvalidAddress` if any of it is
+    /// outside its RAM (or not writable by the guest).
+    fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError>;
+    /// Page-table pages a VM with `ram_pages` of RAM can ever need (charged at creation
+    /// so mapping its RAM later never needs more).
+    fn table_pages_for(&self, ram_pages: u64) -> u64;
+    /// Static facts for GET_HV_INFO.
+    fn facts(&self) -> HostFacts;
+    /// YIELD: end the calling vCPU's time slice.
+    fn yield_vcpu(&mut self, vm: VmId);
+    /// FORK: build `child` as a copy-on-write clone of `parent` (memory and the calling
+    /// vCPU's state; the child's a0 and a1 read 0). The tree has already charged it.
+    fn fork_vm(&mut self, parent: VmId, child: VmId, child_cid: u64) -> Result<(), SbiError>;
+    /// SPAWN: build `child` from the image described by `args` (GPAs in `parent`), and
+    /// start it unless `SPAWN_PAUSED`. The tree has already charged it.
+    fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError>;
+    /// START: start `vm`'s boot vCPU at `entry` with `dtb` in a1 (both GPAs of `vm`);
+    /// `InvalidAddress` if they are outside its RAM.
+    fn start_vm(&mut self, vm: VmId, entry: Gpa, dtb: Gpa) -> Result<(), SbiError>;
+    /// STOP: pause every vCPU of `vm`.
+    fn stop_vm(&mut self, vm: VmId);
+    /// RESUME: let `vm`'s vCPUs run again.
+    fn resume_vm(&mut self, vm: VmId);
+    /// REBOOT: restore `vm`'s memory and vCPUs to the state it was created or forked in.
+    fn reboot_vm(&mut self, vm: VmId) -> Result<(), SbiError>;
+    /// A VM died: stop its vCPUs and free its pages, page tables and vCPUs.
+    fn release_vm(&mut self, killed: &KilledVm);
+    /// `vm` lost hardware trust: unmap its host MMIO and stop routing IRQs to it.
+    fn revoke_hw_access(&mut self, vm: VmId);
+    /// MAP_CHILD_MEM: map `size` bytes of `parent` at `parent_gpa` into `child` at
+    /// `child_gpa` with `perms` (`MAP_*`). The child range must lie inside the child's
+    /// RAM (`InvalidAddress`), whose page tables were charged when it was created.
+    fn map_child_mem(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        child_gpa: Gpa,
+        parent_gpa: Gpa,
+        size: u64,
+        perms: u64,
+    ) -> Result<(), SbiError>;
+    /// UNMAP_CHILD_MEM: unmap `parent`'s range from every child it was mapped into.
+    fn unmap_child_mem(&mut self, parent: VmId, parent_gpa: Gpa, size: u64)
+        -> Result<(), SbiError>;
+    /// MAP_HOST_MMIO for a trusted VM; `InvalidAddress` unless the HPA range is a device
+    /// region the host lets guests own.
+    fn map_host_mmio(&mut self, vm: VmId, hpa: Hpa, gpa: Gpa, size: u64) -> Result<(), SbiError>;
+    /// ROUTE_IRQ for a trusted VM; `InvalidParam` for an interrupt that does not exist.
+    fn route_irq(&mut self, vm: VmId, irq: u64) -> Result<(), SbiError>;
+    /// The Root VM died: restart the machine.
+    fn restart_host(&mut self);
+}
+
+/// Handles one call of the Diosix extension by `caller` (a live VM). `args` are a0..a5.
+///
+/// After EXIT of itself (or a REBOOT failure that killed it) the caller no longer
+/// exists ([`VmTree::is_alive`] is false): the hypervisor must not resume it, and the
+/// returned value is meaningless.
+pub fn handle_diosix_call(
+    tree: &mut VmTree,
+    caller: VmId,
+    fid: usize,
+    args: [usize; 6],
+    host: &mut dyn ExtensionHost,
+) -> SbiRet {
+    if !tree.is_alive(caller) {
+        return SbiRet::err(SbiError::Failed.code());
+    }
+    let a = args.map(|x| x as u64);
+    match call(tree, caller, fid, a, host) {
+        Ok(v) => SbiRet::ok(usize::try_from(v).unwrap_or(usize::MAX)),
+        Err(e) => SbiRet::err(e.code()),
+    }
+}
+
+fn call(
+    tree: &mut VmTree,
+    caller: VmId,
+    fid: usize,
+    a: [u64; 6],
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    match fid {
+        ext::FID_EXIT => exit(tree, caller, a[0], a[1], host),
+        ext::FID_YIELD => {
+            host.yield_vcpu(caller);
+            Ok(0)
+        }
+        ext::FID_FORK => fork(tree, caller, a[0], host),
+        ext::FID_DROP_TRUST => drop_trust(tree, caller, abicid::SELF, host),
+        ext::FID_SPAWN => spawn(tree, caller, a[0], host),
+        ext::FID_GET_INFO => info(tree, caller, abicid::SELF, a[0], a[1], host),
+        ext::FID_SET_QUOTA => set_quota(tree, caller, a[0], host),
+        ext::FID_IPC_SEND => ipc_send(tree, caller, a[0], host),
+        ext::FID_IPC_RECV => ipc_recv(tree, caller, a[0], host),
+        ext::FID_POLL_EVENT => poll_event(tree, caller, a[0], a[1], host),
+        ext::FID_GET_HV_INFO => hv_info(tree, caller, a[0], a[1], host),
+        ext::FID_MAP_CHILD_MEM => map_child_mem(tree, caller, a, host),
+        ext::FID_UNMAP_CHILD_MEM => unmap_child_mem(caller, a[0], a[1], host),
+        ext::FID_START => start(tree, caller, a[0], a[1], a[2], host),
+        ext::FID_STOP => {
+            let child = tree.stop_child(caller, a[0])?;
+            host.stop_vm(child);
+            Ok(0)
+        }
+        ext::FID_RESUME => {
+            let child = tree.resume_child(caller, a[0])?;
+            host.resume_vm(child);
+            Ok(0)
+        }
+        ext::FID_REBOOT => reboot(tree, caller, a[0], host),
+        ext::FID_CONSOLE_READ => console_read(tree, caller, a[0], a[1], a[2], host),
+        ext::FID_CONSOLE_WRITE => console_write(tree, caller, a[0], a[1], a[2], host),
+        ext::FID_DROP_CHILD_TRUST => {
+            tree.resolve_child(caller, a[0])?;
+            drop_trust(tree, caller, a[0], host)
+        }
+        ext::FID_GET_CHILD_INFO => info(tree, caller, a[0], a[1], a[2], host),
+        ext::FID_LIST_CHILDREN => list_children(tree, caller, a[0], a[1], host),
+        ext::FID_MAP_HOST_MMIO => map_host_mmio(tree, caller, a[0], a[1], a[2], host),
+        ext::FID_ROUTE_IRQ => {
+            require_trust(tree, caller)?;
+            host.route_irq(caller, a[0])?;
+            Ok(0)
+        }
+        _ => Err(SbiError::NotSupported),
+    }
+}
+
+// ----- helpers -----
+
+/// Releases everything a termination freed, and restarts the host if the Root VM died.
+pub fn apply_termination(t: &Termination, host: &mut dyn ExtensionHost) {
+    for k in &t.killed {
+        host.release_vm(k);
+    }
+    if t.restart_host {
+        host.restart_host();
+    }
+}
+
+fn require_trust(tree: &VmTree, caller: VmId) -> Result<(), SbiError> {
+    match tree.get(caller) {
+        Some(n) if n.trusted() => Ok(()),
+        Some(_) => Err(SbiError::Denied),
+        None => Err(SbiError::Failed),
+    }
+}
+
+/// Validates a data buffer: no overflow, wholly inside the caller's RAM.
+fn check_buffer(host: &dyn ExtensionHost, vm: VmId, gpa: u64, len: u64) -> Result<(), SbiError> {
+    gpa.checked_add(len).ok_or(SbiError::InvalidAddress)?;
+    host.check_range(vm, Gpa::new(gpa), len)
+}
+
+/// Reads `n` bytes of a structure at `gpa`: 8-byte aligned, inside the caller's RAM.
+fn read_struct_bytes(
+    host: &mut dyn ExtensionHost,
+    vm: VmId,
+    gpa: u64,
+    n: usize,
+) -> Result<Vec<u8>, SbiError> {
+    if !Gpa::new(gpa).is_aligned(8) {
+        return Err(SbiError::InvalidAddress);
+    }
+    check_buffer(host, vm, gpa, n as u64)?;
+    let mut buf = vec![0u8; n];
+    host.read_guest(vm, Gpa::new(gpa), &mut buf)?;
+    Ok(buf)
+}
+
+/// Checks an output buffer for a structure of `need` bytes: the caller's `size` is at
+/// least `need` (`InvalidParam`), the GPA aligned and inside its RAM (`InvalidAddress`).
+fn check_out_struct(
+    host: &dyn ExtensionHost,
+    vm: VmId,
+    gpa: u64,
+    size: u64,
+    need: usize,
+) -> Result<(), SbiError> {
+    if size < need as u64 {
+        return Err(SbiError::InvalidParam);
+    }
+    if !Gpa::new(gpa).is_aligned(8) {
+        return Err(SbiError::InvalidAddress);
+    }
+    check_buffer(host, vm, gpa, need as u64)
+}
+
+fn to_usize(v: u64) -> Result<usize, SbiError> {
+    usize::try_from(v).map_err(|_| SbiError::InvalidParam)
+}
+
+// ----- functions -----
+
+fn exit(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    code: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let target = tree.resolve_self_or_child(caller, cid)?;
+    let t = tree.kill_subtree(target, code)?;
+    apply_termination(&t, host);
+    Ok(0)
+}
+
+fn fork(
+    tree: &mut VmTree,
+    caller: VmId,
+    fl: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    if fl & !flags::FORK_ALL != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    let req = tree.fork_request(caller, fl & flags::FORK_UNTRUSTED != 0)?;
+    let (child, cid) = tree.create_child(caller, req)?;
+    if let Err(e) = host.fork_vm(caller, child, cid) {
+        let t = tree.discard_child(child);
+        apply_termination(&t, host);
+        return Err(e);
+    }
+    Ok(cid)
+}
+
+fn drop_trust(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    for vm in tree.drop_trust(caller, cid)? {
+        host.revoke_hw_access(vm);
+    }
+    Ok(0)
+}
+
+fn spawn(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let raw = read_struct_bytes(host, caller, gpa, SpawnArgs::SIZE)?;
+    let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
+    if (s.size as usize) < SpawnArgs::SIZE || s.flags & !flags::SPAWN_ALL != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    if s.cid != 0 {
+        tree.resolve_child(caller, s.cid)?;
+    }
+    let ram_bytes = s
+        .ram_pages
+        .checked_mul(PAGE_SIZE)
+        .ok_or(SbiError::InvalidParam)?;
+    if s.ram_pages == 0
+        || s.vcpus == 0
+        || s.priority == 0
+        || s.image_size == 0
+        || s.image_size > ram_bytes
+        || (s.dtb_gpa == 0) != (s.dtb_size == 0)
+    {
+        return Err(SbiError::InvalidParam);
+    }
+    check_buffer(host, caller, s.image_gpa, s.image_size)?;
+    if s.dtb_size != 0 {
+        check_buffer(host, caller, s.dtb_gpa, s.dtb_size)?;
+    }
+    let req = ChildRequest {
+        ram_pages: s.ram_pages,
+        table_pages: host.table_pages_for(s.ram_pages),
+        vcpus: s.vcpus,
+        priority: s.priority,
+        trusted: s.flags & flags::SPAWN_TRUSTED != 0,
+        quota: Quota {
+            ram_pages: s.quota_ram_pages,
+            vcpus: s.quota_vcpus,
+            max_priority: s.quota_max_priority,
+            max_depth: s.quota_max_depth,
+            max_descendants: s.quota_max_descendants,
+        },
+        initial_state: if s.flags & flags::SPAWN_PAUSED != 0 {
+            VmState::Created
+        } else {
+            VmState::Running
+        },
+        name: alloc::string::String::from("spawned"),
+    };
+    let (child, cid) = if s.cid == 0 {
+        tree.create_child(caller, req)?
+    } else {
+        let (child, old) = tree.replace_child(caller, s.cid, req)?;
+        apply_termination(&old, host);
+        (child, s.cid)
+    };
+    if let Err(e) = host.spawn_vm(caller, child, &s) {
+        let t = tree.discard_child(child);
+        apply_termination(&t, host);
+        return Err(e);
+    }
+    Ok(cid)
+}
+
+fn info(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    gpa: u64,
+    size: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let info: VmInfo = tree.info(caller, cid)?;
+    check_out_struct(host, caller, gpa, size, VmInfo::SIZE)?;
+    host.write_guest(caller, Gpa::new(gpa), &info.to_le_bytes())?;
+    Ok(0)
+}
+
+fn hv_info(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: u64,
+    size: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    check_out_struct(host, caller, gpa, size, HvInfo::SIZE)?;
+    let facts = host.facts();
+    let info = tree.hv_info(caller, &facts)?;
+    host.write_guest(caller, Gpa::new(gpa), &info.to_le_bytes())?;
+    Ok(0)
+}
+
+fn set_quota(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let raw = read_struct_bytes(host, caller, gpa, QuotaArgs::SIZE)?;
+    let q = QuotaArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
+    if (q.size as usize) < QuotaArgs::SIZE || q.flags & !flags::QUOTA_ALL != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    tree.set_quota(caller, q.cid, QuotaChange::from_args(&q))?;
+    Ok(0)
+}
+
+fn ipc_send(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let raw = read_struct_bytes(host, caller, gpa, IpcSendArgs::SIZE)?;
+    let s = IpcSendArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
+    if (s.size as usize) < IpcSendArgs::SIZE || s.flags != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    tree.resolve_peer(caller, s.cid)?;
+    if s.len > limits::IPC_MAX_MESSAGE as u64 {
+        return Err(SbiError::InvalidParam);
+    }
+    check_buffer(host, caller, s.data_gpa, s.len)?;
+    let mut data = vec![0u8; to_usize(s.len)?];
+    host.read_guest(caller, Gpa::new(s.data_gpa), &mut data)?;
+    tree.ipc_send(caller, s.cid, &data)?;
+    Ok(0)
+}
+
+fn ipc_recv(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let raw = read_struct_bytes(host, caller, gpa, IpcRecvArgs::SIZE)?;
+    let mut r = IpcRecvArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
+    if (r.size as usize) < IpcRecvArgs::SIZE || r.flags & !flags::IPC_RECV_ALL != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    let from = if r.flags & flags::IPC_RECV_EXACT != 0 || r.cid != 0 {
+        Some(r.cid)
+    } else {
+        None
+    };
+    if let Some(c) = from {
+        tree.resolve_peer(caller, c)?;
+    }
+    check_buffer(host, caller, r.buf_gpa, r.max_len)?;
+    let buf = Gpa::new(r.buf_gpa);
+    let got = tree.ipc_recv(caller, from, r.max_len, |_, data| {
+        host.write_guest(caller, buf, data)
+    })?;
+    let Some((sender, len)) = got else {
+        return Ok(0);
+    };
+    r.cid = sender;
+    r.out_len = len as u64;
+    host.write_guest(caller, Gpa::new(gpa), &r.to_le_bytes())?;
+    Ok(1)
+}
+
+fn poll_event(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: u64,
+    size: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    // Check the buffer before taking the event, so a bad buffer never loses one.
+    check_out_struct(host, caller, gpa, size, Event::SIZE)?;
+    let Some((e, dropped)) = tree.poll_event(caller)? else {
+        return Ok(0);
+    };
+    let exit_code = match e.kind {
+        super::EventKind::ChildTerminated { exit_code } => exit_code,
+        _ => 0,
+    };
+    let out = Event {
+        size: Event::SIZE as u32,
+        kind: e.kind.abi_kind(),
+        cid: e.cid,
+        exit_code,
+        dropped,
+        reserved: 0,
+    };
+    host.write_guest(caller, Gpa::new(gpa), &out.to_le_bytes())?;
+    Ok(1)
+}
+
+fn map_child_mem(
+    tree: &mut VmTree,
+    caller: VmId,
+    a: [u64; 6],
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let [cid, child_gpa, parent_gpa, size, perms, _] = a;
+    let child = tree.resolve_child(caller, cid)?;
+    if perms == 0 || perms & !flags::MAP_ALL != 0 || size == 0 || size & (PAGE_SIZE - 1) != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    if !Gpa::new(child_gpa).is_page_aligned() || !Gpa::new(parent_gpa).is_page_aligned() {
+        return Err(SbiError::InvalidAddress);
+    }
+    child_gpa
+        .checked_add(size)
+        .ok_or(SbiError::InvalidAddress)?;
+    check_buffer(host, caller, parent_gpa, size)?;
+    host.map_child_mem(
+        caller,
+        child,
+        Gpa::new(child_gpa),
+        Gpa::new(parent_gpa),
+        size,
+        perms,
+    )?;
+    Ok(0)
+}
+
+fn unmap_child_mem(
+    caller: VmId,
+    parent_gpa: u64,
+    size: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    if size == 0 || size & (PAGE_SIZE - 1) != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    if !Gpa::new(parent_gpa).is_page_aligned() {
+        return Err(SbiError::InvalidAddress);
+    }
+    check_buffer(host, caller, parent_gpa, size)?;
+    host.unmap_child_mem(caller, Gpa::new(parent_gpa), size)?;
+    Ok(0)
+}
+
+fn start(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    entry: u64,
+    dtb: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let child = tree.resolve_child(caller, cid)?;
+    if tree.get(child).map(|n| n.state()) != Some(VmState::Created) {
+        return Err(SbiError::AlreadyStarted);
+    }
+    host.start_vm(child, Gpa::new(entry), Gpa::new(dtb))?;
+    tree.start_child(caller, cid)?;
+    Ok(0)
+}
+
+fn reboot(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let (child, t) = tree.reboot_child(caller, cid)?;
+    apply_termination(&t, host);
+    if let Err(e) = host.reboot_vm(child) {
+        // A VM that cannot be put back is not left half-reset: it dies, and says so.
+        let t = tree.fatal_fault(child)?;
+        apply_termination(&t, host);
+        return Err(e);
+    }
+    Ok(0)
+}
+
+fn console_read(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    gpa: u64,
+    len: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    tree.resolve_child(caller, cid)?;
+    if len > limits::CONSOLE_MAX_TRANSFER as u64 {
+        return Err(SbiError::InvalidParam);
+    }
+    check_buffer(host, caller, gpa, len)?;
+    let mut buf = vec![0u8; to_usize(len)?];
+    let n = tree.console_read_child(caller, cid, &mut buf)?;
+    host.write_guest(caller, Gpa::new(gpa), buf.get(..n).unwrap_or(&[]))?;
+    Ok(n as u64)
+}
+
+fn console_write(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    gpa: u64,
+    len: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    tree.resolve_child(caller, cid)?;
+    if len > limits::CONSOLE_MAX_TRANSFER as u64 {
+        return Err(SbiError::InvalidParam);
+    }
+    check_buffer(host, caller, gpa, len)?;
+    let mut buf = vec![0u8; to_usize(len)?];
+    host.read_guest(caller, Gpa::new(gpa), &mut buf)?;
+    Ok(tree.console_write_child(caller, cid, &buf)? as u64)
+}
+
+fn list_children(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: u64,
+    capacity: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let cids = tree.child_cids(caller)?;
+    if capacity > 0 {
+        let bytes = capacity.checked_mul(8).ok_or(SbiError::InvalidParam)?;
+        if !Gpa::new(gpa).is_aligned(8) {
+            return Err(SbiError::InvalidAddress);
+        }
+        check_buffer(host, caller, gpa, bytes)?;
+        let out: Vec<u8> = cids
+            .iter()
+            .take(to_usize(capacity)?)
+            .flat_map(|c| c.to_le_bytes())
+            .collect();
+        host.write_guest(caller, Gpa::new(gpa), &out)?;
+    }
+    Ok(cids.len() as u64)
+}
+
+fn map_host_mmio(
+    tree: &mut VmTree,
+    caller: VmId,
+    hpa: u64,
+    gpa: u64,
+    size: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    require_trust(tree, caller)?;
+    if size == 0 || size & (PAGE_SIZE - 1) != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    if !Hpa::new(hpa).is_page_aligned() || !Gpa::new(gpa).is_page_aligned() {
+        return Err(SbiError::InvalidAddress);
+    }
+    hpa.checked_add(size).ok_or(SbiError::InvalidAddress)?;
+    gpa.checked_add(size).ok_or(SbiError::InvalidAddress)?;
+    host.map_host_mmio(caller, Hpa::new(hpa), Gpa::new(gpa), size)?;
+    Ok(0)
+}

@@ -1,0 +1,1333 @@
+//! The VM tree: every VM, its parent and children, quotas, trust, lifecycle state, IPC
+//! lanes, events and console rings, as a pure data structure.
+//!
+//! The hypervisor owns one [`VmTree`] and calls into it from its trap handlers; the
+//! extension's SBI calls go through [`dispatch::handle_diosix_call`]. Nothing here
+//! touches hardware, so every rule is tested on the host.
+//!
+//! # Naming
+//! VMs are stored in an arena and addressed internally by [`VmId`], whose generation
+//! makes a stale id (of a VM that died) fail to resolve even after its slot is reused.
+//! Guests never see a `VmId`: they name VMs by *context IDs* relative to themselves
+//! (0 = parent, 1 = self, >= 2 = one of their own children). A parent numbers its
+//! children from 2 upwards and never reuses a number, so a dead child's CID can never
+//! alias a new child. Numbering is per parent, so it reveals nothing about the rest of
+//! the tree.
+//!
+//! # Isolation
+//! Every decision an operation makes on behalf of a caller reads only the caller's own
+//! node, its parent's identity, and its direct children. In particular
+//! [`VmTree::resolve`] looks a CID up only among the caller's own children, so an
+//! unknown CID is refused with the same error, after the same work, whether or not some
+//! VM elsewhere in the tree exists. Admission control is by reservation (see
+//! [`quota`]), so a refusal depends only on the caller's own quota and children.
+
+pub mod comms;
+pub mod cow;
+pub mod dispatch;
+pub mod error;
+pub mod quota;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use diosix_abi::{cid, exit_code, flags, limits, state, VmInfo};
+
+pub use comms::{ByteRing, EventKind, EventQueue, EventRecord, Message};
+pub use error::SbiError;
+pub use quota::{Quota, QuotaChange, Reserved, SubtreeUsage, Usage};
+
+/// A generation-checked handle to a VM in the tree's arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmId {
+    index: u32,
+    generation: u32,
+}
+
+impl VmId {
+    /// The arena slot (stable while the VM lives; useful as a table index for the host).
+    pub const fn index(self) -> u32 {
+        self.index
+    }
+
+    /// The slot's generation when this id was issued.
+    pub const fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+/// Lifecycle state of a live VM. A terminated VM is removed from the tree at once, so
+/// there is no "dead" state: its [`VmId`] simply stops resolving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Created paused: waiting for START (memory may be mapped in first).
+    Created,
+    /// Its vCPUs are schedulable.
+    Running,
+    /// Stopped by its parent: every vCPU paused.
+    Stopped,
+}
+
+impl VmState {
+    /// The ABI's [`diosix_abi::state`] number.
+    pub const fn abi_state(self) -> u32 {
+        match self {
+            Self::Created => state::CREATED,
+            Self::Running => state::RUNNING,
+            Self::Stopped => state::STOPPED,
+        }
+    }
+}
+
+/// What a caller-relative CID names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// CID 0: the caller's parent.
+    Parent(VmId),
+    /// CID 1: the caller itself.
+    Myself(VmId),
+    /// CID >= 2: one of the caller's live children.
+    Child(VmId),
+}
+
+/// What a new child asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRequest {
+    /// Guest RAM pages (> 0).
+    pub ram_pages: u64,
+    /// Page-table pages its G-stage tables may need (the host's estimate for its RAM).
+    pub table_pages: u64,
+    /// vCPUs (> 0).
+    pub vcpus: u32,
+    /// Priority of its vCPUs (1..=MAX_PRIORITY).
+    pub priority: u32,
+    /// Whether it gets hardware trust.
+    pub trusted: bool,
+    /// Its subtree quota. A field left 0 takes the default: exactly what the child holds
+    /// (pages, vCPUs), its own priority, and no children (depth, descendants).
+    pub quota: Quota,
+    /// The state it is created in (and returns to on reboot): `Running` or `Created`.
+    pub initial_state: VmState,
+    /// A label for logs (never shown to other VMs).
+    pub name: String,
+}
+
+/// Everything one terminated VM held, for the host to release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KilledVm {
+    /// The dead VM's (now stale) id.
+    pub id: VmId,
+    /// Guest RAM pages it held.
+    pub ram_pages: u64,
+    /// Page-table pages it held.
+    pub table_pages: u64,
+    /// vCPUs it had.
+    pub vcpus: u32,
+    /// Whether it had hardware trust (the host unmaps its MMIO and IRQ routes).
+    pub trusted: bool,
+}
+
+/// The result of terminating a subtree.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Termination {
+    /// Every VM that died, children before parents (post-order).
+    pub killed: Vec<KilledVm>,
+    /// The Root VM died: the host must restart.
+    pub restart_host: bool,
+}
+
+/// Where a VM's console output goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsoleSink {
+    /// The Root VM: the host writes it to the physical console.
+    Host,
+    /// Buffered for the parent to read.
+    Buffered,
+}
+
+/// One VM.
+#[derive(Clone, Debug)]
+pub struct VmNode {
+    parent: Option<VmId>,
+    cid_in_parent: u64,
+    children: BTreeMap<u64, VmId>,
+    next_child_cid: u64,
+    name: String,
+    state: VmState,
+    initial_state: VmState,
+    trusted: bool,
+    depth: u32,
+    priority: u32,
+    quota: Quota,
+    own: Usage,
+    subtree: SubtreeUsage,
+    /// IPC lanes keyed by sender CID as this VM names it (0 = parent). One lane per
+    /// sender, so one sender filling its lane cannot refuse, and so cannot reveal,
+    /// another sender's messages.
+    lanes: BTreeMap<u64, VecDeque<Message>>,
+    next_seq: u64,
+    events: EventQueue,
+    console_out: ByteRing,
+    console_in: ByteRing,
+}
+
+impl VmNode {
+    /// Parent's id (None for the Root VM).
+    pub fn parent(&self) -> Option<VmId> {
+        self.parent
+    }
+    /// The CID the parent knows this VM by (0 for the Root VM).
+    pub fn cid_in_parent(&self) -> u64 {
+        self.cid_in_parent
+    }
+    /// Live children by CID.
+    pub fn children(&self) -> &BTreeMap<u64, VmId> {
+        &self.children
+    }
+    /// The next CID this VM will give a child.
+    pub fn next_child_cid(&self) -> u64 {
+        self.next_child_cid
+    }
+    /// Label for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Lifecycle state.
+    pub fn state(&self) -> VmState {
+        self.state
+    }
+    /// Hardware trust.
+    pub fn trusted(&self) -> bool {
+        self.trusted
+    }
+    /// Distance from the Root VM (0 for the Root VM).
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+    /// Priority of its vCPUs.
+    pub fn priority(&self) -> u32 {
+        self.priority
+    }
+    /// Subtree quota.
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+    /// What the VM itself holds.
+    pub fn own(&self) -> Usage {
+        self.own
+    }
+    /// What the VM and its descendants hold.
+    pub fn subtree(&self) -> SubtreeUsage {
+        self.subtree
+    }
+    /// Messages queued for this VM, over all lanes.
+    pub fn queued_messages(&self) -> usize {
+        self.lanes.values().map(VecDeque::len).sum()
+    }
+    /// Events waiting.
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+    /// Console output waiting for the parent.
+    pub fn console_out(&self) -> &ByteRing {
+        &self.console_out
+    }
+    /// Console input waiting for the VM.
+    pub fn console_in(&self) -> &ByteRing {
+        &self.console_in
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    generation: u32,
+    node: Option<VmNode>,
+}
+
+/// The VM tree.
+#[derive(Clone, Debug)]
+pub struct VmTree {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    root: Option<VmId>,
+    live: usize,
+}
+
+impl VmTree {
+    /// Builds a tree holding only the Root VM, which is trusted, running, and has
+    /// `quota` (normally [`Quota::everything`]) and already holds `own`.
+    ///
+    /// Fails with `InvalidParam` if `quota` is above the ABI's limits, `own` does not fit
+    /// in it, or `priority` is not in 1..=quota.max_priority.
+    pub fn new(quota: Quota, own: Usage, priority: u32) -> Result<(Self, VmId), SbiError> {
+        let pages = own.pages().ok_or(SbiError::InvalidParam)?;
+        if !quota.within_abi_limits()
+            || pages > quota.ram_pages
+            || own.vcpus > quota.vcpus
+            || priority == 0
+            || priority > quota.max_priority
+        {
+            return Err(SbiError::InvalidParam);
+        }
+        let node = VmNode {
+            parent: None,
+            cid_in_parent: cid::PARENT,
+            children: BTreeMap::new(),
+            next_child_cid: cid::FIRST_CHILD,
+            name: String::from("root"),
+            state: VmState::Running,
+            initial_state: VmState::Running,
+            trusted: true,
+            depth: 0,
+            priority,
+            quota,
+            own,
+            subtree: SubtreeUsage {
+                pages,
+                vcpus: own.vcpus,
+                descendants: 0,
+            },
+            lanes: BTreeMap::new(),
+            next_seq: 0,
+            events: EventQueue::default(),
+            console_out: ByteRing::default(),
+            console_in: ByteRing::default(),
+        };
+        let mut tree = Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            root: None,
+            live: 0,
+        };
+        let id = tree.alloc(node);
+        tree.root = Some(id);
+        Ok((tree, id))
+    }
+
+    // ----- arena -----
+
+    fn alloc(&mut self, node: VmNode) -> VmId {
+        self.live += 1;
+        if let Some(index) = self.free.pop() {
+            if let Some(slot) = self.slots.get_mut(index as usize) {
+                slot.node = Some(node);
+                return VmId {
+                    index,
+                    generation: slot.generation,
+                };
+            }
+        }
+        let index = self.slots.len() as u32;
+        self.slots.push(Slot {
+            generation: 0,
+            node: Some(node),
+        });
+        VmId {
+            index,
+            generation: 0,
+        }
+    }
+
+    fn release_slot(&mut self, id: VmId) -> Option<VmNode> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        let node = slot.node.take()?;
+        // A new generation makes every outstanding copy of `id` stale for good.
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(id.index);
+        self.live -= 1;
+        Some(node)
+    }
+
+    /// The node of a live VM, or `None` if `id` is stale.
+    pub fn get(&self, id: VmId) -> Option<&VmNode> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.node.as_ref()
+    }
+
+    fn get_mut(&mut self, id: VmId) -> Option<&mut VmNode> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.node.as_mut()
+    }
+
+    /// The node of a live VM the caller of a tree operation passed in; a stale id is the
+    /// host's mistake, reported as `Failed` rather than a panic.
+    fn node(&self, id: VmId) -> Result<&VmNode, SbiError> {
+        self.get(id).ok_or(SbiError::Failed)
+    }
+
+    fn node_mut(&mut self, id: VmId) -> Result<&mut VmNode, SbiError> {
+        self.get_mut(id).ok_or(SbiError::Failed)
+    }
+
+    /// True while the VM lives.
+    pub fn is_alive(&self, id: VmId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// The Root VM, while it lives.
+    pub fn root(&self) -> Option<VmId> {
+        self.root.filter(|&r| self.is_alive(r))
+    }
+
+    /// Number of live VMs.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// True when no VM lives (after the Root VM terminated).
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Every live VM's id (arena order).
+    pub fn ids(&self) -> impl Iterator<Item = VmId> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.node.as_ref().map(|_| VmId {
+                index: i as u32,
+                generation: s.generation,
+            })
+        })
+    }
+
+    // ----- naming -----
+
+    /// Resolves a CID relative to `caller`. Anything that is not the caller's parent,
+    /// itself, or one of its live children is `InvalidParam`, found by a lookup among
+    /// the caller's own children only (so neither the result nor the work done depends
+    /// on VMs elsewhere). CID 0 of the Root VM names nothing.
+    pub fn resolve(&self, caller: VmId, cid: u64) -> Result<Resolved, SbiError> {
+        let node = self.node(caller)?;
+        match cid {
+            cid::PARENT => node
+                .parent
+                .map(Resolved::Parent)
+                .ok_or(SbiError::InvalidParam),
+            cid::SELF => Ok(Resolved::Myself(caller)),
+            c => node
+                .children
+                .get(&c)
+                .copied()
+                .map(Resolved::Child)
+                .ok_or(SbiError::InvalidParam),
+        }
+    }
+
+    /// Resolves a CID that must name one of the caller's children: an unknown CID is
+    /// `InvalidParam`, the parent or the caller itself is `Denied`.
+    pub fn resolve_child(&self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
+        match self.resolve(caller, cid)? {
+            Resolved::Child(id) => Ok(id),
+            Resolved::Parent(_) | Resolved::Myself(_) => Err(SbiError::Denied),
+        }
+    }
+
+    /// Resolves a CID that must name the caller itself or one of its children.
+    pub fn resolve_self_or_child(&self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
+        match self.resolve(caller, cid)? {
+            Resolved::Child(id) | Resolved::Myself(id) => Ok(id),
+            Resolved::Parent(_) => Err(SbiError::Denied),
+        }
+    }
+
+    /// Resolves a CID that must name the caller's parent or one of its children (an IPC
+    /// peer): the caller itself is `InvalidParam`.
+    pub fn resolve_peer(&self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
+        match self.resolve(caller, cid)? {
+            Resolved::Child(id) | Resolved::Parent(id) => Ok(id),
+            Resolved::Myself(_) => Err(SbiError::InvalidParam),
+        }
+    }
+
+    /// What `vm` has reserved: what it holds plus its children's quotas.
+    pub fn reserved(&self, vm: VmId) -> Result<Reserved, SbiError> {
+        let node = self.node(vm)?;
+        self.reserved_excluding(node, None)
+            .ok_or(SbiError::InvalidState)
+    }
+
+    fn reserved_excluding(&self, node: &VmNode, excluded: Option<u64>) -> Option<Reserved> {
+        let mut r = Reserved {
+            pages: node.own.pages()?,
+            vcpus: node.own.vcpus,
+            descendants: 0,
+        };
+        for (&c, &child) in &node.children {
+            if Some(c) == excluded {
+                continue;
+            }
+            let q = self.get(child)?.quota;
+            r.pages = r.pages.checked_add(q.ram_pages)?;
+            r.vcpus = r.vcpus.checked_add(q.vcpus)?;
+            r.descendants = r
+                .descendants
+                .checked_add(1)?
+                .checked_add(q.max_descendants)?;
+        }
+        Some(r)
+    }
+
+    /// Levels of descendants that exist below `vm` now.
+    pub fn depth_used(&self, vm: VmId) -> u32 {
+        let mut deepest = 0;
+        let Some(base) = self.get(vm).map(|n| n.depth) else {
+            return 0;
+        };
+        let mut stack: Vec<VmId> = alloc::vec![vm];
+        while let Some(v) = stack.pop() {
+            if let Some(n) = self.get(v) {
+                deepest = deepest.max(n.depth.saturating_sub(base));
+                stack.extend(n.children.values().copied());
+            }
+        }
+        deepest
+    }
+
+    // ----- admission -----
+
+    /// The quota a request really asks for, with defaults filled in.
+    fn effective_child_quota(req: &ChildRequest, pages: u64) -> Quota {
+        let q = req.quota;
+        Quota {
+            ram_pages: if q.ram_pages == 0 { pages } else { q.ram_pages },
+            vcpus: if q.vcpus == 0 { req.vcpus } else { q.vcpus },
+            max_priority: if q.max_priority == 0 {
+                req.priority
+            } else {
+                q.max_priority
+            },
+            max_depth: q.max_depth,
+            max_descendants: q.max_descendants,
+        }
+    }
+
+    /// Admission control for a new child of `parent` (or a replacement of the child with
+    /// CID `replacing`, whose reservation is then not counted). Checks, in this order:
+    ///
+    /// 1. well-formed request: RAM, vCPUs and priority non-zero, quota within the ABI's
+    ///    limits and at least what the child itself holds → `InvalidParam`;
+    /// 2. trust: a trusted child only from a trusted parent → `Denied`;
+    /// 3. priority: the child's priority and priority quota ≤ the parent's → `Denied`;
+    /// 4. depth: the child's depth quota + 1 ≤ the parent's → `Denied`;
+    /// 5. descendants: 1 + the child's descendant quota fits the parent's → `Denied`;
+    /// 6. vCPUs: the child's vCPU quota fits the parent's headroom → `Denied`;
+    /// 7. RAM: the child's page quota fits the parent's headroom → `Denied`.
+    ///
+    /// Returns the child's quota and pages.
+    fn admit(
+        &self,
+        parent: &VmNode,
+        req: &ChildRequest,
+        replacing: Option<u64>,
+    ) -> Result<(Quota, u64), SbiError> {
+        let pages = req
+            .ram_pages
+            .checked_add(req.table_pages)
+            .ok_or(SbiError::InvalidParam)?;
+        if req.ram_pages == 0 || req.vcpus == 0 || req.priority == 0 {
+            return Err(SbiError::InvalidParam);
+        }
+        let q = Self::effective_child_quota(req, pages);
+        if !q.within_abi_limits()
+            || req.priority > limits::MAX_PRIORITY
+            || q.ram_pages < pages
+            || q.vcpus < req.vcpus
+            || q.max_priority < req.priority
+            || q.max_descendants < q.max_depth
+        {
+            return Err(SbiError::InvalidParam);
+        }
+        if req.trusted && !parent.trusted {
+            return Err(SbiError::Denied);
+        }
+        if q.max_priority > parent.quota.max_priority {
+            return Err(SbiError::Denied);
+        }
+        if q.max_depth >= parent.quota.max_depth {
+            return Err(SbiError::Denied);
+        }
+        let r = self
+            .reserved_excluding(parent, replacing)
+            .ok_or(SbiError::Denied)?;
+        let desc = r
+            .descendants
+            .checked_add(1)
+            .and_then(|d| d.checked_add(q.max_descendants));
+        if desc.is_none_or(|d| d > parent.quota.max_descendants) {
+            return Err(SbiError::Denied);
+        }
+        if r.vcpus
+            .checked_add(q.vcpus)
+            .is_none_or(|v| v > parent.quota.vcpus)
+        {
+            return Err(SbiError::Denied);
+        }
+        if r.pages
+            .checked_add(q.ram_pages)
+            .is_none_or(|p| p > parent.quota.ram_pages)
+        {
+            return Err(SbiError::Denied);
+        }
+        Ok((q, pages))
+    }
+
+    /// Verifies that adding `delta` to the subtree usage of `from` and every ancestor
+    /// keeps each within its quota. Reservation makes this always true; it is checked
+    /// anyway so that no bug elsewhere can ever push a count past a quota.
+    fn ancestors_allow(&self, from: VmId, delta: SubtreeUsage) -> bool {
+        let mut cur = Some(from);
+        while let Some(id) = cur {
+            let Some(n) = self.get(id) else { return false };
+            let ok = n
+                .subtree
+                .pages
+                .checked_add(delta.pages)
+                .is_some_and(|p| p <= n.quota.ram_pages)
+                && n.subtree
+                    .vcpus
+                    .checked_add(delta.vcpus)
+                    .is_some_and(|v| v <= n.quota.vcpus)
+                && n.subtree
+                    .descendants
+                    .checked_add(delta.descendants)
+                    .is_some_and(|d| d <= n.quota.max_descendants);
+            if !ok {
+                return false;
+            }
+            cur = n.parent;
+        }
+        true
+    }
+
+    /// Adds (or with `add == false` subtracts) `delta` along the path from `from` to the
+    /// root. Callers have checked that it fits (adding) or is held (subtracting).
+    fn propagate(&mut self, from: VmId, delta: SubtreeUsage, add: bool) {
+        let mut cur = Some(from);
+        while let Some(id) = cur {
+            let Some(n) = self.get_mut(id) else { return };
+            if add {
+                n.subtree.pages = n.subtree.pages.saturating_add(delta.pages);
+                n.subtree.vcpus = n.subtree.vcpus.saturating_add(delta.vcpus);
+                n.subtree.descendants = n.subtree.descendants.saturating_add(delta.descendants);
+            } else {
+                n.subtree.pages = n.subtree.pages.saturating_sub(delta.pages);
+                n.subtree.vcpus = n.subtree.vcpus.saturating_sub(delta.vcpus);
+                n.subtree.descendants = n.subtree.descendants.saturating_sub(delta.descendants);
+            }
+            cur = n.parent;
+        }
+    }
+
+    /// Creates a child of `parent` after admission control (see the check order on
+    /// [`VmTree::create_child`]'s private helper `admit`, documented in
+    /// `docs/sbi-extension.md`): trust, priority, depth, descendants, vCPUs, RAM. All its
+    /// pages and vCPUs are charged here, once, so it can never fail later for lack of
+    /// memory. Returns its id and CID.
+    pub fn create_child(
+        &mut self,
+        parent: VmId,
+        req: ChildRequest,
+    ) -> Result<(VmId, u64), SbiError> {
+        let p = self.node(parent)?;
+        let (quota, pages) = self.admit(p, &req, None)?;
+        let cid = p.next_child_cid;
+        let next = cid.checked_add(1).ok_or(SbiError::Denied)?;
+        let delta = SubtreeUsage {
+            pages,
+            vcpus: req.vcpus,
+            descendants: 1,
+        };
+        if !self.ancestors_allow(parent, delta) {
+            return Err(SbiError::Denied);
+        }
+        let depth = p.depth.saturating_add(1);
+        let id = self.insert_child(parent, cid, depth, quota, pages, req);
+        self.propagate(parent, delta, true);
+        if let Ok(p) = self.node_mut(parent) {
+            p.next_child_cid = next;
+        }
+        Ok((id, cid))
+    }
+
+    fn insert_child(
+        &mut self,
+        parent: VmId,
+        cid: u64,
+        depth: u32,
+        quota: Quota,
+        pages: u64,
+        req: ChildRequest,
+    ) -> VmId {
+        let node = VmNode {
+            parent: Some(parent),
+            cid_in_parent: cid,
+            children: BTreeMap::new(),
+            next_child_cid: cid::FIRST_CHILD,
+            name: req.name,
+            state: req.initial_state,
+            initial_state: req.initial_state,
+            trusted: req.trusted,
+            depth,
+            priority: req.priority,
+            quota,
+            own: Usage {
+                ram_pages: req.ram_pages,
+                table_pages: req.table_pages,
+                vcpus: req.vcpus,
+            },
+            subtree: SubtreeUsage {
+                pages,
+                vcpus: req.vcpus,
+                descendants: 0,
+            },
+            lanes: BTreeMap::new(),
+            next_seq: 0,
+            events: EventQueue::default(),
+            console_out: ByteRing::default(),
+            console_in: ByteRing::default(),
+        };
+        let id = self.alloc(node);
+        if let Some(p) = self.get_mut(parent) {
+            p.children.insert(cid, id);
+        }
+        id
+    }
+
+    /// The request FORK makes for a clone of `vm`: the same RAM, page-table pages and
+    /// vCPUs (all charged now, so copy-on-write faults never need more), the same
+    /// priority, trust unless `untrusted`, and a quota of exactly that (no children).
+    pub fn fork_request(&self, vm: VmId, untrusted: bool) -> Result<ChildRequest, SbiError> {
+        let n = self.node(vm)?;
+        Ok(ChildRequest {
+            ram_pages: n.own.ram_pages,
+            table_pages: n.own.table_pages,
+            vcpus: n.own.vcpus,
+            priority: n.priority,
+            trusted: n.trusted && !untrusted,
+            quota: Quota::default(),
+            initial_state: VmState::Running,
+            name: n.name.clone(),
+        })
+    }
+
+    /// Replaces the child with CID `cid` by a new VM built from `req` (SPAWN with a CID):
+    /// same CID, new [`VmId`]. Admission is checked as if the old child's reservation
+    /// were already released, and nothing changes unless it passes. The old child and its
+    /// subtree are returned for release; no event is queued (the parent asked for it).
+    pub fn replace_child(
+        &mut self,
+        parent: VmId,
+        cid: u64,
+        req: ChildRequest,
+    ) -> Result<(VmId, Termination), SbiError> {
+        let old = self.resolve_child(parent, cid)?;
+        let p = self.node(parent)?;
+        let (quota, pages) = self.admit(p, &req, Some(cid))?;
+        let depth = p.depth.saturating_add(1);
+        let gone = self.remove_subtree(old);
+        let delta = SubtreeUsage {
+            pages,
+            vcpus: req.vcpus,
+            descendants: 1,
+        };
+        if !self.ancestors_allow(parent, delta) {
+            // Unreachable under reservation; the old child is gone either way, which
+            // the returned error makes the host report as a termination.
+            return Err(SbiError::Failed);
+        }
+        let id = self.insert_child(parent, cid, depth, quota, pages, req);
+        self.propagate(parent, delta, true);
+        Ok((id, gone))
+    }
+
+    // ----- charging -----
+
+    /// Charges `ram_pages` + `table_pages` more to `vm` itself (page-table growth, a
+    /// memory hot-add). Fails with `Denied`, changing nothing, unless the VM's own
+    /// headroom (quota minus what it holds and granted its children) covers it.
+    pub fn charge(&mut self, vm: VmId, ram_pages: u64, table_pages: u64) -> Result<(), SbiError> {
+        let n = self.node(vm)?;
+        let add = ram_pages
+            .checked_add(table_pages)
+            .ok_or(SbiError::InvalidParam)?;
+        let r = self.reserved_excluding(n, None).ok_or(SbiError::Denied)?;
+        if r.pages
+            .checked_add(add)
+            .is_none_or(|p| p > n.quota.ram_pages)
+        {
+            return Err(SbiError::Denied);
+        }
+        let delta = SubtreeUsage {
+            pages: add,
+            vcpus: 0,
+            descendants: 0,
+        };
+        if !self.ancestors_allow(vm, delta) {
+            return Err(SbiError::Denied);
+        }
+        let n = self.node_mut(vm)?;
+        n.own.ram_pages = n.own.ram_pages.saturating_add(ram_pages);
+        n.own.table_pages = n.own.table_pages.saturating_add(table_pages);
+        self.propagate(vm, delta, true);
+        Ok(())
+    }
+
+    /// Returns pages `vm` no longer holds. Fails with `InvalidParam`, changing nothing,
+    /// if it does not hold that many.
+    pub fn uncharge(&mut self, vm: VmId, ram_pages: u64, table_pages: u64) -> Result<(), SbiError> {
+        let n = self.node_mut(vm)?;
+        let ram = n
+            .own
+            .ram_pages
+            .checked_sub(ram_pages)
+            .ok_or(SbiError::InvalidParam)?;
+        let tables = n
+            .own
+            .table_pages
+            .checked_sub(table_pages)
+            .ok_or(SbiError::InvalidParam)?;
+        n.own.ram_pages = ram;
+        n.own.table_pages = tables;
+        let delta = SubtreeUsage {
+            pages: ram_pages.saturating_add(table_pages),
+            vcpus: 0,
+            descendants: 0,
+        };
+        self.propagate(vm, delta, false);
+        Ok(())
+    }
+
+    // ----- quotas -----
+
+    /// SET_QUOTA. Checks, in order:
+    /// 1. `cid` resolves (`InvalidParam`); the parent is `Denied`;
+    /// 2. new values within the ABI's limits (`InvalidParam`);
+    /// 3. ceiling (`Denied`): on itself a VM may only lower; on a child, the new quota
+    ///    must fit the caller's headroom (its quota minus what it holds and granted its
+    ///    other children), priority ≤ the caller's, depth + 1 ≤ the caller's;
+    /// 4. floor (`InvalidState`): never below what the target holds plus what it granted
+    ///    its own children, nor below its own priority or its children's depth.
+    pub fn set_quota(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+        change: QuotaChange,
+    ) -> Result<(), SbiError> {
+        let target = self.resolve_self_or_child(caller, cid)?;
+        let t = self.node(target)?;
+        let new = change.apply(t.quota);
+        if !new.within_abi_limits() {
+            return Err(SbiError::InvalidParam);
+        }
+        if target == caller {
+            let old = t.quota;
+            if new.ram_pages > old.ram_pages
+                || new.vcpus > old.vcpus
+                || new.max_priority > old.max_priority
+                || new.max_depth > old.max_depth
+                || new.max_descendants > old.max_descendants
+            {
+                return Err(SbiError::Denied);
+            }
+        } else {
+            let p = self.node(caller)?;
+            let r = self
+                .reserved_excluding(p, Some(t.cid_in_parent))
+                .ok_or(SbiError::Denied)?;
+            let desc_ok = r
+                .descendants
+                .checked_add(1)
+                .and_then(|d| d.checked_add(new.max_descendants))
+                .is_some_and(|d| d <= p.quota.max_descendants);
+            let vcpu_ok = r
+                .vcpus
+                .checked_add(new.vcpus)
+                .is_some_and(|v| v <= p.quota.vcpus);
+            let ram_ok = r
+                .pages
+                .checked_add(new.ram_pages)
+                .is_some_and(|v| v <= p.quota.ram_pages);
+            if new.max_priority > p.quota.max_priority
+                || new.max_depth >= p.quota.max_depth
+                || !desc_ok
+                || !vcpu_ok
+                || !ram_ok
+            {
+                return Err(SbiError::Denied);
+            }
+        }
+        let tr = self
+            .reserved_excluding(t, None)
+            .ok_or(SbiError::InvalidState)?;
+        let mut prio_floor = t.priority;
+        let mut depth_floor = 0;
+        for &c in t.children.values() {
+            let cq = self.node(c)?.quota;
+            prio_floor = prio_floor.max(cq.max_priority);
+            depth_floor = depth_floor.max(cq.max_depth.saturating_add(1));
+        }
+        if !tr.fits(&new) || new.max_priority < prio_floor || new.max_depth < depth_floor {
+            return Err(SbiError::InvalidState);
+        }
+        self.node_mut(target)?.quota = new;
+        Ok(())
+    }
+
+    // ----- trust -----
+
+    /// Drops hardware trust of the caller itself (`cid` 1) or a child, irrevocably, and
+    /// of the target's whole subtree, so that a trusted VM always has a trusted parent.
+    /// Returns the VMs that lost trust (the host unmaps their MMIO and IRQ routes);
+    /// dropping trust that is already gone is not an error.
+    pub fn drop_trust(&mut self, caller: VmId, cid: u64) -> Result<Vec<VmId>, SbiError> {
+        let target = self.resolve_self_or_child(caller, cid)?;
+        let mut changed = Vec::new();
+        for id in self.post_order(target) {
+            if let Some(n) = self.get_mut(id) {
+                if n.trusted {
+                    n.trusted = false;
+                    changed.push(id);
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    // ----- termination -----
+
+    /// The subtree under `vm`, children before parents.
+    pub fn post_order(&self, vm: VmId) -> Vec<VmId> {
+        let mut out = Vec::new();
+        let mut stack = alloc::vec![(vm, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if expanded {
+                out.push(id);
+                continue;
+            }
+            if let Some(n) = self.get(id) {
+                stack.push((id, true));
+                // Reverse so children come out in ascending CID order.
+                for &c in n.children.values().rev() {
+                    stack.push((c, false));
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes `vm` and its subtree, returning what they held; fixes every ancestor's
+    /// counts and the parent's bookkeeping, but queues no event.
+    fn remove_subtree(&mut self, vm: VmId) -> Termination {
+        let Some(n) = self.get(vm) else {
+            return Termination::default();
+        };
+        let parent = n.parent;
+        let cid = n.cid_in_parent;
+        let delta = SubtreeUsage {
+            pages: n.subtree.pages,
+            vcpus: n.subtree.vcpus,
+            descendants: n.subtree.descendants.saturating_add(1),
+        };
+        let order = self.post_order(vm);
+        let mut killed = Vec::with_capacity(order.len());
+        for id in order {
+            if let Some(dead) = self.release_slot(id) {
+                killed.push(KilledVm {
+                    id,
+                    ram_pages: dead.own.ram_pages,
+                    table_pages: dead.own.table_pages,
+                    vcpus: dead.own.vcpus,
+                    trusted: dead.trusted,
+                });
+            }
+        }
+        if let Some(p) = parent {
+            if let Some(pn) = self.get_mut(p) {
+                pn.children.remove(&cid);
+                // Its unread messages and the notices about them die with it.
+                pn.lanes.remove(&cid);
+                pn.events
+                    .retain(|e| !(e.cid == cid && e.kind == EventKind::Message));
+            }
+            self.propagate(p, delta, false);
+        }
+        Termination {
+            killed,
+            restart_host: parent.is_none(),
+        }
+    }
+
+    /// Terminates `vm` and its whole subtree (EXIT, a kill by the parent, a fatal fault,
+    /// an SRST shutdown). Every page and vCPU returns to the ancestors' budgets at once;
+    /// the parent gets a `ChildTerminated` event with `code`. If `vm` is the Root VM the
+    /// whole tree is gone and `restart_host` is set.
+    pub fn kill_subtree(&mut self, vm: VmId, code: u64) -> Result<Termination, SbiError> {
+        let n = self.node(vm)?;
+        let parent = n.parent;
+        let cid = n.cid_in_parent;
+        let t = self.remove_subtree(vm);
+        if let Some(p) = parent {
+            self.push_event(
+                p,
+                EventRecord {
+                    kind: EventKind::ChildTerminated { exit_code: code },
+                    cid,
+                },
+            );
+        }
+        Ok(t)
+    }
+
+    /// Kills a child of `caller` (EXIT with a child's CID).
+    pub fn kill_child(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+        code: u64,
+    ) -> Result<Termination, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        self.kill_subtree(child, code)
+    }
+
+    /// Removes a child whose creation the host could not complete, with no event: it
+    /// never ran, so as far as anyone can tell it never existed (its CID stays used).
+    pub fn discard_child(&mut self, child: VmId) -> Termination {
+        self.remove_subtree(child)
+    }
+
+    /// A fatal fault in `vm`: terminate it with [`exit_code::FATAL_FAULT`].
+    pub fn fatal_fault(&mut self, vm: VmId) -> Result<Termination, SbiError> {
+        self.kill_subtree(vm, exit_code::FATAL_FAULT)
+    }
+
+    // ----- lifecycle -----
+
+    fn push_event(&mut self, to: VmId, e: EventRecord) {
+        if let Some(n) = self.get_mut(to) {
+            n.events.push(e, limits::EVENT_QUEUE_DEPTH);
+        }
+    }
+
+    fn notify_parent(&mut self, vm: VmId, kind: EventKind) {
+        if let Some(n) = self.get(vm) {
+            if let Some(p) = n.parent {
+                let cid = n.cid_in_parent;
+                self.push_event(p, EventRecord { kind, cid });
+            }
+        }
+    }
+
+    /// STOP: a running child becomes stopped. `AlreadyStopped` if it is; `InvalidState`
+    /// if it was never started.
+    pub fn stop_child(&mut self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        let n = self.node_mut(child)?;
+        match n.state {
+            VmState::Running => n.state = VmState::Stopped,
+            VmState::Stopped => return Err(SbiError::AlreadyStopped),
+            VmState::Created => return Err(SbiError::InvalidState),
+        }
+        self.notify_parent(child, EventKind::ChildStopped);
+        Ok(child)
+    }
+
+    /// RESUME: a stopped child runs again. `AlreadyStarted` if it runs; `InvalidState`
+    /// if it was never started (use START).
+    pub fn resume_child(&mut self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        let n = self.node_mut(child)?;
+        match n.state {
+            VmState::Stopped => n.state = VmState::Running,
+            VmState::Running => return Err(SbiError::AlreadyStarted),
+            VmState::Created => return Err(SbiError::InvalidState),
+        }
+        self.notify_parent(child, EventKind::ChildStarted);
+        Ok(child)
+    }
+
+    /// START: a child created paused starts running. `AlreadyStarted` otherwise.
+    pub fn start_child(&mut self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        let n = self.node_mut(child)?;
+        if n.state != VmState::Created {
+            return Err(SbiError::AlreadyStarted);
+        }
+        n.state = VmState::Running;
+        self.notify_parent(child, EventKind::ChildStarted);
+        Ok(child)
+    }
+
+    /// Resets `vm` to the state it was created or forked in: its descendants (which did
+    /// not exist then) are terminated and returned for release, its queues and console
+    /// input are emptied, its state returns to the initial one, and its parent gets a
+    /// `ChildRebooted` event. Its own pages stay charged: the host restores their
+    /// contents. Console output is kept so the parent can still read what led up to it.
+    pub fn reboot(&mut self, vm: VmId) -> Result<Termination, SbiError> {
+        let n = self.node(vm)?;
+        let children: Vec<VmId> = n.children.values().copied().collect();
+        let mut t = Termination::default();
+        for c in children {
+            t.killed.extend(self.remove_subtree(c).killed);
+        }
+        let n = self.node_mut(vm)?;
+        n.state = n.initial_state;
+        n.lanes.clear();
+        n.events.clear();
+        n.console_in.clear();
+        let is_root = n.parent.is_none();
+        self.notify_parent(vm, EventKind::ChildRebooted);
+        // Also drop what the parent had not yet read from this VM: it was sent by the
+        // guest as it was before the reboot.
+        if let Some((p, cid)) = self
+            .get(vm)
+            .and_then(|n| n.parent.map(|p| (p, n.cid_in_parent)))
+        {
+            if let Some(pn) = self.get_mut(p) {
+                pn.lanes.remove(&cid);
+                pn.events
+                    .retain(|e| !(e.cid == cid && e.kind == EventKind::Message));
+            }
+        }
+        t.restart_host = is_root;
+        Ok(t)
+    }
+
+    /// REBOOT of a child by its parent.
+    pub fn reboot_child(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+    ) -> Result<(VmId, Termination), SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        Ok((child, self.reboot(child)?))
+    }
+
+    // ----- IPC -----
+
+    /// IPC_SEND from `caller` to its parent (`cid` 0) or a child. Checks in order: the
+    /// peer resolves (`InvalidParam`; itself too), the message is at most 4 KiB
+    /// (`InvalidParam`), the caller's lane at the receiver has room (`Failed`; nothing
+    /// blocks). The receiver gets a `Message` event.
+    pub fn ipc_send(&mut self, caller: VmId, cid: u64, data: &[u8]) -> Result<(), SbiError> {
+        let to = self.resolve_peer(caller, cid)?;
+        if data.len() > limits::IPC_MAX_MESSAGE {
+            return Err(SbiError::InvalidParam);
+        }
+        // The sender as the receiver names it: a parent is 0 to its child, a child is
+        // its CID to its parent.
+        let me = self.node(caller)?;
+        let as_seen = if cid == diosix_abi::cid::PARENT {
+            me.cid_in_parent
+        } else {
+            diosix_abi::cid::PARENT
+        };
+        let r = self.node_mut(to)?;
+        let lane = r.lanes.entry(as_seen).or_default();
+        if lane.len() >= limits::IPC_QUEUE_DEPTH {
+            return Err(SbiError::Failed);
+        }
+        let seq = r.next_seq;
+        r.next_seq = r.next_seq.wrapping_add(1);
+        lane.push_back(Message {
+            seq,
+            data: data.to_vec(),
+        });
+        r.events.push(
+            EventRecord {
+                kind: EventKind::Message,
+                cid: as_seen,
+            },
+            limits::EVENT_QUEUE_DEPTH,
+        );
+        Ok(())
+    }
+
+    /// IPC_RECV: finds the oldest message from `from` (a peer CID, or `None` for any
+    /// sender), checks it fits in `max_len` (`BadRange`, message kept), and hands it to
+    /// `deliver` (which copies it into guest memory); only if that succeeds is the
+    /// message dequeued. Returns the sender's CID and length, or `None` if nothing waits.
+    /// A `from` that is not a peer is `InvalidParam`.
+    pub fn ipc_recv(
+        &mut self,
+        caller: VmId,
+        from: Option<u64>,
+        max_len: u64,
+        deliver: impl FnOnce(u64, &[u8]) -> Result<(), SbiError>,
+    ) -> Result<Option<(u64, usize)>, SbiError> {
+        if let Some(c) = from {
+            self.resolve_peer(caller, c)?;
+        }
+        let n = self.node_mut(caller)?;
+        let pick = n
+            .lanes
+            .iter()
+            .filter(|(k, _)| from.is_none_or(|f| f == **k))
+            .filter_map(|(k, q)| q.front().map(|m| (*k, m.seq)))
+            .min_by_key(|&(_, seq)| seq);
+        let Some((sender, _)) = pick else {
+            return Ok(None);
+        };
+        let Some(msg) = n.lanes.get(&sender).and_then(|q| q.front()) else {
+            return Ok(None);
+        };
+        if msg.data.len() as u64 > max_len {
+            return Err(SbiError::BadRange);
+        }
+        deliver(sender, &msg.data)?;
+        let len = msg.data.len();
+        if let Some(q) = n.lanes.get_mut(&sender) {
+            q.pop_front();
+        }
+        n.events
+            .remove_first(|e| e.cid == sender && e.kind == EventKind::Message);
+        Ok(Some((sender, len)))
+    }
+
+    /// POLL_EVENT: the oldest event and how many were dropped before it.
+    pub fn poll_event(&mut self, vm: VmId) -> Result<Option<(EventRecord, u32)>, SbiError> {
+        Ok(self.node_mut(vm)?.events.pop())
+    }
+
+    // ----- consoles -----
+
+    /// Console output from `vm` (SBI DBCN / legacy putchar). The Root VM's goes to the
+    /// host console; any other VM's is kept for its parent, dropping the oldest bytes
+    /// beyond the ring's size, so the child never blocks.
+    pub fn console_output(&mut self, vm: VmId, bytes: &[u8]) -> Result<ConsoleSink, SbiError> {
+        let n = self.node_mut(vm)?;
+        if n.parent.is_none() {
+            return Ok(ConsoleSink::Host);
+        }
+        n.console_out
+            .push_overwrite(bytes, limits::CONSOLE_OUT_RING);
+        Ok(ConsoleSink::Buffered)
+    }
+
+    /// Console input for `vm` (SBI DBCN read / legacy getchar): `None` for the Root VM
+    /// (the host reads its UART), else how many bytes of what its parent wrote were
+    /// moved into `buf`.
+    pub fn console_input(&mut self, vm: VmId, buf: &mut [u8]) -> Result<Option<usize>, SbiError> {
+        let n = self.node_mut(vm)?;
+        if n.parent.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(n.console_in.read(buf)))
+    }
+
+    /// CONSOLE_READ: moves up to `buf.len()` bytes of a child's output into `buf`.
+    pub fn console_read_child(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        Ok(self.node_mut(child)?.console_out.read(buf))
+    }
+
+    /// CONSOLE_WRITE: queues as much of `data` as fits in a child's input buffer.
+    pub fn console_write_child(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+        data: &[u8],
+    ) -> Result<usize, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        Ok(self
+            .node_mut(child)?
+            .console_in
+            .push_fit(data, limits::CONSOLE_IN_BUFFER))
+    }
+
+    // ----- information -----
+
+    /// GET_INFO / GET_CHILD_INFO: quota, usage and state of the caller (`cid` 1) or one
+    /// of its children, as the ABI structure. The parent is `Denied`.
+    pub fn info(&self, caller: VmId, cid: u64) -> Result<VmInfo, SbiError> {
+        let target = self.resolve_self_or_child(caller, cid)?;
+        let n = self.node(target)?;
+        let r = self.reserved(target)?;
+        let mut fl = 0;
+        if n.trusted {
+            fl |= flags::INFO_TRUSTED;
+        }
+        if n.parent.is_none() {
+            fl |= flags::INFO_ROOT;
+        }
+        Ok(VmInfo {
+            size: VmInfo::SIZE as u32,
+            flags: fl,
+            cid,
+            ram_pages_max: n.quota.ram_pages,
+            ram_pages_used: n.subtree.pages,
+            ram_pages_reserved: r.pages,
+            own_ram_pages: n.own.ram_pages,
+            own_table_pages: n.own.table_pages,
+            vcpus_max: n.quota.vcpus,
+            vcpus_used: n.subtree.vcpus,
+            vcpus_reserved: r.vcpus,
+            own_vcpus: n.own.vcpus,
+            max_priority: n.quota.max_priority,
+            priority: n.priority,
+            max_depth: n.quota.max_depth,
+            depth_used: self.depth_used(target),
+            max_descendants: n.quota.max_descendants,
+            descendants_used: n.subtree.descendants,
+            descendants_reserved: r.descendants,
+            child_count: n.children.len() as u32,
+            state: n.state.abi_state(),
+            console_pending: n.console_out.len() as u32,
+            console_dropped: n.console_out.dropped(),
+        })
+    }
+
+    /// GET_HV_INFO: host facts plus the caller's own RAM view (its quota and headroom)
+    /// in place of host-wide totals, which would reveal what other VMs hold.
+    pub fn hv_info(&self, caller: VmId, host: &HostFacts) -> Result<diosix_abi::HvInfo, SbiError> {
+        let n = self.node(caller)?;
+        let r = self.reserved(caller)?;
+        Ok(diosix_abi::HvInfo {
+            size: diosix_abi::HvInfo::SIZE as u32,
+            abi_version: diosix_abi::ext::ABI_VERSION,
+            hv_version: host.hv_version,
+            features: host.features,
+            host_cores: host.host_cores,
+            reserved: 0,
+            timer_freq_hz: host.timer_freq_hz,
+            ram_total_pages: n.quota.ram_pages,
+            ram_free_pages: n.quota.ram_pages.saturating_sub(r.pages),
+        })
+    }
+
+    /// The caller's live children's CIDs, ascending.
+    pub fn child_cids(&self, caller: VmId) -> Result<Vec<u64>, SbiError> {
+        Ok(self.node(caller)?.children.keys().copied().collect())
+    }
+}
+
+/// Static facts about the host for GET_HV_INFO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostFacts {
+    /// major << 32 | minor << 16 | patch.
+    pub hv_version: u64,
+    /// [`diosix_abi::features`] bits.
+    pub features: u64,
+    /// Physical harts.
+    pub host_cores: u32,
+    /// `time` CSR frequency.
+    pub timer_freq_hz: u64,
+}

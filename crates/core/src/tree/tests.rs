@@ -1,0 +1,1153 @@
+//! Unit tests of the tree and of every extension function through a fake host.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use diosix_abi::{
+    event, ext, flags, limits, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs,
+    VmInfo,
+};
+
+use super::dispatch::{handle_diosix_call, ExtensionHost};
+use super::*;
+use crate::addr::{Gpa, Hpa};
+use crate::sbi::SbiRet;
+
+const E_INVALID_PARAM: isize = diosix_abi::error::INVALID_PARAM;
+const E_DENIED: isize = diosix_abi::error::DENIED;
+const E_INVALID_ADDRESS: isize = diosix_abi::error::INVALID_ADDRESS;
+
+fn root_tree() -> (VmTree, VmId) {
+    VmTree::new(
+        Quota::everything(100_000, 64),
+        Usage {
+            ram_pages: 1000,
+            table_pages: 10,
+            vcpus: 2,
+        },
+        10,
+    )
+    .unwrap()
+}
+
+fn req(ram: u64, vcpus: u32) -> ChildRequest {
+    ChildRequest {
+        ram_pages: ram,
+        table_pages: 4,
+        vcpus,
+        priority: 5,
+        trusted: false,
+        quota: Quota::default(),
+        initial_state: VmState::Running,
+        name: String::from("t"),
+    }
+}
+
+fn with_quota(mut r: ChildRequest, q: Quota) -> ChildRequest {
+    r.quota = q;
+    r
+}
+
+fn big_quota(ram: u64, desc: u32, depth: u32) -> Quota {
+    Quota {
+        ram_pages: ram,
+        vcpus: 16,
+        max_priority: 10,
+        max_depth: depth,
+        max_descendants: desc,
+    }
+}
+
+// ---------------------------------------------------------------- tree
+
+#[test]
+fn cids_start_at_two_and_are_never_reused() {
+    let (mut t, root) = root_tree();
+    let (a, ca) = t.create_child(root, req(10, 1)).unwrap();
+    let (_b, cb) = t.create_child(root, req(10, 1)).unwrap();
+    assert_eq!((ca, cb), (2, 3));
+    t.kill_child(root, ca, 7).unwrap();
+    let (c, cc) = t.create_child(root, req(10, 1)).unwrap();
+    assert_eq!(cc, 4);
+    // The reused slot has a new generation: the stale id resolves to nothing.
+    assert_eq!(c.index(), a.index());
+    assert!(!t.is_alive(a));
+    assert_eq!(t.resolve(root, ca), Err(SbiError::InvalidParam));
+}
+
+#[test]
+fn cid_resolution_is_relative_and_hides_everything_else() {
+    let (mut t, root) = root_tree();
+    let (a, _) = t
+        .create_child(root, with_quota(req(10, 1), big_quota(500, 4, 2)))
+        .unwrap();
+    let (b, _) = t
+        .create_child(root, with_quota(req(10, 1), big_quota(500, 4, 2)))
+        .unwrap();
+    let (a1, _) = t.create_child(a, req(10, 1)).unwrap();
+    assert_eq!(t.resolve(a, 0), Ok(Resolved::Parent(root)));
+    assert_eq!(t.resolve(a, 1), Ok(Resolved::Myself(a)));
+    assert_eq!(t.resolve(a, 2), Ok(Resolved::Child(a1)));
+    // b has no children: CID 2 and 3 (which exist elsewhere) are as unknown as 99.
+    for c in [2, 3, 99, u64::MAX] {
+        assert_eq!(t.resolve(b, c), Err(SbiError::InvalidParam));
+    }
+    // The Root VM has no parent.
+    assert_eq!(t.resolve(root, 0), Err(SbiError::InvalidParam));
+    // Grandchild can't name its grandparent's other children.
+    assert_eq!(t.resolve(a1, 3), Err(SbiError::InvalidParam));
+}
+
+#[test]
+fn admission_order_and_errors() {
+    let (mut t, root) = root_tree();
+    // Malformed.
+    assert_eq!(
+        t.create_child(root, req(0, 1)).unwrap_err(),
+        SbiError::InvalidParam
+    );
+    assert_eq!(
+        t.create_child(root, req(1, 0)).unwrap_err(),
+        SbiError::InvalidParam
+    );
+    let mut r = req(1, 1);
+    r.priority = 0;
+    assert_eq!(t.create_child(root, r).unwrap_err(), SbiError::InvalidParam);
+    let r = with_quota(
+        req(100, 1),
+        Quota {
+            ram_pages: 50,
+            ..Quota::default()
+        },
+    );
+    assert_eq!(t.create_child(root, r).unwrap_err(), SbiError::InvalidParam);
+    let mut r = req(1, 1);
+    r.ram_pages = u64::MAX;
+    assert_eq!(t.create_child(root, r).unwrap_err(), SbiError::InvalidParam);
+    // Trust: untrusted child cannot make a trusted one.
+    let (u, _) = t
+        .create_child(root, with_quota(req(10, 1), big_quota(1000, 8, 4)))
+        .unwrap();
+    let mut r = req(10, 1);
+    r.trusted = true;
+    assert_eq!(t.create_child(u, r.clone()).unwrap_err(), SbiError::Denied);
+    // Trust is checked before the quota: even with no room the error is DENIED-for-trust
+    // first, and a trusted parent may make a trusted child.
+    assert!(t.create_child(root, r).is_ok());
+    // Priority above the caller's ceiling.
+    let mut r = req(10, 1);
+    r.priority = 11;
+    r.quota.max_priority = 11;
+    assert_eq!(t.create_child(u, r).unwrap_err(), SbiError::Denied);
+    // Depth.
+    let r = with_quota(req(10, 1), big_quota(100, 4, 4));
+    assert_eq!(t.create_child(u, r).unwrap_err(), SbiError::Denied);
+    // vCPUs then RAM.
+    assert_eq!(
+        t.create_child(u, req(10, 17)).unwrap_err(),
+        SbiError::Denied
+    );
+    assert_eq!(
+        t.create_child(u, req(2000, 1)).unwrap_err(),
+        SbiError::Denied
+    );
+    // Nothing leaked by the refusals.
+    assert_eq!(t.get(u).unwrap().subtree().descendants, 0);
+    assert_eq!(t.get(u).unwrap().next_child_cid(), 2);
+}
+
+#[test]
+fn reservation_and_usage_are_exact() {
+    let (mut t, root) = root_tree();
+    let (a, ca) = t
+        .create_child(root, with_quota(req(100, 2), big_quota(1000, 5, 3)))
+        .unwrap();
+    let r = t.reserved(root).unwrap();
+    assert_eq!(r.pages, 1010 + 1000);
+    assert_eq!(r.vcpus, 2 + 16);
+    assert_eq!(r.descendants, 6);
+    assert_eq!(t.get(root).unwrap().subtree().pages, 1010 + 104);
+    let (_g, _) = t.create_child(a, req(50, 1)).unwrap();
+    assert_eq!(t.get(root).unwrap().subtree().pages, 1010 + 104 + 54);
+    assert_eq!(t.get(root).unwrap().subtree().descendants, 2);
+    let dead = t.kill_child(root, ca, 3).unwrap();
+    assert_eq!(dead.killed.len(), 2);
+    // Post-order: grandchild first.
+    assert_eq!(dead.killed[1].id, a);
+    assert_eq!(t.get(root).unwrap().subtree().pages, 1010);
+    assert_eq!(t.get(root).unwrap().subtree().descendants, 0);
+    assert_eq!(t.get(root).unwrap().subtree().vcpus, 2);
+    let (e, d) = t.poll_event(root).unwrap().unwrap();
+    assert_eq!(d, 0);
+    assert_eq!(
+        e,
+        EventRecord {
+            kind: EventKind::ChildTerminated { exit_code: 3 },
+            cid: ca
+        }
+    );
+}
+
+#[test]
+fn charge_and_uncharge_never_exceed() {
+    let (mut t, root) = root_tree();
+    let (a, _) = t
+        .create_child(root, with_quota(req(100, 1), big_quota(120, 0, 0)))
+        .unwrap();
+    assert_eq!(t.charge(a, 0, 16), Ok(()));
+    assert_eq!(t.charge(a, 0, 1), Err(SbiError::Denied));
+    assert_eq!(t.charge(a, u64::MAX, 1), Err(SbiError::InvalidParam));
+    assert_eq!(t.uncharge(a, 0, 100), Err(SbiError::InvalidParam));
+    assert_eq!(t.uncharge(a, 10, 20), Ok(()));
+    assert_eq!(t.get(a).unwrap().own().pages(), Some(90));
+    assert_eq!(t.get(root).unwrap().subtree().pages, 1010 + 90);
+}
+
+#[test]
+fn set_quota_rules() {
+    let (mut t, root) = root_tree();
+    let (a, ca) = t
+        .create_child(root, with_quota(req(100, 1), big_quota(1000, 5, 3)))
+        .unwrap();
+    let lower = |v| QuotaChange {
+        ram_pages: Some(v),
+        ..QuotaChange::default()
+    };
+    // Self: only lower.
+    assert_eq!(t.set_quota(a, 1, lower(2000)), Err(SbiError::Denied));
+    assert_eq!(t.set_quota(a, 1, lower(900)), Ok(()));
+    assert_eq!(t.set_quota(a, 1, lower(50)), Err(SbiError::InvalidState));
+    // Parent: denied. Unknown: invalid.
+    assert_eq!(t.set_quota(a, 0, lower(1)), Err(SbiError::Denied));
+    assert_eq!(t.set_quota(a, 7, lower(1)), Err(SbiError::InvalidParam));
+    // Above ABI ceilings.
+    let c = QuotaChange {
+        max_priority: Some(limits::MAX_PRIORITY + 1),
+        ..QuotaChange::default()
+    };
+    assert_eq!(t.set_quota(root, ca, c), Err(SbiError::InvalidParam));
+    let c = QuotaChange {
+        max_priority: Some(0),
+        ..QuotaChange::default()
+    };
+    assert_eq!(t.set_quota(root, ca, c), Err(SbiError::InvalidParam));
+    // Child: raise within the parent's headroom, not beyond.
+    assert_eq!(t.set_quota(root, ca, lower(50_000)), Ok(()));
+    assert_eq!(t.set_quota(root, ca, lower(100_000)), Err(SbiError::Denied));
+    let c = QuotaChange {
+        max_depth: Some(limits::MAX_TREE_DEPTH),
+        ..QuotaChange::default()
+    };
+    assert_eq!(t.set_quota(root, ca, c), Err(SbiError::Denied));
+    // Floor: below a grandchild's needs.
+    let (_g, _) = t
+        .create_child(
+            a,
+            with_quota(
+                req(10, 1),
+                Quota {
+                    vcpus: 2,
+                    ..big_quota(100, 1, 1)
+                },
+            ),
+        )
+        .unwrap();
+    let c = QuotaChange {
+        max_depth: Some(1),
+        ..QuotaChange::default()
+    };
+    assert_eq!(t.set_quota(root, ca, c), Err(SbiError::InvalidState));
+}
+
+#[test]
+fn trust_passes_down_only_and_drops_for_the_subtree() {
+    let (mut t, root) = root_tree();
+    let mut r = with_quota(req(10, 1), big_quota(1000, 5, 3));
+    r.trusted = true;
+    let (a, ca) = t.create_child(root, r.clone()).unwrap();
+    let mut r2 = req(10, 1);
+    r2.trusted = true;
+    let (g, _) = t.create_child(a, r2.clone()).unwrap();
+    assert_eq!(t.drop_trust(a, 0), Err(SbiError::Denied));
+    let dropped = t.drop_trust(root, ca).unwrap();
+    assert_eq!(dropped, vec![g, a]);
+    assert!(!t.get(g).unwrap().trusted());
+    assert_eq!(t.create_child(a, r2).unwrap_err(), SbiError::Denied);
+    assert_eq!(t.drop_trust(root, ca).unwrap(), Vec::<VmId>::new());
+    assert!(t.get(root).unwrap().trusted());
+    assert_eq!(t.drop_trust(root, 1).unwrap(), vec![root]);
+}
+
+#[test]
+fn lifecycle_transitions_and_events() {
+    let (mut t, root) = root_tree();
+    let mut r = with_quota(req(10, 1), big_quota(100, 2, 2));
+    r.initial_state = VmState::Created;
+    let (a, ca) = t.create_child(root, r).unwrap();
+    assert_eq!(t.stop_child(root, ca), Err(SbiError::InvalidState));
+    assert_eq!(t.resume_child(root, ca), Err(SbiError::InvalidState));
+    assert_eq!(t.start_child(root, ca), Ok(a));
+    assert_eq!(t.start_child(root, ca), Err(SbiError::AlreadyStarted));
+    assert_eq!(t.resume_child(root, ca), Err(SbiError::AlreadyStarted));
+    assert_eq!(t.stop_child(root, ca), Ok(a));
+    assert_eq!(t.stop_child(root, ca), Err(SbiError::AlreadyStopped));
+    assert_eq!(t.resume_child(root, ca), Ok(a));
+    assert_eq!(t.stop_child(root, 1), Err(SbiError::Denied));
+    assert_eq!(t.stop_child(a, 0), Err(SbiError::Denied));
+    let kinds: Vec<u32> = core::iter::from_fn(|| t.poll_event(root).unwrap())
+        .map(|(e, _)| e.kind.abi_kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            event::CHILD_STARTED,
+            event::CHILD_STOPPED,
+            event::CHILD_STARTED
+        ]
+    );
+    // Reboot: descendants die, state returns to the initial one.
+    t.create_child(a, req(5, 1)).unwrap();
+    t.ipc_send(root, ca, b"hi").unwrap();
+    let (_, dead) = t.reboot_child(root, ca).unwrap();
+    assert_eq!(dead.killed.len(), 1);
+    assert!(!dead.restart_host);
+    let n = t.get(a).unwrap();
+    assert_eq!(n.state(), VmState::Created);
+    assert_eq!(n.queued_messages(), 0);
+    assert_eq!(n.subtree().descendants, 0);
+    assert_eq!(
+        t.poll_event(root).unwrap().unwrap().0.kind,
+        EventKind::ChildRebooted
+    );
+    assert_eq!(t.get(root).unwrap().subtree().descendants, 1);
+}
+
+#[test]
+fn root_exit_restarts_the_host() {
+    let (mut t, root) = root_tree();
+    t.create_child(root, req(10, 1)).unwrap();
+    let r = t.kill_subtree(root, 0).unwrap();
+    assert!(r.restart_host);
+    assert_eq!(r.killed.len(), 2);
+    assert!(t.is_empty());
+    assert_eq!(t.root(), None);
+}
+
+#[test]
+fn ipc_lanes_are_bounded_per_sender() {
+    let (mut t, root) = root_tree();
+    let (a, ca) = t.create_child(root, req(10, 1)).unwrap();
+    let (b, cb) = t.create_child(root, req(10, 1)).unwrap();
+    for _ in 0..limits::IPC_QUEUE_DEPTH {
+        t.ipc_send(a, 0, b"x").unwrap();
+    }
+    assert_eq!(t.ipc_send(a, 0, b"x"), Err(SbiError::Failed));
+    // b's lane is independent: a's full lane is invisible to b.
+    t.ipc_send(b, 0, b"from b").unwrap();
+    assert_eq!(t.ipc_send(a, 1, b"x"), Err(SbiError::InvalidParam));
+    let big = vec![0u8; limits::IPC_MAX_MESSAGE + 1];
+    assert_eq!(t.ipc_send(a, 0, &big), Err(SbiError::InvalidParam));
+    // Receive from b exactly.
+    let mut got = Vec::new();
+    let r = t
+        .ipc_recv(root, Some(cb), 100, |s, d| {
+            got.extend_from_slice(d);
+            assert_eq!(s, cb);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(r, Some((cb, 6)));
+    assert_eq!(got, b"from b");
+    // Too small a buffer keeps the message.
+    t.ipc_send(root, ca, b"hello").unwrap();
+    assert_eq!(
+        t.ipc_recv(a, None, 2, |_, _| Ok(())),
+        Err(SbiError::BadRange)
+    );
+    assert_eq!(t.ipc_recv(a, None, 5, |_, _| Ok(())), Ok(Some((0, 5))));
+    assert_eq!(t.ipc_recv(a, None, 5, |_, _| Ok(())), Ok(None));
+    // A failed delivery keeps it too.
+    t.ipc_send(root, ca, b"again").unwrap();
+    assert_eq!(
+        t.ipc_recv(a, None, 5, |_, _| Err(SbiError::InvalidAddress)),
+        Err(SbiError::InvalidAddress)
+    );
+    assert_eq!(t.get(a).unwrap().queued_messages(), 1);
+    // Killing a drops its queued messages at the root.
+    t.kill_child(root, ca, 0).unwrap();
+    assert_eq!(t.get(root).unwrap().queued_messages(), 0);
+    let _ = b;
+}
+
+#[test]
+fn event_queue_drops_oldest_and_counts() {
+    let (mut t, root) = root_tree();
+    let (_a, ca) = t.create_child(root, req(10, 1)).unwrap();
+    for _ in 0..(limits::EVENT_QUEUE_DEPTH / 2 + 5) {
+        t.stop_child(root, ca).unwrap();
+        t.resume_child(root, ca).unwrap();
+    }
+    let (_, dropped) = t.poll_event(root).unwrap().unwrap();
+    assert_eq!(dropped, 10);
+    let (_, dropped) = t.poll_event(root).unwrap().unwrap();
+    assert_eq!(dropped, 0);
+}
+
+#[test]
+fn consoles_follow_the_tree() {
+    let (mut t, root) = root_tree();
+    let (a, ca) = t.create_child(root, req(10, 1)).unwrap();
+    assert_eq!(t.console_output(root, b"x"), Ok(ConsoleSink::Host));
+    assert_eq!(t.console_input(root, &mut [0; 4]), Ok(None));
+    let big = vec![b'a'; limits::CONSOLE_OUT_RING + 10];
+    assert_eq!(t.console_output(a, &big), Ok(ConsoleSink::Buffered));
+    t.console_output(a, b"END").unwrap();
+    assert_eq!(t.get(a).unwrap().console_out().dropped(), 13);
+    let mut buf = vec![0u8; limits::CONSOLE_OUT_RING];
+    assert_eq!(
+        t.console_read_child(root, ca, &mut buf),
+        Ok(limits::CONSOLE_OUT_RING)
+    );
+    assert_eq!(&buf[buf.len() - 3..], b"END");
+    let input = vec![b'i'; limits::CONSOLE_IN_BUFFER + 1];
+    assert_eq!(
+        t.console_write_child(root, ca, &input),
+        Ok(limits::CONSOLE_IN_BUFFER)
+    );
+    assert_eq!(t.console_write_child(root, ca, b"x"), Ok(0));
+    let mut two = [0u8; 2];
+    assert_eq!(t.console_input(a, &mut two), Ok(Some(2)));
+    assert_eq!(t.console_read_child(a, 1, &mut two), Err(SbiError::Denied));
+}
+
+#[test]
+fn fork_bomb_is_stopped_by_the_descendant_quota() {
+    let (mut t, root) = root_tree();
+    let (bomb, _) = t
+        .create_child(root, with_quota(req(10, 1), big_quota(10_000, 10, 5)))
+        .unwrap();
+    let mut forked = 0;
+    // Every VM in the bomb's subtree forks as long as it can.
+    let mut frontier = vec![bomb];
+    let mut last_err = None;
+    while let Some(v) = frontier.pop() {
+        loop {
+            let r = t.fork_request(v, false).unwrap();
+            match t.create_child(v, r) {
+                Ok((c, _)) => {
+                    forked += 1;
+                    frontier.push(c);
+                }
+                Err(e) => {
+                    last_err = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(forked, 10);
+    assert_eq!(last_err, Some(SbiError::Denied));
+    let n = t.get(bomb).unwrap();
+    assert!(n.subtree().descendants <= 10);
+    assert!(n.subtree().pages <= n.quota().ram_pages);
+    assert_eq!(t.get(root).unwrap().subtree().descendants, 11);
+}
+
+// ---------------------------------------------------------------- dispatch
+
+/// A host whose VMs have flat byte arrays for RAM and which records what it was asked.
+#[derive(Default)]
+struct FakeHost {
+    ram: BTreeMap<VmId, Vec<u8>>,
+    log: Vec<String>,
+    fail_next: bool,
+    restarted: bool,
+}
+
+impl FakeHost {
+    fn give_ram(&mut self, vm: VmId, pages: u64) {
+        self.ram.insert(vm, vec![0; (pages * 4096) as usize]);
+    }
+    fn put(&mut self, vm: VmId, gpa: u64, data: &[u8]) {
+        self.write_guest(vm, Gpa::new(gpa), data).unwrap();
+    }
+    fn get(&mut self, vm: VmId, gpa: u64, n: usize) -> Vec<u8> {
+        let mut b = vec![0; n];
+        self.read_guest(vm, Gpa::new(gpa), &mut b).unwrap();
+        b
+    }
+    fn fail(&mut self) -> Result<(), SbiError> {
+        if core::mem::take(&mut self.fail_next) {
+            Err(SbiError::Failed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl ExtensionHost for FakeHost {
+    fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
+        let size = self.ram.get(&vm).map_or(0, |r| r.len() as u64);
+        match gpa.raw().checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(SbiError::InvalidAddress),
+        }
+    }
+    fn read_guest(&mut self, vm: VmId, gpa: Gpa, buf: &mut [u8]) -> Result<(), SbiError> {
+        self.check_range(vm, gpa, buf.len() as u64)?;
+        let r = &self.ram[&vm];
+        let s = gpa.raw() as usize;
+        buf.copy_from_slice(&r[s..s + buf.len()]);
+        Ok(())
+    }
+    fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError> {
+        self.check_range(vm, gpa, data.len() as u64)?;
+        let r = self.ram.get_mut(&vm).unwrap();
+        let s = gpa.raw() as usize;
+        r[s..s + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn table_pages_for(&self, ram_pages: u64) -> u64 {
+        ram_pages / 512 + 3
+    }
+    fn facts(&self) -> HostFacts {
+        HostFacts {
+            hv_version: 1 << 16,
+            features: diosix_abi::features::HW_VIRT,
+            host_cores: 2,
+            timer_freq_hz: 10_000_000,
+        }
+    }
+    fn yield_vcpu(&mut self, _vm: VmId) {
+        self.log.push("yield".into());
+    }
+    fn fork_vm(&mut self, parent: VmId, child: VmId, _cid: u64) -> Result<(), SbiError> {
+        self.fail()?;
+        let copy = self.ram[&parent].clone();
+        self.ram.insert(child, copy);
+        self.log.push("fork".into());
+        Ok(())
+    }
+    fn spawn_vm(&mut self, _p: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+        self.fail()?;
+        self.give_ram(child, args.ram_pages);
+        self.log.push("spawn".into());
+        Ok(())
+    }
+    fn start_vm(&mut self, vm: VmId, entry: Gpa, _dtb: Gpa) -> Result<(), SbiError> {
+        self.check_range(vm, entry, 4)?;
+        self.log.push("start".into());
+        Ok(())
+    }
+    fn stop_vm(&mut self, _vm: VmId) {
+        self.log.push("stop".into());
+    }
+    fn resume_vm(&mut self, _vm: VmId) {
+        self.log.push("resume".into());
+    }
+    fn reboot_vm(&mut self, _vm: VmId) -> Result<(), SbiError> {
+        self.fail()?;
+        self.log.push("reboot".into());
+        Ok(())
+    }
+    fn release_vm(&mut self, killed: &KilledVm) {
+        self.ram.remove(&killed.id);
+        self.log.push("release".into());
+    }
+    fn revoke_hw_access(&mut self, _vm: VmId) {
+        self.log.push("revoke".into());
+    }
+    fn map_child_mem(
+        &mut self,
+        _p: VmId,
+        child: VmId,
+        child_gpa: Gpa,
+        _pg: Gpa,
+        size: u64,
+        _perms: u64,
+    ) -> Result<(), SbiError> {
+        self.check_range(child, child_gpa, size)?;
+        self.log.push("map".into());
+        Ok(())
+    }
+    fn unmap_child_mem(&mut self, _p: VmId, _g: Gpa, _s: u64) -> Result<(), SbiError> {
+        self.log.push("unmap".into());
+        Ok(())
+    }
+    fn map_host_mmio(&mut self, _vm: VmId, _h: Hpa, _g: Gpa, _s: u64) -> Result<(), SbiError> {
+        self.log.push("mmio".into());
+        Ok(())
+    }
+    fn route_irq(&mut self, _vm: VmId, irq: u64) -> Result<(), SbiError> {
+        if irq > 1023 {
+            return Err(SbiError::InvalidParam);
+        }
+        self.log.push("irq".into());
+        Ok(())
+    }
+    fn restart_host(&mut self) {
+        self.restarted = true;
+    }
+}
+
+struct World {
+    t: VmTree,
+    h: FakeHost,
+    root: VmId,
+}
+
+impl World {
+    fn new() -> Self {
+        let (t, root) = VmTree::new(
+            Quota::everything(100_000, 64),
+            Usage {
+                ram_pages: 64,
+                table_pages: 3,
+                vcpus: 1,
+            },
+            10,
+        )
+        .unwrap();
+        let mut h = FakeHost::default();
+        h.give_ram(root, 64);
+        Self { t, h, root }
+    }
+    fn call(&mut self, vm: VmId, fid: usize, args: &[usize]) -> SbiRet {
+        let mut a = [0usize; 6];
+        a[..args.len()].copy_from_slice(args);
+        handle_diosix_call(&mut self.t, vm, fid, a, &mut self.h)
+    }
+    fn ok(&mut self, vm: VmId, fid: usize, args: &[usize]) -> usize {
+        let r = self.call(vm, fid, args);
+        assert_eq!(r.error, 0, "fid {fid} {args:?}");
+        r.value
+    }
+    fn err(&mut self, vm: VmId, fid: usize, args: &[usize]) -> isize {
+        let r = self.call(vm, fid, args);
+        assert_eq!(r.value, 0, "a refused call leaves a1 = 0");
+        r.error
+    }
+    fn child(&self, parent: VmId, cid: u64) -> VmId {
+        self.t.resolve_child(parent, cid).unwrap()
+    }
+    fn spawn_args(&self) -> SpawnArgs {
+        SpawnArgs {
+            size: SpawnArgs::SIZE as u32,
+            flags: 0,
+            cid: 0,
+            image_gpa: 0x1000,
+            image_size: 0x2000,
+            dtb_gpa: 0,
+            dtb_size: 0,
+            ram_pages: 32,
+            vcpus: 1,
+            priority: 5,
+            quota_ram_pages: 0,
+            quota_vcpus: 0,
+            quota_max_priority: 0,
+            quota_max_depth: 0,
+            quota_max_descendants: 0,
+        }
+    }
+    fn spawn(&mut self, by: VmId, s: &SpawnArgs) -> SbiRet {
+        self.h.put(by, 0x8000, &s.to_le_bytes());
+        self.call(by, ext::FID_SPAWN, &[0x8000])
+    }
+    fn set_quota(&mut self, by: VmId, q: &QuotaArgs) -> SbiRet {
+        self.h.put(by, 0x9000, &q.to_le_bytes());
+        self.call(by, ext::FID_SET_QUOTA, &[0x9000])
+    }
+}
+
+fn quota_args(cid: u64) -> QuotaArgs {
+    QuotaArgs {
+        size: QuotaArgs::SIZE as u32,
+        cid,
+        ..QuotaArgs::default()
+    }
+}
+
+#[test]
+fn unknown_and_reserved_functions() {
+    let mut w = World::new();
+    let root = w.root;
+    for fid in [11, 12, ext::FID_COUNT, usize::MAX] {
+        assert_eq!(w.err(root, fid, &[]), diosix_abi::error::NOT_SUPPORTED);
+    }
+    assert_eq!(w.ok(root, ext::FID_YIELD, &[]), 0);
+}
+
+#[test]
+fn fork_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    assert_eq!(w.err(root, ext::FID_FORK, &[2]), E_INVALID_PARAM);
+    let cid = w.ok(root, ext::FID_FORK, &[0]);
+    assert_eq!(cid, 2);
+    let c = w.child(root, 2);
+    assert!(w.t.get(c).unwrap().trusted());
+    // The child has exactly what it holds: it cannot fork.
+    assert_eq!(w.err(c, ext::FID_FORK, &[0]), E_DENIED);
+    let cid = w.ok(root, ext::FID_FORK, &[flags::FORK_UNTRUSTED as usize]);
+    assert!(!w.t.get(w.child(root, cid as u64)).unwrap().trusted());
+    // Host failure: nothing stays charged, the CID is burnt.
+    let before = w.t.get(root).unwrap().subtree();
+    w.h.fail_next = true;
+    assert_eq!(w.err(root, ext::FID_FORK, &[0]), diosix_abi::error::FAILED);
+    assert_eq!(w.t.get(root).unwrap().subtree(), before);
+    assert_eq!(w.ok(root, ext::FID_FORK, &[0]), 5);
+}
+
+#[test]
+fn spawn_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    let s = w.spawn_args();
+    let r = w.spawn(root, &s);
+    assert_eq!(r, SbiRet::ok(2));
+    // Bad struct address, size, flags.
+    assert_eq!(w.err(root, ext::FID_SPAWN, &[0x8004]), E_INVALID_ADDRESS);
+    assert_eq!(
+        w.err(root, ext::FID_SPAWN, &[64 * 4096 - 8]),
+        E_INVALID_ADDRESS
+    );
+    let mut b = s;
+    b.size = 8;
+    assert_eq!(w.spawn(root, &b).error, E_INVALID_PARAM);
+    let mut b = s;
+    b.flags = 0x80;
+    assert_eq!(w.spawn(root, &b).error, E_INVALID_PARAM);
+    // CID of a non-child.
+    let mut b = s;
+    b.cid = 9;
+    assert_eq!(w.spawn(root, &b).error, E_INVALID_PARAM);
+    let mut b = s;
+    b.cid = 1;
+    assert_eq!(w.spawn(root, &b).error, E_DENIED);
+    // Values.
+    for f in [
+        |a: &mut SpawnArgs| a.ram_pages = 0,
+        |a: &mut SpawnArgs| a.vcpus = 0,
+        |a: &mut SpawnArgs| a.priority = 0,
+        |a: &mut SpawnArgs| a.ram_pages = u64::MAX,
+        |a: &mut SpawnArgs| a.image_size = 33 * 4096,
+        |a: &mut SpawnArgs| a.dtb_gpa = 0x100,
+        |a: &mut SpawnArgs| a.quota_ram_pages = 1,
+    ] {
+        let mut b = s;
+        f(&mut b);
+        assert_eq!(w.spawn(root, &b).error, E_INVALID_PARAM, "{b:?}");
+    }
+    // Image outside caller RAM, or overflowing.
+    let mut b = s;
+    b.image_gpa = 63 * 4096;
+    assert_eq!(w.spawn(root, &b).error, E_INVALID_ADDRESS);
+    let mut b = s;
+    b.image_gpa = u64::MAX - 10;
+    assert_eq!(w.spawn(root, &b).error, E_INVALID_ADDRESS);
+    // Trusted child from an untrusted VM.
+    let child = w.child(root, 2);
+    w.ok(root, ext::FID_DROP_CHILD_TRUST, &[2]);
+    let mut b = s;
+    b.flags = flags::SPAWN_TRUSTED;
+    w.h.put(child, 0x8000, &b.to_le_bytes());
+    assert_eq!(w.err(child, ext::FID_SPAWN, &[0x8000]), E_DENIED);
+    // Respawn CID 2 keeps the CID, replaces the VM.
+    let mut b = s;
+    b.cid = 2;
+    b.ram_pages = 16;
+    assert_eq!(w.spawn(root, &b), SbiRet::ok(2));
+    assert!(!w.t.is_alive(child));
+    assert_eq!(w.t.get(w.child(root, 2)).unwrap().own().ram_pages, 16);
+    // Paused spawn + MAP_CHILD_MEM + START.
+    let mut b = s;
+    b.flags = flags::SPAWN_PAUSED;
+    let cid = w.spawn(root, &b).value;
+    assert_eq!(cid, 3);
+    let c = w.child(root, 3);
+    assert_eq!(w.t.get(c).unwrap().state(), VmState::Created);
+    assert_eq!(
+        w.err(root, ext::FID_RESUME, &[3]),
+        diosix_abi::error::INVALID_STATE
+    );
+    w.ok(root, ext::FID_MAP_CHILD_MEM, &[3, 0, 0x1000, 0x1000, 3]);
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 0, 0x1000, 0x1000, 0]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 0, 0x1000, 0x1001, 1]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 8, 0x1000, 0x1000, 1]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 0, 64 * 4096, 0x1000, 1]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 32 * 4096, 0, 0x1000, 1]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[1, 0, 0, 0x1000, 1]),
+        E_DENIED
+    );
+    assert_eq!(
+        w.err(root, ext::FID_START, &[3, 32 * 4096, 0]),
+        E_INVALID_ADDRESS
+    );
+    w.ok(root, ext::FID_START, &[3, 0, 0]);
+    assert_eq!(
+        w.err(root, ext::FID_START, &[3, 0, 0]),
+        diosix_abi::error::ALREADY_STARTED
+    );
+    w.ok(root, ext::FID_UNMAP_CHILD_MEM, &[0x1000, 0x1000]);
+    assert_eq!(
+        w.err(root, ext::FID_UNMAP_CHILD_MEM, &[0x1000, 0]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_UNMAP_CHILD_MEM, &[0x1001, 0x1000]),
+        E_INVALID_ADDRESS
+    );
+    // Host failure rolls back.
+    let before = w.t.get(root).unwrap().subtree();
+    w.h.fail_next = true;
+    assert_eq!(w.spawn(root, &s).error, diosix_abi::error::FAILED);
+    assert_eq!(w.t.get(root).unwrap().subtree(), before);
+}
+
+#[test]
+fn info_and_hv_info_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    w.ok(root, ext::FID_FORK, &[0]);
+    w.ok(root, ext::FID_GET_INFO, &[0x100, VmInfo::SIZE]);
+    let info = VmInfo::from_le_bytes(&w.h.get(root, 0x100, VmInfo::SIZE)).unwrap();
+    assert_eq!(info.size as usize, VmInfo::SIZE);
+    assert_eq!(info.flags, flags::INFO_TRUSTED | flags::INFO_ROOT);
+    assert_eq!(info.child_count, 1);
+    assert_eq!(info.ram_pages_used, 2 * 67);
+    assert_eq!(info.descendants_used, 1);
+    assert_eq!(info.depth_used, 1);
+    assert_eq!(
+        w.err(root, ext::FID_GET_INFO, &[0x100, VmInfo::SIZE - 1]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_GET_INFO, &[0x104, VmInfo::SIZE]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, ext::FID_GET_INFO, &[usize::MAX - 7, VmInfo::SIZE]),
+        E_INVALID_ADDRESS
+    );
+    w.ok(root, ext::FID_GET_CHILD_INFO, &[2, 0x200, 4096]);
+    let ci = VmInfo::from_le_bytes(&w.h.get(root, 0x200, VmInfo::SIZE)).unwrap();
+    assert_eq!(
+        (ci.cid, ci.flags, ci.state),
+        (2, flags::INFO_TRUSTED, diosix_abi::state::RUNNING)
+    );
+    let c = w.child(root, 2);
+    assert_eq!(
+        w.err(c, ext::FID_GET_CHILD_INFO, &[0, 0x200, 4096]),
+        E_DENIED
+    );
+    assert_eq!(
+        w.err(c, ext::FID_GET_CHILD_INFO, &[3, 0x200, 4096]),
+        E_INVALID_PARAM
+    );
+    w.ok(c, ext::FID_GET_HV_INFO, &[0x300, HvInfo::SIZE]);
+    let hv = HvInfo::from_le_bytes(&w.h.get(c, 0x300, HvInfo::SIZE)).unwrap();
+    assert_eq!(hv.abi_version, ext::ABI_VERSION);
+    assert_eq!(hv.ram_total_pages, 67);
+    assert_eq!(hv.ram_free_pages, 0);
+    assert_eq!(w.err(c, ext::FID_GET_HV_INFO, &[0x300, 8]), E_INVALID_PARAM);
+    // LIST_CHILDREN
+    w.ok(root, ext::FID_FORK, &[0]);
+    assert_eq!(w.ok(root, ext::FID_LIST_CHILDREN, &[0x400, 1]), 2);
+    assert_eq!(
+        w.h.get(root, 0x400, 16),
+        [2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(w.ok(root, ext::FID_LIST_CHILDREN, &[0, 0]), 2);
+    assert_eq!(
+        w.err(root, ext::FID_LIST_CHILDREN, &[0x400, usize::MAX]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_LIST_CHILDREN, &[0x401, 1]),
+        E_INVALID_ADDRESS
+    );
+}
+
+#[test]
+fn set_quota_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    w.ok(root, ext::FID_FORK, &[0]);
+    let c = w.child(root, 2);
+    let mut q = quota_args(2);
+    q.ram_pages = 1000;
+    q.max_descendants = 5;
+    q.max_depth = 2;
+    assert_eq!(w.set_quota(root, &q), SbiRet::ok(0));
+    assert_eq!(w.t.get(c).unwrap().quota().max_descendants, 5);
+    // Explicit zero via flag; plain zero means unchanged.
+    let mut q = quota_args(1);
+    q.flags = flags::QUOTA_SET_DESCENDANTS;
+    assert_eq!(w.set_quota(c, &q), SbiRet::ok(0));
+    assert_eq!(w.t.get(c).unwrap().quota().max_descendants, 0);
+    assert_eq!(w.t.get(c).unwrap().quota().max_depth, 2);
+    let mut q = quota_args(1);
+    q.max_descendants = 1;
+    assert_eq!(w.set_quota(c, &q).error, E_DENIED);
+    let mut q = quota_args(0);
+    q.vcpus = 1;
+    assert_eq!(w.set_quota(c, &q).error, E_DENIED);
+    let mut q = quota_args(2);
+    q.size = 39;
+    assert_eq!(w.set_quota(root, &q).error, E_INVALID_PARAM);
+    let mut q = quota_args(2);
+    q.flags = 1 << 9;
+    assert_eq!(w.set_quota(root, &q).error, E_INVALID_PARAM);
+    let mut q = quota_args(2);
+    q.vcpus = limits::MAX_VCPUS + 1;
+    assert_eq!(w.set_quota(root, &q).error, E_INVALID_PARAM);
+    let mut q = quota_args(2);
+    q.ram_pages = 1;
+    assert_eq!(
+        w.set_quota(root, &q).error,
+        diosix_abi::error::INVALID_STATE
+    );
+}
+
+#[test]
+fn lifecycle_and_exit_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    w.ok(root, ext::FID_FORK, &[0]);
+    let c = w.child(root, 2);
+    w.ok(root, ext::FID_STOP, &[2]);
+    assert_eq!(
+        w.err(root, ext::FID_STOP, &[2]),
+        diosix_abi::error::ALREADY_STOPPED
+    );
+    w.ok(root, ext::FID_RESUME, &[2]);
+    assert_eq!(
+        w.err(root, ext::FID_RESUME, &[2]),
+        diosix_abi::error::ALREADY_STARTED
+    );
+    // Self through the child path; parent; strangers.
+    for fid in [
+        ext::FID_STOP,
+        ext::FID_RESUME,
+        ext::FID_REBOOT,
+        ext::FID_START,
+    ] {
+        assert_eq!(w.err(c, fid, &[1]), E_DENIED);
+        assert_eq!(w.err(c, fid, &[0]), E_DENIED);
+        assert_eq!(w.err(c, fid, &[2]), E_INVALID_PARAM);
+    }
+    assert_eq!(w.err(c, ext::FID_EXIT, &[0, 0]), E_DENIED);
+    assert_eq!(w.err(root, ext::FID_EXIT, &[0, 0]), E_INVALID_PARAM);
+    w.ok(root, ext::FID_REBOOT, &[2]);
+    // Reboot failure by the host kills the child.
+    w.h.fail_next = true;
+    assert_eq!(
+        w.err(root, ext::FID_REBOOT, &[2]),
+        diosix_abi::error::FAILED
+    );
+    assert!(!w.t.is_alive(c));
+    // Exit self with a code; the parent sees it.
+    w.ok(root, ext::FID_FORK, &[0]);
+    let c = w.child(root, 3);
+    w.call(c, ext::FID_EXIT, &[1, 42]);
+    assert!(!w.t.is_alive(c));
+    assert_eq!(w.err(c, ext::FID_YIELD, &[]), diosix_abi::error::FAILED);
+    let mut last = None;
+    while w.ok(root, ext::FID_POLL_EVENT, &[0x100, Event::SIZE]) == 1 {
+        last = Event::from_le_bytes(&w.h.get(root, 0x100, Event::SIZE));
+    }
+    let e = last.unwrap();
+    assert_eq!(
+        (e.kind, e.cid, e.exit_code),
+        (event::CHILD_TERMINATED, 3, 42)
+    );
+    assert_eq!(
+        w.err(root, ext::FID_POLL_EVENT, &[0x100, 4]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_POLL_EVENT, &[64 * 4096, 32]),
+        E_INVALID_ADDRESS
+    );
+    // Kill a child: its page returns.
+    w.ok(root, ext::FID_FORK, &[0]);
+    w.ok(root, ext::FID_EXIT, &[4, 9]);
+    assert_eq!(w.t.get(root).unwrap().subtree().pages, 67);
+    // Root exit restarts the host.
+    w.call(root, ext::FID_EXIT, &[1, 0]);
+    assert!(w.h.restarted);
+    assert!(w.t.is_empty());
+    assert!(w.h.ram.is_empty());
+}
+
+#[test]
+fn ipc_and_console_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    w.ok(root, ext::FID_FORK, &[0]);
+    let c = w.child(root, 2);
+    w.h.put(c, 0x2000, b"ping");
+    let send = IpcSendArgs {
+        size: IpcSendArgs::SIZE as u32,
+        flags: 0,
+        cid: 0,
+        data_gpa: 0x2000,
+        len: 4,
+    };
+    w.h.put(c, 0x100, &send.to_le_bytes());
+    w.ok(c, ext::FID_IPC_SEND, &[0x100]);
+    // Bad sends.
+    for (f, code) in [
+        (
+            (|s: &mut IpcSendArgs| s.len = 4097) as fn(&mut IpcSendArgs),
+            E_INVALID_PARAM,
+        ),
+        (|s| s.cid = 1, E_INVALID_PARAM),
+        (|s| s.cid = 2, E_INVALID_PARAM),
+        (|s| s.flags = 1, E_INVALID_PARAM),
+        (|s| s.size = 8, E_INVALID_PARAM),
+        (|s| s.data_gpa = u64::MAX - 1, E_INVALID_ADDRESS),
+    ] {
+        let mut s = send;
+        f(&mut s);
+        w.h.put(c, 0x100, &s.to_le_bytes());
+        assert_eq!(w.err(c, ext::FID_IPC_SEND, &[0x100]), code, "{s:?}");
+    }
+    let recv = IpcRecvArgs {
+        size: IpcRecvArgs::SIZE as u32,
+        flags: 0,
+        cid: 0,
+        buf_gpa: 0x3000,
+        max_len: 64,
+        out_len: 0,
+    };
+    w.h.put(root, 0x100, &recv.to_le_bytes());
+    assert_eq!(w.ok(root, ext::FID_IPC_RECV, &[0x100]), 1);
+    let back = IpcRecvArgs::from_le_bytes(&w.h.get(root, 0x100, IpcRecvArgs::SIZE)).unwrap();
+    assert_eq!((back.cid, back.out_len), (2, 4));
+    assert_eq!(w.h.get(root, 0x3000, 4), b"ping");
+    assert_eq!(w.ok(root, ext::FID_IPC_RECV, &[0x100]), 0);
+    // Exact receive from parent (0) for the root: no parent.
+    let mut r = recv;
+    r.flags = flags::IPC_RECV_EXACT;
+    w.h.put(root, 0x100, &r.to_le_bytes());
+    assert_eq!(w.err(root, ext::FID_IPC_RECV, &[0x100]), E_INVALID_PARAM);
+    let mut r = recv;
+    r.max_len = u64::MAX;
+    w.h.put(root, 0x100, &r.to_le_bytes());
+    assert_eq!(w.err(root, ext::FID_IPC_RECV, &[0x100]), E_INVALID_ADDRESS);
+    // Console.
+    w.t.console_output(c, b"boot ok").unwrap();
+    assert_eq!(w.ok(root, ext::FID_CONSOLE_READ, &[2, 0x4000, 100]), 7);
+    assert_eq!(w.h.get(root, 0x4000, 7), b"boot ok");
+    assert_eq!(
+        w.err(root, ext::FID_CONSOLE_READ, &[2, 0x4000, 4097]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_CONSOLE_READ, &[2, 64 * 4096, 1]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, ext::FID_CONSOLE_READ, &[1, 0x4000, 1]),
+        E_DENIED
+    );
+    w.h.put(root, 0x5000, b"ls\n");
+    assert_eq!(w.ok(root, ext::FID_CONSOLE_WRITE, &[2, 0x5000, 3]), 3);
+    let mut b = [0u8; 3];
+    assert_eq!(w.t.console_input(c, &mut b), Ok(Some(3)));
+    assert_eq!(&b, b"ls\n");
+}
+
+#[test]
+fn trust_functions_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    w.ok(root, ext::FID_FORK, &[0]);
+    let c = w.child(root, 2);
+    w.ok(
+        c,
+        ext::FID_MAP_HOST_MMIO,
+        &[0x1000_0000, 0x1000_0000, 0x1000],
+    );
+    assert_eq!(
+        w.err(c, ext::FID_MAP_HOST_MMIO, &[0x1000_0001, 0, 0x1000]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(c, ext::FID_MAP_HOST_MMIO, &[0, 0, 5]),
+        E_INVALID_PARAM
+    );
+    w.ok(c, ext::FID_ROUTE_IRQ, &[10]);
+    assert_eq!(w.err(c, ext::FID_ROUTE_IRQ, &[5000]), E_INVALID_PARAM);
+    assert_eq!(w.err(c, ext::FID_DROP_CHILD_TRUST, &[1]), E_DENIED);
+    w.ok(c, ext::FID_DROP_TRUST, &[]);
+    assert_eq!(
+        w.err(
+            c,
+            ext::FID_MAP_HOST_MMIO,
+            &[0x1000_0000, 0x1000_0000, 0x1000]
+        ),
+        E_DENIED
+    );
+    assert_eq!(w.err(c, ext::FID_ROUTE_IRQ, &[10]), E_DENIED);
+    assert!(w.h.log.iter().any(|l| l == "revoke"));
+    // Irrevocable: nothing gives it back (a fork of it is untrusted too).
+    w.ok(c, ext::FID_DROP_TRUST, &[]);
+    assert!(!w.t.get(c).unwrap().trusted());
+}
+
+/// Whatever a stranger tries, the answer for a CID that exists elsewhere in the tree is
+/// identical to the answer for one that exists nowhere.
+#[test]
+fn strangers_are_indistinguishable_from_nothing() {
+    let mut w = World::new();
+    let root = w.root;
+    w.ok(root, ext::FID_FORK, &[0]);
+    w.ok(root, ext::FID_FORK, &[0]);
+    let a = w.child(root, 2);
+    let mut q = quota_args(3);
+    q.max_descendants = 2;
+    q.max_depth = 1;
+    q.ram_pages = 500;
+    q.vcpus = 4;
+    assert_eq!(w.set_quota(root, &q).error, 0);
+    let b = w.child(root, 3);
+    w.ok(b, ext::FID_FORK, &[0]); // b has child CID 2; a has none.
+    for fid in [
+        ext::FID_STOP,
+        ext::FID_RESUME,
+        ext::FID_REBOOT,
+        ext::FID_DROP_CHILD_TRUST,
+    ] {
+        for cid in [2usize, 3, 4, 1000] {
+            assert_eq!(w.err(a, fid, &[cid]), E_INVALID_PARAM);
+        }
+    }
+    for cid in [2usize, 3, 1000] {
+        assert_eq!(w.err(a, ext::FID_EXIT, &[cid, 0]), E_INVALID_PARAM);
+        assert_eq!(
+            w.err(a, ext::FID_GET_CHILD_INFO, &[cid, 0x100, 4096]),
+            E_INVALID_PARAM
+        );
+    }
+    let _ = limits::IPC_MAX_MESSAGE;
+}

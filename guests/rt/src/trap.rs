@@ -1,0 +1,110 @@
+//! A tiny trap handler: counts supervisor timer and software interrupts per hart.
+//!
+//! On a timer interrupt it pushes the deadline to "never" (set_timer(u64::MAX)), which
+//! the SBI spec defines as clearing the pending timer; on a software interrupt it
+//! clears `sip.SSIP`. Any exception is a bug in the guest and panics.
+
+use crate::{csr, sbi, MAX_HARTS};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+static TIMER: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
+static SOFT: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
+
+// Saves the caller-saved integer registers (the Rust handler preserves the rest) and
+// returns with sret. The handler is integer-only code, so FP registers need no saving.
+core::arch::global_asm!(
+    r#"
+    .section .text.rt_trap, "ax"
+    .globl __rt_trap_vector
+    .p2align 2
+__rt_trap_vector:
+    addi    sp, sp, -128
+    sd      ra, 0(sp)
+    sd      t0, 8(sp)
+    sd      t1, 16(sp)
+    sd      t2, 24(sp)
+    sd      a0, 32(sp)
+    sd      a1, 40(sp)
+    sd      a2, 48(sp)
+    sd      a3, 56(sp)
+    sd      a4, 64(sp)
+    sd      a5, 72(sp)
+    sd      a6, 80(sp)
+    sd      a7, 88(sp)
+    sd      t3, 96(sp)
+    sd      t4, 104(sp)
+    sd      t5, 112(sp)
+    sd      t6, 120(sp)
+    csrr    a0, scause
+    csrr    a1, sepc
+    csrr    a2, stval
+    call    __rt_trap
+    ld      ra, 0(sp)
+    ld      t0, 8(sp)
+    ld      t1, 16(sp)
+    ld      t2, 24(sp)
+    ld      a0, 32(sp)
+    ld      a1, 40(sp)
+    ld      a2, 48(sp)
+    ld      a3, 56(sp)
+    ld      a4, 64(sp)
+    ld      a5, 72(sp)
+    ld      a6, 80(sp)
+    ld      a7, 88(sp)
+    ld      t3, 96(sp)
+    ld      t4, 104(sp)
+    ld      t5, 112(sp)
+    ld      t6, 120(sp)
+    addi    sp, sp, 128
+    sret
+    "#
+);
+
+const INTERRUPT: usize = 1 << 63;
+
+#[no_mangle]
+extern "C" fn __rt_trap(scause: usize, sepc: usize, stval: usize) {
+    let hart = crate::hart::id() % MAX_HARTS;
+    match scause {
+        c if c == INTERRUPT | 5 => {
+            sbi::set_timer(u64::MAX);
+            TIMER[hart].fetch_add(1, Ordering::AcqRel);
+        }
+        c if c == INTERRUPT | 1 => {
+            csr::sip_clear(csr::SSI);
+            SOFT[hart].fetch_add(1, Ordering::AcqRel);
+        }
+        _ => panic!("unexpected trap: scause {scause:#x} sepc {sepc:#x} stval {stval:#x}"),
+    }
+}
+
+/// Points `stvec` at the runtime's handler (direct mode) on the calling hart.
+pub fn install() {
+    extern "C" {
+        fn __rt_trap_vector();
+    }
+    let v = __rt_trap_vector as *const () as usize;
+    // SAFETY: the vector is 4-byte aligned code that saves and restores every register
+    // it and the Rust handler clobber.
+    unsafe { core::arch::asm!("csrw stvec, {}", in(reg) v, options(nostack)) };
+}
+
+/// Sets `sstatus.SIE`: interrupts enabled in `sie` are taken from now on.
+pub fn enable() {
+    csr::sstatus_set(csr::SSTATUS_SIE);
+}
+
+/// Clears `sstatus.SIE`.
+pub fn disable() {
+    csr::sstatus_clear(csr::SSTATUS_SIE);
+}
+
+/// Timer interrupts taken so far by `hart`.
+pub fn timer_count(hart: usize) -> usize {
+    TIMER[hart % MAX_HARTS].load(Ordering::Acquire)
+}
+
+/// Software interrupts (IPIs) taken so far by `hart`.
+pub fn soft_count(hart: usize) -> usize {
+    SOFT[hart % MAX_HARTS].load(Ordering::Acquire)
+}

@@ -1,0 +1,697 @@
+//! The checks, in the order they run on the boot hart.
+
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use diosix_guest_rt::sbi::{self, eid, error, hart_state, SbiRet};
+use diosix_guest_rt::{csr, dtb, hart, println, trap};
+
+static PASSED: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+
+/// Facts gathered at boot, shared with the resume path of the non-retentive suspend.
+struct Ctx {
+    me: usize,
+    info: dtb::Info,
+    opensbi: bool,
+    legacy_shutdown: bool,
+}
+
+/// Written once by `main` before any other hart starts; read-only afterwards.
+static mut CTX: Option<Ctx> = None;
+
+fn ctx() -> &'static Ctx {
+    // SAFETY: CTX is written once in `main` before anything reads it, never again.
+    unsafe { (*core::ptr::addr_of!(CTX)).as_ref().expect("ctx set in main") }
+}
+
+fn pass(name: &str) {
+    PASSED.fetch_add(1, Ordering::Relaxed);
+    println!("ok {name}");
+}
+
+fn fail(name: &str, got: impl core::fmt::Debug, expected: impl core::fmt::Debug) {
+    FAILED.fetch_add(1, Ordering::Relaxed);
+    println!("FAIL {name}: got {got:?} expected {expected:?}");
+}
+
+fn check<T: PartialEq + core::fmt::Debug>(name: &str, got: T, expected: T) {
+    if got == expected {
+        pass(name)
+    } else {
+        fail(name, got, expected)
+    }
+}
+
+fn check_true(name: &str, cond: bool, what: &str) {
+    if cond {
+        pass(name)
+    } else {
+        fail(name, "false", what)
+    }
+}
+
+/// Checks only `error` of an SBI result.
+fn check_err(name: &str, ret: SbiRet, expected: isize) {
+    check(name, ret.error, expected)
+}
+
+fn note(name: &str, msg: &str) {
+    println!("note {name}: {msg}");
+}
+
+/// Raw call with plain-value arguments.
+fn call(eid: usize, fid: usize, args: [usize; 6]) -> SbiRet {
+    // SAFETY: every caller passes either plain values or memory this guest owns or
+    // expects to be rejected; none of these calls stop or suspend the hart.
+    unsafe { sbi::sbi_call(eid, fid, args) }
+}
+
+fn legacy(eid: usize, args: [usize; 4]) -> isize {
+    // SAFETY: as for `call`; pointer arguments point at this guest's own statics.
+    unsafe { sbi::legacy_call(eid, args) }
+}
+
+fn ms(n: u64) -> u64 {
+    ctx().info.timebase / 1000 * n
+}
+
+/// Spins until `cond` holds or `ticks` of `time` pass; returns whether it held.
+fn wait_for(ticks: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = csr::time() + ticks;
+    loop {
+        if cond() {
+            return true;
+        }
+        if csr::time() > end {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// A hart id that no hart has (one past the largest in the DTB).
+fn invalid_hart() -> usize {
+    ctx().info.harts().iter().copied().max().unwrap_or(0) + 1
+}
+
+/// An address range no sane implementation lets the guest use: far past the end of RAM.
+fn outside_ram() -> usize {
+    ctx().info.ram_end() + 0x4000_0000
+}
+
+pub fn main(hartid: usize, dtb_addr: usize) {
+    let info = dtb::parse(dtb_addr);
+    // SAFETY: reading the DTB's bootargs again for the flag; same contract as parse.
+    let fdt = unsafe { fdt_bootargs_has(dtb_addr, "legacy-shutdown") };
+    // SAFETY: single write before any reader exists (no other hart runs yet).
+    unsafe {
+        CTX = Some(Ctx {
+            me: hartid,
+            info,
+            opensbi: sbi::impl_id() == sbi::IMPL_ID_OPENSBI,
+            legacy_shutdown: fdt,
+        })
+    };
+    println!(
+        "sbi-tests: boot hart {hartid}, {} harts, RAM {:#x}+{:#x}, H in DTB: {}",
+        info.cpus, info.ram_base, info.ram_size, info.has_h
+    );
+    trap::install();
+    base();
+    unknown();
+    dbcn();
+    time();
+    ipi_self();
+    rfence_self();
+    hsm_basic();
+    if info.cpus > 1 {
+        multi_hart();
+    } else {
+        note("multi_hart", "skipped: only one hart");
+    }
+    legacy_calls();
+    suspend_retentive();
+    srst_invalid();
+    suspend_non_retentive();
+}
+
+/// Whether `/chosen/bootargs` contains `word`.
+///
+/// # Safety
+///
+/// `dtb_addr` must be the DTB address the SBI implementation passed in.
+unsafe fn fdt_bootargs_has(dtb_addr: usize, word: &str) -> bool {
+    // SAFETY: forwarded contract.
+    let Ok(fdt) = (unsafe { fdt_from(dtb_addr) }) else {
+        return false;
+    };
+    fdt.chosen().bootargs().is_some_and(|a| a.contains(word))
+}
+
+/// # Safety
+///
+/// `addr` must point at a valid DTB.
+unsafe fn fdt_from(addr: usize) -> Result<diosix_guest_rt::dtb::Fdt<'static>, ()> {
+    // SAFETY: forwarded contract.
+    unsafe { diosix_guest_rt::dtb::Fdt::from_ptr(addr as *const u8) }.map_err(|_| ())
+}
+
+fn base() {
+    let v = call(eid::BASE, 0, [0; 6]);
+    check_err("base_get_spec_version", v, error::SUCCESS);
+    check("base_spec_version_is_2_0", v.value, 2 << 24);
+    let id = call(eid::BASE, 1, [0; 6]);
+    check_err("base_get_impl_id", id, error::SUCCESS);
+    println!("info impl id {}", id.value);
+    let iv = call(eid::BASE, 2, [0; 6]);
+    check_err("base_get_impl_version", iv, error::SUCCESS);
+    println!("info impl version {:#x}", iv.value);
+    for (fid, name) in [(4, "base_get_mvendorid"), (5, "base_get_marchid"), (6, "base_get_mimpid")] {
+        check_err(name, call(eid::BASE, fid, [0; 6]), error::SUCCESS);
+    }
+    let probe = call(eid::BASE, 3, [eid::BASE, 0, 0, 0, 0, 0]);
+    check_err("base_probe_extension", probe, error::SUCCESS);
+    let exts = [
+        ("base", eid::BASE),
+        ("time", eid::TIME),
+        ("ipi", eid::IPI),
+        ("rfence", eid::RFENCE),
+        ("hsm", eid::HSM),
+        ("srst", eid::SRST),
+        ("dbcn", eid::DBCN),
+        ("legacy_set_timer", eid::LEGACY_SET_TIMER),
+        ("legacy_putchar", eid::LEGACY_PUTCHAR),
+        ("legacy_getchar", eid::LEGACY_GETCHAR),
+        ("legacy_clear_ipi", eid::LEGACY_CLEAR_IPI),
+        ("legacy_send_ipi", eid::LEGACY_SEND_IPI),
+        ("legacy_remote_fence_i", eid::LEGACY_REMOTE_FENCE_I),
+        ("legacy_remote_sfence_vma", eid::LEGACY_REMOTE_SFENCE_VMA),
+        ("legacy_remote_sfence_vma_asid", eid::LEGACY_REMOTE_SFENCE_VMA_ASID),
+        ("legacy_shutdown", eid::LEGACY_SHUTDOWN),
+    ];
+    for (name, e) in exts {
+        let r = call(eid::BASE, 3, [e, 0, 0, 0, 0, 0]);
+        if r.is_ok() && r.value != 0 {
+            println!("ok probe_{name}");
+            PASSED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            fail(name, r, "nonzero value");
+        }
+    }
+    check("probe_unknown_eid", call(eid::BASE, 3, [UNKNOWN_EID, 0, 0, 0, 0, 0]).value, 0);
+}
+
+/// An EID in no range the spec assigns to anything implemented here.
+const UNKNOWN_EID: usize = 0x0BAD_5B1E;
+
+fn unknown() {
+    check_err("unknown_eid", call(UNKNOWN_EID, 0, [0; 6]), error::NOT_SUPPORTED);
+    for (name, e, fid) in [
+        ("unknown_fid_base", eid::BASE, 7),
+        ("unknown_fid_time", eid::TIME, 1),
+        ("unknown_fid_ipi", eid::IPI, 1),
+        ("unknown_fid_rfence", eid::RFENCE, 7),
+        ("unknown_fid_hsm", eid::HSM, 4),
+        ("unknown_fid_srst", eid::SRST, 1),
+        ("unknown_fid_dbcn", eid::DBCN, 3),
+    ] {
+        check_err(name, call(e, fid, [0; 6]), error::NOT_SUPPORTED);
+    }
+}
+
+fn dbcn() {
+    let msg = b"dbcn_write: the quick brown fox jumps over the lazy dog 0123456\n";
+    let r = sbi::dbcn_write(msg);
+    check_err("dbcn_write", r, error::SUCCESS);
+    check("dbcn_write_count", r.value, msg.len());
+    let r = sbi::dbcn_write(&[]);
+    check_err("dbcn_write_empty", r, error::SUCCESS);
+    for &b in b"dbcn_write_byte\n" {
+        let r = sbi::dbcn_write_byte(b);
+        if !r.is_ok() || r.value != 0 {
+            fail("dbcn_write_byte", r, "error 0 value 0");
+            return;
+        }
+    }
+    pass("dbcn_write_byte");
+    // With no input the call must return at once with 0 bytes and leave the buffer.
+    let mut buf = [0xa5u8; 16];
+    let r = sbi::dbcn_read(&mut buf);
+    check_err("dbcn_read_nonblocking", r, error::SUCCESS);
+    check("dbcn_read_no_input_count", r.value, 0);
+    check_true("dbcn_read_buffer_untouched", buf.iter().all(|&b| b == 0xa5), "buffer unchanged");
+
+    // Bad buffers. SBI 2.0 §12.1/§12.2: memory not satisfying the shared-memory
+    // requirements (§3.2) -> SBI_ERR_INVALID_PARAM.
+    let good = msg.as_ptr() as usize;
+    let opensbi = ctx().opensbi;
+    for fid in [0usize, 1] {
+        let op = if fid == 0 { "write" } else { "read" };
+        // Physical address >= 2^64 (base_addr_hi != 0).
+        let r = call(eid::DBCN, fid, [8, good, 1, 0, 0, 0]);
+        let name = if fid == 0 { "dbcn_write_addr_hi" } else { "dbcn_read_addr_hi" };
+        if opensbi && r.error == error::FAILED {
+            note(name, "OpenSBI returns SBI_ERR_FAILED for base_addr_hi != 0; SBI 2.0 §12 says INVALID_PARAM");
+            pass(name);
+        } else {
+            check_err(name, r, error::INVALID_PARAM);
+        }
+        if opensbi {
+            // OpenSBI's root domain gives S-mode the whole address space except its own
+            // image, so it would dereference these and take a fatal M-mode fault.
+            note(op, "OpenSBI: outside-RAM/wrapping/huge buffers skipped (OpenSBI faults in M-mode); testing its firmware region");
+            let r = call(eid::DBCN, fid, [8, 0x8000_0000, 0, 0, 0, 0]);
+            let name = if fid == 0 { "dbcn_write_firmware_region" } else { "dbcn_read_firmware_region" };
+            check_err(name, r, error::INVALID_PARAM);
+            continue;
+        }
+        let cases: [(&str, usize, usize); 4] = [
+            ("outside_ram", outside_ram(), 8),
+            ("below_ram", ctx().info.ram_base.wrapping_sub(0x1000), 8),
+            ("wraps", usize::MAX - 7, 64),
+            ("huge_len", good, usize::MAX / 2),
+        ];
+        for (what, addr, len) in cases {
+            let r = call(eid::DBCN, fid, [len, addr, 0, 0, 0, 0]);
+            let mut name = heapless_name::<40>();
+            name.push(if fid == 0 { "dbcn_write_" } else { "dbcn_read_" });
+            name.push(what);
+            check_err(name.as_str(), r, error::INVALID_PARAM);
+        }
+    }
+}
+
+/// A tiny fixed-capacity string for composing check names without an allocator.
+struct Name<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+fn heapless_name<const N: usize>() -> Name<N> {
+    Name { buf: [0; N], len: 0 }
+}
+
+impl<const N: usize> Name<N> {
+    fn push(&mut self, s: &str) {
+        let n = s.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+    }
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+}
+
+fn time() {
+    let me = ctx().me;
+    // Timer interrupt actually taken through stvec.
+    let before = trap::timer_count(me);
+    csr::sie_set(csr::STI);
+    trap::enable();
+    let r = sbi::set_timer(csr::time() + ms(1));
+    check_err("time_set_timer", r, error::SUCCESS);
+    let end = csr::time() + ms(1000);
+    while trap::timer_count(me) == before && csr::time() < end {
+        csr::wfi();
+    }
+    trap::disable();
+    check_true("time_interrupt_taken", trap::timer_count(me) > before, "S-timer interrupt");
+    // With sstatus.SIE clear the interrupt shows as pending in sip.
+    sbi::set_timer(csr::time() + ms(1));
+    let ok = wait_for(ms(1000), || csr::sip() & csr::STI != 0);
+    check_true("time_stip_pending", ok, "sip.STIP set");
+    let r = sbi::set_timer(u64::MAX);
+    check_err("time_set_timer_max", r, error::SUCCESS);
+    check("time_set_timer_max_clears_stip", csr::sip() & csr::STI, 0);
+    // A deadline in the past fires at once.
+    sbi::set_timer(0);
+    let ok = wait_for(ms(100), || csr::sip() & csr::STI != 0);
+    check_true("time_past_deadline_pending", ok, "sip.STIP set");
+    sbi::set_timer(u64::MAX);
+    csr::sie_clear(csr::STI);
+}
+
+fn ipi_self() {
+    let me = ctx().me;
+    let r = sbi::send_ipi(1 << (me % 64), me & !63);
+    check_err("ipi_send_self", r, error::SUCCESS);
+    let ok = wait_for(ms(100), || csr::sip() & csr::SSI != 0);
+    check_true("ipi_self_ssip_pending", ok, "sip.SSIP set");
+    csr::sip_clear(csr::SSI);
+    // Same hart named through hart_mask_base.
+    check_err("ipi_send_self_base", sbi::send_ipi(1, me), error::SUCCESS);
+    let ok = wait_for(ms(100), || csr::sip() & csr::SSI != 0);
+    check_true("ipi_self_base_ssip_pending", ok, "sip.SSIP set");
+    csr::sip_clear(csr::SSI);
+    // Taken as an interrupt through stvec.
+    let before = trap::soft_count(me);
+    csr::sie_set(csr::SSI);
+    trap::enable();
+    sbi::send_ipi(1, me);
+    let ok = wait_for(ms(100), || trap::soft_count(me) > before);
+    trap::disable();
+    csr::sie_clear(csr::SSI);
+    check_true("ipi_self_interrupt_taken", ok, "S-software interrupt");
+    // Invalid harts: SBI 2.0 §3.1 hart mask errors -> INVALID_PARAM.
+    let bad = invalid_hart();
+    check_err("ipi_invalid_hart_base", sbi::send_ipi(1, bad), error::INVALID_PARAM);
+    if bad < 64 {
+        let name = "ipi_invalid_hart_in_mask";
+        let r = sbi::send_ipi(1 << bad | 1 << me, 0);
+        if ctx().opensbi && r.error == error::SUCCESS {
+            // OpenSBI 1.5 skips mask bits naming no hart and only rejects an invalid
+            // hart_mask_base; SBI 2.0 §3.1 (hart mask errors) requires INVALID_PARAM
+            // when at least one hartid from hart_mask is not valid.
+            note(name, "OpenSBI ignores invalid harts in hart_mask; spec says INVALID_PARAM");
+            pass(name);
+        } else {
+            check_err(name, r, error::INVALID_PARAM);
+        }
+        csr::sip_clear(csr::SSI);
+    }
+    check_err("ipi_invalid_base_far", sbi::send_ipi(1, 0x10_0000), error::INVALID_PARAM);
+}
+
+fn rfence_self() {
+    let me = ctx().me;
+    let (m, b) = (1usize << (me % 64), me & !63);
+    check_err("rfence_remote_fence_i", call(eid::RFENCE, 0, [m, b, 0, 0, 0, 0]), error::SUCCESS);
+    check_err(
+        "rfence_remote_sfence_vma",
+        call(eid::RFENCE, 1, [m, b, 0, usize::MAX, 0, 0]),
+        error::SUCCESS,
+    );
+    check_err(
+        "rfence_remote_sfence_vma_range",
+        call(eid::RFENCE, 1, [m, b, 0x8020_0000, 0x1000, 0, 0]),
+        error::SUCCESS,
+    );
+    check_err(
+        "rfence_remote_sfence_vma_asid",
+        call(eid::RFENCE, 2, [m, b, 0, usize::MAX, 0, 0]),
+        error::SUCCESS,
+    );
+    check_err("rfence_remote_fence_i_all", call(eid::RFENCE, 0, [0, usize::MAX, 0, 0, 0, 0]), error::SUCCESS);
+    // The hfence calls are only valid on harts with the H extension (SBI 2.0 §8.4-8.7:
+    // otherwise SBI_ERR_NOT_SUPPORTED). A guest of Diosix does not get H; OpenSBI on
+    // QEMU does, which the DTB's riscv,isa tells us.
+    let expect = if ctx().info.has_h { error::SUCCESS } else { error::NOT_SUPPORTED };
+    for (fid, name) in [
+        (3, "rfence_hfence_gvma_vmid"),
+        (4, "rfence_hfence_gvma"),
+        (5, "rfence_hfence_vvma_asid"),
+        (6, "rfence_hfence_vvma"),
+    ] {
+        check_err(name, call(eid::RFENCE, fid, [m, b, 0, usize::MAX, 0, 0]), expect);
+    }
+    let bad = invalid_hart();
+    for (fid, name) in [
+        (0, "rfence_fence_i_invalid_hart"),
+        (1, "rfence_sfence_vma_invalid_hart"),
+        (2, "rfence_sfence_vma_asid_invalid_hart"),
+    ] {
+        check_err(name, call(eid::RFENCE, fid, [1, bad, 0, usize::MAX, 0, 0]), error::INVALID_PARAM);
+    }
+}
+
+fn hsm_basic() {
+    let me = ctx().me;
+    let r = sbi::hart_status(me);
+    check_err("hsm_get_status_self", r, error::SUCCESS);
+    check("hsm_status_self_started", r.value, hart_state::STARTED);
+    check_err("hsm_get_status_invalid", sbi::hart_status(invalid_hart()), error::INVALID_PARAM);
+    check_err(
+        "hsm_get_status_huge_id",
+        sbi::hart_status(usize::MAX),
+        error::INVALID_PARAM,
+    );
+    let entry = hart::secondary_entry_addr();
+    // SAFETY: the call must fail (hart already started / no such hart); if it did
+    // start something, it would be the runtime's entry point, which is safe.
+    let r = unsafe { sbi::hart_start(me, entry, 0) };
+    check_err("hsm_start_self_already_available", r, error::ALREADY_AVAILABLE);
+    // SAFETY: as above.
+    let r = unsafe { sbi::hart_start(invalid_hart(), entry, 0) };
+    check_err("hsm_start_invalid_hart", r, error::INVALID_PARAM);
+}
+
+/// Per-hart state of helper harts started by the multi-hart checks.
+static HELPER_OPAQUE: [AtomicUsize; diosix_guest_rt::MAX_HARTS] =
+    [const { AtomicUsize::new(0) }; diosix_guest_rt::MAX_HARTS];
+static HELPER_UP: [AtomicBool; diosix_guest_rt::MAX_HARTS] =
+    [const { AtomicBool::new(false) }; diosix_guest_rt::MAX_HARTS];
+static HELPERS_STOP: AtomicBool = AtomicBool::new(false);
+const OPAQUE_MAGIC: usize = 0x5eed_0000_d105_1a00;
+
+/// A started helper: records its opaque value, then takes IPIs until told to stop;
+/// returning makes the runtime call hart_stop.
+fn helper(hartid: usize, opaque: usize) {
+    HELPER_OPAQUE[hartid].store(opaque, Ordering::Relaxed);
+    trap::install();
+    csr::sie_set(csr::SSI);
+    trap::enable();
+    HELPER_UP[hartid].store(true, Ordering::Release);
+    while !HELPERS_STOP.load(Ordering::Acquire) {
+        csr::wfi();
+    }
+    trap::disable();
+}
+
+fn multi_hart() {
+    let c = ctx();
+    let me = c.me;
+    let others: [usize; diosix_guest_rt::MAX_HARTS] = {
+        let mut o = [usize::MAX; diosix_guest_rt::MAX_HARTS];
+        for (i, &h) in c.info.harts().iter().filter(|&&h| h != me).enumerate() {
+            o[i] = h;
+        }
+        o
+    };
+    let others = &others[..c.info.cpus - 1];
+    let first = others[0];
+    let r = sbi::hart_status(first);
+    check("hsm_status_stopped", r, SbiRet { error: 0, value: hart_state::STOPPED });
+
+    // Start address that is not valid: SBI 2.0 §9.1 -> INVALID_ADDRESS.
+    let (bad_addr, what) = if c.opensbi {
+        note(
+            "hsm_start_bad_address",
+            "OpenSBI lets S-mode run anywhere outside its own image; testing its firmware region",
+        );
+        (0x8000_0000, "hsm_start_firmware_region")
+    } else {
+        (outside_ram(), "hsm_start_outside_ram")
+    };
+    // SAFETY: the call must be refused; nothing runs at the bad address if it is.
+    let r = unsafe { sbi::hart_start(first, bad_addr, 0) };
+    check_err(what, r, error::INVALID_ADDRESS);
+
+    HELPERS_STOP.store(false, Ordering::Release);
+    for &h in others {
+        let r = hart::start(h, helper, OPAQUE_MAGIC ^ h);
+        if !r.is_ok() {
+            fail("hsm_hart_start", (h, r), "SUCCESS");
+            return;
+        }
+    }
+    pass("hsm_hart_start");
+    let up = wait_for(ms(2000), || others.iter().all(|&h| HELPER_UP[h].load(Ordering::Acquire)));
+    check_true("hsm_started_harts_run", up, "every started hart runs");
+    if !up {
+        return;
+    }
+    let opaque_ok = others.iter().all(|&h| HELPER_OPAQUE[h].load(Ordering::Relaxed) == OPAQUE_MAGIC ^ h);
+    check_true("hsm_start_opaque_in_a1", opaque_ok, "a1 = opaque");
+    check(
+        "hsm_status_started",
+        sbi::hart_status(first),
+        SbiRet { error: 0, value: hart_state::STARTED },
+    );
+    // SAFETY: must be refused (already started).
+    let r = unsafe { sbi::hart_start(first, hart::secondary_entry_addr(), 0) };
+    check_err("hsm_start_started_already_available", r, error::ALREADY_AVAILABLE);
+
+    // IPIs to another hart, then to all of them through hart_mask_base = -1.
+    let before = trap::soft_count(first);
+    check_err("ipi_send_other", sbi::send_ipi(1, first), error::SUCCESS);
+    let ok = wait_for(ms(1000), || trap::soft_count(first) > before);
+    check_true("ipi_other_delivered", ok, "SSIP taken on the other hart");
+    let counts: [usize; diosix_guest_rt::MAX_HARTS] = core::array::from_fn(trap::soft_count);
+    check_err("ipi_broadcast", sbi::send_ipi(0, usize::MAX), error::SUCCESS);
+    let ok = wait_for(ms(1000), || others.iter().all(|&h| trap::soft_count(h) > counts[h]));
+    check_true("ipi_broadcast_delivered", ok, "every other hart took an IPI");
+    let ok = wait_for(ms(100), || csr::sip() & csr::SSI != 0);
+    check_true("ipi_broadcast_self_pending", ok, "sip.SSIP set on the sender");
+    csr::sip_clear(csr::SSI);
+    // A mask naming every hart.
+    let mut mask = 0usize;
+    for &h in c.info.harts() {
+        if h < 64 {
+            mask |= 1 << h;
+        }
+    }
+    check_err("ipi_send_mask_all", sbi::send_ipi(mask, 0), error::SUCCESS);
+    csr::sip_clear(csr::SSI);
+
+    // Remote fences on started harts.
+    check_err("rfence_fence_i_other", sbi::remote_fence_i(1, first), error::SUCCESS);
+    check_err(
+        "rfence_sfence_vma_other",
+        sbi::remote_sfence_vma(1, first, 0, usize::MAX),
+        error::SUCCESS,
+    );
+    check_err("rfence_fence_i_all_started", sbi::remote_fence_i(0, usize::MAX), error::SUCCESS);
+    check_err(
+        "rfence_sfence_vma_asid_all_started",
+        call(eid::RFENCE, 2, [mask, 0, 0, usize::MAX, 1, 0]),
+        error::SUCCESS,
+    );
+
+    // hart_stop: the helpers return and the runtime stops them.
+    HELPERS_STOP.store(true, Ordering::Release);
+    sbi::send_ipi(0, usize::MAX);
+    let stopped = wait_for(ms(2000), || {
+        others
+            .iter()
+            .all(|&h| sbi::hart_status(h).value == hart_state::STOPPED)
+    });
+    csr::sip_clear(csr::SSI);
+    check_true("hsm_hart_stop", stopped, "every helper STOPPED");
+    // A stopped hart can be started again.
+    HELPERS_STOP.store(false, Ordering::Release);
+    HELPER_UP[first].store(false, Ordering::Release);
+    let r = hart::start(first, helper, OPAQUE_MAGIC);
+    check_err("hsm_restart_stopped_hart", r, error::SUCCESS);
+    let up = wait_for(ms(2000), || HELPER_UP[first].load(Ordering::Acquire));
+    check_true("hsm_restarted_hart_runs", up, "runs again");
+    HELPERS_STOP.store(true, Ordering::Release);
+    sbi::send_ipi(1, first);
+    let stopped = wait_for(ms(2000), || sbi::hart_status(first).value == hart_state::STOPPED);
+    check_true("hsm_restarted_hart_stops", stopped, "STOPPED");
+}
+
+/// Hart mask for the legacy calls: they take a pointer to it (legacy §5.4).
+static LEGACY_MASK: AtomicUsize = AtomicUsize::new(0);
+
+fn legacy_calls() {
+    let me = ctx().me;
+    if me >= 64 {
+        note("legacy", "skipped: boot hart id >= 64 cannot be named by a legacy mask");
+        return;
+    }
+    LEGACY_MASK.store(1 << me, Ordering::Release);
+    let mask_ptr = LEGACY_MASK.as_ptr() as usize;
+    let r = legacy(eid::LEGACY_PUTCHAR, [b'L' as usize, 0, 0, 0]);
+    legacy(eid::LEGACY_PUTCHAR, [b'\n' as usize, 0, 0, 0]);
+    check("legacy_putchar", r, 0);
+    check("legacy_getchar_no_input", legacy(eid::LEGACY_GETCHAR, [0; 4]), -1);
+    // set_timer (legacy): fires, and a far deadline clears the pending bit.
+    check(
+        "legacy_set_timer",
+        legacy(eid::LEGACY_SET_TIMER, [(csr::time() + ms(1)) as usize, 0, 0, 0]),
+        0,
+    );
+    let ok = wait_for(ms(1000), || csr::sip() & csr::STI != 0);
+    check_true("legacy_set_timer_fires", ok, "sip.STIP set");
+    legacy(eid::LEGACY_SET_TIMER, [usize::MAX, 0, 0, 0]);
+    check("legacy_set_timer_max_clears", csr::sip() & csr::STI, 0);
+    // send_ipi through a mask pointer, then clear_ipi.
+    check("legacy_send_ipi", legacy(eid::LEGACY_SEND_IPI, [mask_ptr, 0, 0, 0]), 0);
+    let ok = wait_for(ms(100), || csr::sip() & csr::SSI != 0);
+    check_true("legacy_send_ipi_pending", ok, "sip.SSIP set");
+    check("legacy_clear_ipi", legacy(eid::LEGACY_CLEAR_IPI, [0; 4]), 0);
+    check("legacy_clear_ipi_clears", csr::sip() & csr::SSI, 0);
+    csr::sip_clear(csr::SSI);
+    check("legacy_remote_fence_i", legacy(eid::LEGACY_REMOTE_FENCE_I, [mask_ptr, 0, 0, 0]), 0);
+    check(
+        "legacy_remote_sfence_vma",
+        legacy(eid::LEGACY_REMOTE_SFENCE_VMA, [mask_ptr, 0, usize::MAX, 0]),
+        0,
+    );
+    check(
+        "legacy_remote_sfence_vma_asid",
+        legacy(eid::LEGACY_REMOTE_SFENCE_VMA_ASID, [mask_ptr, 0, usize::MAX, 0]),
+        0,
+    );
+}
+
+fn suspend_retentive() {
+    // Retentive suspend returns SUCCESS once an enabled interrupt is pending, even with
+    // sstatus.SIE clear (SBI 2.0 §9.4).
+    csr::sie_set(csr::STI);
+    sbi::set_timer(csr::time() + ms(2));
+    let r = sbi::hart_suspend_retentive();
+    check_err("hsm_suspend_retentive", r, error::SUCCESS);
+    check_true(
+        "hsm_suspend_retentive_woken_by_timer",
+        csr::sip() & csr::STI != 0,
+        "sip.STIP set after resume",
+    );
+    sbi::set_timer(u64::MAX);
+    csr::sie_clear(csr::STI);
+    // Reserved suspend types -> INVALID_PARAM.
+    for (t, name) in [
+        (0x0000_0001usize, "hsm_suspend_reserved_retentive_type"),
+        (0x8000_0001, "hsm_suspend_reserved_non_retentive_type"),
+    ] {
+        check_err(
+            name,
+            call(eid::HSM, 3, [t, hart::secondary_entry_addr(), 0, 0, 0, 0]),
+            error::INVALID_PARAM,
+        );
+    }
+    // Non-retentive with a resume address that is not valid -> INVALID_ADDRESS.
+    let (bad, name) = if ctx().opensbi {
+        (0x8000_0000, "hsm_suspend_resume_addr_firmware_region")
+    } else {
+        (outside_ram(), "hsm_suspend_resume_addr_outside_ram")
+    };
+    check_err(name, call(eid::HSM, 3, [0x8000_0000, bad, 0, 0, 0, 0]), error::INVALID_ADDRESS);
+}
+
+fn srst_invalid() {
+    // Reserved reset type / reason -> INVALID_PARAM (SBI 2.0 §10.1). If one of these
+    // were wrongly accepted the guest would reset here and the harness reports the
+    // missing summary line.
+    check_err("srst_reserved_type", sbi::system_reset(3, 0), error::INVALID_PARAM);
+    check_err("srst_reserved_type_high", sbi::system_reset(0xEFFF_FFFF, 0), error::INVALID_PARAM);
+    check_err("srst_reserved_reason", sbi::system_reset(0, 2), error::INVALID_PARAM);
+}
+
+const RESUME_MAGIC: usize = 0x0dd_ba11_cafe;
+
+fn suspend_non_retentive() {
+    csr::sie_set(csr::STI);
+    sbi::set_timer(csr::time() + ms(2));
+    let r = hart::suspend_non_retentive(resumed, RESUME_MAGIC);
+    // Only reached if the suspend was refused.
+    fail("hsm_suspend_non_retentive", r, "resume at resume_addr");
+    sbi::set_timer(u64::MAX);
+    finish();
+}
+
+/// Resume point of the non-retentive suspend: fresh stack, a0 = hart id, a1 = opaque.
+fn resumed(hartid: usize, opaque: usize) {
+    sbi::set_timer(u64::MAX);
+    csr::sie_clear(csr::STI);
+    trap::install();
+    pass("hsm_suspend_non_retentive");
+    check("hsm_resume_hartid", hartid, ctx().me);
+    check("hsm_resume_opaque_in_a1", opaque, RESUME_MAGIC);
+    check(
+        "hsm_resume_sstatus_sie_clear",
+        csr::sstatus() & csr::SSTATUS_SIE,
+        0,
+    );
+    finish();
+}
+
+fn finish() -> ! {
+    let (p, f) = (PASSED.load(Ordering::Relaxed), FAILED.load(Ordering::Relaxed));
+    println!("sbi-tests: {p} passed, {f} failed");
+    if ctx().legacy_shutdown {
+        println!("sbi-tests: legacy shutdown");
+        legacy(eid::LEGACY_SHUTDOWN, [0; 4]);
+        println!("FAIL legacy_shutdown: returned");
+    }
+    sbi::shutdown(f != 0)
+}

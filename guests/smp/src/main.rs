@@ -1,0 +1,154 @@
+//! vCPU stress guest: every hart the DTB lists runs rounds of work, IPIs, remote fences
+//! and timer interrupts, meeting at a barrier after each round.
+//!
+//! Per round each hart: does a checksum loop, sends an IPI to the next hart in the
+//! ring, issues remote fence.i to all harts and sfence.vma to the next one, sleeps on a
+//! timer interrupt with `wfi`, and waits (with `wfi`) for the IPI from the previous
+//! hart. Waiting for that IPI before the barrier keeps one round's IPI from
+//! coalescing with the next one's, so the final counts are exact. Under Diosix this
+//! runs with more vCPUs than host harts, so every wait idles in `wfi` instead of
+//! spinning.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+use diosix_guest_rt::{csr, dtb, hart, println, sbi, trap, MAX_HARTS};
+
+diosix_guest_rt::entry!(main);
+
+const ROUNDS: usize = 20;
+
+/// Number of harts taking part (set before any worker starts).
+static HARTS: AtomicUsize = AtomicUsize::new(0);
+/// Harts that have finished each round, cumulative (round r done at N * (r + 1)).
+static ARRIVED: AtomicUsize = AtomicUsize::new(0);
+/// Harts ready to take IPIs. IPIs to a hart that is not started yet are dropped (it is
+/// not interruptible), so round 0 waits for everyone.
+static READY: AtomicUsize = AtomicUsize::new(0);
+/// Harts that finished all rounds with correct counts.
+static GOOD: AtomicUsize = AtomicUsize::new(0);
+/// Harts that finished but saw something wrong.
+static BAD: AtomicUsize = AtomicUsize::new(0);
+/// Hart ids in ring order; worker `i` signals `RING[(i + 1) % N]`.
+static RING: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
+/// Checksum each hart computed; compared against the boot hart's own computation.
+static SUMS: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
+static TIMEBASE: AtomicUsize = AtomicUsize::new(10_000_000);
+
+/// Deterministic busy work whose result depends on every iteration.
+fn work(seed: usize) -> usize {
+    let mut x = seed as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x as usize
+}
+
+fn ticks(us: u64) -> u64 {
+    TIMEBASE.load(Ordering::Relaxed) as u64 * us / 1_000_000
+}
+
+/// One hart's part. `index` is its position in the ring.
+fn run(index: usize) {
+    let me = hart::id();
+    let n = HARTS.load(Ordering::Acquire);
+    let next = RING[(index + 1) % n].load(Ordering::Relaxed);
+    trap::install();
+    csr::sie_set(csr::SSI | csr::STI);
+    trap::enable();
+    let mut sum = 0usize;
+    let mut ok = true;
+    let soft0 = trap::soft_count(me);
+    let timer0 = trap::timer_count(me);
+    READY.fetch_add(1, Ordering::AcqRel);
+    while READY.load(Ordering::Acquire) < n {
+        sbi::set_timer(csr::time() + ticks(50));
+        csr::wfi();
+    }
+    for round in 0..ROUNDS {
+        sum = sum.wrapping_add(work(index * ROUNDS + round));
+        ok &= sbi::send_ipi(1, next).is_ok();
+        ok &= sbi::remote_fence_i(0, usize::MAX).is_ok();
+        ok &= sbi::remote_sfence_vma(1, next, 0, usize::MAX).is_ok();
+        // One timer interrupt per round, taken through the trap handler.
+        let t = trap::timer_count(me);
+        sbi::set_timer(csr::time() + ticks(200));
+        while trap::timer_count(me) == t {
+            csr::wfi();
+        }
+        // The previous hart's IPI for this round.
+        while trap::soft_count(me) - soft0 < round + 1 {
+            csr::wfi();
+        }
+        ARRIVED.fetch_add(1, Ordering::AcqRel);
+        while ARRIVED.load(Ordering::Acquire) < n * (round + 1) {
+            // Idle briefly instead of spinning: vCPUs may outnumber host harts.
+            sbi::set_timer(csr::time() + ticks(50));
+            csr::wfi();
+        }
+    }
+    trap::disable();
+    sbi::set_timer(u64::MAX);
+    let soft = trap::soft_count(me) - soft0;
+    // Barrier sleeps also take timer interrupts, so at least ROUNDS of them.
+    let timers = trap::timer_count(me) - timer0;
+    ok &= soft == ROUNDS && timers >= ROUNDS;
+    if !ok {
+        println!("smp: hart {me}: {soft} IPIs, {timers} timer interrupts over {ROUNDS} rounds");
+    }
+    SUMS[index].store(sum, Ordering::Release);
+    if ok {
+        GOOD.fetch_add(1, Ordering::AcqRel);
+    } else {
+        BAD.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn worker(_hartid: usize, index: usize) {
+    run(index);
+}
+
+fn main(hartid: usize, dtb_addr: usize) {
+    let info = dtb::parse(dtb_addr);
+    let n = info.cpus;
+    TIMEBASE.store(info.timebase as usize, Ordering::Relaxed);
+    // The boot hart is ring position 0; the others follow in DTB order.
+    RING[0].store(hartid, Ordering::Relaxed);
+    let mut i = 1;
+    for &h in info.harts().iter().filter(|&&h| h != hartid) {
+        RING[i].store(h, Ordering::Relaxed);
+        i += 1;
+    }
+    HARTS.store(n, Ordering::Release);
+    println!("smp: {n} harts, {ROUNDS} rounds");
+    for idx in 1..n {
+        let h = RING[idx].load(Ordering::Relaxed);
+        let r = hart::start(h, worker, idx);
+        if !r.is_ok() {
+            println!("smp: FAIL starting hart {h}: error {}", r.error);
+            sbi::shutdown(true);
+        }
+    }
+    run(0);
+    // Everyone passed the last barrier; wait for the verdicts.
+    let deadline = csr::time() + info.timebase * 10;
+    while GOOD.load(Ordering::Acquire) + BAD.load(Ordering::Acquire) < n {
+        if csr::time() > deadline {
+            println!("smp: FAIL: only {} harts reported", GOOD.load(Ordering::Acquire));
+            sbi::shutdown(true);
+        }
+        core::hint::spin_loop();
+    }
+    let sums_ok = (0..n).all(|idx| {
+        let expect = (0..ROUNDS).fold(0usize, |s, r| s.wrapping_add(work(idx * ROUNDS + r)));
+        SUMS[idx].load(Ordering::Acquire) == expect
+    });
+    if BAD.load(Ordering::Acquire) == 0 && sums_ok {
+        println!("smp: {n} harts, all rounds ok");
+    } else {
+        println!("smp: FAIL: {} harts bad, checksums ok: {sums_ok}", BAD.load(Ordering::Acquire));
+        sbi::shutdown(true);
+    }
+}

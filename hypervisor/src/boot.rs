@@ -1,0 +1,116 @@
+//! Reset-vector entry and the boot sequence.
+
+use crate::{console, hart, heap, mem, platform, sched, vm};
+use core::sync::atomic::{AtomicBool, Ordering};
+use diosix_riscv::csr;
+
+/// Most harts this build brings up; later ones park. Must match `MAX_HARTS` in link.ld.
+pub const MAX_HARTS: usize = 16;
+/// Hypervisor stack bytes per hart. Must match `STACK_SIZE` in link.ld.
+pub const STACK_SIZE: usize = 0x10000;
+
+core::arch::global_asm!(
+    ".section .text.entry, \"ax\"",
+    ".globl _start",
+    ".option arch, +m, +a",
+    "_start:",
+    "csrw mie, zero",
+    // Claim a hart slot: slots index stacks and per-hart state, whatever the hart IDs.
+    "la t0, {next_slot}",
+    "li t1, 1",
+    "amoadd.w a2, t1, (t0)",
+    "li t1, {max_harts}",
+    "bgeu a2, t1, 9f",
+    "la sp, __stacks_end",
+    "li t1, {stack_size}",
+    "mul t2, a2, t1",
+    "sub sp, sp, t2",
+    "bnez a2, 3f",
+    // Slot 0 zeroes .bss, then lets the others go on.
+    "la t0, __bss_start",
+    "la t1, __bss_end",
+    "1: bgeu t0, t1, 2f",
+    "sd zero, 0(t0)",
+    "addi t0, t0, 8",
+    "j 1b",
+    "2: fence rw, rw",
+    "la t0, {bss_ready}",
+    "li t1, 1",
+    "sw t1, 0(t0)",
+    "j 4f",
+    "3: la t0, {bss_ready}",
+    "lw t1, 0(t0)",
+    "beqz t1, 3b",
+    "fence rw, rw",
+    "4: call {rust_entry}",
+    "9: wfi",
+    "j 9b",
+    next_slot = sym NEXT_SLOT,
+    bss_ready = sym BSS_READY,
+    max_harts = const MAX_HARTS,
+    stack_size = const STACK_SIZE,
+    rust_entry = sym rust_entry,
+);
+
+/// Next free hart slot (in .data: it is used before .bss is zeroed).
+#[no_mangle]
+#[link_section = ".data"]
+static mut NEXT_SLOT: u32 = 0;
+/// Set by slot 0 once .bss is zeroed.
+#[no_mangle]
+#[link_section = ".data"]
+static mut BSS_READY: u32 = 0;
+
+/// Set once the boot hart has built the machine state the others need.
+static RELEASED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn rust_entry(hart_id: usize, fdt: usize, slot: usize) -> ! {
+    if slot == 0 {
+        boot_hart(hart_id, fdt)
+    } else {
+        while !RELEASED.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        secondary_hart(hart_id, slot)
+    }
+}
+
+fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
+    let start_instret = csr::id::instret();
+    // SAFETY: runs once, on the boot hart, before anything allocates.
+    unsafe { heap::init() };
+    // SAFETY: a1 at reset is the firmware's device tree; its header gives its size.
+    let fdt = unsafe { platform::copy_firmware_fdt(fdt_hpa) };
+    let host = match platform::init(&fdt) {
+        Ok(p) => p,
+        Err(e) => {
+            console::emergency_print(format_args!("diosix: bad host device tree: {e}\n"));
+            diosix_riscv::reset::halt()
+        }
+    };
+    console::init_logger();
+    platform::print_banner(host, hart_id);
+    mem::init(host);
+    hart::init_this_hart(0, hart_id);
+    if let Err(e) = vm::create_root_vm(host) {
+        log::error!("cannot start the Root VM: {e}");
+        platform::restart_host();
+    }
+    log::info!(
+        "boot hart ready after {} instructions; releasing {} other hart(s)",
+        csr::id::instret().saturating_sub(start_instret),
+        host.harts.len().saturating_sub(1)
+    );
+    RELEASED.store(true, Ordering::Release);
+    sched::run_forever()
+}
+
+fn secondary_hart(hart_id: usize, slot: usize) -> ! {
+    let host = platform::host();
+    if !host.harts.iter().any(|h| h.hart_id == hart_id) {
+        // Not described by the device tree (or unusable): park.
+        diosix_riscv::reset::halt();
+    }
+    hart::init_this_hart(slot, hart_id);
+    sched::run_forever()
+}

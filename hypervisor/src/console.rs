@@ -1,0 +1,86 @@
+//! The host console (the UART named by the device tree) and the logger.
+//!
+//! Log lines carry their level and the hart that wrote them; addresses in them are
+//! always typed (`HPA 0x…`, `GPA 0x…`, `GVA 0x…`) by the address types' formatting.
+
+use core::fmt::{self, Write};
+use diosix_riscv::uart::Ns16550a;
+use spin::{Mutex, Once};
+
+static UART: Once<Ns16550a> = Once::new();
+/// Serialises whole lines so output from several harts never interleaves mid-line.
+static LINE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Uses `uart` as the host console from now on.
+pub fn set_uart(uart: Ns16550a) {
+    uart.init();
+    UART.call_once(|| uart);
+}
+
+struct UartWriter<'a>(&'a Ns16550a);
+
+impl Write for UartWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                self.0.putc(b'\r');
+            }
+            self.0.putc(b);
+        }
+        Ok(())
+    }
+}
+
+/// Prints without taking the line lock: for panics, where the lock may be held by the
+/// hart that failed. Prints nothing before the UART is known.
+pub fn emergency_print(args: fmt::Arguments) {
+    if let Some(uart) = UART.get() {
+        let _ = UartWriter(uart).write_fmt(args);
+    }
+}
+
+/// Writes raw guest console bytes (the Root VM's console is the host UART).
+pub fn write_bytes(bytes: &[u8]) {
+    if let Some(uart) = UART.get() {
+        let _guard = LINE_LOCK.lock();
+        for &b in bytes {
+            uart.putc(b);
+        }
+    }
+}
+
+/// One byte of console input, if any is waiting; never blocks.
+pub fn read_byte() -> Option<u8> {
+    UART.get().and_then(|u| u.getc())
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        if let Some(uart) = UART.get() {
+            let _guard = LINE_LOCK.lock();
+            let _ = writeln!(
+                UartWriter(uart),
+                "[diosix {:<5} hart {}] {}",
+                record.level(),
+                diosix_riscv::csr::id::mhartid(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+/// Routes the `log` macros to the UART.
+pub fn init_logger() {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+}

@@ -1,0 +1,104 @@
+//! Per-hart state. Each physical hart owns one [`HartLocal`] (its trap frame, the vCPU
+//! it is running) and shares one [`HartShared`] (atomics other harts poke).
+
+use crate::boot::MAX_HARTS;
+use crate::vcpu::Vcpu;
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use diosix_riscv::csr;
+use diosix_riscv::trap::TrapFrame;
+
+/// State only its own hart touches. `frame` must stay first: the trap entry's frame
+/// pointer is also the pointer to this struct.
+#[repr(C)]
+pub struct HartLocal {
+    /// Registers of the interrupted context; `mscratch` points here.
+    pub frame: TrapFrame,
+    /// This hart's slot (index into per-hart arrays).
+    pub slot: usize,
+    /// The vCPU this hart is running, if any.
+    pub current: Option<Box<Vcpu>>,
+    /// `mtime` at which the current time slice ends.
+    pub slice_end: u64,
+}
+
+/// State other harts read or poke.
+pub struct HartShared {
+    /// Hardware hart ID (for the CLINT), valid once `online`.
+    pub hart_id: AtomicUsize,
+    /// The hart has finished its setup and schedules vCPUs.
+    pub online: AtomicBool,
+    /// Another hart asked this one to flush its VS-stage TLB and instruction cache.
+    pub fence_request: AtomicBool,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const SHARED_INIT: HartShared = HartShared {
+    hart_id: AtomicUsize::new(usize::MAX),
+    online: AtomicBool::new(false),
+    fence_request: AtomicBool::new(false),
+};
+
+/// Per-hart shared state, indexed by slot.
+pub static SHARED: [HartShared; MAX_HARTS] = [SHARED_INIT; MAX_HARTS];
+
+/// Harts idle in WFI, one bit per slot: a hart that makes a vCPU runnable wakes one.
+pub static IDLE: AtomicUsize = AtomicUsize::new(0);
+
+static mut LOCALS: [Option<HartLocal>; MAX_HARTS] = [const { None }; MAX_HARTS];
+
+extern "C" {
+    static __stacks_end: u8;
+}
+
+/// Sets up this hart: its local state, trap vector, delegation and counters.
+pub fn init_this_hart(slot: usize, hart_id: usize) {
+    // The linker symbol's address is the top of the stack area.
+    let stacks_end = core::ptr::addr_of!(__stacks_end) as usize;
+    let hv_sp = stacks_end - slot * crate::boot::STACK_SIZE;
+    // SAFETY: slot is unique to this hart (claimed atomically at reset), so this hart
+    // is the only one to touch LOCALS[slot].
+    let local = unsafe {
+        let locals = &mut *core::ptr::addr_of_mut!(LOCALS);
+        locals[slot] = Some(HartLocal {
+            frame: TrapFrame::new(hv_sp as u64),
+            slot,
+            current: None,
+            slice_end: 0,
+        });
+        locals[slot].as_mut().unwrap_unchecked()
+    };
+    // SAFETY: the frame lives in a static for the rest of time and belongs to this hart.
+    unsafe { diosix_riscv::trap::install(&mut local.frame) };
+    crate::platform::init_hart_csrs();
+    SHARED[slot].hart_id.store(hart_id, Ordering::Relaxed);
+    SHARED[slot].online.store(true, Ordering::Release);
+}
+
+/// This hart's local state.
+///
+/// # Safety
+/// The caller must not hold another reference obtained from this function (each trap
+/// takes it once, at the top of the handler).
+pub unsafe fn this_hart() -> &'static mut HartLocal {
+    let frame = csr::mscratch::read() as *mut HartLocal;
+    // SAFETY: mscratch holds this hart's frame, which is the first field of its
+    // repr(C) HartLocal (init_this_hart); exclusivity is the caller's contract.
+    unsafe { &mut *frame }
+}
+
+/// Asks hart `slot` to look at its shared state (fences, newly runnable vCPUs).
+pub fn kick(slot: usize) {
+    let id = SHARED[slot].hart_id.load(Ordering::Relaxed);
+    if id != usize::MAX {
+        crate::platform::clint().send_msip(id);
+    }
+}
+
+/// Wakes one idle hart, if there is one, so a newly runnable vCPU runs promptly.
+pub fn wake_an_idle_hart() {
+    let idle = IDLE.load(Ordering::Acquire);
+    if idle != 0 {
+        kick(idle.trailing_zeros() as usize);
+    }
+}

@@ -1,0 +1,116 @@
+//! Host RAM: the frame allocator for guest RAM and page tables, and the G-stage
+//! tables' view of physical memory.
+
+use diosix_core::addr::{Hpa, Range, PAGE_SIZE};
+use diosix_core::frames::HostFrames;
+use diosix_core::gstage::{TableFrames, TableMemory};
+use diosix_core::hostfdt::HostPlatform;
+use spin::{Mutex, MutexGuard, Once};
+
+/// Every free page of host RAM outside the hypervisor image.
+static FRAMES: Once<Mutex<HostFrames>> = Once::new();
+
+/// The host frame allocator (locked).
+pub fn frames() -> MutexGuard<'static, HostFrames> {
+    FRAMES.call_once(|| Mutex::new(HostFrames::new())).lock()
+}
+
+extern "C" {
+    static __hv_start: u8;
+    static __hv_end: u8;
+}
+
+/// The HPA range the hypervisor image, stacks and heap occupy.
+pub fn hypervisor_range() -> Range<Hpa> {
+    let start = core::ptr::addr_of!(__hv_start) as u64;
+    let end = core::ptr::addr_of!(__hv_end) as u64;
+    Range::new(Hpa::new(start), end - start).expect("linker range")
+}
+
+/// Gives every RAM page the device tree lists, minus the hypervisor (with its
+/// payload) and reserved regions, to the frame allocator.
+pub fn init(host: &HostPlatform) {
+    let hv = hypervisor_range();
+    let payload_len = crate::vm::payload_bytes(host).len() as u64;
+    let hv = Range::new(hv.start, hv.len + payload_len.next_multiple_of(PAGE_SIZE)).unwrap_or(hv);
+    let mut frames = frames();
+    for ram in &host.memory {
+        let mut pieces = alloc::vec![*ram];
+        for hole in core::iter::once(&hv).chain(host.reserved.iter()) {
+            pieces = pieces.into_iter().flat_map(|p| subtract(p, *hole)).collect();
+        }
+        for piece in pieces {
+            // Whole pages only: trim both ends inward.
+            let (Some(start), end) = (piece.start.align_up(PAGE_SIZE), piece.end().align_down(PAGE_SIZE))
+            else {
+                continue;
+            };
+            if let Some(len) = end.offset_from(start).filter(|l| *l > 0) {
+                if let Some(r) = Range::new(start, len) {
+                    if let Err(e) = frames.add_range(r) {
+                        log::warn!("RAM {} +{:#x} not usable: {e}", r.start, r.len);
+                    }
+                }
+            }
+        }
+    }
+    log::info!(
+        "{} MiB of host RAM free for guests (hypervisor {} .. {})",
+        frames.free_pages() as u64 * PAGE_SIZE >> 20,
+        hv.start,
+        hv.end()
+    );
+}
+
+/// `a` minus `b`, as up to two ranges.
+fn subtract(a: Range<Hpa>, b: Range<Hpa>) -> alloc::vec::Vec<Range<Hpa>> {
+    let mut out = alloc::vec::Vec::new();
+    if b.end() <= a.start || b.start >= a.end() {
+        out.push(a);
+        return out;
+    }
+    if b.start > a.start {
+        out.extend(Range::new(a.start, b.start.raw() - a.start.raw()));
+    }
+    if b.end() < a.end() {
+        out.extend(Range::new(b.end(), a.end().raw() - b.end().raw()));
+    }
+    out
+}
+
+/// Allocates `pages` contiguous zeroed pages aligned to `align_pages` pages.
+pub fn alloc_zeroed(frames: &mut HostFrames, pages: usize, align_pages: usize) -> Option<Hpa> {
+    let hpa = frames.alloc(pages, align_pages)?;
+    // SAFETY: the allocator just handed these pages to us; nobody else maps them.
+    unsafe { diosix_riscv::physmem::zero(hpa, pages as u64 * PAGE_SIZE) };
+    Some(hpa)
+}
+
+/// Page-table memory: host RAM accessed directly (M-mode runs untranslated).
+pub struct PhysTables;
+
+impl TableMemory for PhysTables {
+    fn read_pte(&self, table: Hpa, index: usize) -> u64 {
+        // SAFETY: tables are frames this hypervisor allocated for G-stage use; the
+        // walker keeps index within the table.
+        unsafe { diosix_riscv::physmem::read_u64(Hpa::new(table.raw() + index as u64 * 8)) }
+    }
+
+    fn write_pte(&mut self, table: Hpa, index: usize, pte: u64) {
+        // SAFETY: as for read_pte.
+        unsafe { diosix_riscv::physmem::write_u64(Hpa::new(table.raw() + index as u64 * 8), pte) }
+    }
+}
+
+/// Page-table frames drawn from the host frame allocator, zeroed.
+pub struct TableAlloc<'a>(pub &'a mut HostFrames);
+
+impl TableFrames for TableAlloc<'_> {
+    fn alloc_table(&mut self, pages: usize) -> Option<Hpa> {
+        alloc_zeroed(self.0, pages, pages)
+    }
+
+    fn free_table(&mut self, hpa: Hpa, pages: usize) {
+        let _ = self.0.free(hpa, pages);
+    }
+}

@@ -1,0 +1,158 @@
+//! The host machine as the firmware device tree describes it, and the per-hart CSR
+//! setup that makes guests run in VS-mode.
+
+use alloc::vec::Vec;
+use diosix_core::hostfdt::HostPlatform;
+use diosix_riscv::clint::Clint;
+use diosix_riscv::csr::{self, hstatus_bits, irq, mstatus_bits};
+use diosix_riscv::reset::{SysconReset, SysconWrite};
+use diosix_riscv::uart::Ns16550a;
+use spin::Once;
+
+static HOST: Once<HostPlatform> = Once::new();
+static CLINT: Once<Clint> = Once::new();
+static RESET: Once<SysconReset> = Once::new();
+
+/// The firmware device tree is at most this big; anything larger is refused.
+const MAX_FDT: usize = 1 << 20;
+
+/// Copies the firmware device tree into the heap, so its RAM can be reused.
+///
+/// # Safety
+/// `hpa` must be the a1 value the reset vector passed (a device tree in RAM).
+pub unsafe fn copy_firmware_fdt(hpa: usize) -> Vec<u8> {
+    // SAFETY: the header's first 8 bytes (magic, totalsize) are readable at a valid
+    // device tree (caller contract); we check the magic before trusting the size.
+    let (magic, size) = unsafe {
+        let p = hpa as *const u32;
+        (
+            u32::from_be(core::ptr::read_volatile(p)),
+            u32::from_be(core::ptr::read_volatile(p.add(1))) as usize,
+        )
+    };
+    if hpa == 0 || magic != 0xd00d_feed || size > MAX_FDT || size < 40 {
+        return Vec::new();
+    }
+    // SAFETY: a valid device tree of `size` bytes starts at hpa.
+    unsafe { core::slice::from_raw_parts(hpa as *const u8, size) }.to_vec()
+}
+
+/// Parses the host device tree and brings up the console, CLINT and reset device.
+pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> {
+    let host = HostPlatform::parse(fdt).map_err(|e| alloc::format!("{e}"))?;
+    if let Some(u) = &host.uart {
+        // SAFETY: the device tree names this ns16550a; guests never get it mapped.
+        crate::console::set_uart(unsafe { Ns16550a::new(u.base.raw() as usize, u.reg_shift) });
+    }
+    let clint_base = host
+        .clint
+        .map(|c| c.start)
+        .ok_or_else(|| alloc::string::String::from("no CLINT in the device tree"))?;
+    // SAFETY: the device tree names this CLINT.
+    CLINT.call_once(|| unsafe { Clint::new(clint_base.raw() as usize) });
+    if let Some(r) = &host.reset {
+        let to_write = |w: &diosix_core::hostfdt::SysconWrite| SysconWrite {
+            addr: (r.base.raw() + u64::from(w.offset)) as usize,
+            value: w.value,
+        };
+        // SAFETY: the device tree names these registers as poweroff/reboot.
+        RESET.call_once(|| unsafe {
+            SysconReset::new(r.poweroff.as_ref().map(to_write), r.reboot.as_ref().map(to_write))
+        });
+    }
+    if host.harts.is_empty() {
+        return Err("no usable harts in the device tree".into());
+    }
+    if !host.harts.iter().all(|h| h.has_h) {
+        return Err("every hart must implement the H extension (PMP fallback not built yet)".into());
+    }
+    Ok(HOST.call_once(|| host))
+}
+
+/// The host platform (after [`init`]).
+pub fn host() -> &'static HostPlatform {
+    HOST.get().expect("platform initialised at boot")
+}
+
+/// The CLINT.
+pub fn clint() -> &'static Clint {
+    CLINT.get().expect("platform initialised at boot")
+}
+
+/// The host's `mtime`.
+pub fn now() -> u64 {
+    clint().mtime()
+}
+
+/// Programs this hart's timer interrupt for `deadline` (`u64::MAX` = never).
+pub fn set_timer(deadline: u64) {
+    let id = csr::id::mhartid();
+    clint().set_mtimecmp(id, deadline);
+}
+
+/// Restarts the host machine (QEMU: the virt reset device; with `-no-reboot`, QEMU
+/// exits).
+pub fn restart_host() -> ! {
+    match RESET.get() {
+        Some(r) => r.reboot(),
+        None => diosix_riscv::reset::halt(),
+    }
+}
+
+/// Prints the boot banner: version, harts, RAM, isolation mode.
+pub fn print_banner(host: &HostPlatform, boot_hart: usize) {
+    let ram: u64 = host.memory.iter().map(|r| r.len).sum();
+    let h = host.harts.iter().filter(|h| h.has_h).count();
+    log::info!(
+        "Diosix {} (SBI impl ID 5) booting on hart {}: {} hart(s), {} MiB RAM, timebase {} Hz",
+        crate::VERSION,
+        boot_hart,
+        host.harts.len(),
+        ram >> 20,
+        host.timebase_frequency
+    );
+    log::info!(
+        "isolation: {} (H extension on {}/{} harts: guests in VS-mode behind sv39x4 G-stage tables)",
+        if h == host.harts.len() { "hypervisor extension" } else { "mixed" },
+        h,
+        host.harts.len()
+    );
+    for m in &host.memory {
+        log::info!("RAM {} .. {}", m.start, m.end());
+    }
+}
+
+/// Machine-level setup every hart needs before running guests.
+pub fn init_hart_csrs() {
+    // Exceptions a guest handles itself: misaligned fetch (0), illegal instruction (2),
+    // breakpoint (3), misaligned load/store (4, 6), ecall from VU (8), and the
+    // VS-stage page faults (12, 13, 15). Everything else (VS ecalls, guest-page faults,
+    // virtual instructions, access faults) comes to M-mode.
+    let guest_exceptions: usize = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 12) | (1 << 13) | (1 << 15);
+    let pmp = crate::mem::hypervisor_range();
+    // SAFETY: this configures how this hart traps and delegates; nothing else runs on
+    // the hart yet. Delegated exceptions go through HS straight to VS (hedeleg), and
+    // only VS-level interrupts are delegated, so no trap ever lands in (empty) HS-mode.
+    unsafe {
+        csr::medeleg::write(guest_exceptions);
+        csr::hedeleg::write(guest_exceptions);
+        csr::mideleg::write(irq::VS_ALL | irq::SGEIP);
+        csr::hideleg::write(irq::VS_ALL);
+        csr::hvip::write(0);
+        csr::hie::write(0);
+        // Guests read time, cycle and instret directly.
+        csr::mcounteren::write(0b111);
+        csr::hcounteren::write(0b111);
+        // Sstc stays off (STCE = 0) so guests use SBI timers, which we multiplex.
+        csr::menvcfg::write(0);
+        csr::henvcfg::write(0);
+        csr::htimedelta::write(0);
+        // Guest WFI traps as a virtual instruction so the hart can run someone else.
+        csr::hstatus::write(hstatus_bits::VSXL_64 | hstatus_bits::VTW | hstatus_bits::SPVP);
+        csr::mstatus::clear_bits(mstatus_bits::TW | mstatus_bits::MPRV | mstatus_bits::MIE);
+        csr::mie::write(irq::MTIP | irq::MSIP);
+        diosix_riscv::pmp::protect_hypervisor(pmp.start.raw() as usize, pmp.end().raw() as usize);
+        diosix_riscv::fence::hfence_gvma_all();
+    }
+    set_timer(u64::MAX);
+}

@@ -1,0 +1,290 @@
+//! The hypervisor side of the SBI: performs what `diosix_core::sbi::dispatch` decided,
+//! for the vCPU running on this hart.
+
+use crate::hart::{self, HartLocal, SHARED};
+use crate::sched;
+use crate::vcpu::{Vcpu, Wait, NOT_RUNNING};
+use core::sync::atomic::Ordering;
+use diosix_abi::error;
+use diosix_core::addr::{Gpa, Range};
+use diosix_core::gstage::Perms;
+use diosix_core::sbi::{self, FenceKind, HartSet, HartState, Reply, ResetType, SbiEnv, SbiRet, Suspend};
+use diosix_riscv::csr::{self, irq};
+use diosix_riscv::trap::reg;
+
+/// Most console bytes moved per DBCN call; the spec lets us return a short count.
+const CONSOLE_CHUNK: u64 = 4096;
+
+/// Handles an `ecall` from VS-mode on this hart.
+pub fn handle_ecall(hart: &mut HartLocal) {
+    let r = &hart.frame.regs;
+    let regs = [
+        r[reg::A0] as usize,
+        r[reg::A0 + 1] as usize,
+        r[reg::A0 + 2] as usize,
+        r[reg::A0 + 3] as usize,
+        r[reg::A0 + 4] as usize,
+        r[reg::A0 + 5] as usize,
+        r[reg::A6] as usize,
+        r[reg::A7] as usize,
+    ];
+    let mut call = Call { hart, block: None };
+    let reply = sbi::dispatch(&mut call, regs);
+    let Call { hart, block } = call;
+    match reply {
+        Reply::Sbi(SbiRet { error, value }) => {
+            hart.frame.regs[reg::A0] = error as u64;
+            hart.frame.regs[reg::A1] = value as u64;
+        }
+        Reply::Legacy(v) => hart.frame.regs[reg::A0] = v as u64,
+    }
+    // SAFETY: resumes the guest after its 4-byte ecall.
+    unsafe { csr::mepc::write(csr::mepc::read() + 4) };
+    if let Some(wait) = block {
+        sched::switch_away(hart, wait);
+    }
+}
+
+/// One SBI call in progress.
+struct Call<'a> {
+    hart: &'a mut HartLocal,
+    /// Set when the caller must stop running once its reply is written.
+    block: Option<Wait>,
+}
+
+impl Call<'_> {
+    fn vcpu(&self) -> &Vcpu {
+        self.hart.current.as_ref().expect("ecall from a running vCPU")
+    }
+
+    fn vcpu_mut(&mut self) -> &mut Vcpu {
+        self.hart.current.as_mut().expect("ecall from a running vCPU")
+    }
+
+    /// True when `gpa` is guest RAM the caller may execute.
+    fn executable(&self, gpa: Gpa) -> bool {
+        let vm = &self.vcpu().vm;
+        vm.ram.contains(gpa)
+            && gpa.is_aligned(2)
+            && vm.mem.lock().translate(gpa).is_some_and(|(_, p)| p.contains(Perms::X))
+    }
+
+    /// Checks a console buffer lies in the caller's RAM (the whole of it, so a huge or
+    /// wrapping length is refused rather than truncated).
+    fn console_buffer(&self, gpa: Gpa, len: u64) -> Result<u64, isize> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let ram = self.vcpu().vm.ram;
+        if Range::new(gpa, len).is_none() || !ram.contains_span(gpa, len) {
+            return Err(error::INVALID_PARAM);
+        }
+        Ok(len.min(CONSOLE_CHUNK))
+    }
+}
+
+fn version_number() -> usize {
+    let mut parts = crate::VERSION.split('.').map(|p| p.parse::<usize>().unwrap_or(0));
+    let (a, b, c) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a << 16) | (b << 8) | c
+}
+
+impl SbiEnv for Call<'_> {
+    fn vcpu_count(&self) -> usize {
+        self.vcpu().vm.vcpu_count()
+    }
+
+    fn this_hart(&self) -> usize {
+        self.vcpu().shared.index
+    }
+
+    fn impl_version(&self) -> usize {
+        version_number()
+    }
+
+    fn machine_ids(&self) -> (usize, usize, usize) {
+        (csr::id::mvendorid(), csr::id::marchid(), csr::id::mimpid())
+    }
+
+    fn set_timer(&mut self, deadline: u64) {
+        let now = crate::platform::now();
+        let v = self.vcpu_mut();
+        v.timer_deadline = deadline;
+        // SAFETY: clears only this guest's pending virtual timer interrupt.
+        unsafe { csr::hvip::clear_bits(irq::VSTIP) };
+        v.merge_pending_live(now);
+        sched::program_timer(self.hart);
+    }
+
+    fn send_ipi(&mut self, targets: HartSet) {
+        let me = self.this_hart();
+        let vm = self.vcpu().vm.clone();
+        let mut poke = false;
+        for t in targets.iter() {
+            if t == me {
+                // SAFETY: raises a software interrupt in this hart's own guest.
+                unsafe { csr::hvip::set_bits(irq::VSSIP) };
+                continue;
+            }
+            let Some(shared) = vm.vcpus.get(t) else { continue };
+            shared.pending.fetch_or(irq::VSSIP, Ordering::AcqRel);
+            match shared.running_on.load(Ordering::Acquire) {
+                NOT_RUNNING => poke = true,
+                slot => hart::kick(slot),
+            }
+        }
+        if poke {
+            sched::poke_waiters();
+        }
+    }
+
+    fn clear_ipi(&mut self) {
+        // SAFETY: clears only this guest's pending software interrupt.
+        unsafe { csr::hvip::clear_bits(irq::VSSIP) };
+    }
+
+    fn remote_fence(&mut self, targets: HartSet, _kind: FenceKind) {
+        let me = self.this_hart();
+        let my_slot = self.hart.slot;
+        let vm = self.vcpu().vm.clone();
+        let mut waiting_on = 0usize;
+        for t in targets.iter() {
+            if t == me {
+                diosix_riscv::fence::fence_i();
+                diosix_riscv::fence::hfence_vvma_all();
+                continue;
+            }
+            // A vCPU that is not running flushes when it is next loaded (every load
+            // flushes its VS-stage TLB), so only running ones need their hart poked.
+            let Some(shared) = vm.vcpus.get(t) else { continue };
+            let slot = shared.running_on.load(Ordering::Acquire);
+            if slot != NOT_RUNNING && slot != my_slot {
+                SHARED[slot].fence_request.store(true, Ordering::Release);
+                hart::kick(slot);
+                waiting_on |= 1 << slot;
+            }
+        }
+        // Wait for every poked hart, serving requests aimed at us meanwhile so two
+        // harts fencing each other cannot deadlock.
+        while waiting_on != 0 {
+            crate::trap::service_fence_request(my_slot);
+            for slot in 0..crate::boot::MAX_HARTS {
+                if waiting_on & (1 << slot) != 0 && !SHARED[slot].fence_request.load(Ordering::Acquire) {
+                    waiting_on &= !(1 << slot);
+                }
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    fn hart_status(&self, hart: usize) -> HartState {
+        self.vcpu().vm.vcpus[hart].state()
+    }
+
+    fn hart_start(&mut self, hart: usize, start: Gpa, opaque: usize) -> Result<(), isize> {
+        let vm = self.vcpu().vm.clone();
+        let shared = &vm.vcpus[hart];
+        if shared.state() != HartState::Stopped {
+            return Err(error::ALREADY_AVAILABLE);
+        }
+        if !self.executable(start) {
+            return Err(error::INVALID_ADDRESS);
+        }
+        if !shared.transition(HartState::Stopped, HartState::StartPending) {
+            return Err(error::ALREADY_AVAILABLE);
+        }
+        if !sched::start_stopped(&vm, hart, start, opaque as u64) {
+            shared.set_state(HartState::Stopped);
+            return Err(error::FAILED);
+        }
+        Ok(())
+    }
+
+    fn hart_stop(&mut self) -> Result<(), isize> {
+        self.vcpu().shared.set_state(HartState::StopPending);
+        self.block = Some(Wait::Stopped);
+        Ok(())
+    }
+
+    fn hart_suspend(&mut self, how: Suspend) -> Result<(), isize> {
+        if let Suspend::NonRetentive { resume, .. } = how {
+            if !self.executable(resume) {
+                return Err(error::INVALID_ADDRESS);
+            }
+        }
+        self.vcpu().shared.set_state(HartState::Suspended);
+        self.block = Some(Wait::Suspend(how));
+        Ok(())
+    }
+
+    fn system_reset(&mut self, kind: ResetType, failure: bool) -> Result<(), isize> {
+        let v = self.vcpu();
+        log::info!(
+            "VM {} asked for {:?}{}: {}",
+            v.vm.name,
+            kind,
+            if failure { " (system failure)" } else { "" },
+            if v.vm.is_root { "the Root VM has ended, restarting the host" } else { "ending the VM" }
+        );
+        crate::platform::restart_host()
+    }
+
+    fn console_write(&mut self, gpa: Gpa, len: u64) -> Result<usize, isize> {
+        let n = self.console_buffer(gpa, len)?;
+        let mut buf = [0u8; 256];
+        let mut done = 0u64;
+        let mem = self.vcpu().vm.mem.lock();
+        while done < n {
+            let step = (n - done).min(buf.len() as u64) as usize;
+            let at = Gpa::new(gpa.raw() + done);
+            mem.read(at, &mut buf[..step]).map_err(|_| error::INVALID_PARAM)?;
+            crate::console::write_bytes(&buf[..step]);
+            done += step as u64;
+        }
+        Ok(n as usize)
+    }
+
+    fn console_read(&mut self, gpa: Gpa, len: u64) -> Result<usize, isize> {
+        let n = self.console_buffer(gpa, len)?.min(256) as usize;
+        let mut buf = [0u8; 256];
+        let mem = self.vcpu().vm.mem.lock();
+        // Validate the destination before consuming input, so a bad buffer loses
+        // nothing.
+        mem.chunks(gpa, n as u64, true).map_err(|_| error::INVALID_PARAM)?;
+        let mut got = 0;
+        while got < n {
+            match crate::console::read_byte() {
+                Some(b) => {
+                    buf[got] = b;
+                    got += 1;
+                }
+                None => break,
+            }
+        }
+        mem.write(gpa, &buf[..got]).map_err(|_| error::INVALID_PARAM)?;
+        Ok(got)
+    }
+
+    fn console_write_byte(&mut self, byte: u8) {
+        crate::console::write_bytes(&[byte]);
+    }
+
+    fn console_getchar(&mut self) -> Option<u8> {
+        crate::console::read_byte()
+    }
+
+    fn read_legacy_mask(&mut self, gva: usize) -> Option<usize> {
+        // With VS-stage translation off a GVA is a GPA. Legacy calls under guest
+        // paging are not supported (v0.2+ guests pass masks by value).
+        if csr::vsatp::read() >> 60 != 0 {
+            return None;
+        }
+        let mut bytes = [0u8; 8];
+        self.vcpu().vm.mem.lock().read(Gpa::new(gva as u64), &mut bytes).ok()?;
+        Some(usize::from_le_bytes(bytes))
+    }
+
+    fn diosix_call(&mut self, _fid: usize, _args: [usize; 6]) -> SbiRet {
+        SbiRet::err(error::NOT_SUPPORTED)
+    }
+}

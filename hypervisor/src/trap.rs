@@ -1,0 +1,161 @@
+//! The Rust half of the trap path: decides what each trap means for the current vCPU.
+
+use crate::hart::{self, HartLocal, SHARED};
+use crate::sched;
+use crate::vcpu::Wait;
+use core::sync::atomic::Ordering;
+use diosix_core::addr::{Gpa, Gva};
+use diosix_riscv::csr::{self, mstatus_bits};
+use diosix_riscv::trap::TrapFrame;
+
+const INTERRUPT: usize = 1 << 63;
+const IRQ_M_SOFT: usize = 3;
+const IRQ_M_TIMER: usize = 7;
+const EXC_ILLEGAL_INSTRUCTION: usize = 2;
+const EXC_ECALL_VS: usize = 10;
+const EXC_INSTRUCTION_GUEST_PAGE_FAULT: usize = 20;
+const EXC_LOAD_GUEST_PAGE_FAULT: usize = 21;
+const EXC_VIRTUAL_INSTRUCTION: usize = 22;
+const EXC_STORE_GUEST_PAGE_FAULT: usize = 23;
+const INSN_WFI: usize = 0x1050_0073;
+
+/// Entered from `diosix_trap_entry` with the interrupted context saved in `frame`;
+/// returns the frame to resume (always this hart's own, possibly now holding another
+/// vCPU's registers).
+#[no_mangle]
+extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
+    // SAFETY: taken once per trap; `frame` is this hart's frame inside HartLocal.
+    let hart = unsafe { hart::this_hart() };
+    let cause = csr::mcause::read();
+    if csr::mstatus::read() & mstatus_bits::MPV == 0 || hart.current.is_none() {
+        hypervisor_fault(cause);
+    }
+    if cause & INTERRUPT != 0 {
+        match cause & !INTERRUPT {
+            IRQ_M_TIMER => sched::tick(hart),
+            IRQ_M_SOFT => software_interrupt(hart),
+            other => log::warn!("unexpected interrupt {other}"),
+        }
+    } else {
+        match cause {
+            EXC_ECALL_VS => crate::sbi::handle_ecall(hart),
+            EXC_VIRTUAL_INSTRUCTION => virtual_instruction(hart),
+            _ => guest_fault(hart, cause),
+        }
+    }
+    frame
+}
+
+/// A trap taken in M-mode itself is a hypervisor bug: report it and restart.
+fn hypervisor_fault(cause: usize) -> ! {
+    panic!(
+        "hypervisor trap: mcause {:#x} mepc {:#x} mtval {:#x}",
+        cause,
+        csr::mepc::read(),
+        csr::mtval::read()
+    );
+}
+
+/// Another hart asked for attention: a fence, or an interrupt for our vCPU.
+fn software_interrupt(hart: &mut HartLocal) {
+    platform_clear_msip(hart.slot);
+    service_fence_request(hart.slot);
+    let now = crate::platform::now();
+    if let Some(v) = hart.current.as_mut() {
+        v.merge_pending_live(now);
+    }
+}
+
+fn platform_clear_msip(slot: usize) {
+    crate::platform::clint().clear_msip(SHARED[slot].hart_id.load(Ordering::Relaxed));
+}
+
+/// Performs a remote fence another hart asked this one for. Flushing more than asked
+/// (the whole VS-stage TLB of the running VMID, and the instruction cache) is always
+/// correct.
+pub fn service_fence_request(slot: usize) {
+    if SHARED[slot].fence_request.swap(false, Ordering::AcqRel) {
+        diosix_riscv::fence::fence_i();
+        diosix_riscv::fence::hfence_vvma_all();
+    }
+}
+
+fn virtual_instruction(hart: &mut HartLocal) {
+    let insn = csr::mtval::read();
+    if insn == INSN_WFI {
+        advance_pc();
+        let now = crate::platform::now();
+        let wake = hart.current.as_mut().is_some_and(|v| {
+            v.merge_pending_live(now);
+            v.csrs.vsie = csr::vsie::read();
+            v.csrs.hvip = csr::hvip::read();
+            v.has_wakeup(now)
+        });
+        if !wake {
+            sched::switch_away(hart, Wait::Wfi);
+        }
+        return;
+    }
+    // Anything else a guest may not do in VS-mode (hypervisor CSRs, Sstc's stimecmp
+    // with STCE clear, ...) is an illegal instruction from the guest's point of view.
+    inject_exception(EXC_ILLEGAL_INSTRUCTION, insn);
+}
+
+fn advance_pc() {
+    // SAFETY: moves the guest past the trapping 4-byte instruction.
+    unsafe { csr::mepc::write(csr::mepc::read() + 4) };
+}
+
+/// Delivers an exception to the guest's own trap handler, as the hardware would have
+/// had it been delegated.
+fn inject_exception(cause: usize, tval: usize) {
+    const SIE: usize = 1 << 1;
+    const SPIE: usize = 1 << 5;
+    const SPP: usize = 1 << 8;
+    let ms = csr::mstatus::read();
+    let from_vs = ms & mstatus_bits::MPP_MASK != 0;
+    let mut vss = csr::vsstatus::read();
+    vss = if vss & SIE != 0 { vss | SPIE } else { vss & !SPIE };
+    vss &= !SIE;
+    vss = if from_vs { vss | SPP } else { vss & !SPP };
+    // SAFETY: these CSRs only affect the guest context we return to: it resumes at its
+    // own vstvec in VS-mode with the trap recorded in its VS CSRs.
+    unsafe {
+        csr::vsepc::write(csr::mepc::read());
+        csr::vscause::write(cause);
+        csr::vstval::write(tval);
+        csr::vsstatus::write(vss);
+        csr::mepc::write(csr::vstvec::read() & !3);
+        csr::mstatus::write((ms & !mstatus_bits::MPP_MASK) | mstatus_bits::MPP_S | mstatus_bits::MPV);
+    }
+}
+
+/// A guest trap the hypervisor cannot resolve ends that VM, never the hypervisor.
+fn guest_fault(hart: &mut HartLocal, cause: usize) {
+    let mtval = csr::mtval::read();
+    let gpa = Gpa::new(((csr::mtval2::read() << 2) | (mtval & 3)) as u64);
+    let gva_valid = csr::mstatus::read() & mstatus_bits::GVA != 0;
+    let what = match cause {
+        EXC_INSTRUCTION_GUEST_PAGE_FAULT => "instruction guest-page fault",
+        EXC_LOAD_GUEST_PAGE_FAULT => "load guest-page fault",
+        EXC_STORE_GUEST_PAGE_FAULT => "store/AMO guest-page fault",
+        1 => "instruction access fault",
+        5 => "load access fault",
+        7 => "store/AMO access fault",
+        _ => "unexpected exception",
+    };
+    let vm = hart.current.as_ref().map(|v| (v.vm.name.clone(), v.shared.index, v.vm.is_root));
+    let (name, vcpu, is_root) = vm.unwrap_or_default();
+    log::error!(
+        "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {}{}{}",
+        Gva::new(csr::mepc::read() as u64),
+        if matches!(cause, 20 | 21 | 23) { alloc::format!(", {gpa}") } else { alloc::string::String::new() },
+        if gva_valid { alloc::format!(", {}", Gva::new(mtval as u64)) } else { alloc::string::String::new() },
+    );
+    if is_root {
+        log::error!("the Root VM cannot continue: restarting the host");
+        crate::platform::restart_host();
+    }
+    // Non-root VMs arrive with the VM tree; until then only the Root VM runs.
+    sched::switch_away(hart, Wait::Stopped);
+}

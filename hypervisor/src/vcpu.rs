@@ -1,0 +1,278 @@
+//! Virtual CPUs: their saved state, and switching a hart into and out of them.
+
+use crate::vm::Vm;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use diosix_core::addr::Gpa;
+use diosix_core::sbi::{HartState, Suspend};
+use diosix_riscv::csr::{self, irq, mstatus_bits};
+use diosix_riscv::trap::{reg, TrapFrame};
+
+/// Marks "not running on any hart" in [`VcpuShared::running_on`].
+pub const NOT_RUNNING: usize = usize::MAX;
+
+/// The part of a vCPU other harts may read or poke without owning it.
+pub struct VcpuShared {
+    /// Index within its VM (the guest's hart ID).
+    pub index: usize,
+    /// HSM state, as `HartState as u8`.
+    hsm: AtomicU8,
+    /// Interrupts (hvip bits) raised by other vCPUs, merged when this vCPU next runs
+    /// or when its hart is kicked.
+    pub pending: AtomicUsize,
+    /// Slot of the hart running this vCPU, or [`NOT_RUNNING`].
+    pub running_on: AtomicUsize,
+}
+
+impl VcpuShared {
+    /// A vCPU in HSM state `state`.
+    pub fn new(index: usize, state: HartState) -> Self {
+        Self {
+            index,
+            hsm: AtomicU8::new(state as u8),
+            pending: AtomicUsize::new(0),
+            running_on: AtomicUsize::new(NOT_RUNNING),
+        }
+    }
+
+    /// Current HSM state.
+    pub fn state(&self) -> HartState {
+        match self.hsm.load(Ordering::Acquire) {
+            0 => HartState::Started,
+            1 => HartState::Stopped,
+            2 => HartState::StartPending,
+            3 => HartState::StopPending,
+            4 => HartState::Suspended,
+            5 => HartState::SuspendPending,
+            _ => HartState::ResumePending,
+        }
+    }
+
+    /// Sets the HSM state.
+    pub fn set_state(&self, state: HartState) {
+        self.hsm.store(state as u8, Ordering::Release);
+    }
+
+    /// Moves from `from` to `to` atomically; false if the state was not `from`.
+    pub fn transition(&self, from: HartState, to: HartState) -> bool {
+        self.hsm
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// Why a vCPU is not runnable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Runnable.
+    None,
+    /// Executed WFI: runs again when an enabled interrupt is pending.
+    Wfi,
+    /// HSM suspend: like WFI, then resumes as the request says.
+    Suspend(Suspend),
+    /// HSM stopped: runs again only on hart_start.
+    Stopped,
+}
+
+/// VS-level CSRs saved across a switch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VsCsrs {
+    pub vsstatus: usize,
+    pub vsie: usize,
+    pub vstvec: usize,
+    pub vsscratch: usize,
+    pub vsepc: usize,
+    pub vscause: usize,
+    pub vstval: usize,
+    pub vsatp: usize,
+    pub hvip: usize,
+}
+
+/// A vCPU's full saved state. Owned by exactly one place at a time: the run queue, or
+/// the hart running it.
+pub struct Vcpu {
+    pub vm: Arc<Vm>,
+    pub shared: Arc<VcpuShared>,
+    pub regs: [u64; 32],
+    pub pc: u64,
+    /// The guest was in VU-mode (not VS-mode) when last descheduled.
+    pub user_mode: bool,
+    pub csrs: VsCsrs,
+    pub fp: [u64; 32],
+    pub fcsr: u64,
+    /// Guest timer deadline in `time` units; `u64::MAX` = none.
+    pub timer_deadline: u64,
+    pub wait: Wait,
+    /// Priority (higher runs first).
+    pub priority: u8,
+}
+
+impl Vcpu {
+    /// A vCPU of `vm` that will start at `pc` with a0 = its index and a1 = `a1`.
+    pub fn new(vm: Arc<Vm>, shared: Arc<VcpuShared>, pc: Gpa, a1: u64, wait: Wait) -> Self {
+        let mut regs = [0u64; 32];
+        regs[reg::A0] = shared.index as u64;
+        regs[reg::A1] = a1;
+        let priority = vm.priority;
+        Self {
+            vm,
+            shared,
+            regs,
+            pc: pc.raw(),
+            user_mode: false,
+            csrs: VsCsrs::default(),
+            fp: [0; 32],
+            fcsr: 0,
+            timer_deadline: u64::MAX,
+            wait,
+            priority,
+        }
+    }
+
+    /// Resets to the HSM start state: VS-mode at `pc`, a0 = hart, a1 = `opaque`,
+    /// translation off, supervisor interrupts off (SBI HSM `hart_start`).
+    pub fn reset_to(&mut self, pc: Gpa, opaque: u64) {
+        self.regs = [0; 32];
+        self.regs[reg::A0] = self.shared.index as u64;
+        self.regs[reg::A1] = opaque;
+        self.pc = pc.raw();
+        self.user_mode = false;
+        self.csrs.vsatp = 0;
+        self.csrs.vsstatus &= !(1 << 1); // SIE
+        self.csrs.vsstatus &= !(1 << 8); // SPP
+    }
+
+    /// The VS-level interrupts that are pending and enabled (the WFI wake condition,
+    /// which ignores vsstatus.SIE).
+    pub fn has_wakeup(&self, now: u64) -> bool {
+        let mut hvip = self.csrs.hvip | self.shared.pending.load(Ordering::Acquire);
+        if self.timer_deadline <= now {
+            hvip |= irq::VSTIP;
+        }
+        // hvip bit 2/6/10 correspond to the guest's sie bits 1/5/9.
+        (hvip >> 1) & self.csrs.vsie != 0
+    }
+
+    /// Loads this vCPU onto the current hart: GPRs into `frame`, CSRs into the hart.
+    pub fn load(&mut self, frame: &mut TrapFrame, now: u64) {
+        frame.regs = self.regs;
+        self.merge_pending(now);
+        let c = &self.csrs;
+        // SAFETY: these CSRs only shape the guest context the next mret enters; the
+        // G-stage root comes from this vCPU's own VM, so the guest sees only its memory.
+        unsafe {
+            csr::hgatp::write(self.vm.hgatp);
+            diosix_riscv::fence::hfence_vvma_all();
+            csr::vsstatus::write(c.vsstatus);
+            csr::vsie::write(c.vsie);
+            csr::vstvec::write(c.vstvec);
+            csr::vsscratch::write(c.vsscratch);
+            csr::vsepc::write(c.vsepc);
+            csr::vscause::write(c.vscause);
+            csr::vstval::write(c.vstval);
+            csr::vsatp::write(c.vsatp);
+            csr::hvip::write(c.hvip);
+            csr::mepc::write(self.pc as usize);
+            let mut ms = csr::mstatus::read();
+            ms &= !(mstatus_bits::MPP_MASK | mstatus_bits::FS_MASK | mstatus_bits::MIE);
+            ms |= mstatus_bits::MPV;
+            if !self.user_mode {
+                ms |= mstatus_bits::MPP_S;
+            }
+            // FP registers: always restored (a vCPU that never used FP gets zeros, not
+            // the previous vCPU's values), then marked Clean so a save is needed only
+            // if the guest writes them again.
+            ms |= mstatus_bits::FS_CLEAN;
+            csr::mstatus::write(ms);
+            restore_fp(&self.fp, self.fcsr);
+            csr::mstatus::clear_bits(mstatus_bits::FS_MASK);
+            csr::mstatus::set_bits(mstatus_bits::FS_CLEAN);
+        }
+    }
+
+    /// Saves this vCPU's state from the current hart (the inverse of [`Vcpu::load`]).
+    pub fn save(&mut self, frame: &TrapFrame) {
+        self.regs = frame.regs;
+        self.pc = csr::mepc::read() as u64;
+        let ms = csr::mstatus::read();
+        self.user_mode = ms & mstatus_bits::MPP_MASK == 0;
+        self.csrs = VsCsrs {
+            vsstatus: csr::vsstatus::read(),
+            vsie: csr::vsie::read(),
+            vstvec: csr::vstvec::read(),
+            vsscratch: csr::vsscratch::read(),
+            vsepc: csr::vsepc::read(),
+            vscause: csr::vscause::read(),
+            vstval: csr::vstval::read(),
+            vsatp: csr::vsatp::read(),
+            hvip: csr::hvip::read() & irq::VS_ALL,
+        };
+        if ms & mstatus_bits::FS_MASK == mstatus_bits::FS_DIRTY {
+            // SAFETY: mstatus.FS is non-zero, so FP instructions are legal in M-mode.
+            unsafe { save_fp(&mut self.fp, &mut self.fcsr) };
+        }
+    }
+
+    /// Folds interrupts raised by other harts and an expired timer into hvip.
+    pub fn merge_pending(&mut self, now: u64) {
+        let raised = self.shared.pending.swap(0, Ordering::AcqRel);
+        self.csrs.hvip |= raised & irq::VS_ALL;
+        if self.timer_deadline <= now {
+            // Latched in hvip until the guest sets a new deadline.
+            self.csrs.hvip |= irq::VSTIP;
+            self.timer_deadline = u64::MAX;
+        }
+    }
+
+    /// Like [`Vcpu::merge_pending`] for the vCPU running on this hart: works on the
+    /// live hvip CSR.
+    pub fn merge_pending_live(&mut self, now: u64) {
+        let mut bits = self.shared.pending.swap(0, Ordering::AcqRel) & irq::VS_ALL;
+        if self.timer_deadline <= now {
+            bits |= irq::VSTIP;
+            self.timer_deadline = u64::MAX;
+        }
+        if bits != 0 {
+            // SAFETY: hvip's VS bits only inject interrupts into this hart's guest.
+            unsafe { csr::hvip::set_bits(bits) };
+        }
+    }
+}
+
+macro_rules! fp_regs {
+    ($op:literal) => {
+        concat!(
+            $op, " f0, 0*8({0})\n", $op, " f1, 1*8({0})\n", $op, " f2, 2*8({0})\n",
+            $op, " f3, 3*8({0})\n", $op, " f4, 4*8({0})\n", $op, " f5, 5*8({0})\n",
+            $op, " f6, 6*8({0})\n", $op, " f7, 7*8({0})\n", $op, " f8, 8*8({0})\n",
+            $op, " f9, 9*8({0})\n", $op, " f10, 10*8({0})\n", $op, " f11, 11*8({0})\n",
+            $op, " f12, 12*8({0})\n", $op, " f13, 13*8({0})\n", $op, " f14, 14*8({0})\n",
+            $op, " f15, 15*8({0})\n", $op, " f16, 16*8({0})\n", $op, " f17, 17*8({0})\n",
+            $op, " f18, 18*8({0})\n", $op, " f19, 19*8({0})\n", $op, " f20, 20*8({0})\n",
+            $op, " f21, 21*8({0})\n", $op, " f22, 22*8({0})\n", $op, " f23, 23*8({0})\n",
+            $op, " f24, 24*8({0})\n", $op, " f25, 25*8({0})\n", $op, " f26, 26*8({0})\n",
+            $op, " f27, 27*8({0})\n", $op, " f28, 28*8({0})\n", $op, " f29, 29*8({0})\n",
+            $op, " f30, 30*8({0})\n", $op, " f31, 31*8({0})\n",
+        )
+    };
+}
+
+/// # Safety
+/// mstatus.FS must be non-zero.
+unsafe fn save_fp(fp: &mut [u64; 32], fcsr: &mut u64) {
+    // SAFETY: writes exactly 32 doublewords into `fp`; FP is enabled (caller).
+    unsafe {
+        core::arch::asm!(fp_regs!("fsd"), in(reg) fp.as_mut_ptr());
+        core::arch::asm!("frcsr {0}", out(reg) *fcsr);
+    }
+}
+
+/// # Safety
+/// mstatus.FS must be non-zero.
+unsafe fn restore_fp(fp: &[u64; 32], fcsr: u64) {
+    // SAFETY: reads exactly 32 doublewords from `fp`; FP is enabled (caller).
+    unsafe {
+        core::arch::asm!(fp_regs!("fld"), in(reg) fp.as_ptr());
+        core::arch::asm!("fscsr {0}", in(reg) fcsr);
+    }
+}
