@@ -130,6 +130,8 @@ pub fn init_hart_csrs() {
     // virtual instructions, access faults) comes to M-mode.
     let guest_exceptions: usize = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 12) | (1 << 13) | (1 << 15);
     let pmp = crate::mem::hypervisor_range();
+    let id = csr::id::mhartid();
+    let has_sstc = host().harts.iter().any(|h| h.hart_id == id && h.has_extension("sstc"));
     // SAFETY: this configures how this hart traps and delegates; nothing else runs on
     // the hart yet. Delegated exceptions go through HS straight to VS (hedeleg), and
     // only VS-level interrupts are delegated, so no trap ever lands in (empty) HS-mode.
@@ -147,6 +149,13 @@ pub fn init_hart_csrs() {
         csr::menvcfg::write(0);
         csr::henvcfg::write(0);
         csr::htimedelta::write(0);
+        // Where Sstc exists its comparators still raise STIP/VSTIP (QEMU keeps a
+        // latched VSTIP while vstimecmp <= time, whatever STCE says), so park them in
+        // the far future: guest timer interrupts come only from hvip.
+        if has_sstc {
+            csr::stimecmp::write(usize::MAX);
+            csr::vstimecmp::write(usize::MAX);
+        }
         // Guest WFI traps as a virtual instruction so the hart can run someone else.
         csr::hstatus::write(hstatus_bits::VSXL_64 | hstatus_bits::VTW | hstatus_bits::SPVP);
         csr::mstatus::clear_bits(mstatus_bits::TW | mstatus_bits::MPRV | mstatus_bits::MIE);

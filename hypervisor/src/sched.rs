@@ -43,7 +43,11 @@ impl RunQueue {
     fn push(&mut self, vcpu: Box<Vcpu>, now: u64) {
         match vcpu.wait {
             Wait::None => self.runnable.push_back(vcpu),
-            Wait::Stopped => self.stopped.push(vcpu),
+            Wait::Stopped => {
+                // Only now, with the vCPU where hart_start can find it, is it STOPPED.
+                vcpu.shared.set_state(HartState::Stopped);
+                self.stopped.push(vcpu);
+            }
             Wait::Wfi | Wait::Suspend(_) => {
                 if vcpu.has_wakeup(now) {
                     self.runnable.push_back(wake(vcpu));

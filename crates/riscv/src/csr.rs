@@ -83,6 +83,10 @@ csr_module!(/// Hypervisor virtual interrupt pending: VSSIP/VSTIP/VSEIP injectio
     hvip, 0x645);
 csr_module!(/// Hypervisor guest address translation and protection (G-stage root).
     hgatp, 0x680);
+csr_module!(/// Supervisor timer compare (Sstc).
+    stimecmp, 0x14D);
+csr_module!(/// Virtual supervisor timer compare (Sstc).
+    vstimecmp, 0x24D);
 csr_module!(/// Virtual supervisor status.
     vsstatus, 0x200);
 csr_module!(/// Virtual supervisor interrupt enable.

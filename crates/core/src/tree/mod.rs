@@ -632,11 +632,12 @@ impl VmTree {
         }
     }
 
-    /// Creates a child of `parent` after admission control (see the check order on
-    /// [`VmTree::create_child`]'s private helper `admit`, documented in
-    /// `docs/sbi-extension.md`): trust, priority, depth, descendants, vCPUs, RAM. All its
-    /// pages and vCPUs are charged here, once, so it can never fail later for lack of
-    /// memory. Returns its id and CID.
+    /// Creates a child of `parent` after admission control. Checks, in this order:
+    /// well-formed request (`InvalidParam`), then trust, priority, depth, descendants,
+    /// vCPUs, RAM (each `Denied`), all against the parent's own quota and headroom only.
+    /// All the child's pages and vCPUs are charged here, once, so it can never fail
+    /// later for lack of memory. A refused request changes nothing (not even the next
+    /// CID). Returns its id and CID.
     pub fn create_child(
         &mut self,
         parent: VmId,
