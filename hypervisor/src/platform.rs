@@ -138,7 +138,11 @@ pub fn init_hart_csrs() {
     unsafe {
         csr::medeleg::write(guest_exceptions);
         csr::hedeleg::write(guest_exceptions);
-        csr::mideleg::write(irq::VS_ALL | irq::SGEIP);
+        // S-level bits too: QEMU masks VS-mode reads of sip/sie with mideleg's
+        // S-level bits, so without them a guest polling sip never sees an injected
+        // VSTIP/VSSIP. Harmless: mie keeps SSIE/STIE/SEIE clear (below), so no
+        // S-level interrupt is ever taken into the (empty) HS-mode.
+        csr::mideleg::write(irq::S_ALL | irq::VS_ALL | irq::SGEIP);
         csr::hideleg::write(irq::VS_ALL);
         csr::hvip::write(0);
         csr::hie::write(0);
@@ -159,6 +163,7 @@ pub fn init_hart_csrs() {
         // Guest WFI traps as a virtual instruction so the hart can run someone else.
         csr::hstatus::write(hstatus_bits::VSXL_64 | hstatus_bits::VTW | hstatus_bits::SPVP);
         csr::mstatus::clear_bits(mstatus_bits::TW | mstatus_bits::MPRV | mstatus_bits::MIE);
+        // Never SSIE/STIE/SEIE: see the mideleg note above.
         csr::mie::write(irq::MTIP | irq::MSIP);
         diosix_riscv::pmp::protect_hypervisor(pmp.start.raw() as usize, pmp.end().raw() as usize);
         diosix_riscv::fence::hfence_gvma_all();

@@ -142,15 +142,20 @@ impl Vcpu {
         self.csrs.vsstatus &= !(1 << 8); // SPP
     }
 
-    /// The VS-level interrupts that are pending and enabled (the WFI wake condition,
-    /// which ignores vsstatus.SIE).
+    /// Whether this waiting vCPU should run again. WFI waits for a pending interrupt
+    /// the guest has enabled in sie (whatever sstatus.SIE says); an HSM suspend, like
+    /// a firmware suspend, ends on any pending interrupt, enabled or not.
     pub fn has_wakeup(&self, now: u64) -> bool {
         let mut hvip = self.csrs.hvip | self.shared.pending.load(Ordering::Acquire);
         if self.timer_deadline <= now {
             hvip |= irq::VSTIP;
         }
-        // hvip bit 2/6/10 correspond to the guest's sie bits 1/5/9.
-        (hvip >> 1) & self.csrs.vsie != 0
+        let pending = hvip & irq::VS_ALL;
+        match self.wait {
+            Wait::Suspend(_) => pending != 0,
+            // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9.
+            _ => (pending >> 1) & self.csrs.vsie != 0,
+        }
     }
 
     /// Loads this vCPU onto the current hart: GPRs into `frame`, CSRs into the hart.

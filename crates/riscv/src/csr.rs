@@ -188,6 +188,12 @@ pub mod hstatus_bits {
 
 /// Interrupt bits (mip/mie/hvip numbering).
 pub mod irq {
+    /// S software interrupt.
+    pub const SSIP: usize = 1 << 1;
+    /// S timer interrupt.
+    pub const STIP: usize = 1 << 5;
+    /// S external interrupt.
+    pub const SEIP: usize = 1 << 9;
     /// VS software interrupt.
     pub const VSSIP: usize = 1 << 2;
     /// M software interrupt.
@@ -204,4 +210,6 @@ pub mod irq {
     pub const SGEIP: usize = 1 << 12;
     /// All VS-level interrupts.
     pub const VS_ALL: usize = VSSIP | VSTIP | VSEIP;
+    /// All S-level interrupts.
+    pub const S_ALL: usize = SSIP | STIP | SEIP;
 }
