@@ -31,9 +31,16 @@ fn run(name: &str, kernel: &Path, bios: Bios) -> Result<Vec<(String, u64)>> {
     q.icount = true;
     q.timeout = Duration::from_secs(120);
     let out = qemu::run(&q)?;
-    println!("{name}: {:.1} s wall, log {}", out.wall.as_secs_f64(), out.log.display());
+    println!(
+        "{name}: {:.1} s wall, log {}",
+        out.wall.as_secs_f64(),
+        out.log.display()
+    );
     if !out.output.contains("bench done") {
-        return Err(format!("{name}: no `bench done` line (log {})", out.log.display()));
+        return Err(format!(
+            "{name}: no `bench done` line (log {})",
+            out.log.display()
+        ));
     }
     Ok(parse(&out.output))
 }
@@ -47,7 +54,10 @@ pub fn cmd_bench(_args: &[String]) -> Result<()> {
         vcpus: Some(2),
         ram_mib: None,
         cmdline: None,
-        out: workspace_root().join("target").join("test-images").join("bench.elf"),
+        out: workspace_root()
+            .join("target")
+            .join("test-images")
+            .join("bench.elf"),
     })
     .map_err(|e| format!("build_image: {e}"))
     .and_then(|image| run("bench-diosix", &image, Bios::None));
@@ -55,7 +65,10 @@ pub fn cmd_bench(_args: &[String]) -> Result<()> {
         Ok(d) => (d, None),
         Err(e) => (Vec::new(), Some(e)),
     };
-    println!("{:<20} | {:>12} | {:>12} | {:>7}", "metric (instructions)", "Diosix", "OpenSBI", "ratio");
+    println!(
+        "{:<20} | {:>12} | {:>12} | {:>7}",
+        "metric (instructions)", "Diosix", "OpenSBI", "ratio"
+    );
     println!("{:-<21}+{:-<14}+{:-<14}+{:-<8}", "", "", "", "");
     for (name, o) in &opensbi {
         let dv = d.iter().find(|(n, _)| n == name).map(|(_, v)| *v);

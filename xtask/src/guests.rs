@@ -17,7 +17,10 @@ pub fn package(name: &str) -> String {
 /// Builds guest `name` (release, riscv64) and returns the path of its ELF.
 pub fn build_guest(name: &str) -> Result<PathBuf> {
     if !GUESTS.contains(&name) {
-        return Err(format!("unknown guest `{name}` (known: {})", GUESTS.join(", ")));
+        return Err(format!(
+            "unknown guest `{name}` (known: {})",
+            GUESTS.join(", ")
+        ));
     }
     let root = workspace_root();
     let status = Command::new(env!("CARGO"))
@@ -29,9 +32,16 @@ pub fn build_guest(name: &str) -> Result<PathBuf> {
     if !status.success() {
         return Err(format!("building guest {name}: cargo failed ({status})"));
     }
-    let elf = root.join("target").join(GUEST_TARGET).join("release").join(name);
+    let elf = root
+        .join("target")
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(name);
     if !elf.is_file() {
-        return Err(format!("building guest {name}: {} missing after build", elf.display()));
+        return Err(format!(
+            "building guest {name}: {} missing after build",
+            elf.display()
+        ));
     }
     Ok(elf)
 }

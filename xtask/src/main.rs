@@ -35,6 +35,7 @@ cargo xtask <command> [options]
   test                every test: host unit tests, lints, then QEMU boot tests
   bench               instruction-count benchmarks, Diosix vs OpenSBI (-icount shift=0)
   setup               install what the build needs (apt packages, rustup targets)
+  cheader             regenerate crates/abi/include/diosix_sbi.h from the ABI crate
   help                this text
 ";
 
@@ -50,6 +51,7 @@ fn main() -> ExitCode {
         "test" => tests::cmd_test(&rest),
         "bench" => bench::cmd_bench(&rest),
         "setup" => setup::ensure_all(),
+        "cheader" => cheader::cmd_cheader(&rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -97,11 +97,25 @@ fn save_log(name: &str, output: &str) -> PathBuf {
 /// The QEMU command line for `opts`.
 pub fn command(opts: &QemuOptions) -> Command {
     let mut cmd = Command::new("qemu-system-riscv64");
-    cmd.args(["-machine", "virt", "-display", "none", "-serial", "stdio", "-monitor", "none"]);
+    cmd.args([
+        "-machine", "virt", "-display", "none", "-serial", "stdio", "-monitor", "none",
+    ]);
     cmd.arg("-no-reboot");
-    cmd.args(["-bios", if opts.bios == Bios::None { "none" } else { "default" }]);
+    cmd.args([
+        "-bios",
+        if opts.bios == Bios::None {
+            "none"
+        } else {
+            "default"
+        },
+    ]);
     cmd.arg("-kernel").arg(&opts.kernel);
-    cmd.args(["-smp", &opts.smp.to_string(), "-m", &format!("{}M", opts.mem_mib)]);
+    cmd.args([
+        "-smp",
+        &opts.smp.to_string(),
+        "-m",
+        &format!("{}M", opts.mem_mib),
+    ]);
     if opts.icount {
         cmd.args(["-icount", "shift=0,sleep=off", "-seed", "1"]);
     }
@@ -191,7 +205,9 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
         }
     }
     drop(stdin.take());
-    let status = child.wait().map_err(|e| format!("{}: waiting for qemu: {e}", opts.name))?;
+    let status = child
+        .wait()
+        .map_err(|e| format!("{}: waiting for qemu: {e}", opts.name))?;
     for r in readers {
         let _ = r.join();
     }

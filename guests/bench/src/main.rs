@@ -25,9 +25,7 @@ fn idler(_hartid: usize, _opaque: usize) {
     csr::sie_set(csr::SSI);
     trap::enable();
     IDLE_UP.store(true, Ordering::Release);
-    while !IDLE_STOP.load(Ordering::Acquire) {
-        csr::wfi();
-    }
+    trap::wait_until(|| IDLE_STOP.load(Ordering::Acquire));
     trap::disable();
 }
 
@@ -52,28 +50,40 @@ fn main(hartid: usize, dtb_addr: usize) {
     let empty = measure(|| {});
     println!("bench empty {empty}");
     let report = |name: &str, raw: u64| println!("bench {name} {}", raw.saturating_sub(empty));
-    report("null_call", measure(|| {
-        core::hint::black_box(sbi::spec_version());
-    }));
+    report(
+        "null_call",
+        measure(|| {
+            core::hint::black_box(sbi::spec_version());
+        }),
+    );
     let far = csr::time() + info.timebase * 3600;
-    report("set_timer", measure(|| {
-        sbi::set_timer(far);
-    }));
+    report(
+        "set_timer",
+        measure(|| {
+            sbi::set_timer(far);
+        }),
+    );
     sbi::set_timer(u64::MAX);
     // Spaces and a carriage return: 64 bytes that leave no visible trace on a terminal.
     let mut msg = [b' '; 64];
     msg[63] = b'\r';
-    report("dbcn_write_64", measure(|| {
-        sbi::dbcn_write(&msg);
-    }));
+    report(
+        "dbcn_write_64",
+        measure(|| {
+            sbi::dbcn_write(&msg);
+        }),
+    );
     if let Some(&other) = info.harts().iter().find(|&&h| h != hartid) {
         hart::start(other, idler, 0);
         while !IDLE_UP.load(Ordering::Acquire) {
             core::hint::spin_loop();
         }
-        report("send_ipi", measure(|| {
-            sbi::send_ipi(1, other);
-        }));
+        report(
+            "send_ipi",
+            measure(|| {
+                sbi::send_ipi(1, other);
+            }),
+        );
         IDLE_STOP.store(true, Ordering::Release);
         sbi::send_ipi(1, other);
     } else {

@@ -89,7 +89,10 @@ pub fn print_fmt(args: fmt::Arguments) {
     {
         core::hint::spin_loop();
     }
-    let mut out = Buffered { buf: [0; 128], len: 0 };
+    let mut out = Buffered {
+        buf: [0; 128],
+        len: 0,
+    };
     let _ = out.write_fmt(args);
     out.flush();
     LOCK.store(false, Ordering::Release);

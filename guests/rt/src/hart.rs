@@ -42,7 +42,10 @@ pub fn secondary_entry_addr() -> usize {
 /// Starts `hartid` (HSM hart_start) running `f(hartid, opaque)`.
 pub fn start(hartid: usize, f: HartFn, opaque: usize) -> sbi::SbiRet {
     if hartid >= MAX_HARTS {
-        return sbi::SbiRet { error: sbi::error::INVALID_PARAM, value: 0 };
+        return sbi::SbiRet {
+            error: sbi::error::INVALID_PARAM,
+            value: 0,
+        };
     }
     ENTRY[hartid].store(f as usize, Ordering::Release);
     // SAFETY: the entry point is the runtime's, which sets up the hart's own stack

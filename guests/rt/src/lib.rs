@@ -29,7 +29,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 pub const MAX_HARTS: usize = 32;
 /// Bytes of stack per hart. Must match `RT_STACK_SIZE` in `link.x`.
 pub const STACK_SIZE: usize = 16 * 1024;
-const _: () = assert!(STACK_SIZE.is_power_of_two(), "the entry code shifts by log2");
+const _: () = assert!(
+    STACK_SIZE.is_power_of_two(),
+    "the entry code shifts by log2"
+);
 
 /// `instret` as read by the first instruction of `_start`, saved for [`boot_instret`].
 /// In `.data` (not `.bss`) so zeroing `.bss` cannot wipe it.

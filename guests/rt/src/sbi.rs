@@ -202,7 +202,11 @@ pub fn hart_suspend_retentive() -> SbiRet {
 
 /// SRST system_reset.
 pub fn system_reset(reset_type: u32, reason: u32) -> SbiRet {
-    call(eid::SRST, 0, [reset_type as usize, reason as usize, 0, 0, 0, 0])
+    call(
+        eid::SRST,
+        0,
+        [reset_type as usize, reason as usize, 0, 0, 0, 0],
+    )
 }
 
 /// Ends the guest: SRST shutdown (reason 0, or 1 "system failure" if `failed`), legacy
@@ -221,14 +225,26 @@ pub fn shutdown(failed: bool) -> ! {
 pub fn dbcn_write(bytes: &[u8]) -> SbiRet {
     // SAFETY: the buffer is ours and only read; with the MMU off (satp = 0) its
     // address is its (guest) physical address.
-    unsafe { sbi_call(eid::DBCN, 0, [bytes.len(), bytes.as_ptr() as usize, 0, 0, 0, 0]) }
+    unsafe {
+        sbi_call(
+            eid::DBCN,
+            0,
+            [bytes.len(), bytes.as_ptr() as usize, 0, 0, 0, 0],
+        )
+    }
 }
 
 /// DBCN console_read into `buf` (non-blocking): value = bytes read.
 pub fn dbcn_read(buf: &mut [u8]) -> SbiRet {
     // SAFETY: the buffer is ours and writable, and at most `buf.len()` bytes are
     // written; the MMU is off so its address is physical.
-    unsafe { sbi_call(eid::DBCN, 1, [buf.len(), buf.as_mut_ptr() as usize, 0, 0, 0, 0]) }
+    unsafe {
+        sbi_call(
+            eid::DBCN,
+            1,
+            [buf.len(), buf.as_mut_ptr() as usize, 0, 0, 0, 0],
+        )
+    }
 }
 
 /// DBCN console_write_byte.

@@ -108,3 +108,21 @@ pub fn timer_count(hart: usize) -> usize {
 pub fn soft_count(hart: usize) -> usize {
     SOFT[hart % MAX_HARTS].load(Ordering::Acquire)
 }
+
+/// Idles in `wfi` until `cond` holds, taking interrupts through the handler meanwhile.
+///
+/// `cond` is checked with `sstatus.SIE` clear, so an interrupt arriving between the
+/// check and `wfi` stays pending and makes `wfi` return at once, instead of being
+/// handled just before `wfi` and leaving the hart asleep with nothing left to wake it.
+/// Interrupts are enabled (`sstatus.SIE` set) on return.
+pub fn wait_until(mut cond: impl FnMut() -> bool) {
+    loop {
+        disable();
+        if cond() {
+            enable();
+            return;
+        }
+        csr::wfi();
+        enable();
+    }
+}

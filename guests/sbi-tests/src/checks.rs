@@ -20,7 +20,11 @@ static mut CTX: Option<Ctx> = None;
 
 fn ctx() -> &'static Ctx {
     // SAFETY: CTX is written once in `main` before anything reads it, never again.
-    unsafe { (*core::ptr::addr_of!(CTX)).as_ref().expect("ctx set in main") }
+    unsafe {
+        (*core::ptr::addr_of!(CTX))
+            .as_ref()
+            .expect("ctx set in main")
+    }
 }
 
 fn pass(name: &str) {
@@ -165,7 +169,11 @@ fn base() {
     let iv = call(eid::BASE, 2, [0; 6]);
     check_err("base_get_impl_version", iv, error::SUCCESS);
     println!("info impl version {:#x}", iv.value);
-    for (fid, name) in [(4, "base_get_mvendorid"), (5, "base_get_marchid"), (6, "base_get_mimpid")] {
+    for (fid, name) in [
+        (4, "base_get_mvendorid"),
+        (5, "base_get_marchid"),
+        (6, "base_get_mimpid"),
+    ] {
         check_err(name, call(eid::BASE, fid, [0; 6]), error::SUCCESS);
     }
     let probe = call(eid::BASE, 3, [eid::BASE, 0, 0, 0, 0, 0]);
@@ -185,7 +193,10 @@ fn base() {
         ("legacy_send_ipi", eid::LEGACY_SEND_IPI),
         ("legacy_remote_fence_i", eid::LEGACY_REMOTE_FENCE_I),
         ("legacy_remote_sfence_vma", eid::LEGACY_REMOTE_SFENCE_VMA),
-        ("legacy_remote_sfence_vma_asid", eid::LEGACY_REMOTE_SFENCE_VMA_ASID),
+        (
+            "legacy_remote_sfence_vma_asid",
+            eid::LEGACY_REMOTE_SFENCE_VMA_ASID,
+        ),
         ("legacy_shutdown", eid::LEGACY_SHUTDOWN),
     ];
     for (name, e) in exts {
@@ -197,14 +208,22 @@ fn base() {
             fail(name, r, "nonzero value");
         }
     }
-    check("probe_unknown_eid", call(eid::BASE, 3, [UNKNOWN_EID, 0, 0, 0, 0, 0]).value, 0);
+    check(
+        "probe_unknown_eid",
+        call(eid::BASE, 3, [UNKNOWN_EID, 0, 0, 0, 0, 0]).value,
+        0,
+    );
 }
 
 /// An EID in no range the spec assigns to anything implemented here.
 const UNKNOWN_EID: usize = 0x0BAD_5B1E;
 
 fn unknown() {
-    check_err("unknown_eid", call(UNKNOWN_EID, 0, [0; 6]), error::NOT_SUPPORTED);
+    check_err(
+        "unknown_eid",
+        call(UNKNOWN_EID, 0, [0; 6]),
+        error::NOT_SUPPORTED,
+    );
     for (name, e, fid) in [
         ("unknown_fid_base", eid::BASE, 7),
         ("unknown_fid_time", eid::TIME, 1),
@@ -238,7 +257,11 @@ fn dbcn() {
     let r = sbi::dbcn_read(&mut buf);
     check_err("dbcn_read_nonblocking", r, error::SUCCESS);
     check("dbcn_read_no_input_count", r.value, 0);
-    check_true("dbcn_read_buffer_untouched", buf.iter().all(|&b| b == 0xa5), "buffer unchanged");
+    check_true(
+        "dbcn_read_buffer_untouched",
+        buf.iter().all(|&b| b == 0xa5),
+        "buffer unchanged",
+    );
 
     // Bad buffers. SBI 2.0 §12.1/§12.2: memory not satisfying the shared-memory
     // requirements (§3.2) -> SBI_ERR_INVALID_PARAM.
@@ -248,7 +271,11 @@ fn dbcn() {
         let op = if fid == 0 { "write" } else { "read" };
         // Physical address >= 2^64 (base_addr_hi != 0).
         let r = call(eid::DBCN, fid, [8, good, 1, 0, 0, 0]);
-        let name = if fid == 0 { "dbcn_write_addr_hi" } else { "dbcn_read_addr_hi" };
+        let name = if fid == 0 {
+            "dbcn_write_addr_hi"
+        } else {
+            "dbcn_read_addr_hi"
+        };
         if opensbi && r.error == error::FAILED {
             note(name, "OpenSBI returns SBI_ERR_FAILED for base_addr_hi != 0; SBI 2.0 §12 says INVALID_PARAM");
             pass(name);
@@ -260,7 +287,11 @@ fn dbcn() {
             // image, so it would dereference these and take a fatal M-mode fault.
             note(op, "OpenSBI: outside-RAM/wrapping/huge buffers skipped (OpenSBI faults in M-mode); testing its firmware region");
             let r = call(eid::DBCN, fid, [8, 0x8000_0000, 0, 0, 0, 0]);
-            let name = if fid == 0 { "dbcn_write_firmware_region" } else { "dbcn_read_firmware_region" };
+            let name = if fid == 0 {
+                "dbcn_write_firmware_region"
+            } else {
+                "dbcn_read_firmware_region"
+            };
             check_err(name, r, error::INVALID_PARAM);
             continue;
         }
@@ -273,7 +304,11 @@ fn dbcn() {
         for (what, addr, len) in cases {
             let r = call(eid::DBCN, fid, [len, addr, 0, 0, 0, 0]);
             let mut name = heapless_name::<40>();
-            name.push(if fid == 0 { "dbcn_write_" } else { "dbcn_read_" });
+            name.push(if fid == 0 {
+                "dbcn_write_"
+            } else {
+                "dbcn_read_"
+            });
             name.push(what);
             check_err(name.as_str(), r, error::INVALID_PARAM);
         }
@@ -287,7 +322,10 @@ struct Name<const N: usize> {
 }
 
 fn heapless_name<const N: usize>() -> Name<N> {
-    Name { buf: [0; N], len: 0 }
+    Name {
+        buf: [0; N],
+        len: 0,
+    }
 }
 
 impl<const N: usize> Name<N> {
@@ -306,15 +344,15 @@ fn time() {
     // Timer interrupt actually taken through stvec.
     let before = trap::timer_count(me);
     csr::sie_set(csr::STI);
-    trap::enable();
     let r = sbi::set_timer(csr::time() + ms(1));
     check_err("time_set_timer", r, error::SUCCESS);
-    let end = csr::time() + ms(1000);
-    while trap::timer_count(me) == before && csr::time() < end {
-        csr::wfi();
-    }
+    trap::wait_until(|| trap::timer_count(me) > before);
     trap::disable();
-    check_true("time_interrupt_taken", trap::timer_count(me) > before, "S-timer interrupt");
+    check_true(
+        "time_interrupt_taken",
+        trap::timer_count(me) > before,
+        "S-timer interrupt",
+    );
     // With sstatus.SIE clear the interrupt shows as pending in sip.
     sbi::set_timer(csr::time() + ms(1));
     let ok = wait_for(ms(1000), || csr::sip() & csr::STI != 0);
@@ -353,7 +391,11 @@ fn ipi_self() {
     check_true("ipi_self_interrupt_taken", ok, "S-software interrupt");
     // Invalid harts: SBI 2.0 §3.1 hart mask errors -> INVALID_PARAM.
     let bad = invalid_hart();
-    check_err("ipi_invalid_hart_base", sbi::send_ipi(1, bad), error::INVALID_PARAM);
+    check_err(
+        "ipi_invalid_hart_base",
+        sbi::send_ipi(1, bad),
+        error::INVALID_PARAM,
+    );
     if bad < 64 {
         let name = "ipi_invalid_hart_in_mask";
         let r = sbi::send_ipi(1 << bad | 1 << me, 0);
@@ -361,20 +403,31 @@ fn ipi_self() {
             // OpenSBI 1.5 skips mask bits naming no hart and only rejects an invalid
             // hart_mask_base; SBI 2.0 §3.1 (hart mask errors) requires INVALID_PARAM
             // when at least one hartid from hart_mask is not valid.
-            note(name, "OpenSBI ignores invalid harts in hart_mask; spec says INVALID_PARAM");
+            note(
+                name,
+                "OpenSBI ignores invalid harts in hart_mask; spec says INVALID_PARAM",
+            );
             pass(name);
         } else {
             check_err(name, r, error::INVALID_PARAM);
         }
         csr::sip_clear(csr::SSI);
     }
-    check_err("ipi_invalid_base_far", sbi::send_ipi(1, 0x10_0000), error::INVALID_PARAM);
+    check_err(
+        "ipi_invalid_base_far",
+        sbi::send_ipi(1, 0x10_0000),
+        error::INVALID_PARAM,
+    );
 }
 
 fn rfence_self() {
     let me = ctx().me;
     let (m, b) = (1usize << (me % 64), me & !63);
-    check_err("rfence_remote_fence_i", call(eid::RFENCE, 0, [m, b, 0, 0, 0, 0]), error::SUCCESS);
+    check_err(
+        "rfence_remote_fence_i",
+        call(eid::RFENCE, 0, [m, b, 0, 0, 0, 0]),
+        error::SUCCESS,
+    );
     check_err(
         "rfence_remote_sfence_vma",
         call(eid::RFENCE, 1, [m, b, 0, usize::MAX, 0, 0]),
@@ -390,18 +443,30 @@ fn rfence_self() {
         call(eid::RFENCE, 2, [m, b, 0, usize::MAX, 0, 0]),
         error::SUCCESS,
     );
-    check_err("rfence_remote_fence_i_all", call(eid::RFENCE, 0, [0, usize::MAX, 0, 0, 0, 0]), error::SUCCESS);
+    check_err(
+        "rfence_remote_fence_i_all",
+        call(eid::RFENCE, 0, [0, usize::MAX, 0, 0, 0, 0]),
+        error::SUCCESS,
+    );
     // The hfence calls are only valid on harts with the H extension (SBI 2.0 §8.4-8.7:
     // otherwise SBI_ERR_NOT_SUPPORTED). A guest of Diosix does not get H; OpenSBI on
     // QEMU does, which the DTB's riscv,isa tells us.
-    let expect = if ctx().info.has_h { error::SUCCESS } else { error::NOT_SUPPORTED };
+    let expect = if ctx().info.has_h {
+        error::SUCCESS
+    } else {
+        error::NOT_SUPPORTED
+    };
     for (fid, name) in [
         (3, "rfence_hfence_gvma_vmid"),
         (4, "rfence_hfence_gvma"),
         (5, "rfence_hfence_vvma_asid"),
         (6, "rfence_hfence_vvma"),
     ] {
-        check_err(name, call(eid::RFENCE, fid, [m, b, 0, usize::MAX, 0, 0]), expect);
+        check_err(
+            name,
+            call(eid::RFENCE, fid, [m, b, 0, usize::MAX, 0, 0]),
+            expect,
+        );
     }
     let bad = invalid_hart();
     for (fid, name) in [
@@ -409,7 +474,11 @@ fn rfence_self() {
         (1, "rfence_sfence_vma_invalid_hart"),
         (2, "rfence_sfence_vma_asid_invalid_hart"),
     ] {
-        check_err(name, call(eid::RFENCE, fid, [1, bad, 0, usize::MAX, 0, 0]), error::INVALID_PARAM);
+        check_err(
+            name,
+            call(eid::RFENCE, fid, [1, bad, 0, usize::MAX, 0, 0]),
+            error::INVALID_PARAM,
+        );
     }
 }
 
@@ -418,7 +487,11 @@ fn hsm_basic() {
     let r = sbi::hart_status(me);
     check_err("hsm_get_status_self", r, error::SUCCESS);
     check("hsm_status_self_started", r.value, hart_state::STARTED);
-    check_err("hsm_get_status_invalid", sbi::hart_status(invalid_hart()), error::INVALID_PARAM);
+    check_err(
+        "hsm_get_status_invalid",
+        sbi::hart_status(invalid_hart()),
+        error::INVALID_PARAM,
+    );
     check_err(
         "hsm_get_status_huge_id",
         sbi::hart_status(usize::MAX),
@@ -428,7 +501,11 @@ fn hsm_basic() {
     // SAFETY: the call must fail (hart already started / no such hart); if it did
     // start something, it would be the runtime's entry point, which is safe.
     let r = unsafe { sbi::hart_start(me, entry, 0) };
-    check_err("hsm_start_self_already_available", r, error::ALREADY_AVAILABLE);
+    check_err(
+        "hsm_start_self_already_available",
+        r,
+        error::ALREADY_AVAILABLE,
+    );
     // SAFETY: as above.
     let r = unsafe { sbi::hart_start(invalid_hart(), entry, 0) };
     check_err("hsm_start_invalid_hart", r, error::INVALID_PARAM);
@@ -450,9 +527,7 @@ fn helper(hartid: usize, opaque: usize) {
     csr::sie_set(csr::SSI);
     trap::enable();
     HELPER_UP[hartid].store(true, Ordering::Release);
-    while !HELPERS_STOP.load(Ordering::Acquire) {
-        csr::wfi();
-    }
+    trap::wait_until(|| HELPERS_STOP.load(Ordering::Acquire));
     trap::disable();
 }
 
@@ -469,7 +544,14 @@ fn multi_hart() {
     let others = &others[..c.info.cpus - 1];
     let first = others[0];
     let r = sbi::hart_status(first);
-    check("hsm_status_stopped", r, SbiRet { error: 0, value: hart_state::STOPPED });
+    check(
+        "hsm_status_stopped",
+        r,
+        SbiRet {
+            error: 0,
+            value: hart_state::STOPPED,
+        },
+    );
 
     // Start address that is not valid: SBI 2.0 §9.1 -> INVALID_ADDRESS.
     let (bad_addr, what) = if c.opensbi {
@@ -494,21 +576,32 @@ fn multi_hart() {
         }
     }
     pass("hsm_hart_start");
-    let up = wait_for(ms(2000), || others.iter().all(|&h| HELPER_UP[h].load(Ordering::Acquire)));
+    let up = wait_for(ms(2000), || {
+        others.iter().all(|&h| HELPER_UP[h].load(Ordering::Acquire))
+    });
     check_true("hsm_started_harts_run", up, "every started hart runs");
     if !up {
         return;
     }
-    let opaque_ok = others.iter().all(|&h| HELPER_OPAQUE[h].load(Ordering::Relaxed) == OPAQUE_MAGIC ^ h);
+    let opaque_ok = others
+        .iter()
+        .all(|&h| HELPER_OPAQUE[h].load(Ordering::Relaxed) == OPAQUE_MAGIC ^ h);
     check_true("hsm_start_opaque_in_a1", opaque_ok, "a1 = opaque");
     check(
         "hsm_status_started",
         sbi::hart_status(first),
-        SbiRet { error: 0, value: hart_state::STARTED },
+        SbiRet {
+            error: 0,
+            value: hart_state::STARTED,
+        },
     );
     // SAFETY: must be refused (already started).
     let r = unsafe { sbi::hart_start(first, hart::secondary_entry_addr(), 0) };
-    check_err("hsm_start_started_already_available", r, error::ALREADY_AVAILABLE);
+    check_err(
+        "hsm_start_started_already_available",
+        r,
+        error::ALREADY_AVAILABLE,
+    );
 
     // IPIs to another hart, then to all of them through hart_mask_base = -1.
     let before = trap::soft_count(first);
@@ -516,11 +609,25 @@ fn multi_hart() {
     let ok = wait_for(ms(1000), || trap::soft_count(first) > before);
     check_true("ipi_other_delivered", ok, "SSIP taken on the other hart");
     let counts: [usize; diosix_guest_rt::MAX_HARTS] = core::array::from_fn(trap::soft_count);
-    check_err("ipi_broadcast", sbi::send_ipi(0, usize::MAX), error::SUCCESS);
-    let ok = wait_for(ms(1000), || others.iter().all(|&h| trap::soft_count(h) > counts[h]));
-    check_true("ipi_broadcast_delivered", ok, "every other hart took an IPI");
+    check_err(
+        "ipi_broadcast",
+        sbi::send_ipi(0, usize::MAX),
+        error::SUCCESS,
+    );
+    let ok = wait_for(ms(1000), || {
+        others.iter().all(|&h| trap::soft_count(h) > counts[h])
+    });
+    check_true(
+        "ipi_broadcast_delivered",
+        ok,
+        "every other hart took an IPI",
+    );
     let ok = wait_for(ms(100), || csr::sip() & csr::SSI != 0);
-    check_true("ipi_broadcast_self_pending", ok, "sip.SSIP set on the sender");
+    check_true(
+        "ipi_broadcast_self_pending",
+        ok,
+        "sip.SSIP set on the sender",
+    );
     csr::sip_clear(csr::SSI);
     // A mask naming every hart.
     let mut mask = 0usize;
@@ -533,13 +640,21 @@ fn multi_hart() {
     csr::sip_clear(csr::SSI);
 
     // Remote fences on started harts.
-    check_err("rfence_fence_i_other", sbi::remote_fence_i(1, first), error::SUCCESS);
+    check_err(
+        "rfence_fence_i_other",
+        sbi::remote_fence_i(1, first),
+        error::SUCCESS,
+    );
     check_err(
         "rfence_sfence_vma_other",
         sbi::remote_sfence_vma(1, first, 0, usize::MAX),
         error::SUCCESS,
     );
-    check_err("rfence_fence_i_all_started", sbi::remote_fence_i(0, usize::MAX), error::SUCCESS);
+    check_err(
+        "rfence_fence_i_all_started",
+        sbi::remote_fence_i(0, usize::MAX),
+        error::SUCCESS,
+    );
     check_err(
         "rfence_sfence_vma_asid_all_started",
         call(eid::RFENCE, 2, [mask, 0, 0, usize::MAX, 1, 0]),
@@ -565,7 +680,9 @@ fn multi_hart() {
     check_true("hsm_restarted_hart_runs", up, "runs again");
     HELPERS_STOP.store(true, Ordering::Release);
     sbi::send_ipi(1, first);
-    let stopped = wait_for(ms(2000), || sbi::hart_status(first).value == hart_state::STOPPED);
+    let stopped = wait_for(ms(2000), || {
+        sbi::hart_status(first).value == hart_state::STOPPED
+    });
     check_true("hsm_restarted_hart_stops", stopped, "STOPPED");
 }
 
@@ -575,7 +692,10 @@ static LEGACY_MASK: AtomicUsize = AtomicUsize::new(0);
 fn legacy_calls() {
     let me = ctx().me;
     if me >= 64 {
-        note("legacy", "skipped: boot hart id >= 64 cannot be named by a legacy mask");
+        note(
+            "legacy",
+            "skipped: boot hart id >= 64 cannot be named by a legacy mask",
+        );
         return;
     }
     LEGACY_MASK.store(1 << me, Ordering::Release);
@@ -583,11 +703,18 @@ fn legacy_calls() {
     let r = legacy(eid::LEGACY_PUTCHAR, [b'L' as usize, 0, 0, 0]);
     legacy(eid::LEGACY_PUTCHAR, [b'\n' as usize, 0, 0, 0]);
     check("legacy_putchar", r, 0);
-    check("legacy_getchar_no_input", legacy(eid::LEGACY_GETCHAR, [0; 4]), -1);
+    check(
+        "legacy_getchar_no_input",
+        legacy(eid::LEGACY_GETCHAR, [0; 4]),
+        -1,
+    );
     // set_timer (legacy): fires, and a far deadline clears the pending bit.
     check(
         "legacy_set_timer",
-        legacy(eid::LEGACY_SET_TIMER, [(csr::time() + ms(1)) as usize, 0, 0, 0]),
+        legacy(
+            eid::LEGACY_SET_TIMER,
+            [(csr::time() + ms(1)) as usize, 0, 0, 0],
+        ),
         0,
     );
     let ok = wait_for(ms(1000), || csr::sip() & csr::STI != 0);
@@ -595,13 +722,21 @@ fn legacy_calls() {
     legacy(eid::LEGACY_SET_TIMER, [usize::MAX, 0, 0, 0]);
     check("legacy_set_timer_max_clears", csr::sip() & csr::STI, 0);
     // send_ipi through a mask pointer, then clear_ipi.
-    check("legacy_send_ipi", legacy(eid::LEGACY_SEND_IPI, [mask_ptr, 0, 0, 0]), 0);
+    check(
+        "legacy_send_ipi",
+        legacy(eid::LEGACY_SEND_IPI, [mask_ptr, 0, 0, 0]),
+        0,
+    );
     let ok = wait_for(ms(100), || csr::sip() & csr::SSI != 0);
     check_true("legacy_send_ipi_pending", ok, "sip.SSIP set");
     check("legacy_clear_ipi", legacy(eid::LEGACY_CLEAR_IPI, [0; 4]), 0);
     check("legacy_clear_ipi_clears", csr::sip() & csr::SSI, 0);
     csr::sip_clear(csr::SSI);
-    check("legacy_remote_fence_i", legacy(eid::LEGACY_REMOTE_FENCE_I, [mask_ptr, 0, 0, 0]), 0);
+    check(
+        "legacy_remote_fence_i",
+        legacy(eid::LEGACY_REMOTE_FENCE_I, [mask_ptr, 0, 0, 0]),
+        0,
+    );
     check(
         "legacy_remote_sfence_vma",
         legacy(eid::LEGACY_REMOTE_SFENCE_VMA, [mask_ptr, 0, usize::MAX, 0]),
@@ -609,7 +744,10 @@ fn legacy_calls() {
     );
     check(
         "legacy_remote_sfence_vma_asid",
-        legacy(eid::LEGACY_REMOTE_SFENCE_VMA_ASID, [mask_ptr, 0, usize::MAX, 0]),
+        legacy(
+            eid::LEGACY_REMOTE_SFENCE_VMA_ASID,
+            [mask_ptr, 0, usize::MAX, 0],
+        ),
         0,
     );
 }
@@ -645,16 +783,32 @@ fn suspend_retentive() {
     } else {
         (outside_ram(), "hsm_suspend_resume_addr_outside_ram")
     };
-    check_err(name, call(eid::HSM, 3, [0x8000_0000, bad, 0, 0, 0, 0]), error::INVALID_ADDRESS);
+    check_err(
+        name,
+        call(eid::HSM, 3, [0x8000_0000, bad, 0, 0, 0, 0]),
+        error::INVALID_ADDRESS,
+    );
 }
 
 fn srst_invalid() {
     // Reserved reset type / reason -> INVALID_PARAM (SBI 2.0 §10.1). If one of these
     // were wrongly accepted the guest would reset here and the harness reports the
     // missing summary line.
-    check_err("srst_reserved_type", sbi::system_reset(3, 0), error::INVALID_PARAM);
-    check_err("srst_reserved_type_high", sbi::system_reset(0xEFFF_FFFF, 0), error::INVALID_PARAM);
-    check_err("srst_reserved_reason", sbi::system_reset(0, 2), error::INVALID_PARAM);
+    check_err(
+        "srst_reserved_type",
+        sbi::system_reset(3, 0),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "srst_reserved_type_high",
+        sbi::system_reset(0xEFFF_FFFF, 0),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "srst_reserved_reason",
+        sbi::system_reset(0, 2),
+        error::INVALID_PARAM,
+    );
 }
 
 const RESUME_MAGIC: usize = 0x0dd_ba11_cafe;
@@ -686,7 +840,10 @@ fn resumed(hartid: usize, opaque: usize) {
 }
 
 fn finish() -> ! {
-    let (p, f) = (PASSED.load(Ordering::Relaxed), FAILED.load(Ordering::Relaxed));
+    let (p, f) = (
+        PASSED.load(Ordering::Relaxed),
+        FAILED.load(Ordering::Relaxed),
+    );
     println!("sbi-tests: {p} passed, {f} failed");
     if ctx().legacy_shutdown {
         println!("sbi-tests: legacy shutdown");

@@ -63,10 +63,7 @@ fn run(index: usize) {
     let soft0 = trap::soft_count(me);
     let timer0 = trap::timer_count(me);
     READY.fetch_add(1, Ordering::AcqRel);
-    while READY.load(Ordering::Acquire) < n {
-        sbi::set_timer(csr::time() + ticks(50));
-        csr::wfi();
-    }
+    barrier(&READY, n);
     for round in 0..ROUNDS {
         sum = sum.wrapping_add(work(index * ROUNDS + round));
         ok &= sbi::send_ipi(1, next).is_ok();
@@ -75,19 +72,11 @@ fn run(index: usize) {
         // One timer interrupt per round, taken through the trap handler.
         let t = trap::timer_count(me);
         sbi::set_timer(csr::time() + ticks(200));
-        while trap::timer_count(me) == t {
-            csr::wfi();
-        }
+        trap::wait_until(|| trap::timer_count(me) != t);
         // The previous hart's IPI for this round.
-        while trap::soft_count(me) - soft0 < round + 1 {
-            csr::wfi();
-        }
+        trap::wait_until(|| trap::soft_count(me) - soft0 > round);
         ARRIVED.fetch_add(1, Ordering::AcqRel);
-        while ARRIVED.load(Ordering::Acquire) < n * (round + 1) {
-            // Idle briefly instead of spinning: vCPUs may outnumber host harts.
-            sbi::set_timer(csr::time() + ticks(50));
-            csr::wfi();
-        }
+        barrier(&ARRIVED, n * (round + 1));
     }
     trap::disable();
     sbi::set_timer(u64::MAX);
@@ -106,6 +95,18 @@ fn run(index: usize) {
     }
 }
 
+/// Waits until `count` reaches `target`, idling between checks rather than spinning:
+/// vCPUs may outnumber host harts. A short timer bounds each idle period because
+/// arrivals at the barrier send no interrupt.
+fn barrier(count: &AtomicUsize, target: usize) {
+    let me = hart::id();
+    while count.load(Ordering::Acquire) < target {
+        let t = trap::timer_count(me);
+        sbi::set_timer(csr::time() + ticks(50));
+        trap::wait_until(|| trap::timer_count(me) != t || count.load(Ordering::Acquire) >= target);
+    }
+}
+
 fn worker(_hartid: usize, index: usize) {
     run(index);
 }
@@ -116,15 +117,16 @@ fn main(hartid: usize, dtb_addr: usize) {
     TIMEBASE.store(info.timebase as usize, Ordering::Relaxed);
     // The boot hart is ring position 0; the others follow in DTB order.
     RING[0].store(hartid, Ordering::Relaxed);
-    let mut i = 1;
-    for &h in info.harts().iter().filter(|&&h| h != hartid) {
-        RING[i].store(h, Ordering::Relaxed);
-        i += 1;
+    for (slot, &h) in RING[1..]
+        .iter()
+        .zip(info.harts().iter().filter(|&&h| h != hartid))
+    {
+        slot.store(h, Ordering::Relaxed);
     }
     HARTS.store(n, Ordering::Release);
     println!("smp: {n} harts, {ROUNDS} rounds");
-    for idx in 1..n {
-        let h = RING[idx].load(Ordering::Relaxed);
+    for (idx, slot) in RING.iter().enumerate().take(n).skip(1) {
+        let h = slot.load(Ordering::Relaxed);
         let r = hart::start(h, worker, idx);
         if !r.is_ok() {
             println!("smp: FAIL starting hart {h}: error {}", r.error);
@@ -136,7 +138,10 @@ fn main(hartid: usize, dtb_addr: usize) {
     let deadline = csr::time() + info.timebase * 10;
     while GOOD.load(Ordering::Acquire) + BAD.load(Ordering::Acquire) < n {
         if csr::time() > deadline {
-            println!("smp: FAIL: only {} harts reported", GOOD.load(Ordering::Acquire));
+            println!(
+                "smp: FAIL: only {} harts reported",
+                GOOD.load(Ordering::Acquire)
+            );
             sbi::shutdown(true);
         }
         core::hint::spin_loop();
@@ -148,7 +153,10 @@ fn main(hartid: usize, dtb_addr: usize) {
     if BAD.load(Ordering::Acquire) == 0 && sums_ok {
         println!("smp: {n} harts, all rounds ok");
     } else {
-        println!("smp: FAIL: {} harts bad, checksums ok: {sums_ok}", BAD.load(Ordering::Acquire));
+        println!(
+            "smp: FAIL: {} harts bad, checksums ok: {sums_ok}",
+            BAD.load(Ordering::Acquire)
+        );
         sbi::shutdown(true);
     }
 }
