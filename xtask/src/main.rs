@@ -4,6 +4,7 @@
 
 mod bench;
 mod build;
+mod cheader;
 mod guests;
 mod qemu;
 mod rootvm;
