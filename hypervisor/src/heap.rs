@@ -20,4 +20,3 @@ pub unsafe fn init() {
     // SAFETY: the symbols delimit a region link.ld reserves for the heap alone.
     unsafe { HEAP.lock().init(start, end - start) };
 }
-

@@ -37,12 +37,17 @@ pub fn init(host: &HostPlatform) {
     for ram in &host.memory {
         let mut pieces = alloc::vec![*ram];
         for hole in core::iter::once(&hv).chain(host.reserved.iter()) {
-            pieces = pieces.into_iter().flat_map(|p| subtract(p, *hole)).collect();
+            pieces = pieces
+                .into_iter()
+                .flat_map(|p| subtract(p, *hole))
+                .collect();
         }
         for piece in pieces {
             // Whole pages only: trim both ends inward.
-            let (Some(start), end) = (piece.start.align_up(PAGE_SIZE), piece.end().align_down(PAGE_SIZE))
-            else {
+            let (Some(start), end) = (
+                piece.start.align_up(PAGE_SIZE),
+                piece.end().align_down(PAGE_SIZE),
+            ) else {
                 continue;
             };
             if let Some(len) = end.offset_from(start).filter(|l| *l > 0) {
@@ -56,7 +61,7 @@ pub fn init(host: &HostPlatform) {
     }
     log::info!(
         "{} MiB of host RAM free for guests (hypervisor {} .. {})",
-        frames.free_pages() as u64 * PAGE_SIZE >> 20,
+        (frames.free_pages() as u64 * PAGE_SIZE) >> 20,
         hv.start,
         hv.end()
     );

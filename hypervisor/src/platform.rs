@@ -30,7 +30,7 @@ pub unsafe fn copy_firmware_fdt(hpa: usize) -> Vec<u8> {
             u32::from_be(core::ptr::read_volatile(p.add(1))) as usize,
         )
     };
-    if hpa == 0 || magic != 0xd00d_feed || size > MAX_FDT || size < 40 {
+    if hpa == 0 || magic != 0xd00d_feed || !(40..=MAX_FDT).contains(&size) {
         return Vec::new();
     }
     // SAFETY: a valid device tree of `size` bytes starts at hpa.
@@ -57,14 +57,19 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
         };
         // SAFETY: the device tree names these registers as poweroff/reboot.
         RESET.call_once(|| unsafe {
-            SysconReset::new(r.poweroff.as_ref().map(to_write), r.reboot.as_ref().map(to_write))
+            SysconReset::new(
+                r.poweroff.as_ref().map(to_write),
+                r.reboot.as_ref().map(to_write),
+            )
         });
     }
     if host.harts.is_empty() {
         return Err("no usable harts in the device tree".into());
     }
     if !host.harts.iter().all(|h| h.has_h) {
-        return Err("every hart must implement the H extension (PMP fallback not built yet)".into());
+        return Err(
+            "every hart must implement the H extension (PMP fallback not built yet)".into(),
+        );
     }
     Ok(HOST.call_once(|| host))
 }
@@ -128,10 +133,21 @@ pub fn init_hart_csrs() {
     // breakpoint (3), misaligned load/store (4, 6), ecall from VU (8), and the
     // VS-stage page faults (12, 13, 15). Everything else (VS ecalls, guest-page faults,
     // virtual instructions, access faults) comes to M-mode.
-    let guest_exceptions: usize = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 12) | (1 << 13) | (1 << 15);
+    let guest_exceptions: usize = (1 << 0)
+        | (1 << 2)
+        | (1 << 3)
+        | (1 << 4)
+        | (1 << 6)
+        | (1 << 8)
+        | (1 << 12)
+        | (1 << 13)
+        | (1 << 15);
     let pmp = crate::mem::hypervisor_range();
     let id = csr::id::mhartid();
-    let has_sstc = host().harts.iter().any(|h| h.hart_id == id && h.has_extension("sstc"));
+    let has_sstc = host()
+        .harts
+        .iter()
+        .any(|h| h.hart_id == id && h.has_extension("sstc"));
     // SAFETY: this configures how this hart traps and delegates; nothing else runs on
     // the hart yet. Delegated exceptions go through HS straight to VS (hedeleg), and
     // only VS-level interrupts are delegated, so no trap ever lands in (empty) HS-mode.

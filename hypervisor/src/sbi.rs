@@ -8,7 +8,9 @@ use core::sync::atomic::Ordering;
 use diosix_abi::error;
 use diosix_core::addr::{Gpa, Range};
 use diosix_core::gstage::Perms;
-use diosix_core::sbi::{self, FenceKind, HartSet, HartState, Reply, ResetType, SbiEnv, SbiRet, Suspend};
+use diosix_core::sbi::{
+    self, FenceKind, HartSet, HartState, Reply, ResetType, SbiEnv, SbiRet, Suspend,
+};
 use diosix_riscv::csr::{self, irq};
 use diosix_riscv::trap::reg;
 
@@ -54,11 +56,17 @@ struct Call<'a> {
 
 impl Call<'_> {
     fn vcpu(&self) -> &Vcpu {
-        self.hart.current.as_ref().expect("ecall from a running vCPU")
+        self.hart
+            .current
+            .as_ref()
+            .expect("ecall from a running vCPU")
     }
 
     fn vcpu_mut(&mut self) -> &mut Vcpu {
-        self.hart.current.as_mut().expect("ecall from a running vCPU")
+        self.hart
+            .current
+            .as_mut()
+            .expect("ecall from a running vCPU")
     }
 
     /// True when `gpa` is guest RAM the caller may execute.
@@ -66,7 +74,11 @@ impl Call<'_> {
         let vm = &self.vcpu().vm;
         vm.ram.contains(gpa)
             && gpa.is_aligned(2)
-            && vm.mem.lock().translate(gpa).is_some_and(|(_, p)| p.contains(Perms::X))
+            && vm
+                .mem
+                .lock()
+                .translate(gpa)
+                .is_some_and(|(_, p)| p.contains(Perms::X))
     }
 
     /// Checks a console buffer lies in the caller's RAM (the whole of it, so a huge or
@@ -84,8 +96,14 @@ impl Call<'_> {
 }
 
 fn version_number() -> usize {
-    let mut parts = crate::VERSION.split('.').map(|p| p.parse::<usize>().unwrap_or(0));
-    let (a, b, c) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let mut parts = crate::VERSION
+        .split('.')
+        .map(|p| p.parse::<usize>().unwrap_or(0));
+    let (a, b, c) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
     (a << 16) | (b << 8) | c
 }
 
@@ -126,7 +144,9 @@ impl SbiEnv for Call<'_> {
                 unsafe { csr::hvip::set_bits(irq::VSSIP) };
                 continue;
             }
-            let Some(shared) = vm.vcpus.get(t) else { continue };
+            let Some(shared) = vm.vcpus.get(t) else {
+                continue;
+            };
             shared.pending.fetch_or(irq::VSSIP, Ordering::AcqRel);
             match shared.running_on.load(Ordering::Acquire) {
                 NOT_RUNNING => poke = true,
@@ -156,7 +176,9 @@ impl SbiEnv for Call<'_> {
             }
             // A vCPU that is not running flushes when it is next loaded (every load
             // flushes its VS-stage TLB), so only running ones need their hart poked.
-            let Some(shared) = vm.vcpus.get(t) else { continue };
+            let Some(shared) = vm.vcpus.get(t) else {
+                continue;
+            };
             let slot = shared.running_on.load(Ordering::Acquire);
             if slot != NOT_RUNNING && slot != my_slot {
                 SHARED[slot].fence_request.store(true, Ordering::Release);
@@ -168,8 +190,8 @@ impl SbiEnv for Call<'_> {
         // harts fencing each other cannot deadlock.
         while waiting_on != 0 {
             crate::trap::service_fence_request(my_slot);
-            for slot in 0..crate::boot::MAX_HARTS {
-                if waiting_on & (1 << slot) != 0 && !SHARED[slot].fence_request.load(Ordering::Acquire) {
+            for (slot, shared) in SHARED.iter().enumerate() {
+                if waiting_on & (1 << slot) != 0 && !shared.fence_request.load(Ordering::Acquire) {
                     waiting_on &= !(1 << slot);
                 }
             }
@@ -224,7 +246,11 @@ impl SbiEnv for Call<'_> {
             v.vm.name,
             kind,
             if failure { " (system failure)" } else { "" },
-            if v.vm.is_root { "the Root VM has ended, restarting the host" } else { "ending the VM" }
+            if v.vm.is_root {
+                "the Root VM has ended, restarting the host"
+            } else {
+                "ending the VM"
+            }
         );
         crate::platform::restart_host()
     }
@@ -237,7 +263,8 @@ impl SbiEnv for Call<'_> {
         while done < n {
             let step = (n - done).min(buf.len() as u64) as usize;
             let at = Gpa::new(gpa.raw() + done);
-            mem.read(at, &mut buf[..step]).map_err(|_| error::INVALID_PARAM)?;
+            mem.read(at, &mut buf[..step])
+                .map_err(|_| error::INVALID_PARAM)?;
             crate::console::write_bytes(&buf[..step]);
             done += step as u64;
         }
@@ -250,7 +277,8 @@ impl SbiEnv for Call<'_> {
         let mem = self.vcpu().vm.mem.lock();
         // Validate the destination before consuming input, so a bad buffer loses
         // nothing.
-        mem.chunks(gpa, n as u64, true).map_err(|_| error::INVALID_PARAM)?;
+        mem.chunks(gpa, n as u64, true)
+            .map_err(|_| error::INVALID_PARAM)?;
         let mut got = 0;
         while got < n {
             match crate::console::read_byte() {
@@ -261,7 +289,8 @@ impl SbiEnv for Call<'_> {
                 None => break,
             }
         }
-        mem.write(gpa, &buf[..got]).map_err(|_| error::INVALID_PARAM)?;
+        mem.write(gpa, &buf[..got])
+            .map_err(|_| error::INVALID_PARAM)?;
         Ok(got)
     }
 
@@ -280,7 +309,12 @@ impl SbiEnv for Call<'_> {
             return None;
         }
         let mut bytes = [0u8; 8];
-        self.vcpu().vm.mem.lock().read(Gpa::new(gva as u64), &mut bytes).ok()?;
+        self.vcpu()
+            .vm
+            .mem
+            .lock()
+            .read(Gpa::new(gva as u64), &mut bytes)
+            .ok()?;
         Some(usize::from_le_bytes(bytes))
     }
 

@@ -22,6 +22,9 @@ fn slice_ticks() -> u64 {
     platform::host().timebase_frequency / 100
 }
 
+// vCPUs stay boxed: they move between the queue and harts by pointer, not by copying
+// their register and FP state.
+#[allow(clippy::vec_box)]
 struct RunQueue {
     runnable: VecDeque<Box<Vcpu>>,
     /// In WFI or HSM suspend: runnable again once an enabled interrupt is pending.
@@ -75,7 +78,12 @@ impl RunQueue {
     }
 
     fn update_earliest(&self) {
-        let earliest = self.waiting.iter().map(|v| v.timer_deadline).min().unwrap_or(u64::MAX);
+        let earliest = self
+            .waiting
+            .iter()
+            .map(|v| v.timer_deadline)
+            .min()
+            .unwrap_or(u64::MAX);
         EARLIEST_WAITER.store(earliest, Ordering::Release);
     }
 
@@ -118,7 +126,11 @@ pub fn enqueue(vcpu: Box<Vcpu>) {
 /// moved its HSM state to StartPending.
 pub fn start_stopped(vm: &Arc<Vm>, index: usize, pc: diosix_core::addr::Gpa, opaque: u64) -> bool {
     let mut q = RUNQ.lock();
-    let Some(i) = q.stopped.iter().position(|v| Arc::ptr_eq(&v.vm, vm) && v.shared.index == index) else {
+    let Some(i) = q
+        .stopped
+        .iter()
+        .position(|v| Arc::ptr_eq(&v.vm, vm) && v.shared.index == index)
+    else {
         return false;
     };
     let mut v = q.stopped.swap_remove(i);
@@ -188,7 +200,9 @@ pub fn tick(hart: &mut HartLocal) {
 /// Programs this hart's mtimecmp for the next event it must notice.
 pub fn program_timer(hart: &HartLocal) {
     let guest = hart.current.as_ref().map_or(u64::MAX, |v| v.timer_deadline);
-    let deadline = guest.min(hart.slice_end).min(EARLIEST_WAITER.load(Ordering::Acquire));
+    let deadline = guest
+        .min(hart.slice_end)
+        .min(EARLIEST_WAITER.load(Ordering::Acquire));
     platform::set_timer(deadline);
 }
 

@@ -115,7 +115,11 @@ fn inject_exception(cause: usize, tval: usize) {
     let ms = csr::mstatus::read();
     let from_vs = ms & mstatus_bits::MPP_MASK != 0;
     let mut vss = csr::vsstatus::read();
-    vss = if vss & SIE != 0 { vss | SPIE } else { vss & !SPIE };
+    vss = if vss & SIE != 0 {
+        vss | SPIE
+    } else {
+        vss & !SPIE
+    };
     vss &= !SIE;
     vss = if from_vs { vss | SPP } else { vss & !SPP };
     // SAFETY: these CSRs only affect the guest context we return to: it resumes at its
@@ -126,7 +130,9 @@ fn inject_exception(cause: usize, tval: usize) {
         csr::vstval::write(tval);
         csr::vsstatus::write(vss);
         csr::mepc::write(csr::vstvec::read() & !3);
-        csr::mstatus::write((ms & !mstatus_bits::MPP_MASK) | mstatus_bits::MPP_S | mstatus_bits::MPV);
+        csr::mstatus::write(
+            (ms & !mstatus_bits::MPP_MASK) | mstatus_bits::MPP_S | mstatus_bits::MPV,
+        );
     }
 }
 
@@ -144,13 +150,24 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         7 => "store/AMO access fault",
         _ => "unexpected exception",
     };
-    let vm = hart.current.as_ref().map(|v| (v.vm.name.clone(), v.shared.index, v.vm.is_root));
+    let vm = hart
+        .current
+        .as_ref()
+        .map(|v| (v.vm.name.clone(), v.shared.index, v.vm.is_root));
     let (name, vcpu, is_root) = vm.unwrap_or_default();
     log::error!(
         "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {}{}{}",
         Gva::new(csr::mepc::read() as u64),
-        if matches!(cause, 20 | 21 | 23) { alloc::format!(", {gpa}") } else { alloc::string::String::new() },
-        if gva_valid { alloc::format!(", {}", Gva::new(mtval as u64)) } else { alloc::string::String::new() },
+        if matches!(cause, 20 | 21 | 23) {
+            alloc::format!(", {gpa}")
+        } else {
+            alloc::string::String::new()
+        },
+        if gva_valid {
+            alloc::format!(", {}", Gva::new(mtval as u64))
+        } else {
+            alloc::string::String::new()
+        },
     );
     if is_root {
         log::error!("the Root VM cannot continue: restarting the host");

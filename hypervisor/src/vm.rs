@@ -35,25 +35,40 @@ impl GuestMemory {
         let mut frames = mem::frames();
         let table = GStageTable::new(&mut TableAlloc(&mut frames))
             .map_err(|e| format!("G-stage root table: {e}"))?;
-        let mut this = Self { table, blocks: Vec::new() };
+        let mut this = Self {
+            table,
+            blocks: Vec::new(),
+        };
         let mut remaining = (ram.len / PAGE_SIZE) as usize;
         let mut gpa = ram.start;
         let mut block = MAX_BLOCK_PAGES;
         while remaining > 0 {
-            block = block.min(remaining.next_power_of_two()).min(MAX_BLOCK_PAGES);
+            block = block
+                .min(remaining.next_power_of_two())
+                .min(MAX_BLOCK_PAGES);
             let want = block.min(remaining);
             let Some(hpa) = mem::alloc_zeroed(&mut frames, want, block) else {
                 if block == 1 {
                     drop(frames);
                     this.destroy();
-                    return Err(format!("out of host RAM for {} MiB of guest RAM", ram.len >> 20));
+                    return Err(format!(
+                        "out of host RAM for {} MiB of guest RAM",
+                        ram.len >> 20
+                    ));
                 }
                 block /= 2;
                 continue;
             };
             this.blocks.push((hpa, want));
             let len = want as u64 * PAGE_SIZE;
-            if let Err(e) = this.table.map_range(&mut PhysTables, &mut TableAlloc(&mut frames), gpa, hpa, len, Perms::RWX) {
+            if let Err(e) = this.table.map_range(
+                &mut PhysTables,
+                &mut TableAlloc(&mut frames),
+                gpa,
+                hpa,
+                len,
+                Perms::RWX,
+            ) {
                 drop(frames);
                 this.destroy();
                 return Err(format!("mapping {gpa}: {e}"));
@@ -105,7 +120,8 @@ impl GuestMemory {
         for (hpa, pages) in &self.blocks {
             let _ = frames.free(*hpa, *pages);
         }
-        self.table.destroy(&PhysTables, &mut TableAlloc(&mut frames));
+        self.table
+            .destroy(&PhysTables, &mut TableAlloc(&mut frames));
     }
 }
 
@@ -146,7 +162,11 @@ extern "C" {
 /// there is none (no magic) or its size does not fit host RAM.
 pub fn payload_bytes(host: &HostPlatform) -> &'static [u8] {
     let start = core::ptr::addr_of!(__payload_start);
-    let Some(ram) = host.memory.iter().find(|r| r.contains(Hpa::new(start as u64))) else {
+    let Some(ram) = host
+        .memory
+        .iter()
+        .find(|r| r.contains(Hpa::new(start as u64)))
+    else {
         return &[];
     };
     let room = ram.end().raw() - start as u64;
@@ -181,7 +201,9 @@ pub fn default_root_ram_mib(host_ram_bytes: u64) -> u64 {
 pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
     let bytes = payload_bytes(host);
     if bytes.is_empty() {
-        return Err("this image carries no Root VM payload (build it with `cargo xtask build`)".into());
+        return Err(
+            "this image carries no Root VM payload (build it with `cargo xtask build`)".into(),
+        );
     }
     let payload = Payload::parse(bytes).map_err(|e| format!("corrupt Root VM payload: {e}"))?;
     let host_ram: u64 = host.memory.iter().map(|r| r.len).sum();
@@ -190,7 +212,10 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
         n => n as usize,
     };
     if vcpus == 0 || vcpus > diosix_core::sbi::MAX_VCPUS {
-        return Err(format!("payload asks for {vcpus} vCPUs (1..={})", diosix_core::sbi::MAX_VCPUS));
+        return Err(format!(
+            "payload asks for {vcpus} vCPUs (1..={})",
+            diosix_core::sbi::MAX_VCPUS
+        ));
     }
     let ram_mib = match payload.ram_mib {
         0 => default_root_ram_mib(host_ram),
@@ -198,8 +223,13 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
     };
     let ram = Range::new(GUEST_RAM_BASE, ram_mib << 20).ok_or("RAM size overflows")?;
     let plan = loader::plan(payload.kernel, ram).map_err(|e| format!("Root VM kernel: {e}"))?;
-    let layout = loader::boot_layout(&plan, ram, payload.initrd.map(|i| i.len() as u64), DTB_RESERVE)
-        .map_err(|e| format!("Root VM layout in {ram_mib} MiB: {e}"))?;
+    let layout = loader::boot_layout(
+        &plan,
+        ram,
+        payload.initrd.map(|i| i.len() as u64),
+        DTB_RESERVE,
+    )
+    .map_err(|e| format!("Root VM layout in {ram_mib} MiB: {e}"))?;
     let boot_hart = &host.harts[0];
     let extensions = guestfdt::advertised_extensions(
         boot_hart.extensions.iter().map(String::as_str),
@@ -237,7 +267,16 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
     let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed);
     let hgatp = memory.table.hgatp(vmid).ok_or("VMID out of range")? as usize;
     let shared: Vec<Arc<VcpuShared>> = (0..vcpus)
-        .map(|i| Arc::new(VcpuShared::new(i, if i == 0 { HartState::Started } else { HartState::Stopped })))
+        .map(|i| {
+            Arc::new(VcpuShared::new(
+                i,
+                if i == 0 {
+                    HartState::Started
+                } else {
+                    HartState::Stopped
+                },
+            ))
+        })
         .collect();
     let vm = Arc::new(Vm {
         name: "root".to_string(),
@@ -264,7 +303,11 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
         }
     );
     for s in shared {
-        let (wait, pc) = if s.index == 0 { (Wait::None, plan.entry) } else { (Wait::Stopped, Gpa::new(0)) };
+        let (wait, pc) = if s.index == 0 {
+            (Wait::None, plan.entry)
+        } else {
+            (Wait::Stopped, Gpa::new(0))
+        };
         let vcpu = Box::new(Vcpu::new(vm.clone(), s, pc, layout.dtb.start.raw(), wait));
         crate::sched::enqueue(vcpu);
     }

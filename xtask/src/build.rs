@@ -251,11 +251,23 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
 fn demo_guest() -> Result<PathBuf> {
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--release", "-p", "diosix-guest-demo", "--target", TARGET])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "diosix-guest-demo",
+            "--target",
+            TARGET,
+        ])
         .status()
         .map_err(|e| format!("running cargo: {e}"))?;
     if !status.success() {
         return Err("building the demo guest failed".into());
     }
-    Ok(workspace_root().join("target").join(TARGET).join("release").join("demo"))
+    Ok(workspace_root()
+        .join("target")
+        .join(TARGET)
+        .join("release")
+        .join("demo"))
 }

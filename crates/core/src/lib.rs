@@ -12,11 +12,11 @@
 extern crate alloc;
 
 pub mod addr;
-pub mod sbi;
 pub mod frames;
 pub mod gstage;
-pub mod payload;
-pub mod loader;
-pub mod tree;
-pub mod hostfdt;
 pub mod guestfdt;
+pub mod hostfdt;
+pub mod loader;
+pub mod payload;
+pub mod sbi;
+pub mod tree;

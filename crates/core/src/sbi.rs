@@ -62,11 +62,17 @@ pub struct SbiRet {
 impl SbiRet {
     /// Success with a value.
     pub const fn ok(value: usize) -> Self {
-        Self { error: error::SUCCESS, value }
+        Self {
+            error: error::SUCCESS,
+            value,
+        }
     }
     /// An error code, value 0.
     pub const fn err(code: isize) -> Self {
-        Self { error: code, value: 0 }
+        Self {
+            error: code,
+            value: 0,
+        }
     }
 }
 
@@ -243,15 +249,16 @@ pub trait SbiEnv {
 pub fn extension_present(id: usize) -> bool {
     matches!(
         id,
-        eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN
-            | eid::BASE
-            | eid::TIME
-            | eid::IPI
-            | eid::RFENCE
-            | eid::HSM
-            | eid::SRST
-            | eid::DBCN
-            | eid::DIOSIX
+        eid::LEGACY_SET_TIMER
+            ..=eid::LEGACY_SHUTDOWN
+                | eid::BASE
+                | eid::TIME
+                | eid::IPI
+                | eid::RFENCE
+                | eid::HSM
+                | eid::SRST
+                | eid::DBCN
+                | eid::DIOSIX
     )
 }
 
@@ -340,7 +347,10 @@ fn hsm(env: &mut dyn SbiEnv, fid: usize, a0: usize, a1: usize, a2: usize) -> Sbi
                 // reserved or platform-specific, and we define no platform types.
                 _ if a0 > u32::MAX as usize => return SbiRet::err(error::INVALID_PARAM),
                 0x0000_0000 => Suspend::Retentive,
-                0x8000_0000 => Suspend::NonRetentive { resume: Gpa::new(a1 as u64), opaque: a2 },
+                0x8000_0000 => Suspend::NonRetentive {
+                    resume: Gpa::new(a1 as u64),
+                    opaque: a2,
+                },
                 _ => return SbiRet::err(error::INVALID_PARAM),
             };
             env.hart_suspend(how)
@@ -439,20 +449,20 @@ fn legacy(env: &mut dyn SbiEnv, ext: usize, a0: usize) -> Reply {
             }
             Err(e) => e,
         },
-        eid::LEGACY_REMOTE_FENCE_I | eid::LEGACY_REMOTE_SFENCE_VMA | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => {
-            match targets(env) {
-                Ok(set) => {
-                    let kind = if ext == eid::LEGACY_REMOTE_FENCE_I {
-                        FenceKind::Instruction
-                    } else {
-                        FenceKind::Vma
-                    };
-                    env.remote_fence(set, kind);
-                    0
-                }
-                Err(e) => e,
+        eid::LEGACY_REMOTE_FENCE_I
+        | eid::LEGACY_REMOTE_SFENCE_VMA
+        | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => match targets(env) {
+            Ok(set) => {
+                let kind = if ext == eid::LEGACY_REMOTE_FENCE_I {
+                    FenceKind::Instruction
+                } else {
+                    FenceKind::Vma
+                };
+                env.remote_fence(set, kind);
+                0
             }
-        }
+            Err(e) => e,
+        },
         eid::LEGACY_SHUTDOWN => match env.system_reset(ResetType::Shutdown, false) {
             Ok(()) => 0,
             Err(e) => e,
@@ -562,18 +572,44 @@ mod tests {
         let mut f = Fake::default();
         assert_eq!(sbi(&mut f, eid::BASE, 0, [0; 6]), SbiRet::ok(0x0200_0000));
         assert_eq!(sbi(&mut f, eid::BASE, 1, [0; 6]), SbiRet::ok(5));
-        assert_eq!(sbi(&mut f, eid::BASE, 3, [eid::DBCN, 0, 0, 0, 0, 0]), SbiRet::ok(1));
-        assert_eq!(sbi(&mut f, eid::BASE, 3, [eid::DIOSIX, 0, 0, 0, 0, 0]), SbiRet::ok(1));
-        assert_eq!(sbi(&mut f, eid::BASE, 3, [0x504D55, 0, 0, 0, 0, 0]), SbiRet::ok(0));
-        assert_eq!(sbi(&mut f, eid::BASE, 7, [0; 6]), SbiRet::err(error::NOT_SUPPORTED));
+        assert_eq!(
+            sbi(&mut f, eid::BASE, 3, [eid::DBCN, 0, 0, 0, 0, 0]),
+            SbiRet::ok(1)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::BASE, 3, [eid::DIOSIX, 0, 0, 0, 0, 0]),
+            SbiRet::ok(1)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::BASE, 3, [0x504D55, 0, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::BASE, 7, [0; 6]),
+            SbiRet::err(error::NOT_SUPPORTED)
+        );
     }
 
     #[test]
     fn unknown_extension_and_function_are_not_supported() {
         let mut f = Fake::default();
-        assert_eq!(sbi(&mut f, 0x1234_5678, 0, [0; 6]), SbiRet::err(error::NOT_SUPPORTED));
-        for ext in [eid::TIME, eid::IPI, eid::RFENCE, eid::HSM, eid::SRST, eid::DBCN] {
-            assert_eq!(sbi(&mut f, ext, 99, [0; 6]), SbiRet::err(error::NOT_SUPPORTED), "{ext:#x}");
+        assert_eq!(
+            sbi(&mut f, 0x1234_5678, 0, [0; 6]),
+            SbiRet::err(error::NOT_SUPPORTED)
+        );
+        for ext in [
+            eid::TIME,
+            eid::IPI,
+            eid::RFENCE,
+            eid::HSM,
+            eid::SRST,
+            eid::DBCN,
+        ] {
+            assert_eq!(
+                sbi(&mut f, ext, 99, [0; 6]),
+                SbiRet::err(error::NOT_SUPPORTED),
+                "{ext:#x}"
+            );
         }
     }
 
@@ -583,7 +619,10 @@ mod tests {
         assert_eq!(decode_hart_mask(0b1, 3, 4), Ok(HartSet(0b1000)));
         assert_eq!(decode_hart_mask(0b1, 4, 4), Err(error::INVALID_PARAM));
         assert_eq!(decode_hart_mask(1 << 63, 0, 4), Err(error::INVALID_PARAM));
-        assert_eq!(decode_hart_mask(0b10, usize::MAX - 1, 4), Err(error::INVALID_PARAM));
+        assert_eq!(
+            decode_hart_mask(0b10, usize::MAX - 1, 4),
+            Err(error::INVALID_PARAM)
+        );
         assert_eq!(decode_hart_mask(0, usize::MAX, 4), Ok(HartSet(0b1111)));
         assert_eq!(decode_hart_mask(0, 2, 4), Ok(HartSet(0)));
     }
@@ -591,26 +630,60 @@ mod tests {
     #[test]
     fn ipi_and_fences_validate_masks_first() {
         let mut f = Fake::default();
-        assert_eq!(sbi(&mut f, eid::IPI, 0, [0b1, 7, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
+        assert_eq!(
+            sbi(&mut f, eid::IPI, 0, [0b1, 7, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
         assert!(f.ipis.is_empty());
-        assert_eq!(sbi(&mut f, eid::IPI, 0, [0b101, 0, 0, 0, 0, 0]), SbiRet::ok(0));
+        assert_eq!(
+            sbi(&mut f, eid::IPI, 0, [0b101, 0, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
         assert_eq!(f.ipis, [HartSet(0b101)]);
-        assert_eq!(sbi(&mut f, eid::RFENCE, 1, [0b1, 9, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
-        assert_eq!(sbi(&mut f, eid::RFENCE, 0, [0, usize::MAX, 0, 0, 0, 0]), SbiRet::ok(0));
+        assert_eq!(
+            sbi(&mut f, eid::RFENCE, 1, [0b1, 9, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::RFENCE, 0, [0, usize::MAX, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
         assert_eq!(f.fences, [(HartSet(0b1111), FenceKind::Instruction)]);
         for fid in 3..=6 {
-            assert_eq!(sbi(&mut f, eid::RFENCE, fid, [1, 0, 0, 0, 0, 0]), SbiRet::err(error::NOT_SUPPORTED));
+            assert_eq!(
+                sbi(&mut f, eid::RFENCE, fid, [1, 0, 0, 0, 0, 0]),
+                SbiRet::err(error::NOT_SUPPORTED)
+            );
         }
     }
 
     #[test]
     fn hsm_checks_hart_ids_and_suspend_types() {
         let mut f = Fake::default();
-        assert_eq!(sbi(&mut f, eid::HSM, 0, [4, 0x8020_0000, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
-        assert_eq!(sbi(&mut f, eid::HSM, 2, [usize::MAX, 0, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
-        assert_eq!(sbi(&mut f, eid::HSM, 2, [1, 0, 0, 0, 0, 0]), SbiRet::ok(HartState::Stopped as usize));
-        for bad in [1usize, 0x1000_0000, 0x7FFF_FFFF, 0x8000_0001, 0x9000_0000, 1 << 32] {
-            assert_eq!(sbi(&mut f, eid::HSM, 3, [bad, 0, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
+        assert_eq!(
+            sbi(&mut f, eid::HSM, 0, [4, 0x8020_0000, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::HSM, 2, [usize::MAX, 0, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::HSM, 2, [1, 0, 0, 0, 0, 0]),
+            SbiRet::ok(HartState::Stopped as usize)
+        );
+        for bad in [
+            1usize,
+            0x1000_0000,
+            0x7FFF_FFFF,
+            0x8000_0001,
+            0x9000_0000,
+            1 << 32,
+        ] {
+            assert_eq!(
+                sbi(&mut f, eid::HSM, 3, [bad, 0, 0, 0, 0, 0]),
+                SbiRet::err(error::INVALID_PARAM)
+            );
         }
         assert!(f.log.is_empty());
         assert_eq!(sbi(&mut f, eid::HSM, 3, [0, 0, 0, 0, 0, 0]), SbiRet::ok(0));
@@ -620,9 +693,18 @@ mod tests {
     #[test]
     fn srst_rejects_reserved_types_and_reasons() {
         let mut f = Fake::default();
-        assert_eq!(sbi(&mut f, eid::SRST, 0, [3, 0, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
-        assert_eq!(sbi(&mut f, eid::SRST, 0, [0, 2, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
-        assert_eq!(sbi(&mut f, eid::SRST, 0, [0, 1 << 32, 0, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
+        assert_eq!(
+            sbi(&mut f, eid::SRST, 0, [3, 0, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::SRST, 0, [0, 2, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::SRST, 0, [0, 1 << 32, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
         assert_eq!(f.reset, None);
         assert_eq!(sbi(&mut f, eid::SRST, 0, [1, 1, 0, 0, 0, 0]), SbiRet::ok(0));
         assert_eq!(f.reset, Some((ResetType::ColdReboot, true)));
@@ -631,24 +713,48 @@ mod tests {
     #[test]
     fn dbcn_rejects_high_address_bits() {
         let mut f = Fake::default();
-        assert_eq!(sbi(&mut f, eid::DBCN, 0, [8, 0x8020_0000, 1, 0, 0, 0]), SbiRet::err(error::INVALID_PARAM));
-        assert_eq!(sbi(&mut f, eid::DBCN, 0, [8, 0x8020_0000, 0, 0, 0, 0]), SbiRet::ok(8));
+        assert_eq!(
+            sbi(&mut f, eid::DBCN, 0, [8, 0x8020_0000, 1, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::DBCN, 0, [8, 0x8020_0000, 0, 0, 0, 0]),
+            SbiRet::ok(8)
+        );
         assert_eq!(f.written, [(Gpa::new(0x8020_0000), 8)]);
     }
 
     #[test]
     fn legacy_calls_reply_in_a0_only() {
         let mut f = Fake::default();
-        assert_eq!(call(&mut f, eid::LEGACY_CONSOLE_GETCHAR, 0, [0; 6]), Reply::Legacy(-1));
+        assert_eq!(
+            call(&mut f, eid::LEGACY_CONSOLE_GETCHAR, 0, [0; 6]),
+            Reply::Legacy(-1)
+        );
         f.input.push(b'x');
-        assert_eq!(call(&mut f, eid::LEGACY_CONSOLE_GETCHAR, 0, [0; 6]), Reply::Legacy(b'x' as isize));
-        assert_eq!(call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]), Reply::Legacy(error::INVALID_ADDRESS));
+        assert_eq!(
+            call(&mut f, eid::LEGACY_CONSOLE_GETCHAR, 0, [0; 6]),
+            Reply::Legacy(b'x' as isize)
+        );
+        assert_eq!(
+            call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]),
+            Reply::Legacy(error::INVALID_ADDRESS)
+        );
         f.legacy_mask = Some(0b10);
-        assert_eq!(call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]), Reply::Legacy(0));
+        assert_eq!(
+            call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]),
+            Reply::Legacy(0)
+        );
         assert_eq!(f.ipis, [HartSet(0b10)]);
         f.legacy_mask = Some(0b10000);
-        assert_eq!(call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]), Reply::Legacy(error::INVALID_PARAM));
-        assert_eq!(call(&mut f, eid::LEGACY_SHUTDOWN, 0, [0; 6]), Reply::Legacy(0));
+        assert_eq!(
+            call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]),
+            Reply::Legacy(error::INVALID_PARAM)
+        );
+        assert_eq!(
+            call(&mut f, eid::LEGACY_SHUTDOWN, 0, [0; 6]),
+            Reply::Legacy(0)
+        );
         assert_eq!(f.reset, Some((ResetType::Shutdown, false)));
     }
 }

@@ -31,7 +31,10 @@ impl Clint {
     pub fn set_mtimecmp(&self, hart: usize, deadline: u64) {
         // SAFETY: base is a CLINT; each hart has an aligned 64-bit mtimecmp slot.
         unsafe {
-            core::ptr::write_volatile((self.base + MTIMECMP_OFFSET + 8 * hart) as *mut u64, deadline)
+            core::ptr::write_volatile(
+                (self.base + MTIMECMP_OFFSET + 8 * hart) as *mut u64,
+                deadline,
+            )
         }
     }
 
