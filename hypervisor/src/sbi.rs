@@ -137,7 +137,7 @@ impl SbiEnv for Call<'_> {
     fn send_ipi(&mut self, targets: HartSet) {
         let me = self.this_hart();
         let vm = self.vcpu().vm.clone();
-        let mut poke = false;
+        let mut others = false;
         for t in targets.iter() {
             if t == me {
                 // SAFETY: raises a software interrupt in this hart's own guest.
@@ -148,12 +148,17 @@ impl SbiEnv for Call<'_> {
                 continue;
             };
             shared.pending.fetch_or(irq::VSSIP, Ordering::AcqRel);
-            match shared.running_on.load(Ordering::Acquire) {
-                NOT_RUNNING => poke = true,
-                slot => hart::kick(slot),
+            others = true;
+            let slot = shared.running_on.load(Ordering::Acquire);
+            if slot != NOT_RUNNING {
+                hart::kick(slot);
             }
         }
-        if poke {
+        // Always re-check the wait queue under its lock, even for targets that looked
+        // as if they were running: a target being descheduled right now may have read
+        // its pending bits before our store (store buffering), and its hart may then
+        // swallow our kick. The lock orders us after, or before, its enqueue check.
+        if others {
             sched::poke_waiters();
         }
     }

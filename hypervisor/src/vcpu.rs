@@ -142,19 +142,26 @@ impl Vcpu {
         self.csrs.vsstatus &= !(1 << 8); // SPP
     }
 
-    /// Whether this waiting vCPU should run again. WFI waits for a pending interrupt
-    /// the guest has enabled in sie (whatever sstatus.SIE says); an HSM suspend, like
-    /// a firmware suspend, ends on any pending interrupt, enabled or not.
+    /// Whether this waiting vCPU should run again.
+    ///
+    /// WFI waits for a pending interrupt the guest has enabled in sie (whatever
+    /// sstatus.SIE says). An HSM suspend also ends on a *new* event — an IPI raised
+    /// since the vCPU last ran (still in `pending`, not yet merged into hvip) or its
+    /// timer expiring — even if sie masks it, as a firmware suspend would; an
+    /// interrupt that was already pending and masked before the suspend does not end it.
     pub fn has_wakeup(&self, now: u64) -> bool {
-        let mut hvip = self.csrs.hvip | self.shared.pending.load(Ordering::Acquire);
-        if self.timer_deadline <= now {
-            hvip |= irq::VSTIP;
-        }
-        let pending = hvip & irq::VS_ALL;
+        let raised = self.shared.pending.load(Ordering::Acquire) & irq::VS_ALL;
+        let timer = if self.timer_deadline <= now {
+            irq::VSTIP
+        } else {
+            0
+        };
+        let pending = (self.csrs.hvip & irq::VS_ALL) | raised | timer;
+        // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9.
+        let enabled = (pending >> 1) & self.csrs.vsie != 0;
         match self.wait {
-            Wait::Suspend(_) => pending != 0,
-            // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9.
-            _ => (pending >> 1) & self.csrs.vsie != 0,
+            Wait::Suspend(_) => enabled || raised != 0 || timer != 0,
+            _ => enabled,
         }
     }
 

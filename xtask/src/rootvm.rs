@@ -61,9 +61,6 @@ const LUA_MAKE_ARGS: &[&str] = &[
 ];
 
 /// What the Root VM is booted from.
-// allow(dead_code): the public API is used by the image build (build.rs), which is being
-// wired up separately; without a caller every item below would be reported unused.
-#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct RootVmArtifacts {
     /// The kernel, `arch/riscv/boot/Image` (the RISC-V boot image, loaded 2 MiB aligned).
@@ -74,6 +71,8 @@ pub struct RootVmArtifacts {
     pub cmdline: String,
     /// The configured and built kernel source tree, for building out-of-tree modules
     /// (`make -C <linux_tree> ARCH=riscv CROSS_COMPILE=riscv64-linux-gnu- M=...`).
+    // allow: only the out-of-tree driver build (a later change) reads it.
+    #[allow(dead_code)]
     pub linux_tree: PathBuf,
 }
 
@@ -94,7 +93,6 @@ pub fn cache_dir() -> PathBuf {
 ///
 /// Fails with a message naming the step and the fix when a tool is missing, a download
 /// fails, a tarball's hash differs from `rootvm/sources.manifest`, or a compile fails.
-#[allow(dead_code)] // See RootVmArtifacts.
 pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     let started = Instant::now();
     let repo = rootvm_dir();
@@ -457,7 +455,7 @@ fn build_linux(src: &Source, gcc_version: &str, repo: &Path) -> Result<PathBuf> 
         &format!("{what}: make {}", LINUX_TARGETS.join(" ")),
         &mut make(&args),
         "linux-build",
-        Some(("linux", 1100)),
+        Some(("linux", 960)),
     )?;
     commit(&tmp, &out)?;
     println!(
@@ -1204,14 +1202,8 @@ mod tests {
         for name in ["linux", "busybox", "lua"] {
             m.get(name).unwrap();
         }
-        assert_eq!(
-            Source {
-                version: "1:1.35.0-4+deb12u1".into(),
-                ..m.get("busybox").unwrap().clone()
-            }
-            .upstream_version(),
-            "1.35.0"
-        );
+        assert_eq!(m.get("busybox").unwrap().upstream_version(), "1.35.0");
+        assert_eq!(m.get("linux").unwrap().upstream_version(), "6.12.117");
     }
 
     #[test]
@@ -1245,7 +1237,8 @@ mod tests {
             pos("etc\0") < pos("etc/init.d\0") && pos("etc/init.d\0") < pos("etc/init.d/rcS\0")
         );
         assert!(text.starts_with("070701"));
-        assert!(text.ends_with("TRAILER!!!\0\0\0\0") || text.contains("TRAILER!!!\0"));
+        // 110-byte header + "TRAILER!!!\0" = 121 bytes, padded to 124.
+        assert!(text.ends_with("TRAILER!!!\0\0\0\0"));
         // dev/console header: mode 020600, rdev 5:1.
         let hdr_start = pos("dev/console\0") - 110;
         let hdr = &text[hdr_start..hdr_start + 110];

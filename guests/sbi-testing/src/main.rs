@@ -26,7 +26,8 @@ fn main(hartid: usize, dtb_addr: usize) {
     let info = dtb::parse(dtb_addr);
     // set_logger only fails if called twice; this is the only call.
     let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Info);
+    // Debug shows each HSM step (start, suspend, resume, stop): a hang names its step.
+    log::set_max_level(log::LevelFilter::Debug);
     // sbi-testing takes one usize mask relative to a base: cover every listed hart that
     // fits in a 64-bit window starting at the lowest id.
     let base = info.harts().iter().copied().min().unwrap_or(0);
