@@ -21,6 +21,7 @@ mod sched;
 mod trap;
 mod vcpu;
 mod vm;
+mod vmtree;
 
 /// The hypervisor's version as printed in the banner and returned by SBI
 /// `get_impl_version` (major << 16 | minor << 8 | patch).

@@ -74,11 +74,7 @@ impl Call<'_> {
         let vm = &self.vcpu().vm;
         vm.ram.contains(gpa)
             && gpa.is_aligned(2)
-            && vm
-                .mem
-                .lock()
-                .translate(gpa)
-                .is_some_and(|(_, p)| p.contains(Perms::X))
+            && vm.translate(gpa).is_some_and(|(_, p)| p.contains(Perms::X))
     }
 
     /// Checks a console buffer lies in the caller's RAM (the whole of it, so a huge or
@@ -245,32 +241,41 @@ impl SbiEnv for Call<'_> {
     }
 
     fn system_reset(&mut self, kind: ResetType, failure: bool) -> Result<(), isize> {
-        let v = self.vcpu();
+        let vm = self.vcpu().vm.clone();
         log::info!(
             "VM {} asked for {:?}{}: {}",
-            v.vm.name,
+            vm.name,
             kind,
             if failure { " (system failure)" } else { "" },
-            if v.vm.is_root {
+            if vm.is_root {
                 "the Root VM has ended, restarting the host"
             } else {
                 "ending the VM"
             }
         );
-        crate::platform::restart_host()
+        if vm.is_root {
+            crate::platform::restart_host()
+        }
+        // A child's own shutdown or reboot ends it (and its subtree); its parent gets
+        // the event and may start it again.
+        crate::vmtree::vm_ended(self.hart, &vm, diosix_abi::exit_code::SHUTDOWN, false);
+        self.block = Some(Wait::None);
+        Ok(())
     }
 
     fn console_write(&mut self, gpa: Gpa, len: u64) -> Result<usize, isize> {
         let n = self.console_buffer(gpa, len)?;
+        let vm = self.vcpu().vm.clone();
         let mut buf = [0u8; 256];
         let mut done = 0u64;
-        let mem = self.vcpu().vm.mem.lock();
         while done < n {
             let step = (n - done).min(buf.len() as u64) as usize;
             let at = Gpa::new(gpa.raw() + done);
-            mem.read(at, &mut buf[..step])
+            // Read first, then hand over: the tree's lock is never taken while the
+            // VM's memory lock is held.
+            vm.read(at, &mut buf[..step])
                 .map_err(|_| error::INVALID_PARAM)?;
-            crate::console::write_bytes(&buf[..step]);
+            crate::vmtree::console_output(&vm, &buf[..step]);
             done += step as u64;
         }
         Ok(n as usize)
@@ -278,33 +283,27 @@ impl SbiEnv for Call<'_> {
 
     fn console_read(&mut self, gpa: Gpa, len: u64) -> Result<usize, isize> {
         let n = self.console_buffer(gpa, len)?.min(256) as usize;
-        let mut buf = [0u8; 256];
-        let mem = self.vcpu().vm.mem.lock();
+        let vm = self.vcpu().vm.clone();
         // Validate the destination before consuming input, so a bad buffer loses
         // nothing.
-        mem.chunks(gpa, n as u64, true)
+        vm.chunks(gpa, n as u64, true)
             .map_err(|_| error::INVALID_PARAM)?;
-        let mut got = 0;
-        while got < n {
-            match crate::console::read_byte() {
-                Some(b) => {
-                    buf[got] = b;
-                    got += 1;
-                }
-                None => break,
-            }
-        }
-        mem.write(gpa, &buf[..got])
+        let mut buf = [0u8; 256];
+        let got = crate::vmtree::console_input(&vm, &mut buf[..n]);
+        vm.write(gpa, &buf[..got])
             .map_err(|_| error::INVALID_PARAM)?;
         Ok(got)
     }
 
     fn console_write_byte(&mut self, byte: u8) {
-        crate::console::write_bytes(&[byte]);
+        let vm = self.vcpu().vm.clone();
+        crate::vmtree::console_output(&vm, &[byte]);
     }
 
     fn console_getchar(&mut self) -> Option<u8> {
-        crate::console::read_byte()
+        let vm = self.vcpu().vm.clone();
+        let mut b = [0u8; 1];
+        (crate::vmtree::console_input(&vm, &mut b) == 1).then_some(b[0])
     }
 
     fn read_legacy_mask(&mut self, gva: usize) -> Option<usize> {
@@ -314,16 +313,15 @@ impl SbiEnv for Call<'_> {
             return None;
         }
         let mut bytes = [0u8; 8];
-        self.vcpu()
-            .vm
-            .mem
-            .lock()
-            .read(Gpa::new(gva as u64), &mut bytes)
-            .ok()?;
+        self.vcpu().vm.read(Gpa::new(gva as u64), &mut bytes).ok()?;
         Some(usize::from_le_bytes(bytes))
     }
 
-    fn diosix_call(&mut self, _fid: usize, _args: [usize; 6]) -> SbiRet {
-        SbiRet::err(error::NOT_SUPPORTED)
+    fn diosix_call(&mut self, fid: usize, args: [usize; 6]) -> SbiRet {
+        let (ret, leave) = crate::vmtree::call(self.hart, fid, args);
+        if leave {
+            self.block = Some(Wait::None);
+        }
+        ret
     }
 }

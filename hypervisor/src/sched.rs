@@ -44,6 +44,10 @@ static EARLIEST_WAITER: AtomicU64 = AtomicU64::new(u64::MAX);
 
 impl RunQueue {
     fn push(&mut self, vcpu: Box<Vcpu>, now: u64) {
+        if vcpu.vm.dead.load(Ordering::Acquire) {
+            // Its VM was terminated while this vCPU was running: drop it here.
+            return;
+        }
         match vcpu.wait {
             Wait::None => self.runnable.push_back(vcpu),
             Wait::Stopped => {
@@ -87,15 +91,22 @@ impl RunQueue {
         EARLIEST_WAITER.store(earliest, Ordering::Release);
     }
 
-    /// The first vCPU of the highest priority present.
+    /// The first vCPU of the highest priority present whose VM may run.
     fn pop_best(&mut self) -> Option<Box<Vcpu>> {
-        let best = self.runnable.iter().map(|v| v.priority).max()?;
-        let i = self.runnable.iter().position(|v| v.priority == best)?;
+        let best = self.best_priority()?;
+        let i = self
+            .runnable
+            .iter()
+            .position(|v| v.priority == best && v.vm.can_run())?;
         self.runnable.remove(i)
     }
 
     fn best_priority(&self) -> Option<u8> {
-        self.runnable.iter().map(|v| v.priority).max()
+        self.runnable
+            .iter()
+            .filter(|v| v.vm.can_run())
+            .map(|v| v.priority)
+            .max()
     }
 }
 
@@ -143,6 +154,29 @@ pub fn start_stopped(vm: &Arc<Vm>, index: usize, pc: diosix_core::addr::Gpa, opa
     true
 }
 
+/// Copies the state of every queued vCPU of `vm` (for FORK, with the VM held so none
+/// of them is running).
+pub fn snapshot(vm: &Arc<Vm>) -> Vec<crate::vcpu::VcpuState> {
+    let q = RUNQ.lock();
+    q.runnable
+        .iter()
+        .chain(q.waiting.iter())
+        .chain(q.stopped.iter())
+        .filter(|v| Arc::ptr_eq(&v.vm, vm))
+        .map(|v| v.clone_state())
+        .collect()
+}
+
+/// Drops every queued vCPU of a terminated VM (running ones are dropped by their
+/// hart when it next traps and finds the VM dead).
+pub fn reap(vm: &Arc<Vm>) {
+    let mut q = RUNQ.lock();
+    q.runnable.retain(|v| !Arc::ptr_eq(&v.vm, vm));
+    q.waiting.retain(|v| !Arc::ptr_eq(&v.vm, vm));
+    q.stopped.retain(|v| !Arc::ptr_eq(&v.vm, vm));
+    q.update_earliest();
+}
+
 /// Re-checks waiters after another vCPU raised an interrupt for one of them.
 pub fn poke_waiters() {
     let mut q = RUNQ.lock();
@@ -181,7 +215,11 @@ pub fn tick(hart: &mut HartLocal) {
         q.wake_waiters(now);
         (q.best_priority(), now >= hart.slice_end)
     };
-    let prio = hart.current.as_ref().map(|v| v.priority);
+    let prio = hart
+        .current
+        .as_ref()
+        .filter(|v| v.vm.can_run())
+        .map(|v| v.priority);
     let preempt = match (best, prio) {
         (Some(b), Some(p)) => b > p || (b == p && expired),
         (Some(_), None) => true,

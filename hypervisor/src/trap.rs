@@ -64,6 +64,10 @@ fn software_interrupt(hart: &mut HartLocal) {
     if let Some(v) = hart.current.as_mut() {
         v.merge_pending_live(now);
     }
+    // A kick can also mean our vCPU's VM was stopped, held for a fork, or killed.
+    if hart.current.as_ref().is_some_and(|v| !v.vm.can_run()) {
+        sched::switch_away(hart, Wait::None);
+    }
 }
 
 fn platform_clear_msip(slot: usize) {
@@ -150,11 +154,11 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         7 => "store/AMO access fault",
         _ => "unexpected exception",
     };
-    let vm = hart
-        .current
-        .as_ref()
-        .map(|v| (v.vm.name.clone(), v.shared.index, v.vm.is_root));
-    let (name, vcpu, is_root) = vm.unwrap_or_default();
+    let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
+        return;
+    };
+    let vcpu = hart.current.as_ref().map_or(0, |v| v.shared.index);
+    let (name, is_root) = (vm.name.clone(), vm.is_root);
     log::error!(
         "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {}{}{}",
         Gva::new(csr::mepc::read() as u64),
@@ -173,6 +177,6 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         log::error!("the Root VM cannot continue: restarting the host");
         crate::platform::restart_host();
     }
-    // Non-root VMs arrive with the VM tree; until then only the Root VM runs.
-    sched::switch_away(hart, Wait::Stopped);
+    crate::vmtree::vm_ended(hart, &vm, diosix_abi::exit_code::FATAL_FAULT, true);
+    sched::switch_away(hart, Wait::None);
 }

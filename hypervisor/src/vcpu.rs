@@ -88,6 +88,21 @@ pub struct VsCsrs {
     pub hvip: usize,
 }
 
+/// A copy of a vCPU's architectural state (for FORK).
+#[derive(Clone)]
+pub struct VcpuState {
+    pub index: usize,
+    pub hsm: HartState,
+    pub regs: [u64; 32],
+    pub pc: u64,
+    pub user_mode: bool,
+    pub csrs: VsCsrs,
+    pub fp: [u64; 32],
+    pub fcsr: u64,
+    pub timer_deadline: u64,
+    pub wait: Wait,
+}
+
 /// A vCPU's full saved state. Owned by exactly one place at a time: the run queue, or
 /// the hart running it.
 pub struct Vcpu {
@@ -125,6 +140,40 @@ impl Vcpu {
             fcsr: 0,
             timer_deadline: u64::MAX,
             wait,
+            priority,
+        }
+    }
+
+    /// Its architectural state (saved: call [`Vcpu::save`] first if it is running).
+    pub fn clone_state(&self) -> VcpuState {
+        VcpuState {
+            index: self.shared.index,
+            hsm: self.shared.state(),
+            regs: self.regs,
+            pc: self.pc,
+            user_mode: self.user_mode,
+            csrs: self.csrs,
+            fp: self.fp,
+            fcsr: self.fcsr,
+            timer_deadline: self.timer_deadline,
+            wait: self.wait,
+        }
+    }
+
+    /// A vCPU of `vm` with the given state (the FORK child's copy).
+    pub fn from_state(vm: Arc<Vm>, shared: Arc<VcpuShared>, st: &VcpuState) -> Self {
+        let priority = vm.priority;
+        Self {
+            vm,
+            shared,
+            regs: st.regs,
+            pc: st.pc,
+            user_mode: st.user_mode,
+            csrs: st.csrs,
+            fp: st.fp,
+            fcsr: st.fcsr,
+            timer_deadline: st.timer_deadline,
+            wait: st.wait,
             priority,
         }
     }
@@ -174,6 +223,9 @@ impl Vcpu {
         // G-stage root comes from this vCPU's own VM, so the guest sees only its memory.
         unsafe {
             csr::hgatp::write(self.vm.hgatp);
+            // Both stages: VMIDs are reused after a VM dies, and a vCPU may last have
+            // run here before its VM's mappings changed.
+            diosix_riscv::fence::hfence_gvma_all();
             diosix_riscv::fence::hfence_vvma_all();
             csr::vsstatus::write(c.vsstatus);
             csr::vsie::write(c.vsie);

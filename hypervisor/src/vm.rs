@@ -8,11 +8,12 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU16, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_core::addr::{Gpa, Hpa, Range, PAGE_SIZE};
 use diosix_core::gstage::{AccessError, GStageTable, Perms};
 use diosix_core::hostfdt::HostPlatform;
 use diosix_core::sbi::HartState;
+use diosix_core::tree::VmId;
 use diosix_core::{guestfdt, loader, payload::Payload};
 use spin::Mutex;
 
@@ -127,14 +128,16 @@ impl GuestMemory {
 
 /// A virtual machine.
 pub struct Vm {
-    /// Name for logs.
+    /// Its node in the VM tree.
+    pub id: VmId,
+    /// Name for logs (never shown to other VMs).
     pub name: String,
     /// G-stage VMID.
     pub vmid: u16,
     /// The hgatp value that selects this VM's G-stage table.
     pub hgatp: usize,
-    /// Guest RAM.
-    pub mem: Mutex<GuestMemory>,
+    /// Guest RAM (`None` once released).
+    pub mem: Mutex<Option<GuestMemory>>,
     /// Its RAM range (immutable copy, readable without the lock).
     pub ram: Range<Gpa>,
     /// One entry per vCPU, indexed by guest hart ID.
@@ -143,6 +146,12 @@ pub struct Vm {
     pub priority: u8,
     /// The Root VM: its console is the UART and its end restarts the host.
     pub is_root: bool,
+    /// Paused by its parent (STOP).
+    pub stopped: AtomicBool,
+    /// Held still while a FORK copies it.
+    pub held: AtomicBool,
+    /// Terminated: its vCPUs are dropped wherever they are found.
+    pub dead: AtomicBool,
 }
 
 impl Vm {
@@ -150,9 +159,76 @@ impl Vm {
     pub fn vcpu_count(&self) -> usize {
         self.vcpus.len()
     }
+
+    /// Whether its vCPUs may be scheduled.
+    pub fn can_run(&self) -> bool {
+        !self.stopped.load(Ordering::Acquire)
+            && !self.held.load(Ordering::Acquire)
+            && !self.dead.load(Ordering::Acquire)
+    }
+
+    /// Copies guest memory at `gpa` into `out`.
+    pub fn read(&self, gpa: Gpa, out: &mut [u8]) -> Result<(), AccessError> {
+        match self.mem.lock().as_ref() {
+            Some(m) => m.read(gpa, out),
+            None => Err(AccessError::NotMapped(gpa)),
+        }
+    }
+
+    /// Copies `bytes` into guest memory at `gpa`.
+    pub fn write(&self, gpa: Gpa, bytes: &[u8]) -> Result<(), AccessError> {
+        match self.mem.lock().as_ref() {
+            Some(m) => m.write(gpa, bytes),
+            None => Err(AccessError::NotMapped(gpa)),
+        }
+    }
+
+    /// Translates one GPA through its G-stage table.
+    pub fn translate(&self, gpa: Gpa) -> Option<(Hpa, Perms)> {
+        self.mem.lock().as_ref().and_then(|m| m.translate(gpa))
+    }
+
+    /// Host chunks of `[gpa, gpa+len)`, checked page by page.
+    pub fn chunks(&self, gpa: Gpa, len: u64, write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
+        match self.mem.lock().as_ref() {
+            Some(m) => m.chunks(gpa, len, write),
+            None => Err(AccessError::NotMapped(gpa)),
+        }
+    }
 }
 
-static NEXT_VMID: AtomicU16 = AtomicU16::new(1);
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(m) = self.mem.get_mut().take() {
+            m.destroy();
+        }
+        free_vmid(self.vmid);
+        log::info!("VM {} (VMID {}): memory released", self.name, self.vmid);
+    }
+}
+
+/// VMIDs in use (bit per VMID; 0 is never used). Freed VMIDs are reused; every vCPU
+/// load flushes the G-stage TLB, so no stale translation survives a reuse.
+static VMIDS: Mutex<[u64; 256]> = Mutex::new([1; 256]);
+
+fn alloc_vmid() -> Option<u16> {
+    let mut map = VMIDS.lock();
+    for (w, word) in map.iter_mut().enumerate() {
+        if *word != u64::MAX {
+            let bit = (!*word).trailing_zeros() as usize;
+            *word |= 1 << bit;
+            return u16::try_from(w * 64 + bit).ok();
+        }
+    }
+    None
+}
+
+fn free_vmid(vmid: u16) {
+    let mut map = VMIDS.lock();
+    if let Some(word) = map.get_mut(usize::from(vmid) / 64) {
+        *word &= !(1 << (vmid % 64));
+    }
+}
 
 extern "C" {
     static __payload_start: u8;
@@ -197,7 +273,192 @@ pub fn default_root_ram_mib(host_ram_bytes: u64) -> u64 {
     (host_ram_bytes >> 20).div_euclid(8).clamp(64, 512)
 }
 
-/// Builds the Root VM from the embedded payload and queues its boot vCPU.
+/// Everything needed to build one VM.
+pub struct VmSpec<'a> {
+    /// Tree node.
+    pub id: VmId,
+    /// Name for logs.
+    pub name: String,
+    /// RAM size in bytes (page multiple).
+    pub ram_bytes: u64,
+    /// vCPU count.
+    pub vcpus: usize,
+    /// vCPU priority.
+    pub priority: u8,
+    /// Kernel image: ELF or Linux `Image`.
+    pub kernel: &'a [u8],
+    /// Optional initrd.
+    pub initrd: Option<&'a [u8]>,
+    /// Optional command line.
+    pub cmdline: Option<&'a str>,
+    /// A device tree to use instead of a generated one.
+    pub dtb: Option<&'a [u8]>,
+    /// The Root VM.
+    pub is_root: bool,
+    /// Start the boot vCPU now (else it waits for START).
+    pub start: bool,
+}
+
+/// Builds a VM: fresh zeroed RAM, the kernel (and initrd) loaded, a device tree, and
+/// its vCPUs queued (the boot vCPU runnable if `spec.start`, the rest HSM-stopped).
+/// Every size and offset in the image is checked by the loader; nothing is queued on
+/// failure and every page is returned.
+pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, String> {
+    let vcpus = spec.vcpus;
+    if vcpus == 0 || vcpus > diosix_core::sbi::MAX_VCPUS {
+        return Err(format!(
+            "{vcpus} vCPUs asked (1..={})",
+            diosix_core::sbi::MAX_VCPUS
+        ));
+    }
+    let ram = Range::new(GUEST_RAM_BASE, spec.ram_bytes).ok_or("RAM size overflows")?;
+    let plan = loader::plan(spec.kernel, ram).map_err(|e| format!("kernel image: {e}"))?;
+    let layout = loader::boot_layout(&plan, ram, spec.initrd.map(|i| i.len() as u64), DTB_RESERVE)
+        .map_err(|e| format!("layout in {} MiB: {e}", ram.len >> 20))?;
+    let generated;
+    let dtb: &[u8] = match spec.dtb {
+        Some(d) => d,
+        None => {
+            let boot_hart = &host.harts[0];
+            let extensions = guestfdt::advertised_extensions(
+                boot_hart.extensions.iter().map(String::as_str),
+                guestfdt::VirtFeatures::default(),
+            );
+            generated = guestfdt::generate(&guestfdt::GuestFdtConfig {
+                vcpus,
+                ram,
+                isa_extensions: &extensions,
+                cpu_map: true,
+                mmu_type: guestfdt::MmuType::Sv39,
+                timebase_frequency: host.timebase_frequency,
+                bootargs: spec.cmdline,
+                initrd: layout.initrd,
+            })
+            .map_err(|e| format!("device tree: {e}"))?;
+            &generated
+        }
+    };
+    if dtb.len() as u64 > layout.dtb.len {
+        return Err("device tree too large".into());
+    }
+    let vmid = alloc_vmid().ok_or("out of VMIDs")?;
+    let memory = match GuestMemory::new(ram) {
+        Ok(m) => m,
+        Err(e) => {
+            free_vmid(vmid);
+            return Err(e);
+        }
+    };
+    let load = || -> Result<(), AccessError> {
+        for seg in &plan.segments {
+            memory.write(seg.gpa, &spec.kernel[seg.file.clone()])?;
+        }
+        if let (Some(range), Some(initrd)) = (layout.initrd, spec.initrd) {
+            memory.write(range.start, initrd)?;
+        }
+        memory.write(layout.dtb.start, dtb)
+    };
+    let hgatp = memory.table.hgatp(vmid);
+    if let Err(e) = load() {
+        memory.destroy();
+        free_vmid(vmid);
+        return Err(format!("loading: {e}"));
+    }
+    let Some(hgatp) = hgatp else {
+        memory.destroy();
+        free_vmid(vmid);
+        return Err("VMID out of range".into());
+    };
+    let shared: Vec<Arc<VcpuShared>> = (0..vcpus)
+        .map(|i| {
+            let state = if i == 0 && spec.start {
+                HartState::Started
+            } else {
+                HartState::Stopped
+            };
+            Arc::new(VcpuShared::new(i, state))
+        })
+        .collect();
+    let vm = Arc::new(Vm {
+        id: spec.id,
+        name: spec.name.clone(),
+        vmid,
+        hgatp: hgatp as usize,
+        mem: Mutex::new(Some(memory)),
+        ram,
+        vcpus: shared.clone(),
+        priority: spec.priority,
+        is_root: spec.is_root,
+        stopped: AtomicBool::new(false),
+        held: AtomicBool::new(false),
+        dead: AtomicBool::new(false),
+    });
+    log::info!(
+        "VM {} (VMID {}): {:?} kernel, entry {}, {} vCPU(s), {} MiB RAM at {}, DTB at {}{}",
+        vm.name,
+        vm.vmid,
+        plan.format,
+        plan.entry,
+        vcpus,
+        ram.len >> 20,
+        ram.start,
+        layout.dtb.start,
+        match layout.initrd {
+            Some(r) => format!(", initrd at {} ({} KiB)", r.start, r.len >> 10),
+            None => String::new(),
+        }
+    );
+    for s in shared {
+        let boot = s.index == 0 && spec.start;
+        let (wait, pc) = if boot {
+            (Wait::None, plan.entry)
+        } else {
+            (Wait::Stopped, Gpa::new(0))
+        };
+        let vcpu = Box::new(Vcpu::new(vm.clone(), s, pc, layout.dtb.start.raw(), wait));
+        crate::sched::enqueue(vcpu);
+    }
+    Ok(vm)
+}
+
+/// Wraps memory copied for a FORK child as a VM with `vcpus` fresh vCPU slots (their
+/// states are queued by the caller). `None` if no VMID is free.
+pub fn adopt(
+    id: VmId,
+    name: String,
+    memory: GuestMemory,
+    ram: Range<Gpa>,
+    vcpus: usize,
+    priority: u8,
+) -> Option<Arc<Vm>> {
+    let Some(vmid) = alloc_vmid() else {
+        memory.destroy();
+        return None;
+    };
+    let Some(hgatp) = memory.table.hgatp(vmid) else {
+        memory.destroy();
+        free_vmid(vmid);
+        return None;
+    };
+    Some(Arc::new(Vm {
+        id,
+        name,
+        vmid,
+        hgatp: hgatp as usize,
+        mem: Mutex::new(Some(memory)),
+        ram,
+        vcpus: (0..vcpus)
+            .map(|i| Arc::new(VcpuShared::new(i, HartState::Stopped)))
+            .collect(),
+        priority,
+        is_root: false,
+        stopped: AtomicBool::new(false),
+        held: AtomicBool::new(false),
+        dead: AtomicBool::new(false),
+    }))
+}
+
+/// Builds the Root VM from the embedded payload and registers it as the tree's root.
 pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
     let bytes = payload_bytes(host);
     if bytes.is_empty() {
@@ -211,105 +472,29 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
         0 => host.harts.len(),
         n => n as usize,
     };
-    if vcpus == 0 || vcpus > diosix_core::sbi::MAX_VCPUS {
-        return Err(format!(
-            "payload asks for {vcpus} vCPUs (1..={})",
-            diosix_core::sbi::MAX_VCPUS
-        ));
-    }
     let ram_mib = match payload.ram_mib {
         0 => default_root_ram_mib(host_ram),
         n => u64::from(n),
     };
-    let ram = Range::new(GUEST_RAM_BASE, ram_mib << 20).ok_or("RAM size overflows")?;
-    let plan = loader::plan(payload.kernel, ram).map_err(|e| format!("Root VM kernel: {e}"))?;
-    let layout = loader::boot_layout(
-        &plan,
-        ram,
-        payload.initrd.map(|i| i.len() as u64),
-        DTB_RESERVE,
+    let ram_bytes = ram_mib.checked_mul(1 << 20).ok_or("RAM size overflows")?;
+    let id = crate::vmtree::create_root(ram_bytes / PAGE_SIZE, vcpus as u32)?;
+    let built = build_vm(
+        host,
+        &VmSpec {
+            id,
+            name: "root".to_string(),
+            ram_bytes,
+            vcpus,
+            priority: crate::vmtree::ROOT_PRIORITY as u8,
+            kernel: payload.kernel,
+            initrd: payload.initrd,
+            cmdline: payload.cmdline,
+            dtb: None,
+            is_root: true,
+            start: true,
+        },
     )
-    .map_err(|e| format!("Root VM layout in {ram_mib} MiB: {e}"))?;
-    let boot_hart = &host.harts[0];
-    let extensions = guestfdt::advertised_extensions(
-        boot_hart.extensions.iter().map(String::as_str),
-        guestfdt::VirtFeatures::default(),
-    );
-    let dtb = guestfdt::generate(&guestfdt::GuestFdtConfig {
-        vcpus,
-        ram,
-        isa_extensions: &extensions,
-        cpu_map: true,
-        mmu_type: guestfdt::MmuType::Sv39,
-        timebase_frequency: host.timebase_frequency,
-        bootargs: payload.cmdline,
-        initrd: layout.initrd,
-    })
-    .map_err(|e| format!("Root VM device tree: {e}"))?;
-    if dtb.len() as u64 > layout.dtb.len {
-        return Err("Root VM device tree too large".into());
-    }
-
-    let memory = GuestMemory::new(ram)?;
-    let load = || -> Result<(), AccessError> {
-        for seg in &plan.segments {
-            memory.write(seg.gpa, &payload.kernel[seg.file.clone()])?;
-        }
-        if let (Some(range), Some(initrd)) = (layout.initrd, payload.initrd) {
-            memory.write(range.start, initrd)?;
-        }
-        memory.write(layout.dtb.start, &dtb)
-    };
-    if let Err(e) = load() {
-        memory.destroy();
-        return Err(format!("loading the Root VM: {e}"));
-    }
-    let vmid = NEXT_VMID.fetch_add(1, Ordering::Relaxed);
-    let hgatp = memory.table.hgatp(vmid).ok_or("VMID out of range")? as usize;
-    let shared: Vec<Arc<VcpuShared>> = (0..vcpus)
-        .map(|i| {
-            Arc::new(VcpuShared::new(
-                i,
-                if i == 0 {
-                    HartState::Started
-                } else {
-                    HartState::Stopped
-                },
-            ))
-        })
-        .collect();
-    let vm = Arc::new(Vm {
-        name: "root".to_string(),
-        vmid,
-        hgatp,
-        mem: Mutex::new(memory),
-        ram,
-        vcpus: shared.clone(),
-        priority: 128,
-        is_root: true,
-    });
-    log::info!(
-        "Root VM (VMID {}): {:?} kernel, entry {}, {} vCPU(s), {} MiB RAM at {}, DTB at {}{}",
-        vm.vmid,
-        plan.format,
-        plan.entry,
-        vcpus,
-        ram_mib,
-        ram.start,
-        layout.dtb.start,
-        match layout.initrd {
-            Some(r) => format!(", initrd at {} ({} KiB)", r.start, r.len >> 10),
-            None => String::new(),
-        }
-    );
-    for s in shared {
-        let (wait, pc) = if s.index == 0 {
-            (Wait::None, plan.entry)
-        } else {
-            (Wait::Stopped, Gpa::new(0))
-        };
-        let vcpu = Box::new(Vcpu::new(vm.clone(), s, pc, layout.dtb.start.raw(), wait));
-        crate::sched::enqueue(vcpu);
-    }
+    .map_err(|e| format!("Root VM: {e}"))?;
+    crate::vmtree::register(built);
     Ok(())
 }

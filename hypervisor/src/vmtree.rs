@@ -1,0 +1,501 @@
+//! The VM tree at run time: the portable `diosix_core::tree` (lineage, quotas, trust,
+//! IPC, events, consoles) plus this hypervisor's `ExtensionHost` — the part that
+//! builds, copies, pauses and releases real VMs.
+//!
+//! Lock order: `TREE`, then `VMS`, then a VM's memory, then `RUNQ`, then `FRAMES`.
+//! Nothing that waits for another hart runs while `TREE` is held: a FORK first holds
+//! the caller's other vCPUs still, without the lock, so a hart spinning on `TREE`
+//! can never be the one a holder waits for.
+
+use crate::hart::{self, HartLocal};
+use crate::mem;
+use crate::sched;
+use crate::vcpu::{Vcpu, NOT_RUNNING};
+use crate::vm::{self, GuestMemory, Vm, VmSpec};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use diosix_abi::{ext, features, flags, SpawnArgs};
+use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
+use diosix_core::payload::{Payload, MAGIC as PAYLOAD_MAGIC};
+use diosix_core::sbi::SbiRet;
+use diosix_core::tree::dispatch::{apply_termination, handle_diosix_call, ExtensionHost};
+use diosix_core::tree::{ConsoleSink, HostFacts, KilledVm, Quota, SbiError, Usage, VmId, VmTree};
+use spin::Mutex;
+
+/// Priority of the Root VM's vCPUs (the middle of 1..=255, so it can give children
+/// more or less).
+pub const ROOT_PRIORITY: u32 = 128;
+
+static TREE: Mutex<Option<VmTree>> = Mutex::new(None);
+static VMS: Mutex<BTreeMap<VmId, Arc<Vm>>> = Mutex::new(BTreeMap::new());
+
+/// G-stage page-table pages a VM with `ram_pages` of RAM at GPA 0x8000_0000 can ever
+/// need: the 4-page root, one level-1 table per GiB touched, one level-2 table per
+/// 2 MiB touched (each rounded up, plus one for a range that straddles a boundary).
+pub fn table_pages_for(ram_pages: u64) -> u64 {
+    4 + ram_pages.div_ceil(512 * 512) + 1 + ram_pages.div_ceil(512) + 1
+}
+
+/// Creates the tree with the Root VM holding `ram_pages` and `vcpus`; its quota is
+/// every free page of host RAM.
+pub fn create_root(ram_pages: u64, vcpus: u32) -> Result<VmId, alloc::string::String> {
+    let total = mem::frames().free_pages() as u64;
+    let quota = Quota::everything(total, diosix_abi::limits::MAX_VCPUS);
+    let own = Usage {
+        ram_pages,
+        table_pages: table_pages_for(ram_pages),
+        vcpus,
+    };
+    let (tree, root) = VmTree::new(quota, own, ROOT_PRIORITY)
+        .map_err(|e| format!("the Root VM does not fit the host ({e:?})"))?;
+    *TREE.lock() = Some(tree);
+    Ok(root)
+}
+
+/// Makes a built VM findable by its tree id.
+pub fn register(vm: Arc<Vm>) {
+    VMS.lock().insert(vm.id, vm);
+}
+
+fn lookup(id: VmId) -> Option<Arc<Vm>> {
+    VMS.lock().get(&id).cloned()
+}
+
+/// Handles a Diosix extension call from the vCPU running on `hart`. Returns the reply
+/// and whether the caller must now leave its hart (it yielded, or it no longer exists).
+pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool) {
+    let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
+        return (SbiRet::err(SbiError::Failed.code()), false);
+    };
+    let forking = fid == ext::FID_FORK;
+    if forking {
+        hold_others(&vm, hart.slot);
+    }
+    let mut host = HvHost {
+        hart,
+        yield_now: false,
+    };
+    let ret = {
+        let mut tree = TREE.lock();
+        match tree.as_mut() {
+            Some(t) => handle_diosix_call(t, vm.id, fid, args, &mut host),
+            None => SbiRet::err(SbiError::Failed.code()),
+        }
+    };
+    if forking {
+        vm.held.store(false, Ordering::Release);
+        sched::poke_waiters();
+        hart::wake_an_idle_hart();
+    }
+    let leave = host.yield_now || !vm.can_run();
+    (ret, leave)
+}
+
+/// Holds every vCPU of `vm` except the caller's still: marks the VM held, kicks the
+/// harts running them, and waits until none runs (serving fence requests meanwhile).
+fn hold_others(vm: &Arc<Vm>, my_slot: usize) {
+    vm.held.store(true, Ordering::Release);
+    loop {
+        let mut busy = false;
+        for v in &vm.vcpus {
+            let slot = v.running_on.load(Ordering::Acquire);
+            if slot != NOT_RUNNING && slot != my_slot {
+                hart::kick(slot);
+                busy = true;
+            }
+        }
+        if !busy {
+            return;
+        }
+        crate::trap::service_fence_request(my_slot);
+        core::hint::spin_loop();
+    }
+}
+
+/// Kicks every hart running one of `vm`'s vCPUs, so it notices a new stop or death.
+fn kick_running(vm: &Vm, my_slot: usize) {
+    for v in &vm.vcpus {
+        let slot = v.running_on.load(Ordering::Acquire);
+        if slot != NOT_RUNNING && slot != my_slot {
+            hart::kick(slot);
+        }
+    }
+}
+
+/// Where a VM's console output goes: the Root VM's to the UART, anyone else's into
+/// the ring its parent reads. Returns false if it went nowhere (unknown VM).
+pub fn console_output(vm: &Vm, bytes: &[u8]) -> bool {
+    if vm.is_root {
+        crate::console::write_bytes(bytes);
+        return true;
+    }
+    let mut tree = TREE.lock();
+    match tree.as_mut().map(|t| t.console_output(vm.id, bytes)) {
+        Some(Ok(ConsoleSink::Host)) => {
+            drop(tree);
+            crate::console::write_bytes(bytes);
+            true
+        }
+        Some(Ok(ConsoleSink::Buffered)) => true,
+        _ => false,
+    }
+}
+
+/// Console input for `vm`: the UART for the Root VM, what its parent wrote otherwise.
+pub fn console_input(vm: &Vm, buf: &mut [u8]) -> usize {
+    if vm.is_root {
+        let mut n = 0;
+        while n < buf.len() {
+            match crate::console::read_byte() {
+                Some(b) => {
+                    buf[n] = b;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        return n;
+    }
+    let mut tree = TREE.lock();
+    match tree.as_mut().map(|t| t.console_input(vm.id, buf)) {
+        Some(Ok(Some(n))) => n,
+        _ => 0,
+    }
+}
+
+/// A non-root VM ended itself (SRST) or faulted: its whole subtree goes, the parent
+/// gets the event. Returns after marking them dead; the caller leaves the hart.
+pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
+    let mut host = HvHost {
+        hart,
+        yield_now: false,
+    };
+    let mut tree = TREE.lock();
+    let Some(t) = tree.as_mut() else { return };
+    let term = if fault {
+        t.fatal_fault(vm.id)
+    } else {
+        t.kill_subtree(vm.id, code)
+    };
+    if let Ok(term) = term {
+        apply_termination(&term, &mut host);
+    }
+}
+
+/// The hypervisor's side of the extension, for one call on one hart.
+struct HvHost<'a> {
+    hart: &'a mut HartLocal,
+    yield_now: bool,
+}
+
+fn bad_address<T>(_: T) -> SbiError {
+    SbiError::InvalidAddress
+}
+
+/// A contiguous, page-aligned buffer of host frames, returned on drop: holds a guest
+/// image while it is parsed (images can be far larger than the hypervisor heap).
+struct Scratch {
+    hpa: Hpa,
+    pages: usize,
+    len: usize,
+}
+
+impl Scratch {
+    fn new(len: usize) -> Option<Self> {
+        let pages = len.div_ceil(PAGE_SIZE as usize).max(1);
+        let hpa = mem::frames().alloc(pages, 1)?;
+        Some(Self { hpa, pages, len })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the frames were allocated for this buffer alone and stay ours until
+        // drop; `len` fits in them.
+        unsafe { core::slice::from_raw_parts_mut(self.hpa.raw() as *mut u8, self.len) }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: as for as_mut_slice.
+        unsafe { core::slice::from_raw_parts(self.hpa.raw() as *const u8, self.len) }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = mem::frames().free(self.hpa, self.pages);
+    }
+}
+
+/// Copies `len` bytes of `vm`'s memory at `gpa` into a fresh scratch buffer.
+fn copy_from_guest(vm: &Vm, gpa: u64, len: u64) -> Result<Scratch, SbiError> {
+    let len = usize::try_from(len).map_err(|_| SbiError::InvalidParam)?;
+    let mut buf = Scratch::new(len).ok_or(SbiError::Failed)?;
+    vm.read(Gpa::new(gpa), buf.as_mut_slice())
+        .map_err(bad_address)?;
+    Ok(buf)
+}
+
+impl ExtensionHost for HvHost<'_> {
+    fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
+        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        let ok = if len == 0 {
+            vm.ram.contains(gpa) || Some(gpa) == Some(vm.ram.end())
+        } else {
+            vm.ram.contains_span(gpa, len)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SbiError::InvalidAddress)
+        }
+    }
+
+    fn read_guest(&mut self, vm: VmId, gpa: Gpa, buf: &mut [u8]) -> Result<(), SbiError> {
+        lookup(vm)
+            .ok_or(SbiError::Failed)?
+            .read(gpa, buf)
+            .map_err(bad_address)
+    }
+
+    fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError> {
+        lookup(vm)
+            .ok_or(SbiError::Failed)?
+            .write(gpa, data)
+            .map_err(bad_address)
+    }
+
+    fn table_pages_for(&self, ram_pages: u64) -> u64 {
+        table_pages_for(ram_pages)
+    }
+
+    fn facts(&self) -> HostFacts {
+        let host = crate::platform::host();
+        let mut parts = crate::VERSION
+            .split('.')
+            .map(|p| p.parse::<u64>().unwrap_or(0));
+        let (a, b, c) = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        HostFacts {
+            hv_version: (a << 32) | (b << 16) | c,
+            features: features::HW_VIRT
+                | features::GSTAGE
+                | features::IPC
+                | features::CONSOLE
+                | features::QUOTAS
+                | features::HW_TRUST,
+            host_cores: host.harts.len() as u32,
+            timer_freq_hz: host.timebase_frequency,
+        }
+    }
+
+    fn yield_vcpu(&mut self, _vm: VmId) {
+        self.yield_now = true;
+    }
+
+    fn fork_vm(&mut self, parent: VmId, child: VmId, child_cid: u64) -> Result<(), SbiError> {
+        let parent_vm = lookup(parent).ok_or(SbiError::Failed)?;
+        // The caller's live state, so the child resumes right after its FORK ecall.
+        let me = self.hart.current.as_mut().ok_or(SbiError::Failed)?;
+        me.save(&self.hart.frame);
+        let mut states = sched::snapshot(&parent_vm);
+        states.push(me.clone_state());
+        let memory = GuestMemory::new(parent_vm.ram).map_err(|_| SbiError::Failed)?;
+        // Every page is copied now (copy-on-write sharing is not built yet).
+        let copied = {
+            let src = parent_vm.mem.lock();
+            let src = src.as_ref().ok_or(SbiError::Failed)?;
+            copy_ram(src, &memory, parent_vm.ram.start, parent_vm.ram.len)
+        };
+        let vmid_built = copied.and_then(|_| {
+            vm::adopt(
+                child,
+                format!("{}/{}", parent_vm.name, child_cid),
+                memory,
+                parent_vm.ram,
+                parent_vm.vcpu_count(),
+                parent_vm.priority,
+            )
+            .ok_or(SbiError::Failed)
+        });
+        let child_vm = vmid_built?;
+        let me_index = me.shared.index;
+        for st in states {
+            let shared = child_vm.vcpus[st.index].clone();
+            shared.set_state(st.hsm);
+            let mut v = Box::new(Vcpu::from_state(child_vm.clone(), shared, &st));
+            if st.index == me_index {
+                // The child sees FORK return a0 = a1 = 0, after the ecall.
+                v.regs[10] = 0;
+                v.regs[11] = 0;
+                v.pc += 4;
+            }
+            sched::enqueue(v);
+        }
+        log::info!(
+            "VM {} forked into {} ({} MiB copied)",
+            parent_vm.name,
+            child_vm.name,
+            parent_vm.ram.len >> 20
+        );
+        register(child_vm);
+        Ok(())
+    }
+
+    fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+        let parent_vm = lookup(parent).ok_or(SbiError::Failed)?;
+        let image = copy_from_guest(&parent_vm, args.image_gpa, args.image_size)?;
+        let dtb = if args.dtb_size != 0 {
+            Some(copy_from_guest(&parent_vm, args.dtb_gpa, args.dtb_size)?)
+        } else {
+            None
+        };
+        let bytes = image.as_slice();
+        let (kernel, initrd, cmdline) = if bytes.len() >= 8 && bytes[..8] == PAYLOAD_MAGIC {
+            let p = Payload::parse(bytes).map_err(|_| SbiError::InvalidParam)?;
+            (p.kernel, p.initrd, p.cmdline)
+        } else {
+            (bytes, None, None)
+        };
+        let ram_bytes = args
+            .ram_pages
+            .checked_mul(PAGE_SIZE)
+            .ok_or(SbiError::InvalidParam)?;
+        let built = vm::build_vm(
+            crate::platform::host(),
+            &VmSpec {
+                id: child,
+                name: format!("{}/vm{}", parent_vm.name, child.index()),
+                ram_bytes,
+                vcpus: args.vcpus as usize,
+                priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
+                kernel,
+                initrd,
+                cmdline,
+                dtb: dtb.as_ref().map(|d| d.as_slice()),
+                is_root: false,
+                start: args.flags & flags::SPAWN_PAUSED == 0,
+            },
+        )
+        .map_err(|e| {
+            log::warn!("SPAWN by VM {} refused: {e}", parent_vm.name);
+            SbiError::InvalidParam
+        })?;
+        register(built);
+        Ok(())
+    }
+
+    fn start_vm(&mut self, vm: VmId, entry: Gpa, dtb: Gpa) -> Result<(), SbiError> {
+        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        if !vm.ram.contains(entry) || !vm.ram.contains(dtb) {
+            return Err(SbiError::InvalidAddress);
+        }
+        let boot = &vm.vcpus[0];
+        if !boot.transition(
+            diosix_core::sbi::HartState::Stopped,
+            diosix_core::sbi::HartState::StartPending,
+        ) {
+            return Err(SbiError::AlreadyStarted);
+        }
+        if !sched::start_stopped(&vm, 0, entry, dtb.raw()) {
+            boot.set_state(diosix_core::sbi::HartState::Stopped);
+            return Err(SbiError::Failed);
+        }
+        Ok(())
+    }
+
+    fn stop_vm(&mut self, vm: VmId) {
+        if let Some(vm) = lookup(vm) {
+            vm.stopped.store(true, Ordering::Release);
+            kick_running(&vm, self.hart.slot);
+        }
+    }
+
+    fn resume_vm(&mut self, vm: VmId) {
+        if let Some(vm) = lookup(vm) {
+            vm.stopped.store(false, Ordering::Release);
+            sched::poke_waiters();
+            hart::wake_an_idle_hart();
+        }
+    }
+
+    fn reboot_vm(&mut self, _vm: VmId) -> Result<(), SbiError> {
+        // Needs the creation-time snapshot, which arrives with copy-on-write memory.
+        Err(SbiError::NotSupported)
+    }
+
+    fn release_vm(&mut self, killed: &KilledVm) {
+        let Some(vm) = VMS.lock().remove(&killed.id) else {
+            return;
+        };
+        vm.dead.store(true, Ordering::Release);
+        kick_running(&vm, self.hart.slot);
+        sched::reap(&vm);
+        log::info!("VM {} terminated", vm.name);
+        // Its memory goes when the last vCPU holding it is dropped (Vm's Drop).
+    }
+
+    fn revoke_hw_access(&mut self, _vm: VmId) {
+        // No VM is given host MMIO or IRQ routes yet, so there is nothing to undo.
+    }
+
+    fn map_child_mem(
+        &mut self,
+        _parent: VmId,
+        _child: VmId,
+        _child_gpa: Gpa,
+        _parent_gpa: Gpa,
+        _size: u64,
+        _perms: u64,
+    ) -> Result<(), SbiError> {
+        Err(SbiError::NotSupported)
+    }
+
+    fn unmap_child_mem(
+        &mut self,
+        _parent: VmId,
+        _parent_gpa: Gpa,
+        _size: u64,
+    ) -> Result<(), SbiError> {
+        Err(SbiError::NotSupported)
+    }
+
+    fn map_host_mmio(
+        &mut self,
+        _vm: VmId,
+        _hpa: Hpa,
+        _gpa: Gpa,
+        _size: u64,
+    ) -> Result<(), SbiError> {
+        Err(SbiError::NotSupported)
+    }
+
+    fn route_irq(&mut self, _vm: VmId, _irq: u64) -> Result<(), SbiError> {
+        Err(SbiError::NotSupported)
+    }
+
+    fn restart_host(&mut self) {
+        log::info!("the Root VM has ended, restarting the host");
+        crate::platform::restart_host();
+    }
+}
+
+/// Copies `[start, start+len)` of guest RAM from `src` to `dst`, page by page through
+/// both G-stage tables.
+fn copy_ram(src: &GuestMemory, dst: &GuestMemory, start: Gpa, len: u64) -> Result<(), SbiError> {
+    let mut off = 0;
+    while off < len {
+        let gpa = Gpa::new(start.raw() + off);
+        let (from, _) = src.translate(gpa).ok_or(SbiError::Failed)?;
+        let (to, _) = dst.translate(gpa).ok_or(SbiError::Failed)?;
+        // SAFETY: both frames are guest RAM owned by the two VMs (fresh from their
+        // G-stage tables); distinct VMs never share a frame, so they do not overlap.
+        unsafe { diosix_riscv::physmem::copy(to, from, PAGE_SIZE) };
+        off += PAGE_SIZE;
+    }
+    Ok(())
+}

@@ -1,0 +1,474 @@
+// SPDX-License-Identifier: MIT
+/*
+ * diosix.ko: /dev/diosix, the Root VM's interface to the Diosix SBI
+ * extension (EID 0x0A000005). See diosix_ioctl.h for the interface and
+ * docs/sbi-extension.md for what each function does.
+ *
+ * Rules every path follows:
+ *  - userspace never hands the hypervisor a pointer: data is copied into
+ *    kernel memory the driver allocated, and the GPA of that memory is what
+ *    the SBI call sees (this VM's physical addresses are its GPAs);
+ *  - every length is bounded before anything is allocated, and structure
+ *    sizes are set by the driver, never taken from userspace;
+ *  - results are copied back only after the call returned, and buffers are
+ *    freed before the ioctl returns, so nothing outlives one request.
+ */
+
+#include <linux/capability.h>
+#include <linux/fs.h>
+#include <linux/gfp.h>
+#include <linux/io.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <asm/page.h>
+#include <asm/sbi.h>
+
+#include "diosix_ioctl.h"
+
+/* One SBI call into the extension; arguments the function does not use are 0. */
+static void diosix_call(unsigned long fid, const u64 *a, struct diosix_ioc_ret *ret)
+{
+	struct sbiret r = sbi_ecall(DIOSIX_SBI_EID, fid, a[0], a[1], a[2], a[3],
+				    a[4], 0);
+
+	ret->error = r.error;
+	ret->value = r.value;
+}
+
+/*
+ * Copies @len user bytes at @uptr into a new kmalloc buffer (physically
+ * contiguous, so one GPA range). @len must already be bounded.
+ */
+static void *diosix_copy_in(u64 uptr, u64 len)
+{
+	/* A real buffer even for 0 bytes, so its GPA is valid RAM. */
+	if (!len)
+		return kzalloc(8, GFP_KERNEL) ?: ERR_PTR(-ENOMEM);
+	return memdup_user(u64_to_user_ptr(uptr), len);
+}
+
+static long diosix_scalar(unsigned int fid, void __user *uarg)
+{
+	struct diosix_ioc_scalar s;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+
+	switch (fid) {
+	case DIOSIX_FID_EXIT:
+		/* Ending the Root VM under a running Linux loses its state. */
+		if (s.arg[0] == DIOSIX_CID_SELF)
+			return -EINVAL;
+		break;
+	case DIOSIX_FID_MAP_CHILD_MEM:
+	case DIOSIX_FID_UNMAP_CHILD_MEM:
+	case DIOSIX_FID_MAP_HOST_MMIO:
+	case DIOSIX_FID_ROUTE_IRQ:
+		/*
+		 * These give away pages, MMIO windows or interrupts of this VM
+		 * that Linux owns and would keep using: refused until the
+		 * driver can allocate and pin what it hands over.
+		 */
+		return -EOPNOTSUPP;
+	}
+
+	diosix_call(fid, s.arg, &s.ret);
+	if (copy_to_user(uarg, &s, sizeof(s)))
+		return -EFAULT;
+	return 0;
+}
+
+static long diosix_spawn(void __user *uarg)
+{
+	struct diosix_ioc_spawn s;
+	struct diosix_spawn_args *args;
+	void *image = NULL, *dtb = NULL;
+	size_t image_len;
+	u64 a[5] = { 0 };
+	long err = 0;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (!s.args.image_size)
+		return -EINVAL;
+	if (s.args.image_size > DIOSIX_SPAWN_MAX_IMAGE ||
+	    s.args.dtb_size > DIOSIX_SPAWN_MAX_DTB)
+		return -E2BIG;
+
+	/*
+	 * alloc_pages_exact: contiguous like kmalloc, without rounding up to
+	 * a power of two, which matters for images of a few MiB.
+	 */
+	image_len = s.args.image_size;
+	image = alloc_pages_exact(image_len, GFP_KERNEL | __GFP_NOWARN);
+	if (!image)
+		return -ENOMEM;
+	if (copy_from_user(image, u64_to_user_ptr(s.image), image_len)) {
+		err = -EFAULT;
+		goto out;
+	}
+	if (s.args.dtb_size) {
+		dtb = diosix_copy_in(s.dtb, s.args.dtb_size);
+		if (IS_ERR(dtb)) {
+			err = PTR_ERR(dtb);
+			dtb = NULL;
+			goto out;
+		}
+	}
+
+	args = kmalloc(sizeof(*args), GFP_KERNEL);
+	if (!args) {
+		err = -ENOMEM;
+		goto out;
+	}
+	*args = s.args;
+	args->size = sizeof(*args);
+	args->image_gpa = virt_to_phys(image);
+	args->dtb_gpa = dtb ? virt_to_phys(dtb) : 0;
+	a[0] = virt_to_phys(args);
+	diosix_call(DIOSIX_FID_SPAWN, a, &s.ret);
+	kfree(args);
+
+	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
+		err = -EFAULT;
+out:
+	kfree(dtb);
+	free_pages_exact(image, image_len);
+	return err;
+}
+
+static long diosix_vm_info(unsigned int fid, void __user *uarg)
+{
+	struct diosix_ioc_vm_info s;
+	struct diosix_vm_info *info;
+	u64 a[5] = { 0 };
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	info = kzalloc(sizeof(*info), GFP_KERNEL);
+	if (!info)
+		return -ENOMEM;
+
+	if (fid == DIOSIX_FID_GET_INFO) {
+		a[0] = virt_to_phys(info);
+		a[1] = sizeof(*info);
+	} else {
+		a[0] = s.cid;
+		a[1] = virt_to_phys(info);
+		a[2] = sizeof(*info);
+	}
+	diosix_call(fid, a, &s.ret);
+	s.info = *info;
+	kfree(info);
+
+	if (copy_to_user(uarg, &s, sizeof(s)))
+		return -EFAULT;
+	return 0;
+}
+
+static long diosix_quota(void __user *uarg)
+{
+	struct diosix_ioc_quota s;
+	struct diosix_quota_args *args;
+	u64 a[5] = { 0 };
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	args = kmalloc(sizeof(*args), GFP_KERNEL);
+	if (!args)
+		return -ENOMEM;
+	*args = s.args;
+	args->size = sizeof(*args);
+	a[0] = virt_to_phys(args);
+	diosix_call(DIOSIX_FID_SET_QUOTA, a, &s.ret);
+	kfree(args);
+
+	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
+		return -EFAULT;
+	return 0;
+}
+
+static long diosix_ipc_send(void __user *uarg)
+{
+	struct diosix_ioc_ipc_send s;
+	struct diosix_ipc_send_args *args;
+	u64 a[5] = { 0 };
+	void *data;
+	long err = 0;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (s.args.len > DIOSIX_IPC_MAX_MESSAGE)
+		return -E2BIG;
+	data = diosix_copy_in(s.data, s.args.len);
+	if (IS_ERR(data))
+		return PTR_ERR(data);
+	args = kmalloc(sizeof(*args), GFP_KERNEL);
+	if (!args) {
+		err = -ENOMEM;
+		goto out;
+	}
+	*args = s.args;
+	args->size = sizeof(*args);
+	args->data_gpa = virt_to_phys(data);
+	a[0] = virt_to_phys(args);
+	diosix_call(DIOSIX_FID_IPC_SEND, a, &s.ret);
+	kfree(args);
+
+	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
+		err = -EFAULT;
+out:
+	kfree(data);
+	return err;
+}
+
+static long diosix_ipc_recv(void __user *uarg)
+{
+	struct diosix_ioc_ipc_recv s;
+	struct diosix_ipc_recv_args *args;
+	u64 a[5] = { 0 };
+	void *buf;
+	long err = 0;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (s.args.max_len > DIOSIX_IPC_MAX_MESSAGE)
+		return -E2BIG;
+	/* Zeroed: the hypervisor may write fewer bytes than max_len. */
+	buf = kzalloc(s.args.max_len ? s.args.max_len : 8, GFP_KERNEL);
+	args = kmalloc(sizeof(*args), GFP_KERNEL);
+	if (!buf || !args) {
+		err = -ENOMEM;
+		goto out;
+	}
+	*args = s.args;
+	args->size = sizeof(*args);
+	args->buf_gpa = virt_to_phys(buf);
+	args->out_len = 0;
+	a[0] = virt_to_phys(args);
+	diosix_call(DIOSIX_FID_IPC_RECV, a, &s.ret);
+
+	s.args.cid = args->cid;
+	/* Never trust out_len beyond the buffer, whatever was written. */
+	s.args.out_len = min_t(u64, args->out_len, s.args.max_len);
+	if (s.ret.error == DIOSIX_SBI_ERR_SUCCESS && s.ret.value == 1 &&
+	    copy_to_user(u64_to_user_ptr(s.buf), buf, s.args.out_len)) {
+		err = -EFAULT;
+		goto out;
+	}
+	if (copy_to_user(uarg, &s, sizeof(s)))
+		err = -EFAULT;
+out:
+	kfree(args);
+	kfree(buf);
+	return err;
+}
+
+static long diosix_poll_event(void __user *uarg)
+{
+	struct diosix_ioc_event s = { 0 };
+	struct diosix_event *ev;
+	u64 a[5] = { 0 };
+
+	ev = kzalloc(sizeof(*ev), GFP_KERNEL);
+	if (!ev)
+		return -ENOMEM;
+	a[0] = virt_to_phys(ev);
+	a[1] = sizeof(*ev);
+	diosix_call(DIOSIX_FID_POLL_EVENT, a, &s.ret);
+	s.event = *ev;
+	kfree(ev);
+
+	if (copy_to_user(uarg, &s, sizeof(s)))
+		return -EFAULT;
+	return 0;
+}
+
+static long diosix_hv_info(void __user *uarg)
+{
+	struct diosix_ioc_hv_info s = { 0 };
+	struct diosix_hv_info *info;
+	u64 a[5] = { 0 };
+
+	info = kzalloc(sizeof(*info), GFP_KERNEL);
+	if (!info)
+		return -ENOMEM;
+	a[0] = virt_to_phys(info);
+	a[1] = sizeof(*info);
+	diosix_call(DIOSIX_FID_GET_HV_INFO, a, &s.ret);
+	s.info = *info;
+	kfree(info);
+
+	if (copy_to_user(uarg, &s, sizeof(s)))
+		return -EFAULT;
+	return 0;
+}
+
+static long diosix_console(unsigned int fid, void __user *uarg)
+{
+	struct diosix_ioc_console s;
+	u64 a[5] = { 0 };
+	void *buf;
+	long err = 0;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (s.len > DIOSIX_CONSOLE_MAX_TRANSFER)
+		return -E2BIG;
+	if (fid == DIOSIX_FID_CONSOLE_WRITE)
+		buf = diosix_copy_in(s.buf, s.len);
+	else
+		buf = kzalloc(s.len ? s.len : 8, GFP_KERNEL) ?: ERR_PTR(-ENOMEM);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
+
+	a[0] = s.cid;
+	a[1] = virt_to_phys(buf);
+	a[2] = s.len;
+	diosix_call(fid, a, &s.ret);
+
+	if (s.ret.error == DIOSIX_SBI_ERR_SUCCESS) {
+		/* A count beyond the request would be a hypervisor bug. */
+		s.ret.value = min_t(u64, s.ret.value, s.len);
+		if (fid == DIOSIX_FID_CONSOLE_READ &&
+		    copy_to_user(u64_to_user_ptr(s.buf), buf, s.ret.value)) {
+			err = -EFAULT;
+			goto out;
+		}
+	}
+	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
+		err = -EFAULT;
+out:
+	kfree(buf);
+	return err;
+}
+
+static long diosix_list(void __user *uarg)
+{
+	struct diosix_ioc_list s;
+	u64 a[5] = { 0 };
+	u64 *cids;
+	long err = 0;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (s.capacity > DIOSIX_LIST_MAX)
+		return -E2BIG;
+	cids = kcalloc(s.capacity ? s.capacity : 1, sizeof(u64), GFP_KERNEL);
+	if (!cids)
+		return -ENOMEM;
+
+	a[0] = virt_to_phys(cids);
+	a[1] = s.capacity;
+	diosix_call(DIOSIX_FID_LIST_CHILDREN, a, &s.ret);
+
+	if (s.ret.error == DIOSIX_SBI_ERR_SUCCESS &&
+	    copy_to_user(u64_to_user_ptr(s.cids), cids,
+			 min_t(u64, s.ret.value, s.capacity) * sizeof(u64))) {
+		err = -EFAULT;
+		goto out;
+	}
+	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
+		err = -EFAULT;
+out:
+	kfree(cids);
+	return err;
+}
+
+static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	void __user *uarg = (void __user *)arg;
+	unsigned int fid = _IOC_NR(cmd);
+
+	/* The full command (type, direction, size) must be one we define. */
+	switch (cmd) {
+	case DIOSIX_IOC_EXIT:
+	case DIOSIX_IOC_YIELD:
+	case DIOSIX_IOC_FORK:
+	case DIOSIX_IOC_DROP_TRUST:
+	case DIOSIX_IOC_MAP_CHILD_MEM:
+	case DIOSIX_IOC_UNMAP_CHILD_MEM:
+	case DIOSIX_IOC_START:
+	case DIOSIX_IOC_STOP:
+	case DIOSIX_IOC_RESUME:
+	case DIOSIX_IOC_REBOOT:
+	case DIOSIX_IOC_DROP_CHILD_TRUST:
+	case DIOSIX_IOC_MAP_HOST_MMIO:
+	case DIOSIX_IOC_ROUTE_IRQ:
+		return diosix_scalar(fid, uarg);
+	case DIOSIX_IOC_SPAWN:
+		return diosix_spawn(uarg);
+	case DIOSIX_IOC_GET_INFO:
+	case DIOSIX_IOC_GET_CHILD_INFO:
+		return diosix_vm_info(fid, uarg);
+	case DIOSIX_IOC_SET_QUOTA:
+		return diosix_quota(uarg);
+	case DIOSIX_IOC_IPC_SEND:
+		return diosix_ipc_send(uarg);
+	case DIOSIX_IOC_IPC_RECV:
+		return diosix_ipc_recv(uarg);
+	case DIOSIX_IOC_POLL_EVENT:
+		return diosix_poll_event(uarg);
+	case DIOSIX_IOC_GET_HV_INFO:
+		return diosix_hv_info(uarg);
+	case DIOSIX_IOC_CONSOLE_READ:
+	case DIOSIX_IOC_CONSOLE_WRITE:
+		return diosix_console(fid, uarg);
+	case DIOSIX_IOC_LIST_CHILDREN:
+		return diosix_list(uarg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static int diosix_open(struct inode *inode, struct file *file)
+{
+	/* Mode 0600 already limits it to root; this also covers a chmod. */
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	return nonseekable_open(inode, file);
+}
+
+static const struct file_operations diosix_fops = {
+	.owner		= THIS_MODULE,
+	.open		= diosix_open,
+	.unlocked_ioctl	= diosix_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+};
+
+static struct miscdevice diosix_dev = {
+	.minor	= MISC_DYNAMIC_MINOR,
+	.name	= "diosix",
+	.fops	= &diosix_fops,
+	.mode	= 0600,
+};
+
+static int __init diosix_init(void)
+{
+	long present = sbi_probe_extension(DIOSIX_SBI_EID);
+	int err;
+
+	err = misc_register(&diosix_dev);
+	if (err)
+		return err;
+	/*
+	 * Registered either way: without the extension every call answers
+	 * NOT_SUPPORTED, which the tools report as such.
+	 */
+	pr_info("diosix: /dev/diosix ready; SBI extension 0x%x %s\n",
+		DIOSIX_SBI_EID, present > 0 ? "present" : "not advertised");
+	return 0;
+}
+
+static void __exit diosix_exit(void)
+{
+	misc_deregister(&diosix_dev);
+}
+
+module_init(diosix_init);
+module_exit(diosix_exit);
+
+MODULE_DESCRIPTION("Diosix hypervisor interface (/dev/diosix)");
+MODULE_LICENSE("Dual MIT/GPL");
