@@ -31,6 +31,48 @@ pub const ROOT_PRIORITY: u32 = 128;
 
 static TREE: Mutex<Option<VmTree>> = Mutex::new(None);
 static VMS: Mutex<BTreeMap<VmId, Arc<Vm>>> = Mutex::new(BTreeMap::new());
+/// What each spawned VM was built from, so REBOOT can build it again.
+static ORIGINS: Mutex<BTreeMap<VmId, Origin>> = Mutex::new(BTreeMap::new());
+
+/// A spawned VM's image and parameters, kept for REBOOT.
+struct Origin {
+    image: Scratch,
+    dtb: Option<Scratch>,
+    name: alloc::string::String,
+    ram_bytes: u64,
+    vcpus: usize,
+    priority: u8,
+    start: bool,
+}
+
+impl Origin {
+    /// Builds (again) the VM `id` from this origin.
+    fn build(&self, id: VmId) -> Result<Arc<Vm>, alloc::string::String> {
+        let bytes = self.image.as_slice();
+        let (kernel, initrd, cmdline) = if bytes.len() >= 8 && bytes[..8] == PAYLOAD_MAGIC {
+            let p = Payload::parse(bytes).map_err(|e| format!("payload: {e}"))?;
+            (p.kernel, p.initrd, p.cmdline)
+        } else {
+            (bytes, None, None)
+        };
+        vm::build_vm(
+            crate::platform::host(),
+            &VmSpec {
+                id,
+                name: self.name.clone(),
+                ram_bytes: self.ram_bytes,
+                vcpus: self.vcpus,
+                priority: self.priority,
+                kernel,
+                initrd,
+                cmdline,
+                dtb: self.dtb.as_ref().map(|d| d.as_slice()),
+                is_root: false,
+                start: self.start,
+            },
+        )
+    }
+}
 
 /// G-stage page-table pages a VM with `ram_pages` of RAM at GPA 0x8000_0000 can ever
 /// need: the 4-page root, one level-1 table per GiB touched, one level-2 table per
@@ -354,38 +396,21 @@ impl ExtensionHost for HvHost<'_> {
         } else {
             None
         };
-        let bytes = image.as_slice();
-        let (kernel, initrd, cmdline) = if bytes.len() >= 8 && bytes[..8] == PAYLOAD_MAGIC {
-            let p = Payload::parse(bytes).map_err(|_| SbiError::InvalidParam)?;
-            (p.kernel, p.initrd, p.cmdline)
-        } else {
-            (bytes, None, None)
+        let origin = Origin {
+            image,
+            dtb,
+            name: format!("{}/vm{}", parent_vm.name, child.index()),
+            ram_bytes: args.ram_pages.checked_mul(PAGE_SIZE).ok_or(SbiError::InvalidParam)?,
+            vcpus: args.vcpus as usize,
+            priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
+            start: args.flags & flags::SPAWN_PAUSED == 0,
         };
-        let ram_bytes = args
-            .ram_pages
-            .checked_mul(PAGE_SIZE)
-            .ok_or(SbiError::InvalidParam)?;
-        let built = vm::build_vm(
-            crate::platform::host(),
-            &VmSpec {
-                id: child,
-                name: format!("{}/vm{}", parent_vm.name, child.index()),
-                ram_bytes,
-                vcpus: args.vcpus as usize,
-                priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
-                kernel,
-                initrd,
-                cmdline,
-                dtb: dtb.as_ref().map(|d| d.as_slice()),
-                is_root: false,
-                start: args.flags & flags::SPAWN_PAUSED == 0,
-            },
-        )
-        .map_err(|e| {
+        let built = origin.build(child).map_err(|e| {
             log::warn!("SPAWN by VM {} refused: {e}", parent_vm.name);
             SbiError::InvalidParam
         })?;
         register(built);
+        ORIGINS.lock().insert(child, origin);
         Ok(())
     }
 
@@ -423,9 +448,23 @@ impl ExtensionHost for HvHost<'_> {
         }
     }
 
-    fn reboot_vm(&mut self, _vm: VmId) -> Result<(), SbiError> {
-        // Needs the creation-time snapshot, which arrives with copy-on-write memory.
-        Err(SbiError::NotSupported)
+    fn reboot_vm(&mut self, id: VmId) -> Result<(), SbiError> {
+        // A forked VM has no origin to rebuild from (its fork-time snapshot needs
+        // copy-on-write memory, not built yet).
+        let origins = ORIGINS.lock();
+        let origin = origins.get(&id).ok_or(SbiError::NotSupported)?;
+        if let Some(old) = VMS.lock().remove(&id) {
+            old.dead.store(true, Ordering::Release);
+            kick_running(&old, self.hart.slot);
+            sched::reap(&old);
+        }
+        let vm = origin.build(id).map_err(|e| {
+            log::warn!("REBOOT of a VM failed: {e}");
+            SbiError::Failed
+        })?;
+        log::info!("VM {} rebooted", vm.name);
+        register(vm);
+        Ok(())
     }
 
     fn release_vm(&mut self, killed: &KilledVm) {
