@@ -33,6 +33,16 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Allocates and maps zeroed RAM for `ram` (page-aligned).
     pub fn new(ram: Range<Gpa>) -> Result<Self, String> {
+        Self::allocate(ram, true)
+    }
+
+    /// Like [`GuestMemory::new`], but leaves the pages' contents as they were: only
+    /// for a caller that overwrites every page before the guest can run (FORK).
+    pub fn new_for_copy(ram: Range<Gpa>) -> Result<Self, String> {
+        Self::allocate(ram, false)
+    }
+
+    fn allocate(ram: Range<Gpa>, zeroed: bool) -> Result<Self, String> {
         let mut frames = mem::frames();
         let table = GStageTable::new(&mut TableAlloc(&mut frames))
             .map_err(|e| format!("G-stage root table: {e}"))?;
@@ -48,7 +58,12 @@ impl GuestMemory {
                 .min(remaining.next_power_of_two())
                 .min(MAX_BLOCK_PAGES);
             let want = block.min(remaining);
-            let Some(hpa) = mem::alloc_zeroed(&mut frames, want, block) else {
+            let got = if zeroed {
+                mem::alloc_zeroed(&mut frames, want, block)
+            } else {
+                frames.alloc(want, block)
+            };
+            let Some(hpa) = got else {
                 if block == 1 {
                     drop(frames);
                     this.destroy();

@@ -346,25 +346,28 @@ impl ExtensionHost for HvHost<'_> {
         me.save(&self.hart.frame);
         let mut states = sched::snapshot(&parent_vm);
         states.push(me.clone_state());
-        let memory = GuestMemory::new(parent_vm.ram).map_err(|_| SbiError::Failed)?;
+        let memory = GuestMemory::new_for_copy(parent_vm.ram).map_err(|_| SbiError::Failed)?;
         // Every page is copied now (copy-on-write sharing is not built yet).
         let copied = {
             let src = parent_vm.mem.lock();
-            let src = src.as_ref().ok_or(SbiError::Failed)?;
-            copy_ram(src, &memory, parent_vm.ram.start, parent_vm.ram.len)
+            match src.as_ref() {
+                Some(src) => copy_ram(src, &memory, parent_vm.ram.start, parent_vm.ram.len),
+                None => Err(SbiError::Failed),
+            }
         };
-        let vmid_built = copied.and_then(|_| {
-            vm::adopt(
-                child,
-                format!("{}/{}", parent_vm.name, child_cid),
-                memory,
-                parent_vm.ram,
-                parent_vm.vcpu_count(),
-                parent_vm.priority,
-            )
-            .ok_or(SbiError::Failed)
-        });
-        let child_vm = vmid_built?;
+        if let Err(e) = copied {
+            memory.destroy();
+            return Err(e);
+        }
+        let child_vm = vm::adopt(
+            child,
+            format!("{}/{}", parent_vm.name, child_cid),
+            memory,
+            parent_vm.ram,
+            parent_vm.vcpu_count(),
+            parent_vm.priority,
+        )
+        .ok_or(SbiError::Failed)?;
         let me_index = me.shared.index;
         for st in states {
             let shared = child_vm.vcpus[st.index].clone();
@@ -400,7 +403,10 @@ impl ExtensionHost for HvHost<'_> {
             image,
             dtb,
             name: format!("{}/vm{}", parent_vm.name, child.index()),
-            ram_bytes: args.ram_pages.checked_mul(PAGE_SIZE).ok_or(SbiError::InvalidParam)?,
+            ram_bytes: args
+                .ram_pages
+                .checked_mul(PAGE_SIZE)
+                .ok_or(SbiError::InvalidParam)?,
             vcpus: args.vcpus as usize,
             priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
             start: args.flags & flags::SPAWN_PAUSED == 0,

@@ -24,10 +24,26 @@ fn parse(output: &str) -> Vec<(String, u64)> {
 }
 
 fn run(name: &str, kernel: &Path, bios: Bios) -> Result<Vec<(String, u64)>> {
+    run_on(
+        name,
+        kernel,
+        bios,
+        2,
+        if bios == Bios::None { 512 } else { 128 },
+    )
+}
+
+fn run_on(
+    name: &str,
+    kernel: &Path,
+    bios: Bios,
+    smp: u32,
+    mem_mib: u32,
+) -> Result<Vec<(String, u64)>> {
     let mut q = QemuOptions::new(name, kernel.to_path_buf());
     q.bios = bios;
-    q.smp = 2;
-    q.mem_mib = if bios == Bios::None { 512 } else { 128 };
+    q.smp = smp;
+    q.mem_mib = mem_mib;
     q.icount = true;
     q.timeout = Duration::from_secs(120);
     let out = qemu::run(&q)?;
@@ -81,6 +97,37 @@ pub fn cmd_bench(_args: &[String]) -> Result<()> {
     }
     if let Some(e) = derr {
         println!("Diosix run failed: {e}");
+    }
+    tree_bench(&elf)
+}
+
+/// The VM-tree figures: the bench guest as a one-vCPU Root VM of 16, 64 and 256 MiB on
+/// one hart forks itself and exchanges IPC with the child.
+fn tree_bench(elf: &Path) -> Result<()> {
+    println!();
+    println!(
+        "{:<21} | {:>12} | {:>12}",
+        "VM tree (instructions)", "Root VM RAM", "Diosix"
+    );
+    println!("{:-<22}+{:-<14}+{:-<13}", "", "", "");
+    for ram in [16u32, 64, 256] {
+        let image = build::build_image(&ImageOptions {
+            root_vm: RootVm::File(elf.to_path_buf()),
+            vcpus: Some(1),
+            ram_mib: Some(ram),
+            cmdline: None,
+            out: workspace_root()
+                .join("target")
+                .join("test-images")
+                .join(format!("bench-tree-{ram}.elf")),
+        })?;
+        let figures = run_on(&format!("bench-tree-{ram}"), &image, Bios::None, 1, 1024)?;
+        for (name, v) in figures {
+            if name.starts_with("fork_") || name == "ipc_round_trip" || name == "first_instruction"
+            {
+                println!("{name:<21} | {:>9} MiB | {v:>12}", ram);
+            }
+        }
     }
     Ok(())
 }

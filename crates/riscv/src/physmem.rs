@@ -22,13 +22,40 @@ pub unsafe fn write_u64(hpa: Hpa, value: u64) {
     unsafe { core::ptr::write_volatile(hpa.raw() as *mut u64, value) }
 }
 
-/// Zeroes `len` bytes at `hpa`.
+/// Zeroes `len` bytes at `hpa`. Whole 64-byte blocks at 8-byte alignment (all pages)
+/// take an unrolled loop of doubleword stores, about a third of the instructions of a
+/// generic memset; anything else falls back to it.
 ///
 /// # Safety
 /// The range must be RAM owned by the caller.
 pub unsafe fn zero(hpa: Hpa, len: u64) {
-    // SAFETY: forwarded contract.
-    unsafe { core::ptr::write_bytes(hpa.raw() as *mut u8, 0, len as usize) }
+    let start = hpa.raw() as usize;
+    if start % 8 != 0 || len % 64 != 0 {
+        // SAFETY: forwarded contract.
+        unsafe { core::ptr::write_bytes(start as *mut u8, 0, len as usize) };
+        return;
+    }
+    let end = start + len as usize;
+    // SAFETY: [start, end) is caller-owned RAM, 8-byte aligned, a multiple of 64 bytes.
+    unsafe {
+        core::arch::asm!(
+            "2: bgeu {p}, {end}, 3f",
+            "sd zero, 0({p})",
+            "sd zero, 8({p})",
+            "sd zero, 16({p})",
+            "sd zero, 24({p})",
+            "sd zero, 32({p})",
+            "sd zero, 40({p})",
+            "sd zero, 48({p})",
+            "sd zero, 56({p})",
+            "addi {p}, {p}, 64",
+            "j 2b",
+            "3:",
+            p = inout(reg) start => _,
+            end = in(reg) end,
+            options(nostack),
+        );
+    }
 }
 
 /// Copies `src` into host memory at `hpa`.
@@ -49,13 +76,44 @@ pub unsafe fn copy_out(hpa: Hpa, dst: &mut [u8]) {
     unsafe { core::ptr::copy_nonoverlapping(hpa.raw() as *const u8, dst.as_mut_ptr(), dst.len()) }
 }
 
-/// Copies `len` bytes between two HPAs.
+/// Copies `len` bytes between two HPAs; page copies (8-byte aligned, whole 32-byte
+/// blocks) take an unrolled doubleword loop.
 ///
 /// # Safety
 /// Both ranges must be RAM owned by the caller and must not overlap.
 pub unsafe fn copy(dst: Hpa, src: Hpa, len: u64) {
-    // SAFETY: forwarded contract.
+    let (d, s) = (dst.raw() as usize, src.raw() as usize);
+    if d % 8 != 0 || s % 8 != 0 || len % 32 != 0 {
+        // SAFETY: forwarded contract.
+        unsafe { core::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, len as usize) };
+        return;
+    }
+    let end = s + len as usize;
+    // SAFETY: both ranges are caller-owned, disjoint RAM, 8-byte aligned, whole
+    // 32-byte blocks.
     unsafe {
-        core::ptr::copy_nonoverlapping(src.raw() as *const u8, dst.raw() as *mut u8, len as usize)
+        core::arch::asm!(
+            "2: bgeu {s}, {end}, 3f",
+            "ld {t0}, 0({s})",
+            "ld {t1}, 8({s})",
+            "ld {t2}, 16({s})",
+            "ld {t3}, 24({s})",
+            "sd {t0}, 0({d})",
+            "sd {t1}, 8({d})",
+            "sd {t2}, 16({d})",
+            "sd {t3}, 24({d})",
+            "addi {s}, {s}, 32",
+            "addi {d}, {d}, 32",
+            "j 2b",
+            "3:",
+            s = inout(reg) s => _,
+            d = inout(reg) d => _,
+            end = in(reg) end,
+            t0 = out(reg) _,
+            t1 = out(reg) _,
+            t2 = out(reg) _,
+            t3 = out(reg) _,
+            options(nostack),
+        );
     }
 }

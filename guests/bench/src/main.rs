@@ -12,6 +12,8 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_guest_rt::{csr, dtb, hart, println, sbi, trap};
 
+mod tree;
+
 diosix_guest_rt::entry!(main);
 
 const SAMPLES: usize = 101;
@@ -88,6 +90,9 @@ fn main(hartid: usize, dtb_addr: usize) {
         sbi::send_ipi(1, other);
     } else {
         println!("bench send_ipi skipped (one hart)");
+    }
+    if info.cpus == 1 {
+        tree::run(info.ram_size >> 20);
     }
     println!("bench done");
 }
