@@ -30,7 +30,7 @@ pub unsafe fn write_u64(hpa: Hpa, value: u64) {
 /// The range must be RAM owned by the caller.
 pub unsafe fn zero(hpa: Hpa, len: u64) {
     let start = hpa.raw() as usize;
-    if start % 8 != 0 || len % 64 != 0 {
+    if !start.is_multiple_of(8) || !len.is_multiple_of(64) {
         // SAFETY: forwarded contract.
         unsafe { core::ptr::write_bytes(start as *mut u8, 0, len as usize) };
         return;
@@ -83,7 +83,7 @@ pub unsafe fn copy_out(hpa: Hpa, dst: &mut [u8]) {
 /// Both ranges must be RAM owned by the caller and must not overlap.
 pub unsafe fn copy(dst: Hpa, src: Hpa, len: u64) {
     let (d, s) = (dst.raw() as usize, src.raw() as usize);
-    if d % 8 != 0 || s % 8 != 0 || len % 32 != 0 {
+    if !d.is_multiple_of(8) || !s.is_multiple_of(8) || !len.is_multiple_of(32) {
         // SAFETY: forwarded contract.
         unsafe { core::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, len as usize) };
         return;
