@@ -279,6 +279,27 @@ fn copy_from_guest(vm: &Vm, gpa: u64, len: u64) -> Result<Scratch, SbiError> {
     Ok(buf)
 }
 
+/// Gathers an image of `len` bytes from the pages a SPAWN_PAGE_LIST array at `list`
+/// names (each must be a page-aligned GPA inside `vm`'s RAM).
+fn copy_page_list(vm: &Vm, list: u64, len: u64) -> Result<Scratch, SbiError> {
+    let len_usize = usize::try_from(len).map_err(|_| SbiError::InvalidParam)?;
+    let mut buf = Scratch::new(len_usize).ok_or(SbiError::Failed)?;
+    let page = PAGE_SIZE as usize;
+    for (i, chunk) in buf.as_mut_slice().chunks_mut(page).enumerate() {
+        let mut entry = [0u8; 8];
+        let at = list
+            .checked_add(i as u64 * 8)
+            .ok_or(SbiError::InvalidAddress)?;
+        vm.read(Gpa::new(at), &mut entry).map_err(bad_address)?;
+        let gpa = Gpa::new(u64::from_le_bytes(entry));
+        if !gpa.is_page_aligned() {
+            return Err(SbiError::InvalidAddress);
+        }
+        vm.read(gpa, chunk).map_err(bad_address)?;
+    }
+    Ok(buf)
+}
+
 impl ExtensionHost for HvHost<'_> {
     fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
         let vm = lookup(vm).ok_or(SbiError::Failed)?;
@@ -393,7 +414,11 @@ impl ExtensionHost for HvHost<'_> {
 
     fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
         let parent_vm = lookup(parent).ok_or(SbiError::Failed)?;
-        let image = copy_from_guest(&parent_vm, args.image_gpa, args.image_size)?;
+        let image = if args.flags & flags::SPAWN_PAGE_LIST != 0 {
+            copy_page_list(&parent_vm, args.image_gpa, args.image_size)?
+        } else {
+            copy_from_guest(&parent_vm, args.image_gpa, args.image_size)?
+        };
         let dtb = if args.dtb_size != 0 {
             Some(copy_from_guest(&parent_vm, args.dtb_gpa, args.dtb_size)?)
         } else {

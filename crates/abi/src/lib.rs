@@ -212,8 +212,13 @@ pub mod flags {
     /// SpawnArgs.flags: create the child paused (state CREATED); the parent may
     /// MAP_CHILD_MEM into it, then START it.
     pub const SPAWN_PAUSED: u32 = 1 << 1;
+    /// SpawnArgs.flags: `image_gpa` is the GPA of an array of little-endian u64 GPAs,
+    /// one per 4 KiB page of the image in order (`ceil(image_size / 4096)` entries;
+    /// each page-aligned and inside the caller's RAM). Lets a guest OS pass a large
+    /// image from pages that are not physically contiguous.
+    pub const SPAWN_PAGE_LIST: u32 = 1 << 2;
     /// Every SpawnArgs flag this ABI version defines.
-    pub const SPAWN_ALL: u32 = SPAWN_TRUSTED | SPAWN_PAUSED;
+    pub const SPAWN_ALL: u32 = SPAWN_TRUSTED | SPAWN_PAUSED | SPAWN_PAGE_LIST;
 
     /// QuotaArgs.flags: apply `ram_pages` even when it is 0.
     pub const QUOTA_SET_RAM: u32 = 1 << 0;

@@ -312,7 +312,21 @@ fn spawn(
     {
         return Err(SbiError::InvalidParam);
     }
-    check_buffer(host, caller, s.image_gpa, s.image_size)?;
+    if s.flags & flags::SPAWN_PAGE_LIST != 0 {
+        // The list itself: 8-byte aligned, one entry per image page, inside RAM. The
+        // pages it names are checked by the host as it copies them.
+        let list_len = s
+            .image_size
+            .div_ceil(PAGE_SIZE)
+            .checked_mul(8)
+            .ok_or(SbiError::InvalidParam)?;
+        if !Gpa::new(s.image_gpa).is_aligned(8) {
+            return Err(SbiError::InvalidAddress);
+        }
+        check_buffer(host, caller, s.image_gpa, list_len)?;
+    } else {
+        check_buffer(host, caller, s.image_gpa, s.image_size)?;
+    }
     if s.dtb_size != 0 {
         check_buffer(host, caller, s.dtb_gpa, s.dtb_size)?;
     }

@@ -1151,3 +1151,28 @@ fn strangers_are_indistinguishable_from_nothing() {
     }
     let _ = limits::IPC_MAX_MESSAGE;
 }
+
+#[test]
+fn spawn_page_list_checks_the_list_not_the_image_range() {
+    let mut w = World::new();
+    let root = w.root;
+    let mut s = w.spawn_args();
+    s.flags = flags::SPAWN_PAGE_LIST;
+    s.image_size = 0x2000; // two pages: a 16-byte list
+    s.image_gpa = 0x1004;
+    assert_eq!(
+        w.spawn(root, &s).error,
+        E_INVALID_ADDRESS,
+        "list not 8-byte aligned"
+    );
+    s.image_gpa = 64 * 4096 - 8;
+    assert_eq!(
+        w.spawn(root, &s).error,
+        E_INVALID_ADDRESS,
+        "list runs past RAM"
+    );
+    // The image itself may be larger than what would fit contiguously at image_gpa:
+    // only the list has to be inside RAM.
+    s.image_gpa = 64 * 4096 - 16;
+    assert_eq!(w.spawn(root, &s), SbiRet::ok(2));
+}
