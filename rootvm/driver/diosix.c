@@ -20,6 +20,7 @@
 #include <linux/io.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <asm/page.h>
@@ -80,15 +81,33 @@ static long diosix_scalar(unsigned int fid, void __user *uarg)
 	return 0;
 }
 
+/* Frees the staging pages of a SPAWN image; @list entries are 0 past the last. */
+static void diosix_free_page_list(u64 *list, size_t npages)
+{
+	size_t i;
+
+	for (i = 0; i < npages && list[i]; i++)
+		free_page((unsigned long)phys_to_virt(list[i]));
+	kfree(list);
+}
+
+/*
+ * SPAWN copies the image into single pages and passes their GPAs as a list
+ * (DIOSIX_SPAWN_PAGE_LIST): Linux cannot promise MiBs of physically
+ * contiguous memory, one page at a time it can. The hypervisor copies the
+ * image during the call, so the pages are freed as soon as it returns.
+ */
 static long diosix_spawn(void __user *uarg)
 {
 	struct diosix_ioc_spawn s;
-	struct diosix_spawn_args *args;
-	void *image = NULL, *dtb = NULL;
-	size_t image_len;
+	struct diosix_spawn_args *args = NULL;
+	void *dtb = NULL;
+	u64 *list = NULL;
+	size_t npages = 0, i;
 	u64 a[5] = { 0 };
 	long err = 0;
 
+	BUILD_BUG_ON(PAGE_SIZE != 4096);	/* the ABI's page size */
 	if (copy_from_user(&s, uarg, sizeof(s)))
 		return -EFAULT;
 	if (!s.args.image_size)
@@ -97,17 +116,32 @@ static long diosix_spawn(void __user *uarg)
 	    s.args.dtb_size > DIOSIX_SPAWN_MAX_DTB)
 		return -E2BIG;
 
-	/*
-	 * alloc_pages_exact: contiguous like kmalloc, without rounding up to
-	 * a power of two, which matters for images of a few MiB.
-	 */
-	image_len = s.args.image_size;
-	image = alloc_pages_exact(image_len, GFP_KERNEL | __GFP_NOWARN);
-	if (!image)
+	npages = DIV_ROUND_UP(s.args.image_size, PAGE_SIZE);
+	list = kcalloc(npages, sizeof(*list), GFP_KERNEL);
+	if (!list)
 		return -ENOMEM;
-	if (copy_from_user(image, u64_to_user_ptr(s.image), image_len)) {
-		err = -EFAULT;
-		goto out;
+	for (i = 0; i < npages; i++) {
+		u64 off = (u64)i * PAGE_SIZE;
+		size_t len = min_t(u64, PAGE_SIZE, s.args.image_size - off);
+		/* Fail with ENOMEM rather than wake the OOM killer for a guest. */
+		void *page = (void *)__get_free_page(GFP_KERNEL | __GFP_NOWARN |
+						    __GFP_RETRY_MAYFAIL);
+
+		if (!page) {
+			err = -ENOMEM;
+			goto out;
+		}
+		list[i] = virt_to_phys(page);
+		if (copy_from_user(page, u64_to_user_ptr(s.image + off), len)) {
+			err = -EFAULT;
+			goto out;
+		}
+		memset(page + len, 0, PAGE_SIZE - len);
+		if (fatal_signal_pending(current)) {
+			err = -EINTR;
+			goto out;
+		}
+		cond_resched();
 	}
 	if (s.args.dtb_size) {
 		dtb = diosix_copy_in(s.dtb, s.args.dtb_size);
@@ -125,17 +159,18 @@ static long diosix_spawn(void __user *uarg)
 	}
 	*args = s.args;
 	args->size = sizeof(*args);
-	args->image_gpa = virt_to_phys(image);
+	args->flags |= DIOSIX_SPAWN_PAGE_LIST;
+	args->image_gpa = virt_to_phys(list);
 	args->dtb_gpa = dtb ? virt_to_phys(dtb) : 0;
 	a[0] = virt_to_phys(args);
 	diosix_call(DIOSIX_FID_SPAWN, a, &s.ret);
-	kfree(args);
 
 	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
 		err = -EFAULT;
 out:
+	kfree(args);
 	kfree(dtb);
-	free_pages_exact(image, image_len);
+	diosix_free_page_list(list, npages);
 	return err;
 }
 

@@ -28,6 +28,11 @@
 #include <linux/types.h>
 #include "diosix_sbi.h"
 
+/* Until diosix_sbi.h is regenerated with it (cargo xtask cheader). */
+#ifndef DIOSIX_SPAWN_PAGE_LIST
+#define DIOSIX_SPAWN_PAGE_LIST 0x4u
+#endif
+
 /* 0xD5: 'D'iosix, SBI implementation ID 5 (unused in ioctl-number.rst). */
 #define DIOSIX_IOC_MAGIC 0xD5
 
@@ -35,11 +40,11 @@
 #define DIOSIX_DEVICE "/dev/diosix"
 
 /*
- * Largest SPAWN image: one physically contiguous allocation of the highest
- * page order (MAX_PAGE_ORDER 10 with 4 KiB pages), because SPAWN takes one
- * GPA range.
+ * Largest SPAWN image. The driver stages it page by page in this VM's RAM
+ * (see DIOSIX_SPAWN_PAGE_LIST), so the bound is about memory, not
+ * contiguity: half the Root VM's default 128 MiB.
  */
-#define DIOSIX_SPAWN_MAX_IMAGE (4u << 20)
+#define DIOSIX_SPAWN_MAX_IMAGE (64u << 20)
 /* Largest device tree passed to SPAWN. */
 #define DIOSIX_SPAWN_MAX_DTB (256u << 10)
 /* Largest LIST_CHILDREN request: one page of CIDs. */
@@ -61,7 +66,10 @@ struct diosix_ioc_scalar {
 	__u64 arg[5];
 };
 
-/* SPAWN: args.image_size / args.dtb_size bytes at the user pointers. */
+/*
+ * SPAWN: args.image_size / args.dtb_size bytes at the user pointers. The
+ * driver always passes the image as a page list (DIOSIX_SPAWN_PAGE_LIST).
+ */
 struct diosix_ioc_spawn {
 	struct diosix_ioc_ret ret;	/* value: the child's CID */
 	struct diosix_spawn_args args;

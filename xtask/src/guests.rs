@@ -7,7 +7,15 @@ use std::process::Command;
 pub const GUEST_TARGET: &str = "riscv64gc-unknown-none-elf";
 
 /// Guest crates under `guests/` (the runtime `rt` is a library, not a guest).
-pub const GUESTS: &[&str] = &["demo", "sbi-tests", "sbi-testing", "smp", "bench"];
+pub const GUESTS: &[&str] = &[
+    "demo",
+    "sbi-tests",
+    "sbi-testing",
+    "smp",
+    "bench",
+    "vmtree",
+    "vmchild",
+];
 
 /// Cargo package name of guest `name`.
 pub fn package(name: &str) -> String {
@@ -23,7 +31,12 @@ pub fn build_guest(name: &str) -> Result<PathBuf> {
         ));
     }
     let root = workspace_root();
-    let status = Command::new(env!("CARGO"))
+    let mut cmd = Command::new(env!("CARGO"));
+    if name == "vmtree" {
+        // vmtree embeds vmchild's ELF (see guests/vmtree/build.rs).
+        cmd.env("DIOSIX_VMCHILD_ELF", build_guest("vmchild")?);
+    }
+    let status = cmd
         .current_dir(&root)
         .args(["build", "--release", "--target", GUEST_TARGET, "-p"])
         .arg(package(name))

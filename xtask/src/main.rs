@@ -10,6 +10,7 @@ mod qemu;
 mod rootvm;
 mod setup;
 mod tests;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -76,6 +76,9 @@ pub struct QemuOutput {
     pub status: Option<ExitStatus>,
     /// Wall time of the run.
     pub wall: Duration,
+    /// When each interaction step's substring appeared, from QEMU's start (one entry
+    /// per step reached).
+    pub matched: Vec<Duration>,
     /// Where the full log was saved.
     pub log: PathBuf,
 }
@@ -84,6 +87,15 @@ pub struct QemuOutput {
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Where `needle` first occurs in `hay` (byte offsets: the raw serial output is
+/// searched, so a partly received UTF-8 sequence cannot shift positions).
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 fn save_log(name: &str, output: &str) -> PathBuf {
@@ -163,6 +175,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
     let mut search_from = 0;
     let deadline = start + opts.timeout;
     let mut stopped_early = false;
+    let mut matched = Vec::new();
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -171,8 +184,12 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
             let _ = child.wait();
             let output = String::from_utf8_lossy(&raw).into_owned();
             let log = save_log(&opts.name, &output);
+            let waiting = match opts.interact.get(step) {
+                Some((wait, _)) => format!(", waiting for `{}`", wait.escape_debug()),
+                None => String::new(),
+            };
             return Err(format!(
-                "{}: timed out after {:.0} s (log {}); last output:\n{}",
+                "{}: timed out after {:.0} s{waiting} (log {}); last output:\n{}",
                 opts.name,
                 opts.timeout.as_secs_f64(),
                 log.display(),
@@ -184,20 +201,23 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        let text = String::from_utf8_lossy(&raw);
-        if let Some((wait, send)) = opts.interact.get(step) {
-            if let Some(pos) = text[search_from.min(text.len())..].find(wait.as_str()) {
-                search_from += pos + wait.len();
-                step += 1;
-                if let Some(s) = stdin.as_mut() {
-                    // The guest polls the console; a failed write shows up as a
-                    // missing expectation.
-                    let _ = s.write_all(send.as_bytes()).and_then(|_| s.flush());
-                }
+        // Several steps may be satisfied by one chunk; each is searched for after the
+        // previous one's match, so a step never matches text seen before it.
+        while let Some((wait, send)) = opts.interact.get(step) {
+            let Some(pos) = find_bytes(&raw[search_from.min(raw.len())..], wait.as_bytes()) else {
+                break;
+            };
+            search_from += pos + wait.len();
+            step += 1;
+            matched.push(start.elapsed());
+            if let Some(s) = stdin.as_mut() {
+                // The guest polls the console; a failed write shows up as a
+                // missing expectation.
+                let _ = s.write_all(send.as_bytes()).and_then(|_| s.flush());
             }
         }
         if let Some(stop) = &opts.stop_at {
-            if text.contains(stop.as_str()) {
+            if find_bytes(&raw, stop.as_bytes()).is_some() {
                 let _ = child.kill();
                 stopped_early = true;
                 break;
@@ -220,6 +240,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
         output,
         status: (!stopped_early).then_some(status),
         wall: start.elapsed(),
+        matched,
         log,
     })
 }

@@ -108,7 +108,9 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     let linux_tree = build_linux(manifest.get("linux")?, &gcc_version, &repo)?;
     let busybox = build_busybox(manifest.get("busybox")?, &gcc_version, &repo)?;
     let lua = build_lua(manifest.get("lua")?, &gcc_version)?;
-    let initramfs = build_initramfs(&busybox, &lua, &repo)?;
+    // The management tools (dsx, diosix.ko; tools.rs), the driver built against this tree.
+    let extra = crate::tools::initramfs_files(&linux_tree)?;
+    let initramfs = build_initramfs(&busybox, &lua, &repo, &extra)?;
 
     let kernel_image = linux_tree.join("arch/riscv/boot/Image");
     println!(
@@ -591,10 +593,19 @@ fn build_lua(src: &Source, gcc_version: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// Assembles the initramfs (or finds it cached) and returns the `.cpio.gz`.
-fn build_initramfs(busybox: &Busybox, lua: &Path, repo: &Path) -> Result<PathBuf> {
+/// Assembles the initramfs (or finds it cached) and returns the `.cpio.gz`. `extra` are
+/// built files to add (the tools); like the overlay, they can replace applet links.
+fn build_initramfs(
+    busybox: &Busybox,
+    lua: &Path,
+    repo: &Path,
+    extra: &[crate::tools::InitramfsFile],
+) -> Result<PathBuf> {
     let overlay_dir = repo.join("initramfs");
-    let overlay = read_overlay(&overlay_dir)?;
+    let mut overlay = read_overlay(&overlay_dir)?;
+    for f in extra {
+        overlay.insert(f.path.to_string(), (f.mode, read_bytes(&f.source)?));
+    }
     let links = read_text(&busybox.links)?;
     let mut key_parts = vec![
         FORMAT_VERSION.to_string(),

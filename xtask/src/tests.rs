@@ -8,7 +8,10 @@
 //!   its serial output. `--opensbi` (a development flag) boots the same guests directly
 //!   on QEMU's OpenSBI instead, which validates the guests and this harness while the
 //!   hypervisor is unfinished. FILTERs select cases whose name contains any of them
-//!   (and skip the host step).
+//!   (and skip the host step);
+//! * the `linux-*` cases boot the Linux Root VM (`build_image` with `RootVm::Linux`,
+//!   built once), log in on the console, run commands and check their output, end with
+//!   `poweroff`/`reboot`, and print the time to `login:` (see `docs/rootvm.md`).
 use crate::build::{self, ImageOptions, RootVm};
 use crate::guests::{self, GUESTS, GUEST_TARGET};
 use crate::qemu::{self, Bios, QemuOptions};
@@ -40,6 +43,9 @@ enum Kind {
     /// A Root VM file (relative to the workspace) that is no kernel: `build_image` must
     /// refuse it, or the hypervisor must print an `ERROR` line and stop QEMU.
     ImageRejected(&'static str),
+    /// Boot the Linux Root VM (one image built once for every such case, one vCPU per
+    /// host hart, default RAM), log in and report the time to `login:`.
+    Linux,
 }
 
 /// One QEMU test case.
@@ -54,11 +60,18 @@ struct Case {
     smp: u32,
     /// Root VM RAM in MiB on Diosix (`None` = hypervisor default).
     ram_mib: Option<u32>,
+    /// Host RAM in MiB (`-m`) on Diosix.
+    mem_mib: u32,
+    /// Run under `-icount shift=0,sleep=off`: guest time counts instructions (1 ns
+    /// each), so the guest-time figures do not depend on the host's load.
+    icount: bool,
     /// Command line: Root VM cmdline on Diosix, `-append` on OpenSBI.
     cmdline: Option<&'static str>,
     expect: &'static [Expect],
     /// Console interaction: (wait for, then send).
     interact: &'static [(&'static str, &'static str)],
+    /// Stop QEMU (pass, if the rest holds) once this appears.
+    stop_at: Option<&'static str>,
     timeout_s: u64,
 }
 
@@ -89,10 +102,90 @@ fn case(
         vcpus,
         smp,
         ram_mib: None,
+        mem_mib: 512,
+        icount: false,
         cmdline: None,
         expect,
         interact: &[],
+        stop_at: None,
         timeout_s: 120,
+    }
+}
+
+/// The guest name of the Linux Root VM cases (see [`Kind::Linux`]).
+const LINUX: &str = "linux";
+
+/// The Root VM shell's prompt ends with this (`/etc/profile`: `root@diosix:/root# `).
+/// Each command is sent once the previous one's prompt is back, so output never
+/// interleaves with typing. Commands print `NAME-value` markers built by the shell
+/// (`NPROC-$(nproc)`): the console echoes what is typed, and only the command's
+/// output, never its echo, contains `NPROC-2`.
+const PROMPT: &str = "/root# ";
+
+/// First command after login: the guest's uptime, reported as the guest time to login.
+const UPTIME_CMD: &str = "echo UPTIME-$(cut -d' ' -f1 /proc/uptime)\r";
+
+/// One busy loop per CPU at once, then the user+system ticks each CPU gained meanwhile
+/// (`/proc/stat`, 100 per second): every CPU must have done some of the work.
+const BUSY_CMD: &str = concat!(
+    "grep '^cpu[0-9]' /proc/stat >/tmp/s0; ",
+    "for i in $(seq $(nproc)); do ",
+    "(j=0; while [ $j -lt 30000 ]; do j=$((j+1)); done; echo LOOP-$i-$j) & done; wait; ",
+    "grep '^cpu[0-9]' /proc/stat >/tmp/s1; ",
+    "awk 'NR==FNR {t[$1]=$2+$4; next} {d=$2+$4-t[$1]; print \"WORK-\" $1 \"-\" d; ",
+    "if (d >= 10) n++} END {print \"BUSYCPUS-\" n+0}' /tmp/s0 /tmp/s1\r",
+);
+
+/// The console session of the full Linux cases.
+const LINUX_SESSION: &[(&str, &str)] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (PROMPT, "echo NPROC-$(nproc) ONLINE-$(cat /sys/devices/system/cpu/online)\r"),
+    (PROMPT, "lua -e 'print(\"LUA-\" .. 6*7)'\r"),
+    (PROMPT, "echo HOST-$(hostname) ARCH-$(uname -m)\r"),
+    // One `processor` and one `hart` line per CPU (`hart isa` lines do not count).
+    (
+        PROMPT,
+        "echo HARTS-$(grep -c '^hart[[:space:]]*:' /proc/cpuinfo) PROCS-$(grep -c ^processor /proc/cpuinfo)\r",
+    ),
+    (PROMPT, BUSY_CMD),
+    (PROMPT, "poweroff\r"),
+];
+
+/// What the full Linux case at `$n` host harts checks: `$online` is
+/// `/sys/devices/system/cpu/online`, `$ram` the Root VM's RAM in KiB as the kernel's
+/// `Memory:` line gives it (the default: host RAM / 8, 64..512 MiB), `$cpu` the CPU
+/// numbers of the busy loops.
+macro_rules! linux_expect {
+    ($n:literal, $online:literal, $ram:literal, [$($cpu:literal),*]) => {
+        &[
+            Expect::Text("login:"),
+            Expect::Text(concat!("K/", $ram, "K available")),
+            Expect::Text(concat!("NPROC-", $n, " ONLINE-", $online)),
+            Expect::Text("LUA-42"),
+            Expect::Text("HOST-diosix ARCH-riscv64"),
+            Expect::Text(concat!("HARTS-", $n, " PROCS-", $n)),
+            $(Expect::Text(concat!("LOOP-", $cpu, "-30000")),)*
+            Expect::Text(concat!("BUSYCPUS-", $n)),
+            Expect::Text("asked for Shutdown: the Root VM has ended"),
+        ]
+    };
+}
+
+/// A Linux Root VM case at `smp` host harts and `mem_mib` host RAM.
+fn linux_case(
+    name: &'static str,
+    smp: u32,
+    mem_mib: u32,
+    expect: &'static [Expect],
+    interact: &'static [(&'static str, &'static str)],
+) -> Case {
+    Case {
+        kind: Kind::Linux,
+        mem_mib,
+        interact,
+        timeout_s: 240,
+        ..case(name, LINUX, smp, smp, expect)
     }
 }
 
@@ -168,6 +261,76 @@ fn cases() -> Vec<Case> {
             )
         },
     ];
+    v.extend([
+        linux_case(
+            "linux-smp2",
+            2,
+            1024,
+            linux_expect!(2, "0-1", 131072, [1, 2]),
+            LINUX_SESSION,
+        ),
+        linux_case(
+            "linux-smp4",
+            4,
+            512,
+            linux_expect!(4, "0-3", 65536, [1, 2, 3, 4]),
+            LINUX_SESSION,
+        ),
+        // `reboot` ends the Root VM too, which restarts the host (QEMU exits under
+        // `-no-reboot`).
+        linux_case(
+            "linux-reboot",
+            2,
+            1024,
+            &[
+                Expect::Text("NPROC-2"),
+                Expect::Text("reboot: Restarting system"),
+                Expect::Text("Reboot: the Root VM has ended"),
+            ],
+            &[
+                ("login:", "root\r"),
+                (PROMPT, UPTIME_CMD),
+                (PROMPT, "echo NPROC-$(nproc)\r"),
+                (PROMPT, "reboot\r"),
+            ],
+        ),
+    ]);
+    // Guest time to login in instructions: deterministic, whatever the host's load.
+    // QEMU is stopped right after the uptime is read: under icount the idle Root VM's
+    // seconds (busybox's `poweroff` waits 2 s) cost a minute of wall time, and the
+    // cases above already check `poweroff`.
+    for (name, smp, mem_mib, expect) in [
+        (
+            "linux-login-icount-smp2",
+            2,
+            1024,
+            &[Expect::Text("NPROC-2 END-42")] as &'static [Expect],
+        ),
+        (
+            "linux-login-icount-smp4",
+            4,
+            512,
+            &[Expect::Text("NPROC-4 END-42")],
+        ),
+    ] {
+        v.push(Case {
+            icount: true,
+            stop_at: Some("END-42"),
+            ..linux_case(
+                name,
+                smp,
+                mem_mib,
+                expect,
+                &[
+                    ("login:", "root\r"),
+                    (
+                        PROMPT,
+                        "echo UPTIME-$(cut -d' ' -f1 /proc/uptime) NPROC-$(nproc) END-$((6*7))\r",
+                    ),
+                ],
+            )
+        });
+    }
     // Bad input: the image builder must refuse a Root VM that is not a kernel image.
     v.push(Case {
         kind: Kind::ImageRejected("Cargo.toml"),
@@ -177,6 +340,12 @@ fn cases() -> Vec<Case> {
         kind: Kind::ImageRejected("target/does-not-exist.elf"),
         ..case("bad-rootvm-missing", "demo", 1, 1, &[])
     });
+    // The Diosix SBI extension end to end: the Root VM (guests/vmtree) spawns children
+    // (guests/vmchild), talks to them, stops, reboots, forks and kills them.
+    let vmtree: &'static [Expect] = &[Expect::Summary("vmtree")];
+    for (name, vcpus, smp) in [("vmtree-smp1", 1, 1), ("vmtree-smp2", 2, 2)] {
+        v.push(case(name, "vmtree", vcpus, smp, vmtree));
+    }
     for c in v.iter_mut() {
         if let Some(t) = std::env::var("DIOSIX_TEST_TIMEOUT")
             .ok()
@@ -271,19 +440,90 @@ fn summary(out: &str, tool: &str) -> Option<(u32, u32)> {
     })
 }
 
-/// Builds (once) the guests the selected cases need.
+/// Builds (once) the guests the selected cases need; for the Linux cases, the whole
+/// hypervisor image with the Linux Root VM (kernel and initramfs come from the cache
+/// when built before, see `docs/rootvm.md`).
 fn build_guests(cases: &[Case]) -> Result<HashMap<&'static str, PathBuf>> {
     let mut elfs = HashMap::new();
     for c in cases {
-        if !elfs.contains_key(c.guest) {
-            elfs.insert(c.guest, guests::build_guest(c.guest)?);
+        if elfs.contains_key(c.guest) {
+            continue;
         }
+        let elf = if matches!(c.kind, Kind::Linux) {
+            let start = Instant::now();
+            let image = build::build_image(&ImageOptions {
+                root_vm: RootVm::Linux,
+                vcpus: None,
+                ram_mib: None,
+                cmdline: None,
+                out: workspace_root()
+                    .join("target")
+                    .join("test-images")
+                    .join("linux.elf"),
+            })
+            .map_err(|e| format!("building the Linux Root VM image: {e}"))?;
+            println!(
+                "linux image: {} ({:.1} s)",
+                image.display(),
+                start.elapsed().as_secs_f64()
+            );
+            image
+        } else {
+            guests::build_guest(c.guest)?
+        };
+        elfs.insert(c.guest, elf);
     }
     Ok(elfs)
 }
 
-/// Runs one case; `Ok(())` on pass, `Err(reason)` on failure.
-fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<()> {
+/// The first `<name>-<value>` marker in `out` (`value`: up to the end of the word).
+fn marker<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+    let pat = format!("{name}-");
+    out.match_indices(pat.as_str()).find_map(|(at, _)| {
+        let rest = &out[at + pat.len()..];
+        let end = rest
+            .find(|ch: char| ch.is_whitespace())
+            .unwrap_or(rest.len());
+        let value = &rest[..end];
+        // Skip the echo of the command itself (`UPTIME-$(...)`).
+        (!value.is_empty() && !value.starts_with('$')).then_some(value)
+    })
+}
+
+/// The timestamp of the last kernel line (`[    0.828843] ...`) before `before`.
+fn last_printk(out: &str, before: &str) -> Option<f64> {
+    let end = out.find(before)?;
+    out[..end].lines().rev().find_map(|l| {
+        let rest = l.trim_start().strip_prefix('[')?;
+        let (secs, _) = rest.split_once(']')?;
+        secs.trim().parse().ok()
+    })
+}
+
+/// The time-to-login line of a Linux case: wall time from QEMU's start to `login:`,
+/// the guest's `/proc/uptime` just after login (its clock starts with the kernel), and
+/// the kernel's last timestamp before `login:`.
+fn login_report(c: &Case, out: &qemu::QemuOutput) -> String {
+    let wall = out
+        .matched
+        .first()
+        .map_or("?".to_string(), |d| format!("{:.1}", d.as_secs_f64()));
+    let guest = marker(&out.output, "UPTIME").unwrap_or("?");
+    let kernel = last_printk(&out.output, "login:").map_or("?".to_string(), |t| format!("{t:.2}"));
+    let clock = if c.icount {
+        "icount: 1 instruction = 1 ns"
+    } else {
+        "real-time clock"
+    };
+    format!(
+        "{}: login after {wall} s wall, {guest} s guest ({clock}; kernel's last line before login at {kernel} s)",
+        c.name
+    )
+}
+
+/// Runs one case; `Ok(note)` on pass (a line to print, for the Linux cases' login
+/// times), `Err(reason)` on failure.
+fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<Option<String>> {
     let images = workspace_root().join("target").join("test-images");
     if let Kind::ImageRejected(file) = c.kind {
         let opts = ImageOptions {
@@ -295,7 +535,7 @@ fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<()> {
         };
         return match build::build_image(&opts) {
             // Refused up front, or...
-            Err(e) if e != "not yet" => Ok(()),
+            Err(e) if e != "not yet" => Ok(None),
             Err(_) => Err("build_image is not implemented yet".into()),
             // ...refused at boot: the hypervisor must report an error and stop QEMU
             // rather than hang or run garbage.
@@ -304,7 +544,7 @@ fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<()> {
                 q.timeout = Duration::from_secs(30);
                 let out = qemu::run(&q)?;
                 if out.output.contains("ERROR") {
-                    Ok(())
+                    Ok(None)
                 } else {
                     Err(format!(
                         "booted {file} without an ERROR line (log {})",
@@ -321,6 +561,12 @@ fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<()> {
         q.mem_mib = c.ram_mib.unwrap_or(128);
         q.append = c.cmdline.map(str::to_string);
         q
+    } else if matches!(c.kind, Kind::Linux) {
+        // `elf` is already the whole image, shared by every Linux case.
+        let mut q = QemuOptions::new(c.name, elf.to_path_buf());
+        q.smp = c.smp;
+        q.mem_mib = c.mem_mib;
+        q
     } else {
         std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
         let image = build::build_image(&ImageOptions {
@@ -333,8 +579,11 @@ fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<()> {
         .map_err(|e| format!("build_image: {e}"))?;
         let mut q = QemuOptions::new(c.name, image);
         q.smp = c.smp;
+        q.mem_mib = c.mem_mib;
         q
     };
+    q.icount = c.icount;
+    q.stop_at = c.stop_at.map(str::to_string);
     q.timeout = Duration::from_secs(c.timeout_s);
     q.interact = c
         .interact
@@ -348,8 +597,16 @@ fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<()> {
             why.push(format!("qemu exited with {st}"));
         }
     }
+    if out.matched.len() < c.interact.len() {
+        why.push(format!(
+            "QEMU exited at console step {} of {} (waiting for `{}`)",
+            out.matched.len() + 1,
+            c.interact.len(),
+            c.interact[out.matched.len()].0.escape_debug()
+        ));
+    }
     if why.is_empty() {
-        Ok(())
+        Ok(matches!(c.kind, Kind::Linux).then(|| login_report(c, &out)))
     } else {
         Err(format!(
             "{} (log {})\n{}",
@@ -379,8 +636,9 @@ pub fn cmd_test(args: &[String]) -> Result<()> {
     let selected: Vec<Case> = cases()
         .into_iter()
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
-        // Image-builder cases say nothing about OpenSBI.
-        .filter(|c| !(opensbi && matches!(c.kind, Kind::ImageRejected(_))))
+        // Image-builder and Linux image cases say nothing about OpenSBI (the Linux Root
+        // VM alone on OpenSBI: `rootvm/boot-test.py`).
+        .filter(|c| !(opensbi && matches!(c.kind, Kind::ImageRejected(_) | Kind::Linux)))
         .collect();
     if selected.is_empty() {
         return Err(format!("test: no case matches {filters:?}"));
@@ -393,9 +651,12 @@ pub fn cmd_test(args: &[String]) -> Result<()> {
         let result = run_case(c, &elfs[c.guest], opensbi);
         let secs = start.elapsed().as_secs_f64();
         match result {
-            Ok(()) => {
+            Ok(note) => {
                 passed += 1;
                 println!("PASS {} [{target}] ({secs:.1} s)", c.name);
+                if let Some(note) = note {
+                    println!("{note}");
+                }
             }
             Err(e) => {
                 failed += 1;

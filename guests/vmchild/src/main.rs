@@ -1,0 +1,427 @@
+//! Child VM of the `vmtree` test (the Root VM spawns it from an embedded copy of this
+//! ELF).
+//!
+//! On boot it prints `vmchild: hello from CID view ...` with its hart id, checks what it
+//! can about itself from a child's point of view (one `ok <name>` / `FAIL <name>: ...`
+//! line each, which its parent reads through CONSOLE_READ and counts), prints
+//! `vmchild: ready`, then serves its parent:
+//!
+//! * an IPC message is answered with an upper-case copy, to its sender;
+//! * `exit`: EXIT(1, 7);
+//! * `recv <len>` (hex): the next messages from the same sender are an image, stored
+//!   at [`UPLOAD_GPA`] in order; answer `got <len>` once `len` bytes arrived;
+//! * `spawn <gpa> <len>` (hex): spawn a grandchild from the image at that GPA (the
+//!   uploaded one), wait for its hello, answer `spawned cid=<c> hello=<0|1>`;
+//! * `kill`: EXIT the grandchild with code 5, answer `killed cid=<c> code=<code>`;
+//! * `fork`: FORK; the clone prints `vmchild: forked grandchild alive` and exits with
+//!   code 9; answer `fork ok cid=<c> code=<code>` or `fork err <error>`;
+//! * console input lines (CONSOLE_WRITE by the parent) are printed back as
+//!   `vmchild: console got '<line>'`.
+#![no_std]
+#![no_main]
+
+#[path = "../../vmtree/src/dsx.rs"]
+mod dsx;
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use diosix_abi::ext;
+use diosix_guest_rt::{console, csr, dtb, println, sleep_ticks};
+use dsx::{error, event, flags};
+
+/// Where `recv` stores an uploaded image: above this guest's image, stacks and DTB,
+/// inside the 8 MiB the parent gives it.
+const UPLOAD_GPA: usize = 0x8040_0000;
+/// Most bytes `recv` accepts (up to the end of 8 MiB of RAM).
+const UPLOAD_MAX: usize = 0x40_0000;
+
+/// `time` ticks per second (from the DTB, or QEMU virt's 10 MHz without one).
+static TIMEBASE: AtomicU64 = AtomicU64::new(10_000_000);
+
+fn ms(n: u64) -> u64 {
+    TIMEBASE.load(Ordering::Relaxed) / 1000 * n
+}
+
+fn check<T: PartialEq + core::fmt::Debug>(name: &str, got: T, expected: T) {
+    if got == expected {
+        println!("ok {name}");
+    } else {
+        println!("FAIL {name}: got {got:?} expected {expected:?}");
+    }
+}
+
+fn check_err(name: &str, got: isize, expected: isize) {
+    if got == expected {
+        println!("ok {name}");
+    } else {
+        println!(
+            "FAIL {name}: got {got} ({}) expected {expected} ({})",
+            dsx::err_name(got),
+            dsx::err_name(expected)
+        );
+    }
+}
+
+/// True when a flattened device tree starts at `addr`.
+fn has_dtb(addr: usize) -> bool {
+    if addr == 0 || !addr.is_multiple_of(4) {
+        return false;
+    }
+    // SAFETY: the hypervisor passes a1 as a GPA in our RAM (or garbage when the parent
+    // STARTs us with its own choice); paging is off, and a read of our own RAM cannot
+    // fault. A non-RAM address would fault, so START callers pass RAM addresses.
+    let magic = unsafe { (addr as *const u32).read_volatile() };
+    u32::from_be(magic) == 0xd00d_feed
+}
+
+fn main(hartid: usize, dtb_addr: usize) {
+    let ram_pages = if has_dtb(dtb_addr) {
+        let d = dtb::parse(dtb_addr);
+        TIMEBASE.store(d.timebase, Ordering::Relaxed);
+        Some((d.ram_size / 4096) as u64)
+    } else {
+        None
+    };
+    let info = dsx::info();
+    match &info {
+        Ok(i) => println!(
+            "vmchild: hello from CID view: hart {hartid}, cid {}, flags {:#x}, {} RAM pages, \
+             {} vCPUs, depth quota {}, dtb {}",
+            i.cid,
+            i.flags,
+            i.own_ram_pages,
+            i.own_vcpus,
+            i.max_depth,
+            if ram_pages.is_some() { "yes" } else { "no" }
+        ),
+        Err(e) => println!("vmchild: hello from CID view: hart {hartid}, GET_INFO error {e}"),
+    }
+    if let Ok(i) = info {
+        self_checks(&i, ram_pages);
+    } else {
+        println!("FAIL child_get_info: got {info:?} expected Ok");
+    }
+    println!("vmchild: ready");
+    serve();
+}
+
+/// What a child can check about itself and the CIDs it may name.
+fn self_checks(i: &diosix_abi::VmInfo, ram_pages: Option<u64>) {
+    check("child_probe", diosix_guest_rt::sbi::probe(dsx::EID), 1);
+    check("child_info_cid", i.cid, dsx::cid::SELF);
+    check("child_info_size", i.size as usize, diosix_abi::VmInfo::SIZE);
+    check("child_info_not_root", i.flags & flags::INFO_ROOT, 0);
+    check("child_info_state", i.state, dsx::state::RUNNING);
+    check("child_info_vcpus", i.own_vcpus, 1);
+    if let Some(p) = ram_pages {
+        check("child_info_ram_matches_dtb", i.own_ram_pages, p);
+    }
+    check(
+        "child_info_quota_covers_own",
+        i.ram_pages_max >= i.own_ram_pages + i.own_table_pages,
+        true,
+    );
+    match dsx::hv_info() {
+        Ok(h) => {
+            check(
+                "child_hv_info_total_is_own_quota",
+                h.ram_total_pages,
+                i.ram_pages_max,
+            );
+            check(
+                "child_hv_info_free_is_own_headroom",
+                h.ram_free_pages,
+                i.ram_pages_max - i.ram_pages_reserved,
+            );
+        }
+        Err(e) => check_err("child_hv_info", e, error::SUCCESS),
+    }
+    // CID 0 is the parent: DENIED where only self or a child is accepted.
+    check_err(
+        "child_get_child_info_parent_denied",
+        dsx::call(
+            ext::FID_GET_CHILD_INFO,
+            [0, dsx::STRUCT.addr(), 120, 0, 0, 0],
+        )
+        .error,
+        error::DENIED,
+    );
+    check_err(
+        "child_exit_parent_denied",
+        dsx::exit(0, 1).error,
+        error::DENIED,
+    );
+    check_err(
+        "child_stop_parent_denied",
+        dsx::call2(ext::FID_STOP, 0, 0).error,
+        error::DENIED,
+    );
+    check_err(
+        "child_stop_self_denied",
+        dsx::call2(ext::FID_STOP, 1, 0).error,
+        error::DENIED,
+    );
+    check_err(
+        "child_console_read_parent_denied",
+        dsx::console_read(0, 16).error,
+        error::DENIED,
+    );
+    check_err(
+        "child_stop_no_child_invalid",
+        dsx::call2(ext::FID_STOP, 2, 0).error,
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "child_ipc_send_self_invalid",
+        dsx::ipc_send(1, b"x").error,
+        error::INVALID_PARAM,
+    );
+    let mut q = dsx::quota_args(0);
+    q.ram_pages = 1;
+    check_err(
+        "child_set_quota_parent_denied",
+        dsx::set_quota(&q).error,
+        error::DENIED,
+    );
+    let mut s = dsx::spawn_args(0x8020_0000, 4096, 16, i.priority);
+    s.cid = 1;
+    check_err(
+        "child_spawn_replace_self_denied",
+        dsx::spawn(&s).error,
+        error::DENIED,
+    );
+    let r = dsx::call2(ext::FID_LIST_CHILDREN, 0, 0);
+    check("child_list_children_none", (r.error, r.value), (0, 0));
+    if i.max_depth == 0 {
+        // No depth quota: admission refuses before the image is looked at.
+        s.cid = 0;
+        check_err(
+            "child_spawn_without_depth_quota_denied",
+            dsx::spawn(&s).error,
+            error::DENIED,
+        );
+        check_err(
+            "child_fork_without_quota_denied",
+            dsx::fork(0).error,
+            error::DENIED,
+        );
+    }
+    if i.flags & flags::INFO_TRUSTED == 0 {
+        check_err(
+            "child_map_host_mmio_untrusted_denied",
+            dsx::call(
+                ext::FID_MAP_HOST_MMIO,
+                [0x1000_0000, 0x1000_0000, 4096, 0, 0, 0],
+            )
+            .error,
+            error::DENIED,
+        );
+        check_err(
+            "child_route_irq_untrusted_denied",
+            dsx::call2(ext::FID_ROUTE_IRQ, 10, 0).error,
+            error::DENIED,
+        );
+    }
+    check_err(
+        "child_drop_trust_idempotent",
+        dsx::drop_trust().error,
+        error::SUCCESS,
+    );
+}
+
+/// Answers `to` with `msg`; prints a line if the send fails.
+fn reply(to: u64, msg: &[u8]) {
+    let r = dsx::ipc_send(to, msg);
+    if r.error != error::SUCCESS {
+        println!("vmchild: reply to {to} failed: {}", dsx::err_name(r.error));
+    }
+}
+
+/// Waits (bounded) for a CHILD_TERMINATED event about `cid`; returns its exit code.
+fn wait_terminated(cid: u64, limit_ms: u64) -> Option<u64> {
+    let end = csr::time() + ms(limit_ms);
+    while csr::time() < end {
+        if let Ok(Some(e)) = dsx::poll_event() {
+            if e.kind == event::CHILD_TERMINATED && e.cid == cid {
+                return Some(e.exit_code);
+            }
+            continue;
+        }
+        sleep_ticks(ms(1));
+    }
+    None
+}
+
+/// Reads the grandchild's console until `needle` shows (bounded), forwarding its lines.
+fn wait_console(cid: u64, needle: &[u8], limit_ms: u64) -> bool {
+    let mut log = dsx::Line::<4096>::new();
+    let mut line = dsx::Line::<160>::new();
+    let end = csr::time() + ms(limit_ms);
+    while csr::time() < end {
+        let r = dsx::console_read(cid, 512);
+        if r.error != error::SUCCESS {
+            return false;
+        }
+        if r.value > 0 {
+            let mut chunk = [0u8; 512];
+            let n = r.value.min(chunk.len());
+            dsx::DATA.read(0, &mut chunk[..n]);
+            for &b in &chunk[..n] {
+                let _ = core::fmt::Write::write_char(&mut log, b as char);
+                if b == b'\n' {
+                    println!("vmchild: grandchild said: {}", line.as_str());
+                    line = dsx::Line::new();
+                } else {
+                    let _ = core::fmt::Write::write_char(&mut line, b as char);
+                }
+            }
+            if dsx::contains(log.bytes(), needle) {
+                return true;
+            }
+            continue;
+        }
+        sleep_ticks(ms(1));
+    }
+    false
+}
+
+fn parse_hex(s: &str) -> Option<usize> {
+    usize::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
+
+/// The three-level tree: a grandchild spawned from the image the parent mapped in.
+fn spawn_grandchild(from: u64, cmd: &str, grandchild: &mut u64) {
+    let mut it = cmd.split_whitespace().skip(1);
+    let (Some(gpa), Some(len)) = (it.next().and_then(parse_hex), it.next().and_then(parse_hex))
+    else {
+        reply(from, b"spawn bad args");
+        return;
+    };
+    let prio = dsx::info().map(|i| i.priority).unwrap_or(1);
+    let r = dsx::spawn(&dsx::spawn_args(gpa, len, 2048, prio));
+    if r.error != error::SUCCESS {
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("spawn err {}", r.error));
+        reply(from, l.bytes());
+        return;
+    }
+    *grandchild = r.value as u64;
+    let hello = wait_console(*grandchild, b"vmchild: ready", 10_000);
+    let l: dsx::Line<64> = dsx::fmt_line(format_args!(
+        "spawned cid={} hello={}",
+        r.value, hello as u8
+    ));
+    reply(from, l.bytes());
+}
+
+fn kill_grandchild(from: u64, grandchild: u64) {
+    let r = dsx::exit(grandchild, 5);
+    let l: dsx::Line<64> = if r.error != error::SUCCESS {
+        dsx::fmt_line(format_args!("kill err {}", r.error))
+    } else {
+        match wait_terminated(grandchild, 5_000) {
+            Some(code) => dsx::fmt_line(format_args!("killed cid={grandchild} code={code}")),
+            None => dsx::fmt_line(format_args!("killed cid={grandchild} no event")),
+        }
+    };
+    reply(from, l.bytes());
+}
+
+fn fork_test(from: u64) {
+    let r = dsx::fork(0);
+    if r.error != error::SUCCESS {
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("fork err {}", r.error));
+        reply(from, l.bytes());
+        return;
+    }
+    if r.value == 0 {
+        // The clone: a0 = 0, a1 = 0.
+        println!("vmchild: forked grandchild alive");
+        dsx::exit(1, 9);
+        println!("vmchild: forked grandchild EXIT returned");
+        loop {
+            sleep_ticks(ms(1000));
+        }
+    }
+    let cid = r.value as u64;
+    let l: dsx::Line<64> = match wait_terminated(cid, 5_000) {
+        Some(code) => dsx::fmt_line(format_args!("fork ok cid={cid} code={code}")),
+        None => dsx::fmt_line(format_args!("fork cid={cid} no event")),
+    };
+    reply(from, l.bytes());
+}
+
+/// Receives an image of `len` bytes from `from` into [`UPLOAD_GPA`].
+fn upload(from: u64, cmd: &str) {
+    let Some(len) = cmd.split_whitespace().nth(1).and_then(parse_hex) else {
+        reply(from, b"recv bad args");
+        return;
+    };
+    if len > UPLOAD_MAX {
+        reply(from, b"recv too large");
+        return;
+    }
+    let mut got = 0;
+    let end = csr::time() + ms(10_000);
+    while got < len && csr::time() < end {
+        match dsx::ipc_recv(from, flags::IPC_RECV_EXACT, 4096) {
+            Ok(Some((_, n))) => {
+                let n = n.min(len - got);
+                let mut chunk = [0u8; 4096];
+                dsx::DATA.read(0, &mut chunk[..n]);
+                let dst = (UPLOAD_GPA + got) as *mut u8;
+                // SAFETY: [UPLOAD_GPA, UPLOAD_GPA + UPLOAD_MAX) is RAM of this guest
+                // (the parent gives it 8 MiB) that nothing else uses: its image,
+                // stacks and DTB end below 0x8030_0000. `got + n <= len <= UPLOAD_MAX`.
+                unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, n) };
+                got += n;
+            }
+            Ok(None) => sleep_ticks(ms(1)),
+            Err(_) => break,
+        }
+    }
+    let l: dsx::Line<64> = dsx::fmt_line(format_args!("got {got:x}"));
+    reply(from, l.bytes());
+}
+
+fn serve() -> ! {
+    let mut grandchild = 0u64;
+    let mut line = dsx::Line::<128>::new();
+    loop {
+        match dsx::ipc_recv(0, 0, 4096) {
+            Ok(Some((from, len))) => {
+                let mut msg = [0u8; 256];
+                let n = len.min(msg.len());
+                dsx::DATA.read(0, &mut msg[..n]);
+                let text = core::str::from_utf8(&msg[..n]).unwrap_or("");
+                match text.split_whitespace().next().unwrap_or("") {
+                    "exit" => {
+                        println!("vmchild: exiting with code 7");
+                        let r = dsx::exit(1, 7);
+                        println!("vmchild: EXIT returned {}", r.error);
+                    }
+                    "recv" => upload(from, text),
+                    "spawn" => spawn_grandchild(from, text, &mut grandchild),
+                    "kill" => kill_grandchild(from, grandchild),
+                    "fork" => fork_test(from),
+                    _ => {
+                        msg[..n].make_ascii_uppercase();
+                        reply(from, &msg[..n]);
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => println!("vmchild: IPC_RECV error {e}"),
+        }
+        while let Some(b) = console::try_read_byte() {
+            if b == b'\n' || b == b'\r' {
+                println!("vmchild: console got '{}'", line.as_str());
+                line = dsx::Line::new();
+            } else {
+                let _ = core::fmt::Write::write_char(&mut line, b as char);
+            }
+        }
+        sleep_ticks(ms(1));
+    }
+}
+
+diosix_guest_rt::entry!(main);

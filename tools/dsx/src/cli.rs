@@ -1,0 +1,814 @@
+//! Command-line parsing and help texts: pure functions of the arguments, tested on the
+//! build host.
+
+use diosix_abi::limits;
+
+/// One parsed invocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Print the general help, or a verb's.
+    Help(Option<&'static str>),
+    /// `info [--host] [--json]`.
+    Info {
+        /// Hypervisor-wide view (GET_HV_INFO) rather than this VM's.
+        host: bool,
+        /// Machine-readable output.
+        json: bool,
+    },
+    /// `list [--json]`.
+    List {
+        /// Machine-readable output.
+        json: bool,
+    },
+    /// `run IMAGE ...`.
+    Run(RunOpts),
+    /// `fork [--untrusted]`.
+    Fork {
+        /// Start the child without hardware trust.
+        untrusted: bool,
+    },
+    /// `stop CID`.
+    Stop(u64),
+    /// `resume CID`.
+    Resume(u64),
+    /// `reboot CID`.
+    Reboot(u64),
+    /// `kill CID [--code N]`.
+    Kill {
+        /// The child.
+        cid: u64,
+        /// Exit code reported in its CHILD_TERMINATED event.
+        code: u64,
+    },
+    /// `quota CID|self [...]`.
+    Quota {
+        /// 1 for `self`, else a child.
+        cid: u64,
+        /// The fields to set.
+        set: QuotaSet,
+    },
+    /// `drop-trust [CID]`: `None` = this VM.
+    DropTrust(Option<u64>),
+    /// `console CID`.
+    Console(u64),
+    /// `send CID TEXT`.
+    Send {
+        /// 0 = the parent, or a child.
+        cid: u64,
+        /// The message.
+        text: String,
+    },
+    /// `recv [--from CID] [--wait] [--raw]`.
+    Recv {
+        /// Only this sender (0 = parent); `None` = any.
+        from: Option<u64>,
+        /// Wait until a message arrives.
+        wait: bool,
+        /// Write the message bytes only.
+        raw: bool,
+    },
+    /// `events [--follow]`.
+    Events {
+        /// Keep waiting for more.
+        follow: bool,
+    },
+}
+
+/// Options of `run`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunOpts {
+    /// Kernel or guest image (ELF or RISC-V Linux `Image`).
+    pub image: String,
+    /// Initial RAM disk.
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// Device tree to give the child instead of a generated one.
+    pub dtb: Option<String>,
+    /// Guest RAM in bytes (a multiple of 4 KiB).
+    pub ram: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Priority; `None` = this VM's own.
+    pub prio: Option<u32>,
+    /// Give the child hardware trust.
+    pub trusted: bool,
+    /// Create it paused (state CREATED).
+    pub paused: bool,
+    /// A name to show in `list`.
+    pub name: Option<String>,
+}
+
+/// Default guest RAM of `run`.
+pub const DEFAULT_RAM: u64 = 128 << 20;
+
+/// Quota fields to change; `None` = leave as is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QuotaSet {
+    /// RAM (guest RAM plus page tables) in bytes, a multiple of 4 KiB.
+    pub ram: Option<u64>,
+    /// vCPUs.
+    pub vcpus: Option<u32>,
+    /// Highest priority.
+    pub prio: Option<u32>,
+    /// Levels of descendants.
+    pub depth: Option<u32>,
+    /// Number of descendants.
+    pub descendants: Option<u32>,
+}
+
+/// Why the arguments were refused; printed with the verb's usage line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageError {
+    /// The verb, if it was recognised.
+    pub verb: Option<&'static str>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn usage(verb: &'static str, message: impl Into<String>) -> UsageError {
+    UsageError {
+        verb: Some(verb),
+        message: message.into(),
+    }
+}
+
+/// Every verb with its one-line summary and its full help.
+pub const VERBS: &[(&str, &str, &str)] = &[
+    (
+        "info",
+        "this VM's quotas and usage, or the hypervisor's (--host)",
+        HELP_INFO,
+    ),
+    ("list", "this VM's children", HELP_LIST),
+    ("run", "start a new child VM from an image", HELP_RUN),
+    ("fork", "clone this VM (copy-on-write)", HELP_FORK),
+    ("stop", "pause a child", HELP_STOP),
+    ("resume", "resume a stopped child", HELP_RESUME),
+    ("kill", "terminate a child and its subtree", HELP_KILL),
+    ("reboot", "reboot a child to its initial state", HELP_REBOOT),
+    ("quota", "change this VM's or a child's quota", HELP_QUOTA),
+    (
+        "drop-trust",
+        "drop hardware trust, irrevocably",
+        HELP_DROP_TRUST,
+    ),
+    (
+        "console",
+        "attach to a child's console (Ctrl-] detaches)",
+        HELP_CONSOLE,
+    ),
+    ("send", "send a message to the parent or a child", HELP_SEND),
+    ("recv", "receive a message", HELP_RECV),
+    (
+        "events",
+        "show events about children and messages",
+        HELP_EVENTS,
+    ),
+];
+
+const HELP_INFO: &str = "\
+usage: dsx info [--host] [--json]
+
+Shows this VM as the hypervisor sees it: trust, state, and for each quota
+(RAM, vCPUs, priority, depth, descendants) the limit and what is used.
+  --host   the hypervisor instead: version, ABI, harts, timer, features, and
+           RAM total/free (this VM's quota and headroom: other VMs' figures
+           are never revealed)
+  --json   one JSON object";
+const HELP_LIST: &str = "\
+usage: dsx list [--json]
+
+Lists this VM's live children (CID 2 and up) with state, trust, vCPUs, RAM,
+priority and console bytes waiting. Names are those given to `dsx run --name`.
+  --json   a JSON array";
+const HELP_RUN: &str = "\
+usage: dsx run IMAGE [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE]
+               [--vcpus N] [--prio N] [--trusted] [--paused] [--name NAME]
+
+Creates a child VM from IMAGE (ELF, or a RISC-V Linux Image) and starts it;
+prints its CID. With --initrd or --cmdline, the image, initrd and command
+line are packed into one DSXPAYLD container, as for the Root VM.
+  --ram SIZE     guest RAM, e.g. 64M, 1G (default 128M; a multiple of 4K)
+  --vcpus N      vCPUs (default 1)
+  --prio N       priority 1-255 (default: this VM's own)
+  --trusted      give it hardware trust (only if this VM is trusted)
+  --paused       create it without starting it
+  --name NAME    a name to show in `dsx list`
+The image (packed, if so) may be up to 64 MiB; it is staged in this VM's
+RAM while the hypervisor copies it.";
+const HELP_FORK: &str = "\
+usage: dsx fork [--untrusted]
+
+Clones this whole VM copy-on-write. The parent prints the child's CID; in the
+child the same command prints that it is the child.
+  --untrusted    the child starts without hardware trust";
+const HELP_STOP: &str = "\
+usage: dsx stop CID
+
+Pauses every vCPU of child CID (not its descendants).";
+const HELP_RESUME: &str = "\
+usage: dsx resume CID
+
+Resumes child CID after `dsx stop`.";
+const HELP_KILL: &str = "\
+usage: dsx kill CID [--code N]
+
+Terminates child CID and its whole subtree; its RAM and vCPUs return to this
+VM's quota. N (default 0) is the exit code reported by `dsx events`.";
+const HELP_REBOOT: &str = "\
+usage: dsx reboot CID
+
+Returns child CID to the state it was created or forked in; its own
+children are terminated.";
+const HELP_QUOTA: &str = "\
+usage: dsx quota CID|self [--ram SIZE] [--vcpus N] [--prio N] [--depth N]
+                          [--descendants N]
+
+Sets a quota of child CID (within this VM's headroom) or of this VM itself
+(`self`: only lowering is allowed). Fields not given are unchanged; a
+value of 0 is applied as 0. Without options, shows the current quota.
+  --ram SIZE       RAM plus page tables for the whole subtree, e.g. 512M
+  --vcpus N        vCPUs for the subtree
+  --prio N         highest priority in the subtree (1-255)
+  --depth N        levels of descendants allowed below it (0-64)
+  --descendants N  number of descendants allowed (0-65536)";
+const HELP_DROP_TRUST: &str = "\
+usage: dsx drop-trust [CID]
+
+Irrevocably removes hardware trust (host MMIO and interrupts) from child CID
+and its subtree, or without CID from this VM and its whole subtree.";
+const HELP_CONSOLE: &str = "\
+usage: dsx console CID
+
+Attaches this terminal to child CID's console: its output is shown, typed
+input is sent to it. Ctrl-] detaches (the child keeps running).";
+const HELP_SEND: &str = "\
+usage: dsx send CID|parent TEXT
+
+Sends TEXT (at most 4096 bytes) as one message to a child or, with `parent`
+or 0, to this VM's parent.";
+const HELP_RECV: &str = "\
+usage: dsx recv [--from CID|parent] [--wait] [--raw]
+
+Receives the oldest waiting message and prints `from CID N: TEXT`. Exits 1
+with nothing waiting, unless --wait.
+  --from CID   only from this sender (`parent` or 0 for the parent)
+  --wait       wait for a message
+  --raw        print the message bytes only";
+const HELP_EVENTS: &str = "\
+usage: dsx events [--follow]
+
+Prints and consumes the waiting events: children terminated, stopped,
+started, rebooted, and messages arrived.
+  --follow     keep waiting for new events (Ctrl-C ends)";
+
+/// The general help.
+pub fn general_help() -> String {
+    let mut s = String::from(
+        "usage: dsx VERB [OPTIONS]\n\n\
+         Manages Diosix VMs from this VM through /dev/diosix (run as root).\n\
+         CIDs are relative to this VM: 0 = its parent, 1 = itself, 2 and up = its\n\
+         children, never reused.\n\nVerbs:\n",
+    );
+    for (verb, summary, _) in VERBS {
+        s.push_str(&format!("  {verb:<11} {summary}\n"));
+    }
+    s.push_str("\n`dsx VERB --help` describes a verb. Sizes take K, M, G suffixes (binary).\n");
+    s
+}
+
+/// The full help of `verb`.
+pub fn verb_help(verb: &str) -> Option<&'static str> {
+    VERBS
+        .iter()
+        .find(|(v, _, _)| *v == verb)
+        .map(|(_, _, h)| *h)
+}
+
+fn static_verb(verb: &str) -> Option<&'static str> {
+    VERBS
+        .iter()
+        .find(|(v, _, _)| *v == verb)
+        .map(|(v, _, _)| *v)
+}
+
+/// Parses a size: a number of bytes with an optional binary suffix K, M, G or T (an
+/// optional trailing `B` or `iB` is accepted: `128M`, `128MiB`, `4096`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{text}` is not a size (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 128M)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// A size that must be a whole number of 4 KiB pages.
+fn parse_pages_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes % 4096 != 0 {
+        return Err(format!("{text} is not a multiple of 4K"));
+    }
+    Ok(bytes)
+}
+
+fn parse_num<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{what} must be a number, not `{text}`"))
+}
+
+fn parse_bounded(what: &str, text: &str, min: u32, max: u32) -> Result<u32, String> {
+    let n: u32 = parse_num(what, text)?;
+    if n < min || n > max {
+        return Err(format!("{what} must be {min} to {max}, not {n}"));
+    }
+    Ok(n)
+}
+
+/// Parses a CID that must name a child (2 and up), explaining 0 and 1.
+pub fn parse_child(verb: &str, text: &str) -> Result<u64, String> {
+    let cid: u64 = parse_num("CID", text)?;
+    match cid {
+        0 => Err(format!(
+            "CID 0 is this VM's parent; `{verb}` takes one of its children (CID 2 and up)"
+        )),
+        1 => Err(format!(
+            "CID 1 is this VM itself; `{verb}` takes one of its children (CID 2 and up)"
+        )),
+        c => Ok(c),
+    }
+}
+
+/// Parses a peer for IPC: `parent` or 0, or a child.
+fn parse_peer(verb: &str, text: &str) -> Result<u64, String> {
+    if text == "parent" || text == "0" {
+        return Ok(0);
+    }
+    parse_child(verb, text)
+}
+
+/// Splits the arguments of a verb into options (with their values, as declared in
+/// `with_value`) and positional arguments.
+struct Args {
+    opts: Vec<(String, Option<String>)>,
+    positional: Vec<String>,
+}
+
+fn split(
+    verb: &'static str,
+    args: &[String],
+    flags: &[&str],
+    with_value: &[&str],
+) -> Result<Args, UsageError> {
+    let mut out = Args {
+        opts: Vec::new(),
+        positional: Vec::new(),
+    };
+    let mut it = args.iter();
+    let mut only_positional = false;
+    while let Some(a) = it.next() {
+        if only_positional || !a.starts_with("--") || a == "-" {
+            out.positional.push(a.clone());
+            continue;
+        }
+        if a == "--" {
+            only_positional = true;
+            continue;
+        }
+        let (name, inline) = match a.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (a.as_str(), None),
+        };
+        if with_value.contains(&name) {
+            let value = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| usage(verb, format!("{name} needs a value")))?,
+            };
+            out.opts.push((name.to_string(), Some(value)));
+        } else if flags.contains(&name) && inline.is_none() {
+            out.opts.push((name.to_string(), None));
+        } else {
+            return Err(usage(verb, format!("unknown option {a}")));
+        }
+    }
+    Ok(out)
+}
+
+impl Args {
+    fn flag(&self, name: &str) -> bool {
+        self.opts.iter().any(|(n, _)| n == name)
+    }
+
+    /// The last value given for `name` (a later option overrides an earlier one).
+    fn value(&self, name: &str) -> Option<&str> {
+        self.opts
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn positional_exact<const N: usize>(
+        &self,
+        verb: &'static str,
+        names: [&str; N],
+    ) -> Result<[&str; N], UsageError> {
+        if self.positional.len() != N {
+            let msg = if self.positional.len() < N {
+                format!("missing {}", names[self.positional.len()])
+            } else {
+                format!("unexpected argument `{}`", self.positional[N])
+            };
+            return Err(usage(verb, msg));
+        }
+        let mut out = [""; N];
+        for (o, p) in out.iter_mut().zip(&self.positional) {
+            *o = p.as_str();
+        }
+        Ok(out)
+    }
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, UsageError> {
+    let Some((first, rest)) = args.split_first() else {
+        return Ok(Command::Help(None));
+    };
+    let first = first.as_str();
+    if matches!(first, "-h" | "--help" | "help") {
+        return match rest.first() {
+            None => Ok(Command::Help(None)),
+            Some(v) => static_verb(v)
+                .map(|v| Command::Help(Some(v)))
+                .ok_or(UsageError {
+                    verb: None,
+                    message: format!("unknown verb `{v}`"),
+                }),
+        };
+    }
+    let verb = static_verb(first).ok_or(UsageError {
+        verb: None,
+        message: format!("unknown verb `{first}`"),
+    })?;
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(Command::Help(Some(verb)));
+    }
+    let e = |m: String| usage(verb, m);
+    match verb {
+        "info" => {
+            let a = split(verb, rest, &["--host", "--json"], &[])?;
+            a.positional_exact(verb, [])?;
+            Ok(Command::Info {
+                host: a.flag("--host"),
+                json: a.flag("--json"),
+            })
+        }
+        "list" => {
+            let a = split(verb, rest, &["--json"], &[])?;
+            a.positional_exact(verb, [])?;
+            Ok(Command::List {
+                json: a.flag("--json"),
+            })
+        }
+        "run" => parse_run(rest),
+        "fork" => {
+            let a = split(verb, rest, &["--untrusted"], &[])?;
+            a.positional_exact(verb, [])?;
+            Ok(Command::Fork {
+                untrusted: a.flag("--untrusted"),
+            })
+        }
+        "stop" | "resume" | "reboot" | "console" => {
+            let a = split(verb, rest, &[], &[])?;
+            let [cid] = a.positional_exact(verb, ["CID"])?;
+            let cid = parse_child(verb, cid).map_err(e)?;
+            Ok(match verb {
+                "stop" => Command::Stop(cid),
+                "resume" => Command::Resume(cid),
+                "reboot" => Command::Reboot(cid),
+                _ => Command::Console(cid),
+            })
+        }
+        "kill" => {
+            let a = split(verb, rest, &[], &["--code"])?;
+            let [cid] = a.positional_exact(verb, ["CID"])?;
+            let cid = parse_child(verb, cid).map_err(e)?;
+            let code = match a.value("--code") {
+                Some(c) => parse_num("--code", c).map_err(e)?,
+                None => 0,
+            };
+            Ok(Command::Kill { cid, code })
+        }
+        "quota" => parse_quota(rest),
+        "drop-trust" => {
+            let a = split(verb, rest, &[], &[])?;
+            match a.positional.as_slice() {
+                [] => Ok(Command::DropTrust(None)),
+                [cid] if cid == "self" || cid == "1" => Ok(Command::DropTrust(None)),
+                [cid] => Ok(Command::DropTrust(Some(parse_child(verb, cid).map_err(e)?))),
+                [_, extra, ..] => Err(e(format!("unexpected argument `{extra}`"))),
+            }
+        }
+        "send" => {
+            let a = split(verb, rest, &[], &[])?;
+            let [cid, text] = a.positional_exact(verb, ["CID", "TEXT"])?;
+            let cid = parse_peer(verb, cid).map_err(e)?;
+            if text.len() > limits::IPC_MAX_MESSAGE {
+                return Err(e(format!(
+                    "the message is {} bytes; at most {} fit in one",
+                    text.len(),
+                    limits::IPC_MAX_MESSAGE
+                )));
+            }
+            Ok(Command::Send {
+                cid,
+                text: text.to_string(),
+            })
+        }
+        "recv" => {
+            let a = split(verb, rest, &["--wait", "--raw"], &["--from"])?;
+            a.positional_exact(verb, [])?;
+            let from = match a.value("--from") {
+                Some(f) => Some(parse_peer(verb, f).map_err(e)?),
+                None => None,
+            };
+            Ok(Command::Recv {
+                from,
+                wait: a.flag("--wait"),
+                raw: a.flag("--raw"),
+            })
+        }
+        "events" => {
+            let a = split(verb, rest, &["--follow"], &[])?;
+            a.positional_exact(verb, [])?;
+            Ok(Command::Events {
+                follow: a.flag("--follow"),
+            })
+        }
+        _ => unreachable!("every verb in VERBS is handled"),
+    }
+}
+
+fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
+    let verb = "run";
+    let e = |m: String| usage(verb, m);
+    let a = split(
+        verb,
+        rest,
+        &["--trusted", "--paused"],
+        &[
+            "--initrd",
+            "--cmdline",
+            "--dtb",
+            "--ram",
+            "--vcpus",
+            "--prio",
+            "--name",
+        ],
+    )?;
+    let [image] = a.positional_exact(verb, ["IMAGE"])?;
+    let ram = match a.value("--ram") {
+        Some(r) => parse_pages_size(r).map_err(e)?,
+        None => DEFAULT_RAM,
+    };
+    if ram == 0 {
+        return Err(e("--ram must not be 0".into()));
+    }
+    let vcpus = match a.value("--vcpus") {
+        Some(v) => parse_bounded("--vcpus", v, 1, limits::MAX_VCPUS).map_err(e)?,
+        None => 1,
+    };
+    let prio = match a.value("--prio") {
+        Some(p) => Some(parse_bounded("--prio", p, 1, limits::MAX_PRIORITY).map_err(e)?),
+        None => None,
+    };
+    let name = a.value("--name").map(str::to_string);
+    if let Some(n) = &name {
+        if n.is_empty() || n.len() > 32 || !n.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(e(
+                "--name must be 1 to 32 printable characters without spaces".into(),
+            ));
+        }
+    }
+    Ok(Command::Run(RunOpts {
+        image: image.to_string(),
+        initrd: a.value("--initrd").map(str::to_string),
+        cmdline: a.value("--cmdline").map(str::to_string),
+        dtb: a.value("--dtb").map(str::to_string),
+        ram,
+        vcpus,
+        prio,
+        trusted: a.flag("--trusted"),
+        paused: a.flag("--paused"),
+        name,
+    }))
+}
+
+fn parse_quota(rest: &[String]) -> Result<Command, UsageError> {
+    let verb = "quota";
+    let e = |m: String| usage(verb, m);
+    let a = split(
+        verb,
+        rest,
+        &[],
+        &["--ram", "--vcpus", "--prio", "--depth", "--descendants"],
+    )?;
+    let [target] = a.positional_exact(verb, ["CID or `self`"])?;
+    let cid = if target == "self" || target == "1" {
+        1
+    } else {
+        parse_child(verb, target).map_err(e)?
+    };
+    let mut set = QuotaSet::default();
+    if let Some(r) = a.value("--ram") {
+        set.ram = Some(parse_pages_size(r).map_err(e)?);
+    }
+    if let Some(v) = a.value("--vcpus") {
+        set.vcpus = Some(parse_bounded("--vcpus", v, 0, limits::MAX_VCPUS).map_err(e)?);
+    }
+    if let Some(p) = a.value("--prio") {
+        set.prio = Some(parse_bounded("--prio", p, 1, limits::MAX_PRIORITY).map_err(e)?);
+    }
+    if let Some(d) = a.value("--depth") {
+        set.depth = Some(parse_bounded("--depth", d, 0, limits::MAX_TREE_DEPTH).map_err(e)?);
+    }
+    if let Some(d) = a.value("--descendants") {
+        set.descendants =
+            Some(parse_bounded("--descendants", d, 0, limits::MAX_DESCENDANTS).map_err(e)?);
+    }
+    Ok(Command::Quota { cid, set })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &str) -> Result<Command, UsageError> {
+        let v: Vec<String> = args.split_whitespace().map(String::from).collect();
+        parse(&v)
+    }
+
+    fn msg(args: &str) -> String {
+        p(args).unwrap_err().message
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128M"), Ok(128 << 20));
+        assert_eq!(parse_size("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64KB"), Ok(64 << 10));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert!(parse_pages_size("1000").is_err());
+    }
+
+    #[test]
+    fn help_everywhere() {
+        assert_eq!(p(""), Ok(Command::Help(None)));
+        assert_eq!(p("--help"), Ok(Command::Help(None)));
+        assert_eq!(p("help run"), Ok(Command::Help(Some("run"))));
+        for (verb, _, help) in VERBS {
+            assert_eq!(p(&format!("{verb} --help")), Ok(Command::Help(Some(verb))));
+            assert!(help.starts_with(&format!("usage: dsx {verb}")), "{verb}");
+            assert!(general_help().contains(verb));
+        }
+        // --help wins even over otherwise bad arguments.
+        assert_eq!(p("stop 1 --help"), Ok(Command::Help(Some("stop"))));
+    }
+
+    #[test]
+    fn run_options() {
+        let cmd = p(
+            "run /tmp/Image --initrd /tmp/rd --cmdline=console=hvc0 --ram 64M \
+                     --vcpus 2 --prio 3 --trusted --name web",
+        )
+        .unwrap();
+        assert_eq!(
+            cmd,
+            Command::Run(RunOpts {
+                image: "/tmp/Image".into(),
+                initrd: Some("/tmp/rd".into()),
+                cmdline: Some("console=hvc0".into()),
+                dtb: None,
+                ram: 64 << 20,
+                vcpus: 2,
+                prio: Some(3),
+                trusted: true,
+                paused: false,
+                name: Some("web".into()),
+            })
+        );
+        let Command::Run(d) = p("run img").unwrap() else {
+            panic!()
+        };
+        assert_eq!((d.ram, d.vcpus, d.prio), (DEFAULT_RAM, 1, None));
+        assert_eq!(msg("run"), "missing IMAGE");
+        assert_eq!(msg("run a b"), "unexpected argument `b`");
+        assert_eq!(msg("run a --ram"), "--ram needs a value");
+        assert_eq!(msg("run a --ram 1000"), "1000 is not a multiple of 4K");
+        assert_eq!(msg("run a --prio 0"), "--prio must be 1 to 255, not 0");
+        assert_eq!(msg("run a --vcpus x"), "--vcpus must be a number, not `x`");
+        assert_eq!(msg("run a --bogus"), "unknown option --bogus");
+        assert_eq!(msg("run a --trusted=yes"), "unknown option --trusted=yes");
+        assert!(msg("run a --name has/slash/and/a/very/long/name/that/is/long").contains("--name"));
+    }
+
+    #[test]
+    fn cids() {
+        assert_eq!(p("stop 2"), Ok(Command::Stop(2)));
+        assert_eq!(p("resume 7"), Ok(Command::Resume(7)));
+        assert_eq!(p("console 3"), Ok(Command::Console(3)));
+        assert_eq!(p("kill 4 --code 9"), Ok(Command::Kill { cid: 4, code: 9 }));
+        assert!(msg("stop 1").starts_with("CID 1 is this VM itself"));
+        assert!(msg("reboot 0").starts_with("CID 0 is this VM's parent"));
+        assert_eq!(msg("stop x"), "CID must be a number, not `x`");
+        assert_eq!(msg("stop"), "missing CID");
+        assert_eq!(p("drop-trust"), Ok(Command::DropTrust(None)));
+        assert_eq!(p("drop-trust self"), Ok(Command::DropTrust(None)));
+        assert_eq!(p("drop-trust 5"), Ok(Command::DropTrust(Some(5))));
+        assert_eq!(
+            p("send parent hi"),
+            Ok(Command::Send {
+                cid: 0,
+                text: "hi".into()
+            })
+        );
+        assert!(msg("send 1 hi").starts_with("CID 1 is this VM itself"));
+        let long = "x".repeat(4097);
+        assert!(parse(&["send".into(), "2".into(), long]).is_err());
+        assert_eq!(
+            p("recv --from 0 --wait"),
+            Ok(Command::Recv {
+                from: Some(0),
+                wait: true,
+                raw: false
+            })
+        );
+    }
+
+    #[test]
+    fn quota_options() {
+        assert_eq!(
+            p("quota self --ram 512M --depth 0"),
+            Ok(Command::Quota {
+                cid: 1,
+                set: QuotaSet {
+                    ram: Some(512 << 20),
+                    depth: Some(0),
+                    ..QuotaSet::default()
+                }
+            })
+        );
+        assert_eq!(
+            p("quota 3"),
+            Ok(Command::Quota {
+                cid: 3,
+                set: QuotaSet::default()
+            })
+        );
+        assert_eq!(msg("quota 3 --depth 65"), "--depth must be 0 to 64, not 65");
+        assert_eq!(msg("quota"), "missing CID or `self`");
+        assert!(msg("quota 0").starts_with("CID 0"));
+    }
+
+    #[test]
+    fn unknown_verbs() {
+        let err = p("frobnicate").unwrap_err();
+        assert_eq!(err.verb, None);
+        assert_eq!(err.message, "unknown verb `frobnicate`");
+        assert_eq!(
+            p("info --host --json"),
+            Ok(Command::Info {
+                host: true,
+                json: true
+            })
+        );
+        assert_eq!(msg("list extra"), "unexpected argument `extra`");
+    }
+}

@@ -1,0 +1,751 @@
+//! Carries out a parsed [`Command`] through a [`Hypervisor`], writing what it reports to
+//! `out`. Everything but the interactive console is here, so the tests drive it with a
+//! fake hypervisor.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diosix_abi::{ext, flags, limits, QuotaArgs, SpawnArgs};
+
+use crate::cli::{Command, QuotaSet, RunOpts};
+use crate::format::{self, Op, Row};
+use crate::hv::{CallError, Hypervisor};
+
+/// Why a command failed: the message (printed as `dsx: MESSAGE`) and the exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What went wrong, in the user's terms.
+    pub message: String,
+    /// Process exit status (1: refused or failed).
+    pub status: u8,
+}
+
+impl Failure {
+    fn new(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            status: 1,
+        }
+    }
+}
+
+/// Turns a failed call into a [`Failure`] explained in terms of `op`.
+pub fn fail(op: Op) -> impl Fn(CallError) -> Failure {
+    move |e| Failure::new(format::error_message(op, e))
+}
+
+fn write_err(e: std::io::Error) -> Failure {
+    Failure::new(format!("writing output: {e}"))
+}
+
+/// Names given with `dsx run --name`, kept in a small file (`CID<TAB>name` lines) so
+/// `list` can show them; the hypervisor itself has no names. CIDs are never reused, so
+/// a stale line can never label another VM.
+#[derive(Debug, Default)]
+pub struct Names {
+    path: Option<PathBuf>,
+    map: BTreeMap<u64, String>,
+}
+
+/// Where the Root VM keeps the names: tmpfs, so they go with the VMs at reboot.
+pub const NAMES_PATH: &str = "/run/dsx/names";
+
+impl Names {
+    /// Loads the names at `path` (none if it does not exist); `None` keeps them in
+    /// memory only.
+    pub fn load(path: Option<PathBuf>) -> Names {
+        let mut map = BTreeMap::new();
+        if let Some(text) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+            for line in text.lines() {
+                if let Some((cid, name)) = line.split_once('\t') {
+                    if let Ok(cid) = cid.parse() {
+                        map.insert(cid, name.to_string());
+                    }
+                }
+            }
+        }
+        Names { path, map }
+    }
+
+    /// The name of `cid`, if it has one.
+    pub fn get(&self, cid: u64) -> Option<&str> {
+        self.map.get(&cid).map(String::as_str)
+    }
+
+    /// Names `cid` and saves the file. Failing to save only loses the label, so it is
+    /// reported by the caller as a warning, not an error.
+    pub fn set(&mut self, cid: u64, name: &str) -> std::io::Result<()> {
+        self.map.insert(cid, name.to_string());
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text: String = self
+            .map
+            .iter()
+            .map(|(c, n)| format!("{c}\t{n}\n"))
+            .collect();
+        std::fs::write(path, text)
+    }
+}
+
+/// Reads a file named on the command line, naming it in the error.
+pub type ReadFile<'a> = &'a dyn Fn(&str) -> std::io::Result<Vec<u8>>;
+
+/// What a command needs from its surroundings.
+pub struct Ctx<'a> {
+    /// The hypervisor, through the driver or a fake.
+    pub hv: &'a mut dyn Hypervisor,
+    /// Standard output.
+    pub out: &'a mut dyn Write,
+    /// Standard error, for warnings.
+    pub err: &'a mut dyn Write,
+    /// `run --name` labels.
+    pub names: &'a mut Names,
+    /// How files (images) are read.
+    pub read_file: ReadFile<'a>,
+    /// Pause between polls of `recv --wait` and `events --follow`.
+    pub poll_interval: Duration,
+    /// Stop `--wait`/`--follow` loops after this many empty polls (tests); `None` =
+    /// forever.
+    pub max_polls: Option<u64>,
+}
+
+/// Runs every command except `help` and `console` (handled by `main`).
+pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
+    match cmd {
+        Command::Help(_) | Command::Console(_) => Ok(()),
+        Command::Info { host, json } => info(cx, *host, *json),
+        Command::List { json } => list(cx, *json),
+        Command::Run(opts) => run(cx, opts),
+        Command::Fork { untrusted } => {
+            let fl = if *untrusted { flags::FORK_UNTRUSTED } else { 0 };
+            let cid = cx
+                .hv
+                .scalar(ext::FID_FORK, [fl, 0, 0, 0, 0])
+                .map_err(fail(Op::Fork))?;
+            // Both VMs return here: the child sees 0 (its parent is now CID 0).
+            let line = if cid == 0 {
+                "this is the new child VM (its parent is CID 0)".to_string()
+            } else {
+                format!("forked: the child is CID {cid}")
+            };
+            writeln!(cx.out, "{line}").map_err(write_err)
+        }
+        Command::Stop(c) => simple(cx, ext::FID_STOP, [*c, 0], Op::Stop(*c), "stopped"),
+        Command::Resume(c) => simple(cx, ext::FID_RESUME, [*c, 0], Op::Resume(*c), "resumed"),
+        Command::Reboot(c) => simple(cx, ext::FID_REBOOT, [*c, 0], Op::Reboot(*c), "rebooted"),
+        Command::Kill { cid, code } => simple(
+            cx,
+            ext::FID_EXIT,
+            [*cid, *code],
+            Op::Kill(*cid),
+            "terminated",
+        ),
+        Command::DropTrust(None) => {
+            cx.hv
+                .scalar(ext::FID_DROP_TRUST, [0; 5])
+                .map_err(fail(Op::DropTrust(None)))?;
+            writeln!(
+                cx.out,
+                "this VM and its subtree no longer have hardware trust"
+            )
+            .map_err(write_err)
+        }
+        Command::DropTrust(Some(c)) => simple(
+            cx,
+            ext::FID_DROP_CHILD_TRUST,
+            [*c, 0],
+            Op::DropTrust(Some(*c)),
+            "no longer has hardware trust (nor its subtree)",
+        ),
+        Command::Quota { cid, set } => quota(cx, *cid, set),
+        Command::Send { cid, text } => {
+            cx.hv
+                .ipc_send(*cid, text.as_bytes())
+                .map_err(fail(Op::Send(*cid)))?;
+            Ok(())
+        }
+        Command::Recv { from, wait, raw } => recv(cx, *from, *wait, *raw),
+        Command::Events { follow } => events(cx, *follow),
+    }
+}
+
+/// A child-only scalar call, then `CID n <done>`.
+fn simple(cx: &mut Ctx<'_>, fid: usize, a: [u64; 2], op: Op, done: &str) -> Result<(), Failure> {
+    cx.hv.scalar(fid, [a[0], a[1], 0, 0, 0]).map_err(fail(op))?;
+    writeln!(cx.out, "CID {} {done}", a[0]).map_err(write_err)
+}
+
+fn info(cx: &mut Ctx<'_>, host: bool, json: bool) -> Result<(), Failure> {
+    let text = if host {
+        let h = cx.hv.hv_info().map_err(fail(Op::Query))?;
+        if json {
+            format::hv_info_json(&h)
+        } else {
+            format::hv_info_text(&h)
+        }
+    } else {
+        let i = cx.hv.vm_info(None).map_err(fail(Op::Query))?;
+        if json {
+            format::info_json(&i)
+        } else {
+            format::info_text(&i)
+        }
+    };
+    cx.out.write_all(text.as_bytes()).map_err(write_err)
+}
+
+fn list(cx: &mut Ctx<'_>, json: bool) -> Result<(), Failure> {
+    let mut cids = vec![0u64; 64];
+    let mut count = cx.hv.list_children(&mut cids).map_err(fail(Op::Query))?;
+    if count > cids.len() as u64 {
+        // More children than the first guess: ask again with room for all of them (up
+        // to what one request can return).
+        cids = vec![0u64; (count as usize).min(crate::dev::LIST_MAX)];
+        count = cx.hv.list_children(&mut cids).map_err(fail(Op::Query))?;
+    }
+    cids.truncate(count.min(cids.len() as u64) as usize);
+    let rows: Vec<Row<'_>> = cids
+        .iter()
+        .map(|&cid| Row {
+            cid,
+            name: cx.names.get(cid),
+            info: cx.hv.vm_info(Some(cid)),
+        })
+        .collect();
+    let text = if json {
+        format::list_json(&rows)
+    } else {
+        format::list_text(&rows)
+    };
+    cx.out.write_all(text.as_bytes()).map_err(write_err)?;
+    if count > cids.len() as u64 {
+        writeln!(cx.err, "dsx: showing {} of {count} children", cids.len()).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// The bytes SPAWN is given: the image itself, or a DSXPAYLD container with the image,
+/// initrd and command line when either of the last two is wanted (SPAWN has one image
+/// range and no other way to carry them).
+pub fn spawn_image(
+    image: Vec<u8>,
+    initrd: Option<&[u8]>,
+    cmdline: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    if initrd.is_none() && cmdline.is_none() {
+        return Ok(image);
+    }
+    diosix_core::payload::encode(&diosix_core::payload::PayloadSpec {
+        kernel: &image,
+        initrd,
+        cmdline,
+        vcpus: 0,
+        ram_mib: 0,
+    })
+    .map_err(|e| format!("cannot pack the image: {e}"))
+}
+
+fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
+    let read = |path: &str| {
+        (cx.read_file)(path).map_err(|e| Failure::new(format!("cannot read {path}: {e}")))
+    };
+    let image = read(&o.image)?;
+    if image.is_empty() {
+        return Err(Failure::new(format!("{} is empty", o.image)));
+    }
+    let initrd = o.initrd.as_deref().map(read).transpose()?;
+    let dtb = o.dtb.as_deref().map(read).transpose()?;
+    let packed =
+        spawn_image(image, initrd.as_deref(), o.cmdline.as_deref()).map_err(Failure::new)?;
+    if packed.len() > crate::dev::SPAWN_MAX_IMAGE {
+        return Err(Failure::new(format!(
+            "the image{} is {}; the driver can pass at most {} to the hypervisor",
+            if initrd.is_some() || o.cmdline.is_some() {
+                " (packed with its initrd and command line)"
+            } else {
+                ""
+            },
+            format::human_bytes(packed.len() as u64),
+            format::human_bytes(crate::dev::SPAWN_MAX_IMAGE as u64)
+        )));
+    }
+    if packed.len() as u64 > o.ram {
+        return Err(Failure::new(format!(
+            "the image ({}) does not fit in --ram {}",
+            format::human_bytes(packed.len() as u64),
+            format::human_bytes(o.ram)
+        )));
+    }
+    if dtb
+        .as_ref()
+        .is_some_and(|d| d.len() > crate::dev::SPAWN_MAX_DTB)
+    {
+        return Err(Failure::new(format!(
+            "the device tree is larger than {}",
+            format::human_bytes(crate::dev::SPAWN_MAX_DTB as u64)
+        )));
+    }
+    let priority = match o.prio {
+        Some(p) => p,
+        // The caller's own priority: a child at most as important as its parent by
+        // default, and always within the caller's ceiling.
+        None => cx
+            .hv
+            .vm_info(None)
+            .map_err(fail(Op::Spawn))?
+            .priority
+            .max(1),
+    };
+    let mut fl = 0;
+    if o.trusted {
+        fl |= flags::SPAWN_TRUSTED;
+    }
+    if o.paused {
+        fl |= flags::SPAWN_PAUSED;
+    }
+    let args = SpawnArgs {
+        size: SpawnArgs::SIZE as u32,
+        flags: fl,
+        cid: 0,
+        ram_pages: o.ram / 4096,
+        vcpus: o.vcpus,
+        priority,
+        ..SpawnArgs::default()
+    };
+    let cid = cx
+        .hv
+        .spawn(&args, &packed, dtb.as_deref())
+        .map_err(fail(Op::Spawn))?;
+    if let Some(name) = &o.name {
+        if let Err(e) = cx.names.set(cid, name) {
+            writeln!(cx.err, "dsx: warning: cannot save the name {name}: {e}")
+                .map_err(write_err)?;
+        }
+    }
+    writeln!(
+        cx.out,
+        "started CID {cid}{}",
+        if o.paused { " (paused)" } else { "" }
+    )
+    .map_err(write_err)
+}
+
+fn quota(cx: &mut Ctx<'_>, cid: u64, set: &QuotaSet) -> Result<(), Failure> {
+    if *set == QuotaSet::default() {
+        // Nothing to set: show the quota instead.
+        let info = cx.hv.vm_info(Some(cid)).map_err(fail(Op::ChildInfo(cid)))?;
+        let text = format!(
+            "{} quota: RAM {} (uses {}), vCPUs {} (uses {}), priority up to {}, depth {}, \
+             descendants {}\n",
+            if cid == 1 {
+                "this VM's".to_string()
+            } else {
+                format!("CID {cid}'s")
+            },
+            format::human_bytes(info.ram_pages_max.saturating_mul(4096)),
+            format::human_bytes(info.ram_pages_used.saturating_mul(4096)),
+            info.vcpus_max,
+            info.vcpus_used,
+            info.max_priority,
+            info.max_depth,
+            info.max_descendants
+        );
+        return cx.out.write_all(text.as_bytes()).map_err(write_err);
+    }
+    let mut a = QuotaArgs {
+        size: QuotaArgs::SIZE as u32,
+        cid,
+        ..QuotaArgs::default()
+    };
+    // Every field given is applied, 0 included: the QUOTA_SET_* bit says so.
+    if let Some(r) = set.ram {
+        a.ram_pages = r / 4096;
+        a.flags |= flags::QUOTA_SET_RAM;
+    }
+    if let Some(v) = set.vcpus {
+        a.vcpus = v;
+        a.flags |= flags::QUOTA_SET_VCPUS;
+    }
+    if let Some(p) = set.prio {
+        a.max_priority = p;
+        a.flags |= flags::QUOTA_SET_PRIORITY;
+    }
+    if let Some(d) = set.depth {
+        a.max_depth = d;
+        a.flags |= flags::QUOTA_SET_DEPTH;
+    }
+    if let Some(d) = set.descendants {
+        a.max_descendants = d;
+        a.flags |= flags::QUOTA_SET_DESCENDANTS;
+    }
+    cx.hv.set_quota(&a).map_err(fail(Op::Quota(cid)))?;
+    writeln!(
+        cx.out,
+        "quota of {} updated",
+        if cid == 1 {
+            "this VM".to_string()
+        } else {
+            format!("CID {cid}")
+        }
+    )
+    .map_err(write_err)
+}
+
+/// Sleeps between polls; false once a test's poll budget is used up.
+fn keep_polling(cx: &Ctx<'_>, polls: &mut u64) -> bool {
+    *polls += 1;
+    if cx.max_polls.is_some_and(|m| *polls > m) {
+        return false;
+    }
+    std::thread::sleep(cx.poll_interval);
+    true
+}
+
+fn recv(cx: &mut Ctx<'_>, from: Option<u64>, wait: bool, raw: bool) -> Result<(), Failure> {
+    let mut buf = vec![0u8; limits::IPC_MAX_MESSAGE];
+    let mut polls = 0;
+    loop {
+        let got = cx
+            .hv
+            .ipc_recv(from.unwrap_or(0), from.is_some(), &mut buf)
+            .map_err(fail(Op::Recv))?;
+        if let Some((sender, len)) = got {
+            let msg = &buf[..len];
+            let res = if raw {
+                cx.out.write_all(msg)
+            } else {
+                writeln!(
+                    cx.out,
+                    "from {}: {}",
+                    format::peer_name(sender),
+                    String::from_utf8_lossy(msg)
+                )
+            };
+            return res.map_err(write_err);
+        }
+        if !wait || !keep_polling(cx, &mut polls) {
+            return Err(Failure::new("no message waiting"));
+        }
+    }
+}
+
+fn events(cx: &mut Ctx<'_>, follow: bool) -> Result<(), Failure> {
+    let mut any = false;
+    let mut polls = 0;
+    loop {
+        match cx.hv.poll_event().map_err(fail(Op::Query))? {
+            Some(e) => {
+                any = true;
+                writeln!(cx.out, "{}", format::event_text(&e)).map_err(write_err)?;
+                cx.out.flush().map_err(write_err)?;
+            }
+            None if follow && keep_polling(cx, &mut polls) => {}
+            None => break,
+        }
+    }
+    if !any && !follow {
+        writeln!(cx.out, "no events").map_err(write_err)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::parse;
+    use crate::hv::CallResult;
+    use diosix_abi::{error, event, state, Event, HvInfo, VmInfo};
+    use std::collections::VecDeque;
+
+    /// A hypervisor with a few children, recording what it was asked.
+    #[derive(Default)]
+    struct Fake {
+        children: Vec<u64>,
+        calls: Vec<String>,
+        spawned: Vec<(SpawnArgs, Vec<u8>)>,
+        quotas: Vec<QuotaArgs>,
+        events: VecDeque<Event>,
+        messages: VecDeque<(u64, Vec<u8>)>,
+        unsupported: bool,
+    }
+
+    impl Fake {
+        fn info(cid: u64) -> VmInfo {
+            VmInfo {
+                size: VmInfo::SIZE as u32,
+                cid,
+                priority: 5,
+                max_priority: 255,
+                own_ram_pages: 1024,
+                own_vcpus: 1,
+                state: state::RUNNING,
+                ..VmInfo::default()
+            }
+        }
+
+        fn check(&self) -> CallResult<()> {
+            if self.unsupported {
+                Err(CallError::Sbi(error::NOT_SUPPORTED as i64))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl Hypervisor for Fake {
+        fn scalar(&mut self, fid: usize, args: [u64; 5]) -> CallResult<u64> {
+            self.check()?;
+            self.calls.push(format!("{fid} {}", args[0]));
+            match fid {
+                ext::FID_FORK => Ok(9),
+                ext::FID_DROP_TRUST => Ok(0),
+                _ if self.children.contains(&args[0]) => Ok(0),
+                _ => Err(CallError::Sbi(error::INVALID_PARAM as i64)),
+            }
+        }
+        fn spawn(&mut self, a: &SpawnArgs, image: &[u8], _: Option<&[u8]>) -> CallResult<u64> {
+            self.check()?;
+            self.spawned.push((*a, image.to_vec()));
+            Ok(7)
+        }
+        fn vm_info(&mut self, cid: Option<u64>) -> CallResult<VmInfo> {
+            self.check()?;
+            match cid {
+                None | Some(1) => Ok(Fake::info(1)),
+                Some(c) if self.children.contains(&c) => Ok(Fake::info(c)),
+                _ => Err(CallError::Sbi(error::INVALID_PARAM as i64)),
+            }
+        }
+        fn hv_info(&mut self) -> CallResult<HvInfo> {
+            self.check()?;
+            Ok(HvInfo {
+                host_cores: 2,
+                ..HvInfo::default()
+            })
+        }
+        fn set_quota(&mut self, a: &QuotaArgs) -> CallResult<()> {
+            self.check()?;
+            self.quotas.push(*a);
+            Ok(())
+        }
+        fn ipc_send(&mut self, cid: u64, data: &[u8]) -> CallResult<()> {
+            self.check()?;
+            self.calls
+                .push(format!("send {cid} {}", String::from_utf8_lossy(data)));
+            Ok(())
+        }
+        fn ipc_recv(
+            &mut self,
+            _: u64,
+            _: bool,
+            buf: &mut [u8],
+        ) -> CallResult<Option<(u64, usize)>> {
+            self.check()?;
+            Ok(self.messages.pop_front().map(|(c, m)| {
+                buf[..m.len()].copy_from_slice(&m);
+                (c, m.len())
+            }))
+        }
+        fn poll_event(&mut self) -> CallResult<Option<Event>> {
+            self.check()?;
+            Ok(self.events.pop_front())
+        }
+        fn console_read(&mut self, _: u64, _: &mut [u8]) -> CallResult<usize> {
+            Ok(0)
+        }
+        fn console_write(&mut self, _: u64, d: &[u8]) -> CallResult<usize> {
+            Ok(d.len())
+        }
+        fn list_children(&mut self, out: &mut [u64]) -> CallResult<u64> {
+            self.check()?;
+            for (o, c) in out.iter_mut().zip(&self.children) {
+                *o = *c;
+            }
+            Ok(self.children.len() as u64)
+        }
+    }
+
+    fn files(path: &str) -> std::io::Result<Vec<u8>> {
+        match path {
+            "/img" => Ok(vec![0x13; 8192]),
+            "/rd" => Ok(vec![1; 100]),
+            "/big" => Ok(vec![0; crate::dev::SPAWN_MAX_IMAGE + 1]),
+            _ => Err(std::io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
+
+    /// Runs `args` against `fake`; returns (result, stdout, stderr).
+    fn go(fake: &mut Fake, names: &mut Names, args: &str) -> (Result<(), Failure>, String, String) {
+        let v: Vec<String> = args.split_whitespace().map(String::from).collect();
+        let cmd = parse(&v).expect("valid arguments");
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut cx = Ctx {
+            hv: fake,
+            out: &mut out,
+            err: &mut err,
+            names,
+            read_file: &files,
+            poll_interval: Duration::ZERO,
+            max_polls: Some(3),
+        };
+        let r = execute(&cmd, &mut cx);
+        (
+            r,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn not_supported_is_reported_cleanly() {
+        let mut f = Fake {
+            unsupported: true,
+            ..Fake::default()
+        };
+        let (r, out, _) = go(&mut f, &mut Names::default(), "info");
+        assert_eq!(
+            r.unwrap_err().message,
+            "the hypervisor does not support this call (SBI NOT_SUPPORTED)"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn child_verbs_name_the_cid() {
+        let mut f = Fake {
+            children: vec![2, 3],
+            ..Fake::default()
+        };
+        let mut n = Names::default();
+        let (r, out, _) = go(&mut f, &mut n, "stop 2");
+        assert_eq!((r, out.as_str()), (Ok(()), "CID 2 stopped\n"));
+        let (r, _, _) = go(&mut f, &mut n, "kill 7");
+        assert_eq!(r.unwrap_err().message, "CID 7 is not a child of this VM");
+        let (r, _, _) = go(&mut f, &mut n, "kill 3 --code 4");
+        assert!(r.is_ok());
+        assert_eq!(f.calls.last().unwrap(), &format!("{} 3", ext::FID_EXIT));
+    }
+
+    #[test]
+    fn run_spawns_and_names() {
+        let mut f = Fake::default();
+        let mut n = Names::default();
+        let (r, out, _) = go(&mut f, &mut n, "run /img --ram 1M --vcpus 2 --name db");
+        assert_eq!((r, out.as_str()), (Ok(()), "started CID 7\n"));
+        let (a, img) = &f.spawned[0];
+        assert_eq!((a.ram_pages, a.vcpus, a.priority, a.flags), (256, 2, 5, 0));
+        assert_eq!(img.len(), 8192);
+        assert_eq!(n.get(7), Some("db"));
+
+        // With an initrd, a payload that the core crate parses back.
+        let (r, _, _) = go(
+            &mut f,
+            &mut n,
+            "run /img --initrd /rd --cmdline x --trusted --paused",
+        );
+        assert!(r.is_ok());
+        let (a, img) = &f.spawned[1];
+        assert_eq!(a.flags, flags::SPAWN_TRUSTED | flags::SPAWN_PAUSED);
+        let p = diosix_core::payload::Payload::parse(img).unwrap();
+        assert_eq!(
+            (p.kernel.len(), p.initrd.unwrap().len(), p.cmdline),
+            (8192, 100, Some("x"))
+        );
+
+        let (r, _, _) = go(&mut f, &mut n, "run /big");
+        assert!(r.unwrap_err().message.contains("at most 64 MiB"));
+        let (r, _, _) = go(&mut f, &mut n, "run /nope");
+        assert!(r.unwrap_err().message.starts_with("cannot read /nope"));
+        let (r, _, _) = go(&mut f, &mut n, "run /img --ram 4K");
+        assert!(r.unwrap_err().message.contains("does not fit"));
+        assert_eq!(f.spawned.len(), 2);
+    }
+
+    #[test]
+    fn list_shows_children_with_names() {
+        let mut f = Fake {
+            children: vec![2, 5],
+            ..Fake::default()
+        };
+        let mut n = Names::default();
+        n.set(5, "web").unwrap();
+        let (r, out, _) = go(&mut f, &mut n, "list");
+        assert!(r.is_ok());
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[2].starts_with("5    web"));
+        let (_, out, _) = go(&mut f, &mut n, "list --json");
+        assert!(out.starts_with("[{\"cid\":2,\"name\":null"));
+    }
+
+    #[test]
+    fn quota_sets_flags_for_every_given_field() {
+        let mut f = Fake::default();
+        let (r, out, _) = go(&mut f, &mut Names::default(), "quota self --ram 0 --prio 9");
+        assert_eq!((r, out.as_str()), (Ok(()), "quota of this VM updated\n"));
+        let q = f.quotas[0];
+        assert_eq!(q.cid, 1);
+        assert_eq!(q.flags, flags::QUOTA_SET_RAM | flags::QUOTA_SET_PRIORITY);
+        assert_eq!((q.ram_pages, q.max_priority), (0, 9));
+        let (r, out, _) = go(&mut f, &mut Names::default(), "quota self");
+        assert!(r.is_ok() && out.starts_with("this VM's quota: RAM"));
+    }
+
+    #[test]
+    fn messages_and_events() {
+        let mut f = Fake::default();
+        let mut n = Names::default();
+        let (r, _, _) = go(&mut f, &mut n, "recv");
+        assert_eq!(r.unwrap_err().message, "no message waiting");
+        let (r, _, _) = go(&mut f, &mut n, "recv --wait");
+        assert!(r.is_err(), "gives up after the test's poll budget");
+        f.messages.push_back((0, b"hello".to_vec()));
+        let (r, out, _) = go(&mut f, &mut n, "recv");
+        assert_eq!((r, out.as_str()), (Ok(()), "from the parent: hello\n"));
+        let (_, out, _) = go(&mut f, &mut n, "send parent hi");
+        assert!(out.is_empty());
+        assert_eq!(f.calls.last().unwrap(), "send 0 hi");
+
+        let (_, out, _) = go(&mut f, &mut n, "events");
+        assert_eq!(out, "no events\n");
+        f.events.push_back(Event {
+            kind: event::CHILD_STOPPED,
+            cid: 2,
+            ..Event::default()
+        });
+        let (_, out, _) = go(&mut f, &mut n, "events --follow");
+        assert_eq!(out, "CID 2 stopped\n");
+    }
+
+    #[test]
+    fn fork_and_info() {
+        let mut f = Fake::default();
+        let (_, out, _) = go(&mut f, &mut Names::default(), "fork");
+        assert_eq!(out, "forked: the child is CID 9\n");
+        let (_, out, _) = go(&mut f, &mut Names::default(), "info --host");
+        assert!(out.contains("harts        2"));
+        let (_, out, _) = go(&mut f, &mut Names::default(), "info --json");
+        assert!(out.starts_with("{\"cid\":1"));
+    }
+
+    #[test]
+    fn names_file_round_trips() {
+        let dir = std::env::temp_dir().join(format!("dsx-names-{}", std::process::id()));
+        let path = dir.join("names");
+        let mut n = Names::load(Some(path.clone()));
+        n.set(3, "a").unwrap();
+        n.set(12, "b").unwrap();
+        let again = Names::load(Some(path));
+        assert_eq!(
+            (again.get(3), again.get(12), again.get(4)),
+            (Some("a"), Some("b"), None)
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,52 @@
+//! The calls `dsx` makes, as a trait: [`crate::dev::Device`] implements it over
+//! `/dev/diosix`, and the tests implement it with a fake hypervisor, so everything above
+//! this layer runs in `cargo test` on the build host.
+
+use diosix_abi::{Event, HvInfo, QuotaArgs, SpawnArgs, VmInfo};
+
+/// Why a call did not succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallError {
+    /// The hypervisor answered with this SBI error code (a0).
+    Sbi(i64),
+    /// The driver (or the kernel, opening the device) refused with this errno before the
+    /// hypervisor was called.
+    Os(i32),
+}
+
+/// Result of one call.
+pub type CallResult<T> = Result<T, CallError>;
+
+/// One method per Diosix SBI extension function `dsx` uses. CIDs are the caller's own
+/// (0 = parent, 1 = itself, 2.. = its children).
+pub trait Hypervisor {
+    /// A function whose arguments are all scalars (a0..a4); returns a1.
+    fn scalar(&mut self, fid: usize, args: [u64; 5]) -> CallResult<u64>;
+    /// SPAWN: `args` with its GPAs and sizes filled in from `image` and `dtb`; returns
+    /// the child's CID.
+    fn spawn(&mut self, args: &SpawnArgs, image: &[u8], dtb: Option<&[u8]>) -> CallResult<u64>;
+    /// GET_INFO (`cid` = `None`) or GET_CHILD_INFO.
+    fn vm_info(&mut self, cid: Option<u64>) -> CallResult<VmInfo>;
+    /// GET_HV_INFO.
+    fn hv_info(&mut self) -> CallResult<HvInfo>;
+    /// SET_QUOTA.
+    fn set_quota(&mut self, args: &QuotaArgs) -> CallResult<()>;
+    /// IPC_SEND of `data` to `cid`.
+    fn ipc_send(&mut self, cid: u64, data: &[u8]) -> CallResult<()>;
+    /// IPC_RECV into `buf`: `Some((sender, length))`, or `None` if nothing waits.
+    fn ipc_recv(
+        &mut self,
+        filter: u64,
+        exact: bool,
+        buf: &mut [u8],
+    ) -> CallResult<Option<(u64, usize)>>;
+    /// POLL_EVENT: the oldest event, if any.
+    fn poll_event(&mut self) -> CallResult<Option<Event>>;
+    /// CONSOLE_READ from `cid` into `buf` (at most 4096 bytes); returns bytes read.
+    fn console_read(&mut self, cid: u64, buf: &mut [u8]) -> CallResult<usize>;
+    /// CONSOLE_WRITE of `data` (at most 4096 bytes) to `cid`; returns bytes accepted.
+    fn console_write(&mut self, cid: u64, data: &[u8]) -> CallResult<usize>;
+    /// LIST_CHILDREN into `out`; returns the number of live children (which may exceed
+    /// `out.len()`).
+    fn list_children(&mut self, out: &mut [u64]) -> CallResult<u64>;
+}

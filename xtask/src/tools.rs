@@ -1,0 +1,392 @@
+//! Builds the Root VM's management tools: `dsx` (`tools/dsx`, a static riscv64 Linux
+//! binary) and `diosix.ko` (`rootvm/driver`, built against the Root VM's kernel tree),
+//! and names where they go in the initramfs.
+//!
+//! Like the rest of the Root VM (`rootvm.rs`), each output is kept in
+//! [`rootvm::cache_dir`] under a key hashed from everything it is built from, built in a
+//! `*.tmp.<pid>` directory and renamed into place only when complete. See `docs/dsx.md`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+use crate::{rootvm, setup, workspace_root, Result};
+
+/// Mixed into both cache keys; bump it when a change here changes what is produced.
+const FORMAT_VERSION: &str = "diosix-tools-1";
+
+/// Rust target of the Root VM's userspace (glibc, linked statically).
+pub const LINUX_TARGET: &str = "riscv64gc-unknown-linux-gnu";
+
+/// Prefix of the cross toolchain (Debian's `gcc-riscv64-linux-gnu`).
+const CROSS: &str = "riscv64-linux-gnu-";
+
+/// Source directories whose contents decide the `dsx` binary (its own crate and the
+/// workspace crates it depends on).
+const DSX_INPUTS: &[&str] = &["tools/dsx", "crates/abi", "crates/core"];
+
+/// A file the tools add to the Root VM initramfs.
+#[derive(Debug, Clone)]
+pub struct InitramfsFile {
+    /// Path in the archive, without the leading `/`.
+    pub path: &'static str,
+    /// The built file.
+    pub source: PathBuf,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// Builds both tools (or finds them cached) and returns what goes into the initramfs:
+/// `/usr/bin/dsx` and `/lib/modules/diosix.ko` (loaded by `/etc/init.d/rcS`).
+pub fn initramfs_files(linux_tree: &Path) -> Result<Vec<InitramfsFile>> {
+    Ok(vec![
+        InitramfsFile {
+            path: "usr/bin/dsx",
+            source: build_dsx()?,
+            mode: 0o755,
+        },
+        InitramfsFile {
+            path: "lib/modules/diosix.ko",
+            source: build_driver(linux_tree)?,
+            mode: 0o644,
+        },
+    ])
+}
+
+/// Builds `dsx` for riscv64 Linux, static and stripped, and returns its path in the
+/// cache.
+pub fn build_dsx() -> Result<PathBuf> {
+    let root = workspace_root();
+    let mut parts = vec![
+        FORMAT_VERSION.to_string(),
+        "dsx".to_string(),
+        tool_version("rustc", &["-vV"])?,
+        tool_version(&format!("{CROSS}gcc"), &["--version"])?,
+        hash_file(&root.join("Cargo.lock"))?,
+        hash_file(&root.join("Cargo.toml"))?,
+    ];
+    for dir in DSX_INPUTS {
+        parts.push(hash_tree(&root, &root.join(dir))?);
+    }
+    let out = rootvm::cache_dir().join(format!("dsx-{}", key(&parts)));
+    let binary = out.join("dsx");
+    if binary.is_file() {
+        println!("[tools] dsx: cached");
+        return Ok(binary);
+    }
+    println!("[tools] building dsx ({LINUX_TARGET}, static)...");
+    setup::ensure_rust_targets()?;
+    let linker_var = format!(
+        "CARGO_TARGET_{}_LINKER",
+        LINUX_TARGET.to_uppercase().replace('-', "_")
+    );
+    let flags_var = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        LINUX_TARGET.to_uppercase().replace('-', "_")
+    );
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args(["build", "--quiet", "--release", "-p", "dsx", "--target"])
+        .arg(LINUX_TARGET)
+        // Per-target settings, so nothing else in the workspace is affected; a global
+        // RUSTFLAGS would override them, so it is removed for this build.
+        .env(&linker_var, format!("{CROSS}gcc"))
+        .env(&flags_var, "-C target-feature=+crt-static")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .map_err(|e| format!("building dsx: cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("building dsx failed (see the cargo output above)".into());
+    }
+    let built = root
+        .join("target")
+        .join(LINUX_TARGET)
+        .join("release")
+        .join("dsx");
+    check_static(&built)?;
+    let tmp = fresh_tmp(&out)?;
+    run(
+        "stripping dsx",
+        Command::new(format!("{CROSS}strip"))
+            .arg("-o")
+            .arg(tmp.join("dsx"))
+            .arg(&built),
+    )?;
+    commit(&tmp, &out)?;
+    println!("[tools] dsx built: {} bytes", file_len(&binary));
+    Ok(binary)
+}
+
+/// Builds `diosix.ko` against `linux_tree` (a configured kernel tree with
+/// `Module.symvers`, i.e. `RootVmArtifacts::linux_tree`) and returns its path in the
+/// cache.
+pub fn build_driver(linux_tree: &Path) -> Result<PathBuf> {
+    let root = workspace_root();
+    let driver_dir = root.join("rootvm/driver");
+    let header = root.join("crates/abi/include/diosix_sbi.h");
+    let symvers = linux_tree.join("Module.symvers");
+    if !symvers.is_file() {
+        return Err(format!(
+            "building diosix.ko: {} has no Module.symvers (the kernel must be built with \
+             `make modules`)",
+            linux_tree.display()
+        ));
+    }
+    let parts = vec![
+        FORMAT_VERSION.to_string(),
+        "diosix.ko".to_string(),
+        tool_version(&format!("{CROSS}gcc"), &["--version"])?,
+        // The tree's directory name is its own cache key (sources, config, compiler);
+        // the config and symbol versions are hashed too in case it was rebuilt in place.
+        linux_tree.display().to_string(),
+        hash_file(&linux_tree.join(".config"))?,
+        hash_file(&symvers)?,
+        hash_tree(&root, &driver_dir)?,
+        hash_file(&header)?,
+    ];
+    let out = rootvm::cache_dir().join(format!("diosix-ko-{}", key(&parts)));
+    let module = out.join("diosix.ko");
+    if module.is_file() {
+        println!("[tools] diosix.ko: cached");
+        return Ok(module);
+    }
+    println!(
+        "[tools] building diosix.ko against {}...",
+        linux_tree.display()
+    );
+    let tmp = fresh_tmp(&out)?;
+    // Built in a copy, so kbuild's objects never land in the source tree.
+    let src = tmp.join("src");
+    fs::create_dir_all(&src).map_err(|e| format!("cannot create {}: {e}", src.display()))?;
+    for entry in read_dir_sorted(&driver_dir)? {
+        if entry.is_file() {
+            let name = entry.file_name().expect("files have names");
+            copy(&entry, &src.join(name))?;
+        }
+    }
+    copy(&header, &src.join("diosix_sbi.h"))?;
+    run(
+        "building diosix.ko",
+        Command::new("make")
+            .arg("-C")
+            .arg(linux_tree)
+            .arg("ARCH=riscv")
+            .arg(format!("CROSS_COMPILE={CROSS}"))
+            .arg(format!("M={}", src.display()))
+            .arg("modules")
+            .env("LC_ALL", "C"),
+    )?;
+    run(
+        "stripping diosix.ko",
+        Command::new(format!("{CROSS}strip"))
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(tmp.join("diosix.ko"))
+            .arg(src.join("diosix.ko")),
+    )?;
+    fs::remove_dir_all(&src).map_err(|e| format!("cannot remove {}: {e}", src.display()))?;
+    commit(&tmp, &out)?;
+    println!("[tools] diosix.ko built: {} bytes", file_len(&module));
+    Ok(module)
+}
+
+/// Fails unless `path` is an ELF without a program interpreter: the initramfs has no
+/// dynamic loader or libc, so a dynamically linked `dsx` would not run there.
+fn check_static(path: &Path) -> Result<()> {
+    const PT_INTERP: u32 = 3;
+    let elf = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bad = || format!("{} is not a 64-bit little-endian ELF", path.display());
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return Err(bad());
+    }
+    let u16_at = |at: usize| u16::from_le_bytes([elf[at], elf[at + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let ty = elf.get(at..at + 4).ok_or_else(bad)?;
+        if u32::from_le_bytes(ty.try_into().expect("4 bytes")) == PT_INTERP {
+            return Err(format!(
+                "{} is dynamically linked; the Root VM needs it static (+crt-static)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a command, with its output shown only if it fails.
+fn run(what: &str, cmd: &mut Command) -> Result<()> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: cannot run {program}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    Err(format!("{what} failed ({}):\n{tail}", out.status))
+}
+
+/// The output of `tool args` (its version), proving it is installed.
+fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
+    match Command::new(tool).args(args).output() {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        _ => Err(format!(
+            "{tool} not found or not working: run `cargo xtask setup`"
+        )),
+    }
+}
+
+/// A short hex key over `parts`, each length-prefixed so text cannot move between them.
+fn key(parts: &[String]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    hex(&h.finalize())[..24].to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hash_file(path: &Path) -> Result<String> {
+    let data = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(hex(&Sha256::digest(data)))
+}
+
+/// Hash of every file under `dir` (path relative to `root`, and contents), in a fixed
+/// order. Directories named `target` are skipped: build output, not input.
+fn hash_tree(root: &Path, dir: &Path) -> Result<String> {
+    fn walk(root: &Path, dir: &Path, h: &mut Sha256) -> Result<()> {
+        for path in read_dir_sorted(dir)? {
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "target") {
+                    continue;
+                }
+                walk(root, &path, h)?;
+            } else {
+                let rel = path.strip_prefix(root).unwrap_or(&path);
+                let rel = rel.to_string_lossy();
+                h.update((rel.len() as u64).to_le_bytes());
+                h.update(rel.as_bytes());
+                h.update(hash_file(&path)?.as_bytes());
+            }
+        }
+        Ok(())
+    }
+    let mut h = Sha256::new();
+    walk(root, dir, &mut h)?;
+    Ok(hex(&h.finalize()))
+}
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A fresh temp dir `<final>.tmp.<pid>` next to `final_path`; leftovers of builds whose
+/// process is gone are removed first.
+fn fresh_tmp(final_path: &Path) -> Result<PathBuf> {
+    let parent = final_path.parent().expect("cache paths have a parent");
+    let name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("cache names are UTF-8");
+    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let prefix = format!("{name}.tmp.");
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let file_name = entry.file_name();
+        if let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    Ok(tmp)
+}
+
+/// Renames a finished temp dir into place; if another build got there first with the
+/// same inputs, its output is kept.
+fn commit(tmp: &Path, final_path: &Path) -> Result<()> {
+    if final_path.exists() {
+        let _ = fs::remove_dir_all(tmp);
+        return Ok(());
+    }
+    fs::rename(tmp, final_path).map_err(|e| {
+        format!(
+            "cannot move {} to {}: {e}",
+            tmp.display(),
+            final_path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_part_boundaries() {
+        let k = |p: &[&str]| key(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_ne!(k(&["ab", "c"]), k(&["a", "bc"]));
+        assert_eq!(k(&["x"]).len(), 24);
+    }
+
+    #[test]
+    fn static_check_reads_program_headers() {
+        // This test binary is a host ELF linked dynamically (it has PT_INTERP).
+        let me = std::env::current_exe().unwrap();
+        if cfg!(target_os = "linux") && !cfg!(target_feature = "crt-static") {
+            assert!(check_static(&me)
+                .unwrap_err()
+                .contains("dynamically linked"));
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-tools-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk");
+        fs::write(&junk, b"not an elf").unwrap();
+        assert!(check_static(&junk).unwrap_err().contains("not a 64-bit"));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tree_hash_changes_with_contents() {
+        let dir = std::env::temp_dir().join(format!("xtask-tree-{}", std::process::id()));
+        fs::create_dir_all(dir.join("target")).unwrap();
+        fs::write(dir.join("a"), b"1").unwrap();
+        let h1 = hash_tree(&dir, &dir).unwrap();
+        fs::write(dir.join("target/ignored"), b"x").unwrap();
+        assert_eq!(hash_tree(&dir, &dir).unwrap(), h1);
+        fs::write(dir.join("a"), b"2").unwrap();
+        assert_ne!(hash_tree(&dir, &dir).unwrap(), h1);
+        let _ = fs::remove_dir_all(dir);
+    }
+}
