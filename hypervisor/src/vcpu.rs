@@ -86,6 +86,8 @@ pub struct VsCsrs {
     pub vstval: usize,
     pub vsatp: usize,
     pub hvip: usize,
+    /// The guest's scounteren (the CSR is shared by every guest on the hart).
+    pub scounteren: usize,
 }
 
 /// A copy of a vCPU's architectural state (for FORK).
@@ -135,7 +137,12 @@ impl Vcpu {
             regs,
             pc: pc.raw(),
             user_mode: false,
-            csrs: VsCsrs::default(),
+            // As machine firmware leaves it: user mode may read cycle, time and
+            // instret (Linux's vDSO reads `time` directly).
+            csrs: VsCsrs {
+                scounteren: 0b111,
+                ..VsCsrs::default()
+            },
             fp: [0; 32],
             fcsr: 0,
             timer_deadline: u64::MAX,
@@ -236,6 +243,7 @@ impl Vcpu {
             csr::vstval::write(c.vstval);
             csr::vsatp::write(c.vsatp);
             csr::hvip::write(c.hvip);
+            csr::scounteren::write(c.scounteren);
             csr::mepc::write(self.pc as usize);
             let mut ms = csr::mstatus::read();
             ms &= !(mstatus_bits::MPP_MASK | mstatus_bits::FS_MASK | mstatus_bits::MIE);
@@ -270,6 +278,7 @@ impl Vcpu {
             vstval: csr::vstval::read(),
             vsatp: csr::vsatp::read(),
             hvip: csr::hvip::read() & irq::VS_ALL,
+            scounteren: csr::scounteren::read(),
         };
         if ms & mstatus_bits::FS_MASK == mstatus_bits::FS_DIRTY {
             // SAFETY: mstatus.FS is non-zero, so FP instructions are legal in M-mode.

@@ -83,6 +83,9 @@ csr_module!(/// Hypervisor virtual interrupt pending: VSSIP/VSTIP/VSEIP injectio
     hvip, 0x645);
 csr_module!(/// Hypervisor guest address translation and protection (G-stage root).
     hgatp, 0x680);
+csr_module!(/// Supervisor counter enable: not virtualized by H, so it gates VU-mode
+    /// counter reads for whichever guest runs; switched per vCPU.
+    scounteren, 0x106);
 csr_module!(/// Supervisor timer compare (Sstc).
     stimecmp, 0x14D);
 csr_module!(/// Virtual supervisor timer compare (Sstc).
