@@ -96,6 +96,7 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
         log::error!("cannot start the Root VM: {e}");
         platform::restart_host();
     }
+    mem::release_payload(host);
     log::info!(
         "boot hart ready after {} instructions; releasing {} other hart(s)",
         csr::id::instret().saturating_sub(start_instret),

@@ -67,6 +67,35 @@ pub fn init(host: &HostPlatform) {
     );
 }
 
+/// The pages the Root VM payload occupies (right after the image).
+fn payload_range(host: &HostPlatform) -> Option<Range<Hpa>> {
+    let len = crate::vm::payload_bytes(host).len() as u64;
+    let start = hypervisor_range().end();
+    (len > 0)
+        .then(|| Range::new(start, len.next_multiple_of(PAGE_SIZE)))
+        .flatten()
+}
+
+/// Pages the payload will give back once the Root VM is loaded (counted in the Root
+/// VM's quota up front).
+pub fn payload_pages(host: &HostPlatform) -> u64 {
+    payload_range(host).map_or(0, |r| r.len / PAGE_SIZE)
+}
+
+/// Hands the payload's pages to the frame allocator: once the Root VM is built from
+/// it, nothing reads it again (the Root VM's end restarts the host).
+pub fn release_payload(host: &HostPlatform) {
+    if let Some(r) = payload_range(host) {
+        match frames().add_range(r) {
+            Ok(_) => log::info!(
+                "{} KiB of payload returned to the page allocator",
+                r.len >> 10
+            ),
+            Err(e) => log::warn!("payload pages not reusable: {e}"),
+        }
+    }
+}
+
 /// `a` minus `b`, as up to two ranges.
 fn subtract(a: Range<Hpa>, b: Range<Hpa>) -> alloc::vec::Vec<Range<Hpa>> {
     let mut out = alloc::vec::Vec::new();

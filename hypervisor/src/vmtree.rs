@@ -84,7 +84,8 @@ pub fn table_pages_for(ram_pages: u64) -> u64 {
 /// Creates the tree with the Root VM holding `ram_pages` and `vcpus`; its quota is
 /// every free page of host RAM.
 pub fn create_root(ram_pages: u64, vcpus: u32) -> Result<VmId, alloc::string::String> {
-    let total = mem::frames().free_pages() as u64;
+    // Every free page, plus the payload's, which are freed once the Root VM is built.
+    let total = mem::frames().free_pages() as u64 + mem::payload_pages(crate::platform::host());
     let quota = Quota::everything(total, diosix_abi::limits::MAX_VCPUS);
     let own = Usage {
         ram_pages,
