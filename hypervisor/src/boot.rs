@@ -98,6 +98,10 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
     }
     mem::release_payload(host);
     log::info!(
+        "Root VM running; host free pages: {}",
+        mem::frames().free_pages()
+    );
+    log::info!(
         "boot hart ready after {} instructions; releasing {} other hart(s)",
         csr::id::instret().saturating_sub(start_instret),
         host.harts.len().saturating_sub(1)

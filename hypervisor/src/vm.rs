@@ -218,7 +218,12 @@ impl Drop for Vm {
             m.destroy();
         }
         free_vmid(self.vmid);
-        log::info!("VM {} (VMID {}): memory released", self.name, self.vmid);
+        log::info!(
+            "VM {} (VMID {}): memory released; host free pages: {}",
+            self.name,
+            self.vmid,
+            mem::frames().free_pages()
+        );
     }
 }
 

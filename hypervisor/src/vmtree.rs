@@ -500,6 +500,8 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn release_vm(&mut self, killed: &KilledVm) {
+        // Its kept image goes whether or not the VM was ever built.
+        ORIGINS.lock().remove(&killed.id);
         let Some(vm) = VMS.lock().remove(&killed.id) else {
             return;
         };

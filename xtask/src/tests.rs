@@ -33,6 +33,17 @@ enum Expect {
     },
     /// A closing line `<tool>: N passed, 0 failed` with N > 0.
     Summary(&'static str),
+    /// Diosix's `host free pages: N` log lines: the last one (after every child VM was
+    /// torn down) equals the first (the Root VM just started), so no page leaked.
+    FreePagesRestored,
+}
+
+/// The `host free pages: N` figures Diosix logged, in order.
+fn free_pages(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.split("host free pages: ").nth(1))
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
 }
 
 /// How a case boots.
@@ -189,6 +200,184 @@ fn linux_case(
     }
 }
 
+/// The Root VM's prompt (`root@diosix:/root# `), distinct from a guest's.
+const ROOT_PROMPT: &str = "@diosix:/root# ";
+
+/// The prompt of the guest Linux `dsx run` starts by default (hostname `guest`).
+const GUEST_PROMPT: &str = "@guest:/root# ";
+
+/// Ctrl-]: detaches `dsx console`.
+const DETACH: &str = "\x1d";
+
+/// One console step of a `linux-dsx-*` case: (wait for, then send).
+type Step = (&'static str, &'static str);
+
+/// Text built at run time for a case's table (cases are built once per run).
+fn leak(s: String) -> &'static str {
+    s.leak()
+}
+
+/// Attach to child `cid` of the Root VM, log in to the guest Linux there, print
+/// `HX-guest-42-<cid>` from its shell, detach (Ctrl-]) and get the Root VM's prompt back.
+fn guest_login_steps(cid: u32) -> Vec<Step> {
+    vec![
+        (ROOT_PROMPT, leak(format!("dsx console {cid}\r"))),
+        ("guest login:", "root\r"),
+        (
+            GUEST_PROMPT,
+            leak(format!("echo HX-$(hostname)-$((6*7))-{cid}\r")),
+        ),
+        (leak(format!("HX-guest-42-{cid}")), ""),
+        (GUEST_PROMPT, DETACH),
+        (leak(format!("detached from CID {cid}")), ""),
+    ]
+}
+
+/// Defines the shell function `fp`: the free RAM `dsx info --host` reports, in pages
+/// (GET_HV_INFO: the caller's quota headroom).
+const FREE_PAGES_FN: &str =
+    "fp() { dsx info --host --json | sed 's/.*\"ram_free_pages\":\\([0-9]*\\).*/\\1/'; }; ";
+
+/// `linux-dsx-seed` (`-smp 4 -m 512M`, so a 64 MiB Root VM): three 128 MiB guest Linux
+/// children must fit; each logs in and runs a command; killing the third must give back
+/// exactly the free RAM there was before it was started.
+fn dsx_seed_steps() -> &'static [Step] {
+    let mut v = vec![
+        ("login:", "root\r"),
+        (PROMPT, UPTIME_CMD),
+        (
+            ROOT_PROMPT,
+            leak(format!(
+                "{FREE_PAGES_FN}F0=$(fp); dsx run --ram 128M --name g1 && \
+                 dsx run --ram 128M --name g2 && B=$(fp) && dsx run --ram 128M --name g3; \
+                 echo RUN3-$? LIVE-$(dsx list --json | grep -o running | wc -l) F0-$F0 B-$B\r"
+            )),
+        ),
+        ("RUN3-", ""),
+    ];
+    for cid in 2..=4 {
+        v.extend(guest_login_steps(cid));
+    }
+    v.extend([
+        (
+            ROOT_PROMPT,
+            "dsx kill 4; A=$(fp); echo FREE-$B-$A SAME-$([ \"$A\" = \"$B\" ] && echo yes || echo no) \
+             LEFT-$(dsx list --json | grep -o running | wc -l)\r",
+        ),
+        ("SAME-", ""),
+        (ROOT_PROMPT, "poweroff\r"),
+    ]);
+    v.leak()
+}
+
+/// In a guest: wait (up to 90 s) for its child CID 2's `guest login:`, log in there,
+/// run a command and print what it printed (`GRAND-GH-guest-42`). Driven through
+/// `dsx console 2` without a terminal: with stdin at its end, dsx sends what it read,
+/// drains the child's output to stdout and returns (a nested interactive console could
+/// not be detached: the outer `dsx console` takes the Ctrl-]).
+const GRANDCHILD_LOGIN: &str = concat!(
+    "for i in $(seq 90); do dsx console 2 </dev/null >>/tmp/gc 2>/dev/null; ",
+    "grep -q 'guest login:' /tmp/gc && break; sleep 1; done; ",
+    "printf 'root\\r' | dsx console 2 >>/tmp/gc 2>/dev/null; sleep 2; ",
+    "printf 'echo GH-$(hostname)-$((6*7))\\r' | dsx console 2 >>/tmp/gc 2>/dev/null; ",
+    "for i in $(seq 30); do grep -q 'GH-guest-42' /tmp/gc && break; sleep 1; ",
+    "dsx console 2 </dev/null >>/tmp/gc 2>/dev/null; done; ",
+    "echo GRAND-$(grep -o 'GH-guest-4[2]' /tmp/gc | head -n 1)\r",
+);
+
+/// `linux-dsx-nested`: the Root VM raises a child's quota (a child's own is exactly
+/// what it holds), the child refuses a grandchild beyond it and starts one within it
+/// (`dsx run` without IMAGE in the guest: its retained initramfs), the grandchild logs
+/// in, and killing the child takes the grandchild with it.
+const DSX_NESTED: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "dsx run --ram 128M --name kid && dsx quota 2 && \
+         dsx quota 2 --ram 170M --vcpus 2 --descendants 1 --depth 1 && dsx quota 2 && \
+         dsx console 2\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "dsx run --ram 64M; echo BIG-$?; dsx run --ram 32M --name gk; echo GK-$?; dsx info\r",
+    ),
+    ("GK-", ""),
+    (GUEST_PROMPT, GRANDCHILD_LOGIN),
+    ("GRAND-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "echo KIDS-$(dsx list --json | grep -o '\"child_count\":[0-9]*')\r",
+    ),
+    ("KIDS-", ""),
+    (
+        ROOT_PROMPT,
+        "dsx kill 2; dsx events; echo AFTER-$(dsx list --json)\r",
+    ),
+    ("AFTER-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
+/// `linux-dsx-fork`: the Root VM forks itself; the clone (CID 2), reached with `dsx
+/// console 2`, says it is the child, runs a busy loop on each of its 2 vCPUs, and `dsx
+/// info` there is not the Root VM's.
+const DSX_FORK: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (ROOT_PROMPT, "dsx fork; echo FORKRC-$?\r"),
+    ("FORKRC-", ""),
+    (ROOT_PROMPT, "dsx list; dsx console 2\r"),
+    ("this is the new child VM", ""),
+    (
+        PROMPT,
+        "echo CLONE-$(nproc)-$(cat /sys/devices/system/cpu/online); dsx info\r",
+    ),
+    ("children", ""),
+    (PROMPT, BUSY_CMD),
+    ("BUSYCPUS-", ""),
+    (PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "dsx info | head -n 1; dsx kill 2; echo PARENT-$(hostname)\r",
+    ),
+    ("PARENT-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
+/// `linux-dsx-refusals`: bad sizes, unknown CIDs, a quota exceeded, and `--trusted`
+/// asked by a child whose trust was dropped (with quota enough: the same request
+/// without `--trusted` passes).
+const DSX_REFUSALS: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "dsx run --ram 12X; echo SIZE-$?; dsx stop 7; echo STOP-$?; dsx kill 7; echo KILL-$?; \
+         dsx run --ram 2G; echo HUGE-$?\r",
+    ),
+    ("HUGE-", ""),
+    (
+        ROOT_PROMPT,
+        "dsx run --trusted --ram 64M --name t && \
+         dsx quota 2 --ram 100M --vcpus 2 --descendants 1 --depth 1 && \
+         dsx drop-trust 2 && dsx console 2\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "dsx info | head -n 1; dsx run --trusted --ram 16M --paused; echo TRUSTED-$?; \
+         dsx run --ram 16M --paused; echo UNTRUSTED-$?\r",
+    ),
+    ("UNTRUSTED-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
 fn cases() -> Vec<Case> {
     let mut v = vec![
         case("sbi-tests-smp1", "sbi-tests", 1, 1, SBI_TESTS),
@@ -295,6 +484,89 @@ fn cases() -> Vec<Case> {
             ],
         ),
     ]);
+    // `dsx` in the Root VM's shell and in guests (docs/dsx.md): the guest Linux that
+    // `dsx run` starts without IMAGE, nesting, fork and refusals.
+    v.extend([
+        linux_case(
+            "linux-dsx-seed",
+            4,
+            512,
+            &[
+                Expect::Text("K/65536K available"),
+                Expect::Text("RUN3-0 LIVE-3"),
+                Expect::Text("Diosix guest VM"),
+                Expect::Text("HX-guest-42-2"),
+                Expect::Text("HX-guest-42-3"),
+                Expect::Text("HX-guest-42-4"),
+                Expect::Text("CID 4 terminated"),
+                Expect::Text("SAME-yes LEFT-2"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            dsx_seed_steps(),
+        ),
+        linux_case(
+            "linux-dsx-nested",
+            2,
+            1024,
+            &[
+                Expect::Text("vCPUs 1 (uses 1), priority up to 128, depth 0, descendants 0"),
+                Expect::Text("RAM 170 MiB (uses 128.3 MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
+                Expect::Text("dsx: denied: this VM's quota"),
+                Expect::Text("BIG-1"),
+                Expect::Text("GK-0"),
+                Expect::Text("vCPUs        2 used of 2 quota (1 own, 2 reserved)"),
+                Expect::Text("GRAND-GH-guest-42"),
+                Expect::Text("KIDS-\"child_count\":1"),
+                Expect::Text("(VMID 3): memory released"),
+                Expect::Text("(VMID 2): memory released"),
+                Expect::Text("CID 2 terminated"),
+                Expect::Text("AFTER-[]"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_NESTED,
+        ),
+        linux_case(
+            "linux-dsx-fork",
+            2,
+            1024,
+            &[
+                Expect::Text("forked: the child is CID 2"),
+                Expect::Text("FORKRC-0"),
+                Expect::Text("this is the new child VM (its parent is CID 0)"),
+                Expect::Text("CLONE-2-0-1"),
+                Expect::Text("this VM (CID 1): trusted, running"),
+                Expect::Text("LOOP-1-30000"),
+                Expect::Text("LOOP-2-30000"),
+                Expect::Text("BUSYCPUS-2"),
+                Expect::Text("this VM (CID 1): Root VM, trusted, running"),
+                Expect::Text("CID 2 terminated"),
+                Expect::Text("PARENT-diosix"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_FORK,
+        ),
+        linux_case(
+            "linux-dsx-refusals",
+            2,
+            1024,
+            &[
+                Expect::Text("dsx run: `12X` is not a size (use K, M, G or T)"),
+                Expect::Text("SIZE-2"),
+                Expect::Text("dsx: CID 7 is not a child of this VM"),
+                Expect::Text("STOP-1"),
+                Expect::Text("KILL-1"),
+                Expect::Text("dsx: denied: this VM's quota (RAM, vCPUs, depth or descendants), priority ceiling or trust does not allow it; see `dsx info`"),
+                Expect::Text("HUGE-1"),
+                Expect::Text("CID 2 no longer has hardware trust"),
+                Expect::Text("this VM (CID 1): untrusted, running"),
+                Expect::Text("TRUSTED-1"),
+                Expect::Text("started CID 2 (paused)"),
+                Expect::Text("UNTRUSTED-0"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_REFUSALS,
+        ),
+    ]);
     // Guest time to login in instructions: deterministic, whatever the host's load.
     // QEMU is stopped right after the uptime is read: under icount the idle Root VM's
     // seconds (busybox's `poweroff` waits 2 s) cost a minute of wall time, and the
@@ -342,7 +614,7 @@ fn cases() -> Vec<Case> {
     });
     // The Diosix SBI extension end to end: the Root VM (guests/vmtree) spawns children
     // (guests/vmchild), talks to them, stops, reboots, forks and kills them.
-    let vmtree: &'static [Expect] = &[Expect::Summary("vmtree")];
+    let vmtree: &'static [Expect] = &[Expect::Summary("vmtree"), Expect::FreePagesRestored];
     for (name, vcpus, smp) in [("vmtree-smp1", 1, 1), ("vmtree-smp2", 2, 2)] {
         v.push(case(name, "vmtree", vcpus, smp, vmtree));
     }
@@ -418,6 +690,13 @@ fn judge(c: &Case, out: &str, opensbi: bool) -> Vec<String> {
                 Some((p, 0)) if p > 0 => {}
                 Some((p, f)) => why.push(format!("{tool}: {p} passed, {f} failed")),
                 None => why.push(format!("no `{tool}: N passed, M failed` line")),
+            },
+            Expect::FreePagesRestored => match free_pages(out).as_slice() {
+                [first, .., last] if first == last => {}
+                [first, .., last] => why.push(format!(
+                    "host free pages {last} after teardown, {first} at start: pages leaked"
+                )),
+                _ => why.push("fewer than two `host free pages` lines".into()),
             },
         }
     }

@@ -1804,12 +1804,13 @@ fn trust_checks() {
         dsx::call2(ext::FID_ROUTE_IRQ, 0xFFFF_FFFF, 0),
         error::INVALID_PARAM,
     );
+    // Spawned paused: the child drops its own trust as soon as it runs, so its flags
+    // are checked before it can (a running child would race the check).
     let mut a = child_args(CHILD_PAGES);
-    a.flags = flags::SPAWN_TRUSTED;
+    a.flags = flags::SPAWN_TRUSTED | flags::SPAWN_PAUSED;
     let r = dsx::spawn(&a);
     if check_err("spawn_trusted_from_trusted", r, error::SUCCESS) {
         let c = r.value as u64;
-        reset_log(c);
         check(
             "trusted_child_flags",
             dsx::child_info(c).map(|i| i.flags),
@@ -1825,6 +1826,15 @@ fn trust_checks() {
             dsx::child_info(c).map(|i| i.flags),
             Ok(0),
         );
+        check_ok(
+            "start_trusted_child",
+            dsx::call(
+                ext::FID_START,
+                [c as usize, 0x8020_0000, 0x8000_0000, 0, 0, 0],
+            ),
+            0,
+        );
+        reset_log(c);
         wait_console(c, READY, 10_000);
         kill_child("exit_trusted_child", c, 1);
     }
