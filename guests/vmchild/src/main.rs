@@ -349,6 +349,30 @@ fn fork_test(from: u64) {
     reply(from, l.bytes());
 }
 
+/// Forks until refused; the clones stay alive (idle), so only the descendant and
+/// RAM quotas can stop it. Replies `forkbomb n=<forks> err=<refusal>`.
+fn fork_bomb(from: u64) {
+    let mut n = 0u64;
+    let err = loop {
+        let r = dsx::fork(0);
+        if r.error != error::SUCCESS {
+            break r.error;
+        }
+        if r.value == 0 {
+            // A clone: never answers, never forks; dies with its parent.
+            loop {
+                sleep_ticks(ms(1000));
+            }
+        }
+        n += 1;
+        if n > 64 {
+            break 0;
+        }
+    };
+    let l: dsx::Line<64> = dsx::fmt_line(format_args!("forkbomb n={n} err={err}"));
+    reply(from, l.bytes());
+}
+
 /// Receives an image of `len` bytes from `from` into [`UPLOAD_GPA`].
 fn upload(from: u64, cmd: &str) {
     let Some(len) = cmd.split_whitespace().nth(1).and_then(parse_hex) else {
@@ -402,6 +426,7 @@ fn serve() -> ! {
                     "spawn" => spawn_grandchild(from, text, &mut grandchild),
                     "kill" => kill_grandchild(from, grandchild),
                     "fork" => fork_test(from),
+                    "forkbomb" => fork_bomb(from),
                     _ => {
                         msg[..n].make_ascii_uppercase();
                         reply(from, &msg[..n]);

@@ -1584,7 +1584,22 @@ fn three_level() {
         }
         None => fail("fork_in_child", "no answer", want.as_str()),
     }
+    // A fork bomb inside the child: its clones stay alive, so it is stopped only by the
+    // quota its parent gave it (two descendants; the clone above is gone).
+    check_ok("ipc_send_forkbomb", dsx::ipc_send(c, b"forkbomb"), 0);
+    check(
+        "fork_bomb_stopped_by_descendants_quota",
+        wait_message(c, 20_000).as_ref().map(|m| m.as_str()),
+        Some("forkbomb n=2 err=-4"),
+    );
+    check(
+        "fork_bomb_clones_counted",
+        dsx::child_info(c).map(|i| (i.descendants_used, i.child_count)),
+        Ok((2, 2)),
+    );
     drain_console(c).ok();
+    // Killing the child takes its two clones with it (the free-pages check at the end
+    // of the run confirms every page came back).
     kill_child("exit_child_5", c, 0);
 }
 
