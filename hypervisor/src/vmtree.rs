@@ -120,6 +120,7 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool
     let mut host = HvHost {
         hart,
         yield_now: false,
+        stopped: None,
     };
     let ret = {
         let mut tree = TREE.lock();
@@ -133,6 +134,12 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool
         sched::poke_waiters();
         hart::wake_an_idle_hart();
     }
+    // STOP returns only once the child is off every hart, so it makes no progress after
+    // its parent was told it is stopped. Waited for here, outside the tree lock: the
+    // child's hart may be spinning on that lock before it can notice the stop.
+    if let Some(child) = host.stopped.take() {
+        wait_off_harts(&child, host.hart.slot);
+    }
     let leave = host.yield_now || !vm.can_run();
     (ret, leave)
 }
@@ -141,6 +148,13 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool
 /// harts running them, and waits until none runs (serving fence requests meanwhile).
 fn hold_others(vm: &Arc<Vm>, my_slot: usize) {
     vm.held.store(true, Ordering::Release);
+    wait_off_harts(vm, my_slot);
+}
+
+/// Waits until no vCPU of `vm` runs on another hart (kicking those that do, and
+/// serving fence requests meanwhile, so two harts waiting on each other cannot
+/// deadlock).
+fn wait_off_harts(vm: &Vm, my_slot: usize) {
     loop {
         let mut busy = false;
         for v in &vm.vcpus {
@@ -215,6 +229,7 @@ pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
     let mut host = HvHost {
         hart,
         yield_now: false,
+        stopped: None,
     };
     let mut tree = TREE.lock();
     let Some(t) = tree.as_mut() else { return };
@@ -232,6 +247,8 @@ pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
 struct HvHost<'a> {
     hart: &'a mut HartLocal,
     yield_now: bool,
+    /// A child this call stopped, to wait for once the tree lock is released.
+    stopped: Option<Arc<Vm>>,
 }
 
 fn bad_address<T>(_: T) -> SbiError {
@@ -469,6 +486,7 @@ impl ExtensionHost for HvHost<'_> {
         if let Some(vm) = lookup(vm) {
             vm.stopped.store(true, Ordering::Release);
             kick_running(&vm, self.hart.slot);
+            self.stopped = Some(vm);
         }
     }
 

@@ -192,7 +192,7 @@ fn parse_args(args: &[String]) -> Result<BuildArgs> {
         };
         match a.as_str() {
             "--root-vm" => opts.root_vm = RootVm::File(PathBuf::from(val("--root-vm")?)),
-            "--demo" => opts.root_vm = RootVm::File(demo_guest()?),
+            "--demo" => opts.root_vm = RootVm::File(crate::guests::build_guest("demo")?),
             "--out" => opts.out = PathBuf::from(val("--out")?),
             "--vcpus" => opts.vcpus = Some(val("--vcpus")?.parse().map_err(|_| "bad --vcpus")?),
             "--ram" => opts.ram_mib = Some(parse_size_mib(&val("--ram")?)?),
@@ -245,29 +245,4 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
         return Err(format!("QEMU exited with {status}"));
     }
     Ok(())
-}
-
-/// Builds the demo guest (the Root VM used until a Linux one is wanted).
-fn demo_guest() -> Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "diosix-guest-demo",
-            "--target",
-            TARGET,
-        ])
-        .status()
-        .map_err(|e| format!("running cargo: {e}"))?;
-    if !status.success() {
-        return Err("building the demo guest failed".into());
-    }
-    Ok(workspace_root()
-        .join("target")
-        .join(TARGET)
-        .join("release")
-        .join("demo"))
 }

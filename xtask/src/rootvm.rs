@@ -8,7 +8,10 @@
 //! 2. Linux: `tinyconfig` + `rootvm/linux.config`, checked after `olddefconfig`;
 //! 3. busybox, static, from `rootvm/busybox.config`;
 //! 4. Lua 5.4, static;
-//! 5. a gzip'd newc cpio initramfs from busybox, Lua and `rootvm/initramfs/`.
+//! 5. the guest initramfs (busybox, the tools, the kernel and `rootvm/guest-initramfs/`):
+//!    the guest Linux `dsx run` starts when given no image;
+//! 6. a gzip'd newc cpio initramfs from busybox, Lua, `rootvm/initramfs/`, the tools and
+//!    the guest Linux (under `/usr/share/diosix/guests/`).
 //!
 //! Each output lives in [`cache_dir`] (outside the clone: the kernel tree alone is ~1.5 GB)
 //! under a name derived from a hash of everything that went into it, so an unchanged
@@ -41,7 +44,7 @@ const CROSS: &str = "riscv64-linux-gnu-";
 pub const DEFAULT_CMDLINE: &str = "console=hvc0 earlycon=sbi";
 
 /// Number of `[rootvm] ... (step n/STEPS)` steps printed.
-const STEPS: usize = 5;
+const STEPS: usize = 6;
 
 /// How many lines of a failing command's output go into the error message.
 const LOG_TAIL_LINES: usize = 40;
@@ -108,11 +111,39 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     let linux_tree = build_linux(manifest.get("linux")?, &gcc_version, &repo)?;
     let busybox = build_busybox(manifest.get("busybox")?, &gcc_version, &repo)?;
     let lua = build_lua(manifest.get("lua")?, &gcc_version)?;
-    // The management tools (dsx, diosix.ko; tools.rs), the driver built against this tree.
-    let extra = crate::tools::initramfs_files(&linux_tree)?;
-    let initramfs = build_initramfs(&busybox, &lua, &repo, &extra)?;
-
     let kernel_image = linux_tree.join("arch/riscv/boot/Image");
+    // The management tools (dsx, diosix.ko; tools.rs), the driver built against this tree.
+    let tools = crate::tools::initramfs_files(&linux_tree)?;
+    // The guest Linux: the same kernel, a small initramfs with the tools and the kernel
+    // (so a guest can start guests of its own; its initramfs is its own, retained).
+    let mut guest_extra = tools.clone();
+    guest_extra.extend(crate::tools::guest_files(&kernel_image, None));
+    let guest_initramfs = build_initramfs(
+        &InitramfsSpec {
+            name: "guest-initramfs",
+            step: 5,
+            overlay_dir: repo.join("guest-initramfs"),
+            lua: None,
+        },
+        &busybox,
+        &guest_extra,
+    )?;
+    let mut extra = tools;
+    extra.extend(crate::tools::guest_files(
+        &kernel_image,
+        Some(&guest_initramfs),
+    ));
+    let initramfs = build_initramfs(
+        &InitramfsSpec {
+            name: "initramfs",
+            step: 6,
+            overlay_dir: repo.join("initramfs"),
+            lua: Some(&lua),
+        },
+        &busybox,
+        &extra,
+    )?;
+
     println!(
         "[rootvm] ready in {}: {} ({}), {} ({})",
         fmt_duration(started.elapsed()),
@@ -593,38 +624,52 @@ fn build_lua(src: &Source, gcc_version: &str) -> Result<PathBuf> {
     Ok(binary)
 }
 
-/// Assembles the initramfs (or finds it cached) and returns the `.cpio.gz`. `extra` are
-/// built files to add (the tools); like the overlay, they can replace applet links.
+/// One initramfs to assemble: the Root VM's, or the guest Linux's.
+struct InitramfsSpec<'a> {
+    /// Cache directory prefix and progress name (`initramfs`, `guest-initramfs`).
+    name: &'a str,
+    /// Its step number in the progress messages.
+    step: usize,
+    /// Our own files (`rootvm/initramfs/`, `rootvm/guest-initramfs/`).
+    overlay_dir: PathBuf,
+    /// `/usr/bin/lua`, if it has Lua.
+    lua: Option<&'a Path>,
+}
+
+/// Assembles an initramfs (or finds it cached) and returns the `.cpio.gz`. `extra` are
+/// built files to add (the tools, the guest Linux); like the overlay, they can replace
+/// applet links.
 fn build_initramfs(
+    spec: &InitramfsSpec<'_>,
     busybox: &Busybox,
-    lua: &Path,
-    repo: &Path,
     extra: &[crate::tools::InitramfsFile],
 ) -> Result<PathBuf> {
-    let overlay_dir = repo.join("initramfs");
-    let mut overlay = read_overlay(&overlay_dir)?;
+    let name = spec.name;
+    let mut overlay = read_overlay(&spec.overlay_dir)?;
     for f in extra {
         overlay.insert(f.path.to_string(), (f.mode, read_bytes(&f.source)?));
     }
     let links = read_text(&busybox.links)?;
     let mut key_parts = vec![
         FORMAT_VERSION.to_string(),
-        "initramfs".to_string(),
+        name.to_string(),
         sha256_file(&busybox.binary)?,
         links.clone(),
-        sha256_file(lua)?,
     ];
+    if let Some(lua) = spec.lua {
+        key_parts.push(sha256_file(lua)?);
+    }
     for (path, (mode, data)) in &overlay {
         key_parts.push(format!("{path} {mode:o} {}", sha256_hex(data)));
     }
     let key = cache_key(&key_parts.iter().map(String::as_str).collect::<Vec<_>>());
-    let out = cache_dir().join(format!("initramfs-{key}"));
+    let out = cache_dir().join(format!("{name}-{key}"));
     let archive = out.join("initramfs.cpio.gz");
     if archive.is_file() {
-        println!("[rootvm] initramfs: cached (step 5/{STEPS})");
+        println!("[rootvm] {name}: cached (step {}/{STEPS})", spec.step);
         return Ok(archive);
     }
-    step(5, "assembling the initramfs");
+    step(spec.step, &format!("assembling the {name}"));
 
     let mut tree = Tree::default();
     for dir in [
@@ -638,7 +683,9 @@ fn build_initramfs(
     // mounted over /dev later by rcS. Written as a cpio entry, so no root or mknod needed.
     tree.node("dev/console", Node::CharDev { major: 5, minor: 1 }, 0o600);
     tree.file("bin/busybox", read_bytes(&busybox.binary)?, 0o755);
-    tree.file("usr/bin/lua", read_bytes(lua)?, 0o755);
+    if let Some(lua) = spec.lua {
+        tree.file("usr/bin/lua", read_bytes(lua)?, 0o755);
+    }
     // The kernel runs /init from an initramfs; busybox picks the applet from argv[0].
     tree.node("init", Node::Symlink("/bin/busybox".into()), 0o777);
     for link in links.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -665,7 +712,7 @@ fn build_initramfs(
         .and_then(|()| gz.finish()?.flush())
         .map_err(|e| format!("writing {}: {e}", staged.display()))?;
     commit(&tmp, &out)?;
-    println!("[rootvm] initramfs assembled: {}", fmt_size(&archive));
+    println!("[rootvm] {name} assembled: {}", fmt_size(&archive));
     Ok(archive)
 }
 
@@ -1074,7 +1121,7 @@ fn is_build_line(line: &str) -> bool {
 /// A fresh, empty temp dir next to `final_path`, named `<final>.tmp.<pid>`. Leftovers of
 /// builds whose process is gone (killed, crashed) are removed first; those of running
 /// builds are left alone.
-fn fresh_tmp(final_path: &Path) -> Result<PathBuf> {
+pub(crate) fn fresh_tmp(final_path: &Path) -> Result<PathBuf> {
     let parent = final_path.parent().expect("cache paths have a parent");
     let name = final_path
         .file_name()
@@ -1103,7 +1150,7 @@ fn fresh_tmp(final_path: &Path) -> Result<PathBuf> {
 
 /// Moves a finished temp dir to its final name. If another build got there first, its
 /// (identical-input) output is kept and ours dropped.
-fn commit(tmp: &Path, final_path: &Path) -> Result<()> {
+pub(crate) fn commit(tmp: &Path, final_path: &Path) -> Result<()> {
     if final_path.exists() {
         let _ = fs::remove_dir_all(tmp);
         return Ok(());

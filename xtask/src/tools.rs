@@ -55,6 +55,27 @@ pub fn initramfs_files(linux_tree: &Path) -> Result<Vec<InitramfsFile>> {
     ])
 }
 
+/// The guest Linux's files in an initramfs, where `dsx run` without IMAGE looks for them
+/// (`dsx`'s `GUEST_IMAGE` and `GUEST_INITRD`): `/usr/share/diosix/guests/Image`
+/// (`kernel`) and, when given, `/usr/share/diosix/guests/initramfs.cpio.gz`. The Root VM gets both; the guest's own
+/// initramfs gets only the kernel (its `/etc/init.d/rcS` links its retained initrd,
+/// `/sys/firmware/initrd`, as `initramfs.cpio.gz`).
+pub fn guest_files(kernel: &Path, initramfs: Option<&Path>) -> Vec<InitramfsFile> {
+    let mut files = vec![InitramfsFile {
+        path: "usr/share/diosix/guests/Image",
+        source: kernel.to_path_buf(),
+        mode: 0o644,
+    }];
+    if let Some(initramfs) = initramfs {
+        files.push(InitramfsFile {
+            path: "usr/share/diosix/guests/initramfs.cpio.gz",
+            source: initramfs.to_path_buf(),
+            mode: 0o644,
+        });
+    }
+    files
+}
+
 /// Builds `dsx` for riscv64 Linux, static and stripped, and returns its path in the
 /// cache.
 pub fn build_dsx() -> Result<PathBuf> {
@@ -107,7 +128,7 @@ pub fn build_dsx() -> Result<PathBuf> {
         .join("release")
         .join("dsx");
     check_static(&built)?;
-    let tmp = fresh_tmp(&out)?;
+    let tmp = rootvm::fresh_tmp(&out)?;
     run(
         "stripping dsx",
         Command::new(format!("{CROSS}strip"))
@@ -115,7 +136,7 @@ pub fn build_dsx() -> Result<PathBuf> {
             .arg(tmp.join("dsx"))
             .arg(&built),
     )?;
-    commit(&tmp, &out)?;
+    rootvm::commit(&tmp, &out)?;
     println!("[tools] dsx built: {} bytes", file_len(&binary));
     Ok(binary)
 }
@@ -157,7 +178,7 @@ pub fn build_driver(linux_tree: &Path) -> Result<PathBuf> {
         "[tools] building diosix.ko against {}...",
         linux_tree.display()
     );
-    let tmp = fresh_tmp(&out)?;
+    let tmp = rootvm::fresh_tmp(&out)?;
     // Built in a copy, so kbuild's objects never land in the source tree.
     let src = tmp.join("src");
     fs::create_dir_all(&src).map_err(|e| format!("cannot create {}: {e}", src.display()))?;
@@ -188,7 +209,7 @@ pub fn build_driver(linux_tree: &Path) -> Result<PathBuf> {
             .arg(src.join("diosix.ko")),
     )?;
     fs::remove_dir_all(&src).map_err(|e| format!("cannot remove {}: {e}", src.display()))?;
-    commit(&tmp, &out)?;
+    rootvm::commit(&tmp, &out)?;
     println!("[tools] diosix.ko built: {} bytes", file_len(&module));
     Ok(module)
 }
@@ -309,49 +330,19 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// A fresh temp dir `<final>.tmp.<pid>` next to `final_path`; leftovers of builds whose
-/// process is gone are removed first.
-fn fresh_tmp(final_path: &Path) -> Result<PathBuf> {
-    let parent = final_path.parent().expect("cache paths have a parent");
-    let name = final_path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("cache names are UTF-8");
-    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    let prefix = format!("{name}.tmp.");
-    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
-        let file_name = entry.file_name();
-        if let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) {
-            if !Path::new("/proc").join(pid).exists() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    let tmp = parent.join(format!("{prefix}{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    Ok(tmp)
-}
-
-/// Renames a finished temp dir into place; if another build got there first with the
-/// same inputs, its output is kept.
-fn commit(tmp: &Path, final_path: &Path) -> Result<()> {
-    if final_path.exists() {
-        let _ = fs::remove_dir_all(tmp);
-        return Ok(());
-    }
-    fs::rename(tmp, final_path).map_err(|e| {
-        format!(
-            "cannot move {} to {}: {e}",
-            tmp.display(),
-            final_path.display()
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_files_are_under_guest_dir() {
+        let files = guest_files(Path::new("/k"), Some(Path::new("/i")));
+        assert_eq!(files.len(), 2);
+        assert!(files
+            .iter()
+            .all(|f| f.path.starts_with("usr/share/diosix/guests/")));
+        assert_eq!(guest_files(Path::new("/k"), None).len(), 1);
+    }
 
     #[test]
     fn keys_depend_on_part_boundaries() {

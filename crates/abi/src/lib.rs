@@ -49,6 +49,44 @@ pub mod error {
     pub const IO: isize = -13;
 }
 
+/// Standard SBI extension IDs (SBI spec 2.0), plus the Diosix extension's.
+pub mod eid {
+    /// Legacy set_timer.
+    pub const LEGACY_SET_TIMER: usize = 0x00;
+    /// Legacy console_putchar.
+    pub const LEGACY_CONSOLE_PUTCHAR: usize = 0x01;
+    /// Legacy console_getchar.
+    pub const LEGACY_CONSOLE_GETCHAR: usize = 0x02;
+    /// Legacy clear_ipi.
+    pub const LEGACY_CLEAR_IPI: usize = 0x03;
+    /// Legacy send_ipi.
+    pub const LEGACY_SEND_IPI: usize = 0x04;
+    /// Legacy remote_fence_i.
+    pub const LEGACY_REMOTE_FENCE_I: usize = 0x05;
+    /// Legacy remote_sfence_vma.
+    pub const LEGACY_REMOTE_SFENCE_VMA: usize = 0x06;
+    /// Legacy remote_sfence_vma_asid.
+    pub const LEGACY_REMOTE_SFENCE_VMA_ASID: usize = 0x07;
+    /// Legacy shutdown.
+    pub const LEGACY_SHUTDOWN: usize = 0x08;
+    /// Base extension.
+    pub const BASE: usize = 0x10;
+    /// Timer extension.
+    pub const TIME: usize = 0x5449_4D45;
+    /// IPI extension.
+    pub const IPI: usize = 0x0073_5049;
+    /// Remote fence extension.
+    pub const RFENCE: usize = 0x5246_4E43;
+    /// Hart state management.
+    pub const HSM: usize = 0x0048_534D;
+    /// System reset.
+    pub const SRST: usize = 0x5352_5354;
+    /// Debug console.
+    pub const DBCN: usize = 0x4442_434E;
+    /// The Diosix extension.
+    pub const DIOSIX: usize = crate::ext::EID;
+}
+
 /// The Diosix SBI extension (EID `0x0A000005`).
 ///
 /// Function numbers 0..=10 and 13..=15 are the reference Diosix hypervisor's, with the

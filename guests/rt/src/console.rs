@@ -36,7 +36,7 @@ pub fn write_bytes(mut bytes: &[u8]) {
     } else {
         for &b in bytes {
             // SAFETY: legacy putchar takes the byte by value and touches no memory.
-            unsafe { sbi::legacy_call(sbi::eid::LEGACY_PUTCHAR, [b as usize, 0, 0, 0]) };
+            unsafe { sbi::legacy_call(sbi::eid::LEGACY_CONSOLE_PUTCHAR, [b as usize, 0, 0, 0]) };
         }
     }
 }
@@ -49,7 +49,7 @@ pub fn try_read_byte() -> Option<u8> {
         (ret.is_ok() && ret.value == 1).then_some(b[0])
     } else {
         // SAFETY: legacy getchar takes no arguments and touches no memory.
-        let c = unsafe { sbi::legacy_call(sbi::eid::LEGACY_GETCHAR, [0; 4]) };
+        let c = unsafe { sbi::legacy_call(sbi::eid::LEGACY_CONSOLE_GETCHAR, [0; 4]) };
         (c >= 0).then_some(c as u8)
     }
 }

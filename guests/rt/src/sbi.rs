@@ -4,41 +4,8 @@
 
 pub use diosix_abi::error;
 
-/// Extension IDs (SBI spec 2.0).
-pub mod eid {
-    /// Base extension.
-    pub const BASE: usize = 0x10;
-    /// Timer extension ("TIME").
-    pub const TIME: usize = 0x5449_4D45;
-    /// IPI extension ("sPI").
-    pub const IPI: usize = 0x0073_5049;
-    /// Remote fence extension ("RFNC").
-    pub const RFENCE: usize = 0x5246_4E43;
-    /// Hart state management ("HSM").
-    pub const HSM: usize = 0x0048_534D;
-    /// System reset ("SRST").
-    pub const SRST: usize = 0x5352_5354;
-    /// Debug console ("DBCN").
-    pub const DBCN: usize = 0x4442_434E;
-    /// Legacy set_timer.
-    pub const LEGACY_SET_TIMER: usize = 0x00;
-    /// Legacy console_putchar.
-    pub const LEGACY_PUTCHAR: usize = 0x01;
-    /// Legacy console_getchar.
-    pub const LEGACY_GETCHAR: usize = 0x02;
-    /// Legacy clear_ipi.
-    pub const LEGACY_CLEAR_IPI: usize = 0x03;
-    /// Legacy send_ipi.
-    pub const LEGACY_SEND_IPI: usize = 0x04;
-    /// Legacy remote_fence_i.
-    pub const LEGACY_REMOTE_FENCE_I: usize = 0x05;
-    /// Legacy remote_sfence_vma.
-    pub const LEGACY_REMOTE_SFENCE_VMA: usize = 0x06;
-    /// Legacy remote_sfence_vma_asid.
-    pub const LEGACY_REMOTE_SFENCE_VMA_ASID: usize = 0x07;
-    /// Legacy shutdown.
-    pub const LEGACY_SHUTDOWN: usize = 0x08;
-}
+/// Extension IDs (SBI spec 2.0), from the ABI crate the hypervisor uses too.
+pub use diosix_abi::eid;
 
 /// HSM hart states (SBI spec 2.0, table "HSM Hart States").
 pub mod hart_state {

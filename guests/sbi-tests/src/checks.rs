@@ -187,8 +187,8 @@ fn base() {
         ("srst", eid::SRST),
         ("dbcn", eid::DBCN),
         ("legacy_set_timer", eid::LEGACY_SET_TIMER),
-        ("legacy_putchar", eid::LEGACY_PUTCHAR),
-        ("legacy_getchar", eid::LEGACY_GETCHAR),
+        ("legacy_putchar", eid::LEGACY_CONSOLE_PUTCHAR),
+        ("legacy_getchar", eid::LEGACY_CONSOLE_GETCHAR),
         ("legacy_clear_ipi", eid::LEGACY_CLEAR_IPI),
         ("legacy_send_ipi", eid::LEGACY_SEND_IPI),
         ("legacy_remote_fence_i", eid::LEGACY_REMOTE_FENCE_I),
@@ -700,12 +700,12 @@ fn legacy_calls() {
     }
     LEGACY_MASK.store(1 << me, Ordering::Release);
     let mask_ptr = LEGACY_MASK.as_ptr() as usize;
-    let r = legacy(eid::LEGACY_PUTCHAR, [b'L' as usize, 0, 0, 0]);
-    legacy(eid::LEGACY_PUTCHAR, [b'\n' as usize, 0, 0, 0]);
+    let r = legacy(eid::LEGACY_CONSOLE_PUTCHAR, [b'L' as usize, 0, 0, 0]);
+    legacy(eid::LEGACY_CONSOLE_PUTCHAR, [b'\n' as usize, 0, 0, 0]);
     check("legacy_putchar", r, 0);
     check(
         "legacy_getchar_no_input",
-        legacy(eid::LEGACY_GETCHAR, [0; 4]),
+        legacy(eid::LEGACY_CONSOLE_GETCHAR, [0; 4]),
         -1,
     );
     // set_timer (legacy): fires, and a far deadline clears the pending bit.
