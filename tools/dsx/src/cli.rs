@@ -20,7 +20,7 @@ pub enum Command {
         /// Machine-readable output.
         json: bool,
     },
-    /// `run IMAGE ...`.
+    /// `run [IMAGE] ...`.
     Run(RunOpts),
     /// `fork [--untrusted]`.
     Fork {
@@ -101,6 +101,16 @@ pub struct RunOpts {
 
 /// Default guest RAM of `run`.
 pub const DEFAULT_RAM: u64 = 128 << 20;
+
+/// What `run` without IMAGE starts: the guest Linux every Diosix Linux VM carries
+/// (built by `xtask/src/rootvm.rs` from `rootvm/guest-initramfs/`).
+pub const GUEST_IMAGE: &str = "/usr/share/diosix/guests/Image";
+/// Its initramfs, used when `run` has neither IMAGE nor `--initrd`.
+pub const GUEST_INITRD: &str = "/usr/share/diosix/guests/initramfs.cpio.gz";
+/// Its command line, used when `run` has neither IMAGE nor `--cmdline`: `retain_initrd`
+/// keeps the initramfs as `/sys/firmware/initrd`, which the guest offers as its own
+/// `GUEST_INITRD`, so a guest can start guests too.
+pub const GUEST_CMDLINE: &str = "console=hvc0 earlycon=sbi retain_initrd";
 
 /// Quota fields to change; `None` = leave as is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -183,12 +193,15 @@ Lists this VM's live children (CID 2 and up) with state, trust, vCPUs, RAM,
 priority and console bytes waiting. Names are those given to `dsx run --name`.
   --json   a JSON array";
 const HELP_RUN: &str = "\
-usage: dsx run IMAGE [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE]
+usage: dsx run [IMAGE] [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE]
                [--vcpus N] [--prio N] [--trusted] [--paused] [--name NAME]
 
 Creates a child VM from IMAGE (ELF, or a RISC-V Linux Image) and starts it;
 prints its CID. With --initrd or --cmdline, the image, initrd and command
 line are packed into one DSXPAYLD container, as for the Root VM.
+Without IMAGE: the guest Linux in /usr/share/diosix/guests (Image, and unless
+given, --initrd initramfs.cpio.gz
+--cmdline 'console=hvc0 earlycon=sbi retain_initrd').
   --ram SIZE     guest RAM, e.g. 64M, 1G (default 128M; a multiple of 4K)
   --vcpus N      vCPUs (default 1)
   --prio N       priority 1-255 (default: this VM's own)
@@ -587,7 +600,17 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
             "--name",
         ],
     )?;
-    let [image] = a.positional_exact(verb, ["IMAGE"])?;
+    // No IMAGE: the guest Linux, with its initramfs and command line unless given.
+    let (image, initrd, cmdline) = if a.positional.is_empty() {
+        (
+            GUEST_IMAGE,
+            Some(a.value("--initrd").unwrap_or(GUEST_INITRD)),
+            Some(a.value("--cmdline").unwrap_or(GUEST_CMDLINE)),
+        )
+    } else {
+        let [image] = a.positional_exact(verb, ["IMAGE"])?;
+        (image, a.value("--initrd"), a.value("--cmdline"))
+    };
     let ram = match a.value("--ram") {
         Some(r) => parse_pages_size(r).map_err(e)?,
         None => DEFAULT_RAM,
@@ -613,8 +636,8 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
     }
     Ok(Command::Run(RunOpts {
         image: image.to_string(),
-        initrd: a.value("--initrd").map(str::to_string),
-        cmdline: a.value("--cmdline").map(str::to_string),
+        initrd: initrd.map(str::to_string),
+        cmdline: cmdline.map(str::to_string),
         dtb: a.value("--dtb").map(str::to_string),
         ram,
         vcpus,
@@ -728,7 +751,21 @@ mod tests {
             panic!()
         };
         assert_eq!((d.ram, d.vcpus, d.prio), (DEFAULT_RAM, 1, None));
-        assert_eq!(msg("run"), "missing IMAGE");
+        let Command::Run(g) = p("run --ram 64M").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (g.image.as_str(), g.initrd.as_deref(), g.cmdline.as_deref()),
+            (GUEST_IMAGE, Some(GUEST_INITRD), Some(GUEST_CMDLINE))
+        );
+        assert_eq!(g.ram, 64 << 20);
+        let Command::Run(g) = p("run --cmdline quiet --initrd /rd").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (g.initrd.as_deref(), g.cmdline.as_deref()),
+            (Some("/rd"), Some("quiet"))
+        );
         assert_eq!(msg("run a b"), "unexpected argument `b`");
         assert_eq!(msg("run a --ram"), "--ram needs a value");
         assert_eq!(msg("run a --ram 1000"), "1000 is not a multiple of 4K");
