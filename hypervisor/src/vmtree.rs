@@ -351,6 +351,12 @@ impl ExtensionHost for HvHost<'_> {
         table_pages_for(ram_pages)
     }
 
+    fn kept_pages(&self, args: &SpawnArgs) -> u64 {
+        // The Origin's image and DTB buffers, as Scratch allocates them.
+        let pages = |len: u64| if len == 0 { 0 } else { len.div_ceil(PAGE_SIZE) };
+        pages(args.image_size).saturating_add(pages(args.dtb_size))
+    }
+
     fn facts(&self) -> HostFacts {
         let host = crate::platform::host();
         let mut parts = crate::VERSION

@@ -510,7 +510,7 @@ fn cases() -> Vec<Case> {
             1024,
             &[
                 Expect::Text("vCPUs 1 (uses 1), priority up to 128, depth 0, descendants 0"),
-                Expect::Text("RAM 170 MiB (uses 128.3 MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
+                Expect::Text("RAM 170 MiB (uses 133.1 MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
                 Expect::Text("dsx: denied: this VM's quota"),
                 Expect::Text("BIG-1"),
                 Expect::Text("GK-0"),

@@ -52,6 +52,12 @@ pub trait ExtensionHost {
     /// Page-table pages a VM with `ram_pages` of RAM can ever need (charged at creation
     /// so mapping its RAM later never needs more).
     fn table_pages_for(&self, ram_pages: u64) -> u64;
+    /// Host pages the hypervisor keeps for a child SPAWN creates besides its RAM and
+    /// page tables (the image it rebuilds the child from on REBOOT). Charged with the
+    /// page tables, so quota headroom never promises memory the host has not got.
+    fn kept_pages(&self, _args: &SpawnArgs) -> u64 {
+        0
+    }
     /// Static facts for GET_HV_INFO.
     fn facts(&self) -> HostFacts;
     /// YIELD: end the calling vCPU's time slice.
@@ -332,7 +338,10 @@ fn spawn(
     }
     let req = ChildRequest {
         ram_pages: s.ram_pages,
-        table_pages: host.table_pages_for(s.ram_pages),
+        table_pages: host
+            .table_pages_for(s.ram_pages)
+            .checked_add(host.kept_pages(&s))
+            .ok_or(SbiError::InvalidParam)?,
         vcpus: s.vcpus,
         priority: s.priority,
         trusted: s.flags & flags::SPAWN_TRUSTED != 0,
