@@ -47,6 +47,28 @@ pub mod error {
     pub const TIMEOUT: isize = -12;
     /// Input/output error.
     pub const IO: isize = -13;
+
+    /// The spec's name of an error code (`"DENIED"`), or `None` for a code the spec
+    /// does not define.
+    pub const fn name(code: isize) -> Option<&'static str> {
+        Some(match code {
+            SUCCESS => "SUCCESS",
+            FAILED => "FAILED",
+            NOT_SUPPORTED => "NOT_SUPPORTED",
+            INVALID_PARAM => "INVALID_PARAM",
+            DENIED => "DENIED",
+            INVALID_ADDRESS => "INVALID_ADDRESS",
+            ALREADY_AVAILABLE => "ALREADY_AVAILABLE",
+            ALREADY_STARTED => "ALREADY_STARTED",
+            ALREADY_STOPPED => "ALREADY_STOPPED",
+            NO_SHMEM => "NO_SHMEM",
+            INVALID_STATE => "INVALID_STATE",
+            BAD_RANGE => "BAD_RANGE",
+            TIMEOUT => "TIMEOUT",
+            IO => "IO",
+            _ => return None,
+        })
+    }
 }
 
 /// Standard SBI extension IDs (SBI spec 2.0), plus the Diosix extension's.

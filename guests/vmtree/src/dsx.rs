@@ -341,23 +341,7 @@ pub fn fmt_line<const N: usize>(args: core::fmt::Arguments) -> Line<N> {
 
 /// Name of an SBI error code, for messages.
 pub fn err_name(e: isize) -> &'static str {
-    match e {
-        error::SUCCESS => "SUCCESS",
-        error::FAILED => "FAILED",
-        error::NOT_SUPPORTED => "NOT_SUPPORTED",
-        error::INVALID_PARAM => "INVALID_PARAM",
-        error::DENIED => "DENIED",
-        error::INVALID_ADDRESS => "INVALID_ADDRESS",
-        error::ALREADY_AVAILABLE => "ALREADY_AVAILABLE",
-        error::ALREADY_STARTED => "ALREADY_STARTED",
-        error::ALREADY_STOPPED => "ALREADY_STOPPED",
-        error::NO_SHMEM => "NO_SHMEM",
-        error::INVALID_STATE => "INVALID_STATE",
-        error::BAD_RANGE => "BAD_RANGE",
-        error::TIMEOUT => "TIMEOUT",
-        error::IO => "IO",
-        _ => "?",
-    }
+    error::name(e).unwrap_or("?")
 }
 
 /// Does `hay` contain `needle`?

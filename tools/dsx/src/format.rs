@@ -38,23 +38,10 @@ pub fn state_name(s: u32) -> String {
 
 /// The name of an SBI error code.
 pub fn sbi_error_name(code: i64) -> String {
-    let name = match code as isize {
-        error::FAILED => "FAILED",
-        error::NOT_SUPPORTED => "NOT_SUPPORTED",
-        error::INVALID_PARAM => "INVALID_PARAM",
-        error::DENIED => "DENIED",
-        error::INVALID_ADDRESS => "INVALID_ADDRESS",
-        error::ALREADY_AVAILABLE => "ALREADY_AVAILABLE",
-        error::ALREADY_STARTED => "ALREADY_STARTED",
-        error::ALREADY_STOPPED => "ALREADY_STOPPED",
-        error::NO_SHMEM => "NO_SHMEM",
-        error::INVALID_STATE => "INVALID_STATE",
-        error::BAD_RANGE => "BAD_RANGE",
-        error::TIMEOUT => "TIMEOUT",
-        error::IO => "IO",
-        _ => return format!("SBI error {code}"),
-    };
-    name.to_string()
+    match error::name(code as isize) {
+        Some(name) if code != 0 => name.to_string(),
+        _ => format!("SBI error {code}"),
+    }
 }
 
 /// What was being done, so an error can be explained in its terms.
