@@ -12,6 +12,7 @@ extern crate alloc;
 
 mod boot;
 mod console;
+mod cow;
 mod hart;
 mod heap;
 mod mem;

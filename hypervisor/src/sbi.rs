@@ -284,15 +284,16 @@ impl SbiEnv for Call<'_> {
     fn console_read(&mut self, gpa: Gpa, len: u64) -> Result<usize, isize> {
         let n = self.console_buffer(gpa, len)?.min(256) as usize;
         let vm = self.vcpu().vm.clone();
-        // Validate the destination before consuming input, so a bad buffer loses
-        // nothing.
-        vm.chunks(gpa, n as u64, true)
-            .map_err(|_| error::INVALID_PARAM)?;
-        let mut buf = [0u8; 256];
-        let got = crate::vmtree::console_input(&vm, &mut buf[..n]);
-        vm.write(gpa, &buf[..got])
-            .map_err(|_| error::INVALID_PARAM)?;
-        Ok(got)
+        let mut stale = crate::cow::Stale::new();
+        // Validate the destination (and give the VM its own copy of any copy-on-write
+        // page in it) before consuming input, so a bad buffer loses nothing.
+        let r = vm.make_writable(gpa, n as u64, &mut stale).and_then(|()| {
+            let mut buf = [0u8; 256];
+            let got = crate::vmtree::console_input(&vm, &mut buf[..n]);
+            vm.write(gpa, &buf[..got], &mut stale).map(|()| got)
+        });
+        crate::cow::finish(&vm, self.hart.slot, stale);
+        r.map_err(|_| error::INVALID_PARAM)
     }
 
     fn console_write_byte(&mut self, byte: u8) {

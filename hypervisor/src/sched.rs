@@ -177,6 +177,14 @@ pub fn reap(vm: &Arc<Vm>) {
     q.update_earliest();
 }
 
+/// Runs `f` with the run queue locked. Every vCPU's `running_on` changes only under
+/// this lock (when it is taken from the queue and when it is put back), so inside `f`
+/// each vCPU is either queued or marked as running on its hart: none is in between.
+pub fn with_queue_locked<T>(f: impl FnOnce() -> T) -> T {
+    let _q = RUNQ.lock();
+    f()
+}
+
 /// Re-checks waiters after another vCPU raised an interrupt for one of them.
 pub fn poke_waiters() {
     let mut q = RUNQ.lock();
@@ -195,8 +203,11 @@ pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
     if let Some(mut v) = hart.current.take() {
         v.save(&hart.frame);
         v.wait = wait;
+        // Under the queue lock, so a FORK's hold never sees this vCPU neither running
+        // nor queued (see `with_queue_locked`).
+        let mut q = RUNQ.lock();
         v.shared.running_on.store(NOT_RUNNING, Ordering::Release);
-        RUNQ.lock().push(v, platform::now());
+        q.push(v, platform::now());
     }
     let next = next_vcpu(hart);
     run(hart, next);
@@ -246,7 +257,10 @@ pub fn program_timer(hart: &HartLocal) {
 
 fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
     let now = platform::now();
-    v.shared.running_on.store(hart.slot, Ordering::Release);
+    v.shared.running_on.store(hart.slot, Ordering::SeqCst);
+    // A copy-on-write shootdown that read `running_on` before the store above skipped
+    // this hart: the flush in `load` must then see the mappings it changed first.
+    core::sync::atomic::fence(Ordering::SeqCst);
     v.load(&mut hart.frame, now);
     hart.current = Some(v);
     hart.slice_end = now + slice_ticks();
@@ -263,6 +277,8 @@ fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
         let mut q = RUNQ.lock();
         q.wake_waiters(now);
         if let Some(v) = q.pop_best() {
+            // Claimed before the queue is unlocked: see `with_queue_locked`.
+            v.shared.running_on.store(hart.slot, Ordering::SeqCst);
             drop(q);
             return v;
         }

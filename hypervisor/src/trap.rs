@@ -81,6 +81,8 @@ pub fn service_fence_request(slot: usize) {
     if SHARED[slot].fence_request.swap(false, Ordering::AcqRel) {
         diosix_riscv::fence::fence_i();
         diosix_riscv::fence::hfence_vvma_all();
+        // Copy-on-write shootdowns ask for the G-stage one.
+        diosix_riscv::fence::hfence_gvma_all();
     }
 }
 
@@ -158,6 +160,17 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         return;
     };
     let vcpu = hart.current.as_ref().map_or(0, |v| v.shared.index);
+    if cause == EXC_STORE_GUEST_PAGE_FAULT {
+        // A write to a copy-on-write page: resolved, the guest retries the store.
+        match crate::cow::write_fault(&vm, gpa, hart.slot) {
+            Ok(()) => return,
+            Err(crate::cow::CowError::NotCow) => {}
+            Err(crate::cow::CowError::OutOfMemory) => log::error!(
+                "VM {} vCPU {vcpu}: no host frame for a private copy of copy-on-write {gpa}",
+                vm.name
+            ),
+        }
+    }
     let (name, is_root) = (vm.name.clone(), vm.is_root);
     log::error!(
         "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {}{}{}",

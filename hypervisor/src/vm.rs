@@ -25,31 +25,21 @@ const DTB_RESERVE: u64 = 64 * 1024;
 const MAX_BLOCK_PAGES: usize = 512;
 
 /// A guest's RAM: host pages mapped into its G-stage table.
+///
+/// The table is the only record of which frames the guest owns: RAM is allocated in
+/// blocks but released page by page, because after a copy-on-write FORK any page of a
+/// block may be shared, replaced by a private copy, or still the VM's own.
 pub struct GuestMemory {
     pub table: GStageTable,
-    blocks: Vec<(Hpa, usize)>,
 }
 
 impl GuestMemory {
     /// Allocates and maps zeroed RAM for `ram` (page-aligned).
     pub fn new(ram: Range<Gpa>) -> Result<Self, String> {
-        Self::allocate(ram, true)
-    }
-
-    /// Like [`GuestMemory::new`], but leaves the pages' contents as they were: only
-    /// for a caller that overwrites every page before the guest can run (FORK).
-    pub fn new_for_copy(ram: Range<Gpa>) -> Result<Self, String> {
-        Self::allocate(ram, false)
-    }
-
-    fn allocate(ram: Range<Gpa>, zeroed: bool) -> Result<Self, String> {
         let mut frames = mem::frames();
         let table = GStageTable::new(&mut TableAlloc(&mut frames))
             .map_err(|e| format!("G-stage root table: {e}"))?;
-        let mut this = Self {
-            table,
-            blocks: Vec::new(),
-        };
+        let mut this = Self { table };
         let mut remaining = (ram.len / PAGE_SIZE) as usize;
         let mut gpa = ram.start;
         let mut block = MAX_BLOCK_PAGES;
@@ -58,12 +48,7 @@ impl GuestMemory {
                 .min(remaining.next_power_of_two())
                 .min(MAX_BLOCK_PAGES);
             let want = block.min(remaining);
-            let got = if zeroed {
-                mem::alloc_zeroed(&mut frames, want, block)
-            } else {
-                frames.alloc(want, block)
-            };
-            let Some(hpa) = got else {
+            let Some(hpa) = mem::alloc_zeroed(&mut frames, want, block) else {
                 if block == 1 {
                     drop(frames);
                     this.destroy();
@@ -75,7 +60,6 @@ impl GuestMemory {
                 block /= 2;
                 continue;
             };
-            this.blocks.push((hpa, want));
             let len = want as u64 * PAGE_SIZE;
             if let Err(e) = this.table.map_range(
                 &mut PhysTables,
@@ -85,6 +69,8 @@ impl GuestMemory {
                 len,
                 Perms::RWX,
             ) {
+                // Not in the table, so destroy() cannot find it.
+                let _ = frames.free(hpa, want);
                 drop(frames);
                 this.destroy();
                 return Err(format!("mapping {gpa}: {e}"));
@@ -130,11 +116,55 @@ impl GuestMemory {
         self.table.translate(&PhysTables, gpa)
     }
 
-    /// Returns every page (RAM and tables) to the host allocator.
+    /// Copy-on-write FORK: a new guest memory mapping the same frames, read-only in
+    /// both. The caller has every vCPU of this VM off its hart except its own; this
+    /// hart's G-stage TLB is flushed here, the others flush when they next load one.
+    pub fn fork(&mut self) -> Result<Self, String> {
+        let mut shared: Vec<u64> = Vec::new();
+        let forked = {
+            let mut frames = mem::frames();
+            self.table
+                .fork_read_only(&mut PhysTables, &mut TableAlloc(&mut frames), |_, hpa| {
+                    shared.push(hpa.page_number())
+                })
+        };
+        // Even on failure some leaves lost W: the stale writable entries must go.
+        diosix_riscv::fence::hfence_gvma_all();
+        let table = forked.map_err(|e| format!("G-stage tables for the clone: {e}"))?;
+        crate::cow::SHARES.lock().share(&shared);
+        Ok(Self { table })
+    }
+
+    /// Returns every page (RAM and tables) to the host allocator, except frames other
+    /// VMs still share (they lose one sharer instead).
     pub fn destroy(self) {
+        let mut mine: Vec<Hpa> = Vec::new();
+        self.table
+            .for_each_leaf(&PhysTables, |_, hpa, _| mine.push(hpa));
+        {
+            let mut shares = crate::cow::SHARES.lock();
+            mine.retain(|hpa| !shares.unshare(hpa.page_number()));
+        }
+        mine.sort_unstable();
         let mut frames = mem::frames();
-        for (hpa, pages) in &self.blocks {
-            let _ = frames.free(*hpa, *pages);
+        // Contiguous runs go back in one call each (most of a VM's RAM is still the
+        // blocks it was built from); a run that straddles two allocations is refused
+        // as a whole and then returned page by page.
+        let mut i = 0;
+        while i < mine.len() {
+            let start = mine[i];
+            let mut n = 1;
+            while i + n < mine.len() && mine[i + n].raw() == start.raw() + n as u64 * PAGE_SIZE {
+                n += 1;
+            }
+            if frames.free_part(start, n).is_err() {
+                for hpa in &mine[i..i + n] {
+                    if let Err(e) = frames.free_part(*hpa, 1) {
+                        log::error!("guest RAM frame {hpa} not returned: {e}");
+                    }
+                }
+            }
+            i += n;
         }
         self.table
             .destroy(&PhysTables, &mut TableAlloc(&mut frames));
@@ -163,7 +193,7 @@ pub struct Vm {
     pub is_root: bool,
     /// Paused by its parent (STOP).
     pub stopped: AtomicBool,
-    /// Held still while a FORK copies it.
+    /// Held still while a FORK shares its memory.
     pub held: AtomicBool,
     /// Terminated: its vCPUs are dropped wherever they are found.
     pub dead: AtomicBool,
@@ -190,25 +220,40 @@ impl Vm {
         }
     }
 
-    /// Copies `bytes` into guest memory at `gpa`.
-    pub fn write(&self, gpa: Gpa, bytes: &[u8]) -> Result<(), AccessError> {
+    /// Copies `bytes` into guest memory at `gpa`, first giving the VM its own copy of
+    /// any copy-on-write page in the way. The caller must pass `stale` to
+    /// [`crate::cow::finish`] before this VM's vCPU on this hart resumes.
+    pub fn write(
+        &self,
+        gpa: Gpa,
+        bytes: &[u8],
+        stale: &mut crate::cow::Stale,
+    ) -> Result<(), AccessError> {
+        self.make_writable(gpa, bytes.len() as u64, stale)?;
         match self.mem.lock().as_ref() {
             Some(m) => m.write(gpa, bytes),
             None => Err(AccessError::NotMapped(gpa)),
         }
     }
 
+    /// Breaks copy-on-write sharing for `[gpa, gpa+len)` and checks the guest may
+    /// write all of it (what a later [`Vm::write`] there needs).
+    pub fn make_writable(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        stale: &mut crate::cow::Stale,
+    ) -> Result<(), AccessError> {
+        let mut guard = self.mem.lock();
+        let m = guard.as_mut().ok_or(AccessError::NotMapped(gpa))?;
+        m.break_cow_range(self.ram, gpa, len, stale)
+            .map_err(|_| AccessError::NoPermission(gpa.align_down(PAGE_SIZE)))?;
+        m.chunks(gpa, len, true).map(|_| ())
+    }
+
     /// Translates one GPA through its G-stage table.
     pub fn translate(&self, gpa: Gpa) -> Option<(Hpa, Perms)> {
         self.mem.lock().as_ref().and_then(|m| m.translate(gpa))
-    }
-
-    /// Host chunks of `[gpa, gpa+len)`, checked page by page.
-    pub fn chunks(&self, gpa: Gpa, len: u64, write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
-        match self.mem.lock().as_ref() {
-            Some(m) => m.chunks(gpa, len, write),
-            None => Err(AccessError::NotMapped(gpa)),
-        }
     }
 }
 
@@ -441,7 +486,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, Strin
     Ok(vm)
 }
 
-/// Wraps memory copied for a FORK child as a VM with `vcpus` fresh vCPU slots (their
+/// Wraps memory shared with a FORK child as a VM with `vcpus` fresh vCPU slots (their
 /// states are queued by the caller). `None` if no VMID is free.
 pub fn adopt(
     id: VmId,

@@ -2,16 +2,18 @@
 //! IPC, events, consoles) plus this hypervisor's `ExtensionHost` — the part that
 //! builds, copies, pauses and releases real VMs.
 //!
-//! Lock order: `TREE`, then `VMS`, then a VM's memory, then `RUNQ`, then `FRAMES`.
+//! Lock order: `TREE`, then `VMS`, then a VM's memory, then `RUNQ`, then
+//! `cow::SHARES`, then `FRAMES`.
 //! Nothing that waits for another hart runs while `TREE` is held: a FORK first holds
 //! the caller's other vCPUs still, without the lock, so a hart spinning on `TREE`
 //! can never be the one a holder waits for.
 
+use crate::cow;
 use crate::hart::{self, HartLocal};
 use crate::mem;
 use crate::sched;
 use crate::vcpu::{Vcpu, NOT_RUNNING};
-use crate::vm::{self, GuestMemory, Vm, VmSpec};
+use crate::vm::{self, Vm, VmSpec};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -114,13 +116,15 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool
         return (SbiRet::err(SbiError::Failed.code()), false);
     };
     let forking = fid == ext::FID_FORK;
+    let slot = hart.slot;
     if forking {
-        hold_others(&vm, hart.slot);
+        hold_others(&vm, slot);
     }
     let mut host = HvHost {
         hart,
         yield_now: false,
         stopped: None,
+        stale: cow::Stale::new(),
     };
     let ret = {
         let mut tree = TREE.lock();
@@ -129,6 +133,15 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool
             None => SbiRet::err(SbiError::Failed.code()),
         }
     };
+    // Copy-on-write pages the call wrote into are settled now that no lock is held
+    // (the shootdown waits for other harts).
+    let HvHost {
+        yield_now,
+        stale,
+        stopped,
+        ..
+    } = host;
+    cow::finish(&vm, slot, stale);
     if forking {
         vm.held.store(false, Ordering::Release);
         sched::poke_waiters();
@@ -137,25 +150,30 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool
     // STOP returns only once the child is off every hart, so it makes no progress after
     // its parent was told it is stopped. Waited for here, outside the tree lock: the
     // child's hart may be spinning on that lock before it can notice the stop.
-    if let Some(child) = host.stopped.take() {
-        wait_off_harts(&child, host.hart.slot);
+    if let Some(child) = stopped {
+        wait_off_harts(&child, slot);
     }
-    let leave = host.yield_now || !vm.can_run();
+    let leave = yield_now || !vm.can_run();
     (ret, leave)
 }
 
 /// Holds every vCPU of `vm` except the caller's still: marks the VM held, kicks the
 /// harts running them, and waits until none runs (serving fence requests meanwhile).
 fn hold_others(vm: &Arc<Vm>, my_slot: usize) {
-    vm.held.store(true, Ordering::Release);
+    vm.held.store(true, Ordering::SeqCst);
     wait_off_harts(vm, my_slot);
 }
 
 /// Waits until no vCPU of `vm` runs on another hart (kicking those that do, and
 /// serving fence requests meanwhile, so two harts waiting on each other cannot
 /// deadlock).
+///
+/// Once the VM is held or stopped, on return every other vCPU of `vm` is in the run
+/// queue (where FORK's snapshot finds it): the scheduler updates `running_on` under the
+/// run-queue lock, so once a scan made under that lock finds none running, none is
+/// between the queue and a hart, and none can be taken again.
 fn wait_off_harts(vm: &Vm, my_slot: usize) {
-    loop {
+    let others_running = || {
         let mut busy = false;
         for v in &vm.vcpus {
             let slot = v.running_on.load(Ordering::Acquire);
@@ -164,7 +182,10 @@ fn wait_off_harts(vm: &Vm, my_slot: usize) {
                 busy = true;
             }
         }
-        if !busy {
+        busy
+    };
+    loop {
+        if !others_running() && !sched::with_queue_locked(others_running) {
             return;
         }
         crate::trap::service_fence_request(my_slot);
@@ -230,6 +251,7 @@ pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
         hart,
         yield_now: false,
         stopped: None,
+        stale: cow::Stale::new(),
     };
     let mut tree = TREE.lock();
     let Some(t) = tree.as_mut() else { return };
@@ -249,6 +271,8 @@ struct HvHost<'a> {
     yield_now: bool,
     /// A child this call stopped, to wait for once the tree lock is released.
     stopped: Option<Arc<Vm>>,
+    /// Copy-on-write pages the call wrote into, settled once the tree is unlocked.
+    stale: cow::Stale,
 }
 
 fn bad_address<T>(_: T) -> SbiError {
@@ -343,7 +367,7 @@ impl ExtensionHost for HvHost<'_> {
     fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError> {
         lookup(vm)
             .ok_or(SbiError::Failed)?
-            .write(gpa, data)
+            .write(gpa, data, &mut self.stale)
             .map_err(bad_address)
     }
 
@@ -374,7 +398,8 @@ impl ExtensionHost for HvHost<'_> {
                 | features::IPC
                 | features::CONSOLE
                 | features::QUOTAS
-                | features::HW_TRUST,
+                | features::HW_TRUST
+                | features::COW_FORK,
             host_cores: host.harts.len() as u32,
             timer_freq_hz: host.timebase_frequency,
         }
@@ -391,19 +416,16 @@ impl ExtensionHost for HvHost<'_> {
         me.save(&self.hart.frame);
         let mut states = sched::snapshot(&parent_vm);
         states.push(me.clone_state());
-        let memory = GuestMemory::new_for_copy(parent_vm.ram).map_err(|_| SbiError::Failed)?;
-        // Every page is copied now (copy-on-write sharing is not built yet).
-        let copied = {
-            let src = parent_vm.mem.lock();
-            match src.as_ref() {
-                Some(src) => copy_ram(src, &memory, parent_vm.ram.start, parent_vm.ram.len),
-                None => Err(SbiError::Failed),
-            }
+        // Nothing is copied: both VMs map the same frames read-only, and the first
+        // write to a page gives the writer its own copy (see cow.rs). The tree charged
+        // the child a frame per page, so those copies can always be made.
+        let memory = match parent_vm.mem.lock().as_mut() {
+            Some(m) => m.fork().map_err(|e| {
+                log::warn!("FORK of VM {} failed: {e}", parent_vm.name);
+                SbiError::Failed
+            })?,
+            None => return Err(SbiError::Failed),
         };
-        if let Err(e) = copied {
-            memory.destroy();
-            return Err(e);
-        }
         let child_vm = vm::adopt(
             child,
             format!("{}/{}", parent_vm.name, child_cid),
@@ -427,7 +449,7 @@ impl ExtensionHost for HvHost<'_> {
             sched::enqueue(v);
         }
         log::info!(
-            "VM {} forked into {} ({} MiB copied)",
+            "VM {} forked into {} ({} MiB shared copy-on-write)",
             parent_vm.name,
             child_vm.name,
             parent_vm.ram.len >> 20
@@ -505,8 +527,8 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn reboot_vm(&mut self, id: VmId) -> Result<(), SbiError> {
-        // A forked VM has no origin to rebuild from (its fork-time snapshot needs
-        // copy-on-write memory, not built yet).
+        // A forked VM has no origin to rebuild from (keeping its fork-time snapshot
+        // would mean keeping a third, frozen sharer of every page).
         let origins = ORIGINS.lock();
         let origin = origins.get(&id).ok_or(SbiError::NotSupported)?;
         if let Some(old) = VMS.lock().remove(&id) {
@@ -579,20 +601,4 @@ impl ExtensionHost for HvHost<'_> {
         log::info!("the Root VM has ended, restarting the host");
         crate::platform::restart_host();
     }
-}
-
-/// Copies `[start, start+len)` of guest RAM from `src` to `dst`, page by page through
-/// both G-stage tables.
-fn copy_ram(src: &GuestMemory, dst: &GuestMemory, start: Gpa, len: u64) -> Result<(), SbiError> {
-    let mut off = 0;
-    while off < len {
-        let gpa = Gpa::new(start.raw() + off);
-        let (from, _) = src.translate(gpa).ok_or(SbiError::Failed)?;
-        let (to, _) = dst.translate(gpa).ok_or(SbiError::Failed)?;
-        // SAFETY: both frames are guest RAM owned by the two VMs (fresh from their
-        // G-stage tables); distinct VMs never share a frame, so they do not overlap.
-        unsafe { diosix_riscv::physmem::copy(to, from, PAGE_SIZE) };
-        off += PAGE_SIZE;
-    }
-    Ok(())
 }

@@ -182,6 +182,42 @@ impl HostFrames {
         Ok(())
     }
 
+    /// Returns `pages` pages starting at `hpa` from the middle, start or end of a live
+    /// allocation (or all of it), so memory handed out in blocks can be given back page
+    /// by page (copy-on-write guest RAM is released one frame at a time).
+    ///
+    /// The range must lie wholly inside one live allocation; anything else (a page that
+    /// is free, or a range straddling two allocations) is refused with
+    /// [`FrameError::NotAllocated`] and changes nothing. What is left of the allocation
+    /// stays live as up to two smaller allocations, each of which may in turn be freed
+    /// with [`free`](Self::free) or this.
+    pub fn free_part(&mut self, hpa: Hpa, pages: usize) -> Result<(), FrameError> {
+        if !hpa.is_page_aligned() || pages == 0 {
+            return Err(FrameError::NotAllocated);
+        }
+        let first = usize::try_from(hpa.page_number()).map_err(|_| FrameError::NotAllocated)?;
+        let end = first.checked_add(pages).ok_or(FrameError::NotAllocated)?;
+        // The only allocation that can hold `first` is the last one starting at or before it.
+        let (&start, &count) = self
+            .live
+            .range(..=first)
+            .next_back()
+            .ok_or(FrameError::NotAllocated)?;
+        if end > start + count {
+            return Err(FrameError::NotAllocated);
+        }
+        self.live.remove(&start);
+        if first > start {
+            self.live.insert(start, first - start);
+        }
+        if start + count > end {
+            self.live.insert(end, start + count - end);
+        }
+        release_span(&mut self.buddy, first, pages);
+        self.used -= pages;
+        Ok(())
+    }
+
     /// Pages handed to the allocator in total.
     pub fn total_pages(&self) -> usize {
         self.total
@@ -256,6 +292,40 @@ mod tests {
         assert_eq!(a.free_pages(), 256);
     }
 
+    #[test]
+    fn free_part_splits_and_refuses_what_is_not_live() {
+        let mut a = HostFrames::new();
+        a.add_range(hpa_range(0x8000_0000, 0x10_0000)).unwrap();
+        let x = a.alloc(8, 8).unwrap();
+        let y = a.alloc(4, 4).unwrap();
+        let page = |h: Hpa, i: u64| Hpa::new(h.raw() + i * PAGE_SIZE);
+        // Middle, then both ends, of x.
+        assert_eq!(a.free_part(page(x, 3), 2), Ok(()));
+        assert_eq!(a.free_pages(), 256 - 12 + 2);
+        assert_eq!(a.free_part(page(x, 3), 1), Err(FrameError::NotAllocated));
+        assert_eq!(a.free_part(page(x, 2), 2), Err(FrameError::NotAllocated));
+        assert_eq!(a.free_part(x, 0), Err(FrameError::NotAllocated));
+        assert_eq!(
+            a.free_part(Hpa::new(x.raw() + 8), 1),
+            Err(FrameError::NotAllocated)
+        );
+        // The pieces left are ordinary allocations now.
+        assert_eq!(a.free(x, 3), Ok(()));
+        assert_eq!(a.free_part(page(x, 7), 1), Ok(()));
+        assert_eq!(a.free(page(x, 5), 2), Ok(()));
+        // Never across two allocations, even adjacent ones.
+        let z = a.alloc(1, 1).unwrap();
+        let w = a.alloc(1, 1).unwrap();
+        if w.raw() == z.raw() + PAGE_SIZE {
+            assert_eq!(a.free_part(z, 2), Err(FrameError::NotAllocated));
+        }
+        assert_eq!(a.free_part(z, 1), Ok(()));
+        assert_eq!(a.free_part(w, 1), Ok(()));
+        assert_eq!(a.free_part(y, 4), Ok(()));
+        assert_eq!(a.free_pages(), 256);
+        assert_eq!(a.alloc(256, 256), Some(Hpa::new(0x8000_0000)));
+    }
+
     proptest! {
         #[test]
         fn random_alloc_free_never_overlaps(ops in proptest::collection::vec((1usize..20, 0u32..4, any::<bool>()), 1..100)) {
@@ -283,6 +353,65 @@ mod tests {
                 prop_assert_eq!(a.free(h, p), Ok(()));
             }
             prop_assert_eq!(a.alloc(256, 256), Some(Hpa::new(0x8000_0000)));
+        }
+
+        /// Random allocations and partial frees against a model that knows, page by
+        /// page, which pages are live and which allocation (by start) each belongs to.
+        #[test]
+        fn free_part_matches_a_page_model(ops in proptest::collection::vec((1usize..24, 0usize..64, 1usize..24, any::<bool>()), 1..120)) {
+            const BASE: u64 = 0x8000_0000;
+            const N: usize = 256;
+            let mut a = HostFrames::new();
+            a.add_range(hpa_range(BASE, N as u64 * PAGE_SIZE)).unwrap();
+            // owner[i] = Some(id) while page i is live, id unique per original allocation.
+            let mut owner: Vec<Option<usize>> = vec![None; N];
+            let mut next_id = 0;
+            for (pages, at, len, do_free) in ops {
+                if do_free {
+                    let first = at % N;
+                    let end = (first + len).min(N + 1);
+                    let hpa = Hpa::new(BASE + first as u64 * PAGE_SIZE);
+                    let n = end - first;
+                    // Valid when every page is live, in one original allocation, and that
+                    // allocation's pages are all still contiguous around the range (the
+                    // allocator splits records, so "one record" is the contiguous live run
+                    // of the same id).
+                    let ok = end <= N
+                        && owner[first].is_some()
+                        && (first..end).all(|i| owner[i] == owner[first]);
+                    let got = a.free_part(hpa, n);
+                    prop_assert_eq!(got.is_ok(), ok, "free_part({:#x}, {})", hpa.raw(), n);
+                    if ok {
+                        for o in &mut owner[first..end] {
+                            *o = None;
+                        }
+                    }
+                } else if let Some(h) = a.alloc(pages, 1) {
+                    let first = ((h.raw() - BASE) / PAGE_SIZE) as usize;
+                    for o in &mut owner[first..first + pages] {
+                        prop_assert!(o.is_none(), "page handed out twice");
+                        *o = Some(next_id);
+                    }
+                    next_id += 1;
+                }
+                let used = owner.iter().filter(|o| o.is_some()).count();
+                prop_assert_eq!(a.free_pages(), N - used);
+            }
+            // Free what is left, run by run.
+            let mut i = 0;
+            while i < N {
+                if let Some(id) = owner[i] {
+                    let mut j = i;
+                    while j < N && owner[j] == Some(id) {
+                        j += 1;
+                    }
+                    prop_assert_eq!(a.free_part(Hpa::new(BASE + i as u64 * PAGE_SIZE), j - i), Ok(()));
+                    i = j;
+                } else {
+                    i += 1;
+                }
+            }
+            prop_assert_eq!(a.alloc(N, N), Some(Hpa::new(BASE)));
         }
     }
 }

@@ -516,6 +516,100 @@ impl GStageTable {
         }
     }
 
+    /// Copy-on-write FORK: returns a new table that maps every page this one maps, to
+    /// the same host page with the same permissions minus W, and clears W in this
+    /// table's leaves too, calling `shared(gpa, hpa)` for each page.
+    ///
+    /// The new table gets the same shape (one table page for each of this one's), built
+    /// table by table rather than leaf by leaf, which is what makes FORK cheap. Each new
+    /// table is filled in before a pointer to it is written, as in
+    /// [`map_page`](Self::map_page).
+    ///
+    /// On failure (out of table frames) the new table is destroyed, `shared` has been
+    /// called for some pages only, and those pages have lost W in this table: the caller
+    /// must treat that as it treats any copy-on-write page whose frame turns out not to
+    /// be shared (give W back when the guest writes). The caller must also flush this
+    /// table's TLB entries (HFENCE.GVMA) before relying on W being clear.
+    pub fn fork_read_only<M: TableMemory, F: TableFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        mut shared: impl FnMut(Gpa, Hpa),
+    ) -> Result<GStageTable, MapError> {
+        let mut child = GStageTable::new(frames)?;
+        for i2 in 0..ROOT_ENTRIES {
+            let Some(l1) = Self::next_table(mem, self.root, i2) else {
+                continue;
+            };
+            let c1 = match Self::alloc_one(frames) {
+                Ok(t) => t,
+                Err(e) => {
+                    child.destroy(mem, frames);
+                    return Err(e);
+                }
+            };
+            // Counted now so that destroy() on failure returns it.
+            child.table_pages += 1;
+            let mut filled = true;
+            for i1 in 0..TABLE_ENTRIES {
+                let Some(l0) = Self::next_table(mem, l1, i1) else {
+                    continue;
+                };
+                let c0 = match Self::alloc_one(frames) {
+                    Ok(t) => t,
+                    Err(_) => {
+                        filled = false;
+                        break;
+                    }
+                };
+                for i0 in 0..TABLE_ENTRIES {
+                    let pte = mem.read_pte(l0, i0);
+                    if !is_valid(pte) || !is_leaf(pte) {
+                        continue;
+                    }
+                    let ro = pte & !PTE_W;
+                    if ro != pte {
+                        mem.write_pte(l0, i0, ro);
+                    }
+                    mem.write_pte(c0, i0, ro);
+                    let gpa = ((i2 as u64) << 30) | ((i1 as u64) << 21) | ((i0 as u64) << 12);
+                    shared(Gpa::new(gpa), pte_table(pte));
+                }
+                mem.write_pte(c1, i1, table_pte(c0));
+                child.table_pages += 1;
+            }
+            // Linked even when partly filled, so destroy() finds every table it holds.
+            mem.write_pte(child.root, i2, table_pte(c1));
+            if !filled {
+                child.destroy(mem, frames);
+                return Err(MapError::OutOfTableFrames);
+            }
+        }
+        Ok(child)
+    }
+
+    /// Points the mapped page containing `gpa` at `hpa` with `perms`, returning the host
+    /// page it mapped before: one PTE store, so the guest never sees the page unmapped
+    /// (copy-on-write gives a VM its private copy this way). The caller must flush the
+    /// old translation (HFENCE.GVMA) before reusing the old page.
+    pub fn replace_page<M: TableMemory>(
+        &mut self,
+        mem: &mut M,
+        gpa: Gpa,
+        hpa: Hpa,
+        perms: Perms,
+    ) -> Result<Hpa, MapError> {
+        let page = gpa.align_down(PAGE_SIZE);
+        Self::check_map_args(page, hpa, perms)?;
+        let (l0, i0) = self.leaf_slot(mem, page).ok_or(MapError::NotMapped(page))?;
+        let pte = mem.read_pte(l0, i0);
+        if !is_valid(pte) || !is_leaf(pte) {
+            return Err(MapError::NotMapped(page));
+        }
+        mem.write_pte(l0, i0, leaf_pte(hpa, perms));
+        Ok(pte_table(pte))
+    }
+
     /// Frees every table page (root included), returning how many pages were freed.
     ///
     /// The guest RAM the leaves point to is **not** freed: it belongs to the caller,
@@ -737,6 +831,107 @@ mod tests {
         Hpa::new(x)
     }
     const RW: Perms = Perms::R.union(Perms::W);
+
+    #[test]
+    fn fork_read_only_shares_every_leaf_without_w() {
+        let (mut mem, mut frames, mut t) = setup();
+        // 3 MiB from GUEST RAM base plus a lone page a GiB away: two level-1 tables.
+        t.map_range(
+            &mut mem,
+            &mut frames,
+            g(0x8000_0000),
+            h(0x9000_0000),
+            0x30_0000,
+            Perms::RWX,
+        )
+        .unwrap();
+        t.map_page(
+            &mut mem,
+            &mut frames,
+            g(0xC000_5000),
+            h(0xA000_0000),
+            Perms::R | Perms::X,
+        )
+        .unwrap();
+        let before = t.table_pages();
+        let mut seen = Vec::new();
+        let c = t
+            .fork_read_only(&mut mem, &mut frames, |gpa, hpa| seen.push((gpa, hpa)))
+            .unwrap();
+        assert_eq!(c.table_pages(), before);
+        assert_eq!(seen.len(), 0x300 + 1);
+        let rx = Perms::R | Perms::X;
+        for &(gpa, hpa) in &seen {
+            assert_eq!(t.translate(&mem, gpa), Some((hpa, rx)));
+            assert_eq!(c.translate(&mem, gpa), Some((hpa, rx)));
+        }
+        assert_eq!(seen[0x123], (g(0x8012_3000), h(0x9012_3000)));
+        // The child's own copy: replaced in one store, the parent unaffected.
+        assert_eq!(
+            t.replace_page(&mut mem, g(0x8012_3456), h(0x7000_0000), Perms::RWX),
+            Ok(h(0x9012_3000))
+        );
+        assert_eq!(
+            t.translate(&mem, g(0x8012_3000)),
+            Some((h(0x7000_0000), Perms::RWX))
+        );
+        assert_eq!(
+            c.translate(&mem, g(0x8012_3000)),
+            Some((h(0x9012_3000), rx))
+        );
+        assert_eq!(
+            t.replace_page(&mut mem, g(0x8040_0000), h(0x7000_0000), Perms::RWX),
+            Err(MapError::NotMapped(g(0x8040_0000)))
+        );
+        assert_eq!(
+            t.replace_page(&mut mem, g(0x8000_0000), h(0x7000_0000), Perms::W),
+            Err(MapError::BadPerms)
+        );
+        c.destroy(&mem, &mut frames);
+        t.destroy(&mem, &mut frames);
+        assert_eq!(frames.allocs, frames.frees);
+        assert!(mem.0.borrow().is_empty());
+    }
+
+    #[test]
+    fn fork_read_only_out_of_tables_returns_every_frame() {
+        for spare in 0..=7 {
+            let (mut mem, mut frames, mut t) = setup();
+            t.map_range(
+                &mut mem,
+                &mut frames,
+                g(0x8000_0000),
+                h(0x9000_0000),
+                0x60_0000,
+                Perms::RWX,
+            )
+            .unwrap();
+            t.map_page(
+                &mut mem,
+                &mut frames,
+                g(0x1_0000_0000),
+                h(0xA000_0000),
+                Perms::RWX,
+            )
+            .unwrap();
+            let live = frames.allocs - frames.frees;
+            frames.limit = Some(live + spare);
+            let r = t.fork_read_only(&mut mem, &mut frames, |_, _| {});
+            // Root + 2 level-1 + 4 level-0 tables needed in all.
+            assert_eq!(r.is_ok(), spare >= 7, "spare {spare}");
+            if let Ok(c) = r {
+                c.destroy(&mem, &mut frames);
+            }
+            assert_eq!(frames.allocs - frames.frees, live);
+            // The parent still maps everything (some pages now without W).
+            assert_eq!(
+                t.translate(&mem, g(0x805f_f000)).map(|x| x.0),
+                Some(h(0x905f_f000))
+            );
+            t.destroy(&mem, &mut frames);
+            assert_eq!(frames.allocs, frames.frees);
+        }
+    }
 
     #[test]
     fn root_is_16k_aligned_and_hgatp_encodes() {

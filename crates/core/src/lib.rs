@@ -19,4 +19,5 @@ pub mod hostfdt;
 pub mod loader;
 pub mod payload;
 pub mod sbi;
+pub mod shares;
 pub mod tree;

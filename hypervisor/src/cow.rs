@@ -1,0 +1,216 @@
+//! Copy-on-write guest RAM: FORK maps the parent's frames into the child read-only
+//! (clearing W in the parent too), and the first write to such a page, by the guest
+//! (a store/AMO guest-page fault) or by the hypervisor on its behalf (an SBI call
+//! filling a guest buffer), gives the writer a private copy or, if no one else maps
+//! the frame any more, simply gives W back.
+//!
+//! Inside a VM's RAM range a leaf without W means "copy-on-write": every RAM leaf is
+//! created RWX, and FORK is the only thing that clears W.
+//!
+//! # When a shared frame may be let go
+//! Once VM A has its own copy of a shared frame F, another hart running one of A's
+//! vCPUs may still hold a stale read-only TLB entry for F. Two things must not happen
+//! while it does: A's writer must not resume (A's other vCPU would read F and miss A's
+//! writes to the copy), and F's sharer count must not drop (the last other sharer would
+//! then get F writable, and A would read that VM's data). So the writer, holding no
+//! lock, asks every other hart running one of A's vCPUs for an HFENCE.GVMA and waits
+//! for them all ([`shootdown`]), and only then releases its share of F ([`Stale`]).
+//! Until then F keeps A's share, so a concurrent copy by another sharer at worst makes
+//! one copy too many; it never frees or unshares F too early.
+//!
+//! Making a private frame writable again needs no shootdown: other harts can only hold
+//! read-only entries for it, which at worst cause a spurious fault that finds W set.
+//!
+//! Lock order: a VM's memory, then [`SHARES`], then the frame allocator.
+
+use crate::hart::{self, SHARED};
+use crate::mem;
+use crate::vcpu::NOT_RUNNING;
+use crate::vm::{GuestMemory, Vm};
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, Ordering};
+use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
+use diosix_core::gstage::Perms;
+use diosix_core::shares::ShareCounts;
+use spin::Mutex;
+
+/// How many VMs map each frame FORK shared (only frames with two or more).
+pub static SHARES: Mutex<ShareCounts> = Mutex::new(ShareCounts::new());
+
+/// Why a copy-on-write page could not be made writable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CowError {
+    /// The page is not copy-on-write (unmapped, outside RAM, or not readable).
+    NotCow,
+    /// No host frame for the private copy.
+    OutOfMemory,
+}
+
+/// What a writer changed and must finish with [`finish`] before its vCPU resumes: a
+/// local TLB flush, and the old frames it stopped mapping (released after a shootdown).
+#[derive(Default)]
+pub struct Stale {
+    flush_local: bool,
+    frames: Vec<Hpa>,
+}
+
+impl Stale {
+    /// Nothing changed yet.
+    pub const fn new() -> Self {
+        Self {
+            flush_local: false,
+            frames: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Stale {
+    fn drop(&mut self) {
+        if !self.frames.is_empty() {
+            // A share never released keeps its frame allocated for ever: a bug, but not
+            // one worth stopping the host for.
+            log::error!(
+                "copy-on-write: {} replaced frame(s) never released",
+                self.frames.len()
+            );
+        }
+    }
+}
+
+impl GuestMemory {
+    /// Makes the page containing `gpa` writable if it is copy-on-write: W back on a
+    /// frame no one else maps, a private copy of a shared one. A page already writable
+    /// (another hart got there first) only needs the local flush.
+    pub fn break_cow(&mut self, gpa: Gpa, stale: &mut Stale) -> Result<(), CowError> {
+        let page = gpa.align_down(PAGE_SIZE);
+        let (hpa, perms) = self.translate(page).ok_or(CowError::NotCow)?;
+        stale.flush_local = true;
+        if perms.contains(Perms::W) {
+            return Ok(());
+        }
+        if !perms.contains(Perms::R) {
+            return Err(CowError::NotCow);
+        }
+        let writable = perms | Perms::W;
+        let shares = SHARES.lock();
+        if !shares.is_shared(hpa.page_number()) {
+            self.table
+                .set_perms(&mut mem::PhysTables, page, writable)
+                .map_err(|_| CowError::NotCow)?;
+            return Ok(());
+        }
+        // FORK charged every sharer a frame per page, so this only fails if the host
+        // has been overcommitted some other way.
+        let copy = mem::frames().alloc(1, 1).ok_or(CowError::OutOfMemory)?;
+        // SAFETY: `copy` was just allocated to us; `hpa` is a frame this VM maps (read
+        // only, so no one writes it while shared); distinct frames do not overlap.
+        unsafe { diosix_riscv::physmem::copy(copy, hpa, PAGE_SIZE) };
+        match self
+            .table
+            .replace_page(&mut mem::PhysTables, page, copy, writable)
+        {
+            Ok(old) => stale.frames.push(old),
+            Err(_) => {
+                let _ = mem::frames().free(copy, 1);
+                return Err(CowError::NotCow);
+            }
+        }
+        drop(shares);
+        Ok(())
+    }
+
+    /// [`break_cow`](Self::break_cow) for every page of `[gpa, gpa+len)` inside `ram`
+    /// that lacks W (pages outside it are left to the access check that follows).
+    pub fn break_cow_range(
+        &mut self,
+        ram: diosix_core::addr::Range<Gpa>,
+        gpa: Gpa,
+        len: u64,
+        stale: &mut Stale,
+    ) -> Result<(), CowError> {
+        let Some(end) = gpa.raw().checked_add(len) else {
+            return Ok(());
+        };
+        let mut page = gpa.align_down(PAGE_SIZE).raw();
+        while page < end {
+            let at = Gpa::new(page);
+            if ram.contains(at)
+                && self
+                    .translate(at)
+                    .is_some_and(|(_, p)| !p.contains(Perms::W))
+            {
+                self.break_cow(at, stale)?;
+            }
+            page += PAGE_SIZE;
+        }
+        Ok(())
+    }
+}
+
+/// Ends a write that changed mappings of `vm` on this hart (`my_slot`): flushes the
+/// local G-stage TLB and, if frames were replaced, waits for every other hart running
+/// one of `vm`'s vCPUs to flush too, then releases the replaced frames' shares. Must
+/// be called with no lock held (see the module documentation).
+pub fn finish(vm: &Vm, my_slot: usize, mut stale: Stale) {
+    if stale.flush_local {
+        diosix_riscv::fence::hfence_gvma_all();
+    }
+    if stale.frames.is_empty() {
+        return;
+    }
+    shootdown(vm, my_slot);
+    let frames = core::mem::take(&mut stale.frames);
+    let mut shares = SHARES.lock();
+    let mut host = mem::frames();
+    for f in frames {
+        if !shares.unshare(f.page_number()) {
+            // Every other sharer copied it away meanwhile: it was ours alone.
+            if let Err(e) = host.free_part(f, 1) {
+                log::error!("copy-on-write: freeing {f}: {e}");
+            }
+        }
+    }
+}
+
+/// Makes every hart other than `my_slot` that runs one of `vm`'s vCPUs execute
+/// HFENCE.GVMA, and waits until each has (serving requests aimed at this hart
+/// meanwhile, so harts shooting each other down cannot deadlock). A vCPU that is not
+/// running flushes when it is next loaded.
+fn shootdown(vm: &Vm, my_slot: usize) {
+    // The new mappings are stored; a hart that reads them as not running yet stores
+    // `running_on` after this and flushes in `Vcpu::load` after that.
+    fence(Ordering::SeqCst);
+    let mut waiting_on = 0usize;
+    for v in &vm.vcpus {
+        let slot = v.running_on.load(Ordering::SeqCst);
+        if slot != NOT_RUNNING && slot != my_slot && slot < SHARED.len() {
+            SHARED[slot].fence_request.store(true, Ordering::SeqCst);
+            hart::kick(slot);
+            waiting_on |= 1 << slot;
+        }
+    }
+    while waiting_on != 0 {
+        crate::trap::service_fence_request(my_slot);
+        for (slot, shared) in SHARED.iter().enumerate() {
+            if waiting_on & (1 << slot) != 0 && !shared.fence_request.load(Ordering::Acquire) {
+                waiting_on &= !(1 << slot);
+            }
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// A store/AMO guest-page fault by `vm` at `gpa` on this hart: resolves it if the page
+/// is copy-on-write (the guest then retries the store).
+pub fn write_fault(vm: &Vm, gpa: Gpa, my_slot: usize) -> Result<(), CowError> {
+    if !vm.ram.contains(gpa) {
+        return Err(CowError::NotCow);
+    }
+    let mut stale = Stale::new();
+    let r = match vm.mem.lock().as_mut() {
+        Some(m) => m.break_cow(gpa, &mut stale),
+        None => Err(CowError::NotCow),
+    };
+    finish(vm, my_slot, stale);
+    r
+}
