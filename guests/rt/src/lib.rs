@@ -19,6 +19,7 @@ pub mod console;
 pub mod csr;
 pub mod dtb;
 pub mod hart;
+pub mod report;
 pub mod sbi;
 pub mod trap;
 

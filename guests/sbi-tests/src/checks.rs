@@ -4,9 +4,6 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use diosix_guest_rt::sbi::{self, eid, error, hart_state, SbiRet};
 use diosix_guest_rt::{csr, dtb, hart, println, trap};
 
-static PASSED: AtomicUsize = AtomicUsize::new(0);
-static FAILED: AtomicUsize = AtomicUsize::new(0);
-
 /// Facts gathered at boot, shared with the resume path of the non-retentive suspend.
 struct Ctx {
     me: usize,
@@ -27,22 +24,10 @@ fn ctx() -> &'static Ctx {
     }
 }
 
-fn pass(name: &str) {
-    PASSED.fetch_add(1, Ordering::Relaxed);
-    println!("ok {name}");
-}
-
-fn fail(name: &str, got: impl core::fmt::Debug, expected: impl core::fmt::Debug) {
-    FAILED.fetch_add(1, Ordering::Relaxed);
-    println!("FAIL {name}: got {got:?} expected {expected:?}");
-}
+use diosix_guest_rt::report::{self, fail, pass};
 
 fn check<T: PartialEq + core::fmt::Debug>(name: &str, got: T, expected: T) {
-    if got == expected {
-        pass(name)
-    } else {
-        fail(name, got, expected)
-    }
+    report::check(name, got, expected);
 }
 
 fn check_true(name: &str, cond: bool, what: &str) {
@@ -202,8 +187,7 @@ fn base() {
     for (name, e) in exts {
         let r = call(eid::BASE, 3, [e, 0, 0, 0, 0, 0]);
         if r.is_ok() && r.value != 0 {
-            println!("ok probe_{name}");
-            PASSED.fetch_add(1, Ordering::Relaxed);
+            report::pass_with(format_args!("probe_{name}"));
         } else {
             fail(name, r, "nonzero value");
         }
@@ -840,11 +824,7 @@ fn resumed(hartid: usize, opaque: usize) {
 }
 
 fn finish() -> ! {
-    let (p, f) = (
-        PASSED.load(Ordering::Relaxed),
-        FAILED.load(Ordering::Relaxed),
-    );
-    println!("sbi-tests: {p} passed, {f} failed");
+    let f = report::summary("sbi-tests");
     if ctx().legacy_shutdown {
         println!("sbi-tests: legacy shutdown");
         legacy(eid::LEGACY_SHUTDOWN, [0; 4]);

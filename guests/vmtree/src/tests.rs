@@ -29,33 +29,13 @@ const READY: &[u8] = b"vmchild: ready";
 
 // ----- results -----
 
-static PASSED: AtomicUsize = AtomicUsize::new(0);
-static FAILED: AtomicUsize = AtomicUsize::new(0);
 static TIMEBASE: AtomicU64 = AtomicU64::new(10_000_000);
 static RAM_BASE: AtomicUsize = AtomicUsize::new(0);
 static RAM_END: AtomicUsize = AtomicUsize::new(0);
 /// Priority the children get (the Root VM's own).
 static PRIO: AtomicU32 = AtomicU32::new(1);
 
-fn pass(name: &str) {
-    PASSED.fetch_add(1, Ordering::Relaxed);
-    println!("ok {name}");
-}
-
-fn fail(name: &str, got: impl core::fmt::Debug, expected: impl core::fmt::Debug) {
-    FAILED.fetch_add(1, Ordering::Relaxed);
-    println!("FAIL {name}: got {got:?} expected {expected:?}");
-}
-
-fn check<T: PartialEq + core::fmt::Debug>(name: &str, got: T, expected: T) -> bool {
-    if got == expected {
-        pass(name);
-        true
-    } else {
-        fail(name, got, expected);
-        false
-    }
-}
+use diosix_guest_rt::report::{self, check, fail, pass};
 
 /// A named error code, for messages.
 #[derive(PartialEq)]
@@ -73,13 +53,12 @@ fn check_err(name: &str, r: SbiRet, expected: isize) -> bool {
         pass(name);
         true
     } else {
-        FAILED.fetch_add(1, Ordering::Relaxed);
-        println!(
-            "FAIL {name}: got {:?} (a1 {:#x}) expected {:?}",
+        report::fail_with(format_args!(
+            "{name}: got {:?} (a1 {:#x}) expected {:?}",
             Code(r.error),
             r.value,
             Code(expected)
-        );
+        ));
         false
     }
 }
@@ -90,13 +69,12 @@ fn check_ok(name: &str, r: SbiRet, value: usize) -> bool {
         pass(name);
         true
     } else {
-        FAILED.fetch_add(1, Ordering::Relaxed);
-        println!(
-            "FAIL {name}: got {:?} a1 {} expected SUCCESS a1 {}",
+        report::fail_with(format_args!(
+            "{name}: got {:?} a1 {} expected SUCCESS a1 {}",
             Code(r.error),
             r.value,
             value
-        );
+        ));
         false
     }
 }
@@ -214,11 +192,9 @@ impl ConsoleLog {
 fn echo_line(from: u64, line: &str) {
     let line = line.trim_end_matches('\r');
     if let Some(name) = line.strip_prefix("ok ") {
-        PASSED.fetch_add(1, Ordering::Relaxed);
-        println!("ok c{from}/{name}");
+        report::pass_with(format_args!("c{from}/{name}"));
     } else if let Some(rest) = line.strip_prefix("FAIL ") {
-        FAILED.fetch_add(1, Ordering::Relaxed);
-        println!("FAIL c{from}/{rest}");
+        report::fail_with(format_args!("c{from}/{rest}"));
     } else {
         println!("  c{from}| {line}");
     }
@@ -441,11 +417,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
             }
         });
     }
-    println!(
-        "vmtree: {} passed, {} failed",
-        PASSED.load(Ordering::Relaxed),
-        FAILED.load(Ordering::Relaxed)
-    );
+    report::summary("vmtree");
 }
 
 /// The extension is there and unknown functions are refused. False: nothing else can

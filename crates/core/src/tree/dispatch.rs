@@ -580,6 +580,25 @@ fn reboot(
     Ok(0)
 }
 
+/// The checks CONSOLE_READ and CONSOLE_WRITE share, in order: the CID names a child,
+/// the length is within the transfer limit, the buffer lies in the caller's RAM. Returns
+/// a zeroed bounce buffer of that length.
+fn console_transfer(
+    tree: &VmTree,
+    caller: VmId,
+    cid: u64,
+    gpa: u64,
+    len: u64,
+    host: &dyn ExtensionHost,
+) -> Result<Vec<u8>, SbiError> {
+    tree.resolve_child(caller, cid)?;
+    if len > limits::CONSOLE_MAX_TRANSFER as u64 {
+        return Err(SbiError::InvalidParam);
+    }
+    check_buffer(host, caller, gpa, len)?;
+    Ok(vec![0u8; to_usize(len)?])
+}
+
 fn console_read(
     tree: &mut VmTree,
     caller: VmId,
@@ -588,12 +607,7 @@ fn console_read(
     len: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    tree.resolve_child(caller, cid)?;
-    if len > limits::CONSOLE_MAX_TRANSFER as u64 {
-        return Err(SbiError::InvalidParam);
-    }
-    check_buffer(host, caller, gpa, len)?;
-    let mut buf = vec![0u8; to_usize(len)?];
+    let mut buf = console_transfer(tree, caller, cid, gpa, len, host)?;
     let n = tree.console_read_child(caller, cid, &mut buf)?;
     host.write_guest(caller, Gpa::new(gpa), buf.get(..n).unwrap_or(&[]))?;
     Ok(n as u64)
@@ -607,12 +621,7 @@ fn console_write(
     len: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    tree.resolve_child(caller, cid)?;
-    if len > limits::CONSOLE_MAX_TRANSFER as u64 {
-        return Err(SbiError::InvalidParam);
-    }
-    check_buffer(host, caller, gpa, len)?;
-    let mut buf = vec![0u8; to_usize(len)?];
+    let mut buf = console_transfer(tree, caller, cid, gpa, len, host)?;
     host.read_guest(caller, Gpa::new(gpa), &mut buf)?;
     Ok(tree.console_write_child(caller, cid, &buf)? as u64)
 }
