@@ -25,17 +25,53 @@
 
 use crate::hart::{self, SHARED};
 use crate::mem;
+use crate::mem::TableAlloc;
 use crate::vcpu::NOT_RUNNING;
 use crate::vm::{GuestMemory, Vm};
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
-use diosix_core::gstage::Perms;
+use diosix_core::gstage::{MapError, Perms, WriteOutcome};
 use diosix_core::shares::ShareCounts;
 use spin::Mutex;
 
 /// How many VMs map each frame FORK shared (only frames with two or more).
 pub static SHARES: Mutex<ShareCounts> = Mutex::new(ShareCounts::new());
+
+/// Gives [`SHARES`] one counter per frame of every host RAM bank, taken from the frame
+/// allocator (4 bytes per 4 KiB page, 0.1%) and kept for ever. Runs once at boot,
+/// before any VM exists; a bank whose counters cannot be allocated falls back to the
+/// slower sorted map.
+pub fn init(host: &diosix_core::hostfdt::HostPlatform) {
+    for bank in &host.memory {
+        let first = bank.start.page_number();
+        let last = bank.end().raw().div_ceil(PAGE_SIZE);
+        let Some(frames) = last
+            .checked_sub(first)
+            .and_then(|n| usize::try_from(n).ok())
+        else {
+            continue;
+        };
+        let bytes = (frames as u64).saturating_mul(4);
+        let pages = bytes.div_ceil(PAGE_SIZE) as usize;
+        let Some(hpa) = mem::frames().alloc(pages, 1) else {
+            log::warn!(
+                "no {pages} pages for the sharer counts of RAM at {}",
+                bank.start
+            );
+            continue;
+        };
+        // SAFETY: the allocator just handed us these pages (add_dense zeroes them), never
+        // to be freed, so
+        // nothing else will use them; M-mode addresses physical memory directly, and a
+        // page-aligned HPA is aligned for u32.
+        let counts: &'static mut [u32] =
+            unsafe { core::slice::from_raw_parts_mut(hpa.raw() as usize as *mut u32, frames) };
+        if !SHARES.lock().add_dense(first, counts) {
+            log::warn!("sharer counts for RAM at {} refused", bank.start);
+        }
+    }
+}
 
 /// Why a copy-on-write page could not be made writable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,41 +118,52 @@ impl GuestMemory {
     /// frame no one else maps, a private copy of a shared one. A page already writable
     /// (another hart got there first) only needs the local flush.
     pub fn break_cow(&mut self, gpa: Gpa, stale: &mut Stale) -> Result<(), CowError> {
-        let page = gpa.align_down(PAGE_SIZE);
-        let (hpa, perms) = self.translate(page).ok_or(CowError::NotCow)?;
         stale.flush_local = true;
-        if perms.contains(Perms::W) {
-            return Ok(());
-        }
-        if !perms.contains(Perms::R) {
-            return Err(CowError::NotCow);
-        }
-        let writable = perms | Perms::W;
-        let shares = SHARES.lock();
-        if !shares.is_shared(hpa.page_number()) {
-            self.table
-                .set_perms(&mut mem::PhysTables, page, writable)
-                .map_err(|_| CowError::NotCow)?;
-            return Ok(());
-        }
-        // FORK charged every sharer a frame per page, so this only fails if the host
-        // has been overcommitted some other way.
-        let copy = mem::frames().alloc(1, 1).ok_or(CowError::OutOfMemory)?;
-        // SAFETY: `copy` was just allocated to us; `hpa` is a frame this VM maps (read
-        // only, so no one writes it while shared); distinct frames do not overlap.
-        unsafe { diosix_riscv::physmem::copy(copy, hpa, PAGE_SIZE) };
-        match self
-            .table
-            .replace_page(&mut mem::PhysTables, page, copy, writable)
-        {
-            Ok(old) => stale.frames.push(old),
-            Err(_) => {
-                let _ = mem::frames().free(copy, 1);
-                return Err(CowError::NotCow);
+        let mut shares = SHARES.lock();
+        let mut frames = mem::frames();
+        let out = self.table.make_writable(
+            &mut mem::PhysTables,
+            &mut TableAlloc(&mut frames),
+            &mut shares,
+            gpa,
+            |frames, old| {
+                // FORK charged every sharer a frame per page, so this only fails if the
+                // host has been overcommitted some other way.
+                let copy = frames.0.alloc(1, 1)?;
+                // SAFETY: `copy` was just allocated to us; `old` is a frame this VM maps
+                // read-only (so no one writes it while it is shared); distinct frames
+                // do not overlap.
+                unsafe { diosix_riscv::physmem::copy(copy, old, PAGE_SIZE) };
+                Some(copy)
+            },
+        );
+        match out {
+            Ok(WriteOutcome::Copied { old }) => {
+                stale.frames.push(old);
+                Ok(())
             }
+            Ok(_) => Ok(()),
+            Err(MapError::OutOfRamFrames | MapError::OutOfTableFrames) => {
+                Err(CowError::OutOfMemory)
+            }
+            Err(_) => Err(CowError::NotCow),
         }
-        drop(shares);
-        Ok(())
+    }
+
+    /// Gives this VM its own leaf table for the 2 MiB around `gpa` if it still shares
+    /// it after a FORK (the guest touched that range for the first time). Returns
+    /// whether it did; the caller flushes this hart's G-stage TLB.
+    pub fn materialize(&mut self, gpa: Gpa) -> Result<bool, CowError> {
+        let mut shares = SHARES.lock();
+        let mut frames = mem::frames();
+        self.table
+            .materialize(
+                &mut mem::PhysTables,
+                &mut TableAlloc(&mut frames),
+                &mut shares,
+                gpa,
+            )
+            .map_err(|_| CowError::OutOfMemory)
     }
 
     /// [`break_cow`](Self::break_cow) for every page of `[gpa, gpa+len)` inside `ram`
@@ -200,15 +247,28 @@ fn shootdown(vm: &Vm, my_slot: usize) {
     }
 }
 
-/// A store/AMO guest-page fault by `vm` at `gpa` on this hart: resolves it if the page
-/// is copy-on-write (the guest then retries the store).
-pub fn write_fault(vm: &Vm, gpa: Gpa, my_slot: usize) -> Result<(), CowError> {
+/// A guest-page fault by `vm` at `gpa` on this hart for an access that needs `need`:
+/// resolves it if the page is copy-on-write (the guest then retries the access). A
+/// store (`need` has W) makes the page writable; a load or fetch only needs the leaf
+/// table to be the VM's own. A fault on a page the VM may already access that way
+/// (another hart resolved it first) resolves too.
+pub fn access_fault(vm: &Vm, gpa: Gpa, need: Perms, my_slot: usize) -> Result<(), CowError> {
+    let write = need.contains(Perms::W);
     if !vm.ram.contains(gpa) {
         return Err(CowError::NotCow);
     }
     let mut stale = Stale::new();
     let r = match vm.mem.lock().as_mut() {
-        Some(m) => m.break_cow(gpa, &mut stale),
+        Some(m) if write => m.break_cow(gpa, &mut stale),
+        Some(m) => m.materialize(gpa).and_then(|_| {
+            stale.flush_local = true;
+            // Readable now, or this is no copy-on-write fault: a guest that faults
+            // again there must not loop for ever.
+            m.translate(gpa)
+                .filter(|(_, p)| p.contains(need))
+                .map(|_| ())
+                .ok_or(CowError::NotCow)
+        }),
         None => Err(CowError::NotCow),
     };
     finish(vm, my_slot, stale);

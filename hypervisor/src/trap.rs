@@ -5,6 +5,7 @@ use crate::sched;
 use crate::vcpu::Wait;
 use core::sync::atomic::Ordering;
 use diosix_core::addr::{Gpa, Gva};
+use diosix_core::gstage::Perms;
 use diosix_riscv::csr::{self, mstatus_bits};
 use diosix_riscv::trap::TrapFrame;
 
@@ -160,9 +161,18 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         return;
     };
     let vcpu = hart.current.as_ref().map_or(0, |v| v.shared.index);
-    if cause == EXC_STORE_GUEST_PAGE_FAULT {
-        // A write to a copy-on-write page: resolved, the guest retries the store.
-        match crate::cow::write_fault(&vm, gpa, hart.slot) {
+    if matches!(
+        cause,
+        EXC_INSTRUCTION_GUEST_PAGE_FAULT | EXC_LOAD_GUEST_PAGE_FAULT | EXC_STORE_GUEST_PAGE_FAULT
+    ) {
+        // The first touch of a range shared by FORK, or a write to a copy-on-write
+        // page: resolved, the guest retries the access.
+        let need = match cause {
+            EXC_STORE_GUEST_PAGE_FAULT => Perms::R | Perms::W,
+            EXC_LOAD_GUEST_PAGE_FAULT => Perms::R,
+            _ => Perms::X,
+        };
+        match crate::cow::access_fault(&vm, gpa, need, hart.slot) {
             Ok(()) => return,
             Err(crate::cow::CowError::NotCow) => {}
             Err(crate::cow::CowError::OutOfMemory) => log::error!(

@@ -116,35 +116,34 @@ impl GuestMemory {
         self.table.translate(&PhysTables, gpa)
     }
 
-    /// Copy-on-write FORK: a new guest memory mapping the same frames, read-only in
-    /// both. The caller has every vCPU of this VM off its hart except its own; this
-    /// hart's G-stage TLB is flushed here, the others flush when they next load one.
+    /// Copy-on-write FORK: a new guest memory sharing every leaf table (so every
+    /// frame) with this one, in time independent of RAM size (see
+    /// `diosix_core::gstage` `shared`). The caller has every vCPU of this VM off its
+    /// hart except its own; this hart's G-stage TLB is flushed here, the others flush
+    /// when they next load one.
     pub fn fork(&mut self) -> Result<Self, String> {
-        let mut shared: Vec<u64> = Vec::new();
         let forked = {
+            let mut shares = crate::cow::SHARES.lock();
             let mut frames = mem::frames();
             self.table
-                .fork_read_only(&mut PhysTables, &mut TableAlloc(&mut frames), |_, hpa| {
-                    shared.push(hpa.page_number())
-                })
+                .fork_shared(&mut PhysTables, &mut TableAlloc(&mut frames), &mut shares)
         };
-        // Even on failure some leaves lost W: the stale writable entries must go.
-        diosix_riscv::fence::hfence_gvma_all();
         let table = forked.map_err(|e| format!("G-stage tables for the clone: {e}"))?;
-        crate::cow::SHARES.lock().share(&shared);
+        // This VM's leaf tables are now reached only through invalid entries: the
+        // writable translations cached from them must go.
+        diosix_riscv::fence::hfence_gvma_all();
         Ok(Self { table })
     }
 
-    /// Returns every page (RAM and tables) to the host allocator, except frames other
-    /// VMs still share (they lose one sharer instead).
+    /// Returns every page (RAM and tables) to the host allocator, except frames and
+    /// leaf tables other VMs still share (they lose one sharer instead).
     pub fn destroy(self) {
-        let mut mine: Vec<Hpa> = Vec::new();
-        self.table
-            .for_each_leaf(&PhysTables, |_, hpa, _| mine.push(hpa));
-        {
+        let mut mine = {
             let mut shares = crate::cow::SHARES.lock();
-            mine.retain(|hpa| !shares.unshare(hpa.page_number()));
-        }
+            let mut frames = mem::frames();
+            self.table
+                .release(&PhysTables, &mut TableAlloc(&mut frames), &mut shares)
+        };
         mine.sort_unstable();
         let mut frames = mem::frames();
         // Contiguous runs go back in one call each (most of a VM's RAM is still the
@@ -166,8 +165,6 @@ impl GuestMemory {
             }
             i += n;
         }
-        self.table
-            .destroy(&PhysTables, &mut TableAlloc(&mut frames));
     }
 }
 

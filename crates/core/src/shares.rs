@@ -1,22 +1,20 @@
-//! How many VMs map each host frame that copy-on-write FORK shares.
+//! How many holders each host frame that copy-on-write FORK shares has.
 //!
-//! Only shared frames are recorded: a frame absent from [`ShareCounts`] is mapped by
-//! exactly one VM (its owner may write it and frees it when done), one present is
-//! mapped read-only by every one of its `count >= 2` sharers. Keeping private frames
-//! out keeps the record proportional to what FORK actually shares, not to all of RAM.
+//! A frame absent from [`ShareCounts`] (count 0 in a dense range) is held once: its
+//! holder may write it and frees it when done. One present has `count >= 2` holders,
+//! each mapping it read-only. What a "holder" is depends on the frame: for a guest data
+//! frame, a leaf table mapping it; for a leaf table shared after a FORK, a level-1
+//! entry naming it (see `gstage`'s `shared` module, which applies the rules).
 //!
-//! This is the whole rule set the hypervisor applies, kept free of hardware so it can be
-//! tested here:
-//! - FORK: [`share`](ShareCounts::share) every frame the parent maps (the child maps the
-//!   same frames, so each gains one sharer);
-//! - a write fault on a shared frame: copy it, then [`unshare`](ShareCounts::unshare)
-//!   the old one (only once no hart can still reach it through a stale TLB entry);
-//! - a write fault on a frame [`is_shared`](ShareCounts::is_shared) says is private:
-//!   make it writable again, no copy;
-//! - teardown: [`unshare`](ShareCounts::unshare) each frame; `false` means the VM held
-//!   the last reference and must free the frame.
+//! The counts sit on the hottest copy-on-write paths (a first touch after FORK counts
+//! 512 frames at once), so frames of host RAM are counted in **dense ranges**: one
+//! `u32` per frame, handed over by the hypervisor at boot ([`add_dense`]), O(1) per
+//! operation, like a kernel's per-page metadata. Frames outside every dense range go
+//! to a sorted map (host tests use both).
 //!
 //! Frames are opaque numbers here (the hypervisor uses host page numbers, HPA >> 12).
+//!
+//! [`add_dense`]: ShareCounts::add_dense
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -24,82 +22,138 @@ use alloc::vec::Vec;
 /// A host frame number, opaque here.
 pub type Frame = u64;
 
-/// Sharer counts of shared frames. See the module documentation.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Counters for `counts.len()` frames from `first` on; 0 = held once.
+#[derive(Debug, PartialEq, Eq)]
+struct DenseRange {
+    first: Frame,
+    counts: &'static mut [u32],
+}
+
+/// Holder counts of shared frames. See the module documentation.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct ShareCounts {
-    /// Frame -> number of VMs mapping it, always >= 2.
-    counts: BTreeMap<Frame, u32>,
+    dense: Vec<DenseRange>,
+    /// Frames outside every dense range -> holders, always >= 2.
+    sparse: BTreeMap<Frame, u32>,
+    /// Frames with two or more holders, dense and sparse.
+    shared: usize,
 }
 
 impl ShareCounts {
-    /// No frame shared.
+    /// No frame shared, no dense range.
     pub const fn new() -> Self {
         Self {
-            counts: BTreeMap::new(),
+            dense: Vec::new(),
+            sparse: BTreeMap::new(),
+            shared: 0,
         }
     }
 
-    /// One more VM maps each of `frames` (a FORK child maps what its parent maps).
-    ///
-    /// A frame listed `n` times gains `n` sharers. Frames not yet shared are gathered,
-    /// sorted and added in bulk, so forking a large VM costs one pass, not one tree
-    /// insertion per page.
+    /// Counts the frames `first .. first + counts.len()` in `counts` (zeroed here) from
+    /// now on. The range must not overlap a dense range already added nor hold a frame
+    /// already shared (both are refused, returning `false`).
+    pub fn add_dense(&mut self, first: Frame, counts: &'static mut [u32]) -> bool {
+        let end = match first.checked_add(counts.len() as u64) {
+            Some(e) => e,
+            None => return false,
+        };
+        let overlaps = self
+            .dense
+            .iter()
+            .any(|d| first < d.first + d.counts.len() as u64 && d.first < end);
+        if overlaps || self.sparse.range(first..end).next().is_some() {
+            return false;
+        }
+        counts.fill(0);
+        self.dense.push(DenseRange { first, counts });
+        true
+    }
+
+    fn dense_slot(&mut self, frame: Frame) -> Option<&mut u32> {
+        self.dense.iter_mut().find_map(|d| {
+            frame
+                .checked_sub(d.first)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| d.counts.get_mut(i))
+        })
+    }
+
+    /// One more holder for each of `frames` (a frame listed `n` times gains `n`).
     pub fn share(&mut self, frames: &[Frame]) {
-        let mut fresh: Vec<Frame> = Vec::new();
-        for f in frames {
-            match self.counts.get_mut(f) {
-                Some(c) => *c = c.saturating_add(1),
-                None => fresh.push(*f),
+        for &f in frames {
+            match self.dense_slot(f) {
+                Some(c) => {
+                    if *c == 0 {
+                        // The holder it had, plus this one.
+                        *c = 2;
+                        self.shared += 1;
+                    } else {
+                        *c = c.saturating_add(1);
+                    }
+                }
+                None => match self.sparse.get_mut(&f) {
+                    Some(c) => *c = c.saturating_add(1),
+                    None => {
+                        self.sparse.insert(f, 2);
+                        self.shared += 1;
+                    }
+                },
             }
         }
-        // Guest RAM is allocated in ascending blocks, so this is usually sorted already
-        // (and sorting it then costs one pass).
-        fresh.sort_unstable();
-        let mut runs: Vec<(Frame, u32)> = Vec::with_capacity(fresh.len());
-        for f in fresh {
-            match runs.last_mut() {
-                Some((last, n)) if *last == f => *n = n.saturating_add(1),
-                // The owner it had, plus this sharer.
-                _ => runs.push((f, 2)),
-            }
-        }
-        // Collecting sorted, distinct keys builds the tree bottom-up in one pass, and
-        // `append` merges two trees in one pass (or just moves `added` into an empty
-        // one): far cheaper than one insertion per page.
-        let mut added: BTreeMap<Frame, u32> = runs.into_iter().collect();
-        self.counts.append(&mut added);
     }
 
-    /// Whether another VM also maps `frame`.
-    pub fn is_shared(&self, frame: Frame) -> bool {
-        self.counts.contains_key(&frame)
-    }
-
-    /// VMs mapping `frame` (1 for a frame not recorded: its owner alone).
+    /// Holders of `frame` (1 for a frame not shared).
     pub fn count(&self, frame: Frame) -> u32 {
-        self.counts.get(&frame).copied().unwrap_or(1)
+        let dense = self.dense.iter().find_map(|d| {
+            frame
+                .checked_sub(d.first)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| d.counts.get(i))
+        });
+        match dense {
+            Some(0) => 1,
+            Some(c) => *c,
+            None => self.sparse.get(&frame).copied().unwrap_or(1),
+        }
     }
 
-    /// One VM stops mapping `frame`. Returns `true` if others still map it (the frame
-    /// must stay), `false` if the caller held the only reference (the frame is its to
-    /// free or keep).
+    /// Whether `frame` has another holder besides any one asking.
+    pub fn is_shared(&self, frame: Frame) -> bool {
+        self.count(frame) >= 2
+    }
+
+    /// One holder lets go of `frame`. Returns `true` if others still hold it (the frame
+    /// must stay), `false` if the caller held it alone (the frame is its to free).
     pub fn unshare(&mut self, frame: Frame) -> bool {
-        match self.counts.get_mut(&frame) {
+        let left = match self.dense_slot(frame) {
             Some(c) if *c > 2 => {
                 *c -= 1;
+                return true;
+            }
+            Some(c) if *c == 2 => {
+                *c = 0;
                 true
             }
-            Some(_) => {
-                self.counts.remove(&frame);
-                true
-            }
-            None => false,
-        }
+            Some(_) => return false,
+            None => match self.sparse.get_mut(&frame) {
+                Some(c) if *c > 2 => {
+                    *c -= 1;
+                    return true;
+                }
+                Some(_) => {
+                    self.sparse.remove(&frame);
+                    true
+                }
+                None => return false,
+            },
+        };
+        self.shared -= 1;
+        left
     }
 
-    /// Number of shared frames.
+    /// Number of frames with two or more holders.
     pub fn shared_frames(&self) -> usize {
-        self.counts.len()
+        self.shared
     }
 }
 
@@ -129,6 +183,22 @@ mod tests {
     }
 
     #[test]
+    fn dense_ranges_are_checked() {
+        let mut s = ShareCounts::new();
+        s.share(&[100]);
+        assert!(!s.add_dense(90, Box::leak(vec![0u32; 20].into_boxed_slice())));
+        assert!(s.add_dense(200, Box::leak(vec![0u32, 9].into_boxed_slice())));
+        assert_eq!(s.count(201), 1);
+        assert!(!s.add_dense(u64::MAX, Box::leak(vec![0u32; 2].into_boxed_slice())));
+        assert!(s.add_dense(0, Box::leak(vec![0u32; 50].into_boxed_slice())));
+        assert!(!s.add_dense(49, Box::leak(vec![0u32; 2].into_boxed_slice())));
+        s.share(&[7, 7, 100]);
+        assert_eq!((s.count(7), s.count(100), s.shared_frames()), (3, 3, 2));
+        assert!(s.unshare(7) && s.unshare(7) && !s.unshare(7));
+        assert_eq!(s.shared_frames(), 1);
+    }
+
+    #[test]
     fn duplicates_in_one_share_count_each() {
         let mut s = ShareCounts::new();
         s.share(&[5, 3, 5, 5]);
@@ -141,8 +211,12 @@ mod tests {
     proptest! {
         /// Against a model holding every frame's count (1 = private).
         #[test]
-        fn matches_a_counting_model(ops in proptest::collection::vec((proptest::collection::vec(0u64..16, 0..8), 0u64..16, any::<bool>()), 1..100)) {
+        fn matches_a_counting_model(ops in proptest::collection::vec((proptest::collection::vec(0u64..16, 0..8), 0u64..16, any::<bool>()), 1..100), dense in any::<bool>()) {
             let mut s = ShareCounts::new();
+            if dense {
+                // Frames 4..12 dense, the rest sparse.
+                prop_assert!(s.add_dense(4, Box::leak(vec![0u32; 8].into_boxed_slice())));
+            }
             let mut model: HashMap<u64, u32> = HashMap::new();
             for (frames, one, do_share) in ops {
                 if do_share {

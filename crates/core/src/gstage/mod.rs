@@ -32,6 +32,9 @@ use core::fmt;
 
 use crate::addr::{Gpa, Hpa, Range, PAGE_SIZE};
 
+mod shared;
+pub use shared::WriteOutcome;
+
 /// Width of a guest physical address under Sv39x4.
 pub const GPA_BITS: u32 = 41;
 /// One past the highest GPA Sv39x4 can map.
@@ -57,6 +60,10 @@ const PTE_X: u64 = 1 << 3;
 const PTE_U: u64 = 1 << 4;
 const PTE_A: u64 = 1 << 6;
 const PTE_D: u64 = 1 << 7;
+/// First software (RSW) bit. In an *invalid* level-1 entry it marks a shared leaf
+/// table (see the `shared` module): the hardware ignores every bit of an entry with V
+/// clear, so the guest faults and the hypervisor finds the table in the PPN field.
+const PTE_SHARED: u64 = 1 << 8;
 const PTE_PPN_SHIFT: u32 = 10;
 const PTE_PPN_MASK: u64 = (1 << 44) - 1;
 
@@ -132,6 +139,11 @@ pub enum MapError {
     OutOfTableFrames,
     /// [`TableFrames`] returned a table page that is not correctly aligned.
     BadTableFrame,
+    /// The leaf table covering this GPA is shared after a FORK: it must be made the
+    /// table's own first ([`GStageTable::materialize`]).
+    SharedTable(Gpa),
+    /// No host frame for a copy-on-write copy.
+    OutOfRamFrames,
 }
 
 impl fmt::Display for MapError {
@@ -146,6 +158,8 @@ impl fmt::Display for MapError {
             MapError::NotMapped(g) => write!(f, "{g} not mapped"),
             MapError::OutOfTableFrames => f.write_str("out of page-table frames"),
             MapError::BadTableFrame => f.write_str("page-table frame misaligned"),
+            MapError::SharedTable(g) => write!(f, "leaf table of {g} shared, not yet copied"),
+            MapError::OutOfRamFrames => f.write_str("out of host frames for a private copy"),
         }
     }
 }
@@ -224,6 +238,16 @@ fn is_valid(pte: u64) -> bool {
 
 fn is_leaf(pte: u64) -> bool {
     pte & (PTE_R | PTE_W | PTE_X) != 0
+}
+
+/// The shared leaf table a level-1 entry points to while invalid, if it does.
+fn shared_table(pte: u64) -> Option<Hpa> {
+    (!is_valid(pte) && pte & PTE_SHARED != 0).then(|| pte_table(pte))
+}
+
+/// An invalid level-1 entry naming the shared leaf table `table`.
+fn shared_pte(table: Hpa) -> u64 {
+    (table.page_number() << PTE_PPN_SHIFT) | PTE_SHARED
 }
 
 /// Non-leaf PTEs must have U, A and D clear (reserved by the spec for G-stage).
@@ -363,6 +387,9 @@ impl GStageTable {
                 if is_valid(e1) && is_leaf(e1) {
                     return Err(MapError::AlreadyMapped(gpa));
                 }
+                if shared_table(e1).is_some() {
+                    return Err(MapError::SharedTable(gpa));
+                }
                 is_valid(e1).then(|| pte_table(e1))
             }
             None => None,
@@ -463,15 +490,33 @@ impl GStageTable {
 
     /// The host address backing `gpa` (with its page offset) and the guest's
     /// permissions. This is the only place a GPA becomes an HPA.
+    ///
+    /// A page under a shared leaf table (after a FORK, until this table takes its own
+    /// copy) reads through that table, without W: the guest faults on it, and the data
+    /// is what every sharer sees.
     pub fn translate<M: TableMemory>(&self, mem: &M, gpa: Gpa) -> Option<(Hpa, Perms)> {
-        let (l0, i0) = self.leaf_slot(mem, gpa)?;
+        if gpa.raw() >= GPA_LIMIT {
+            return None;
+        }
+        let [i2, i1, i0] = indices(gpa);
+        let l1 = Self::next_table(mem, self.root, i2)?;
+        let e1 = mem.read_pte(l1, i1);
+        let (l0, shared) = match shared_table(e1) {
+            Some(t) => (t, true),
+            None if is_valid(e1) && !is_leaf(e1) => (pte_table(e1), false),
+            None => return None,
+        };
         let pte = mem.read_pte(l0, i0);
         if !is_valid(pte) || !is_leaf(pte) {
             return None;
         }
         // PPN < 2^44 so the page base is < 2^56: adding an in-page offset cannot overflow.
         let hpa = Hpa::new(pte_table(pte).raw() | gpa.page_offset());
-        Some((hpa, Perms::from_pte(pte)))
+        let mut perms = Perms::from_pte(pte);
+        if shared {
+            perms.remove(Perms::W);
+        }
+        Some((hpa, perms))
     }
 
     /// Changes the permissions of the mapped page containing `gpa` (e.g. clear W for
@@ -495,97 +540,33 @@ impl GStageTable {
         Ok(Perms::from_pte(pte))
     }
 
-    /// Calls `f(gpa, hpa, perms)` for every mapped page, in ascending GPA order.
+    /// Calls `f(gpa, hpa, perms)` for every mapped page, in ascending GPA order, with
+    /// the permissions [`translate`](Self::translate) reports.
     pub fn for_each_leaf<M: TableMemory>(&self, mem: &M, mut f: impl FnMut(Gpa, Hpa, Perms)) {
         for i2 in 0..ROOT_ENTRIES {
             let Some(l1) = Self::next_table(mem, self.root, i2) else {
                 continue;
             };
             for i1 in 0..TABLE_ENTRIES {
-                let Some(l0) = Self::next_table(mem, l1, i1) else {
-                    continue;
+                let e1 = mem.read_pte(l1, i1);
+                let (l0, shared) = match shared_table(e1) {
+                    Some(t) => (t, true),
+                    None if is_valid(e1) && !is_leaf(e1) => (pte_table(e1), false),
+                    None => continue,
                 };
                 for i0 in 0..TABLE_ENTRIES {
                     let pte = mem.read_pte(l0, i0);
                     if is_valid(pte) && is_leaf(pte) {
                         let gpa = ((i2 as u64) << 30) | ((i1 as u64) << 21) | ((i0 as u64) << 12);
-                        f(Gpa::new(gpa), pte_table(pte), Perms::from_pte(pte));
+                        let mut perms = Perms::from_pte(pte);
+                        if shared {
+                            perms.remove(Perms::W);
+                        }
+                        f(Gpa::new(gpa), pte_table(pte), perms);
                     }
                 }
             }
         }
-    }
-
-    /// Copy-on-write FORK: returns a new table that maps every page this one maps, to
-    /// the same host page with the same permissions minus W, and clears W in this
-    /// table's leaves too, calling `shared(gpa, hpa)` for each page.
-    ///
-    /// The new table gets the same shape (one table page for each of this one's), built
-    /// table by table rather than leaf by leaf, which is what makes FORK cheap. Each new
-    /// table is filled in before a pointer to it is written, as in
-    /// [`map_page`](Self::map_page).
-    ///
-    /// On failure (out of table frames) the new table is destroyed, `shared` has been
-    /// called for some pages only, and those pages have lost W in this table: the caller
-    /// must treat that as it treats any copy-on-write page whose frame turns out not to
-    /// be shared (give W back when the guest writes). The caller must also flush this
-    /// table's TLB entries (HFENCE.GVMA) before relying on W being clear.
-    pub fn fork_read_only<M: TableMemory, F: TableFrames>(
-        &mut self,
-        mem: &mut M,
-        frames: &mut F,
-        mut shared: impl FnMut(Gpa, Hpa),
-    ) -> Result<GStageTable, MapError> {
-        let mut child = GStageTable::new(frames)?;
-        for i2 in 0..ROOT_ENTRIES {
-            let Some(l1) = Self::next_table(mem, self.root, i2) else {
-                continue;
-            };
-            let c1 = match Self::alloc_one(frames) {
-                Ok(t) => t,
-                Err(e) => {
-                    child.destroy(mem, frames);
-                    return Err(e);
-                }
-            };
-            // Counted now so that destroy() on failure returns it.
-            child.table_pages += 1;
-            let mut filled = true;
-            for i1 in 0..TABLE_ENTRIES {
-                let Some(l0) = Self::next_table(mem, l1, i1) else {
-                    continue;
-                };
-                let c0 = match Self::alloc_one(frames) {
-                    Ok(t) => t,
-                    Err(_) => {
-                        filled = false;
-                        break;
-                    }
-                };
-                for i0 in 0..TABLE_ENTRIES {
-                    let pte = mem.read_pte(l0, i0);
-                    if !is_valid(pte) || !is_leaf(pte) {
-                        continue;
-                    }
-                    let ro = pte & !PTE_W;
-                    if ro != pte {
-                        mem.write_pte(l0, i0, ro);
-                    }
-                    mem.write_pte(c0, i0, ro);
-                    let gpa = ((i2 as u64) << 30) | ((i1 as u64) << 21) | ((i0 as u64) << 12);
-                    shared(Gpa::new(gpa), pte_table(pte));
-                }
-                mem.write_pte(c1, i1, table_pte(c0));
-                child.table_pages += 1;
-            }
-            // Linked even when partly filled, so destroy() finds every table it holds.
-            mem.write_pte(child.root, i2, table_pte(c1));
-            if !filled {
-                child.destroy(mem, frames);
-                return Err(MapError::OutOfTableFrames);
-            }
-        }
-        Ok(child)
     }
 
     /// Points the mapped page containing `gpa` at `hpa` with `perms`, returning the host
@@ -611,6 +592,8 @@ impl GStageTable {
     }
 
     /// Frees every table page (root included), returning how many pages were freed.
+    /// Only for a table that never took part in a FORK: one that did shares leaf
+    /// tables, and must go through [`release`](Self::release).
     ///
     /// The guest RAM the leaves point to is **not** freed: it belongs to the caller,
     /// which should collect it with [`for_each_leaf`](Self::for_each_leaf) first. The
@@ -751,7 +734,7 @@ mod tests {
     /// Fake host memory holding only table pages: touching anything else panics, which
     /// catches a walker that follows a leaf or garbage as if it were a table.
     #[derive(Clone, Default)]
-    struct Mem(Pages);
+    pub(super) struct Mem(pub(super) Pages, pub(super) Rc<std::cell::Cell<usize>>);
 
     fn slot(table: Hpa, index: usize) -> (u64, usize) {
         (table.raw() + (index / 512) as u64 * PAGE_SIZE, index % 512)
@@ -763,6 +746,7 @@ mod tests {
             self.0.borrow().get(&p).expect("read of a non-table page")[i]
         }
         fn write_pte(&mut self, table: Hpa, index: usize, pte: u64) {
+            self.1.set(self.1.get() + 1);
             let (p, i) = slot(table, index);
             self.0
                 .borrow_mut()
@@ -772,13 +756,13 @@ mod tests {
     }
 
     /// Bump allocator of zeroed table pages that checks every free matches an allocation.
-    struct Frames {
+    pub(super) struct Frames {
         pages: Pages,
         live: HashMap<u64, usize>,
         next: u64,
-        allocs: usize,
-        frees: usize,
-        limit: Option<usize>,
+        pub(super) allocs: usize,
+        pub(super) frees: usize,
+        pub(super) limit: Option<usize>,
     }
 
     impl TableFrames for Frames {
@@ -810,7 +794,7 @@ mod tests {
         }
     }
 
-    fn setup() -> (Mem, Frames, GStageTable) {
+    pub(super) fn setup() -> (Mem, Frames, GStageTable) {
         let mem = Mem::default();
         let mut frames = Frames {
             pages: mem.0.clone(),
@@ -824,114 +808,13 @@ mod tests {
         (mem, frames, t)
     }
 
-    fn g(x: u64) -> Gpa {
+    pub(super) fn g(x: u64) -> Gpa {
         Gpa::new(x)
     }
-    fn h(x: u64) -> Hpa {
+    pub(super) fn h(x: u64) -> Hpa {
         Hpa::new(x)
     }
     const RW: Perms = Perms::R.union(Perms::W);
-
-    #[test]
-    fn fork_read_only_shares_every_leaf_without_w() {
-        let (mut mem, mut frames, mut t) = setup();
-        // 3 MiB from GUEST RAM base plus a lone page a GiB away: two level-1 tables.
-        t.map_range(
-            &mut mem,
-            &mut frames,
-            g(0x8000_0000),
-            h(0x9000_0000),
-            0x30_0000,
-            Perms::RWX,
-        )
-        .unwrap();
-        t.map_page(
-            &mut mem,
-            &mut frames,
-            g(0xC000_5000),
-            h(0xA000_0000),
-            Perms::R | Perms::X,
-        )
-        .unwrap();
-        let before = t.table_pages();
-        let mut seen = Vec::new();
-        let c = t
-            .fork_read_only(&mut mem, &mut frames, |gpa, hpa| seen.push((gpa, hpa)))
-            .unwrap();
-        assert_eq!(c.table_pages(), before);
-        assert_eq!(seen.len(), 0x300 + 1);
-        let rx = Perms::R | Perms::X;
-        for &(gpa, hpa) in &seen {
-            assert_eq!(t.translate(&mem, gpa), Some((hpa, rx)));
-            assert_eq!(c.translate(&mem, gpa), Some((hpa, rx)));
-        }
-        assert_eq!(seen[0x123], (g(0x8012_3000), h(0x9012_3000)));
-        // The child's own copy: replaced in one store, the parent unaffected.
-        assert_eq!(
-            t.replace_page(&mut mem, g(0x8012_3456), h(0x7000_0000), Perms::RWX),
-            Ok(h(0x9012_3000))
-        );
-        assert_eq!(
-            t.translate(&mem, g(0x8012_3000)),
-            Some((h(0x7000_0000), Perms::RWX))
-        );
-        assert_eq!(
-            c.translate(&mem, g(0x8012_3000)),
-            Some((h(0x9012_3000), rx))
-        );
-        assert_eq!(
-            t.replace_page(&mut mem, g(0x8040_0000), h(0x7000_0000), Perms::RWX),
-            Err(MapError::NotMapped(g(0x8040_0000)))
-        );
-        assert_eq!(
-            t.replace_page(&mut mem, g(0x8000_0000), h(0x7000_0000), Perms::W),
-            Err(MapError::BadPerms)
-        );
-        c.destroy(&mem, &mut frames);
-        t.destroy(&mem, &mut frames);
-        assert_eq!(frames.allocs, frames.frees);
-        assert!(mem.0.borrow().is_empty());
-    }
-
-    #[test]
-    fn fork_read_only_out_of_tables_returns_every_frame() {
-        for spare in 0..=7 {
-            let (mut mem, mut frames, mut t) = setup();
-            t.map_range(
-                &mut mem,
-                &mut frames,
-                g(0x8000_0000),
-                h(0x9000_0000),
-                0x60_0000,
-                Perms::RWX,
-            )
-            .unwrap();
-            t.map_page(
-                &mut mem,
-                &mut frames,
-                g(0x1_0000_0000),
-                h(0xA000_0000),
-                Perms::RWX,
-            )
-            .unwrap();
-            let live = frames.allocs - frames.frees;
-            frames.limit = Some(live + spare);
-            let r = t.fork_read_only(&mut mem, &mut frames, |_, _| {});
-            // Root + 2 level-1 + 4 level-0 tables needed in all.
-            assert_eq!(r.is_ok(), spare >= 7, "spare {spare}");
-            if let Ok(c) = r {
-                c.destroy(&mem, &mut frames);
-            }
-            assert_eq!(frames.allocs - frames.frees, live);
-            // The parent still maps everything (some pages now without W).
-            assert_eq!(
-                t.translate(&mem, g(0x805f_f000)).map(|x| x.0),
-                Some(h(0x905f_f000))
-            );
-            t.destroy(&mem, &mut frames);
-            assert_eq!(frames.allocs, frames.frees);
-        }
-    }
 
     #[test]
     fn root_is_16k_aligned_and_hgatp_encodes() {
