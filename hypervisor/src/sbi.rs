@@ -247,18 +247,22 @@ impl SbiEnv for Call<'_> {
             vm.name,
             kind,
             if failure { " (system failure)" } else { "" },
-            if vm.is_root {
-                "the Root VM has ended, restarting the host"
-            } else {
-                "ending the VM"
+            match (vm.is_root, kind) {
+                (true, _) => "the Root VM has ended, restarting the host",
+                (false, ResetType::Shutdown) => "ending the VM",
+                (false, _) => "putting the VM back to its created or forked state",
             }
         );
         if vm.is_root {
             crate::platform::restart_host()
         }
-        // A child's own shutdown or reboot ends it (and its subtree); its parent gets
-        // the event and may start it again.
-        crate::vmtree::vm_ended(self.hart, &vm, diosix_abi::exit_code::SHUTDOWN, false);
+        // A child's own shutdown ends it (and its subtree); its own reboot is REBOOT of
+        // itself. Its parent gets the event either way.
+        if kind == ResetType::Shutdown {
+            crate::vmtree::vm_ended(self.hart, &vm, diosix_abi::exit_code::SHUTDOWN, false);
+        } else {
+            crate::vmtree::vm_rebooted(self.hart, &vm);
+        }
         self.block = Some(Wait::None);
         Ok(())
     }

@@ -12,18 +12,21 @@ use crate::cow;
 use crate::hart::{self, HartLocal};
 use crate::mem;
 use crate::sched;
-use crate::vcpu::{Vcpu, NOT_RUNNING};
+use crate::vcpu::{Vcpu, VcpuState, NOT_RUNNING};
 use crate::vm::{self, Vm, VmSpec};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use diosix_abi::{ext, features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::payload::{Payload, MAGIC as PAYLOAD_MAGIC};
 use diosix_core::sbi::SbiRet;
-use diosix_core::tree::dispatch::{apply_termination, handle_diosix_call, ExtensionHost};
+use diosix_core::tree::dispatch::{
+    apply_termination, handle_diosix_call, reboot_self, ExtensionHost,
+};
 use diosix_core::tree::{ConsoleSink, HostFacts, KilledVm, Quota, SbiError, Usage, VmId, VmTree};
 use spin::Mutex;
 
@@ -33,11 +36,71 @@ pub const ROOT_PRIORITY: u32 = 128;
 
 static TREE: Mutex<Option<VmTree>> = Mutex::new(None);
 static VMS: Mutex<BTreeMap<VmId, Arc<Vm>>> = Mutex::new(BTreeMap::new());
-/// What each spawned VM was built from, so REBOOT can build it again.
+/// What REBOOT puts each VM back to (none for a VM forked with `FORK_NO_SNAPSHOT`).
 static ORIGINS: Mutex<BTreeMap<VmId, Origin>> = Mutex::new(BTreeMap::new());
 
+/// The state a VM was created or forked in, kept for REBOOT.
+enum Origin {
+    /// A spawned VM: built again from its image.
+    Image(ImageOrigin),
+    /// A forked VM: its memory (copy-on-write, sharing every frame it had at FORK) and
+    /// vCPUs as FORK left them.
+    Snapshot(Snapshot),
+}
+
+/// A forked VM as it was right after FORK.
+struct Snapshot {
+    /// Never run: a third holder of the fork-time leaf tables, so neither the parent's
+    /// nor the child's later writes reach it.
+    memory: Frozen,
+    states: Vec<VcpuState>,
+    name: alloc::string::String,
+    ram: diosix_core::addr::Range<Gpa>,
+    priority: u8,
+}
+
+/// Guest memory no VM runs on, given back to the host when dropped.
+struct Frozen(Option<vm::GuestMemory>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take() {
+            m.destroy();
+        }
+    }
+}
+
+impl Snapshot {
+    /// A new VM `id` in the snapshot's state: its memory shares the snapshot's (one
+    /// pass over the level-1 tables), its vCPUs are the saved ones.
+    fn restore(&mut self, id: VmId) -> Result<Arc<Vm>, alloc::string::String> {
+        let frozen = self.memory.0.as_mut().ok_or("snapshot already released")?;
+        let memory = frozen.fork()?;
+        let vm = vm::adopt(
+            id,
+            self.name.clone(),
+            memory,
+            self.ram,
+            self.states.len(),
+            self.priority,
+        )
+        .ok_or("no VMID free")?;
+        enqueue_states(&vm, &self.states);
+        Ok(vm)
+    }
+}
+
+/// Queues a vCPU of `vm` for each saved state.
+fn enqueue_states(vm: &Arc<Vm>, states: &[VcpuState]) {
+    for st in states {
+        let shared = vm.vcpus[st.index].clone();
+        shared.set_state(st.hsm);
+        sched::enqueue(Box::new(Vcpu::from_state(vm.clone(), shared, st)));
+    }
+}
+
 /// A spawned VM's image and parameters, kept for REBOOT.
-struct Origin {
+struct ImageOrigin {
     image: Scratch,
     dtb: Option<Scratch>,
     name: alloc::string::String,
@@ -47,7 +110,7 @@ struct Origin {
     start: bool,
 }
 
-impl Origin {
+impl ImageOrigin {
     /// Builds (again) the VM `id` from this origin.
     fn build(&self, id: VmId) -> Result<Arc<Vm>, alloc::string::String> {
         let bytes = self.image.as_slice();
@@ -265,6 +328,22 @@ pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
     }
 }
 
+/// A non-root VM asked for an SRST reboot: it goes back to the state it was created or
+/// forked in (see `dispatch::reboot_self`). The caller leaves the hart: the vCPU that
+/// asked belongs to the old VM, now dead.
+pub fn vm_rebooted(hart: &mut HartLocal, vm: &Vm) {
+    let mut host = HvHost {
+        hart,
+        yield_now: false,
+        stopped: None,
+        stale: cow::Stale::new(),
+    };
+    let mut tree = TREE.lock();
+    if let Some(t) = tree.as_mut() {
+        reboot_self(t, vm.id, &mut host);
+    }
+}
+
 /// The hypervisor's side of the extension, for one call on one hart.
 struct HvHost<'a> {
     hart: &'a mut HartLocal,
@@ -409,7 +488,13 @@ impl ExtensionHost for HvHost<'_> {
         self.yield_now = true;
     }
 
-    fn fork_vm(&mut self, parent: VmId, child: VmId, child_cid: u64) -> Result<(), SbiError> {
+    fn fork_vm(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        child_cid: u64,
+        snapshot: bool,
+    ) -> Result<(), SbiError> {
         let parent_vm = lookup(parent).ok_or(SbiError::Failed)?;
         // The caller's live state, so the child resumes right after its FORK ecall.
         let me = self.hart.current.as_mut().ok_or(SbiError::Failed)?;
@@ -419,13 +504,34 @@ impl ExtensionHost for HvHost<'_> {
         // Nothing is copied: both VMs map the same frames read-only, and the first
         // write to a page gives the writer its own copy (see cow.rs). The tree charged
         // the child a frame per page, so those copies can always be made.
-        let memory = match parent_vm.mem.lock().as_mut() {
-            Some(m) => m.fork().map_err(|e| {
-                log::warn!("FORK of VM {} failed: {e}", parent_vm.name);
-                SbiError::Failed
-            })?,
+        let failed = |e: alloc::string::String| {
+            log::warn!("FORK of VM {} failed: {e}", parent_vm.name);
+            SbiError::Failed
+        };
+        let mut memory = match parent_vm.mem.lock().as_mut() {
+            Some(m) => m.fork().map_err(failed)?,
             None => return Err(SbiError::Failed),
         };
+        // The snapshot REBOOT returns to: a third sharer, charged by the tree for the
+        // case where both VMs rewrite every page.
+        let frozen = if snapshot {
+            match memory.fork() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    memory.destroy();
+                    return Err(failed(e));
+                }
+            }
+        } else {
+            None
+        };
+        let me_index = me.shared.index;
+        for st in states.iter_mut().filter(|st| st.index == me_index) {
+            // The child sees FORK return a0 = a1 = 0, after the ecall.
+            st.regs[10] = 0;
+            st.regs[11] = 0;
+            st.pc += 4;
+        }
         let child_vm = vm::adopt(
             child,
             format!("{}/{}", parent_vm.name, child_cid),
@@ -435,18 +541,16 @@ impl ExtensionHost for HvHost<'_> {
             parent_vm.priority,
         )
         .ok_or(SbiError::Failed)?;
-        let me_index = me.shared.index;
-        for st in states {
-            let shared = child_vm.vcpus[st.index].clone();
-            shared.set_state(st.hsm);
-            let mut v = Box::new(Vcpu::from_state(child_vm.clone(), shared, &st));
-            if st.index == me_index {
-                // The child sees FORK return a0 = a1 = 0, after the ecall.
-                v.regs[10] = 0;
-                v.regs[11] = 0;
-                v.pc += 4;
-            }
-            sched::enqueue(v);
+        enqueue_states(&child_vm, &states);
+        if let Some(f) = frozen {
+            let snap = Snapshot {
+                memory: Frozen(Some(f)),
+                states,
+                name: child_vm.name.clone(),
+                ram: child_vm.ram,
+                priority: child_vm.priority,
+            };
+            ORIGINS.lock().insert(child, Origin::Snapshot(snap));
         }
         log::info!(
             "VM {} forked into {} ({} MiB shared copy-on-write)",
@@ -470,7 +574,7 @@ impl ExtensionHost for HvHost<'_> {
         } else {
             None
         };
-        let origin = Origin {
+        let origin = ImageOrigin {
             image,
             dtb,
             name: format!("{}/vm{}", parent_vm.name, child.index()),
@@ -487,7 +591,7 @@ impl ExtensionHost for HvHost<'_> {
             SbiError::InvalidParam
         })?;
         register(built);
-        ORIGINS.lock().insert(child, origin);
+        ORIGINS.lock().insert(child, Origin::Image(origin));
         Ok(())
     }
 
@@ -526,17 +630,23 @@ impl ExtensionHost for HvHost<'_> {
         }
     }
 
+    fn can_reboot(&self, vm: VmId) -> bool {
+        ORIGINS.lock().contains_key(&vm)
+    }
+
     fn reboot_vm(&mut self, id: VmId) -> Result<(), SbiError> {
-        // A forked VM has no origin to rebuild from (keeping its fork-time snapshot
-        // would mean keeping a third, frozen sharer of every page).
-        let origins = ORIGINS.lock();
-        let origin = origins.get(&id).ok_or(SbiError::NotSupported)?;
+        let mut origins = ORIGINS.lock();
+        let origin = origins.get_mut(&id).ok_or(SbiError::NotSupported)?;
         if let Some(old) = VMS.lock().remove(&id) {
             old.dead.store(true, Ordering::Release);
             kick_running(&old, self.hart.slot);
             sched::reap(&old);
         }
-        let vm = origin.build(id).map_err(|e| {
+        let vm = match origin {
+            Origin::Image(o) => o.build(id),
+            Origin::Snapshot(s) => s.restore(id),
+        };
+        let vm = vm.map_err(|e| {
             log::warn!("REBOOT of a VM failed: {e}");
             SbiError::Failed
         })?;

@@ -323,7 +323,8 @@ const DSX_NESTED: &[Step] = &[
 
 /// `linux-dsx-fork`: the Root VM forks itself; the clone (CID 2), reached with `dsx
 /// console 2`, says it is the child, runs a busy loop on each of its 2 vCPUs, and `dsx
-/// info` there is not the Root VM's.
+/// info` there is not the Root VM's. `dsx reboot 2`, then the clone's own `reboot -f`,
+/// each put it back to its fork-time snapshot (a file it wrote to tmpfs is gone).
 const DSX_FORK: &[Step] = &[
     ("login:", "root\r"),
     (PROMPT, UPTIME_CMD),
@@ -338,6 +339,26 @@ const DSX_FORK: &[Step] = &[
     ("children", ""),
     (PROMPT, BUSY_CMD),
     ("BUSYCPUS-", ""),
+    // A file in the clone's tmpfs (its RAM), gone once REBOOT puts the clone back to
+    // its fork-time snapshot.
+    (
+        PROMPT,
+        "touch /tmp/clone-was-here; [ -e /tmp/clone-was-here ]; echo MARKED-$?\r",
+    ),
+    ("MARKED-", ""),
+    (PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (ROOT_PROMPT, "dsx reboot 2 && dsx console 2\r"),
+    // The clone resumes where FORK left it: dsx in it returns from the fork again.
+    ("this is the new child VM", "\r"),
+    (
+        PROMPT,
+        "[ -e /tmp/clone-was-here ]; echo GONE-$?; reboot -f\r",
+    ),
+    // Its own SRST reboot does the same.
+    ("this is the new child VM", "\r"),
+    (PROMPT, "echo AGAIN-$(nproc)\r"),
+    ("AGAIN-", ""),
     (PROMPT, DETACH),
     ("detached from CID 2", ""),
     (
@@ -538,6 +559,10 @@ fn cases() -> Vec<Case> {
                 Expect::Text("LOOP-1-30000"),
                 Expect::Text("LOOP-2-30000"),
                 Expect::Text("BUSYCPUS-2"),
+                Expect::Text("MARKED-0"),
+                Expect::Text("GONE-1"),
+                Expect::Text("asked for ColdReboot: putting the VM back"),
+                Expect::Text("AGAIN-2"),
                 Expect::Text("this VM (CID 1): Root VM, trusted, running"),
                 Expect::Text("CID 2 terminated"),
                 Expect::Text("PARENT-diosix"),

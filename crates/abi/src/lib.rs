@@ -264,8 +264,12 @@ pub mod exit_code {
 pub mod flags {
     /// FORK a0: the child starts without hardware trust.
     pub const FORK_UNTRUSTED: u64 = 1 << 0;
+    /// FORK a0: keep no fork-time snapshot of the child. It is charged only its RAM,
+    /// page tables and vCPUs (not a second RAM's worth for the snapshot), and REBOOT of
+    /// it answers `NOT_SUPPORTED`.
+    pub const FORK_NO_SNAPSHOT: u64 = 1 << 1;
     /// Every FORK flag this ABI version defines.
-    pub const FORK_ALL: u64 = FORK_UNTRUSTED;
+    pub const FORK_ALL: u64 = FORK_UNTRUSTED | FORK_NO_SNAPSHOT;
 
     /// SpawnArgs.flags: give the child hardware trust (trusted callers only).
     pub const SPAWN_TRUSTED: u32 = 1 << 0;

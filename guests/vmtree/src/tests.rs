@@ -1467,7 +1467,9 @@ fn three_level() {
     let (img, img_len) = image();
     let tables = 64;
     let mut a = child_args(CHILD_PAGES);
-    a.quota_ram_pages = 3 * (CHILD_PAGES + tables);
+    // Itself and two clones, each with its fork-time snapshot: RAM is never what stops
+    // the fork bomb below, the descendants quota is.
+    a.quota_ram_pages = 5 * (CHILD_PAGES + tables);
     a.quota_vcpus = 3;
     a.quota_max_depth = 1;
     a.quota_max_descendants = 2;
@@ -1477,7 +1479,7 @@ fn three_level() {
     check(
         "child_5_quota",
         dsx::child_info(c).map(|i| (i.ram_pages_max, i.vcpus_max, i.max_depth)),
-        Ok((3 * (CHILD_PAGES + tables), 3, 1)),
+        Ok((5 * (CHILD_PAGES + tables), 3, 1)),
     );
     check("cid_5_hello", wait_console(c, READY, 10_000), true);
     let mut next_grandchild = 2;
@@ -1577,13 +1579,27 @@ fn three_level() {
 
 /// FORK of the Root VM itself (clearly skippable: NOT_SUPPORTED prints `skip fork`).
 fn fork_checks(base: &VmInfo) {
-    check_err("fork_unknown_flags", dsx::fork(2), error::INVALID_PARAM);
+    check_err("fork_unknown_flags", dsx::fork(4), error::INVALID_PARAM);
     check_err("fork_high_flag", dsx::fork(1 << 63), error::INVALID_PARAM);
-    for (untrusted, name) in [(false, "fork"), (true, "fork_untrusted")] {
+    // A plain FORK keeps a snapshot for REBOOT (charged a second RAM's worth); the
+    // second one keeps none.
+    for (fl, name) in [
+        (0, "fork"),
+        (
+            flags::FORK_UNTRUSTED | flags::FORK_NO_SNAPSHOT,
+            "fork_untrusted",
+        ),
+    ] {
+        let untrusted = fl & flags::FORK_UNTRUSTED != 0;
+        let snapshot = fl & flags::FORK_NO_SNAPSHOT == 0;
         let me = info_or_default();
+        // This Root VM's tables are the host's estimate for its RAM, which is what the
+        // clone (and its snapshot) are charged.
+        let one = me.own_ram_pages + me.own_table_pages;
+        let charge = if snapshot { 2 * one } else { one };
         let fits = me.vcpus_max - me.vcpus_reserved >= me.own_vcpus
-            && me.ram_pages_max - me.ram_pages_reserved >= me.own_ram_pages + me.own_table_pages;
-        let r = dsx::fork(if untrusted { flags::FORK_UNTRUSTED } else { 0 });
+            && me.ram_pages_max - me.ram_pages_reserved >= charge;
+        let r = dsx::fork(fl);
         if r.error == error::SUCCESS && r.value == 0 {
             fork_child_main();
         }
@@ -1606,23 +1622,64 @@ fn fork_checks(base: &VmInfo) {
         let c = r.value as u64;
         println!("vmtree: forked, child cid {c}");
         reset_log(c);
-        let want: &[u8] = if untrusted {
-            b"vmtree-fork: child alive, cid 1, flags 0x0"
-        } else {
-            b"vmtree-fork: child alive, cid 1, flags 0x1"
-        };
+        let alive: dsx::Line<64> = dsx::fmt_line(format_args!(
+            "vmtree-fork: child alive, cid 1, flags {:#x}, boot 1",
+            if untrusted { 0 } else { 1 }
+        ));
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_runs"));
-        check(l.as_str(), wait_console(c, want, 10_000), true);
+        check(
+            l.as_str(),
+            wait_console(c, alive.as_str().as_bytes(), 10_000),
+            true,
+        );
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_info"));
         check(
             l.as_str(),
-            dsx::child_info(c).map(|i| (i.own_ram_pages, i.own_vcpus, i.flags)),
+            dsx::child_info(c).map(|i| (i.own_ram_pages, i.own_table_pages, i.own_vcpus, i.flags)),
             Ok((
                 me.own_ram_pages,
+                charge - me.own_ram_pages,
                 me.own_vcpus,
                 if untrusted { 0 } else { flags::INFO_TRUSTED },
             )),
         );
+        if snapshot {
+            // Back to the fork-time state: the memory too (the boot counter the child
+            // bumped is 0 again, so it says "boot 1" again, not "boot 2").
+            for (how, l) in [("reboot", "fork_reboot"), ("srst", "fork_srst_reboot")] {
+                reset_log(c);
+                let r = if how == "reboot" {
+                    dsx::call2(ext::FID_REBOOT, c as usize, 0)
+                } else {
+                    dsx::ipc_send(c, b"srst")
+                };
+                check_ok(l, r, 0);
+                let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_event"));
+                check(
+                    ln.as_str(),
+                    wait_event(event::CHILD_REBOOTED, c, 5_000).map(|e| e.kind),
+                    Some(event::CHILD_REBOOTED),
+                );
+                let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_memory_restored"));
+                check(
+                    ln.as_str(),
+                    wait_console(c, alive.as_str().as_bytes(), 10_000),
+                    true,
+                );
+                let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_keeps_usage"));
+                check(
+                    ln.as_str(),
+                    dsx::child_info(c).map(|i| (i.own_ram_pages, i.own_table_pages)),
+                    Ok((me.own_ram_pages, charge - me.own_ram_pages)),
+                );
+            }
+        } else {
+            check_err(
+                "fork_no_snapshot_reboot_not_supported",
+                dsx::call2(ext::FID_REBOOT, c as usize, 0),
+                error::NOT_SUPPORTED,
+            );
+        }
         check_ok("fork_ipc_exit", dsx::ipc_send(c, b"exit"), 0);
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_exit_code"));
         check(
@@ -1636,16 +1693,31 @@ fn fork_checks(base: &VmInfo) {
     }
 }
 
-/// The clone made by FORK (a0 = 0, a1 = 0): says so, waits for `exit`, exits 0x33.
+/// Times `fork_child_main` ran in this VM's memory: 0 in the parent, which never runs
+/// it, so a clone always starts from 0 and one put back by REBOOT does too.
+static FORK_BOOTS: AtomicU32 = AtomicU32::new(0);
+
+/// The clone made by FORK (a0 = 0, a1 = 0): says so, then on `exit` exits 0x33, on
+/// `srst` asks SRST for a cold reboot of itself.
 fn fork_child_main() -> ! {
+    let boot = FORK_BOOTS.fetch_add(1, Ordering::Relaxed) + 1;
     let i = info_or_default();
     println!(
-        "vmtree-fork: child alive, cid {}, flags {:#x}",
+        "vmtree-fork: child alive, cid {}, flags {:#x}, boot {boot}",
         i.cid, i.flags
     );
     let end = csr::time() + ms(10_000);
     while csr::time() < end {
-        if let Ok(Some(_)) = dsx::ipc_recv(cid::PARENT, flags::IPC_RECV_EXACT, 64) {
+        if let Ok(Some((_, n))) = dsx::ipc_recv(cid::PARENT, flags::IPC_RECV_EXACT, 64) {
+            let mut msg = [0u8; 8];
+            let n = n.min(msg.len());
+            DATA.read(0, &mut msg[..n]);
+            if &msg[..n] == b"srst" {
+                println!("vmtree-fork: SRST reboot");
+                // Cold reboot: 1.
+                sbi::system_reset(1, 0);
+                println!("vmtree-fork: SRST reboot returned");
+            }
             break;
         }
         pause();

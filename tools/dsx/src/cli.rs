@@ -22,10 +22,12 @@ pub enum Command {
     },
     /// `run [IMAGE] ...`.
     Run(RunOpts),
-    /// `fork [--untrusted]`.
+    /// `fork [--untrusted] [--no-snapshot]`.
     Fork {
         /// Start the child without hardware trust.
         untrusted: bool,
+        /// Keep no fork-time snapshot (cheaper; the child cannot be rebooted).
+        no_snapshot: bool,
     },
     /// `stop CID`.
     Stop(u64),
@@ -211,11 +213,14 @@ given, --initrd initramfs.cpio.gz
 The image (packed, if so) may be up to 64 MiB; it is staged in this VM's
 RAM while the hypervisor copies it.";
 const HELP_FORK: &str = "\
-usage: dsx fork [--untrusted]
+usage: dsx fork [--untrusted] [--no-snapshot]
 
 Clones this whole VM copy-on-write. The parent prints the child's CID; in the
-child the same command prints that it is the child.
-  --untrusted    the child starts without hardware trust";
+child the same command prints that it is the child. The hypervisor keeps the
+child's fork-time state (copy-on-write) so `dsx reboot` can return it there;
+that costs a second RAM's worth of quota.
+  --untrusted    the child starts without hardware trust
+  --no-snapshot  keep no fork-time state: half the quota, but no reboot";
 const HELP_STOP: &str = "\
 usage: dsx stop CID
 
@@ -506,10 +511,11 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         }
         "run" => parse_run(rest),
         "fork" => {
-            let a = split(verb, rest, &["--untrusted"], &[])?;
+            let a = split(verb, rest, &["--untrusted", "--no-snapshot"], &[])?;
             a.positional_exact(verb, [])?;
             Ok(Command::Fork {
                 untrusted: a.flag("--untrusted"),
+                no_snapshot: a.flag("--no-snapshot"),
             })
         }
         "stop" | "resume" | "reboot" | "console" => {

@@ -122,8 +122,14 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
         Command::Info { host, json } => info(cx, *host, *json),
         Command::List { json } => list(cx, *json),
         Command::Run(opts) => run(cx, opts),
-        Command::Fork { untrusted } => {
-            let fl = if *untrusted { flags::FORK_UNTRUSTED } else { 0 };
+        Command::Fork {
+            untrusted,
+            no_snapshot,
+        } => {
+            let mut fl = if *untrusted { flags::FORK_UNTRUSTED } else { 0 };
+            if *no_snapshot {
+                fl |= flags::FORK_NO_SNAPSHOT;
+            }
             let cid = cx
                 .hv
                 .scalar(ext::FID_FORK, [fl, 0, 0, 0, 0])
@@ -728,6 +734,13 @@ mod tests {
         let mut f = Fake::default();
         let (_, out, _) = go(&mut f, &mut Names::default(), "fork");
         assert_eq!(out, "forked: the child is CID 9\n");
+        go(
+            &mut f,
+            &mut Names::default(),
+            "fork --no-snapshot --untrusted",
+        );
+        let fork = ext::FID_FORK;
+        assert_eq!(f.calls, [format!("{fork} 0"), format!("{fork} 3")]);
         let (_, out, _) = go(&mut f, &mut Names::default(), "info --host");
         assert!(out.contains("harts        2"));
         let (_, out, _) = go(&mut f, &mut Names::default(), "info --json");

@@ -106,9 +106,12 @@ fn sbi_message(op: Op, code: i64) -> String {
     let child = op.child();
     let not_child = |c: u64| format!("CID {c} is not a child of this VM");
     match code as isize {
-        error::NOT_SUPPORTED => {
-            "the hypervisor does not support this call (SBI NOT_SUPPORTED)".into()
-        }
+        error::NOT_SUPPORTED => match op {
+            Op::Reboot(c) => {
+                format!("CID {c} has no state to return to: it was forked with --no-snapshot")
+            }
+            _ => "the hypervisor does not support this call (SBI NOT_SUPPORTED)".into(),
+        },
         error::INVALID_PARAM => match (op, child) {
             (Op::Quota(_), Some(c)) => {
                 format!("CID {c} is not a child of this VM, or a value is beyond the ABI's limits")

@@ -63,8 +63,19 @@ pub trait ExtensionHost {
     /// YIELD: end the calling vCPU's time slice.
     fn yield_vcpu(&mut self, vm: VmId);
     /// FORK: build `child` as a copy-on-write clone of `parent` (memory and the calling
-    /// vCPU's state; the child's a0 and a1 read 0). The tree has already charged it.
-    fn fork_vm(&mut self, parent: VmId, child: VmId, child_cid: u64) -> Result<(), SbiError>;
+    /// vCPU's state; the child's a0 and a1 read 0), keeping a copy-on-write snapshot of
+    /// that state for REBOOT if `snapshot`. The tree has already charged it.
+    fn fork_vm(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        child_cid: u64,
+        snapshot: bool,
+    ) -> Result<(), SbiError>;
+    /// Whether REBOOT can put `vm` back (it has an image or a snapshot to return to).
+    fn can_reboot(&self, _vm: VmId) -> bool {
+        true
+    }
     /// SPAWN: build `child` from the image described by `args` (GPAs in `parent`), and
     /// start it unless `SPAWN_PAUSED`. The tree has already charged it.
     fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError>;
@@ -181,6 +192,29 @@ fn call(
     }
 }
 
+/// A VM's own SRST reboot (not the Root VM's: that restarts the host). The VM goes
+/// back to the state it was created or forked in, as REBOOT by its parent would put it
+/// (the parent gets `CHILD_REBOOTED`), if the host can; a VM forked without a snapshot
+/// ends as after an SRST shutdown (exit code `SHUTDOWN`), and one whose restore fails
+/// ends with a fatal fault.
+pub fn reboot_self(tree: &mut VmTree, vm: VmId, host: &mut dyn ExtensionHost) {
+    if host.can_reboot(vm) {
+        if let Ok(t) = tree.reboot(vm) {
+            apply_termination(&t, host);
+            if host.reboot_vm(vm).is_ok() {
+                return;
+            }
+            if let Ok(t) = tree.fatal_fault(vm) {
+                apply_termination(&t, host);
+            }
+            return;
+        }
+    }
+    if let Ok(t) = tree.kill_subtree(vm, diosix_abi::exit_code::SHUTDOWN) {
+        apply_termination(&t, host);
+    }
+}
+
 // ----- helpers -----
 
 /// Releases everything a termination freed, and restarts the host if the Root VM died.
@@ -269,9 +303,22 @@ fn fork(
     if fl & !flags::FORK_ALL != 0 {
         return Err(SbiError::InvalidParam);
     }
-    let req = tree.fork_request(caller, fl & flags::FORK_UNTRUSTED != 0)?;
+    let snapshot = fl & flags::FORK_NO_SNAPSHOT == 0;
+    let ram_pages = tree.node(caller)?.own.ram_pages;
+    // The clone's own tables, plus (unless refused) the snapshot's worst case: every
+    // page diverged from both VMs, so the snapshot alone holds a RAM's worth.
+    let tables = host.table_pages_for(ram_pages);
+    let table_pages = if snapshot {
+        tables
+            .checked_add(ram_pages)
+            .and_then(|t| t.checked_add(tables))
+            .ok_or(SbiError::Failed)?
+    } else {
+        tables
+    };
+    let req = tree.fork_request(caller, fl & flags::FORK_UNTRUSTED != 0, table_pages)?;
     let (child, cid) = tree.create_child(caller, req)?;
-    if let Err(e) = host.fork_vm(caller, child, cid) {
+    if let Err(e) = host.fork_vm(caller, child, cid, snapshot) {
         let t = tree.discard_child(child);
         apply_termination(&t, host);
         return Err(e);
@@ -569,6 +616,10 @@ fn reboot(
     cid: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
+    let child = tree.resolve_child(caller, cid)?;
+    if !host.can_reboot(child) {
+        return Err(SbiError::NotSupported);
+    }
     let (child, t) = tree.reboot_child(caller, cid)?;
     apply_termination(&t, host);
     if let Err(e) = host.reboot_vm(child) {

@@ -708,14 +708,20 @@ impl VmTree {
         id
     }
 
-    /// The request FORK makes for a clone of `vm`: the same RAM, page-table pages and
-    /// vCPUs (all charged now, so copy-on-write faults never need more), the same
-    /// priority, trust unless `untrusted`, and a quota of exactly that (no children).
-    pub fn fork_request(&self, vm: VmId, untrusted: bool) -> Result<ChildRequest, SbiError> {
+    /// The request FORK makes for a clone of `vm`: the same RAM and vCPUs, `table_pages`
+    /// (the host's page tables for that RAM, plus what a fork-time snapshot may hold),
+    /// all charged now so copy-on-write faults never need more; the same priority,
+    /// trust unless `untrusted`, and a quota of exactly that (no children).
+    pub fn fork_request(
+        &self,
+        vm: VmId,
+        untrusted: bool,
+        table_pages: u64,
+    ) -> Result<ChildRequest, SbiError> {
         let n = self.node(vm)?;
         Ok(ChildRequest {
             ram_pages: n.own.ram_pages,
-            table_pages: n.own.table_pages,
+            table_pages,
             vcpus: n.own.vcpus,
             priority: n.priority,
             trusted: n.trusted && !untrusted,

@@ -200,7 +200,7 @@ proptest! {
                 }
                 Op::Fork { at, untrusted } => {
                     let Some(p) = pick(&t, at) else { continue };
-                    let req = t.fork_request(p, untrusted).unwrap();
+                    let req = t.fork_request(p, untrusted, t.info(p, 1).unwrap().own_table_pages).unwrap();
                     let pages = req.ram_pages + req.table_pages;
                     if t.create_child(p, req).is_ok() {
                         live_pages += pages;
@@ -315,7 +315,7 @@ proptest! {
             match kind {
                 0 => {
                     // Fork, granting quota first so deep forks are possible.
-                    let r = t.fork_request(vm, false).unwrap();
+                    let r = t.fork_request(vm, false, t.info(vm, 1).unwrap().own_table_pages).unwrap();
                     if let Ok((child, _)) = t.create_child(vm, r) {
                         ledger.fork(vm, child).unwrap();
                     }

@@ -434,7 +434,9 @@ fn fork_bomb_is_stopped_by_the_descendant_quota() {
     let mut last_err = None;
     while let Some(v) = frontier.pop() {
         loop {
-            let r = t.fork_request(v, false).unwrap();
+            let r = t
+                .fork_request(v, false, t.info(v, 1).unwrap().own_table_pages)
+                .unwrap();
             match t.create_child(v, r) {
                 Ok((c, _)) => {
                     forked += 1;
@@ -464,6 +466,8 @@ struct FakeHost {
     log: Vec<String>,
     fail_next: bool,
     restarted: bool,
+    /// Forked without a snapshot: REBOOT cannot put them back.
+    no_snapshot: Vec<VmId>,
 }
 
 impl FakeHost {
@@ -523,7 +527,16 @@ impl ExtensionHost for FakeHost {
     fn yield_vcpu(&mut self, _vm: VmId) {
         self.log.push("yield".into());
     }
-    fn fork_vm(&mut self, parent: VmId, child: VmId, _cid: u64) -> Result<(), SbiError> {
+    fn fork_vm(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        _cid: u64,
+        snapshot: bool,
+    ) -> Result<(), SbiError> {
+        if !snapshot {
+            self.no_snapshot.push(child);
+        }
         self.fail()?;
         let copy = self.ram[&parent].clone();
         self.ram.insert(child, copy);
@@ -546,6 +559,9 @@ impl ExtensionHost for FakeHost {
     }
     fn resume_vm(&mut self, _vm: VmId) {
         self.log.push("resume".into());
+    }
+    fn can_reboot(&self, vm: VmId) -> bool {
+        !self.no_snapshot.contains(&vm)
     }
     fn reboot_vm(&mut self, _vm: VmId) -> Result<(), SbiError> {
         self.fail()?;
@@ -679,15 +695,72 @@ fn unknown_and_reserved_functions() {
     assert_eq!(w.ok(root, ext::FID_YIELD, &[]), 0);
 }
 
+/// Every event `vm` has waiting, as (kind, cid, exit code).
+fn drain_events(w: &mut World, vm: VmId) -> Vec<(u32, u64, u64)> {
+    let mut out = Vec::new();
+    while w.ok(vm, ext::FID_POLL_EVENT, &[0x100, Event::SIZE]) == 1 {
+        let e = Event::from_le_bytes(&w.h.get(vm, 0x100, Event::SIZE)).unwrap();
+        out.push((e.kind, e.cid, e.exit_code));
+    }
+    out
+}
+
+#[test]
+fn srst_reboot_of_a_child() {
+    let mut w = World::new();
+    let root = w.root;
+    let with = w.ok(root, ext::FID_FORK, &[0]) as u64;
+    let without = w.ok(root, ext::FID_FORK, &[flags::FORK_NO_SNAPSHOT as usize]) as u64;
+    drain_events(&mut w, root);
+    let c = w.child(root, with);
+    super::dispatch::reboot_self(&mut w.t, c, &mut w.h);
+    assert!(w.t.is_alive(c));
+    assert_eq!(w.h.log.last().map(String::as_str), Some("reboot"));
+    assert_eq!(
+        drain_events(&mut w, root),
+        vec![(event::CHILD_REBOOTED, with, 0)]
+    );
+    // No snapshot: the reboot ends it, as a shutdown would.
+    let c = w.child(root, without);
+    super::dispatch::reboot_self(&mut w.t, c, &mut w.h);
+    assert!(!w.t.is_alive(c));
+    assert_eq!(
+        drain_events(&mut w, root),
+        vec![(
+            event::CHILD_TERMINATED,
+            without,
+            diosix_abi::exit_code::SHUTDOWN
+        )]
+    );
+    // A failed restore is a fatal fault.
+    let c = w.child(root, with);
+    w.h.fail_next = true;
+    super::dispatch::reboot_self(&mut w.t, c, &mut w.h);
+    assert!(!w.t.is_alive(c));
+    assert_eq!(
+        drain_events(&mut w, root).last().copied(),
+        Some((
+            event::CHILD_TERMINATED,
+            with,
+            diosix_abi::exit_code::FATAL_FAULT
+        ))
+    );
+}
+
 #[test]
 fn fork_through_dispatch() {
     let mut w = World::new();
     let root = w.root;
-    assert_eq!(w.err(root, ext::FID_FORK, &[2]), E_INVALID_PARAM);
+    assert_eq!(w.err(root, ext::FID_FORK, &[4]), E_INVALID_PARAM);
+    assert_eq!(w.err(root, ext::FID_FORK, &[1 << 63]), E_INVALID_PARAM);
     let cid = w.ok(root, ext::FID_FORK, &[0]);
     assert_eq!(cid, 2);
     let c = w.child(root, 2);
     assert!(w.t.get(c).unwrap().trusted());
+    // Its own RAM and tables, plus the snapshot's worst case (a RAM's worth and tables).
+    let info = w.t.info(root, 2).unwrap();
+    assert_eq!((info.own_ram_pages, info.own_table_pages), (64, 3 + 64 + 3));
+    w.ok(root, ext::FID_REBOOT, &[2]);
     // The child has exactly what it holds: it cannot fork.
     assert_eq!(w.err(c, ext::FID_FORK, &[0]), E_DENIED);
     let cid = w.ok(root, ext::FID_FORK, &[flags::FORK_UNTRUSTED as usize]);
@@ -698,6 +771,18 @@ fn fork_through_dispatch() {
     assert_eq!(w.err(root, ext::FID_FORK, &[0]), diosix_abi::error::FAILED);
     assert_eq!(w.t.get(root).unwrap().subtree(), before);
     assert_eq!(w.ok(root, ext::FID_FORK, &[0]), 5);
+    // Without a snapshot: charged its tables only, and REBOOT is refused, changing
+    // nothing.
+    let cid = w.ok(root, ext::FID_FORK, &[flags::FORK_NO_SNAPSHOT as usize]);
+    let info = w.t.info(root, cid as u64).unwrap();
+    assert_eq!((info.own_ram_pages, info.own_table_pages), (64, 3));
+    let log = w.h.log.len();
+    assert_eq!(
+        w.err(root, ext::FID_REBOOT, &[cid]),
+        diosix_abi::error::NOT_SUPPORTED
+    );
+    assert_eq!(w.h.log.len(), log);
+    assert!(w.t.resolve_child(root, cid as u64).is_ok());
 }
 
 #[test]
@@ -832,7 +917,8 @@ fn info_and_hv_info_through_dispatch() {
     assert_eq!(info.size as usize, VmInfo::SIZE);
     assert_eq!(info.flags, flags::INFO_TRUSTED | flags::INFO_ROOT);
     assert_eq!(info.child_count, 1);
-    assert_eq!(info.ram_pages_used, 2 * 67);
+    // The clone: RAM, tables and the snapshot's RAM and tables.
+    assert_eq!(info.ram_pages_used, 67 + 134);
     assert_eq!(info.descendants_used, 1);
     assert_eq!(info.depth_used, 1);
     assert_eq!(
@@ -865,7 +951,7 @@ fn info_and_hv_info_through_dispatch() {
     w.ok(c, ext::FID_GET_HV_INFO, &[0x300, HvInfo::SIZE]);
     let hv = HvInfo::from_le_bytes(&w.h.get(c, 0x300, HvInfo::SIZE)).unwrap();
     assert_eq!(hv.abi_version, ext::ABI_VERSION);
-    assert_eq!(hv.ram_total_pages, 67);
+    assert_eq!(hv.ram_total_pages, 134);
     assert_eq!(hv.ram_free_pages, 0);
     assert_eq!(w.err(c, ext::FID_GET_HV_INFO, &[0x300, 8]), E_INVALID_PARAM);
     // LIST_CHILDREN
