@@ -12,6 +12,7 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_guest_rt::{csr, dtb, hart, println, sbi, trap};
 
+mod spawn;
 mod tree;
 
 diosix_guest_rt::entry!(main);

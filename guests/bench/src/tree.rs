@@ -3,6 +3,7 @@
 //! and forked child. Both sides YIELD while they wait, so on one hart the round trip
 //! is two IPC calls, two polls and two vCPU switches — hypervisor work only (with two
 //! harts under `-icount`, QEMU's round-robin quantum would dominate the figure).
+//! Then SPAWN to the child's first instruction ([`crate::spawn`]).
 
 use diosix_abi::{ext, IpcRecvArgs, IpcSendArgs};
 use diosix_guest_rt::{csr, println, sbi};
@@ -10,7 +11,8 @@ use diosix_guest_rt::{csr, println, sbi};
 const SAMPLES: usize = 21;
 const PARENT: u64 = 0;
 
-fn call(fid: usize, args: [usize; 6]) -> sbi::SbiRet {
+/// Raw call of Diosix extension function `fid`.
+pub fn call(fid: usize, args: [usize; 6]) -> sbi::SbiRet {
     // SAFETY: an ecall into the hypervisor; every pointer passed is to this guest's
     // own statics or stack, which the hypervisor validates.
     unsafe { sbi::sbi_call(ext::EID, fid, args) }
@@ -97,4 +99,10 @@ pub fn run(ram_mib: usize) {
     v.sort_unstable();
     println!("bench ipc_round_trip {}", v[SAMPLES / 2]);
     send(cid, b"exit");
+    // The forked child must be gone before the spawn benchmark, or its last steps
+    // would run between the SPAWN and the new child's first instruction.
+    if crate::spawn::wait_terminated(cid).is_none() {
+        return;
+    }
+    crate::spawn::run();
 }

@@ -1,0 +1,200 @@
+//! Spawn to first instruction: how many instructions pass from the parent's SPAWN call
+//! until the new child executes its first instruction.
+//!
+//! The child is a hand-made ELF executable of seven instructions (no guest crate to
+//! build or embed): its first instruction reads `instret` and it exits at once with
+//! that value as its exit code. On one hart `instret` is one hardware counter that the
+//! hypervisor does not virtualise, so the parent's `instret` before SPAWN and the
+//! child's exit code are readings of the same clock, and their difference is exact
+//! under `-icount`. It covers SPAWN itself (copying the image, zeroed RAM, G-stage
+//! tables, the device tree, the hypervisor's log line), the parent's YIELD and the
+//! switch into the child.
+
+use diosix_abi::{event, ext, Event, SpawnArgs, VmInfo};
+use diosix_guest_rt::{csr, println};
+
+use crate::tree::call;
+
+/// Guest-physical address the child's code is loaded at and starts from. Child RAM
+/// starts at GPA 0x8000_0000; this is where the test guests load too (`rt/link.x`).
+const LOAD_GPA: u64 = 0x8020_0000;
+
+/// The child's code, one instruction per word. Encodings checked with
+/// `llvm-mc -triple=riscv64 -show-encoding`; no compressed instructions, so the child
+/// does not depend on the C extension.
+const CODE: [u32; 7] = [
+    0xC020_25F3, // csrr a1, instret      (rdinstret a1): the exit code
+    0x0010_0513, // addi a0, zero, 1      (li a0, 1): EXIT's target, CID 1 = itself
+    0x0000_0813, // addi a6, zero, 0      (li a6, 0): FID_EXIT
+    0x0A00_08B7, // lui  a7, 0x0A000      a7 = 0x0A00_0000 (bit 31 clear: no sign extension)
+    0x0058_8893, // addi a7, a7, 5        a7 = 0x0A00_0005, the Diosix EID
+    0x0000_0073, // ecall                 EXIT(1, instret): does not return
+    0x0000_006F, // jal  zero, 0          (j .): should EXIT ever return
+];
+
+/// Immediate of an I-type instruction (bits 31..20, sign-extended).
+const fn i_imm(insn: u32) -> i64 {
+    (insn as i32 >> 20) as i64
+}
+
+// The hand encodings must load the numbers the ABI defines: a7 = lui's upper 20 bits
+// plus addi's sign-extended immediate, a6 = FID_EXIT, a0 = 1.
+const _: () =
+    assert!(((CODE[3] & 0xFFFF_F000) as i32 as i64 + i_imm(CODE[4])) as usize == ext::EID);
+const _: () = assert!(i_imm(CODE[2]) as usize == ext::FID_EXIT);
+const _: () = assert!(i_imm(CODE[1]) == 1);
+
+/// ELF64 header size.
+const EHDR_SIZE: usize = 64;
+/// ELF64 program header size.
+const PHDR_SIZE: usize = 56;
+/// File offset of the code: right after the one program header.
+const CODE_OFFSET: usize = EHDR_SIZE + PHDR_SIZE;
+/// Bytes of code.
+const CODE_SIZE: usize = CODE.len() * 4;
+/// Bytes of the whole ELF file.
+const ELF_SIZE: usize = CODE_OFFSET + CODE_SIZE;
+
+/// The child's ELF file. 8-byte aligned like a file a loader would `mmap`; SPAWN
+/// itself only needs it inside this guest's RAM.
+#[repr(C, align(8))]
+struct ElfImage([u8; ELF_SIZE]);
+
+/// Stores `v` little-endian at `at` (`N` bytes); a `const fn` helper for [`elf`].
+const fn put<const N: usize>(b: &mut [u8; ELF_SIZE], at: usize, v: [u8; N]) {
+    let mut i = 0;
+    while i < N {
+        b[at + i] = v[i];
+        i += 1;
+    }
+}
+
+/// Builds the child's ELF file: an `ET_EXEC` for `EM_RISCV` with one `PT_LOAD`
+/// segment (R+X) holding [`CODE`] at [`LOAD_GPA`], whose start is the entry point.
+/// The hypervisor's loader takes `p_paddr` as the GPA and translates `e_entry`
+/// through the executable segment's `p_vaddr`, so both are [`LOAD_GPA`]. Built by the
+/// compiler, so the static needs no mutable state or `unsafe`.
+const fn elf() -> ElfImage {
+    let mut b = [0u8; ELF_SIZE];
+    // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding.
+    put(&mut b, 0, [0x7F, b'E', b'L', b'F', 2, 1, 1, 0]);
+    put(&mut b, 16, 2u16.to_le_bytes()); // e_type: ET_EXEC
+    put(&mut b, 18, 243u16.to_le_bytes()); // e_machine: EM_RISCV
+    put(&mut b, 20, 1u32.to_le_bytes()); // e_version: EV_CURRENT
+    put(&mut b, 24, LOAD_GPA.to_le_bytes()); // e_entry
+    put(&mut b, 32, (EHDR_SIZE as u64).to_le_bytes()); // e_phoff
+    put(&mut b, 40, 0u64.to_le_bytes()); // e_shoff: no section headers
+    put(&mut b, 48, 0u32.to_le_bytes()); // e_flags: no RVC, soft-float ABI (no FP used)
+    put(&mut b, 52, (EHDR_SIZE as u16).to_le_bytes()); // e_ehsize
+    put(&mut b, 54, (PHDR_SIZE as u16).to_le_bytes()); // e_phentsize
+    put(&mut b, 56, 1u16.to_le_bytes()); // e_phnum
+    put(&mut b, 58, 64u16.to_le_bytes()); // e_shentsize (no sections; the usual value)
+    put(&mut b, 60, 0u16.to_le_bytes()); // e_shnum
+    put(&mut b, 62, 0u16.to_le_bytes()); // e_shstrndx: SHN_UNDEF
+    let ph = EHDR_SIZE;
+    put(&mut b, ph, 1u32.to_le_bytes()); // p_type: PT_LOAD
+    put(&mut b, ph + 4, 5u32.to_le_bytes()); // p_flags: PF_R | PF_X
+    put(&mut b, ph + 8, (CODE_OFFSET as u64).to_le_bytes()); // p_offset
+    put(&mut b, ph + 16, LOAD_GPA.to_le_bytes()); // p_vaddr
+    put(&mut b, ph + 24, LOAD_GPA.to_le_bytes()); // p_paddr: the GPA
+    put(&mut b, ph + 32, (CODE_SIZE as u64).to_le_bytes()); // p_filesz
+    put(&mut b, ph + 40, (CODE_SIZE as u64).to_le_bytes()); // p_memsz
+    put(&mut b, ph + 48, 4u64.to_le_bytes()); // p_align: p_offset = p_vaddr mod 4
+    let mut i = 0;
+    while i < CODE.len() {
+        put(&mut b, CODE_OFFSET + 4 * i, CODE[i].to_le_bytes());
+        i += 1;
+    }
+    ElfImage(b)
+}
+
+/// The child's image, in this guest's RAM for SPAWN to copy (paging is off, so its
+/// address is its GPA).
+static CHILD_ELF: ElfImage = elf();
+
+/// Waits (yielding the hart) for the `CHILD_TERMINATED` event of child `cid`; its
+/// exit code, or `None` if POLL_EVENT fails. Other events are dropped: nothing else in
+/// the bench guest waits for them.
+pub fn wait_terminated(cid: u64) -> Option<u64> {
+    let mut e = Event::default();
+    loop {
+        // YIELD first: on one hart the child can only run once this vCPU gives way,
+        // and polling first would only add the parent's instructions to the figure.
+        call(ext::FID_YIELD, [0; 6]);
+        let r = call(
+            ext::FID_POLL_EVENT,
+            [core::ptr::addr_of_mut!(e) as usize, Event::SIZE, 0, 0, 0, 0],
+        );
+        if r.error != 0 {
+            println!("bench poll_event failed: error {}", r.error);
+            return None;
+        }
+        if r.value == 1 && e.kind == event::CHILD_TERMINATED && e.cid == cid {
+            return Some(e.exit_code);
+        }
+    }
+}
+
+/// This VM's own vCPU priority (GET_INFO), or `None` if the call fails.
+fn own_priority() -> Option<u32> {
+    let mut info = VmInfo::default();
+    let r = call(
+        ext::FID_GET_INFO,
+        [
+            core::ptr::addr_of_mut!(info) as usize,
+            VmInfo::SIZE,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    (r.error == 0).then_some(info.priority)
+}
+
+/// Spawns the child with `ram_mib` of RAM and prints `spawn_first_instr_<ram>MiB`.
+fn sample(ram_mib: u64, priority: u32) {
+    let args = SpawnArgs {
+        size: SpawnArgs::SIZE as u32,
+        flags: 0,
+        cid: 0,
+        image_gpa: CHILD_ELF.0.as_ptr() as u64,
+        image_size: ELF_SIZE as u64,
+        dtb_gpa: 0,
+        dtb_size: 0,
+        ram_pages: ram_mib << 8,
+        vcpus: 1,
+        // The same priority as this VM: the scheduler is strict between levels, so a
+        // lower-priority child would never run while this vCPU polls and yields.
+        priority,
+        // Quotas 0: exactly what the child holds, no children of its own.
+        ..SpawnArgs::default()
+    };
+    let before = csr::instret();
+    let r = call(
+        ext::FID_SPAWN,
+        [core::ptr::addr_of!(args) as usize, 0, 0, 0, 0, 0],
+    );
+    if r.error != 0 {
+        println!("bench spawn_{ram_mib}MiB failed: error {}", r.error);
+        return;
+    }
+    match wait_terminated(r.value as u64) {
+        Some(first) => println!(
+            "bench spawn_first_instr_{ram_mib}MiB {}",
+            first.wrapping_sub(before)
+        ),
+        None => println!("bench spawn_{ram_mib}MiB: no exit event"),
+    }
+}
+
+/// Runs the spawn benchmark with children of 16 and 64 MiB.
+pub fn run() {
+    let Some(priority) = own_priority() else {
+        println!("bench spawn skipped (GET_INFO failed)");
+        return;
+    };
+    for ram_mib in [16, 64] {
+        sample(ram_mib, priority);
+    }
+}
