@@ -126,6 +126,7 @@ fn tree_bench(elf: &Path) -> Result<()> {
         let figures = run_on(&format!("bench-tree-{ram}"), &image, Bios::None, 1, 1024)?;
         for (name, v) in figures {
             if name.starts_with("fork_")
+                || name.starts_with("cow_")
                 || name.starts_with("spawn_")
                 || name == "ipc_round_trip"
                 || name == "first_instruction"
