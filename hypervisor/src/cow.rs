@@ -87,6 +87,8 @@ pub enum CowError {
 #[derive(Default)]
 pub struct Stale {
     flush_local: bool,
+    /// W was taken away from pages other harts may still write through stale entries.
+    shootdown: bool,
     frames: Vec<Hpa>,
 }
 
@@ -95,8 +97,16 @@ impl Stale {
     pub const fn new() -> Self {
         Self {
             flush_local: false,
+            shootdown: false,
             frames: Vec::new(),
         }
+    }
+
+    /// W was cleared on some of the VM's pages: every hart running it must flush
+    /// before the write that needed that is over.
+    pub fn write_protected(&mut self) {
+        self.flush_local = true;
+        self.shootdown = true;
     }
 }
 
@@ -202,7 +212,7 @@ pub fn finish(vm: &Vm, my_slot: usize, mut stale: Stale) {
     if stale.flush_local {
         diosix_riscv::fence::hfence_gvma_all();
     }
-    if stale.frames.is_empty() {
+    if stale.frames.is_empty() && !stale.shootdown {
         return;
     }
     shootdown(vm, my_slot);

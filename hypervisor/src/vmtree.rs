@@ -22,6 +22,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use diosix_abi::{ext, features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
+use diosix_core::gstage::Perms;
 use diosix_core::payload::{Payload, MAGIC as PAYLOAD_MAGIC};
 use diosix_core::sbi::SbiRet;
 use diosix_core::tree::dispatch::{
@@ -674,23 +675,87 @@ impl ExtensionHost for HvHost<'_> {
 
     fn map_child_mem(
         &mut self,
-        _parent: VmId,
-        _child: VmId,
-        _child_gpa: Gpa,
-        _parent_gpa: Gpa,
-        _size: u64,
-        _perms: u64,
+        parent: VmId,
+        child: VmId,
+        child_gpa: Gpa,
+        parent_gpa: Gpa,
+        size: u64,
+        perms: u64,
     ) -> Result<(), SbiError> {
-        Err(SbiError::NotSupported)
+        let parent = lookup(parent).ok_or(SbiError::Failed)?;
+        let child = lookup(child).ok_or(SbiError::Failed)?;
+        if !child.ram.contains_span(child_gpa, size) {
+            return Err(SbiError::InvalidAddress);
+        }
+        let mut p = Perms::empty();
+        for (bit, perm) in [
+            (flags::MAP_READ, Perms::R),
+            (flags::MAP_WRITE, Perms::W),
+            (flags::MAP_EXEC, Perms::X),
+        ] {
+            if perms & bit != 0 {
+                p |= perm;
+            }
+        }
+        // Parent, then child: the only place two VMs' memory is locked at once, and
+        // the tree lock (held) keeps it to one such call at a time.
+        let mut pm = parent.mem.lock();
+        let mut cm = child.mem.lock();
+        let (Some(pm), Some(cm)) = (pm.as_mut(), cm.as_mut()) else {
+            return Err(SbiError::Failed);
+        };
+        let freed = {
+            let mut shares = cow::SHARES.lock();
+            let mut frames = mem::frames();
+            pm.table.copy_range_into(
+                &mut cm.table,
+                &mut mem::PhysTables,
+                &mut mem::TableAlloc(&mut frames),
+                &mut shares,
+                parent_gpa,
+                child_gpa,
+                size,
+                p,
+            )
+        };
+        // The parent's pages lost W: its other harts flush before this call returns.
+        self.stale.write_protected();
+        let freed = freed.map_err(|e| {
+            log::warn!("MAP_CHILD_MEM into VM {} refused: {e}", child.name);
+            SbiError::InvalidAddress
+        })?;
+        // The child has never run, so no hart holds a translation to these frames.
+        let mut frames = mem::frames();
+        for f in freed {
+            if let Err(e) = frames.free_part(f, 1) {
+                log::error!("MAP_CHILD_MEM: frame {f} not returned: {e}");
+            }
+        }
+        Ok(())
     }
 
     fn unmap_child_mem(
         &mut self,
-        _parent: VmId,
-        _parent_gpa: Gpa,
-        _size: u64,
+        parent: VmId,
+        parent_gpa: Gpa,
+        size: u64,
     ) -> Result<(), SbiError> {
-        Err(SbiError::NotSupported)
+        let vm = lookup(parent).ok_or(SbiError::Failed)?;
+        let mut guard = vm.mem.lock();
+        let m = guard.as_mut().ok_or(SbiError::Failed)?;
+        let mut page = parent_gpa;
+        let end = parent_gpa
+            .checked_add(size)
+            .ok_or(SbiError::InvalidAddress)?;
+        while page < end {
+            match m.break_cow(page, &mut self.stale) {
+                // Read-only for this VM for good: nothing of it to take back.
+                Ok(()) | Err(cow::CowError::NotCow) => {}
+                Err(cow::CowError::OutOfMemory) => return Err(SbiError::Failed),
+            }
+            page = Gpa::new(page.raw() + PAGE_SIZE);
+        }
+        Ok(())
     }
 
     fn map_host_mmio(

@@ -409,6 +409,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
         );
         quota_checks();
         trust_checks();
+        built_children(&base);
         let r = dsx::call2(ext::FID_LIST_CHILDREN, 0, 0);
         check_ok("no_children_left", r, 0);
         PENDING.with(|p| {
@@ -1426,8 +1427,113 @@ fn paused_child() {
         start(0x8020_0000, 0x8000_0000),
         error::ALREADY_STARTED,
     );
+    check_err(
+        "map_child_mem_after_start",
+        map(0x8040_0000, page, 4096, r),
+        error::ALREADY_STARTED,
+    );
     check("started_child_hello", wait_console(c, READY, 10_000), true);
     kill_child("exit_child_3", c, 0);
+}
+
+/// Two pages of this VM: a program and its data, copied into paused children with
+/// MAP_CHILD_MEM.
+#[repr(C, align(4096))]
+struct ProgramPages([AtomicU64; 1024]);
+
+static PROGRAM: ProgramPages = ProgramPages([const { AtomicU64::new(0) }; 1024]);
+
+/// The program (RV64, one word each): loads the u64 at the start of the next page,
+/// stores it 8 bytes further on, and EXITs itself with it as the exit code.
+const PROGRAM_CODE: [u32; 9] = [
+    0x0000_1297, // auipc t0, 1          t0 = the data page
+    0x0002_b583, // ld    a1, 0(t0)      a1 = the exit code
+    0x00b2_b423, // sd    a1, 8(t0)      a write into the data page
+    0x0010_0513, // addi  a0, zero, 1    CID 1: itself
+    0x0000_0813, // addi  a6, zero, 0    FID_EXIT
+    0x0a00_08b7, // lui   a7, 0xa000
+    0x0058_8893, // addi  a7, a7, 5      EID 0x0A000005
+    0x0000_0073, // ecall
+    0x0000_006f, // j     .
+];
+
+/// Children built with SPAWN_PAUSED + MAP_CHILD_MEM + START, running a program this
+/// VM wrote: MAP_CHILD_MEM copies (copy-on-write) at the time of the call, the child's
+/// writes stay its own, and a page mapped without W is read-only for good.
+fn built_children(base: &VmInfo) {
+    const _: () = assert!(ext::FID_EXIT == 0 && ext::EID == 0x0A00_0005);
+    let words = &PROGRAM.0;
+    for (i, pair) in PROGRAM_CODE.chunks(2).enumerate() {
+        let lo = u64::from(pair[0]);
+        let hi = pair.get(1).map_or(0, |w| u64::from(*w));
+        words[i].store(lo | (hi << 32), Ordering::Relaxed);
+    }
+    let code = words.as_ptr() as usize;
+    let data = code + 4096;
+    for (data_perms, name) in [
+        (flags::MAP_READ | flags::MAP_WRITE, "built_child"),
+        (flags::MAP_READ, "built_child_read_only"),
+    ] {
+        words[512].store(0x5EED, Ordering::Relaxed);
+        words[513].store(0, Ordering::Relaxed);
+        let mut a = child_args(CHILD_PAGES);
+        a.flags = flags::SPAWN_PAUSED;
+        let r = dsx::spawn(&a);
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_spawned"));
+        if !check(l.as_str(), r.error, error::SUCCESS) {
+            return;
+        }
+        let c = r.value;
+        let map = |child_gpa: usize, parent_gpa: usize, perms: u64| {
+            dsx::call(
+                ext::FID_MAP_CHILD_MEM,
+                [c, child_gpa, parent_gpa, 4096, perms as usize, 0],
+            )
+        };
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_map_code"));
+        check_ok(
+            l.as_str(),
+            map(0x8060_0000, code, flags::MAP_READ | flags::MAP_EXEC),
+            0,
+        );
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_map_data"));
+        check_ok(l.as_str(), map(0x8060_1000, data, data_perms), 0);
+        // Changed after the copy: the child must not see it.
+        words[512].store(0xBAD, Ordering::Relaxed);
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_start"));
+        check_ok(
+            l.as_str(),
+            dsx::call(ext::FID_START, [c, 0x8060_0000, 0x8000_0000, 0, 0, 0]),
+            0,
+        );
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_exit_code"));
+        let want = if data_perms & flags::MAP_WRITE != 0 {
+            0x5EED
+        } else {
+            // The store into the read-only page is a fatal fault.
+            diosix_abi::exit_code::FATAL_FAULT
+        };
+        check(
+            l.as_str(),
+            wait_event(event::CHILD_TERMINATED, c as u64, 5_000).map(|e| e.exit_code),
+            Some(want),
+        );
+        forget_events(c as u64);
+        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_parent_page_unchanged"));
+        check(
+            l.as_str(),
+            (
+                words[512].load(Ordering::Relaxed),
+                words[513].load(Ordering::Relaxed),
+            ),
+            (0xBAD, 0),
+        );
+    }
+    check(
+        "built_children_usage_back",
+        usage(&info_or_default()),
+        usage(base),
+    );
 }
 
 /// CID 4: replaced by a second SPAWN with its CID, then exits itself with code 7.

@@ -64,6 +64,9 @@ const PTE_D: u64 = 1 << 7;
 /// table (see the `shared` module): the hardware ignores every bit of an entry with V
 /// clear, so the guest faults and the hypervisor finds the table in the PPN field.
 const PTE_SHARED: u64 = 1 << 8;
+/// Second software bit. In a valid leaf it marks a page its guest may never write (a
+/// read-only MAP_CHILD_MEM copy), as opposed to one without W for copy-on-write.
+const PTE_READ_ONLY: u64 = 1 << 9;
 const PTE_PPN_SHIFT: u32 = 10;
 const PTE_PPN_MASK: u64 = (1 << 44) - 1;
 
@@ -144,6 +147,8 @@ pub enum MapError {
     SharedTable(Gpa),
     /// No host frame for a copy-on-write copy.
     OutOfRamFrames,
+    /// The page is read-only for its guest for good (not copy-on-write).
+    ReadOnly(Gpa),
 }
 
 impl fmt::Display for MapError {
@@ -160,6 +165,7 @@ impl fmt::Display for MapError {
             MapError::BadTableFrame => f.write_str("page-table frame misaligned"),
             MapError::SharedTable(g) => write!(f, "leaf table of {g} shared, not yet copied"),
             MapError::OutOfRamFrames => f.write_str("out of host frames for a private copy"),
+            MapError::ReadOnly(g) => write!(f, "{g} is read-only"),
         }
     }
 }

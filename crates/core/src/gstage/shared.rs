@@ -39,8 +39,8 @@
 
 use super::{
     indices, is_leaf, is_valid, leaf_pte, pte_table, shared_pte, shared_table, table_pte,
-    GStageTable, MapError, Perms, TableFrames, TableMemory, GPA_LIMIT, PTE_W, ROOT_ENTRIES,
-    ROOT_PAGES, TABLE_ENTRIES,
+    GStageTable, MapError, Perms, TableFrames, TableMemory, GPA_LIMIT, PTE_READ_ONLY, PTE_W,
+    ROOT_ENTRIES, ROOT_PAGES, TABLE_ENTRIES,
 };
 use crate::addr::{Gpa, Hpa, PAGE_SIZE};
 use crate::shares::ShareCounts;
@@ -205,6 +205,9 @@ impl GStageTable {
         if perms.contains(Perms::W) {
             return Ok(WriteOutcome::AlreadyWritable);
         }
+        if pte & PTE_READ_ONLY != 0 {
+            return Err(MapError::ReadOnly(page));
+        }
         if !perms.contains(Perms::R) {
             return Err(MapError::NotMapped(page));
         }
@@ -216,6 +219,80 @@ impl GStageTable {
         let copy = copy_page(frames, old).ok_or(MapError::OutOfRamFrames)?;
         mem.write_pte(l0, i0, leaf_pte(copy, perms | Perms::W));
         Ok(WriteOutcome::Copied { old })
+    }
+
+    /// MAP_CHILD_MEM: makes `dst`'s pages `[dst_gpa, dst_gpa + len)` copy-on-write copies
+    /// of this table's pages `[src_gpa, src_gpa + len)`: `dst` maps the same frames, both
+    /// without W, so the first write by either gives the writer its own copy. `perms`
+    /// are `dst`'s: without W the pages are read-only for its guest for good (not even
+    /// copy-on-write), without X not executable.
+    ///
+    /// Every page of both ranges must be mapped, and readable in this table
+    /// ([`MapError::NotMapped`]); nothing changes unless they are (besides leaf tables
+    /// becoming their tables' own). Returns `dst`'s previous frames that no table maps
+    /// any more, for the caller to free once `dst`'s stale TLB entries are gone. The
+    /// caller must also flush this table's TLB entries on every hart (W was cleared).
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_range_into<M: TableMemory, F: TableFrames>(
+        &mut self,
+        dst: &mut GStageTable,
+        mem: &mut M,
+        frames: &mut F,
+        shares: &mut ShareCounts,
+        src_gpa: Gpa,
+        dst_gpa: Gpa,
+        len: u64,
+        perms: Perms,
+    ) -> Result<Vec<Hpa>, MapError> {
+        if !perms.is_valid_leaf() {
+            return Err(MapError::BadPerms);
+        }
+        if !src_gpa.is_page_aligned()
+            || !dst_gpa.is_page_aligned()
+            || !len.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(MapError::Misaligned);
+        }
+        src_gpa.checked_add(len).ok_or(MapError::Overflow)?;
+        dst_gpa.checked_add(len).ok_or(MapError::Overflow)?;
+        let page = |base: Gpa, i: u64| Gpa::new(base.raw() + i * PAGE_SIZE);
+        let pages = len / PAGE_SIZE;
+        // Everything checked before anything changes.
+        for i in 0..pages {
+            let (s, d) = (page(src_gpa, i), page(dst_gpa, i));
+            self.materialize(mem, frames, shares, s)?;
+            dst.materialize(mem, frames, shares, d)?;
+            let readable = self
+                .translate(mem, s)
+                .is_some_and(|(_, p)| p.contains(Perms::R));
+            if !readable {
+                return Err(MapError::NotMapped(s));
+            }
+            if dst.translate(mem, d).is_none() {
+                return Err(MapError::NotMapped(d));
+            }
+        }
+        let mut last: Vec<Hpa> = Vec::new();
+        let bits = if perms.contains(Perms::W) {
+            0
+        } else {
+            PTE_READ_ONLY
+        };
+        for i in 0..pages {
+            let (s, d) = (page(src_gpa, i), page(dst_gpa, i));
+            let (sl0, si0) = self.leaf_slot(mem, s).ok_or(MapError::NotMapped(s))?;
+            let (dl0, di0) = dst.leaf_slot(mem, d).ok_or(MapError::NotMapped(d))?;
+            let spte = mem.read_pte(sl0, si0);
+            let frame = pte_table(spte);
+            mem.write_pte(sl0, si0, spte & !PTE_W);
+            let old = pte_table(mem.read_pte(dl0, di0));
+            mem.write_pte(dl0, di0, leaf_pte(frame, perms.difference(Perms::W)) | bits);
+            shares.share(&[frame.page_number()]);
+            if !shares.unshare(old.page_number()) {
+                last.push(old);
+            }
+        }
+        Ok(last)
     }
 
     /// Tears the table down: frees every table page it holds, lets go of the leaf
@@ -388,6 +465,116 @@ mod tests {
         assert_eq!(frames.allocs, frames.frees);
     }
 
+    #[test]
+    fn copy_range_into_copies_on_write_and_keeps_read_only() {
+        let mut data = Data::default();
+        let (mut mem, mut frames, mut parent) = fresh_vm(&[0, 1, 2, 3], &mut data);
+        let mut child = GStageTable::new(&mut frames).unwrap();
+        for p in 0..4u64 {
+            let f = data.alloc();
+            child
+                .map_page(&mut mem, &mut frames, g(RAM + p * PAGE_SIZE), f, Perms::RWX)
+                .unwrap();
+        }
+        let mut shares = ShareCounts::new();
+        let at = |p: u64| g(RAM + p * PAGE_SIZE);
+        // Refusals change nothing: a page outside the child's RAM, bad permissions.
+        assert_eq!(
+            parent.copy_range_into(
+                &mut child,
+                &mut mem,
+                &mut frames,
+                &mut shares,
+                at(0),
+                at(3),
+                2 * PAGE_SIZE,
+                Perms::RWX
+            ),
+            Err(MapError::NotMapped(at(4)))
+        );
+        assert_eq!(
+            parent.copy_range_into(
+                &mut child,
+                &mut mem,
+                &mut frames,
+                &mut shares,
+                at(0),
+                at(0),
+                PAGE_SIZE,
+                Perms::W
+            ),
+            Err(MapError::BadPerms)
+        );
+        assert_eq!(parent.translate(&mem, at(0)).unwrap().1, Perms::RWX);
+        // Pages 0..2 of the parent become the child's 1..3: 1 writable, 2 read-only.
+        let freed = parent
+            .copy_range_into(
+                &mut child,
+                &mut mem,
+                &mut frames,
+                &mut shares,
+                at(0),
+                at(1),
+                PAGE_SIZE,
+                Perms::RWX,
+            )
+            .unwrap();
+        assert_eq!(freed.len(), 1);
+        let freed2 = parent
+            .copy_range_into(
+                &mut child,
+                &mut mem,
+                &mut frames,
+                &mut shares,
+                at(1),
+                at(2),
+                PAGE_SIZE,
+                Perms::R,
+            )
+            .unwrap();
+        assert_eq!(freed2.len(), 1);
+        let (f0, p0) = parent.translate(&mem, at(0)).unwrap();
+        assert_eq!(p0, Perms::R | Perms::X);
+        assert_eq!(
+            child.translate(&mem, at(1)).unwrap(),
+            (f0, Perms::R | Perms::X)
+        );
+        assert_eq!(child.translate(&mem, at(2)).unwrap().1, Perms::R);
+        assert_eq!(data.content[&f0.raw()], 1);
+        let mut copy = |frames: &mut Frames, old: Hpa| {
+            let _ = frames;
+            let n = data.alloc();
+            let v = data.content[&old.raw()];
+            data.content.insert(n.raw(), v);
+            Some(n)
+        };
+        // The child's writable copy: its own frame on first write.
+        let out = child
+            .make_writable(&mut mem, &mut frames, &mut shares, at(1), &mut copy)
+            .unwrap();
+        assert_eq!(out, WriteOutcome::Copied { old: f0 });
+        assert!(shares.unshare(f0.page_number()));
+        // The parent, now the frame's only holder, just gets W back.
+        assert_eq!(
+            parent.make_writable(&mut mem, &mut frames, &mut shares, at(0), &mut copy),
+            Ok(WriteOutcome::Reclaimed)
+        );
+        // The read-only one never becomes writable.
+        assert_eq!(
+            child.make_writable(&mut mem, &mut frames, &mut shares, at(2), &mut copy),
+            Err(MapError::ReadOnly(at(2)))
+        );
+        let mut all: Vec<Hpa> = freed.into_iter().chain(freed2).collect();
+        all.extend(child.release(&mem, &mut frames, &mut shares));
+        all.extend(parent.release(&mem, &mut frames, &mut shares));
+        all.sort_unstable();
+        all.dedup();
+        // 4 + 4 frames at the start, plus the child's copy.
+        assert_eq!(all.len(), 9);
+        assert_eq!(frames.allocs, frames.frees);
+        assert_eq!(shares.shared_frames(), 0);
+    }
+
     impl GStageTable {
         /// A second handle on the same tables, for refusals that change nothing.
         fn clone_for_test(&self) -> GStageTable {
@@ -460,6 +647,8 @@ mod tests {
         Read(usize, usize),
         Touch(usize, usize),
         Kill(usize),
+        /// MAP_CHILD_MEM of one page: (from VM, page, to VM, page).
+        CopyInto(usize, usize, usize, usize),
     }
 
     /// Pages spread over three leaf tables and a second GiB.
@@ -472,8 +661,9 @@ mod tests {
             vm.clone().prop_map(Op::Fork),
             (vm.clone(), page.clone(), 1u64..1000).prop_map(|(v, p, x)| Op::Write(v, p, x)),
             (vm.clone(), page.clone()).prop_map(|(v, p)| Op::Read(v, p)),
-            (vm.clone(), page).prop_map(|(v, p)| Op::Touch(v, p)),
-            vm.prop_map(Op::Kill),
+            (vm.clone(), page.clone()).prop_map(|(v, p)| Op::Touch(v, p)),
+            vm.clone().prop_map(Op::Kill),
+            (vm.clone(), page.clone(), vm, page).prop_map(|(a, p, b, q)| Op::CopyInto(a, p, b, q)),
         ]
     }
 
@@ -538,6 +728,32 @@ mod tests {
                         let Some(t) = vms[i].as_mut() else { continue };
                         t.materialize(&mut mem, &mut frames, &mut shares, g(RAM + PAGES[p] * PAGE_SIZE))
                             .unwrap();
+                    }
+                    Op::CopyInto(a, p, b, q) => {
+                        let (a, b) = (a % vms.len(), b % vms.len());
+                        if a == b || vms[a].is_none() || vms[b].is_none() {
+                            continue;
+                        }
+                        let mut dst = vms[b].take().unwrap();
+                        let src = vms[a].as_mut().unwrap();
+                        let freed = src
+                            .copy_range_into(
+                                &mut dst,
+                                &mut mem,
+                                &mut frames,
+                                &mut shares,
+                                g(RAM + PAGES[p] * PAGE_SIZE),
+                                g(RAM + PAGES[q] * PAGE_SIZE),
+                                PAGE_SIZE,
+                                Perms::RWX,
+                            )
+                            .unwrap();
+                        vms[b] = Some(dst);
+                        for f in freed {
+                            prop_assert!(live.remove(&f.raw()));
+                        }
+                        let v = model[a][&PAGES[p]];
+                        model[b].insert(PAGES[q], v);
                     }
                     Op::Kill(i) => {
                         let i = i % vms.len();

@@ -92,9 +92,10 @@ pub trait ExtensionHost {
     fn release_vm(&mut self, killed: &KilledVm);
     /// `vm` lost hardware trust: unmap its host MMIO and stop routing IRQs to it.
     fn revoke_hw_access(&mut self, vm: VmId);
-    /// MAP_CHILD_MEM: map `size` bytes of `parent` at `parent_gpa` into `child` at
-    /// `child_gpa` with `perms` (`MAP_*`). The child range must lie inside the child's
-    /// RAM (`InvalidAddress`), whose page tables were charged when it was created.
+    /// MAP_CHILD_MEM: make `child`'s `size` bytes at `child_gpa` a copy-on-write copy of
+    /// `parent`'s at `parent_gpa`, with `perms` (`MAP_*`) for the child. The child
+    /// (never started) range must lie inside its RAM (`InvalidAddress`), whose pages
+    /// and tables were charged when it was created.
     fn map_child_mem(
         &mut self,
         parent: VmId,
@@ -104,7 +105,8 @@ pub trait ExtensionHost {
         size: u64,
         perms: u64,
     ) -> Result<(), SbiError>;
-    /// UNMAP_CHILD_MEM: unmap `parent`'s range from every child it was mapped into.
+    /// UNMAP_CHILD_MEM: `parent`'s range stops sharing frames with the children it was
+    /// copied into: it gets its own copy now of each page still shared.
     fn unmap_child_mem(&mut self, parent: VmId, parent_gpa: Gpa, size: u64)
         -> Result<(), SbiError>;
     /// MAP_HOST_MMIO for a trusted VM; `InvalidAddress` unless the HPA range is a device
@@ -555,7 +557,14 @@ fn map_child_mem(
 ) -> Result<u64, SbiError> {
     let [cid, child_gpa, parent_gpa, size, perms, _] = a;
     let child = tree.resolve_child(caller, cid)?;
-    if perms == 0 || perms & !flags::MAP_ALL != 0 || size == 0 || size & (PAGE_SIZE - 1) != 0 {
+    // W without R is reserved in RISC-V page tables, so refused here too.
+    let write_only = perms & flags::MAP_WRITE != 0 && perms & flags::MAP_READ == 0;
+    if perms == 0
+        || perms & !flags::MAP_ALL != 0
+        || write_only
+        || size == 0
+        || size & (PAGE_SIZE - 1) != 0
+    {
         return Err(SbiError::InvalidParam);
     }
     if !Gpa::new(child_gpa).is_page_aligned() || !Gpa::new(parent_gpa).is_page_aligned() {
@@ -565,6 +574,10 @@ fn map_child_mem(
         .checked_add(size)
         .ok_or(SbiError::InvalidAddress)?;
     check_buffer(host, caller, parent_gpa, size)?;
+    // Only into a child that has never run: once started, its memory is its own.
+    if tree.node(child)?.state != VmState::Created {
+        return Err(SbiError::AlreadyStarted);
+    }
     host.map_child_mem(
         caller,
         child,

@@ -882,6 +882,15 @@ fn spawn_through_dispatch() {
         w.err(root, ext::FID_MAP_CHILD_MEM, &[1, 0, 0, 0x1000, 1]),
         E_DENIED
     );
+    // Write-only is reserved; unknown permission bits are refused.
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 0, 0x1000, 0x1000, 2]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 0, 0x1000, 0x1000, 8]),
+        E_INVALID_PARAM
+    );
     assert_eq!(
         w.err(root, ext::FID_START, &[3, 32 * 4096, 0]),
         E_INVALID_ADDRESS
@@ -889,6 +898,11 @@ fn spawn_through_dispatch() {
     w.ok(root, ext::FID_START, &[3, 0, 0]);
     assert_eq!(
         w.err(root, ext::FID_START, &[3, 0, 0]),
+        diosix_abi::error::ALREADY_STARTED
+    );
+    // A started child's memory is its own.
+    assert_eq!(
+        w.err(root, ext::FID_MAP_CHILD_MEM, &[3, 0, 0x1000, 0x1000, 3]),
         diosix_abi::error::ALREADY_STARTED
     );
     w.ok(root, ext::FID_UNMAP_CHILD_MEM, &[0x1000, 0x1000]);
