@@ -841,7 +841,7 @@ mod tests {
 
     #[test]
     fn flag_masks_cover_their_bits() {
-        assert_eq!(flags::FORK_ALL, 1);
+        assert_eq!(flags::FORK_ALL, 3);
         assert_eq!(flags::SPAWN_ALL, 7);
         assert_eq!(flags::QUOTA_ALL, 0x1f);
         assert_eq!(flags::MAP_ALL, 7);
