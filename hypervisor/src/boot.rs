@@ -92,6 +92,7 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
     platform::print_banner(host, hart_id);
     mem::init(host);
     crate::cow::init(host);
+    mem::grow_heap(host);
     hart::init_this_hart(0, hart_id);
     if let Err(e) = vm::create_root_vm(host) {
         log::error!("cannot start the Root VM: {e}");

@@ -112,6 +112,25 @@ fn subtract(a: Range<Hpa>, b: Range<Hpa>) -> alloc::vec::Vec<Range<Hpa>> {
     out
 }
 
+/// Gives the hypervisor heap 1/64 of host RAM on top of its linker-reserved region, in
+/// 2 MiB pieces (they need not be contiguous). Runs once at boot, before the Root VM's
+/// quota is computed from the heap's total and the pages left.
+pub fn grow_heap(host: &HostPlatform) {
+    const PIECE_PAGES: usize = 512;
+    let host_ram: u64 = host.memory.iter().map(|r| r.len).sum();
+    let pieces = (host_ram / 64).div_ceil(PIECE_PAGES as u64 * PAGE_SIZE);
+    for _ in 0..pieces {
+        let Some(hpa) = frames().alloc(PIECE_PAGES, 1) else {
+            log::warn!("host RAM short: the hypervisor heap grew less than planned");
+            break;
+        };
+        // SAFETY: the allocator just handed us these pages, and they are never given
+        // back: the heap owns them from now on.
+        unsafe { crate::heap::grow(hpa, PIECE_PAGES * PAGE_SIZE as usize) };
+    }
+    log::info!("hypervisor heap: {} MiB", crate::heap::total_bytes() >> 20);
+}
+
 /// Allocates `pages` contiguous zeroed pages aligned to `align_pages` pages.
 pub fn alloc_zeroed(frames: &mut HostFrames, pages: usize, align_pages: usize) -> Option<Hpa> {
     let hpa = frames.alloc(pages, align_pages)?;

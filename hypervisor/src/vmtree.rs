@@ -152,7 +152,26 @@ pub fn table_pages_for(ram_pages: u64) -> u64 {
 pub fn create_root(ram_pages: u64, vcpus: u32) -> Result<VmId, alloc::string::String> {
     // Every free page, plus the payload's, which are freed once the Root VM is built.
     let total = mem::frames().free_pages() as u64 + mem::payload_pages(crate::platform::host());
-    let quota = Quota::everything(total, diosix_abi::limits::MAX_VCPUS);
+    // vCPUs and VMs cost hypervisor heap; the Root VM's quota allows only as many as
+    // the heap holds at their worst (everything else the heap holds fits in `FIXED`).
+    const FIXED: u64 = 6 << 20;
+    let per_vcpu = (core::mem::size_of::<Vcpu>().next_power_of_two()
+        + core::mem::size_of::<VcpuState>().next_power_of_two()
+        + 256) as u64;
+    let (vcpus_max, descendants_max) =
+        diosix_core::tree::quota::heap_bounded(crate::heap::total_bytes(), FIXED, per_vcpu);
+    let quota = Quota {
+        vcpus: vcpus_max,
+        max_descendants: descendants_max,
+        max_depth: diosix_abi::limits::MAX_TREE_DEPTH.min(descendants_max),
+        ..Quota::everything(total, diosix_abi::limits::MAX_VCPUS)
+    };
+    log::info!(
+        "Root VM quota: {} MiB, {vcpus_max} vCPUs, {descendants_max} descendants \
+         (as many as the {} MiB hypervisor heap holds at worst)",
+        (total * PAGE_SIZE) >> 20,
+        crate::heap::total_bytes() >> 20
+    );
     let own = Usage {
         ram_pages,
         table_pages: table_pages_for(ram_pages),

@@ -505,10 +505,16 @@ fn info_checks(d: &dtb::Info) -> VmInfo {
         (me.child_count, me.descendants_used, me.depth_used),
         (0, 0, 0),
     );
+    // The descendant (and so depth) ceiling is what the hypervisor's heap can back.
     check(
         "info_root_ceilings",
-        (me.max_priority, me.max_depth, me.max_descendants),
-        (255, 64, 65536),
+        (me.max_priority, me.max_depth),
+        (255, me.max_descendants.min(64)),
+    );
+    check(
+        "info_root_descendants_backed",
+        (16..=65536).contains(&me.max_descendants),
+        true,
     );
     check(
         "info_priority_in_range",

@@ -25,6 +25,33 @@ pub struct Quota {
     pub max_descendants: u32,
 }
 
+/// Hypervisor heap one VM's tree state can take at most, from the ABI's limits: its
+/// console output ring and input buffer, the IPC lanes at both ends of its edge to its
+/// parent full of maximal messages (with per-message overhead), its event queue, and its
+/// node (names, maps). Every VM but the Root VM has exactly one such edge.
+pub const HEAP_BYTES_PER_VM: u64 = (limits::CONSOLE_OUT_RING
+    + limits::CONSOLE_IN_BUFFER
+    + 2 * limits::IPC_QUEUE_DEPTH * (limits::IPC_MAX_MESSAGE + 64)
+    + limits::EVENT_QUEUE_DEPTH * 64
+    + 4096) as u64;
+
+/// The Root VM's vCPU and descendant quotas a hypervisor heap of `heap_bytes` can back,
+/// so that no guest can exhaust the heap however it uses what it was granted: `fixed`
+/// bytes stay for the hypervisor's own structures, a quarter of the rest backs vCPUs at
+/// `per_vcpu` bytes each, and the remainder whole VMs at 1.5 × [`HEAP_BYTES_PER_VM`]
+/// (the margin covers the allocator's fragmentation). Within the ABI ceilings; at
+/// least 1 vCPU and 0 descendants.
+pub fn heap_bounded(heap_bytes: u64, fixed: u64, per_vcpu: u64) -> (u32, u32) {
+    let spare = heap_bytes.saturating_sub(fixed);
+    let vcpus = (spare / 4) / per_vcpu.max(1);
+    let vms = (spare - spare / 4) / (HEAP_BYTES_PER_VM + HEAP_BYTES_PER_VM / 2);
+    let clamp = |n: u64, max: u32| u32::try_from(n).unwrap_or(max).min(max);
+    (
+        clamp(vcpus, limits::MAX_VCPUS).max(1),
+        clamp(vms, limits::MAX_DESCENDANTS),
+    )
+}
+
 impl Quota {
     /// The largest quota the ABI allows: what the Root VM gets when the host has
     /// `ram_pages` pages and allows `vcpus` vCPUs.
@@ -141,5 +168,31 @@ impl Reserved {
     /// True when everything fits in `q`.
     pub fn fits(&self, q: &Quota) -> bool {
         self.pages <= q.ram_pages && self.vcpus <= q.vcpus && self.descendants <= q.max_descendants
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heap_bounds_the_root_quota() {
+        // About 152 KiB of tree state per VM at the current limits.
+        assert_eq!(
+            HEAP_BYTES_PER_VM,
+            16384 + 4096 + 2 * 16 * 4160 + 64 * 64 + 4096
+        );
+        // 32 MiB with 8 MiB fixed: 6 MiB for 2 KiB vCPUs, 18 MiB for VMs.
+        let (vcpus, vms) = heap_bounded(32 << 20, 8 << 20, 2048);
+        assert_eq!(vcpus, 3072);
+        assert_eq!(vms as u64, (18 << 20) / (HEAP_BYTES_PER_VM * 3 / 2));
+        assert!(u64::from(vms) * HEAP_BYTES_PER_VM * 3 / 2 <= 18 << 20);
+        // A heap smaller than the fixed part backs one vCPU and no descendant.
+        assert_eq!(heap_bounded(1 << 20, 8 << 20, 2048), (1, 0));
+        // Never above the ABI's ceilings.
+        assert_eq!(
+            heap_bounded(u64::MAX, 0, 1),
+            (limits::MAX_VCPUS, limits::MAX_DESCENDANTS)
+        );
     }
 }
