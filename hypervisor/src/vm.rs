@@ -138,32 +138,43 @@ impl GuestMemory {
     /// Returns every page (RAM and tables) to the host allocator, except frames and
     /// leaf tables other VMs still share (they lose one sharer instead).
     pub fn destroy(self) {
-        let mut mine = {
-            let mut shares = crate::cow::SHARES.lock();
-            let mut frames = mem::frames();
-            self.table
-                .release(&PhysTables, &mut TableAlloc(&mut frames), &mut shares)
-        };
-        mine.sort_unstable();
+        let mut shares = crate::cow::SHARES.lock();
         let mut frames = mem::frames();
-        // Contiguous runs go back in one call each (most of a VM's RAM is still the
-        // blocks it was built from); a run that straddles two allocations is refused
-        // as a whole and then returned page by page.
-        let mut i = 0;
-        while i < mine.len() {
-            let start = mine[i];
-            let mut n = 1;
-            while i + n < mine.len() && mine[i + n].raw() == start.raw() + n as u64 * PAGE_SIZE {
-                n += 1;
-            }
-            if frames.free_part(start, n).is_err() {
-                for hpa in &mine[i..i + n] {
-                    if let Err(e) = frames.free_part(*hpa, 1) {
-                        log::error!("guest RAM frame {hpa} not returned: {e}");
+        // Frames come in GPA order, which for RAM still in the blocks it was built from
+        // is HPA order too: contiguous runs go back in one call each, and nothing
+        // proportional to the VM's RAM is allocated to tear it down.
+        let mut run: Option<(Hpa, usize)> = None;
+        self.table.release_with(
+            &PhysTables,
+            &mut TableAlloc(&mut frames),
+            &mut shares,
+            |frames, hpa| match run {
+                Some((start, n)) if start.raw() + n as u64 * PAGE_SIZE == hpa.raw() => {
+                    run = Some((start, n + 1));
+                }
+                _ => {
+                    if let Some((start, n)) = run.replace((hpa, 1)) {
+                        free_run(frames.0, start, n);
                     }
                 }
-            }
-            i += n;
+            },
+        );
+        if let Some((start, n)) = run {
+            free_run(&mut frames, start, n);
+        }
+    }
+}
+
+/// Returns `n` contiguous guest RAM frames from `start`; a run that straddles two
+/// allocations is refused as a whole and then returned page by page.
+fn free_run(frames: &mut diosix_core::frames::HostFrames, start: Hpa, n: usize) {
+    if frames.free_part(start, n).is_ok() {
+        return;
+    }
+    for i in 0..n as u64 {
+        let hpa = Hpa::new(start.raw() + i * PAGE_SIZE);
+        if let Err(e) = frames.free_part(hpa, 1) {
+            log::error!("guest RAM frame {hpa} not returned: {e}");
         }
     }
 }

@@ -723,7 +723,7 @@ impl ExtensionHost for HvHost<'_> {
         let (Some(pm), Some(cm)) = (pm.as_mut(), cm.as_mut()) else {
             return Err(SbiError::Failed);
         };
-        let freed = {
+        let copied = {
             let mut shares = cow::SHARES.lock();
             let mut frames = mem::frames();
             pm.table.copy_range_into(
@@ -735,22 +735,21 @@ impl ExtensionHost for HvHost<'_> {
                 child_gpa,
                 size,
                 p,
+                // The child has never run, so no hart holds a translation to the frames
+                // it no longer maps: they can go at once.
+                |frames, old| {
+                    if let Err(e) = frames.0.free_part(old, 1) {
+                        log::error!("MAP_CHILD_MEM: frame {old} not returned: {e}");
+                    }
+                },
             )
         };
         // The parent's pages lost W: its other harts flush before this call returns.
         self.stale.write_protected();
-        let freed = freed.map_err(|e| {
+        copied.map_err(|e| {
             log::warn!("MAP_CHILD_MEM into VM {} refused: {e}", child.name);
             SbiError::InvalidAddress
-        })?;
-        // The child has never run, so no hart holds a translation to these frames.
-        let mut frames = mem::frames();
-        for f in freed {
-            if let Err(e) = frames.free_part(f, 1) {
-                log::error!("MAP_CHILD_MEM: frame {f} not returned: {e}");
-            }
-        }
-        Ok(())
+        })
     }
 
     fn unmap_child_mem(

@@ -230,8 +230,9 @@ impl GStageTable {
     /// Every page of both ranges must be mapped, and readable in this table
     /// ([`MapError::NotMapped`]); nothing changes unless they are (besides leaf tables
     /// becoming their tables' own). Returns `dst`'s previous frames that no table maps
-    /// any more, for the caller to free once `dst`'s stale TLB entries are gone. The
-    /// caller must also flush this table's TLB entries on every hart (W was cleared).
+    /// any more by passing each to `release_old` (with `frames`), which may free it at
+    /// once only if `dst` has never run. The caller must also flush this table's TLB
+    /// entries on every hart (W was cleared).
     #[allow(clippy::too_many_arguments)]
     pub fn copy_range_into<M: TableMemory, F: TableFrames>(
         &mut self,
@@ -243,7 +244,8 @@ impl GStageTable {
         dst_gpa: Gpa,
         len: u64,
         perms: Perms,
-    ) -> Result<Vec<Hpa>, MapError> {
+        mut release_old: impl FnMut(&mut F, Hpa),
+    ) -> Result<(), MapError> {
         if !perms.is_valid_leaf() {
             return Err(MapError::BadPerms);
         }
@@ -272,7 +274,6 @@ impl GStageTable {
                 return Err(MapError::NotMapped(d));
             }
         }
-        let mut last: Vec<Hpa> = Vec::new();
         let bits = if perms.contains(Perms::W) {
             0
         } else {
@@ -289,10 +290,10 @@ impl GStageTable {
             mem.write_pte(dl0, di0, leaf_pte(frame, perms.difference(Perms::W)) | bits);
             shares.share(&[frame.page_number()]);
             if !shares.unshare(old.page_number()) {
-                last.push(old);
+                release_old(frames, old);
             }
         }
-        Ok(last)
+        Ok(())
     }
 
     /// Tears the table down: frees every table page it holds, lets go of the leaf
@@ -308,11 +309,29 @@ impl GStageTable {
         shares: &mut ShareCounts,
     ) -> Vec<Hpa> {
         let mut last: Vec<Hpa> = Vec::new();
-        let drop_leaves = |t: Hpa, shares: &mut ShareCounts, last: &mut Vec<Hpa>| {
+        self.release_with(mem, frames, shares, |_, f| last.push(f));
+        last
+    }
+
+    /// [`release`](Self::release), handing each data frame no other table maps to
+    /// `free_ram` (with `frames`) as it is found, in ascending GPA order, instead of
+    /// collecting them: tearing down a large VM then needs no memory proportional to
+    /// its RAM.
+    pub fn release_with<M: TableMemory, F: TableFrames>(
+        self,
+        mem: &M,
+        frames: &mut F,
+        shares: &mut ShareCounts,
+        mut free_ram: impl FnMut(&mut F, Hpa),
+    ) {
+        let drop_leaves = |t: Hpa,
+                           shares: &mut ShareCounts,
+                           frames: &mut F,
+                           free_ram: &mut dyn FnMut(&mut F, Hpa)| {
             for i0 in 0..TABLE_ENTRIES {
                 let pte = mem.read_pte(t, i0);
                 if is_valid(pte) && is_leaf(pte) && !shares.unshare(pte_table(pte).page_number()) {
-                    last.push(pte_table(pte));
+                    free_ram(frames, pte_table(pte));
                 }
             }
         };
@@ -324,19 +343,18 @@ impl GStageTable {
                 let e1 = mem.read_pte(l1, i1);
                 if let Some(t) = shared_table(e1) {
                     if !shares.unshare(t.page_number()) {
-                        drop_leaves(t, shares, &mut last);
+                        drop_leaves(t, shares, frames, &mut free_ram);
                         frames.free_table(t, 1);
                     }
                 } else if is_valid(e1) && !is_leaf(e1) {
                     let t = pte_table(e1);
-                    drop_leaves(t, shares, &mut last);
+                    drop_leaves(t, shares, frames, &mut free_ram);
                     frames.free_table(t, 1);
                 }
             }
             frames.free_table(l1, 1);
         }
         frames.free_table(self.root, ROOT_PAGES);
-        last
     }
 }
 
@@ -488,7 +506,8 @@ mod tests {
                 at(0),
                 at(3),
                 2 * PAGE_SIZE,
-                Perms::RWX
+                Perms::RWX,
+                |_, _| panic!("nothing released on a refusal"),
             ),
             Err(MapError::NotMapped(at(4)))
         );
@@ -501,13 +520,15 @@ mod tests {
                 at(0),
                 at(0),
                 PAGE_SIZE,
-                Perms::W
+                Perms::W,
+                |_, _| panic!("nothing released on a refusal"),
             ),
             Err(MapError::BadPerms)
         );
         assert_eq!(parent.translate(&mem, at(0)).unwrap().1, Perms::RWX);
         // Pages 0..2 of the parent become the child's 1..3: 1 writable, 2 read-only.
-        let freed = parent
+        let mut freed = Vec::new();
+        parent
             .copy_range_into(
                 &mut child,
                 &mut mem,
@@ -517,10 +538,12 @@ mod tests {
                 at(1),
                 PAGE_SIZE,
                 Perms::RWX,
+                |_, f| freed.push(f),
             )
             .unwrap();
         assert_eq!(freed.len(), 1);
-        let freed2 = parent
+        let mut freed2 = Vec::new();
+        parent
             .copy_range_into(
                 &mut child,
                 &mut mem,
@@ -530,6 +553,7 @@ mod tests {
                 at(2),
                 PAGE_SIZE,
                 Perms::R,
+                |_, f| freed2.push(f),
             )
             .unwrap();
         assert_eq!(freed2.len(), 1);
@@ -736,18 +760,19 @@ mod tests {
                         }
                         let mut dst = vms[b].take().unwrap();
                         let src = vms[a].as_mut().unwrap();
-                        let freed = src
-                            .copy_range_into(
-                                &mut dst,
-                                &mut mem,
-                                &mut frames,
-                                &mut shares,
-                                g(RAM + PAGES[p] * PAGE_SIZE),
-                                g(RAM + PAGES[q] * PAGE_SIZE),
-                                PAGE_SIZE,
-                                Perms::RWX,
-                            )
-                            .unwrap();
+                        let mut freed = Vec::new();
+                        src.copy_range_into(
+                            &mut dst,
+                            &mut mem,
+                            &mut frames,
+                            &mut shares,
+                            g(RAM + PAGES[p] * PAGE_SIZE),
+                            g(RAM + PAGES[q] * PAGE_SIZE),
+                            PAGE_SIZE,
+                            Perms::RWX,
+                            |_, f| freed.push(f),
+                        )
+                        .unwrap();
                         vms[b] = Some(dst);
                         for f in freed {
                             prop_assert!(live.remove(&f.raw()));
