@@ -588,7 +588,9 @@ abi_struct! {
         ram_pages_reserved: u64,
         /// Guest RAM pages of the VM itself.
         own_ram_pages: u64,
-        /// Page-table pages charged to the VM itself.
+        /// Pages charged to the VM itself besides its RAM: its page tables and what the
+        /// hypervisor keeps to reboot it (a spawned VM's image, a forked VM's fork-time
+        /// snapshot).
         own_table_pages: u64,
         /// Quota: vCPUs in the subtree.
         vcpus_max: u32,

@@ -226,7 +226,7 @@ pub fn info_text(i: &VmInfo) -> String {
     let headroom = i.ram_pages_max.saturating_sub(i.ram_pages_reserved);
     format!(
         "this VM (CID 1): {kind}, {state}\n\
-         RAM          {used} used of {max} quota ({own} own RAM + {tables} page tables); \
+         RAM          {used} used of {max} quota ({own} own RAM + {tables} page tables and reboot state); \
          {reserved} reserved, {headroom} free to grant\n\
          vCPUs        {vu} used of {vm} quota ({vo} own, {vr} reserved)\n\
          priority     {prio} (children may have up to {maxprio})\n\
