@@ -203,12 +203,7 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool
     if forking {
         hold_others(&vm, slot);
     }
-    let mut host = HvHost {
-        hart,
-        yield_now: false,
-        stopped: None,
-        stale: cow::Stale::new(),
-    };
+    let mut host = HvHost::new(hart);
     let ret = {
         let mut tree = TREE.lock();
         match tree.as_mut() {
@@ -330,12 +325,7 @@ pub fn console_input(vm: &Vm, buf: &mut [u8]) -> usize {
 /// A non-root VM ended itself (SRST) or faulted: its whole subtree goes, the parent
 /// gets the event. Returns after marking them dead; the caller leaves the hart.
 pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
-    let mut host = HvHost {
-        hart,
-        yield_now: false,
-        stopped: None,
-        stale: cow::Stale::new(),
-    };
+    let mut host = HvHost::new(hart);
     let mut tree = TREE.lock();
     let Some(t) = tree.as_mut() else { return };
     let term = if fault {
@@ -352,12 +342,7 @@ pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
 /// forked in (see `dispatch::reboot_self`). The caller leaves the hart: the vCPU that
 /// asked belongs to the old VM, now dead.
 pub fn vm_rebooted(hart: &mut HartLocal, vm: &Vm) {
-    let mut host = HvHost {
-        hart,
-        yield_now: false,
-        stopped: None,
-        stale: cow::Stale::new(),
-    };
+    let mut host = HvHost::new(hart);
     let mut tree = TREE.lock();
     if let Some(t) = tree.as_mut() {
         reboot_self(t, vm.id, &mut host);
@@ -372,6 +357,18 @@ struct HvHost<'a> {
     stopped: Option<Arc<Vm>>,
     /// Copy-on-write pages the call wrote into, settled once the tree is unlocked.
     stale: cow::Stale,
+}
+
+impl<'a> HvHost<'a> {
+    /// Nothing done yet, for the vCPU running on `hart`.
+    fn new(hart: &'a mut HartLocal) -> Self {
+        Self {
+            hart,
+            yield_now: false,
+            stopped: None,
+            stale: cow::Stale::new(),
+        }
+    }
 }
 
 fn bad_address<T>(_: T) -> SbiError {
