@@ -90,6 +90,11 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
     };
     console::init_logger();
     platform::print_banner(host, hart_id);
+    if let Some(block) = host.cboz_block_size() {
+        // Guest RAM is zeroed before a VM gets it: one instruction per block.
+        diosix_riscv::physmem::use_cbo_zero(block);
+        log::info!("zeroing memory with cbo.zero ({block}-byte blocks)");
+    }
     mem::init(host);
     crate::cow::init(host);
     mem::grow_heap(host);

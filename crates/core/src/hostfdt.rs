@@ -85,12 +85,30 @@ pub struct HartInfo {
     pub enabled: bool,
     /// The `mmu-type` property, e.g. `"riscv,sv57"`, if present.
     pub mmu_type: Option<String>,
+    /// Bytes `cbo.zero` zeroes at once: `riscv,cboz-block-size` when the hart lists
+    /// `zicboz` and the size is a power of two from 16 to 4096 (so a page is whole
+    /// blocks), else `None`.
+    pub cboz_block_size: Option<u32>,
 }
 
 impl HartInfo {
     /// True when the hart lists extension `name` (lower case).
     pub fn has_extension(&self, name: &str) -> bool {
         self.extensions.iter().any(|e| e == name)
+    }
+}
+
+impl HostPlatform {
+    /// The `cbo.zero` block size every enabled hart shares, if they all have one (the
+    /// hypervisor may run on any of them, so one without rules it out).
+    pub fn cboz_block_size(&self) -> Option<u32> {
+        let mut sizes = self
+            .harts
+            .iter()
+            .filter(|h| h.enabled)
+            .map(|h| h.cboz_block_size);
+        let first = sizes.next()??;
+        sizes.all(|s| s == Some(first)).then_some(first)
     }
 }
 
@@ -706,6 +724,12 @@ fn hart(t: &Tree<'_>, cpus: usize, c: usize) -> Result<HartInfo, HostFdtError> {
         .map(|s| parse_isa_string(s).iter().any(|e| e == "h"))
         .unwrap_or(false);
     let has_h = singles_have_h || extensions.iter().any(|e| e == "h");
+    let cboz_block_size = extensions
+        .iter()
+        .any(|e| e == "zicboz")
+        .then(|| t.prop_u32(c, "riscv,cboz-block-size"))
+        .flatten()
+        .filter(|b| b.is_power_of_two() && (16..=4096).contains(b));
     Ok(HartInfo {
         hart_id,
         isa,
@@ -713,6 +737,7 @@ fn hart(t: &Tree<'_>, cpus: usize, c: usize) -> Result<HartInfo, HostFdtError> {
         extensions,
         enabled: t.enabled(c),
         mmu_type: t.prop_str(c, "mmu-type").map(ToString::to_string),
+        cboz_block_size,
     })
 }
 
@@ -816,7 +841,9 @@ mod tests {
             assert!(h.has_extension("zicsr") && h.has_extension("sstc"));
             assert_eq!(&h.extensions[..7], &["i", "m", "a", "f", "d", "c", "h"]);
             assert_eq!(h.mmu_type.as_deref(), Some("riscv,sv57"));
+            assert_eq!(h.cboz_block_size, Some(64));
         }
+        assert_eq!(p.cboz_block_size(), Some(64));
         assert_eq!(p.clint, Some(r(0x200_0000, 0x1_0000)));
         assert_eq!(p.aclint_mswi, None);
         assert_eq!(p.aclint_mtimer, None);

@@ -2,6 +2,7 @@
 //! pointer; this module is where that conversion happens, and only for memory the
 //! frame allocator handed out.
 
+use core::sync::atomic::{AtomicUsize, Ordering};
 use diosix_core::addr::Hpa;
 
 /// Reads a 64-bit word at an HPA.
@@ -22,14 +23,47 @@ pub unsafe fn write_u64(hpa: Hpa, value: u64) {
     unsafe { core::ptr::write_volatile(hpa.raw() as *mut u64, value) }
 }
 
-/// Zeroes `len` bytes at `hpa`. Whole 64-byte blocks at 8-byte alignment (all pages)
-/// take an unrolled loop of doubleword stores, about a third of the instructions of a
-/// generic memset; anything else falls back to it.
+/// The `cbo.zero` block size in bytes once [`use_cbo_zero`] enabled it, else 0.
+static CBOZ_BLOCK: AtomicUsize = AtomicUsize::new(0);
+
+/// Lets [`zero`] use the Zicboz `cbo.zero` instruction, which zeroes `block` bytes at
+/// once. Call only when every hart that may run the hypervisor implements it with this
+/// block size (`HostPlatform::cboz_block_size`); M-mode needs no enable bit.
+pub fn use_cbo_zero(block: u32) {
+    if block.is_power_of_two() && (16..=4096).contains(&block) {
+        CBOZ_BLOCK.store(block as usize, Ordering::Relaxed);
+    }
+}
+
+/// Zeroes `len` bytes at `hpa`. With Zicboz ([`use_cbo_zero`]) a block-aligned range
+/// (all pages) takes one `cbo.zero` per block; otherwise whole 64-byte blocks at 8-byte
+/// alignment take an unrolled loop of doubleword stores, about a third of the
+/// instructions of a generic memset; anything else falls back to it.
 ///
 /// # Safety
 /// The range must be RAM owned by the caller.
 pub unsafe fn zero(hpa: Hpa, len: u64) {
     let start = hpa.raw() as usize;
+    let block = CBOZ_BLOCK.load(Ordering::Relaxed);
+    if block != 0 && start.is_multiple_of(block) && (len as usize).is_multiple_of(block) {
+        let end = start + len as usize;
+        // SAFETY: [start, end) is caller-owned RAM made of whole cache blocks; cbo.zero
+        // (MISC-MEM, funct3 2, imm 4) stores zeros to the block at rs1 and nothing else.
+        unsafe {
+            core::arch::asm!(
+                "2: bgeu {p}, {end}, 3f",
+                ".insn i 0x0f, 2, x0, {p}, 4",
+                "add {p}, {p}, {block}",
+                "j 2b",
+                "3:",
+                p = inout(reg) start => _,
+                end = in(reg) end,
+                block = in(reg) block,
+                options(nostack),
+            );
+        }
+        return;
+    }
     if !start.is_multiple_of(8) || !len.is_multiple_of(64) {
         // SAFETY: forwarded contract.
         unsafe { core::ptr::write_bytes(start as *mut u8, 0, len as usize) };

@@ -74,13 +74,31 @@ fn has_dtb(addr: usize) -> bool {
 }
 
 fn main(hartid: usize, dtb_addr: usize) {
+    let mut ram_end = None;
     let ram_pages = if has_dtb(dtb_addr) {
         let d = dtb::parse(dtb_addr);
         TIMEBASE.store(d.timebase, Ordering::Relaxed);
+        ram_end = Some(d.ram_end());
         Some((d.ram_size / 4096) as u64)
     } else {
         None
     };
+    if let Some(end) = ram_end {
+        // RAM this child has not used yet must read zero, whatever VM had the frames
+        // before (its parent may have copied a page in at UPLOAD_GPA: skip that one).
+        let start = UPLOAD_GPA + 0x1_0000;
+        let mut nonzero = 0usize;
+        let mut at = start;
+        while at < end {
+            // SAFETY: [start, end) is this VM's own RAM, above its image, stack and
+            // DTB, and read only as plain words.
+            if unsafe { core::ptr::read_volatile(at as *const u64) } != 0 {
+                nonzero += 1;
+            }
+            at += 8;
+        }
+        check("child_free_ram_reads_zero", nonzero, 0);
+    }
     let info = dsx::info();
     match &info {
         Ok(i) => println!(
