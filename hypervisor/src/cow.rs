@@ -1,11 +1,14 @@
-//! Copy-on-write guest RAM: FORK maps the parent's frames into the child read-only
-//! (clearing W in the parent too), and the first write to such a page, by the guest
-//! (a store/AMO guest-page fault) or by the hypervisor on its behalf (an SBI call
-//! filling a guest buffer), gives the writer a private copy or, if no one else maps
-//! the frame any more, simply gives W back.
+//! Copy-on-write guest RAM, the hypervisor's half (the rules themselves, tested on the
+//! host, are in `diosix_core::gstage`'s `shared` module): FORK shares the parent's leaf
+//! tables with the child, a VM's first access to a shared 2 MiB range gives it its own
+//! leaf table with every page read-only ([`access_fault`]), and the first write to such
+//! a page, by the guest (a store/AMO guest-page fault) or by the hypervisor on its
+//! behalf (an SBI call filling a guest buffer), gives the writer a private copy or, if
+//! no one else maps the frame any more, simply gives W back.
 //!
-//! Inside a VM's RAM range a leaf without W means "copy-on-write": every RAM leaf is
-//! created RWX, and FORK is the only thing that clears W.
+//! Inside a VM's RAM range a leaf without W means "copy-on-write" (unless marked
+//! read-only for good by MAP_CHILD_MEM): every RAM leaf is created RWX, and only
+//! sharing clears W.
 //!
 //! # When a shared frame may be let go
 //! Once VM A has its own copy of a shared frame F, another hart running one of A's
@@ -35,7 +38,7 @@ use diosix_core::gstage::{MapError, Perms, WriteOutcome};
 use diosix_core::shares::ShareCounts;
 use spin::Mutex;
 
-/// How many VMs map each frame FORK shared (only frames with two or more).
+/// Holder counts of shared data frames and leaf tables (see `diosix_core::shares`).
 pub static SHARES: Mutex<ShareCounts> = Mutex::new(ShareCounts::new());
 
 /// Gives [`SHARES`] one counter per frame of every host RAM bank, taken from the frame
@@ -61,10 +64,9 @@ pub fn init(host: &diosix_core::hostfdt::HostPlatform) {
             );
             continue;
         };
-        // SAFETY: the allocator just handed us these pages (add_dense zeroes them), never
-        // to be freed, so
-        // nothing else will use them; M-mode addresses physical memory directly, and a
-        // page-aligned HPA is aligned for u32.
+        // SAFETY: the allocator just handed us these pages (add_dense zeroes them) and
+        // they are never freed, so nothing else will use them; M-mode addresses
+        // physical memory directly, and a page-aligned HPA is aligned for u32.
         let counts: &'static mut [u32] =
             unsafe { core::slice::from_raw_parts_mut(hpa.raw() as usize as *mut u32, frames) };
         if !SHARES.lock().add_dense(first, counts) {
