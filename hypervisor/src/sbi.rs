@@ -6,7 +6,7 @@ use crate::sched;
 use crate::vcpu::{Vcpu, Wait, NOT_RUNNING};
 use core::sync::atomic::Ordering;
 use diosix_abi::error;
-use diosix_core::addr::{Gpa, Range};
+use diosix_core::addr::{Gpa, Gva, Range, PAGE_SIZE};
 use diosix_core::gstage::Perms;
 use diosix_core::sbi::{
     self, FenceKind, HartSet, HartState, Reply, ResetType, SbiEnv, SbiRet, Suspend,
@@ -312,13 +312,25 @@ impl SbiEnv for Call<'_> {
     }
 
     fn read_legacy_mask(&mut self, gva: usize) -> Option<usize> {
-        // With VS-stage translation off a GVA is a GPA. Legacy calls under guest
-        // paging are not supported (v0.2+ guests pass masks by value).
-        if csr::vsatp::read() >> 60 != 0 {
-            return None;
-        }
+        // The pointer is the guest's own virtual address: walk its VS-stage tables (the
+        // vCPU's CSRs are live on this hart) as a supervisor read would, byte by byte
+        // page, since the word may straddle two pages.
+        let vm = self.vcpu().vm.clone();
+        let (vsatp, vsstatus) = (csr::vsatp::read() as u64, csr::vsstatus::read() as u64);
+        let read_pte = |gpa: Gpa| {
+            let mut b = [0u8; 8];
+            vm.read(gpa, &mut b).ok().map(|()| u64::from_le_bytes(b))
+        };
         let mut bytes = [0u8; 8];
-        self.vcpu().vm.read(Gpa::new(gva as u64), &mut bytes).ok()?;
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let at = Gva::new((gva as u64).checked_add(done as u64)?);
+            let gpa = diosix_core::vstage::translate_read(vsatp, vsstatus, at, read_pte).ok()?;
+            let in_page = (PAGE_SIZE - (at.raw() & (PAGE_SIZE - 1))) as usize;
+            let n = in_page.min(bytes.len() - done);
+            vm.read(gpa, &mut bytes[done..done + n]).ok()?;
+            done += n;
+        }
         Some(usize::from_le_bytes(bytes))
     }
 

@@ -21,3 +21,4 @@ pub mod payload;
 pub mod sbi;
 pub mod shares;
 pub mod tree;
+pub mod vstage;

@@ -1,6 +1,6 @@
 //! The checks, in the order they run on the boot hart.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use diosix_guest_rt::sbi::{self, eid, error, hart_state, SbiRet};
 use diosix_guest_rt::{csr, dtb, hart, println, trap};
 
@@ -118,6 +118,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
         note("multi_hart", "skipped: only one hart");
     }
     legacy_calls();
+    legacy_calls_under_paging();
     suspend_retentive();
     srst_invalid();
     suspend_non_retentive();
@@ -734,6 +735,64 @@ fn legacy_calls() {
         ),
         0,
     );
+}
+
+/// A one-page Sv39 root table for [`legacy_calls_under_paging`].
+#[repr(C, align(4096))]
+struct RootTable([AtomicU64; 512]);
+
+static VS_ROOT: RootTable = RootTable([const { AtomicU64::new(0) }; 512]);
+
+/// Legacy calls take the hart mask by pointer, which under paging is a virtual address
+/// the firmware must translate through the caller's page tables. With an Sv39 table
+/// mapping RAM at its own address (so this code keeps running) and again 1 GiB higher,
+/// the mask is passed through the alias: only a real walk of the table finds it.
+fn legacy_calls_under_paging() {
+    let me = ctx().me;
+    if me >= 64 {
+        return;
+    }
+    const RAM: usize = 0x8000_0000;
+    const ALIAS: usize = 0xC000_0000;
+    // V R W X A D: a 1 GiB leaf at root index 2 (identity) and 3 (the alias).
+    let leaf = ((RAM as u64 >> 12) << 10) | 0xcf;
+    VS_ROOT.0[2].store(leaf, Ordering::Relaxed);
+    VS_ROOT.0[3].store(leaf, Ordering::Relaxed);
+    LEGACY_MASK.store(1 << me, Ordering::Release);
+    let mask_ptr = LEGACY_MASK.as_ptr() as usize;
+    if !(RAM..ALIAS).contains(&mask_ptr) {
+        note("legacy_under_paging", "skipped: RAM is not at 0x8000_0000");
+        return;
+    }
+    let alias = mask_ptr - RAM + ALIAS;
+    let satp = (8usize << 60) | (VS_ROOT.0.as_ptr() as usize >> 12);
+    // SAFETY: the table maps the RAM this program runs from at the same addresses, so
+    // execution continues; it is switched off again below, and no other hart uses it.
+    unsafe { core::arch::asm!("sfence.vma", "csrw satp, {0}", "sfence.vma", in(reg) satp) };
+    check(
+        "legacy_remote_fence_i_under_paging",
+        legacy(eid::LEGACY_REMOTE_FENCE_I, [alias, 0, 0, 0]),
+        0,
+    );
+    check(
+        "legacy_send_ipi_under_paging",
+        legacy(eid::LEGACY_SEND_IPI, [alias, 0, 0, 0]),
+        0,
+    );
+    let ok = wait_for(ms(100), || csr::sip() & csr::SSI != 0);
+    check_true("legacy_send_ipi_under_paging_pending", ok, "sip.SSIP set");
+    csr::sip_clear(csr::SSI);
+    if !ctx().opensbi {
+        // An unmapped pointer: Diosix refuses the call (OpenSBI would hand the guest a
+        // page fault instead).
+        check(
+            "legacy_send_ipi_unmapped_mask",
+            legacy(eid::LEGACY_SEND_IPI, [0x1000, 0, 0, 0]),
+            error::INVALID_ADDRESS,
+        );
+    }
+    // SAFETY: back to no translation, which is how the rest of the program runs.
+    unsafe { core::arch::asm!("csrw satp, zero", "sfence.vma") };
 }
 
 fn suspend_retentive() {
