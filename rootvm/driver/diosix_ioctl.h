@@ -28,11 +28,6 @@
 #include <linux/types.h>
 #include "diosix_sbi.h"
 
-/* Until diosix_sbi.h is regenerated with it (cargo xtask cheader). */
-#ifndef DIOSIX_SPAWN_PAGE_LIST
-#define DIOSIX_SPAWN_PAGE_LIST 0x4u
-#endif
-
 /* 0xD5: 'D'iosix, SBI implementation ID 5 (unused in ioctl-number.rst). */
 #define DIOSIX_IOC_MAGIC 0xD5
 

@@ -150,8 +150,12 @@ pub fn generate() -> String {
 
     section(w, "Flags");
     def(w, "DIOSIX_FORK_UNTRUSTED", &u64c(flags::FORK_UNTRUSTED));
+    def(w, "DIOSIX_FORK_NO_SNAPSHOT", &u64c(flags::FORK_NO_SNAPSHOT));
+    def(w, "DIOSIX_FORK_ALL", &u64c(flags::FORK_ALL));
     def(w, "DIOSIX_SPAWN_TRUSTED", &hex32(flags::SPAWN_TRUSTED));
     def(w, "DIOSIX_SPAWN_PAUSED", &hex32(flags::SPAWN_PAUSED));
+    def(w, "DIOSIX_SPAWN_PAGE_LIST", &hex32(flags::SPAWN_PAGE_LIST));
+    def(w, "DIOSIX_SPAWN_ALL", &hex32(flags::SPAWN_ALL));
     def(w, "DIOSIX_QUOTA_SET_RAM", &hex32(flags::QUOTA_SET_RAM));
     def(w, "DIOSIX_QUOTA_SET_VCPUS", &hex32(flags::QUOTA_SET_VCPUS));
     def(
@@ -165,12 +169,15 @@ pub fn generate() -> String {
         "DIOSIX_QUOTA_SET_DESCENDANTS",
         &hex32(flags::QUOTA_SET_DESCENDANTS),
     );
+    def(w, "DIOSIX_QUOTA_ALL", &hex32(flags::QUOTA_ALL));
     def(w, "DIOSIX_IPC_RECV_EXACT", &hex32(flags::IPC_RECV_EXACT));
+    def(w, "DIOSIX_IPC_RECV_ALL", &hex32(flags::IPC_RECV_ALL));
     def(w, "DIOSIX_INFO_TRUSTED", &hex32(flags::INFO_TRUSTED));
     def(w, "DIOSIX_INFO_ROOT", &hex32(flags::INFO_ROOT));
     def(w, "DIOSIX_MAP_READ", &u64c(flags::MAP_READ));
     def(w, "DIOSIX_MAP_WRITE", &u64c(flags::MAP_WRITE));
     def(w, "DIOSIX_MAP_EXEC", &u64c(flags::MAP_EXEC));
+    def(w, "DIOSIX_MAP_ALL", &u64c(flags::MAP_ALL));
 
     section(w, "Feature bits (struct diosix_hv_info.features)");
     for (name, v) in [
@@ -278,6 +285,33 @@ mod tests {
             assert!(h.contains(&format!("sizeof(struct {cname}) == {size}")));
         }
         assert!(h.contains("#define DIOSIX_SBI_EID 0x0A000005u"));
+    }
+
+    /// Every constant of the ABI crate's `flags` module has its `DIOSIX_` define: the
+    /// list above is written by hand, so a new flag must not be forgotten there.
+    #[test]
+    fn header_names_every_flag() {
+        let src = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/abi/src/lib.rs"),
+        )
+        .unwrap();
+        let start = src.find("pub mod flags {").expect("flags module");
+        let body = &src[start..];
+        let body = &body[..body.find("\n}\n").expect("end of flags module")];
+        let h = generate();
+        let mut seen = 0;
+        for line in body.lines() {
+            let Some(rest) = line.trim().strip_prefix("pub const ") else {
+                continue;
+            };
+            let name = rest.split(':').next().unwrap().trim();
+            seen += 1;
+            assert!(
+                h.contains(&format!("#define DIOSIX_{name} ")),
+                "DIOSIX_{name} missing from the C header"
+            );
+        }
+        assert!(seen >= 20, "found only {seen} flags");
     }
 
     /// Compiles the header (whose static assertions pin every size and offset) as C11 with
