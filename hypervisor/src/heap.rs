@@ -35,6 +35,11 @@ pub unsafe fn grow(hpa: diosix_core::addr::Hpa, bytes: usize) {
     unsafe { HEAP.lock().add_to_heap(start, start + bytes) };
 }
 
+/// Bytes of the heap allocated now (as the allocator rounds them).
+pub fn used_bytes() -> u64 {
+    HEAP.lock().stats_alloc_actual() as u64
+}
+
 /// Bytes the heap manages in all.
 pub fn total_bytes() -> u64 {
     HEAP.lock().stats_total_bytes() as u64

@@ -681,7 +681,11 @@ impl ExtensionHost for HvHost<'_> {
         vm.dead.store(true, Ordering::Release);
         kick_running(&vm, self.hart.slot);
         sched::reap(&vm);
-        log::info!("VM {} terminated", vm.name);
+        log::info!(
+            "VM {} terminated (hypervisor heap in use: {} KiB)",
+            vm.name,
+            crate::heap::used_bytes() >> 10
+        );
         // Its memory goes when the last vCPU holding it is dropped (Vm's Drop).
     }
 

@@ -1,6 +1,6 @@
 //! The checks, in the order they run (on the boot hart only).
 
-use crate::dsx::{self, cid, error, event, flags, state, DATA, STRUCT};
+use crate::dsx::{self, cid, error, event, flags, limits, state, DATA, STRUCT};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use diosix_abi::{ext, Event, HvInfo, IpcRecvArgs, IpcSendArgs, SpawnArgs, VmInfo};
@@ -410,6 +410,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
         quota_checks();
         trust_checks();
         built_children(&base);
+        heap_stress(&base);
         let r = dsx::call2(ext::FID_LIST_CHILDREN, 0, 0);
         check_ok("no_children_left", r, 0);
         PENDING.with(|p| {
@@ -1537,6 +1538,142 @@ fn built_children(base: &VmInfo) {
     }
     check(
         "built_children_usage_back",
+        usage(&info_or_default()),
+        usage(base),
+    );
+}
+
+/// A program and its data page for [`heap_stress`].
+static FLOOD: ProgramPages = ProgramPages([const { AtomicU64::new(0) }; 1024]);
+
+/// The flood program (RV64): sends its parent 16 messages of 4 KiB (as many as a lane
+/// holds; the IPC_SEND arguments are at the start of the next page, the message is that
+/// page), writes 20 KiB to its console (the ring holds 16 KiB), then waits for ever.
+const FLOOD_CODE: [u32; 21] = [
+    0x0000_1497, // auipc s1, 1          s1 = the data page
+    0x0100_0413, // addi  s0, zero, 16
+    0x0004_8513, // 1: addi a0, s1, 0    a0 = the IPC_SEND arguments
+    0x0070_0813, // addi  a6, zero, 7    FID_IPC_SEND
+    0x0a00_08b7, // lui   a7, 0xa000
+    0x0058_8893, // addi  a7, a7, 5      EID 0x0A000005
+    0x0000_0073, // ecall
+    0xfff4_0413, // addi  s0, s0, -1
+    0xfe04_14e3, // bne   s0, zero, 1b
+    0x0050_0413, // addi  s0, zero, 5
+    0x0000_1537, // 2: lui a0, 1         4096 bytes
+    0x0004_8593, // addi  a1, s1, 0      from the data page
+    0x0000_0613, // addi  a2, zero, 0
+    0x4442_48b7, // lui   a7, 0x44424
+    0x34e8_8893, // addi  a7, a7, 0x34e  EID DBCN
+    0x0000_0813, // addi  a6, zero, 0    console write
+    0x0000_0073, // ecall
+    0xfff4_0413, // addi  s0, s0, -1
+    0xfe04_10e3, // bne   s0, zero, 2b
+    0x1050_0073, // 3: wfi
+    0xffdf_f06f, // j     3b
+];
+
+/// Children at the Root VM's descendant limit, every one with every queue the
+/// hypervisor keeps for it full: its lane at its parent (16 × 4 KiB, sent by the
+/// child), its parent's lane at it (16 × 4 KiB), its console input (4 KiB) and output
+/// (16 KiB ring, overflowing). The descendant quota is sized so the hypervisor heap
+/// holds all of it; the hypervisor must keep answering, and everything comes back.
+fn heap_stress(base: &VmInfo) {
+    const _: () = assert!(ext::FID_IPC_SEND == 7 && limits::IPC_QUEUE_DEPTH == 16);
+    const _: () =
+        assert!(diosix_abi::eid::DBCN == 0x4442_434E && limits::CONSOLE_OUT_RING == 16384);
+    let words = &FLOOD.0;
+    for (i, pair) in FLOOD_CODE.chunks(2).enumerate() {
+        let lo = u64::from(pair[0]);
+        let hi = pair.get(1).map_or(0, |w| u64::from(*w));
+        words[i].store(lo | (hi << 32), Ordering::Relaxed);
+    }
+    // The last two pages of the children's 4 MiB of RAM.
+    const CHILD_CODE: usize = 0x803F_E000;
+    const CHILD_DATA: u64 = CHILD_CODE as u64 + 4096;
+    let args = IpcSendArgs {
+        size: IpcSendArgs::SIZE as u32,
+        flags: 0,
+        cid: cid::PARENT,
+        data_gpa: CHILD_DATA,
+        len: 4096,
+    }
+    .to_le_bytes();
+    for (i, chunk) in args.chunks(8).enumerate() {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        words[512 + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+    }
+    let code = words.as_ptr() as usize;
+    let me = info_or_default();
+    let room = me.max_descendants - me.descendants_reserved;
+    let mut kids = [0u64; 256];
+    let mut n = 0usize;
+    let big = [0xA5u8; 4096];
+    let mut refused = error::SUCCESS;
+    while n < kids.len() {
+        let mut a = child_args(1024);
+        a.flags = flags::SPAWN_PAUSED;
+        let r = dsx::spawn(&a);
+        if r.error != error::SUCCESS {
+            refused = r.error;
+            break;
+        }
+        let c = r.value;
+        let map = |child_gpa: usize, parent_gpa: usize, perms: u64| {
+            dsx::call(
+                ext::FID_MAP_CHILD_MEM,
+                [c, child_gpa, parent_gpa, 4096, perms as usize, 0],
+            )
+            .error
+        };
+        let mut ok = map(CHILD_CODE, code, flags::MAP_READ | flags::MAP_EXEC) == 0
+            && map(CHILD_CODE + 4096, code + 4096, flags::MAP_READ) == 0;
+        for _ in 0..limits::IPC_QUEUE_DEPTH {
+            ok &= dsx::ipc_send(c as u64, &big).error == error::SUCCESS;
+        }
+        ok &= dsx::console_write(c as u64, &big).value == 4096;
+        ok &= dsx::call(ext::FID_START, [c, CHILD_CODE, 0x8000_0000, 0, 0, 0]).error == 0;
+        if !ok {
+            fail("heap_stress_child_setup", "refused", "all accepted");
+            kill_child("heap_stress_kill_bad", c as u64, 0);
+            break;
+        }
+        kids[n] = c as u64;
+        n += 1;
+    }
+    note(format_args!(
+        "heap stress: {n} children (descendant room {room}), then {refused}"
+    ));
+    check("heap_stress_fills_descendants", n as u32, room);
+    check("heap_stress_stopped_by_quota", refused, error::DENIED);
+    // Every child sends 16 messages and overflows its console by 4 KiB.
+    let mut flooded = 0;
+    for &c in &kids[..n] {
+        let end = csr::time() + ms(10_000);
+        while csr::time() < end {
+            if dsx::child_info(c).is_ok_and(|i| i.console_dropped == 4096) {
+                flooded += 1;
+                break;
+            }
+            pause();
+        }
+    }
+    check("heap_stress_children_flooded", flooded, n);
+    check_ok(
+        "heap_stress_hypervisor_answers",
+        dsx::call2(ext::FID_GET_HV_INFO, STRUCT.addr(), HvInfo::SIZE),
+        0,
+    );
+    for &c in &kids[..n] {
+        let _ = dsx::exit(c, 0);
+    }
+    for &c in &kids[..n] {
+        wait_event(event::CHILD_TERMINATED, c, 5_000);
+        forget_events(c);
+    }
+    check(
+        "heap_stress_usage_back",
         usage(&info_or_default()),
         usage(base),
     );
