@@ -10,13 +10,8 @@
 //! fails for anything the guest could not read itself.
 
 use crate::addr::{Gpa, Gva};
+use crate::gstage::{PTE_A, PTE_R, PTE_U, PTE_V, PTE_W, PTE_X};
 
-const PTE_V: u64 = 1 << 0;
-const PTE_R: u64 = 1 << 1;
-const PTE_W: u64 = 1 << 2;
-const PTE_X: u64 = 1 << 3;
-const PTE_U: u64 = 1 << 4;
-const PTE_A: u64 = 1 << 6;
 /// Bits 53:10 of a PTE: the physical page number.
 const PPN_MASK: u64 = (1 << 44) - 1;
 

@@ -1448,6 +1448,18 @@ fn paused_child() {
 #[repr(C, align(4096))]
 struct ProgramPages([AtomicU64; 1024]);
 
+impl ProgramPages {
+    /// Writes `code` (RV64 instruction words, little-endian) at the start of the first
+    /// page.
+    fn load_code(&self, code: &[u32]) {
+        for (i, pair) in code.chunks(2).enumerate() {
+            let lo = u64::from(pair[0]);
+            let hi = pair.get(1).map_or(0, |w| u64::from(*w));
+            self.0[i].store(lo | (hi << 32), Ordering::Relaxed);
+        }
+    }
+}
+
 static PROGRAM: ProgramPages = ProgramPages([const { AtomicU64::new(0) }; 1024]);
 
 /// The program (RV64, one word each): loads the u64 at the start of the next page,
@@ -1470,11 +1482,7 @@ const PROGRAM_CODE: [u32; 9] = [
 fn built_children(base: &VmInfo) {
     const _: () = assert!(ext::FID_EXIT == 0 && ext::EID == 0x0A00_0005);
     let words = &PROGRAM.0;
-    for (i, pair) in PROGRAM_CODE.chunks(2).enumerate() {
-        let lo = u64::from(pair[0]);
-        let hi = pair.get(1).map_or(0, |w| u64::from(*w));
-        words[i].store(lo | (hi << 32), Ordering::Relaxed);
-    }
+    PROGRAM.load_code(&PROGRAM_CODE);
     let code = words.as_ptr() as usize;
     let data = code + 4096;
     for (data_perms, name) in [
@@ -1583,11 +1591,7 @@ fn heap_stress(base: &VmInfo) {
     const _: () =
         assert!(diosix_abi::eid::DBCN == 0x4442_434E && limits::CONSOLE_OUT_RING == 16384);
     let words = &FLOOD.0;
-    for (i, pair) in FLOOD_CODE.chunks(2).enumerate() {
-        let lo = u64::from(pair[0]);
-        let hi = pair.get(1).map_or(0, |w| u64::from(*w));
-        words[i].store(lo | (hi << 32), Ordering::Relaxed);
-    }
+    FLOOD.load_code(&FLOOD_CODE);
     // The last two pages of the children's 4 MiB of RAM.
     const CHILD_CODE: usize = 0x803F_E000;
     const CHILD_DATA: u64 = CHILD_CODE as u64 + 4096;

@@ -53,12 +53,13 @@ pub const HGATP_MODE_SV39X4: u64 = 8;
 /// bits (VMIDLEN); the hypervisor must probe that and allocate within it.
 pub const MAX_VMID: u16 = 0x3fff;
 
-const PTE_V: u64 = 1 << 0;
-const PTE_R: u64 = 1 << 1;
-const PTE_W: u64 = 1 << 2;
-const PTE_X: u64 = 1 << 3;
-const PTE_U: u64 = 1 << 4;
-const PTE_A: u64 = 1 << 6;
+// The PTE bits are the same at both stages (the VS-stage walker in `vstage` uses them).
+pub(crate) const PTE_V: u64 = 1 << 0;
+pub(crate) const PTE_R: u64 = 1 << 1;
+pub(crate) const PTE_W: u64 = 1 << 2;
+pub(crate) const PTE_X: u64 = 1 << 3;
+pub(crate) const PTE_U: u64 = 1 << 4;
+pub(crate) const PTE_A: u64 = 1 << 6;
 const PTE_D: u64 = 1 << 7;
 /// First software (RSW) bit. In an *invalid* level-1 entry it marks a shared leaf
 /// table (see the `shared` module): the hardware ignores every bit of an entry with V
