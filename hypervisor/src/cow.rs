@@ -26,10 +26,8 @@
 //!
 //! Lock order: a VM's memory, then [`SHARES`], then the frame allocator.
 
-use crate::hart::{self, SHARED};
 use crate::mem;
 use crate::mem::TableAlloc;
-use crate::vcpu::NOT_RUNNING;
 use crate::vm::{GuestMemory, Vm};
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
@@ -239,24 +237,10 @@ fn shootdown(vm: &Vm, my_slot: usize) {
     // The new mappings are stored; a hart that reads them as not running yet stores
     // `running_on` after this and flushes in `Vcpu::load` after that.
     fence(Ordering::SeqCst);
-    let mut waiting_on = 0usize;
-    for v in &vm.vcpus {
-        let slot = v.running_on.load(Ordering::SeqCst);
-        if slot != NOT_RUNNING && slot != my_slot && slot < SHARED.len() {
-            SHARED[slot].fence_request.store(true, Ordering::SeqCst);
-            hart::kick(slot);
-            waiting_on |= 1 << slot;
-        }
-    }
-    while waiting_on != 0 {
-        crate::trap::service_fence_request(my_slot);
-        for (slot, shared) in SHARED.iter().enumerate() {
-            if waiting_on & (1 << slot) != 0 && !shared.fence_request.load(Ordering::Acquire) {
-                waiting_on &= !(1 << slot);
-            }
-        }
-        core::hint::spin_loop();
-    }
+    crate::trap::fence_other_harts(
+        my_slot,
+        vm.vcpus.iter().map(|v| v.running_on.load(Ordering::SeqCst)),
+    );
 }
 
 /// A guest-page fault by `vm` at `gpa` on this hart for an access that needs `need`:

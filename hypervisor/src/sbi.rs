@@ -1,7 +1,7 @@
 //! The hypervisor side of the SBI: performs what `diosix_core::sbi::dispatch` decided,
 //! for the vCPU running on this hart.
 
-use crate::hart::{self, HartLocal, SHARED};
+use crate::hart::{self, HartLocal};
 use crate::sched;
 use crate::vcpu::{Vcpu, Wait, NOT_RUNNING};
 use core::sync::atomic::Ordering;
@@ -168,36 +168,20 @@ impl SbiEnv for Call<'_> {
         let me = self.this_hart();
         let my_slot = self.hart.slot;
         let vm = self.vcpu().vm.clone();
-        let mut waiting_on = 0usize;
-        for t in targets.iter() {
-            if t == me {
-                diosix_riscv::fence::fence_i();
-                diosix_riscv::fence::hfence_vvma_all();
-                continue;
-            }
-            // A vCPU that is not running flushes when it is next loaded (every load
-            // flushes its VS-stage TLB), so only running ones need their hart poked.
-            let Some(shared) = vm.vcpus.get(t) else {
-                continue;
-            };
-            let slot = shared.running_on.load(Ordering::Acquire);
-            if slot != NOT_RUNNING && slot != my_slot {
-                SHARED[slot].fence_request.store(true, Ordering::Release);
-                hart::kick(slot);
-                waiting_on |= 1 << slot;
-            }
+        if targets.iter().any(|t| t == me) {
+            diosix_riscv::fence::fence_i();
+            diosix_riscv::fence::hfence_vvma_all();
         }
-        // Wait for every poked hart, serving requests aimed at us meanwhile so two
-        // harts fencing each other cannot deadlock.
-        while waiting_on != 0 {
-            crate::trap::service_fence_request(my_slot);
-            for (slot, shared) in SHARED.iter().enumerate() {
-                if waiting_on & (1 << slot) != 0 && !shared.fence_request.load(Ordering::Acquire) {
-                    waiting_on &= !(1 << slot);
-                }
-            }
-            core::hint::spin_loop();
-        }
+        // A vCPU that is not running flushes when it is next loaded (every load flushes
+        // its VS-stage TLB), so only running ones need their hart poked.
+        crate::trap::fence_other_harts(
+            my_slot,
+            targets
+                .iter()
+                .filter(|t| *t != me)
+                .filter_map(|t| vm.vcpus.get(t))
+                .map(|v| v.running_on.load(Ordering::Acquire)),
+        );
     }
 
     fn hart_status(&self, hart: usize) -> HartState {

@@ -87,6 +87,29 @@ pub fn service_fence_request(slot: usize) {
     }
 }
 
+/// Asks every hart in `slots` except `my_slot` (and except `NOT_RUNNING`) for a fence
+/// ([`service_fence_request`]) and waits until each has done it, serving requests aimed
+/// at this hart meanwhile so two harts fencing each other cannot deadlock.
+pub fn fence_other_harts(my_slot: usize, slots: impl IntoIterator<Item = usize>) {
+    let mut waiting_on = 0usize;
+    for slot in slots {
+        if slot != crate::vcpu::NOT_RUNNING && slot != my_slot && slot < SHARED.len() {
+            SHARED[slot].fence_request.store(true, Ordering::SeqCst);
+            hart::kick(slot);
+            waiting_on |= 1 << slot;
+        }
+    }
+    while waiting_on != 0 {
+        service_fence_request(my_slot);
+        for (slot, shared) in SHARED.iter().enumerate() {
+            if waiting_on & (1 << slot) != 0 && !shared.fence_request.load(Ordering::Acquire) {
+                waiting_on &= !(1 << slot);
+            }
+        }
+        core::hint::spin_loop();
+    }
+}
+
 fn virtual_instruction(hart: &mut HartLocal) {
     let insn = csr::mtval::read();
     if insn == INSN_WFI {
