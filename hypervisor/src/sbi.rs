@@ -123,7 +123,7 @@ impl SbiEnv for Call<'_> {
     fn set_timer(&mut self, deadline: u64) {
         let now = crate::platform::now();
         let v = self.vcpu_mut();
-        v.timer_deadline = deadline;
+        v.ctx.timer_deadline = deadline;
         // SAFETY: clears only this guest's pending virtual timer interrupt.
         unsafe { csr::hvip::clear_bits(irq::VSTIP) };
         v.merge_pending_live(now);

@@ -48,7 +48,7 @@ impl RunQueue {
             // Its VM was terminated while this vCPU was running: drop it here.
             return;
         }
-        match vcpu.wait {
+        match vcpu.ctx.wait {
             Wait::None => self.runnable.push_back(vcpu),
             Wait::Stopped => {
                 // Only now, with the vCPU where hart_start can find it, is it STOPPED.
@@ -85,7 +85,7 @@ impl RunQueue {
         let earliest = self
             .waiting
             .iter()
-            .map(|v| v.timer_deadline)
+            .map(|v| v.ctx.timer_deadline)
             .min()
             .unwrap_or(u64::MAX);
         EARLIEST_WAITER.store(earliest, Ordering::Release);
@@ -113,20 +113,20 @@ impl RunQueue {
 /// A waiter's wake-up: WFI continues after the WFI; a retentive suspend returns
 /// SUCCESS after its ecall; a non-retentive one restarts at its resume address.
 fn wake(mut v: Box<Vcpu>) -> Box<Vcpu> {
-    if let Wait::Suspend(Suspend::NonRetentive { resume, opaque }) = v.wait {
+    if let Wait::Suspend(Suspend::NonRetentive { resume, opaque }) = v.ctx.wait {
         v.reset_to(resume, opaque as u64);
     }
-    if matches!(v.wait, Wait::Suspend(_)) {
+    if matches!(v.ctx.wait, Wait::Suspend(_)) {
         v.shared.set_state(HartState::Started);
     }
-    v.wait = Wait::None;
+    v.ctx.wait = Wait::None;
     v
 }
 
 /// Adds a vCPU to the run queue (in the list its `wait` says) and wakes an idle hart
 /// if it is runnable.
 pub fn enqueue(vcpu: Box<Vcpu>) {
-    let runnable = vcpu.wait == Wait::None;
+    let runnable = vcpu.ctx.wait == Wait::None;
     RUNQ.lock().push(vcpu, platform::now());
     if runnable {
         hart::wake_an_idle_hart();
@@ -146,7 +146,7 @@ pub fn start_stopped(vm: &Arc<Vm>, index: usize, pc: diosix_core::addr::Gpa, opa
     };
     let mut v = q.stopped.swap_remove(i);
     v.reset_to(pc, opaque);
-    v.wait = Wait::None;
+    v.ctx.wait = Wait::None;
     v.shared.set_state(HartState::Started);
     q.runnable.push_back(v);
     drop(q);
@@ -202,7 +202,7 @@ pub fn poke_waiters() {
 pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
     if let Some(mut v) = hart.current.take() {
         v.save(&hart.frame);
-        v.wait = wait;
+        v.ctx.wait = wait;
         // Under the queue lock, so a FORK's hold never sees this vCPU neither running
         // nor queued (see `with_queue_locked`).
         let mut q = RUNQ.lock();
@@ -248,7 +248,10 @@ pub fn tick(hart: &mut HartLocal) {
 
 /// Programs this hart's mtimecmp for the next event it must notice.
 pub fn program_timer(hart: &HartLocal) {
-    let guest = hart.current.as_ref().map_or(u64::MAX, |v| v.timer_deadline);
+    let guest = hart
+        .current
+        .as_ref()
+        .map_or(u64::MAX, |v| v.ctx.timer_deadline);
     let deadline = guest
         .min(hart.slice_end)
         .min(EARLIEST_WAITER.load(Ordering::Acquire));

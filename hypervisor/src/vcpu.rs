@@ -90,26 +90,10 @@ pub struct VsCsrs {
     pub scounteren: usize,
 }
 
-/// A copy of a vCPU's architectural state (for FORK).
+/// A vCPU's guest-visible state: registers, VS-level CSRs, FP state, timer and wait
+/// state. What FORK copies and a REBOOT snapshot keeps.
 #[derive(Clone)]
-pub struct VcpuState {
-    pub index: usize,
-    pub hsm: HartState,
-    pub regs: [u64; 32],
-    pub pc: u64,
-    pub user_mode: bool,
-    pub csrs: VsCsrs,
-    pub fp: [u64; 32],
-    pub fcsr: u64,
-    pub timer_deadline: u64,
-    pub wait: Wait,
-}
-
-/// A vCPU's full saved state. Owned by exactly one place at a time: the run queue, or
-/// the hart running it.
-pub struct Vcpu {
-    pub vm: Arc<Vm>,
-    pub shared: Arc<VcpuShared>,
+pub struct GuestContext {
     pub regs: [u64; 32],
     pub pc: u64,
     /// The guest was in VU-mode (not VS-mode) when last descheduled.
@@ -120,6 +104,22 @@ pub struct Vcpu {
     /// Guest timer deadline in `time` units; `u64::MAX` = none.
     pub timer_deadline: u64,
     pub wait: Wait,
+}
+
+/// A copy of a vCPU's state detached from its VM (for FORK and REBOOT snapshots).
+#[derive(Clone)]
+pub struct VcpuState {
+    pub index: usize,
+    pub hsm: HartState,
+    pub ctx: GuestContext,
+}
+
+/// A vCPU's full saved state. Owned by exactly one place at a time: the run queue, or
+/// the hart running it.
+pub struct Vcpu {
+    pub vm: Arc<Vm>,
+    pub shared: Arc<VcpuShared>,
+    pub ctx: GuestContext,
     /// Priority (higher runs first).
     pub priority: u8,
 }
@@ -134,53 +134,41 @@ impl Vcpu {
         Self {
             vm,
             shared,
-            regs,
-            pc: pc.raw(),
-            user_mode: false,
-            // As machine firmware leaves it: user mode may read cycle, time and
-            // instret (Linux's vDSO reads `time` directly).
-            csrs: VsCsrs {
-                scounteren: 0b111,
-                ..VsCsrs::default()
+            ctx: GuestContext {
+                regs,
+                pc: pc.raw(),
+                user_mode: false,
+                // As machine firmware leaves it: user mode may read cycle, time and
+                // instret (Linux's vDSO reads `time` directly).
+                csrs: VsCsrs {
+                    scounteren: 0b111,
+                    ..VsCsrs::default()
+                },
+                fp: [0; 32],
+                fcsr: 0,
+                timer_deadline: u64::MAX,
+                wait,
             },
-            fp: [0; 32],
-            fcsr: 0,
-            timer_deadline: u64::MAX,
-            wait,
             priority,
         }
     }
 
-    /// Its architectural state (saved: call [`Vcpu::save`] first if it is running).
+    /// Its state (saved: call [`Vcpu::save`] first if it is running).
     pub fn clone_state(&self) -> VcpuState {
         VcpuState {
             index: self.shared.index,
             hsm: self.shared.state(),
-            regs: self.regs,
-            pc: self.pc,
-            user_mode: self.user_mode,
-            csrs: self.csrs,
-            fp: self.fp,
-            fcsr: self.fcsr,
-            timer_deadline: self.timer_deadline,
-            wait: self.wait,
+            ctx: self.ctx.clone(),
         }
     }
 
-    /// A vCPU of `vm` with the given state (the FORK child's copy).
+    /// A vCPU of `vm` with the given state (a FORK child's copy, or a snapshot's).
     pub fn from_state(vm: Arc<Vm>, shared: Arc<VcpuShared>, st: &VcpuState) -> Self {
         let priority = vm.priority;
         Self {
             vm,
             shared,
-            regs: st.regs,
-            pc: st.pc,
-            user_mode: st.user_mode,
-            csrs: st.csrs,
-            fp: st.fp,
-            fcsr: st.fcsr,
-            timer_deadline: st.timer_deadline,
-            wait: st.wait,
+            ctx: st.ctx.clone(),
             priority,
         }
     }
@@ -188,14 +176,14 @@ impl Vcpu {
     /// Resets to the HSM start state: VS-mode at `pc`, a0 = hart, a1 = `opaque`,
     /// translation off, supervisor interrupts off (SBI HSM `hart_start`).
     pub fn reset_to(&mut self, pc: Gpa, opaque: u64) {
-        self.regs = [0; 32];
-        self.regs[reg::A0] = self.shared.index as u64;
-        self.regs[reg::A1] = opaque;
-        self.pc = pc.raw();
-        self.user_mode = false;
-        self.csrs.vsatp = 0;
-        self.csrs.vsstatus &= !(1 << 1); // SIE
-        self.csrs.vsstatus &= !(1 << 8); // SPP
+        self.ctx.regs = [0; 32];
+        self.ctx.regs[reg::A0] = self.shared.index as u64;
+        self.ctx.regs[reg::A1] = opaque;
+        self.ctx.pc = pc.raw();
+        self.ctx.user_mode = false;
+        self.ctx.csrs.vsatp = 0;
+        self.ctx.csrs.vsstatus &= !(1 << 1); // SIE
+        self.ctx.csrs.vsstatus &= !(1 << 8); // SPP
     }
 
     /// Whether this waiting vCPU should run again.
@@ -207,15 +195,15 @@ impl Vcpu {
     /// interrupt that was already pending and masked before the suspend does not end it.
     pub fn has_wakeup(&self, now: u64) -> bool {
         let raised = self.shared.pending.load(Ordering::Acquire) & irq::VS_ALL;
-        let timer = if self.timer_deadline <= now {
+        let timer = if self.ctx.timer_deadline <= now {
             irq::VSTIP
         } else {
             0
         };
-        let pending = (self.csrs.hvip & irq::VS_ALL) | raised | timer;
+        let pending = (self.ctx.csrs.hvip & irq::VS_ALL) | raised | timer;
         // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9.
-        let enabled = (pending >> 1) & self.csrs.vsie != 0;
-        match self.wait {
+        let enabled = (pending >> 1) & self.ctx.csrs.vsie != 0;
+        match self.ctx.wait {
             Wait::Suspend(_) => enabled || raised != 0 || timer != 0,
             _ => enabled,
         }
@@ -223,9 +211,9 @@ impl Vcpu {
 
     /// Loads this vCPU onto the current hart: GPRs into `frame`, CSRs into the hart.
     pub fn load(&mut self, frame: &mut TrapFrame, now: u64) {
-        frame.regs = self.regs;
+        frame.regs = self.ctx.regs;
         self.merge_pending(now);
-        let c = &self.csrs;
+        let c = &self.ctx.csrs;
         // SAFETY: these CSRs only shape the guest context the next mret enters; the
         // G-stage root comes from this vCPU's own VM, so the guest sees only its memory.
         unsafe {
@@ -244,11 +232,11 @@ impl Vcpu {
             csr::vsatp::write(c.vsatp);
             csr::hvip::write(c.hvip);
             csr::scounteren::write(c.scounteren);
-            csr::mepc::write(self.pc as usize);
+            csr::mepc::write(self.ctx.pc as usize);
             let mut ms = csr::mstatus::read();
             ms &= !(mstatus_bits::MPP_MASK | mstatus_bits::FS_MASK | mstatus_bits::MIE);
             ms |= mstatus_bits::MPV;
-            if !self.user_mode {
+            if !self.ctx.user_mode {
                 ms |= mstatus_bits::MPP_S;
             }
             // FP registers: always restored (a vCPU that never used FP gets zeros, not
@@ -256,7 +244,7 @@ impl Vcpu {
             // if the guest writes them again.
             ms |= mstatus_bits::FS_CLEAN;
             csr::mstatus::write(ms);
-            restore_fp(&self.fp, self.fcsr);
+            restore_fp(&self.ctx.fp, self.ctx.fcsr);
             csr::mstatus::clear_bits(mstatus_bits::FS_MASK);
             csr::mstatus::set_bits(mstatus_bits::FS_CLEAN);
         }
@@ -264,11 +252,11 @@ impl Vcpu {
 
     /// Saves this vCPU's state from the current hart (the inverse of [`Vcpu::load`]).
     pub fn save(&mut self, frame: &TrapFrame) {
-        self.regs = frame.regs;
-        self.pc = csr::mepc::read() as u64;
+        self.ctx.regs = frame.regs;
+        self.ctx.pc = csr::mepc::read() as u64;
         let ms = csr::mstatus::read();
-        self.user_mode = ms & mstatus_bits::MPP_MASK == 0;
-        self.csrs = VsCsrs {
+        self.ctx.user_mode = ms & mstatus_bits::MPP_MASK == 0;
+        self.ctx.csrs = VsCsrs {
             vsstatus: csr::vsstatus::read(),
             vsie: csr::vsie::read(),
             vstvec: csr::vstvec::read(),
@@ -282,18 +270,18 @@ impl Vcpu {
         };
         if ms & mstatus_bits::FS_MASK == mstatus_bits::FS_DIRTY {
             // SAFETY: mstatus.FS is non-zero, so FP instructions are legal in M-mode.
-            unsafe { save_fp(&mut self.fp, &mut self.fcsr) };
+            unsafe { save_fp(&mut self.ctx.fp, &mut self.ctx.fcsr) };
         }
     }
 
     /// Folds interrupts raised by other harts and an expired timer into hvip.
     pub fn merge_pending(&mut self, now: u64) {
         let raised = self.shared.pending.swap(0, Ordering::AcqRel);
-        self.csrs.hvip |= raised & irq::VS_ALL;
-        if self.timer_deadline <= now {
+        self.ctx.csrs.hvip |= raised & irq::VS_ALL;
+        if self.ctx.timer_deadline <= now {
             // Latched in hvip until the guest sets a new deadline.
-            self.csrs.hvip |= irq::VSTIP;
-            self.timer_deadline = u64::MAX;
+            self.ctx.csrs.hvip |= irq::VSTIP;
+            self.ctx.timer_deadline = u64::MAX;
         }
     }
 
@@ -301,9 +289,9 @@ impl Vcpu {
     /// live hvip CSR.
     pub fn merge_pending_live(&mut self, now: u64) {
         let mut bits = self.shared.pending.swap(0, Ordering::AcqRel) & irq::VS_ALL;
-        if self.timer_deadline <= now {
+        if self.ctx.timer_deadline <= now {
             bits |= irq::VSTIP;
-            self.timer_deadline = u64::MAX;
+            self.ctx.timer_deadline = u64::MAX;
         }
         if bits != 0 {
             // SAFETY: hvip's VS bits only inject interrupts into this hart's guest.

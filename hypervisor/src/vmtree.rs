@@ -545,9 +545,9 @@ impl ExtensionHost for HvHost<'_> {
         let me_index = me.shared.index;
         for st in states.iter_mut().filter(|st| st.index == me_index) {
             // The child sees FORK return a0 = a1 = 0, after the ecall.
-            st.regs[10] = 0;
-            st.regs[11] = 0;
-            st.pc += 4;
+            st.ctx.regs[10] = 0;
+            st.ctx.regs[11] = 0;
+            st.ctx.pc += 4;
         }
         let child_vm = vm::adopt(
             child,
