@@ -9,6 +9,22 @@
 //!
 //! Phandles are fixed so other code can refer to them: see [`cpu_phandle`] and
 //! [`cpu_intc_phandle`].
+//!
+//! # Heap use
+//!
+//! A child's tree is generated from inputs its parent chose (a SPAWN image's command
+//! line, the vCPU count), so every heap allocation here is bounded by a constant that
+//! is checked before the allocation is made:
+//! - the command line: at most [`MAX_BOOTARGS_BYTES`], refused before it is copied;
+//! - the vCPU count: at most [`MAX_VCPUS`] (the hypervisor caps a VM lower still, at
+//!   [`crate::sbi::MAX_VCPUS`]); each vCPU adds a few hundred bytes of tree and two
+//!   node names of a few bytes;
+//! - the tree itself: its exact size is computed first, without building it, and a tree
+//!   larger than the caller's cap ([`generate_within`]; [`MAX_DTB_BYTES`] for
+//!   [`generate`]) is refused before the writer's buffer exists. That buffer grows by
+//!   doubling, so the heap the writer takes stays below twice the cap;
+//! - the ISA extension names come from the host's device tree (the firmware, not a
+//!   guest), filtered through [`VIRTUALIZED_EXTENSIONS`], and are copied once.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -18,8 +34,19 @@ use vm_fdt::FdtWriter;
 
 use crate::addr::{Gpa, Range};
 
-/// Most vCPUs a generated tree describes (hart IDs in a VM are dense from 0).
+/// Most vCPUs a generated tree describes (hart IDs in a VM are dense from 0). A tree
+/// that large needs more than [`MAX_DTB_BYTES`]; see [`generate_within`].
 pub const MAX_VCPUS: usize = 1024;
+
+/// The longest `/chosen/bootargs` written, in bytes without the NUL: the payload's
+/// command-line cap, so any command line a payload can carry fits.
+pub const MAX_BOOTARGS_BYTES: usize = crate::payload::MAX_CMDLINE_BYTES;
+
+/// The size cap [`generate`] applies: the room [`crate::loader::boot_layout`] callers
+/// reserve for the tree ([`crate::loader::DTB_RESERVE`]). A VM with
+/// [`crate::sbi::MAX_VCPUS`] vCPUs and a [`MAX_BOOTARGS_BYTES`] command line fits with
+/// room to spare (a test checks it).
+pub const MAX_DTB_BYTES: usize = crate::loader::DTB_RESERVE as usize;
 
 /// The extensions the hypervisor lets a guest use natively, in canonical order.
 ///
@@ -140,6 +167,16 @@ pub enum GuestFdtError {
     BadExtension(String),
     /// The command line contains NUL.
     BadBootargs,
+    /// The command line is longer than [`MAX_BOOTARGS_BYTES`] (its length in bytes).
+    BootargsTooLong(usize),
+    /// The tree would take `size` bytes, more than the `max` the caller allows (`size`
+    /// is `usize::MAX` if it does not even fit a `usize`).
+    TooLarge {
+        /// Bytes the tree needs.
+        size: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
     /// The FDT writer refused (should not happen with validated input).
     Writer(vm_fdt::Error),
 }
@@ -153,6 +190,15 @@ impl fmt::Display for GuestFdtError {
             GuestFdtError::BadTimebase(t) => write!(f, "timebase frequency {t} unusable"),
             GuestFdtError::BadExtension(e) => write!(f, "cannot advertise extension {e:?}"),
             GuestFdtError::BadBootargs => f.write_str("command line contains NUL"),
+            GuestFdtError::BootargsTooLong(n) => {
+                write!(
+                    f,
+                    "command line is {n} bytes (at most {MAX_BOOTARGS_BYTES})"
+                )
+            }
+            GuestFdtError::TooLarge { size, max } => {
+                write!(f, "device tree needs {size} bytes (at most {max})")
+            }
             GuestFdtError::Writer(e) => write!(f, "FDT writer: {e}"),
         }
     }
@@ -218,8 +264,14 @@ fn validate(cfg: &GuestFdtConfig<'_>) -> Result<Vec<String>, GuestFdtError> {
     if cfg.timebase_frequency == 0 || cfg.timebase_frequency > u64::from(u32::MAX) {
         return Err(GuestFdtError::BadTimebase(cfg.timebase_frequency));
     }
-    if cfg.bootargs.is_some_and(|b| b.contains('\0')) {
-        return Err(GuestFdtError::BadBootargs);
+    if let Some(b) = cfg.bootargs {
+        // Length first: it is O(1), and the NUL scan is O(length).
+        if b.len() > MAX_BOOTARGS_BYTES {
+            return Err(GuestFdtError::BootargsTooLong(b.len()));
+        }
+        if b.contains('\0') {
+            return Err(GuestFdtError::BadBootargs);
+        }
     }
     let mut exts: Vec<String> = alloc::vec!["i".to_string()];
     for &e in cfg.isa_extensions {
@@ -238,73 +290,246 @@ fn validate(cfg: &GuestFdtConfig<'_>) -> Result<Vec<String>, GuestFdtError> {
     Ok(exts)
 }
 
-/// Writes the guest device tree described by `cfg`.
+/// Where [`build`] sends the tree: [`Sizer`] computes its exact size, [`Writer`]
+/// writes it. One description of the tree for both keeps the size check exact.
+trait Sink {
+    fn begin(&mut self, name: &str) -> Result<(), GuestFdtError>;
+    fn end(&mut self) -> Result<(), GuestFdtError>;
+    /// A property; `value` is written as given (strings include their NUL).
+    fn prop(&mut self, name: &'static str, value: &[u8]) -> Result<(), GuestFdtError>;
+    /// A string property; the NUL is added.
+    fn prop_str(&mut self, name: &'static str, value: &str) -> Result<(), GuestFdtError>;
+    fn phandle(&mut self, value: u32) -> Result<(), GuestFdtError>;
+}
+
+/// Counts the bytes the FDT format (v17, as `vm_fdt` writes it) needs: a 40-byte
+/// header, an empty 16-byte reservation map, the structure block (tokens, NUL-padded
+/// names and values, each 4-byte aligned) and the strings block (each distinct
+/// property name once, with its NUL).
+struct Sizer {
+    bytes: Option<usize>,
+    names: Vec<&'static str>,
+}
+
+/// The header, the empty memory reservation map and the final `FDT_END` token.
+const FDT_FIXED_BYTES: usize = 40 + 16 + 4;
+/// An `FDT_BEGIN_NODE`, `FDT_END_NODE` or `FDT_PROP` token.
+const TOKEN: usize = 4;
+/// `FDT_PROP` with the property's `len` and `nameoff` words.
+const PROP_HEADER: usize = 12;
+
+impl Sizer {
+    fn new() -> Self {
+        Sizer {
+            bytes: Some(FDT_FIXED_BYTES),
+            names: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, n: Option<usize>) {
+        self.bytes = match (self.bytes, n) {
+            (Some(b), Some(n)) => b.checked_add(n),
+            _ => None,
+        };
+    }
+
+    /// `len` bytes padded to the structure block's 4-byte alignment.
+    fn padded(len: usize) -> Option<usize> {
+        len.checked_add(3).map(|l| l & !3)
+    }
+
+    fn prop_len(&mut self, name: &'static str, len: Option<usize>) {
+        if !self.names.contains(&name) {
+            self.names.push(name);
+            self.add(Some(name.len() + 1));
+        }
+        self.add(
+            len.and_then(Self::padded)
+                .and_then(|l| l.checked_add(PROP_HEADER)),
+        );
+    }
+}
+
+impl Sink for Sizer {
+    fn begin(&mut self, name: &str) -> Result<(), GuestFdtError> {
+        let n = name.len().checked_add(1).and_then(Self::padded);
+        self.add(n.and_then(|n| n.checked_add(TOKEN)));
+        Ok(())
+    }
+    fn end(&mut self) -> Result<(), GuestFdtError> {
+        self.add(Some(TOKEN));
+        Ok(())
+    }
+    fn prop(&mut self, name: &'static str, value: &[u8]) -> Result<(), GuestFdtError> {
+        self.prop_len(name, Some(value.len()));
+        Ok(())
+    }
+    fn prop_str(&mut self, name: &'static str, value: &str) -> Result<(), GuestFdtError> {
+        self.prop_len(name, value.len().checked_add(1));
+        Ok(())
+    }
+    fn phandle(&mut self, _value: u32) -> Result<(), GuestFdtError> {
+        self.prop_len("phandle", Some(4));
+        Ok(())
+    }
+}
+
+/// Writes through `vm_fdt`, keeping the open nodes' tokens.
+struct Writer {
+    w: FdtWriter,
+    open: Vec<vm_fdt::FdtWriterNode>,
+}
+
+impl Sink for Writer {
+    fn begin(&mut self, name: &str) -> Result<(), GuestFdtError> {
+        let node = self.w.begin_node(name)?;
+        self.open.push(node);
+        Ok(())
+    }
+    fn end(&mut self) -> Result<(), GuestFdtError> {
+        let node = self
+            .open
+            .pop()
+            .ok_or(GuestFdtError::Writer(vm_fdt::Error::OutOfOrderEndNode))?;
+        Ok(self.w.end_node(node)?)
+    }
+    fn prop(&mut self, name: &'static str, value: &[u8]) -> Result<(), GuestFdtError> {
+        Ok(self.w.property(name, value)?)
+    }
+    fn prop_str(&mut self, name: &'static str, value: &str) -> Result<(), GuestFdtError> {
+        Ok(self.w.property_string(name, value)?)
+    }
+    fn phandle(&mut self, value: u32) -> Result<(), GuestFdtError> {
+        Ok(self.w.property_phandle(value)?)
+    }
+}
+
+/// The tree for a validated `cfg`; `isa` is the `riscv,isa` string and `ext_list` the
+/// `riscv,isa-extensions` value (NUL-terminated names).
+fn build<S: Sink>(
+    s: &mut S,
+    cfg: &GuestFdtConfig<'_>,
+    isa: &str,
+    ext_list: &[u8],
+) -> Result<(), GuestFdtError> {
+    s.begin("")?;
+    s.prop("#address-cells", &2u32.to_be_bytes())?;
+    s.prop("#size-cells", &2u32.to_be_bytes())?;
+    s.prop_str("compatible", "diosix,virt")?;
+    s.prop_str("model", "Diosix virtual machine")?;
+
+    s.begin("cpus")?;
+    s.prop("#address-cells", &1u32.to_be_bytes())?;
+    s.prop("#size-cells", &0u32.to_be_bytes())?;
+    // Validated to fit: Linux reads this property as a single cell.
+    s.prop(
+        "timebase-frequency",
+        &(cfg.timebase_frequency as u32).to_be_bytes(),
+    )?;
+    for n in 0..cfg.vcpus {
+        s.begin(&alloc::format!("cpu@{n:x}"))?;
+        s.prop_str("device_type", "cpu")?;
+        // Bounded by MAX_VCPUS in `validate`.
+        s.prop("reg", &(n as u32).to_be_bytes())?;
+        s.prop_str("status", "okay")?;
+        s.prop_str("compatible", "riscv")?;
+        s.prop_str("riscv,isa", isa)?;
+        s.prop_str("riscv,isa-base", "rv64i")?;
+        s.prop("riscv,isa-extensions", ext_list)?;
+        s.prop_str("mmu-type", cfg.mmu_type.as_str())?;
+        s.phandle(cpu_phandle(n))?;
+        s.begin("interrupt-controller")?;
+        s.prop("#interrupt-cells", &1u32.to_be_bytes())?;
+        s.prop("interrupt-controller", &[])?;
+        s.prop_str("compatible", "riscv,cpu-intc")?;
+        s.phandle(cpu_intc_phandle(n))?;
+        s.end()?;
+        s.end()?;
+    }
+    if cfg.cpu_map {
+        s.begin("cpu-map")?;
+        s.begin("cluster0")?;
+        for n in 0..cfg.vcpus {
+            s.begin(&alloc::format!("core{n}"))?;
+            s.prop("cpu", &cpu_phandle(n).to_be_bytes())?;
+            s.end()?;
+        }
+        s.end()?;
+        s.end()?;
+    }
+    s.end()?;
+
+    s.begin(&alloc::format!("memory@{:x}", cfg.ram.start.raw()))?;
+    s.prop_str("device_type", "memory")?;
+    let mut reg = [0u8; 16];
+    reg[..8].copy_from_slice(&cfg.ram.start.raw().to_be_bytes());
+    reg[8..].copy_from_slice(&cfg.ram.len.to_be_bytes());
+    s.prop("reg", &reg)?;
+    s.end()?;
+
+    s.begin("chosen")?;
+    if let Some(b) = cfg.bootargs {
+        s.prop_str("bootargs", b)?;
+    }
+    if let Some(i) = cfg.initrd {
+        s.prop("linux,initrd-start", &i.start.raw().to_be_bytes())?;
+        s.prop("linux,initrd-end", &i.end().raw().to_be_bytes())?;
+    }
+    s.end()?;
+
+    s.end()
+}
+
+/// Writes the guest device tree described by `cfg`, refusing one larger than
+/// [`MAX_DTB_BYTES`]. See [`generate_within`].
 pub fn generate(cfg: &GuestFdtConfig<'_>) -> Result<Vec<u8>, GuestFdtError> {
+    generate_within(cfg, MAX_DTB_BYTES)
+}
+
+/// Writes the guest device tree described by `cfg` if it takes at most `max_bytes`.
+///
+/// The configuration is validated (the command line against [`MAX_BOOTARGS_BYTES`])
+/// and the tree's exact size computed before the tree is built, so an oversized one is
+/// refused ([`GuestFdtError::TooLarge`]) without first taking heap in proportion to it.
+pub fn generate_within(
+    cfg: &GuestFdtConfig<'_>,
+    max_bytes: usize,
+) -> Result<Vec<u8>, GuestFdtError> {
     let exts = validate(cfg)?;
     let isa = isa_string(&exts);
     // The base is implied by riscv,isa-base; the list carries the rest, "i" included,
-    // as the binding's examples do.
-    let mut w = FdtWriter::new()?;
-    let root = w.begin_node("")?;
-    w.property_u32("#address-cells", 2)?;
-    w.property_u32("#size-cells", 2)?;
-    w.property_string("compatible", "diosix,virt")?;
-    w.property_string("model", "Diosix virtual machine")?;
-
-    let cpus = w.begin_node("cpus")?;
-    w.property_u32("#address-cells", 1)?;
-    w.property_u32("#size-cells", 0)?;
-    // Validated to fit: Linux reads this property as a single cell.
-    w.property_u32("timebase-frequency", cfg.timebase_frequency as u32)?;
-    for n in 0..cfg.vcpus {
-        let cpu = w.begin_node(&alloc::format!("cpu@{n:x}"))?;
-        w.property_string("device_type", "cpu")?;
-        w.property_u32("reg", n as u32)?;
-        w.property_string("status", "okay")?;
-        w.property_string("compatible", "riscv")?;
-        w.property_string("riscv,isa", &isa)?;
-        w.property_string("riscv,isa-base", "rv64i")?;
-        w.property_string_list("riscv,isa-extensions", exts.clone())?;
-        w.property_string("mmu-type", cfg.mmu_type.as_str())?;
-        w.property_phandle(cpu_phandle(n))?;
-        let intc = w.begin_node("interrupt-controller")?;
-        w.property_u32("#interrupt-cells", 1)?;
-        w.property_null("interrupt-controller")?;
-        w.property_string("compatible", "riscv,cpu-intc")?;
-        w.property_phandle(cpu_intc_phandle(n))?;
-        w.end_node(intc)?;
-        w.end_node(cpu)?;
+    // as the binding's examples do. Built once rather than once per vCPU.
+    let mut ext_list = Vec::new();
+    for e in &exts {
+        ext_list.extend_from_slice(e.as_bytes());
+        ext_list.push(0);
     }
-    if cfg.cpu_map {
-        let map = w.begin_node("cpu-map")?;
-        let cluster = w.begin_node("cluster0")?;
-        for n in 0..cfg.vcpus {
-            let core = w.begin_node(&alloc::format!("core{n}"))?;
-            w.property_u32("cpu", cpu_phandle(n))?;
-            w.end_node(core)?;
-        }
-        w.end_node(cluster)?;
-        w.end_node(map)?;
-    }
-    w.end_node(cpus)?;
 
-    let mem = w.begin_node(&alloc::format!("memory@{:x}", cfg.ram.start.raw()))?;
-    w.property_string("device_type", "memory")?;
-    w.property_array_u64("reg", &[cfg.ram.start.raw(), cfg.ram.len])?;
-    w.end_node(mem)?;
-
-    let chosen = w.begin_node("chosen")?;
-    if let Some(b) = cfg.bootargs {
-        w.property_string("bootargs", b)?;
+    let mut sizer = Sizer::new();
+    build(&mut sizer, cfg, &isa, &ext_list)?;
+    let size = sizer.bytes.unwrap_or(usize::MAX);
+    if size > max_bytes {
+        return Err(GuestFdtError::TooLarge {
+            size,
+            max: max_bytes,
+        });
     }
-    if let Some(i) = cfg.initrd {
-        w.property_u64("linux,initrd-start", i.start.raw())?;
-        w.property_u64("linux,initrd-end", i.end().raw())?;
-    }
-    w.end_node(chosen)?;
 
-    w.end_node(root)?;
-    Ok(w.finish()?)
+    let mut writer = Writer {
+        w: FdtWriter::new()?,
+        open: Vec::new(),
+    };
+    build(&mut writer, cfg, &isa, &ext_list)?;
+    let dtb = writer.w.finish()?;
+    // The sizer mirrors the writer exactly (a test checks it); should they ever part,
+    // the cap still holds.
+    if dtb.len() > max_bytes {
+        return Err(GuestFdtError::TooLarge {
+            size: dtb.len(),
+            max: max_bytes,
+        });
+    }
+    Ok(dtb)
 }
 
 #[cfg(test)]
@@ -484,6 +709,110 @@ mod tests {
         let mut c = cfg(&[]);
         c.ram = Range::new(Gpa::new(0x8000_0000), 0).unwrap();
         assert_eq!(generate(&c), Err(GuestFdtError::EmptyRam));
+    }
+
+    #[test]
+    fn bootargs_are_capped_before_they_are_copied() {
+        // Issue 9: a SPAWN image's multi-MiB command line was copied into the heap
+        // twice here and exhausted it; now it is refused before any copy.
+        let huge = "x".repeat(4 << 20);
+        let mut c = cfg(&[]);
+        c.bootargs = Some(&huge);
+        assert_eq!(generate(&c), Err(GuestFdtError::BootargsTooLong(4 << 20)));
+        assert_eq!(
+            generate_within(&c, usize::MAX),
+            Err(GuestFdtError::BootargsTooLong(4 << 20))
+        );
+        let over = "x".repeat(MAX_BOOTARGS_BYTES + 1);
+        c.bootargs = Some(&over);
+        assert_eq!(
+            generate(&c),
+            Err(GuestFdtError::BootargsTooLong(MAX_BOOTARGS_BYTES + 1))
+        );
+        let max = "x".repeat(MAX_BOOTARGS_BYTES);
+        c.bootargs = Some(&max);
+        let dtb = generate(&c).unwrap();
+        let fdt = fdt::Fdt::new(&dtb).unwrap();
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(chosen.property("bootargs").unwrap().as_str(), Some(&*max));
+    }
+
+    #[test]
+    fn the_largest_vm_fits_the_default_cap() {
+        // Every extension the hypervisor can advertise, sbi::MAX_VCPUS vCPUs, the
+        // longest command line: what a legitimate VM can ask for must fit.
+        let exts: Vec<&str> = VIRTUALIZED_EXTENSIONS
+            .iter()
+            .copied()
+            .chain(["sstc"])
+            .collect();
+        let max = "x".repeat(MAX_BOOTARGS_BYTES);
+        let mut c = cfg(&exts);
+        c.vcpus = crate::sbi::MAX_VCPUS;
+        c.bootargs = Some(&max);
+        // The longest memory node name, and an initrd.
+        c.ram = Range::new(Gpa::new(0xffff_ffff_0000_0000), 0xffff_0000).unwrap();
+        c.initrd = Some(Range::new(Gpa::new(0xffff_ffff_0000_0000), 0x1000).unwrap());
+        let dtb = generate(&c).unwrap();
+        assert!(dtb.len() <= MAX_DTB_BYTES / 2, "{} bytes", dtb.len());
+    }
+
+    #[test]
+    fn oversized_trees_are_refused() {
+        let mut c = cfg(&[]);
+        c.vcpus = MAX_VCPUS;
+        match generate(&c) {
+            Err(GuestFdtError::TooLarge { size, max }) => {
+                assert_eq!(max, MAX_DTB_BYTES);
+                assert!(size > max);
+                // Exactly the size the tree has when allowed.
+                assert_eq!(generate_within(&c, size).map(|d| d.len()), Ok(size));
+                let e = GuestFdtError::TooLarge { size, max };
+                assert!(alloc::format!("{e}").contains("bytes"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            generate_within(&c, 100),
+            Err(GuestFdtError::TooLarge {
+                size: generate_within(&c, usize::MAX).unwrap().len(),
+                max: 100
+            })
+        );
+    }
+
+    proptest::proptest! {
+        /// The size computed before building is the size built, to the byte, so the
+        /// cap is exact: a tree of `n` bytes passes a cap of `n` and fails `n - 1`.
+        #[test]
+        fn size_is_computed_exactly(
+            vcpus in 1usize..=70,
+            bootargs in proptest::option::of("[a-z =,.0-9]{0,300}"),
+            cpu_map in proptest::bool::ANY,
+            initrd in proptest::bool::ANY,
+            ext_mask in 0u32..(1 << 13),
+            ram_mib in 1u64..=(1 << 20),
+        ) {
+            let exts: Vec<&str> = VIRTUALIZED_EXTENSIONS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| ext_mask & (1 << i) != 0)
+                .map(|(_, e)| *e)
+                .collect();
+            let mut c = cfg(&exts);
+            c.vcpus = vcpus;
+            c.bootargs = bootargs.as_deref();
+            c.cpu_map = cpu_map;
+            c.ram = Range::new(Gpa::new(0x8000_0000), ram_mib << 20).unwrap();
+            c.initrd = initrd.then(|| Range::new(Gpa::new(0x8000_1000), 0x1000).unwrap());
+            let dtb = generate_within(&c, usize::MAX).unwrap();
+            proptest::prop_assert!(fdt::Fdt::new(&dtb).is_ok());
+            proptest::prop_assert_eq!(generate_within(&c, dtb.len()), Ok(dtb.clone()));
+            proptest::prop_assert_eq!(
+                generate_within(&c, dtb.len() - 1),
+                Err(GuestFdtError::TooLarge { size: dtb.len(), max: dtb.len() - 1 })
+            );
+        }
     }
 
     #[test]

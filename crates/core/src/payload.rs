@@ -21,6 +21,11 @@
 //! [`KIND_INITRD`], [`KIND_CMDLINE`]), reserved u32, offset u64 from the payload start,
 //! size u64. Each blob starts on a 4096-byte boundary so the hypervisor could map it
 //! in place. Bytes after `total size` (segment padding) are ignored.
+//!
+//! A payload is not only the build tool's output: a guest's SPAWN image may be one, so
+//! every size in it is hostile. Blobs are borrowed, never copied, here; the command
+//! line is the one blob the hypervisor copies into its own heap (into the guest's
+//! device tree), so it is capped at [`MAX_CMDLINE_BYTES`].
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -43,6 +48,15 @@ pub const KIND_KERNEL: u32 = 1;
 pub const KIND_INITRD: u32 = 2;
 /// Entry kind: the kernel command line, UTF-8 without NUL bytes.
 pub const KIND_CMDLINE: u32 = 3;
+/// The longest command line accepted, in bytes (without a terminating NUL).
+///
+/// The hypervisor copies the command line into its heap while it writes the guest's
+/// device tree, and a SPAWN image's payload comes from a guest, so the length must be
+/// bounded before anything is copied. One page: four times rv64 Linux's
+/// `COMMAND_LINE_SIZE` (1024, and Linux truncates longer ones anyway), room enough for
+/// other kernels, and small next to the 64 KiB a generated device tree may take
+/// ([`crate::loader::DTB_RESERVE`]).
+pub const MAX_CMDLINE_BYTES: usize = 4096;
 
 /// Why a payload was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +94,8 @@ pub enum PayloadError {
     EmptyKernel,
     /// The command line is not UTF-8 or contains a NUL byte.
     BadCmdline,
+    /// The command line is longer than [`MAX_CMDLINE_BYTES`] (its length in bytes).
+    CmdlineTooLong(u64),
 }
 
 impl fmt::Display for PayloadError {
@@ -111,6 +127,12 @@ impl fmt::Display for PayloadError {
             PayloadError::EmptyKernel => f.write_str("payload kernel is empty"),
             PayloadError::BadCmdline => {
                 f.write_str("payload command line is not UTF-8 or contains NUL")
+            }
+            PayloadError::CmdlineTooLong(n) => {
+                write!(
+                    f,
+                    "payload command line is {n} bytes (at most {MAX_CMDLINE_BYTES})"
+                )
             }
         }
     }
@@ -152,13 +174,18 @@ fn align_up(x: usize) -> usize {
 
 /// Serialises `spec` into the payload format. Used on the build host, where the inputs
 /// are trusted, so this only refuses what [`Payload::parse`] would (an empty kernel, a
-/// command line with NUL).
+/// command line with NUL or longer than [`MAX_CMDLINE_BYTES`]).
 pub fn encode(spec: &PayloadSpec<'_>) -> Result<Vec<u8>, PayloadError> {
     if spec.kernel.is_empty() {
         return Err(PayloadError::EmptyKernel);
     }
-    if spec.cmdline.is_some_and(|c| c.contains('\0')) {
-        return Err(PayloadError::BadCmdline);
+    if let Some(c) = spec.cmdline {
+        if c.contains('\0') {
+            return Err(PayloadError::BadCmdline);
+        }
+        if c.len() > MAX_CMDLINE_BYTES {
+            return Err(PayloadError::CmdlineTooLong(c.len() as u64));
+        }
     }
     let mut blobs: Vec<(u32, &[u8])> = alloc::vec![(KIND_KERNEL, spec.kernel)];
     if let Some(i) = spec.initrd {
@@ -247,6 +274,11 @@ impl<'a> Payload<'a> {
             let kind = le_u32(data, e)?;
             let off = le_u64(data, e + 8)?;
             let size = le_u64(data, e + 16)?;
+            // Refused before anything looks at the bytes: the hypervisor copies the
+            // command line into its heap, and a SPAWN image's payload is hostile.
+            if kind == KIND_CMDLINE && size > MAX_CMDLINE_BYTES as u64 {
+                return Err(PayloadError::CmdlineTooLong(size));
+            }
             let end = off.checked_add(size).ok_or(PayloadError::Overflow(index))?;
             let (off, end) = match (usize::try_from(off), usize::try_from(end)) {
                 (Ok(o), Ok(e)) => (o, e),
@@ -409,8 +441,8 @@ mod tests {
         );
         check(
             &|b| {
-                // Shrink the table to the initrd and command line only.
-                put_u32(b, 64, 3);
+                // Shrink the table to one entry, no longer a kernel.
+                put_u32(b, 64, KIND_INITRD);
                 put_u32(b, 12, 1);
             },
             PayloadError::MissingKernel,
@@ -422,6 +454,48 @@ mod tests {
                 b[off] = 0xff;
             },
             PayloadError::BadCmdline,
+        );
+    }
+
+    #[test]
+    fn command_line_is_capped() {
+        // Issue 9: a SPAWN image's payload carried a multi-MiB command line that the
+        // hypervisor then copied into its heap twice; the cap refuses it at parse time.
+        let max = "x".repeat(MAX_CMDLINE_BYTES);
+        let spec = PayloadSpec {
+            kernel: b"k",
+            cmdline: Some(&max),
+            ..Default::default()
+        };
+        let mut b = encode(&spec).unwrap();
+        assert_eq!(
+            Payload::parse(&b).map(|p| p.cmdline.map(str::len)),
+            Ok(Some(MAX_CMDLINE_BYTES))
+        );
+        // One byte more, written by hand since `encode` refuses it too.
+        b.push(b'x');
+        let total = b.len() as u64;
+        put_u64(&mut b, 16, total);
+        let e = HEADER_SIZE + ENTRY_SIZE;
+        assert_eq!(&b[e..e + 4], &KIND_CMDLINE.to_le_bytes());
+        put_u64(&mut b, e + 16, MAX_CMDLINE_BYTES as u64 + 1);
+        let err = PayloadError::CmdlineTooLong(MAX_CMDLINE_BYTES as u64 + 1);
+        assert_eq!(Payload::parse(&b), Err(err));
+        assert!(alloc::format!("{err}").contains("4096"));
+        // A size far past the payload is still reported as too long, not out of bounds.
+        put_u64(&mut b, e + 16, 64 << 20);
+        assert_eq!(
+            Payload::parse(&b),
+            Err(PayloadError::CmdlineTooLong(64 << 20))
+        );
+        let long = "x".repeat(MAX_CMDLINE_BYTES + 1);
+        let spec = PayloadSpec {
+            cmdline: Some(&long),
+            ..spec
+        };
+        assert_eq!(
+            encode(&spec),
+            Err(PayloadError::CmdlineTooLong(MAX_CMDLINE_BYTES as u64 + 1))
         );
     }
 
