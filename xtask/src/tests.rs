@@ -934,6 +934,9 @@ pub fn cmd_test(args: &[String]) -> Result<()> {
             s => filters.push(s.to_string()),
         }
     }
+    // Everything below needs the rustup targets, QEMU and the cross tools: install
+    // what is missing first (a fresh machine has none of them).
+    crate::setup::ensure_all()?;
     if host && filters.is_empty() {
         host_checks()?;
     }
