@@ -185,20 +185,21 @@ impl GuestMemory {
         len: u64,
         stale: &mut Stale,
     ) -> Result<(), CowError> {
+        // Only the part inside RAM can be copy-on-write: the walk is bounded by the
+        // VM's RAM however large or wrapping `len` is.
         let Some(end) = gpa.raw().checked_add(len) else {
             return Ok(());
         };
-        let mut page = gpa.align_down(PAGE_SIZE).raw();
-        while page < end {
+        let first = gpa.align_down(PAGE_SIZE).raw().max(ram.start.raw());
+        let last = end.min(ram.end().raw());
+        for page in (first..last).step_by(PAGE_SIZE as usize) {
             let at = Gpa::new(page);
-            if ram.contains(at)
-                && self
-                    .translate(at)
-                    .is_some_and(|(_, p)| !p.contains(Perms::W))
+            if self
+                .translate(at)
+                .is_some_and(|(_, p)| !p.contains(Perms::W))
             {
                 self.break_cow(at, stale)?;
             }
-            page += PAGE_SIZE;
         }
         Ok(())
     }

@@ -30,9 +30,19 @@ pub fn handle_ecall(hart: &mut HartLocal) {
         r[reg::A6] as usize,
         r[reg::A7] as usize,
     ];
-    let mut call = Call { hart, block: None };
+    let mut call = Call {
+        hart,
+        block: None,
+        again: false,
+    };
     let reply = sbi::dispatch(&mut call, regs);
-    let Call { hart, block } = call;
+    let Call { hart, block, again } = call;
+    if again {
+        // Not carried out: the vCPU leaves with its PC still on the ecall, which it
+        // issues again when next scheduled.
+        sched::switch_away(hart, Wait::None);
+        return;
+    }
     match reply {
         Reply::Sbi(SbiRet { error, value }) => {
             hart.frame.regs[reg::A0] = error as u64;
@@ -52,6 +62,8 @@ struct Call<'a> {
     hart: &'a mut HartLocal,
     /// Set when the caller must stop running once its reply is written.
     block: Option<Wait>,
+    /// Set when the call was not carried out and must be issued again (no reply).
+    again: bool,
 }
 
 impl Call<'_> {
@@ -263,7 +275,7 @@ impl SbiEnv for Call<'_> {
             // VM's memory lock is held.
             vm.read(at, &mut buf[..step])
                 .map_err(|_| error::INVALID_PARAM)?;
-            crate::vmtree::console_output(&vm, &buf[..step]);
+            crate::vmtree::console_output(&vm, self.hart.slot, &buf[..step]);
             done += step as u64;
         }
         Ok(n as usize)
@@ -271,13 +283,19 @@ impl SbiEnv for Call<'_> {
 
     fn console_read(&mut self, gpa: Gpa, len: u64) -> Result<usize, isize> {
         let n = self.console_buffer(gpa, len)?.min(256) as usize;
+        if n == 0 {
+            // Nothing to read, so nothing of the buffer is touched (the spec checks an
+            // address only where bytes would go).
+            return Ok(0);
+        }
         let vm = self.vcpu().vm.clone();
+        let slot = self.hart.slot;
         let mut stale = crate::cow::Stale::new();
         // Validate the destination (and give the VM its own copy of any copy-on-write
         // page in it) before consuming input, so a bad buffer loses nothing.
         let r = vm.make_writable(gpa, n as u64, &mut stale).and_then(|()| {
             let mut buf = [0u8; 256];
-            let got = crate::vmtree::console_input(&vm, &mut buf[..n]);
+            let got = crate::vmtree::console_input(&vm, slot, &mut buf[..n]);
             vm.write(gpa, &buf[..got], &mut stale).map(|()| got)
         });
         crate::cow::finish(&vm, self.hart.slot, stale);
@@ -286,13 +304,13 @@ impl SbiEnv for Call<'_> {
 
     fn console_write_byte(&mut self, byte: u8) {
         let vm = self.vcpu().vm.clone();
-        crate::vmtree::console_output(&vm, &[byte]);
+        crate::vmtree::console_output(&vm, self.hart.slot, &[byte]);
     }
 
     fn console_getchar(&mut self) -> Option<u8> {
         let vm = self.vcpu().vm.clone();
         let mut b = [0u8; 1];
-        (crate::vmtree::console_input(&vm, &mut b) == 1).then_some(b[0])
+        (crate::vmtree::console_input(&vm, self.hart.slot, &mut b) == 1).then_some(b[0])
     }
 
     fn read_legacy_mask(&mut self, gva: usize) -> Option<usize> {
@@ -319,10 +337,17 @@ impl SbiEnv for Call<'_> {
     }
 
     fn diosix_call(&mut self, fid: usize, args: [usize; 6]) -> SbiRet {
-        let (ret, leave) = crate::vmtree::call(self.hart, fid, args);
-        if leave {
-            self.block = Some(Wait::None);
+        match crate::vmtree::call(self.hart, fid, args) {
+            crate::vmtree::Outcome::Done(ret, leave) => {
+                if leave {
+                    self.block = Some(Wait::None);
+                }
+                ret
+            }
+            crate::vmtree::Outcome::Again => {
+                self.again = true;
+                SbiRet::err(error::FAILED)
+            }
         }
-        ret
     }
 }

@@ -265,18 +265,30 @@ impl Vm {
     }
 }
 
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(m) = self.mem.get_mut().take() {
-            m.destroy();
-        }
-        free_vmid(self.vmid);
+impl Vm {
+    /// Returns the VM's memory (RAM and page tables) to the host now, if it still has
+    /// it. The caller has made sure no vCPU of the VM runs any more (a dead VM's
+    /// memory is released by whoever killed it, before the VM's charge can be reused:
+    /// see `vmtree::retire`); later accesses through the VM find no memory.
+    pub fn release_memory(&self) {
+        let Some(m) = self.mem.lock().take() else {
+            return;
+        };
+        m.destroy();
         log::info!(
             "VM {} (VMID {}): memory released; host free pages: {}",
             self.name,
             self.vmid,
             mem::frames().free_pages()
         );
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // Normally released already; a VM that never ran (a failed build) is not.
+        self.release_memory();
+        free_vmid(self.vmid);
     }
 }
 
@@ -372,22 +384,42 @@ pub struct VmSpec<'a> {
     pub start: bool,
 }
 
+/// Why [`build_vm`] did not build a VM.
+#[derive(Debug)]
+pub enum BuildError {
+    /// Something the VM's creator chose (vCPU count, RAM size, image, command line,
+    /// device tree) cannot be built: `INVALID_PARAM` for a guest.
+    Refused(String),
+    /// The host could not provide what an admitted VM needs (RAM, a VMID): `FAILED`.
+    Host(String),
+}
+
+impl core::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BuildError::Refused(e) | BuildError::Host(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Builds a VM: fresh zeroed RAM, the kernel (and initrd) loaded, a device tree, and
 /// its vCPUs queued (the boot vCPU runnable if `spec.start`, the rest HSM-stopped).
-/// Every size and offset in the image is checked by the loader; nothing is queued on
-/// failure and every page is returned.
-pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, String> {
+/// Every size and offset in the image is checked by the loader, before any RAM is
+/// taken; nothing is queued on failure and every page is returned.
+pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, BuildError> {
+    use BuildError::{Host, Refused};
     let vcpus = spec.vcpus;
     if vcpus == 0 || vcpus > diosix_core::sbi::MAX_VCPUS {
-        return Err(format!(
+        return Err(Refused(format!(
             "{vcpus} vCPUs asked (1..={})",
             diosix_core::sbi::MAX_VCPUS
-        ));
+        )));
     }
-    let ram = Range::new(GUEST_RAM_BASE, spec.ram_bytes).ok_or("RAM size overflows")?;
-    let plan = loader::plan(spec.kernel, ram).map_err(|e| format!("kernel image: {e}"))?;
+    let ram = Range::new(GUEST_RAM_BASE, spec.ram_bytes)
+        .ok_or_else(|| Refused("RAM size overflows".into()))?;
+    let plan = loader::plan(spec.kernel, ram).map_err(|e| Refused(format!("kernel image: {e}")))?;
     let layout = loader::boot_layout(&plan, ram, spec.initrd.map(|i| i.len() as u64), DTB_RESERVE)
-        .map_err(|e| format!("layout in {} MiB: {e}", ram.len >> 20))?;
+        .map_err(|e| Refused(format!("layout in {} MiB: {e}", ram.len >> 20)))?;
     let generated;
     let dtb: &[u8] = match spec.dtb {
         Some(d) => d,
@@ -407,19 +439,19 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, Strin
                 bootargs: spec.cmdline,
                 initrd: layout.initrd,
             })
-            .map_err(|e| format!("device tree: {e}"))?;
+            .map_err(|e| Refused(format!("device tree: {e}")))?;
             &generated
         }
     };
     if dtb.len() as u64 > layout.dtb.len {
-        return Err("device tree too large".into());
+        return Err(Refused("device tree too large".into()));
     }
-    let vmid = alloc_vmid().ok_or("out of VMIDs")?;
+    let vmid = alloc_vmid().ok_or_else(|| Host("out of VMIDs".into()))?;
     let memory = match GuestMemory::new(ram) {
         Ok(m) => m,
         Err(e) => {
             free_vmid(vmid);
-            return Err(e);
+            return Err(Host(e));
         }
     };
     let load = || -> Result<(), AccessError> {
@@ -435,12 +467,12 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, Strin
     if let Err(e) = load() {
         memory.destroy();
         free_vmid(vmid);
-        return Err(format!("loading: {e}"));
+        return Err(Host(format!("loading: {e}")));
     }
     let Some(hgatp) = hgatp else {
         memory.destroy();
         free_vmid(vmid);
-        return Err("VMID out of range".into());
+        return Err(Host("VMID out of range".into()));
     };
     let shared: Vec<Arc<VcpuShared>> = (0..vcpus)
         .map(|i| {

@@ -2,25 +2,35 @@
 //! IPC, events, consoles) plus this hypervisor's `ExtensionHost` — the part that
 //! builds, copies, pauses and releases real VMs.
 //!
-//! Lock order: `TREE`, then `VMS`, then a VM's memory, then `RUNQ`, then
-//! `cow::SHARES`, then `FRAMES`.
-//! Nothing that waits for another hart runs while `TREE` is held: a FORK first holds
-//! the caller's other vCPUs still, without the lock, so a hart spinning on `TREE`
-//! can never be the one a holder waits for.
+//! Lock order: `TREE`, then `ORIGINS`, then `VMS`, then a VM's memory, then `RUNQ`,
+//! then `cow::SHARES`, then `FRAMES`.
+//!
+//! # Waiting for other harts
+//! Every M-mode wait here can be broken, so no guest can hold a hart for ever:
+//! - a hart that wants `TREE` for a vCPU gives up as soon as that vCPU's VM is dead
+//!   ([`lock_tree_for`]), and serves fence requests while it spins;
+//! - a FORK holds the caller's other vCPUs still *before* taking `TREE`, and only one
+//!   vCPU of a VM holds at a time: a second FORK caller leaves its hart and issues its
+//!   ecall again once the first is done; a holder whose VM dies stops waiting;
+//! - a dying VM's memory is returned by whoever killed it, under `TREE`, once its vCPUs
+//!   are off every hart ([`retire`]); those harts leave promptly because every wait
+//!   they can be in gives up when their VM is dead. So a VM's charge goes back to its
+//!   parent only together with its frames, and no old vCPU of a rebooted VM can make a
+//!   call the new incarnation would receive.
 
 use crate::cow;
 use crate::hart::{self, HartLocal};
 use crate::mem;
 use crate::sched;
 use crate::vcpu::{Vcpu, VcpuState, NOT_RUNNING};
-use crate::vm::{self, Vm, VmSpec};
+use crate::vm::{self, BuildError, Vm, VmSpec};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
-use diosix_abi::{ext, features, flags, SpawnArgs};
+use diosix_abi::{features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::gstage::Perms;
 use diosix_core::payload::{Payload, MAGIC as PAYLOAD_MAGIC};
@@ -113,10 +123,11 @@ struct ImageOrigin {
 
 impl ImageOrigin {
     /// Builds (again) the VM `id` from this origin.
-    fn build(&self, id: VmId) -> Result<Arc<Vm>, alloc::string::String> {
+    fn build(&self, id: VmId) -> Result<Arc<Vm>, BuildError> {
         let bytes = self.image.as_slice();
         let (kernel, initrd, cmdline) = if bytes.len() >= 8 && bytes[..8] == PAYLOAD_MAGIC {
-            let p = Payload::parse(bytes).map_err(|e| format!("payload: {e}"))?;
+            let p =
+                Payload::parse(bytes).map_err(|e| BuildError::Refused(format!("payload: {e}")))?;
             (p.kernel, p.initrd, p.cmdline)
         } else {
             (bytes, None, None)
@@ -192,65 +203,112 @@ fn lookup(id: VmId) -> Option<Arc<Vm>> {
     VMS.lock().get(&id).cloned()
 }
 
-/// Handles a Diosix extension call from the vCPU running on `hart`. Returns the reply
-/// and whether the caller must now leave its hart (it yielded, or it no longer exists).
-pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> (SbiRet, bool) {
+/// What became of a Diosix extension call.
+pub enum Outcome {
+    /// Answered: the reply, and whether the caller must now leave its hart (it
+    /// yielded, or it no longer exists).
+    Done(SbiRet, bool),
+    /// Not carried out: the caller leaves its hart and issues the same ecall again when
+    /// next scheduled (another vCPU of its VM is forking it).
+    Again,
+}
+
+/// Takes `TREE` for a call by a vCPU of `vm` running on hart `slot`, serving fence
+/// requests while it spins; `None` once `vm` is dead (whoever killed it may be waiting,
+/// with `TREE` held, for this hart to leave the VM). Checked again under the lock, so
+/// a vCPU of a VM that died or was rebooted never acts on the tree.
+fn lock_tree_for(vm: &Vm, slot: usize) -> Option<spin::MutexGuard<'static, Option<VmTree>>> {
+    loop {
+        if let Some(guard) = TREE.try_lock() {
+            return (!vm.dead.load(Ordering::Acquire)).then_some(guard);
+        }
+        if vm.dead.load(Ordering::Acquire) {
+            return None;
+        }
+        crate::trap::service_fence_request(slot);
+        core::hint::spin_loop();
+    }
+}
+
+/// Handles a Diosix extension call from the vCPU running on `hart`.
+pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
+    let failed = Outcome::Done(SbiRet::err(SbiError::Failed.code()), false);
     let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
-        return (SbiRet::err(SbiError::Failed.code()), false);
+        return failed;
     };
-    let forking = fid == ext::FID_FORK;
     let slot = hart.slot;
-    if forking {
-        hold_others(&vm, slot);
+    // Only a call the tree may carry out holds the VM: refusals need no hold.
+    let holding = needs_caller_held(fid, args);
+    if holding {
+        if vm
+            .held
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // Another vCPU of this VM is forking it and waits for this one to leave.
+            return Outcome::Again;
+        }
+        if !wait_off_harts(&vm, slot, || vm.dead.load(Ordering::Acquire)) {
+            release_hold(&vm);
+            return Outcome::Done(SbiRet::err(SbiError::Failed.code()), true);
+        }
     }
     let mut host = HvHost::new(hart);
-    let ret = {
-        let mut tree = TREE.lock();
-        match tree.as_mut() {
-            Some(t) => handle_diosix_call(t, vm.id, fid, args, &mut host),
-            None => SbiRet::err(SbiError::Failed.code()),
+    let ret = match lock_tree_for(&vm, slot) {
+        Some(mut tree) => {
+            let ret = match tree.as_mut() {
+                Some(t) => handle_diosix_call(t, vm.id, fid, args, &mut host),
+                None => SbiRet::err(SbiError::Failed.code()),
+            };
+            // Copy-on-write pages the call wrote into, and pages it write-protected,
+            // are settled before anyone else acts on the tree (a START of a child
+            // that MAP_CHILD_MEM just shared pages with must find every hart of the
+            // parent flushed). Harts this waits for serve fences wherever they spin.
+            cow::finish(&vm, slot, core::mem::take(&mut host.stale));
+            drop(tree);
+            ret
         }
+        None => SbiRet::err(SbiError::Failed.code()),
     };
-    // Copy-on-write pages the call wrote into are settled now that no lock is held
-    // (the shootdown waits for other harts).
     let HvHost {
-        yield_now,
-        stale,
-        stopped,
-        ..
+        yield_now, stopped, ..
     } = host;
-    cow::finish(&vm, slot, stale);
-    if forking {
-        vm.held.store(false, Ordering::Release);
-        sched::poke_waiters();
-        hart::wake_an_idle_hart();
+    if holding {
+        release_hold(&vm);
     }
     // STOP returns only once the child is off every hart, so it makes no progress after
     // its parent was told it is stopped. Waited for here, outside the tree lock: the
-    // child's hart may be spinning on that lock before it can notice the stop.
+    // child's hart may be spinning on that lock before it can notice the stop. Given
+    // up if the caller's own VM dies meanwhile.
     if let Some(child) = stopped {
-        wait_off_harts(&child, slot);
+        wait_off_harts(&child, slot, || vm.dead.load(Ordering::Acquire));
     }
     let leave = yield_now || !vm.can_run();
-    (ret, leave)
+    Outcome::Done(ret, leave)
 }
 
-/// Holds every vCPU of `vm` except the caller's still: marks the VM held, kicks the
-/// harts running them, and waits until none runs (serving fence requests meanwhile).
-fn hold_others(vm: &Arc<Vm>, my_slot: usize) {
-    vm.held.store(true, Ordering::SeqCst);
-    wait_off_harts(vm, my_slot);
+/// Whether this call must hold the caller's other vCPUs still: a FORK the tree may
+/// carry out (one with valid flags) copies their state, so none may run meanwhile.
+fn needs_caller_held(fid: usize, args: [usize; 6]) -> bool {
+    diosix_core::tree::dispatch::holds_caller_vcpus(fid, args)
 }
 
-/// Waits until no vCPU of `vm` runs on another hart (kicking those that do, and
-/// serving fence requests meanwhile, so two harts waiting on each other cannot
-/// deadlock).
+/// Ends a FORK's hold: the held vCPUs may run again.
+fn release_hold(vm: &Vm) {
+    vm.held.store(false, Ordering::Release);
+    sched::poke_waiters();
+    hart::wake_an_idle_hart();
+}
+
+/// Waits until no vCPU of `vm` runs on another hart than `my_slot` (kicking those that
+/// do, and serving fence requests meanwhile, so two harts waiting on each other cannot
+/// deadlock). Gives up, returning false, as soon as `give_up()` holds.
 ///
-/// Once the VM is held or stopped, on return every other vCPU of `vm` is in the run
-/// queue (where FORK's snapshot finds it): the scheduler updates `running_on` under the
-/// run-queue lock, so once a scan made under that lock finds none running, none is
-/// between the queue and a hart, and none can be taken again.
-fn wait_off_harts(vm: &Vm, my_slot: usize) {
+/// Once the VM is held, stopped or dead, on a `true` return every other vCPU of `vm`
+/// is in the run queue or gone (where FORK's snapshot finds it): the scheduler updates
+/// `running_on` under the run-queue lock, so once a scan made under that lock finds
+/// none running, none is between the queue and a hart, and none can be taken again.
+fn wait_off_harts(vm: &Vm, my_slot: usize, give_up: impl Fn() -> bool) -> bool {
     let others_running = || {
         let mut busy = false;
         for v in &vm.vcpus {
@@ -264,11 +322,31 @@ fn wait_off_harts(vm: &Vm, my_slot: usize) {
     };
     loop {
         if !others_running() && !sched::with_queue_locked(others_running) {
-            return;
+            return true;
+        }
+        if give_up() {
+            return false;
         }
         crate::trap::service_fence_request(my_slot);
         core::hint::spin_loop();
     }
+}
+
+/// Ends a VM that is no longer in the registry (killed, or replaced by its rebooted
+/// incarnation): marks it dead, takes its queued vCPUs away, waits (with `TREE` held)
+/// until its running ones have left their harts, and returns its memory to the host.
+/// Its charge in the tree is therefore never reused while it still holds frames.
+///
+/// The wait ends: a hart running one of its vCPUs is kicked and, in the guest, traps
+/// and drops it; in the hypervisor, every wait it can be in gives up once the VM is
+/// dead (`lock_tree_for`, a FORK hold, a STOP's wait), and fence requests from this
+/// hart are served meanwhile.
+fn retire(vm: &Arc<Vm>, my_slot: usize) {
+    vm.dead.store(true, Ordering::SeqCst);
+    kick_running(vm, my_slot);
+    sched::reap(vm);
+    wait_off_harts(vm, my_slot, || false);
+    vm.release_memory();
 }
 
 /// Kicks every hart running one of `vm`'s vCPUs, so it notices a new stop or death.
@@ -282,13 +360,16 @@ fn kick_running(vm: &Vm, my_slot: usize) {
 }
 
 /// Where a VM's console output goes: the Root VM's to the UART, anyone else's into
-/// the ring its parent reads. Returns false if it went nowhere (unknown VM).
-pub fn console_output(vm: &Vm, bytes: &[u8]) -> bool {
+/// the ring its parent reads. Returns false if it went nowhere (unknown or dead VM).
+/// `slot` is the hart of the vCPU writing.
+pub fn console_output(vm: &Vm, slot: usize, bytes: &[u8]) -> bool {
     if vm.is_root {
         crate::console::write_bytes(bytes);
         return true;
     }
-    let mut tree = TREE.lock();
+    let Some(mut tree) = lock_tree_for(vm, slot) else {
+        return false;
+    };
     match tree.as_mut().map(|t| t.console_output(vm.id, bytes)) {
         Some(Ok(ConsoleSink::Host)) => {
             drop(tree);
@@ -300,8 +381,9 @@ pub fn console_output(vm: &Vm, bytes: &[u8]) -> bool {
     }
 }
 
-/// Console input for `vm`: the UART for the Root VM, what its parent wrote otherwise.
-pub fn console_input(vm: &Vm, buf: &mut [u8]) -> usize {
+/// Console input for `vm` (a vCPU of it runs on hart `slot`): the UART for the Root
+/// VM, what its parent wrote otherwise.
+pub fn console_input(vm: &Vm, slot: usize, buf: &mut [u8]) -> usize {
     if vm.is_root {
         let mut n = 0;
         while n < buf.len() {
@@ -315,7 +397,9 @@ pub fn console_input(vm: &Vm, buf: &mut [u8]) -> usize {
         }
         return n;
     }
-    let mut tree = TREE.lock();
+    let Some(mut tree) = lock_tree_for(vm, slot) else {
+        return 0;
+    };
     match tree.as_mut().map(|t| t.console_input(vm.id, buf)) {
         Some(Ok(Some(n))) => n,
         _ => 0,
@@ -323,10 +407,13 @@ pub fn console_input(vm: &Vm, buf: &mut [u8]) -> usize {
 }
 
 /// A non-root VM ended itself (SRST) or faulted: its whole subtree goes, the parent
-/// gets the event. Returns after marking them dead; the caller leaves the hart.
+/// gets the event. Returns after its memory is back; the caller leaves the hart. A VM
+/// someone else is killing meanwhile is left to them.
 pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
+    let Some(mut tree) = lock_tree_for(vm, hart.slot) else {
+        return;
+    };
     let mut host = HvHost::new(hart);
-    let mut tree = TREE.lock();
     let Some(t) = tree.as_mut() else { return };
     let term = if fault {
         t.fatal_fault(vm.id)
@@ -342,8 +429,10 @@ pub fn vm_ended(hart: &mut HartLocal, vm: &Vm, code: u64, fault: bool) {
 /// forked in (see `dispatch::reboot_self`). The caller leaves the hart: the vCPU that
 /// asked belongs to the old VM, now dead.
 pub fn vm_rebooted(hart: &mut HartLocal, vm: &Vm) {
+    let Some(mut tree) = lock_tree_for(vm, hart.slot) else {
+        return;
+    };
     let mut host = HvHost::new(hart);
-    let mut tree = TREE.lock();
     if let Some(t) = tree.as_mut() {
         reboot_self(t, vm.id, &mut host);
     }
@@ -355,7 +444,7 @@ struct HvHost<'a> {
     yield_now: bool,
     /// A child this call stopped, to wait for once the tree lock is released.
     stopped: Option<Arc<Vm>>,
-    /// Copy-on-write pages the call wrote into, settled once the tree is unlocked.
+    /// Copy-on-write pages the call wrote into, settled before the tree is unlocked.
     stale: cow::Stale,
 }
 
@@ -531,16 +620,17 @@ impl ExtensionHost for HvHost<'_> {
         };
         // The snapshot REBOOT returns to: a third sharer, charged by the tree for the
         // case where both VMs rewrite every page.
+        // Owned by a `Frozen` at once, so every way out below gives it back.
         let frozen = if snapshot {
             match memory.fork() {
-                Ok(f) => Some(f),
+                Ok(f) => Frozen(Some(f)),
                 Err(e) => {
                     memory.destroy();
                     return Err(failed(e));
                 }
             }
         } else {
-            None
+            Frozen(None)
         };
         let me_index = me.shared.index;
         for st in states.iter_mut().filter(|st| st.index == me_index) {
@@ -559,9 +649,9 @@ impl ExtensionHost for HvHost<'_> {
         )
         .ok_or(SbiError::Failed)?;
         enqueue_states(&child_vm, &states);
-        if let Some(f) = frozen {
+        if frozen.0.is_some() {
             let snap = Snapshot {
-                memory: Frozen(Some(f)),
+                memory: frozen,
                 states,
                 name: child_vm.name.clone(),
                 ram: child_vm.ram,
@@ -605,7 +695,10 @@ impl ExtensionHost for HvHost<'_> {
         };
         let built = origin.build(child).map_err(|e| {
             log::warn!("SPAWN by VM {} refused: {e}", parent_vm.name);
-            SbiError::InvalidParam
+            match e {
+                BuildError::Refused(_) => SbiError::InvalidParam,
+                BuildError::Host(_) => SbiError::Failed,
+            }
         })?;
         register(built);
         ORIGINS.lock().insert(child, Origin::Image(origin));
@@ -654,13 +747,14 @@ impl ExtensionHost for HvHost<'_> {
     fn reboot_vm(&mut self, id: VmId) -> Result<(), SbiError> {
         let mut origins = ORIGINS.lock();
         let origin = origins.get_mut(&id).ok_or(SbiError::NotSupported)?;
-        if let Some(old) = VMS.lock().remove(&id) {
-            old.dead.store(true, Ordering::Release);
-            kick_running(&old, self.hart.slot);
-            sched::reap(&old);
+        // The old incarnation is gone, memory and all, before the new one is built:
+        // the charge they share is never held twice.
+        let old = VMS.lock().remove(&id);
+        if let Some(old) = old {
+            retire(&old, self.hart.slot);
         }
         let vm = match origin {
-            Origin::Image(o) => o.build(id),
+            Origin::Image(o) => o.build(id).map_err(|e| alloc::string::ToString::to_string(&e)),
             Origin::Snapshot(s) => s.restore(id),
         };
         let vm = vm.map_err(|e| {
@@ -675,18 +769,16 @@ impl ExtensionHost for HvHost<'_> {
     fn release_vm(&mut self, killed: &KilledVm) {
         // Its kept image goes whether or not the VM was ever built.
         ORIGINS.lock().remove(&killed.id);
-        let Some(vm) = VMS.lock().remove(&killed.id) else {
+        let vm = VMS.lock().remove(&killed.id);
+        let Some(vm) = vm else {
             return;
         };
-        vm.dead.store(true, Ordering::Release);
-        kick_running(&vm, self.hart.slot);
-        sched::reap(&vm);
+        retire(&vm, self.hart.slot);
         log::info!(
             "VM {} terminated (hypervisor heap in use: {} KiB)",
             vm.name,
             crate::heap::used_bytes() >> 10
         );
-        // Its memory goes when the last vCPU holding it is dropped (Vm's Drop).
     }
 
     fn revoke_hw_access(&mut self, _vm: VmId) {

@@ -59,21 +59,46 @@ pub struct EventRecord {
     pub cid: u64,
 }
 
-/// A bounded FIFO of events that drops (and counts) the oldest when full.
+/// A bounded FIFO of events. When full it drops (and counts) the oldest event that is
+/// not a child's termination: a parent must learn of every child's end, however
+/// chatty its other children are. Terminations themselves are never dropped; they are
+/// bounded instead by admission, which creates no child while
+/// [`diosix_abi::limits::EVENT_QUEUE_DEPTH`] of them wait unread (see
+/// [`EventQueue::unread_terminations`]), so at most that many plus one per live child.
 #[derive(Clone, Debug, Default)]
 pub struct EventQueue {
     queue: VecDeque<EventRecord>,
     dropped: u32,
 }
 
+fn is_termination(e: &EventRecord) -> bool {
+    matches!(e.kind, EventKind::ChildTerminated { .. })
+}
+
 impl EventQueue {
-    /// Appends an event; never fails.
+    /// Appends an event; never fails. At `cap` events the oldest non-termination makes
+    /// room; if every queued event is a termination, a new termination is queued past
+    /// `cap` and any other event is dropped (and counted).
     pub fn push(&mut self, e: EventRecord, cap: usize) {
         if self.queue.len() >= cap {
-            self.queue.pop_front();
-            self.dropped = self.dropped.saturating_add(1);
+            match self.queue.iter().position(|q| !is_termination(q)) {
+                Some(i) => {
+                    self.queue.remove(i);
+                    self.dropped = self.dropped.saturating_add(1);
+                }
+                None if is_termination(&e) => {}
+                None => {
+                    self.dropped = self.dropped.saturating_add(1);
+                    return;
+                }
+            }
         }
         self.queue.push_back(e);
+    }
+
+    /// Children's terminations queued and not yet read.
+    pub fn unread_terminations(&self) -> usize {
+        self.queue.iter().filter(|e| is_termination(e)).count()
     }
 
     /// Takes the oldest event with the count of events dropped since the last call.
@@ -173,5 +198,48 @@ impl ByteRing {
     /// Empties the ring (the dropped count is kept: it is history).
     pub fn clear(&mut self) {
         self.bytes.clear();
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    fn ev(kind: EventKind, cid: u64) -> EventRecord {
+        EventRecord { kind, cid }
+    }
+
+    #[test]
+    fn chatty_children_never_push_out_a_termination() {
+        let mut q = EventQueue::default();
+        let cap = 4;
+        q.push(ev(EventKind::ChildTerminated { exit_code: 7 }, 2), cap);
+        for i in 0..100 {
+            q.push(ev(EventKind::Message, 3 + i % 5), cap);
+        }
+        assert_eq!(q.len(), cap);
+        let (first, dropped) = q.pop().unwrap();
+        assert_eq!(first, ev(EventKind::ChildTerminated { exit_code: 7 }, 2));
+        assert_eq!(dropped, 100 - (cap as u32 - 1));
+    }
+
+    #[test]
+    fn terminations_queue_past_the_cap_and_others_then_drop() {
+        let mut q = EventQueue::default();
+        let cap = 3;
+        for cid in 2..8 {
+            q.push(ev(EventKind::ChildTerminated { exit_code: cid }, cid), cap);
+        }
+        q.push(ev(EventKind::ChildStopped, 9), cap);
+        assert_eq!(q.len(), 6);
+        assert_eq!(q.unread_terminations(), 6);
+        let mut seen = alloc::vec::Vec::new();
+        let mut dropped = 0;
+        while let Some((e, d)) = q.pop() {
+            seen.push(e.cid);
+            dropped += d;
+        }
+        assert_eq!(seen, [2, 3, 4, 5, 6, 7]);
+        assert_eq!(dropped, 1);
     }
 }

@@ -140,6 +140,18 @@ pub fn handle_diosix_call(
     }
 }
 
+/// Whether the hypervisor must hold the caller's other vCPUs still (off their harts)
+/// before it carries out this call: only a FORK the tree may admit (valid flags), as it
+/// copies every vCPU's state. Calls the tree refuses on their arguments alone never
+/// make anyone wait.
+pub fn holds_caller_vcpus(fid: usize, args: [usize; 6]) -> bool {
+    fid == ext::FID_FORK && fork_flags_valid(args[0] as u64)
+}
+
+fn fork_flags_valid(fl: u64) -> bool {
+    fl & !flags::FORK_ALL == 0
+}
+
 fn call(
     tree: &mut VmTree,
     caller: VmId,
@@ -302,7 +314,7 @@ fn fork(
     fl: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    if fl & !flags::FORK_ALL != 0 {
+    if !fork_flags_valid(fl) {
         return Err(SbiError::InvalidParam);
     }
     let snapshot = fl & flags::FORK_NO_SNAPSHOT == 0;

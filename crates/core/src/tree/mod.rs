@@ -582,6 +582,11 @@ impl VmTree {
         {
             return Err(SbiError::Denied);
         }
+        // Terminations are never dropped from the event queue, so they are bounded
+        // here: no new child while a queue's worth of them waits unread.
+        if parent.events.unread_terminations() >= limits::EVENT_QUEUE_DEPTH {
+            return Err(SbiError::Denied);
+        }
         Ok((q, pages))
     }
 
