@@ -13,6 +13,13 @@
 //! Nothing is copied here: the plan says which file bytes go to which GPA and how much
 //! memory after them must be zeroed. Every check that keeps the copy inside the image
 //! and inside guest RAM is done here, so the copier can trust the plan.
+//!
+//! A SPAWN image comes from a guest and is planned while the hypervisor holds its VM
+//! tree lock, so the work and the heap an image can cause are bounded by constants
+//! checked before anything proportional to the image is done: at most
+//! [`MAX_PROGRAM_HEADERS`] program headers are looked at, at most [`MAX_LOAD_SEGMENTS`]
+//! of them are kept (the only allocation, a few KiB at most), and the overlap check is
+//! a sort and one pass. The `Image` path allocates one segment whatever the header says.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -35,6 +42,16 @@ pub const IMAGE_MAGIC2: [u8; 4] = *b"RSC\x05";
 /// A generous bound for a generated guest DTB, for callers that must fix the layout
 /// before the DTB exists.
 pub const DTB_RESERVE: u64 = 64 * 1024;
+/// The most program headers an ELF image may have.
+///
+/// ELF allows up to 2^32 (through `PN_XNUM`), and each is parsed and checked, so a
+/// hostile image could make the hypervisor work for as long as its size allows. Kernels
+/// and the test guests have fewer than ten (Linux's `vmlinux` has two to five, plus
+/// NOTE and stack headers); 256 leaves room for unusual linker scripts.
+pub const MAX_PROGRAM_HEADERS: usize = 256;
+/// The most non-empty `PT_LOAD` segments an ELF image may have. Each is kept in the
+/// plan (a heap allocation) and copied separately; real kernels have two to five.
+pub const MAX_LOAD_SEGMENTS: usize = 64;
 
 /// Why an image was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,10 +78,15 @@ pub enum LoadError {
     Overflow(usize),
     /// Segment `n` does not fit inside guest RAM.
     SegmentOutsideRam(usize),
-    /// Segment `n` overlaps an earlier segment.
+    /// Segment `n` overlaps a segment earlier in the program header table.
     SegmentOverlap(usize),
     /// The entry point is not inside a loaded executable segment.
     BadEntry,
+    /// More than [`MAX_PROGRAM_HEADERS`] program headers (how many there are).
+    TooManyProgramHeaders(usize),
+    /// More than [`MAX_LOAD_SEGMENTS`] non-empty `PT_LOAD` segments (the index of the
+    /// first one past the cap).
+    TooManySegments(usize),
     /// The `Image` file is shorter than its header.
     Truncated,
     /// The `Image` load address would not be 2 MiB aligned.
@@ -91,6 +113,13 @@ impl fmt::Display for LoadError {
             LoadError::SegmentOutsideRam(n) => write!(f, "segment {n} outside guest RAM"),
             LoadError::SegmentOverlap(n) => write!(f, "segment {n} overlaps another"),
             LoadError::BadEntry => f.write_str("entry point not in a loaded executable segment"),
+            LoadError::TooManyProgramHeaders(n) => {
+                write!(f, "{n} program headers (at most {MAX_PROGRAM_HEADERS})")
+            }
+            LoadError::TooManySegments(n) => write!(
+                f,
+                "segment {n} is past the {MAX_LOAD_SEGMENTS} loadable segments allowed"
+            ),
             LoadError::Truncated => f.write_str("Image shorter than its header"),
             LoadError::MisalignedImage => f.write_str("Image load address not 2 MiB aligned"),
             LoadError::ImageOutsideRam => f.write_str("Image does not fit in guest RAM"),
@@ -173,12 +202,20 @@ fn plan_elf(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
         return Err(LoadError::NotExecutable);
     }
     let table = file.segments().ok_or(LoadError::NoLoadableSegments)?;
+    // The table is parsed lazily, so its length is known before any header is read.
+    if table.len() > MAX_PROGRAM_HEADERS {
+        return Err(LoadError::TooManyProgramHeaders(table.len()));
+    }
 
-    let mut segments: Vec<Segment> = Vec::new();
+    // Each segment with its program header index, for error messages.
+    let mut segments: Vec<(Segment, usize)> = Vec::new();
     let mut entry = None;
     for (n, ph) in table.iter().enumerate() {
         if ph.p_type != PT_LOAD || ph.p_memsz == 0 {
             continue;
+        }
+        if segments.len() >= MAX_LOAD_SEGMENTS {
+            return Err(LoadError::TooManySegments(n));
         }
         if ph.p_memsz < ph.p_filesz {
             return Err(LoadError::MemSmallerThanFile(n));
@@ -194,13 +231,6 @@ fn plan_elf(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
         if !ram.contains_span(gpa, ph.p_memsz) {
             return Err(LoadError::SegmentOutsideRam(n));
         }
-        let end = gpa.raw() + ph.p_memsz;
-        if segments
-            .iter()
-            .any(|s| gpa.raw() < s.gpa.raw() + s.mem_size && s.gpa.raw() < end)
-        {
-            return Err(LoadError::SegmentOverlap(n));
-        }
         if ph.p_flags & PF_X != 0 && entry.is_none() {
             if let Some(off) = file.ehdr.e_entry.checked_sub(ph.p_vaddr) {
                 if off < ph.p_memsz {
@@ -208,24 +238,43 @@ fn plan_elf(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
                 }
             }
         }
-        segments.push(Segment {
-            gpa,
-            file: fstart..fend,
-            mem_size: ph.p_memsz,
-        });
+        segments.push((
+            Segment {
+                gpa,
+                file: fstart..fend,
+                mem_size: ph.p_memsz,
+            },
+            n,
+        ));
     }
     if segments.is_empty() {
         return Err(LoadError::NoLoadableSegments);
+    }
+    // Sorted by start, non-empty segments are pairwise disjoint exactly when each ends
+    // at or before the next one starts: O(n log n), where comparing every pair would
+    // be quadratic in a count the image chooses.
+    segments.sort_unstable_by_key(|(s, n)| (s.gpa, *n));
+    for pair in segments.windows(2) {
+        let (a, an) = &pair[0];
+        let (b, bn) = &pair[1];
+        // Checked to lie in RAM above, so this cannot fail; no unchecked sum regardless.
+        let a_end = a
+            .gpa
+            .checked_add(a.mem_size)
+            .ok_or(LoadError::Overflow(*an))?;
+        if b.gpa < a_end {
+            // Named by the later of the two in the program header table.
+            return Err(LoadError::SegmentOverlap((*an).max(*bn)));
+        }
     }
     let entry = entry.ok_or(LoadError::BadEntry)?;
     // RISC-V instructions are at least 2-byte aligned (C extension).
     if !entry.is_aligned(2) {
         return Err(LoadError::BadEntry);
     }
-    segments.sort_by_key(|s| s.gpa);
     Ok(LoadPlan {
         format: ImageFormat::Elf,
-        segments,
+        segments: segments.into_iter().map(|(s, _)| s).collect(),
         entry,
     })
 }
@@ -344,9 +393,17 @@ mod tests {
     }
 
     /// Writes a minimal little-endian ELF64 RISC-V executable by hand: header, program
-    /// headers, then `body` at offset 0x100.
+    /// headers, then `body` at offset 0x100 (more than three program headers go after
+    /// the body instead).
     fn elf(entry: u64, phs: &[Ph], body: &[u8], machine: u16, etype: u16) -> Vec<u8> {
+        let phoff = if phs.len() <= 3 {
+            64
+        } else {
+            0x100 + body.len()
+        };
         let mut b = vec![0u8; 0x100];
+        b.extend_from_slice(body);
+        b.resize(b.len().max(phoff + phs.len() * 56), 0);
         b[0..4].copy_from_slice(b"\x7fELF");
         b[4] = 2; // ELFCLASS64
         b[5] = 1; // little-endian
@@ -355,13 +412,13 @@ mod tests {
         b[18..20].copy_from_slice(&machine.to_le_bytes());
         b[20..24].copy_from_slice(&1u32.to_le_bytes());
         b[24..32].copy_from_slice(&entry.to_le_bytes());
-        b[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        b[32..40].copy_from_slice(&(phoff as u64).to_le_bytes()); // e_phoff
         b[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
         b[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
         b[56..58].copy_from_slice(&(phs.len() as u16).to_le_bytes());
         b[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
         for (i, p) in phs.iter().enumerate() {
-            let o = 64 + i * 56;
+            let o = phoff + i * 56;
             b[o..o + 4].copy_from_slice(&p.ty.to_le_bytes());
             b[o + 4..o + 8].copy_from_slice(&p.flags.to_le_bytes());
             b[o + 8..o + 16].copy_from_slice(&p.offset.to_le_bytes());
@@ -371,7 +428,6 @@ mod tests {
             b[o + 40..o + 48].copy_from_slice(&p.memsz.to_le_bytes());
             b[o + 48..o + 56].copy_from_slice(&0x1000u64.to_le_bytes());
         }
-        b.extend_from_slice(body);
         b
     }
 
@@ -545,6 +601,113 @@ mod tests {
         assert_eq!(plan(b"hello", ram()), Err(LoadError::UnknownFormat));
     }
 
+    /// An ELF with `count` program headers, the count given through `PN_XNUM` (in
+    /// section header 0's `sh_info`) when it does not fit `e_phnum`. Header `i` is a
+    /// 16-byte `PT_LOAD` at `RAM_BASE + 0x20_0000 + 16 * i` (the first executable,
+    /// holding the entry point) if `i < loads`, a `PT_NOTE` otherwise.
+    fn elf_with_headers(count: usize, loads: usize) -> Vec<u8> {
+        let shoff = 64 + count * 56;
+        let mut b = vec![0u8; shoff + 64];
+        b[0..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2;
+        b[5] = 1;
+        b[6] = 1;
+        b[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+        b[18..20].copy_from_slice(&EM_RISCV.to_le_bytes());
+        b[20..24].copy_from_slice(&1u32.to_le_bytes());
+        b[24..32].copy_from_slice(&(RAM_BASE + 0x20_0000).to_le_bytes());
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[40..48].copy_from_slice(&(shoff as u64).to_le_bytes());
+        b[52..54].copy_from_slice(&64u16.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        let phnum = u16::try_from(count).unwrap_or(0xffff);
+        b[56..58].copy_from_slice(&phnum.to_le_bytes());
+        b[58..60].copy_from_slice(&64u16.to_le_bytes());
+        b[60..62].copy_from_slice(&1u16.to_le_bytes());
+        b[shoff + 44..shoff + 48].copy_from_slice(&(count as u32).to_le_bytes());
+        for i in 0..count {
+            let o = 64 + i * 56;
+            let gpa = RAM_BASE + 0x20_0000 + 16 * i as u64;
+            let (ty, flags) = if i < loads {
+                (PT_LOAD, 4 | PF_X)
+            } else {
+                (4, 4)
+            };
+            b[o..o + 4].copy_from_slice(&ty.to_le_bytes());
+            b[o + 4..o + 8].copy_from_slice(&flags.to_le_bytes());
+            b[o + 16..o + 24].copy_from_slice(&gpa.to_le_bytes());
+            b[o + 24..o + 32].copy_from_slice(&gpa.to_le_bytes());
+            b[o + 40..o + 48].copy_from_slice(&16u64.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn program_headers_are_capped() {
+        // Issue 9: 65,535 program headers through PN_XNUM made the overlap check run
+        // for tens of seconds under the VM tree lock. Refused before any is read.
+        let xnum = elf_with_headers(0xffff, 0xffff);
+        assert_eq!(&xnum[56..58], &[0xff, 0xff]);
+        assert_eq!(
+            plan(&xnum, ram()),
+            Err(LoadError::TooManyProgramHeaders(0xffff))
+        );
+        assert_eq!(
+            plan(&elf_with_headers(MAX_PROGRAM_HEADERS + 1, 1), ram()),
+            Err(LoadError::TooManyProgramHeaders(MAX_PROGRAM_HEADERS + 1))
+        );
+        // At the caps: every header read, every loadable segment kept.
+        let p = plan(
+            &elf_with_headers(MAX_PROGRAM_HEADERS, MAX_LOAD_SEGMENTS),
+            ram(),
+        )
+        .unwrap();
+        assert_eq!(p.segments.len(), MAX_LOAD_SEGMENTS);
+        assert_eq!(p.entry, Gpa::new(RAM_BASE + 0x20_0000));
+        // One loadable segment more.
+        assert_eq!(
+            plan(
+                &elf_with_headers(MAX_PROGRAM_HEADERS, MAX_LOAD_SEGMENTS + 1),
+                ram()
+            ),
+            Err(LoadError::TooManySegments(MAX_LOAD_SEGMENTS))
+        );
+        for e in [
+            LoadError::TooManyProgramHeaders(7),
+            LoadError::TooManySegments(7),
+        ] {
+            assert!(alloc::format!("{e}").contains('7'));
+        }
+    }
+
+    #[test]
+    fn overlaps_are_found_whatever_the_order() {
+        // Overlapping segments far apart in the table, and touching ones (allowed).
+        let seg = |paddr: u64, memsz: u64| Ph {
+            paddr,
+            memsz,
+            filesz: 0,
+            ..data()
+        };
+        let body = [0u8; 0x40];
+        let entry = 0xffff_ffff_8000_0000;
+        let base = RAM_BASE + 0x40_0000;
+        let plan_of = |phs: &[Ph]| plan(&elf(entry, phs, &body, EM_RISCV, ET_EXEC), ram());
+        let touching = [text(), seg(base + 0x2000, 0x1000), seg(base, 0x2000)];
+        assert_eq!(plan_of(&touching).map(|p| p.segments.len()), Ok(3));
+        let spans = [
+            seg(base + 0x5000, 0x1000),
+            seg(base + 0x1000, 0x1000),
+            text(),
+            seg(base, 0x1000),
+            seg(base + 0x3000, 0x3000),
+        ];
+        assert_eq!(plan_of(&spans), Err(LoadError::SegmentOverlap(4)));
+        // A segment inside a larger one that starts at the same address.
+        let same = [seg(base, 0x1000), text(), seg(base, 0x3000)];
+        assert_eq!(plan_of(&same), Err(LoadError::SegmentOverlap(2)));
+    }
+
     fn image(text_offset: u64, image_size: u64, len: usize) -> Vec<u8> {
         let mut b = vec![0u8; len.max(IMAGE_HEADER_SIZE)];
         b[0..4].copy_from_slice(&0x0000_0013u32.to_le_bytes());
@@ -620,6 +783,39 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
             let _ = plan(&b, ram());
+        }
+
+        /// The sorted-neighbour overlap check agrees with comparing every pair.
+        #[test]
+        fn overlap_check_matches_every_pair(
+            spans in prop::collection::vec((0u64..64, 1u64..8), 1..12),
+        ) {
+            let phs: Vec<Ph> = core::iter::once(text())
+                .chain(spans.iter().map(|&(page, pages)| Ph {
+                    paddr: RAM_BASE + 0x40_0000 + page * 0x1000,
+                    memsz: pages * 0x1000,
+                    filesz: 0,
+                    ..data()
+                }))
+                .collect();
+            let any_overlap = phs.iter().enumerate().any(|(i, a)| {
+                phs[..i]
+                    .iter()
+                    .any(|b| a.paddr < b.paddr + b.memsz && b.paddr < a.paddr + a.memsz)
+            });
+            let r = plan(
+                &elf(0xffff_ffff_8000_0000, &phs, &[0u8; 0x40], EM_RISCV, ET_EXEC),
+                ram(),
+            );
+            prop_assert_eq!(
+                matches!(r, Err(LoadError::SegmentOverlap(_))),
+                any_overlap,
+                "{:?}",
+                r
+            );
+            if let Ok(p) = r {
+                prop_assert!(p.segments.windows(2).all(|w| w[0].gpa < w[1].gpa));
+            }
         }
 
         #[test]
