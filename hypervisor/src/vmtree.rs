@@ -36,7 +36,8 @@ use diosix_core::gstage::Perms;
 use diosix_core::payload::{Payload, MAGIC as PAYLOAD_MAGIC};
 use diosix_core::sbi::SbiRet;
 use diosix_core::tree::dispatch::{
-    apply_termination, handle_diosix_call, reboot_self, ExtensionHost,
+    apply_termination, handle_diosix_call, handle_treeless_call, needs_tree, reboot_self,
+    ExtensionHost,
 };
 use diosix_core::tree::{ConsoleSink, HostFacts, KilledVm, Quota, SbiError, Usage, VmId, VmTree};
 use spin::Mutex;
@@ -254,6 +255,11 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
         }
     }
     let mut host = HvHost::new(hart);
+    if !needs_tree(fid) {
+        let ret = handle_treeless_call(vm.id, fid, args, &mut host);
+        cow::finish(&vm, slot, core::mem::take(&mut host.stale));
+        return Outcome::Done(ret, !vm.can_run());
+    }
     let ret = match lock_tree_for(&vm, slot) {
         Some(mut tree) => {
             let ret = match tree.as_mut() {
@@ -754,7 +760,9 @@ impl ExtensionHost for HvHost<'_> {
             retire(&old, self.hart.slot);
         }
         let vm = match origin {
-            Origin::Image(o) => o.build(id).map_err(|e| alloc::string::ToString::to_string(&e)),
+            Origin::Image(o) => o
+                .build(id)
+                .map_err(|e| alloc::string::ToString::to_string(&e)),
             Origin::Snapshot(s) => s.restore(id),
         };
         let vm = vm.map_err(|e| {
@@ -854,17 +862,20 @@ impl ExtensionHost for HvHost<'_> {
         let vm = lookup(parent).ok_or(SbiError::Failed)?;
         let mut guard = vm.mem.lock();
         let m = guard.as_mut().ok_or(SbiError::Failed)?;
-        let mut page = parent_gpa;
         let end = parent_gpa
             .checked_add(size)
             .ok_or(SbiError::InvalidAddress)?;
-        while page < end {
-            match m.break_cow(page, &mut self.stale) {
+        // Runs without the tree's lock: whoever kills this VM meanwhile waits for this
+        // hart to leave it, so the walk stops at the next page once the VM is dead.
+        for page in (parent_gpa.raw()..end.raw()).step_by(PAGE_SIZE as usize) {
+            if vm.dead.load(Ordering::Acquire) {
+                return Err(SbiError::Failed);
+            }
+            match m.break_cow(Gpa::new(page), &mut self.stale) {
                 // Read-only for this VM for good: nothing of it to take back.
                 Ok(()) | Err(cow::CowError::NotCow) => {}
                 Err(cow::CowError::OutOfMemory) => return Err(SbiError::Failed),
             }
-            page = Gpa::new(page.raw() + PAGE_SIZE);
         }
         Ok(())
     }

@@ -148,6 +148,30 @@ pub fn holds_caller_vcpus(fid: usize, args: [usize; 6]) -> bool {
     fid == ext::FID_FORK && fork_flags_valid(args[0] as u64)
 }
 
+/// Whether this call needs the VM tree at all. UNMAP_CHILD_MEM acts on the caller's
+/// own memory only, for a time proportional to its length: the hypervisor runs it
+/// without the tree's lock ([`handle_treeless_call`]), so no other VM waits on it.
+pub fn needs_tree(fid: usize) -> bool {
+    fid != ext::FID_UNMAP_CHILD_MEM
+}
+
+/// Handles a call for which [`needs_tree`] is false, by `caller` (a live VM).
+pub fn handle_treeless_call(
+    caller: VmId,
+    fid: usize,
+    args: [usize; 6],
+    host: &mut dyn ExtensionHost,
+) -> SbiRet {
+    let r = match fid {
+        ext::FID_UNMAP_CHILD_MEM => unmap_child_mem(caller, args[0] as u64, args[1] as u64, host),
+        _ => Err(SbiError::Failed),
+    };
+    match r {
+        Ok(v) => SbiRet::ok(usize::try_from(v).unwrap_or(usize::MAX)),
+        Err(e) => SbiRet::err(e.code()),
+    }
+}
+
 fn fork_flags_valid(fl: u64) -> bool {
     fl & !flags::FORK_ALL == 0
 }

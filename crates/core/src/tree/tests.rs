@@ -396,6 +396,45 @@ fn event_queue_drops_oldest_and_counts() {
 }
 
 #[test]
+fn terminations_survive_chatty_children_and_bound_admission() {
+    let (mut t, root) = root_tree();
+    // Five children, four of them chatty: a full queue of their STOP/START events
+    // must not push out the fifth's termination (issue 9, item 11).
+    let cids: Vec<u64> = (0..5)
+        .map(|_| t.create_child(root, req(10, 1)).unwrap().1)
+        .collect();
+    t.kill_child(root, cids[4], 42).unwrap();
+    for _ in 0..limits::EVENT_QUEUE_DEPTH {
+        for &c in &cids[..4] {
+            t.stop_child(root, c).unwrap();
+            t.resume_child(root, c).unwrap();
+        }
+    }
+    let mut terminated = Vec::new();
+    while let Some((e, _)) = t.poll_event(root).unwrap() {
+        if let EventKind::ChildTerminated { exit_code } = e.kind {
+            terminated.push((e.cid, exit_code));
+        }
+    }
+    assert_eq!(terminated, [(cids[4], 42)]);
+    // Unread terminations are never dropped, so they bound admission instead.
+    for i in 0..limits::EVENT_QUEUE_DEPTH as u64 {
+        let (_, c) = t.create_child(root, req(10, 1)).unwrap();
+        t.kill_child(root, c, i).unwrap();
+    }
+    assert_eq!(
+        t.create_child(root, req(10, 1)).err(),
+        Some(SbiError::Denied)
+    );
+    let (e, dropped) = t.poll_event(root).unwrap().unwrap();
+    assert_eq!(
+        (e.kind, dropped),
+        (EventKind::ChildTerminated { exit_code: 0 }, 0)
+    );
+    assert!(t.create_child(root, req(10, 1)).is_ok());
+}
+
+#[test]
 fn consoles_follow_the_tree() {
     let (mut t, root) = root_tree();
     let (a, ca) = t.create_child(root, req(10, 1)).unwrap();
