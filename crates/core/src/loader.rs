@@ -1,5 +1,6 @@
 //! Turns a guest kernel image (hostile bytes) into a [`LoadPlan`] against the guest's
-//! RAM, and places the initrd and device tree after it ([`boot_layout`]).
+//! RAM, and places the initrd and device tree near the top of that RAM
+//! ([`boot_layout`]).
 //!
 //! Two formats are understood:
 //! - an ELF64 RISC-V executable (`ET_EXEC`): each non-empty `PT_LOAD` segment is loaded
@@ -42,6 +43,11 @@ pub const IMAGE_MAGIC2: [u8; 4] = *b"RSC\x05";
 /// A generous bound for a generated guest DTB, for callers that must fix the layout
 /// before the DTB exists.
 pub const DTB_RESERVE: u64 = 64 * 1024;
+/// Where RAM allows, [`boot_layout`] puts the device tree on a boundary this aligned,
+/// as QEMU's RISC-V loader does; early rv64 Linux maps its boot memory in 2 MiB pages,
+/// and the boundary keeps the tree out of any such page the kernel image uses. Linux
+/// itself needs only 8 bytes, so small RAM falls back to page alignment.
+pub const DTB_ALIGN: u64 = 2 * 1024 * 1024;
 /// The most program headers an ELF image may have.
 ///
 /// ELF allows up to 2^32 (through `PN_XNUM`), and each is parsed and checked, so a
@@ -93,7 +99,7 @@ pub enum LoadError {
     MisalignedImage,
     /// The `Image` does not fit inside guest RAM.
     ImageOutsideRam,
-    /// No room in guest RAM after the kernel for the initrd and device tree.
+    /// No room in guest RAM above the kernel for the initrd and device tree.
     NoRoom,
 }
 
@@ -123,7 +129,7 @@ impl fmt::Display for LoadError {
             LoadError::Truncated => f.write_str("Image shorter than its header"),
             LoadError::MisalignedImage => f.write_str("Image load address not 2 MiB aligned"),
             LoadError::ImageOutsideRam => f.write_str("Image does not fit in guest RAM"),
-            LoadError::NoRoom => f.write_str("no room for initrd/DTB in guest RAM"),
+            LoadError::NoRoom => f.write_str("no room for initrd/DTB above the kernel"),
         }
     }
 }
@@ -331,43 +337,56 @@ pub struct BootLayout {
     pub dtb: Range<Gpa>,
 }
 
-/// Places the initrd and then the device tree after the kernel.
+/// Places the device tree and the initrd at the top of guest RAM, above the kernel.
 ///
-/// Layout: `[kernel ... plan.end()]`, the initrd at the next page boundary, then the
-/// DTB at the page boundary after that (Linux needs the DTB 8-byte aligned and the
-/// initrd page aligned; page alignment satisfies both and lets each be mapped or
-/// reserved by whole pages). Everything sits as low as possible, right after the
-/// kernel, so a guest whose RAM starts low also finds its DTB below 4 GiB. rv64 Linux
-/// does not require that (it maps the DTB through a fixmap), so it is not enforced.
+/// Layout, from the top: the DTB at the highest [`DTB_ALIGN`]-aligned address where
+/// `dtb_len` bytes fit below the end of RAM, then the initrd ending at or just below
+/// the DTB's start, its start page aligned. Between the kernel's end
+/// ([`LoadPlan::end`]) and the initrd lies all the free RAM there is: a kernel may use
+/// the memory right after its image before it has parsed the device tree (early page
+/// tables, stacks, an unreserved BSS tail), so nothing is put there, as QEMU's loader
+/// keeps the initrd and DTB away from the kernel too. If the 2 MiB aligned DTB leaves
+/// no room for the initrd above the kernel, both are placed as high as page alignment
+/// allows instead (Linux needs the DTB only 8-byte aligned); if that does not fit
+/// either, [`LoadError::NoRoom`]. Nothing is ever placed below the kernel's end, and
+/// both ranges lie inside `ram`.
 ///
-/// The initrd's position does not depend on `dtb_len`: a caller can fix the layout with
-/// [`DTB_RESERVE`], write the initrd range into the DTB, and then check the real DTB
-/// fits the reservation.
+/// With RAM above 4 GiB the DTB is above 4 GiB too; rv64 Linux maps it through a
+/// fixmap and does not care.
+///
+/// The layout depends on `dtb_len` only through the room reserved: a caller can fix
+/// the layout with [`DTB_RESERVE`], write the initrd range into the DTB, and then check
+/// the real DTB fits the reservation.
 pub fn boot_layout(
     plan: &LoadPlan,
     ram: Range<Gpa>,
     initrd_len: Option<u64>,
     dtb_len: u64,
 ) -> Result<BootLayout, LoadError> {
-    let place = |at: Gpa, len: u64| -> Result<Range<Gpa>, LoadError> {
-        let start = at.align_up(PAGE_SIZE).ok_or(LoadError::NoRoom)?;
-        let r = Range::new(start, len).ok_or(LoadError::NoRoom)?;
-        if !ram.contains_span(start, len) {
-            return Err(LoadError::NoRoom);
+    let floor = plan.end().max(ram.start);
+    // The highest `align`-aligned range of `len` bytes ending at or below `top` and
+    // starting at or above `floor`.
+    let below = |top: Gpa, len: u64, align: u64| -> Option<Range<Gpa>> {
+        let start = top.checked_sub(len)?.align_down(align);
+        if start < floor {
+            return None;
         }
-        Ok(r)
+        Range::new(start, len)
     };
-    let mut at = plan.end();
-    let initrd = match initrd_len {
-        Some(len) => {
-            let r = place(at, len)?;
-            at = r.end();
-            Some(r)
-        }
-        None => None,
-    };
-    let dtb = place(at, dtb_len)?;
-    Ok(BootLayout { initrd, dtb })
+    for dtb_align in [DTB_ALIGN, PAGE_SIZE] {
+        let Some(dtb) = below(ram.end(), dtb_len, dtb_align) else {
+            continue;
+        };
+        let initrd = match initrd_len {
+            Some(len) => match below(dtb.start, len, PAGE_SIZE) {
+                Some(r) => Some(r),
+                None => continue,
+            },
+            None => None,
+        };
+        return Ok(BootLayout { initrd, dtb });
+    }
+    Err(LoadError::NoRoom)
 }
 
 #[cfg(test)]
@@ -752,29 +771,69 @@ mod tests {
     }
 
     #[test]
-    fn boot_layout_follows_the_kernel() {
+    fn boot_layout_uses_the_top_of_ram() {
+        // Kernel at RAM + 2 MiB, 16 MiB with its BSS: ends at 0x8120_0000.
         let p = plan(&image(0x20_0000, 0x100_0000, 0x8000), ram()).unwrap();
+        assert_eq!(p.end(), Gpa::new(RAM_BASE + 0x120_0000));
         let l = boot_layout(&p, ram(), Some(0x1234), 0x800).unwrap();
+        // Issue 9: the initrd started in the first page after the kernel, memory a
+        // small kernel uses before it reads the device tree. Now the DTB sits on the
+        // last 2 MiB boundary below the top of RAM and the initrd right below it.
+        assert_eq!(l.dtb.start, Gpa::new(RAM_BASE + (128 << 20) - 0x20_0000));
+        assert_eq!(l.dtb.len, 0x800);
         let initrd = l.initrd.unwrap();
-        assert_eq!(initrd.start, Gpa::new(RAM_BASE + 0x120_0000));
+        assert_eq!(initrd.start, Gpa::new(RAM_BASE + (128 << 20) - 0x20_2000));
         assert_eq!(initrd.len, 0x1234);
-        assert_eq!(l.dtb.start, Gpa::new(RAM_BASE + 0x120_2000));
-        assert!(l.dtb.start.is_aligned(8));
-        // The initrd does not move with the DTB size.
+        assert!(initrd.end() <= l.dtb.start);
+        // The initrd does not move with the DTB size, up to the reservation.
         let l2 = boot_layout(&p, ram(), Some(0x1234), DTB_RESERVE).unwrap();
         assert_eq!(l2.initrd, l.initrd);
+        assert_eq!(l2.dtb.start, l.dtb.start);
         let l3 = boot_layout(&p, ram(), None, 0x800).unwrap();
-        assert_eq!(l3.dtb.start, Gpa::new(RAM_BASE + 0x120_0000));
-        assert_eq!(
-            boot_layout(&p, ram(), Some(200 << 20), 0x800),
-            Err(LoadError::NoRoom)
-        );
-        assert_eq!(
-            boot_layout(&p, ram(), Some(u64::MAX), 0x800),
-            Err(LoadError::NoRoom)
-        );
+        assert_eq!((l3.initrd, l3.dtb.start), (None, l.dtb.start));
+
+        // An initrd that fits only if the DTB gives up its 2 MiB boundary: both as high
+        // as page alignment allows, the initrd reaching down to the kernel's end.
+        let page_top = RAM_BASE + (128 << 20) - 0x1000;
+        let room = page_top - (RAM_BASE + 0x120_0000);
+        let l4 = boot_layout(&p, ram(), Some(room), 0x800).unwrap();
+        assert_eq!(l4.dtb.start, Gpa::new(page_top));
+        assert_eq!(l4.initrd.unwrap().start, p.end());
+        // One byte more does not fit above the kernel; it is never put below it.
+        for bad in [room + 1, 200 << 20, u64::MAX] {
+            assert_eq!(
+                boot_layout(&p, ram(), Some(bad), 0x800),
+                Err(LoadError::NoRoom)
+            );
+        }
         assert_eq!(
             boot_layout(&p, ram(), None, u64::MAX),
+            Err(LoadError::NoRoom)
+        );
+        assert_eq!(
+            boot_layout(&p, ram(), None, 130 << 20),
+            Err(LoadError::NoRoom)
+        );
+
+        // RAM smaller than 2 MiB: page alignment, still above the kernel.
+        let small = Range::new(Gpa::new(RAM_BASE), 1 << 20).unwrap();
+        let tiny = LoadPlan {
+            format: ImageFormat::Elf,
+            segments: vec![Segment {
+                gpa: Gpa::new(RAM_BASE),
+                file: 0..0x10,
+                mem_size: 0x4321,
+            }],
+            entry: Gpa::new(RAM_BASE),
+        };
+        let l5 = boot_layout(&tiny, small, Some(0x3000), DTB_RESERVE).unwrap();
+        assert_eq!(l5.dtb.start, Gpa::new(RAM_BASE + (1 << 20) - DTB_RESERVE));
+        assert_eq!(
+            l5.initrd.unwrap().start,
+            Gpa::new(RAM_BASE + (1 << 20) - DTB_RESERVE - 0x3000)
+        );
+        assert_eq!(
+            boot_layout(&tiny, small, Some(0x10_0000), DTB_RESERVE),
             Err(LoadError::NoRoom)
         );
     }
@@ -783,6 +842,57 @@ mod tests {
         #[test]
         fn random_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..600)) {
             let _ = plan(&b, ram());
+        }
+
+        /// Whatever the sizes: both blobs inside RAM, above the kernel, apart, aligned as
+        /// Linux needs; NoRoom only when even page-aligned packing above the kernel fails.
+        #[test]
+        fn boot_layout_is_sound(
+            ram_pages in 1u64..5000,
+            kernel_bytes in 1u64..(20 << 20),
+            initrd_len in prop::option::of(0u64..(20 << 20)),
+            dtb_len in 1u64..(3 << 20),
+        ) {
+            let ram = Range::new(Gpa::new(RAM_BASE), ram_pages * PAGE_SIZE).unwrap();
+            prop_assume!(kernel_bytes <= ram.len);
+            let kernel = LoadPlan {
+                format: ImageFormat::Elf,
+                segments: vec![Segment {
+                    gpa: Gpa::new(RAM_BASE),
+                    file: 0..0,
+                    mem_size: kernel_bytes,
+                }],
+                entry: Gpa::new(RAM_BASE),
+            };
+            let pages = |b: u64| b.div_ceil(PAGE_SIZE);
+            let fits = pages(kernel_bytes) + initrd_len.map_or(0, pages) + pages(dtb_len)
+                <= ram_pages;
+            match boot_layout(&kernel, ram, initrd_len, dtb_len) {
+                Ok(l) => {
+                    prop_assert!(fits);
+                    prop_assert!(ram.contains_span(l.dtb.start, l.dtb.len));
+                    prop_assert_eq!(l.dtb.len, dtb_len);
+                    prop_assert!(l.dtb.start >= kernel.end());
+                    prop_assert!(l.dtb.start.is_page_aligned());
+                    if l.dtb.start.align_down(DTB_ALIGN) != l.dtb.start {
+                        // Page alignment only as the fallback: the 2 MiB one failed.
+                        let high = Gpa::new(ram.end().raw() - dtb_len).align_down(DTB_ALIGN);
+                        let initrd_room = high.raw().saturating_sub(kernel.end().raw());
+                        prop_assert!(high < kernel.end()
+                            || initrd_len.is_some_and(|n| n > initrd_room));
+                    }
+                    prop_assert_eq!(l.initrd.map(|i| i.len), initrd_len);
+                    if let Some(i) = l.initrd {
+                        prop_assert!(i.start >= kernel.end());
+                        prop_assert!(i.start.is_page_aligned());
+                        prop_assert!(i.end() <= l.dtb.start);
+                    }
+                }
+                Err(e) => {
+                    prop_assert_eq!(e, LoadError::NoRoom);
+                    prop_assert!(!fits);
+                }
+            }
         }
 
         /// The sorted-neighbour overlap check agrees with comparing every pair.
