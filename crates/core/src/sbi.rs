@@ -5,6 +5,15 @@
 //! check on guest-controlled values — hart masks, suspend and reset types, buffer
 //! addresses — happens here, in safe code tested on the host; the environment only ever
 //! sees validated requests.
+//!
+//! Parameters the specification declares 32 bits wide (HSM `suspend_type`, SRST
+//! `reset_type` and `reset_reason`) are truncated to their low 32 bits at decode, never
+//! refused for the upper ones: the spec's binary encoding chapter has the SBI
+//! implementation use only the 32 bits of such data, and the RISC-V calling convention
+//! passes a C `uint32_t` sign-extended, so `0x8000_0000` arrives from compiled code as
+//! `0xFFFF_FFFF_8000_0000`. DBCN `write_byte`'s `uint8_t` keeps only its low byte, as
+//! does the legacy `console_putchar`'s `int`. Every other parameter of the extensions
+//! here is `unsigned long` or `uint64_t` and is used whole.
 
 use crate::addr::Gpa;
 use diosix_abi::error;
@@ -307,10 +316,10 @@ fn hsm(env: &mut dyn SbiEnv, fid: usize, a0: usize, a1: usize, a2: usize) -> Sbi
             return SbiRet::ok(env.hart_status(a0) as usize);
         }
         3 => {
+            // `suspend_type` is a uint32_t: bits 63..32 are ignored, not refused.
             let how = match a0 as u32 {
                 // Only the two default types exist here; everything else is either
                 // reserved or platform-specific, and we define no platform types.
-                _ if a0 > u32::MAX as usize => return SbiRet::err(error::INVALID_PARAM),
                 0x0000_0000 => Suspend::Retentive,
                 0x8000_0000 => Suspend::NonRetentive {
                     resume: Gpa::new(a1 as u64),
@@ -332,6 +341,8 @@ fn srst(env: &mut dyn SbiEnv, fid: usize, kind: usize, reason: usize) -> SbiRet 
     if fid != 0 {
         return SbiRet::err(error::NOT_SUPPORTED);
     }
+    // Both parameters are uint32_t: bits 63..32 are ignored, not refused.
+    let (kind, reason) = (kind as u32, reason as u32);
     let kind = match kind {
         0 => ResetType::Shutdown,
         1 => ResetType::ColdReboot,
@@ -339,12 +350,11 @@ fn srst(env: &mut dyn SbiEnv, fid: usize, kind: usize, reason: usize) -> SbiRet 
         _ => return SbiRet::err(error::INVALID_PARAM),
     };
     // Reasons: 0 none, 1 system failure, 0xE000_0000.. SBI-implementation specific,
-    // 0xF000_0000.. vendor specific; everything else (and anything above 32 bits) is
-    // reserved.
+    // 0xF000_0000.. vendor specific (taken as "no reason"); everything else is reserved.
     let failure = match reason {
         0 => false,
         1 => true,
-        0xE000_0000..=0xFFFF_FFFF => false,
+        0xE000_0000.. => false,
         _ => return SbiRet::err(error::INVALID_PARAM),
     };
     match env.system_reset(kind, failure) {
@@ -453,6 +463,8 @@ mod tests {
         input: Vec<u8>,
         reset: Option<(ResetType, bool)>,
         legacy_mask: Option<usize>,
+        suspends: Vec<Suspend>,
+        bytes: Vec<u8>,
     }
 
     impl SbiEnv for Fake {
@@ -493,8 +505,9 @@ mod tests {
         fn hart_stop(&mut self) -> Result<(), isize> {
             Ok(())
         }
-        fn hart_suspend(&mut self, _how: Suspend) -> Result<(), isize> {
+        fn hart_suspend(&mut self, how: Suspend) -> Result<(), isize> {
             self.log.push("suspend");
+            self.suspends.push(how);
             Ok(())
         }
         fn system_reset(&mut self, kind: ResetType, failure: bool) -> Result<(), isize> {
@@ -508,7 +521,9 @@ mod tests {
         fn console_read(&mut self, _gpa: Gpa, _len: u64) -> Result<usize, isize> {
             Ok(0)
         }
-        fn console_write_byte(&mut self, _byte: u8) {}
+        fn console_write_byte(&mut self, byte: u8) {
+            self.bytes.push(byte);
+        }
         fn console_getchar(&mut self) -> Option<u8> {
             self.input.pop()
         }
@@ -643,16 +658,54 @@ mod tests {
             0x7FFF_FFFF,
             0x8000_0001,
             0x9000_0000,
-            1 << 32,
+            0xFFFF_FFFF,
+            (1 << 32) | 1,
+            0xFFFF_FFFF_9000_0000,
         ] {
             assert_eq!(
                 sbi(&mut f, eid::HSM, 3, [bad, 0, 0, 0, 0, 0]),
-                SbiRet::err(error::INVALID_PARAM)
+                SbiRet::err(error::INVALID_PARAM),
+                "{bad:#x}"
             );
         }
         assert!(f.log.is_empty());
         assert_eq!(sbi(&mut f, eid::HSM, 3, [0, 0, 0, 0, 0, 0]), SbiRet::ok(0));
         assert_eq!(f.log, ["suspend"]);
+    }
+
+    #[test]
+    fn hsm_suspend_type_ignores_bits_63_to_32() {
+        // Issue 9: suspend_type is a uint32_t, so bits 63..32 are ignored; compiled C
+        // passes 0x8000_0000 sign-extended. They used to be refused with INVALID_PARAM.
+        let mut f = Fake::default();
+        assert_eq!(
+            sbi(
+                &mut f,
+                eid::HSM,
+                3,
+                [0xFFFF_FFFF_8000_0000, 0x8020_0000, 7, 0, 0, 0]
+            ),
+            SbiRet::ok(0)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::HSM, 3, [1 << 32, 0, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
+        assert_eq!(
+            sbi(&mut f, eid::HSM, 3, [0x1234_5678_0000_0000, 0, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
+        assert_eq!(
+            f.suspends,
+            [
+                Suspend::NonRetentive {
+                    resume: Gpa::new(0x8020_0000),
+                    opaque: 7
+                },
+                Suspend::Retentive,
+                Suspend::Retentive
+            ]
+        );
     }
 
     #[test]
@@ -666,13 +719,110 @@ mod tests {
             sbi(&mut f, eid::SRST, 0, [0, 2, 0, 0, 0, 0]),
             SbiRet::err(error::INVALID_PARAM)
         );
-        assert_eq!(
-            sbi(&mut f, eid::SRST, 0, [0, 1 << 32, 0, 0, 0, 0]),
-            SbiRet::err(error::INVALID_PARAM)
-        );
+        // Reserved and unimplemented vendor values, whatever the upper bits.
+        for (kind, reason) in [
+            (0xF000_0000, 0),
+            ((1 << 32) | 3, 0),
+            (0, 0xDFFF_FFFF),
+            (0, 0xFFFF_FFFF_0000_0002),
+        ] {
+            assert_eq!(
+                sbi(&mut f, eid::SRST, 0, [kind, reason, 0, 0, 0, 0]),
+                SbiRet::err(error::INVALID_PARAM),
+                "{kind:#x} {reason:#x}"
+            );
+        }
         assert_eq!(f.reset, None);
         assert_eq!(sbi(&mut f, eid::SRST, 0, [1, 1, 0, 0, 0, 0]), SbiRet::ok(0));
         assert_eq!(f.reset, Some((ResetType::ColdReboot, true)));
+        assert_eq!(
+            sbi(&mut f, eid::SRST, 0, [2, 0xE000_0000, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
+        assert_eq!(f.reset, Some((ResetType::WarmReboot, false)));
+    }
+
+    #[test]
+    fn srst_type_and_reason_ignore_bits_63_to_32() {
+        // Issue 9: both are uint32_t, so bits 63..32 are ignored; they used to be
+        // refused with INVALID_PARAM.
+        let mut f = Fake::default();
+        assert_eq!(
+            sbi(&mut f, eid::SRST, 0, [0, 1 << 32, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
+        assert_eq!(f.reset, Some((ResetType::Shutdown, false)));
+        assert_eq!(
+            sbi(
+                &mut f,
+                eid::SRST,
+                0,
+                [0xFFFF_FFFF_0000_0001, 0xFFFF_FFFF_0000_0001, 0, 0, 0, 0]
+            ),
+            SbiRet::ok(0)
+        );
+        assert_eq!(f.reset, Some((ResetType::ColdReboot, true)));
+        assert_eq!(
+            sbi(&mut f, eid::SRST, 0, [(7 << 32) | 2, 0, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
+        assert_eq!(f.reset, Some((ResetType::WarmReboot, false)));
+    }
+
+    #[test]
+    fn narrow_byte_parameters_keep_their_low_byte() {
+        // DBCN write_byte takes a uint8_t and legacy console_putchar an int: only the
+        // character's byte is used, whatever the rest of a0 holds.
+        let mut f = Fake::default();
+        assert_eq!(
+            sbi(&mut f, eid::DBCN, 2, [0xFFFF_FFFF_FFFF_FF41, 0, 0, 0, 0, 0]),
+            SbiRet::ok(0)
+        );
+        assert_eq!(
+            call(
+                &mut f,
+                eid::LEGACY_CONSOLE_PUTCHAR,
+                0,
+                [0x1_0000_0142, 0, 0, 0, 0, 0]
+            ),
+            Reply::Legacy(0)
+        );
+        assert_eq!(f.bytes, b"AB");
+    }
+
+    proptest::proptest! {
+        /// Every 32-bit parameter: a call with any bits 63..32 behaves exactly as the
+        /// same call with them clear.
+        #[test]
+        fn bits_63_to_32_of_32_bit_parameters_never_matter(
+            lo in proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    0u32, 1, 2, 3, 0x8000_0000, 0x8000_0001, 0xE000_0000, 0xF000_0000,
+                    u32::MAX,
+                ]),
+                proptest::num::u32::ANY,
+            ],
+            lo2 in proptest::num::u32::ANY,
+            hi in proptest::num::u32::ANY,
+            hi2 in proptest::num::u32::ANY,
+        ) {
+            let wide = |lo: u32, hi: u32| (u64::from(hi) << 32 | u64::from(lo)) as usize;
+            let mut narrow_env = Fake::default();
+            let mut wide_env = Fake::default();
+            let cases = [
+                (eid::HSM, 3, [lo as usize, 0x8020_0000, 9], [wide(lo, hi), 0x8020_0000, 9]),
+                (eid::SRST, 0, [lo as usize, lo2 as usize, 0], [wide(lo, hi), wide(lo2, hi2), 0]),
+                (eid::SRST, 0, [lo2 as usize % 3, lo as usize, 0],
+                    [wide(lo2 % 3, hi), wide(lo, hi2), 0]),
+            ];
+            for (ext, fid, narrow, w) in cases {
+                let a = sbi(&mut narrow_env, ext, fid, [narrow[0], narrow[1], narrow[2], 0, 0, 0]);
+                let b = sbi(&mut wide_env, ext, fid, [w[0], w[1], w[2], 0, 0, 0]);
+                proptest::prop_assert_eq!(a, b);
+            }
+            proptest::prop_assert_eq!(narrow_env.suspends, wide_env.suspends);
+            proptest::prop_assert_eq!(narrow_env.reset, wide_env.reset);
+        }
     }
 
     #[test]
