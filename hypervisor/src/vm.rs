@@ -17,6 +17,11 @@ use diosix_core::tree::VmId;
 use diosix_core::{guestfdt, loader, payload::Payload};
 use spin::Mutex;
 
+/// What [`GuestMemory::new`] and [`build_vm`] say when they were cancelled.
+const CANCELLED: &str = "cancelled";
+/// Bytes copied into a VM being built between two checks of its cancellation.
+const COPY_STEP: usize = 2 << 20;
+
 /// Where every guest's RAM starts, as the guest sees it.
 pub const GUEST_RAM_BASE: Gpa = Gpa::new(0x8000_0000);
 /// Bytes reserved for a guest's device tree.
@@ -34,16 +39,23 @@ pub struct GuestMemory {
 }
 
 impl GuestMemory {
-    /// Allocates and maps zeroed RAM for `ram` (page-aligned).
-    pub fn new(ram: Range<Gpa>) -> Result<Self, String> {
-        let mut frames = mem::frames();
-        let table = GStageTable::new(&mut TableAlloc(&mut frames))
+    /// Allocates and maps zeroed RAM for `ram` (page-aligned). Checks `cancelled`
+    /// before each block of at most 2 MiB, and gives everything back if it holds.
+    pub fn new(ram: Range<Gpa>, cancelled: &dyn Fn() -> bool) -> Result<Self, String> {
+        let table = GStageTable::new(&mut TableAlloc(&mut mem::frames()))
             .map_err(|e| format!("G-stage root table: {e}"))?;
         let mut this = Self { table };
         let mut remaining = (ram.len / PAGE_SIZE) as usize;
         let mut gpa = ram.start;
         let mut block = MAX_BLOCK_PAGES;
         while remaining > 0 {
+            if cancelled() {
+                this.destroy();
+                return Err(CANCELLED.into());
+            }
+            // Taken per block, so other harts' copy-on-write copies are not held up
+            // while a large VM is zeroed.
+            let mut frames = mem::frames();
             block = block
                 .min(remaining.next_power_of_two())
                 .min(MAX_BLOCK_PAGES);
@@ -382,6 +394,27 @@ pub struct VmSpec<'a> {
     pub is_root: bool,
     /// Start the boot vCPU now (else it waits for START).
     pub start: bool,
+    /// Checked between steps of at most 2 MiB: when it holds, the build stops and
+    /// gives back everything it took (the VM was killed while being built).
+    pub cancelled: &'a dyn Fn() -> bool,
+}
+
+/// A VM just built, with its vCPUs ready to queue.
+pub struct Built {
+    /// The VM.
+    pub vm: Arc<Vm>,
+    vcpus: Vec<Box<Vcpu>>,
+}
+
+impl Built {
+    /// Queues its vCPUs (the boot one runnable if it was built to start) and returns
+    /// the VM.
+    pub fn enqueue(self) -> Arc<Vm> {
+        for v in self.vcpus {
+            crate::sched::enqueue(v);
+        }
+        self.vm
+    }
 }
 
 /// Why [`build_vm`] did not build a VM.
@@ -392,21 +425,24 @@ pub enum BuildError {
     Refused(String),
     /// The host could not provide what an admitted VM needs (RAM, a VMID): `FAILED`.
     Host(String),
+    /// [`VmSpec::cancelled`] held: everything taken was given back.
+    Cancelled,
 }
 
 impl core::fmt::Display for BuildError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BuildError::Refused(e) | BuildError::Host(e) => f.write_str(e),
+            BuildError::Cancelled => f.write_str(CANCELLED),
         }
     }
 }
 
 /// Builds a VM: fresh zeroed RAM, the kernel (and initrd) loaded, a device tree, and
-/// its vCPUs queued (the boot vCPU runnable if `spec.start`, the rest HSM-stopped).
-/// Every size and offset in the image is checked by the loader, before any RAM is
-/// taken; nothing is queued on failure and every page is returned.
-pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, BuildError> {
+/// its vCPUs, for the caller to queue (the boot vCPU runnable if `spec.start`, the rest
+/// HSM-stopped). Every size and offset in the image is checked by the loader, before
+/// any RAM is taken; on failure every page is returned.
+pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildError> {
     use BuildError::{Host, Refused};
     let vcpus = spec.vcpus;
     if vcpus == 0 || vcpus > diosix_core::sbi::MAX_VCPUS {
@@ -447,27 +483,46 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, Build
         return Err(Refused("device tree too large".into()));
     }
     let vmid = alloc_vmid().ok_or_else(|| Host("out of VMIDs".into()))?;
-    let memory = match GuestMemory::new(ram) {
+    let memory = match GuestMemory::new(ram, spec.cancelled) {
         Ok(m) => m,
         Err(e) => {
             free_vmid(vmid);
-            return Err(Host(e));
+            return Err(if e == CANCELLED {
+                BuildError::Cancelled
+            } else {
+                Host(e)
+            });
         }
     };
-    let load = || -> Result<(), AccessError> {
+    // Copied in steps, so a cancellation is noticed within one step.
+    let copy = |gpa: Gpa, bytes: &[u8]| -> Result<(), BuildError> {
+        for (i, piece) in bytes.chunks(COPY_STEP).enumerate() {
+            if (spec.cancelled)() {
+                return Err(BuildError::Cancelled);
+            }
+            let at = gpa
+                .checked_add((i * COPY_STEP) as u64)
+                .ok_or_else(|| Host("image beyond the address space".into()))?;
+            memory
+                .write(at, piece)
+                .map_err(|e| Host(format!("loading: {e}")))?;
+        }
+        Ok(())
+    };
+    let load = || -> Result<(), BuildError> {
         for seg in &plan.segments {
-            memory.write(seg.gpa, &spec.kernel[seg.file.clone()])?;
+            copy(seg.gpa, &spec.kernel[seg.file.clone()])?;
         }
         if let (Some(range), Some(initrd)) = (layout.initrd, spec.initrd) {
-            memory.write(range.start, initrd)?;
+            copy(range.start, initrd)?;
         }
-        memory.write(layout.dtb.start, dtb)
+        copy(layout.dtb.start, dtb)
     };
     let hgatp = memory.table.hgatp(vmid);
     if let Err(e) = load() {
         memory.destroy();
         free_vmid(vmid);
-        return Err(Host(format!("loading: {e}")));
+        return Err(e);
     }
     let Some(hgatp) = hgatp else {
         memory.destroy();
@@ -513,6 +568,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, Build
             None => String::new(),
         }
     );
+    let mut vcpus = Vec::with_capacity(shared.len());
     for s in shared {
         let boot = s.index == 0 && spec.start;
         let (wait, pc) = if boot {
@@ -520,10 +576,15 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Arc<Vm>, Build
         } else {
             (Wait::Stopped, Gpa::new(0))
         };
-        let vcpu = Box::new(Vcpu::new(vm.clone(), s, pc, layout.dtb.start.raw(), wait));
-        crate::sched::enqueue(vcpu);
+        vcpus.push(Box::new(Vcpu::new(
+            vm.clone(),
+            s,
+            pc,
+            layout.dtb.start.raw(),
+            wait,
+        )));
     }
-    Ok(vm)
+    Ok(Built { vm, vcpus })
 }
 
 /// Wraps memory shared with a FORK child as a VM with `vcpus` fresh vCPU slots (their
@@ -597,9 +658,10 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
             dtb: None,
             is_root: true,
             start: true,
+            cancelled: &|| false,
         },
     )
     .map_err(|e| format!("Root VM: {e}"))?;
-    crate::vmtree::register(built);
+    crate::vmtree::register(built.enqueue());
     Ok(())
 }

@@ -29,7 +29,7 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_abi::{features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::gstage::Perms;
@@ -39,7 +39,9 @@ use diosix_core::tree::dispatch::{
     apply_termination, handle_diosix_call, handle_treeless_call, needs_tree, reboot_self,
     ExtensionHost,
 };
-use diosix_core::tree::{ConsoleSink, HostFacts, KilledVm, Quota, SbiError, Usage, VmId, VmTree};
+use diosix_core::tree::{
+    ConsoleSink, HostFacts, KilledVm, Quota, SbiError, Usage, VmId, VmState, VmTree,
+};
 use spin::Mutex;
 
 /// Priority of the Root VM's vCPUs (the middle of 1..=255, so it can give children
@@ -123,8 +125,9 @@ struct ImageOrigin {
 }
 
 impl ImageOrigin {
-    /// Builds (again) the VM `id` from this origin.
-    fn build(&self, id: VmId) -> Result<Arc<Vm>, BuildError> {
+    /// Builds (again) the VM `id` from this origin, for the caller to queue; gives up
+    /// when `cancelled` holds.
+    fn build(&self, id: VmId, cancelled: &dyn Fn() -> bool) -> Result<vm::Built, BuildError> {
         let bytes = self.image.as_slice();
         let (kernel, initrd, cmdline) = if bytes.len() >= 8 && bytes[..8] == PAYLOAD_MAGIC {
             let p =
@@ -147,8 +150,150 @@ impl ImageOrigin {
                 dtb: self.dtb.as_ref().map(|d| d.as_slice()),
                 is_root: false,
                 start: self.start,
+                cancelled,
             },
         )
+    }
+
+    /// Gathers a SPAWN's image (and device tree) from `parent`'s memory, as `args`
+    /// (already checked by the tree) describe it; gives up when `cancelled` holds.
+    fn from_guest(
+        parent: &Vm,
+        id: VmId,
+        args: &SpawnArgs,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Self, SbiError> {
+        let image = if args.flags & flags::SPAWN_PAGE_LIST != 0 {
+            copy_page_list(parent, args.image_gpa, args.image_size, cancelled)?
+        } else {
+            copy_from_guest(parent, args.image_gpa, args.image_size, cancelled)?
+        };
+        let dtb = if args.dtb_size != 0 {
+            Some(copy_from_guest(
+                parent,
+                args.dtb_gpa,
+                args.dtb_size,
+                cancelled,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            image,
+            dtb,
+            name: format!("{}/vm{}", parent.name, id.index()),
+            ram_bytes: args
+                .ram_pages
+                .checked_mul(PAGE_SIZE)
+                .ok_or(SbiError::InvalidParam)?,
+            vcpus: usize::try_from(args.vcpus).map_err(|_| SbiError::InvalidParam)?,
+            priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
+            start: args.flags & flags::SPAWN_PAUSED == 0,
+        })
+    }
+}
+
+/// VMs the tree has admitted whose build runs outside `TREE` (it zeroes their RAM and
+/// copies their image: time proportional to their size), each with the flag that
+/// tells its builder to give up. The flag is set under `TREE` by whoever kills the VM
+/// meanwhile, who then waits (bounded by one 2 MiB step) until the builder has given
+/// every page back and removed the entry.
+static BUILDING: Mutex<BTreeMap<VmId, Arc<AtomicBool>>> = Mutex::new(BTreeMap::new());
+
+/// What a build starts from.
+enum Source {
+    /// SPAWN: the image is still in the parent's memory.
+    Spawn { parent: Arc<Vm>, args: SpawnArgs },
+    /// REBOOT (by the parent or the VM's own SRST reboot) of a spawned VM: the image
+    /// kept at SPAWN.
+    Rebuild(ImageOrigin),
+}
+
+/// A VM the tree admitted, to build once `TREE` is released (see [`BUILDING`]).
+struct PendingBuild {
+    id: VmId,
+    source: Source,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl PendingBuild {
+    /// Records the build in [`BUILDING`] (so a kill meanwhile can stop it).
+    fn new(id: VmId, source: Source) -> Self {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        BUILDING.lock().insert(id, abandoned.clone());
+        Self {
+            id,
+            source,
+            abandoned,
+        }
+    }
+
+    /// Builds the VM with no lock held, then, under `TREE`, makes it live in the state
+    /// the tree has for it now, or undoes its admission if the build failed (a new child
+    /// is discarded, a rebooting one dies with a fatal fault). A VM killed meanwhile is
+    /// given back at once. Returns the error the caller's call answers.
+    fn run(self, hart: &mut HartLocal) -> Result<(), SbiError> {
+        let abandoned = self.abandoned.clone();
+        let cancelled = move || abandoned.load(Ordering::Acquire);
+        let id = self.id;
+        let spawning = matches!(self.source, Source::Spawn { .. });
+        let built = match self.source {
+            Source::Spawn { parent, args } => {
+                ImageOrigin::from_guest(&parent, id, &args, &cancelled).and_then(|o| {
+                    o.build(id, &cancelled)
+                        .map(|b| (b, o))
+                        .map_err(|e| build_error("SPAWN", &e))
+                })
+            }
+            Source::Rebuild(o) => o
+                .build(id, &cancelled)
+                .map(|b| (b, o))
+                .map_err(|e| build_error("REBOOT", &e)),
+        };
+        let Some(mut tree) = lock_tree_unless(hart.slot, &cancelled) else {
+            // Killed meanwhile: give everything back before saying so.
+            drop(built);
+            BUILDING.lock().remove(&id);
+            return Err(SbiError::Failed);
+        };
+        BUILDING.lock().remove(&id);
+        let Some(t) = tree.as_mut() else {
+            return Err(SbiError::Failed);
+        };
+        match built {
+            Ok((built, origin)) => {
+                if t.get(id).is_some_and(|n| n.state() == VmState::Stopped) {
+                    built.vm.stopped.store(true, Ordering::Release);
+                }
+                let vm = built.enqueue();
+                if !spawning {
+                    log::info!("VM {} rebooted", vm.name);
+                }
+                register(vm);
+                ORIGINS.lock().insert(id, Origin::Image(origin));
+                Ok(())
+            }
+            Err(e) => {
+                let term = if spawning {
+                    Ok(t.discard_child(id))
+                } else {
+                    t.fatal_fault(id)
+                };
+                if let Ok(term) = term {
+                    apply_termination(&term, &mut HvHost::new(hart));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The SBI error for a failed build, logged.
+fn build_error(what: &str, e: &BuildError) -> SbiError {
+    log::warn!("{what} refused: {e}");
+    match e {
+        BuildError::Refused(_) => SbiError::InvalidParam,
+        BuildError::Host(_) | BuildError::Cancelled => SbiError::Failed,
     }
 }
 
@@ -219,11 +364,20 @@ pub enum Outcome {
 /// with `TREE` held, for this hart to leave the VM). Checked again under the lock, so
 /// a vCPU of a VM that died or was rebooted never acts on the tree.
 fn lock_tree_for(vm: &Vm, slot: usize) -> Option<spin::MutexGuard<'static, Option<VmTree>>> {
+    lock_tree_unless(slot, &|| vm.dead.load(Ordering::Acquire))
+}
+
+/// Takes `TREE` on hart `slot`, serving fence requests while it spins, unless (before
+/// or once it has the lock) `give_up()` holds.
+fn lock_tree_unless(
+    slot: usize,
+    give_up: &dyn Fn() -> bool,
+) -> Option<spin::MutexGuard<'static, Option<VmTree>>> {
     loop {
         if let Some(guard) = TREE.try_lock() {
-            return (!vm.dead.load(Ordering::Acquire)).then_some(guard);
+            return (!give_up()).then_some(guard);
         }
-        if vm.dead.load(Ordering::Acquire) {
+        if give_up() {
             return None;
         }
         crate::trap::service_fence_request(slot);
@@ -277,11 +431,24 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
         None => SbiRet::err(SbiError::Failed.code()),
     };
     let HvHost {
-        yield_now, stopped, ..
+        hart,
+        yield_now,
+        stopped,
+        build,
+        ..
     } = host;
     if holding {
         release_hold(&vm);
     }
+    // A SPAWN or REBOOT the tree admitted is built now, with no lock held; the call
+    // answers what became of it.
+    let ret = match build {
+        Some(b) => match b.run(hart) {
+            Ok(()) => ret,
+            Err(e) => SbiRet::err(e.code()),
+        },
+        None => ret,
+    };
     // STOP returns only once the child is off every hart, so it makes no progress after
     // its parent was told it is stopped. Waited for here, outside the tree lock: the
     // child's hart may be spinning on that lock before it can notice the stop. Given
@@ -353,6 +520,20 @@ fn retire(vm: &Arc<Vm>, my_slot: usize) {
     sched::reap(vm);
     wait_off_harts(vm, my_slot, || false);
     vm.release_memory();
+}
+
+/// Stops the build of `id` if one runs (see [`BUILDING`]) and waits, with `TREE`
+/// held, until its builder has given every page back.
+fn abandon_build(id: VmId, my_slot: usize) {
+    let flag = BUILDING.lock().get(&id).cloned();
+    let Some(flag) = flag else {
+        return;
+    };
+    flag.store(true, Ordering::Release);
+    while BUILDING.lock().contains_key(&id) {
+        crate::trap::service_fence_request(my_slot);
+        core::hint::spin_loop();
+    }
 }
 
 /// Kicks every hart running one of `vm`'s vCPUs, so it notices a new stop or death.
@@ -442,6 +623,12 @@ pub fn vm_rebooted(hart: &mut HartLocal, vm: &Vm) {
     if let Some(t) = tree.as_mut() {
         reboot_self(t, vm.id, &mut host);
     }
+    let HvHost { hart, build, .. } = host;
+    drop(tree);
+    if let Some(b) = build {
+        // Its failure kills the VM (a fatal fault, reported to its parent).
+        let _ = b.run(hart);
+    }
 }
 
 /// The hypervisor's side of the extension, for one call on one hart.
@@ -452,6 +639,8 @@ struct HvHost<'a> {
     stopped: Option<Arc<Vm>>,
     /// Copy-on-write pages the call wrote into, settled before the tree is unlocked.
     stale: cow::Stale,
+    /// A VM the call admitted, built once the tree is unlocked.
+    build: Option<PendingBuild>,
 }
 
 impl<'a> HvHost<'a> {
@@ -462,6 +651,7 @@ impl<'a> HvHost<'a> {
             yield_now: false,
             stopped: None,
             stale: cow::Stale::new(),
+            build: None,
         }
     }
 }
@@ -503,22 +693,44 @@ impl Drop for Scratch {
     }
 }
 
-/// Copies `len` bytes of `vm`'s memory at `gpa` into a fresh scratch buffer.
-fn copy_from_guest(vm: &Vm, gpa: u64, len: u64) -> Result<Scratch, SbiError> {
+/// Copies `len` bytes of `vm`'s memory at `gpa` into a fresh scratch buffer, 2 MiB at
+/// a time (so neither the walk's heap nor a cancellation's delay grows with `len`).
+fn copy_from_guest(
+    vm: &Vm,
+    gpa: u64,
+    len: u64,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Scratch, SbiError> {
+    const STEP: usize = 2 << 20;
     let len = usize::try_from(len).map_err(|_| SbiError::InvalidParam)?;
     let mut buf = Scratch::new(len).ok_or(SbiError::Failed)?;
-    vm.read(Gpa::new(gpa), buf.as_mut_slice())
-        .map_err(bad_address)?;
+    for (i, piece) in buf.as_mut_slice().chunks_mut(STEP).enumerate() {
+        if cancelled() {
+            return Err(SbiError::Failed);
+        }
+        let at = gpa
+            .checked_add((i * STEP) as u64)
+            .ok_or(SbiError::InvalidAddress)?;
+        vm.read(Gpa::new(at), piece).map_err(bad_address)?;
+    }
     Ok(buf)
 }
 
 /// Gathers an image of `len` bytes from the pages a SPAWN_PAGE_LIST array at `list`
 /// names (each must be a page-aligned GPA inside `vm`'s RAM).
-fn copy_page_list(vm: &Vm, list: u64, len: u64) -> Result<Scratch, SbiError> {
+fn copy_page_list(
+    vm: &Vm,
+    list: u64,
+    len: u64,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Scratch, SbiError> {
     let len_usize = usize::try_from(len).map_err(|_| SbiError::InvalidParam)?;
     let mut buf = Scratch::new(len_usize).ok_or(SbiError::Failed)?;
     let page = PAGE_SIZE as usize;
     for (i, chunk) in buf.as_mut_slice().chunks_mut(page).enumerate() {
+        if i % 512 == 0 && cancelled() {
+            return Err(SbiError::Failed);
+        }
         let mut entry = [0u8; 8];
         let at = list
             .checked_add(i as u64 * 8)
@@ -676,38 +888,15 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
-        let parent_vm = lookup(parent).ok_or(SbiError::Failed)?;
-        let image = if args.flags & flags::SPAWN_PAGE_LIST != 0 {
-            copy_page_list(&parent_vm, args.image_gpa, args.image_size)?
-        } else {
-            copy_from_guest(&parent_vm, args.image_gpa, args.image_size)?
-        };
-        let dtb = if args.dtb_size != 0 {
-            Some(copy_from_guest(&parent_vm, args.dtb_gpa, args.dtb_size)?)
-        } else {
-            None
-        };
-        let origin = ImageOrigin {
-            image,
-            dtb,
-            name: format!("{}/vm{}", parent_vm.name, child.index()),
-            ram_bytes: args
-                .ram_pages
-                .checked_mul(PAGE_SIZE)
-                .ok_or(SbiError::InvalidParam)?,
-            vcpus: args.vcpus as usize,
-            priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
-            start: args.flags & flags::SPAWN_PAUSED == 0,
-        };
-        let built = origin.build(child).map_err(|e| {
-            log::warn!("SPAWN by VM {} refused: {e}", parent_vm.name);
-            match e {
-                BuildError::Refused(_) => SbiError::InvalidParam,
-                BuildError::Host(_) => SbiError::Failed,
-            }
-        })?;
-        register(built);
-        ORIGINS.lock().insert(child, Origin::Image(origin));
+        let parent = lookup(parent).ok_or(SbiError::Failed)?;
+        // Built once the tree is unlocked (see `PendingBuild::run`).
+        self.build = Some(PendingBuild::new(
+            child,
+            Source::Spawn {
+                parent,
+                args: *args,
+            },
+        ));
         Ok(())
     }
 
@@ -752,31 +941,40 @@ impl ExtensionHost for HvHost<'_> {
 
     fn reboot_vm(&mut self, id: VmId) -> Result<(), SbiError> {
         let mut origins = ORIGINS.lock();
-        let origin = origins.get_mut(&id).ok_or(SbiError::NotSupported)?;
+        if !origins.contains_key(&id) {
+            return Err(SbiError::NotSupported);
+        }
         // The old incarnation is gone, memory and all, before the new one is built:
         // the charge they share is never held twice.
         let old = VMS.lock().remove(&id);
         if let Some(old) = old {
             retire(&old, self.hart.slot);
         }
-        let vm = match origin {
-            Origin::Image(o) => o
-                .build(id)
-                .map_err(|e| alloc::string::ToString::to_string(&e)),
-            Origin::Snapshot(s) => s.restore(id),
-        };
-        let vm = vm.map_err(|e| {
-            log::warn!("REBOOT of a VM failed: {e}");
-            SbiError::Failed
-        })?;
-        log::info!("VM {} rebooted", vm.name);
-        register(vm);
+        match origins.remove(&id) {
+            // A snapshot comes back in time independent of RAM size: at once.
+            Some(Origin::Snapshot(mut snap)) => {
+                let vm = snap.restore(id);
+                origins.insert(id, Origin::Snapshot(snap));
+                let vm = vm.map_err(|e| {
+                    log::warn!("REBOOT of a VM failed: {e}");
+                    SbiError::Failed
+                })?;
+                log::info!("VM {} rebooted", vm.name);
+                register(vm);
+            }
+            // An image is built again once the tree is unlocked.
+            Some(Origin::Image(o)) => {
+                self.build = Some(PendingBuild::new(id, Source::Rebuild(o)));
+            }
+            None => return Err(SbiError::NotSupported),
+        }
         Ok(())
     }
 
     fn release_vm(&mut self, killed: &KilledVm) {
         // Its kept image goes whether or not the VM was ever built.
         ORIGINS.lock().remove(&killed.id);
+        abandon_build(killed.id, self.hart.slot);
         let vm = VMS.lock().remove(&killed.id);
         let Some(vm) = vm else {
             return;

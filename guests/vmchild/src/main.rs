@@ -86,12 +86,20 @@ fn main(hartid: usize, dtb_addr: usize) {
     if let Some(end) = ram_end {
         // RAM this child has not used yet must read zero, whatever VM had the frames
         // before (its parent may have copied a page in at UPLOAD_GPA: skip that one).
+        // The device tree sits near the top of RAM: skip it too.
         let start = UPLOAD_GPA + 0x1_0000;
+        // SAFETY: `has_dtb` found a device tree header at `dtb_addr` in our RAM.
+        let dtb_size = u32::from_be(unsafe { ((dtb_addr + 4) as *const u32).read_volatile() });
+        let dtb_end = dtb_addr + dtb_size as usize;
         let mut nonzero = 0usize;
         let mut at = start;
         while at < end {
-            // SAFETY: [start, end) is this VM's own RAM, above its image, stack and
-            // DTB, and read only as plain words.
+            if (dtb_addr..dtb_end).contains(&at) {
+                at = dtb_end.next_multiple_of(8);
+                continue;
+            }
+            // SAFETY: [start, end) is this VM's own RAM, above its image and stack,
+            // outside its DTB, and read only as plain words.
             if unsafe { core::ptr::read_volatile(at as *const u64) } != 0 {
                 nonzero += 1;
             }
