@@ -403,7 +403,7 @@ pub struct VmSpec<'a> {
 pub struct Built {
     /// The VM.
     pub vm: Arc<Vm>,
-    vcpus: Vec<Box<Vcpu>>,
+    vcpus: Vec<Vcpu>,
 }
 
 impl Built {
@@ -411,7 +411,7 @@ impl Built {
     /// the VM.
     pub fn enqueue(self) -> Arc<Vm> {
         for v in self.vcpus {
-            crate::sched::enqueue(v);
+            crate::sched::enqueue(Box::new(v));
         }
         self.vm
     }
