@@ -576,13 +576,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         } else {
             (Wait::Stopped, Gpa::new(0))
         };
-        vcpus.push(Box::new(Vcpu::new(
-            vm.clone(),
-            s,
-            pc,
-            layout.dtb.start.raw(),
-            wait,
-        )));
+        vcpus.push(Vcpu::new(vm.clone(), s, pc, layout.dtb.start.raw(), wait));
     }
     Ok(Built { vm, vcpus })
 }
