@@ -2,6 +2,16 @@
 //!
 //! Log lines carry their level and the hart that wrote them; addresses in them are
 //! always typed (`HPA 0x…`, `GPA 0x…`, `GVA 0x…`) by the address types' formatting.
+//!
+//! Guest console bytes ([`write_bytes`]) reach the UART exactly as the guest wrote
+//! them: a guest owns its line discipline (Linux's tty adds CR before LF itself, a
+//! bare-metal guest may not want it). Only the hypervisor's own text ([`LogWriter`])
+//! turns LF into CR LF, so its log lines read well on a serial terminal.
+//!
+//! Seen through a pipe (as `cargo xtask test` reads QEMU), the serial output is
+//! byte-exact. On an interactive terminal QEMU's stdio backend leaves the terminal's
+//! output processing on, so the host tty itself turns each LF into CR LF and a guest's
+//! CR LF shows as CR CR LF there; nothing on this side adds the extra CR.
 
 use core::fmt::{self, Write};
 use diosix_riscv::uart::Ns16550a;
@@ -17,9 +27,11 @@ pub fn set_uart(uart: Ns16550a) {
     UART.call_once(|| uart);
 }
 
-struct UartWriter<'a>(&'a Ns16550a);
+/// The hypervisor's own text on the UART, LF written as CR LF. Never used for guest
+/// bytes (see the module documentation).
+struct LogWriter<'a>(&'a Ns16550a);
 
-impl Write for UartWriter<'_> {
+impl Write for LogWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
             if b == b'\n' {
@@ -35,11 +47,12 @@ impl Write for UartWriter<'_> {
 /// hart that failed. Prints nothing before the UART is known.
 pub fn emergency_print(args: fmt::Arguments) {
     if let Some(uart) = UART.get() {
-        let _ = UartWriter(uart).write_fmt(args);
+        let _ = LogWriter(uart).write_fmt(args);
     }
 }
 
-/// Writes raw guest console bytes (the Root VM's console is the host UART).
+/// Writes guest console bytes (the Root VM's console is the host UART) as they are:
+/// no byte is added, dropped or changed.
 pub fn write_bytes(bytes: &[u8]) {
     if let Some(uart) = UART.get() {
         let _guard = LINE_LOCK.lock();
@@ -65,7 +78,7 @@ impl log::Log for Logger {
         if let Some(uart) = UART.get() {
             let _guard = LINE_LOCK.lock();
             let _ = writeln!(
-                UartWriter(uart),
+                LogWriter(uart),
                 "[diosix {:<5} hart {}] {}",
                 record.level(),
                 diosix_riscv::csr::id::mhartid(),
