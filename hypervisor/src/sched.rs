@@ -18,7 +18,8 @@ use diosix_core::sbi::{HartState, Suspend};
 use spin::Mutex;
 
 /// Time slice: 10 ms at the host's timebase.
-fn slice_ticks() -> u64 {
+/// A time slice, in timer ticks.
+pub fn slice_ticks() -> u64 {
     platform::host().timebase_frequency / 100
 }
 

@@ -250,7 +250,7 @@ impl PendingBuild {
                 .map(|b| (b, o))
                 .map_err(|e| build_error("REBOOT", &e)),
         };
-        let Some(mut tree) = lock_tree_unless(hart.slot, &cancelled) else {
+        let Ok(mut tree) = lock_tree_unless(hart.slot, &cancelled, u64::MAX) else {
             // Killed meanwhile: give everything back before saying so.
             drop(built);
             BUILDING.lock().remove(&id);
@@ -355,7 +355,8 @@ pub enum Outcome {
     /// yielded, or it no longer exists).
     Done(SbiRet, bool),
     /// Not carried out: the caller leaves its hart and issues the same ecall again when
-    /// next scheduled (another vCPU of its VM is forking it).
+    /// next scheduled (another vCPU of its VM is forking it, or the tree's lock stayed
+    /// busy for a whole time slice).
     Again,
 }
 
@@ -363,22 +364,40 @@ pub enum Outcome {
 /// requests while it spins; `None` once `vm` is dead (whoever killed it may be waiting,
 /// with `TREE` held, for this hart to leave the VM). Checked again under the lock, so
 /// a vCPU of a VM that died or was rebooted never acts on the tree.
-fn lock_tree_for(vm: &Vm, slot: usize) -> Option<spin::MutexGuard<'static, Option<VmTree>>> {
-    lock_tree_unless(slot, &|| vm.dead.load(Ordering::Acquire))
+fn lock_tree_for(vm: &Vm, slot: usize) -> Option<TreeGuard> {
+    lock_tree_unless(slot, &|| vm.dead.load(Ordering::Acquire), u64::MAX).ok()
+}
+
+type TreeGuard = spin::MutexGuard<'static, Option<VmTree>>;
+
+/// Why [`lock_tree_unless`] returned without the lock.
+enum NoLock {
+    /// `give_up()` held.
+    GaveUp,
+    /// The deadline passed first.
+    TimedOut,
 }
 
 /// Takes `TREE` on hart `slot`, serving fence requests while it spins, unless (before
-/// or once it has the lock) `give_up()` holds.
+/// or once it has the lock) `give_up()` holds, or the timer passes `deadline` first.
 fn lock_tree_unless(
     slot: usize,
     give_up: &dyn Fn() -> bool,
-) -> Option<spin::MutexGuard<'static, Option<VmTree>>> {
+    deadline: u64,
+) -> Result<TreeGuard, NoLock> {
     loop {
         if let Some(guard) = TREE.try_lock() {
-            return (!give_up()).then_some(guard);
+            return if give_up() {
+                Err(NoLock::GaveUp)
+            } else {
+                Ok(guard)
+            };
         }
         if give_up() {
-            return None;
+            return Err(NoLock::GaveUp);
+        }
+        if deadline != u64::MAX && crate::platform::now() > deadline {
+            return Err(NoLock::TimedOut);
         }
         crate::trap::service_fence_request(slot);
         core::hint::spin_loop();
@@ -414,8 +433,18 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
         cow::finish(&vm, slot, core::mem::take(&mut host.stale));
         return Outcome::Done(ret, !vm.can_run());
     }
-    let ret = match lock_tree_for(&vm, slot) {
-        Some(mut tree) => {
+    // A vCPU that cannot have the lock within a time slice gives its hart to others
+    // and asks again later, rather than keeping a hart from every other vCPU.
+    let deadline = crate::platform::now().saturating_add(sched::slice_ticks());
+    let dead = || vm.dead.load(Ordering::Acquire);
+    let ret = match lock_tree_unless(slot, &dead, deadline) {
+        Err(NoLock::TimedOut) => {
+            if holding {
+                release_hold(&vm);
+            }
+            return Outcome::Again;
+        }
+        Ok(mut tree) => {
             let ret = match tree.as_mut() {
                 Some(t) => handle_diosix_call(t, vm.id, fid, args, &mut host),
                 None => SbiRet::err(SbiError::Failed.code()),
@@ -428,7 +457,7 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
             drop(tree);
             ret
         }
-        None => SbiRet::err(SbiError::Failed.code()),
+        Err(NoLock::GaveUp) => SbiRet::err(SbiError::Failed.code()),
     };
     let HvHost {
         hart,
