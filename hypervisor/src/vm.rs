@@ -24,8 +24,6 @@ const COPY_STEP: usize = 2 << 20;
 
 /// Where every guest's RAM starts, as the guest sees it.
 pub const GUEST_RAM_BASE: Gpa = Gpa::new(0x8000_0000);
-/// Bytes reserved for a guest's device tree.
-const DTB_RESERVE: u64 = 64 * 1024;
 /// Largest backing block tried when allocating guest RAM (2 MiB).
 const MAX_BLOCK_PAGES: usize = 512;
 
@@ -454,7 +452,14 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
     let ram = Range::new(GUEST_RAM_BASE, spec.ram_bytes)
         .ok_or_else(|| Refused("RAM size overflows".into()))?;
     let plan = loader::plan(spec.kernel, ram).map_err(|e| Refused(format!("kernel image: {e}")))?;
-    let layout = loader::boot_layout(&plan, ram, spec.initrd.map(|i| i.len() as u64), DTB_RESERVE)
+    // Room for the device tree: the generated one fits the loader's reserve; one the
+    // creator supplies (at most `limits::SPAWN_MAX_DTB`) gets its own size.
+    let dtb_room = spec
+        .dtb
+        .map_or(loader::DTB_RESERVE, |d| {
+            (d.len() as u64).next_multiple_of(PAGE_SIZE).max(loader::DTB_RESERVE)
+        });
+    let layout = loader::boot_layout(&plan, ram, spec.initrd.map(|i| i.len() as u64), dtb_room)
         .map_err(|e| Refused(format!("layout in {} MiB: {e}", ram.len >> 20)))?;
     let generated;
     let dtb: &[u8] = match spec.dtb {

@@ -234,6 +234,10 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
         display(&image)
     );
     println!("xtask: booting: {cmd}\nxtask: (Ctrl-a x quits QEMU)");
+    // Console bytes pass through the hypervisor unchanged, so the terminal must not
+    // add a CR before each LF (QEMU keeps the terminal's output processing): a guest's
+    // CR LF would otherwise show as CR CR LF.
+    let _raw_output = TerminalOutput::pass_through();
     let status = Command::new("qemu-system-riscv64")
         .current_dir(workspace_root())
         .args(["-bios", "none", "-nographic", "-machine", "virt"])
@@ -245,4 +249,39 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
         return Err(format!("QEMU exited with {status}"));
     }
     Ok(())
+}
+
+/// The terminal's LF-to-CR-LF output translation (`onlcr`) switched off while it lives,
+/// and restored when dropped. Does nothing when stdin is not a terminal.
+struct TerminalOutput {
+    saved: Option<String>,
+}
+
+impl TerminalOutput {
+    fn pass_through() -> Self {
+        let stty = |args: &[&str]| {
+            Command::new("stty")
+                .args(args)
+                .stdin(std::process::Stdio::inherit())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+        };
+        let saved = stty(&["-g"]).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if saved.is_some() {
+            stty(&["-onlcr"]);
+        }
+        Self { saved }
+    }
+}
+
+impl Drop for TerminalOutput {
+    fn drop(&mut self) {
+        if let Some(s) = &self.saved {
+            let _ = Command::new("stty")
+                .arg(s)
+                .stdin(std::process::Stdio::inherit())
+                .status();
+        }
+    }
 }

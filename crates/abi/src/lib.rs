@@ -238,6 +238,8 @@ pub mod limits {
     pub const CONSOLE_IN_BUFFER: usize = 4096;
     /// Largest transfer of one CONSOLE_READ or CONSOLE_WRITE call.
     pub const CONSOLE_MAX_TRANSFER: usize = 4096;
+    /// Largest device tree a SPAWN may supply for its child (`dtb_size`).
+    pub const SPAWN_MAX_DTB: usize = 256 * 1024;
     /// Highest scheduling priority. Priorities run from 1 (lowest) upwards; 0 is never a
     /// priority, so 0 can mean "unchanged" or "default" in argument structures.
     pub const MAX_PRIORITY: u32 = 255;

@@ -400,6 +400,7 @@ fn spawn(
         || s.image_size == 0
         || s.image_size > ram_bytes
         || (s.dtb_gpa == 0) != (s.dtb_size == 0)
+        || s.dtb_size > limits::SPAWN_MAX_DTB as u64
     {
         return Err(SbiError::InvalidParam);
     }
