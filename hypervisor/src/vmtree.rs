@@ -1087,22 +1087,34 @@ impl ExtensionHost for HvHost<'_> {
         size: u64,
     ) -> Result<(), SbiError> {
         let vm = lookup(parent).ok_or(SbiError::Failed)?;
-        let mut guard = vm.mem.lock();
-        let m = guard.as_mut().ok_or(SbiError::Failed)?;
         let end = parent_gpa
             .checked_add(size)
-            .ok_or(SbiError::InvalidAddress)?;
+            .ok_or(SbiError::InvalidAddress)?
+            .raw();
         // Runs without the tree's lock: whoever kills this VM meanwhile waits for this
-        // hart to leave it, so the walk stops at the next page once the VM is dead.
-        for page in (parent_gpa.raw()..end.raw()).step_by(PAGE_SIZE as usize) {
-            if vm.dead.load(Ordering::Acquire) {
-                return Err(SbiError::Failed);
+        // hart to leave it, so the walk stops at the next page once the VM is dead. A
+        // batch of at most one leaf table's pages at a time, each settled (shootdown,
+        // old shares released) before the next, so what is pending stays bounded.
+        const BATCH: u64 = 512 * PAGE_SIZE;
+        let mut page = parent_gpa.raw();
+        while page < end {
+            let batch_end = page.saturating_add(BATCH).min(end);
+            {
+                let mut guard = vm.mem.lock();
+                let m = guard.as_mut().ok_or(SbiError::Failed)?;
+                for p in (page..batch_end).step_by(PAGE_SIZE as usize) {
+                    if vm.dead.load(Ordering::Acquire) {
+                        return Err(SbiError::Failed);
+                    }
+                    match m.break_cow(Gpa::new(p), &mut self.stale) {
+                        // Read-only for this VM for good: nothing of it to take back.
+                        Ok(()) | Err(cow::CowError::NotCow) => {}
+                        Err(cow::CowError::OutOfMemory) => return Err(SbiError::Failed),
+                    }
+                }
             }
-            match m.break_cow(Gpa::new(page), &mut self.stale) {
-                // Read-only for this VM for good: nothing of it to take back.
-                Ok(()) | Err(cow::CowError::NotCow) => {}
-                Err(cow::CowError::OutOfMemory) => return Err(SbiError::Failed),
-            }
+            cow::finish(&vm, self.hart.slot, core::mem::take(&mut self.stale));
+            page = batch_end;
         }
         Ok(())
     }
