@@ -454,11 +454,11 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
     let plan = loader::plan(spec.kernel, ram).map_err(|e| Refused(format!("kernel image: {e}")))?;
     // Room for the device tree: the generated one fits the loader's reserve; one the
     // creator supplies (at most `limits::SPAWN_MAX_DTB`) gets its own size.
-    let dtb_room = spec
-        .dtb
-        .map_or(loader::DTB_RESERVE, |d| {
-            (d.len() as u64).next_multiple_of(PAGE_SIZE).max(loader::DTB_RESERVE)
-        });
+    let dtb_room = spec.dtb.map_or(loader::DTB_RESERVE, |d| {
+        (d.len() as u64)
+            .next_multiple_of(PAGE_SIZE)
+            .max(loader::DTB_RESERVE)
+    });
     let layout = loader::boot_layout(&plan, ram, spec.initrd.map(|i| i.len() as u64), dtb_room)
         .map_err(|e| Refused(format!("layout in {} MiB: {e}", ram.len >> 20)))?;
     let generated;
