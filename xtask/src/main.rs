@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod cheader;
+mod fuzz;
 mod guests;
 mod qemu;
 mod rootvm;
@@ -43,6 +44,10 @@ cargo xtask <command> [options]
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+  fuzz [--iterations N] [--target NAME] [--seed S] [--no-coverage]
+                      coverage-guided host fuzzing of every parser a guest or the firmware
+                      feeds (default 1,000,000 inputs per target; see docs/fuzzing.md);
+                      --list names the targets, --replay FILE --target NAME reruns a finding
     let (cmd, rest) = match args.split_first() {
         Some((c, r)) => (c.as_str(), r.to_vec()),
         None => ("help", Vec::new()),
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         }
         other => Err(format!("unknown command `{other}`\n\n{HELP}")),
     };
+        "fuzz" => fuzz::cmd_fuzz(&rest),
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -15,9 +15,10 @@
 //! memory after them must be zeroed. Every check that keeps the copy inside the image
 //! and inside guest RAM is done here, so the copier can trust the plan.
 //!
-//! A SPAWN image comes from a guest and is planned while the hypervisor holds its VM
-//! tree lock, so the work and the heap an image can cause are bounded by constants
-//! checked before anything proportional to the image is done: at most
+//! A SPAWN image comes from a guest, so the work and the heap an image can cause are
+//! bounded by constants checked before anything proportional to the image is done:
+//! only the first [`HEADER_WINDOW`] bytes are parsed (the rest is copied, never read
+//! here, so the image can sit in scattered host pages), at most
 //! [`MAX_PROGRAM_HEADERS`] program headers are looked at, at most [`MAX_LOAD_SEGMENTS`]
 //! of them are kept (the only allocation, a few KiB at most), and the overlap check is
 //! a sort and one pass. The `Image` path allocates one segment whatever the header says.
@@ -178,25 +179,68 @@ impl LoadPlan {
     }
 }
 
+/// Bytes at the start of an image that must hold every header the loader reads: the
+/// ELF header and program-header table (256 headers of 56 bytes fit many times over),
+/// or the Linux `Image` header. The rest of the image is only copied, never parsed,
+/// so an image need not be contiguous in host memory: the hypervisor keeps SPAWN
+/// images in pages wherever they are free and parses a copy of this window only.
+pub const HEADER_WINDOW: usize = 64 * 1024;
+
+/// Offset and width of the ELF64 header fields that locate the section-header table,
+/// which the loader never uses (and which usually lies at the end of the file).
+const E_SHOFF: usize = 0x28;
+const E_SHNUM: usize = 0x3c;
+const E_SHSTRNDX: usize = 0x3e;
+const E_PHNUM: usize = 0x38;
+/// `e_phnum` value saying the real count (at least this) is in section header 0.
+const PN_XNUM: u16 = 0xffff;
+
 /// Parses `image` and plans its loading into guest RAM `ram`.
 pub fn plan(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
-    if image.starts_with(b"\x7fELF") {
-        plan_elf(image, ram)
-    } else if image.len() >= IMAGE_HEADER_SIZE
-        && (image[0x38..0x3c] == IMAGE_MAGIC2 || image[0x30..0x38] == IMAGE_MAGIC)
+    let window = &image[..image.len().min(HEADER_WINDOW)];
+    plan_window(window, image.len() as u64, ram)
+}
+
+/// Plans the loading of an image of `image_len` bytes whose first bytes are `window`
+/// (all of them, or at least [`HEADER_WINDOW`]): every header must lie in the window,
+/// every segment's file bytes in `[0, image_len)`.
+pub fn plan_window(window: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
+    let window = &window[..window.len().min(HEADER_WINDOW)];
+    if window.starts_with(b"\x7fELF") {
+        plan_elf(window, image_len, ram)
+    } else if window.len() >= IMAGE_HEADER_SIZE
+        && (window[0x38..0x3c] == IMAGE_MAGIC2 || window[0x30..0x38] == IMAGE_MAGIC)
     {
-        plan_image(image, ram)
+        plan_image(window, image_len, ram)
     } else {
         Err(LoadError::UnknownFormat)
     }
 }
 
-fn plan_elf(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
+fn plan_elf(window: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
     // Read the class byte ourselves: the elf crate reports 32-bit files as a generic
     // parse error under a fixed endianness, and this one deserves a clear message.
-    if image.get(4) != Some(&ELFCLASS64) {
+    if window.get(4) != Some(&ELFCLASS64) {
         return Err(LoadError::NotElf64);
     }
+    // PN_XNUM means 65,535 headers or more: far past the cap, refused unread.
+    if window.get(E_PHNUM..E_PHNUM + 2) == Some(&PN_XNUM.to_le_bytes()[..]) {
+        return Err(LoadError::TooManyProgramHeaders(usize::from(PN_XNUM)));
+    }
+    // The parser would look for the section-header table, which the loader does not
+    // use and which may lie outside the window: a copy of the header (bounded by the
+    // window) says there is none.
+    let mut head = Vec::from(window);
+    for field in [
+        E_SHOFF..E_SHOFF + 8,
+        E_SHNUM..E_SHNUM + 2,
+        E_SHSTRNDX..E_SHSTRNDX + 2,
+    ] {
+        if let Some(f) = head.get_mut(field) {
+            f.fill(0);
+        }
+    }
+    let image = head.as_slice();
     let file = ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|_| LoadError::BadElf)?;
     if file.ehdr.class != Class::ELF64 {
         return Err(LoadError::NotElf64);
@@ -229,7 +273,7 @@ fn plan_elf(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
         let fstart = usize::try_from(ph.p_offset).map_err(|_| LoadError::SegmentOutsideFile(n))?;
         let flen = usize::try_from(ph.p_filesz).map_err(|_| LoadError::SegmentOutsideFile(n))?;
         let fend = fstart.checked_add(flen).ok_or(LoadError::Overflow(n))?;
-        if fend > image.len() {
+        if fend as u64 > image_len {
             return Err(LoadError::SegmentOutsideFile(n));
         }
         let gpa = Gpa::new(ph.p_paddr);
@@ -291,11 +335,12 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(v)
 }
 
-fn plan_image(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
+fn plan_image(image: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
     // The caller checked the header is present; keep the check local too.
     if image.len() < IMAGE_HEADER_SIZE {
         return Err(LoadError::Truncated);
     }
+    let file_len = usize::try_from(image_len).map_err(|_| LoadError::ImageOutsideRam)?;
     let text_offset = le_u64(image, 0x08);
     let image_size = le_u64(image, 0x10);
     let flags = le_u64(image, 0x18);
@@ -313,7 +358,7 @@ fn plan_image(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
         return Err(LoadError::MisalignedImage);
     }
     // Older kernels leave image_size 0; the file length is then the best bound.
-    let mem_size = image_size.max(image.len() as u64);
+    let mem_size = image_size.max(image_len);
     if !ram.contains_span(load, mem_size) {
         return Err(LoadError::ImageOutsideRam);
     }
@@ -321,7 +366,7 @@ fn plan_image(image: &[u8], ram: Range<Gpa>) -> Result<LoadPlan, LoadError> {
         format: ImageFormat::LinuxImage,
         segments: alloc::vec![Segment {
             gpa: load,
-            file: 0..image.len(),
+            file: 0..file_len,
             mem_size,
         }],
         entry: load,
@@ -659,6 +704,35 @@ mod tests {
             b[o + 40..o + 48].copy_from_slice(&16u64.to_le_bytes());
         }
         b
+    }
+
+    #[test]
+    fn only_the_header_window_is_parsed() {
+        // One loadable segment whose file bytes, and the section-header table, lie far
+        // beyond the window: planned from the window and the length alone, exactly as
+        // from the whole image.
+        let mut img = elf_with_headers(1, 1);
+        let data_at = 3 * HEADER_WINDOW;
+        img.resize(data_at + 16, 0xab);
+        img[64 + 8..64 + 16].copy_from_slice(&(data_at as u64).to_le_bytes());
+        img[64 + 32..64 + 40].copy_from_slice(&16u64.to_le_bytes());
+        img[40..48].copy_from_slice(&((data_at - 64) as u64).to_le_bytes());
+        let whole = plan(&img, ram()).unwrap();
+        assert_eq!(whole.segments[0].file, data_at..data_at + 16);
+        let windowed = plan_window(&img[..HEADER_WINDOW], img.len() as u64, ram()).unwrap();
+        assert_eq!(windowed, whole);
+        // The segment must still lie inside the whole image.
+        assert_eq!(
+            plan_window(&img[..HEADER_WINDOW], data_at as u64 + 15, ram()),
+            Err(LoadError::SegmentOutsideFile(0))
+        );
+        // Program headers beyond the window are not read: the image is refused.
+        let mut far = elf_with_headers(1, 1);
+        far.resize(2 * HEADER_WINDOW, 0);
+        let ph = far[64..64 + 56].to_vec();
+        far[HEADER_WINDOW + 8..HEADER_WINDOW + 8 + 56].copy_from_slice(&ph);
+        far[32..40].copy_from_slice(&((HEADER_WINDOW + 8) as u64).to_le_bytes());
+        assert_eq!(plan(&far, ram()), Err(LoadError::BadElf));
     }
 
     #[test]

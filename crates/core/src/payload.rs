@@ -233,35 +233,71 @@ fn le_u64(b: &[u8], at: usize) -> Result<u64, PayloadError> {
     Ok(u64::from(lo) | (u64::from(hi) << 32))
 }
 
-impl<'a> Payload<'a> {
-    /// Parses and fully validates a payload. See the module documentation for the
-    /// layout and [`PayloadError`] for what is refused.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, PayloadError> {
-        if bytes.len() < HEADER_SIZE {
+/// Where a payload's blobs lie, as offsets into it: what [`PayloadIndex::parse`] reads
+/// from the header and entry table alone (the first [`INDEX_WINDOW`] bytes at most), so
+/// a payload need not be contiguous in memory to be checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadIndex {
+    /// The kernel's bytes (non-empty).
+    pub kernel: core::ops::Range<usize>,
+    /// The initrd's bytes.
+    pub initrd: Option<core::ops::Range<usize>>,
+    /// The command line's bytes (at most [`MAX_CMDLINE_BYTES`]; check them with
+    /// [`check_cmdline`]).
+    pub cmdline: Option<core::ops::Range<usize>>,
+    /// vCPUs for the Root VM; 0 = one per host hart.
+    pub vcpus: u32,
+    /// RAM for the Root VM in MiB; 0 = the hypervisor's default.
+    pub ram_mib: u32,
+}
+
+/// Bytes of a payload's start that hold its header and the largest entry table.
+pub const INDEX_WINDOW: usize = HEADER_SIZE + MAX_ENTRIES as usize * ENTRY_SIZE;
+
+/// A payload command line's bytes as the string they must be: UTF-8 without NUL (it
+/// becomes a NUL-terminated device-tree string, which an embedded NUL would cut).
+pub fn check_cmdline(bytes: &[u8]) -> Result<&str, PayloadError> {
+    let s = core::str::from_utf8(bytes).map_err(|_| PayloadError::BadCmdline)?;
+    if s.contains('\0') {
+        return Err(PayloadError::BadCmdline);
+    }
+    Ok(s)
+}
+
+impl PayloadIndex {
+    /// Parses and checks the header and entry table of a payload of `len` bytes whose
+    /// first bytes are `head` (all of them, or at least [`INDEX_WINDOW`]). Every blob is
+    /// checked to lie inside the declared total size, which must fit in `len`. See the
+    /// module documentation for the layout and [`PayloadError`] for what is refused.
+    pub fn parse(head: &[u8], len: usize) -> Result<Self, PayloadError> {
+        let head = &head[..head.len().min(len)];
+        if head.len() < HEADER_SIZE {
             return Err(PayloadError::Truncated);
         }
-        if bytes[0..8] != MAGIC {
+        if head[0..8] != MAGIC {
             return Err(PayloadError::BadMagic);
         }
-        let version = le_u32(bytes, 8)?;
+        let version = le_u32(head, 8)?;
         if version != FORMAT_VERSION {
             return Err(PayloadError::UnsupportedVersion(version));
         }
-        let count = le_u32(bytes, 12)?;
-        let total = le_u64(bytes, 16)?;
-        let vcpus = le_u32(bytes, 24)?;
-        let ram_mib = le_u32(bytes, 28)?;
+        let count = le_u32(head, 12)?;
+        let total = le_u64(head, 16)?;
+        let vcpus = le_u32(head, 24)?;
+        let ram_mib = le_u32(head, 28)?;
         if total < HEADER_SIZE as u64 {
             return Err(PayloadError::BadTotalSize(total));
         }
         let total = usize::try_from(total).map_err(|_| PayloadError::Truncated)?;
-        let data = bytes.get(..total).ok_or(PayloadError::Truncated)?;
+        if total > len {
+            return Err(PayloadError::Truncated);
+        }
         if count > MAX_ENTRIES {
             return Err(PayloadError::TooManyEntries(count));
         }
         // Bounded by MAX_ENTRIES, so no overflow.
         let table_end = HEADER_SIZE + count as usize * ENTRY_SIZE;
-        if table_end > data.len() {
+        if table_end > total || table_end > head.len() {
             return Err(PayloadError::Truncated);
         }
 
@@ -271,9 +307,9 @@ impl<'a> Payload<'a> {
         let mut spans: Vec<(usize, usize, u32)> = Vec::new();
         for index in 0..count {
             let e = HEADER_SIZE + index as usize * ENTRY_SIZE;
-            let kind = le_u32(data, e)?;
-            let off = le_u64(data, e + 8)?;
-            let size = le_u64(data, e + 16)?;
+            let kind = le_u32(head, e)?;
+            let off = le_u64(head, e + 8)?;
+            let size = le_u64(head, e + 16)?;
             // Refused before anything looks at the bytes: the hypervisor copies the
             // command line into its heap, and a SPAWN image's payload is hostile.
             if kind == KIND_CMDLINE && size > MAX_CMDLINE_BYTES as u64 {
@@ -284,7 +320,7 @@ impl<'a> Payload<'a> {
                 (Ok(o), Ok(e)) => (o, e),
                 _ => return Err(PayloadError::EntryOutOfBounds(index)),
             };
-            if off < table_end || end > data.len() {
+            if off < table_end || end > total {
                 return Err(PayloadError::EntryOutOfBounds(index));
             }
             if off & (BLOB_ALIGN - 1) != 0 {
@@ -294,14 +330,13 @@ impl<'a> Payload<'a> {
                 return Err(PayloadError::Overlap(index));
             }
             spans.push((off, end, index));
-            let blob = &data[off..end];
             let slot = match kind {
                 KIND_KERNEL => &mut kernel,
                 KIND_INITRD => &mut initrd,
                 KIND_CMDLINE => &mut cmdline,
                 _ => return Err(PayloadError::UnknownKind { index, kind }),
             };
-            if slot.replace(blob).is_some() {
+            if slot.replace(off..end).is_some() {
                 return Err(PayloadError::Duplicate(kind));
             }
         }
@@ -310,18 +345,7 @@ impl<'a> Payload<'a> {
         if kernel.is_empty() {
             return Err(PayloadError::EmptyKernel);
         }
-        let cmdline = match cmdline {
-            Some(c) => {
-                let s = core::str::from_utf8(c).map_err(|_| PayloadError::BadCmdline)?;
-                // It becomes a NUL-terminated DT string; an embedded NUL would truncate it.
-                if s.contains('\0') {
-                    return Err(PayloadError::BadCmdline);
-                }
-                Some(s)
-            }
-            None => None,
-        };
-        Ok(Payload {
+        Ok(Self {
             kernel,
             initrd,
             cmdline,
@@ -331,10 +355,48 @@ impl<'a> Payload<'a> {
     }
 }
 
+impl<'a> Payload<'a> {
+    /// Parses and fully validates a payload. See the module documentation for the
+    /// layout and [`PayloadError`] for what is refused.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, PayloadError> {
+        let index = PayloadIndex::parse(bytes, bytes.len())?;
+        // The index checked every range against the payload's total size, which fits
+        // in `bytes`: these slices are in bounds.
+        let blob = |r: core::ops::Range<usize>| bytes.get(r).ok_or(PayloadError::Truncated);
+        let cmdline = match index.cmdline {
+            Some(r) => Some(check_cmdline(blob(r)?)?),
+            None => None,
+        };
+        Ok(Payload {
+            kernel: blob(index.kernel)?,
+            initrd: index.initrd.map(blob).transpose()?,
+            cmdline,
+            vcpus: index.vcpus,
+            ram_mib: index.ram_mib,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_index_needs_only_the_window() {
+        let bytes = sample();
+        let index = PayloadIndex::parse(&bytes[..INDEX_WINDOW], bytes.len()).unwrap();
+        let p = Payload::parse(&bytes).unwrap();
+        assert_eq!(&bytes[index.kernel.clone()], p.kernel);
+        assert_eq!(index.initrd.clone().map(|r| &bytes[r]), p.initrd);
+        let cmdline = check_cmdline(&bytes[index.cmdline.clone().unwrap()]).unwrap();
+        assert_eq!(Some(cmdline), p.cmdline);
+        // A payload claiming more bytes than there are is truncated.
+        assert_eq!(
+            PayloadIndex::parse(&bytes[..INDEX_WINDOW], bytes.len() - 1),
+            Err(PayloadError::Truncated)
+        );
+    }
 
     fn sample() -> Vec<u8> {
         encode(&PayloadSpec {
