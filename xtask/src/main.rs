@@ -39,15 +39,15 @@ cargo xtask <command> [options]
   bench               instruction-count benchmarks, Diosix vs OpenSBI (-icount shift=0)
   setup               install what the build needs (apt packages, rustup targets)
   cheader             regenerate crates/abi/include/diosix_sbi.h from the ABI crate
+  fuzz [--iterations N] [--target NAME] [--seed S] [--no-coverage]
+                      coverage-guided host fuzzing of every parser a guest or the firmware
+                      feeds (default 1,000,000 inputs per target; see docs/fuzzing.md);
+                      --list names the targets, --replay FILE --target NAME reruns a finding
   help                this text
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-  fuzz [--iterations N] [--target NAME] [--seed S] [--no-coverage]
-                      coverage-guided host fuzzing of every parser a guest or the firmware
-                      feeds (default 1,000,000 inputs per target; see docs/fuzzing.md);
-                      --list names the targets, --replay FILE --target NAME reruns a finding
     let (cmd, rest) = match args.split_first() {
         Some((c, r)) => (c.as_str(), r.to_vec()),
         None => ("help", Vec::new()),
@@ -59,13 +59,13 @@ fn main() -> ExitCode {
         "bench" => bench::cmd_bench(&rest),
         "setup" => setup::ensure_all(),
         "cheader" => cheader::cmd_cheader(&rest),
+        "fuzz" => fuzz::cmd_fuzz(&rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
         }
         other => Err(format!("unknown command `{other}`\n\n{HELP}")),
     };
-        "fuzz" => fuzz::cmd_fuzz(&rest),
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
