@@ -3,13 +3,16 @@
 //! of the input.
 //!
 //! Input: a 40-byte parameter block — RAM start, RAM length, initrd length, DTB length
-//! (u64 each), flags (u32; bit 0: an initrd is asked for), 4 bytes reserved — then the
-//! image.
+//! (u64 each), flags (u32; bit 0: an initrd is asked for), a window cut (u32) — then
+//! the image. A non-zero cut also plans the image through `plan_window` from only its
+//! first `cut % (len + 1)` bytes, as the hypervisor does with an image that is not
+//! contiguous in host memory: with at least `HEADER_WINDOW` bytes (or all of them) the
+//! plan must be the same; with fewer it must still be safe.
 
 use diosix_core::addr::{Gpa, Range, PAGE_SIZE};
 use diosix_core::loader::{
-    boot_layout, plan, ImageFormat, LoadPlan, DTB_RESERVE, IMAGE_MAGIC, IMAGE_MAGIC2, KERNEL_ALIGN,
-    MAX_LOAD_SEGMENTS, MAX_PROGRAM_HEADERS,
+    boot_layout, plan, plan_window, ImageFormat, LoadPlan, DTB_RESERVE, HEADER_WINDOW, IMAGE_MAGIC,
+    IMAGE_MAGIC2, KERNEL_ALIGN, MAX_LOAD_SEGMENTS, MAX_PROGRAM_HEADERS,
 };
 
 use super::{label, le32, le64, mix, put32, put64, ram_len, ram_start, Target};
@@ -192,7 +195,7 @@ fn many_segments(rng: &mut Rng, ram_base: u64) -> Vec<u8> {
             memsz: 16,
         })
         .collect();
-    write_elf(ram_base, &phs, &[], n >= usize::from(PN_XNUM) || rng.coin())
+    write_elf(ram_base, &phs, &[], n >= usize::from(PN_XNUM))
 }
 
 /// A random RISC-V Linux `Image` header (and body).
@@ -253,7 +256,14 @@ fn params(rng: &mut Rng) -> (Vec<u8>, u64) {
         },
     );
     put32(&mut p, u32::from(rng.coin()));
-    put32(&mut p, 0);
+    put32(
+        &mut p,
+        match rng.below(4) {
+            0 => rng.next_u32(),
+            1 => rng.range(1, 0x200) as u32,
+            _ => 0,
+        },
+    );
     (p, start)
 }
 
@@ -262,6 +272,7 @@ fn param_fields(out: &mut Vec<Field>) {
         out.push(Field::le(8 * i, 8));
     }
     out.push(Field::le(32, 4));
+    out.push(Field::le(36, 4));
 }
 
 /// ELF header and program header fields, offset by the parameter block.
@@ -351,10 +362,23 @@ pub fn run(input: &[u8]) -> u64 {
     let Some(ram) = Range::new(Gpa::new(le64(input, 0)), le64(input, 8)) else {
         return label(0, &"ram overflows");
     };
-    match plan(image, ram) {
+    let full = plan(image, ram);
+    let cut = le32(input, 36) as usize;
+    if cut != 0 {
+        let k = cut % (image.len() + 1);
+        let windowed = plan_window(&image[..k], image.len() as u64, ram);
+        if k >= image.len().min(HEADER_WINDOW) {
+            assert_eq!(windowed, full, "plan_window differs from plan");
+        } else if let Ok(p) = &windowed {
+            // Fewer bytes than the contract asks for: whatever it plans must still be
+            // inside the image and RAM.
+            check_plan(p, image.len(), ram);
+        }
+    }
+    match full {
         Err(e) => label(1, &e),
         Ok(p) => {
-            check_plan(&p, image, ram);
+            check_plan(&p, image.len(), ram);
             let initrd = (le32(input, 32) & 1 == 1).then(|| le64(input, 16));
             let layout = check_layout(&p, ram, initrd, le64(input, 24));
             let l = mix(label(2, &p.format), p.segments.len().min(8) as u64);
@@ -363,9 +387,9 @@ pub fn run(input: &[u8]) -> u64 {
     }
 }
 
-/// What `plan` promises: segments inside the image and inside RAM, in ascending GPA
-/// order without overlap, and an entry point inside a segment.
-pub fn check_plan(p: &LoadPlan, image: &[u8], ram: Range<Gpa>) {
+/// What `plan` promises: segments inside the `image_len`-byte image and inside RAM, in
+/// ascending GPA order without overlap, and an entry point inside a segment.
+pub fn check_plan(p: &LoadPlan, image_len: usize, ram: Range<Gpa>) {
     assert!(!p.segments.is_empty(), "plan without segments");
     assert!(
         p.segments.len() <= MAX_LOAD_SEGMENTS,
@@ -373,10 +397,9 @@ pub fn check_plan(p: &LoadPlan, image: &[u8], ram: Range<Gpa>) {
     );
     for s in &p.segments {
         assert!(
-            s.file.start <= s.file.end && s.file.end <= image.len(),
-            "segment file bytes {:?} outside the {}-byte image",
-            s.file,
-            image.len()
+            s.file.start <= s.file.end && s.file.end <= image_len,
+            "segment file bytes {:?} outside the {image_len}-byte image",
+            s.file
         );
         assert!(s.mem_size >= s.file.len() as u64, "mem_size < file bytes");
         assert!(
@@ -412,7 +435,7 @@ pub fn check_plan(p: &LoadPlan, image: &[u8], ram: Range<Gpa>) {
                 s.gpa.is_aligned(KERNEL_ALIGN),
                 "Image load not 2 MiB aligned"
             );
-            assert_eq!(s.file, 0..image.len());
+            assert_eq!(s.file, 0..image_len);
         }
     }
 }
@@ -476,8 +499,16 @@ mod tests {
             memsz: 16,
         };
         let phs: Vec<Ph> = (0..50).map(ph).collect();
-        let b = write_elf(0x8000_0000, &phs, &[], true);
         let ram = Range::new(Gpa::new(0x8000_0000), 1 << 30).unwrap();
+        let b = write_elf(0x8000_0000, &phs, &[], false);
         assert_eq!(plan(&b, ram).unwrap().segments.len(), 50);
+        // A count given through PN_XNUM is refused unread.
+        let b = write_elf(0x8000_0000, &phs, &[], true);
+        assert_eq!(
+            plan(&b, ram),
+            Err(diosix_core::loader::LoadError::TooManyProgramHeaders(
+                usize::from(PN_XNUM)
+            ))
+        );
     }
 }

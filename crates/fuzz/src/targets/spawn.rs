@@ -106,7 +106,7 @@ impl Target for Spawn {
             Ok(p) => p,
             Err(e) => return label(2, &e),
         };
-        loader::check_plan(&p, kernel, ram);
+        loader::check_plan(&p, kernel.len(), ram);
         let initrd_len = initrd.map(|i| i.len() as u64);
         let layout = match boot_layout(&p, ram, initrd_len, DTB_RESERVE) {
             Ok(l) => l,
