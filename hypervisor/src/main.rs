@@ -15,6 +15,7 @@ mod console;
 mod cow;
 mod hart;
 mod heap;
+mod image;
 mod mem;
 mod platform;
 mod sbi;

@@ -1,6 +1,7 @@
 //! Virtual machines: guest memory behind G-stage tables, and building the Root VM from
 //! the payload embedded in this image.
 
+use crate::image::{Bytes, CopyError};
 use crate::mem::{self, PhysTables, TableAlloc};
 use crate::vcpu::{Vcpu, VcpuShared, Wait};
 use alloc::boxed::Box;
@@ -19,8 +20,6 @@ use spin::Mutex;
 
 /// What [`GuestMemory::new`] and [`build_vm`] say when they were cancelled.
 const CANCELLED: &str = "cancelled";
-/// Bytes copied into a VM being built between two checks of its cancellation.
-const COPY_STEP: usize = 2 << 20;
 
 /// Where every guest's RAM starts, as the guest sees it.
 pub const GUEST_RAM_BASE: Gpa = Gpa::new(0x8000_0000);
@@ -381,13 +380,13 @@ pub struct VmSpec<'a> {
     /// vCPU priority.
     pub priority: u8,
     /// Kernel image: ELF or Linux `Image`.
-    pub kernel: &'a [u8],
+    pub kernel: Bytes<'a>,
     /// Optional initrd.
-    pub initrd: Option<&'a [u8]>,
+    pub initrd: Option<Bytes<'a>>,
     /// Optional command line.
     pub cmdline: Option<&'a str>,
     /// A device tree to use instead of a generated one.
-    pub dtb: Option<&'a [u8]>,
+    pub dtb: Option<Bytes<'a>>,
     /// The Root VM.
     pub is_root: bool,
     /// Start the boot vCPU now (else it waits for START).
@@ -451,19 +450,24 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
     }
     let ram = Range::new(GUEST_RAM_BASE, spec.ram_bytes)
         .ok_or_else(|| Refused("RAM size overflows".into()))?;
-    let plan = loader::plan(spec.kernel, ram).map_err(|e| Refused(format!("kernel image: {e}")))?;
+    // Only the headers are parsed, from a bounded window; the rest is copied.
+    let window = spec
+        .kernel
+        .window(loader::HEADER_WINDOW)
+        .map_err(|e| Host(format!("reading the image: {e:?}")))?;
+    let plan = loader::plan_window(&window, spec.kernel.len(), ram)
+        .map_err(|e| Refused(format!("kernel image: {e}")))?;
+    drop(window);
     // Room for the device tree: the generated one fits the loader's reserve; one the
     // creator supplies (at most `limits::SPAWN_MAX_DTB`) gets its own size.
-    let dtb_room = spec.dtb.map_or(loader::DTB_RESERVE, |d| {
-        (d.len() as u64)
-            .next_multiple_of(PAGE_SIZE)
-            .max(loader::DTB_RESERVE)
+    let dtb_room = spec.dtb.as_ref().map_or(loader::DTB_RESERVE, |d| {
+        d.len().next_multiple_of(PAGE_SIZE).max(loader::DTB_RESERVE)
     });
-    let layout = loader::boot_layout(&plan, ram, spec.initrd.map(|i| i.len() as u64), dtb_room)
+    let layout = loader::boot_layout(&plan, ram, spec.initrd.as_ref().map(Bytes::len), dtb_room)
         .map_err(|e| Refused(format!("layout in {} MiB: {e}", ram.len >> 20)))?;
     let generated;
-    let dtb: &[u8] = match spec.dtb {
-        Some(d) => d,
+    let dtb: Bytes<'_> = match &spec.dtb {
+        Some(d) => d.clone(),
         None => {
             let boot_hart = &host.harts[0];
             let extensions = guestfdt::advertised_extensions(
@@ -481,10 +485,10 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
                 initrd: layout.initrd,
             })
             .map_err(|e| Refused(format!("device tree: {e}")))?;
-            &generated
+            Bytes::Slice(&generated)
         }
     };
-    if dtb.len() as u64 > layout.dtb.len {
+    if dtb.len() > layout.dtb.len {
         return Err(Refused("device tree too large".into()));
     }
     let vmid = alloc_vmid().ok_or_else(|| Host("out of VMIDs".into()))?;
@@ -500,28 +504,23 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         }
     };
     // Copied in steps, so a cancellation is noticed within one step.
-    let copy = |gpa: Gpa, bytes: &[u8]| -> Result<(), BuildError> {
-        for (i, piece) in bytes.chunks(COPY_STEP).enumerate() {
-            if (spec.cancelled)() {
-                return Err(BuildError::Cancelled);
-            }
-            let at = gpa
-                .checked_add((i * COPY_STEP) as u64)
-                .ok_or_else(|| Host("image beyond the address space".into()))?;
-            memory
-                .write(at, piece)
-                .map_err(|e| Host(format!("loading: {e}")))?;
-        }
-        Ok(())
+    let copy = |bytes: &Bytes<'_>, sub: core::ops::Range<usize>, gpa: Gpa| {
+        bytes
+            .copy_into(sub, &memory, gpa, spec.cancelled)
+            .map_err(|e| match e {
+                CopyError::Cancelled => BuildError::Cancelled,
+                CopyError::Access(e) => Host(format!("loading: {e}")),
+            })
     };
+    let whole = |b: &Bytes<'_>| 0..usize::try_from(b.len()).unwrap_or(usize::MAX);
     let load = || -> Result<(), BuildError> {
         for seg in &plan.segments {
-            copy(seg.gpa, &spec.kernel[seg.file.clone()])?;
+            copy(&spec.kernel, seg.file.clone(), seg.gpa)?;
         }
-        if let (Some(range), Some(initrd)) = (layout.initrd, spec.initrd) {
-            copy(range.start, initrd)?;
+        if let (Some(range), Some(initrd)) = (layout.initrd, &spec.initrd) {
+            copy(initrd, whole(initrd), range.start)?;
         }
-        copy(layout.dtb.start, dtb)
+        copy(&dtb, whole(&dtb), layout.dtb.start)
     };
     let hgatp = memory.table.hgatp(vmid);
     if let Err(e) = load() {
@@ -651,8 +650,8 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), String> {
             ram_bytes,
             vcpus,
             priority: crate::vmtree::ROOT_PRIORITY as u8,
-            kernel: payload.kernel,
-            initrd: payload.initrd,
+            kernel: Bytes::Slice(payload.kernel),
+            initrd: payload.initrd.map(Bytes::Slice),
             cmdline: payload.cmdline,
             dtb: None,
             is_root: true,

@@ -20,6 +20,7 @@
 
 use crate::cow;
 use crate::hart::{self, HartLocal};
+use crate::image::{Bytes, CopyError, ImageStore};
 use crate::mem;
 use crate::sched;
 use crate::vcpu::{Vcpu, VcpuState, NOT_RUNNING};
@@ -33,7 +34,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_abi::{features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::gstage::Perms;
-use diosix_core::payload::{Payload, MAGIC as PAYLOAD_MAGIC};
+use diosix_core::payload::{self, PayloadIndex, INDEX_WINDOW, MAGIC as PAYLOAD_MAGIC};
 use diosix_core::sbi::SbiRet;
 use diosix_core::tree::dispatch::{
     apply_termination, handle_diosix_call, handle_treeless_call, needs_tree, reboot_self,
@@ -115,8 +116,8 @@ fn enqueue_states(vm: &Arc<Vm>, states: &[VcpuState]) {
 
 /// A spawned VM's image and parameters, kept for REBOOT.
 struct ImageOrigin {
-    image: Scratch,
-    dtb: Option<Scratch>,
+    image: ImageStore,
+    dtb: Option<ImageStore>,
     name: alloc::string::String,
     ram_bytes: u64,
     vcpus: usize,
@@ -126,15 +127,43 @@ struct ImageOrigin {
 
 impl ImageOrigin {
     /// Builds (again) the VM `id` from this origin, for the caller to queue; gives up
-    /// when `cancelled` holds.
+    /// when `cancelled` holds. A `DSXPAYLD` image is split into kernel, initrd and
+    /// command line from its index; only headers and the command line (each bounded by
+    /// a constant) are read into the heap.
     fn build(&self, id: VmId, cancelled: &dyn Fn() -> bool) -> Result<vm::Built, BuildError> {
-        let bytes = self.image.as_slice();
-        let (kernel, initrd, cmdline) = if bytes.len() >= 8 && bytes[..8] == PAYLOAD_MAGIC {
-            let p =
-                Payload::parse(bytes).map_err(|e| BuildError::Refused(format!("payload: {e}")))?;
-            (p.kernel, p.initrd, p.cmdline)
+        let store = &self.image;
+        let read_err = |e: CopyError| BuildError::Host(format!("reading the image: {e:?}"));
+        let magic = store.read(0, PAYLOAD_MAGIC.len().min(store.len() as usize));
+        let stored = |range: core::ops::Range<usize>| Bytes::Stored {
+            store,
+            range: range.start as u64..range.end as u64,
+        };
+        let (kernel, initrd, cmdline) = if magic.map_err(read_err)? == PAYLOAD_MAGIC {
+            let window = store
+                .read(0, INDEX_WINDOW.min(store.len() as usize))
+                .map_err(read_err)?;
+            let len = usize::try_from(store.len()).unwrap_or(usize::MAX);
+            let index = PayloadIndex::parse(&window, len)
+                .map_err(|e| BuildError::Refused(format!("payload: {e}")))?;
+            let cmdline = match index.cmdline {
+                Some(r) => {
+                    let bytes = store.read(r.start as u64, r.len()).map_err(read_err)?;
+                    let text = payload::check_cmdline(&bytes)
+                        .map_err(|e| BuildError::Refused(format!("payload: {e}")))?;
+                    Some(alloc::string::String::from(text))
+                }
+                None => None,
+            };
+            (stored(index.kernel), index.initrd.map(stored), cmdline)
         } else {
-            (bytes, None, None)
+            (
+                Bytes::Stored {
+                    store,
+                    range: 0..store.len(),
+                },
+                None,
+                None,
+            )
         };
         vm::build_vm(
             crate::platform::host(),
@@ -146,8 +175,11 @@ impl ImageOrigin {
                 priority: self.priority,
                 kernel,
                 initrd,
-                cmdline,
-                dtb: self.dtb.as_ref().map(|d| d.as_slice()),
+                cmdline: cmdline.as_deref(),
+                dtb: self.dtb.as_ref().map(|d| Bytes::Stored {
+                    store: d,
+                    range: 0..d.len(),
+                }),
                 is_root: false,
                 start: self.start,
                 cancelled,
@@ -156,25 +188,49 @@ impl ImageOrigin {
     }
 
     /// Gathers a SPAWN's image (and device tree) from `parent`'s memory, as `args`
-    /// (already checked by the tree) describe it; gives up when `cancelled` holds.
+    /// (already checked by the tree) describe it, into stores of host pages wherever
+    /// they are free; gives up when `cancelled` holds.
     fn from_guest(
         parent: &Vm,
         id: VmId,
         args: &SpawnArgs,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Self, SbiError> {
-        let image = if args.flags & flags::SPAWN_PAGE_LIST != 0 {
-            copy_page_list(parent, args.image_gpa, args.image_size, cancelled)?
+        let image = ImageStore::new(args.image_size, cancelled).map_err(no_room)?;
+        if args.flags & flags::SPAWN_PAGE_LIST != 0 {
+            // One list entry per page, each a page-aligned GPA in the parent's RAM.
+            for (i, off) in (0..args.image_size).step_by(PAGE_SIZE as usize).enumerate() {
+                let mut entry = [0u8; 8];
+                let at = args
+                    .image_gpa
+                    .checked_add(i as u64 * 8)
+                    .ok_or(SbiError::InvalidAddress)?;
+                parent.read(Gpa::new(at), &mut entry).map_err(bad_address)?;
+                let gpa = Gpa::new(u64::from_le_bytes(entry));
+                if !gpa.is_page_aligned() {
+                    return Err(SbiError::InvalidAddress);
+                }
+                let n = (args.image_size - off).min(PAGE_SIZE);
+                image
+                    .fill_from(off, parent, gpa, n, cancelled)
+                    .map_err(copy_error)?;
+            }
         } else {
-            copy_from_guest(parent, args.image_gpa, args.image_size, cancelled)?
-        };
+            image
+                .fill_from(
+                    0,
+                    parent,
+                    Gpa::new(args.image_gpa),
+                    args.image_size,
+                    cancelled,
+                )
+                .map_err(copy_error)?;
+        }
         let dtb = if args.dtb_size != 0 {
-            Some(copy_from_guest(
-                parent,
-                args.dtb_gpa,
-                args.dtb_size,
-                cancelled,
-            )?)
+            let dtb = ImageStore::new(args.dtb_size, cancelled).map_err(no_room)?;
+            dtb.fill_from(0, parent, Gpa::new(args.dtb_gpa), args.dtb_size, cancelled)
+                .map_err(copy_error)?;
+            Some(dtb)
         } else {
             None
         };
@@ -190,6 +246,21 @@ impl ImageOrigin {
             priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
             start: args.flags & flags::SPAWN_PAUSED == 0,
         })
+    }
+}
+
+/// A store the host could not fill (cancelled, or out of RAM the tree had charged).
+fn no_room(e: alloc::string::String) -> SbiError {
+    log::warn!("SPAWN: no room for the image: {e}");
+    SbiError::Failed
+}
+
+/// A copy out of the parent's memory that failed: a bad address of the caller's, or a
+/// cancelled build.
+fn copy_error(e: CopyError) -> SbiError {
+    match e {
+        CopyError::Access(_) => SbiError::InvalidAddress,
+        CopyError::Cancelled => SbiError::Failed,
     }
 }
 
@@ -311,12 +382,18 @@ pub fn create_root(ram_pages: u64, vcpus: u32) -> Result<VmId, alloc::string::St
     let total = mem::frames().free_pages() as u64 + mem::payload_pages(crate::platform::host());
     // vCPUs and VMs cost hypervisor heap; the Root VM's quota allows only as many as
     // the heap holds at their worst (everything else the heap holds fits in `FIXED`).
+    // The frame allocator's bookkeeping no longer grows in the heap: its bitmaps were
+    // allocated once by `add_range` at boot (65 KiB per GiB of host RAM, counted on top
+    // of `FIXED` here; the payload's pages, added once the Root VM is built, add a few
+    // KiB within `FIXED`), and no frame allocation or free touches the heap after that,
+    // however guests fork, copy on write or fragment memory.
     const FIXED: u64 = 6 << 20;
+    let fixed = FIXED + mem::frames().heap_bytes() as u64;
     let per_vcpu = (core::mem::size_of::<Vcpu>().next_power_of_two()
         + core::mem::size_of::<VcpuState>().next_power_of_two()
         + 256) as u64;
     let (vcpus_max, descendants_max) =
-        diosix_core::tree::quota::heap_bounded(crate::heap::total_bytes(), FIXED, per_vcpu);
+        diosix_core::tree::quota::heap_bounded(crate::heap::total_bytes(), fixed, per_vcpu);
     let quota = Quota {
         vcpus: vcpus_max,
         max_descendants: descendants_max,
@@ -689,91 +766,6 @@ fn bad_address<T>(_: T) -> SbiError {
     SbiError::InvalidAddress
 }
 
-/// A contiguous, page-aligned buffer of host frames, returned on drop: holds a guest
-/// image while it is parsed (images can be far larger than the hypervisor heap).
-struct Scratch {
-    hpa: Hpa,
-    pages: usize,
-    len: usize,
-}
-
-impl Scratch {
-    fn new(len: usize) -> Option<Self> {
-        let pages = len.div_ceil(PAGE_SIZE as usize).max(1);
-        let hpa = mem::frames().alloc(pages, 1)?;
-        Some(Self { hpa, pages, len })
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the frames were allocated for this buffer alone and stay ours until
-        // drop; `len` fits in them.
-        unsafe { core::slice::from_raw_parts_mut(self.hpa.raw() as *mut u8, self.len) }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: as for as_mut_slice.
-        unsafe { core::slice::from_raw_parts(self.hpa.raw() as *const u8, self.len) }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = mem::frames().free(self.hpa, self.pages);
-    }
-}
-
-/// Copies `len` bytes of `vm`'s memory at `gpa` into a fresh scratch buffer, 2 MiB at
-/// a time (so neither the walk's heap nor a cancellation's delay grows with `len`).
-fn copy_from_guest(
-    vm: &Vm,
-    gpa: u64,
-    len: u64,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<Scratch, SbiError> {
-    const STEP: usize = 2 << 20;
-    let len = usize::try_from(len).map_err(|_| SbiError::InvalidParam)?;
-    let mut buf = Scratch::new(len).ok_or(SbiError::Failed)?;
-    for (i, piece) in buf.as_mut_slice().chunks_mut(STEP).enumerate() {
-        if cancelled() {
-            return Err(SbiError::Failed);
-        }
-        let at = gpa
-            .checked_add((i * STEP) as u64)
-            .ok_or(SbiError::InvalidAddress)?;
-        vm.read(Gpa::new(at), piece).map_err(bad_address)?;
-    }
-    Ok(buf)
-}
-
-/// Gathers an image of `len` bytes from the pages a SPAWN_PAGE_LIST array at `list`
-/// names (each must be a page-aligned GPA inside `vm`'s RAM).
-fn copy_page_list(
-    vm: &Vm,
-    list: u64,
-    len: u64,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<Scratch, SbiError> {
-    let len_usize = usize::try_from(len).map_err(|_| SbiError::InvalidParam)?;
-    let mut buf = Scratch::new(len_usize).ok_or(SbiError::Failed)?;
-    let page = PAGE_SIZE as usize;
-    for (i, chunk) in buf.as_mut_slice().chunks_mut(page).enumerate() {
-        if i % 512 == 0 && cancelled() {
-            return Err(SbiError::Failed);
-        }
-        let mut entry = [0u8; 8];
-        let at = list
-            .checked_add(i as u64 * 8)
-            .ok_or(SbiError::InvalidAddress)?;
-        vm.read(Gpa::new(at), &mut entry).map_err(bad_address)?;
-        let gpa = Gpa::new(u64::from_le_bytes(entry));
-        if !gpa.is_page_aligned() {
-            return Err(SbiError::InvalidAddress);
-        }
-        vm.read(gpa, chunk).map_err(bad_address)?;
-    }
-    Ok(buf)
-}
-
 impl ExtensionHost for HvHost<'_> {
     fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
         let vm = lookup(vm).ok_or(SbiError::Failed)?;
@@ -808,9 +800,8 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn kept_pages(&self, args: &SpawnArgs) -> u64 {
-        // The Origin's image and DTB buffers, as Scratch allocates them.
-        let pages = |len: u64| if len == 0 { 0 } else { len.div_ceil(PAGE_SIZE) };
-        pages(args.image_size).saturating_add(pages(args.dtb_size))
+        // The Origin's image and DTB stores: their pages and page tables.
+        ImageStore::pages_for(args.image_size).saturating_add(ImageStore::pages_for(args.dtb_size))
     }
 
     fn facts(&self) -> HostFacts {

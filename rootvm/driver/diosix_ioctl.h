@@ -40,8 +40,8 @@
  * contiguity: half the Root VM's default 128 MiB.
  */
 #define DIOSIX_SPAWN_MAX_IMAGE (64u << 20)
-/* Largest device tree passed to SPAWN. */
-#define DIOSIX_SPAWN_MAX_DTB (256u << 10)
+/* Largest device tree passed to SPAWN: DIOSIX_SPAWN_MAX_DTB, the hypervisor's own
+ * limit, from diosix_sbi.h. */
 /* Largest LIST_CHILDREN request: one page of CIDs. */
 #define DIOSIX_LIST_MAX (4096u / 8u)
 

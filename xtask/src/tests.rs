@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Something the output must contain.
 #[derive(Clone, Copy, Debug)]
-enum Expect {
+pub(crate) enum Expect {
     /// A substring.
     Text(&'static str),
     /// A substring on Diosix, another on OpenSBI (e.g. the implementation id).
@@ -36,14 +36,64 @@ enum Expect {
     /// Diosix's `host free pages: N` log lines: the last one (after every child VM was
     /// torn down) equals the first (the Root VM just started), so no page leaked.
     FreePagesRestored,
+    /// Diosix's `hypervisor heap in use: N KiB` log lines (one per VM terminated), from
+    /// the first one logged after the guest printed `after`: the last is at most
+    /// `tolerance_kib` above that first one, so the work in between left nothing on
+    /// the heap. The guest prints `after` once the hypervisor's tables have grown to
+    /// their size for the run (and kills one child right after, for the figure).
+    HeapRestoredAfter {
+        after: &'static str,
+        tolerance_kib: u64,
+    },
+    /// Diosix's `hypervisor heap in use: N KiB` log lines (one per VM terminated): the
+    /// last is at most `tolerance_kib` above the first, so the heap did not grow with
+    /// the work done in between. A tolerance because the heap may keep what it grew
+    /// once (a collection's capacity, an allocator's split blocks); the case that uses
+    /// this says why its figure.
+    HeapRestored { tolerance_kib: u64 },
+    /// No `ERROR` line from Diosix, and no `WARN` line but those containing one of
+    /// `allowed` (refusals that the operations of the case make legitimately).
+    HvLogClean { allowed: &'static [&'static str] },
+}
+
+/// The `hypervisor heap in use: N KiB` figures Diosix logged, in order.
+pub(crate) fn heap_kib(out: &str) -> Vec<u64> {
+    out.lines()
+        .filter_map(|l| l.split("hypervisor heap in use: ").nth(1))
+        .filter_map(|v| v.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Diosix's `WARN` and `ERROR` log lines, from the `[diosix` that starts each (the
+/// console is shared: a log line may begin in the middle of a guest's line).
+pub(crate) fn hv_warnings(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter_map(|l| {
+            ["[diosix WARN", "[diosix ERROR"]
+                .iter()
+                .find_map(|p| l.find(p).map(|at| l[at..].trim_end()))
+        })
+        .collect()
 }
 
 /// The `host free pages: N` figures Diosix logged, in order.
-fn free_pages(out: &str) -> Vec<u64> {
+pub(crate) fn free_pages(out: &str) -> Vec<u64> {
     out.lines()
         .filter_map(|l| l.split("host free pages: ").nth(1))
         .filter_map(|v| v.trim().parse().ok())
         .collect()
+}
+
+/// The `hypervisor heap in use: N KiB` figures Diosix logged after the first `after`
+/// in `out`, in order (none if `after` never appears).
+fn heap_after(out: &str, after: &str) -> Vec<u64> {
+    out.find(after).map_or_else(Vec::new, |at| {
+        out[at..]
+            .lines()
+            .filter_map(|l| l.split("hypervisor heap in use: ").nth(1))
+            .filter_map(|v| v.split(' ').next()?.parse().ok())
+            .collect()
+    })
 }
 
 /// How a case boots.
@@ -61,9 +111,9 @@ enum Kind {
 
 /// One QEMU test case.
 #[derive(Clone, Debug)]
-struct Case {
-    name: &'static str,
-    guest: &'static str,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) guest: &'static str,
     kind: Kind,
     /// Root VM vCPUs on Diosix; the `-smp` on OpenSBI, where vCPUs are harts.
     vcpus: u32,
@@ -83,7 +133,9 @@ struct Case {
     interact: &'static [(&'static str, &'static str)],
     /// Stop QEMU (pass, if the rest holds) once this appears.
     stop_at: Option<&'static str>,
-    timeout_s: u64,
+    pub(crate) timeout_s: u64,
+    /// Lines to print after a pass, made from the output (the soak's figures).
+    pub(crate) report: Option<fn(&str) -> String>,
 }
 
 /// Lines that fail any case wherever they appear.
@@ -126,6 +178,7 @@ fn case(
         interact: &[],
         stop_at: None,
         timeout_s: 120,
+        report: None,
     }
 }
 
@@ -137,10 +190,10 @@ const LINUX: &str = "linux";
 /// interleaves with typing. Commands print `NAME-value` markers built by the shell
 /// (`NPROC-$(nproc)`): the console echoes what is typed, and only the command's
 /// output, never its echo, contains `NPROC-2`.
-const PROMPT: &str = "/root# ";
+pub(crate) const PROMPT: &str = "/root# ";
 
 /// First command after login: the guest's uptime, reported as the guest time to login.
-const UPTIME_CMD: &str = "echo UPTIME-$(cut -d' ' -f1 /proc/uptime)\r";
+pub(crate) const UPTIME_CMD: &str = "echo UPTIME-$(cut -d' ' -f1 /proc/uptime)\r";
 
 /// One busy loop per CPU at once, then the user+system ticks each CPU gained meanwhile
 /// (`/proc/stat`, 100 per second): every CPU must have done some of the work.
@@ -190,7 +243,7 @@ macro_rules! linux_expect {
 }
 
 /// A Linux Root VM case at `smp` host harts and `mem_mib` host RAM.
-fn linux_case(
+pub(crate) fn linux_case(
     name: &'static str,
     smp: u32,
     mem_mib: u32,
@@ -207,7 +260,7 @@ fn linux_case(
 }
 
 /// The Root VM's prompt (`root@diosix:/root# `), distinct from a guest's.
-const ROOT_PROMPT: &str = "@diosix:/root# ";
+pub(crate) const ROOT_PROMPT: &str = "@diosix:/root# ";
 
 /// The prompt of the guest Linux `dsx run` starts by default (hostname `guest`).
 const GUEST_PROMPT: &str = "@guest:/root# ";
@@ -216,10 +269,10 @@ const GUEST_PROMPT: &str = "@guest:/root# ";
 const DETACH: &str = "\x1d";
 
 /// One console step of a `linux-dsx-*` case: (wait for, then send).
-type Step = (&'static str, &'static str);
+pub(crate) type Step = (&'static str, &'static str);
 
 /// Text built at run time for a case's table (cases are built once per run).
-fn leak(s: String) -> &'static str {
+pub(crate) fn leak(s: String) -> &'static str {
     s.leak()
 }
 
@@ -301,7 +354,7 @@ const DSX_NESTED: &[Step] = &[
     (
         ROOT_PROMPT,
         "dsx run --ram 128M --name kid && dsx quota 2 && \
-         dsx quota 2 --ram 170M --vcpus 2 --descendants 1 --depth 1 && dsx quota 2 && \
+         dsx quota 2 --ram 171M --vcpus 2 --descendants 1 --depth 1 && dsx quota 2 && \
          dsx console 2\r",
     ),
     ("guest login:", "root\r"),
@@ -537,7 +590,7 @@ fn cases() -> Vec<Case> {
             1024,
             &[
                 Expect::Text("vCPUs 1 (uses 1), priority up to 128, depth 0, descendants 0"),
-                Expect::Text("RAM 170 MiB (uses 133.1 MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
+                Expect::Text("RAM 171 MiB (uses 133.1 MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
                 Expect::Text("dsx: denied: this VM's quota"),
                 Expect::Text("BIG-1"),
                 Expect::Text("GK-0"),
@@ -598,6 +651,14 @@ fn cases() -> Vec<Case> {
             DSX_REFUSALS,
         ),
     ]);
+    // The soak test, short (`cargo xtask soak` runs it for 10 minutes): random dsx
+    // operations on Linux children and grandchildren (docs/dsx.md, "The soak test").
+    v.push(crate::soak::soak_case(
+        "linux-soak-short",
+        crate::soak::SHORT_SECONDS,
+        1,
+        2,
+    ));
     // Guest time to login in instructions: deterministic, whatever the host's load.
     // QEMU is stopped right after the uptime is read: under icount the idle Root VM's
     // seconds (busybox's `poweroff` waits 2 s) cost a minute of wall time, and the
@@ -648,6 +709,37 @@ fn cases() -> Vec<Case> {
     let vmtree: &'static [Expect] = &[Expect::Summary("vmtree"), Expect::FreePagesRestored];
     for (name, vcpus, smp) in [("vmtree-smp1", 1, 1), ("vmtree-smp2", 2, 2)] {
         v.push(case(name, "vmtree", vcpus, smp, vmtree));
+    }
+    // The hostile-guest suite (guests/hostile, issue 9): every vCPU of a 32 MiB Root VM
+    // races and fuzzes the Diosix extension against children of its own, with a
+    // bystander child VM that must keep making progress; then regression probes for
+    // the five confirmed defects. Each probe also runs alone in a case of its own, so a
+    // hang or a host crash names its defect (the guest announces every risky call).
+    // The heap tolerance: a few KiB the frame allocator's free lists keep after churn.
+    let hostile: &'static [Expect] = &[
+        Expect::Summary("hostile"),
+        Expect::FreePagesRestored,
+        Expect::HeapRestoredAfter {
+            after: "hostile: heap mark start",
+            tolerance_kib: 16,
+        },
+    ];
+    for (name, vcpus, smp, cmdline) in [
+        ("hostile-smp2", 2, 2, None),
+        ("hostile-smp4", 4, 4, None),
+        ("hostile-4vcpu-smp2", 4, 2, None),
+        ("hostile-probe-reboot", 2, 2, Some("probe=reboot")),
+        ("hostile-probe-phnum", 4, 4, Some("probe=phnum")),
+        ("hostile-probe-dbcn", 2, 2, Some("probe=dbcn")),
+        ("hostile-probe-fork", 4, 4, Some("probe=fork")),
+        ("hostile-probe-payload", 2, 2, Some("probe=payload")),
+    ] {
+        v.push(Case {
+            ram_mib: Some(32),
+            cmdline,
+            timeout_s: if cmdline.is_some() { 60 } else { 90 },
+            ..case(name, "hostile", vcpus, smp, hostile)
+        });
     }
     for c in v.iter_mut() {
         if let Some(t) = std::env::var("DIOSIX_TEST_TIMEOUT")
@@ -731,6 +823,34 @@ fn judge(c: &Case, out: &str, opensbi: bool) -> Vec<String> {
                 )),
                 _ => why.push("fewer than two `host free pages` lines".into()),
             },
+            Expect::HeapRestoredAfter {
+                after,
+                tolerance_kib,
+            } => match heap_after(out, after).as_slice() {
+                [first, .., last] if *last <= first + tolerance_kib => {}
+                [first, .., last] => why.push(format!(
+                    "hypervisor heap in use {last} KiB at the end, {first} KiB after `{after}`: \
+                     more than {tolerance_kib} KiB kept"
+                )),
+                _ => why.push(format!(
+                    "fewer than two `hypervisor heap in use` lines after `{after}`"
+                )),
+            },
+            Expect::HeapRestored { tolerance_kib } => match heap_kib(out).as_slice() {
+                [first, .., last] if *last <= first + tolerance_kib => {}
+                [first, .., last] => why.push(format!(
+                    "hypervisor heap {last} KiB after teardown, {first} KiB at the first \
+                     termination: more than {tolerance_kib} KiB kept"
+                )),
+                _ => why.push("fewer than two `hypervisor heap in use` lines".into()),
+            },
+            Expect::HvLogClean { allowed } => {
+                for w in hv_warnings(out) {
+                    if w.starts_with("[diosix ERROR") || !allowed.iter().any(|a| w.contains(a)) {
+                        why.push(format!("hypervisor log `{w}`"));
+                    }
+                }
+            }
         }
     }
     for line in out.lines() {
@@ -755,7 +875,7 @@ fn summary(out: &str, tool: &str) -> Option<(u32, u32)> {
 /// Builds (once) the guests the selected cases need; for the Linux cases, the whole
 /// hypervisor image with the Linux Root VM (kernel and initramfs come from the cache
 /// when built before, see `docs/rootvm.md`).
-fn build_guests(cases: &[Case]) -> Result<HashMap<&'static str, PathBuf>> {
+pub(crate) fn build_guests(cases: &[Case]) -> Result<HashMap<&'static str, PathBuf>> {
     let mut elfs = HashMap::new();
     for c in cases {
         if elfs.contains_key(c.guest) {
@@ -835,7 +955,7 @@ fn login_report(c: &Case, out: &qemu::QemuOutput) -> String {
 
 /// Runs one case; `Ok(note)` on pass (a line to print, for the Linux cases' login
 /// times), `Err(reason)` on failure.
-fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<Option<String>> {
+pub(crate) fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<Option<String>> {
     let images = workspace_root().join("target").join("test-images");
     if let Kind::ImageRejected(file) = c.kind {
         let opts = ImageOptions {
@@ -918,7 +1038,13 @@ fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<Option<Str
         ));
     }
     if why.is_empty() {
-        Ok(matches!(c.kind, Kind::Linux).then(|| login_report(c, &out)))
+        Ok(matches!(c.kind, Kind::Linux).then(|| {
+            let login = login_report(c, &out);
+            match c.report {
+                Some(report) => format!("{login}\n{}", report(&out.output)),
+                None => login,
+            }
+        }))
     } else {
         Err(format!(
             "{} (log {})\n{}",

@@ -21,8 +21,8 @@ pub const MAGIC: u64 = 0xD5;
 /// Largest SPAWN image the driver accepts (`DIOSIX_SPAWN_MAX_IMAGE`); it stages the
 /// image page by page, so this bounds memory use, not contiguity.
 pub const SPAWN_MAX_IMAGE: usize = 64 << 20;
-/// Largest SPAWN device tree the driver accepts (`DIOSIX_SPAWN_MAX_DTB`).
-pub const SPAWN_MAX_DTB: usize = 256 << 10;
+/// Largest SPAWN device tree (the hypervisor's limit, which the driver enforces too).
+pub const SPAWN_MAX_DTB: usize = diosix_abi::limits::SPAWN_MAX_DTB;
 /// Most CIDs one LIST_CHILDREN request returns (`DIOSIX_LIST_MAX`).
 pub const LIST_MAX: usize = 512;
 
