@@ -15,6 +15,7 @@ pub const GUESTS: &[&str] = &[
     "bench",
     "vmtree",
     "vmchild",
+    "hostile",
 ];
 
 /// Cargo package name of guest `name`.
