@@ -24,6 +24,8 @@ static BAD_LOG: [[[AtomicU64; 6]; KEEP]; MAXV] =
     [const { [const { [const { AtomicU64::new(0) }; 6] }; KEEP] }; MAXV];
 /// Calls made per vCPU.
 static DONE: [AtomicUsize; MAXV] = [const { AtomicUsize::new(0) }; MAXV];
+/// Calls that succeeded.
+static OK: AtomicUsize = AtomicUsize::new(0);
 /// Successful creations (SPAWN, FORK).
 static CREATED: AtomicUsize = AtomicUsize::new(0);
 /// Held while one vCPU FORKs, when the known FORK-vs-FORK hang is avoided.
@@ -37,6 +39,7 @@ pub fn run() {
         BAD[i].store(0, Ordering::Relaxed);
         DONE[i].store(0, Ordering::Relaxed);
     }
+    OK.store(0, Ordering::Relaxed);
     // A few children to aim at: idle, spinning, paused, chatty.
     for (prog, fl) in [
         (Program::Idle, 0),
@@ -56,9 +59,10 @@ pub fn run() {
     let total: usize = (0..MAXV).map(|i| DONE[i].load(Ordering::Relaxed)).sum();
     let bad: usize = (0..MAXV).map(|i| BAD[i].load(Ordering::Relaxed)).sum();
     crate::note(format_args!(
-        "fuzz: {total} calls on {} vCPUs (seed {:#x}), {} children and clones created",
+        "fuzz: {total} calls on {} vCPUs (seed {:#x}), {} succeeded, {} children and clones created",
         team::size(),
         crate::SEED.load(Ordering::Relaxed),
+        OK.load(Ordering::Relaxed),
         CREATED.load(Ordering::Relaxed)
     ));
     for (i, log) in BAD_LOG.iter().enumerate() {
@@ -107,6 +111,9 @@ struct Fz {
     lo: Region,
     hi: Region,
     end: usize,
+    /// Live children (not the bystander), refreshed now and then.
+    live: [u64; 16],
+    nlive: usize,
 }
 
 impl Fz {
@@ -201,6 +208,7 @@ impl Fz {
         let c = match self.rng.below(10) {
             0 => 0,
             1 => 1,
+            2..=4 if self.nlive > 0 => self.live[self.rng.below(self.nlive as u64) as usize],
             2..=6 => 2 + self.rng.below(high + 2),
             7 => u64::MAX,
             8 => 1 << 32,
@@ -234,6 +242,9 @@ impl Fz {
     /// A Diosix call, checked.
     fn dsx(&mut self, fid: usize, a: [usize; 6]) -> SbiRet {
         let r = sys::dsx(fid, a);
+        if r.error == 0 {
+            OK.fetch_add(1, Ordering::Relaxed);
+        }
         let mut ok = sys::defined(r.error) && (r.error == 0 || r.value == 0);
         if r.error == 0 {
             ok &= match fid {
@@ -266,6 +277,9 @@ impl Fz {
     /// A standard SBI call, checked (only the error code is specified).
     fn std(&mut self, e: usize, fid: usize, a: [usize; 6]) -> SbiRet {
         let r = sys::call(e, fid, a);
+        if r.error == 0 {
+            OK.fetch_add(1, Ordering::Relaxed);
+        }
         if !sys::defined(r.error) {
             self.bad(e, fid, a, r);
         }
@@ -282,6 +296,8 @@ fn body(idx: usize, _n: usize) {
         lo: crate::arena_lo(),
         hi: crate::arena_hi(),
         end: crate::ram_end(),
+        live: [0; 16],
+        nlive: 0,
     };
     // The console source for DBCN writes: spaces only.
     sys::data().fill(0, 8192, b' ');
@@ -293,6 +309,22 @@ fn body(idx: usize, _n: usize) {
             standard_one(&mut f);
         }
         DONE[f.me].fetch_add(1, Ordering::Relaxed);
+        if k % 64 == 0 {
+            // Aim half the CIDs at children that are alive now.
+            let mut cids = [0u64; 64];
+            f.nlive = 0;
+            if let Ok(n) = sys::list_children(&mut cids) {
+                for &c in cids[..n.min(64)]
+                    .iter()
+                    .filter(|&&c| c != kids::bystander())
+                {
+                    if f.nlive < f.live.len() {
+                        f.live[f.nlive] = c;
+                        f.nlive += 1;
+                    }
+                }
+            }
+        }
         if k % 128 == 127 && kids::others_alive() > 24 {
             // Too many children slow everything down: kill a few (any vCPU may).
             let mut cids = [0u64; 64];
