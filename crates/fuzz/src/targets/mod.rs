@@ -59,7 +59,7 @@ pub struct Known {
 }
 
 /// The known findings.
-pub const KNOWN: &[Known] = &[Known {
+pub static KNOWN: &[Known] = &[Known {
     target: "guestfdt",
     message: "reads back with the H extension",
     note: "guestfdt::generate accepts an extension name such as \"h1\" or \"h2p0\" \
