@@ -10,6 +10,7 @@ mod guests;
 mod qemu;
 mod rootvm;
 mod setup;
+mod soak;
 mod tests;
 mod tools;
 
@@ -37,6 +38,10 @@ cargo xtask <command> [options]
                       Linux Root VM, the demo guest (--demo), or FILE (ELF or Linux Image)
   test                every test: host unit tests, lints, then QEMU boot tests
   bench               instruction-count benchmarks, Diosix vs OpenSBI (-icount shift=0)
+  soak [--minutes N] [--seed S] [--smp N]
+                      the Linux soak test: random dsx operations on Linux children and
+                      grandchildren for N minutes (default 10), then checks that RAM and
+                      hypervisor heap are back and nothing was logged (docs/dsx.md)
   setup               install what the build needs (apt packages, rustup targets)
   cheader             regenerate crates/abi/include/diosix_sbi.h from the ABI crate
   fuzz [--iterations N] [--target NAME] [--seed S] [--no-coverage]
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
         "run" => build::cmd_run(&rest),
         "test" => tests::cmd_test(&rest),
         "bench" => bench::cmd_bench(&rest),
+        "soak" => soak::cmd_soak(&rest),
         "setup" => setup::ensure_all(),
         "cheader" => cheader::cmd_cheader(&rest),
         "fuzz" => fuzz::cmd_fuzz(&rest),
