@@ -956,12 +956,19 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn can_reboot(&self, vm: VmId) -> bool {
-        ORIGINS.lock().contains_key(&vm)
+        // A VM being built (spawned, or rebooted a moment ago) has its origin with its
+        // builder: it can be rebooted all the same.
+        ORIGINS.lock().contains_key(&vm) || BUILDING.lock().contains_key(&vm)
     }
 
     fn reboot_vm(&mut self, id: VmId) -> Result<(), SbiError> {
         let mut origins = ORIGINS.lock();
         if !origins.contains_key(&id) {
+            // Being built from its image right now: it will start in its created
+            // state, which is what this REBOOT asks for, so there is nothing more to do.
+            if BUILDING.lock().contains_key(&id) {
+                return Ok(());
+            }
             return Err(SbiError::NotSupported);
         }
         // The old incarnation is gone, memory and all, before the new one is built:
