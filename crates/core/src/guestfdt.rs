@@ -275,11 +275,16 @@ fn validate(cfg: &GuestFdtConfig<'_>) -> Result<Vec<String>, GuestFdtError> {
     }
     let mut exts: Vec<String> = alloc::vec!["i".to_string()];
     for &e in cfg.isa_extensions {
+        // A name is one letter (never H: guests get no nested virtualization), or a
+        // multi-letter name starting with z, s or x. Anything else, such as "h1",
+        // would read in an ISA string as a versioned single-letter extension.
+        let multi_letter = matches!(e.as_bytes().first(), Some(b'z' | b's' | b'x'));
         let ok = !e.is_empty()
             && e.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             && e.as_bytes()[0].is_ascii_lowercase()
-            && e != "h";
+            && e != "h"
+            && (e.len() == 1 || multi_letter);
         if !ok {
             return Err(GuestFdtError::BadExtension(e.to_string()));
         }
@@ -699,7 +704,9 @@ mod tests {
         let mut c = cfg(&[]);
         c.bootargs = Some("a\0b");
         assert_eq!(generate(&c), Err(GuestFdtError::BadBootargs));
-        for bad in ["h", "", "Zba", "z\0", "1x"] {
+        // "h1" and "m2p0" would read as versioned single-letter extensions (found by
+        // the fuzzer: "h1" advertised H).
+        for bad in ["h", "", "Zba", "z\0", "1x", "h1", "h2p0", "m2p0", "ab"] {
             let exts = [bad];
             assert_eq!(
                 generate(&cfg(&exts)),

@@ -347,7 +347,9 @@ impl PayloadIndex {
         }
         Ok(Self {
             kernel,
-            initrd,
+            // An empty initrd is no initrd (a guest told of a zero-byte one could
+            // never be built: found by the fuzzer).
+            initrd: initrd.filter(|r| !r.is_empty()),
             cmdline,
             vcpus,
             ram_mib,
@@ -381,6 +383,17 @@ impl<'a> Payload<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_empty_initrd_is_none() {
+        let bytes = encode(&PayloadSpec {
+            kernel: &[0x13; 64],
+            initrd: Some(b""),
+            ..PayloadSpec::default()
+        })
+        .unwrap();
+        assert_eq!(Payload::parse(&bytes).unwrap().initrd, None);
+    }
 
     #[test]
     fn the_index_needs_only_the_window() {
