@@ -4,10 +4,7 @@ use crate::{console, hart, heap, mem, platform, sched, vm};
 use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_riscv::csr;
 
-/// Most harts this build brings up; later ones park. Must match `MAX_HARTS` in link.ld.
-pub const MAX_HARTS: usize = 16;
-/// Hypervisor stack bytes per hart. Must match `STACK_SIZE` in link.ld.
-pub const STACK_SIZE: usize = 0x10000;
+use crate::hart::{MAX_HARTS, STACK_SIZE};
 
 core::arch::global_asm!(
     ".section .text.entry, \"ax\"",

@@ -238,7 +238,7 @@ fn shootdown(vm: &Vm, my_slot: usize) {
     // The new mappings are stored; a hart that reads them as not running yet stores
     // `running_on` after this and flushes in `Vcpu::load` after that.
     fence(Ordering::SeqCst);
-    crate::trap::fence_other_harts(
+    crate::hart::fence_other_harts(
         my_slot,
         vm.vcpus.iter().map(|v| v.running_on.load(Ordering::SeqCst)),
     );

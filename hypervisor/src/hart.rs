@@ -1,12 +1,16 @@
 //! Per-hart state. Each physical hart owns one [`HartLocal`] (its trap frame, the vCPU
 //! it is running) and shares one [`HartShared`] (atomics other harts poke).
 
-use crate::boot::MAX_HARTS;
 use crate::vcpu::Vcpu;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use diosix_riscv::csr;
 use diosix_riscv::trap::TrapFrame;
+
+/// Most harts this build brings up; later ones park. Must match `MAX_HARTS` in link.ld.
+pub const MAX_HARTS: usize = 16;
+/// Hypervisor stack bytes per hart. Must match `STACK_SIZE` in link.ld.
+pub const STACK_SIZE: usize = 0x10000;
 
 /// State only its own hart touches. `frame` must stay first: the trap entry's frame
 /// pointer is also the pointer to this struct.
@@ -55,7 +59,7 @@ extern "C" {
 pub fn init_this_hart(slot: usize, hart_id: usize) {
     // The linker symbol's address is the top of the stack area.
     let stacks_end = core::ptr::addr_of!(__stacks_end) as usize;
-    let hv_sp = stacks_end - slot * crate::boot::STACK_SIZE;
+    let hv_sp = stacks_end - slot * STACK_SIZE;
     // SAFETY: slot is unique to this hart (claimed atomically at reset), so this hart
     // is the only one to touch LOCALS[slot].
     let local = unsafe {
@@ -100,5 +104,46 @@ pub fn wake_an_idle_hart() {
     let idle = IDLE.load(Ordering::Acquire);
     if idle != 0 {
         kick(idle.trailing_zeros() as usize);
+    }
+}
+
+/// Clears the kick (software interrupt) pending on hart `slot`: it is looking at its
+/// shared state now.
+pub fn clear_kick(slot: usize) {
+    crate::platform::clint().clear_msip(SHARED[slot].hart_id.load(Ordering::Relaxed));
+}
+
+/// Performs a remote fence another hart asked this one for. Flushing more than asked
+/// (the whole VS-stage TLB of the running VMID, and the instruction cache) is always
+/// correct.
+pub fn service_fence_request(slot: usize) {
+    if SHARED[slot].fence_request.swap(false, Ordering::AcqRel) {
+        diosix_riscv::fence::fence_i();
+        diosix_riscv::fence::hfence_vvma_all();
+        // Copy-on-write shootdowns ask for the G-stage one.
+        diosix_riscv::fence::hfence_gvma_all();
+    }
+}
+
+/// Asks every hart in `slots` except `my_slot` (and except `NOT_RUNNING`) for a fence
+/// ([`service_fence_request`]) and waits until each has done it, serving requests aimed
+/// at this hart meanwhile so two harts fencing each other cannot deadlock.
+pub fn fence_other_harts(my_slot: usize, slots: impl IntoIterator<Item = usize>) {
+    let mut waiting_on = 0usize;
+    for slot in slots {
+        if slot != crate::vcpu::NOT_RUNNING && slot != my_slot && slot < SHARED.len() {
+            SHARED[slot].fence_request.store(true, Ordering::SeqCst);
+            kick(slot);
+            waiting_on |= 1 << slot;
+        }
+    }
+    while waiting_on != 0 {
+        service_fence_request(my_slot);
+        for (slot, shared) in SHARED.iter().enumerate() {
+            if waiting_on & (1 << slot) != 0 && !shared.fence_request.load(Ordering::Acquire) {
+                waiting_on &= !(1 << slot);
+            }
+        }
+        core::hint::spin_loop();
     }
 }

@@ -60,7 +60,7 @@ impl ImageStore {
             return 0;
         }
         let pages = len.div_ceil(PAGE_SIZE);
-        pages.saturating_add(crate::vmtree::table_pages_for(pages))
+        pages.saturating_add(diosix_core::gstage::table_pages_for(pages))
     }
 
     /// Its length in bytes.

@@ -186,7 +186,7 @@ impl SbiEnv for Call<'_> {
         }
         // A vCPU that is not running flushes when it is next loaded (every load flushes
         // its VS-stage TLB), so only running ones need their hart poked.
-        crate::trap::fence_other_harts(
+        crate::hart::fence_other_harts(
             my_slot,
             targets
                 .iter()

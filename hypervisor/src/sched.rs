@@ -5,7 +5,7 @@
 //! stopped) or the hart running it (`HartLocal::current`). The hot path — an SBI call
 //! that returns to the same vCPU — takes no lock.
 
-use crate::hart::{self, HartLocal, IDLE, SHARED};
+use crate::hart::{self, HartLocal, IDLE};
 use crate::platform;
 use crate::vcpu::{Vcpu, Wait, NOT_RUNNING};
 use crate::vm::Vm;
@@ -275,8 +275,8 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
 fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
     let bit = 1usize << hart.slot;
     loop {
-        platform::clint().clear_msip(SHARED[hart.slot].hart_id.load(Ordering::Relaxed));
-        crate::trap::service_fence_request(hart.slot);
+        hart::clear_kick(hart.slot);
+        crate::hart::service_fence_request(hart.slot);
         let now = platform::now();
         let mut q = RUNQ.lock();
         q.wake_waiters(now);

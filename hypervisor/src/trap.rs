@@ -1,9 +1,8 @@
 //! The Rust half of the trap path: decides what each trap means for the current vCPU.
 
-use crate::hart::{self, HartLocal, SHARED};
+use crate::hart::{self, HartLocal};
 use crate::sched;
 use crate::vcpu::Wait;
-use core::sync::atomic::Ordering;
 use diosix_core::addr::{Gpa, Gva};
 use diosix_core::gstage::Perms;
 use diosix_riscv::csr::{self, mstatus_bits};
@@ -59,8 +58,8 @@ fn hypervisor_fault(cause: usize) -> ! {
 
 /// Another hart asked for attention: a fence, or an interrupt for our vCPU.
 fn software_interrupt(hart: &mut HartLocal) {
-    platform_clear_msip(hart.slot);
-    service_fence_request(hart.slot);
+    hart::clear_kick(hart.slot);
+    hart::service_fence_request(hart.slot);
     let now = crate::platform::now();
     if let Some(v) = hart.current.as_mut() {
         v.merge_pending_live(now);
@@ -68,45 +67,6 @@ fn software_interrupt(hart: &mut HartLocal) {
     // A kick can also mean our vCPU's VM was stopped, held for a fork, or killed.
     if hart.current.as_ref().is_some_and(|v| !v.vm.can_run()) {
         sched::switch_away(hart, Wait::None);
-    }
-}
-
-fn platform_clear_msip(slot: usize) {
-    crate::platform::clint().clear_msip(SHARED[slot].hart_id.load(Ordering::Relaxed));
-}
-
-/// Performs a remote fence another hart asked this one for. Flushing more than asked
-/// (the whole VS-stage TLB of the running VMID, and the instruction cache) is always
-/// correct.
-pub fn service_fence_request(slot: usize) {
-    if SHARED[slot].fence_request.swap(false, Ordering::AcqRel) {
-        diosix_riscv::fence::fence_i();
-        diosix_riscv::fence::hfence_vvma_all();
-        // Copy-on-write shootdowns ask for the G-stage one.
-        diosix_riscv::fence::hfence_gvma_all();
-    }
-}
-
-/// Asks every hart in `slots` except `my_slot` (and except `NOT_RUNNING`) for a fence
-/// ([`service_fence_request`]) and waits until each has done it, serving requests aimed
-/// at this hart meanwhile so two harts fencing each other cannot deadlock.
-pub fn fence_other_harts(my_slot: usize, slots: impl IntoIterator<Item = usize>) {
-    let mut waiting_on = 0usize;
-    for slot in slots {
-        if slot != crate::vcpu::NOT_RUNNING && slot != my_slot && slot < SHARED.len() {
-            SHARED[slot].fence_request.store(true, Ordering::SeqCst);
-            hart::kick(slot);
-            waiting_on |= 1 << slot;
-        }
-    }
-    while waiting_on != 0 {
-        service_fence_request(my_slot);
-        for (slot, shared) in SHARED.iter().enumerate() {
-            if waiting_on & (1 << slot) != 0 && !shared.fence_request.load(Ordering::Acquire) {
-                waiting_on &= !(1 << slot);
-            }
-        }
-        core::hint::spin_loop();
     }
 }
 

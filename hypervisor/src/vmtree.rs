@@ -368,13 +368,6 @@ fn build_error(what: &str, e: &BuildError) -> SbiError {
     }
 }
 
-/// G-stage page-table pages a VM with `ram_pages` of RAM at GPA 0x8000_0000 can ever
-/// need: the 4-page root, one level-1 table per GiB touched, one level-2 table per
-/// 2 MiB touched (each rounded up, plus one for a range that straddles a boundary).
-pub fn table_pages_for(ram_pages: u64) -> u64 {
-    4 + ram_pages.div_ceil(512 * 512) + 1 + ram_pages.div_ceil(512) + 1
-}
-
 /// Creates the tree with the Root VM holding `ram_pages` and `vcpus`; its quota is
 /// every free page of host RAM.
 pub fn create_root(ram_pages: u64, vcpus: u32) -> Result<VmId, alloc::string::String> {
@@ -408,7 +401,7 @@ pub fn create_root(ram_pages: u64, vcpus: u32) -> Result<VmId, alloc::string::St
     );
     let own = Usage {
         ram_pages,
-        table_pages: table_pages_for(ram_pages),
+        table_pages: diosix_core::gstage::table_pages_for(ram_pages),
         vcpus,
     };
     let (tree, root) = VmTree::new(quota, own, ROOT_PRIORITY)
@@ -476,7 +469,7 @@ fn lock_tree_unless(
         if deadline != u64::MAX && crate::platform::now() > deadline {
             return Err(NoLock::TimedOut);
         }
-        crate::trap::service_fence_request(slot);
+        crate::hart::service_fence_request(slot);
         core::hint::spin_loop();
     }
 }
@@ -606,7 +599,7 @@ fn wait_off_harts(vm: &Vm, my_slot: usize, give_up: impl Fn() -> bool) -> bool {
         if give_up() {
             return false;
         }
-        crate::trap::service_fence_request(my_slot);
+        crate::hart::service_fence_request(my_slot);
         core::hint::spin_loop();
     }
 }
@@ -637,7 +630,7 @@ fn abandon_build(id: VmId, my_slot: usize) {
     };
     flag.store(true, Ordering::Release);
     while BUILDING.lock().contains_key(&id) {
-        crate::trap::service_fence_request(my_slot);
+        crate::hart::service_fence_request(my_slot);
         core::hint::spin_loop();
     }
 }
@@ -793,10 +786,6 @@ impl ExtensionHost for HvHost<'_> {
             .ok_or(SbiError::Failed)?
             .write(gpa, data, &mut self.stale)
             .map_err(bad_address)
-    }
-
-    fn table_pages_for(&self, ram_pages: u64) -> u64 {
-        table_pages_for(ram_pages)
     }
 
     fn kept_pages(&self, args: &SpawnArgs) -> u64 {

@@ -53,6 +53,19 @@ pub const HGATP_MODE_SV39X4: u64 = 8;
 /// bits (VMIDLEN); the hypervisor must probe that and allocate within it.
 pub const MAX_VMID: u16 = 0x3fff;
 
+/// G-stage page-table pages a guest with `ram_pages` of RAM can ever need, wherever its
+/// RAM starts: the root ([`ROOT_PAGES`]), one level-1 table per GiB touched and one
+/// leaf table per 2 MiB touched, each rounded up plus one for a range that straddles
+/// a boundary. Charged when a VM is created, so mapping its RAM (or copying it on
+/// write) never needs more.
+pub const fn table_pages_for(ram_pages: u64) -> u64 {
+    ROOT_PAGES as u64
+        + ram_pages.div_ceil(TABLE_ENTRIES as u64 * TABLE_ENTRIES as u64)
+        + 1
+        + ram_pages.div_ceil(TABLE_ENTRIES as u64)
+        + 1
+}
+
 // The PTE bits are the same at both stages (the VS-stage walker in `vstage` uses them).
 pub(crate) const PTE_V: u64 = 1 << 0;
 pub(crate) const PTE_R: u64 = 1 << 1;

@@ -35,6 +35,7 @@ use super::{
     VmTree,
 };
 use crate::addr::{Gpa, Hpa, PAGE_SIZE};
+use crate::gstage::table_pages_for;
 use crate::sbi::SbiRet;
 
 /// What the extension needs from the hypervisor proper. Implemented by the hypervisor
@@ -49,9 +50,6 @@ pub trait ExtensionHost {
     /// Copies `data` into `vm`'s memory at `gpa`; `InvalidAddress` if any of it is
     /// outside its RAM (or not writable by the guest).
     fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError>;
-    /// Page-table pages a VM with `ram_pages` of RAM can ever need (charged at creation
-    /// so mapping its RAM later never needs more).
-    fn table_pages_for(&self, ram_pages: u64) -> u64;
     /// Host pages the hypervisor keeps for a child SPAWN creates besides its RAM and
     /// page tables (the image it rebuilds the child from on REBOOT). Charged with the
     /// page tables, so quota headroom never promises memory the host has not got.
@@ -345,7 +343,7 @@ fn fork(
     let ram_pages = tree.node(caller)?.own.ram_pages;
     // The clone's own tables, plus (unless refused) the snapshot's worst case: every
     // page diverged from both VMs, so the snapshot alone holds a RAM's worth.
-    let tables = host.table_pages_for(ram_pages);
+    let tables = table_pages_for(ram_pages);
     let table_pages = if snapshot {
         tables
             .checked_add(ram_pages)
@@ -424,8 +422,7 @@ fn spawn(
     }
     let req = ChildRequest {
         ram_pages: s.ram_pages,
-        table_pages: host
-            .table_pages_for(s.ram_pages)
+        table_pages: table_pages_for(s.ram_pages)
             .checked_add(host.kept_pages(&s))
             .ok_or(SbiError::InvalidParam)?,
         vcpus: s.vcpus,

@@ -552,9 +552,6 @@ impl ExtensionHost for FakeHost {
         r[s..s + data.len()].copy_from_slice(data);
         Ok(())
     }
-    fn table_pages_for(&self, ram_pages: u64) -> u64 {
-        ram_pages / 512 + 3
-    }
     fn facts(&self) -> HostFacts {
         HostFacts {
             hv_version: 1 << 16,
@@ -798,7 +795,11 @@ fn fork_through_dispatch() {
     assert!(w.t.get(c).unwrap().trusted());
     // Its own RAM and tables, plus the snapshot's worst case (a RAM's worth and tables).
     let info = w.t.info(root, 2).unwrap();
-    assert_eq!((info.own_ram_pages, info.own_table_pages), (64, 3 + 64 + 3));
+    let tables = crate::gstage::table_pages_for(64);
+    assert_eq!(
+        (info.own_ram_pages, info.own_table_pages),
+        (64, tables + 64 + tables)
+    );
     w.ok(root, ext::FID_REBOOT, &[2]);
     // The child has exactly what it holds: it cannot fork.
     assert_eq!(w.err(c, ext::FID_FORK, &[0]), E_DENIED);
@@ -814,7 +815,7 @@ fn fork_through_dispatch() {
     // nothing.
     let cid = w.ok(root, ext::FID_FORK, &[flags::FORK_NO_SNAPSHOT as usize]);
     let info = w.t.info(root, cid as u64).unwrap();
-    assert_eq!((info.own_ram_pages, info.own_table_pages), (64, 3));
+    assert_eq!((info.own_ram_pages, info.own_table_pages), (64, tables));
     let log = w.h.log.len();
     assert_eq!(
         w.err(root, ext::FID_REBOOT, &[cid]),
@@ -971,7 +972,8 @@ fn info_and_hv_info_through_dispatch() {
     assert_eq!(info.flags, flags::INFO_TRUSTED | flags::INFO_ROOT);
     assert_eq!(info.child_count, 1);
     // The clone: RAM, tables and the snapshot's RAM and tables.
-    assert_eq!(info.ram_pages_used, 67 + 134);
+    let tables = crate::gstage::table_pages_for(64);
+    assert_eq!(info.ram_pages_used, 67 + 64 + tables + 64 + tables);
     assert_eq!(info.descendants_used, 1);
     assert_eq!(info.depth_used, 1);
     assert_eq!(
@@ -1004,7 +1006,7 @@ fn info_and_hv_info_through_dispatch() {
     w.ok(c, ext::FID_GET_HV_INFO, &[0x300, HvInfo::SIZE]);
     let hv = HvInfo::from_le_bytes(&w.h.get(c, 0x300, HvInfo::SIZE)).unwrap();
     assert_eq!(hv.abi_version, ext::ABI_VERSION);
-    assert_eq!(hv.ram_total_pages, 134);
+    assert_eq!(hv.ram_total_pages, 64 + tables + 64 + tables);
     assert_eq!(hv.ram_free_pages, 0);
     assert_eq!(w.err(c, ext::FID_GET_HV_INFO, &[0x300, 8]), E_INVALID_PARAM);
     // LIST_CHILDREN
