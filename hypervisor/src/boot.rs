@@ -1,6 +1,6 @@
 //! Reset-vector entry and the boot sequence.
 
-use crate::{console, hart, heap, mem, platform, sched, vm};
+use crate::{console, hart, heap, mem, platform, sched};
 use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_riscv::csr;
 
@@ -93,10 +93,10 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
         log::info!("zeroing memory with cbo.zero ({block}-byte blocks)");
     }
     mem::init(host);
-    crate::cow::init(host);
+    mem::init_shares(host);
     mem::grow_heap(host);
     hart::init_this_hart(0, hart_id);
-    if let Err(e) = vm::create_root_vm(host) {
+    if let Err(e) = crate::vmtree::create_root_vm(host) {
         log::error!("cannot start the Root VM: {e}");
         platform::restart_host();
     }

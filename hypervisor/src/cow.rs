@@ -24,54 +24,16 @@
 //! Making a private frame writable again needs no shootdown: other harts can only hold
 //! read-only entries for it, which at worst cause a spurious fault that finds W set.
 //!
-//! Lock order: a VM's memory, then [`SHARES`], then the frame allocator.
+//! Lock order: a VM's memory, then [`mem::SHARES`], then the frame allocator.
 
+use crate::guestmem::GuestMemory;
 use crate::mem;
 use crate::mem::TableAlloc;
-use crate::vm::{GuestMemory, Vm};
+use crate::vm::Vm;
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
-use diosix_core::gstage::{MapError, Perms, WriteOutcome};
-use diosix_core::shares::ShareCounts;
-use spin::Mutex;
-
-/// Holder counts of shared data frames and leaf tables (see `diosix_core::shares`).
-pub static SHARES: Mutex<ShareCounts> = Mutex::new(ShareCounts::new());
-
-/// Gives [`SHARES`] one counter per frame of every host RAM bank, taken from the frame
-/// allocator (4 bytes per 4 KiB page, 0.1%) and kept for ever. Runs once at boot,
-/// before any VM exists; a bank whose counters cannot be allocated falls back to the
-/// slower sorted map.
-pub fn init(host: &diosix_core::hostfdt::HostPlatform) {
-    for bank in &host.memory {
-        let first = bank.start.page_number();
-        let last = bank.end().raw().div_ceil(PAGE_SIZE);
-        let Some(frames) = last
-            .checked_sub(first)
-            .and_then(|n| usize::try_from(n).ok())
-        else {
-            continue;
-        };
-        let bytes = (frames as u64).saturating_mul(4);
-        let pages = bytes.div_ceil(PAGE_SIZE) as usize;
-        let Some(hpa) = mem::frames().alloc(pages, 1) else {
-            log::warn!(
-                "no {pages} pages for the sharer counts of RAM at {}",
-                bank.start
-            );
-            continue;
-        };
-        // SAFETY: the allocator just handed us these pages (add_dense zeroes them) and
-        // they are never freed, so nothing else will use them; M-mode addresses
-        // physical memory directly, and a page-aligned HPA is aligned for u32.
-        let counts: &'static mut [u32] =
-            unsafe { core::slice::from_raw_parts_mut(hpa.raw() as usize as *mut u32, frames) };
-        if !SHARES.lock().add_dense(first, counts) {
-            log::warn!("sharer counts for RAM at {} refused", bank.start);
-        }
-    }
-}
+use diosix_core::gstage::{AccessError, MapError, Perms, WriteOutcome};
 
 /// Why a copy-on-write page could not be made writable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,7 +91,7 @@ impl GuestMemory {
     /// (another hart got there first) only needs the local flush.
     pub fn break_cow(&mut self, gpa: Gpa, stale: &mut Stale) -> Result<(), CowError> {
         stale.flush_local = true;
-        let mut shares = SHARES.lock();
+        let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
         let out = self.table.make_writable(
             &mut mem::PhysTables,
@@ -164,7 +126,7 @@ impl GuestMemory {
     /// it after a FORK (the guest touched that range for the first time). Returns
     /// whether it did; the caller flushes this hart's G-stage TLB.
     pub fn materialize(&mut self, gpa: Gpa) -> Result<bool, CowError> {
-        let mut shares = SHARES.lock();
+        let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
         self.table
             .materialize(
@@ -218,7 +180,7 @@ pub fn finish(vm: &Vm, my_slot: usize, mut stale: Stale) {
     }
     shootdown(vm, my_slot);
     let frames = core::mem::take(&mut stale.frames);
-    let mut shares = SHARES.lock();
+    let mut shares = mem::SHARES.lock();
     let mut host = mem::frames();
     for f in frames {
         if !shares.unshare(f.page_number()) {
@@ -270,4 +232,27 @@ pub fn access_fault(vm: &Vm, gpa: Gpa, need: Perms, my_slot: usize) -> Result<()
     };
     finish(vm, my_slot, stale);
     r
+}
+
+impl Vm {
+    /// Copies `bytes` into guest memory at `gpa`, first giving the VM its own copy of
+    /// any copy-on-write page in the way. The caller must pass `stale` to
+    /// [`finish`] before this VM's vCPU on this hart resumes.
+    pub fn write(&self, gpa: Gpa, bytes: &[u8], stale: &mut Stale) -> Result<(), AccessError> {
+        self.make_writable(gpa, bytes.len() as u64, stale)?;
+        match self.mem.lock().as_ref() {
+            Some(m) => m.write(gpa, bytes),
+            None => Err(AccessError::NotMapped(gpa)),
+        }
+    }
+
+    /// Breaks copy-on-write sharing for `[gpa, gpa+len)` and checks the guest may
+    /// write all of it (what a later [`Vm::write`] there needs).
+    pub fn make_writable(&self, gpa: Gpa, len: u64, stale: &mut Stale) -> Result<(), AccessError> {
+        let mut guard = self.mem.lock();
+        let m = guard.as_mut().ok_or(AccessError::NotMapped(gpa))?;
+        m.break_cow_range(self.ram, gpa, len, stale)
+            .map_err(|_| AccessError::NoPermission(gpa.align_down(PAGE_SIZE)))?;
+        m.chunks(gpa, len, true).map(|_| ())
+    }
 }

@@ -131,7 +131,7 @@ pub fn service_fence_request(slot: usize) {
 pub fn fence_other_harts(my_slot: usize, slots: impl IntoIterator<Item = usize>) {
     let mut waiting_on = 0usize;
     for slot in slots {
-        if slot != crate::vcpu::NOT_RUNNING && slot != my_slot && slot < SHARED.len() {
+        if slot != crate::vcpu_shared::NOT_RUNNING && slot != my_slot && slot < SHARED.len() {
             SHARED[slot].fence_request.store(true, Ordering::SeqCst);
             kick(slot);
             waiting_on |= 1 << slot;

@@ -11,7 +11,8 @@
 //! at most [`STEP`], so neither the heap a copy needs nor the delay before it notices a
 //! cancellation grows with the image.
 
-use crate::vm::{GuestMemory, Vm};
+use crate::guestmem::GuestMemory;
+use crate::vm::Vm;
 use alloc::string::String;
 use alloc::vec::Vec;
 use diosix_core::addr::{Gpa, Range, PAGE_SIZE};

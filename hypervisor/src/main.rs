@@ -11,8 +11,10 @@
 extern crate alloc;
 
 mod boot;
+mod build;
 mod console;
 mod cow;
+mod guestmem;
 mod hart;
 mod heap;
 mod image;
@@ -22,6 +24,7 @@ mod sbi;
 mod sched;
 mod trap;
 mod vcpu;
+mod vcpu_shared;
 mod vm;
 mod vmtree;
 

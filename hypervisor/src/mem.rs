@@ -5,6 +5,7 @@ use diosix_core::addr::{Hpa, Range, PAGE_SIZE};
 use diosix_core::frames::HostFrames;
 use diosix_core::gstage::{TableFrames, TableMemory};
 use diosix_core::hostfdt::HostPlatform;
+use diosix_core::shares::ShareCounts;
 use spin::{Mutex, MutexGuard, Once};
 
 /// Every free page of host RAM outside the hypervisor image.
@@ -31,7 +32,7 @@ pub fn hypervisor_range() -> Range<Hpa> {
 /// payload) and reserved regions, to the frame allocator.
 pub fn init(host: &HostPlatform) {
     let hv = hypervisor_range();
-    let payload_len = crate::vm::payload_bytes(host).len() as u64;
+    let payload_len = payload_bytes(host).len() as u64;
     let hv = Range::new(hv.start, hv.len + payload_len.next_multiple_of(PAGE_SIZE)).unwrap_or(hv);
     let mut frames = frames();
     for ram in &host.memory {
@@ -69,7 +70,7 @@ pub fn init(host: &HostPlatform) {
 
 /// The pages the Root VM payload occupies (right after the image).
 fn payload_range(host: &HostPlatform) -> Option<Range<Hpa>> {
-    let len = crate::vm::payload_bytes(host).len() as u64;
+    let len = payload_bytes(host).len() as u64;
     let start = hypervisor_range().end();
     (len > 0)
         .then(|| Range::new(start, len.next_multiple_of(PAGE_SIZE)))
@@ -165,5 +166,79 @@ impl TableFrames for TableAlloc<'_> {
 
     fn free_table(&mut self, hpa: Hpa, pages: usize) {
         let _ = self.0.free(hpa, pages);
+    }
+}
+
+extern "C" {
+    static __payload_start: u8;
+}
+
+/// The payload `cargo xtask build` appended after the image, or an empty slice if
+/// there is none (no magic) or its size does not fit host RAM.
+pub fn payload_bytes(host: &HostPlatform) -> &'static [u8] {
+    let start = core::ptr::addr_of!(__payload_start);
+    let Some(ram) = host
+        .memory
+        .iter()
+        .find(|r| r.contains(Hpa::new(start as u64)))
+    else {
+        return &[];
+    };
+    let room = ram.end().raw() - start as u64;
+    if room < diosix_core::payload::HEADER_SIZE as u64 {
+        return &[];
+    }
+    // SAFETY: the header lies in RAM (checked above) that the ELF loader filled, or at
+    // worst holds stale bytes, which the magic check rejects.
+    let header = unsafe { core::slice::from_raw_parts(start, diosix_core::payload::HEADER_SIZE) };
+    if header[..8] != diosix_core::payload::MAGIC {
+        return &[];
+    }
+    let mut size = [0u8; 8];
+    size.copy_from_slice(&header[16..24]);
+    let size = u64::from_le_bytes(size);
+    if size > room {
+        log::error!("payload claims {size} bytes, more than the RAM after the image");
+        return &[];
+    }
+    // SAFETY: `size` bytes from `start` lie in host RAM (checked above) and belong to
+    // the payload segment, which nothing writes.
+    unsafe { core::slice::from_raw_parts(start, size as usize) }
+}
+
+/// Holder counts of shared data frames and leaf tables (see `diosix_core::shares`).
+pub static SHARES: Mutex<ShareCounts> = Mutex::new(ShareCounts::new());
+
+/// Gives [`SHARES`] one counter per frame of every host RAM bank, taken from the frame
+/// allocator (4 bytes per 4 KiB page, 0.1%) and kept for ever. Runs once at boot,
+/// before any VM exists; a bank whose counters cannot be allocated falls back to the
+/// slower sorted map.
+pub fn init_shares(host: &diosix_core::hostfdt::HostPlatform) {
+    for bank in &host.memory {
+        let first = bank.start.page_number();
+        let last = bank.end().raw().div_ceil(PAGE_SIZE);
+        let Some(count) = last
+            .checked_sub(first)
+            .and_then(|n| usize::try_from(n).ok())
+        else {
+            continue;
+        };
+        let bytes = (count as u64).saturating_mul(4);
+        let pages = bytes.div_ceil(PAGE_SIZE) as usize;
+        let Some(hpa) = frames().alloc(pages, 1) else {
+            log::warn!(
+                "no {pages} pages for the sharer counts of RAM at {}",
+                bank.start
+            );
+            continue;
+        };
+        // SAFETY: the allocator just handed us these pages (add_dense zeroes them) and
+        // they are never freed, so nothing else will use them; M-mode addresses
+        // physical memory directly, and a page-aligned HPA is aligned for u32.
+        let counts: &'static mut [u32] =
+            unsafe { core::slice::from_raw_parts_mut(hpa.raw() as usize as *mut u32, count) };
+        if !SHARES.lock().add_dense(first, counts) {
+            log::warn!("sharer counts for RAM at {} refused", bank.start);
+        }
     }
 }

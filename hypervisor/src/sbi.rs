@@ -3,7 +3,8 @@
 
 use crate::hart::{self, HartLocal};
 use crate::sched;
-use crate::vcpu::{Vcpu, Wait, NOT_RUNNING};
+use crate::vcpu::{Vcpu, Wait};
+use crate::vcpu_shared::NOT_RUNNING;
 use core::sync::atomic::Ordering;
 use diosix_abi::error;
 use diosix_core::addr::{Gpa, Gva, Range, PAGE_SIZE};

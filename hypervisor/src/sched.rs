@@ -7,7 +7,8 @@
 
 use crate::hart::{self, HartLocal, IDLE};
 use crate::platform;
-use crate::vcpu::{Vcpu, Wait, NOT_RUNNING};
+use crate::vcpu::{Vcpu, Wait};
+use crate::vcpu_shared::NOT_RUNNING;
 use crate::vm::Vm;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;

@@ -1,65 +1,13 @@
 //! Virtual CPUs: their saved state, and switching a hart into and out of them.
 
+use crate::vcpu_shared::VcpuShared;
 use crate::vm::Vm;
 use alloc::sync::Arc;
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::Ordering;
 use diosix_core::addr::Gpa;
 use diosix_core::sbi::{HartState, Suspend};
 use diosix_riscv::csr::{self, irq, mstatus_bits};
 use diosix_riscv::trap::{reg, TrapFrame};
-
-/// Marks "not running on any hart" in [`VcpuShared::running_on`].
-pub const NOT_RUNNING: usize = usize::MAX;
-
-/// The part of a vCPU other harts may read or poke without owning it.
-pub struct VcpuShared {
-    /// Index within its VM (the guest's hart ID).
-    pub index: usize,
-    /// HSM state, as `HartState as u8`.
-    hsm: AtomicU8,
-    /// Interrupts (hvip bits) raised by other vCPUs, merged when this vCPU next runs
-    /// or when its hart is kicked.
-    pub pending: AtomicUsize,
-    /// Slot of the hart running this vCPU, or [`NOT_RUNNING`].
-    pub running_on: AtomicUsize,
-}
-
-impl VcpuShared {
-    /// A vCPU in HSM state `state`.
-    pub fn new(index: usize, state: HartState) -> Self {
-        Self {
-            index,
-            hsm: AtomicU8::new(state as u8),
-            pending: AtomicUsize::new(0),
-            running_on: AtomicUsize::new(NOT_RUNNING),
-        }
-    }
-
-    /// Current HSM state.
-    pub fn state(&self) -> HartState {
-        match self.hsm.load(Ordering::Acquire) {
-            0 => HartState::Started,
-            1 => HartState::Stopped,
-            2 => HartState::StartPending,
-            3 => HartState::StopPending,
-            4 => HartState::Suspended,
-            5 => HartState::SuspendPending,
-            _ => HartState::ResumePending,
-        }
-    }
-
-    /// Sets the HSM state.
-    pub fn set_state(&self, state: HartState) {
-        self.hsm.store(state as u8, Ordering::Release);
-    }
-
-    /// Moves from `from` to `to` atomically; false if the state was not `from`.
-    pub fn transition(&self, from: HartState, to: HartState) -> bool {
-        self.hsm
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
-}
 
 /// Why a vCPU is not runnable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

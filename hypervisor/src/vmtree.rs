@@ -3,7 +3,7 @@
 //! builds, copies, pauses and releases real VMs.
 //!
 //! Lock order: `TREE`, then `ORIGINS`, then `VMS`, then a VM's memory, then `RUNQ`,
-//! then `cow::SHARES`, then `FRAMES`.
+//! then `mem::SHARES`, then `FRAMES`.
 //!
 //! # Waiting for other harts
 //! Every M-mode wait here can be broken, so no guest can hold a hart for ever:
@@ -18,13 +18,15 @@
 //!   parent only together with its frames, and no old vCPU of a rebooted VM can make a
 //!   call the new incarnation would receive.
 
+use crate::build::{self, BuildError, VmSpec};
 use crate::cow;
 use crate::hart::{self, HartLocal};
 use crate::image::{Bytes, CopyError, ImageStore};
 use crate::mem;
 use crate::sched;
-use crate::vcpu::{Vcpu, VcpuState, NOT_RUNNING};
-use crate::vm::{self, BuildError, Vm, VmSpec};
+use crate::vcpu::{Vcpu, VcpuState};
+use crate::vcpu_shared::NOT_RUNNING;
+use crate::vm::{self, Vm};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -34,6 +36,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_abi::{features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::gstage::Perms;
+use diosix_core::hostfdt::HostPlatform;
 use diosix_core::payload::{self, PayloadIndex, INDEX_WINDOW, MAGIC as PAYLOAD_MAGIC};
 use diosix_core::sbi::SbiRet;
 use diosix_core::tree::dispatch::{
@@ -75,7 +78,7 @@ struct Snapshot {
 }
 
 /// Guest memory no VM runs on, given back to the host when dropped.
-struct Frozen(Option<vm::GuestMemory>);
+struct Frozen(Option<crate::guestmem::GuestMemory>);
 
 impl Drop for Frozen {
     fn drop(&mut self) {
@@ -130,7 +133,7 @@ impl ImageOrigin {
     /// when `cancelled` holds. A `DSXPAYLD` image is split into kernel, initrd and
     /// command line from its index; only headers and the command line (each bounded by
     /// a constant) are read into the heap.
-    fn build(&self, id: VmId, cancelled: &dyn Fn() -> bool) -> Result<vm::Built, BuildError> {
+    fn build(&self, id: VmId, cancelled: &dyn Fn() -> bool) -> Result<build::Built, BuildError> {
         let store = &self.image;
         let read_err = |e: CopyError| BuildError::Host(format!("reading the image: {e:?}"));
         let magic = store.read(0, PAYLOAD_MAGIC.len().min(store.len() as usize));
@@ -165,7 +168,7 @@ impl ImageOrigin {
                 None,
             )
         };
-        vm::build_vm(
+        build::build_vm(
             crate::platform::host(),
             &VmSpec {
                 id,
@@ -1039,7 +1042,7 @@ impl ExtensionHost for HvHost<'_> {
             return Err(SbiError::Failed);
         };
         let copied = {
-            let mut shares = cow::SHARES.lock();
+            let mut shares = mem::SHARES.lock();
             let mut frames = mem::frames();
             pm.table.copy_range_into(
                 &mut cm.table,
@@ -1124,4 +1127,53 @@ impl ExtensionHost for HvHost<'_> {
         log::info!("the Root VM has ended, restarting the host");
         crate::platform::restart_host();
     }
+}
+
+/// Default Root VM RAM: an eighth of host RAM, between 64 MiB and 512 MiB, which
+/// leaves a 512 MiB host room for three 128 MiB children next to the Root VM.
+pub fn default_root_ram_mib(host_ram_bytes: u64) -> u64 {
+    (host_ram_bytes >> 20).div_euclid(8).clamp(64, 512)
+}
+
+/// Builds the Root VM from the embedded payload and registers it as the tree's root.
+pub fn create_root_vm(host: &HostPlatform) -> Result<(), alloc::string::String> {
+    let bytes = mem::payload_bytes(host);
+    if bytes.is_empty() {
+        return Err(
+            "this image carries no Root VM payload (build it with `cargo xtask build`)".into(),
+        );
+    }
+    let payload =
+        payload::Payload::parse(bytes).map_err(|e| format!("corrupt Root VM payload: {e}"))?;
+    let host_ram: u64 = host.memory.iter().map(|r| r.len).sum();
+    let vcpus = match payload.vcpus {
+        0 => host.harts.len(),
+        n => n as usize,
+    };
+    let ram_mib = match payload.ram_mib {
+        0 => default_root_ram_mib(host_ram),
+        n => u64::from(n),
+    };
+    let ram_bytes = ram_mib.checked_mul(1 << 20).ok_or("RAM size overflows")?;
+    let id = crate::vmtree::create_root(ram_bytes / PAGE_SIZE, vcpus as u32)?;
+    let built = build::build_vm(
+        host,
+        &VmSpec {
+            id,
+            name: alloc::string::String::from("root"),
+            ram_bytes,
+            vcpus,
+            priority: crate::vmtree::ROOT_PRIORITY as u8,
+            kernel: Bytes::Slice(payload.kernel),
+            initrd: payload.initrd.map(Bytes::Slice),
+            cmdline: payload.cmdline,
+            dtb: None,
+            is_root: true,
+            start: true,
+            cancelled: &|| false,
+        },
+    )
+    .map_err(|e| format!("Root VM: {e}"))?;
+    crate::vmtree::register(built.enqueue());
+    Ok(())
 }

@@ -7,6 +7,8 @@ mod build;
 mod cheader;
 mod fuzz;
 mod guests;
+#[cfg(test)]
+mod layers;
 mod qemu;
 mod rootvm;
 mod setup;
