@@ -6,21 +6,28 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Module name -> the modules it names, for every `*.rs` file directly in `dir`.
+/// Module name -> the modules it names, for every `*.rs` file directly in `dir` and
+/// every directory module (`name/mod.rs`, with all the files under it).
 pub fn imports(dir: &Path) -> std::io::Result<BTreeMap<String, BTreeSet<String>>> {
-    let mut graph = BTreeMap::new();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("rs") {
-            continue;
-        }
-        let name = path
+        let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
-        let text = std::fs::read_to_string(&path)?;
-        graph.insert(name, names_in(&text));
+        if path.is_dir() && path.join("mod.rs").exists() {
+            let names = graph.entry(stem).or_default();
+            for file in std::fs::read_dir(&path)? {
+                let file = file?.path();
+                if file.extension().and_then(|e| e.to_str()) == Some("rs") {
+                    names.extend(names_in(&std::fs::read_to_string(&file)?));
+                }
+            }
+        } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
+            graph.insert(stem, names_in(&std::fs::read_to_string(&path)?));
+        }
     }
     let modules: BTreeSet<String> = graph.keys().cloned().collect();
     for (name, deps) in graph.iter_mut() {
@@ -122,6 +129,10 @@ mod tests {
         let dir = crate::workspace_root().join("hypervisor/src");
         let graph = imports(&dir).expect("reading hypervisor/src");
         assert!(graph.len() > 10, "found only {:?}", graph.keys());
+        assert!(
+            graph.contains_key("vmtree"),
+            "directory modules are read too"
+        );
         if let Some(cycle) = find_cycle(&graph) {
             panic!("import cycle in hypervisor/src: {}", cycle.join(" -> "));
         }

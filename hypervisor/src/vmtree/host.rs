@@ -1,0 +1,417 @@
+//! The hypervisor's side of the Diosix extension: `ExtensionHost` over real VMs.
+
+use crate::cow;
+use crate::hart::{self, HartLocal};
+use crate::image::ImageStore;
+use crate::mem;
+use crate::sched;
+use crate::vm::{self, Vm};
+use alloc::format;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use diosix_abi::{features, flags, SpawnArgs};
+use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
+use diosix_core::gstage::Perms;
+use diosix_core::tree::dispatch::ExtensionHost;
+use diosix_core::tree::{HostFacts, KilledVm, SbiError, VmId};
+
+use super::origin::{enqueue_states, Frozen, Snapshot};
+use super::pending::{abandon_build, Source, BUILDING};
+use super::wait::kick_running;
+use super::*;
+
+/// The hypervisor's side of the extension, for one call on one hart.
+pub(super) struct HvHost<'a> {
+    pub(super) hart: &'a mut HartLocal,
+    pub(super) yield_now: bool,
+    /// A child this call stopped, to wait for once the tree lock is released.
+    pub(super) stopped: Option<Arc<Vm>>,
+    /// Copy-on-write pages the call wrote into, settled before the tree is unlocked.
+    pub(super) stale: cow::Stale,
+    /// A VM the call admitted, built once the tree is unlocked.
+    pub(super) build: Option<PendingBuild>,
+}
+
+impl<'a> HvHost<'a> {
+    /// Nothing done yet, for the vCPU running on `hart`.
+    pub(super) fn new(hart: &'a mut HartLocal) -> Self {
+        Self {
+            hart,
+            yield_now: false,
+            stopped: None,
+            stale: cow::Stale::new(),
+            build: None,
+        }
+    }
+}
+
+pub(super) fn bad_address<T>(_: T) -> SbiError {
+    SbiError::InvalidAddress
+}
+
+impl ExtensionHost for HvHost<'_> {
+    fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
+        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        let ok = if len == 0 {
+            vm.ram.contains(gpa) || Some(gpa) == Some(vm.ram.end())
+        } else {
+            vm.ram.contains_span(gpa, len)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(SbiError::InvalidAddress)
+        }
+    }
+
+    fn read_guest(&mut self, vm: VmId, gpa: Gpa, buf: &mut [u8]) -> Result<(), SbiError> {
+        lookup(vm)
+            .ok_or(SbiError::Failed)?
+            .read(gpa, buf)
+            .map_err(bad_address)
+    }
+
+    fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError> {
+        lookup(vm)
+            .ok_or(SbiError::Failed)?
+            .write(gpa, data, &mut self.stale)
+            .map_err(bad_address)
+    }
+
+    fn kept_pages(&self, args: &SpawnArgs) -> u64 {
+        // The Origin's image and DTB stores: their pages and page tables.
+        ImageStore::pages_for(args.image_size).saturating_add(ImageStore::pages_for(args.dtb_size))
+    }
+
+    fn facts(&self) -> HostFacts {
+        let host = crate::platform::host();
+        let mut parts = crate::VERSION
+            .split('.')
+            .map(|p| p.parse::<u64>().unwrap_or(0));
+        let (a, b, c) = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        HostFacts {
+            hv_version: (a << 32) | (b << 16) | c,
+            features: features::HW_VIRT
+                | features::GSTAGE
+                | features::IPC
+                | features::CONSOLE
+                | features::QUOTAS
+                | features::HW_TRUST
+                | features::COW_FORK,
+            host_cores: host.harts.len() as u32,
+            timer_freq_hz: host.timebase_frequency,
+        }
+    }
+
+    fn yield_vcpu(&mut self, _vm: VmId) {
+        self.yield_now = true;
+    }
+
+    fn fork_vm(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        child_cid: u64,
+        snapshot: bool,
+    ) -> Result<(), SbiError> {
+        let parent_vm = lookup(parent).ok_or(SbiError::Failed)?;
+        // The caller's live state, so the child resumes right after its FORK ecall.
+        let me = self.hart.current.as_mut().ok_or(SbiError::Failed)?;
+        me.save(&self.hart.frame);
+        let mut states = sched::snapshot(&parent_vm);
+        states.push(me.clone_state());
+        // Nothing is copied: both VMs map the same frames read-only, and the first
+        // write to a page gives the writer its own copy (see cow.rs). The tree charged
+        // the child a frame per page, so those copies can always be made.
+        let failed = |e: alloc::string::String| {
+            log::warn!("FORK of VM {} failed: {e}", parent_vm.name);
+            SbiError::Failed
+        };
+        let mut memory = match parent_vm.mem.lock().as_mut() {
+            Some(m) => m.fork().map_err(failed)?,
+            None => return Err(SbiError::Failed),
+        };
+        // The snapshot REBOOT returns to: a third sharer, charged by the tree for the
+        // case where both VMs rewrite every page.
+        // Owned by a `Frozen` at once, so every way out below gives it back.
+        let frozen = if snapshot {
+            match memory.fork() {
+                Ok(f) => Frozen(Some(f)),
+                Err(e) => {
+                    memory.destroy();
+                    return Err(failed(e));
+                }
+            }
+        } else {
+            Frozen(None)
+        };
+        let me_index = me.shared.index;
+        for st in states.iter_mut().filter(|st| st.index == me_index) {
+            // The child sees FORK return a0 = a1 = 0, after the ecall.
+            st.ctx.regs[10] = 0;
+            st.ctx.regs[11] = 0;
+            st.ctx.pc += 4;
+        }
+        let child_vm = vm::adopt(
+            child,
+            format!("{}/{}", parent_vm.name, child_cid),
+            memory,
+            parent_vm.ram,
+            parent_vm.vcpu_count(),
+            parent_vm.priority,
+        )
+        .ok_or(SbiError::Failed)?;
+        enqueue_states(&child_vm, &states);
+        if frozen.0.is_some() {
+            let snap = Snapshot {
+                memory: frozen,
+                states,
+                name: child_vm.name.clone(),
+                ram: child_vm.ram,
+                priority: child_vm.priority,
+            };
+            ORIGINS.lock().insert(child, Origin::Snapshot(snap));
+        }
+        log::info!(
+            "VM {} forked into {} ({} MiB shared copy-on-write)",
+            parent_vm.name,
+            child_vm.name,
+            parent_vm.ram.len >> 20
+        );
+        register(child_vm);
+        Ok(())
+    }
+
+    fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+        let parent = lookup(parent).ok_or(SbiError::Failed)?;
+        // Built once the tree is unlocked (see `PendingBuild::run`).
+        self.build = Some(PendingBuild::new(
+            child,
+            Source::Spawn {
+                parent,
+                args: *args,
+            },
+        ));
+        Ok(())
+    }
+
+    fn start_vm(&mut self, vm: VmId, entry: Gpa, dtb: Gpa) -> Result<(), SbiError> {
+        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        if !vm.ram.contains(entry) || !vm.ram.contains(dtb) {
+            return Err(SbiError::InvalidAddress);
+        }
+        let boot = &vm.vcpus[0];
+        if !boot.transition(
+            diosix_core::sbi::HartState::Stopped,
+            diosix_core::sbi::HartState::StartPending,
+        ) {
+            return Err(SbiError::AlreadyStarted);
+        }
+        if !sched::start_stopped(&vm, 0, entry, dtb.raw()) {
+            boot.set_state(diosix_core::sbi::HartState::Stopped);
+            return Err(SbiError::Failed);
+        }
+        Ok(())
+    }
+
+    fn stop_vm(&mut self, vm: VmId) {
+        if let Some(vm) = lookup(vm) {
+            vm.stopped.store(true, Ordering::Release);
+            kick_running(&vm, self.hart.slot);
+            self.stopped = Some(vm);
+        }
+    }
+
+    fn resume_vm(&mut self, vm: VmId) {
+        if let Some(vm) = lookup(vm) {
+            vm.stopped.store(false, Ordering::Release);
+            sched::poke_waiters();
+            hart::wake_an_idle_hart();
+        }
+    }
+
+    fn can_reboot(&self, vm: VmId) -> bool {
+        // A VM being built (spawned, or rebooted a moment ago) has its origin with its
+        // builder: it can be rebooted all the same.
+        ORIGINS.lock().contains_key(&vm) || BUILDING.lock().contains_key(&vm)
+    }
+
+    fn reboot_vm(&mut self, id: VmId) -> Result<(), SbiError> {
+        let mut origins = ORIGINS.lock();
+        if !origins.contains_key(&id) {
+            // Being built from its image right now: it will start in its created
+            // state, which is what this REBOOT asks for, so there is nothing more to do.
+            if BUILDING.lock().contains_key(&id) {
+                return Ok(());
+            }
+            return Err(SbiError::NotSupported);
+        }
+        // The old incarnation is gone, memory and all, before the new one is built:
+        // the charge they share is never held twice.
+        let old = VMS.lock().remove(&id);
+        if let Some(old) = old {
+            retire(&old, self.hart.slot);
+        }
+        match origins.remove(&id) {
+            // A snapshot comes back in time independent of RAM size: at once.
+            Some(Origin::Snapshot(mut snap)) => {
+                let vm = snap.restore(id);
+                origins.insert(id, Origin::Snapshot(snap));
+                let vm = vm.map_err(|e| {
+                    log::warn!("REBOOT of a VM failed: {e}");
+                    SbiError::Failed
+                })?;
+                log::info!("VM {} rebooted", vm.name);
+                register(vm);
+            }
+            // An image is built again once the tree is unlocked.
+            Some(Origin::Image(o)) => {
+                self.build = Some(PendingBuild::new(id, Source::Rebuild(o)));
+            }
+            None => return Err(SbiError::NotSupported),
+        }
+        Ok(())
+    }
+
+    fn release_vm(&mut self, killed: &KilledVm) {
+        // Its kept image goes whether or not the VM was ever built.
+        ORIGINS.lock().remove(&killed.id);
+        abandon_build(killed.id, self.hart.slot);
+        let vm = VMS.lock().remove(&killed.id);
+        let Some(vm) = vm else {
+            return;
+        };
+        retire(&vm, self.hart.slot);
+        log::info!(
+            "VM {} terminated (hypervisor heap in use: {} KiB)",
+            vm.name,
+            crate::heap::used_bytes() >> 10
+        );
+    }
+
+    fn revoke_hw_access(&mut self, _vm: VmId) {
+        // No VM is given host MMIO or IRQ routes yet, so there is nothing to undo.
+    }
+
+    fn map_child_mem(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        child_gpa: Gpa,
+        parent_gpa: Gpa,
+        size: u64,
+        perms: u64,
+    ) -> Result<(), SbiError> {
+        let parent = lookup(parent).ok_or(SbiError::Failed)?;
+        let child = lookup(child).ok_or(SbiError::Failed)?;
+        if !child.ram.contains_span(child_gpa, size) {
+            return Err(SbiError::InvalidAddress);
+        }
+        let mut p = Perms::empty();
+        for (bit, perm) in [
+            (flags::MAP_READ, Perms::R),
+            (flags::MAP_WRITE, Perms::W),
+            (flags::MAP_EXEC, Perms::X),
+        ] {
+            if perms & bit != 0 {
+                p |= perm;
+            }
+        }
+        // Parent, then child: the only place two VMs' memory is locked at once, and
+        // the tree lock (held) keeps it to one such call at a time.
+        let mut pm = parent.mem.lock();
+        let mut cm = child.mem.lock();
+        let (Some(pm), Some(cm)) = (pm.as_mut(), cm.as_mut()) else {
+            return Err(SbiError::Failed);
+        };
+        let copied = {
+            let mut shares = mem::SHARES.lock();
+            let mut frames = mem::frames();
+            pm.table.copy_range_into(
+                &mut cm.table,
+                &mut mem::PhysTables,
+                &mut mem::TableAlloc(&mut frames),
+                &mut shares,
+                parent_gpa,
+                child_gpa,
+                size,
+                p,
+                // The child has never run, so no hart holds a translation to the frames
+                // it no longer maps: they can go at once.
+                |frames, old| {
+                    if let Err(e) = frames.0.free_part(old, 1) {
+                        log::error!("MAP_CHILD_MEM: frame {old} not returned: {e}");
+                    }
+                },
+            )
+        };
+        // The parent's pages lost W: its other harts flush before this call returns.
+        self.stale.write_protected();
+        copied.map_err(|e| {
+            log::warn!("MAP_CHILD_MEM into VM {} refused: {e}", child.name);
+            SbiError::InvalidAddress
+        })
+    }
+
+    fn unmap_child_mem(
+        &mut self,
+        parent: VmId,
+        parent_gpa: Gpa,
+        size: u64,
+    ) -> Result<(), SbiError> {
+        let vm = lookup(parent).ok_or(SbiError::Failed)?;
+        let end = parent_gpa
+            .checked_add(size)
+            .ok_or(SbiError::InvalidAddress)?
+            .raw();
+        // Runs without the tree's lock: whoever kills this VM meanwhile waits for this
+        // hart to leave it, so the walk stops at the next page once the VM is dead. A
+        // batch of at most one leaf table's pages at a time, each settled (shootdown,
+        // old shares released) before the next, so what is pending stays bounded.
+        const BATCH: u64 = 512 * PAGE_SIZE;
+        let mut page = parent_gpa.raw();
+        while page < end {
+            let batch_end = page.saturating_add(BATCH).min(end);
+            {
+                let mut guard = vm.mem.lock();
+                let m = guard.as_mut().ok_or(SbiError::Failed)?;
+                for p in (page..batch_end).step_by(PAGE_SIZE as usize) {
+                    if vm.dead.load(Ordering::Acquire) {
+                        return Err(SbiError::Failed);
+                    }
+                    match m.break_cow(Gpa::new(p), &mut self.stale) {
+                        // Read-only for this VM for good: nothing of it to take back.
+                        Ok(()) | Err(cow::CowError::NotCow) => {}
+                        Err(cow::CowError::OutOfMemory) => return Err(SbiError::Failed),
+                    }
+                }
+            }
+            cow::finish(&vm, self.hart.slot, core::mem::take(&mut self.stale));
+            page = batch_end;
+        }
+        Ok(())
+    }
+
+    fn map_host_mmio(
+        &mut self,
+        _vm: VmId,
+        _hpa: Hpa,
+        _gpa: Gpa,
+        _size: u64,
+    ) -> Result<(), SbiError> {
+        Err(SbiError::NotSupported)
+    }
+
+    fn route_irq(&mut self, _vm: VmId, _irq: u64) -> Result<(), SbiError> {
+        Err(SbiError::NotSupported)
+    }
+
+    fn restart_host(&mut self) {
+        log::info!("the Root VM has ended, restarting the host");
+        crate::platform::restart_host();
+    }
+}

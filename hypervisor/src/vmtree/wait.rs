@@ -1,0 +1,115 @@
+//! Waiting for the tree lock and for other harts, always in a way that can be broken
+//! (see the module documentation of `vmtree`), and retiring dead VMs.
+
+use crate::hart::{self};
+use crate::sched;
+use crate::vcpu_shared::NOT_RUNNING;
+use crate::vm::Vm;
+use alloc::sync::Arc;
+use core::sync::atomic::Ordering;
+use diosix_core::tree::VmTree;
+
+use super::*;
+
+/// Takes `TREE` for a call by a vCPU of `vm` running on hart `slot`, serving fence
+/// requests while it spins; `None` once `vm` is dead (whoever killed it may be waiting,
+/// with `TREE` held, for this hart to leave the VM). Checked again under the lock, so
+/// a vCPU of a VM that died or was rebooted never acts on the tree.
+pub(super) fn lock_tree_for(vm: &Vm, slot: usize) -> Option<TreeGuard> {
+    lock_tree_unless(slot, &|| vm.dead.load(Ordering::Acquire), u64::MAX).ok()
+}
+
+pub(super) type TreeGuard = spin::MutexGuard<'static, Option<VmTree>>;
+
+/// Why [`lock_tree_unless`] returned without the lock.
+pub(super) enum NoLock {
+    /// `give_up()` held.
+    GaveUp,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// Takes `TREE` on hart `slot`, serving fence requests while it spins, unless (before
+/// or once it has the lock) `give_up()` holds, or the timer passes `deadline` first.
+pub(super) fn lock_tree_unless(
+    slot: usize,
+    give_up: &dyn Fn() -> bool,
+    deadline: u64,
+) -> Result<TreeGuard, NoLock> {
+    loop {
+        if let Some(guard) = TREE.try_lock() {
+            return if give_up() {
+                Err(NoLock::GaveUp)
+            } else {
+                Ok(guard)
+            };
+        }
+        if give_up() {
+            return Err(NoLock::GaveUp);
+        }
+        if deadline != u64::MAX && crate::platform::now() > deadline {
+            return Err(NoLock::TimedOut);
+        }
+        crate::hart::service_fence_request(slot);
+        core::hint::spin_loop();
+    }
+}
+
+/// Waits until no vCPU of `vm` runs on another hart than `my_slot` (kicking those that
+/// do, and serving fence requests meanwhile, so two harts waiting on each other cannot
+/// deadlock). Gives up, returning false, as soon as `give_up()` holds.
+///
+/// Once the VM is held, stopped or dead, on a `true` return every other vCPU of `vm`
+/// is in the run queue or gone (where FORK's snapshot finds it): the scheduler updates
+/// `running_on` under the run-queue lock, so once a scan made under that lock finds
+/// none running, none is between the queue and a hart, and none can be taken again.
+pub(super) fn wait_off_harts(vm: &Vm, my_slot: usize, give_up: impl Fn() -> bool) -> bool {
+    let others_running = || {
+        let mut busy = false;
+        for v in &vm.vcpus {
+            let slot = v.running_on.load(Ordering::Acquire);
+            if slot != NOT_RUNNING && slot != my_slot {
+                hart::kick(slot);
+                busy = true;
+            }
+        }
+        busy
+    };
+    loop {
+        if !others_running() && !sched::with_queue_locked(others_running) {
+            return true;
+        }
+        if give_up() {
+            return false;
+        }
+        crate::hart::service_fence_request(my_slot);
+        core::hint::spin_loop();
+    }
+}
+
+/// Ends a VM that is no longer in the registry (killed, or replaced by its rebooted
+/// incarnation): marks it dead, takes its queued vCPUs away, waits (with `TREE` held)
+/// until its running ones have left their harts, and returns its memory to the host.
+/// Its charge in the tree is therefore never reused while it still holds frames.
+///
+/// The wait ends: a hart running one of its vCPUs is kicked and, in the guest, traps
+/// and drops it; in the hypervisor, every wait it can be in gives up once the VM is
+/// dead (`lock_tree_for`, a FORK hold, a STOP's wait), and fence requests from this
+/// hart are served meanwhile.
+pub(super) fn retire(vm: &Arc<Vm>, my_slot: usize) {
+    vm.dead.store(true, Ordering::SeqCst);
+    kick_running(vm, my_slot);
+    sched::reap(vm);
+    wait_off_harts(vm, my_slot, || false);
+    vm.release_memory();
+}
+
+/// Kicks every hart running one of `vm`'s vCPUs, so it notices a new stop or death.
+pub(super) fn kick_running(vm: &Vm, my_slot: usize) {
+    for v in &vm.vcpus {
+        let slot = v.running_on.load(Ordering::Acquire);
+        if slot != NOT_RUNNING && slot != my_slot {
+            hart::kick(slot);
+        }
+    }
+}
