@@ -734,11 +734,12 @@ mod tests {
         let mut f = Fake::default();
         let (_, out, _) = go(&mut f, &mut Names::default(), "fork");
         assert_eq!(out, "forked: the child is CID 9\n");
-        go(
+        let (status, _, _) = go(
             &mut f,
             &mut Names::default(),
             "fork --no-snapshot --untrusted",
         );
+        assert!(status.is_ok());
         let fork = ext::FID_FORK;
         assert_eq!(f.calls, [format!("{fork} 0"), format!("{fork} 3")]);
         let (_, out, _) = go(&mut f, &mut Names::default(), "info --host");
