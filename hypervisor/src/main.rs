@@ -32,6 +32,17 @@ mod vmtree;
 /// `get_impl_version` (major << 16 | minor << 8 | patch).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// [`VERSION`] as (major, minor, patch) numbers, each encoded by its reader: the SBI
+/// implementation version and `GET_HV_INFO`'s `hv_version` use different layouts.
+pub fn version_parts() -> (u64, u64, u64) {
+    let mut parts = VERSION.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     console::emergency_print(format_args!(

@@ -105,15 +105,8 @@ impl Call<'_> {
 }
 
 fn version_number() -> usize {
-    let mut parts = crate::VERSION
-        .split('.')
-        .map(|p| p.parse::<usize>().unwrap_or(0));
-    let (a, b, c) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    (a << 16) | (b << 8) | c
+    let (a, b, c) = crate::version_parts();
+    ((a << 16) | (b << 8) | c) as usize
 }
 
 impl SbiEnv for Call<'_> {

@@ -85,14 +85,7 @@ impl ExtensionHost for HvHost<'_> {
 
     fn facts(&self) -> HostFacts {
         let host = crate::platform::host();
-        let mut parts = crate::VERSION
-            .split('.')
-            .map(|p| p.parse::<u64>().unwrap_or(0));
-        let (a, b, c) = (
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-            parts.next().unwrap_or(0),
-        );
+        let (a, b, c) = crate::version_parts();
         HostFacts {
             hv_version: (a << 32) | (b << 16) | c,
             features: features::HW_VIRT

@@ -263,6 +263,24 @@ pub fn apply_termination(t: &Termination, host: &mut dyn ExtensionHost) {
     }
 }
 
+/// The end of a FORK or SPAWN the tree admitted as `child` (CID `cid`): the host's
+/// `built` result, or, if the host could not build it, the admission undone (the child
+/// discarded, nothing left charged) and the host's error.
+fn admitted(
+    tree: &mut VmTree,
+    child: VmId,
+    cid: u64,
+    built: Result<(), SbiError>,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    if let Err(e) = built {
+        let t = tree.discard_child(child);
+        apply_termination(&t, host);
+        return Err(e);
+    }
+    Ok(cid)
+}
+
 fn require_trust(tree: &VmTree, caller: VmId) -> Result<(), SbiError> {
     match tree.get(caller) {
         Some(n) if n.trusted() => Ok(()),
@@ -354,12 +372,8 @@ fn fork(
     };
     let req = tree.fork_request(caller, fl & flags::FORK_UNTRUSTED != 0, table_pages)?;
     let (child, cid) = tree.create_child(caller, req)?;
-    if let Err(e) = host.fork_vm(caller, child, cid, snapshot) {
-        let t = tree.discard_child(child);
-        apply_termination(&t, host);
-        return Err(e);
-    }
-    Ok(cid)
+    let built = host.fork_vm(caller, child, cid, snapshot);
+    admitted(tree, child, cid, built, host)
 }
 
 fn drop_trust(
@@ -449,12 +463,8 @@ fn spawn(
         apply_termination(&old, host);
         (child, s.cid)
     };
-    if let Err(e) = host.spawn_vm(caller, child, &s) {
-        let t = tree.discard_child(child);
-        apply_termination(&t, host);
-        return Err(e);
-    }
-    Ok(cid)
+    let built = host.spawn_vm(caller, child, &s);
+    admitted(tree, child, cid, built, host)
 }
 
 fn info(
