@@ -9,6 +9,7 @@ mod fuzz;
 mod guests;
 #[cfg(test)]
 mod layers;
+mod process;
 mod qemu;
 mod rootvm;
 mod setup;

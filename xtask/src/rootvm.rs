@@ -20,17 +20,16 @@
 //! only once complete, so an interrupted or failed build is never mistaken for a good one.
 //! See `docs/rootvm.md`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::Result;
+use crate::{process, Result};
 
 /// Mixed into every cache key. Bump it when a change to this file changes what a step
 /// produces, so outputs built by the old code are not reused.
@@ -45,9 +44,6 @@ pub const DEFAULT_CMDLINE: &str = "console=hvc0 earlycon=sbi";
 
 /// Number of `[rootvm] ... (step n/STEPS)` steps printed.
 const STEPS: usize = 6;
-
-/// How many lines of a failing command's output go into the error message.
-const LOG_TAIL_LINES: usize = 40;
 
 /// Make targets for the kernel: `modules` too, so the tree has `Module.symvers` and
 /// `modpost` for building out-of-tree modules against it later.
@@ -320,7 +316,7 @@ fn apt_fetch(src: &Source, tmp: &Path) -> Result<PathBuf> {
         Method::Deb => {
             need_tools("fetching sources", &["apt-get", "dpkg-deb", "tar"])?;
             println!("[rootvm]   apt-get download {}", src.apt_spec);
-            run_quiet(
+            process::run_quiet(
                 Command::new("apt-get")
                     .args(["download", &src.apt_spec])
                     .current_dir(tmp),
@@ -342,7 +338,7 @@ fn apt_fetch(src: &Source, tmp: &Path) -> Result<PathBuf> {
         Method::Dsc => {
             need_tools("fetching sources", &["apt-get"])?;
             println!("[rootvm]   apt-get source --download-only {}", src.apt_spec);
-            run_quiet(
+            process::run_quiet(
                 Command::new("apt-get")
                     .args(["source", "--download-only", &src.apt_spec])
                     .current_dir(tmp),
@@ -904,13 +900,11 @@ fn check_config(config: &str, fragment: &str, fragment_name: &str, what: &str) -
 /// The cross compiler's `--version` output, also proving it is installed.
 fn cross_gcc_version() -> Result<String> {
     let gcc = format!("{CROSS}gcc");
-    let out = Command::new(&gcc).arg("--version").output();
-    match out {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        _ => Err(format!(
+    process::stdout(Command::new(&gcc).arg("--version")).ok_or_else(|| {
+        format!(
             "{gcc} not found or not working: install gcc-riscv64-linux-gnu: run `cargo xtask setup`"
-        )),
-    }
+        )
+    })
 }
 
 /// Fails naming the Debian package to install when one of `tools` is not on `PATH`.
@@ -955,7 +949,7 @@ fn jobs() -> usize {
 /// top-level directory every one of ours has.
 fn extract(tarball: &Path, dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    run_quiet(
+    process::run_quiet(
         Command::new("tar")
             .arg("-xf")
             .arg(tarball)
@@ -966,30 +960,12 @@ fn extract(tarball: &Path, dir: &Path) -> Result<()> {
     .map_err(|e| format!("extracting {}: {e}", tarball.display()))
 }
 
-/// Runs a short command, returning its status and the end of its output on failure.
-fn run_quiet(cmd: &mut Command) -> Result<()> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
-    Err(format!("{program} failed ({}):\n{tail}", out.status))
-}
-
-/// Runs a long build command with its output (stdout and stderr) going to
-/// `<cache>/logs/<log>.log`.
+/// Runs a long build command with its output going to `<cache>/logs/<log>.log`
+/// (see [`process::run_logged`]).
 ///
 /// With `progress = Some((name, expected))`, counts the compile/link lines make prints
-/// and reports how far it is at most every 15 s; `expected` is the first-run estimate,
-/// replaced by the real count of the last successful build. On failure, the error has the
-/// last lines of the output and the log's path.
+/// and reports how far it is; `expected` is the first-run estimate, replaced by the real
+/// count of the last successful build (kept in `<cache>/logs/progress/<name>`).
 fn run_logged(
     what: &str,
     cmd: &mut Command,
@@ -997,115 +973,13 @@ fn run_logged(
     progress: Option<(&str, usize)>,
 ) -> Result<()> {
     let logs = cache_dir().join("logs");
-    fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
-    let log_path = logs.join(format!("{log}.log"));
-    let mut log_file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let _ = writeln!(log_file, "==> {what}: {cmd:?}");
-
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{what}: cannot run {program}: {e}"))?;
-
-    // Both streams feed one channel so the log keeps make's interleaving of errors and
-    // progress lines.
-    let (tx, rx) = mpsc::channel::<String>();
-    let streams: [Option<Box<dyn Read + Send>>; 2] = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ];
-    let readers: Vec<_> = streams
-        .into_iter()
-        .flatten()
-        .map(|stream| {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).split(b'\n') {
-                    let Ok(line) = line else { break };
-                    if tx
-                        .send(String::from_utf8_lossy(&line).into_owned())
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-    drop(tx);
-
-    let counts = cache_dir().join("logs").join("progress");
-    let expected = progress.map(|(name, default)| {
-        fs::read_to_string(counts.join(name))
-            .ok()
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or(default)
+    let progress = progress.map(|(name, expected)| process::Progress {
+        label: format!("[rootvm]   {name}"),
+        counts: is_build_line,
+        expected,
+        count_file: logs.join("progress").join(name),
     });
-    let mut done = 0usize;
-    let mut first_error: Option<String> = None;
-    let mut last_report = Instant::now();
-    let mut tail: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL_LINES + 1);
-    for line in rx {
-        let _ = writeln!(log_file, "{line}");
-        if first_error.is_none() && (line.contains("error:") || line.contains("***")) {
-            first_error = Some(line.clone());
-        }
-        if is_build_line(&line) {
-            done += 1;
-        }
-        if let (Some((name, _)), Some(expected)) = (progress, expected) {
-            if last_report.elapsed() >= Duration::from_secs(15) {
-                let pct = (done * 100 / expected.max(1)).min(99);
-                println!("[rootvm]   {name}: {done} objects built (~{pct}%)");
-                last_report = Instant::now();
-            }
-        }
-        tail.push_back(line);
-        if tail.len() > LOG_TAIL_LINES {
-            tail.pop_front();
-        }
-    }
-    for r in readers {
-        let _ = r.join();
-    }
-    let status = child
-        .wait()
-        .map_err(|e| format!("{what}: waiting for {program}: {e}"))?;
-    if !status.success() {
-        // With -j, make keeps building after the first error, which can scroll it out of
-        // the tail: show it separately when it did.
-        let first = first_error
-            .filter(|f| !tail.contains(f))
-            .map(|f| format!("First error:\n{f}\n"))
-            .unwrap_or_default();
-        return Err(format!(
-            "{what} failed ({status}). {first}Last {} lines of output:\n{}\n\
-             Full log: {}",
-            tail.len(),
-            Vec::from(tail).join("\n"),
-            log_path.display()
-        ));
-    }
-    if let Some((name, _)) = progress {
-        // Remember the real count so the next first-time build's percentage is right.
-        let _ = fs::create_dir_all(&counts);
-        let _ = fs::write(counts.join(name), done.to_string());
-    }
-    Ok(())
+    process::run_logged(what, cmd, &logs.join(format!("{log}.log")), progress)
 }
 
 /// Whether a line of make output reports one compiled or linked object: kbuild prints

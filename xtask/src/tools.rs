@@ -8,11 +8,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::{rootvm, setup, workspace_root, Result};
+use crate::{process, rootvm, setup, workspace_root, Result};
 
 /// Mixed into both cache keys; bump it when a change here changes what is produced.
 const FORMAT_VERSION: &str = "diosix-tools-1";
@@ -239,31 +239,15 @@ fn check_static(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command, with its output shown only if it fails.
+/// Runs a short command, with its output shown only if it fails.
 fn run(what: &str, cmd: &mut Command) -> Result<()> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{what}: cannot run {program}: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-    Err(format!("{what} failed ({}):\n{tail}", out.status))
+    process::run_quiet(cmd).map_err(|e| format!("{what}: {e}"))
 }
 
 /// The output of `tool args` (its version), proving it is installed.
 fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
-    match Command::new(tool).args(args).output() {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        _ => Err(format!(
-            "{tool} not found or not working: run `cargo xtask setup`"
-        )),
-    }
+    process::stdout(Command::new(tool).args(args))
+        .ok_or_else(|| format!("{tool} not found or not working: run `cargo xtask setup`"))
 }
 
 /// A short hex key over `parts`, each length-prefixed so text cannot move between them.
