@@ -15,38 +15,41 @@
 #![warn(missing_docs)]
 
 /// SBI implementation ID registered for Diosix.
-pub const SBI_IMPL_ID_DIOSIX: usize = 5;
+pub const SBI_IMPL_ID_DIOSIX: usize = sbi_spec::base::impl_id::DIOSIX;
 
-/// Standard SBI error codes (SBI spec 2.0, table 1), as returned in a0.
+/// Standard SBI error codes (SBI spec 2.0, table 1), as returned in a0. The numbers
+/// come from the `sbi-spec` crate; [`SbiError`] is the same set as a type.
 pub mod error {
+    use sbi_spec::binary as spec;
+
     /// Completed successfully.
-    pub const SUCCESS: isize = 0;
+    pub const SUCCESS: isize = spec::RET_SUCCESS as isize;
     /// Failed.
-    pub const FAILED: isize = -1;
+    pub const FAILED: isize = spec::RET_ERR_FAILED as isize;
     /// Not supported.
-    pub const NOT_SUPPORTED: isize = -2;
+    pub const NOT_SUPPORTED: isize = spec::RET_ERR_NOT_SUPPORTED as isize;
     /// Invalid parameter(s).
-    pub const INVALID_PARAM: isize = -3;
+    pub const INVALID_PARAM: isize = spec::RET_ERR_INVALID_PARAM as isize;
     /// Denied or not allowed.
-    pub const DENIED: isize = -4;
+    pub const DENIED: isize = spec::RET_ERR_DENIED as isize;
     /// Invalid address(es).
-    pub const INVALID_ADDRESS: isize = -5;
+    pub const INVALID_ADDRESS: isize = spec::RET_ERR_INVALID_ADDRESS as isize;
     /// Already available.
-    pub const ALREADY_AVAILABLE: isize = -6;
+    pub const ALREADY_AVAILABLE: isize = spec::RET_ERR_ALREADY_AVAILABLE as isize;
     /// Already started.
-    pub const ALREADY_STARTED: isize = -7;
+    pub const ALREADY_STARTED: isize = spec::RET_ERR_ALREADY_STARTED as isize;
     /// Already stopped.
-    pub const ALREADY_STOPPED: isize = -8;
+    pub const ALREADY_STOPPED: isize = spec::RET_ERR_ALREADY_STOPPED as isize;
     /// Shared memory not available.
-    pub const NO_SHMEM: isize = -9;
+    pub const NO_SHMEM: isize = spec::RET_ERR_NO_SHMEM as isize;
     /// Invalid state.
-    pub const INVALID_STATE: isize = -10;
+    pub const INVALID_STATE: isize = spec::RET_ERR_INVALID_STATE as isize;
     /// Bad (or invalid) range.
-    pub const BAD_RANGE: isize = -11;
+    pub const BAD_RANGE: isize = spec::RET_ERR_BAD_RANGE as isize;
     /// Failed due to timeout.
-    pub const TIMEOUT: isize = -12;
+    pub const TIMEOUT: isize = spec::RET_ERR_TIMEOUT as isize;
     /// Input/output error.
-    pub const IO: isize = -13;
+    pub const IO: isize = spec::RET_ERR_IO as isize;
 
     /// The spec's name of an error code (`"DENIED"`), or `None` for a code the spec
     /// does not define.
@@ -71,42 +74,170 @@ pub mod error {
     }
 }
 
-/// Standard SBI extension IDs (SBI spec 2.0), plus the Diosix extension's.
+/// Why an SBI call failed: one variant per standard error code, shared by the
+/// standard extensions and the Diosix extension, on both sides of the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SbiError {
+    /// `FAILED`: the call could not complete for a reason no other code names (a full
+    /// queue, or host work that failed after the request was admitted).
+    Failed,
+    /// `NOT_SUPPORTED`: unknown or reserved function, or a feature not provided.
+    NotSupported,
+    /// `INVALID_PARAM`: a malformed value, unknown flag bits, a name that names nothing
+    /// the caller may name, a structure that is too small, a value above a ceiling.
+    InvalidParam,
+    /// `DENIED`: the caller may not do this (wrong kind of target, missing trust, a
+    /// quota that does not allow it).
+    Denied,
+    /// `INVALID_ADDRESS`: an address or range outside the caller's memory, overflowing
+    /// or misaligned.
+    InvalidAddress,
+    /// `ALREADY_AVAILABLE`: e.g. HSM start of a hart that is not stopped.
+    AlreadyAvailable,
+    /// `ALREADY_STARTED`: START or RESUME of a VM that is running.
+    AlreadyStarted,
+    /// `ALREADY_STOPPED`: STOP of a VM that is stopped.
+    AlreadyStopped,
+    /// `NO_SHMEM`: shared memory not available.
+    NoShmem,
+    /// `INVALID_STATE`: the target's state forbids the call.
+    InvalidState,
+    /// `BAD_RANGE`: e.g. a receive buffer shorter than the waiting message.
+    BadRange,
+    /// `TIMEOUT`: the operation timed out.
+    Timeout,
+    /// `IO`: an input/output error.
+    Io,
+}
+
+impl SbiError {
+    /// The SBI error code returned in a0.
+    pub const fn code(self) -> isize {
+        match self {
+            Self::Failed => error::FAILED,
+            Self::NotSupported => error::NOT_SUPPORTED,
+            Self::InvalidParam => error::INVALID_PARAM,
+            Self::Denied => error::DENIED,
+            Self::InvalidAddress => error::INVALID_ADDRESS,
+            Self::AlreadyAvailable => error::ALREADY_AVAILABLE,
+            Self::AlreadyStarted => error::ALREADY_STARTED,
+            Self::AlreadyStopped => error::ALREADY_STOPPED,
+            Self::NoShmem => error::NO_SHMEM,
+            Self::InvalidState => error::INVALID_STATE,
+            Self::BadRange => error::BAD_RANGE,
+            Self::Timeout => error::TIMEOUT,
+            Self::Io => error::IO,
+        }
+    }
+
+    /// The error an a0 value names: `None` for `SUCCESS` and for codes the spec does
+    /// not define.
+    pub const fn from_code(code: isize) -> Option<Self> {
+        Some(match code {
+            error::FAILED => Self::Failed,
+            error::NOT_SUPPORTED => Self::NotSupported,
+            error::INVALID_PARAM => Self::InvalidParam,
+            error::DENIED => Self::Denied,
+            error::INVALID_ADDRESS => Self::InvalidAddress,
+            error::ALREADY_AVAILABLE => Self::AlreadyAvailable,
+            error::ALREADY_STARTED => Self::AlreadyStarted,
+            error::ALREADY_STOPPED => Self::AlreadyStopped,
+            error::NO_SHMEM => Self::NoShmem,
+            error::INVALID_STATE => Self::InvalidState,
+            error::BAD_RANGE => Self::BadRange,
+            error::TIMEOUT => Self::Timeout,
+            error::IO => Self::Io,
+            _ => return None,
+        })
+    }
+
+    /// The spec's name of the code (`"DENIED"`).
+    pub const fn name(self) -> &'static str {
+        match error::name(self.code()) {
+            Some(n) => n,
+            None => "?",
+        }
+    }
+}
+
+/// Standard SBI extension IDs (SBI spec 2.0, from the `sbi-spec` crate), plus the
+/// Diosix extension's.
 pub mod eid {
+    use sbi_spec::legacy;
+
     /// Legacy set_timer.
-    pub const LEGACY_SET_TIMER: usize = 0x00;
+    pub const LEGACY_SET_TIMER: usize = legacy::LEGACY_SET_TIMER;
     /// Legacy console_putchar.
-    pub const LEGACY_CONSOLE_PUTCHAR: usize = 0x01;
+    pub const LEGACY_CONSOLE_PUTCHAR: usize = legacy::LEGACY_CONSOLE_PUTCHAR;
     /// Legacy console_getchar.
-    pub const LEGACY_CONSOLE_GETCHAR: usize = 0x02;
+    pub const LEGACY_CONSOLE_GETCHAR: usize = legacy::LEGACY_CONSOLE_GETCHAR;
     /// Legacy clear_ipi.
-    pub const LEGACY_CLEAR_IPI: usize = 0x03;
+    pub const LEGACY_CLEAR_IPI: usize = legacy::LEGACY_CLEAR_IPI;
     /// Legacy send_ipi.
-    pub const LEGACY_SEND_IPI: usize = 0x04;
+    pub const LEGACY_SEND_IPI: usize = legacy::LEGACY_SEND_IPI;
     /// Legacy remote_fence_i.
-    pub const LEGACY_REMOTE_FENCE_I: usize = 0x05;
+    pub const LEGACY_REMOTE_FENCE_I: usize = legacy::LEGACY_REMOTE_FENCE_I;
     /// Legacy remote_sfence_vma.
-    pub const LEGACY_REMOTE_SFENCE_VMA: usize = 0x06;
+    pub const LEGACY_REMOTE_SFENCE_VMA: usize = legacy::LEGACY_REMOTE_SFENCE_VMA;
     /// Legacy remote_sfence_vma_asid.
-    pub const LEGACY_REMOTE_SFENCE_VMA_ASID: usize = 0x07;
+    pub const LEGACY_REMOTE_SFENCE_VMA_ASID: usize = legacy::LEGACY_REMOTE_SFENCE_VMA_ASID;
     /// Legacy shutdown.
-    pub const LEGACY_SHUTDOWN: usize = 0x08;
+    pub const LEGACY_SHUTDOWN: usize = legacy::LEGACY_SHUTDOWN;
     /// Base extension.
-    pub const BASE: usize = 0x10;
+    pub const BASE: usize = sbi_spec::base::EID_BASE;
     /// Timer extension.
-    pub const TIME: usize = 0x5449_4D45;
+    pub const TIME: usize = sbi_spec::time::EID_TIME;
     /// IPI extension.
-    pub const IPI: usize = 0x0073_5049;
+    pub const IPI: usize = sbi_spec::spi::EID_SPI;
     /// Remote fence extension.
-    pub const RFENCE: usize = 0x5246_4E43;
+    pub const RFENCE: usize = sbi_spec::rfnc::EID_RFNC;
     /// Hart state management.
-    pub const HSM: usize = 0x0048_534D;
+    pub const HSM: usize = sbi_spec::hsm::EID_HSM;
     /// System reset.
-    pub const SRST: usize = 0x5352_5354;
+    pub const SRST: usize = sbi_spec::srst::EID_SRST;
     /// Debug console.
-    pub const DBCN: usize = 0x4442_434E;
+    pub const DBCN: usize = sbi_spec::dbcn::EID_DBCN;
     /// The Diosix extension.
     pub const DIOSIX: usize = crate::ext::EID;
+}
+
+/// Function IDs of the standard extensions (SBI spec 2.0, from the `sbi-spec` crate),
+/// one module per extension. The Diosix extension's are in [`ext`].
+pub mod fid {
+    /// Base extension (EID `0x10`).
+    pub mod base {
+        pub use sbi_spec::base::{
+            GET_MARCHID, GET_MIMPID, GET_MVENDORID, GET_SBI_IMPL_ID, GET_SBI_IMPL_VERSION,
+            GET_SBI_SPEC_VERSION, PROBE_EXTENSION,
+        };
+    }
+    /// Timer extension.
+    pub mod time {
+        pub use sbi_spec::time::SET_TIMER;
+    }
+    /// IPI extension.
+    pub mod ipi {
+        pub use sbi_spec::spi::SEND_IPI;
+    }
+    /// Remote fence extension.
+    pub mod rfence {
+        pub use sbi_spec::rfnc::{
+            REMOTE_FENCE_I, REMOTE_HFENCE_GVMA, REMOTE_HFENCE_GVMA_VMID, REMOTE_HFENCE_VVMA,
+            REMOTE_HFENCE_VVMA_ASID, REMOTE_SFENCE_VMA, REMOTE_SFENCE_VMA_ASID,
+        };
+    }
+    /// Hart state management extension.
+    pub mod hsm {
+        pub use sbi_spec::hsm::{HART_GET_STATUS, HART_START, HART_STOP, HART_SUSPEND};
+    }
+    /// System reset extension.
+    pub mod srst {
+        pub use sbi_spec::srst::SYSTEM_RESET;
+    }
+    /// Debug console extension.
+    pub mod dbcn {
+        pub use sbi_spec::dbcn::{CONSOLE_READ, CONSOLE_WRITE, CONSOLE_WRITE_BYTE};
+    }
 }
 
 /// The Diosix SBI extension (EID `0x0A000005`).
@@ -849,5 +980,37 @@ mod tests {
         assert_eq!(flags::SPAWN_ALL, 7);
         assert_eq!(flags::QUOTA_ALL, 0x1f);
         assert_eq!(flags::MAP_ALL, 7);
+    }
+
+    #[test]
+    fn standard_numbers_match_the_spec_tables() {
+        // SBI 2.0, table 1 and the extension chapters: a change in the crate the numbers
+        // come from must not change what goes over the wire.
+        assert_eq!((error::FAILED, error::DENIED, error::IO), (-1, -4, -13));
+        assert_eq!(SBI_IMPL_ID_DIOSIX, 5);
+        assert_eq!(eid::TIME, 0x5449_4D45);
+        assert_eq!(eid::IPI, 0x0073_5049);
+        assert_eq!(eid::RFENCE, 0x5246_4E43);
+        assert_eq!(eid::HSM, 0x0048_534D);
+        assert_eq!(eid::SRST, 0x5352_5354);
+        assert_eq!(eid::DBCN, 0x4442_434E);
+        assert_eq!(eid::LEGACY_SHUTDOWN, 8);
+        assert_eq!(fid::hsm::HART_SUSPEND, 3);
+        assert_eq!(fid::dbcn::CONSOLE_WRITE_BYTE, 2);
+    }
+
+    #[test]
+    fn every_error_code_round_trips() {
+        for code in -13..=0 {
+            match SbiError::from_code(code) {
+                Some(e) => {
+                    assert_eq!(e.code(), code);
+                    assert_eq!(Some(e.name()), error::name(code));
+                }
+                None => assert_eq!(code, error::SUCCESS),
+            }
+        }
+        assert_eq!(SbiError::from_code(-14), None);
+        assert_eq!(SbiError::from_code(1), None);
     }
 }

@@ -1,0 +1,245 @@
+//! Decode of one standard SBI call: the extension and function numbers (named in
+//! `diosix_abi::{eid, fid}`), every argument check, then one call into the extension's
+//! trait in [`super::env`].
+
+use super::env::{
+    Base, Caller, Console, DiosixExtension, Hsm, Ipi, LegacyMask, Reset, Rfence, SbiEnv, Timer,
+};
+use super::{
+    decode_hart_mask, eid, FenceKind, HartSet, Reply, ResetType, SbiRet, Suspend, SPEC_VERSION,
+};
+use crate::addr::{Gpa, Gva};
+use diosix_abi::{error, fid, SbiError};
+
+/// Extensions this implementation provides (for `probe_extension`).
+pub fn extension_present(id: usize) -> bool {
+    matches!(
+        id,
+        eid::LEGACY_SET_TIMER
+            ..=eid::LEGACY_SHUTDOWN
+                | eid::BASE
+                | eid::TIME
+                | eid::IPI
+                | eid::RFENCE
+                | eid::HSM
+                | eid::SRST
+                | eid::DBCN
+                | eid::DIOSIX
+    )
+}
+
+/// Decodes and performs one SBI call. `regs` are a0..a7 of the caller.
+pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
+    let [a0, a1, a2, a3, a4, a5, fid, ext] = regs;
+    let ret = match ext {
+        eid::BASE => base(env, fid, a0),
+        eid::TIME => time(env, fid, a0),
+        eid::IPI => ipi(env, fid, a0, a1),
+        eid::RFENCE => rfence(env, fid, a0, a1),
+        eid::HSM => hsm(env, fid, a0, a1, a2),
+        eid::SRST => srst(env, fid, a0, a1),
+        eid::DBCN => dbcn(env, fid, a0, a1, a2),
+        eid::DIOSIX => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
+        eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => return legacy(env, ext, a0),
+        _ => SbiRet::error(SbiError::NotSupported),
+    };
+    Reply::Sbi(ret)
+}
+
+fn base<E: Base + ?Sized>(env: &mut E, function: usize, a0: usize) -> SbiRet {
+    use fid::base::*;
+    match function {
+        GET_SBI_SPEC_VERSION => SbiRet::ok(SPEC_VERSION),
+        GET_SBI_IMPL_ID => SbiRet::ok(diosix_abi::SBI_IMPL_ID_DIOSIX),
+        GET_SBI_IMPL_VERSION => SbiRet::ok(env.impl_version()),
+        PROBE_EXTENSION => SbiRet::ok(extension_present(a0) as usize),
+        GET_MVENDORID => SbiRet::ok(env.machine_ids().0),
+        GET_MARCHID => SbiRet::ok(env.machine_ids().1),
+        GET_MIMPID => SbiRet::ok(env.machine_ids().2),
+        _ => SbiRet::error(SbiError::NotSupported),
+    }
+}
+
+fn time<E: Timer + ?Sized>(env: &mut E, function: usize, deadline: usize) -> SbiRet {
+    match function {
+        fid::time::SET_TIMER => {
+            env.set_timer(deadline as u64);
+            SbiRet::ok(0)
+        }
+        _ => SbiRet::error(SbiError::NotSupported),
+    }
+}
+
+fn ipi<E: Caller + Ipi + ?Sized>(env: &mut E, function: usize, mask: usize, base: usize) -> SbiRet {
+    if function != fid::ipi::SEND_IPI {
+        return SbiRet::error(SbiError::NotSupported);
+    }
+    SbiRet::from(decode_hart_mask(mask, base, env.vcpu_count()).map(|set| {
+        env.send_ipi(set);
+        0
+    }))
+}
+
+fn rfence<E: Caller + Rfence + ?Sized>(
+    env: &mut E,
+    function: usize,
+    mask: usize,
+    base: usize,
+) -> SbiRet {
+    use fid::rfence::*;
+    let kind = match function {
+        REMOTE_FENCE_I => FenceKind::Instruction,
+        REMOTE_SFENCE_VMA | REMOTE_SFENCE_VMA_ASID => FenceKind::Vma,
+        // HFENCE.GVMA/VVMA variants: guests are not given the H extension, so these
+        // are not supported on any target hart (SBI spec, RFENCE chapter).
+        _ => return SbiRet::error(SbiError::NotSupported),
+    };
+    SbiRet::from(decode_hart_mask(mask, base, env.vcpu_count()).map(|set| {
+        env.remote_fence(set, kind);
+        0
+    }))
+}
+
+fn hsm<E: Caller + Hsm + ?Sized>(
+    env: &mut E,
+    function: usize,
+    a0: usize,
+    a1: usize,
+    a2: usize,
+) -> SbiRet {
+    use fid::hsm::*;
+    let hart_exists = |env: &E| a0 < env.vcpu_count();
+    let result = match function {
+        HART_START => {
+            if !hart_exists(env) {
+                return SbiRet::error(SbiError::InvalidParam);
+            }
+            env.hart_start(a0, Gpa::new(a1 as u64), a2)
+        }
+        HART_STOP => env.hart_stop(),
+        HART_GET_STATUS => {
+            if !hart_exists(env) {
+                return SbiRet::error(SbiError::InvalidParam);
+            }
+            return SbiRet::ok(env.hart_status(a0) as usize);
+        }
+        HART_SUSPEND => {
+            // `suspend_type` is a uint32_t: bits 63..32 are ignored, not refused.
+            let how = match a0 as u32 {
+                // Only the two default types exist here; everything else is either
+                // reserved or platform-specific, and we define no platform types.
+                0x0000_0000 => Suspend::Retentive,
+                0x8000_0000 => Suspend::NonRetentive {
+                    resume: Gpa::new(a1 as u64),
+                    opaque: a2,
+                },
+                _ => return SbiRet::error(SbiError::InvalidParam),
+            };
+            env.hart_suspend(how)
+        }
+        _ => return SbiRet::error(SbiError::NotSupported),
+    };
+    SbiRet::from(result)
+}
+
+fn srst<E: Reset + ?Sized>(env: &mut E, function: usize, kind: usize, reason: usize) -> SbiRet {
+    if function != fid::srst::SYSTEM_RESET {
+        return SbiRet::error(SbiError::NotSupported);
+    }
+    // Both parameters are uint32_t: bits 63..32 are ignored, not refused.
+    let (kind, reason) = (kind as u32, reason as u32);
+    let kind = match kind {
+        0 => ResetType::Shutdown,
+        1 => ResetType::ColdReboot,
+        2 => ResetType::WarmReboot,
+        _ => return SbiRet::error(SbiError::InvalidParam),
+    };
+    // Reasons: 0 none, 1 system failure, 0xE000_0000.. SBI-implementation specific,
+    // 0xF000_0000.. vendor specific (taken as "no reason"); everything else is reserved.
+    let failure = match reason {
+        0 => false,
+        1 => true,
+        0xE000_0000.. => false,
+        _ => return SbiRet::error(SbiError::InvalidParam),
+    };
+    SbiRet::from(env.system_reset(kind, failure))
+}
+
+/// Forms the buffer GPA of a DBCN call. On RV64 the address is `lo`; a non-zero `hi`
+/// names memory above 2^64, which no guest has.
+fn dbcn_buffer(lo: usize, hi: usize) -> Result<Gpa, SbiError> {
+    if hi == 0 {
+        Ok(Gpa::new(lo as u64))
+    } else {
+        Err(SbiError::InvalidParam)
+    }
+}
+
+fn dbcn<E: Console + ?Sized>(
+    env: &mut E,
+    function: usize,
+    a0: usize,
+    a1: usize,
+    a2: usize,
+) -> SbiRet {
+    use fid::dbcn::*;
+    let len = a0 as u64;
+    SbiRet::from(match function {
+        CONSOLE_WRITE => dbcn_buffer(a1, a2).and_then(|gpa| env.console_write(gpa, len)),
+        CONSOLE_READ => dbcn_buffer(a1, a2).and_then(|gpa| env.console_read(gpa, len)),
+        CONSOLE_WRITE_BYTE => {
+            env.console_write_byte(a0 as u8);
+            Ok(0)
+        }
+        _ => Err(SbiError::NotSupported),
+    })
+}
+
+/// The legacy hart mask: a pointer (a guest virtual address) to an `unsigned long`, or
+/// null for every hart.
+fn legacy_targets<E: Caller + LegacyMask + ?Sized>(
+    env: &mut E,
+    pointer: usize,
+) -> Result<HartSet, SbiError> {
+    let vcpus = env.vcpu_count();
+    if pointer == 0 {
+        return Ok(HartSet::all(vcpus));
+    }
+    let mask = env
+        .read_legacy_mask(Gva::new(pointer as u64))
+        .ok_or(SbiError::InvalidAddress)?;
+    decode_hart_mask(mask, 0, vcpus)
+}
+
+fn legacy(env: &mut dyn SbiEnv, ext: usize, a0: usize) -> Reply {
+    let done = |r: Result<(), SbiError>| r.map_or_else(SbiError::code, |()| error::SUCCESS);
+    let code = match ext {
+        eid::LEGACY_SET_TIMER => {
+            env.set_timer(a0 as u64);
+            error::SUCCESS
+        }
+        eid::LEGACY_CONSOLE_PUTCHAR => {
+            env.console_write_byte(a0 as u8);
+            error::SUCCESS
+        }
+        eid::LEGACY_CONSOLE_GETCHAR => env.console_getchar().map_or(-1, |b| b as isize),
+        eid::LEGACY_CLEAR_IPI => {
+            env.clear_ipi();
+            error::SUCCESS
+        }
+        eid::LEGACY_SEND_IPI => done(legacy_targets(env, a0).map(|set| env.send_ipi(set))),
+        eid::LEGACY_REMOTE_FENCE_I
+        | eid::LEGACY_REMOTE_SFENCE_VMA
+        | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => {
+            let kind = if ext == eid::LEGACY_REMOTE_FENCE_I {
+                FenceKind::Instruction
+            } else {
+                FenceKind::Vma
+            };
+            done(legacy_targets(env, a0).map(|set| env.remote_fence(set, kind)))
+        }
+        eid::LEGACY_SHUTDOWN => done(env.system_reset(ResetType::Shutdown, false)),
+        _ => error::NOT_SUPPORTED,
+    };
+    Reply::Legacy(code)
+}

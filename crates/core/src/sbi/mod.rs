@@ -1,0 +1,195 @@
+//! Standard SBI (spec 2.0) decode, argument validation and dispatch.
+//!
+//! The hypervisor's trap handler passes the caller's a0..a7 to [`dispatch`] together with
+//! an [`SbiEnv`], which performs the effects (timers, IPIs, hart state, console). Every
+//! check on guest-controlled values — hart masks, suspend and reset types, buffer
+//! addresses — happens here, in safe code tested on the host; the environment only ever
+//! sees validated requests.
+//!
+//! Parameters the specification declares 32 bits wide (HSM `suspend_type`, SRST
+//! `reset_type` and `reset_reason`) are truncated to their low 32 bits at decode, never
+//! refused for the upper ones: the spec's binary encoding chapter has the SBI
+//! implementation use only the 32 bits of such data, and the RISC-V calling convention
+//! passes a C `uint32_t` sign-extended, so `0x8000_0000` arrives from compiled code as
+//! `0xFFFF_FFFF_8000_0000`. DBCN `write_byte`'s `uint8_t` keeps only its low byte, as
+//! does the legacy `console_putchar`'s `int`. Every other parameter of the extensions
+//! here is `unsigned long` or `uint64_t` and is used whole.
+
+use crate::addr::Gpa;
+use diosix_abi::error;
+pub use diosix_abi::SbiError;
+
+mod dispatch;
+mod env;
+
+pub use dispatch::{dispatch, extension_present};
+pub use env::{
+    Base, Caller, Console, DiosixExtension, Hsm, Ipi, LegacyMask, Reset, Rfence, SbiEnv, Timer,
+};
+
+/// Extension IDs (shared with the guests through the ABI crate).
+pub use diosix_abi::eid;
+
+/// SBI specification version implemented: 2.0 (major in bits 30:24).
+pub const SPEC_VERSION: usize = 2 << 24;
+
+/// The value pair an SBI call returns in a0 (error) and a1 (value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SbiRet {
+    /// Error code (a0).
+    pub error: isize,
+    /// Return value (a1).
+    pub value: usize,
+}
+
+impl SbiRet {
+    /// Success with a value.
+    pub const fn ok(value: usize) -> Self {
+        Self {
+            error: error::SUCCESS,
+            value,
+        }
+    }
+    /// An error code, value 0.
+    pub const fn err(code: isize) -> Self {
+        Self {
+            error: code,
+            value: 0,
+        }
+    }
+    /// The reply for an error.
+    pub const fn error(e: SbiError) -> Self {
+        Self::err(e.code())
+    }
+}
+
+impl From<Result<usize, SbiError>> for SbiRet {
+    fn from(r: Result<usize, SbiError>) -> Self {
+        match r {
+            Ok(v) => Self::ok(v),
+            Err(e) => Self::error(e),
+        }
+    }
+}
+
+impl From<Result<(), SbiError>> for SbiRet {
+    fn from(r: Result<(), SbiError>) -> Self {
+        Self::from(r.map(|()| 0))
+    }
+}
+
+/// What the caller sees after a call: a normal return in a0/a1, or a legacy-style
+/// return that only sets a0 (a1 is left as the caller had it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Standard return: a0 = error, a1 = value.
+    Sbi(SbiRet),
+    /// Legacy v0.1 return: a0 only.
+    Legacy(isize),
+}
+
+/// A set of vCPU indices within the calling VM (at most [`MAX_VCPUS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HartSet(pub u64);
+
+/// The largest number of vCPUs a VM can have (one bit each in a [`HartSet`]).
+pub const MAX_VCPUS: usize = 64;
+
+impl HartSet {
+    /// Every vCPU below `count`.
+    pub fn all(count: usize) -> Self {
+        if count >= MAX_VCPUS {
+            Self(u64::MAX)
+        } else {
+            Self((1u64 << count) - 1)
+        }
+    }
+    /// True if `hart` is in the set.
+    pub fn contains(&self, hart: usize) -> bool {
+        hart < MAX_VCPUS && self.0 & (1 << hart) != 0
+    }
+    /// The members, lowest first.
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_VCPUS).filter(move |h| self.contains(*h))
+    }
+}
+
+/// Decodes an SBI hart mask against a VM with `vcpus` vCPUs.
+///
+/// `base == usize::MAX` means every hart (the mask is ignored). Otherwise every set bit
+/// `i` names hart `base + i`, which must exist: any bit naming a hart that does not is
+/// INVALID_PARAM, as is an overflowing `base + i`.
+pub fn decode_hart_mask(mask: usize, base: usize, vcpus: usize) -> Result<HartSet, SbiError> {
+    if base == usize::MAX {
+        return Ok(HartSet::all(vcpus));
+    }
+    let mut set = 0u64;
+    for bit in 0..usize::BITS as usize {
+        if mask & (1 << bit) == 0 {
+            continue;
+        }
+        let hart = base.checked_add(bit).ok_or(SbiError::InvalidParam)?;
+        if hart >= vcpus || hart >= MAX_VCPUS {
+            return Err(SbiError::InvalidParam);
+        }
+        set |= 1 << hart;
+    }
+    Ok(HartSet(set))
+}
+
+/// What a remote fence must do on its targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FenceKind {
+    /// `fence.i`.
+    Instruction,
+    /// `sfence.vma` (any range or ASID: the hypervisor flushes the VM's whole VS-stage).
+    Vma,
+}
+
+/// HSM hart states (SBI spec table 'HSM hart states').
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum HartState {
+    /// Running.
+    Started = 0,
+    /// Stopped.
+    Stopped = 1,
+    /// Start requested, not yet running.
+    StartPending = 2,
+    /// Stop requested.
+    StopPending = 3,
+    /// Suspended.
+    Suspended = 4,
+    /// Suspend requested.
+    SuspendPending = 5,
+    /// Resuming.
+    ResumePending = 6,
+}
+
+/// A validated HSM suspend request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suspend {
+    /// Default retentive suspend: resume after the ecall once an interrupt is pending.
+    Retentive,
+    /// Default non-retentive suspend: resume at `resume` with a0 = hart, a1 = `opaque`.
+    NonRetentive {
+        /// Where the hart resumes.
+        resume: Gpa,
+        /// Passed back in a1.
+        opaque: usize,
+    },
+}
+
+/// A validated system reset request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetType {
+    /// Shutdown.
+    Shutdown,
+    /// Cold reboot.
+    ColdReboot,
+    /// Warm reboot.
+    WarmReboot,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,453 @@
+//! Decode and validation of every standard extension against a recording fake.
+
+use super::*;
+use crate::addr::Gva;
+use alloc::vec::Vec;
+
+/// A recording environment with 4 vCPUs and a fake console.
+#[derive(Default)]
+struct Fake {
+    log: Vec<&'static str>,
+    ipis: Vec<HartSet>,
+    fences: Vec<(HartSet, FenceKind)>,
+    timer: Option<u64>,
+    written: Vec<(Gpa, u64)>,
+    input: Vec<u8>,
+    reset: Option<(ResetType, bool)>,
+    legacy_mask: Option<usize>,
+    suspends: Vec<Suspend>,
+    bytes: Vec<u8>,
+}
+
+impl Caller for Fake {
+    fn vcpu_count(&self) -> usize {
+        4
+    }
+    fn this_hart(&self) -> usize {
+        0
+    }
+}
+
+impl Base for Fake {
+    fn impl_version(&self) -> usize {
+        0x100
+    }
+    fn machine_ids(&self) -> (usize, usize, usize) {
+        (1, 2, 3)
+    }
+}
+
+impl Timer for Fake {
+    fn set_timer(&mut self, deadline: u64) {
+        self.timer = Some(deadline);
+    }
+}
+
+impl Ipi for Fake {
+    fn send_ipi(&mut self, targets: HartSet) {
+        self.ipis.push(targets);
+    }
+    fn clear_ipi(&mut self) {
+        self.log.push("clear_ipi");
+    }
+}
+
+impl Rfence for Fake {
+    fn remote_fence(&mut self, targets: HartSet, kind: FenceKind) {
+        self.fences.push((targets, kind));
+    }
+}
+
+impl Hsm for Fake {
+    fn hart_status(&self, hart: usize) -> HartState {
+        if hart == 0 {
+            HartState::Started
+        } else {
+            HartState::Stopped
+        }
+    }
+    fn hart_start(&mut self, _hart: usize, _start: Gpa, _opaque: usize) -> Result<(), SbiError> {
+        Ok(())
+    }
+    fn hart_stop(&mut self) -> Result<(), SbiError> {
+        Ok(())
+    }
+    fn hart_suspend(&mut self, how: Suspend) -> Result<(), SbiError> {
+        self.log.push("suspend");
+        self.suspends.push(how);
+        Ok(())
+    }
+}
+
+impl Reset for Fake {
+    fn system_reset(&mut self, kind: ResetType, failure: bool) -> Result<(), SbiError> {
+        self.reset = Some((kind, failure));
+        Ok(())
+    }
+}
+
+impl Console for Fake {
+    fn console_write(&mut self, gpa: Gpa, len: u64) -> Result<usize, SbiError> {
+        self.written.push((gpa, len));
+        Ok(len as usize)
+    }
+    fn console_read(&mut self, _gpa: Gpa, _len: u64) -> Result<usize, SbiError> {
+        Ok(0)
+    }
+    fn console_write_byte(&mut self, byte: u8) {
+        self.bytes.push(byte);
+    }
+    fn console_getchar(&mut self) -> Option<u8> {
+        self.input.pop()
+    }
+}
+
+impl LegacyMask for Fake {
+    fn read_legacy_mask(&mut self, _gva: Gva) -> Option<usize> {
+        self.legacy_mask
+    }
+}
+
+impl DiosixExtension for Fake {
+    fn diosix_call(&mut self, fid: usize, _args: [usize; 6]) -> SbiRet {
+        SbiRet::ok(fid)
+    }
+}
+
+fn call(env: &mut Fake, ext: usize, fid: usize, args: [usize; 6]) -> Reply {
+    let [a0, a1, a2, a3, a4, a5] = args;
+    dispatch(env, [a0, a1, a2, a3, a4, a5, fid, ext])
+}
+
+fn sbi(env: &mut Fake, ext: usize, fid: usize, args: [usize; 6]) -> SbiRet {
+    match call(env, ext, fid, args) {
+        Reply::Sbi(r) => r,
+        Reply::Legacy(_) => panic!("expected a standard reply"),
+    }
+}
+
+#[test]
+fn base_reports_spec_2_and_impl_id_5() {
+    let mut f = Fake::default();
+    assert_eq!(sbi(&mut f, eid::BASE, 0, [0; 6]), SbiRet::ok(0x0200_0000));
+    assert_eq!(sbi(&mut f, eid::BASE, 1, [0; 6]), SbiRet::ok(5));
+    assert_eq!(
+        sbi(&mut f, eid::BASE, 3, [eid::DBCN, 0, 0, 0, 0, 0]),
+        SbiRet::ok(1)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::BASE, 3, [eid::DIOSIX, 0, 0, 0, 0, 0]),
+        SbiRet::ok(1)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::BASE, 3, [0x504D55, 0, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::BASE, 7, [0; 6]),
+        SbiRet::err(error::NOT_SUPPORTED)
+    );
+}
+
+#[test]
+fn unknown_extension_and_function_are_not_supported() {
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(&mut f, 0x1234_5678, 0, [0; 6]),
+        SbiRet::err(error::NOT_SUPPORTED)
+    );
+    for ext in [
+        eid::TIME,
+        eid::IPI,
+        eid::RFENCE,
+        eid::HSM,
+        eid::SRST,
+        eid::DBCN,
+    ] {
+        assert_eq!(
+            sbi(&mut f, ext, 99, [0; 6]),
+            SbiRet::err(error::NOT_SUPPORTED),
+            "{ext:#x}"
+        );
+    }
+}
+
+#[test]
+fn hart_masks_reject_harts_that_do_not_exist() {
+    assert_eq!(decode_hart_mask(0b11, 0, 4), Ok(HartSet(0b11)));
+    assert_eq!(decode_hart_mask(0b1, 3, 4), Ok(HartSet(0b1000)));
+    assert_eq!(decode_hart_mask(0b1, 4, 4), Err(SbiError::InvalidParam));
+    assert_eq!(decode_hart_mask(1 << 63, 0, 4), Err(SbiError::InvalidParam));
+    assert_eq!(
+        decode_hart_mask(0b10, usize::MAX - 1, 4),
+        Err(SbiError::InvalidParam)
+    );
+    assert_eq!(decode_hart_mask(0, usize::MAX, 4), Ok(HartSet(0b1111)));
+    assert_eq!(decode_hart_mask(0, 2, 4), Ok(HartSet(0)));
+}
+
+#[test]
+fn ipi_and_fences_validate_masks_first() {
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(&mut f, eid::IPI, 0, [0b1, 7, 0, 0, 0, 0]),
+        SbiRet::err(error::INVALID_PARAM)
+    );
+    assert!(f.ipis.is_empty());
+    assert_eq!(
+        sbi(&mut f, eid::IPI, 0, [0b101, 0, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(f.ipis, [HartSet(0b101)]);
+    assert_eq!(
+        sbi(&mut f, eid::RFENCE, 1, [0b1, 9, 0, 0, 0, 0]),
+        SbiRet::err(error::INVALID_PARAM)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::RFENCE, 0, [0, usize::MAX, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(f.fences, [(HartSet(0b1111), FenceKind::Instruction)]);
+    for fid in 3..=6 {
+        assert_eq!(
+            sbi(&mut f, eid::RFENCE, fid, [1, 0, 0, 0, 0, 0]),
+            SbiRet::err(error::NOT_SUPPORTED)
+        );
+    }
+}
+
+#[test]
+fn hsm_checks_hart_ids_and_suspend_types() {
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(&mut f, eid::HSM, 0, [4, 0x8020_0000, 0, 0, 0, 0]),
+        SbiRet::err(error::INVALID_PARAM)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::HSM, 2, [usize::MAX, 0, 0, 0, 0, 0]),
+        SbiRet::err(error::INVALID_PARAM)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::HSM, 2, [1, 0, 0, 0, 0, 0]),
+        SbiRet::ok(HartState::Stopped as usize)
+    );
+    for bad in [
+        1usize,
+        0x1000_0000,
+        0x7FFF_FFFF,
+        0x8000_0001,
+        0x9000_0000,
+        0xFFFF_FFFF,
+        (1 << 32) | 1,
+        0xFFFF_FFFF_9000_0000,
+    ] {
+        assert_eq!(
+            sbi(&mut f, eid::HSM, 3, [bad, 0, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM),
+            "{bad:#x}"
+        );
+    }
+    assert!(f.log.is_empty());
+    assert_eq!(sbi(&mut f, eid::HSM, 3, [0, 0, 0, 0, 0, 0]), SbiRet::ok(0));
+    assert_eq!(f.log, ["suspend"]);
+}
+
+#[test]
+fn hsm_suspend_type_ignores_bits_63_to_32() {
+    // Issue 9: suspend_type is a uint32_t, so bits 63..32 are ignored; compiled C
+    // passes 0x8000_0000 sign-extended. They used to be refused with INVALID_PARAM.
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(
+            &mut f,
+            eid::HSM,
+            3,
+            [0xFFFF_FFFF_8000_0000, 0x8020_0000, 7, 0, 0, 0]
+        ),
+        SbiRet::ok(0)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::HSM, 3, [1 << 32, 0, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::HSM, 3, [0x1234_5678_0000_0000, 0, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(
+        f.suspends,
+        [
+            Suspend::NonRetentive {
+                resume: Gpa::new(0x8020_0000),
+                opaque: 7
+            },
+            Suspend::Retentive,
+            Suspend::Retentive
+        ]
+    );
+}
+
+#[test]
+fn srst_rejects_reserved_types_and_reasons() {
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(&mut f, eid::SRST, 0, [3, 0, 0, 0, 0, 0]),
+        SbiRet::err(error::INVALID_PARAM)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::SRST, 0, [0, 2, 0, 0, 0, 0]),
+        SbiRet::err(error::INVALID_PARAM)
+    );
+    // Reserved and unimplemented vendor values, whatever the upper bits.
+    for (kind, reason) in [
+        (0xF000_0000, 0),
+        ((1 << 32) | 3, 0),
+        (0, 0xDFFF_FFFF),
+        (0, 0xFFFF_FFFF_0000_0002),
+    ] {
+        assert_eq!(
+            sbi(&mut f, eid::SRST, 0, [kind, reason, 0, 0, 0, 0]),
+            SbiRet::err(error::INVALID_PARAM),
+            "{kind:#x} {reason:#x}"
+        );
+    }
+    assert_eq!(f.reset, None);
+    assert_eq!(sbi(&mut f, eid::SRST, 0, [1, 1, 0, 0, 0, 0]), SbiRet::ok(0));
+    assert_eq!(f.reset, Some((ResetType::ColdReboot, true)));
+    assert_eq!(
+        sbi(&mut f, eid::SRST, 0, [2, 0xE000_0000, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(f.reset, Some((ResetType::WarmReboot, false)));
+}
+
+#[test]
+fn srst_type_and_reason_ignore_bits_63_to_32() {
+    // Issue 9: both are uint32_t, so bits 63..32 are ignored; they used to be
+    // refused with INVALID_PARAM.
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(&mut f, eid::SRST, 0, [0, 1 << 32, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(f.reset, Some((ResetType::Shutdown, false)));
+    assert_eq!(
+        sbi(
+            &mut f,
+            eid::SRST,
+            0,
+            [0xFFFF_FFFF_0000_0001, 0xFFFF_FFFF_0000_0001, 0, 0, 0, 0]
+        ),
+        SbiRet::ok(0)
+    );
+    assert_eq!(f.reset, Some((ResetType::ColdReboot, true)));
+    assert_eq!(
+        sbi(&mut f, eid::SRST, 0, [(7 << 32) | 2, 0, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(f.reset, Some((ResetType::WarmReboot, false)));
+}
+
+#[test]
+fn narrow_byte_parameters_keep_their_low_byte() {
+    // DBCN write_byte takes a uint8_t and legacy console_putchar an int: only the
+    // character's byte is used, whatever the rest of a0 holds.
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(&mut f, eid::DBCN, 2, [0xFFFF_FFFF_FFFF_FF41, 0, 0, 0, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(
+        call(
+            &mut f,
+            eid::LEGACY_CONSOLE_PUTCHAR,
+            0,
+            [0x1_0000_0142, 0, 0, 0, 0, 0]
+        ),
+        Reply::Legacy(0)
+    );
+    assert_eq!(f.bytes, b"AB");
+}
+
+proptest::proptest! {
+    /// Every 32-bit parameter: a call with any bits 63..32 behaves exactly as the
+    /// same call with them clear.
+    #[test]
+    fn bits_63_to_32_of_32_bit_parameters_never_matter(
+        lo in proptest::prop_oneof![
+            proptest::sample::select(vec![
+                0u32, 1, 2, 3, 0x8000_0000, 0x8000_0001, 0xE000_0000, 0xF000_0000,
+                u32::MAX,
+            ]),
+            proptest::num::u32::ANY,
+        ],
+        lo2 in proptest::num::u32::ANY,
+        hi in proptest::num::u32::ANY,
+        hi2 in proptest::num::u32::ANY,
+    ) {
+        let wide = |lo: u32, hi: u32| (u64::from(hi) << 32 | u64::from(lo)) as usize;
+        let mut narrow_env = Fake::default();
+        let mut wide_env = Fake::default();
+        let cases = [
+            (eid::HSM, 3, [lo as usize, 0x8020_0000, 9], [wide(lo, hi), 0x8020_0000, 9]),
+            (eid::SRST, 0, [lo as usize, lo2 as usize, 0], [wide(lo, hi), wide(lo2, hi2), 0]),
+            (eid::SRST, 0, [lo2 as usize % 3, lo as usize, 0],
+                [wide(lo2 % 3, hi), wide(lo, hi2), 0]),
+        ];
+        for (ext, fid, narrow, w) in cases {
+            let a = sbi(&mut narrow_env, ext, fid, [narrow[0], narrow[1], narrow[2], 0, 0, 0]);
+            let b = sbi(&mut wide_env, ext, fid, [w[0], w[1], w[2], 0, 0, 0]);
+            proptest::prop_assert_eq!(a, b);
+        }
+        proptest::prop_assert_eq!(narrow_env.suspends, wide_env.suspends);
+        proptest::prop_assert_eq!(narrow_env.reset, wide_env.reset);
+    }
+}
+
+#[test]
+fn dbcn_rejects_high_address_bits() {
+    let mut f = Fake::default();
+    assert_eq!(
+        sbi(&mut f, eid::DBCN, 0, [8, 0x8020_0000, 1, 0, 0, 0]),
+        SbiRet::err(error::INVALID_PARAM)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::DBCN, 0, [8, 0x8020_0000, 0, 0, 0, 0]),
+        SbiRet::ok(8)
+    );
+    assert_eq!(f.written, [(Gpa::new(0x8020_0000), 8)]);
+}
+
+#[test]
+fn legacy_calls_reply_in_a0_only() {
+    let mut f = Fake::default();
+    assert_eq!(
+        call(&mut f, eid::LEGACY_CONSOLE_GETCHAR, 0, [0; 6]),
+        Reply::Legacy(-1)
+    );
+    f.input.push(b'x');
+    assert_eq!(
+        call(&mut f, eid::LEGACY_CONSOLE_GETCHAR, 0, [0; 6]),
+        Reply::Legacy(b'x' as isize)
+    );
+    assert_eq!(
+        call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]),
+        Reply::Legacy(error::INVALID_ADDRESS)
+    );
+    f.legacy_mask = Some(0b10);
+    assert_eq!(
+        call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]),
+        Reply::Legacy(0)
+    );
+    assert_eq!(f.ipis, [HartSet(0b10)]);
+    f.legacy_mask = Some(0b10000);
+    assert_eq!(
+        call(&mut f, eid::LEGACY_SEND_IPI, 0, [0x1000, 0, 0, 0, 0, 0]),
+        Reply::Legacy(error::INVALID_PARAM)
+    );
+    assert_eq!(
+        call(&mut f, eid::LEGACY_SHUTDOWN, 0, [0; 6]),
+        Reply::Legacy(0)
+    );
+    assert_eq!(f.reset, Some((ResetType::Shutdown, false)));
+}

@@ -1,0 +1,79 @@
+//! Timer, IPI and RFENCE: interrupts and fences between a VM's vCPUs.
+
+use super::Call;
+use crate::hart;
+use crate::sched;
+use crate::vcpu_shared::NOT_RUNNING;
+use core::sync::atomic::Ordering;
+use diosix_core::sbi::{Caller, FenceKind, HartSet, Ipi, Rfence, Timer};
+use diosix_riscv::csr::{self, irq};
+
+impl Timer for Call<'_> {
+    fn set_timer(&mut self, deadline: u64) {
+        let now = crate::platform::now();
+        let v = self.vcpu_mut();
+        v.ctx.timer_deadline = deadline;
+        // SAFETY: clears only this guest's pending virtual timer interrupt.
+        unsafe { csr::hvip::clear_bits(irq::VSTIP) };
+        v.merge_pending_live(now);
+        sched::program_timer(self.hart);
+    }
+}
+
+impl Ipi for Call<'_> {
+    fn send_ipi(&mut self, targets: HartSet) {
+        let me = self.this_hart();
+        let vm = self.vcpu().vm.clone();
+        let mut others = false;
+        for t in targets.iter() {
+            if t == me {
+                // SAFETY: raises a software interrupt in this hart's own guest.
+                unsafe { csr::hvip::set_bits(irq::VSSIP) };
+                continue;
+            }
+            let Some(shared) = vm.vcpus.get(t) else {
+                continue;
+            };
+            shared.pending.fetch_or(irq::VSSIP, Ordering::AcqRel);
+            others = true;
+            let slot = shared.running_on.load(Ordering::Acquire);
+            if slot != NOT_RUNNING {
+                hart::kick(slot);
+            }
+        }
+        // Always re-check the wait queue under its lock, even for targets that looked
+        // as if they were running: a target being descheduled right now may have read
+        // its pending bits before our store (store buffering), and its hart may then
+        // swallow our kick. The lock orders us after, or before, its enqueue check.
+        if others {
+            sched::poke_waiters();
+        }
+    }
+
+    fn clear_ipi(&mut self) {
+        // SAFETY: clears only this guest's pending software interrupt.
+        unsafe { csr::hvip::clear_bits(irq::VSSIP) };
+    }
+}
+
+impl Rfence for Call<'_> {
+    fn remote_fence(&mut self, targets: HartSet, _kind: FenceKind) {
+        let me = self.this_hart();
+        let my_slot = self.hart.slot;
+        let vm = self.vcpu().vm.clone();
+        if targets.iter().any(|t| t == me) {
+            diosix_riscv::fence::fence_i();
+            diosix_riscv::fence::hfence_vvma_all();
+        }
+        // A vCPU that is not running flushes when it is next loaded (every load flushes
+        // its VS-stage TLB), so only running ones need their hart poked.
+        crate::hart::fence_other_harts(
+            my_slot,
+            targets
+                .iter()
+                .filter(|t| *t != me)
+                .filter_map(|t| vm.vcpus.get(t))
+                .map(|v| v.running_on.load(Ordering::Acquire)),
+        );
+    }
+}

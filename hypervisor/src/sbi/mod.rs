@@ -1,0 +1,152 @@
+//! The hypervisor side of the SBI: performs what `diosix_core::sbi::dispatch` decided,
+//! for the vCPU running on this hart. One file per extension's trait
+//! (`diosix_core::sbi::env`); this one holds the ecall entry, the call in progress and
+//! the Base and Diosix extensions.
+
+mod console;
+mod hsm;
+mod interrupts;
+mod legacy;
+mod reset;
+
+use crate::hart::HartLocal;
+use crate::sched;
+use crate::vcpu::{Vcpu, Wait};
+use diosix_abi::SbiError;
+use diosix_core::addr::{Gpa, Range};
+use diosix_core::gstage::Perms;
+use diosix_core::sbi::{self, Base, Caller, DiosixExtension, Reply, SbiRet};
+use diosix_riscv::csr;
+use diosix_riscv::trap::reg;
+
+/// Most console bytes moved per DBCN call; the spec lets us return a short count.
+const CONSOLE_CHUNK: u64 = 4096;
+
+/// Handles an `ecall` from VS-mode on this hart.
+pub fn handle_ecall(hart: &mut HartLocal) {
+    let r = &hart.frame.regs;
+    let regs = [
+        r[reg::A0] as usize,
+        r[reg::A0 + 1] as usize,
+        r[reg::A0 + 2] as usize,
+        r[reg::A0 + 3] as usize,
+        r[reg::A0 + 4] as usize,
+        r[reg::A0 + 5] as usize,
+        r[reg::A6] as usize,
+        r[reg::A7] as usize,
+    ];
+    let mut call = Call {
+        hart,
+        block: None,
+        again: false,
+    };
+    let reply = sbi::dispatch(&mut call, regs);
+    let Call { hart, block, again } = call;
+    if again {
+        // Not carried out: the vCPU leaves with its PC still on the ecall, which it
+        // issues again when next scheduled.
+        sched::switch_away(hart, Wait::None);
+        return;
+    }
+    match reply {
+        Reply::Sbi(SbiRet { error, value }) => {
+            hart.frame.regs[reg::A0] = error as u64;
+            hart.frame.regs[reg::A1] = value as u64;
+        }
+        Reply::Legacy(v) => hart.frame.regs[reg::A0] = v as u64,
+    }
+    // SAFETY: resumes the guest after its 4-byte ecall.
+    unsafe { csr::mepc::write(csr::mepc::read() + 4) };
+    if let Some(wait) = block {
+        sched::switch_away(hart, wait);
+    }
+}
+
+/// One SBI call in progress.
+struct Call<'a> {
+    hart: &'a mut HartLocal,
+    /// Set when the caller must stop running once its reply is written.
+    block: Option<Wait>,
+    /// Set when the call was not carried out and must be issued again (no reply).
+    again: bool,
+}
+
+impl Call<'_> {
+    fn vcpu(&self) -> &Vcpu {
+        self.hart
+            .current
+            .as_ref()
+            .expect("ecall from a running vCPU")
+    }
+
+    fn vcpu_mut(&mut self) -> &mut Vcpu {
+        self.hart
+            .current
+            .as_mut()
+            .expect("ecall from a running vCPU")
+    }
+
+    /// True when `gpa` is guest RAM the caller may execute.
+    fn executable(&self, gpa: Gpa) -> bool {
+        let vm = &self.vcpu().vm;
+        vm.ram.contains(gpa)
+            && gpa.is_aligned(2)
+            && vm.translate(gpa).is_some_and(|(_, p)| p.contains(Perms::X))
+    }
+
+    /// Checks a console buffer lies in the caller's RAM (the whole of it, so a huge or
+    /// wrapping length is refused rather than truncated).
+    fn console_buffer(&self, gpa: Gpa, len: u64) -> Result<u64, SbiError> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let ram = self.vcpu().vm.ram;
+        if Range::new(gpa, len).is_none() || !ram.contains_span(gpa, len) {
+            return Err(SbiError::InvalidParam);
+        }
+        Ok(len.min(CONSOLE_CHUNK))
+    }
+}
+
+fn version_number() -> usize {
+    let (a, b, c) = crate::version_parts();
+    ((a << 16) | (b << 8) | c) as usize
+}
+
+
+impl Caller for Call<'_> {
+    fn vcpu_count(&self) -> usize {
+        self.vcpu().vm.vcpu_count()
+    }
+
+    fn this_hart(&self) -> usize {
+        self.vcpu().shared.index
+    }
+}
+
+impl Base for Call<'_> {
+    fn impl_version(&self) -> usize {
+        version_number()
+    }
+
+    fn machine_ids(&self) -> (usize, usize, usize) {
+        (csr::id::mvendorid(), csr::id::marchid(), csr::id::mimpid())
+    }
+}
+
+impl DiosixExtension for Call<'_> {
+    fn diosix_call(&mut self, fid: usize, args: [usize; 6]) -> SbiRet {
+        match crate::vmtree::call(self.hart, fid, args) {
+            crate::vmtree::Outcome::Done(ret, leave) => {
+                if leave {
+                    self.block = Some(Wait::None);
+                }
+                ret
+            }
+            crate::vmtree::Outcome::Again => {
+                self.again = true;
+                SbiRet::error(SbiError::Failed)
+            }
+        }
+    }
+}
