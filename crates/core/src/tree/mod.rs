@@ -22,13 +22,15 @@
 //! VM elsewhere in the tree exists. Admission control is by reservation (see
 //! [`quota`]), so a refusal depends only on the caller's own quota and children.
 
-mod admission;
-mod arena;
 pub mod comms;
 pub mod cow;
 pub mod dispatch;
 pub mod error;
 pub mod quota;
+
+mod admission;
+mod arena;
+mod lifecycle;
 
 #[cfg(test)]
 mod proptests;
@@ -39,7 +41,7 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use diosix_abi::{exit_code, flags, limits, state, VmInfo};
+use diosix_abi::{flags, limits, state, VmInfo};
 
 pub use comms::{ByteRing, EventKind, EventQueue, EventRecord, Message};
 pub use error::SbiError;
@@ -262,195 +264,6 @@ pub struct VmTree {
 }
 
 impl VmTree {
-    // ----- termination -----
-
-    /// Removes `vm` and its subtree, returning what they held; fixes every ancestor's
-    /// counts and the parent's bookkeeping, but queues no event.
-    fn remove_subtree(&mut self, vm: VmId) -> Termination {
-        let Some(n) = self.get(vm) else {
-            return Termination::default();
-        };
-        let parent = n.parent;
-        let cid = n.cid_in_parent;
-        let delta = SubtreeUsage {
-            pages: n.subtree.pages,
-            vcpus: n.subtree.vcpus,
-            descendants: n.subtree.descendants.saturating_add(1),
-        };
-        let order = self.post_order(vm);
-        let mut killed = Vec::with_capacity(order.len());
-        for id in order {
-            if let Some(dead) = self.release_slot(id) {
-                killed.push(KilledVm {
-                    id,
-                    ram_pages: dead.own.ram_pages,
-                    table_pages: dead.own.table_pages,
-                    vcpus: dead.own.vcpus,
-                    trusted: dead.trusted,
-                });
-            }
-        }
-        if let Some(p) = parent {
-            if let Some(pn) = self.get_mut(p) {
-                pn.children.remove(&cid);
-                // Its unread messages and the notices about them die with it.
-                pn.lanes.remove(&cid);
-                pn.events
-                    .retain(|e| !(e.cid == cid && e.kind == EventKind::Message));
-            }
-            self.propagate(p, delta, false);
-        }
-        Termination {
-            killed,
-            restart_host: parent.is_none(),
-        }
-    }
-
-    /// Terminates `vm` and its whole subtree (EXIT, a kill by the parent, a fatal fault,
-    /// an SRST shutdown). Every page and vCPU returns to the ancestors' budgets at once;
-    /// the parent gets a `ChildTerminated` event with `code`. If `vm` is the Root VM the
-    /// whole tree is gone and `restart_host` is set.
-    pub fn kill_subtree(&mut self, vm: VmId, code: u64) -> Result<Termination, SbiError> {
-        let n = self.node(vm)?;
-        let parent = n.parent;
-        let cid = n.cid_in_parent;
-        let t = self.remove_subtree(vm);
-        if let Some(p) = parent {
-            self.push_event(
-                p,
-                EventRecord {
-                    kind: EventKind::ChildTerminated { exit_code: code },
-                    cid,
-                },
-            );
-        }
-        Ok(t)
-    }
-
-    /// Kills a child of `caller` (EXIT with a child's CID).
-    pub fn kill_child(
-        &mut self,
-        caller: VmId,
-        cid: u64,
-        code: u64,
-    ) -> Result<Termination, SbiError> {
-        let child = self.resolve_child(caller, cid)?;
-        self.kill_subtree(child, code)
-    }
-
-    /// Removes a child whose creation the host could not complete, with no event: it
-    /// never ran, so as far as anyone can tell it never existed (its CID stays used).
-    pub fn discard_child(&mut self, child: VmId) -> Termination {
-        self.remove_subtree(child)
-    }
-
-    /// A fatal fault in `vm`: terminate it with [`exit_code::FATAL_FAULT`].
-    pub fn fatal_fault(&mut self, vm: VmId) -> Result<Termination, SbiError> {
-        self.kill_subtree(vm, exit_code::FATAL_FAULT)
-    }
-
-    // ----- lifecycle -----
-
-    fn push_event(&mut self, to: VmId, e: EventRecord) {
-        if let Some(n) = self.get_mut(to) {
-            n.events.push(e, limits::EVENT_QUEUE_DEPTH);
-        }
-    }
-
-    fn notify_parent(&mut self, vm: VmId, kind: EventKind) {
-        if let Some(n) = self.get(vm) {
-            if let Some(p) = n.parent {
-                let cid = n.cid_in_parent;
-                self.push_event(p, EventRecord { kind, cid });
-            }
-        }
-    }
-
-    /// STOP: a running child becomes stopped. `AlreadyStopped` if it is; `InvalidState`
-    /// if it was never started.
-    pub fn stop_child(&mut self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
-        let child = self.resolve_child(caller, cid)?;
-        let n = self.node_mut(child)?;
-        match n.state {
-            VmState::Running => n.state = VmState::Stopped,
-            VmState::Stopped => return Err(SbiError::AlreadyStopped),
-            VmState::Created => return Err(SbiError::InvalidState),
-        }
-        self.notify_parent(child, EventKind::ChildStopped);
-        Ok(child)
-    }
-
-    /// RESUME: a stopped child runs again. `AlreadyStarted` if it runs; `InvalidState`
-    /// if it was never started (use START).
-    pub fn resume_child(&mut self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
-        let child = self.resolve_child(caller, cid)?;
-        let n = self.node_mut(child)?;
-        match n.state {
-            VmState::Stopped => n.state = VmState::Running,
-            VmState::Running => return Err(SbiError::AlreadyStarted),
-            VmState::Created => return Err(SbiError::InvalidState),
-        }
-        self.notify_parent(child, EventKind::ChildStarted);
-        Ok(child)
-    }
-
-    /// START: a child created paused starts running. `AlreadyStarted` otherwise.
-    pub fn start_child(&mut self, caller: VmId, cid: u64) -> Result<VmId, SbiError> {
-        let child = self.resolve_child(caller, cid)?;
-        let n = self.node_mut(child)?;
-        if n.state != VmState::Created {
-            return Err(SbiError::AlreadyStarted);
-        }
-        n.state = VmState::Running;
-        self.notify_parent(child, EventKind::ChildStarted);
-        Ok(child)
-    }
-
-    /// Resets `vm` to the state it was created or forked in: its descendants (which did
-    /// not exist then) are terminated and returned for release, its queues and console
-    /// input are emptied, its state returns to the initial one, and its parent gets a
-    /// `ChildRebooted` event. Its own pages stay charged: the host restores their
-    /// contents. Console output is kept so the parent can still read what led up to it.
-    pub fn reboot(&mut self, vm: VmId) -> Result<Termination, SbiError> {
-        let n = self.node(vm)?;
-        let children: Vec<VmId> = n.children.values().copied().collect();
-        let mut t = Termination::default();
-        for c in children {
-            t.killed.extend(self.remove_subtree(c).killed);
-        }
-        let n = self.node_mut(vm)?;
-        n.state = n.initial_state;
-        n.lanes.clear();
-        n.events.clear();
-        n.console_in.clear();
-        let is_root = n.parent.is_none();
-        self.notify_parent(vm, EventKind::ChildRebooted);
-        // Also drop what the parent had not yet read from this VM: it was sent by the
-        // guest as it was before the reboot.
-        if let Some((p, cid)) = self
-            .get(vm)
-            .and_then(|n| n.parent.map(|p| (p, n.cid_in_parent)))
-        {
-            if let Some(pn) = self.get_mut(p) {
-                pn.lanes.remove(&cid);
-                pn.events
-                    .retain(|e| !(e.cid == cid && e.kind == EventKind::Message));
-            }
-        }
-        t.restart_host = is_root;
-        Ok(t)
-    }
-
-    /// REBOOT of a child by its parent.
-    pub fn reboot_child(
-        &mut self,
-        caller: VmId,
-        cid: u64,
-    ) -> Result<(VmId, Termination), SbiError> {
-        let child = self.resolve_child(caller, cid)?;
-        Ok((child, self.reboot(child)?))
-    }
-
     // ----- IPC -----
 
     /// IPC_SEND from `caller` to its parent (`cid` 0) or a child. Checks in order: the
