@@ -2,9 +2,10 @@
 //!
 //! Everything here is plain, safe Rust that runs on the host under `cargo test`:
 //! typed addresses, the G-stage page-table logic (over a memory trait), device-tree
-//! parsing and generation, guest image loading, SBI decoding and dispatch, scheduling
-//! policy, and the VM tree with its quotas. The riscv platform crate and the
-//! hypervisor binary supply the hardware behind the traits defined here.
+//! parsing and generation, guest image loading, SBI decoding and dispatch, the run
+//! queue's ordering and the VMID allocator, the host frame allocator, and the VM tree
+//! with its quotas. The riscv platform crate and the hypervisor binary supply the
+//! hardware behind the traits gathered in [`hil`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@ pub mod addr;
 pub mod frames;
 pub mod gstage;
 pub mod guestfdt;
+pub mod hil;
 pub mod hostfdt;
 pub mod loader;
 pub mod payload;
