@@ -8,6 +8,8 @@
 //! * a secondary entry point for harts started (or resumed) through HSM, which calls a
 //!   per-hart Rust function ([`hart::start`]);
 //! * raw and typed SBI calls ([`sbi`]), a console over DBCN ([`print!`], [`println!`]);
+//! * the client of the Diosix extension ([`diosix`]) and the memory its calls lend the
+//!   hypervisor ([`mem`]);
 //! * a small trap handler counting timer and software interrupts ([`trap`]);
 //! * device-tree facts the guests need ([`dtb`]) and CSR accessors ([`csr`]).
 //!
@@ -17,8 +19,10 @@
 
 pub mod console;
 pub mod csr;
+pub mod diosix;
 pub mod dtb;
 pub mod hart;
+pub mod mem;
 pub mod report;
 pub mod sbi;
 pub mod trap;
