@@ -26,7 +26,7 @@ mod dsx;
 use core::sync::atomic::{AtomicU64, Ordering};
 use diosix_abi::ext;
 use diosix_guest_rt::{console, csr, dtb, println, sleep_ticks};
-use dsx::{error, event, flags};
+use dsx::{error, event, flags, Client, DSX};
 
 /// Where `recv` stores an uploaded image: above this guest's image, stacks and DTB,
 /// inside the 8 MiB the parent gives it.
@@ -107,7 +107,7 @@ fn main(hartid: usize, dtb_addr: usize) {
         }
         check("child_free_ram_reads_zero", nonzero, 0);
     }
-    let info = dsx::info();
+    let info = DSX.info();
     match &info {
         Ok(i) => println!(
             "vmchild: hello from CID view: hart {hartid}, cid {}, flags {:#x}, {} RAM pages, \
@@ -132,7 +132,7 @@ fn main(hartid: usize, dtb_addr: usize) {
 
 /// What a child can check about itself and the CIDs it may name.
 fn self_checks(i: &diosix_abi::VmInfo, ram_pages: Option<u64>) {
-    check("child_probe", diosix_guest_rt::sbi::probe(dsx::EID), 1);
+    check("child_probe", diosix_guest_rt::sbi::probe(ext::EID), 1);
     check("child_info_cid", i.cid, dsx::cid::SELF);
     check("child_info_size", i.size as usize, diosix_abi::VmInfo::SIZE);
     check("child_info_not_root", i.flags & flags::INFO_ROOT, 0);
@@ -146,7 +146,7 @@ fn self_checks(i: &diosix_abi::VmInfo, ram_pages: Option<u64>) {
         i.ram_pages_max >= i.own_ram_pages + i.own_table_pages,
         true,
     );
-    match dsx::hv_info() {
+    match DSX.hv_info() {
         Ok(h) => {
             check(
                 "child_hv_info_total_is_own_quota",
@@ -164,99 +164,87 @@ fn self_checks(i: &diosix_abi::VmInfo, ram_pages: Option<u64>) {
     // CID 0 is the parent: DENIED where only self or a child is accepted.
     check_err(
         "child_get_child_info_parent_denied",
-        dsx::call(
+        DSX.call(
             ext::FID_GET_CHILD_INFO,
-            [0, dsx::STRUCT.addr(), 120, 0, 0, 0],
+            [0, DSX.structs().addr(), 120, 0, 0, 0],
         )
         .error,
         error::DENIED,
     );
     check_err(
         "child_exit_parent_denied",
-        dsx::exit(0, 1).error,
+        DSX.exit(0, 1).error,
         error::DENIED,
     );
-    check_err(
-        "child_stop_parent_denied",
-        dsx::call2(ext::FID_STOP, 0, 0).error,
-        error::DENIED,
-    );
-    check_err(
-        "child_stop_self_denied",
-        dsx::call2(ext::FID_STOP, 1, 0).error,
-        error::DENIED,
-    );
+    check_err("child_stop_parent_denied", DSX.stop(0).error, error::DENIED);
+    check_err("child_stop_self_denied", DSX.stop(1).error, error::DENIED);
     check_err(
         "child_console_read_parent_denied",
-        dsx::console_read(0, 16).error,
+        DSX.console_read(0, 16).error,
         error::DENIED,
     );
     check_err(
         "child_stop_no_child_invalid",
-        dsx::call2(ext::FID_STOP, 2, 0).error,
+        DSX.stop(2).error,
         error::INVALID_PARAM,
     );
     check_err(
         "child_ipc_send_self_invalid",
-        dsx::ipc_send(1, b"x").error,
+        DSX.ipc_send(1, b"x").error,
         error::INVALID_PARAM,
     );
     let mut q = dsx::quota_args(0);
     q.ram_pages = 1;
     check_err(
         "child_set_quota_parent_denied",
-        dsx::set_quota(&q).error,
+        DSX.set_quota(&q).error,
         error::DENIED,
     );
-    let mut s = dsx::spawn_args(0x8020_0000, 4096, 16, i.priority);
+    let mut s = dsx::spawn_args(0x8020_0000, 4096, 16, 1, i.priority);
     s.cid = 1;
     check_err(
         "child_spawn_replace_self_denied",
-        dsx::spawn(&s).error,
+        DSX.spawn(&s).error,
         error::DENIED,
     );
-    let r = dsx::call2(ext::FID_LIST_CHILDREN, 0, 0);
+    let r = DSX.call2(ext::FID_LIST_CHILDREN, 0, 0);
     check("child_list_children_none", (r.error, r.value), (0, 0));
     if i.max_depth == 0 {
         // No depth quota: admission refuses before the image is looked at.
         s.cid = 0;
         check_err(
             "child_spawn_without_depth_quota_denied",
-            dsx::spawn(&s).error,
+            DSX.spawn(&s).error,
             error::DENIED,
         );
         check_err(
             "child_fork_without_quota_denied",
-            dsx::fork(0).error,
+            DSX.fork(0).error,
             error::DENIED,
         );
     }
     if i.flags & flags::INFO_TRUSTED == 0 {
         check_err(
             "child_map_host_mmio_untrusted_denied",
-            dsx::call(
-                ext::FID_MAP_HOST_MMIO,
-                [0x1000_0000, 0x1000_0000, 4096, 0, 0, 0],
-            )
-            .error,
+            DSX.map_host_mmio(0x1000_0000, 0x1000_0000, 4096).error,
             error::DENIED,
         );
         check_err(
             "child_route_irq_untrusted_denied",
-            dsx::call2(ext::FID_ROUTE_IRQ, 10, 0).error,
+            DSX.route_irq(10).error,
             error::DENIED,
         );
     }
     check_err(
         "child_drop_trust_idempotent",
-        dsx::drop_trust().error,
+        DSX.drop_trust().error,
         error::SUCCESS,
     );
 }
 
 /// Answers `to` with `msg`; prints a line if the send fails.
 fn reply(to: u64, msg: &[u8]) {
-    let r = dsx::ipc_send(to, msg);
+    let r = DSX.ipc_send(to, msg);
     if r.error != error::SUCCESS {
         println!("vmchild: reply to {to} failed: {}", dsx::err_name(r.error));
     }
@@ -266,7 +254,7 @@ fn reply(to: u64, msg: &[u8]) {
 fn wait_terminated(cid: u64, limit_ms: u64) -> Option<u64> {
     let end = csr::time() + ms(limit_ms);
     while csr::time() < end {
-        if let Ok(Some(e)) = dsx::poll_event() {
+        if let Ok(Some(e)) = DSX.poll_event() {
             if e.kind == event::CHILD_TERMINATED && e.cid == cid {
                 return Some(e.exit_code);
             }
@@ -283,14 +271,14 @@ fn wait_console(cid: u64, needle: &[u8], limit_ms: u64) -> bool {
     let mut line = dsx::Line::<160>::new();
     let end = csr::time() + ms(limit_ms);
     while csr::time() < end {
-        let r = dsx::console_read(cid, 512);
+        let r = DSX.console_read(cid, 512);
         if r.error != error::SUCCESS {
             return false;
         }
         if r.value > 0 {
             let mut chunk = [0u8; 512];
             let n = r.value.min(chunk.len());
-            dsx::DATA.read(0, &mut chunk[..n]);
+            DSX.data().read(0, &mut chunk[..n]);
             for &b in &chunk[..n] {
                 let _ = core::fmt::Write::write_char(&mut log, b as char);
                 if b == b'\n' {
@@ -322,8 +310,8 @@ fn spawn_grandchild(from: u64, cmd: &str, grandchild: &mut u64) {
         reply(from, b"spawn bad args");
         return;
     };
-    let prio = dsx::info().map(|i| i.priority).unwrap_or(1);
-    let r = dsx::spawn(&dsx::spawn_args(gpa, len, 2048, prio));
+    let prio = DSX.info().map(|i| i.priority).unwrap_or(1);
+    let r = DSX.spawn(&dsx::spawn_args(gpa, len, 2048, 1, prio));
     if r.error != error::SUCCESS {
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("spawn err {}", r.error));
         reply(from, l.bytes());
@@ -339,7 +327,7 @@ fn spawn_grandchild(from: u64, cmd: &str, grandchild: &mut u64) {
 }
 
 fn kill_grandchild(from: u64, grandchild: u64) {
-    let r = dsx::exit(grandchild, 5);
+    let r = DSX.exit(grandchild, 5);
     let l: dsx::Line<64> = if r.error != error::SUCCESS {
         dsx::fmt_line(format_args!("kill err {}", r.error))
     } else {
@@ -352,7 +340,7 @@ fn kill_grandchild(from: u64, grandchild: u64) {
 }
 
 fn fork_test(from: u64) {
-    let r = dsx::fork(0);
+    let r = DSX.fork(0);
     if r.error != error::SUCCESS {
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("fork err {}", r.error));
         reply(from, l.bytes());
@@ -361,7 +349,7 @@ fn fork_test(from: u64) {
     if r.value == 0 {
         // The clone: a0 = 0, a1 = 0.
         println!("vmchild: forked grandchild alive");
-        dsx::exit(1, 9);
+        DSX.exit(1, 9);
         println!("vmchild: forked grandchild EXIT returned");
         loop {
             sleep_ticks(ms(1000));
@@ -380,7 +368,7 @@ fn fork_test(from: u64) {
 fn fork_bomb(from: u64) {
     let mut n = 0u64;
     let err = loop {
-        let r = dsx::fork(0);
+        let r = DSX.fork(0);
         if r.error != error::SUCCESS {
             break r.error;
         }
@@ -412,11 +400,11 @@ fn upload(from: u64, cmd: &str) {
     let mut got = 0;
     let end = csr::time() + ms(10_000);
     while got < len && csr::time() < end {
-        match dsx::ipc_recv(from, flags::IPC_RECV_EXACT, 4096) {
+        match DSX.ipc_recv(from, flags::IPC_RECV_EXACT, 4096) {
             Ok(Some((_, n))) => {
                 let n = n.min(len - got);
                 let mut chunk = [0u8; 4096];
-                dsx::DATA.read(0, &mut chunk[..n]);
+                DSX.data().read(0, &mut chunk[..n]);
                 let dst = (UPLOAD_GPA + got) as *mut u8;
                 // SAFETY: [UPLOAD_GPA, UPLOAD_GPA + UPLOAD_MAX) is RAM of this guest
                 // (the parent gives it 8 MiB) that nothing else uses: its image,
@@ -436,16 +424,16 @@ fn serve() -> ! {
     let mut grandchild = 0u64;
     let mut line = dsx::Line::<128>::new();
     loop {
-        match dsx::ipc_recv(0, 0, 4096) {
+        match DSX.ipc_recv(0, 0, 4096) {
             Ok(Some((from, len))) => {
                 let mut msg = [0u8; 256];
                 let n = len.min(msg.len());
-                dsx::DATA.read(0, &mut msg[..n]);
+                DSX.data().read(0, &mut msg[..n]);
                 let text = core::str::from_utf8(&msg[..n]).unwrap_or("");
                 match text.split_whitespace().next().unwrap_or("") {
                     "exit" => {
                         println!("vmchild: exiting with code 7");
-                        let r = dsx::exit(1, 7);
+                        let r = DSX.exit(1, 7);
                         println!("vmchild: EXIT returned {}", r.error);
                     }
                     "recv" => upload(from, text),

@@ -1,6 +1,6 @@
 //! The checks, in the order they run (on the boot hart only).
 
-use crate::dsx::{self, cid, error, event, flags, limits, state, DATA, STRUCT};
+use crate::dsx::{self, cid, error, event, flags, limits, state, Client, DSX};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use diosix_abi::{ext, Event, HvInfo, IpcRecvArgs, IpcSendArgs, SpawnArgs, VmInfo};
@@ -215,7 +215,7 @@ fn drain_console(child: u64) -> Result<(), isize> {
         reset_log(child);
     }
     loop {
-        let r = dsx::console_read(child, 1024);
+        let r = DSX.console_read(child, 1024);
         if r.error != error::SUCCESS {
             return Err(r.error);
         }
@@ -224,7 +224,7 @@ fn drain_console(child: u64) -> Result<(), isize> {
         }
         let mut chunk = [0u8; 1024];
         let n = r.value.min(chunk.len());
-        DATA.read(0, &mut chunk[..n]);
+        DSX.data().read(0, &mut chunk[..n]);
         LOG.with(|l| l.push(&chunk[..n]));
     }
 }
@@ -262,7 +262,7 @@ fn wait_event(kind: u32, about: u64, limit_ms: u64) -> Option<Event> {
     }
     let end = csr::time() + ms(limit_ms);
     loop {
-        match dsx::poll_event() {
+        match DSX.poll_event() {
             Ok(Some(e)) if matches(&e) => return Some(e),
             Ok(Some(e)) => {
                 let kept = PENDING.with(|p| {
@@ -301,11 +301,11 @@ fn forget_events(about: u64) {
 fn wait_message(from: u64, limit_ms: u64) -> Option<dsx::Line<256>> {
     let end = csr::time() + ms(limit_ms);
     loop {
-        match dsx::ipc_recv(from, flags::IPC_RECV_EXACT, 4096) {
+        match DSX.ipc_recv(from, flags::IPC_RECV_EXACT, 4096) {
             Ok(Some((_, len))) => {
                 let mut buf = [0u8; 256];
                 let n = len.min(buf.len());
-                DATA.read(0, &mut buf[..n]);
+                DSX.data().read(0, &mut buf[..n]);
                 let mut l = dsx::Line::<256>::new();
                 let _ = core::fmt::Write::write_str(
                     &mut l,
@@ -333,17 +333,17 @@ fn wait_message(from: u64, limit_ms: u64) -> Option<dsx::Line<256>> {
 }
 
 fn info_or_default() -> VmInfo {
-    dsx::info().unwrap_or_default()
+    DSX.info().unwrap_or_default()
 }
 
 fn child_args(pages: u64) -> SpawnArgs {
     let (gpa, len) = image();
-    dsx::spawn_args(gpa, len, pages, prio())
+    dsx::spawn_args(gpa, len, pages, 1, prio())
 }
 
 /// Spawns a running child, waits until it is ready; returns its CID.
 fn spawn_child(name: &str, a: &SpawnArgs, expect_cid: u64) -> Option<u64> {
-    let r = dsx::spawn(a);
+    let r = DSX.spawn(a);
     if !check_ok(name, r, expect_cid as usize) && r.error != error::SUCCESS {
         return None;
     }
@@ -354,7 +354,7 @@ fn spawn_child(name: &str, a: &SpawnArgs, expect_cid: u64) -> Option<u64> {
 
 /// Kills `child` with `code` and checks the TERMINATED event.
 fn kill_child(name: &str, child: u64, code: u64) {
-    check_ok(name, dsx::exit(child, code), 0);
+    check_ok(name, DSX.exit(child, code), 0);
     let e = wait_event(event::CHILD_TERMINATED, child, 5_000);
     let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_event_code"));
     check(l.as_str(), e.map(|e| e.exit_code), Some(code));
@@ -411,7 +411,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
         trust_checks();
         built_children(&base);
         heap_stress(&base);
-        let r = dsx::call2(ext::FID_LIST_CHILDREN, 0, 0);
+        let r = DSX.call2(ext::FID_LIST_CHILDREN, 0, 0);
         check_ok("no_children_left", r, 0);
         PENDING.with(|p| {
             for e in p.iter().flatten() {
@@ -425,30 +425,30 @@ pub fn main(hartid: usize, dtb_addr: usize) {
 /// The extension is there and unknown functions are refused. False: nothing else can
 /// be tested.
 fn probe_checks() -> bool {
-    let present = check("probe_extension", sbi::probe(dsx::EID), 1);
+    let present = check("probe_extension", sbi::probe(ext::EID), 1);
     check_err(
         "reserved_fid_11",
-        dsx::call2(ext::FID_RESERVED_11, 0, 0),
+        DSX.call2(ext::FID_RESERVED_11, 0, 0),
         error::NOT_SUPPORTED,
     );
     check_err(
         "reserved_fid_12",
-        dsx::call2(ext::FID_RESERVED_12, 0, 0),
+        DSX.call2(ext::FID_RESERVED_12, 0, 0),
         error::NOT_SUPPORTED,
     );
     check_err(
         "unknown_fid",
-        dsx::call2(ext::FID_COUNT, 0, 0),
+        DSX.call2(ext::FID_COUNT, 0, 0),
         error::NOT_SUPPORTED,
     );
-    check_ok("yield", dsx::yield_now(), 0);
+    check_ok("yield", DSX.yield_now(), 0);
     present
 }
 
 /// GET_HV_INFO, GET_INFO, GET_CHILD_INFO(1), and their size and address errors.
 /// Returns the Root VM's starting information.
 fn info_checks(d: &dtb::Info) -> VmInfo {
-    let me = match dsx::info() {
+    let me = match DSX.info() {
         Ok(i) => {
             pass("get_info");
             i
@@ -525,67 +525,67 @@ fn info_checks(d: &dtb::Info) -> VmInfo {
     check("info_console_physical", me.console_pending, 0);
 
     // Larger size: accepted, exactly 120 bytes written.
-    STRUCT.fill(0, 256, 0xA5);
-    let r = dsx::out_call(ext::FID_GET_INFO, STRUCT.addr(), 128);
+    DSX.structs().fill(0, 256, 0xA5);
+    let r = DSX.call2(ext::FID_GET_INFO, DSX.structs().addr(), 128);
     check_ok("info_larger_size_accepted", r, 0);
     let mut tail = [0u8; 8];
-    STRUCT.read(VmInfo::SIZE, &mut tail);
+    DSX.structs().read(VmInfo::SIZE, &mut tail);
     check("info_writes_exactly_120", tail, [0xA5; 8]);
     check_err(
         "info_size_119",
-        dsx::out_call(ext::FID_GET_INFO, STRUCT.addr(), VmInfo::SIZE - 1),
+        DSX.call2(ext::FID_GET_INFO, DSX.structs().addr(), VmInfo::SIZE - 1),
         error::INVALID_PARAM,
     );
     check_err(
         "info_size_0",
-        dsx::out_call(ext::FID_GET_INFO, STRUCT.addr(), 0),
+        DSX.call2(ext::FID_GET_INFO, DSX.structs().addr(), 0),
         error::INVALID_PARAM,
     );
     check_err(
         "info_unaligned",
-        dsx::out_call(ext::FID_GET_INFO, STRUCT.addr() + 4, VmInfo::SIZE),
+        DSX.call2(ext::FID_GET_INFO, DSX.structs().addr() + 4, VmInfo::SIZE),
         error::INVALID_ADDRESS,
     );
     check_err(
         "info_outside_ram",
-        dsx::out_call(ext::FID_GET_INFO, outside(), VmInfo::SIZE),
+        DSX.call2(ext::FID_GET_INFO, outside(), VmInfo::SIZE),
         error::INVALID_ADDRESS,
     );
     check_err(
         "info_straddles_ram_end",
-        dsx::out_call(ext::FID_GET_INFO, ram_end() - 64, VmInfo::SIZE),
+        DSX.call2(ext::FID_GET_INFO, ram_end() - 64, VmInfo::SIZE),
         error::INVALID_ADDRESS,
     );
     check_err(
         "info_below_ram",
-        dsx::out_call(ext::FID_GET_INFO, 0x1000, VmInfo::SIZE),
+        DSX.call2(ext::FID_GET_INFO, 0x1000, VmInfo::SIZE),
         error::INVALID_ADDRESS,
     );
     check(
         "child_info_self_equals_info",
-        dsx::child_info(cid::SELF),
+        DSX.child_info(cid::SELF),
         Ok(me),
     );
     check_err(
         "child_info_self_size_119",
-        dsx::call(
+        DSX.call(
             ext::FID_GET_CHILD_INFO,
-            [1, STRUCT.addr(), VmInfo::SIZE - 1, 0, 0, 0],
+            [1, DSX.structs().addr(), VmInfo::SIZE - 1, 0, 0, 0],
         ),
         error::INVALID_PARAM,
     );
     check(
         "child_info_root_parent_invalid",
-        dsx::child_info(cid::PARENT).map(|_| ()),
+        DSX.child_info(cid::PARENT).map(|_| ()),
         Err(error::INVALID_PARAM),
     );
     check(
         "child_info_99_invalid",
-        dsx::child_info(99).map(|_| ()),
+        DSX.child_info(99).map(|_| ()),
         Err(error::INVALID_PARAM),
     );
 
-    match dsx::hv_info() {
+    match DSX.hv_info() {
         Ok(h) => {
             pass("get_hv_info");
             println!(
@@ -617,75 +617,75 @@ fn info_checks(d: &dtb::Info) -> VmInfo {
         }
         Err(e) => fail("get_hv_info", Code(e), Code(0)),
     }
-    STRUCT.fill(0, 256, 0xA5);
+    DSX.structs().fill(0, 256, 0xA5);
     check_ok(
         "hv_info_larger_size_accepted",
-        dsx::out_call(ext::FID_GET_HV_INFO, STRUCT.addr(), 64),
+        DSX.call2(ext::FID_GET_HV_INFO, DSX.structs().addr(), 64),
         0,
     );
-    STRUCT.read(HvInfo::SIZE, &mut tail);
+    DSX.structs().read(HvInfo::SIZE, &mut tail);
     check("hv_info_writes_exactly_56", tail, [0xA5; 8]);
     check_err(
         "hv_info_size_55",
-        dsx::out_call(ext::FID_GET_HV_INFO, STRUCT.addr(), HvInfo::SIZE - 1),
+        DSX.call2(ext::FID_GET_HV_INFO, DSX.structs().addr(), HvInfo::SIZE - 1),
         error::INVALID_PARAM,
     );
     check_err(
         "hv_info_size_checked_before_gpa",
-        dsx::out_call(ext::FID_GET_HV_INFO, outside() + 4, 0),
+        DSX.call2(ext::FID_GET_HV_INFO, outside() + 4, 0),
         error::INVALID_PARAM,
     );
     check_err(
         "hv_info_unaligned",
-        dsx::out_call(ext::FID_GET_HV_INFO, STRUCT.addr() + 4, HvInfo::SIZE),
+        DSX.call2(ext::FID_GET_HV_INFO, DSX.structs().addr() + 4, HvInfo::SIZE),
         error::INVALID_ADDRESS,
     );
     check_err(
         "hv_info_outside_ram",
-        dsx::out_call(ext::FID_GET_HV_INFO, outside(), HvInfo::SIZE),
+        DSX.call2(ext::FID_GET_HV_INFO, outside(), HvInfo::SIZE),
         error::INVALID_ADDRESS,
     );
     check_err(
         "hv_info_straddles_ram_end",
-        dsx::out_call(ext::FID_GET_HV_INFO, ram_end() - 8, HvInfo::SIZE),
+        DSX.call2(ext::FID_GET_HV_INFO, ram_end() - 8, HvInfo::SIZE),
         error::INVALID_ADDRESS,
     );
 
     check_ok(
         "list_children_empty",
-        dsx::call2(ext::FID_LIST_CHILDREN, 0, 0),
+        DSX.call2(ext::FID_LIST_CHILDREN, 0, 0),
         0,
     );
     check_ok(
         "poll_event_none",
-        dsx::out_call(ext::FID_POLL_EVENT, STRUCT.addr(), Event::SIZE),
+        DSX.call2(ext::FID_POLL_EVENT, DSX.structs().addr(), Event::SIZE),
         0,
     );
     check_err(
         "poll_event_size_31",
-        dsx::out_call(ext::FID_POLL_EVENT, STRUCT.addr(), Event::SIZE - 1),
+        DSX.call2(ext::FID_POLL_EVENT, DSX.structs().addr(), Event::SIZE - 1),
         error::INVALID_PARAM,
     );
     check_err(
         "poll_event_unaligned",
-        dsx::out_call(ext::FID_POLL_EVENT, STRUCT.addr() + 4, Event::SIZE),
+        DSX.call2(ext::FID_POLL_EVENT, DSX.structs().addr() + 4, Event::SIZE),
         error::INVALID_ADDRESS,
     );
     check_err(
         "poll_event_outside_ram",
-        dsx::out_call(ext::FID_POLL_EVENT, outside(), Event::SIZE),
+        DSX.call2(ext::FID_POLL_EVENT, outside(), Event::SIZE),
         error::INVALID_ADDRESS,
     );
-    check("ipc_recv_nothing", dsx::ipc_recv(0, 0, 64), Ok(None));
+    check("ipc_recv_nothing", DSX.ipc_recv(0, 0, 64), Ok(None));
     info_or_default()
 }
 
 /// CIDs that name nothing, or a kind the function does not take, with no child alive.
 fn cid_checks() {
     // The Root VM has no parent: its CID 0 names nothing (INVALID_PARAM).
-    check_err("exit_root_parent", dsx::exit(0, 0), error::INVALID_PARAM);
-    check_err("exit_99", dsx::exit(99, 0), error::INVALID_PARAM);
-    check_err("exit_2_before_spawn", dsx::exit(2, 0), error::INVALID_PARAM);
+    check_err("exit_root_parent", DSX.exit(0, 0), error::INVALID_PARAM);
+    check_err("exit_99", DSX.exit(99, 0), error::INVALID_PARAM);
+    check_err("exit_2_before_spawn", DSX.exit(2, 0), error::INVALID_PARAM);
     let child_only = [
         ("stop", ext::FID_STOP),
         ("resume", ext::FID_RESUME),
@@ -697,88 +697,84 @@ fn cid_checks() {
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_self_denied"));
         check_err(
             l.as_str(),
-            dsx::call(fid, [1, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
+            DSX.call(fid, [1, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
             error::DENIED,
         );
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_root_parent_invalid"));
         check_err(
             l.as_str(),
-            dsx::call(fid, [0, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
+            DSX.call(fid, [0, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
             error::INVALID_PARAM,
         );
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_99_invalid"));
         check_err(
             l.as_str(),
-            dsx::call(fid, [99, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
+            DSX.call(fid, [99, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
             error::INVALID_PARAM,
         );
     }
     check_err(
         "console_read_self_denied",
-        dsx::console_read(1, 16),
+        DSX.console_read(1, 16),
         error::DENIED,
     );
     check_err(
         "console_read_3_before_spawn",
-        dsx::console_read(3, 16),
+        DSX.console_read(3, 16),
         error::INVALID_PARAM,
     );
     check_err(
         "console_write_self_denied",
-        dsx::console_write(1, b"x"),
+        DSX.console_write(1, b"x"),
         error::DENIED,
     );
     check_err(
         "map_child_mem_self_denied",
-        dsx::call(
-            ext::FID_MAP_CHILD_MEM,
-            [
-                1,
-                0x8040_0000,
-                DATA.addr(),
-                4096,
-                flags::MAP_READ as usize,
-                0,
-            ],
+        DSX.map_child_mem(
+            cid::SELF,
+            0x8040_0000,
+            DSX.data().addr(),
+            4096,
+            flags::MAP_READ,
         ),
         error::DENIED,
     );
     check_err(
         "ipc_send_self_invalid",
-        dsx::ipc_send(1, b"x"),
+        DSX.ipc_send(1, b"x"),
         error::INVALID_PARAM,
     );
     check_err(
         "ipc_send_root_parent_invalid",
-        dsx::ipc_send(0, b"x"),
+        DSX.ipc_send(0, b"x"),
         error::INVALID_PARAM,
     );
     check_err(
         "ipc_send_2_before_spawn",
-        dsx::ipc_send(2, b"x"),
+        DSX.ipc_send(2, b"x"),
         error::INVALID_PARAM,
     );
     check(
         "ipc_recv_exact_root_parent_invalid",
-        dsx::ipc_recv(0, flags::IPC_RECV_EXACT, 64),
+        DSX.ipc_recv(0, flags::IPC_RECV_EXACT, 64),
         Err(error::INVALID_PARAM),
     );
     check(
         "ipc_recv_self_invalid",
-        dsx::ipc_recv(1, 0, 64),
+        DSX.ipc_recv(1, 0, 64),
         Err(error::INVALID_PARAM),
     );
     let mut q = dsx::quota_args(0);
     q.ram_pages = 1;
     check_err(
         "set_quota_root_parent_invalid",
-        dsx::set_quota(&q),
+        DSX.set_quota(&q),
         error::INVALID_PARAM,
     );
     q.cid = 99;
     check_err(
         "set_quota_99_invalid",
-        dsx::set_quota(&q),
+        DSX.set_quota(&q),
         error::INVALID_PARAM,
     );
 }
@@ -789,7 +785,7 @@ fn spawn_param_checks(base: &VmInfo) {
     let bad = |name: &str, f: &dyn Fn(&mut SpawnArgs), expected: isize| {
         let mut a = good;
         f(&mut a);
-        check_err(name, dsx::spawn(&a), expected);
+        check_err(name, DSX.spawn(&a), expected);
     };
     bad("spawn_size_87", &|a| a.size = 87, error::INVALID_PARAM);
     bad("spawn_size_0", &|a| a.size = 0, error::INVALID_PARAM);
@@ -833,7 +829,7 @@ fn spawn_param_checks(base: &VmInfo) {
     );
     bad(
         "spawn_dtb_gpa_without_size",
-        &|a| a.dtb_gpa = DATA.addr() as u64,
+        &|a| a.dtb_gpa = DSX.data().addr() as u64,
         error::INVALID_PARAM,
     );
     bad(
@@ -923,17 +919,17 @@ fn spawn_param_checks(base: &VmInfo) {
     // The structure itself misplaced.
     check_err(
         "spawn_struct_unaligned",
-        dsx::spawn_at(&good, 4),
+        DSX.call_struct(ext::FID_SPAWN, &good.to_le_bytes(), 4),
         error::INVALID_ADDRESS,
     );
     check_err(
         "spawn_struct_outside_ram",
-        dsx::call2(ext::FID_SPAWN, outside(), 0),
+        DSX.call2(ext::FID_SPAWN, outside(), 0),
         error::INVALID_ADDRESS,
     );
     check_err(
         "spawn_struct_straddles_ram_end",
-        dsx::call2(ext::FID_SPAWN, ram_end() - 8, 0),
+        DSX.call2(ext::FID_SPAWN, ram_end() - 8, 0),
         error::INVALID_ADDRESS,
     );
     // A refused request changes nothing.
@@ -944,7 +940,7 @@ fn spawn_param_checks(base: &VmInfo) {
     );
     check_ok(
         "no_event_after_refusals",
-        dsx::out_call(ext::FID_POLL_EVENT, STRUCT.addr(), Event::SIZE),
+        DSX.call2(ext::FID_POLL_EVENT, DSX.structs().addr(), Event::SIZE),
         0,
     );
 }
@@ -954,7 +950,7 @@ fn main_child(base: &VmInfo) {
     let Some(c) = spawn_child("spawn_child_cid_2", &child_args(CHILD_PAGES), 2) else {
         return;
     };
-    let ci = match dsx::child_info(c) {
+    let ci = match DSX.child_info(c) {
         Ok(i) => i,
         Err(e) => {
             fail("child_info_2", Code(e), Code(0));
@@ -1009,15 +1005,15 @@ fn main_child(base: &VmInfo) {
             1,
         ],
     );
-    let list_at = STRUCT.addr() + 512;
-    STRUCT.fill(512, 32, 0xEE);
+    let list_at = DSX.structs().addr() + 512;
+    DSX.structs().fill(512, 32, 0xEE);
     check_ok(
         "list_children_one",
-        dsx::call2(ext::FID_LIST_CHILDREN, list_at, 4),
+        DSX.call2(ext::FID_LIST_CHILDREN, list_at, 4),
         1,
     );
     let mut first = [0u8; 16];
-    STRUCT.read(512, &mut first);
+    DSX.structs().read(512, &mut first);
     check(
         "list_children_cid",
         (
@@ -1028,17 +1024,17 @@ fn main_child(base: &VmInfo) {
     );
     check_err(
         "list_children_unaligned",
-        dsx::call2(ext::FID_LIST_CHILDREN, list_at + 4, 4),
+        DSX.call2(ext::FID_LIST_CHILDREN, list_at + 4, 4),
         error::INVALID_ADDRESS,
     );
     check_err(
         "list_children_outside_ram",
-        dsx::call2(ext::FID_LIST_CHILDREN, outside(), 4),
+        DSX.call2(ext::FID_LIST_CHILDREN, outside(), 4),
         error::INVALID_ADDRESS,
     );
     check_err(
         "list_children_capacity_overflow",
-        dsx::call2(ext::FID_LIST_CHILDREN, list_at, usize::MAX / 4),
+        DSX.call2(ext::FID_LIST_CHILDREN, list_at, usize::MAX / 4),
         error::INVALID_PARAM,
     );
 
@@ -1055,28 +1051,28 @@ fn main_child(base: &VmInfo) {
     }
     check_err(
         "console_read_too_long",
-        dsx::console_read(c, 4097),
+        DSX.console_read(c, 4097),
         error::INVALID_PARAM,
     );
     check_err(
         "console_read_outside_ram",
-        dsx::call(ext::FID_CONSOLE_READ, [c as usize, outside(), 16, 0, 0, 0]),
+        DSX.call(ext::FID_CONSOLE_READ, [c as usize, outside(), 16, 0, 0, 0]),
         error::INVALID_ADDRESS,
     );
     check_err(
         "console_write_too_long",
-        dsx::call(
+        DSX.call(
             ext::FID_CONSOLE_WRITE,
-            [c as usize, DATA.addr(), 4097, 0, 0, 0],
+            [c as usize, DSX.data().addr(), 4097, 0, 0, 0],
         ),
         error::INVALID_PARAM,
     );
     check_err(
         "console_write_outside_ram",
-        dsx::call(ext::FID_CONSOLE_WRITE, [c as usize, outside(), 4, 0, 0, 0]),
+        DSX.call(ext::FID_CONSOLE_WRITE, [c as usize, outside(), 4, 0, 0, 0]),
         error::INVALID_ADDRESS,
     );
-    check_ok("console_write", dsx::console_write(c, b"abc\n"), 4);
+    check_ok("console_write", DSX.console_write(c, b"abc\n"), 4);
     check(
         "console_write_reaches_child",
         wait_console(c, b"vmchild: console got 'abc'", 5_000),
@@ -1088,11 +1084,7 @@ fn main_child(base: &VmInfo) {
 
     // REBOOT: back to its initial state, hello again, REBOOTED event.
     reset_log(c);
-    check_ok(
-        "reboot_child",
-        dsx::call2(ext::FID_REBOOT, c as usize, 0),
-        0,
-    );
+    check_ok("reboot_child", DSX.reboot(c), 0);
     check(
         "reboot_event",
         wait_event(event::CHILD_REBOOTED, c, 5_000).map(|e| e.kind),
@@ -1109,10 +1101,10 @@ fn main_child(base: &VmInfo) {
     let mut q = dsx::quota_args(c);
     q.max_depth = 1;
     q.max_descendants = 1;
-    check_ok("set_quota_child_raise", dsx::set_quota(&q), 0);
+    check_ok("set_quota_child_raise", DSX.set_quota(&q), 0);
     check(
         "set_quota_child_applied",
-        dsx::child_info(c).map(|i| (i.max_depth, i.max_descendants)),
+        DSX.child_info(c).map(|i| (i.max_depth, i.max_descendants)),
         Ok((1, 1)),
     );
     let mut q = dsx::quota_args(c);
@@ -1120,7 +1112,7 @@ fn main_child(base: &VmInfo) {
     q.ram_pages = 1;
     check_err(
         "set_quota_child_below_holding",
-        dsx::set_quota(&q),
+        DSX.set_quota(&q),
         error::INVALID_STATE,
     );
     let now = info_or_default();
@@ -1128,42 +1120,34 @@ fn main_child(base: &VmInfo) {
     q.ram_pages = now.ram_pages_max - now.ram_pages_reserved + CHILD_PAGES + tables + 1;
     check_err(
         "set_quota_child_beyond_headroom",
-        dsx::set_quota(&q),
+        DSX.set_quota(&q),
         error::DENIED,
     );
     let mut q = dsx::quota_args(c);
     q.max_depth = now.max_depth;
     check_err(
         "set_quota_child_depth_not_below_caller",
-        dsx::set_quota(&q),
+        DSX.set_quota(&q),
         error::DENIED,
     );
-    check_ok(
-        "drop_child_trust_untrusted_ok",
-        dsx::call2(ext::FID_DROP_CHILD_TRUST, c as usize, 0),
-        0,
-    );
+    check_ok("drop_child_trust_untrusted_ok", DSX.drop_child_trust(c), 0);
 
     // Kill it: TERMINATED with the code, gone from every function, usage back.
     kill_child("exit_child_2", c, 42);
-    check_err(
-        "stop_dead_child_invalid",
-        dsx::call2(ext::FID_STOP, c as usize, 0),
-        error::INVALID_PARAM,
-    );
+    check_err("stop_dead_child_invalid", DSX.stop(c), error::INVALID_PARAM);
     check(
         "child_info_dead_invalid",
-        dsx::child_info(c).map(|_| ()),
+        DSX.child_info(c).map(|_| ()),
         Err(error::INVALID_PARAM),
     );
     check_err(
         "console_read_dead_invalid",
-        dsx::console_read(c, 16),
+        DSX.console_read(c, 16),
         error::INVALID_PARAM,
     );
     check_err(
         "ipc_send_dead_invalid",
-        dsx::ipc_send(c, b"x"),
+        DSX.ipc_send(c, b"x"),
         error::INVALID_PARAM,
     );
     check(
@@ -1173,13 +1157,13 @@ fn main_child(base: &VmInfo) {
     );
     check(
         "hv_info_free_back_after_kill",
-        dsx::hv_info().map(|h| h.ram_free_pages),
+        DSX.hv_info().map(|h| h.ram_free_pages),
         Ok(base.ram_pages_max - base.ram_pages_reserved),
     );
 }
 
 fn ipc_checks(c: u64) {
-    check_ok("ipc_send", dsx::ipc_send(c, b"hello vmtree"), 0);
+    check_ok("ipc_send", DSX.ipc_send(c, b"hello vmtree"), 0);
     let e = wait_event(event::MESSAGE, c, 5_000);
     check(
         "ipc_message_event",
@@ -1189,13 +1173,13 @@ fn ipc_checks(c: u64) {
     // Too short a buffer: BAD_RANGE and the message stays queued.
     check(
         "ipc_recv_short_buffer",
-        dsx::ipc_recv(c, 0, 4),
+        DSX.ipc_recv(c, 0, 4),
         Err(error::BAD_RANGE),
     );
-    match dsx::ipc_recv(c, flags::IPC_RECV_EXACT, 4096) {
+    match DSX.ipc_recv(c, flags::IPC_RECV_EXACT, 4096) {
         Ok(Some((from, len))) => {
             let mut buf = [0u8; 12];
-            DATA.read(0, &mut buf);
+            DSX.data().read(0, &mut buf);
             check(
                 "ipc_recv_reply",
                 (from, len, &buf),
@@ -1204,19 +1188,19 @@ fn ipc_checks(c: u64) {
         }
         other => fail("ipc_recv_reply", other, "Ok(Some((2, 12)))"),
     }
-    check("ipc_recv_then_empty", dsx::ipc_recv(0, 0, 64), Ok(None));
+    check("ipc_recv_then_empty", DSX.ipc_recv(0, 0, 64), Ok(None));
 
     let good = IpcSendArgs {
         size: IpcSendArgs::SIZE as u32,
         flags: 0,
         cid: c,
-        data_gpa: DATA.addr() as u64,
+        data_gpa: DSX.data().addr() as u64,
         len: 4,
     };
     let bad = |name: &str, f: &dyn Fn(&mut IpcSendArgs), expected: isize| {
         let mut a = good;
         f(&mut a);
-        check_err(name, dsx::ipc_send_args(&a), expected);
+        check_err(name, DSX.ipc_send_args(&a), expected);
     };
     bad("ipc_send_size_31", &|a| a.size = 31, error::INVALID_PARAM);
     bad("ipc_send_flags", &|a| a.flags = 1, error::INVALID_PARAM);
@@ -1233,21 +1217,21 @@ fn ipc_checks(c: u64) {
     );
     check_err(
         "ipc_send_struct_unaligned",
-        dsx::call_struct(ext::FID_IPC_SEND, &good.to_le_bytes(), 4),
+        DSX.call_struct(ext::FID_IPC_SEND, &good.to_le_bytes(), 4),
         error::INVALID_ADDRESS,
     );
     let recv = IpcRecvArgs {
         size: IpcRecvArgs::SIZE as u32,
         flags: 0,
         cid: c,
-        buf_gpa: DATA.addr() as u64,
+        buf_gpa: DSX.data().addr() as u64,
         max_len: 64,
         out_len: 0,
     };
     let bad_recv = |name: &str, f: &dyn Fn(&mut IpcRecvArgs), expected: isize| {
         let mut a = recv;
         f(&mut a);
-        check_err(name, dsx::ipc_recv_args(&a).0, expected);
+        check_err(name, DSX.ipc_recv_args(&a).0, expected);
     };
     bad_recv("ipc_recv_size_39", &|a| a.size = 39, error::INVALID_PARAM);
     bad_recv("ipc_recv_flags", &|a| a.flags = 2, error::INVALID_PARAM);
@@ -1260,7 +1244,7 @@ fn ipc_checks(c: u64) {
 }
 
 fn stop_resume_checks(c: u64) {
-    check_ok("stop_child", dsx::call2(ext::FID_STOP, c as usize, 0), 0);
+    check_ok("stop_child", DSX.stop(c), 0);
     check(
         "stop_event",
         wait_event(event::CHILD_STOPPED, c, 2_000).map(|e| e.kind),
@@ -1268,39 +1252,31 @@ fn stop_resume_checks(c: u64) {
     );
     check(
         "stop_state",
-        dsx::child_info(c).map(|i| i.state),
+        DSX.child_info(c).map(|i| i.state),
         Ok(state::STOPPED),
     );
     check_err(
         "stop_again_already_stopped",
-        dsx::call2(ext::FID_STOP, c as usize, 0),
+        DSX.stop(c),
         error::ALREADY_STOPPED,
     );
     // A stopped child does not run: 16 messages fill its lane, the 17th is refused,
     // and no reply comes.
     let mut sent = 0;
     for _ in 0..dsx::limits::IPC_QUEUE_DEPTH {
-        if dsx::ipc_send(c, b"q").error == error::SUCCESS {
+        if DSX.ipc_send(c, b"q").error == error::SUCCESS {
             sent += 1;
         }
     }
     check("ipc_lane_takes_16", sent, dsx::limits::IPC_QUEUE_DEPTH);
-    check_err(
-        "ipc_lane_full_failed",
-        dsx::ipc_send(c, b"q"),
-        error::FAILED,
-    );
+    check_err("ipc_lane_full_failed", DSX.ipc_send(c, b"q"), error::FAILED);
     sleep_ticks(ms(100));
     check(
         "stopped_child_does_not_answer",
-        dsx::ipc_recv(c, 0, 64),
+        DSX.ipc_recv(c, 0, 64),
         Ok(None),
     );
-    check_ok(
-        "resume_child",
-        dsx::call2(ext::FID_RESUME, c as usize, 0),
-        0,
-    );
+    check_ok("resume_child", DSX.resume(c), 0);
     check(
         "resume_event_started",
         wait_event(event::CHILD_STARTED, c, 2_000).map(|e| e.kind),
@@ -1308,15 +1284,12 @@ fn stop_resume_checks(c: u64) {
     );
     check_err(
         "resume_again_already_started",
-        dsx::call2(ext::FID_RESUME, c as usize, 0),
+        DSX.resume(c),
         error::ALREADY_STARTED,
     );
     check_err(
         "start_running_already_started",
-        dsx::call(
-            ext::FID_START,
-            [c as usize, 0x8020_0000, 0x8000_0000, 0, 0, 0],
-        ),
+        DSX.start(c, 0x8020_0000, 0x8000_0000),
         error::ALREADY_STARTED,
     );
     let mut answers = 0;
@@ -1338,25 +1311,14 @@ fn paused_child() {
     };
     check(
         "paused_state_created",
-        dsx::child_info(c).map(|i| i.state),
+        DSX.child_info(c).map(|i| i.state),
         Ok(state::CREATED),
     );
-    check_err(
-        "stop_never_started",
-        dsx::call2(ext::FID_STOP, c as usize, 0),
-        error::INVALID_STATE,
-    );
-    check_err(
-        "resume_never_started",
-        dsx::call2(ext::FID_RESUME, c as usize, 0),
-        error::INVALID_STATE,
-    );
-    let page = DATA.addr() + 4096;
+    check_err("stop_never_started", DSX.stop(c), error::INVALID_STATE);
+    check_err("resume_never_started", DSX.resume(c), error::INVALID_STATE);
+    let page = DSX.data().addr() + 4096;
     let map = |child_gpa: usize, parent_gpa: usize, size: usize, perms: u64| {
-        dsx::call(
-            ext::FID_MAP_CHILD_MEM,
-            [c as usize, child_gpa, parent_gpa, size, perms as usize, 0],
-        )
+        DSX.map_child_mem(c, child_gpa, parent_gpa, size, perms)
     };
     let r = flags::MAP_READ;
     check_err(
@@ -1397,21 +1359,16 @@ fn paused_child() {
     check_host("map_child_mem", map(0x8040_0000, page, 4096, r), 0);
     check_err(
         "unmap_child_mem_size_0",
-        dsx::call2(ext::FID_UNMAP_CHILD_MEM, page, 0),
+        DSX.unmap_child_mem(page, 0),
         error::INVALID_PARAM,
     );
     check_err(
         "unmap_child_mem_unaligned",
-        dsx::call2(ext::FID_UNMAP_CHILD_MEM, page + 8, 4096),
+        DSX.unmap_child_mem(page + 8, 4096),
         error::INVALID_ADDRESS,
     );
-    check_host(
-        "unmap_child_mem",
-        dsx::call2(ext::FID_UNMAP_CHILD_MEM, page, 4096),
-        0,
-    );
-    let start =
-        |entry: usize, dtb: usize| dsx::call(ext::FID_START, [c as usize, entry, dtb, 0, 0, 0]);
+    check_host("unmap_child_mem", DSX.unmap_child_mem(page, 4096), 0);
+    let start = |entry: usize, dtb: usize| DSX.start(c, entry, dtb);
     check_err(
         "start_entry_outside_child_ram",
         start(0x1000, 0x8000_0000),
@@ -1493,17 +1450,14 @@ fn built_children(base: &VmInfo) {
         words[513].store(0, Ordering::Relaxed);
         let mut a = child_args(CHILD_PAGES);
         a.flags = flags::SPAWN_PAUSED;
-        let r = dsx::spawn(&a);
+        let r = DSX.spawn(&a);
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_spawned"));
         if !check(l.as_str(), r.error, error::SUCCESS) {
             return;
         }
         let c = r.value;
         let map = |child_gpa: usize, parent_gpa: usize, perms: u64| {
-            dsx::call(
-                ext::FID_MAP_CHILD_MEM,
-                [c, child_gpa, parent_gpa, 4096, perms as usize, 0],
-            )
+            DSX.map_child_mem(c as u64, child_gpa, parent_gpa, 4096, perms)
         };
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_map_code"));
         check_ok(
@@ -1516,11 +1470,7 @@ fn built_children(base: &VmInfo) {
         // Changed after the copy: the child must not see it.
         words[512].store(0xBAD, Ordering::Relaxed);
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_start"));
-        check_ok(
-            l.as_str(),
-            dsx::call(ext::FID_START, [c, 0x8060_0000, 0x8000_0000, 0, 0, 0]),
-            0,
-        );
+        check_ok(l.as_str(), DSX.start(c as u64, 0x8060_0000, 0x8000_0000), 0);
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_exit_code"));
         let want = if data_perms & flags::MAP_WRITE != 0 {
             0x5EED
@@ -1618,26 +1568,23 @@ fn heap_stress(base: &VmInfo) {
     while n < kids.len() {
         let mut a = child_args(1024);
         a.flags = flags::SPAWN_PAUSED;
-        let r = dsx::spawn(&a);
+        let r = DSX.spawn(&a);
         if r.error != error::SUCCESS {
             refused = r.error;
             break;
         }
         let c = r.value;
         let map = |child_gpa: usize, parent_gpa: usize, perms: u64| {
-            dsx::call(
-                ext::FID_MAP_CHILD_MEM,
-                [c, child_gpa, parent_gpa, 4096, perms as usize, 0],
-            )
-            .error
+            DSX.map_child_mem(c as u64, child_gpa, parent_gpa, 4096, perms)
+                .error
         };
         let mut ok = map(CHILD_CODE, code, flags::MAP_READ | flags::MAP_EXEC) == 0
             && map(CHILD_CODE + 4096, code + 4096, flags::MAP_READ) == 0;
         for _ in 0..limits::IPC_QUEUE_DEPTH {
-            ok &= dsx::ipc_send(c as u64, &big).error == error::SUCCESS;
+            ok &= DSX.ipc_send(c as u64, &big).error == error::SUCCESS;
         }
-        ok &= dsx::console_write(c as u64, &big).value == 4096;
-        ok &= dsx::call(ext::FID_START, [c, CHILD_CODE, 0x8000_0000, 0, 0, 0]).error == 0;
+        ok &= DSX.console_write(c as u64, &big).value == 4096;
+        ok &= DSX.start(c as u64, CHILD_CODE, 0x8000_0000).error == 0;
         if !ok {
             fail("heap_stress_child_setup", "refused", "all accepted");
             kill_child("heap_stress_kill_bad", c as u64, 0);
@@ -1656,7 +1603,7 @@ fn heap_stress(base: &VmInfo) {
     for &c in &kids[..n] {
         let end = csr::time() + ms(10_000);
         while csr::time() < end {
-            if dsx::child_info(c).is_ok_and(|i| i.console_dropped == 4096) {
+            if DSX.child_info(c).is_ok_and(|i| i.console_dropped == 4096) {
                 flooded += 1;
                 break;
             }
@@ -1666,11 +1613,11 @@ fn heap_stress(base: &VmInfo) {
     check("heap_stress_children_flooded", flooded, n);
     check_ok(
         "heap_stress_hypervisor_answers",
-        dsx::call2(ext::FID_GET_HV_INFO, STRUCT.addr(), HvInfo::SIZE),
+        DSX.call2(ext::FID_GET_HV_INFO, DSX.structs().addr(), HvInfo::SIZE),
         0,
     );
     for &c in &kids[..n] {
-        let _ = dsx::exit(c, 0);
+        let _ = DSX.exit(c, 0);
     }
     for &c in &kids[..n] {
         wait_event(event::CHILD_TERMINATED, c, 5_000);
@@ -1691,7 +1638,7 @@ fn self_exit_child(base: &VmInfo) {
     check("cid_4_hello", wait_console(c, READY, 10_000), true);
     let mut a = child_args(CHILD_PAGES);
     a.cid = c;
-    check_ok("spawn_replace_keeps_cid", dsx::spawn(&a), c as usize);
+    check_ok("spawn_replace_keeps_cid", DSX.spawn(&a), c as usize);
     reset_log(c);
     check("spawn_replace_one_child", info_or_default().child_count, 1);
     check("replaced_child_hello", wait_console(c, READY, 10_000), true);
@@ -1700,7 +1647,7 @@ fn self_exit_child(base: &VmInfo) {
         wait_event(event::CHILD_TERMINATED, c, 20).is_none(),
         true,
     );
-    check_ok("ipc_send_exit", dsx::ipc_send(c, b"exit"), 0);
+    check_ok("ipc_send_exit", DSX.ipc_send(c, b"exit"), 0);
     check(
         "child_exit_code_7",
         wait_event(event::CHILD_TERMINATED, c, 5_000).map(|e| e.exit_code),
@@ -1731,7 +1678,8 @@ fn three_level() {
     };
     check(
         "child_5_quota",
-        dsx::child_info(c).map(|i| (i.ram_pages_max, i.vcpus_max, i.max_depth)),
+        DSX.child_info(c)
+            .map(|i| (i.ram_pages_max, i.vcpus_max, i.max_depth)),
         Ok((5 * (CHILD_PAGES + tables), 3, 1)),
     );
     check("cid_5_hello", wait_console(c, READY, 10_000), true);
@@ -1742,7 +1690,7 @@ fn three_level() {
         skip("three_level", "child image too large to upload");
     } else {
         let cmd: dsx::Line<64> = dsx::fmt_line(format_args!("recv {img_len:x}"));
-        let mut ok = dsx::ipc_send(c, cmd.bytes()).error == error::SUCCESS;
+        let mut ok = DSX.ipc_send(c, cmd.bytes()).error == error::SUCCESS;
         for i in 0..chunks {
             let off = i * 4096;
             let n = (img_len - off).min(4096);
@@ -1750,7 +1698,7 @@ fn three_level() {
             // Retry while the lane is full (the child drains it).
             let end = csr::time() + ms(5_000);
             loop {
-                let r = dsx::ipc_send(c, chunk);
+                let r = DSX.ipc_send(c, chunk);
                 if r.error == error::SUCCESS {
                     break;
                 }
@@ -1769,7 +1717,7 @@ fn three_level() {
             Some(want.as_str()),
         );
         let cmd: dsx::Line<64> = dsx::fmt_line(format_args!("spawn 80400000 {img_len:x}"));
-        check_ok("ipc_send_spawn", dsx::ipc_send(c, cmd.bytes()), 0);
+        check_ok("ipc_send_spawn", DSX.ipc_send(c, cmd.bytes()), 0);
         let m = wait_message(c, 20_000);
         check(
             "grandchild_spawned",
@@ -1787,10 +1735,11 @@ fn three_level() {
         );
         check(
             "three_levels_in_child_info",
-            dsx::child_info(c).map(|i| (i.descendants_used, i.depth_used, i.child_count)),
+            DSX.child_info(c)
+                .map(|i| (i.descendants_used, i.depth_used, i.child_count)),
             Ok((1, 1, 1)),
         );
-        check_ok("ipc_send_kill", dsx::ipc_send(c, b"kill"), 0);
+        check_ok("ipc_send_kill", DSX.ipc_send(c, b"kill"), 0);
         check(
             "grandchild_killed",
             wait_message(c, 10_000).as_ref().map(|m| m.as_str()),
@@ -1800,7 +1749,7 @@ fn three_level() {
     }
     let _ = img;
     // FORK inside the child (its quota has room for one clone).
-    check_ok("ipc_send_fork", dsx::ipc_send(c, b"fork"), 0);
+    check_ok("ipc_send_fork", DSX.ipc_send(c, b"fork"), 0);
     let want: dsx::Line<64> = dsx::fmt_line(format_args!("fork ok cid={next_grandchild} code=9"));
     match wait_message(c, 10_000) {
         Some(m) if m.as_str().starts_with("fork err -2") => {
@@ -1813,7 +1762,7 @@ fn three_level() {
     }
     // A fork bomb inside the child: its clones stay alive, so it is stopped only by the
     // quota its parent gave it (two descendants; the clone above is gone).
-    check_ok("ipc_send_forkbomb", dsx::ipc_send(c, b"forkbomb"), 0);
+    check_ok("ipc_send_forkbomb", DSX.ipc_send(c, b"forkbomb"), 0);
     check(
         "fork_bomb_stopped_by_descendants_quota",
         wait_message(c, 20_000).as_ref().map(|m| m.as_str()),
@@ -1821,7 +1770,8 @@ fn three_level() {
     );
     check(
         "fork_bomb_clones_counted",
-        dsx::child_info(c).map(|i| (i.descendants_used, i.child_count)),
+        DSX.child_info(c)
+            .map(|i| (i.descendants_used, i.child_count)),
         Ok((2, 2)),
     );
     drain_console(c).ok();
@@ -1832,8 +1782,8 @@ fn three_level() {
 
 /// FORK of the Root VM itself (clearly skippable: NOT_SUPPORTED prints `skip fork`).
 fn fork_checks(base: &VmInfo) {
-    check_err("fork_unknown_flags", dsx::fork(4), error::INVALID_PARAM);
-    check_err("fork_high_flag", dsx::fork(1 << 63), error::INVALID_PARAM);
+    check_err("fork_unknown_flags", DSX.fork(4), error::INVALID_PARAM);
+    check_err("fork_high_flag", DSX.fork(1 << 63), error::INVALID_PARAM);
     // A plain FORK keeps a snapshot for REBOOT (charged a second RAM's worth); the
     // second one keeps none.
     for (fl, name) in [
@@ -1852,7 +1802,7 @@ fn fork_checks(base: &VmInfo) {
         let charge = if snapshot { 2 * one } else { one };
         let fits = me.vcpus_max - me.vcpus_reserved >= me.own_vcpus
             && me.ram_pages_max - me.ram_pages_reserved >= charge;
-        let r = dsx::fork(fl);
+        let r = DSX.fork(fl);
         if r.error == error::SUCCESS && r.value == 0 {
             fork_child_main();
         }
@@ -1888,7 +1838,8 @@ fn fork_checks(base: &VmInfo) {
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_info"));
         check(
             l.as_str(),
-            dsx::child_info(c).map(|i| (i.own_ram_pages, i.own_table_pages, i.own_vcpus, i.flags)),
+            DSX.child_info(c)
+                .map(|i| (i.own_ram_pages, i.own_table_pages, i.own_vcpus, i.flags)),
             Ok((
                 me.own_ram_pages,
                 charge - me.own_ram_pages,
@@ -1902,9 +1853,9 @@ fn fork_checks(base: &VmInfo) {
             for (how, l) in [("reboot", "fork_reboot"), ("srst", "fork_srst_reboot")] {
                 reset_log(c);
                 let r = if how == "reboot" {
-                    dsx::call2(ext::FID_REBOOT, c as usize, 0)
+                    DSX.reboot(c)
                 } else {
-                    dsx::ipc_send(c, b"srst")
+                    DSX.ipc_send(c, b"srst")
                 };
                 check_ok(l, r, 0);
                 let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_event"));
@@ -1922,18 +1873,19 @@ fn fork_checks(base: &VmInfo) {
                 let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_keeps_usage"));
                 check(
                     ln.as_str(),
-                    dsx::child_info(c).map(|i| (i.own_ram_pages, i.own_table_pages)),
+                    DSX.child_info(c)
+                        .map(|i| (i.own_ram_pages, i.own_table_pages)),
                     Ok((me.own_ram_pages, charge - me.own_ram_pages)),
                 );
             }
         } else {
             check_err(
                 "fork_no_snapshot_reboot_not_supported",
-                dsx::call2(ext::FID_REBOOT, c as usize, 0),
+                DSX.reboot(c),
                 error::NOT_SUPPORTED,
             );
         }
-        check_ok("fork_ipc_exit", dsx::ipc_send(c, b"exit"), 0);
+        check_ok("fork_ipc_exit", DSX.ipc_send(c, b"exit"), 0);
         let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_exit_code"));
         check(
             l.as_str(),
@@ -1961,10 +1913,10 @@ fn fork_child_main() -> ! {
     );
     let end = csr::time() + ms(10_000);
     while csr::time() < end {
-        if let Ok(Some((_, n))) = dsx::ipc_recv(cid::PARENT, flags::IPC_RECV_EXACT, 64) {
+        if let Ok(Some((_, n))) = DSX.ipc_recv(cid::PARENT, flags::IPC_RECV_EXACT, 64) {
             let mut msg = [0u8; 8];
             let n = n.min(msg.len());
-            DATA.read(0, &mut msg[..n]);
+            DSX.data().read(0, &mut msg[..n]);
             if &msg[..n] == b"srst" {
                 println!("vmtree-fork: SRST reboot");
                 // Cold reboot: 1.
@@ -1976,7 +1928,7 @@ fn fork_child_main() -> ! {
         pause();
     }
     println!("vmtree-fork: exiting");
-    dsx::exit(cid::SELF, 0x33);
+    DSX.exit(cid::SELF, 0x33);
     loop {
         sleep_ticks(ms(1000));
     }
@@ -1988,7 +1940,7 @@ fn quota_checks() {
     let bad = |name: &str, f: &dyn Fn(&mut diosix_abi::QuotaArgs), expected: isize| {
         let mut q = dsx::quota_args(cid::SELF);
         f(&mut q);
-        check_err(name, dsx::set_quota(&q), expected);
+        check_err(name, DSX.set_quota(&q), expected);
     };
     bad("set_quota_size_39", &|q| q.size = 39, error::INVALID_PARAM);
     bad(
@@ -2023,7 +1975,7 @@ fn quota_checks() {
     );
     check_err(
         "set_quota_unaligned",
-        dsx::call_struct(
+        DSX.call_struct(
             ext::FID_SET_QUOTA,
             &dsx::quota_args(cid::SELF).to_le_bytes(),
             4,
@@ -2032,7 +1984,7 @@ fn quota_checks() {
     );
     check_ok(
         "set_quota_nothing",
-        dsx::set_quota(&dsx::quota_args(cid::SELF)),
+        DSX.set_quota(&dsx::quota_args(cid::SELF)),
         0,
     );
     bad(
@@ -2059,7 +2011,7 @@ fn quota_checks() {
     let lower = me.ram_pages_max - 1;
     let mut q = dsx::quota_args(cid::SELF);
     q.ram_pages = lower;
-    check_ok("set_quota_self_lower", dsx::set_quota(&q), 0);
+    check_ok("set_quota_self_lower", DSX.set_quota(&q), 0);
     check(
         "set_quota_self_lowered",
         info_or_default().ram_pages_max,
@@ -2067,13 +2019,13 @@ fn quota_checks() {
     );
     check(
         "hv_info_follows_quota",
-        dsx::hv_info().map(|h| h.ram_total_pages),
+        DSX.hv_info().map(|h| h.ram_total_pages),
         Ok(lower),
     );
     q.ram_pages = me.ram_pages_max;
     check_err(
         "set_quota_self_raise_back_denied",
-        dsx::set_quota(&q),
+        DSX.set_quota(&q),
         error::DENIED,
     );
     check(
@@ -2086,16 +2038,14 @@ fn quota_checks() {
     a.ram_pages = room + 1;
     check_err(
         "spawn_beyond_lowered_quota_denied",
-        dsx::spawn(&a),
+        DSX.spawn(&a),
         error::DENIED,
     );
 }
 
 /// Trusted children, then the Root VM drops its trust for good (phase 2).
 fn trust_checks() {
-    let mmio = |hpa: usize, gpa: usize, size: usize| {
-        dsx::call(ext::FID_MAP_HOST_MMIO, [hpa, gpa, size, 0, 0, 0])
-    };
+    let mmio = |hpa: usize, gpa: usize, size: usize| DSX.map_host_mmio(hpa, gpa, size);
     check_err(
         "map_host_mmio_size_0",
         mmio(0x1000_0000, 0x1000_0000, 0),
@@ -2113,53 +2063,46 @@ fn trust_checks() {
     );
     check_host(
         "route_irq_nonexistent",
-        dsx::call2(ext::FID_ROUTE_IRQ, 0xFFFF_FFFF, 0),
+        DSX.route_irq(0xFFFF_FFFF),
         error::INVALID_PARAM,
     );
     // Spawned paused: the child drops its own trust as soon as it runs, so its flags
     // are checked before it can (a running child would race the check).
     let mut a = child_args(CHILD_PAGES);
     a.flags = flags::SPAWN_TRUSTED | flags::SPAWN_PAUSED;
-    let r = dsx::spawn(&a);
+    let r = DSX.spawn(&a);
     if check_err("spawn_trusted_from_trusted", r, error::SUCCESS) {
         let c = r.value as u64;
         check(
             "trusted_child_flags",
-            dsx::child_info(c).map(|i| i.flags),
+            DSX.child_info(c).map(|i| i.flags),
             Ok(flags::INFO_TRUSTED),
         );
-        check_ok(
-            "drop_child_trust",
-            dsx::call2(ext::FID_DROP_CHILD_TRUST, c as usize, 0),
-            0,
-        );
+        check_ok("drop_child_trust", DSX.drop_child_trust(c), 0);
         check(
             "dropped_child_flags",
-            dsx::child_info(c).map(|i| i.flags),
+            DSX.child_info(c).map(|i| i.flags),
             Ok(0),
         );
         check_ok(
             "start_trusted_child",
-            dsx::call(
-                ext::FID_START,
-                [c as usize, 0x8020_0000, 0x8000_0000, 0, 0, 0],
-            ),
+            DSX.start(c, 0x8020_0000, 0x8000_0000),
             0,
         );
         reset_log(c);
         wait_console(c, READY, 10_000);
         kill_child("exit_trusted_child", c, 1);
     }
-    check_ok("drop_trust", dsx::drop_trust(), 0);
+    check_ok("drop_trust", DSX.drop_trust(), 0);
     check(
         "info_flags_root_only",
         info_or_default().flags,
         flags::INFO_ROOT,
     );
-    check_ok("drop_trust_again", dsx::drop_trust(), 0);
+    check_ok("drop_trust_again", DSX.drop_trust(), 0);
     check_err(
         "spawn_trusted_from_untrusted_denied",
-        dsx::spawn(&a),
+        DSX.spawn(&a),
         error::DENIED,
     );
     check_err(
@@ -2169,16 +2112,16 @@ fn trust_checks() {
     );
     check_err(
         "route_irq_untrusted_denied",
-        dsx::call2(ext::FID_ROUTE_IRQ, 10, 0),
+        DSX.route_irq(10),
         error::DENIED,
     );
-    let r = dsx::spawn(&child_args(CHILD_PAGES));
+    let r = DSX.spawn(&child_args(CHILD_PAGES));
     if check_err("spawn_untrusted_from_untrusted", r, error::SUCCESS) {
         let c = r.value as u64;
         reset_log(c);
         check(
             "untrusted_child_flags",
-            dsx::child_info(c).map(|i| i.flags),
+            DSX.child_info(c).map(|i| i.flags),
             Ok(0),
         );
         wait_console(c, READY, 10_000);
@@ -2201,21 +2144,22 @@ fn page_list_checks() {
         return;
     }
     for i in 0..pages {
-        STRUCT.write(list_off + i * 8, &((img + i * 4096) as u64).to_le_bytes());
+        DSX.structs()
+            .write(list_off + i * 8, &((img + i * 4096) as u64).to_le_bytes());
     }
     let mut a = child_args(CHILD_PAGES);
     a.flags = flags::SPAWN_PAGE_LIST;
-    a.image_gpa = (STRUCT.addr() + list_off) as u64;
+    a.image_gpa = (DSX.structs().addr() + list_off) as u64;
     check_err(
         "spawn_page_list_unaligned_array",
         {
             let mut b = a;
             b.image_gpa += 4;
-            dsx::spawn(&b)
+            DSX.spawn(&b)
         },
         error::INVALID_ADDRESS,
     );
-    let r = dsx::spawn(&a);
+    let r = DSX.spawn(&a);
     if check_err("spawn_page_list", r, error::SUCCESS) {
         let c = r.value as u64;
         reset_log(c);
@@ -2227,11 +2171,12 @@ fn page_list_checks() {
         kill_child("exit_page_list_child", c, 4);
     }
     // A page outside RAM (refused by the host, after admission).
-    STRUCT.write(list_off, &(outside() as u64).to_le_bytes());
+    DSX.structs()
+        .write(list_off, &(outside() as u64).to_le_bytes());
     let before = info_or_default();
     check_err(
         "spawn_page_list_page_outside_ram",
-        dsx::spawn(&a),
+        DSX.spawn(&a),
         error::INVALID_ADDRESS,
     );
     check(
