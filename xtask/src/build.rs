@@ -4,7 +4,7 @@
 //! kernel, optional initrd and command line, packed by `diosix_core::payload` — is then
 //! appended to the ELF as a PT_LOAD segment of its own at the image's end
 //! (`__payload_start` in link.ld), where the hypervisor finds and unpacks it at boot.
-use crate::{rootvm, setup, workspace_root, Result};
+use crate::{process, rootvm, setup, workspace_root, Result};
 use diosix_core::payload::{encode, PayloadSpec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,19 +39,20 @@ pub struct ImageOptions {
 /// Builds the hypervisor ELF (no payload) and returns its path.
 pub fn build_hypervisor() -> Result<PathBuf> {
     setup::ensure_rust_targets()?;
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "diosix",
-            "--target",
-            TARGET,
-        ])
-        .status()
-        .map_err(|e| format!("running cargo: {e}"))?;
+    let status = process::status(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "diosix",
+                "--target",
+                TARGET,
+            ]),
+    )
+    .map_err(|e| format!("building the hypervisor: {e}"))?;
     if !status.success() {
         return Err("building the hypervisor failed (see the cargo output above)".into());
     }
@@ -238,13 +239,14 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
     // add a CR before each LF (QEMU keeps the terminal's output processing): a guest's
     // CR LF would otherwise show as CR CR LF.
     let _raw_output = TerminalOutput::pass_through();
-    let status = Command::new("qemu-system-riscv64")
-        .current_dir(workspace_root())
-        .args(["-bios", "none", "-nographic", "-machine", "virt"])
-        .args(["-smp", &b.smp.to_string(), "-m", &b.mem, "-kernel"])
-        .arg(&image)
-        .status()
-        .map_err(|e| format!("starting qemu-system-riscv64: {e}"))?;
+    let status = process::status(
+        Command::new("qemu-system-riscv64")
+            .current_dir(workspace_root())
+            .args(["-bios", "none", "-nographic", "-machine", "virt"])
+            .args(["-smp", &b.smp.to_string(), "-m", &b.mem, "-kernel"])
+            .arg(&image),
+    )
+    .map_err(|e| format!("starting QEMU: {e}"))?;
     if !status.success() {
         return Err(format!("QEMU exited with {status}"));
     }
@@ -259,15 +261,15 @@ struct TerminalOutput {
 
 impl TerminalOutput {
     fn pass_through() -> Self {
+        // stty acts on its stdin, which must be the terminal (captured runs get none).
         let stty = |args: &[&str]| {
-            Command::new("stty")
-                .args(args)
-                .stdin(std::process::Stdio::inherit())
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
+            process::stdout(
+                Command::new("stty")
+                    .args(args)
+                    .stdin(std::process::Stdio::inherit()),
+            )
         };
-        let saved = stty(&["-g"]).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let saved = stty(&["-g"]).map(|out| out.trim().to_string());
         if saved.is_some() {
             stty(&["-onlcr"]);
         }
@@ -278,10 +280,11 @@ impl TerminalOutput {
 impl Drop for TerminalOutput {
     fn drop(&mut self) {
         if let Some(s) = &self.saved {
-            let _ = Command::new("stty")
-                .arg(s)
-                .stdin(std::process::Stdio::inherit())
-                .status();
+            let _ = process::status(
+                Command::new("stty")
+                    .arg(s)
+                    .stdin(std::process::Stdio::inherit()),
+            );
         }
     }
 }

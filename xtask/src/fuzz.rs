@@ -13,7 +13,7 @@
 //! 1,000,000 inputs per target. Findings (panics, heap use over 64 MiB) are saved under
 //! `target/fuzz-findings/` with a `.txt` description; the command fails if there are any.
 
-use crate::{workspace_root, Result};
+use crate::{process, workspace_root, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -93,25 +93,22 @@ fn build(coverage: bool) -> Result<PathBuf> {
         },
         target_dir.display()
     );
-    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building diosix-fuzz failed ({status})"));
-    }
+    process::run("building diosix-fuzz", &mut cmd)?;
     Ok(target_dir.join("fuzz").join("diosix-fuzz"))
 }
 
 fn run(bin: &PathBuf, pass: &[String]) -> Result<()> {
     let root = workspace_root();
     let out = root.join("target").join("fuzz-findings");
-    let status = Command::new(bin)
-        .current_dir(&root)
-        .args(pass)
-        .arg("--out")
-        .arg(&out)
-        // The profiler runtime would otherwise write default.profraw on exit.
-        .env("LLVM_PROFILE_FILE", "/dev/null")
-        .status()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    let status = process::status(
+        Command::new(bin)
+            .current_dir(&root)
+            .args(pass)
+            .arg("--out")
+            .arg(&out)
+            // The profiler runtime would otherwise write default.profraw on exit.
+            .env("LLVM_PROFILE_FILE", "/dev/null"),
+    )?;
     if status.success() {
         Ok(())
     } else {
@@ -133,7 +130,6 @@ pub fn cmd_fuzz(args: &[String]) -> Result<()> {
 /// tests (it is not a default member, so the workspace-wide steps skip it), then
 /// [`CI_ITERATIONS`] inputs per target.
 pub fn ci() -> Result<()> {
-    let root = workspace_root();
     for args in [
         &[
             "clippy",
@@ -146,15 +142,7 @@ pub fn ci() -> Result<()> {
         ][..],
         &["test", "-p", "diosix-fuzz"][..],
     ] {
-        println!("+ cargo {}", args.join(" "));
-        let status = Command::new(env!("CARGO"))
-            .current_dir(&root)
-            .args(args)
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err(format!("`cargo {}` failed ({status})", args.join(" ")));
-        }
+        process::cargo(args)?;
     }
     let bin = build(true)?;
     run(&bin, &["--iterations".into(), CI_ITERATIONS.to_string()])

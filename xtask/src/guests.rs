@@ -1,5 +1,5 @@
 //! Builds the no_std test guests (`guests/<name>`, package `diosix-guest-<name>`).
-use crate::{workspace_root, Result};
+use crate::{process, workspace_root, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -37,12 +37,12 @@ pub fn build_guest(name: &str) -> Result<PathBuf> {
         // vmtree embeds vmchild's ELF (see guests/vmtree/build.rs).
         cmd.env("DIOSIX_VMCHILD_ELF", build_guest("vmchild")?);
     }
-    let status = cmd
-        .current_dir(&root)
-        .args(["build", "--release", "--target", GUEST_TARGET, "-p"])
-        .arg(package(name))
-        .status()
-        .map_err(|e| format!("building guest {name}: cannot run cargo: {e}"))?;
+    let status = process::status(
+        cmd.current_dir(&root)
+            .args(["build", "--release", "--target", GUEST_TARGET, "-p"])
+            .arg(package(name)),
+    )
+    .map_err(|e| format!("building guest {name}: {e}"))?;
     if !status.success() {
         return Err(format!("building guest {name}: cargo failed ({status})"));
     }

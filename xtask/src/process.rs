@@ -1,11 +1,14 @@
 //! Running the programs xtask drives (cargo, make, apt-get, tar, strip, ...), in the ways
 //! it needs them:
 //!
+//! - [`status`], [`run`] and [`cargo`]: output straight to the terminal, for commands
+//!   whose output the user should see as it happens;
 //! - [`run_quiet`]: output captured and shown (its last lines) only if the command fails,
 //!   for short steps;
 //! - [`run_logged`]: output to a log file, with an optional progress report, for the long
 //!   Root VM builds;
-//! - [`stdout`]: what a command prints, as text (versions).
+//! - [`stdout`] and [`stdout_any_status`]: what a command prints, as text (versions,
+//!   lists).
 //!
 //! Every error is a message naming the program. QEMU is run by `qemu.rs`, which also
 //! talks to the guest's console while it runs.
@@ -14,11 +17,11 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::Result;
+use crate::{workspace_root, Result};
 
 /// How many lines of a failing command's output go into the error message.
 const TAIL_LINES: usize = 40;
@@ -31,11 +34,52 @@ fn program(cmd: &Command) -> String {
     cmd.get_program().to_string_lossy().into_owned()
 }
 
+/// Runs `cmd` with the terminal's stdin, stdout and stderr and returns its exit status.
+/// Fails only when it cannot be started: `cannot run <program>: <why>`.
+pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.status()
+        .map_err(|e| format!("cannot run {}: {e}", program(cmd)))
+}
+
+/// Runs `cmd` with the terminal's stdin, stdout and stderr; fails with
+/// `<what> failed (<status>)` unless it succeeds.
+pub fn run(what: &str, cmd: &mut Command) -> Result<()> {
+    let status = status(cmd).map_err(|e| format!("{what}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed ({status})"))
+    }
+}
+
+/// Runs `cargo <args>` in the workspace, echoing the command first (`+ cargo ...`).
+pub fn cargo(args: &[&str]) -> Result<()> {
+    println!("+ cargo {}", args.join(" "));
+    let status = status(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace_root())
+            .args(args),
+    )?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
+    }
+}
+
 /// What `cmd` prints on stdout, if it runs and succeeds.
 pub fn stdout(cmd: &mut Command) -> Option<String> {
     cmd.output()
         .ok()
         .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What `cmd` prints on stdout, if it runs, whatever its exit status (`dpkg-query`, for
+/// one, lists what it knows and fails for the names it does not).
+pub fn stdout_any_status(cmd: &mut Command) -> Option<String> {
+    cmd.output()
+        .ok()
         .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -257,14 +301,27 @@ mod tests {
     }
 
     #[test]
-    fn stdout_needs_success() {
-        assert_eq!(
-            stdout(Command::new("sh").args(["-c", "echo listed; exit 1"])),
-            None
-        );
+    fn stdout_depends_on_the_status_only_when_asked() {
+        let mut fails = Command::new("sh");
+        fails.args(["-c", "echo listed; exit 1"]);
+        assert_eq!(stdout(&mut fails), None);
+        assert_eq!(stdout_any_status(&mut fails).as_deref(), Some("listed\n"));
         assert_eq!(
             stdout(Command::new("echo").arg("v1")).as_deref(),
             Some("v1\n")
         );
+    }
+
+    #[test]
+    fn terminal_runs_report_the_status() {
+        assert!(run("t", &mut Command::new("true")).is_ok());
+        assert_eq!(
+            run("t", &mut Command::new("false")).unwrap_err(),
+            "t failed (exit status: 1)"
+        );
+        let missing = run("t", &mut Command::new("/nonexistent/xtask-no-such-program"));
+        assert!(missing
+            .unwrap_err()
+            .starts_with("t: cannot run /nonexistent/"));
     }
 }

@@ -3,7 +3,7 @@
 //! (bookworm-security, bookworm `deb-src`, bookworm-backports; only entries no apt file
 //! has yet are added), and Debian packages (QEMU 10 from bookworm-backports, the
 //! riscv64 cross toolchain, the kernel build's tools). Running it again changes nothing.
-use crate::Result;
+use crate::{process, Result};
 use std::process::Command;
 
 /// The apt sources file xtask writes (only ever with entries no other file has).
@@ -143,12 +143,12 @@ fn ensure_apt_sources() -> Result<bool> {
 fn missing_packages() -> Vec<&'static str> {
     let names: Vec<&str> = PACKAGES.iter().map(|(p, _)| *p).collect();
     // `ii` = installed; unknown packages only print to stderr.
-    let installed = Command::new("dpkg-query")
-        .args(["-W", "-f", "${Package} ${db:Status-Abbrev}\n"])
-        .args(&names)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let installed = process::stdout_any_status(
+        Command::new("dpkg-query")
+            .args(["-W", "-f", "${Package} ${db:Status-Abbrev}\n"])
+            .args(&names),
+    )
+    .unwrap_or_default();
     PACKAGES
         .iter()
         .filter(|(pkg, probe)| {
@@ -169,18 +169,12 @@ fn missing_packages() -> Vec<&'static str> {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
-        .status()
+    process::status(Command::new("sh").args(["-c", &format!("command -v {tool} >/dev/null 2>&1")]))
         .is_ok_and(|s| s.success())
 }
 
 fn qemu_is_10_or_later() -> bool {
-    Command::new("qemu-system-riscv64")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
+    process::stdout_any_status(Command::new("qemu-system-riscv64").arg("--version"))
         .and_then(|s| {
             s.split_whitespace()
                 .skip_while(|w| *w != "version")
@@ -190,23 +184,17 @@ fn qemu_is_10_or_later() -> bool {
         .is_some_and(|major| major >= 10)
 }
 
+/// Says what it does, then runs `cmd` on the terminal.
 fn run(what: &str, cmd: &mut Command) -> Result<()> {
     println!("xtask setup: {what}");
-    let status = cmd.status().map_err(|e| format!("{what}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({status})"))
-    }
+    process::run(what, cmd)
 }
 
 /// Adds the rustup targets the build uses, if missing.
 pub fn ensure_rust_targets() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
+    let installed =
+        process::stdout_any_status(Command::new("rustup").args(["target", "list", "--installed"]))
+            .unwrap_or_default();
     for target in ["riscv64gc-unknown-none-elf", "riscv64gc-unknown-linux-gnu"] {
         if !installed.lines().any(|l| l.trim() == target) {
             run(

@@ -14,11 +14,11 @@
 //!   `poweroff`/`reboot`, and print the time to `login:` (see `docs/rootvm.md`).
 use crate::build::{self, ImageOptions, RootVm};
 use crate::guests::{self, GUESTS, GUEST_TARGET};
+use crate::process::cargo;
 use crate::qemu::{self, Bios, QemuOptions};
 use crate::{workspace_root, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Something the output must contain.
@@ -750,21 +750,6 @@ fn cases() -> Vec<Case> {
         }
     }
     v
-}
-
-/// Runs `cargo <args>` in the workspace, echoing the command.
-fn cargo(args: &[&str]) -> Result<()> {
-    println!("+ cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root())
-        .args(args)
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`cargo {}` failed ({status})", args.join(" ")))
-    }
 }
 
 /// Host tests and every lint.

@@ -107,18 +107,19 @@ pub fn build_dsx() -> Result<PathBuf> {
         "CARGO_TARGET_{}_RUSTFLAGS",
         LINUX_TARGET.to_uppercase().replace('-', "_")
     );
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args(["build", "--quiet", "--release", "-p", "dsx", "--target"])
-        .arg(LINUX_TARGET)
-        // Per-target settings, so nothing else in the workspace is affected; a global
-        // RUSTFLAGS would override them, so it is removed for this build.
-        .env(&linker_var, format!("{CROSS}gcc"))
-        .env(&flags_var, "-C target-feature=+crt-static")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .map_err(|e| format!("building dsx: cannot run cargo: {e}"))?;
+    let status = process::status(
+        Command::new(env!("CARGO"))
+            .current_dir(&root)
+            .args(["build", "--quiet", "--release", "-p", "dsx", "--target"])
+            .arg(LINUX_TARGET)
+            // Per-target settings, so nothing else in the workspace is affected; a global
+            // RUSTFLAGS would override them, so it is removed for this build.
+            .env(&linker_var, format!("{CROSS}gcc"))
+            .env(&flags_var, "-C target-feature=+crt-static")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )
+    .map_err(|e| format!("building dsx: {e}"))?;
     if !status.success() {
         return Err("building dsx failed (see the cargo output above)".into());
     }
