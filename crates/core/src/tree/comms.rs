@@ -1,4 +1,6 @@
-//! Bounded queues: IPC lanes, the event queue and the console rings.
+//! Communication: the bounded queues (IPC lanes, the event queue, the console rings) and
+//! the tree operations that use them (IPC_SEND, IPC_RECV, POLL_EVENT, a VM's console
+//! output and input, CONSOLE_READ and CONSOLE_WRITE).
 //!
 //! Every queue has a fixed bound so a guest can never make the hypervisor allocate
 //! without limit. Queues a sender fills refuse (IPC); queues the hypervisor fills on a
@@ -8,7 +10,9 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use diosix_abi::event;
+use diosix_abi::{event, limits};
+
+use super::{ConsoleSink, SbiError, VmId, VmTree};
 
 /// One queued IPC message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,6 +202,145 @@ impl ByteRing {
     /// Empties the ring (the dropped count is kept: it is history).
     pub fn clear(&mut self) {
         self.bytes.clear();
+    }
+}
+
+impl VmTree {
+    // ----- IPC -----
+
+    /// IPC_SEND from `caller` to its parent (`cid` 0) or a child. Checks in order: the
+    /// peer resolves (`InvalidParam`; itself too), the message is at most 4 KiB
+    /// (`InvalidParam`), the caller's lane at the receiver has room (`Failed`; nothing
+    /// blocks). The receiver gets a `Message` event.
+    pub fn ipc_send(&mut self, caller: VmId, cid: u64, data: &[u8]) -> Result<(), SbiError> {
+        let to = self.resolve_peer(caller, cid)?;
+        if data.len() > limits::IPC_MAX_MESSAGE {
+            return Err(SbiError::InvalidParam);
+        }
+        // The sender as the receiver names it: a parent is 0 to its child, a child is
+        // its CID to its parent.
+        let me = self.node(caller)?;
+        let as_seen = if cid == diosix_abi::cid::PARENT {
+            me.cid_in_parent
+        } else {
+            diosix_abi::cid::PARENT
+        };
+        let r = self.node_mut(to)?;
+        let lane = r.lanes.entry(as_seen).or_default();
+        if lane.len() >= limits::IPC_QUEUE_DEPTH {
+            return Err(SbiError::Failed);
+        }
+        let seq = r.next_seq;
+        r.next_seq = r.next_seq.wrapping_add(1);
+        lane.push_back(Message {
+            seq,
+            data: data.to_vec(),
+        });
+        r.events.push(
+            EventRecord {
+                kind: EventKind::Message,
+                cid: as_seen,
+            },
+            limits::EVENT_QUEUE_DEPTH,
+        );
+        Ok(())
+    }
+
+    /// IPC_RECV: finds the oldest message from `from` (a peer CID, or `None` for any
+    /// sender), checks it fits in `max_len` (`BadRange`, message kept), and hands it to
+    /// `deliver` (which copies it into guest memory); only if that succeeds is the
+    /// message dequeued. Returns the sender's CID and length, or `None` if nothing waits.
+    /// A `from` that is not a peer is `InvalidParam`.
+    pub fn ipc_recv(
+        &mut self,
+        caller: VmId,
+        from: Option<u64>,
+        max_len: u64,
+        deliver: impl FnOnce(u64, &[u8]) -> Result<(), SbiError>,
+    ) -> Result<Option<(u64, usize)>, SbiError> {
+        if let Some(c) = from {
+            self.resolve_peer(caller, c)?;
+        }
+        let n = self.node_mut(caller)?;
+        let pick = n
+            .lanes
+            .iter()
+            .filter(|(k, _)| from.is_none_or(|f| f == **k))
+            .filter_map(|(k, q)| q.front().map(|m| (*k, m.seq)))
+            .min_by_key(|&(_, seq)| seq);
+        let Some((sender, _)) = pick else {
+            return Ok(None);
+        };
+        let Some(msg) = n.lanes.get(&sender).and_then(|q| q.front()) else {
+            return Ok(None);
+        };
+        if msg.data.len() as u64 > max_len {
+            return Err(SbiError::BadRange);
+        }
+        deliver(sender, &msg.data)?;
+        let len = msg.data.len();
+        if let Some(q) = n.lanes.get_mut(&sender) {
+            q.pop_front();
+        }
+        n.events
+            .remove_first(|e| e.cid == sender && e.kind == EventKind::Message);
+        Ok(Some((sender, len)))
+    }
+
+    /// POLL_EVENT: the oldest event and how many were dropped before it.
+    pub fn poll_event(&mut self, vm: VmId) -> Result<Option<(EventRecord, u32)>, SbiError> {
+        Ok(self.node_mut(vm)?.events.pop())
+    }
+
+    // ----- consoles -----
+
+    /// Console output from `vm` (SBI DBCN / legacy putchar). The Root VM's goes to the
+    /// host console; any other VM's is kept for its parent, dropping the oldest bytes
+    /// beyond the ring's size, so the child never blocks.
+    pub fn console_output(&mut self, vm: VmId, bytes: &[u8]) -> Result<ConsoleSink, SbiError> {
+        let n = self.node_mut(vm)?;
+        if n.parent.is_none() {
+            return Ok(ConsoleSink::Host);
+        }
+        n.console_out
+            .push_overwrite(bytes, limits::CONSOLE_OUT_RING);
+        Ok(ConsoleSink::Buffered)
+    }
+
+    /// Console input for `vm` (SBI DBCN read / legacy getchar): `None` for the Root VM
+    /// (the host reads its UART), else how many bytes of what its parent wrote were
+    /// moved into `buf`.
+    pub fn console_input(&mut self, vm: VmId, buf: &mut [u8]) -> Result<Option<usize>, SbiError> {
+        let n = self.node_mut(vm)?;
+        if n.parent.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(n.console_in.read(buf)))
+    }
+
+    /// CONSOLE_READ: moves up to `buf.len()` bytes of a child's output into `buf`.
+    pub fn console_read_child(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        Ok(self.node_mut(child)?.console_out.read(buf))
+    }
+
+    /// CONSOLE_WRITE: queues as much of `data` as fits in a child's input buffer.
+    pub fn console_write_child(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+        data: &[u8],
+    ) -> Result<usize, SbiError> {
+        let child = self.resolve_child(caller, cid)?;
+        Ok(self
+            .node_mut(child)?
+            .console_in
+            .push_fit(data, limits::CONSOLE_IN_BUFFER))
     }
 }
 
