@@ -50,8 +50,9 @@ use diosix_core::hostfdt::HostPlatform;
 use diosix_core::payload::{self};
 use diosix_core::sbi::SbiRet;
 use diosix_core::tree::dispatch::{
-    apply_termination, handle_diosix_call, handle_treeless_call, needs_tree, reboot_self,
+    apply_termination, handle_request, handle_treeless_call, reboot_self,
 };
+use diosix_core::tree::request::Request;
 use diosix_core::tree::{ConsoleSink, Quota, SbiError, Usage, VmId, VmTree};
 use spin::Mutex;
 
@@ -125,13 +126,19 @@ pub enum Outcome {
 
 /// Handles a Diosix extension call from the vCPU running on `hart`.
 pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
-    let failed = Outcome::Done(SbiRet::err(SbiError::Failed.code()), false);
+    let failed = Outcome::Done(SbiRet::error(SbiError::Failed), false);
     let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
         return failed;
     };
+    // Decoded once: from here on every address is typed and the function known.
+    let req = match Request::decode(fid, args) {
+        Ok(req) => req,
+        Err(e) => return Outcome::Done(SbiRet::error(e), false),
+    };
     let slot = hart.slot;
-    // Only a call the tree may carry out holds the VM: refusals need no hold.
-    let holding = needs_caller_held(fid, args);
+    // Only a FORK the tree may carry out holds the VM (it copies every vCPU's state,
+    // so none may run meanwhile); refusals need no hold.
+    let holding = req.holds_caller_vcpus();
     if holding {
         if vm
             .held
@@ -143,12 +150,12 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
         }
         if !wait_off_harts(&vm, slot, || vm.dead.load(Ordering::Acquire)) {
             release_hold(&vm);
-            return Outcome::Done(SbiRet::err(SbiError::Failed.code()), true);
+            return Outcome::Done(SbiRet::error(SbiError::Failed), true);
         }
     }
     let mut host = HvHost::new(hart);
-    if !needs_tree(fid) {
-        let ret = handle_treeless_call(vm.id, fid, args, &mut host);
+    if !req.needs_tree() {
+        let ret = handle_treeless_call(vm.id, &req, &mut host);
         cow::finish(&vm, slot, core::mem::take(&mut host.stale));
         return Outcome::Done(ret, !vm.can_run());
     }
@@ -165,8 +172,8 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
         }
         Ok(mut tree) => {
             let ret = match tree.as_mut() {
-                Some(t) => handle_diosix_call(t, vm.id, fid, args, &mut host),
-                None => SbiRet::err(SbiError::Failed.code()),
+                Some(t) => handle_request(t, vm.id, &req, &mut host),
+                None => SbiRet::error(SbiError::Failed),
             };
             // Copy-on-write pages the call wrote into, and pages it write-protected,
             // are settled before anyone else acts on the tree (a START of a child
@@ -176,7 +183,7 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
             drop(tree);
             ret
         }
-        Err(NoLock::GaveUp) => SbiRet::err(SbiError::Failed.code()),
+        Err(NoLock::GaveUp) => SbiRet::error(SbiError::Failed),
     };
     let HvHost {
         hart,
@@ -193,7 +200,7 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
     let ret = match build {
         Some(b) => match b.run(hart) {
             Ok(()) => ret,
-            Err(e) => SbiRet::err(e.code()),
+            Err(e) => SbiRet::error(e),
         },
         None => ret,
     };
@@ -206,12 +213,6 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
     }
     let leave = yield_now || !vm.can_run();
     Outcome::Done(ret, leave)
-}
-
-/// Whether this call must hold the caller's other vCPUs still: a FORK the tree may
-/// carry out (one with valid flags) copies their state, so none may run meanwhile.
-fn needs_caller_held(fid: usize, args: [usize; 6]) -> bool {
-    diosix_core::tree::dispatch::holds_caller_vcpus(fid, args)
 }
 
 /// Ends a FORK's hold: the held vCPUs may run again.

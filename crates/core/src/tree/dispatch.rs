@@ -26,10 +26,11 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use diosix_abi::{
-    cid as abicid, ext, flags, limits, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs,
-    SpawnArgs, VmInfo,
+    cid as abicid, flags, limits, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs,
+    VmInfo,
 };
 
+use super::request::{fork_flags_valid, Request};
 use super::{
     ChildRequest, HostFacts, KilledVm, Quota, QuotaChange, SbiError, Termination, VmId, VmState,
     VmTree,
@@ -128,103 +129,100 @@ pub fn handle_diosix_call(
     args: [usize; 6],
     host: &mut dyn ExtensionHost,
 ) -> SbiRet {
-    if !tree.is_alive(caller) {
-        return SbiRet::err(SbiError::Failed.code());
-    }
-    let a = args.map(|x| x as u64);
-    match call(tree, caller, fid, a, host) {
-        Ok(v) => SbiRet::ok(usize::try_from(v).unwrap_or(usize::MAX)),
-        Err(e) => SbiRet::err(e.code()),
+    match Request::decode(fid, args) {
+        Ok(req) => handle_request(tree, caller, &req, host),
+        Err(e) => SbiRet::error(e),
     }
 }
 
-/// Whether the hypervisor must hold the caller's other vCPUs still (off their harts)
-/// before it carries out this call: only a FORK the tree may admit (valid flags), as it
-/// copies every vCPU's state. Calls the tree refuses on their arguments alone never
-/// make anyone wait.
-pub fn holds_caller_vcpus(fid: usize, args: [usize; 6]) -> bool {
-    fid == ext::FID_FORK && fork_flags_valid(args[0] as u64)
-}
-
-/// Whether this call needs the VM tree at all. UNMAP_CHILD_MEM acts on the caller's
-/// own memory only, for a time proportional to its length: the hypervisor runs it
-/// without the tree's lock ([`handle_treeless_call`]), so no other VM waits on it.
-pub fn needs_tree(fid: usize) -> bool {
-    fid != ext::FID_UNMAP_CHILD_MEM
-}
-
-/// Handles a call for which [`needs_tree`] is false, by `caller` (a live VM).
-pub fn handle_treeless_call(
+/// Carries out a decoded call by `caller` (a live VM), as [`handle_diosix_call`].
+pub fn handle_request(
+    tree: &mut VmTree,
     caller: VmId,
-    fid: usize,
-    args: [usize; 6],
+    req: &Request,
     host: &mut dyn ExtensionHost,
 ) -> SbiRet {
-    let r = match fid {
-        ext::FID_UNMAP_CHILD_MEM => unmap_child_mem(caller, args[0] as u64, args[1] as u64, host),
-        _ => Err(SbiError::Failed),
-    };
-    match r {
-        Ok(v) => SbiRet::ok(usize::try_from(v).unwrap_or(usize::MAX)),
-        Err(e) => SbiRet::err(e.code()),
+    if !tree.is_alive(caller) {
+        return SbiRet::error(SbiError::Failed);
     }
+    reply(call(tree, caller, req, host))
 }
 
-fn fork_flags_valid(fl: u64) -> bool {
-    fl & !flags::FORK_ALL == 0
+/// Handles a call for which [`Request::needs_tree`] is false, by `caller` (a live VM).
+pub fn handle_treeless_call(caller: VmId, req: &Request, host: &mut dyn ExtensionHost) -> SbiRet {
+    reply(match *req {
+        Request::UnmapChildMem { parent_gpa, size } => {
+            unmap_child_mem(caller, parent_gpa, size, host)
+        }
+        _ => Err(SbiError::Failed),
+    })
+}
+
+/// The a0/a1 pair for a function's result (a value too wide for a register saturates;
+/// no function returns one).
+fn reply(r: Result<u64, SbiError>) -> SbiRet {
+    SbiRet::from(r.map(|v| usize::try_from(v).unwrap_or(usize::MAX)))
 }
 
 fn call(
     tree: &mut VmTree,
     caller: VmId,
-    fid: usize,
-    a: [u64; 6],
+    req: &Request,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    match fid {
-        ext::FID_EXIT => exit(tree, caller, a[0], a[1], host),
-        ext::FID_YIELD => {
+    match *req {
+        Request::Exit { cid, code } => exit(tree, caller, cid, code, host),
+        Request::Yield => {
             host.yield_vcpu(caller);
             Ok(0)
         }
-        ext::FID_FORK => fork(tree, caller, a[0], host),
-        ext::FID_DROP_TRUST => drop_trust(tree, caller, abicid::SELF, host),
-        ext::FID_SPAWN => spawn(tree, caller, a[0], host),
-        ext::FID_GET_INFO => info(tree, caller, abicid::SELF, a[0], a[1], host),
-        ext::FID_SET_QUOTA => set_quota(tree, caller, a[0], host),
-        ext::FID_IPC_SEND => ipc_send(tree, caller, a[0], host),
-        ext::FID_IPC_RECV => ipc_recv(tree, caller, a[0], host),
-        ext::FID_POLL_EVENT => poll_event(tree, caller, a[0], a[1], host),
-        ext::FID_GET_HV_INFO => hv_info(tree, caller, a[0], a[1], host),
-        ext::FID_MAP_CHILD_MEM => map_child_mem(tree, caller, a, host),
-        ext::FID_UNMAP_CHILD_MEM => unmap_child_mem(caller, a[0], a[1], host),
-        ext::FID_START => start(tree, caller, a[0], a[1], a[2], host),
-        ext::FID_STOP => {
-            let child = tree.stop_child(caller, a[0])?;
+        Request::Fork { flags } => fork(tree, caller, flags, host),
+        Request::DropTrust => drop_trust(tree, caller, abicid::SELF, host),
+        Request::Spawn { args } => spawn(tree, caller, args, host),
+        Request::GetInfo { out, size } => info(tree, caller, abicid::SELF, out, size, host),
+        Request::SetQuota { args } => set_quota(tree, caller, args, host),
+        Request::IpcSend { args } => ipc_send(tree, caller, args, host),
+        Request::IpcRecv { args } => ipc_recv(tree, caller, args, host),
+        Request::PollEvent { out, size } => poll_event(tree, caller, out, size, host),
+        Request::GetHvInfo { out, size } => hv_info(tree, caller, out, size, host),
+        Request::MapChildMem {
+            cid,
+            child_gpa,
+            parent_gpa,
+            size,
+            perms,
+        } => map_child_mem(tree, caller, cid, child_gpa, parent_gpa, size, perms, host),
+        Request::UnmapChildMem { parent_gpa, size } => {
+            unmap_child_mem(caller, parent_gpa, size, host)
+        }
+        Request::Start { cid, entry, dtb } => start(tree, caller, cid, entry, dtb, host),
+        Request::Stop { cid } => {
+            let child = tree.stop_child(caller, cid)?;
             host.stop_vm(child);
             Ok(0)
         }
-        ext::FID_RESUME => {
-            let child = tree.resume_child(caller, a[0])?;
+        Request::Resume { cid } => {
+            let child = tree.resume_child(caller, cid)?;
             host.resume_vm(child);
             Ok(0)
         }
-        ext::FID_REBOOT => reboot(tree, caller, a[0], host),
-        ext::FID_CONSOLE_READ => console_read(tree, caller, a[0], a[1], a[2], host),
-        ext::FID_CONSOLE_WRITE => console_write(tree, caller, a[0], a[1], a[2], host),
-        ext::FID_DROP_CHILD_TRUST => {
-            tree.resolve_child(caller, a[0])?;
-            drop_trust(tree, caller, a[0], host)
+        Request::Reboot { cid } => reboot(tree, caller, cid, host),
+        Request::ConsoleRead { cid, buf, len } => console_read(tree, caller, cid, buf, len, host),
+        Request::ConsoleWrite { cid, buf, len } => console_write(tree, caller, cid, buf, len, host),
+        Request::DropChildTrust { cid } => {
+            tree.resolve_child(caller, cid)?;
+            drop_trust(tree, caller, cid, host)
         }
-        ext::FID_GET_CHILD_INFO => info(tree, caller, a[0], a[1], a[2], host),
-        ext::FID_LIST_CHILDREN => list_children(tree, caller, a[0], a[1], host),
-        ext::FID_MAP_HOST_MMIO => map_host_mmio(tree, caller, a[0], a[1], a[2], host),
-        ext::FID_ROUTE_IRQ => {
+        Request::GetChildInfo { cid, out, size } => info(tree, caller, cid, out, size, host),
+        Request::ListChildren { out, capacity } => list_children(tree, caller, out, capacity, host),
+        Request::MapHostMmio { hpa, gpa, size } => {
+            map_host_mmio(tree, caller, hpa, gpa, size, host)
+        }
+        Request::RouteIrq { irq } => {
             require_trust(tree, caller)?;
-            host.route_irq(caller, a[0])?;
+            host.route_irq(caller, irq)?;
             Ok(0)
         }
-        _ => Err(SbiError::NotSupported),
     }
 }
 
@@ -290,24 +288,24 @@ fn require_trust(tree: &VmTree, caller: VmId) -> Result<(), SbiError> {
 }
 
 /// Validates a data buffer: no overflow, wholly inside the caller's RAM.
-fn check_buffer(host: &dyn ExtensionHost, vm: VmId, gpa: u64, len: u64) -> Result<(), SbiError> {
+fn check_buffer(host: &dyn ExtensionHost, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
     gpa.checked_add(len).ok_or(SbiError::InvalidAddress)?;
-    host.check_range(vm, Gpa::new(gpa), len)
+    host.check_range(vm, gpa, len)
 }
 
 /// Reads `n` bytes of a structure at `gpa`: 8-byte aligned, inside the caller's RAM.
 fn read_struct_bytes(
     host: &mut dyn ExtensionHost,
     vm: VmId,
-    gpa: u64,
+    gpa: Gpa,
     n: usize,
 ) -> Result<Vec<u8>, SbiError> {
-    if !Gpa::new(gpa).is_aligned(8) {
+    if !gpa.is_aligned(8) {
         return Err(SbiError::InvalidAddress);
     }
     check_buffer(host, vm, gpa, n as u64)?;
     let mut buf = vec![0u8; n];
-    host.read_guest(vm, Gpa::new(gpa), &mut buf)?;
+    host.read_guest(vm, gpa, &mut buf)?;
     Ok(buf)
 }
 
@@ -316,14 +314,14 @@ fn read_struct_bytes(
 fn check_out_struct(
     host: &dyn ExtensionHost,
     vm: VmId,
-    gpa: u64,
+    gpa: Gpa,
     size: u64,
     need: usize,
 ) -> Result<(), SbiError> {
     if size < need as u64 {
         return Err(SbiError::InvalidParam);
     }
-    if !Gpa::new(gpa).is_aligned(8) {
+    if !gpa.is_aligned(8) {
         return Err(SbiError::InvalidAddress);
     }
     check_buffer(host, vm, gpa, need as u64)
@@ -391,7 +389,7 @@ fn drop_trust(
 fn spawn(
     tree: &mut VmTree,
     caller: VmId,
-    gpa: u64,
+    gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let raw = read_struct_bytes(host, caller, gpa, SpawnArgs::SIZE)?;
@@ -416,6 +414,7 @@ fn spawn(
     {
         return Err(SbiError::InvalidParam);
     }
+    let image = Gpa::new(s.image_gpa);
     if s.flags & flags::SPAWN_PAGE_LIST != 0 {
         // The list itself: 8-byte aligned, one entry per image page, inside RAM. The
         // pages it names are checked by the host as it copies them.
@@ -424,15 +423,15 @@ fn spawn(
             .div_ceil(PAGE_SIZE)
             .checked_mul(8)
             .ok_or(SbiError::InvalidParam)?;
-        if !Gpa::new(s.image_gpa).is_aligned(8) {
+        if !image.is_aligned(8) {
             return Err(SbiError::InvalidAddress);
         }
-        check_buffer(host, caller, s.image_gpa, list_len)?;
+        check_buffer(host, caller, image, list_len)?;
     } else {
-        check_buffer(host, caller, s.image_gpa, s.image_size)?;
+        check_buffer(host, caller, image, s.image_size)?;
     }
     if s.dtb_size != 0 {
-        check_buffer(host, caller, s.dtb_gpa, s.dtb_size)?;
+        check_buffer(host, caller, Gpa::new(s.dtb_gpa), s.dtb_size)?;
     }
     let req = ChildRequest {
         ram_pages: s.ram_pages,
@@ -471,34 +470,34 @@ fn info(
     tree: &mut VmTree,
     caller: VmId,
     cid: u64,
-    gpa: u64,
+    gpa: Gpa,
     size: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let info: VmInfo = tree.info(caller, cid)?;
     check_out_struct(host, caller, gpa, size, VmInfo::SIZE)?;
-    host.write_guest(caller, Gpa::new(gpa), &info.to_le_bytes())?;
+    host.write_guest(caller, gpa, &info.to_le_bytes())?;
     Ok(0)
 }
 
 fn hv_info(
     tree: &mut VmTree,
     caller: VmId,
-    gpa: u64,
+    gpa: Gpa,
     size: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     check_out_struct(host, caller, gpa, size, HvInfo::SIZE)?;
     let facts = host.facts();
     let info = tree.hv_info(caller, &facts)?;
-    host.write_guest(caller, Gpa::new(gpa), &info.to_le_bytes())?;
+    host.write_guest(caller, gpa, &info.to_le_bytes())?;
     Ok(0)
 }
 
 fn set_quota(
     tree: &mut VmTree,
     caller: VmId,
-    gpa: u64,
+    gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let raw = read_struct_bytes(host, caller, gpa, QuotaArgs::SIZE)?;
@@ -513,7 +512,7 @@ fn set_quota(
 fn ipc_send(
     tree: &mut VmTree,
     caller: VmId,
-    gpa: u64,
+    gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let raw = read_struct_bytes(host, caller, gpa, IpcSendArgs::SIZE)?;
@@ -525,9 +524,10 @@ fn ipc_send(
     if s.len > limits::IPC_MAX_MESSAGE as u64 {
         return Err(SbiError::InvalidParam);
     }
-    check_buffer(host, caller, s.data_gpa, s.len)?;
+    let data_gpa = Gpa::new(s.data_gpa);
+    check_buffer(host, caller, data_gpa, s.len)?;
     let mut data = vec![0u8; to_usize(s.len)?];
-    host.read_guest(caller, Gpa::new(s.data_gpa), &mut data)?;
+    host.read_guest(caller, data_gpa, &mut data)?;
     tree.ipc_send(caller, s.cid, &data)?;
     Ok(0)
 }
@@ -535,7 +535,7 @@ fn ipc_send(
 fn ipc_recv(
     tree: &mut VmTree,
     caller: VmId,
-    gpa: u64,
+    gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let raw = read_struct_bytes(host, caller, gpa, IpcRecvArgs::SIZE)?;
@@ -551,8 +551,8 @@ fn ipc_recv(
     if let Some(c) = from {
         tree.resolve_peer(caller, c)?;
     }
-    check_buffer(host, caller, r.buf_gpa, r.max_len)?;
     let buf = Gpa::new(r.buf_gpa);
+    check_buffer(host, caller, buf, r.max_len)?;
     let got = tree.ipc_recv(caller, from, r.max_len, |_, data| {
         host.write_guest(caller, buf, data)
     })?;
@@ -561,14 +561,14 @@ fn ipc_recv(
     };
     r.cid = sender;
     r.out_len = len as u64;
-    host.write_guest(caller, Gpa::new(gpa), &r.to_le_bytes())?;
+    host.write_guest(caller, gpa, &r.to_le_bytes())?;
     Ok(1)
 }
 
 fn poll_event(
     tree: &mut VmTree,
     caller: VmId,
-    gpa: u64,
+    gpa: Gpa,
     size: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
@@ -589,17 +589,21 @@ fn poll_event(
         dropped,
         reserved: 0,
     };
-    host.write_guest(caller, Gpa::new(gpa), &out.to_le_bytes())?;
+    host.write_guest(caller, gpa, &out.to_le_bytes())?;
     Ok(1)
 }
 
+#[allow(clippy::too_many_arguments)] // the call's five arguments, plus context
 fn map_child_mem(
     tree: &mut VmTree,
     caller: VmId,
-    a: [u64; 6],
+    cid: u64,
+    child_gpa: Gpa,
+    parent_gpa: Gpa,
+    size: u64,
+    perms: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let [cid, child_gpa, parent_gpa, size, perms, _] = a;
     let child = tree.resolve_child(caller, cid)?;
     // W without R is reserved in RISC-V page tables, so refused here too.
     let write_only = perms & flags::MAP_WRITE != 0 && perms & flags::MAP_READ == 0;
@@ -611,7 +615,7 @@ fn map_child_mem(
     {
         return Err(SbiError::InvalidParam);
     }
-    if !Gpa::new(child_gpa).is_page_aligned() || !Gpa::new(parent_gpa).is_page_aligned() {
+    if !child_gpa.is_page_aligned() || !parent_gpa.is_page_aligned() {
         return Err(SbiError::InvalidAddress);
     }
     child_gpa
@@ -622,31 +626,24 @@ fn map_child_mem(
     if tree.node(child)?.state != VmState::Created {
         return Err(SbiError::AlreadyStarted);
     }
-    host.map_child_mem(
-        caller,
-        child,
-        Gpa::new(child_gpa),
-        Gpa::new(parent_gpa),
-        size,
-        perms,
-    )?;
+    host.map_child_mem(caller, child, child_gpa, parent_gpa, size, perms)?;
     Ok(0)
 }
 
 fn unmap_child_mem(
     caller: VmId,
-    parent_gpa: u64,
+    parent_gpa: Gpa,
     size: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     if size == 0 || size & (PAGE_SIZE - 1) != 0 {
         return Err(SbiError::InvalidParam);
     }
-    if !Gpa::new(parent_gpa).is_page_aligned() {
+    if !parent_gpa.is_page_aligned() {
         return Err(SbiError::InvalidAddress);
     }
     check_buffer(host, caller, parent_gpa, size)?;
-    host.unmap_child_mem(caller, Gpa::new(parent_gpa), size)?;
+    host.unmap_child_mem(caller, parent_gpa, size)?;
     Ok(0)
 }
 
@@ -654,15 +651,15 @@ fn start(
     tree: &mut VmTree,
     caller: VmId,
     cid: u64,
-    entry: u64,
-    dtb: u64,
+    entry: Gpa,
+    dtb: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let child = tree.resolve_child(caller, cid)?;
     if tree.get(child).map(|n| n.state()) != Some(VmState::Created) {
         return Err(SbiError::AlreadyStarted);
     }
-    host.start_vm(child, Gpa::new(entry), Gpa::new(dtb))?;
+    host.start_vm(child, entry, dtb)?;
     tree.start_child(caller, cid)?;
     Ok(0)
 }
@@ -695,7 +692,7 @@ fn console_transfer(
     tree: &VmTree,
     caller: VmId,
     cid: u64,
-    gpa: u64,
+    gpa: Gpa,
     len: u64,
     host: &dyn ExtensionHost,
 ) -> Result<Vec<u8>, SbiError> {
@@ -711,13 +708,13 @@ fn console_read(
     tree: &mut VmTree,
     caller: VmId,
     cid: u64,
-    gpa: u64,
+    gpa: Gpa,
     len: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let mut buf = console_transfer(tree, caller, cid, gpa, len, host)?;
     let n = tree.console_read_child(caller, cid, &mut buf)?;
-    host.write_guest(caller, Gpa::new(gpa), buf.get(..n).unwrap_or(&[]))?;
+    host.write_guest(caller, gpa, buf.get(..n).unwrap_or(&[]))?;
     Ok(n as u64)
 }
 
@@ -725,26 +722,26 @@ fn console_write(
     tree: &mut VmTree,
     caller: VmId,
     cid: u64,
-    gpa: u64,
+    gpa: Gpa,
     len: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let mut buf = console_transfer(tree, caller, cid, gpa, len, host)?;
-    host.read_guest(caller, Gpa::new(gpa), &mut buf)?;
+    host.read_guest(caller, gpa, &mut buf)?;
     Ok(tree.console_write_child(caller, cid, &buf)? as u64)
 }
 
 fn list_children(
     tree: &mut VmTree,
     caller: VmId,
-    gpa: u64,
+    gpa: Gpa,
     capacity: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     let cids = tree.child_cids(caller)?;
     if capacity > 0 {
         let bytes = capacity.checked_mul(8).ok_or(SbiError::InvalidParam)?;
-        if !Gpa::new(gpa).is_aligned(8) {
+        if !gpa.is_aligned(8) {
             return Err(SbiError::InvalidAddress);
         }
         check_buffer(host, caller, gpa, bytes)?;
@@ -753,7 +750,7 @@ fn list_children(
             .take(to_usize(capacity)?)
             .flat_map(|c| c.to_le_bytes())
             .collect();
-        host.write_guest(caller, Gpa::new(gpa), &out)?;
+        host.write_guest(caller, gpa, &out)?;
     }
     Ok(cids.len() as u64)
 }
@@ -761,8 +758,8 @@ fn list_children(
 fn map_host_mmio(
     tree: &mut VmTree,
     caller: VmId,
-    hpa: u64,
-    gpa: u64,
+    hpa: Hpa,
+    gpa: Gpa,
     size: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
@@ -770,11 +767,11 @@ fn map_host_mmio(
     if size == 0 || size & (PAGE_SIZE - 1) != 0 {
         return Err(SbiError::InvalidParam);
     }
-    if !Hpa::new(hpa).is_page_aligned() || !Gpa::new(gpa).is_page_aligned() {
+    if !hpa.is_page_aligned() || !gpa.is_page_aligned() {
         return Err(SbiError::InvalidAddress);
     }
     hpa.checked_add(size).ok_or(SbiError::InvalidAddress)?;
     gpa.checked_add(size).ok_or(SbiError::InvalidAddress)?;
-    host.map_host_mmio(caller, Hpa::new(hpa), Gpa::new(gpa), size)?;
+    host.map_host_mmio(caller, hpa, gpa, size)?;
     Ok(0)
 }
