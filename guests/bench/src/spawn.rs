@@ -10,10 +10,11 @@
 //! tables, the device tree, the hypervisor's log line), the parent's YIELD and the
 //! switch into the child.
 
-use diosix_abi::{event, ext, Event, SpawnArgs, VmInfo};
+use diosix_abi::{event, ext};
+use diosix_guest_rt::diosix::{spawn_args, Client};
 use diosix_guest_rt::{csr, println};
 
-use crate::tree::call;
+use crate::tree::DSX;
 
 /// Guest-physical address the child's code is loaded at and starts from. Child RAM
 /// starts at GPA 0x8000_0000; this is where the test guests load too (`rt/link.x`).
@@ -116,65 +117,42 @@ static CHILD_ELF: ElfImage = elf();
 /// exit code, or `None` if POLL_EVENT fails. Other events are dropped: nothing else in
 /// the bench guest waits for them.
 pub fn wait_terminated(cid: u64) -> Option<u64> {
-    let mut e = Event::default();
     loop {
         // YIELD first: on one hart the child can only run once this vCPU gives way,
         // and polling first would only add the parent's instructions to the figure.
-        call(ext::FID_YIELD, [0; 6]);
-        let r = call(
-            ext::FID_POLL_EVENT,
-            [core::ptr::addr_of_mut!(e) as usize, Event::SIZE, 0, 0, 0, 0],
-        );
-        if r.error != 0 {
-            println!("bench poll_event failed: error {}", r.error);
-            return None;
-        }
-        if r.value == 1 && e.kind == event::CHILD_TERMINATED && e.cid == cid {
-            return Some(e.exit_code);
+        DSX.yield_now();
+        match DSX.poll_event() {
+            Err(e) => {
+                println!("bench poll_event failed: error {e}");
+                return None;
+            }
+            Ok(Some(e)) if e.kind == event::CHILD_TERMINATED && e.cid == cid => {
+                return Some(e.exit_code)
+            }
+            Ok(_) => {}
         }
     }
 }
 
 /// This VM's own vCPU priority (GET_INFO), or `None` if the call fails.
 fn own_priority() -> Option<u32> {
-    let mut info = VmInfo::default();
-    let r = call(
-        ext::FID_GET_INFO,
-        [
-            core::ptr::addr_of_mut!(info) as usize,
-            VmInfo::SIZE,
-            0,
-            0,
-            0,
-            0,
-        ],
-    );
-    (r.error == 0).then_some(info.priority)
+    DSX.info().ok().map(|i| i.priority)
 }
 
 /// Spawns the child with `ram_mib` of RAM and prints `spawn_first_instr_<ram>MiB`.
 fn sample(ram_mib: u64, priority: u32) {
-    let args = SpawnArgs {
-        size: SpawnArgs::SIZE as u32,
-        flags: 0,
-        cid: 0,
-        image_gpa: CHILD_ELF.0.as_ptr() as u64,
-        image_size: ELF_SIZE as u64,
-        dtb_gpa: 0,
-        dtb_size: 0,
-        ram_pages: ram_mib << 8,
-        vcpus: 1,
-        // The same priority as this VM: the scheduler is strict between levels, so a
-        // lower-priority child would never run while this vCPU polls and yields.
+    // The same priority as this VM: the scheduler is strict between levels, so a
+    // lower-priority child would never run while this vCPU polls and yields. Quotas
+    // left 0: exactly what the child holds, no children of its own.
+    let args = spawn_args(
+        CHILD_ELF.0.as_ptr() as usize,
+        ELF_SIZE,
+        ram_mib << 8,
+        1,
         priority,
-        // Quotas 0: exactly what the child holds, no children of its own.
-        ..SpawnArgs::default()
-    };
-    let before = csr::instret();
-    let r = call(
-        ext::FID_SPAWN,
-        [core::ptr::addr_of!(args) as usize, 0, 0, 0, 0, 0],
     );
+    let before = csr::instret();
+    let r = DSX.spawn(&args);
     if r.error != 0 {
         println!("bench spawn_{ram_mib}MiB failed: error {}", r.error);
         return;

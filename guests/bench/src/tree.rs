@@ -6,7 +6,8 @@
 //! Then SPAWN to the child's first instruction ([`crate::spawn`]).
 
 use core::sync::atomic::{AtomicU8, Ordering};
-use diosix_abi::{ext, IpcRecvArgs, IpcSendArgs};
+use diosix_abi::{cid, ext};
+use diosix_guest_rt::diosix::{Client, Direct};
 use diosix_guest_rt::{csr, println, sbi};
 
 const SAMPLES: usize = 21;
@@ -19,43 +20,20 @@ struct Touch([AtomicU8; 2 << 20]);
 static TOUCH: Touch = Touch([const { AtomicU8::new(0) }; 2 << 20]);
 const PARENT: u64 = 0;
 
-/// Raw call of Diosix extension function `fid`.
-pub fn call(fid: usize, args: [usize; 6]) -> sbi::SbiRet {
-    // SAFETY: an ecall into the hypervisor; every pointer passed is to this guest's
-    // own statics or stack, which the hypervisor validates.
-    unsafe { sbi::sbi_call(ext::EID, fid, args) }
-}
+/// The client of the Diosix extension.
+// SAFETY: the VM-tree benchmarks run on the boot hart only, and pass no addresses but
+// the client's own buffers.
+pub const DSX: Direct = unsafe { Direct::new() };
 
 fn send(cid: u64, data: &[u8]) -> isize {
-    let args = IpcSendArgs {
-        size: IpcSendArgs::SIZE as u32,
-        flags: 0,
-        cid,
-        data_gpa: data.as_ptr() as u64,
-        len: data.len() as u64,
-    };
-    call(
-        ext::FID_IPC_SEND,
-        [core::ptr::addr_of!(args) as usize, 0, 0, 0, 0, 0],
-    )
-    .error
+    DSX.ipc_send(cid, data).error
 }
 
 /// Receives one message from `cid` into `buf`; its length, or `None` if none waits.
 fn recv(cid: u64, buf: &mut [u8]) -> Option<usize> {
-    let mut args = IpcRecvArgs {
-        size: IpcRecvArgs::SIZE as u32,
-        flags: 0,
-        cid,
-        buf_gpa: buf.as_mut_ptr() as u64,
-        max_len: buf.len() as u64,
-        out_len: 0,
-    };
-    let r = call(
-        ext::FID_IPC_RECV,
-        [core::ptr::addr_of_mut!(args) as usize, 0, 0, 0, 0, 0],
-    );
-    (r.error == 0 && r.value == 1).then_some(args.out_len as usize)
+    let (_, n) = DSX.ipc_recv(cid, 0, buf.len()).ok()??;
+    DSX.data().read(0, &mut buf[..n]);
+    Some(n)
 }
 
 /// The forked child: echoes every message from its parent until told to exit.
@@ -64,13 +42,13 @@ fn child() -> ! {
     loop {
         match recv(PARENT, &mut buf) {
             Some(n) if &buf[..n] == b"exit" => {
-                call(ext::FID_EXIT, [1, 0, 0, 0, 0, 0]);
+                DSX.exit(cid::SELF, 0);
             }
             Some(n) => {
                 send(PARENT, &buf[..n]);
             }
             None => {
-                call(ext::FID_YIELD, [0; 6]);
+                DSX.yield_now();
             }
         }
     }
@@ -93,7 +71,7 @@ pub fn run(ram_mib: usize) {
         return;
     }
     let before = csr::instret();
-    let r = call(ext::FID_FORK, [0; 6]);
+    let r = DSX.fork(0);
     let after = csr::instret();
     if r.error == 0 && r.value == 0 {
         child();
@@ -122,7 +100,7 @@ pub fn run(ram_mib: usize) {
         let a = csr::instret();
         send(cid, b"ping");
         while recv(cid, &mut buf).is_none() {
-            call(ext::FID_YIELD, [0; 6]);
+            DSX.yield_now();
         }
         *s = csr::instret() - a;
     }
