@@ -11,10 +11,10 @@ use crate::vcpu::{Vcpu, Wait};
 use crate::vcpu_shared::NOT_RUNNING;
 use crate::vm::Vm;
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
+use diosix_core::runqueue::{Placement, RunQueue, Schedulable};
 use diosix_core::sbi::{HartState, Suspend};
 use spin::Mutex;
 
@@ -26,110 +26,76 @@ pub fn slice_ticks() -> u64 {
 
 // vCPUs stay boxed: they move between the queue and harts by pointer, not by copying
 // their register and FP state.
-#[allow(clippy::vec_box)]
-struct RunQueue {
-    runnable: VecDeque<Box<Vcpu>>,
-    /// In WFI or HSM suspend: runnable again once an enabled interrupt is pending.
-    waiting: Vec<Box<Vcpu>>,
-    /// HSM-stopped: runnable again only through hart_start.
-    stopped: Vec<Box<Vcpu>>,
-}
-
-static RUNQ: Mutex<RunQueue> = Mutex::new(RunQueue {
-    runnable: VecDeque::new(),
-    waiting: Vec::new(),
-    stopped: Vec::new(),
-});
+static RUNQ: Mutex<RunQueue<Box<Vcpu>>> = Mutex::new(RunQueue::new());
 
 /// Earliest timer deadline among waiting vCPUs, so running harts can wake them.
 static EARLIEST_WAITER: AtomicU64 = AtomicU64::new(u64::MAX);
 
-impl RunQueue {
-    fn push(&mut self, vcpu: Box<Vcpu>, now: u64) {
-        if vcpu.vm.dead.load(Ordering::Acquire) {
-            // Its VM was terminated while this vCPU was running: drop it here.
-            return;
-        }
-        match vcpu.ctx.wait {
-            Wait::None => self.runnable.push_back(vcpu),
-            Wait::Stopped => {
-                // Only now, with the vCPU where hart_start can find it, is it STOPPED.
-                vcpu.shared.set_state(HartState::Stopped);
-                self.stopped.push(vcpu);
-            }
-            Wait::Wfi | Wait::Suspend(_) => {
-                if vcpu.has_wakeup(now) {
-                    self.runnable.push_back(wake(vcpu));
-                } else {
-                    self.waiting.push(vcpu);
-                }
-            }
-        }
-        self.update_earliest();
-    }
-
-    /// Moves waiters with a pending, enabled interrupt (or an expired timer) to the
-    /// runnable queue.
-    fn wake_waiters(&mut self, now: u64) {
-        let mut i = 0;
-        while i < self.waiting.len() {
-            if self.waiting[i].has_wakeup(now) {
-                let v = self.waiting.swap_remove(i);
-                self.runnable.push_back(wake(v));
-            } else {
-                i += 1;
-            }
-        }
-        self.update_earliest();
-    }
-
-    fn update_earliest(&self) {
-        let earliest = self
-            .waiting
-            .iter()
-            .map(|v| v.ctx.timer_deadline)
-            .min()
-            .unwrap_or(u64::MAX);
-        EARLIEST_WAITER.store(earliest, Ordering::Release);
-    }
-
-    /// The first vCPU of the highest priority present whose VM may run.
-    fn pop_best(&mut self) -> Option<Box<Vcpu>> {
-        let best = self.best_priority()?;
-        let i = self
-            .runnable
-            .iter()
-            .position(|v| v.priority == best && v.vm.can_run())?;
-        self.runnable.remove(i)
-    }
-
-    fn best_priority(&self) -> Option<u8> {
-        self.runnable
-            .iter()
-            .filter(|v| v.vm.can_run())
-            .map(|v| v.priority)
-            .max()
-    }
+/// Publishes the queue's earliest waiter deadline (after any change to its waiters),
+/// under the queue lock.
+fn publish_earliest(q: &RunQueue<Box<Vcpu>>) {
+    EARLIEST_WAITER.store(q.earliest_deadline(), Ordering::Release);
 }
 
-/// A waiter's wake-up: WFI continues after the WFI; a retentive suspend returns
-/// SUCCESS after its ecall; a non-retentive one restarts at its resume address.
-fn wake(mut v: Box<Vcpu>) -> Box<Vcpu> {
-    if let Wait::Suspend(Suspend::NonRetentive { resume, opaque }) = v.ctx.wait {
-        v.reset_to(resume, opaque as u64);
+/// A vCPU's `wait` decides its list: runnable, waiting (WFI or HSM suspend: runnable
+/// again once an enabled interrupt is pending) or stopped (HSM-stopped: runnable again
+/// only through hart_start).
+impl Schedulable for Box<Vcpu> {
+    fn priority(&self) -> u8 {
+        self.priority
     }
-    if matches!(v.ctx.wait, Wait::Suspend(_)) {
-        v.shared.set_state(HartState::Started);
+
+    fn can_run(&self) -> bool {
+        self.vm.can_run()
     }
-    v.ctx.wait = Wait::None;
-    v
+
+    fn is_dead(&self) -> bool {
+        // Its VM was terminated while this vCPU was running: dropped, not queued.
+        self.vm.dead.load(Ordering::Acquire)
+    }
+
+    fn placement(&self) -> Placement {
+        match self.ctx.wait {
+            Wait::None => Placement::Runnable,
+            Wait::Wfi | Wait::Suspend(_) => Placement::Waiting,
+            Wait::Stopped => Placement::Stopped,
+        }
+    }
+
+    fn has_wakeup(&self, now: u64) -> bool {
+        Vcpu::has_wakeup(self, now)
+    }
+
+    fn wake_deadline(&self) -> u64 {
+        self.ctx.timer_deadline
+    }
+
+    /// A waiter's wake-up: WFI continues after the WFI; a retentive suspend returns
+    /// SUCCESS after its ecall; a non-retentive one restarts at its resume address.
+    fn wake(&mut self) {
+        if let Wait::Suspend(Suspend::NonRetentive { resume, opaque }) = self.ctx.wait {
+            self.reset_to(resume, opaque as u64);
+        }
+        if matches!(self.ctx.wait, Wait::Suspend(_)) {
+            self.shared.set_state(HartState::Started);
+        }
+        self.ctx.wait = Wait::None;
+    }
+
+    fn on_stopped(&mut self) {
+        // Only now, with the vCPU where hart_start can find it, is it STOPPED.
+        self.shared.set_state(HartState::Stopped);
+    }
 }
 
 /// Adds a vCPU to the run queue (in the list its `wait` says) and wakes an idle hart
 /// if it is runnable.
 pub fn enqueue(vcpu: Box<Vcpu>) {
     let runnable = vcpu.ctx.wait == Wait::None;
-    RUNQ.lock().push(vcpu, platform::now());
+    let mut q = RUNQ.lock();
+    q.push(vcpu, platform::now());
+    publish_earliest(&q);
+    drop(q);
     if runnable {
         hart::wake_an_idle_hart();
     }
@@ -139,18 +105,13 @@ pub fn enqueue(vcpu: Box<Vcpu>) {
 /// moved its HSM state to StartPending.
 pub fn start_stopped(vm: &Arc<Vm>, index: usize, pc: diosix_core::addr::Gpa, opaque: u64) -> bool {
     let mut q = RUNQ.lock();
-    let Some(i) = q
-        .stopped
-        .iter()
-        .position(|v| Arc::ptr_eq(&v.vm, vm) && v.shared.index == index)
-    else {
+    let Some(mut v) = q.take_stopped(|v| Arc::ptr_eq(&v.vm, vm) && v.shared.index == index) else {
         return false;
     };
-    let mut v = q.stopped.swap_remove(i);
     v.reset_to(pc, opaque);
     v.ctx.wait = Wait::None;
     v.shared.set_state(HartState::Started);
-    q.runnable.push_back(v);
+    q.push_runnable(v);
     drop(q);
     hart::wake_an_idle_hart();
     true
@@ -160,10 +121,7 @@ pub fn start_stopped(vm: &Arc<Vm>, index: usize, pc: diosix_core::addr::Gpa, opa
 /// of them is running).
 pub fn snapshot(vm: &Arc<Vm>) -> Vec<crate::vcpu::VcpuState> {
     let q = RUNQ.lock();
-    q.runnable
-        .iter()
-        .chain(q.waiting.iter())
-        .chain(q.stopped.iter())
+    q.iter()
         .filter(|v| Arc::ptr_eq(&v.vm, vm))
         .map(|v| v.clone_state())
         .collect()
@@ -173,10 +131,8 @@ pub fn snapshot(vm: &Arc<Vm>) -> Vec<crate::vcpu::VcpuState> {
 /// hart when it next traps and finds the VM dead).
 pub fn reap(vm: &Arc<Vm>) {
     let mut q = RUNQ.lock();
-    q.runnable.retain(|v| !Arc::ptr_eq(&v.vm, vm));
-    q.waiting.retain(|v| !Arc::ptr_eq(&v.vm, vm));
-    q.stopped.retain(|v| !Arc::ptr_eq(&v.vm, vm));
-    q.update_earliest();
+    q.retain(|v| !Arc::ptr_eq(&v.vm, vm));
+    publish_earliest(&q);
 }
 
 /// Runs `f` with the run queue locked. Every vCPU's `running_on` changes only under
@@ -190,9 +146,8 @@ pub fn with_queue_locked<T>(f: impl FnOnce() -> T) -> T {
 /// Re-checks waiters after another vCPU raised an interrupt for one of them.
 pub fn poke_waiters() {
     let mut q = RUNQ.lock();
-    let before = q.runnable.len();
-    q.wake_waiters(platform::now());
-    let woke = q.runnable.len() > before;
+    let woke = q.wake_waiters(platform::now()) > 0;
+    publish_earliest(&q);
     drop(q);
     if woke {
         hart::wake_an_idle_hart();
@@ -210,6 +165,7 @@ pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
         let mut q = RUNQ.lock();
         v.shared.running_on.store(NOT_RUNNING, Ordering::Release);
         q.push(v, platform::now());
+        publish_earliest(&q);
     }
     let next = next_vcpu(hart);
     run(hart, next);
@@ -226,6 +182,7 @@ pub fn tick(hart: &mut HartLocal) {
     let (best, expired) = {
         let mut q = RUNQ.lock();
         q.wake_waiters(now);
+        publish_earliest(&q);
         (q.best_priority(), now >= hart.slice_end)
     };
     let prio = hart
@@ -281,6 +238,7 @@ fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
         let now = platform::now();
         let mut q = RUNQ.lock();
         q.wake_waiters(now);
+        publish_earliest(&q);
         if let Some(v) = q.pop_best() {
             // Claimed before the queue is unlocked: see `with_queue_locked`.
             v.shared.running_on.store(hart.slot, Ordering::SeqCst);
