@@ -12,6 +12,7 @@ use diosix_core::addr::{Gpa, Hpa, Range};
 use diosix_core::gstage::{AccessError, Perms};
 use diosix_core::sbi::HartState;
 use diosix_core::tree::VmId;
+use diosix_core::vmid::VmidAllocator;
 use spin::Mutex;
 
 /// Where every guest's RAM starts, as the guest sees it.
@@ -99,27 +100,18 @@ impl Drop for Vm {
     }
 }
 
-/// VMIDs in use (bit per VMID; 0 is never used). Freed VMIDs are reused; every vCPU
-/// load flushes the G-stage TLB, so no stale translation survives a reuse.
-static VMIDS: Mutex<[u64; 256]> = Mutex::new([1; 256]);
+/// VMIDs in use (0 is never used). Freed VMIDs are reused; every vCPU load flushes the
+/// G-stage TLB, so no stale translation survives a reuse.
+static VMIDS: Mutex<VmidAllocator> = Mutex::new(VmidAllocator::new());
 
+/// Takes the lowest free VMID, `None` if every one is in use.
 pub fn alloc_vmid() -> Option<u16> {
-    let mut map = VMIDS.lock();
-    for (w, word) in map.iter_mut().enumerate() {
-        if *word != u64::MAX {
-            let bit = (!*word).trailing_zeros() as usize;
-            *word |= 1 << bit;
-            return u16::try_from(w * 64 + bit).ok();
-        }
-    }
-    None
+    VMIDS.lock().alloc()
 }
 
+/// Returns a VMID taken with [`alloc_vmid`].
 pub fn free_vmid(vmid: u16) {
-    let mut map = VMIDS.lock();
-    if let Some(word) = map.get_mut(usize::from(vmid) / 64) {
-        *word &= !(1 << (vmid % 64));
-    }
+    VMIDS.lock().free(vmid);
 }
 
 /// Wraps memory shared with a FORK child as a VM with `vcpus` fresh vCPU slots (their
