@@ -10,9 +10,9 @@
 //! * [`Direct`]: the plain client, one `ecall` per call and two static buffers, for
 //!   guests that make their calls from one hart.
 //!
-//! Structures go through memory as their little-endian encoding
-//! ([`SpawnArgs::to_le_bytes`] ...), placed at the start of the client's structure
-//! buffer; results are decoded from there. Methods return the raw [`SbiRet`], or the
+//! Structures go through memory at the start of the client's structure buffer, in
+//! their C layout, which on this little-endian target is exactly the encoding the ABI
+//! defines ([`SpawnArgs::to_le_bytes`] ...); results are read back from there. Methods return the raw [`SbiRet`], or the
 //! decoded result with the raw error code, so callers can check each code against
 //! `docs/sbi-extension.md`.
 
@@ -98,9 +98,17 @@ pub unsafe trait Client {
         self.call2(ext::FID_DROP_TRUST, 0, 0)
     }
 
+    /// A call with a0 = the GPA of `a`, copied to the start of the structure buffer,
+    /// a1 = 0.
+    fn call_with<T: Abi>(&self, fid: usize, a: &T) -> SbiRet {
+        let s = self.structs();
+        put(s, a);
+        self.call2(fid, s.addr(), 0)
+    }
+
     /// SPAWN with `a`; the new child's CID in `value`.
     fn spawn(&self, a: &SpawnArgs) -> SbiRet {
-        self.call_struct(ext::FID_SPAWN, &a.to_le_bytes(), 0)
+        self.call_with(ext::FID_SPAWN, a)
     }
 
     /// GET_INFO about the caller, decoded.
@@ -108,17 +116,17 @@ pub unsafe trait Client {
         let s = self.structs();
         s.fill(0, VmInfo::SIZE, 0xA5);
         let r = self.call2(ext::FID_GET_INFO, s.addr(), VmInfo::SIZE);
-        decode::<{ VmInfo::SIZE }, _>(r, s, VmInfo::from_le_bytes)
+        r.is_ok().then(|| get(s)).ok_or(r.error)
     }
 
     /// SET_QUOTA with `q`.
     fn set_quota(&self, q: &QuotaArgs) -> SbiRet {
-        self.call_struct(ext::FID_SET_QUOTA, &q.to_le_bytes(), 0)
+        self.call_with(ext::FID_SET_QUOTA, q)
     }
 
     /// IPC_SEND with explicit arguments.
     fn ipc_send_args(&self, a: &IpcSendArgs) -> SbiRet {
-        self.call_struct(ext::FID_IPC_SEND, &a.to_le_bytes(), 0)
+        self.call_with(ext::FID_IPC_SEND, a)
     }
 
     /// IPC_SEND of `msg` (copied into the data buffer) to `to`.
@@ -137,10 +145,8 @@ pub unsafe trait Client {
     /// IPC_RECV with explicit arguments; also returns the structure as the hypervisor
     /// left it (the sender and length are written back on success).
     fn ipc_recv_args(&self, a: &IpcRecvArgs) -> (SbiRet, IpcRecvArgs) {
-        let r = self.call_struct(ext::FID_IPC_RECV, &a.to_le_bytes(), 0);
-        let mut raw = [0u8; IpcRecvArgs::SIZE];
-        self.structs().read(0, &mut raw);
-        (r, IpcRecvArgs::from_le_bytes(&raw).unwrap_or_default())
+        let r = self.call_with(ext::FID_IPC_RECV, a);
+        (r, get(self.structs()))
     }
 
     /// IPC_RECV into the data buffer (at most `max_len` bytes, and no more than the
@@ -182,9 +188,7 @@ pub unsafe trait Client {
         if r.value == 0 {
             return Ok(None);
         }
-        let mut raw = [0u8; Event::SIZE];
-        s.read(0, &mut raw);
-        Ok(Event::from_le_bytes(&raw))
+        Ok(Some(get(s)))
     }
 
     /// GET_HV_INFO, decoded.
@@ -192,7 +196,7 @@ pub unsafe trait Client {
         let s = self.structs();
         s.fill(0, HvInfo::SIZE, 0xA5);
         let r = self.call2(ext::FID_GET_HV_INFO, s.addr(), HvInfo::SIZE);
-        decode::<{ HvInfo::SIZE }, _>(r, s, HvInfo::from_le_bytes)
+        r.is_ok().then(|| get(s)).ok_or(r.error)
     }
 
     /// MAP_CHILD_MEM: `size` bytes of the caller's memory at `gpa` appear in `child`
@@ -270,7 +274,7 @@ pub unsafe trait Client {
             ext::FID_GET_CHILD_INFO,
             [target as usize, s.addr(), VmInfo::SIZE, 0, 0, 0],
         );
-        decode::<{ VmInfo::SIZE }, _>(r, s, VmInfo::from_le_bytes)
+        r.is_ok().then(|| get(s)).ok_or(r.error)
     }
 
     /// LIST_CHILDREN into `out` (at most its length, and no more than the list buffer
@@ -299,19 +303,49 @@ pub unsafe trait Client {
     }
 }
 
-/// The structure at the start of `s` after call `r`: the call's error, or what `f`
-/// makes of the first `N` bytes (`FAILED` if it cannot).
-fn decode<const N: usize, T>(
-    r: SbiRet,
-    s: Region,
-    f: impl Fn(&[u8]) -> Option<T>,
-) -> Result<T, isize> {
-    if !r.is_ok() {
-        return Err(r.error);
-    }
-    let mut raw = [0u8; N];
-    s.read(0, &mut raw);
-    f(&raw).ok_or(diosix_abi::error::FAILED)
+/// An ABI structure the client passes through memory as it is: C layout, every field
+/// an integer and naturally aligned, no padding (the ABI crate checks this of every
+/// structure), so on a little-endian target its bytes in memory are its encoding
+/// (`to_le_bytes`), and any bytes the hypervisor writes are a valid value.
+///
+/// # Safety
+///
+/// Only for such structures.
+pub unsafe trait Abi: Copy {}
+
+// SAFETY: ABI structures, as the trait requires.
+unsafe impl Abi for SpawnArgs {}
+// SAFETY: as above.
+unsafe impl Abi for QuotaArgs {}
+// SAFETY: as above.
+unsafe impl Abi for VmInfo {}
+// SAFETY: as above.
+unsafe impl Abi for IpcSendArgs {}
+// SAFETY: as above.
+unsafe impl Abi for IpcRecvArgs {}
+// SAFETY: as above.
+unsafe impl Abi for Event {}
+// SAFETY: as above.
+unsafe impl Abi for HvInfo {}
+
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "structures are passed in their in-memory layout, which must be the ABI's little-endian encoding"
+);
+
+/// Copies `v` to the start of `s` (which must hold it, aligned).
+fn put<T: Abi>(s: Region, v: &T) {
+    assert!(s.len() >= size_of::<T>() && s.addr().is_multiple_of(align_of::<T>()));
+    // SAFETY: inside the region (checked) and aligned; the region is memory set aside
+    // for the hypervisor to read and write (the contract of `Region::new`).
+    unsafe { (s.addr() as *mut T).write_volatile(*v) }
+}
+
+/// The structure at the start of `s` (which must hold it, aligned).
+fn get<T: Abi>(s: Region) -> T {
+    assert!(s.len() >= size_of::<T>() && s.addr().is_multiple_of(align_of::<T>()));
+    // SAFETY: as in `put`; any bytes are a valid `T` (the contract of `Abi`).
+    unsafe { (s.addr() as *const T).read_volatile() }
 }
 
 /// `SpawnArgs` for a new child from the image at `gpa` (`len` bytes) with `pages` of
