@@ -21,6 +21,26 @@
 //! unknown CID is refused with the same error, after the same work, whether or not some
 //! VM elsewhere in the tree exists. Admission control is by reservation (see
 //! [`quota`]), so a refusal depends only on the caller's own quota and children.
+//!
+//! # Where things are
+//! This file holds the types. The operations on [`VmTree`] are split by job, one
+//! `impl VmTree` block per file:
+//! - `arena.rs`: [`VmTree::new`], the node arena (slots and their generations), lookup
+//!   by [`VmId`], CID resolution ([`VmTree::resolve`] and its variants per kind of
+//!   target), and walks over a subtree;
+//! - `admission.rs`: reservations, admission of a new child ([`VmTree::create_child`],
+//!   FORK's request, SPAWN's replacement), charging pages after creation, SET_QUOTA and
+//!   DROP_TRUST;
+//! - `lifecycle.rs`: START, STOP, RESUME, REBOOT, and termination of a subtree (EXIT, a
+//!   kill by the parent, a fatal fault), with the events they send the parent;
+//! - [`comms`]: the bounded queues (IPC lanes, events, console rings) and the calls that
+//!   use them: IPC_SEND, IPC_RECV, POLL_EVENT, console output and input;
+//! - `info.rs`: GET_INFO, GET_CHILD_INFO, GET_HV_INFO and the list of children;
+//! - [`quota`]: quota and usage types; [`error`]: the error type;
+//! - [`request`]: an extension call decoded from its registers; [`dispatch`]: the
+//!   extension's calls, checked and carried out with the operations above;
+//! - [`cow`]: the copy-on-write ledger of FORK;
+//! - `tests.rs`, `proptests.rs`: unit tests through a fake host, and property tests.
 
 pub mod comms;
 pub mod cow;
