@@ -20,10 +20,11 @@ impl Region {
     ///
     /// # Safety
     ///
-    /// `[addr, addr + len)` must be RAM of this guest that nothing else uses while the
-    /// region (or a copy of it) is in use: no code, no data the program reads or writes
-    /// through references, no stack, and no accesses from another hart at the same
-    /// time.
+    /// `[addr, addr + len)` must be RAM of this guest set aside for this use for as long
+    /// as the region (or a copy of it) is in use: no code, no data the program reads or
+    /// writes through references, no stack. Every access is volatile: the hypervisor
+    /// may change the bytes during a call, and so may other harts given the same range
+    /// (whoever shares a range that way reads whatever bytes are there).
     pub const unsafe fn new(addr: usize, len: usize) -> Self {
         Self { addr, len }
     }
