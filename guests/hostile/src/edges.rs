@@ -5,10 +5,11 @@
 //! what they saw differently (`FAIL <name> (vCPU k)`).
 
 use crate::img::Program;
-use crate::sys::{self, error::*, SbiRet};
+use crate::sys::{self, error::*, Client, SbiRet, DSX};
 use crate::{kids, team};
 use core::sync::atomic::{AtomicU64, Ordering};
 use diosix_abi::{ext, limits, IpcRecvArgs, IpcSendArgs, QuotaArgs};
+use diosix_guest_rt::diosix;
 use diosix_guest_rt::sbi::eid;
 
 static CHILD: AtomicU64 = AtomicU64::new(0);
@@ -21,7 +22,7 @@ pub fn run() {
     }
     CHILD.store(r.value as u64, Ordering::Relaxed);
     crate::phase("edges", 30_000, body);
-    sys::exit(r.value as u64, 0);
+    DSX.exit(r.value as u64, 0);
 }
 
 /// A Diosix call: the error must be one of `ok`, and a refusal returns a1 = 0.
@@ -62,18 +63,6 @@ fn report(name: &str, r: SbiRet, ok: &[isize], good: bool) {
     }
 }
 
-fn ipc_send(a: IpcSendArgs) -> SbiRet {
-    let s = sys::st();
-    s.write(0, &a.to_le_bytes());
-    sys::dsx2(ext::FID_IPC_SEND, s.addr, 0)
-}
-
-fn ipc_recv(a: IpcRecvArgs) -> SbiRet {
-    let s = sys::st();
-    s.write(0, &a.to_le_bytes());
-    sys::dsx2(ext::FID_IPC_RECV, s.addr, 0)
-}
-
 fn body(_idx: usize, _n: usize) {
     let c = CHILD.load(Ordering::Relaxed);
     let cu = c as usize;
@@ -85,11 +74,11 @@ fn body(_idx: usize, _n: usize) {
             size: IpcSendArgs::SIZE as u32,
             flags: 0,
             cid: c,
-            data_gpa: d.addr as u64,
+            data_gpa: d.addr() as u64,
             len: 16,
         };
         f(&mut a);
-        ipc_send(a)
+        DSX.ipc_send_args(&a)
     };
     let max = limits::IPC_MAX_MESSAGE as u64;
     expect(
@@ -154,12 +143,12 @@ fn body(_idx: usize, _n: usize) {
             size: IpcRecvArgs::SIZE as u32,
             flags: diosix_abi::flags::IPC_RECV_EXACT,
             cid: c,
-            buf_gpa: d.addr as u64,
+            buf_gpa: d.addr() as u64,
             max_len: 64,
             out_len: 0,
         };
         f(&mut a);
-        ipc_recv(a)
+        DSX.ipc_recv_args(&a).0
     };
     expect(
         "edge_ipc_recv_max_len_0",
@@ -194,12 +183,12 @@ fn body(_idx: usize, _n: usize) {
     );
 
     let cmax = limits::CONSOLE_MAX_TRANSFER;
-    let cread = |buf: usize, len: usize| sys::dsx(ext::FID_CONSOLE_READ, [cu, buf, len, 0, 0, 0]);
-    let cwrite = |buf: usize, len: usize| sys::dsx(ext::FID_CONSOLE_WRITE, [cu, buf, len, 0, 0, 0]);
-    expect("edge_console_read_max", cread(d.addr, cmax), &[SUCCESS]);
+    let cread = |buf: usize, len: usize| DSX.call(ext::FID_CONSOLE_READ, [cu, buf, len, 0, 0, 0]);
+    let cwrite = |buf: usize, len: usize| DSX.call(ext::FID_CONSOLE_WRITE, [cu, buf, len, 0, 0, 0]);
+    expect("edge_console_read_max", cread(d.addr(), cmax), &[SUCCESS]);
     expect(
         "edge_console_read_max_plus_1",
-        cread(d.addr, cmax + 1),
+        cread(d.addr(), cmax + 1),
         &[INVALID_PARAM],
     );
     expect(
@@ -227,10 +216,10 @@ fn body(_idx: usize, _n: usize) {
         cread(0xffff_ffff_ffff_f001, 0),
         &[INVALID_ADDRESS],
     );
-    expect("edge_console_write_max", cwrite(d.addr, cmax), &[SUCCESS]);
+    expect("edge_console_write_max", cwrite(d.addr(), cmax), &[SUCCESS]);
     expect(
         "edge_console_write_max_plus_1",
-        cwrite(d.addr, cmax + 1),
+        cwrite(d.addr(), cmax + 1),
         &[INVALID_PARAM],
     );
     expect(
@@ -239,10 +228,10 @@ fn body(_idx: usize, _n: usize) {
         &[INVALID_ADDRESS],
     );
 
-    let out = |fid: usize, gpa: usize, size: usize| sys::dsx2(fid, gpa, size);
+    let out = |fid: usize, gpa: usize, size: usize| DSX.call2(fid, gpa, size);
     expect(
         "edge_get_info_size_119",
-        out(ext::FID_GET_INFO, s.addr, 119),
+        out(ext::FID_GET_INFO, s.addr(), 119),
         &[INVALID_PARAM],
     );
     expect(
@@ -257,7 +246,7 @@ fn body(_idx: usize, _n: usize) {
     );
     expect(
         "edge_get_info_unaligned",
-        out(ext::FID_GET_INFO, s.addr + 4, 120),
+        out(ext::FID_GET_INFO, s.addr() + 4, 120),
         &[INVALID_ADDRESS],
     );
     expect(
@@ -267,7 +256,7 @@ fn body(_idx: usize, _n: usize) {
     );
     expect(
         "edge_poll_event_size_31",
-        out(ext::FID_POLL_EVENT, s.addr, 31),
+        out(ext::FID_POLL_EVENT, s.addr(), 31),
         &[INVALID_PARAM],
     );
     expect(
@@ -277,7 +266,7 @@ fn body(_idx: usize, _n: usize) {
     );
     expect(
         "edge_hv_info_size_55",
-        out(ext::FID_GET_HV_INFO, s.addr, 55),
+        out(ext::FID_GET_HV_INFO, s.addr(), 55),
         &[INVALID_PARAM],
     );
     expect(
@@ -287,31 +276,31 @@ fn body(_idx: usize, _n: usize) {
     );
     expect(
         "edge_child_info_size_119",
-        sys::dsx(ext::FID_GET_CHILD_INFO, [cu, s.addr, 119, 0, 0, 0]),
+        DSX.call(ext::FID_GET_CHILD_INFO, [cu, s.addr(), 119, 0, 0, 0]),
         &[INVALID_PARAM],
     );
     expect(
         "edge_list_children_capacity_overflows",
-        out(ext::FID_LIST_CHILDREN, s.addr, usize::MAX / 8 + 1),
+        out(ext::FID_LIST_CHILDREN, s.addr(), usize::MAX / 8 + 1),
         &[INVALID_PARAM],
     );
     expect(
         "edge_list_children_capacity_past_ram",
-        out(ext::FID_LIST_CHILDREN, s.addr, usize::MAX / 8),
+        out(ext::FID_LIST_CHILDREN, s.addr(), usize::MAX / 8),
         &[INVALID_ADDRESS],
     );
     expect(
         "edge_list_children_unaligned",
-        out(ext::FID_LIST_CHILDREN, s.addr + 4, 4),
+        out(ext::FID_LIST_CHILDREN, s.addr() + 4, 4),
         &[INVALID_ADDRESS],
     );
 
     let img = kids::img_buf();
     let len = crate::img::program_elf(&img, Program::Idle);
     let spawn = |f: &dyn Fn(&mut diosix_abi::SpawnArgs)| {
-        let mut a = sys::spawn_args(img.addr, len, 64, 1, kids::prio());
+        let mut a = diosix::spawn_args(img.addr(), len, 64, 1, kids::prio());
         f(&mut a);
-        sys::spawn(&a)
+        DSX.spawn(&a)
     };
     expect(
         "edge_spawn_size_87",
@@ -358,7 +347,7 @@ fn body(_idx: usize, _n: usize) {
             ..QuotaArgs::default()
         };
         f(&mut q);
-        sys::set_quota(&q)
+        DSX.set_quota(&q)
     };
     expect(
         "edge_set_quota_size_39",
@@ -391,10 +380,10 @@ fn body(_idx: usize, _n: usize) {
         &[INVALID_PARAM],
     );
 
-    let map = |cgpa: usize, gpa: usize, size: usize, perms: usize| {
-        sys::dsx(ext::FID_MAP_CHILD_MEM, [cu, cgpa, gpa, size, perms, 0])
+    let map = |cgpa: usize, gpa: usize, size: usize, perms: u64| {
+        DSX.map_child_mem(c, cgpa, gpa, size, perms)
     };
-    let page = d.addr;
+    let page = d.addr();
     expect(
         "edge_map_child_mem_perms_8",
         map(0x8010_0000, page, 4096, 8),
@@ -425,7 +414,7 @@ fn body(_idx: usize, _n: usize) {
         map(0x8010_0000, page, 4096, 1),
         &[ALREADY_STARTED],
     );
-    let unmap = |gpa: usize, size: usize| sys::dsx2(ext::FID_UNMAP_CHILD_MEM, gpa, size);
+    let unmap = |gpa: usize, size: usize| DSX.unmap_child_mem(gpa, size);
     expect("edge_unmap_size_0", unmap(page, 0), &[INVALID_PARAM]);
     expect(
         "edge_unmap_wraps",
@@ -439,14 +428,14 @@ fn body(_idx: usize, _n: usize) {
     );
     expect(
         "edge_start_running",
-        sys::start(c, crate::img::CODE_GPA, crate::img::CHILD_DTB_GPA),
+        DSX.start(c, crate::img::CODE_GPA, crate::img::CHILD_DTB_GPA),
         &[ALREADY_STARTED],
     );
     for fid in [11, 12, ext::FID_COUNT, 1000, usize::MAX] {
         let l: sys::Line<48> = sys::fmt(format_args!("edge_fid_{fid:#x}_not_supported"));
-        expect(l.as_str(), sys::dsx2(fid, 0, 0), &[NOT_SUPPORTED]);
+        expect(l.as_str(), DSX.call2(fid, 0, 0), &[NOT_SUPPORTED]);
     }
-    expect("edge_exit_root_parent", sys::exit(0, 0), &[INVALID_PARAM]);
+    expect("edge_exit_root_parent", DSX.exit(0, 0), &[INVALID_PARAM]);
 
     // Standard extensions (SBI 2.0).
     let dbcn = |fid: usize, len: usize, lo: usize| sys::call(eid::DBCN, fid, [len, lo, 0, 0, 0, 0]);
@@ -478,12 +467,12 @@ fn body(_idx: usize, _n: usize) {
     let me = diosix_guest_rt::hart::id();
     expect_std(
         "edge_hsm_start_running_hart",
-        sys::call(eid::HSM, 0, [me, img.addr, 0, 0, 0, 0]),
+        sys::call(eid::HSM, 0, [me, img.addr(), 0, 0, 0, 0]),
         &[ALREADY_AVAILABLE],
     );
     expect_std(
         "edge_hsm_start_no_such_hart",
-        sys::call(eid::HSM, 0, [4096, img.addr, 0, 0, 0, 0]),
+        sys::call(eid::HSM, 0, [4096, img.addr(), 0, 0, 0, 0]),
         &[INVALID_PARAM],
     );
     expect_std(

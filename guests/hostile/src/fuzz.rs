@@ -10,7 +10,7 @@
 //! fuzz arenas or outside RAM, and the console only ever gets spaces.
 
 use crate::img::{self, Program, Rng};
-use crate::sys::{self, error, flags, Region, SbiRet, MAXV};
+use crate::sys::{self, error, flags, Client, Region, SbiRet, DSX, MAXV};
 use crate::{kids, team};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use diosix_abi::{ext, limits, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs};
@@ -121,8 +121,8 @@ impl Fz {
     /// must refuse (outside RAM, wrapping).
     fn out_addr(&mut self) -> usize {
         let a = match self.rng.below(10) {
-            0..=2 => self.lo.addr + self.rng.below((self.lo.len - 8192) as u64) as usize,
-            3..=4 => self.hi.addr + self.rng.below(self.hi.len as u64) as usize,
+            0..=2 => self.lo.addr() + self.rng.below((self.lo.len() - 8192) as u64) as usize,
+            3..=4 => self.hi.addr() + self.rng.below(self.hi.len() as u64) as usize,
             5 => {
                 self.end
                     - self
@@ -161,10 +161,10 @@ impl Fz {
     /// write over this guest's code, data or stacks) into the low arena.
     fn sanitize(&mut self, a: usize) -> usize {
         let in_ram = (sys::RAM_BASE..self.end).contains(&a);
-        let in_lo = a >= self.lo.addr && a < self.lo.end() - 8192;
-        let in_hi = a >= self.hi.addr;
+        let in_lo = a >= self.lo.addr() && a < self.lo.end() - 8192;
+        let in_hi = a >= self.hi.addr();
         if in_ram && !in_lo && !in_hi {
-            self.lo.addr + (a % (self.lo.len - 8192))
+            self.lo.addr() + (a % (self.lo.len() - 8192))
         } else {
             a
         }
@@ -241,7 +241,7 @@ impl Fz {
 
     /// A Diosix call, checked.
     fn dsx(&mut self, fid: usize, a: [usize; 6]) -> SbiRet {
-        let r = sys::dsx(fid, a);
+        let r = DSX.call(fid, a);
         if r.error == 0 {
             OK.fetch_add(1, Ordering::Relaxed);
         }
@@ -313,7 +313,7 @@ fn body(idx: usize, _n: usize) {
             // Aim half the CIDs at children that are alive now.
             let mut cids = [0u64; 64];
             f.nlive = 0;
-            if let Ok(n) = sys::list_children(&mut cids) {
+            if let Ok(n) = DSX.list_children(&mut cids) {
                 for &c in cids[..n.min(64)]
                     .iter()
                     .filter(|&&c| c != kids::bystander())
@@ -328,13 +328,13 @@ fn body(idx: usize, _n: usize) {
         if k % 128 == 127 && kids::others_alive() > 24 {
             // Too many children slow everything down: kill a few (any vCPU may).
             let mut cids = [0u64; 64];
-            if let Ok(n) = sys::list_children(&mut cids) {
+            if let Ok(n) = DSX.list_children(&mut cids) {
                 for &c in cids[..n.min(64)]
                     .iter()
                     .filter(|&&c| c != kids::bystander())
                     .take(8)
                 {
-                    sys::exit(c, 0);
+                    DSX.exit(c, 0);
                 }
             }
         }
@@ -397,13 +397,13 @@ fn diosix_one(f: &mut Fz) {
                     .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                     .is_err()
                 {
-                    sys::yield_now();
+                    DSX.yield_now();
                 }
             }
             // A clone EXITs itself inside `sys::fork`'s path; the raw call is checked here.
             let r = f.dsx(fid, [fl, junk[0], junk[1], 0, 0, 0]);
             if r.error == 0 && r.value == 0 {
-                sys::exit_self(0x33);
+                DSX.exit_self(0x33);
             }
             if serial {
                 FORK_LOCK.store(false, Ordering::Release);
@@ -436,7 +436,7 @@ fn diosix_one(f: &mut Fz) {
             };
             let s = sys::st();
             s.write(0, &a.to_le_bytes());
-            f.dsx(fid, [s.addr, 0, 0, 0, 0, 0]);
+            f.dsx(fid, [s.addr(), 0, 0, 0, 0, 0]);
         }
         ext::FID_IPC_RECV => {
             let a = IpcRecvArgs {
@@ -453,7 +453,7 @@ fn diosix_one(f: &mut Fz) {
             } else {
                 let s = sys::st();
                 s.write(0, &a.to_le_bytes());
-                s.addr
+                s.addr()
             };
             f.dsx(fid, [at, 0, 0, 0, 0, 0]);
         }
@@ -583,7 +583,7 @@ fn quota_one(f: &mut Fz) {
     }
     let s = sys::st();
     s.write(0, &q.to_le_bytes());
-    f.dsx(ext::FID_SET_QUOTA, [s.addr, 0, 0, 0, 0, 0]);
+    f.dsx(ext::FID_SET_QUOTA, [s.addr(), 0, 0, 0, 0, 0]);
 }
 
 /// SPAWN: a well-formed or garbled image, arguments at their edges, sometimes a
@@ -641,7 +641,7 @@ fn spawn_one(f: &mut Fz) {
             u32::MAX,
         ]),
         cid: 0,
-        image_gpa: b.addr as u64,
+        image_gpa: b.addr() as u64,
         image_size: len as u64,
         dtb_gpa: 0,
         dtb_size: 0,
@@ -674,14 +674,14 @@ fn spawn_one(f: &mut Fz) {
     }
     if rng.one_in(10) {
         // A device tree of its own for the child: garbage from an arena.
-        a.dtb_gpa = f.lo.addr as u64;
+        a.dtb_gpa = f.lo.addr() as u64;
         a.dtb_size = f.rng.pick(&[0, 1, 4096, 0x10000, 0x10001]);
     }
     if a.flags & flags::SPAWN_PAGE_LIST != 0 {
         let l = sys::list();
-        let pages = (len.div_ceil(4096)).min(l.len / 8);
+        let pages = (len.div_ceil(4096)).min(l.len() / 8);
         for i in 0..pages {
-            let mut p = (b.addr + i * 4096) as u64;
+            let mut p = (b.addr() + i * 4096) as u64;
             if f.rng.one_in(6) {
                 p = f.edge_addr() as u64;
             } else if f.rng.one_in(8) {
@@ -689,11 +689,11 @@ fn spawn_one(f: &mut Fz) {
             }
             l.put_u64(i * 8, p);
         }
-        a.image_gpa = (l.addr + if f.rng.one_in(10) { 4 } else { 0 }) as u64;
+        a.image_gpa = (l.addr() + if f.rng.one_in(10) { 4 } else { 0 }) as u64;
     }
     let s = sys::st();
     s.write(0, &a.to_le_bytes());
-    f.dsx(ext::FID_SPAWN, [s.addr, 0, 0, 0, 0, 0]);
+    f.dsx(ext::FID_SPAWN, [s.addr(), 0, 0, 0, 0, 0]);
 }
 
 /// A standard SBI call (or a legacy one) with random arguments, never one that stops,
@@ -767,7 +767,7 @@ fn standard_one(f: &mut Fz) {
             match r.below(4) {
                 0 => {
                     let len = r.pick(&[0, 1, 8]);
-                    f.std(eid::DBCN, 0, [len, d.addr, 0, 0, 0, 0]);
+                    f.std(eid::DBCN, 0, [len, d.addr(), 0, 0, 0, 0]);
                 }
                 1 => {
                     let len = f.len(8192) as usize;

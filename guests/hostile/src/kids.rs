@@ -7,10 +7,11 @@
 //! `main` sees from GET_INFO that it is not the Root VM and calls [`child_main`].
 
 use crate::img::{self, Program};
-use crate::sys::{self, error, flags, Line, Region};
+use crate::sys::{self, error, flags, Client, Line, Region, DSX};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use diosix_abi::{event, ext, Event};
+use diosix_guest_rt::diosix;
 use diosix_guest_rt::{println, sbi};
 
 /// Role: measures its own progress; answers `q` on its console input with
@@ -41,9 +42,13 @@ pub fn init(img_base: usize, image_end: usize, prio: u32) {
 
 /// The calling vCPU's image buffer.
 pub fn img_buf() -> Region {
-    Region {
-        addr: IMG_BASE.load(Ordering::Relaxed) + sys::me() * IMG_LEN,
-        len: IMG_LEN,
+    // SAFETY: the calling vCPU's own slot of the image buffers that `main`'s layout
+    // sets aside above the image; no other vCPU uses it.
+    unsafe {
+        Region::new(
+            IMG_BASE.load(Ordering::Relaxed) + sys::me() * IMG_LEN,
+            IMG_LEN,
+        )
     }
 }
 
@@ -68,10 +73,10 @@ pub fn spawn_prog(
 ) -> sys::SbiRet {
     let b = img_buf();
     let len = img::program_elf(&b, prog);
-    let mut a = sys::spawn_args(b.addr, len, pages.max(img::PROG_MIN_PAGES), vcpus, prio());
+    let mut a = diosix::spawn_args(b.addr(), len, pages.max(img::PROG_MIN_PAGES), vcpus, prio());
     a.flags = fl;
     tweak(&mut a);
-    sys::spawn(&a)
+    DSX.spawn(&a)
 }
 
 extern "C" {
@@ -97,12 +102,16 @@ pub fn spawn_role(role: usize) -> Result<u64, &'static str> {
     let start = 0x8020_0000;
     let len = (bss - start).next_multiple_of(4096);
     let all = flags::MAP_READ | flags::MAP_WRITE | flags::MAP_EXEC;
-    if sys::map_child(c, start, start, len, all).error != 0 {
-        sys::exit(c, 0);
+    if DSX.map_child_mem(c, start, start, len, all).error != 0 {
+        DSX.exit(c, 0);
         return Err("MAP_CHILD_MEM refused");
     }
-    if sys::start(c, _start as *const () as usize, sys::RAM_BASE + 64 * role).error != 0 {
-        sys::exit(c, 0);
+    if DSX
+        .start(c, _start as *const () as usize, sys::RAM_BASE + 64 * role)
+        .error
+        != 0
+    {
+        DSX.exit(c, 0);
         return Err("START refused");
     }
     Ok(c)
@@ -112,13 +121,13 @@ pub fn spawn_role(role: usize) -> Result<u64, &'static str> {
 
 /// Entry of a role child (`main` found it is not the Root VM).
 pub fn child_main(_hartid: usize, a1: usize) {
-    if let Ok(h) = sys::hv_info() {
+    if let Ok(h) = DSX.hv_info() {
         sys::set_timebase(h.timer_freq_hz);
     }
     match a1.wrapping_sub(sys::RAM_BASE) / 64 {
         ROLE_BYSTANDER => bystander_main(),
         ROLE_ECHO => echo_main(),
-        _ => sys::exit_self(0xD00D),
+        _ => DSX.exit_self(0xD00D),
     }
 }
 
@@ -147,11 +156,11 @@ fn echo_main() -> ! {
     println!("echo: up");
     loop {
         let mut idle = true;
-        if let Ok(Some((from, len))) = sys::ipc_recv(0, 0, 4096) {
+        if let Ok(Some((from, len))) = DSX.ipc_recv(0, 0, 4096) {
             let mut msg = [0u8; 256];
             let n = len.min(msg.len());
             sys::data().read(0, &mut msg[..n]);
-            sys::ipc_send(from, &msg[..n]);
+            DSX.ipc_send(from, &msg[..n]);
             idle = false;
         }
         let mut b = [0u8; 64];
@@ -197,7 +206,7 @@ pub fn wait_event(kind: u32, about: u64, limit_ms: u64) -> Option<Event> {
     }
     let end = sys::now() + sys::ms(limit_ms);
     loop {
-        match sys::poll_event() {
+        match DSX.poll_event() {
             Ok(Some(e)) if matches(&e) => return Some(e),
             Ok(Some(e)) => {
                 PENDING.with(|p| {
@@ -220,7 +229,7 @@ pub fn wait_event(kind: u32, about: u64, limit_ms: u64) -> Option<Event> {
 /// Forgets every event kept (the fuzzer's children make many).
 pub fn forget_events() {
     PENDING.with(|p| p.iter_mut().for_each(|s| *s = None));
-    while let Ok(Some(_)) = sys::poll_event() {}
+    while let Ok(Some(_)) = DSX.poll_event() {}
 }
 
 /// Asks the bystander for its report; returns (iterations, longest gap in µs), or
@@ -233,7 +242,7 @@ pub fn bystander_query(limit_ms: u64) -> Option<(u64, u64)> {
     // Whatever it printed before is stale.
     drain_bystander();
     HB.with(|l| l.clear());
-    sys::console_write(c, b"q");
+    DSX.console_write(c, b"q");
     let end = sys::now() + sys::ms(limit_ms);
     loop {
         if let Some(v) = drain_bystander() {
@@ -251,7 +260,7 @@ fn drain_bystander() -> Option<(u64, u64)> {
     let c = bystander();
     let mut found = None;
     loop {
-        let r = sys::console_read(c, 512);
+        let r = DSX.console_read(c, 512);
         if r.error != 0 || r.value == 0 {
             return found;
         }
@@ -283,7 +292,7 @@ pub fn kill_all(keep: u64) -> usize {
     let mut killed = 0;
     for _ in 0..8 {
         let mut cids = [0u64; 512];
-        let Ok(n) = sys::list_children(&mut cids) else {
+        let Ok(n) = DSX.list_children(&mut cids) else {
             break;
         };
         let mut left = 0;
@@ -292,7 +301,7 @@ pub fn kill_all(keep: u64) -> usize {
                 continue;
             }
             left += 1;
-            if sys::exit(c, 0).error == error::SUCCESS {
+            if DSX.exit(c, 0).error == error::SUCCESS {
                 killed += 1;
             }
         }
@@ -306,7 +315,7 @@ pub fn kill_all(keep: u64) -> usize {
 /// Live children other than the bystander.
 pub fn others_alive() -> usize {
     let mut cids = [0u64; 512];
-    sys::list_children(&mut cids).map_or(usize::MAX, |n| {
+    DSX.list_children(&mut cids).map_or(usize::MAX, |n| {
         cids[..n.min(512)]
             .iter()
             .filter(|&&c| c != bystander())
@@ -331,7 +340,7 @@ pub fn prewarm() -> usize {
         n += 1;
     }
     for &c in &made[..n] {
-        sys::exit(c, 0);
+        DSX.exit(c, 0);
     }
     for &c in &made[..n] {
         wait_event(event::CHILD_TERMINATED, c, 2_000);
@@ -354,7 +363,7 @@ pub fn heap_mark(what: &str) {
         return;
     }
     let c = r.value as u64;
-    sys::exit(c, 0);
+    DSX.exit(c, 0);
     if wait_event(event::CHILD_TERMINATED, c, 5_000).is_none() {
         println!("note heap mark ({what}): no TERMINATED event for CID {c}");
     }

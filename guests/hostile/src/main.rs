@@ -48,7 +48,7 @@ mod team;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use diosix_abi::VmInfo;
 use diosix_guest_rt::{dtb, println, report};
-use sys::Region;
+use sys::{Client, Region, DSX};
 
 diosix_guest_rt::entry!(main);
 
@@ -155,26 +155,23 @@ static RAM_END: AtomicUsize = AtomicUsize::new(0);
 
 /// The low fuzz arena: RAM below this guest's image (garbage in, garbage out).
 pub fn arena_lo() -> Region {
-    Region {
-        addr: LO.load(Ordering::Relaxed),
-        len: LO_LEN.load(Ordering::Relaxed),
-    }
+    // SAFETY: RAM below the image, set aside by `main`'s layout for the calls
+    // (garbage in, garbage out); nothing else uses it.
+    unsafe { Region::new(LO.load(Ordering::Relaxed), LO_LEN.load(Ordering::Relaxed)) }
 }
 
 /// The high fuzz arena: the last MiB of RAM.
 pub fn arena_hi() -> Region {
-    Region {
-        addr: HI.load(Ordering::Relaxed),
-        len: HI_LEN.load(Ordering::Relaxed),
-    }
+    // SAFETY: the last MiB of RAM, set aside by `main`'s layout for the calls
+    // (garbage in, garbage out); nothing else uses it.
+    unsafe { Region::new(HI.load(Ordering::Relaxed), HI_LEN.load(Ordering::Relaxed)) }
 }
 
 /// The big work area (large images).
 pub fn big() -> Region {
-    Region {
-        addr: BIG.load(Ordering::Relaxed),
-        len: BIG_LEN.load(Ordering::Relaxed),
-    }
+    // SAFETY: RAM between the image buffers and the high arena, set aside by
+    // `main`'s layout for large images; nothing else uses it.
+    unsafe { Region::new(BIG.load(Ordering::Relaxed), BIG_LEN.load(Ordering::Relaxed)) }
 }
 
 /// One past the last byte of RAM.
@@ -343,14 +340,14 @@ fn main(hartid: usize, dtb_addr: usize) {
     BIG_LEN.store(hi - big_at, Ordering::Relaxed);
     RAM_END.store(end, Ordering::Relaxed);
 
-    let Ok(base) = sys::info() else {
+    let Ok(base) = DSX.info() else {
         report_fail(format_args!(
             "get_info: the Diosix extension does not answer"
         ));
         report::summary("hostile");
         return;
     };
-    let hv0 = sys::hv_info().map(|h| h.ram_free_pages);
+    let hv0 = DSX.hv_info().map(|h| h.ram_free_pages);
     kids::init(work, kids::image_end(), base.priority);
     println!(
         "hostile: RAM quota {} pages ({} free), {} vCPUs quota, {} descendants, priority {}",
@@ -415,25 +412,25 @@ fn finish(base: &VmInfo, hv0: Result<u64, isize>) {
     );
     let b = kids::bystander();
     if b != 0 {
-        sys::exit(b, 0);
+        DSX.exit(b, 0);
         kids::wait_event(diosix_abi::event::CHILD_TERMINATED, b, 5_000);
         kids::BYSTANDER.store(0, Ordering::Relaxed);
     }
     kids::forget_events();
     kids::heap_mark("end");
-    let now = sys::info().map(|i| usage(&i));
+    let now = DSX.info().map(|i| usage(&i));
     check(
         "usage_back_to_start",
         now == Ok(usage(base)),
         format_args!("usage {now:?}, at start {:?}", usage(base)),
     );
-    let hv = sys::hv_info().map(|h| h.ram_free_pages);
+    let hv = DSX.hv_info().map(|h| h.ram_free_pages);
     check(
         "hv_free_pages_back_to_start",
         hv == hv0,
         format_args!("GET_HV_INFO free {hv:?}, at start {hv0:?}"),
     );
-    let r = sys::dsx2(diosix_abi::ext::FID_LIST_CHILDREN, 0, 0);
+    let r = DSX.call2(diosix_abi::ext::FID_LIST_CHILDREN, 0, 0);
     check(
         "no_children_left",
         r.error == 0 && r.value == 0,

@@ -17,11 +17,12 @@
 //!    INVALID_PARAM, and the hypervisor must live on.
 
 use crate::img::{self, Program};
-use crate::sys::{self, error::*, flags};
+use crate::sys::{self, error::*, flags, Client, DSX};
 use crate::team::{self, Gate};
 use crate::{check, check_code, kids, note, PR_DBCN, PR_FORK, PR_PAYLOAD, PR_PHNUM, PR_REBOOT};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use diosix_abi::{event, ext};
+use diosix_abi::event;
+use diosix_guest_rt::diosix;
 use diosix_guest_rt::println;
 
 /// Runs the probes selected by `mask`.
@@ -80,7 +81,7 @@ fn get_info_loop(idx: usize) {
     READY.fetch_add(1, Ordering::AcqRel);
     while RUNNING.load(Ordering::Acquire) {
         let t0 = sys::now();
-        let _ = sys::info();
+        let _ = DSX.info();
         let dt = sys::now() - t0;
         WORST[idx].fetch_max(dt, Ordering::Relaxed);
         LOOPS[idx].fetch_add(1, Ordering::Relaxed);
@@ -133,7 +134,7 @@ impl core::fmt::Display for Code {
 fn reboot_probe() {
     println!("probe reboot: a child holding over half of the free RAM, rebooted while busy");
     let before = kids::bystander_query(5_000);
-    let free = match sys::hv_info() {
+    let free = match DSX.hv_info() {
         Ok(h) => h.ram_free_pages,
         Err(e) => {
             crate::report_fail(format_args!("probe_reboot_hv_info: {}", sys::err_name(e)));
@@ -160,7 +161,7 @@ fn reboot_probe() {
     for round in 0..5 {
         println!("probe reboot: REBOOT {round} of the busy child (CID {c})");
         let l: sys::Line<64> = sys::fmt(format_args!("probe_reboot_busy_big_child_{round}"));
-        check_code(l.as_str(), sys::on_child(ext::FID_REBOOT, c), &[SUCCESS]);
+        check_code(l.as_str(), DSX.reboot(c), &[SUCCESS]);
         let l: sys::Line<64> = sys::fmt(format_args!("probe_reboot_busy_big_child_{round}_event"));
         let e = kids::wait_event(event::CHILD_REBOOTED, c, 5_000);
         check(
@@ -172,10 +173,10 @@ fn reboot_probe() {
         let dead = kids::wait_event(event::CHILD_TERMINATED, c, 200).map(|e| e.exit_code);
         if !check(
             l.as_str(),
-            dead.is_none() && sys::child_info(c).is_ok(),
+            dead.is_none() && DSX.child_info(c).is_ok(),
             format_args!("the child was killed (exit code {})", Code(dead)),
         ) {
-            sys::exit(c, 0);
+            DSX.exit(c, 0);
             let Some(n) = spawn_busy("probe_reboot_big_child_respawned") else {
                 return;
             };
@@ -197,7 +198,7 @@ fn reboot_probe() {
             r.value
         ),
     ) {
-        sys::exit(c, 0);
+        DSX.exit(c, 0);
         let Some(n) = spawn_busy("probe_reboot_big_child_respawned") else {
             return;
         };
@@ -209,7 +210,7 @@ fn reboot_probe() {
     for round in 0..3 {
         println!("probe reboot: EXIT (CID {c}) then SPAWN of the same size, round {round}");
         let l: sys::Line<64> = sys::fmt(format_args!("probe_exit_big_child_{round}"));
-        check_code(l.as_str(), sys::exit(c, 0), &[SUCCESS]);
+        check_code(l.as_str(), DSX.exit(c, 0), &[SUCCESS]);
         let r = kids::spawn_prog(busy, pages, 1, 0, |_| {});
         let l: sys::Line<64> = sys::fmt(format_args!("probe_exit_then_spawn_same_size_{round}"));
         if !check_code(l.as_str(), r, &[SUCCESS]) {
@@ -223,7 +224,7 @@ fn reboot_probe() {
 
     // Its own SRST reboot, over and over, while it holds most of the RAM.
     println!("probe reboot: a big child rebooting itself with SRST");
-    sys::exit(c, 0);
+    DSX.exit(c, 0);
     let r = kids::spawn_prog(Program::SrstReboot, pages, 1, 0, |_| {});
     if check_code("probe_reboot_srst_big_child_spawned", r, &[SUCCESS]) {
         let s = r.value as u64;
@@ -231,7 +232,7 @@ fn reboot_probe() {
         let mut died = None;
         let end = sys::now() + sys::ms(1_500);
         while sys::now() < end && died.is_none() {
-            match sys::poll_event() {
+            match DSX.poll_event() {
                 Ok(Some(e)) if e.cid == s && e.kind == event::CHILD_REBOOTED => reboots += 1,
                 Ok(Some(e)) if e.cid == s && e.kind == event::CHILD_TERMINATED => {
                     died = Some(e.exit_code)
@@ -252,7 +253,7 @@ fn reboot_probe() {
                 Code(died)
             ),
         );
-        sys::exit(s, 0);
+        DSX.exit(s, 0);
     }
     kids::forget_events();
     crate::progress("probe_reboot", before);
@@ -264,7 +265,7 @@ fn phnum_probe() {
     let count = 65_535usize;
     let buf = crate::big();
     let len = img::xnum_elf_len(count);
-    if buf.len < len {
+    if buf.len() < len {
         crate::report_fail(format_args!("probe_phnum: work area too small"));
         return;
     }
@@ -286,27 +287,27 @@ fn phnum_probe() {
         }
         let big = crate::big();
         let spawn = |addr: usize, len: usize| {
-            let a = sys::spawn_args(addr, len, 1024, 1, kids::prio());
+            let a = diosix::spawn_args(addr, len, 1024, 1, kids::prio());
             let t0 = sys::now();
-            let r = sys::spawn(&a);
+            let r = DSX.spawn(&a);
             (r, sys::now() - t0)
         };
         start_helpers(n);
         let len = img::xnum_elf_len(65_535);
         let (r1, t1) = spawn(
-            big.addr + len.next_multiple_of(4096),
+            big.addr() + len.next_multiple_of(4096),
             img::xnum_elf_len(1000),
         );
         RESULT[0][0].store(r1.error as u64, Ordering::Relaxed);
         RESULT[0][1].store(t1, Ordering::Relaxed);
-        let (r2, t2) = spawn(big.addr, len);
+        let (r2, t2) = spawn(big.addr(), len);
         RESULT[1][0].store(r2.error as u64, Ordering::Relaxed);
         RESULT[1][1].store(t2, Ordering::Relaxed);
         if r1.error == 0 {
-            sys::exit(r1.value as u64, 0);
+            DSX.exit(r1.value as u64, 0);
         }
         if r2.error == 0 {
-            sys::exit(r2.value as u64, 0);
+            DSX.exit(r2.value as u64, 0);
         }
         sys::sleep_ms(10);
         RUNNING.store(false, Ordering::Release);
@@ -581,7 +582,7 @@ fn fork_probe() {
     let mut killed = 0;
     for c in &CLONES[..made] {
         // The clones EXIT themselves; one still there must be killable.
-        let r = sys::exit(c.load(Ordering::Relaxed), 0);
+        let r = DSX.exit(c.load(Ordering::Relaxed), 0);
         killed += usize::from(matches!(r.error, SUCCESS | INVALID_PARAM));
     }
     check(
@@ -605,7 +606,7 @@ fn payload_probe() {
     let header = buf.sub(0, 4096);
     let kernel = buf.sub(4096, 4096);
     let cmd = buf.sub(8192, 4096);
-    let list = buf.sub(12288, buf.len - 12288);
+    let list = buf.sub(12288, buf.len() - 12288);
     img::program_elf(&kernel, Program::Exit(0x51));
     cmd.fill(0, 4096, b'a');
     let before = kids::bystander_query(5_000);
@@ -613,7 +614,7 @@ fn payload_probe() {
         let cmd_len = (mib << 20) - 8192;
         let total = 8192 + cmd_len;
         let pages = total / 4096;
-        if pages * 8 > list.len {
+        if pages * 8 > list.len() {
             break;
         }
         img::payload_header(
@@ -624,13 +625,13 @@ fn payload_probe() {
                 (img::KIND_CMDLINE, 8192, cmd_len as u64),
             ],
         );
-        list.put_u64(0, header.addr as u64);
-        list.put_u64(8, kernel.addr as u64);
+        list.put_u64(0, header.addr() as u64);
+        list.put_u64(8, kernel.addr() as u64);
         for i in 2..pages {
-            list.put_u64(i * 8, cmd.addr as u64);
+            list.put_u64(i * 8, cmd.addr() as u64);
         }
-        let mut a = sys::spawn_args(
-            list.addr,
+        let mut a = diosix::spawn_args(
+            list.addr(),
             total,
             (total as u64 / 4096) + 1024,
             1,
@@ -643,7 +644,7 @@ fn payload_probe() {
             pages - 2
         );
         let t0 = sys::now();
-        let r = sys::spawn(&a);
+        let r = DSX.spawn(&a);
         let ms = sys::to_ms(sys::now() - t0);
         let l: sys::Line<64> = sys::fmt(format_args!("probe_payload_cmdline_{mib}mib_refused"));
         check(
@@ -657,12 +658,12 @@ fn payload_probe() {
             ),
         );
         if r.error == 0 {
-            sys::exit(r.value as u64, 0);
+            DSX.exit(r.value as u64, 0);
         }
     }
     check(
         "probe_payload_hypervisor_alive",
-        sys::hv_info().is_ok(),
+        DSX.hv_info().is_ok(),
         format_args!("GET_HV_INFO failed"),
     );
     let r = kids::spawn_prog(Program::Exit(5), img::PROG_MIN_PAGES, 1, 0, |_| {});

@@ -3,7 +3,7 @@
 //! the race allows), and what the race leaves behind must be consistent.
 
 use crate::img::{self, Program};
-use crate::sys::{self, error::*, flags, SbiRet, MAXV};
+use crate::sys::{self, error::*, flags, Client, SbiRet, DSX, MAXV};
 use crate::team::{self, Gate};
 use crate::{kids, note};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -121,7 +121,7 @@ fn fork_vs_fork() {
     let made = NCIDS.load(Ordering::Relaxed).min(CIDS.len());
     let mut bad = 0;
     for c in &CIDS[..made] {
-        let r = sys::exit(c.load(Ordering::Relaxed), 0);
+        let r = DSX.exit(c.load(Ordering::Relaxed), 0);
         bad += usize::from(!matches!(r.error, SUCCESS | INVALID_PARAM));
     }
     crate::check(
@@ -168,23 +168,15 @@ fn fork_in_child_vs_stop() {
         for k in 0..40 {
             match (idx + k) % 4 {
                 0 => {
-                    expect(
-                        ext::FID_STOP,
-                        sys::on_child(ext::FID_STOP, c),
-                        &[SUCCESS, ALREADY_STOPPED],
-                    );
+                    expect(ext::FID_STOP, DSX.stop(c), &[SUCCESS, ALREADY_STOPPED]);
                 }
                 1 => {
-                    expect(
-                        ext::FID_RESUME,
-                        sys::on_child(ext::FID_RESUME, c),
-                        &[SUCCESS, ALREADY_STARTED],
-                    );
+                    expect(ext::FID_RESUME, DSX.resume(c), &[SUCCESS, ALREADY_STARTED]);
                 }
                 2 => {
                     expect(
                         ext::FID_GET_CHILD_INFO,
-                        sys::child_info(c).map_or_else(
+                        DSX.child_info(c).map_or_else(
                             |e| SbiRet { error: e, value: 0 },
                             |_| SbiRet { error: 0, value: 0 },
                         ),
@@ -199,14 +191,14 @@ fn fork_in_child_vs_stop() {
         return;
     }
     verdict("fork_in_child_vs_stop");
-    let r = sys::on_child(ext::FID_RESUME, c);
+    let r = DSX.resume(c);
     crate::check_code("race_fork_in_child_resumes", r, &[SUCCESS, ALREADY_STARTED]);
-    let info = sys::child_info(c);
+    let info = DSX.child_info(c);
     note(format_args!(
         "fork_in_child: the child holds {:?} descendants",
         info.map(|i| i.descendants_used)
     ));
-    crate::check_code("race_fork_in_child_killed", sys::exit(c, 0), &[SUCCESS]);
+    crate::check_code("race_fork_in_child_killed", DSX.exit(c, 0), &[SUCCESS]);
     crate::check(
         "race_fork_in_child_terminated_event",
         kids::wait_event(event::CHILD_TERMINATED, c, 5_000).is_some(),
@@ -261,7 +253,7 @@ fn spawn_vs_kill() {
             while !STOP.load(Ordering::Acquire) && sys::now() < deadline {
                 let c = TARGET.load(Ordering::Acquire);
                 if c == 0 {
-                    sys::yield_now();
+                    DSX.yield_now();
                     continue;
                 }
                 let (fid, ok): (usize, &[isize]) = match idx % 3 {
@@ -271,9 +263,9 @@ fn spawn_vs_kill() {
                     _ => (ext::FID_STOP, &[SUCCESS, INVALID_PARAM, ALREADY_STOPPED]),
                 };
                 let r = if fid == ext::FID_EXIT {
-                    sys::exit(c, 7)
+                    DSX.exit(c, 7)
                 } else {
-                    sys::on_child(fid, c)
+                    DSX.call2(fid, c as usize, 0)
                 };
                 expect(fid, r, ok);
                 if r.error == 0 {
@@ -314,7 +306,7 @@ fn reboot_vs_srst() {
         let c = TARGET.load(Ordering::Relaxed);
         for k in 0..60 {
             if (idx + k) % 3 == 2 {
-                let r = sys::child_info(c).map_or_else(
+                let r = DSX.child_info(c).map_or_else(
                     |e| SbiRet { error: e, value: 0 },
                     |_| SbiRet { error: 0, value: 0 },
                 );
@@ -323,7 +315,7 @@ fn reboot_vs_srst() {
                 // A spawned child can always be rebooted (NOT_SUPPORTED is only for a
                 // clone without a snapshot); a reboot undone by another racing it
                 // may come back FAILED.
-                let r = sys::on_child(ext::FID_REBOOT, c);
+                let r = DSX.reboot(c);
                 expect(ext::FID_REBOOT, r, &[SUCCESS, FAILED]);
             }
         }
@@ -334,15 +326,15 @@ fn reboot_vs_srst() {
     verdict("reboot_vs_srst");
     // It must still be there (a reboot never ends a child), and not have died.
     let mut died = false;
-    while let Ok(Some(e)) = sys::poll_event() {
+    while let Ok(Some(e)) = DSX.poll_event() {
         died |= e.kind == event::CHILD_TERMINATED && e.cid == c;
     }
     crate::check(
         "race_reboot_vs_srst_child_survives",
-        !died && sys::child_info(c).is_ok(),
+        !died && DSX.child_info(c).is_ok(),
         format_args!("the child ended (TERMINATED event: {died})"),
     );
-    crate::check_code("race_reboot_vs_srst_killed", sys::exit(c, 0), &[SUCCESS]);
+    crate::check_code("race_reboot_vs_srst_killed", DSX.exit(c, 0), &[SUCCESS]);
     kids::forget_events();
 }
 
@@ -385,7 +377,7 @@ fn map_vs_start() {
                 match idx % 3 {
                     0 => {
                         // Too late: started (ALREADY_STARTED), or even done (INVALID_PARAM).
-                        let r = sys::map_child(c, CANARY_GPA, canary, 4096, flags::MAP_READ);
+                        let r = DSX.map_child_mem(c, CANARY_GPA, canary, 4096, flags::MAP_READ);
                         expect(
                             ext::FID_MAP_CHILD_MEM,
                             r,
@@ -396,20 +388,21 @@ fn map_vs_start() {
                             CANARY.0[0].store(0x1_0000 + k, Ordering::Relaxed);
                         }
                         if n == 1 {
-                            let r = sys::start(c, img::CODE_GPA, img::CHILD_DTB_GPA);
+                            let r = DSX.start(c, img::CODE_GPA, img::CHILD_DTB_GPA);
                             expect(ext::FID_START, r, &[SUCCESS]);
                         }
                     }
                     1 => {
-                        let r = sys::start(c, img::CODE_GPA, img::CHILD_DTB_GPA);
+                        let r = DSX.start(c, img::CODE_GPA, img::CHILD_DTB_GPA);
                         expect(ext::FID_START, r, &[SUCCESS, ALREADY_STARTED]);
                         if r.error == 0 {
                             COUNT[3].fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     _ => {
-                        let data = sys::data().addr;
-                        let r = sys::map_child(c, CANARY_GPA + 4096, data, 4096, flags::MAP_READ);
+                        let data = sys::data().addr();
+                        let r =
+                            DSX.map_child_mem(c, CANARY_GPA + 4096, data, 4096, flags::MAP_READ);
                         expect(
                             ext::FID_MAP_CHILD_MEM,
                             r,
@@ -427,7 +420,7 @@ fn map_vs_start() {
                     Some(img::WATCH_CHANGED) => COUNT[2].fetch_add(1, Ordering::Relaxed),
                     other => {
                         note(format_args!("map_vs_start: CID {c} ended with {other:?}"));
-                        sys::exit(c, 0);
+                        DSX.exit(c, 0);
                         0
                     }
                 };
@@ -491,9 +484,9 @@ fn stop_resume_storm() {
                 _ => (ext::FID_YIELD, &[SUCCESS]),
             };
             let r = if fid == ext::FID_YIELD {
-                sys::yield_now()
+                DSX.yield_now()
             } else {
-                sys::on_child(fid, c)
+                DSX.call2(fid, c as usize, 0)
             };
             expect(fid, r, ok);
         }
@@ -505,10 +498,12 @@ fn stop_resume_storm() {
     let mut running = 0;
     for c in &CIDS[..made] {
         let c = c.load(Ordering::Relaxed);
-        let r = sys::on_child(ext::FID_RESUME, c);
+        let r = DSX.resume(c);
         expect(ext::FID_RESUME, r, &[SUCCESS, ALREADY_STARTED]);
-        running +=
-            usize::from(sys::child_info(c).is_ok_and(|i| i.state == diosix_abi::state::RUNNING));
+        running += usize::from(
+            DSX.child_info(c)
+                .is_ok_and(|i| i.state == diosix_abi::state::RUNNING),
+        );
     }
     crate::check(
         "race_storm_children_running_after",
@@ -541,10 +536,10 @@ fn ipc_console_storm() {
                     msg[..8].copy_from_slice(b"HOSTILE!");
                     msg[8..16].copy_from_slice(&(idx as u64).to_le_bytes());
                     msg[16..].copy_from_slice(&(k as u64).to_le_bytes());
-                    let r = sys::ipc_send(c, &msg);
+                    let r = DSX.ipc_send(c, &msg);
                     expect(ext::FID_IPC_SEND, r, &[SUCCESS, FAILED]);
                 }
-                2 => match sys::ipc_recv(c, diosix_abi::flags::IPC_RECV_EXACT, 4096) {
+                2 => match DSX.ipc_recv(c, diosix_abi::flags::IPC_RECV_EXACT, 4096) {
                     Ok(Some((from, len))) => {
                         let mut m = [0u8; 24];
                         sys::data().read(0, &mut m);
@@ -567,11 +562,11 @@ fn ipc_console_storm() {
                     }
                 },
                 3 => {
-                    let r = sys::console_write(c, b"x\n");
+                    let r = DSX.console_write(c, b"x\n");
                     expect(ext::FID_CONSOLE_WRITE, r, &[SUCCESS]);
                 }
                 4 => {
-                    let r = sys::console_read(c, 4096);
+                    let r = DSX.console_read(c, 4096);
                     expect(ext::FID_CONSOLE_READ, r, &[SUCCESS]);
                 }
                 _ => {
@@ -583,7 +578,11 @@ fn ipc_console_storm() {
                     );
                     expect(ext::FID_CONSOLE_WRITE, r, &[SUCCESS]);
                     let d = sys::data();
-                    let r = sys::call(diosix_guest_rt::sbi::eid::DBCN, 1, [16, d.addr, 0, 0, 0, 0]);
+                    let r = sys::call(
+                        diosix_guest_rt::sbi::eid::DBCN,
+                        1,
+                        [16, d.addr(), 0, 0, 0, 0],
+                    );
                     expect(ext::FID_CONSOLE_READ, SbiRet { value: 0, ..r }, &[SUCCESS]);
                 }
             }
@@ -598,10 +597,10 @@ fn ipc_console_storm() {
     let mut answered = false;
     let end = sys::now() + sys::ms(5_000);
     'wait: while sys::now() < end {
-        let r = sys::ipc_send(echo, b"HOSTILE?after-the-storm!");
+        let r = DSX.ipc_send(echo, b"HOSTILE?after-the-storm!");
         expect(ext::FID_IPC_SEND, r, &[SUCCESS, FAILED]);
         for _ in 0..50 {
-            match sys::ipc_recv(echo, diosix_abi::flags::IPC_RECV_EXACT, 4096) {
+            match DSX.ipc_recv(echo, diosix_abi::flags::IPC_RECV_EXACT, 4096) {
                 Ok(Some((_, 24))) => {
                     let mut m = [0u8; 8];
                     sys::data().read(0, &mut m);
@@ -624,7 +623,7 @@ fn ipc_console_storm() {
         answered,
         format_args!("no echo within 5 s after the storm"),
     );
-    crate::check_code("race_ipc_echo_killed", sys::exit(echo, 0), &[SUCCESS]);
+    crate::check_code("race_ipc_echo_killed", DSX.exit(echo, 0), &[SUCCESS]);
     kids::forget_events();
     let _ = MAXV;
 }

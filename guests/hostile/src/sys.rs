@@ -10,11 +10,13 @@
 //! stacks.
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use diosix_abi::{ext, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs, VmInfo};
+use diosix_abi::ext;
 use diosix_guest_rt::sbi;
 use diosix_guest_rt::{csr, hart};
 
 pub use diosix_abi::{error, flags};
+pub use diosix_guest_rt::diosix::Client;
+pub use diosix_guest_rt::mem::Region;
 pub use diosix_guest_rt::sbi::SbiRet;
 
 /// Most vCPUs this guest drives (hart ids must be below this).
@@ -169,14 +171,33 @@ pub fn call(eid: usize, fid: usize, args: [usize; 6]) -> SbiRet {
     r
 }
 
-/// A Diosix extension call.
-pub fn dsx(fid: usize, args: [usize; 6]) -> SbiRet {
-    call(EID, fid, args)
-}
+/// The Diosix extension as this guest calls it: every call traced ([`call`]), its
+/// structures and data in the calling vCPU's own buffers ([`my`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Traced;
 
-/// A Diosix extension call with two arguments.
-pub fn dsx2(fid: usize, a0: usize, a1: usize) -> SbiRet {
-    dsx(fid, [a0, a1, 0, 0, 0, 0])
+/// The client.
+pub const DSX: Traced = Traced;
+
+// SAFETY: `call` is the traced ecall, as sound as every other call of this guest (see
+// `call`); the buffers are the calling vCPU's own, reserved for the hypervisor, and
+// disjoint.
+unsafe impl Client for Traced {
+    fn call(&self, fid: usize, args: [usize; 6]) -> SbiRet {
+        call(EID, fid, args)
+    }
+
+    fn structs(&self) -> Region {
+        st()
+    }
+
+    fn data(&self) -> Region {
+        data()
+    }
+
+    fn list(&self) -> Region {
+        list()
+    }
 }
 
 /// True for the codes the SBI specification defines (SUCCESS and -1..=-13).
@@ -185,94 +206,6 @@ pub fn defined(e: isize) -> bool {
 }
 
 // ----- raw memory -----
-
-/// A range of this guest's RAM the hypervisor may read and write during calls.
-#[derive(Clone, Copy, Debug)]
-pub struct Region {
-    /// First byte (its GPA).
-    pub addr: usize,
-    /// Length in bytes.
-    pub len: usize,
-}
-
-impl Region {
-    /// The sub-range `[off, off + len)` (clipped).
-    pub fn sub(&self, off: usize, len: usize) -> Region {
-        let off = off.min(self.len);
-        Region {
-            addr: self.addr + off,
-            len: len.min(self.len - off),
-        }
-    }
-
-    /// One past the end.
-    pub fn end(&self) -> usize {
-        self.addr + self.len
-    }
-
-    /// Copies `data` in at `off` (clipped).
-    pub fn write(&self, off: usize, data: &[u8]) {
-        let n = data.len().min(self.len.saturating_sub(off));
-        for (i, &b) in data[..n].iter().enumerate() {
-            // SAFETY: `off + i < len`: inside the region, which is RAM of this guest
-            // set aside for this use (never code, data in use, or a stack).
-            unsafe { ((self.addr + off + i) as *mut u8).write_volatile(b) };
-        }
-    }
-
-    /// Fills `[off, off + len)` with `b` (clipped), a word at a time where it can.
-    pub fn fill(&self, off: usize, len: usize, b: u8) {
-        let end = off.saturating_add(len).min(self.len);
-        let mut at = off;
-        let word = u64::from_ne_bytes([b; 8]);
-        while at < end {
-            let p = self.addr + at;
-            if p.is_multiple_of(8) && at + 8 <= end {
-                // SAFETY: as in `write`; aligned and inside the region.
-                unsafe { (p as *mut u64).write_volatile(word) };
-                at += 8;
-            } else {
-                // SAFETY: as in `write`.
-                unsafe { (p as *mut u8).write_volatile(b) };
-                at += 1;
-            }
-        }
-    }
-
-    /// Copies out `out.len()` bytes from `off` (bytes past the end read as 0).
-    pub fn read(&self, off: usize, out: &mut [u8]) {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = if off + i < self.len {
-                // SAFETY: inside the region (see `write`).
-                unsafe { ((self.addr + off + i) as *const u8).read_volatile() }
-            } else {
-                0
-            };
-        }
-    }
-
-    /// The u64 at `off` (little-endian).
-    pub fn u64_at(&self, off: usize) -> u64 {
-        let mut b = [0u8; 8];
-        self.read(off, &mut b);
-        u64::from_le_bytes(b)
-    }
-
-    /// Writes a u64 at `off` (little-endian).
-    pub fn put_u64(&self, off: usize, v: u64) {
-        self.write(off, &v.to_le_bytes());
-    }
-
-    /// Writes a u32 at `off`.
-    pub fn put_u32(&self, off: usize, v: u32) {
-        self.write(off, &v.to_le_bytes());
-    }
-
-    /// Writes a u16 at `off`.
-    pub fn put_u16(&self, off: usize, v: u16) {
-        self.write(off, &v.to_le_bytes());
-    }
-}
 
 /// One vCPU's buffers: structures (`st`), messages and console data (`data`), a
 /// page list or child list (`list`).
@@ -303,20 +236,15 @@ static BUFS: AllBufs = AllBufs(core::cell::UnsafeCell::new(
 /// The calling vCPU's buffers: (structures 4 KiB, data 8 KiB, list 4 KiB).
 pub fn my() -> (Region, Region, Region) {
     let base = BUFS.0.get() as usize + me() * core::mem::size_of::<Bufs>();
-    (
-        Region {
-            addr: base,
-            len: 4096,
-        },
-        Region {
-            addr: base + 4096,
-            len: 8192,
-        },
-        Region {
-            addr: base + 12288,
-            len: 4096,
-        },
-    )
+    // SAFETY: the calling vCPU's own entry of `BUFS`, used by no other vCPU and only
+    // through regions (see `AllBufs`).
+    unsafe {
+        (
+            Region::new(base, 4096),
+            Region::new(base + 4096, 8192),
+            Region::new(base + 12288, 4096),
+        )
+    }
 }
 
 /// The structure buffer of the calling vCPU.
@@ -334,198 +262,16 @@ pub fn list() -> Region {
     my().2
 }
 
-// ----- typed calls -----
-
-/// EXIT `target` with `code`.
-pub fn exit(target: u64, code: u64) -> SbiRet {
-    dsx2(ext::FID_EXIT, target as usize, code as usize)
-}
-
-/// Ends this VM (EXIT of itself); never returns.
-pub fn exit_self(code: u64) -> ! {
-    exit(1, code);
-    loop {
-        csr::wfi();
-    }
-}
-
-/// YIELD.
-pub fn yield_now() -> SbiRet {
-    dsx2(ext::FID_YIELD, 0, 0)
-}
+// ----- Diosix calls with this guest's own rules -----
 
 /// FORK with `fl` (any bits). The clone (FORK returned a0 = a1 = 0) EXITs at once
 /// with code 0x33: every vCPU runs the same code, so the clone must recognise itself.
 pub fn fork(fl: u64) -> SbiRet {
-    let r = dsx2(ext::FID_FORK, fl as usize, 0);
+    let r = DSX.fork(fl);
     if r.error == 0 && r.value == 0 {
-        exit_self(0x33);
+        DSX.exit_self(0x33);
     }
     r
-}
-
-/// SPAWN with `a` (copied into this vCPU's structure buffer).
-pub fn spawn(a: &SpawnArgs) -> SbiRet {
-    let s = st();
-    s.write(0, &a.to_le_bytes());
-    dsx2(ext::FID_SPAWN, s.addr, 0)
-}
-
-/// SET_QUOTA with `q`.
-pub fn set_quota(q: &QuotaArgs) -> SbiRet {
-    let s = st();
-    s.write(0, &q.to_le_bytes());
-    dsx2(ext::FID_SET_QUOTA, s.addr, 0)
-}
-
-fn decode<T>(r: SbiRet, f: impl Fn(&[u8]) -> Option<T>) -> Result<T, isize> {
-    if r.error != 0 {
-        return Err(r.error);
-    }
-    let mut raw = [0u8; 128];
-    st().read(0, &mut raw);
-    f(&raw).ok_or(error::FAILED)
-}
-
-/// GET_INFO about the caller.
-pub fn info() -> Result<VmInfo, isize> {
-    let s = st();
-    s.fill(0, 128, 0xA5);
-    decode(
-        dsx2(ext::FID_GET_INFO, s.addr, VmInfo::SIZE),
-        VmInfo::from_le_bytes,
-    )
-}
-
-/// GET_CHILD_INFO about `target`.
-pub fn child_info(target: u64) -> Result<VmInfo, isize> {
-    let s = st();
-    s.fill(0, 128, 0xA5);
-    decode(
-        dsx(
-            ext::FID_GET_CHILD_INFO,
-            [target as usize, s.addr, VmInfo::SIZE, 0, 0, 0],
-        ),
-        VmInfo::from_le_bytes,
-    )
-}
-
-/// GET_HV_INFO.
-pub fn hv_info() -> Result<HvInfo, isize> {
-    let s = st();
-    s.fill(0, 128, 0xA5);
-    decode(
-        dsx2(ext::FID_GET_HV_INFO, s.addr, HvInfo::SIZE),
-        HvInfo::from_le_bytes,
-    )
-}
-
-/// POLL_EVENT: `Ok(None)` when none waits.
-pub fn poll_event() -> Result<Option<Event>, isize> {
-    let s = st();
-    s.fill(0, 64, 0);
-    let r = dsx2(ext::FID_POLL_EVENT, s.addr, Event::SIZE);
-    if r.error != 0 {
-        return Err(r.error);
-    }
-    if r.value == 0 {
-        return Ok(None);
-    }
-    let mut raw = [0u8; Event::SIZE];
-    s.read(0, &mut raw);
-    Ok(Event::from_le_bytes(&raw))
-}
-
-/// IPC_SEND of `msg` (copied into this vCPU's data buffer) to `to`.
-pub fn ipc_send(to: u64, msg: &[u8]) -> SbiRet {
-    let d = data();
-    d.write(0, msg);
-    let a = IpcSendArgs {
-        size: IpcSendArgs::SIZE as u32,
-        flags: 0,
-        cid: to,
-        data_gpa: d.addr as u64,
-        len: msg.len() as u64,
-    };
-    let s = st();
-    s.write(0, &a.to_le_bytes());
-    dsx2(ext::FID_IPC_SEND, s.addr, 0)
-}
-
-/// IPC_RECV into this vCPU's data buffer: `Ok(Some((sender, len)))`.
-pub fn ipc_recv(filter: u64, fl: u32, max_len: usize) -> Result<Option<(u64, usize)>, isize> {
-    let d = data();
-    let a = IpcRecvArgs {
-        size: IpcRecvArgs::SIZE as u32,
-        flags: fl,
-        cid: filter,
-        buf_gpa: d.addr as u64,
-        max_len: max_len as u64,
-        out_len: 0,
-    };
-    let s = st();
-    s.write(0, &a.to_le_bytes());
-    let r = dsx2(ext::FID_IPC_RECV, s.addr, 0);
-    if r.error != 0 {
-        return Err(r.error);
-    }
-    if r.value == 0 {
-        return Ok(None);
-    }
-    let mut raw = [0u8; IpcRecvArgs::SIZE];
-    s.read(0, &mut raw);
-    let out = IpcRecvArgs::from_le_bytes(&raw).unwrap_or_default();
-    Ok(Some((out.cid, out.out_len as usize)))
-}
-
-/// CONSOLE_READ from `child` into this vCPU's data buffer.
-pub fn console_read(child: u64, len: usize) -> SbiRet {
-    dsx(
-        ext::FID_CONSOLE_READ,
-        [child as usize, data().addr, len, 0, 0, 0],
-    )
-}
-
-/// CONSOLE_WRITE of `bytes` to `child`.
-pub fn console_write(child: u64, bytes: &[u8]) -> SbiRet {
-    let d = data();
-    d.write(0, bytes);
-    dsx(
-        ext::FID_CONSOLE_WRITE,
-        [child as usize, d.addr, bytes.len(), 0, 0, 0],
-    )
-}
-
-/// LIST_CHILDREN into `out` (at most its length); returns the live count.
-pub fn list_children(out: &mut [u64]) -> Result<usize, isize> {
-    let l = list();
-    let cap = out.len().min(l.len / 8);
-    let r = dsx2(ext::FID_LIST_CHILDREN, l.addr, cap);
-    if r.error != 0 {
-        return Err(r.error);
-    }
-    for (i, o) in out.iter_mut().enumerate().take(cap.min(r.value)) {
-        *o = l.u64_at(i * 8);
-    }
-    Ok(r.value)
-}
-
-/// STOP, RESUME, REBOOT, DROP_CHILD_TRUST and other one-CID calls.
-pub fn on_child(fid: usize, child: u64) -> SbiRet {
-    dsx2(fid, child as usize, 0)
-}
-
-/// MAP_CHILD_MEM.
-pub fn map_child(child: u64, child_gpa: usize, gpa: usize, size: usize, perms: u64) -> SbiRet {
-    dsx(
-        ext::FID_MAP_CHILD_MEM,
-        [child as usize, child_gpa, gpa, size, perms as usize, 0],
-    )
-}
-
-/// START.
-pub fn start(child: u64, entry: usize, dtb: usize) -> SbiRet {
-    dsx(ext::FID_START, [child as usize, entry, dtb, 0, 0, 0])
 }
 
 /// DBCN console_read with raw arguments.
@@ -533,31 +279,10 @@ pub fn dbcn_read_raw(len: usize, lo: usize, hi: usize) -> SbiRet {
     call(sbi::eid::DBCN, 1, [len, lo, hi, 0, 0, 0])
 }
 
-/// A `SpawnArgs` with the usual defaults.
-pub fn spawn_args(gpa: usize, len: usize, pages: u64, vcpus: u32, prio: u32) -> SpawnArgs {
-    SpawnArgs {
-        size: SpawnArgs::SIZE as u32,
-        flags: 0,
-        cid: 0,
-        image_gpa: gpa as u64,
-        image_size: len as u64,
-        dtb_gpa: 0,
-        dtb_size: 0,
-        ram_pages: pages,
-        vcpus,
-        priority: prio,
-        quota_ram_pages: 0,
-        quota_vcpus: 0,
-        quota_max_priority: 0,
-        quota_max_depth: 0,
-        quota_max_descendants: 0,
-    }
-}
-
 /// True when this VM is the Root VM (GET_INFO says so). A VM whose GET_INFO fails is
 /// taken for the Root VM, so it reports the failure.
 pub fn is_root() -> bool {
-    info().map_or(true, |i| i.flags & flags::INFO_ROOT != 0)
+    DSX.info().map_or(true, |i| i.flags & flags::INFO_ROOT != 0)
 }
 
 /// Fixed-size text (no allocator).

@@ -6,7 +6,7 @@
 //! is reported with the SBI call it is stuck in, and the team is marked broken so no
 //! further phase starts (the hang is then attributable to that phase and call).
 
-use crate::sys::{self, MAXV};
+use crate::sys::{self, Client, DSX, MAXV};
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use diosix_guest_rt::{hart, println};
 
@@ -173,7 +173,7 @@ impl Gate {
         while self.count.load(Ordering::Acquire) < target {
             spins += 1;
             if spins.is_multiple_of(256) {
-                sys::yield_now();
+                DSX.yield_now();
                 if sys::now() > end {
                     return false;
                 }
