@@ -2,7 +2,7 @@
 //! binary) and `diosix.ko` (`rootvm/driver`, built against the Root VM's kernel tree),
 //! and names where they go in the initramfs.
 //!
-//! Like the rest of the Root VM (`rootvm.rs`), each output is kept in
+//! Like the rest of the Root VM (`rootvm/`), each output is kept in
 //! [`rootvm::cache_dir`] under a key hashed from everything it is built from, built in a
 //! `*.tmp.<pid>` directory and renamed into place only when complete. See `docs/dsx.md`.
 
@@ -12,16 +12,14 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::{process, rootvm, setup, workspace_root, Result};
+use crate::rootvm::{self, cache_key, hex, sha256_file, CROSS};
+use crate::{process, setup, workspace_root, Result};
 
 /// Mixed into both cache keys; bump it when a change here changes what is produced.
 const FORMAT_VERSION: &str = "diosix-tools-1";
 
 /// Rust target of the Root VM's userspace (glibc, linked statically).
 pub const LINUX_TARGET: &str = "riscv64gc-unknown-linux-gnu";
-
-/// Prefix of the cross toolchain (Debian's `gcc-riscv64-linux-gnu`).
-const CROSS: &str = "riscv64-linux-gnu-";
 
 /// Source directories whose contents decide the `dsx` binary (its own crate and the
 /// workspace crates it depends on).
@@ -85,8 +83,8 @@ pub fn build_dsx() -> Result<PathBuf> {
         "dsx".to_string(),
         tool_version("rustc", &["-vV"])?,
         tool_version(&format!("{CROSS}gcc"), &["--version"])?,
-        hash_file(&root.join("Cargo.lock"))?,
-        hash_file(&root.join("Cargo.toml"))?,
+        sha256_file(&root.join("Cargo.lock"))?,
+        sha256_file(&root.join("Cargo.toml"))?,
     ];
     for dir in DSX_INPUTS {
         parts.push(hash_tree(&root, &root.join(dir))?);
@@ -164,10 +162,10 @@ pub fn build_driver(linux_tree: &Path) -> Result<PathBuf> {
         // The tree's directory name is its own cache key (sources, config, compiler);
         // the config and symbol versions are hashed too in case it was rebuilt in place.
         linux_tree.display().to_string(),
-        hash_file(&linux_tree.join(".config"))?,
-        hash_file(&symvers)?,
+        sha256_file(&linux_tree.join(".config"))?,
+        sha256_file(&symvers)?,
         hash_tree(&root, &driver_dir)?,
-        hash_file(&header)?,
+        sha256_file(&header)?,
     ];
     let out = rootvm::cache_dir().join(format!("diosix-ko-{}", key(&parts)));
     let module = out.join("diosix.ko");
@@ -251,23 +249,9 @@ fn tool_version(tool: &str, args: &[&str]) -> Result<String> {
         .ok_or_else(|| format!("{tool} not found or not working: run `cargo xtask setup`"))
 }
 
-/// A short hex key over `parts`, each length-prefixed so text cannot move between them.
+/// The cache key over `parts` (see [`cache_key`]).
 fn key(parts: &[String]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    hex(&h.finalize())[..24].to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hash_file(path: &Path) -> Result<String> {
-    let data = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    Ok(hex(&Sha256::digest(data)))
+    cache_key(&parts.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Hash of every file under `dir` (path relative to `root`, and contents), in a fixed
@@ -285,7 +269,7 @@ fn hash_tree(root: &Path, dir: &Path) -> Result<String> {
                 let rel = rel.to_string_lossy();
                 h.update((rel.len() as u64).to_le_bytes());
                 h.update(rel.as_bytes());
-                h.update(hash_file(&path)?.as_bytes());
+                h.update(sha256_file(&path)?.as_bytes());
             }
         }
         Ok(())
@@ -327,13 +311,6 @@ mod tests {
             .iter()
             .all(|f| f.path.starts_with("usr/share/diosix/guests/")));
         assert_eq!(guest_files(Path::new("/k"), None).len(), 1);
-    }
-
-    #[test]
-    fn keys_depend_on_part_boundaries() {
-        let k = |p: &[&str]| key(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_ne!(k(&["ab", "c"]), k(&["a", "bc"]));
-        assert_eq!(k(&["x"]).len(), 24);
     }
 
     #[test]

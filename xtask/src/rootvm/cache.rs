@@ -87,7 +87,7 @@ pub(super) fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-pub(super) fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut file =
         fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut h = Sha256::new();
@@ -104,7 +104,7 @@ pub(super) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -116,5 +116,6 @@ mod tests {
     fn cache_key_depends_on_part_boundaries() {
         assert_ne!(cache_key(&["ab", "c"]), cache_key(&["a", "bc"]));
         assert_eq!(cache_key(&["x"]), cache_key(&["x"]));
+        assert_eq!(cache_key(&["x"]).len(), 24);
     }
 }

@@ -43,7 +43,7 @@ use std::process::Command;
 use std::time::Instant;
 
 pub use cache::cache_dir;
-pub(crate) use cache::{commit, fresh_tmp};
+pub(crate) use cache::{cache_key, commit, fresh_tmp, hex, sha256_file};
 
 use builds::{build_busybox, build_linux, build_lua};
 use initramfs::{build_initramfs, InitramfsSpec};
@@ -58,7 +58,7 @@ use crate::{process, Result};
 const FORMAT_VERSION: &str = "diosix-rootvm-1";
 
 /// Prefix of the cross toolchain (Debian's `gcc-riscv64-linux-gnu`).
-const CROSS: &str = "riscv64-linux-gnu-";
+pub(crate) const CROSS: &str = "riscv64-linux-gnu-";
 
 /// The kernel command line the Root VM boots with. The initramfs has a `/init`, so no
 /// `rdinit=` is needed; `hvc0` is the SBI debug console, the only console the Root VM has.
