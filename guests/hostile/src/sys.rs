@@ -16,6 +16,7 @@ use diosix_guest_rt::{csr, hart};
 
 pub use diosix_abi::{error, flags};
 pub use diosix_guest_rt::diosix::Client;
+pub use diosix_guest_rt::line::{fmt, Line};
 pub use diosix_guest_rt::mem::Region;
 pub use diosix_guest_rt::sbi::SbiRet;
 
@@ -283,54 +284,4 @@ pub fn dbcn_read_raw(len: usize, lo: usize, hi: usize) -> SbiRet {
 /// taken for the Root VM, so it reports the failure.
 pub fn is_root() -> bool {
     DSX.info().map_or(true, |i| i.flags & flags::INFO_ROOT != 0)
-}
-
-/// Fixed-size text (no allocator).
-pub struct Line<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Line<N> {
-    /// Empty.
-    pub const fn new() -> Self {
-        Self {
-            buf: [0; N],
-            len: 0,
-        }
-    }
-
-    /// As text.
-    pub fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
-    }
-
-    /// Empties it.
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Appends one byte (dropped when full).
-    pub fn push(&mut self, b: u8) {
-        if self.len < N {
-            self.buf[self.len] = b;
-            self.len += 1;
-        }
-    }
-}
-
-impl<const N: usize> core::fmt::Write for Line<N> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for &b in s.as_bytes() {
-            self.push(b);
-        }
-        Ok(())
-    }
-}
-
-/// Formats into a [`Line`].
-pub fn fmt<const N: usize>(args: core::fmt::Arguments) -> Line<N> {
-    let mut l = Line::new();
-    let _ = core::fmt::Write::write_fmt(&mut l, args);
-    l
 }

@@ -11,7 +11,8 @@
 //! * the client of the Diosix extension ([`diosix`]) and the memory its calls lend the
 //!   hypervisor ([`mem`]);
 //! * a small trap handler counting timer and software interrupts ([`trap`]);
-//! * device-tree facts the guests need ([`dtb`]) and CSR accessors ([`csr`]).
+//! * device-tree facts the guests need ([`dtb`]) and CSR accessors ([`csr`]);
+//! * bounded text without an allocator ([`line`]).
 //!
 //! The boot hart id is whatever the SBI implementation hands over in `a0`: under
 //! OpenSBI it is not necessarily 0, so guests never assume it.
@@ -22,6 +23,7 @@ pub mod csr;
 pub mod diosix;
 pub mod dtb;
 pub mod hart;
+pub mod line;
 pub mod mem;
 pub mod report;
 pub mod sbi;

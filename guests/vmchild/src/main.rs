@@ -313,13 +313,13 @@ fn spawn_grandchild(from: u64, cmd: &str, grandchild: &mut u64) {
     let prio = DSX.info().map(|i| i.priority).unwrap_or(1);
     let r = DSX.spawn(&dsx::spawn_args(gpa, len, 2048, 1, prio));
     if r.error != error::SUCCESS {
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("spawn err {}", r.error));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("spawn err {}", r.error));
         reply(from, l.bytes());
         return;
     }
     *grandchild = r.value as u64;
     let hello = wait_console(*grandchild, b"vmchild: ready", 10_000);
-    let l: dsx::Line<64> = dsx::fmt_line(format_args!(
+    let l: dsx::Line<64> = dsx::fmt(format_args!(
         "spawned cid={} hello={}",
         r.value, hello as u8
     ));
@@ -329,11 +329,11 @@ fn spawn_grandchild(from: u64, cmd: &str, grandchild: &mut u64) {
 fn kill_grandchild(from: u64, grandchild: u64) {
     let r = DSX.exit(grandchild, 5);
     let l: dsx::Line<64> = if r.error != error::SUCCESS {
-        dsx::fmt_line(format_args!("kill err {}", r.error))
+        dsx::fmt(format_args!("kill err {}", r.error))
     } else {
         match wait_terminated(grandchild, 5_000) {
-            Some(code) => dsx::fmt_line(format_args!("killed cid={grandchild} code={code}")),
-            None => dsx::fmt_line(format_args!("killed cid={grandchild} no event")),
+            Some(code) => dsx::fmt(format_args!("killed cid={grandchild} code={code}")),
+            None => dsx::fmt(format_args!("killed cid={grandchild} no event")),
         }
     };
     reply(from, l.bytes());
@@ -342,7 +342,7 @@ fn kill_grandchild(from: u64, grandchild: u64) {
 fn fork_test(from: u64) {
     let r = DSX.fork(0);
     if r.error != error::SUCCESS {
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("fork err {}", r.error));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("fork err {}", r.error));
         reply(from, l.bytes());
         return;
     }
@@ -357,8 +357,8 @@ fn fork_test(from: u64) {
     }
     let cid = r.value as u64;
     let l: dsx::Line<64> = match wait_terminated(cid, 5_000) {
-        Some(code) => dsx::fmt_line(format_args!("fork ok cid={cid} code={code}")),
-        None => dsx::fmt_line(format_args!("fork cid={cid} no event")),
+        Some(code) => dsx::fmt(format_args!("fork ok cid={cid} code={code}")),
+        None => dsx::fmt(format_args!("fork cid={cid} no event")),
     };
     reply(from, l.bytes());
 }
@@ -383,7 +383,7 @@ fn fork_bomb(from: u64) {
             break 0;
         }
     };
-    let l: dsx::Line<64> = dsx::fmt_line(format_args!("forkbomb n={n} err={err}"));
+    let l: dsx::Line<64> = dsx::fmt(format_args!("forkbomb n={n} err={err}"));
     reply(from, l.bytes());
 }
 
@@ -416,7 +416,7 @@ fn upload(from: u64, cmd: &str) {
             Err(_) => break,
         }
     }
-    let l: dsx::Line<64> = dsx::fmt_line(format_args!("got {got:x}"));
+    let l: dsx::Line<64> = dsx::fmt(format_args!("got {got:x}"));
     reply(from, l.bytes());
 }
 

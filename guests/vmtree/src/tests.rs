@@ -356,7 +356,7 @@ fn spawn_child(name: &str, a: &SpawnArgs, expect_cid: u64) -> Option<u64> {
 fn kill_child(name: &str, child: u64, code: u64) {
     check_ok(name, DSX.exit(child, code), 0);
     let e = wait_event(event::CHILD_TERMINATED, child, 5_000);
-    let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_event_code"));
+    let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_event_code"));
     check(l.as_str(), e.map(|e| e.exit_code), Some(code));
     forget_events(child);
 }
@@ -694,19 +694,19 @@ fn cid_checks() {
         ("drop_child_trust", ext::FID_DROP_CHILD_TRUST),
     ];
     for (name, fid) in child_only {
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_self_denied"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_self_denied"));
         check_err(
             l.as_str(),
             DSX.call(fid, [1, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
             error::DENIED,
         );
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_root_parent_invalid"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_root_parent_invalid"));
         check_err(
             l.as_str(),
             DSX.call(fid, [0, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
             error::INVALID_PARAM,
         );
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_99_invalid"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_99_invalid"));
         check_err(
             l.as_str(),
             DSX.call(fid, [99, 0x8020_0000, 0x8000_0000, 0, 0, 0]),
@@ -1451,7 +1451,7 @@ fn built_children(base: &VmInfo) {
         let mut a = child_args(CHILD_PAGES);
         a.flags = flags::SPAWN_PAUSED;
         let r = DSX.spawn(&a);
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_spawned"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_spawned"));
         if !check(l.as_str(), r.error, error::SUCCESS) {
             return;
         }
@@ -1459,19 +1459,19 @@ fn built_children(base: &VmInfo) {
         let map = |child_gpa: usize, parent_gpa: usize, perms: u64| {
             DSX.map_child_mem(c as u64, child_gpa, parent_gpa, 4096, perms)
         };
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_map_code"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_map_code"));
         check_ok(
             l.as_str(),
             map(0x8060_0000, code, flags::MAP_READ | flags::MAP_EXEC),
             0,
         );
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_map_data"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_map_data"));
         check_ok(l.as_str(), map(0x8060_1000, data, data_perms), 0);
         // Changed after the copy: the child must not see it.
         words[512].store(0xBAD, Ordering::Relaxed);
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_start"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_start"));
         check_ok(l.as_str(), DSX.start(c as u64, 0x8060_0000, 0x8000_0000), 0);
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_exit_code"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_exit_code"));
         let want = if data_perms & flags::MAP_WRITE != 0 {
             0x5EED
         } else {
@@ -1484,7 +1484,7 @@ fn built_children(base: &VmInfo) {
             Some(want),
         );
         forget_events(c as u64);
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_parent_page_unchanged"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_parent_page_unchanged"));
         check(
             l.as_str(),
             (
@@ -1689,7 +1689,7 @@ fn three_level() {
     if chunks + 1 > dsx::limits::IPC_QUEUE_DEPTH * 8 {
         skip("three_level", "child image too large to upload");
     } else {
-        let cmd: dsx::Line<64> = dsx::fmt_line(format_args!("recv {img_len:x}"));
+        let cmd: dsx::Line<64> = dsx::fmt(format_args!("recv {img_len:x}"));
         let mut ok = DSX.ipc_send(c, cmd.bytes()).error == error::SUCCESS;
         for i in 0..chunks {
             let off = i * 4096;
@@ -1710,13 +1710,13 @@ fn three_level() {
             }
         }
         check("upload_image_to_child", ok, true);
-        let want: dsx::Line<64> = dsx::fmt_line(format_args!("got {img_len:x}"));
+        let want: dsx::Line<64> = dsx::fmt(format_args!("got {img_len:x}"));
         check(
             "child_received_image",
             wait_message(c, 10_000).as_ref().map(|m| m.as_str()),
             Some(want.as_str()),
         );
-        let cmd: dsx::Line<64> = dsx::fmt_line(format_args!("spawn 80400000 {img_len:x}"));
+        let cmd: dsx::Line<64> = dsx::fmt(format_args!("spawn 80400000 {img_len:x}"));
         check_ok("ipc_send_spawn", DSX.ipc_send(c, cmd.bytes()), 0);
         let m = wait_message(c, 20_000);
         check(
@@ -1750,7 +1750,7 @@ fn three_level() {
     let _ = img;
     // FORK inside the child (its quota has room for one clone).
     check_ok("ipc_send_fork", DSX.ipc_send(c, b"fork"), 0);
-    let want: dsx::Line<64> = dsx::fmt_line(format_args!("fork ok cid={next_grandchild} code=9"));
+    let want: dsx::Line<64> = dsx::fmt(format_args!("fork ok cid={next_grandchild} code=9"));
     match wait_message(c, 10_000) {
         Some(m) if m.as_str().starts_with("fork err -2") => {
             skip("fork: in child", "FORK returned NOT_SUPPORTED");
@@ -1825,17 +1825,17 @@ fn fork_checks(base: &VmInfo) {
         let c = r.value as u64;
         println!("vmtree: forked, child cid {c}");
         reset_log(c);
-        let alive: dsx::Line<64> = dsx::fmt_line(format_args!(
+        let alive: dsx::Line<64> = dsx::fmt(format_args!(
             "vmtree-fork: child alive, cid 1, flags {:#x}, boot 1",
             if untrusted { 0 } else { 1 }
         ));
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_runs"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_child_runs"));
         check(
             l.as_str(),
             wait_console(c, alive.as_str().as_bytes(), 10_000),
             true,
         );
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_info"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_child_info"));
         check(
             l.as_str(),
             DSX.child_info(c)
@@ -1858,19 +1858,19 @@ fn fork_checks(base: &VmInfo) {
                     DSX.ipc_send(c, b"srst")
                 };
                 check_ok(l, r, 0);
-                let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_event"));
+                let ln: dsx::Line<64> = dsx::fmt(format_args!("{l}_event"));
                 check(
                     ln.as_str(),
                     wait_event(event::CHILD_REBOOTED, c, 5_000).map(|e| e.kind),
                     Some(event::CHILD_REBOOTED),
                 );
-                let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_memory_restored"));
+                let ln: dsx::Line<64> = dsx::fmt(format_args!("{l}_memory_restored"));
                 check(
                     ln.as_str(),
                     wait_console(c, alive.as_str().as_bytes(), 10_000),
                     true,
                 );
-                let ln: dsx::Line<64> = dsx::fmt_line(format_args!("{l}_keeps_usage"));
+                let ln: dsx::Line<64> = dsx::fmt(format_args!("{l}_keeps_usage"));
                 check(
                     ln.as_str(),
                     DSX.child_info(c)
@@ -1886,14 +1886,14 @@ fn fork_checks(base: &VmInfo) {
             );
         }
         check_ok("fork_ipc_exit", DSX.ipc_send(c, b"exit"), 0);
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_child_exit_code"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_child_exit_code"));
         check(
             l.as_str(),
             wait_event(event::CHILD_TERMINATED, c, 5_000).map(|e| e.exit_code),
             Some(0x33),
         );
         forget_events(c);
-        let l: dsx::Line<64> = dsx::fmt_line(format_args!("{name}_usage_back"));
+        let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_usage_back"));
         check(l.as_str(), usage(&info_or_default()), usage(base));
     }
 }
