@@ -3,7 +3,7 @@
 //! frame allocator handed out.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
-use diosix_core::addr::Hpa;
+use diosix_addr::Hpa;
 
 /// Reads a 64-bit word at an HPA.
 ///
