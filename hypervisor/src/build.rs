@@ -117,7 +117,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         d.len().next_multiple_of(PAGE_SIZE).max(loader::DTB_RESERVE)
     });
     let layout = loader::boot_layout(&plan, ram, spec.initrd.as_ref().map(Bytes::len), dtb_room)
-        .map_err(|e| Refused(format!("layout in {} MiB: {e}", ram.len >> 20)))?;
+        .map_err(|e| Refused(format!("layout in {} MiB: {e}", ram.len() >> 20)))?;
     let generated;
     let dtb: Bytes<'_> = match &spec.dtb {
         Some(d) => d.clone(),
@@ -141,7 +141,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             Bytes::Slice(&generated)
         }
     };
-    if dtb.len() > layout.dtb.len {
+    if dtb.len() > layout.dtb.len() {
         return Err(Refused("device tree too large".into()));
     }
     let vmid = alloc_vmid().ok_or_else(|| Host("out of VMIDs".into()))?;
@@ -171,9 +171,9 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             copy(&spec.kernel, seg.file.clone(), seg.gpa)?;
         }
         if let (Some(range), Some(initrd)) = (layout.initrd, &spec.initrd) {
-            copy(initrd, whole(initrd), range.start)?;
+            copy(initrd, whole(initrd), range.start())?;
         }
-        copy(&dtb, whole(&dtb), layout.dtb.start)
+        copy(&dtb, whole(&dtb), layout.dtb.start())
     };
     let hgatp = memory.table.hgatp(vmid);
     if let Err(e) = load() {
@@ -217,11 +217,11 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         plan.format,
         plan.entry,
         vcpus,
-        ram.len >> 20,
-        ram.start,
-        layout.dtb.start,
+        ram.len() >> 20,
+        ram.start(),
+        layout.dtb.start(),
         match layout.initrd {
-            Some(r) => format!(", initrd at {} ({} KiB)", r.start, r.len >> 10),
+            Some(r) => format!(", initrd at {} ({} KiB)", r.start(), r.len() >> 10),
             None => String::new(),
         }
     );
@@ -233,7 +233,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         } else {
             (Wait::Stopped, Gpa::new(0))
         };
-        vcpus.push(Vcpu::new(vm.clone(), s, pc, layout.dtb.start.raw(), wait));
+        vcpus.push(Vcpu::new(vm.clone(), s, pc, layout.dtb.start().raw(), wait));
     }
     Ok(Built { vm, vcpus })
 }

@@ -152,7 +152,7 @@ impl GuestMemory {
         let Some(end) = gpa.raw().checked_add(len) else {
             return Ok(());
         };
-        let first = gpa.align_down(PAGE_SIZE).raw().max(ram.start.raw());
+        let first = gpa.align_down(PAGE_SIZE).raw().max(ram.start().raw());
         let last = end.min(ram.end().raw());
         for page in (first..last).step_by(PAGE_SIZE as usize) {
             let at = Gpa::new(page);

@@ -31,8 +31,8 @@ impl GuestMemory {
         let table = GStageTable::new(&mut TableAlloc(&mut mem::frames()))
             .map_err(|e| format!("G-stage root table: {e}"))?;
         let mut this = Self { table };
-        let mut remaining = (ram.len / PAGE_SIZE) as usize;
-        let mut gpa = ram.start;
+        let mut remaining = (ram.len() / PAGE_SIZE) as usize;
+        let mut gpa = ram.start();
         let mut block = MAX_BLOCK_PAGES;
         while remaining > 0 {
             if cancelled() {
@@ -52,7 +52,7 @@ impl GuestMemory {
                     this.destroy();
                     return Err(format!(
                         "out of host RAM for {} MiB of guest RAM",
-                        ram.len >> 20
+                        ram.len() >> 20
                     ));
                 }
                 block /= 2;

@@ -33,7 +33,11 @@ pub fn hypervisor_range() -> Range<Hpa> {
 pub fn init(host: &HostPlatform) {
     let hv = hypervisor_range();
     let payload_len = payload_bytes(host).len() as u64;
-    let hv = Range::new(hv.start, hv.len + payload_len.next_multiple_of(PAGE_SIZE)).unwrap_or(hv);
+    let hv = Range::new(
+        hv.start(),
+        hv.len() + payload_len.next_multiple_of(PAGE_SIZE),
+    )
+    .unwrap_or(hv);
     let mut frames = frames();
     for ram in &host.memory {
         let mut pieces = alloc::vec![*ram];
@@ -46,7 +50,7 @@ pub fn init(host: &HostPlatform) {
         for piece in pieces {
             // Whole pages only: trim both ends inward.
             let (Some(start), end) = (
-                piece.start.align_up(PAGE_SIZE),
+                piece.start().align_up(PAGE_SIZE),
                 piece.end().align_down(PAGE_SIZE),
             ) else {
                 continue;
@@ -54,7 +58,7 @@ pub fn init(host: &HostPlatform) {
             if let Some(len) = end.offset_from(start).filter(|l| *l > 0) {
                 if let Some(r) = Range::new(start, len) {
                     if let Err(e) = frames.add_range(r) {
-                        log::warn!("RAM {} +{:#x} not usable: {e}", r.start, r.len);
+                        log::warn!("RAM {} +{:#x} not usable: {e}", r.start(), r.len());
                     }
                 }
             }
@@ -63,7 +67,7 @@ pub fn init(host: &HostPlatform) {
     log::info!(
         "{} MiB of host RAM free for guests (hypervisor {} .. {})",
         (frames.free_pages() as u64 * PAGE_SIZE) >> 20,
-        hv.start,
+        hv.start(),
         hv.end()
     );
 }
@@ -80,7 +84,7 @@ fn payload_range(host: &HostPlatform) -> Option<Range<Hpa>> {
 /// Pages the payload will give back once the Root VM is loaded (counted in the Root
 /// VM's quota up front).
 pub fn payload_pages(host: &HostPlatform) -> u64 {
-    payload_range(host).map_or(0, |r| r.len / PAGE_SIZE)
+    payload_range(host).map_or(0, |r| r.len() / PAGE_SIZE)
 }
 
 /// Hands the payload's pages to the frame allocator: once the Root VM is built from
@@ -90,7 +94,7 @@ pub fn release_payload(host: &HostPlatform) {
         match frames().add_range(r) {
             Ok(_) => log::info!(
                 "{} KiB of payload returned to the page allocator",
-                r.len >> 10
+                r.len() >> 10
             ),
             Err(e) => log::warn!("payload pages not reusable: {e}"),
         }
@@ -100,12 +104,12 @@ pub fn release_payload(host: &HostPlatform) {
 /// `a` minus `b`, as up to two ranges.
 fn subtract(a: Range<Hpa>, b: Range<Hpa>) -> alloc::vec::Vec<Range<Hpa>> {
     let mut out = alloc::vec::Vec::new();
-    if b.end() <= a.start || b.start >= a.end() {
+    if b.end() <= a.start() || b.start() >= a.end() {
         out.push(a);
         return out;
     }
-    if b.start > a.start {
-        out.extend(Range::new(a.start, b.start.raw() - a.start.raw()));
+    if b.start() > a.start() {
+        out.extend(Range::new(a.start(), b.start().raw() - a.start().raw()));
     }
     if b.end() < a.end() {
         out.extend(Range::new(b.end(), a.end().raw() - b.end().raw()));
@@ -118,7 +122,7 @@ fn subtract(a: Range<Hpa>, b: Range<Hpa>) -> alloc::vec::Vec<Range<Hpa>> {
 /// quota is computed from the heap's total and the pages left.
 pub fn grow_heap(host: &HostPlatform) {
     const PIECE_PAGES: usize = 512;
-    let host_ram: u64 = host.memory.iter().map(|r| r.len).sum();
+    let host_ram: u64 = host.memory.iter().map(|r| r.len()).sum();
     let pieces = (host_ram / 64).div_ceil(PIECE_PAGES as u64 * PAGE_SIZE);
     for _ in 0..pieces {
         let Some(hpa) = frames().alloc(PIECE_PAGES, 1) else {
@@ -215,7 +219,7 @@ pub static SHARES: Mutex<ShareCounts> = Mutex::new(ShareCounts::new());
 /// slower sorted map.
 pub fn init_shares(host: &diosix_core::hostfdt::HostPlatform) {
     for bank in &host.memory {
-        let first = bank.start.page_number();
+        let first = bank.start().page_number();
         let last = bank.end().raw().div_ceil(PAGE_SIZE);
         let Some(count) = last
             .checked_sub(first)
@@ -228,7 +232,7 @@ pub fn init_shares(host: &diosix_core::hostfdt::HostPlatform) {
         let Some(hpa) = frames().alloc(pages, 1) else {
             log::warn!(
                 "no {pages} pages for the sharer counts of RAM at {}",
-                bank.start
+                bank.start()
             );
             continue;
         };
@@ -238,7 +242,7 @@ pub fn init_shares(host: &diosix_core::hostfdt::HostPlatform) {
         let counts: &'static mut [u32] =
             unsafe { core::slice::from_raw_parts_mut(hpa.raw() as usize as *mut u32, count) };
         if !SHARES.lock().add_dense(first, counts) {
-            log::warn!("sharer counts for RAM at {} refused", bank.start);
+            log::warn!("sharer counts for RAM at {} refused", bank.start());
         }
     }
 }

@@ -46,7 +46,7 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
     }
     let clint_base = host
         .clint
-        .map(|c| c.start)
+        .map(|c| c.start())
         .ok_or_else(|| alloc::string::String::from("no CLINT in the device tree"))?;
     // SAFETY: the device tree names this CLINT.
     CLINT.call_once(|| unsafe { Clint::new(clint_base.raw() as usize) });
@@ -106,7 +106,7 @@ pub fn restart_host() -> ! {
 
 /// Prints the boot banner: version, harts, RAM, isolation mode.
 pub fn print_banner(host: &HostPlatform, boot_hart: usize) {
-    let ram: u64 = host.memory.iter().map(|r| r.len).sum();
+    let ram: u64 = host.memory.iter().map(|r| r.len()).sum();
     let h = host.harts.iter().filter(|h| h.has_h).count();
     log::info!(
         "Diosix {} (SBI impl ID 5) booting on hart {}: {} hart(s), {} MiB RAM, timebase {} Hz",
@@ -123,7 +123,7 @@ pub fn print_banner(host: &HostPlatform, boot_hart: usize) {
         host.harts.len()
     );
     for m in &host.memory {
-        log::info!("RAM {} .. {}", m.start, m.end());
+        log::info!("RAM {} .. {}", m.start(), m.end());
     }
 }
 
@@ -181,7 +181,7 @@ pub fn init_hart_csrs() {
         csr::mstatus::clear_bits(mstatus_bits::TW | mstatus_bits::MPRV | mstatus_bits::MIE);
         // Never SSIE/STIE/SEIE: see the mideleg note above.
         csr::mie::write(irq::MTIP | irq::MSIP);
-        diosix_riscv::pmp::protect_hypervisor(pmp.start.raw() as usize, pmp.end().raw() as usize);
+        diosix_riscv::pmp::protect_hypervisor(pmp.start().raw() as usize, pmp.end().raw() as usize);
         diosix_riscv::fence::hfence_gvma_all();
     }
     set_timer(u64::MAX);

@@ -140,18 +140,34 @@ address_type!(
 );
 
 /// A half-open range of addresses `[start, start + len)` of one address space.
+///
+/// The fields are private so that every range goes through [`Range::new`], which
+/// refuses one whose end would overflow: `end()` and the containment checks rely on it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Range<A> {
-    /// First address in the range.
-    pub start: A,
-    /// Length in bytes.
-    pub len: u64,
+    start: A,
+    len: u64,
 }
 
 impl<A: Address> Range<A> {
     /// Builds a range, or `None` if `start + len` overflows.
     pub fn new(start: A, len: u64) -> Option<Self> {
         start.raw().checked_add(len).map(|_| Self { start, len })
+    }
+
+    /// First address in the range.
+    pub fn start(&self) -> A {
+        self.start
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when the range holds no address (`len() == 0`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// One past the last address. Cannot overflow: checked at construction.
@@ -204,6 +220,19 @@ mod tests {
         assert!(!r.contains_span(Gpa::new(0x7fff_ffff), 1));
         assert!(!r.contains_span(Gpa::new(0x8000_0800), u64::MAX));
         assert!(Range::new(Gpa::new(u64::MAX), 2).is_none());
+    }
+
+    #[test]
+    fn range_accessors() {
+        let r = Range::new(Hpa::new(0x8000_0000), 0x2000).unwrap();
+        assert_eq!(r.start(), Hpa::new(0x8000_0000));
+        assert_eq!(r.len(), 0x2000);
+        assert_eq!(r.end(), Hpa::new(0x8000_2000));
+        assert!(!r.is_empty());
+        let e = Range::new(Gva::new(u64::MAX), 0).unwrap();
+        assert!(e.is_empty());
+        assert_eq!(e.end(), Gva::new(u64::MAX));
+        assert!(!e.contains(Gva::new(u64::MAX)));
     }
 
     #[test]

@@ -478,13 +478,9 @@ impl HostFrames {
     /// rebuilt). When the heap cannot hold them the range is refused with
     /// [`FrameError::NoMemory`] and nothing changes.
     pub fn add_range(&mut self, range: Range<Hpa>) -> Result<usize, FrameError> {
-        let start = range.start.align_up(PAGE_SIZE).ok_or(FrameError::Empty)?;
-        // `Range`'s fields are public, so do not trust `end()` not to overflow.
-        let end = range
-            .start
-            .checked_add(range.len)
-            .ok_or(FrameError::TooHigh)?
-            .align_down(PAGE_SIZE);
+        let start = range.start().align_up(PAGE_SIZE).ok_or(FrameError::Empty)?;
+        // `end()` cannot overflow: `Range::new` refused any range whose end would.
+        let end = range.end().align_down(PAGE_SIZE);
         if end <= start {
             return Err(FrameError::Empty);
         }

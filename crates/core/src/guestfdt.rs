@@ -253,11 +253,11 @@ fn validate(cfg: &GuestFdtConfig<'_>) -> Result<Vec<String>, GuestFdtError> {
     if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
         return Err(GuestFdtError::BadVcpuCount(cfg.vcpus));
     }
-    if cfg.ram.len == 0 {
+    if cfg.ram.is_empty() {
         return Err(GuestFdtError::EmptyRam);
     }
     if let Some(i) = cfg.initrd {
-        if i.len == 0 || !cfg.ram.contains_span(i.start, i.len) {
+        if i.is_empty() || !cfg.ram.contains_span(i.start(), i.len()) {
             return Err(GuestFdtError::InitrdOutsideRam);
         }
     }
@@ -464,11 +464,11 @@ fn build<S: Sink>(
     }
     s.end()?;
 
-    s.begin(&alloc::format!("memory@{:x}", cfg.ram.start.raw()))?;
+    s.begin(&alloc::format!("memory@{:x}", cfg.ram.start().raw()))?;
     s.prop_str("device_type", "memory")?;
     let mut reg = [0u8; 16];
-    reg[..8].copy_from_slice(&cfg.ram.start.raw().to_be_bytes());
-    reg[8..].copy_from_slice(&cfg.ram.len.to_be_bytes());
+    reg[..8].copy_from_slice(&cfg.ram.start().raw().to_be_bytes());
+    reg[8..].copy_from_slice(&cfg.ram.len().to_be_bytes());
     s.prop("reg", &reg)?;
     s.end()?;
 
@@ -477,7 +477,7 @@ fn build<S: Sink>(
         s.prop_str("bootargs", b)?;
     }
     if let Some(i) = cfg.initrd {
-        s.prop("linux,initrd-start", &i.start.raw().to_be_bytes())?;
+        s.prop("linux,initrd-start", &i.start().raw().to_be_bytes())?;
         s.prop("linux,initrd-end", &i.end().raw().to_be_bytes())?;
     }
     s.end()?;

@@ -601,7 +601,7 @@ impl HostPlatform {
         let mut memory = Vec::new();
         for n in 0..t.nodes.len() {
             if t.prop_str(n, "device_type") == Some("memory") && t.enabled(n) {
-                memory.extend(t.reg(n)?.into_iter().filter(|r| r.len > 0));
+                memory.extend(t.reg(n)?.into_iter().filter(|r| !r.is_empty()));
             }
         }
         if memory.is_empty() {
@@ -756,7 +756,7 @@ fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
     let Some(n) = from_chosen.or_else(|| t.find_compatible(UART_COMPAT)) else {
         return Ok(None);
     };
-    let base = t.reg(n)?.first().map(|r| r.start);
+    let base = t.reg(n)?.first().map(|r| r.start());
     let Some(base) = base else {
         return Ok(None);
     };
@@ -792,7 +792,7 @@ fn reset(t: &Tree<'_>) -> Result<Option<SysconReset>, HostFdtError> {
         let dev_base = t
             .reg(dev)?
             .first()
-            .map(|r| r.start)
+            .map(|r| r.start())
             .ok_or_else(|| bad("regmap"))?;
         match base {
             Some((d, _)) if d != dev => return Ok(None),

@@ -348,7 +348,7 @@ fn plan_image(image: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan,
         return Err(LoadError::BigEndian);
     }
     let base = ram
-        .start
+        .start()
         .align_up(KERNEL_ALIGN)
         .ok_or(LoadError::ImageOutsideRam)?;
     let load = base
@@ -408,7 +408,7 @@ pub fn boot_layout(
     initrd_len: Option<u64>,
     dtb_len: u64,
 ) -> Result<BootLayout, LoadError> {
-    let floor = plan.end().max(ram.start);
+    let floor = plan.end().max(ram.start());
     // The highest `align`-aligned range of `len` bytes ending at or below `top` and
     // starting at or above `floor`.
     let below = |top: Gpa, len: u64, align: u64| -> Option<Range<Gpa>> {
@@ -423,7 +423,7 @@ pub fn boot_layout(
             continue;
         };
         let initrd = match initrd_len {
-            Some(len) => match below(dtb.start, len, PAGE_SIZE) {
+            Some(len) => match below(dtb.start(), len, PAGE_SIZE) {
                 Some(r) => Some(r),
                 None => continue,
             },
@@ -853,26 +853,26 @@ mod tests {
         // Issue 9: the initrd started in the first page after the kernel, memory a
         // small kernel uses before it reads the device tree. Now the DTB sits on the
         // last 2 MiB boundary below the top of RAM and the initrd right below it.
-        assert_eq!(l.dtb.start, Gpa::new(RAM_BASE + (128 << 20) - 0x20_0000));
-        assert_eq!(l.dtb.len, 0x800);
+        assert_eq!(l.dtb.start(), Gpa::new(RAM_BASE + (128 << 20) - 0x20_0000));
+        assert_eq!(l.dtb.len(), 0x800);
         let initrd = l.initrd.unwrap();
-        assert_eq!(initrd.start, Gpa::new(RAM_BASE + (128 << 20) - 0x20_2000));
-        assert_eq!(initrd.len, 0x1234);
-        assert!(initrd.end() <= l.dtb.start);
+        assert_eq!(initrd.start(), Gpa::new(RAM_BASE + (128 << 20) - 0x20_2000));
+        assert_eq!(initrd.len(), 0x1234);
+        assert!(initrd.end() <= l.dtb.start());
         // The initrd does not move with the DTB size, up to the reservation.
         let l2 = boot_layout(&p, ram(), Some(0x1234), DTB_RESERVE).unwrap();
         assert_eq!(l2.initrd, l.initrd);
-        assert_eq!(l2.dtb.start, l.dtb.start);
+        assert_eq!(l2.dtb.start(), l.dtb.start());
         let l3 = boot_layout(&p, ram(), None, 0x800).unwrap();
-        assert_eq!((l3.initrd, l3.dtb.start), (None, l.dtb.start));
+        assert_eq!((l3.initrd, l3.dtb.start()), (None, l.dtb.start()));
 
         // An initrd that fits only if the DTB gives up its 2 MiB boundary: both as high
         // as page alignment allows, the initrd reaching down to the kernel's end.
         let page_top = RAM_BASE + (128 << 20) - 0x1000;
         let room = page_top - (RAM_BASE + 0x120_0000);
         let l4 = boot_layout(&p, ram(), Some(room), 0x800).unwrap();
-        assert_eq!(l4.dtb.start, Gpa::new(page_top));
-        assert_eq!(l4.initrd.unwrap().start, p.end());
+        assert_eq!(l4.dtb.start(), Gpa::new(page_top));
+        assert_eq!(l4.initrd.unwrap().start(), p.end());
         // One byte more does not fit above the kernel; it is never put below it.
         for bad in [room + 1, 200 << 20, u64::MAX] {
             assert_eq!(
@@ -901,9 +901,9 @@ mod tests {
             entry: Gpa::new(RAM_BASE),
         };
         let l5 = boot_layout(&tiny, small, Some(0x3000), DTB_RESERVE).unwrap();
-        assert_eq!(l5.dtb.start, Gpa::new(RAM_BASE + (1 << 20) - DTB_RESERVE));
+        assert_eq!(l5.dtb.start(), Gpa::new(RAM_BASE + (1 << 20) - DTB_RESERVE));
         assert_eq!(
-            l5.initrd.unwrap().start,
+            l5.initrd.unwrap().start(),
             Gpa::new(RAM_BASE + (1 << 20) - DTB_RESERVE - 0x3000)
         );
         assert_eq!(
@@ -928,7 +928,7 @@ mod tests {
             dtb_len in 1u64..(3 << 20),
         ) {
             let ram = Range::new(Gpa::new(RAM_BASE), ram_pages * PAGE_SIZE).unwrap();
-            prop_assume!(kernel_bytes <= ram.len);
+            prop_assume!(kernel_bytes <= ram.len());
             let kernel = LoadPlan {
                 format: ImageFormat::Elf,
                 segments: vec![Segment {
@@ -944,22 +944,22 @@ mod tests {
             match boot_layout(&kernel, ram, initrd_len, dtb_len) {
                 Ok(l) => {
                     prop_assert!(fits);
-                    prop_assert!(ram.contains_span(l.dtb.start, l.dtb.len));
-                    prop_assert_eq!(l.dtb.len, dtb_len);
-                    prop_assert!(l.dtb.start >= kernel.end());
-                    prop_assert!(l.dtb.start.is_page_aligned());
-                    if l.dtb.start.align_down(DTB_ALIGN) != l.dtb.start {
+                    prop_assert!(ram.contains_span(l.dtb.start(), l.dtb.len()));
+                    prop_assert_eq!(l.dtb.len(), dtb_len);
+                    prop_assert!(l.dtb.start() >= kernel.end());
+                    prop_assert!(l.dtb.start().is_page_aligned());
+                    if l.dtb.start().align_down(DTB_ALIGN) != l.dtb.start() {
                         // Page alignment only as the fallback: the 2 MiB one failed.
                         let high = Gpa::new(ram.end().raw() - dtb_len).align_down(DTB_ALIGN);
                         let initrd_room = high.raw().saturating_sub(kernel.end().raw());
                         prop_assert!(high < kernel.end()
                             || initrd_len.is_some_and(|n| n > initrd_room));
                     }
-                    prop_assert_eq!(l.initrd.map(|i| i.len), initrd_len);
+                    prop_assert_eq!(l.initrd.map(|i| i.len()), initrd_len);
                     if let Some(i) = l.initrd {
-                        prop_assert!(i.start >= kernel.end());
-                        prop_assert!(i.start.is_page_aligned());
-                        prop_assert!(i.end() <= l.dtb.start);
+                        prop_assert!(i.start() >= kernel.end());
+                        prop_assert!(i.start().is_page_aligned());
+                        prop_assert!(i.end() <= l.dtb.start());
                     }
                 }
                 Err(e) => {

@@ -173,7 +173,7 @@ impl ExtensionHost for HvHost<'_> {
             "VM {} forked into {} ({} MiB shared copy-on-write)",
             parent_vm.name,
             child_vm.name,
-            parent_vm.ram.len >> 20
+            parent_vm.ram.len() >> 20
         );
         register(child_vm);
         Ok(())

@@ -323,7 +323,7 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), alloc::string::String> 
     }
     let payload =
         payload::Payload::parse(bytes).map_err(|e| format!("corrupt Root VM payload: {e}"))?;
-    let host_ram: u64 = host.memory.iter().map(|r| r.len).sum();
+    let host_ram: u64 = host.memory.iter().map(|r| r.len()).sum();
     let vcpus = match payload.vcpus {
         0 => host.harts.len(),
         n => n as usize,

@@ -673,48 +673,40 @@ impl<M: TableMemory> GuestMemoryMap for GStageView<'_, M> {
 /// one window of host memory at a fixed offset, with full permissions inside it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PmpOffsetMap {
-    gpa_base: Gpa,
-    hpa_base: Hpa,
-    len: u64,
+    /// The guest-physical side of the window.
+    gpa: Range<Gpa>,
+    /// The host-physical side, of the same length.
+    hpa: Range<Hpa>,
 }
 
 impl PmpOffsetMap {
     /// A window of `len` bytes; `None` when either end overflows, so that
     /// translation never has to.
     pub fn new(gpa_base: Gpa, hpa_base: Hpa, len: u64) -> Option<Self> {
-        gpa_base.checked_add(len)?;
-        hpa_base.checked_add(len)?;
         Some(Self {
-            gpa_base,
-            hpa_base,
-            len,
+            gpa: Range::new(gpa_base, len)?,
+            hpa: Range::new(hpa_base, len)?,
         })
     }
 
     /// The guest-physical side of the window.
     pub fn gpa_range(&self) -> Range<Gpa> {
-        Range {
-            start: self.gpa_base,
-            len: self.len,
-        }
+        self.gpa
     }
 
     /// The host-physical side of the window: what the PMP entries must cover.
     pub fn hpa_range(&self) -> Range<Hpa> {
-        Range {
-            start: self.hpa_base,
-            len: self.len,
-        }
+        self.hpa
     }
 }
 
 impl GuestMemoryMap for PmpOffsetMap {
     fn translate(&self, gpa: Gpa) -> Option<(Hpa, Perms)> {
-        let off = gpa.offset_from(self.gpa_base)?;
-        if off >= self.len {
+        let off = gpa.offset_from(self.gpa.start())?;
+        if off >= self.gpa.len() {
             return None;
         }
-        Some((Hpa::new(self.hpa_base.raw() + off), Perms::RWX))
+        Some((Hpa::new(self.hpa.start().raw() + off), Perms::RWX))
     }
 
     fn chunks(
@@ -730,7 +722,7 @@ impl GuestMemoryMap for PmpOffsetMap {
         if !self.gpa_range().contains_span(gpa, len) {
             // Name the first byte that is outside the window.
             let bad = if self.gpa_range().contains(gpa) {
-                Gpa::new(self.gpa_base.raw() + self.len)
+                self.gpa.end()
             } else {
                 gpa
             };

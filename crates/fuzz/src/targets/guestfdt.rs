@@ -229,8 +229,12 @@ impl Target for GuestFdt {
 pub fn check(cfg: &GuestFdtConfig<'_>, dtb: &[u8]) -> u64 {
     let p = HostPlatform::parse(dtb)
         .unwrap_or_else(|e| panic!("generated tree does not parse back: {e}"));
-    let ram: Vec<(u64, u64)> = p.memory.iter().map(|r| (r.start.raw(), r.len)).collect();
-    assert_eq!(ram, [(cfg.ram.start.raw(), cfg.ram.len)], "RAM differs");
+    let ram: Vec<(u64, u64)> = p
+        .memory
+        .iter()
+        .map(|r| (r.start().raw(), r.len()))
+        .collect();
+    assert_eq!(ram, [(cfg.ram.start().raw(), cfg.ram.len())], "RAM differs");
     assert_eq!(
         p.timebase_frequency, cfg.timebase_frequency,
         "timebase differs"

@@ -512,11 +512,11 @@ fn check(p: &HostPlatform) -> u64 {
     assert!(!p.memory.is_empty(), "accepted without RAM");
     for r in p.memory.iter().chain(&p.reserved) {
         assert!(
-            Range::new(r.start, r.len).is_some(),
+            Range::new(r.start(), r.len()).is_some(),
             "range {r:?} overflows"
         );
     }
-    assert!(p.memory.iter().all(|r| r.len > 0), "empty RAM bank");
+    assert!(p.memory.iter().all(|r| !r.is_empty()), "empty RAM bank");
     assert!(!p.harts.is_empty(), "accepted without harts");
     assert!(p.timebase_frequency > 0, "zero timebase");
     for h in &p.harts {

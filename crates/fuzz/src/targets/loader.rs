@@ -451,19 +451,22 @@ pub fn check_layout(p: &LoadPlan, ram: Range<Gpa>, initrd: Option<u64>, dtb: u64
     let mut after = p.end();
     assert_eq!(l.initrd.is_some(), initrd.is_some());
     if let Some(r) = l.initrd {
-        assert_eq!(Some(r.len), initrd);
-        assert!(r.start.is_aligned(PAGE_SIZE), "initrd not page aligned");
-        assert!(r.start >= after, "initrd overlaps the kernel");
-        assert!(ram.contains_span(r.start, r.len), "initrd outside RAM");
+        assert_eq!(Some(r.len()), initrd);
+        assert!(r.start().is_aligned(PAGE_SIZE), "initrd not page aligned");
+        assert!(r.start() >= after, "initrd overlaps the kernel");
+        assert!(ram.contains_span(r.start(), r.len()), "initrd outside RAM");
         after = r.end();
     }
-    assert_eq!(l.dtb.len, dtb);
-    assert!(l.dtb.start.is_aligned(PAGE_SIZE), "DTB not page aligned");
-    assert!(l.dtb.start >= after, "DTB overlaps the kernel or initrd");
-    assert!(ram.contains_span(l.dtb.start, l.dtb.len), "DTB outside RAM");
+    assert_eq!(l.dtb.len(), dtb);
+    assert!(l.dtb.start().is_aligned(PAGE_SIZE), "DTB not page aligned");
+    assert!(l.dtb.start() >= after, "DTB overlaps the kernel or initrd");
+    assert!(
+        ram.contains_span(l.dtb.start(), l.dtb.len()),
+        "DTB outside RAM"
+    );
     mix(
         label(4, &"layout ok"),
-        u64::from(l.dtb.start.is_aligned(KERNEL_ALIGN)),
+        u64::from(l.dtb.start().is_aligned(KERNEL_ALIGN)),
     )
 }
 

@@ -131,7 +131,7 @@ impl Target for Spawn {
             }
             Err(e) => panic!("device tree for a planned image refused: {e}"),
         };
-        if dtb.len() as u64 > layout.dtb.len {
+        if dtb.len() as u64 > layout.dtb.len() {
             // build_vm refuses it ("device tree too large").
             return label(5, &"dtb too large");
         }
