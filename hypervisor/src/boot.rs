@@ -2,6 +2,7 @@
 
 use crate::{console, hart, heap, mem, platform, sched};
 use core::sync::atomic::{AtomicBool, Ordering};
+use diosix_core::addr::Hpa;
 use diosix_riscv::csr;
 
 use crate::hart::{MAX_HARTS, STACK_SIZE};
@@ -77,7 +78,7 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
     // SAFETY: runs once, on the boot hart, before anything allocates.
     unsafe { heap::init() };
     // SAFETY: a1 at reset is the firmware's device tree; its header gives its size.
-    let fdt = unsafe { platform::copy_firmware_fdt(fdt_hpa) };
+    let fdt = unsafe { platform::copy_firmware_fdt(Hpa::new(fdt_hpa as u64)) };
     let host = match platform::init(&fdt) {
         Ok(p) => p,
         Err(e) => {

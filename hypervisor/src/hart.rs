@@ -4,7 +4,6 @@
 use crate::vcpu::Vcpu;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use diosix_riscv::csr;
 use diosix_riscv::trap::TrapFrame;
 
 /// Most harts this build brings up; later ones park. Must match `MAX_HARTS` in link.ld.
@@ -85,7 +84,7 @@ pub fn init_this_hart(slot: usize, hart_id: usize) {
 /// The caller must not hold another reference obtained from this function (each trap
 /// takes it once, at the top of the handler).
 pub unsafe fn this_hart() -> &'static mut HartLocal {
-    let frame = csr::mscratch::read() as *mut HartLocal;
+    let frame = diosix_riscv::trap::installed_frame().cast::<HartLocal>();
     // SAFETY: mscratch holds this hart's frame, which is the first field of its
     // repr(C) HartLocal (init_this_hart); exclusivity is the caller's contract.
     unsafe { &mut *frame }

@@ -2,6 +2,7 @@
 //! setup that makes guests run in VS-mode.
 
 use alloc::vec::Vec;
+use diosix_core::addr::Hpa;
 use diosix_core::hostfdt::HostPlatform;
 use diosix_riscv::clint::Clint;
 use diosix_riscv::csr::{self, hstatus_bits, irq, mstatus_bits};
@@ -20,21 +21,24 @@ const MAX_FDT: usize = 1 << 20;
 ///
 /// # Safety
 /// `hpa` must be the a1 value the reset vector passed (a device tree in RAM).
-pub unsafe fn copy_firmware_fdt(hpa: usize) -> Vec<u8> {
-    // SAFETY: the header's first 8 bytes (magic, totalsize) are readable at a valid
-    // device tree (caller contract); we check the magic before trusting the size.
-    let (magic, size) = unsafe {
-        let p = hpa as *const u32;
-        (
-            u32::from_be(core::ptr::read_volatile(p)),
-            u32::from_be(core::ptr::read_volatile(p.add(1))) as usize,
-        )
-    };
-    if hpa == 0 || magic != 0xd00d_feed || !(40..=MAX_FDT).contains(&size) {
+pub unsafe fn copy_firmware_fdt(hpa: Hpa) -> Vec<u8> {
+    if hpa == Hpa::new(0) {
         return Vec::new();
     }
-    // SAFETY: a valid device tree of `size` bytes starts at hpa.
-    unsafe { core::slice::from_raw_parts(hpa as *const u8, size) }.to_vec()
+    let mut header = [0u8; 8];
+    // SAFETY: the header's first 8 bytes (magic, totalsize) are readable at a valid
+    // device tree (caller contract); we check the magic before trusting the size.
+    unsafe { diosix_riscv::physmem::copy_out(hpa, &mut header) };
+    let [m0, m1, m2, m3, s0, s1, s2, s3] = header;
+    let magic = u32::from_be_bytes([m0, m1, m2, m3]);
+    let size = u32::from_be_bytes([s0, s1, s2, s3]) as usize;
+    if magic != 0xd00d_feed || !(40..=MAX_FDT).contains(&size) {
+        return Vec::new();
+    }
+    let mut fdt = alloc::vec![0u8; size];
+    // SAFETY: a valid device tree of `size` bytes starts at hpa; `fdt` is fresh heap.
+    unsafe { diosix_riscv::physmem::copy_out(hpa, &mut fdt) };
+    fdt
 }
 
 /// Parses the host device tree and brings up the console, CLINT and reset device.
@@ -42,24 +46,26 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
     let host = HostPlatform::parse(fdt).map_err(|e| alloc::format!("{e}"))?;
     if let Some(u) = &host.uart {
         // SAFETY: the device tree names this ns16550a; guests never get it mapped.
-        crate::console::set_uart(unsafe { Ns16550a::new(u.base.raw() as usize, u.reg_shift) });
+        crate::console::set_uart(unsafe { Ns16550a::new(u.base, u.reg_shift) });
     }
     let clint_base = host
         .clint
         .map(|c| c.start())
         .ok_or_else(|| alloc::string::String::from("no CLINT in the device tree"))?;
     // SAFETY: the device tree names this CLINT.
-    CLINT.call_once(|| unsafe { Clint::new(clint_base.raw() as usize) });
+    CLINT.call_once(|| unsafe { Clint::new(clint_base) });
     if let Some(r) = &host.reset {
-        let to_write = |w: &diosix_core::hostfdt::SysconWrite| SysconWrite {
-            addr: (r.base.raw() + u64::from(w.offset)) as usize,
-            value: w.value,
+        let to_write = |w: &diosix_core::hostfdt::SysconWrite| {
+            Some(SysconWrite {
+                addr: r.base.checked_add(u64::from(w.offset))?,
+                value: w.value,
+            })
         };
         // SAFETY: the device tree names these registers as poweroff/reboot.
         RESET.call_once(|| unsafe {
             SysconReset::new(
-                r.poweroff.as_ref().map(to_write),
-                r.reboot.as_ref().map(to_write),
+                r.poweroff.as_ref().and_then(to_write),
+                r.reboot.as_ref().and_then(to_write),
             )
         });
     }
@@ -181,7 +187,7 @@ pub fn init_hart_csrs() {
         csr::mstatus::clear_bits(mstatus_bits::TW | mstatus_bits::MPRV | mstatus_bits::MIE);
         // Never SSIE/STIE/SEIE: see the mideleg note above.
         csr::mie::write(irq::MTIP | irq::MSIP);
-        diosix_riscv::pmp::protect_hypervisor(pmp.start().raw() as usize, pmp.end().raw() as usize);
+        diosix_riscv::pmp::protect_hypervisor(pmp);
         diosix_riscv::fence::hfence_gvma_all();
     }
     set_timer(u64::MAX);

@@ -1,6 +1,8 @@
 //! The CLINT (SiFive-compatible core-local interruptor): `mtime`, per-hart `mtimecmp`
 //! and per-hart machine software interrupts (MSIP).
 
+use diosix_addr::Hpa;
+
 /// A CLINT at a host physical address.
 #[derive(Clone, Copy, Debug)]
 pub struct Clint {
@@ -17,8 +19,11 @@ impl Clint {
     /// # Safety
     /// `base` must be the HPA of a CLINT found in the host device tree, mapped and not
     /// reachable by guests.
-    pub const unsafe fn new(base: usize) -> Self {
-        Self { base }
+    pub const unsafe fn new(base: Hpa) -> Self {
+        // M-mode runs untranslated, so the HPA is the register block's address.
+        Self {
+            base: base.raw() as usize,
+        }
     }
 
     /// The current `mtime`.

@@ -1,6 +1,6 @@
 //! Raw access to host physical memory. In M-mode, translation is off, so an HPA is a
 //! pointer; this module is where that conversion happens, and only for memory the
-//! frame allocator handed out.
+//! frame allocator handed out (and, once at boot, the firmware's device tree).
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 use diosix_addr::Hpa;

@@ -1,11 +1,13 @@
 //! The syscon reset/poweroff device (QEMU virt's `sifive,test0`): writing a magic value
 //! to a register resets or powers off the machine.
 
+use diosix_addr::Hpa;
+
 /// One register write that resets or powers off the machine.
 #[derive(Clone, Copy, Debug)]
 pub struct SysconWrite {
     /// HPA of the register.
-    pub addr: usize,
+    pub addr: Hpa,
     /// Value to write.
     pub value: u32,
 }
@@ -29,7 +31,7 @@ impl SysconReset {
 
     fn write(w: SysconWrite) {
         // SAFETY: the register is the reset device's (constructor contract).
-        unsafe { core::ptr::write_volatile(w.addr as *mut u32, w.value) };
+        unsafe { core::ptr::write_volatile(w.addr.raw() as usize as *mut u32, w.value) };
     }
 
     /// Restarts the machine (falls back to poweroff, then to halting this hart).

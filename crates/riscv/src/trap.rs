@@ -138,6 +138,12 @@ pub unsafe fn install(frame: *mut TrapFrame) {
     }
 }
 
+/// This hart's trap frame as [`install`] left it: `mscratch` holds it whenever the
+/// hypervisor runs (the entry swaps it out and back before calling the handler).
+pub fn installed_frame() -> *mut TrapFrame {
+    crate::csr::mscratch::read() as *mut TrapFrame
+}
+
 /// Leaves the hypervisor: restores the frame's GPRs and `mret`s into the context set up
 /// in `mepc`/`mstatus` (and the H-extension CSRs).
 ///

@@ -1,5 +1,7 @@
 //! The ns16550a UART: the host console.
 
+use diosix_addr::Hpa;
+
 /// An ns16550a UART at a host physical address.
 #[derive(Clone, Copy, Debug)]
 pub struct Ns16550a {
@@ -21,8 +23,12 @@ impl Ns16550a {
     /// # Safety
     /// `base` must be the HPA of an ns16550a found in the host device tree, not
     /// reachable by guests.
-    pub const unsafe fn new(base: usize, shift: u32) -> Self {
-        Self { base, shift }
+    pub const unsafe fn new(base: Hpa, shift: u32) -> Self {
+        // M-mode runs untranslated, so the HPA is the register block's address.
+        Self {
+            base: base.raw() as usize,
+            shift,
+        }
     }
 
     fn reg(&self, index: usize) -> *mut u8 {
