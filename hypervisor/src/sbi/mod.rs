@@ -113,7 +113,6 @@ fn version_number() -> usize {
     ((a << 16) | (b << 8) | c) as usize
 }
 
-
 impl Caller for Call<'_> {
     fn vcpu_count(&self) -> usize {
         self.vcpu().vm.vcpu_count()

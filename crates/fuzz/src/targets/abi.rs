@@ -127,7 +127,7 @@ fn hart_mask(data: &[u8]) -> u64 {
             label(7, &"ok")
         }
         Err(e) => {
-            assert_eq!(e, diosix_abi::error::INVALID_PARAM);
+            assert_eq!(e, diosix_abi::SbiError::InvalidParam);
             label(7, &"invalid")
         }
     }
