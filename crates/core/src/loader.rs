@@ -444,6 +444,28 @@ mod tests {
         Range::new(Gpa::new(RAM_BASE), 128 << 20).unwrap()
     }
 
+    /// Found by `boot_layout_is_sound`: the initrd fits below the 2 MiB-aligned device
+    /// tree only by counting from the kernel's unaligned end, so the layout falls back
+    /// to a page-aligned device tree, with everything inside RAM.
+    #[test]
+    fn initrd_room_counts_from_the_page_after_the_kernel() {
+        let ram = Range::new(Gpa::new(RAM_BASE), 3020 * PAGE_SIZE).unwrap();
+        let kernel = LoadPlan {
+            format: ImageFormat::Elf,
+            segments: vec![Segment {
+                gpa: Gpa::new(RAM_BASE),
+                file: 0..0,
+                mem_size: 7_061_505,
+            }],
+            entry: Gpa::new(RAM_BASE),
+        };
+        let l = boot_layout(&kernel, ram, Some(3_420_161), 1).unwrap();
+        assert_eq!(l.dtb.start(), Gpa::new(ram.end().raw() - PAGE_SIZE));
+        let initrd = l.initrd.unwrap();
+        assert!(initrd.start() >= kernel.end() && initrd.start().is_page_aligned());
+        assert!(initrd.end() <= l.dtb.start());
+    }
+
     /// One program header's fields.
     #[derive(Clone, Copy)]
     struct Ph {
@@ -951,7 +973,10 @@ mod tests {
                     if l.dtb.start().align_down(DTB_ALIGN) != l.dtb.start() {
                         // Page alignment only as the fallback: the 2 MiB one failed.
                         let high = Gpa::new(ram.end().raw() - dtb_len).align_down(DTB_ALIGN);
-                        let initrd_room = high.raw().saturating_sub(kernel.end().raw());
+                        // The initrd starts on a page boundary at or above the kernel's
+                        // end, so its room is measured from that end rounded up.
+                        let floor = kernel.end().align_up(PAGE_SIZE).unwrap();
+                        let initrd_room = high.raw().saturating_sub(floor.raw());
                         prop_assert!(high < kernel.end()
                             || initrd_len.is_some_and(|n| n > initrd_room));
                     }
