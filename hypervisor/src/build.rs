@@ -175,13 +175,13 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         }
         copy(&dtb, whole(&dtb), layout.dtb.start())
     };
-    let hgatp = memory.table.hgatp(vmid);
+    let activation = memory.activation(vmid);
     if let Err(e) = load() {
         memory.destroy();
         free_vmid(vmid);
         return Err(e);
     }
-    let Some(hgatp) = hgatp else {
+    let Some(activation) = activation else {
         memory.destroy();
         free_vmid(vmid);
         return Err(Host("VMID out of range".into()));
@@ -200,7 +200,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         id: spec.id,
         name: spec.name.clone(),
         vmid,
-        hgatp: hgatp as usize,
+        activation,
         mem: Mutex::new(Some(memory)),
         ram,
         vcpus: shared.clone(),

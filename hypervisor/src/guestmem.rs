@@ -1,13 +1,19 @@
 //! A guest's RAM: host pages mapped into its own G-stage table. The one place a GPA
 //! becomes an HPA for the hypervisor's own accesses (`chunks`, `read`, `write`), and
-//! where guest RAM is allocated, forked (copy-on-write, see `cow`) and given back.
+//! where guest RAM is allocated, forked (copy-on-write, see `cow`), shared into a child
+//! (MAP_CHILD_MEM) and given back.
+//!
+//! This is the VM's isolation backend: nothing outside this file and `cow.rs` (its
+//! copy-on-write half) sees the G-stage table. A hart switches to a VM through its
+//! [`Activation`], so the PMP fallback (harts without H) plugs in here: its own RAM
+//! allocation, translation (`diosix_core::gstage::PmpOffsetMap`) and activation.
 
 use crate::mem::{self, PhysTables, TableAlloc};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use diosix_core::addr::{Gpa, Hpa, Range, PAGE_SIZE};
-use diosix_core::gstage::{AccessError, GStageTable, Perms};
+use diosix_core::gstage::{AccessError, GStageTable, MapError, Perms};
 
 /// What [`GuestMemory::new`] (and the VM build) says when it was cancelled.
 pub const CANCELLED: &str = "cancelled";
@@ -21,7 +27,29 @@ const MAX_BLOCK_PAGES: usize = 512;
 /// blocks but released page by page, because after a copy-on-write FORK any page of a
 /// block may be shared, replaced by a private copy, or still the VM's own.
 pub struct GuestMemory {
-    pub table: GStageTable,
+    /// The G-stage table (read by `cow`, the other half of this backend).
+    pub(crate) table: GStageTable,
+}
+
+/// What a hart loads to run a VM's vCPUs: the `hgatp` value selecting its G-stage
+/// table and VMID.
+#[derive(Clone, Copy, Debug)]
+pub struct Activation {
+    hgatp: usize,
+}
+
+impl Activation {
+    /// Makes this VM's memory the only guest memory this hart's guest mode reaches,
+    /// with every cached translation of earlier guests flushed.
+    pub fn load(&self) {
+        // SAFETY: hgatp comes from this VM's own table (`GuestMemory::activation`), so
+        // the guest that runs next sees only its memory; both stages are flushed since
+        // VMIDs are reused after a VM dies, and a vCPU may last have run here before
+        // its VM's mappings changed.
+        unsafe { diosix_riscv::csr::hgatp::write(self.hgatp) };
+        diosix_riscv::fence::hfence_gvma_all();
+        diosix_riscv::fence::hfence_vvma_all();
+    }
 }
 
 impl GuestMemory {
@@ -77,6 +105,46 @@ impl GuestMemory {
             remaining -= want;
         }
         Ok(this)
+    }
+
+    /// How harts switch to this memory for VMID `vmid`; `None` if the VMID does not fit
+    /// the hardware's field.
+    pub fn activation(&self, vmid: u16) -> Option<Activation> {
+        let hgatp = self.table.hgatp(vmid)?;
+        Some(Activation {
+            hgatp: usize::try_from(hgatp).ok()?,
+        })
+    }
+
+    /// MAP_CHILD_MEM: `child`'s `size` bytes at `child_gpa` become a copy-on-write copy
+    /// of this memory's at `parent_gpa`, with `perms` for the child. The child has never
+    /// run, so no hart holds a translation to the frames it stops mapping: they are
+    /// freed at once. This memory's pages lose W; the caller flushes its harts.
+    pub fn share_into(
+        &mut self,
+        child: &mut GuestMemory,
+        parent_gpa: Gpa,
+        child_gpa: Gpa,
+        size: u64,
+        perms: Perms,
+    ) -> Result<(), MapError> {
+        let mut shares = mem::SHARES.lock();
+        let mut frames = mem::frames();
+        self.table.copy_range_into(
+            &mut child.table,
+            &mut PhysTables,
+            &mut TableAlloc(&mut frames),
+            &mut shares,
+            parent_gpa,
+            child_gpa,
+            size,
+            perms,
+            |frames, old| {
+                if let Err(e) = frames.0.free_part(old, 1) {
+                    log::error!("MAP_CHILD_MEM: frame {old} not returned: {e}");
+                }
+            },
+        )
     }
 
     /// Host chunks backing the guest buffer `[gpa, gpa+len)`, checked page by page.

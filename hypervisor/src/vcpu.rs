@@ -162,14 +162,10 @@ impl Vcpu {
         frame.regs = self.ctx.regs;
         self.merge_pending(now);
         let c = &self.ctx.csrs;
-        // SAFETY: these CSRs only shape the guest context the next mret enters; the
-        // G-stage root comes from this vCPU's own VM, so the guest sees only its memory.
+        // This vCPU's own VM's memory, and no other, from here on.
+        self.vm.activation.load();
+        // SAFETY: these CSRs only shape the guest context the next mret enters.
         unsafe {
-            csr::hgatp::write(self.vm.hgatp);
-            // Both stages: VMIDs are reused after a VM dies, and a vCPU may last have
-            // run here before its VM's mappings changed.
-            diosix_riscv::fence::hfence_gvma_all();
-            diosix_riscv::fence::hfence_vvma_all();
             csr::vsstatus::write(c.vsstatus);
             csr::vsie::write(c.vsie);
             csr::vstvec::write(c.vstvec);

@@ -1,7 +1,7 @@
 //! Virtual machines as the hypervisor runs them: a VM's memory, vCPU slots, scheduling
 //! flags and VMID (allocated here, reused once the VM is gone).
 
-use crate::guestmem::GuestMemory;
+use crate::guestmem::{Activation, GuestMemory};
 use crate::mem;
 use crate::vcpu_shared::VcpuShared;
 use alloc::string::String;
@@ -26,8 +26,8 @@ pub struct Vm {
     pub name: String,
     /// G-stage VMID.
     pub vmid: u16,
-    /// The hgatp value that selects this VM's G-stage table.
-    pub hgatp: usize,
+    /// How a hart switches to this VM's memory.
+    pub activation: Activation,
     /// Guest RAM (`None` once released).
     pub mem: Mutex<Option<GuestMemory>>,
     /// Its RAM range (immutable copy, readable without the lock).
@@ -128,7 +128,7 @@ pub fn adopt(
         memory.destroy();
         return None;
     };
-    let Some(hgatp) = memory.table.hgatp(vmid) else {
+    let Some(activation) = memory.activation(vmid) else {
         memory.destroy();
         free_vmid(vmid);
         return None;
@@ -137,7 +137,7 @@ pub fn adopt(
         id,
         name,
         vmid,
-        hgatp: hgatp as usize,
+        activation,
         mem: Mutex::new(Some(memory)),
         ram,
         vcpus: (0..vcpus)

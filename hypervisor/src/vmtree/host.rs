@@ -3,7 +3,6 @@
 use crate::cow;
 use crate::hart::{self, HartLocal};
 use crate::image::ImageStore;
-use crate::mem;
 use crate::sched;
 use crate::vm::{self, Vm};
 use alloc::format;
@@ -321,27 +320,7 @@ impl ExtensionHost for HvHost<'_> {
         let (Some(pm), Some(cm)) = (pm.as_mut(), cm.as_mut()) else {
             return Err(SbiError::Failed);
         };
-        let copied = {
-            let mut shares = mem::SHARES.lock();
-            let mut frames = mem::frames();
-            pm.table.copy_range_into(
-                &mut cm.table,
-                &mut mem::PhysTables,
-                &mut mem::TableAlloc(&mut frames),
-                &mut shares,
-                parent_gpa,
-                child_gpa,
-                size,
-                p,
-                // The child has never run, so no hart holds a translation to the frames
-                // it no longer maps: they can go at once.
-                |frames, old| {
-                    if let Err(e) = frames.0.free_part(old, 1) {
-                        log::error!("MAP_CHILD_MEM: frame {old} not returned: {e}");
-                    }
-                },
-            )
-        };
+        let copied = pm.share_into(cm, parent_gpa, child_gpa, size, p);
         // The parent's pages lost W: its other harts flush before this call returns.
         self.stale.write_protected();
         copied.map_err(|e| {
