@@ -221,9 +221,14 @@ impl ImageOrigin {
     }
 }
 
-/// A store the host could not fill (cancelled, or out of RAM the tree had charged).
+/// A store the host could not fill: the build was cancelled (the child or its parent
+/// was killed meanwhile), or the host is out of RAM the tree had charged.
 pub(super) fn no_room(e: alloc::string::String) -> SbiError {
-    log::warn!("SPAWN: no room for the image: {e}");
+    if e == crate::guestmem::CANCELLED {
+        log::warn!("SPAWN refused: {e}");
+    } else {
+        log::warn!("SPAWN: no room for the image: {e}");
+    }
     SbiError::Failed
 }
 
