@@ -105,7 +105,7 @@ pub struct RunOpts {
 pub const DEFAULT_RAM: u64 = 128 << 20;
 
 /// What `run` without IMAGE starts: the guest Linux every Diosix Linux VM carries
-/// (built by `xtask/src/rootvm.rs` from `rootvm/guest-initramfs/`).
+/// (built by `xtask/src/rootvm/initramfs.rs` from `rootvm/guest-initramfs/`).
 pub const GUEST_IMAGE: &str = "/usr/share/diosix/guests/Image";
 /// Its initramfs, used when `run` has neither IMAGE nor `--initrd`.
 pub const GUEST_INITRD: &str = "/usr/share/diosix/guests/initramfs.cpio.gz";
