@@ -2,8 +2,9 @@
 //! and initrd loaded as the loader planned, a device tree generated (or the creator's),
 //! and its vCPUs, for the caller to queue.
 
-use crate::guestmem::{GuestMemory, CANCELLED};
+use crate::guestmem::{GStageMemory, CANCELLED};
 use crate::image::{Bytes, CopyError};
+use crate::isolation::Isolation;
 use crate::vcpu::{Vcpu, Wait};
 use crate::vcpu_shared::VcpuShared;
 use crate::vm::{alloc_vmid, free_vmid, Vm, GUEST_RAM_BASE};
@@ -145,8 +146,9 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         return Err(Refused("device tree too large".into()));
     }
     let vmid = alloc_vmid().ok_or_else(|| Host("out of VMIDs".into()))?;
-    let memory = match GuestMemory::new(ram, spec.cancelled) {
-        Ok(m) => m,
+    // The one isolation backend built so far: the G-stage table (H extension).
+    let memory: Box<dyn Isolation> = match GStageMemory::new(ram, spec.cancelled) {
+        Ok(m) => Box::new(m),
         Err(e) => {
             free_vmid(vmid);
             return Err(if e == CANCELLED {
@@ -159,7 +161,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
     // Copied in steps, so a cancellation is noticed within one step.
     let copy = |bytes: &Bytes<'_>, sub: core::ops::Range<usize>, gpa: Gpa| {
         bytes
-            .copy_into(sub, &memory, gpa, spec.cancelled)
+            .copy_into(sub, memory.as_ref(), gpa, spec.cancelled)
             .map_err(|e| match e {
                 CopyError::Cancelled => BuildError::Cancelled,
                 CopyError::Access(e) => Host(format!("loading: {e}")),
@@ -177,12 +179,12 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
     };
     let activation = memory.activation(vmid);
     if let Err(e) = load() {
-        memory.destroy();
+        memory.release();
         free_vmid(vmid);
         return Err(e);
     }
     let Some(activation) = activation else {
-        memory.destroy();
+        memory.release();
         free_vmid(vmid);
         return Err(Host("VMID out of range".into()));
     };

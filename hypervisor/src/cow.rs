@@ -26,71 +26,25 @@
 //!
 //! Lock order: a VM's memory, then [`mem::SHARES`], then the frame allocator.
 
-use crate::guestmem::GuestMemory;
+use crate::guestmem::GStageMemory;
+use crate::isolation::{CowError, Stale};
 use crate::mem;
 use crate::mem::TableAlloc;
 use crate::vm::Vm;
-use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
-use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
+use diosix_core::addr::{Gpa, PAGE_SIZE};
 use diosix_core::gstage::{AccessError, MapError, Perms, WriteOutcome};
 
-/// Why a copy-on-write page could not be made writable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CowError {
-    /// The page is not copy-on-write (unmapped, outside RAM, or not readable).
-    NotCow,
-    /// No host frame for the private copy.
-    OutOfMemory,
-}
-
-/// What a writer changed and must finish with [`finish`] before its vCPU resumes: a
-/// local TLB flush, and the old frames it stopped mapping (released after a shootdown).
-#[derive(Default)]
-pub struct Stale {
-    flush_local: bool,
-    /// W was taken away from pages other harts may still write through stale entries.
-    shootdown: bool,
-    frames: Vec<Hpa>,
-}
-
-impl Stale {
-    /// Nothing changed yet.
-    pub const fn new() -> Self {
-        Self {
-            flush_local: false,
-            shootdown: false,
-            frames: Vec::new(),
-        }
-    }
-
-    /// W was cleared on some of the VM's pages: every hart running it must flush
-    /// before the write that needed that is over.
-    pub fn write_protected(&mut self) {
-        self.flush_local = true;
-        self.shootdown = true;
-    }
-}
-
-impl Drop for Stale {
-    fn drop(&mut self) {
-        if !self.frames.is_empty() {
-            // A share never released keeps its frame allocated for ever: a bug, but not
-            // one worth stopping the host for.
-            log::error!(
-                "copy-on-write: {} replaced frame(s) never released",
-                self.frames.len()
-            );
-        }
-    }
-}
-
-impl GuestMemory {
+impl GStageMemory {
     /// Makes the page containing `gpa` writable if it is copy-on-write: W back on a
     /// frame no one else maps, a private copy of a shared one. A page already writable
     /// (another hart got there first) only needs the local flush.
-    pub fn break_cow(&mut self, gpa: Gpa, stale: &mut Stale) -> Result<(), CowError> {
-        stale.flush_local = true;
+    pub(crate) fn make_page_writable(
+        &mut self,
+        gpa: Gpa,
+        stale: &mut Stale,
+    ) -> Result<(), CowError> {
+        stale.flush_local();
         let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
         let out = self.table.make_writable(
@@ -111,7 +65,7 @@ impl GuestMemory {
         );
         match out {
             Ok(WriteOutcome::Copied { old }) => {
-                stale.frames.push(old);
+                stale.replaced(old);
                 Ok(())
             }
             Ok(_) => Ok(()),
@@ -125,7 +79,7 @@ impl GuestMemory {
     /// Gives this VM its own leaf table for the 2 MiB around `gpa` if it still shares
     /// it after a FORK (the guest touched that range for the first time). Returns
     /// whether it did; the caller flushes this hart's G-stage TLB.
-    pub fn materialize(&mut self, gpa: Gpa) -> Result<bool, CowError> {
+    pub(crate) fn own_leaf_table(&mut self, gpa: Gpa) -> Result<bool, CowError> {
         let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
         self.table
@@ -136,34 +90,6 @@ impl GuestMemory {
                 gpa,
             )
             .map_err(|_| CowError::OutOfMemory)
-    }
-
-    /// [`break_cow`](Self::break_cow) for every page of `[gpa, gpa+len)` inside `ram`
-    /// that lacks W (pages outside it are left to the access check that follows).
-    pub fn break_cow_range(
-        &mut self,
-        ram: diosix_core::addr::Range<Gpa>,
-        gpa: Gpa,
-        len: u64,
-        stale: &mut Stale,
-    ) -> Result<(), CowError> {
-        // Only the part inside RAM can be copy-on-write: the walk is bounded by the
-        // VM's RAM however large or wrapping `len` is.
-        let Some(end) = gpa.raw().checked_add(len) else {
-            return Ok(());
-        };
-        let first = gpa.align_down(PAGE_SIZE).raw().max(ram.start().raw());
-        let last = end.min(ram.end().raw());
-        for page in (first..last).step_by(PAGE_SIZE as usize) {
-            let at = Gpa::new(page);
-            if self
-                .translate(at)
-                .is_some_and(|(_, p)| !p.contains(Perms::W))
-            {
-                self.break_cow(at, stale)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -220,7 +146,7 @@ pub fn access_fault(vm: &Vm, gpa: Gpa, need: Perms, my_slot: usize) -> Result<()
     let r = match vm.mem.lock().as_mut() {
         Some(m) if write => m.break_cow(gpa, &mut stale),
         Some(m) => m.materialize(gpa).and_then(|_| {
-            stale.flush_local = true;
+            stale.flush_local();
             // Readable now, or this is no copy-on-write fault: a guest that faults
             // again there must not loop for ever.
             m.translate(gpa)

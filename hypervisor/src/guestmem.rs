@@ -1,21 +1,20 @@
-//! A guest's RAM: host pages mapped into its own G-stage table. The one place a GPA
-//! becomes an HPA for the hypervisor's own accesses (`chunks`, `read`, `write`), and
-//! where guest RAM is allocated, forked (copy-on-write, see `cow`), shared into a child
-//! (MAP_CHILD_MEM) and given back.
-//!
-//! This is the VM's isolation backend: nothing outside this file and `cow.rs` (its
-//! copy-on-write half) sees the G-stage table. A hart switches to a VM through its
-//! [`Activation`], so the PMP fallback (harts without H) plugs in here: its own RAM
-//! allocation, translation (`diosix_core::gstage::PmpOffsetMap`) and activation.
+//! The G-stage isolation backend: a guest's RAM as host pages mapped into its own
+//! sv39x4 G-stage table (H extension). Here guest RAM is allocated, translated for the
+//! hypervisor's own accesses, forked (copy-on-write; the fault side is in `cow`),
+//! shared into a child (MAP_CHILD_MEM) and given back. Nothing outside this file and
+//! `cow.rs` sees the table: the rest of the hypervisor holds a `Box<dyn Isolation>`.
 
+use crate::isolation::{Activation, CowError, Isolation, Stale};
 use crate::mem::{self, PhysTables, TableAlloc};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::any::Any;
 use diosix_core::addr::{Gpa, Hpa, Range, PAGE_SIZE};
 use diosix_core::gstage::{AccessError, GStageTable, MapError, Perms};
 
-/// What [`GuestMemory::new`] (and the VM build) says when it was cancelled.
+/// What [`GStageMemory::new`] (and the VM build) says when it was cancelled.
 pub const CANCELLED: &str = "cancelled";
 
 /// Largest backing block tried when allocating guest RAM (2 MiB).
@@ -26,33 +25,12 @@ const MAX_BLOCK_PAGES: usize = 512;
 /// The table is the only record of which frames the guest owns: RAM is allocated in
 /// blocks but released page by page, because after a copy-on-write FORK any page of a
 /// block may be shared, replaced by a private copy, or still the VM's own.
-pub struct GuestMemory {
+pub struct GStageMemory {
     /// The G-stage table (read by `cow`, the other half of this backend).
     pub(crate) table: GStageTable,
 }
 
-/// What a hart loads to run a VM's vCPUs: the `hgatp` value selecting its G-stage
-/// table and VMID.
-#[derive(Clone, Copy, Debug)]
-pub struct Activation {
-    hgatp: usize,
-}
-
-impl Activation {
-    /// Makes this VM's memory the only guest memory this hart's guest mode reaches,
-    /// with every cached translation of earlier guests flushed.
-    pub fn load(&self) {
-        // SAFETY: hgatp comes from this VM's own table (`GuestMemory::activation`), so
-        // the guest that runs next sees only its memory; both stages are flushed since
-        // VMIDs are reused after a VM dies, and a vCPU may last have run here before
-        // its VM's mappings changed.
-        unsafe { diosix_riscv::csr::hgatp::write(self.hgatp) };
-        diosix_riscv::fence::hfence_gvma_all();
-        diosix_riscv::fence::hfence_vvma_all();
-    }
-}
-
-impl GuestMemory {
+impl GStageMemory {
     /// Allocates and maps zeroed RAM for `ram` (page-aligned). Checks `cancelled`
     /// before each block of at most 2 MiB, and gives everything back if it holds.
     pub fn new(ram: Range<Gpa>, cancelled: &dyn Fn() -> bool) -> Result<Self, String> {
@@ -107,87 +85,12 @@ impl GuestMemory {
         Ok(this)
     }
 
-    /// How harts switch to this memory for VMID `vmid`; `None` if the VMID does not fit
-    /// the hardware's field.
-    pub fn activation(&self, vmid: u16) -> Option<Activation> {
-        let hgatp = self.table.hgatp(vmid)?;
-        Some(Activation {
-            hgatp: usize::try_from(hgatp).ok()?,
-        })
-    }
-
-    /// MAP_CHILD_MEM: `child`'s `size` bytes at `child_gpa` become a copy-on-write copy
-    /// of this memory's at `parent_gpa`, with `perms` for the child. The child has never
-    /// run, so no hart holds a translation to the frames it stops mapping: they are
-    /// freed at once. This memory's pages lose W; the caller flushes its harts.
-    pub fn share_into(
-        &mut self,
-        child: &mut GuestMemory,
-        parent_gpa: Gpa,
-        child_gpa: Gpa,
-        size: u64,
-        perms: Perms,
-    ) -> Result<(), MapError> {
-        let mut shares = mem::SHARES.lock();
-        let mut frames = mem::frames();
-        self.table.copy_range_into(
-            &mut child.table,
-            &mut PhysTables,
-            &mut TableAlloc(&mut frames),
-            &mut shares,
-            parent_gpa,
-            child_gpa,
-            size,
-            perms,
-            |frames, old| {
-                if let Err(e) = frames.0.free_part(old, 1) {
-                    log::error!("MAP_CHILD_MEM: frame {old} not returned: {e}");
-                }
-            },
-        )
-    }
-
-    /// Host chunks backing the guest buffer `[gpa, gpa+len)`, checked page by page.
-    pub fn chunks(&self, gpa: Gpa, len: u64, write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
-        self.table.guest_chunks(&PhysTables, gpa, len, write)
-    }
-
-    /// Copies `bytes` into guest memory at `gpa`.
-    pub fn write(&self, gpa: Gpa, bytes: &[u8]) -> Result<(), AccessError> {
-        let mut done = 0usize;
-        for (hpa, n) in self.chunks(gpa, bytes.len() as u64, true)? {
-            let n = n as usize;
-            // SAFETY: the chunk is guest RAM this VM owns, freshly translated by its
-            // G-stage table; `bytes` lives in hypervisor memory, so they cannot overlap.
-            unsafe { diosix_riscv::physmem::copy_in(hpa, &bytes[done..done + n]) };
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Copies guest memory at `gpa` into `out`.
-    pub fn read(&self, gpa: Gpa, out: &mut [u8]) -> Result<(), AccessError> {
-        let mut done = 0usize;
-        for (hpa, n) in self.chunks(gpa, out.len() as u64, false)? {
-            let n = n as usize;
-            // SAFETY: as for write, in the other direction.
-            unsafe { diosix_riscv::physmem::copy_out(hpa, &mut out[done..done + n]) };
-            done += n;
-        }
-        Ok(())
-    }
-
-    /// Translates one GPA (the G-stage walk).
-    pub fn translate(&self, gpa: Gpa) -> Option<(Hpa, Perms)> {
-        self.table.translate(&PhysTables, gpa)
-    }
-
     /// Copy-on-write FORK: a new guest memory sharing every leaf table (so every
     /// frame) with this one, in time independent of RAM size (see
     /// `diosix_core::gstage` `shared`). The caller has every vCPU of this VM off its
     /// hart except its own; this hart's G-stage TLB is flushed here, the others flush
     /// when they next load one.
-    pub fn fork(&mut self) -> Result<Self, String> {
+    pub fn fork_shared(&mut self) -> Result<Self, String> {
         let forked = {
             let mut shares = mem::SHARES.lock();
             let mut frames = mem::frames();
@@ -228,6 +131,82 @@ impl GuestMemory {
         if let Some((start, n)) = run {
             free_run(&mut frames, start, n);
         }
+    }
+}
+
+impl Isolation for GStageMemory {
+    /// How harts switch to this memory for VMID `vmid`; `None` if the VMID does not fit
+    /// the hardware's field.
+    fn activation(&self, vmid: u16) -> Option<Activation> {
+        let hgatp = self.table.hgatp(vmid)?;
+        Some(Activation::gstage(usize::try_from(hgatp).ok()?))
+    }
+
+    /// Translates one GPA (the G-stage walk).
+    fn translate(&self, gpa: Gpa) -> Option<(Hpa, Perms)> {
+        self.table.translate(&PhysTables, gpa)
+    }
+
+    /// Host chunks backing the guest buffer `[gpa, gpa+len)`, checked page by page.
+    fn chunks(&self, gpa: Gpa, len: u64, write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
+        self.table.guest_chunks(&PhysTables, gpa, len, write)
+    }
+
+    fn fork(&mut self) -> Result<Box<dyn Isolation>, String> {
+        Ok(Box::new(self.fork_shared()?))
+    }
+
+    /// MAP_CHILD_MEM: `child`'s `size` bytes at `child_gpa` become a copy-on-write copy
+    /// of this memory's at `parent_gpa`, with `perms` for the child. The child has never
+    /// run, so no hart holds a translation to the frames it stops mapping: they are
+    /// freed at once. This memory's pages lose W; the caller flushes its harts.
+    fn share_into(
+        &mut self,
+        child: &mut dyn Isolation,
+        parent_gpa: Gpa,
+        child_gpa: Gpa,
+        size: u64,
+        perms: Perms,
+    ) -> Result<(), MapError> {
+        // Both sides of a copy-on-write share are G-stage tables: one backend runs
+        // on the whole machine.
+        let child = child
+            .as_any_mut()
+            .downcast_mut::<GStageMemory>()
+            .ok_or(MapError::BadPerms)?;
+        let mut shares = mem::SHARES.lock();
+        let mut frames = mem::frames();
+        self.table.copy_range_into(
+            &mut child.table,
+            &mut PhysTables,
+            &mut TableAlloc(&mut frames),
+            &mut shares,
+            parent_gpa,
+            child_gpa,
+            size,
+            perms,
+            |frames, old| {
+                if let Err(e) = frames.0.free_part(old, 1) {
+                    log::error!("MAP_CHILD_MEM: frame {old} not returned: {e}");
+                }
+            },
+        )
+    }
+
+    fn break_cow(&mut self, gpa: Gpa, stale: &mut Stale) -> Result<(), CowError> {
+        self.make_page_writable(gpa, stale)
+    }
+
+    fn materialize(&mut self, gpa: Gpa) -> Result<bool, CowError> {
+        self.own_leaf_table(gpa)
+    }
+
+    fn release(self: Box<Self>) {
+        (*self).destroy();
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
     }
 }
 

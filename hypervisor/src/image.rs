@@ -11,7 +11,8 @@
 //! at most [`STEP`], so neither the heap a copy needs nor the delay before it notices a
 //! cancellation grows with the image.
 
-use crate::guestmem::GuestMemory;
+use crate::guestmem::GStageMemory;
+use crate::isolation::Isolation;
 use crate::vm::Vm;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -24,7 +25,7 @@ pub const STEP: u64 = 2 << 20;
 /// Bytes kept in host pages (see the module documentation).
 pub struct ImageStore {
     /// `None` only while being dropped.
-    mem: Option<GuestMemory>,
+    mem: Option<GStageMemory>,
     len: u64,
 }
 
@@ -49,7 +50,7 @@ impl ImageStore {
         let room = len.max(1).next_multiple_of(PAGE_SIZE);
         let range = Range::new(Gpa::new(0), room).ok_or("image size overflows")?;
         Ok(Self {
-            mem: Some(GuestMemory::new(range, cancelled)?),
+            mem: Some(GStageMemory::new(range, cancelled)?),
             len,
         })
     }
@@ -69,7 +70,7 @@ impl ImageStore {
         self.len
     }
 
-    fn mem(&self) -> &GuestMemory {
+    fn mem(&self) -> &GStageMemory {
         // Only `drop` takes it.
         self.mem
             .as_ref()
@@ -103,7 +104,7 @@ impl ImageStore {
             let to = Gpa::new(at.raw() + done);
             let guard = src.mem.lock();
             let src_mem = guard.as_ref().ok_or(not_mapped(from))?;
-            copy_between(self.mem(), to, src_mem, from, step, cancelled)?;
+            copy_between(self.mem(), to, src_mem.as_ref(), from, step, cancelled)?;
             done += step;
         }
         Ok(())
@@ -114,7 +115,7 @@ impl ImageStore {
         &self,
         off: u64,
         n: u64,
-        dst: &GuestMemory,
+        dst: &dyn Isolation,
         gpa: Gpa,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<(), CopyError> {
@@ -144,9 +145,9 @@ impl Drop for ImageStore {
 /// chunk, [`STEP`] bytes at a time, checking `cancelled` before each step. Needs R in
 /// `src` and W in `dst` on every page.
 pub fn copy_between(
-    dst: &GuestMemory,
+    dst: &dyn Isolation,
     dst_gpa: Gpa,
-    src: &GuestMemory,
+    src: &dyn Isolation,
     src_gpa: Gpa,
     n: u64,
     cancelled: &dyn Fn() -> bool,
@@ -228,7 +229,7 @@ impl Bytes<'_> {
     pub fn copy_into(
         &self,
         sub: core::ops::Range<usize>,
-        dst: &GuestMemory,
+        dst: &dyn Isolation,
         gpa: Gpa,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<(), CopyError> {

@@ -18,6 +18,7 @@ mod guestmem;
 mod hart;
 mod heap;
 mod image;
+mod isolation;
 mod mem;
 mod platform;
 mod sbi;

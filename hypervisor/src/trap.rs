@@ -157,8 +157,8 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         };
         match crate::cow::access_fault(&vm, gpa, need, hart.slot) {
             Ok(()) => return,
-            Err(crate::cow::CowError::NotCow) => {}
-            Err(crate::cow::CowError::OutOfMemory) => log::error!(
+            Err(crate::isolation::CowError::NotCow) => {}
+            Err(crate::isolation::CowError::OutOfMemory) => log::error!(
                 "VM {} vCPU {vcpu}: no host frame for a private copy of copy-on-write {gpa}",
                 vm.name
             ),

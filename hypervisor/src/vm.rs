@@ -1,9 +1,10 @@
 //! Virtual machines as the hypervisor runs them: a VM's memory, vCPU slots, scheduling
 //! flags and VMID (allocated here, reused once the VM is gone).
 
-use crate::guestmem::{Activation, GuestMemory};
+use crate::isolation::{Activation, Isolation};
 use crate::mem;
 use crate::vcpu_shared::VcpuShared;
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -29,7 +30,7 @@ pub struct Vm {
     /// How a hart switches to this VM's memory.
     pub activation: Activation,
     /// Guest RAM (`None` once released).
-    pub mem: Mutex<Option<GuestMemory>>,
+    pub mem: Mutex<Option<Box<dyn Isolation>>>,
     /// Its RAM range (immutable copy, readable without the lock).
     pub ram: Range<Gpa>,
     /// One entry per vCPU, indexed by guest hart ID.
@@ -82,7 +83,7 @@ impl Vm {
         let Some(m) = self.mem.lock().take() else {
             return;
         };
-        m.destroy();
+        m.release();
         log::info!(
             "VM {} (VMID {}): memory released; host free pages: {}",
             self.name,
@@ -119,17 +120,17 @@ pub fn free_vmid(vmid: u16) {
 pub fn adopt(
     id: VmId,
     name: String,
-    memory: GuestMemory,
+    memory: Box<dyn Isolation>,
     ram: Range<Gpa>,
     vcpus: usize,
     priority: u8,
 ) -> Option<Arc<Vm>> {
     let Some(vmid) = alloc_vmid() else {
-        memory.destroy();
+        memory.release();
         return None;
     };
     let Some(activation) = memory.activation(vmid) else {
-        memory.destroy();
+        memory.release();
         free_vmid(vmid);
         return None;
     };

@@ -33,7 +33,7 @@ impl Console for Call<'_> {
         }
         let vm = self.vcpu().vm.clone();
         let slot = self.hart.slot;
-        let mut stale = crate::cow::Stale::new();
+        let mut stale = crate::isolation::Stale::new();
         // Validate the destination (and give the VM its own copy of any copy-on-write
         // page in it) before consuming input, so a bad buffer loses nothing.
         let r = vm.make_writable(gpa, n as u64, &mut stale).and_then(|()| {

@@ -26,7 +26,7 @@ pub(super) struct HvHost<'a> {
     /// A child this call stopped, to wait for once the tree lock is released.
     pub(super) stopped: Option<Arc<Vm>>,
     /// Copy-on-write pages the call wrote into, settled before the tree is unlocked.
-    pub(super) stale: cow::Stale,
+    pub(super) stale: crate::isolation::Stale,
     /// A VM the call admitted, built once the tree is unlocked.
     pub(super) build: Option<PendingBuild>,
 }
@@ -38,7 +38,7 @@ impl<'a> HvHost<'a> {
             hart,
             yield_now: false,
             stopped: None,
-            stale: cow::Stale::new(),
+            stale: crate::isolation::Stale::new(),
             build: None,
         }
     }
@@ -134,7 +134,7 @@ impl ExtensionHost for HvHost<'_> {
             match memory.fork() {
                 Ok(f) => Frozen(Some(f)),
                 Err(e) => {
-                    memory.destroy();
+                    memory.release();
                     return Err(failed(e));
                 }
             }
@@ -320,7 +320,7 @@ impl ExtensionHost for HvHost<'_> {
         let (Some(pm), Some(cm)) = (pm.as_mut(), cm.as_mut()) else {
             return Err(SbiError::Failed);
         };
-        let copied = pm.share_into(cm, parent_gpa, child_gpa, size, p);
+        let copied = pm.share_into(cm.as_mut(), parent_gpa, child_gpa, size, p);
         // The parent's pages lost W: its other harts flush before this call returns.
         self.stale.write_protected();
         copied.map_err(|e| {
@@ -357,8 +357,10 @@ impl ExtensionHost for HvHost<'_> {
                     }
                     match m.break_cow(Gpa::new(p), &mut self.stale) {
                         // Read-only for this VM for good: nothing of it to take back.
-                        Ok(()) | Err(cow::CowError::NotCow) => {}
-                        Err(cow::CowError::OutOfMemory) => return Err(SbiError::Failed),
+                        Ok(()) | Err(crate::isolation::CowError::NotCow) => {}
+                        Err(crate::isolation::CowError::OutOfMemory) => {
+                            return Err(SbiError::Failed)
+                        }
                     }
                 }
             }

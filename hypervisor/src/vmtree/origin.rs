@@ -41,12 +41,12 @@ pub(super) struct Snapshot {
 }
 
 /// Guest memory no VM runs on, given back to the host when dropped.
-pub(super) struct Frozen(pub(super) Option<crate::guestmem::GuestMemory>);
+pub(super) struct Frozen(pub(super) Option<Box<dyn crate::isolation::Isolation>>);
 
 impl Drop for Frozen {
     fn drop(&mut self) {
         if let Some(m) = self.0.take() {
-            m.destroy();
+            m.release();
         }
     }
 }
