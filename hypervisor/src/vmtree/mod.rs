@@ -7,8 +7,9 @@
 //! keeps what REBOOT returns a VM to, `pending` runs builds outside the tree lock, and
 //! `wait` holds every wait for the lock or for other harts, and retirement.
 //!
-//! Lock order: `TREE`, then `ORIGINS`, then `VMS`, then a VM's memory, then `RUNQ`,
-//! then `mem::SHARES`, then `FRAMES`.
+//! Lock order: `TREE`, then `ORIGINS`, then `VMS` or `BUILDING` (each held for one map
+//! operation, never together), then a VM's memory, then `RUNQ`, then `mem::SHARES`,
+//! then `FRAMES`; `VMIDS` is a leaf (docs/architecture.md has the details).
 //!
 //! # Waiting for other harts
 //! Every M-mode wait here can be broken, so no guest can hold a hart for ever:
