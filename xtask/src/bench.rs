@@ -2,7 +2,8 @@
 //!
 //! Runs the bench guest under `-icount shift=0,sleep=off -seed 1 -smp 2` twice: as the
 //! Diosix Root VM (`-bios none`) and directly on QEMU's OpenSBI (`-bios default`), and
-//! prints its `bench <metric> <n>` figures side by side.
+//! prints its `bench <metric> <n>` figures side by side; then the VM-tree figures; then
+//! Linux's boot to `/init` at 1, 2 and 4 harts, as the Root VM and on OpenSBI.
 use crate::build::{self, ImageOptions, RootVm};
 use crate::qemu::{self, Bios, QemuOptions};
 use crate::{guests, workspace_root, Result};
@@ -98,7 +99,81 @@ pub fn cmd_bench(_args: &[String]) -> Result<()> {
     if let Some(e) = derr {
         println!("Diosix run failed: {e}");
     }
-    tree_bench(&elf)
+    tree_bench(&elf)?;
+    linux_boot_bench()
+}
+
+/// The kernel's own log line that ends the measured boot.
+const INIT_LINE: &str = "Run /init as init process";
+
+/// The printk timestamp, in microseconds, of the first line containing `what`
+/// (`[    0.195123] Run /init ...`).
+fn printk_us(output: &str, what: &str) -> Option<u64> {
+    let line = output.lines().find(|l| l.contains(what))?;
+    let stamp = line.split('[').nth(1)?.split(']').next()?.trim();
+    let (secs, micros) = stamp.split_once('.')?;
+    let secs: u64 = secs.parse().ok()?;
+    let micros: u64 = micros.get(..6)?.parse().ok()?;
+    secs.checked_mul(1_000_000)?.checked_add(micros)
+}
+
+/// Linux (the Root VM's kernel, initramfs and command line) from the kernel's timer
+/// set-up to `Run /init as init process`, by its own printk clock (under icount one
+/// instruction is one nanosecond), as the Root VM with 128 MiB and on QEMU's OpenSBI
+/// with `-m 128M`, at 1, 2 and 4 harts (one vCPU per hart).
+fn linux_boot_bench() -> Result<()> {
+    let a = crate::rootvm::build_linux_root_vm()?;
+    // Every run first, then the table: image builds print their own progress.
+    let mut rows = Vec::new();
+    for smp in [1u32, 2, 4] {
+        let name = format!("bench-linux-smp{smp}");
+        let image = build::build_image(&ImageOptions {
+            root_vm: RootVm::Linux,
+            vcpus: Some(smp),
+            ram_mib: Some(128),
+            cmdline: None,
+            out: workspace_root()
+                .join("target")
+                .join("test-images")
+                .join(format!("{name}.elf")),
+        })?;
+        let mut d = QemuOptions::new(&name, image);
+        d.smp = smp;
+        d.mem_mib = 512;
+        let mut o = QemuOptions::new(&format!("{name}-opensbi"), a.kernel_image.clone());
+        o.bios = Bios::Default;
+        o.smp = smp;
+        o.mem_mib = 128;
+        o.append = Some(a.cmdline.clone());
+        o.extra = vec!["-initrd".into(), a.initramfs.display().to_string()];
+        let mut us = Vec::new();
+        for q in [&mut d, &mut o] {
+            q.icount = true;
+            q.timeout = Duration::from_secs(300);
+            q.stop_at = Some(INIT_LINE.into());
+            let out = qemu::run(q)?;
+            us.push(printk_us(&out.output, INIT_LINE).ok_or_else(|| {
+                format!(
+                    "{}: no timestamped `{INIT_LINE}` line (log {})",
+                    q.name,
+                    out.log.display()
+                )
+            })?);
+        }
+        rows.push((smp, us[0], us[1]));
+    }
+    println!();
+    println!(
+        "{:<24} | {:>12} | {:>12} | {:>7}",
+        "Linux to /init (µs)", "Diosix", "OpenSBI", "ratio"
+    );
+    println!("{:-<25}+{:-<14}+{:-<14}+{:-<8}", "", "", "", "");
+    for (smp, d, o) in rows {
+        let metric = format!("linux_to_init_smp{smp}");
+        let ratio = d as f64 / o.max(1) as f64;
+        println!("{metric:<24} | {d:>12} | {o:>12} | {ratio:>7.2}");
+    }
+    Ok(())
 }
 
 /// The VM-tree figures: the bench guest as a one-vCPU Root VM of 16, 64 and 256 MiB on
@@ -136,4 +211,24 @@ fn tree_bench(elf: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printk_stamps_become_microseconds() {
+        let out = "[    0.000000] Linux version 6.12\n[    0.195123] Run /init as init process\n";
+        assert_eq!(printk_us(out, INIT_LINE), Some(195_123));
+        assert_eq!(
+            printk_us("[   12.000001] Run /init as init process", INIT_LINE),
+            Some(12_000_001)
+        );
+        assert_eq!(printk_us("Run /init as init process", INIT_LINE), None);
+        assert_eq!(
+            printk_us("[ x.1] Run /init as init process", INIT_LINE),
+            None
+        );
+    }
 }
