@@ -4,9 +4,10 @@ use crate::hart::{self, HartLocal};
 use crate::sched;
 use crate::vcpu::Wait;
 use diosix_core::addr::{Gpa, Gva};
+use diosix_core::exits::ExitCause;
 use diosix_core::gstage::Perms;
 use diosix_riscv::csr::{self, mstatus_bits};
-use diosix_riscv::trap::TrapFrame;
+use diosix_riscv::trap::{reg, TrapFrame};
 
 const INTERRUPT: usize = 1 << 63;
 const IRQ_M_SOFT: usize = 3;
@@ -29,6 +30,10 @@ extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
     let cause = csr::mcause::read();
     if csr::mstatus::read() & mstatus_bits::MPV == 0 || hart.current.is_none() {
         hypervisor_fault(cause);
+    }
+    if let Some(v) = hart.current.as_ref() {
+        let a7 = hart.frame.regs[reg::A7] as usize;
+        v.shared.count_exit(ExitCause::classify(cause, a7));
     }
     if cause & INTERRUPT != 0 {
         match cause & !INTERRUPT {

@@ -1,7 +1,10 @@
 //! The part of a vCPU other harts see: its HSM state, interrupts raised for it, and
 //! where it runs. Held by its VM (one per guest hart ID) and by the vCPU itself.
 
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use alloc::string::String;
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use diosix_core::exits::ExitCause;
 use diosix_core::sbi::HartState;
 
 /// Marks "not running on any hart" in [`VcpuShared::running_on`].
@@ -18,6 +21,9 @@ pub struct VcpuShared {
     pub pending: AtomicUsize,
     /// Slot of the hart running this vCPU, or [`NOT_RUNNING`].
     pub running_on: AtomicUsize,
+    /// Exits from guest mode so far, by [`ExitCause`] (written only by the hart running
+    /// the vCPU, read by anyone for the logs).
+    exits: [AtomicU64; ExitCause::COUNT],
 }
 
 impl VcpuShared {
@@ -28,7 +34,28 @@ impl VcpuShared {
             hsm: AtomicU8::new(state as u8),
             pending: AtomicUsize::new(0),
             running_on: AtomicUsize::new(NOT_RUNNING),
+            exits: [const { AtomicU64::new(0) }; ExitCause::COUNT],
         }
+    }
+
+    /// Counts one exit.
+    #[inline]
+    pub fn count_exit(&self, cause: ExitCause) {
+        if let Some(c) = self.exits.get(cause as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `total N: cause n, ...` for the causes seen, for a log line.
+    pub fn exit_summary(&self) -> String {
+        let counts = ExitCause::ALL.map(|c| (c, self.exits[c as usize].load(Ordering::Relaxed)));
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        let mut s = String::new();
+        let _ = write!(s, "total {total}");
+        for (c, n) in counts.iter().filter(|(_, n)| *n > 0) {
+            let _ = write!(s, ", {} {n}", c.name());
+        }
+        s
     }
 
     /// Current HSM state.

@@ -75,6 +75,19 @@ impl Vm {
 }
 
 impl Vm {
+    /// Logs how often each vCPU left guest mode, and why (issue 14's first tool: where
+    /// a workload's time goes in the hypervisor).
+    pub fn log_exits(&self) {
+        for v in &self.vcpus {
+            log::info!(
+                "VM {} vCPU {} exits: {}",
+                self.name,
+                v.index,
+                v.exit_summary()
+            );
+        }
+    }
+
     /// Returns the VM's memory (RAM and page tables) to the host now, if it still has
     /// it. The caller has made sure no vCPU of the VM runs any more (a dead VM's
     /// memory is released by whoever killed it, before the VM's charge can be reused:
@@ -83,6 +96,7 @@ impl Vm {
         let Some(m) = self.mem.lock().take() else {
             return;
         };
+        self.log_exits();
         m.release();
         log::info!(
             "VM {} (VMID {}): memory released; host free pages: {}",

@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod exits;
 pub mod frames;
 pub mod gstage;
 pub mod guestfdt;

@@ -20,6 +20,7 @@ impl Reset for Call<'_> {
             }
         );
         if vm.is_root {
+            vm.log_exits();
             crate::platform::restart_host()
         }
         // A child's own shutdown ends it (and its subtree); its own reboot is REBOOT of

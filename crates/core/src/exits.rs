@@ -1,0 +1,149 @@
+//! Why a vCPU left guest mode: every trap from a guest into the hypervisor, classified
+//! by cause (and, for SBI calls, by extension), so the exits a workload costs can be
+//! counted per vCPU and the expensive ones found.
+
+use diosix_abi::eid;
+
+/// The cause of one exit from guest mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ExitCause {
+    /// SBI TIME (and legacy set_timer).
+    SbiTimer,
+    /// SBI IPI (and the legacy IPI calls).
+    SbiIpi,
+    /// SBI RFENCE (and the legacy fences).
+    SbiRfence,
+    /// SBI HSM.
+    SbiHsm,
+    /// SBI DBCN (and the legacy console calls).
+    SbiConsole,
+    /// The Diosix extension.
+    SbiDiosix,
+    /// Any other SBI call (BASE, SRST, unknown extensions).
+    SbiOther,
+    /// The hart's M-mode timer: a vCPU's timer, its time slice, or a waiter's deadline.
+    TimerInterrupt,
+    /// A kick from another hart: an IPI for this vCPU, a fence request, a stop.
+    SoftwareInterrupt,
+    /// Any other interrupt.
+    OtherInterrupt,
+    /// A guest-page fault (copy-on-write, or a bad access).
+    GuestPageFault,
+    /// A virtual-instruction exception (WFI, or an instruction the guest may not run).
+    VirtualInstruction,
+    /// Any other exception.
+    OtherException,
+}
+
+/// `mcause`'s interrupt bit on RV64.
+const INTERRUPT: usize = 1 << 63;
+
+impl ExitCause {
+    /// How many causes there are (for counter arrays).
+    pub const COUNT: usize = 13;
+
+    /// Every cause, in `repr` order.
+    pub const ALL: [ExitCause; Self::COUNT] = [
+        Self::SbiTimer,
+        Self::SbiIpi,
+        Self::SbiRfence,
+        Self::SbiHsm,
+        Self::SbiConsole,
+        Self::SbiDiosix,
+        Self::SbiOther,
+        Self::TimerInterrupt,
+        Self::SoftwareInterrupt,
+        Self::OtherInterrupt,
+        Self::GuestPageFault,
+        Self::VirtualInstruction,
+        Self::OtherException,
+    ];
+
+    /// Classifies a trap from a guest: `mcause` as read in M-mode, `a7` the guest's a7
+    /// (the SBI extension, for an ecall).
+    pub const fn classify(mcause: usize, a7: usize) -> Self {
+        if mcause & INTERRUPT != 0 {
+            return match mcause & !INTERRUPT {
+                7 => Self::TimerInterrupt,
+                3 => Self::SoftwareInterrupt,
+                _ => Self::OtherInterrupt,
+            };
+        }
+        match mcause {
+            10 => match a7 {
+                eid::TIME | eid::LEGACY_SET_TIMER => Self::SbiTimer,
+                eid::IPI | eid::LEGACY_SEND_IPI | eid::LEGACY_CLEAR_IPI => Self::SbiIpi,
+                eid::RFENCE
+                | eid::LEGACY_REMOTE_FENCE_I
+                | eid::LEGACY_REMOTE_SFENCE_VMA
+                | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => Self::SbiRfence,
+                eid::HSM => Self::SbiHsm,
+                eid::DBCN | eid::LEGACY_CONSOLE_PUTCHAR | eid::LEGACY_CONSOLE_GETCHAR => {
+                    Self::SbiConsole
+                }
+                eid::DIOSIX => Self::SbiDiosix,
+                _ => Self::SbiOther,
+            },
+            20 | 21 | 23 => Self::GuestPageFault,
+            22 => Self::VirtualInstruction,
+            _ => Self::OtherException,
+        }
+    }
+
+    /// A short name for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SbiTimer => "sbi.time",
+            Self::SbiIpi => "sbi.ipi",
+            Self::SbiRfence => "sbi.rfence",
+            Self::SbiHsm => "sbi.hsm",
+            Self::SbiConsole => "sbi.console",
+            Self::SbiDiosix => "sbi.diosix",
+            Self::SbiOther => "sbi.other",
+            Self::TimerInterrupt => "irq.timer",
+            Self::SoftwareInterrupt => "irq.kick",
+            Self::OtherInterrupt => "irq.other",
+            Self::GuestPageFault => "guest_page_fault",
+            Self::VirtualInstruction => "virtual_instruction",
+            Self::OtherException => "exception.other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_cause_in_repr_order() {
+        for (i, c) in ExitCause::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn traps_are_classified_by_cause_and_extension() {
+        assert_eq!(
+            ExitCause::classify(INTERRUPT | 7, 0),
+            ExitCause::TimerInterrupt
+        );
+        assert_eq!(
+            ExitCause::classify(INTERRUPT | 3, 0),
+            ExitCause::SoftwareInterrupt
+        );
+        assert_eq!(
+            ExitCause::classify(INTERRUPT | 11, 0),
+            ExitCause::OtherInterrupt
+        );
+        assert_eq!(ExitCause::classify(10, eid::TIME), ExitCause::SbiTimer);
+        assert_eq!(ExitCause::classify(10, 0), ExitCause::SbiTimer);
+        assert_eq!(ExitCause::classify(10, eid::IPI), ExitCause::SbiIpi);
+        assert_eq!(ExitCause::classify(10, eid::RFENCE), ExitCause::SbiRfence);
+        assert_eq!(ExitCause::classify(10, eid::DIOSIX), ExitCause::SbiDiosix);
+        assert_eq!(ExitCause::classify(10, 0xdead), ExitCause::SbiOther);
+        assert_eq!(ExitCause::classify(23, 0), ExitCause::GuestPageFault);
+        assert_eq!(ExitCause::classify(22, 0), ExitCause::VirtualInstruction);
+        assert_eq!(ExitCause::classify(2, 0), ExitCause::OtherException);
+    }
+}
