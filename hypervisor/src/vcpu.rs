@@ -159,6 +159,7 @@ impl Vcpu {
 
     /// Loads this vCPU onto the current hart: GPRs into `frame`, CSRs into the hart.
     pub fn load(&mut self, frame: &mut TrapFrame, now: u64) {
+        self.shared.running_again(now);
         frame.regs = self.ctx.regs;
         self.merge_pending(now);
         let c = &self.ctx.csrs;

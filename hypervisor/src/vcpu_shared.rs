@@ -24,6 +24,13 @@ pub struct VcpuShared {
     /// Exits from guest mode so far, by [`ExitCause`] (written only by the hart running
     /// the vCPU, read by anyone for the logs).
     exits: [AtomicU64; ExitCause::COUNT],
+    /// When (`time`) an IPI was sent to this vCPU while it was not running, until it
+    /// next runs; 0 when none is outstanding.
+    ipi_sent_at: AtomicU64,
+    /// IPIs that found this vCPU off its hart, and the `time` ticks from each to the
+    /// vCPU running again (the wake-up latency other vCPUs may be spinning through).
+    ipi_wakes: AtomicU64,
+    ipi_wake_ticks: AtomicU64,
 }
 
 impl VcpuShared {
@@ -35,6 +42,27 @@ impl VcpuShared {
             pending: AtomicUsize::new(0),
             running_on: AtomicUsize::new(NOT_RUNNING),
             exits: [const { AtomicU64::new(0) }; ExitCause::COUNT],
+            ipi_sent_at: AtomicU64::new(0),
+            ipi_wakes: AtomicU64::new(0),
+            ipi_wake_ticks: AtomicU64::new(0),
+        }
+    }
+
+    /// An IPI was sent to this vCPU at `now` while it was off its hart.
+    pub fn ipi_while_off(&self, now: u64) {
+        let _ =
+            self.ipi_sent_at
+                .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// This vCPU runs again at `now`: closes an outstanding IPI's wake-up latency.
+    #[inline]
+    pub fn running_again(&self, now: u64) {
+        let sent = self.ipi_sent_at.swap(0, Ordering::Relaxed);
+        if sent != 0 {
+            self.ipi_wakes.fetch_add(1, Ordering::Relaxed);
+            self.ipi_wake_ticks
+                .fetch_add(now.saturating_sub(sent), Ordering::Relaxed);
         }
     }
 
@@ -54,6 +82,11 @@ impl VcpuShared {
         let _ = write!(s, "total {total}");
         for (c, n) in counts.iter().filter(|(_, n)| *n > 0) {
             let _ = write!(s, ", {} {n}", c.name());
+        }
+        let wakes = self.ipi_wakes.load(Ordering::Relaxed);
+        if wakes > 0 {
+            let ticks = self.ipi_wake_ticks.load(Ordering::Relaxed);
+            let _ = write!(s, "; IPI wake-ups {wakes}, {ticks} time ticks in all");
         }
         s
     }

@@ -39,6 +39,8 @@ impl Ipi for Call<'_> {
             let slot = shared.running_on.load(Ordering::Acquire);
             if slot != NOT_RUNNING {
                 hart::kick(slot);
+            } else {
+                shared.ipi_while_off(crate::platform::now());
             }
         }
         // Always re-check the wait queue under its lock, even for targets that looked
