@@ -6,14 +6,13 @@
 //! parent's own node and its direct children. Everything a child holds is charged when
 //! it is created, to it and to every ancestor's subtree counts.
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
-use diosix_abi::{cid, limits};
+use diosix_abi::limits;
 
 use super::{
-    ByteRing, ChildRequest, EventQueue, Quota, QuotaChange, Reserved, SbiError, SubtreeUsage,
-    Termination, Usage, VmId, VmNode, VmState, VmTree,
+    ChildRequest, Quota, QuotaChange, Reserved, SbiError, SubtreeUsage, Termination, Usage, VmId,
+    VmNode, VmState, VmTree,
 };
 
 impl VmTree {
@@ -228,33 +227,20 @@ impl VmTree {
         pages: u64,
         req: ChildRequest,
     ) -> VmId {
+        let own = Usage {
+            ram_pages: req.ram_pages,
+            table_pages: req.table_pages,
+            vcpus: req.vcpus,
+        };
         let node = VmNode {
             parent: Some(parent),
             cid_in_parent: cid,
-            children: BTreeMap::new(),
-            next_child_cid: cid::FIRST_CHILD,
             name: req.name,
             state: req.initial_state,
             initial_state: req.initial_state,
             trusted: req.trusted,
             depth,
-            priority: req.priority,
-            quota,
-            own: Usage {
-                ram_pages: req.ram_pages,
-                table_pages: req.table_pages,
-                vcpus: req.vcpus,
-            },
-            subtree: SubtreeUsage {
-                pages,
-                vcpus: req.vcpus,
-                descendants: 0,
-            },
-            lanes: BTreeMap::new(),
-            next_seq: 0,
-            events: EventQueue::default(),
-            console_out: ByteRing::default(),
-            console_in: ByteRing::default(),
+            ..VmNode::fresh(quota, own, pages, req.priority)
         };
         let id = self.alloc(node);
         if let Some(p) = self.get_mut(parent) {

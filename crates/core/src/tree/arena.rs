@@ -5,16 +5,11 @@
 //! a [`VmId`] of a dead VM stops resolving for good even after the slot is reused. A CID
 //! is looked up among the caller's own children only, never in the arena at large.
 
-use alloc::collections::BTreeMap;
-use alloc::string::String;
 use alloc::vec::Vec;
 
 use diosix_abi::cid;
 
-use super::{
-    ByteRing, EventQueue, Quota, Resolved, SbiError, Slot, SubtreeUsage, Usage, VmId, VmNode,
-    VmState, VmTree,
-};
+use super::{Quota, Resolved, SbiError, Slot, Usage, VmId, VmNode, VmTree};
 
 impl VmTree {
     /// Builds a tree holding only the Root VM, which is trusted, running, and has
@@ -32,30 +27,7 @@ impl VmTree {
         {
             return Err(SbiError::InvalidParam);
         }
-        let node = VmNode {
-            parent: None,
-            cid_in_parent: cid::PARENT,
-            children: BTreeMap::new(),
-            next_child_cid: cid::FIRST_CHILD,
-            name: String::from("root"),
-            state: VmState::Running,
-            initial_state: VmState::Running,
-            trusted: true,
-            depth: 0,
-            priority,
-            quota,
-            own,
-            subtree: SubtreeUsage {
-                pages,
-                vcpus: own.vcpus,
-                descendants: 0,
-            },
-            lanes: BTreeMap::new(),
-            next_seq: 0,
-            events: EventQueue::default(),
-            console_out: ByteRing::default(),
-            console_in: ByteRing::default(),
-        };
+        let node = VmNode::fresh(quota, own, pages, priority);
         let mut tree = Self {
             slots: Vec::new(),
             free: Vec::new(),

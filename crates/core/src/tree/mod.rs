@@ -63,7 +63,7 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use diosix_abi::state;
+use diosix_abi::{cid, state};
 
 pub use comms::{ByteRing, EventKind, EventQueue, EventRecord, Message};
 pub use error::SbiError;
@@ -204,6 +204,36 @@ pub struct VmNode {
 }
 
 impl VmNode {
+    /// A VM using `own` (`pages` pages) of `quota`, with no children, messages, events
+    /// or console bytes yet: the Root VM as it starts, and the common part of every
+    /// child (whose creator then sets its place in the tree, name, state and trust).
+    fn fresh(quota: Quota, own: Usage, pages: u64, priority: u32) -> Self {
+        VmNode {
+            parent: None,
+            cid_in_parent: cid::PARENT,
+            children: BTreeMap::new(),
+            next_child_cid: cid::FIRST_CHILD,
+            name: String::from("root"),
+            state: VmState::Running,
+            initial_state: VmState::Running,
+            trusted: true,
+            depth: 0,
+            priority,
+            quota,
+            own,
+            subtree: SubtreeUsage {
+                pages,
+                vcpus: own.vcpus,
+                descendants: 0,
+            },
+            lanes: BTreeMap::new(),
+            next_seq: 0,
+            events: EventQueue::default(),
+            console_out: ByteRing::default(),
+            console_in: ByteRing::default(),
+        }
+    }
+
     /// Parent's id (None for the Root VM).
     pub fn parent(&self) -> Option<VmId> {
         self.parent
