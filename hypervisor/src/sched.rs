@@ -67,7 +67,7 @@ impl Schedulable for Box<Vcpu> {
     }
 
     fn wake_deadline(&self) -> u64 {
-        self.ctx.timer_deadline
+        self.timer_wake_deadline()
     }
 
     /// A waiter's wake-up: WFI continues after the WFI; a retentive suspend returns

@@ -157,6 +157,22 @@ impl Vcpu {
         }
     }
 
+    /// When this waiting vCPU's timer can wake it: its deadline, or never (`u64::MAX`)
+    /// if its WFI cannot end on a timer interrupt because the guest has the timer
+    /// interrupt disabled (an HSM suspend ends on any pending interrupt, so its
+    /// deadline always counts). A deadline that cannot wake the vCPU must not be
+    /// programmed into the idle harts' timers: once past, it would keep their timer
+    /// interrupt pending and turn their WFI into a busy loop.
+    pub fn timer_wake_deadline(&self) -> u64 {
+        // hvip's VSTIP (bit 6) is the guest's STIP, enabled by vsie's STIE (bit 5).
+        let timer_enabled = (irq::VSTIP >> 1) & self.ctx.csrs.vsie != 0;
+        match self.ctx.wait {
+            Wait::Suspend(_) => self.ctx.timer_deadline,
+            _ if timer_enabled => self.ctx.timer_deadline,
+            _ => u64::MAX,
+        }
+    }
+
     /// Loads this vCPU onto the current hart: GPRs into `frame`, CSRs into the hart.
     pub fn load(&mut self, frame: &mut TrapFrame, now: u64) {
         self.shared.running_again(now);
