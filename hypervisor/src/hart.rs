@@ -100,6 +100,10 @@ pub fn kick(slot: usize) {
 
 /// Wakes one idle hart, if there is one, so a newly runnable vCPU runs promptly.
 pub fn wake_an_idle_hart() {
+    // Ordered after our unlock of the run queue: a hart that found the queue locked
+    // sets its IDLE bit and then re-checks the lock (`sched::next_vcpu`); one of the
+    // two sides sees the other.
+    core::sync::atomic::fence(Ordering::SeqCst);
     let idle = IDLE.load(Ordering::Acquire);
     if idle != 0 {
         kick(idle.trailing_zeros() as usize);

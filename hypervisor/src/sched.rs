@@ -16,13 +16,20 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use diosix_core::runqueue::{Placement, RunQueue, Schedulable};
 use diosix_core::sbi::{HartState, Suspend};
-use spin::Mutex;
+use spin::{Mutex, MutexGuard};
 
-/// Time slice: 10 ms at the host's timebase.
-/// A time slice, in timer ticks.
+/// A time slice (10 ms), in timer ticks.
 pub fn slice_ticks() -> u64 {
     platform::host().timebase_frequency / 100
 }
+
+/// How soon (10 µs) a hart that found the run queue busy looks at it again.
+fn retry_ticks() -> u64 {
+    (platform::host().timebase_frequency / 100_000).max(1)
+}
+
+/// How many times a hart polls a busy run queue before giving way.
+const QUEUE_SPIN_LIMIT: usize = 64;
 
 // vCPUs stay boxed: they move between the queue and harts by pointer, not by copying
 // their register and FP state.
@@ -30,6 +37,26 @@ static RUNQ: Mutex<RunQueue<Box<Vcpu>>> = Mutex::new(RunQueue::new());
 
 /// Earliest timer deadline among waiting vCPUs, so running harts can wake them.
 static EARLIEST_WAITER: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Takes the run queue lock if it is free or becomes free within a short spin.
+///
+/// The timer and idle paths use this instead of waiting for the lock: the holder
+/// may be delayed far longer than its critical section (on real hardware by its own
+/// M-mode interrupt handling; under QEMU's round-robin TCG, by being switched out
+/// mid-section for the rest of the other hart's time slice, tens of milliseconds
+/// that a spinning hart burns as guest-visible time). Those paths have something
+/// better to do than wait: run their guest, or sleep until kicked.
+fn try_lock_queue() -> Option<MutexGuard<'static, RunQueue<Box<Vcpu>>>> {
+    for _ in 0..QUEUE_SPIN_LIMIT {
+        if !RUNQ.is_locked() {
+            if let Some(q) = RUNQ.try_lock() {
+                return Some(q);
+            }
+        }
+        core::hint::spin_loop();
+    }
+    RUNQ.try_lock()
+}
 
 /// Publishes the queue's earliest waiter deadline (after any change to its waiters),
 /// under the queue lock.
@@ -179,12 +206,20 @@ pub fn tick(hart: &mut HartLocal) {
     if let Some(v) = hart.current.as_mut() {
         v.merge_pending_live(now);
     }
-    let (best, expired) = {
-        let mut q = RUNQ.lock();
-        q.wake_waiters(now);
-        publish_earliest(&q);
-        (q.best_priority(), now >= hart.slice_end)
+    let Some(mut q) = try_lock_queue() else {
+        // Another hart is in the queue (a scheduling hart wakes the waiters itself):
+        // run our guest on and look again shortly, rather than wait for it.
+        let retry = now + retry_ticks();
+        if now >= hart.slice_end {
+            hart.slice_end = retry;
+        }
+        set_hart_timer(hart, EARLIEST_WAITER.load(Ordering::Acquire).max(retry));
+        return;
     };
+    q.wake_waiters(now);
+    publish_earliest(&q);
+    let (best, expired) = (q.best_priority(), now >= hart.slice_end);
+    drop(q);
     let prio = hart
         .current
         .as_ref()
@@ -207,14 +242,17 @@ pub fn tick(hart: &mut HartLocal) {
 
 /// Programs this hart's mtimecmp for the next event it must notice.
 pub fn program_timer(hart: &HartLocal) {
+    set_hart_timer(hart, EARLIEST_WAITER.load(Ordering::Acquire));
+}
+
+/// Programs this hart's mtimecmp for its guest's deadline, its slice end or
+/// `waiters`, whichever comes first.
+fn set_hart_timer(hart: &HartLocal, waiters: u64) {
     let guest = hart
         .current
         .as_ref()
         .map_or(u64::MAX, |v| v.ctx.timer_deadline);
-    let deadline = guest
-        .min(hart.slice_end)
-        .min(EARLIEST_WAITER.load(Ordering::Acquire));
-    platform::set_timer(deadline);
+    platform::set_timer(guest.min(hart.slice_end).min(waiters));
 }
 
 fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
@@ -236,7 +274,20 @@ fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
         hart::clear_kick(hart.slot);
         crate::hart::service_fence_request(hart.slot);
         let now = platform::now();
-        let mut q = RUNQ.lock();
+        let Some(mut q) = try_lock_queue() else {
+            // Sleep rather than spin while another hart is in the queue: marked idle
+            // first, so a hart that makes a vCPU runnable after this check kicks us
+            // (it reads IDLE after unlocking; see `hart::wake_an_idle_hart`).
+            IDLE.fetch_or(bit, Ordering::SeqCst);
+            if RUNQ.is_locked() {
+                let waiters = EARLIEST_WAITER.load(Ordering::Acquire);
+                platform::set_timer(waiters.max(now + retry_ticks()));
+                // SAFETY: as below.
+                unsafe { core::arch::asm!("wfi") };
+            }
+            IDLE.fetch_and(!bit, Ordering::AcqRel);
+            continue;
+        };
         q.wake_waiters(now);
         publish_earliest(&q);
         if let Some(v) = q.pop_best() {
