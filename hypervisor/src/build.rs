@@ -126,7 +126,9 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             let boot_hart = &host.harts[0];
             let extensions = guestfdt::advertised_extensions(
                 boot_hart.extensions.iter().map(String::as_str),
-                guestfdt::VirtFeatures::default(),
+                guestfdt::VirtFeatures {
+                    sstc: crate::platform::guest_sstc(),
+                },
             );
             generated = guestfdt::generate(&guestfdt::GuestFdtConfig {
                 vcpus,

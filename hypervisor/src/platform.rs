@@ -2,10 +2,11 @@
 //! setup that makes guests run in VS-mode.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_core::addr::Hpa;
 use diosix_core::hostfdt::HostPlatform;
 use diosix_riscv::clint::Clint;
-use diosix_riscv::csr::{self, hstatus_bits, irq, mstatus_bits};
+use diosix_riscv::csr::{self, envcfg, hstatus_bits, irq, mstatus_bits};
 use diosix_riscv::reset::{SysconReset, SysconWrite};
 use diosix_riscv::uart::Ns16550a;
 use spin::Once;
@@ -13,6 +14,8 @@ use spin::Once;
 static HOST: Once<HostPlatform> = Once::new();
 static CLINT: Once<Clint> = Once::new();
 static RESET: Once<SysconReset> = Once::new();
+/// Every usable hart has Sstc: guests get their own timer comparator (`vstimecmp`).
+static GUEST_SSTC: AtomicBool = AtomicBool::new(false);
 
 /// The firmware device tree is at most this big; anything larger is refused.
 const MAX_FDT: usize = 1 << 20;
@@ -77,7 +80,20 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
             "every hart must implement the H extension (PMP fallback not built yet)".into(),
         );
     }
+    // vCPUs move between harts, so the guest timer can use Sstc only if all have it.
+    GUEST_SSTC.store(
+        host.harts.iter().all(|h| h.has_extension("sstc")),
+        Ordering::Relaxed,
+    );
     Ok(HOST.call_once(|| host))
+}
+
+/// Whether guests' timers are their own Sstc comparators (`vstimecmp`, switched with
+/// the vCPU; `henvcfg.STCE` set): a guest writing `stimecmp` and its timer interrupt
+/// then cost no exit, and the SBI `set_timer` is one CSR write. Otherwise the
+/// hypervisor multiplexes the hart's `mtimecmp` and injects `hvip.VSTIP`.
+pub fn guest_sstc() -> bool {
+    GUEST_SSTC.load(Ordering::Relaxed)
 }
 
 /// The host platform (after [`init`]).
@@ -171,13 +187,17 @@ pub fn init_hart_csrs() {
         // Guests read time, cycle and instret directly.
         csr::mcounteren::write(0b111);
         csr::hcounteren::write(0b111);
-        // Sstc stays off (STCE = 0) so guests use SBI timers, which we multiplex.
-        csr::menvcfg::write(0);
-        csr::henvcfg::write(0);
+        // With Sstc on every hart, STCE hands guests their own comparator
+        // (`vstimecmp`, raising VSTIP by itself). Without it (STCE = 0) guests use SBI
+        // timers, multiplexed on mtimecmp and injected through hvip. Never both for one
+        // guest: QEMU 10.0 ignores M-mode writes to hvip.VSTIP while menvcfg.STCE = 1.
+        let stce = if guest_sstc() { envcfg::STCE } else { 0 };
+        csr::menvcfg::write(stce);
+        csr::henvcfg::write(stce);
         csr::htimedelta::write(0);
-        // Where Sstc exists its comparators still raise STIP/VSTIP (QEMU keeps a
-        // latched VSTIP while vstimecmp <= time, whatever STCE says), so park them in
-        // the far future: guest timer interrupts come only from hvip.
+        // Where Sstc exists its comparators raise STIP/VSTIP whenever they are due
+        // (QEMU even with STCE = 0), so park them in the far future: the hart's own
+        // stimecmp is never used, and each vCPU loads its own vstimecmp.
         if has_sstc {
             csr::stimecmp::write(usize::MAX);
             csr::vstimecmp::write(usize::MAX);

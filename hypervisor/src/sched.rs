@@ -245,13 +245,13 @@ pub fn program_timer(hart: &HartLocal) {
     set_hart_timer(hart, EARLIEST_WAITER.load(Ordering::Acquire));
 }
 
-/// Programs this hart's mtimecmp for its guest's deadline, its slice end or
-/// `waiters`, whichever comes first.
+/// Programs this hart's mtimecmp for its guest's deadline (unless the guest has its
+/// own Sstc comparator), its slice end or `waiters`, whichever comes first.
 fn set_hart_timer(hart: &HartLocal, waiters: u64) {
-    let guest = hart
-        .current
-        .as_ref()
-        .map_or(u64::MAX, |v| v.ctx.timer_deadline);
+    let guest = match hart.current.as_ref() {
+        Some(v) if !platform::guest_sstc() => v.ctx.timer_deadline,
+        _ => u64::MAX,
+    };
     platform::set_timer(guest.min(hart.slice_end).min(waiters));
 }
 

@@ -82,8 +82,7 @@ fn virtual_instruction(hart: &mut HartLocal) {
         let now = crate::platform::now();
         let wake = hart.current.as_mut().is_some_and(|v| {
             v.merge_pending_live(now);
-            v.ctx.csrs.vsie = csr::vsie::read();
-            v.ctx.csrs.hvip = csr::hvip::read();
+            v.sync_interrupt_state();
             v.has_wakeup(now)
         });
         if !wake {

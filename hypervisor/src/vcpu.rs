@@ -49,7 +49,9 @@ pub struct GuestContext {
     pub csrs: VsCsrs,
     pub fp: [u64; 32],
     pub fcsr: u64,
-    /// Guest timer deadline in `time` units; `u64::MAX` = none.
+    /// Guest timer deadline in `time` units; `u64::MAX` = none. With guest Sstc
+    /// ([`crate::platform::guest_sstc`]) this is the vCPU's `vstimecmp`: live in the
+    /// CSR while the vCPU runs, saved here while it does not.
     pub timer_deadline: u64,
     pub wait: Wait,
 }
@@ -193,6 +195,9 @@ impl Vcpu {
             csr::vsatp::write(c.vsatp);
             csr::hvip::write(c.hvip);
             csr::scounteren::write(c.scounteren);
+            if crate::platform::guest_sstc() {
+                csr::vstimecmp::write(self.ctx.timer_deadline as usize);
+            }
             csr::mepc::write(self.ctx.pc as usize);
             let mut ms = csr::mstatus::read();
             ms &= !(mstatus_bits::MPP_MASK | mstatus_bits::FS_MASK | mstatus_bits::MIE);
@@ -229,17 +234,31 @@ impl Vcpu {
             hvip: csr::hvip::read() & irq::VS_ALL,
             scounteren: csr::scounteren::read(),
         };
+        if crate::platform::guest_sstc() {
+            self.ctx.timer_deadline = csr::vstimecmp::read() as u64;
+        }
         if ms & mstatus_bits::FS_MASK == mstatus_bits::FS_DIRTY {
             // SAFETY: mstatus.FS is non-zero, so FP instructions are legal in M-mode.
             unsafe { save_fp(&mut self.ctx.fp, &mut self.ctx.fcsr) };
         }
     }
 
-    /// Folds interrupts raised by other harts and an expired timer into hvip.
+    /// Refreshes the saved copies of what decides a wake-up (interrupt enables,
+    /// injected interrupts, the Sstc deadline) from the CSRs of the running vCPU.
+    pub fn sync_interrupt_state(&mut self) {
+        self.ctx.csrs.vsie = csr::vsie::read();
+        self.ctx.csrs.hvip = csr::hvip::read();
+        if crate::platform::guest_sstc() {
+            self.ctx.timer_deadline = csr::vstimecmp::read() as u64;
+        }
+    }
+
+    /// Folds interrupts raised by other harts and an expired timer into hvip (with
+    /// guest Sstc the timer raises VSTIP by itself once `vstimecmp` is loaded).
     pub fn merge_pending(&mut self, now: u64) {
         let raised = self.shared.pending.swap(0, Ordering::AcqRel);
         self.ctx.csrs.hvip |= raised & irq::VS_ALL;
-        if self.ctx.timer_deadline <= now {
+        if self.ctx.timer_deadline <= now && !crate::platform::guest_sstc() {
             // Latched in hvip until the guest sets a new deadline.
             self.ctx.csrs.hvip |= irq::VSTIP;
             self.ctx.timer_deadline = u64::MAX;
@@ -250,7 +269,7 @@ impl Vcpu {
     /// live hvip CSR.
     pub fn merge_pending_live(&mut self, now: u64) {
         let mut bits = self.shared.pending.swap(0, Ordering::AcqRel) & irq::VS_ALL;
-        if self.ctx.timer_deadline <= now {
+        if self.ctx.timer_deadline <= now && !crate::platform::guest_sstc() {
             bits |= irq::VSTIP;
             self.ctx.timer_deadline = u64::MAX;
         }

@@ -177,6 +177,13 @@ pub mod mstatus_bits {
     pub const MPV: usize = 1 << 39;
 }
 
+/// `menvcfg` / `henvcfg` bits.
+pub mod envcfg {
+    /// Sstc enable: the lower level may use its `stimecmp` (for `henvcfg`: VS-mode
+    /// accesses go to `vstimecmp`, whose comparison drives VSTIP).
+    pub const STCE: usize = 1 << 63;
+}
+
 /// Bits of `hstatus`.
 pub mod hstatus_bits {
     /// Supervisor previous virtualization mode.

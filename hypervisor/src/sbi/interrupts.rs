@@ -10,6 +10,13 @@ use diosix_riscv::csr::{self, irq};
 
 impl Timer for Call<'_> {
     fn set_timer(&mut self, deadline: u64) {
+        if crate::platform::guest_sstc() {
+            // The vCPU's own comparator: a future deadline also clears a pending
+            // VSTIP, as the SBI asks.
+            // SAFETY: vstimecmp belongs to the vCPU running on this hart.
+            unsafe { csr::vstimecmp::write(deadline as usize) };
+            return;
+        }
         let now = crate::platform::now();
         let v = self.vcpu_mut();
         v.ctx.timer_deadline = deadline;
