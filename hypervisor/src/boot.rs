@@ -1,6 +1,6 @@
 //! Reset-vector entry and the boot sequence.
 
-use crate::{console, hart, heap, mem, platform, sched};
+use crate::{console, entropy, hart, heap, mem, platform, sched};
 use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_core::addr::Hpa;
 use diosix_riscv::csr;
@@ -88,6 +88,14 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
     };
     console::init_logger();
     platform::print_banner(host, hart_id);
+    if entropy::init(&host.rng_seed) {
+        log::info!(
+            "guest rng-seeds keyed from the firmware's {}-byte seed",
+            host.rng_seed.len()
+        );
+    } else {
+        log::warn!("no /chosen/rng-seed from the firmware: guests get no seed");
+    }
     if let Some(block) = host.cboz_block_size() {
         // Guest RAM is zeroed before a VM gets it: one instruction per block.
         diosix_riscv::physmem::use_cbo_zero(block);

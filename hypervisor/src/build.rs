@@ -130,6 +130,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
                     sstc: crate::platform::guest_sstc(),
                 },
             );
+            let seed = crate::entropy::guest_seed();
             generated = guestfdt::generate(&guestfdt::GuestFdtConfig {
                 vcpus,
                 ram,
@@ -139,6 +140,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
                 timebase_frequency: host.timebase_frequency,
                 bootargs: spec.cmdline,
                 initrd: layout.initrd,
+                rng_seed: seed.as_ref().map(|s| &s[..]),
             })
             .map_err(|e| Refused(format!("device tree: {e}")))?;
             Bytes::Slice(&generated)

@@ -14,6 +14,7 @@ mod boot;
 mod build;
 mod console;
 mod cow;
+mod entropy;
 mod guestmem;
 mod hart;
 mod heap;

@@ -150,6 +150,8 @@ pub struct GuestFdtConfig<'a> {
     pub bootargs: Option<&'a str>,
     /// Where the initrd was placed, for `/chosen/linux,initrd-{start,end}`.
     pub initrd: Option<Range<Gpa>>,
+    /// Random bytes for `/chosen/rng-seed` (see [`crate::seeds`]).
+    pub rng_seed: Option<&'a [u8]>,
 }
 
 /// Why a guest device tree could not be generated.
@@ -480,6 +482,9 @@ fn build<S: Sink>(
         s.prop("linux,initrd-start", &i.start().raw().to_be_bytes())?;
         s.prop("linux,initrd-end", &i.end().raw().to_be_bytes())?;
     }
+    if let Some(seed) = cfg.rng_seed {
+        s.prop("rng-seed", seed)?;
+    }
     s.end()?;
 
     s.end()
@@ -556,6 +561,7 @@ mod tests {
             cpu_map: true,
             bootargs: Some("console=hvc0 earlycon=sbi"),
             initrd: Some(Range::new(Gpa::new(0x8400_0000), 0x12345).unwrap()),
+            rng_seed: Some(&[0xa5; 64]),
         }
     }
 
@@ -661,6 +667,7 @@ mod tests {
             be64(chosen.property("linux,initrd-end").unwrap().value),
             0x8401_2345
         );
+        assert_eq!(chosen.property("rng-seed").unwrap().value, &[0xa5; 64]);
     }
 
     #[test]
@@ -670,6 +677,7 @@ mod tests {
         c.cpu_map = false;
         c.bootargs = None;
         c.initrd = None;
+        c.rng_seed = None;
         c.mmu_type = MmuType::Sv48;
         let dtb = generate(&c).unwrap();
         let fdt = fdt::Fdt::new(&dtb).unwrap();
@@ -677,6 +685,7 @@ mod tests {
         let chosen = fdt.find_node("/chosen").unwrap();
         assert!(chosen.property("bootargs").is_none());
         assert!(chosen.property("linux,initrd-start").is_none());
+        assert!(chosen.property("rng-seed").is_none());
         let cpu = fdt.find_node("/cpus/cpu@0").unwrap();
         assert_eq!(cpu.property("riscv,isa").unwrap().as_str(), Some("rv64i"));
         assert_eq!(

@@ -177,7 +177,13 @@ pub struct HostPlatform {
     pub uart: Option<UartInfo>,
     /// The syscon reset device.
     pub reset: Option<SysconReset>,
+    /// Random bytes the firmware passed in `/chosen/rng-seed` (QEMU's `virt` supplies
+    /// 32), at most [`MAX_RNG_SEED`] of them; empty if there were none.
+    pub rng_seed: Vec<u8>,
 }
+
+/// The most `/chosen/rng-seed` bytes kept (more adds nothing to a 256-bit seed).
+pub const MAX_RNG_SEED: usize = 256;
 
 // ---------------------------------------------------------------------------------
 // A bounds-checked flattened device tree reader.
@@ -665,6 +671,11 @@ impl HostPlatform {
         let plic = first_reg(&["riscv,plic0", "sifive,plic-1.0.0"])?;
         let uart = uart(&t)?;
         let reset = reset(&t)?;
+        let rng_seed = t
+            .child_named(0, "chosen")
+            .and_then(|c| t.prop(c, "rng-seed"))
+            .map(|seed| seed[..seed.len().min(MAX_RNG_SEED)].to_vec())
+            .unwrap_or_default();
 
         Ok(HostPlatform {
             memory,
@@ -677,6 +688,7 @@ impl HostPlatform {
             plic,
             uart,
             reset,
+            rng_seed,
         })
     }
 }

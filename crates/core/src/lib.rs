@@ -23,6 +23,7 @@ pub mod loader;
 pub mod payload;
 pub mod runqueue;
 pub mod sbi;
+pub mod seeds;
 pub mod shares;
 pub mod tree;
 pub mod vmid;

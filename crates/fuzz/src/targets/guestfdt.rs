@@ -4,7 +4,7 @@
 //! hypervisor's own device-tree parser reads back to the same machine.
 //!
 //! Input: vcpus u16, flags u8 (bit 0 cpu-map, bit 1 initrd, bit 2 bootargs, bits 3-4
-//! MMU type, bit 5 sstc), 1 byte reserved, RAM start and length, timebase, initrd start
+//! MMU type, bit 5 sstc, bit 6 rng-seed), 1 byte reserved, RAM start and length, timebase, initrd start
 //! and length (u64 each), a size cap u32 (0: `generate`'s own), bootargs length u16,
 //! the bootargs, then comma-separated extension names.
 
@@ -168,6 +168,7 @@ impl Target for GuestFdt {
             cpu_map: flags & 1 != 0,
             bootargs: (flags & 4 != 0).then_some(&*bootargs),
             initrd,
+            rng_seed: (flags & 0x40 != 0).then_some(&[0x3c; 64][..]),
         };
         // Caps past a few times the hypervisor's own only make huge trees slow to
         // build; what matters is the check against the cap.
@@ -240,6 +241,11 @@ pub fn check(cfg: &GuestFdtConfig<'_>, dtb: &[u8]) -> u64 {
         "timebase differs"
     );
     assert_eq!(p.harts.len(), cfg.vcpus, "vCPU count differs");
+    assert_eq!(
+        p.rng_seed,
+        cfg.rng_seed.unwrap_or_default(),
+        "rng-seed differs"
+    );
     for (n, h) in p.harts.iter().enumerate() {
         assert_eq!(h.hart_id, n, "hart IDs not dense");
         assert!(h.enabled, "hart {n} disabled");

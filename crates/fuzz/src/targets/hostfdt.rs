@@ -571,6 +571,7 @@ fn check(p: &HostPlatform) -> u64 {
             cpu_map: true,
             bootargs: Some("console=hvc0"),
             initrd: None,
+            rng_seed: (!p.rng_seed.is_empty()).then_some(p.rng_seed.as_slice()),
         };
         match generate(&cfg) {
             Ok(_) => shape = exts.len() as u64,

@@ -121,6 +121,7 @@ impl Target for Spawn {
             timebase_frequency: 10_000_000,
             bootargs: cmdline,
             initrd: layout.initrd,
+            rng_seed: Some(&[0x3c; 64]),
         };
         let dtb = match generate(&cfg) {
             Ok(d) => d,
