@@ -81,6 +81,11 @@ const PTE_SHARED: u64 = 1 << 8;
 /// Second software bit. In a valid leaf it marks a page its guest may never write (a
 /// read-only MAP_CHILD_MEM copy), as opposed to one without W for copy-on-write.
 const PTE_READ_ONLY: u64 = 1 << 9;
+/// The same second software bit in an *invalid* level-1 entry (without
+/// [`PTE_SHARED`]): the 2 MiB region is guest RAM not backed yet (see
+/// [`GStageTable::reserve_lazy`]). Its guest faults on the first touch and the
+/// hypervisor backs the whole region with zeroed frames the VM was charged for.
+const PTE_LAZY: u64 = 1 << 9;
 const PTE_PPN_SHIFT: u32 = 10;
 const PTE_PPN_MASK: u64 = (1 << 44) - 1;
 
@@ -270,6 +275,14 @@ fn shared_pte(table: Hpa) -> u64 {
     (table.page_number() << PTE_PPN_SHIFT) | PTE_SHARED
 }
 
+/// Whether a level-1 entry marks a region not backed yet.
+fn is_lazy(pte: u64) -> bool {
+    !is_valid(pte) && pte & (PTE_LAZY | PTE_SHARED) == PTE_LAZY
+}
+
+/// Bytes in one lazily backed region: what one level-1 entry covers.
+pub const LAZY_REGION: u64 = PAGE_SIZE * TABLE_ENTRIES as u64;
+
 /// Non-leaf PTEs must have U, A and D clear (reserved by the spec for G-stage).
 fn table_pte(table: Hpa) -> u64 {
     (table.page_number() << PTE_PPN_SHIFT) | PTE_V
@@ -343,6 +356,56 @@ impl GStageTable {
         // Leaves above level 0 are never created here; treat one as "no table" rather
         // than walking into guest data.
         (is_valid(pte) && !is_leaf(pte)).then(|| pte_table(pte))
+    }
+
+    /// Marks the 2 MiB region at `region` ([`LAZY_REGION`]-aligned) as guest RAM that
+    /// is not backed yet: nothing maps it, no leaf table is allocated, and
+    /// [`is_lazy`](Self::is_lazy) says so until the region is mapped (mapping any page
+    /// of it replaces the mark, so back all of it at once). Allocates the level-1 table
+    /// if missing. The region must be wholly unmapped.
+    pub fn reserve_lazy<M: TableMemory, F: TableFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        region: Gpa,
+    ) -> Result<(), MapError> {
+        if !region.is_aligned(LAZY_REGION) {
+            return Err(MapError::Misaligned);
+        }
+        if region.raw() >= GPA_LIMIT {
+            return Err(MapError::GpaOutOfRange);
+        }
+        let [i2, i1, _] = indices(region);
+        let e2 = mem.read_pte(self.root, i2);
+        if is_valid(e2) && is_leaf(e2) {
+            return Err(MapError::AlreadyMapped(region));
+        }
+        let l1 = match is_valid(e2).then(|| pte_table(e2)) {
+            Some(l1) => {
+                if mem.read_pte(l1, i1) != 0 {
+                    return Err(MapError::AlreadyMapped(region));
+                }
+                l1
+            }
+            None => {
+                let l1 = Self::alloc_one(frames)?;
+                mem.write_pte(self.root, i2, table_pte(l1));
+                self.table_pages += 1;
+                l1
+            }
+        };
+        mem.write_pte(l1, i1, PTE_LAZY);
+        Ok(())
+    }
+
+    /// Whether `gpa` lies in a region [`reserve_lazy`](Self::reserve_lazy) marked and
+    /// nothing has mapped since.
+    pub fn is_lazy<M: TableMemory>(&self, mem: &M, gpa: Gpa) -> bool {
+        if gpa.raw() >= GPA_LIMIT {
+            return false;
+        }
+        let [i2, i1, _] = indices(gpa);
+        Self::next_table(mem, self.root, i2).is_some_and(|l1| is_lazy(mem.read_pte(l1, i1)))
     }
 
     /// The level-0 table and index holding `gpa`'s leaf, if the path exists.

@@ -38,7 +38,7 @@
 //! these rules clear W.
 
 use super::{
-    indices, is_leaf, is_valid, leaf_pte, pte_table, shared_pte, shared_table, table_pte,
+    indices, is_lazy, is_leaf, is_valid, leaf_pte, pte_table, shared_pte, shared_table, table_pte,
     GStageTable, MapError, Perms, TableFrames, TableMemory, GPA_LIMIT, PTE_READ_ONLY, PTE_W,
     ROOT_ENTRIES, ROOT_PAGES, TABLE_ENTRIES,
 };
@@ -106,6 +106,12 @@ impl GStageTable {
                         mem.write_pte(l1, i1, shared_pte(t));
                         self.table_pages -= 1;
                         t
+                    }
+                    None if is_lazy(e1) => {
+                        // Not backed in the parent, so all zeroes: the clone backs its
+                        // own copy when it first touches it.
+                        mem.write_pte(c1, i1, e1);
+                        continue;
                     }
                     None => continue,
                 };
@@ -361,6 +367,7 @@ impl GStageTable {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{g, h, setup, Frames, Mem};
+    use super::super::LAZY_REGION;
     use super::*;
     use proptest::prelude::*;
     use std::collections::{BTreeMap, HashMap, HashSet};
@@ -689,6 +696,63 @@ mod tests {
             vm.clone().prop_map(Op::Kill),
             (vm.clone(), page.clone(), vm, page).prop_map(|(a, p, b, q)| Op::CopyInto(a, p, b, q)),
         ]
+    }
+
+    #[test]
+    fn lazy_regions_are_unmapped_until_backed_and_forks_keep_them_lazy() {
+        let mut data = Data::default();
+        let (mut mem, mut frames, mut t) = fresh_vm(&[0], &mut data);
+        let lazy = g(RAM + LAZY_REGION);
+        assert_eq!(
+            t.reserve_lazy(&mut mem, &mut frames, g(RAM + PAGE_SIZE)),
+            Err(MapError::Misaligned)
+        );
+        // The first region already maps a page.
+        assert_eq!(
+            t.reserve_lazy(&mut mem, &mut frames, g(RAM)),
+            Err(MapError::AlreadyMapped(g(RAM)))
+        );
+        let tables = t.table_pages();
+        t.reserve_lazy(&mut mem, &mut frames, lazy).unwrap();
+        assert_eq!(t.table_pages(), tables, "a lazy region holds no table");
+        assert_eq!(
+            t.reserve_lazy(&mut mem, &mut frames, lazy),
+            Err(MapError::AlreadyMapped(lazy))
+        );
+        let last = g(lazy.raw() + LAZY_REGION - PAGE_SIZE);
+        assert!(t.is_lazy(&mem, lazy) && t.is_lazy(&mem, last));
+        assert!(!t.is_lazy(&mem, g(RAM)));
+        assert_eq!(t.translate(&mem, last), None);
+
+        // A fork copies the mark: each side backs its own region later.
+        let mut shares = ShareCounts::new();
+        let mut c = t.fork_shared(&mut mem, &mut frames, &mut shares).unwrap();
+        assert!(c.is_lazy(&mem, last));
+        let f = data.alloc();
+        t.map_range(&mut mem, &mut frames, lazy, f, LAZY_REGION, Perms::RWX)
+            .unwrap();
+        assert!(!t.is_lazy(&mem, lazy));
+        assert_eq!(t.translate(&mem, lazy), Some((f, Perms::RWX)));
+        assert!(c.is_lazy(&mem, lazy), "the clone's region stays its own");
+        assert_eq!(c.translate(&mem, lazy), None);
+        // Materializing or copy-on-write in a lazy region changes nothing.
+        assert_eq!(
+            c.materialize(&mut mem, &mut frames, &mut shares, lazy),
+            Ok(false)
+        );
+        assert_eq!(
+            c.make_writable(&mut mem, &mut frames, &mut shares, lazy, |_, _| None),
+            Err(MapError::NotMapped(lazy))
+        );
+        assert!(c.is_lazy(&mem, lazy));
+
+        let mut freed = Vec::new();
+        t.release_with(&mem, &mut frames, &mut shares, |_, h| freed.push(h));
+        c.release_with(&mem, &mut frames, &mut shares, |_, h| freed.push(h));
+        // The parent's backing frames and its first page come back; nothing else.
+        assert_eq!(freed.len(), 1 + TABLE_ENTRIES);
+        assert_eq!(frames.allocs, frames.frees);
+        assert_eq!(shares.shared_frames(), 0);
     }
 
     proptest! {
