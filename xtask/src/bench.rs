@@ -3,7 +3,9 @@
 //! Runs the bench guest under `-icount shift=0,sleep=off -seed 1 -smp 2` twice: as the
 //! Diosix Root VM (`-bios none`) and directly on QEMU's OpenSBI (`-bios default`), and
 //! prints its `bench <metric> <n>` figures side by side; then the VM-tree figures; then
-//! Linux's boot to `/init` at 1, 2 and 4 harts, as the Root VM and on OpenSBI.
+//! Linux's boot to `/init` at 1, 2 and 4 harts, as the Root VM and on OpenSBI; then
+//! Linux workloads (process creation, system calls, page faults, sleeps, arithmetic) at
+//! 2 harts, as the Root VM and on OpenSBI.
 use crate::build::{self, ImageOptions, RootVm};
 use crate::qemu::{self, Bios, QemuOptions};
 use crate::{guests, workspace_root, Result};
@@ -100,7 +102,8 @@ pub fn cmd_bench(_args: &[String]) -> Result<()> {
         println!("Diosix run failed: {e}");
     }
     tree_bench(&elf)?;
-    linux_boot_bench()
+    linux_boot_bench()?;
+    linux_workload_bench()
 }
 
 /// The kernel's own log line that ends the measured boot.
@@ -117,6 +120,42 @@ fn printk_us(output: &str, what: &str) -> Option<u64> {
     secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
+/// The two runs of one Linux comparison: the Root VM under Diosix (image built with
+/// 128 MiB for the Root VM, QEMU `-m 512`) and the same kernel, initramfs and command
+/// line on QEMU's OpenSBI (`-m 128`), both at `smp` harts (one vCPU per hart) under
+/// icount. `cmdline` replaces the Root VM's default command line in both.
+fn linux_runs(
+    a: &crate::rootvm::RootVmArtifacts,
+    name: &str,
+    smp: u32,
+    cmdline: Option<&str>,
+) -> Result<[QemuOptions; 2]> {
+    let image = build::build_image(&ImageOptions {
+        root_vm: RootVm::Linux,
+        vcpus: Some(smp),
+        ram_mib: Some(128),
+        cmdline: cmdline.map(str::to_string),
+        out: workspace_root()
+            .join("target")
+            .join("test-images")
+            .join(format!("{name}.elf")),
+    })?;
+    let mut d = QemuOptions::new(name, image);
+    d.smp = smp;
+    d.mem_mib = 512;
+    let mut o = QemuOptions::new(&format!("{name}-opensbi"), a.kernel_image.clone());
+    o.bios = Bios::Default;
+    o.smp = smp;
+    o.mem_mib = 128;
+    o.append = Some(cmdline.unwrap_or(&a.cmdline).to_string());
+    o.extra = vec!["-initrd".into(), a.initramfs.display().to_string()];
+    for q in [&mut d, &mut o] {
+        q.icount = true;
+        q.timeout = Duration::from_secs(300);
+    }
+    Ok([d, o])
+}
+
 /// Linux (the Root VM's kernel, initramfs and command line) from the kernel's timer
 /// set-up to `Run /init as init process`, by its own printk clock (under icount one
 /// instruction is one nanosecond), as the Root VM with 128 MiB and on QEMU's OpenSBI
@@ -127,31 +166,10 @@ fn linux_boot_bench() -> Result<()> {
     let mut rows = Vec::new();
     for smp in [1u32, 2, 4] {
         let name = format!("bench-linux-smp{smp}");
-        let image = build::build_image(&ImageOptions {
-            root_vm: RootVm::Linux,
-            vcpus: Some(smp),
-            ram_mib: Some(128),
-            cmdline: None,
-            out: workspace_root()
-                .join("target")
-                .join("test-images")
-                .join(format!("{name}.elf")),
-        })?;
-        let mut d = QemuOptions::new(&name, image);
-        d.smp = smp;
-        d.mem_mib = 512;
-        let mut o = QemuOptions::new(&format!("{name}-opensbi"), a.kernel_image.clone());
-        o.bios = Bios::Default;
-        o.smp = smp;
-        o.mem_mib = 128;
-        o.append = Some(a.cmdline.clone());
-        o.extra = vec!["-initrd".into(), a.initramfs.display().to_string()];
         let mut us = Vec::new();
-        for q in [&mut d, &mut o] {
-            q.icount = true;
-            q.timeout = Duration::from_secs(300);
+        for mut q in linux_runs(&a, &name, smp, None)? {
             q.stop_at = Some(INIT_LINE.into());
-            let out = qemu::run(q)?;
+            let out = qemu::run(&q)?;
             us.push(printk_us(&out.output, INIT_LINE).ok_or_else(|| {
                 format!(
                     "{}: no timestamped `{INIT_LINE}` line (log {})",
@@ -172,6 +190,131 @@ fn linux_boot_bench() -> Result<()> {
         let metric = format!("linux_to_init_smp{smp}");
         let ratio = d as f64 / o.max(1) as f64;
         println!("{metric:<24} | {d:>12} | {o:>12} | {ratio:>7.2}");
+    }
+    Ok(())
+}
+
+/// Prefix of the figure lines `diosix-workloads` prints (`rootvm/workloads/`).
+const WORKLOAD_LINE: &str = "diosix-workload ";
+/// Its last line.
+const WORKLOADS_DONE: &str = "diosix-workloads done";
+/// Harts (and Root VM vCPUs) of the workload runs.
+const WORKLOAD_HARTS: u32 = 2;
+
+/// One `diosix-workload <name> <iterations> <elapsed_ns> <batch_iterations>
+/// <median_batch_ns>` line.
+#[derive(Debug, Clone, PartialEq)]
+struct Workload {
+    name: String,
+    iterations: u64,
+    elapsed_ns: u64,
+    batch_iterations: u64,
+    median_batch_ns: u64,
+}
+
+impl Workload {
+    /// Nanoseconds per iteration over the whole loop.
+    fn mean(&self) -> f64 {
+        self.elapsed_ns as f64 / self.iterations.max(1) as f64
+    }
+
+    /// Nanoseconds per iteration in the median batch.
+    fn median(&self) -> f64 {
+        self.median_batch_ns as f64 / self.batch_iterations.max(1) as f64
+    }
+}
+
+/// The `diosix-workload ...` lines of a run, in order.
+fn parse_workloads(output: &str) -> Vec<Workload> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.trim().strip_prefix(WORKLOAD_LINE)?.split_whitespace();
+            let name = w.next()?.to_string();
+            let mut n = [0u64; 4];
+            for v in &mut n {
+                *v = w.next()?.parse().ok()?;
+            }
+            w.next().is_none().then_some(Workload {
+                name,
+                iterations: n[0],
+                elapsed_ns: n[1],
+                batch_iterations: n[2],
+                median_batch_ns: n[3],
+            })
+        })
+        .collect()
+}
+
+/// `a / b` to three places, or `-`.
+fn ratio(a: Option<f64>, b: f64) -> String {
+    match a {
+        Some(a) if b > 0.0 => format!("{:.3}", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// Linux workloads in the Root VM: its kernel and initramfs booted with
+/// `diosix.bench=workloads` added to the command line, so its `rcS` runs
+/// `diosix-workloads` and powers off; under Diosix and on OpenSBI at 2 harts, 128 MiB
+/// each. Each workload is timed by the guest's own clock (the `time` CSR; under icount
+/// one instruction is one nanosecond). The table gives nanoseconds per iteration over
+/// the whole loop and in its median batch (which leaves out the batches a tick or the
+/// other hart's work landed in, and so moves less with unrelated changes).
+fn linux_workload_bench() -> Result<()> {
+    let a = crate::rootvm::build_linux_root_vm()?;
+    let cmdline = format!("{} {}", a.cmdline, crate::rootvm::BENCH_CMDLINE_OPTION);
+    let name = format!("bench-linux-workloads-smp{WORKLOAD_HARTS}");
+    let mut runs = Vec::new();
+    for mut q in linux_runs(&a, &name, WORKLOAD_HARTS, Some(&cmdline))? {
+        q.stop_at = Some(WORKLOADS_DONE.into());
+        let out = qemu::run(&q)?;
+        println!(
+            "{}: {:.1} s wall, log {}",
+            q.name,
+            out.wall.as_secs_f64(),
+            out.log.display()
+        );
+        let figures = parse_workloads(&out.output);
+        if !out.output.contains(WORKLOADS_DONE) || figures.is_empty() {
+            return Err(format!(
+                "{}: no `{WORKLOADS_DONE}` line or no figures (log {})",
+                q.name,
+                out.log.display()
+            ));
+        }
+        runs.push(figures);
+    }
+    let (d, o) = (&runs[0], &runs[1]);
+    println!();
+    println!("Linux workloads, {WORKLOAD_HARTS} harts (ns/iter): whole loop, and median batch");
+    println!(
+        "{:<16} | {:>11} | {:>12} | {:>6} | {:>13} | {:>14} | {:>6}",
+        "workload",
+        "Diosix mean",
+        "OpenSBI mean",
+        "ratio",
+        "Diosix median",
+        "OpenSBI median",
+        "ratio"
+    );
+    println!(
+        "{:-<17}+{:-<13}+{:-<14}+{:-<8}+{:-<15}+{:-<16}+{:-<7}",
+        "", "", "", "", "", "", ""
+    );
+    for o in o {
+        let d = d.iter().find(|d| d.name == o.name);
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        println!(
+            "{:<16} | {:>11} | {:>12.1} | {:>6} | {:>13} | {:>14.1} | {:>6}",
+            o.name,
+            show(d.map(Workload::mean)),
+            o.mean(),
+            ratio(d.map(Workload::mean), o.mean()),
+            show(d.map(Workload::median)),
+            o.median(),
+            ratio(d.map(Workload::median), o.median()),
+        );
     }
     Ok(())
 }
@@ -216,6 +359,29 @@ fn tree_bench(elf: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_lines_are_parsed() {
+        let out = "diosix-workload syscall_getppid 200000 50000000 1000 249100\r\n\
+                   [    1.0] random: crng init done\n\
+                   diosix-workload cpu_arith 10 x 1 6\n\
+                   diosix-workload page_fault 19200 67200000 64 224000 9\n\
+                   diosix-workload usleep_1000 100 105000000\n\
+                   diosix-workload fork_exec_wait 300 168000000 1 535000\n\
+                   diosix-workloads done (cpu result 1)\n";
+        let w = parse_workloads(out);
+        assert_eq!(
+            w.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+            ["syscall_getppid", "fork_exec_wait"]
+        );
+        assert_eq!(w[0].mean(), 250.0);
+        assert_eq!(w[0].median(), 249.1);
+        assert_eq!(w[1].mean(), 560_000.0);
+        assert_eq!(w[1].median(), 535_000.0);
+        assert_eq!(ratio(Some(3.0), 2.0), "1.500");
+        assert_eq!(ratio(None, 2.0), "-");
+        assert_eq!(ratio(Some(1.0), 0.0), "-");
+    }
 
     #[test]
     fn printk_stamps_become_microseconds() {

@@ -10,8 +10,9 @@
 //! 4. Lua 5.4, static;
 //! 5. the guest initramfs (busybox, the tools, the kernel and `rootvm/guest-initramfs/`):
 //!    the guest Linux `dsx run` starts when given no image;
-//! 6. a gzip'd newc cpio initramfs from busybox, Lua, `rootvm/initramfs/`, the tools and
-//!    the guest Linux (under `/usr/share/diosix/guests/`).
+//! 6. a gzip'd newc cpio initramfs from busybox, Lua, `rootvm/initramfs/`, the tools,
+//!    `diosix-workloads` (the Linux workload benchmarks, `rootvm/workloads/`) and the
+//!    guest Linux (under `/usr/share/diosix/guests/`).
 //!
 //! Each output lives in [`cache_dir`] (outside the clone: the kernel tree alone is ~1.5 GB)
 //! under a name derived from a hash of everything that went into it, so an unchanged
@@ -26,6 +27,7 @@
 //! - `builds.rs`: Linux, busybox and Lua;
 //! - `initramfs.rs`: assembling an initramfs, written by `cpio.rs` (the newc writer);
 //! - `cache.rs`: where outputs are kept, their hashed names, the build-then-rename;
+//! - `workloads.rs`: `diosix-workloads`, the C program `cargo xtask bench` runs;
 //! - `util.rs`: file, size and duration helpers, and the check for host tools.
 //!
 //! The commands are run by [`crate::process`] (quietly, or logged with progress).
@@ -36,6 +38,7 @@ mod cpio;
 mod initramfs;
 mod sources;
 mod util;
+mod workloads;
 
 use std::fs;
 use std::path::PathBuf;
@@ -44,6 +47,7 @@ use std::time::Instant;
 
 pub use cache::cache_dir;
 pub(crate) use cache::{cache_key, commit, fresh_tmp, hex, sha256_file};
+pub use workloads::BENCH_CMDLINE_OPTION;
 
 use builds::{build_busybox, build_linux, build_lua};
 use initramfs::{build_initramfs, InitramfsSpec};
@@ -120,6 +124,8 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
         &guest_extra,
     )?;
     let mut extra = tools;
+    // Only the Root VM's: `cargo xtask bench` runs it there (workloads.rs).
+    extra.push(workloads::build_workloads(&gcc_version)?);
     extra.extend(crate::tools::guest_files(
         &kernel_image,
         Some(&guest_initramfs),
