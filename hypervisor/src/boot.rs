@@ -112,7 +112,7 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
     mem::release_payload(host);
     log::info!(
         "Root VM running; host free pages: {}",
-        mem::frames().free_pages()
+        mem::unpromised_free_pages()
     );
     log::info!(
         "boot hart ready after {} instructions; releasing {} other hart(s)",

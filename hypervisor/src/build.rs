@@ -151,7 +151,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
     }
     let vmid = alloc_vmid().ok_or_else(|| Host("out of VMIDs".into()))?;
     // The one isolation backend built so far: the G-stage table (H extension).
-    let memory: Box<dyn Isolation> = match GStageMemory::new(ram, spec.cancelled) {
+    let mut memory: Box<dyn Isolation> = match GStageMemory::new_lazy(ram, spec.cancelled) {
         Ok(m) => Box::new(m),
         Err(e) => {
             free_vmid(vmid);
@@ -163,26 +163,27 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         }
     };
     // Copied in steps, so a cancellation is noticed within one step.
-    let copy = |bytes: &Bytes<'_>, sub: core::ops::Range<usize>, gpa: Gpa| {
-        bytes
-            .copy_into(sub, memory.as_ref(), gpa, spec.cancelled)
-            .map_err(|e| match e {
-                CopyError::Cancelled => BuildError::Cancelled,
-                CopyError::Access(e) => Host(format!("loading: {e}")),
-            })
-    };
+    let copy =
+        |memory: &mut dyn Isolation, bytes: &Bytes<'_>, sub: core::ops::Range<usize>, gpa: Gpa| {
+            bytes
+                .copy_into(sub, memory, gpa, spec.cancelled)
+                .map_err(|e| match e {
+                    CopyError::Cancelled => BuildError::Cancelled,
+                    CopyError::Access(e) => Host(format!("loading: {e}")),
+                })
+        };
     let whole = |b: &Bytes<'_>| 0..usize::try_from(b.len()).unwrap_or(usize::MAX);
-    let load = || -> Result<(), BuildError> {
+    let load = |memory: &mut dyn Isolation| -> Result<(), BuildError> {
         for seg in &plan.segments {
-            copy(&spec.kernel, seg.file.clone(), seg.gpa)?;
+            copy(memory, &spec.kernel, seg.file.clone(), seg.gpa)?;
         }
         if let (Some(range), Some(initrd)) = (layout.initrd, &spec.initrd) {
-            copy(initrd, whole(initrd), range.start())?;
+            copy(memory, initrd, whole(initrd), range.start())?;
         }
-        copy(&dtb, whole(&dtb), layout.dtb.start())
+        copy(memory, &dtb, whole(&dtb), layout.dtb.start())
     };
     let activation = memory.activation(vmid);
-    if let Err(e) = load() {
+    if let Err(e) = load(memory.as_mut()) {
         memory.release();
         free_vmid(vmid);
         return Err(e);

@@ -144,16 +144,24 @@ pub fn access_fault(vm: &Vm, gpa: Gpa, need: Perms, my_slot: usize) -> Result<()
     }
     let mut stale = Stale::new();
     let r = match vm.mem.lock().as_mut() {
-        Some(m) if write => m.break_cow(gpa, &mut stale),
-        Some(m) => m.materialize(gpa).and_then(|_| {
-            stale.flush_local();
-            // Readable now, or this is no copy-on-write fault: a guest that faults
-            // again there must not loop for ever.
-            m.translate(gpa)
-                .filter(|(_, p)| p.contains(need))
-                .map(|_| ())
-                .ok_or(CowError::NotCow)
-        }),
+        Some(m) => match m.populate(gpa, 1) {
+            // The first touch of RAM that was never backed: backed now, zeroed.
+            Ok(true) => {
+                stale.flush_local();
+                Ok(())
+            }
+            Ok(false) if write => m.break_cow(gpa, &mut stale),
+            Ok(false) => m.materialize(gpa).and_then(|_| {
+                stale.flush_local();
+                // Readable now, or this is no copy-on-write fault: a guest that faults
+                // again there must not loop for ever.
+                m.translate(gpa)
+                    .filter(|(_, p)| p.contains(need))
+                    .map(|_| ())
+                    .ok_or(CowError::NotCow)
+            }),
+            Err(e) => Err(e),
+        },
         None => Err(CowError::NotCow),
     };
     finish(vm, my_slot, stale);
@@ -166,6 +174,8 @@ impl Vm {
     /// [`finish`] before this VM's vCPU on this hart resumes.
     pub fn write(&self, gpa: Gpa, bytes: &[u8], stale: &mut Stale) -> Result<(), AccessError> {
         self.make_writable(gpa, bytes.len() as u64, stale)?;
+        // Backed by make_writable (the lock is dropped between, but the VM's memory
+        // only ever becomes more backed).
         match self.mem.lock().as_ref() {
             Some(m) => m.write(gpa, bytes),
             None => Err(AccessError::NotMapped(gpa)),
@@ -177,6 +187,7 @@ impl Vm {
     pub fn make_writable(&self, gpa: Gpa, len: u64, stale: &mut Stale) -> Result<(), AccessError> {
         let mut guard = self.mem.lock();
         let m = guard.as_mut().ok_or(AccessError::NotMapped(gpa))?;
+        self.populate_in_ram(m.as_mut(), gpa, len)?;
         m.break_cow_range(self.ram, gpa, len, stale)
             .map_err(|_| AccessError::NoPermission(gpa.align_down(PAGE_SIZE)))?;
         m.chunks(gpa, len, true).map(|_| ())

@@ -12,13 +12,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::any::Any;
 use diosix_core::addr::{Gpa, Hpa, Range, PAGE_SIZE};
-use diosix_core::gstage::{AccessError, GStageTable, MapError, Perms};
+use diosix_core::gstage::{AccessError, GStageTable, MapError, Perms, GPA_LIMIT, LAZY_REGION};
 
 /// What [`GStageMemory::new`] (and the VM build) says when it was cancelled.
 pub const CANCELLED: &str = "cancelled";
 
 /// Largest backing block tried when allocating guest RAM (2 MiB).
 const MAX_BLOCK_PAGES: usize = 512;
+
+/// Host pages a lazily backed region will take when backed: its frames and its leaf
+/// table.
+const REGION_PROMISE: u64 = LAZY_REGION / PAGE_SIZE + 1;
 
 /// A guest's RAM: host pages mapped into its G-stage table.
 ///
@@ -28,21 +32,81 @@ const MAX_BLOCK_PAGES: usize = 512;
 pub struct GStageMemory {
     /// The G-stage table (read by `cow`, the other half of this backend).
     pub(crate) table: GStageTable,
+    /// Host pages its lazily backed regions will take ([`REGION_PROMISE`] each, counted
+    /// in `mem::count_unbacked`).
+    unbacked_pages: u64,
 }
 
 impl GStageMemory {
-    /// Allocates and maps zeroed RAM for `ram` (page-aligned). Checks `cancelled`
+    /// Allocates and maps zeroed RAM for `ram` (page-aligned) now. Checks `cancelled`
     /// before each block of at most 2 MiB, and gives everything back if it holds.
     pub fn new(ram: Range<Gpa>, cancelled: &dyn Fn() -> bool) -> Result<Self, String> {
+        let mut this = Self::empty()?;
+        if let Err(e) = this.back(ram.start(), ram.len(), cancelled) {
+            this.destroy();
+            return Err(e);
+        }
+        Ok(this)
+    }
+
+    /// Guest RAM for `ram` (page-aligned) that costs nothing until touched: every whole
+    /// 2 MiB region is only marked in the table ([`GStageTable::reserve_lazy`]) and
+    /// backed with zeroed frames by [`Isolation::populate`] on its first access (the
+    /// guest's fault, or the hypervisor's own access for it); a partial region at
+    /// either end is backed now. The VM is still charged for all of it when it is
+    /// made, so a later first touch always finds its frames.
+    pub fn new_lazy(ram: Range<Gpa>, cancelled: &dyn Fn() -> bool) -> Result<Self, String> {
+        let mut this = Self::empty()?;
+        let (start, end) = (ram.start().raw(), ram.end().raw());
+        let first = start.next_multiple_of(LAZY_REGION);
+        let last = end / LAZY_REGION * LAZY_REGION;
+        let result = if first < last {
+            this.back(ram.start(), first - start, cancelled)
+                .and_then(|()| {
+                    let mut frames = mem::frames();
+                    for region in (first..last).step_by(LAZY_REGION as usize) {
+                        this.table
+                            .reserve_lazy(
+                                &mut PhysTables,
+                                &mut TableAlloc(&mut frames),
+                                Gpa::new(region),
+                            )
+                            .map_err(|e| format!("reserving {}: {e}", Gpa::new(region)))?;
+                        this.unbacked_pages += REGION_PROMISE;
+                        mem::count_unbacked(REGION_PROMISE, true);
+                    }
+                    Ok(())
+                })
+                .and_then(|()| this.back(Gpa::new(last), end - last, cancelled))
+        } else {
+            this.back(ram.start(), ram.len(), cancelled)
+        };
+        if let Err(e) = result {
+            this.destroy();
+            return Err(e);
+        }
+        Ok(this)
+    }
+
+    /// An empty table (its root only).
+    fn empty() -> Result<Self, String> {
         let table = GStageTable::new(&mut TableAlloc(&mut mem::frames()))
             .map_err(|e| format!("G-stage root table: {e}"))?;
-        let mut this = Self { table };
-        let mut remaining = (ram.len() / PAGE_SIZE) as usize;
-        let mut gpa = ram.start();
+        Ok(Self {
+            table,
+            unbacked_pages: 0,
+        })
+    }
+
+    /// Maps zeroed frames at `[gpa, gpa+len)` (page-aligned, unmapped or lazily
+    /// backed), in blocks of at most 2 MiB, checking `cancelled` before each. On
+    /// failure what was mapped stays mapped (the caller destroys, or logs).
+    fn back(&mut self, gpa: Gpa, len: u64, cancelled: &dyn Fn() -> bool) -> Result<(), String> {
+        let mut remaining = (len / PAGE_SIZE) as usize;
+        let mut gpa = gpa;
         let mut block = MAX_BLOCK_PAGES;
         while remaining > 0 {
             if cancelled() {
-                this.destroy();
                 return Err(CANCELLED.into());
             }
             // Taken per block, so other harts' copy-on-write copies are not held up
@@ -54,18 +118,13 @@ impl GStageMemory {
             let want = block.min(remaining);
             let Some(hpa) = mem::alloc_zeroed(&mut frames, want, block) else {
                 if block == 1 {
-                    drop(frames);
-                    this.destroy();
-                    return Err(format!(
-                        "out of host RAM for {} MiB of guest RAM",
-                        ram.len() >> 20
-                    ));
+                    return Err(format!("out of host RAM at {gpa}"));
                 }
                 block /= 2;
                 continue;
             };
             let len = want as u64 * PAGE_SIZE;
-            if let Err(e) = this.table.map_range(
+            if let Err(e) = self.table.map_range(
                 &mut PhysTables,
                 &mut TableAlloc(&mut frames),
                 gpa,
@@ -75,14 +134,12 @@ impl GStageMemory {
             ) {
                 // Not in the table, so destroy() cannot find it.
                 let _ = frames.free(hpa, want);
-                drop(frames);
-                this.destroy();
                 return Err(format!("mapping {gpa}: {e}"));
             }
             gpa = Gpa::new(gpa.raw() + len);
             remaining -= want;
         }
-        Ok(this)
+        Ok(())
     }
 
     /// Copy-on-write FORK: a new guest memory sharing every leaf table (so every
@@ -101,12 +158,18 @@ impl GStageMemory {
         // This VM's leaf tables are now reached only through invalid entries: the
         // writable translations cached from them must go.
         diosix_riscv::fence::hfence_gvma_all();
-        Ok(Self { table })
+        // The clone has the same lazily backed regions, each its own to back.
+        mem::count_unbacked(self.unbacked_pages, true);
+        Ok(Self {
+            table,
+            unbacked_pages: self.unbacked_pages,
+        })
     }
 
     /// Returns every page (RAM and tables) to the host allocator, except frames and
     /// leaf tables other VMs still share (they lose one sharer instead).
     pub fn destroy(self) {
+        mem::count_unbacked(self.unbacked_pages, false);
         let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
         // Frames come in GPA order, which for RAM still in the blocks it was built from
@@ -152,6 +215,32 @@ impl Isolation for GStageMemory {
         self.table.guest_chunks(&PhysTables, gpa, len, write)
     }
 
+    fn populate(&mut self, gpa: Gpa, len: u64) -> Result<bool, CowError> {
+        let Some(end) = gpa.raw().checked_add(len) else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        let first = gpa.align_down(LAZY_REGION).raw();
+        for region in (first..end.min(GPA_LIMIT)).step_by(LAZY_REGION as usize) {
+            let at = Gpa::new(region);
+            if self.table.is_lazy(&PhysTables, at) {
+                let backed = self.back(at, LAZY_REGION, &|| false);
+                // No longer promised once its mark is gone (even if backing failed
+                // half-way: the frames it has are held, the rest is lost to the VM).
+                if !self.table.is_lazy(&PhysTables, at) {
+                    self.unbacked_pages -= REGION_PROMISE;
+                    mem::count_unbacked(REGION_PROMISE, false);
+                }
+                backed.map_err(|e| {
+                    log::error!("backing guest RAM at {at}: {e}");
+                    CowError::OutOfMemory
+                })?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
     fn fork(&mut self) -> Result<Box<dyn Isolation>, String> {
         Ok(Box::new(self.fork_shared()?))
     }
@@ -174,6 +263,12 @@ impl Isolation for GStageMemory {
             .as_any_mut()
             .downcast_mut::<GStageMemory>()
             .ok_or(MapError::BadPerms)?;
+        // Both sides must be backed to be shared (the caller bounded both ranges by
+        // the VMs' RAM).
+        for (m, gpa) in [(&mut *self, parent_gpa), (&mut *child, child_gpa)] {
+            m.populate(gpa, size)
+                .map_err(|_| MapError::OutOfRamFrames)?;
+        }
         let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
         self.table.copy_range_into(

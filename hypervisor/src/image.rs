@@ -102,9 +102,13 @@ impl ImageStore {
             let not_mapped = |g: Gpa| CopyError::Access(AccessError::NotMapped(g));
             let from = gpa.checked_add(done).ok_or(not_mapped(gpa))?;
             let to = Gpa::new(at.raw() + done);
-            let guard = src.mem.lock();
-            let src_mem = guard.as_ref().ok_or(not_mapped(from))?;
-            copy_between(self.mem(), to, src_mem.as_ref(), from, step, cancelled)?;
+            let mut guard = src.mem.lock();
+            let src_mem = guard.as_mut().ok_or(not_mapped(from))?;
+            // Only what lies in the VM's RAM can be lazily backed.
+            if src.ram.contains_span(from, step) {
+                src_mem.populate(from, step).map_err(|_| not_mapped(from))?;
+            }
+            copy_between(self.mem(), to, &**src_mem, from, step, cancelled)?;
             done += step;
         }
         Ok(())
@@ -115,11 +119,14 @@ impl ImageStore {
         &self,
         off: u64,
         n: u64,
-        dst: &dyn Isolation,
+        dst: &mut dyn Isolation,
         gpa: Gpa,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<(), CopyError> {
         let at = self.at(off, n)?;
+        // Every byte of the destination is written: back it all first.
+        dst.populate(gpa, n)
+            .map_err(|_| CopyError::Access(AccessError::NotMapped(gpa)))?;
         copy_between(dst, gpa, self.mem(), at, n, cancelled)
     }
 
@@ -143,7 +150,7 @@ impl Drop for ImageStore {
 
 /// Copies `n` bytes from `src` at `src_gpa` to `dst` at `dst_gpa`, host chunk to host
 /// chunk, [`STEP`] bytes at a time, checking `cancelled` before each step. Needs R in
-/// `src` and W in `dst` on every page.
+/// `src` and W in `dst` on every page (lazily backed regions must have been backed).
 pub fn copy_between(
     dst: &dyn Isolation,
     dst_gpa: Gpa,
@@ -229,7 +236,7 @@ impl Bytes<'_> {
     pub fn copy_into(
         &self,
         sub: core::ops::Range<usize>,
-        dst: &dyn Isolation,
+        dst: &mut dyn Isolation,
         gpa: Gpa,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<(), CopyError> {
@@ -244,6 +251,8 @@ impl Bytes<'_> {
                         return Err(CopyError::Cancelled);
                     }
                     let at = gpa.checked_add(i as u64 * STEP).ok_or_else(out_of_range)?;
+                    dst.populate(at, piece.len() as u64)
+                        .map_err(|_| CopyError::Access(AccessError::NotMapped(at)))?;
                     dst.write(at, piece)?;
                 }
                 Ok(())

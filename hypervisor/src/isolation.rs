@@ -148,6 +148,16 @@ pub trait Isolation: Send {
         Ok(())
     }
 
+    /// Backs every region of `[gpa, gpa+len)` still lazily backed (guest RAM that
+    /// costs nothing until touched) with zeroed frames, which its VM was charged for
+    /// when it was made. Returns whether anything changed (the caller then flushes this
+    /// hart's TLB, which may hold the old invalid entry). Callers bound `len` (a guest
+    /// buffer clipped to the VM's RAM, or one copy step): the walk is per 2 MiB.
+    fn populate(&mut self, gpa: Gpa, len: u64) -> Result<bool, CowError> {
+        let _ = (gpa, len);
+        Ok(false)
+    }
+
     /// FORK: a copy of this memory for a clone. The caller has every vCPU of this VM
     /// off its hart except its own.
     fn fork(&mut self) -> Result<Box<dyn Isolation>, String>;

@@ -1,6 +1,7 @@
 //! Host RAM: the frame allocator for guest RAM and page tables, and the G-stage
 //! tables' view of physical memory.
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use diosix_core::addr::{Hpa, Range, PAGE_SIZE};
 use diosix_core::frames::HostFrames;
 use diosix_core::gstage::{TableFrames, TableMemory};
@@ -14,6 +15,27 @@ static FRAMES: Once<Mutex<HostFrames>> = Once::new();
 /// The host frame allocator (locked).
 pub fn frames() -> MutexGuard<'static, HostFrames> {
     FRAMES.call_once(|| Mutex::new(HostFrames::new())).lock()
+}
+
+/// Pages of guest RAM that VMs were charged for but have not touched yet (lazily
+/// backed regions): free in the allocator, but promised.
+static UNBACKED: AtomicU64 = AtomicU64::new(0);
+
+/// `pages` of guest RAM became promised but unbacked (`true`) or stopped being so.
+pub fn count_unbacked(pages: u64, promised: bool) {
+    if promised {
+        UNBACKED.fetch_add(pages, Ordering::Relaxed);
+    } else {
+        UNBACKED.fetch_sub(pages, Ordering::Relaxed);
+    }
+}
+
+/// Free host pages that no VM has been promised: what the log's `host free pages`
+/// reports, so that it returns to the same figure once every VM made since has gone,
+/// however much of its RAM each one touched.
+pub fn unpromised_free_pages() -> u64 {
+    let free = frames().free_pages() as u64;
+    free.saturating_sub(UNBACKED.load(Ordering::Relaxed))
 }
 
 extern "C" {

@@ -62,15 +62,40 @@ impl Vm {
 
     /// Copies guest memory at `gpa` into `out`.
     pub fn read(&self, gpa: Gpa, out: &mut [u8]) -> Result<(), AccessError> {
-        match self.mem.lock().as_ref() {
-            Some(m) => m.read(gpa, out),
-            None => Err(AccessError::NotMapped(gpa)),
-        }
+        let mut guard = self.mem.lock();
+        let m = guard.as_mut().ok_or(AccessError::NotMapped(gpa))?;
+        self.populate_in_ram(m.as_mut(), gpa, out.len() as u64)?;
+        m.read(gpa, out)
     }
 
-    /// Translates one GPA through its G-stage table.
+    /// Translates one GPA through its G-stage table (backing it first if it is RAM
+    /// that was never touched).
     pub fn translate(&self, gpa: Gpa) -> Option<(Hpa, Perms)> {
-        self.mem.lock().as_ref().and_then(|m| m.translate(gpa))
+        let mut guard = self.mem.lock();
+        let m = guard.as_mut()?;
+        self.populate_in_ram(m.as_mut(), gpa, 1).ok()?;
+        m.translate(gpa)
+    }
+
+    /// Backs the lazily backed RAM in `[gpa, gpa+len)` before the hypervisor touches it
+    /// for the guest; the walk covers only the part inside the VM's RAM, so a hostile
+    /// length costs no more than the RAM the VM was charged for.
+    pub fn populate_in_ram(
+        &self,
+        m: &mut dyn Isolation,
+        gpa: Gpa,
+        len: u64,
+    ) -> Result<(), AccessError> {
+        let Some(end) = gpa.raw().checked_add(len) else {
+            return Ok(());
+        };
+        let start = gpa.raw().max(self.ram.start().raw());
+        let end = end.min(self.ram.end().raw());
+        if start < end {
+            m.populate(Gpa::new(start), end - start)
+                .map_err(|_| AccessError::NotMapped(Gpa::new(start)))?;
+        }
+        Ok(())
     }
 }
 
@@ -102,7 +127,7 @@ impl Vm {
             "VM {} (VMID {}): memory released; host free pages: {}",
             self.name,
             self.vmid,
-            mem::frames().free_pages()
+            mem::unpromised_free_pages()
         );
     }
 }
