@@ -251,15 +251,15 @@ pub fn init_shares(host: &diosix_core::hostfdt::HostPlatform) {
         };
         let bytes = (count as u64).saturating_mul(4);
         let pages = bytes.div_ceil(PAGE_SIZE) as usize;
-        let Some(hpa) = frames().alloc(pages, 1) else {
+        let Some(hpa) = alloc_zeroed(&mut frames(), pages, 1) else {
             log::warn!(
                 "no {pages} pages for the sharer counts of RAM at {}",
                 bank.start()
             );
             continue;
         };
-        // SAFETY: the allocator just handed us these pages (add_dense zeroes them) and
-        // they are never freed, so nothing else will use them; M-mode addresses
+        // SAFETY: the allocator just handed us these pages, zeroed, and they are never
+        // freed, so nothing else will use them; M-mode addresses
         // physical memory directly, and a page-aligned HPA is aligned for u32.
         let counts: &'static mut [u32] =
             unsafe { core::slice::from_raw_parts_mut(hpa.raw() as usize as *mut u32, count) };

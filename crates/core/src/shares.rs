@@ -49,9 +49,11 @@ impl ShareCounts {
         }
     }
 
-    /// Counts the frames `first .. first + counts.len()` in `counts` (zeroed here) from
-    /// now on. The range must not overlap a dense range already added nor hold a frame
-    /// already shared (both are refused, returning `false`).
+    /// Counts the frames `first .. first + counts.len()` in `counts` from now on.
+    /// `counts` must be zeroed by the caller (the hypervisor does it with `cbo.zero`,
+    /// a tenth of the instructions of a fill here; checked in debug builds). The range
+    /// must not overlap a dense range already added nor hold a frame already shared
+    /// (both are refused, returning `false`).
     pub fn add_dense(&mut self, first: Frame, counts: &'static mut [u32]) -> bool {
         let end = match first.checked_add(counts.len() as u64) {
             Some(e) => e,
@@ -64,7 +66,7 @@ impl ShareCounts {
         if overlaps || self.sparse.range(first..end).next().is_some() {
             return false;
         }
-        counts.fill(0);
+        debug_assert!(counts.iter().all(|&c| c == 0), "sharer counts not zeroed");
         self.dense.push(DenseRange { first, counts });
         true
     }
@@ -187,7 +189,7 @@ mod tests {
         let mut s = ShareCounts::new();
         s.share(&[100]);
         assert!(!s.add_dense(90, Box::leak(vec![0u32; 20].into_boxed_slice())));
-        assert!(s.add_dense(200, Box::leak(vec![0u32, 9].into_boxed_slice())));
+        assert!(s.add_dense(200, Box::leak(vec![0u32; 2].into_boxed_slice())));
         assert_eq!(s.count(201), 1);
         assert!(!s.add_dense(u64::MAX, Box::leak(vec![0u32; 2].into_boxed_slice())));
         assert!(s.add_dense(0, Box::leak(vec![0u32; 50].into_boxed_slice())));

@@ -166,13 +166,13 @@ fn sample(ram_mib: u64, priority: u32) {
     }
 }
 
-/// Runs the spawn benchmark with children of 16 and 64 MiB.
+/// Runs the spawn benchmark with children of 16, 64 and 256 MiB.
 pub fn run() {
     let Some(priority) = own_priority() else {
         println!("bench spawn skipped (GET_INFO failed)");
         return;
     };
-    for ram_mib in [16, 64] {
+    for ram_mib in [16, 64, 256] {
         sample(ram_mib, priority);
     }
 }
