@@ -20,6 +20,30 @@ const EXC_VIRTUAL_INSTRUCTION: usize = 22;
 const EXC_STORE_GUEST_PAGE_FAULT: usize = 23;
 const INSN_WFI: usize = 0x1050_0073;
 
+/// Entered from `diosix_trap_entry` with only the caller-saved registers (and `sp`)
+/// of the interrupted context in `frame`: completes the traps that return to the same
+/// vCPU without reading any other register — the SBI calls [`crate::sbi::is_fast`]
+/// names — and returns non-zero; anything else returns 0 untouched, and the entry saves
+/// the remaining registers and calls [`diosix_trap_handler`].
+#[no_mangle]
+extern "C" fn diosix_fast_trap(_frame: *mut TrapFrame) -> usize {
+    if csr::mcause::read() != EXC_ECALL_VS {
+        return 0;
+    }
+    // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
+    let hart = unsafe { hart::this_hart() };
+    let a7 = hart.frame.regs[reg::A7] as usize;
+    let Some(v) = hart.current.as_ref() else {
+        return 0;
+    };
+    if !crate::sbi::is_fast(a7) {
+        return 0;
+    }
+    v.shared.count_exit(ExitCause::classify(EXC_ECALL_VS, a7));
+    crate::sbi::handle_ecall(hart);
+    1
+}
+
 /// Entered from `diosix_trap_entry` with the interrupted context saved in `frame`;
 /// returns the frame to resume (always this hart's own, possibly now holding another
 /// vCPU's registers).

@@ -2,10 +2,15 @@
 //!
 //! Every trap (from a guest in VS/VU-mode, or a hypervisor fault in M-mode) enters
 //! [`diosix_trap_entry`]. `mscratch` always holds this hart's [`TrapFrame`]; the entry
-//! code swaps it with `sp`, saves the interrupted GPRs into the frame, switches to the
-//! hart's hypervisor stack and calls `diosix_trap_handler(frame)` (provided by the
-//! binary). When that returns, the frame's GPRs are restored and `mret` resumes
-//! whatever context the handler left in the frame and in `mepc`/`mstatus`.
+//! code swaps it with `sp`, saves the registers a Rust call may clobber (ra, t*, a*)
+//! and the interrupted `sp` into the frame, switches to the hart's hypervisor stack and
+//! calls `diosix_fast_trap(frame)` (provided by the binary). If that returns non-zero
+//! it has completed the trap without switching context (an SBI call that only answers,
+//! say): the same registers are restored and `mret` resumes. Otherwise the remaining
+//! registers (gp, tp, s0-s11, still the interrupted context's because Rust preserved
+//! them) are saved too and `diosix_trap_handler(frame)` runs; when it returns, every
+//! GPR is restored from the frame it returned and `mret` resumes whatever context the
+//! handler left in the frame and in `mepc`/`mstatus`.
 
 /// The GPRs of the interrupted context plus this hart's hypervisor stack pointer.
 /// Offsets are fixed: the assembly below depends on them.
@@ -44,17 +49,15 @@ impl TrapFrame {
     }
 }
 
-macro_rules! for_each_saved_gpr {
+/// The registers a call into Rust may clobber (ra, t0-t6, a0-a7): saved on every
+/// trap, and all a trap handled by the fast path restores.
+macro_rules! for_each_caller_saved_gpr {
     ($m:ident) => {
         concat!(
             $m!(1),
-            $m!(3),
-            $m!(4),
             $m!(5),
             $m!(6),
             $m!(7),
-            $m!(8),
-            $m!(9),
             $m!(10),
             $m!(11),
             $m!(12),
@@ -63,6 +66,22 @@ macro_rules! for_each_saved_gpr {
             $m!(15),
             $m!(16),
             $m!(17),
+            $m!(28),
+            $m!(29),
+            $m!(30),
+            $m!(31)
+        )
+    };
+}
+/// The rest (gp, tp, s0-s11): a Rust function preserves them, so they are the guest's
+/// until the slow path saves them, and only it restores them.
+macro_rules! for_each_callee_saved_gpr {
+    ($m:ident) => {
+        concat!(
+            $m!(3),
+            $m!(4),
+            $m!(8),
+            $m!(9),
             $m!(18),
             $m!(19),
             $m!(20),
@@ -72,17 +91,18 @@ macro_rules! for_each_saved_gpr {
             $m!(24),
             $m!(25),
             $m!(26),
-            $m!(27),
-            $m!(28),
-            $m!(29),
-            $m!(30),
-            $m!(31)
+            $m!(27)
         )
     };
 }
 macro_rules! save_gpr {
     ($n:literal) => {
         concat!("sd x", $n, ", ", $n, "*8(sp)\n")
+    };
+}
+macro_rules! save_gpr_a0 {
+    ($n:literal) => {
+        concat!("sd x", $n, ", ", $n, "*8(a0)\n")
     };
 }
 macro_rules! load_gpr {
@@ -98,19 +118,32 @@ core::arch::global_asm!(
     "diosix_trap_entry:",
     // sp <- frame, mscratch <- interrupted sp
     "csrrw sp, mscratch, sp",
-    for_each_saved_gpr!(save_gpr),
+    for_each_caller_saved_gpr!(save_gpr),
     "csrr t0, mscratch",
     "sd t0, 2*8(sp)",
     // mscratch holds the frame again for the next trap
     "csrw mscratch, sp",
     "mv a0, sp",
     "ld sp, 32*8(sp)",
+    // The fast path: a trap it completes returns to the same context, whose gp, tp
+    // and s-registers no Rust code has changed (the calling convention preserves them).
+    "call diosix_fast_trap",
+    "bnez a0, 1f",
+    // The slow path may switch context or read every register: save the rest first.
+    "csrr a0, mscratch",
+    for_each_callee_saved_gpr!(save_gpr_a0),
     "call diosix_trap_handler",
     // fall through: a0 = frame to resume
     ".globl diosix_trap_return",
     "diosix_trap_return:",
     "mv sp, a0",
-    for_each_saved_gpr!(load_gpr),
+    for_each_callee_saved_gpr!(load_gpr),
+    for_each_caller_saved_gpr!(load_gpr),
+    "ld sp, 2*8(sp)",
+    "mret",
+    "1:",
+    "csrr sp, mscratch",
+    for_each_caller_saved_gpr!(load_gpr),
     "ld sp, 2*8(sp)",
     "mret",
 );
