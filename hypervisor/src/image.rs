@@ -104,10 +104,7 @@ impl ImageStore {
             let to = Gpa::new(at.raw() + done);
             let mut guard = src.mem.lock();
             let src_mem = guard.as_mut().ok_or(not_mapped(from))?;
-            // Only what lies in the VM's RAM can be lazily backed.
-            if src.ram.contains_span(from, step) {
-                src_mem.populate(from, step).map_err(|_| not_mapped(from))?;
-            }
+            src.populate_in_ram(src_mem.as_mut(), from, step)?;
             copy_between(self.mem(), to, &**src_mem, from, step, cancelled)?;
             done += step;
         }
