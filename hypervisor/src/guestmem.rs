@@ -20,6 +20,9 @@ pub const CANCELLED: &str = "cancelled";
 /// Largest backing block tried when allocating guest RAM (2 MiB).
 const MAX_BLOCK_PAGES: usize = 512;
 
+/// Most host MMIO ranges one VM may map (bounds the list kept per VM).
+const MAX_MMIO_RANGES: usize = 256;
+
 /// Host pages a lazily backed region will take when backed: its frames and its leaf
 /// table.
 const REGION_PROMISE: u64 = LAZY_REGION / PAGE_SIZE + 1;
@@ -35,13 +38,23 @@ pub struct GStageMemory {
     /// Host pages its lazily backed regions will take ([`REGION_PROMISE`] each, counted
     /// in `mem::count_unbacked`).
     unbacked_pages: u64,
+    /// The guest's RAM: what a FORK shares with the clone (nothing else is).
+    ram: Range<Gpa>,
+    /// RAM mapped at GPA = HPA and never moved (a VM that programs DMA-capable
+    /// devices): FORK and MAP_CHILD_MEM copy it for the other VM instead of sharing it
+    /// copy-on-write, so no page of this VM is ever replaced under a device.
+    pinned: bool,
+    /// Host MMIO mapped into the guest (MAP_HOST_MMIO): `(gpa, hpa, len)`. Never RAM
+    /// frames: unmapped before the table is released, never shared with a clone, and
+    /// never a buffer the hypervisor reads or writes for the guest.
+    mmio: Vec<(Gpa, Hpa, u64)>,
 }
 
 impl GStageMemory {
     /// Allocates and maps zeroed RAM for `ram` (page-aligned) now. Checks `cancelled`
     /// before each block of at most 2 MiB, and gives everything back if it holds.
     pub fn new(ram: Range<Gpa>, cancelled: &dyn Fn() -> bool) -> Result<Self, String> {
-        let mut this = Self::empty()?;
+        let mut this = Self::empty(ram)?;
         if let Err(e) = this.back(ram.start(), ram.len(), cancelled) {
             this.destroy();
             return Err(e);
@@ -56,7 +69,7 @@ impl GStageMemory {
     /// either end is backed now. The VM is still charged for all of it when it is
     /// made, so a later first touch always finds its frames.
     pub fn new_lazy(ram: Range<Gpa>, cancelled: &dyn Fn() -> bool) -> Result<Self, String> {
-        let mut this = Self::empty()?;
+        let mut this = Self::empty(ram)?;
         let (start, end) = (ram.start().raw(), ram.end().raw());
         let first = start.next_multiple_of(LAZY_REGION);
         let last = end / LAZY_REGION * LAZY_REGION;
@@ -88,14 +101,79 @@ impl GStageMemory {
         Ok(this)
     }
 
-    /// An empty table (its root only).
-    fn empty() -> Result<Self, String> {
+    /// `bytes` of zeroed RAM (a whole number of 2 MiB regions) in one host block, mapped
+    /// at GPA = HPA and pinned there: what a VM that drives DMA-capable host devices
+    /// needs, since a device writes host physical addresses. Returns the memory and
+    /// its range (the guest's RAM, the same in both address spaces).
+    pub fn new_identity(bytes: u64) -> Result<(Self, Range<Gpa>), String> {
+        let pages = usize::try_from(bytes / PAGE_SIZE).map_err(|_| String::from("too large"))?;
+        if pages == 0 || bytes % LAZY_REGION != 0 {
+            return Err(format!("{bytes} bytes is not a whole number of 2 MiB regions"));
+        }
+        let region_pages = (LAZY_REGION / PAGE_SIZE) as usize;
+        let hpa = mem::alloc_zeroed(&mut mem::frames(), pages, region_pages)
+            .ok_or_else(|| format!("no contiguous {} MiB of host RAM", bytes >> 20))?;
+        let ram = Range::new(Gpa::new(hpa.raw()), bytes)
+            .ok_or_else(|| String::from("RAM range wraps"))?;
+        let mut this = match Self::empty(ram) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = mem::frames().free(hpa, pages);
+                return Err(e);
+            }
+        };
+        this.pinned = true;
+        let mapped = this.table.map_range(
+            &mut PhysTables,
+            &mut TableAlloc(&mut mem::frames()),
+            ram.start(),
+            hpa,
+            bytes,
+            Perms::RWX,
+        );
+        if let Err(e) = mapped {
+            // What was mapped goes back through the table; the rest directly.
+            this.destroy();
+            return Err(format!("mapping identity RAM at {hpa}: {e}"));
+        }
+        Ok((this, ram))
+    }
+
+    /// An empty table (its root only) for a guest whose RAM is `ram`.
+    fn empty(ram: Range<Gpa>) -> Result<Self, String> {
         let table = GStageTable::new(&mut TableAlloc(&mut mem::frames()))
             .map_err(|e| format!("G-stage root table: {e}"))?;
         Ok(Self {
             table,
             unbacked_pages: 0,
+            ram,
+            pinned: false,
+            mmio: Vec::new(),
         })
+    }
+
+    /// A private, eagerly backed copy of this (pinned) memory for a clone: the clone
+    /// takes the copy, so this VM's pages never move under its devices.
+    fn fork_copied(&mut self) -> Result<Self, String> {
+        let child = Self::new(self.ram, &|| false)?;
+        let mut failed = None;
+        let table = &self.table;
+        table.for_each_leaf(&PhysTables, |gpa, hpa, _| {
+            if failed.is_some() || !self.ram.contains(gpa) {
+                return;
+            }
+            match child.table.translate(&PhysTables, gpa) {
+                // SAFETY: `hpa` is this VM's RAM frame and `to` the clone's fresh one:
+                // both host RAM the hypervisor allocated, distinct, page-sized.
+                Some((to, _)) => unsafe { diosix_riscv::physmem::copy(to, hpa, PAGE_SIZE) },
+                None => failed = Some(gpa),
+            }
+        });
+        if let Some(gpa) = failed {
+            child.destroy();
+            return Err(format!("clone has no page at {gpa}"));
+        }
+        Ok(child)
     }
 
     /// Maps zeroed frames at `[gpa, gpa+len)` (page-aligned, unmapped or lazily
@@ -151,8 +229,14 @@ impl GStageMemory {
         let forked = {
             let mut shares = mem::SHARES.lock();
             let mut frames = mem::frames();
-            self.table
-                .fork_shared(&mut PhysTables, &mut TableAlloc(&mut frames), &mut shares)
+            // Only RAM: the host MMIO this VM holds stays its own.
+            let keep = self.ram.start().raw()..self.ram.end().raw();
+            self.table.fork_shared_within(
+                &mut PhysTables,
+                &mut TableAlloc(&mut frames),
+                &mut shares,
+                keep,
+            )
         };
         let table = forked.map_err(|e| format!("G-stage tables for the clone: {e}"))?;
         // This VM's leaf tables are now reached only through invalid entries: the
@@ -163,12 +247,19 @@ impl GStageMemory {
         Ok(Self {
             table,
             unbacked_pages: self.unbacked_pages,
+            ram: self.ram,
+            pinned: false,
+            mmio: Vec::new(),
         })
     }
 
     /// Returns every page (RAM and tables) to the host allocator, except frames and
     /// leaf tables other VMs still share (they lose one sharer instead).
-    pub fn destroy(self) {
+    pub fn destroy(mut self) {
+        // Device pages are not frames: out of the table before it is torn down.
+        for (gpa, _, len) in core::mem::take(&mut self.mmio) {
+            self.unmap_pages(gpa, len);
+        }
         mem::count_unbacked(self.unbacked_pages, false);
         let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
@@ -197,6 +288,23 @@ impl GStageMemory {
     }
 }
 
+impl GStageMemory {
+    fn unmap_pages(&mut self, gpa: Gpa, len: u64) {
+        for off in (0..len).step_by(PAGE_SIZE as usize) {
+            self.table
+                .unmap_page(&mut PhysTables, Gpa::new(gpa.raw() + off));
+        }
+    }
+
+    /// Whether `[gpa, gpa+len)` touches any host MMIO this VM has mapped.
+    fn touches_mmio(&self, gpa: Gpa, len: u64) -> bool {
+        let end = gpa.raw().saturating_add(len);
+        self.mmio
+            .iter()
+            .any(|&(g, _, l)| gpa.raw() < g.raw() + l && g.raw() < end)
+    }
+}
+
 impl Isolation for GStageMemory {
     /// How harts switch to this memory for VMID `vmid`; `None` if the VMID does not fit
     /// the hardware's field.
@@ -212,7 +320,53 @@ impl Isolation for GStageMemory {
 
     /// Host chunks backing the guest buffer `[gpa, gpa+len)`, checked page by page.
     fn chunks(&self, gpa: Gpa, len: u64, write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
+        // The hypervisor never reads or writes a device's registers for a guest.
+        if self.touches_mmio(gpa, len) {
+            return Err(AccessError::NotMapped(gpa));
+        }
         self.table.guest_chunks(&PhysTables, gpa, len, write)
+    }
+
+    fn map_mmio(&mut self, gpa: Gpa, hpa: Hpa, len: u64) -> Result<(), MapError> {
+        let region = |a: u64| a / LAZY_REGION;
+        let (start, end) = (self.ram.start().raw(), self.ram.end().raw());
+        let last = gpa
+            .raw()
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(MapError::NotMapped(gpa))?
+            - 1;
+        // Never in a 2 MiB region RAM touches (those are what FORK shares), and never
+        // over another mapping.
+        if region(gpa.raw()) <= region(end - 1) && region(last) >= region(start) {
+            return Err(MapError::AlreadyMapped(gpa));
+        }
+        if self.touches_mmio(gpa, len) || self.mmio.len() >= MAX_MMIO_RANGES {
+            return Err(MapError::AlreadyMapped(gpa));
+        }
+        self.table.map_range(
+            &mut PhysTables,
+            &mut TableAlloc(&mut mem::frames()),
+            gpa,
+            hpa,
+            len,
+            Perms::R | Perms::W,
+        )?;
+        self.mmio.push((gpa, hpa, len));
+        Ok(())
+    }
+
+    fn unmap_mmio(&mut self, gpa: Gpa) -> bool {
+        let Some(i) = self.mmio.iter().position(|&(g, _, _)| g == gpa) else {
+            return false;
+        };
+        let (g, _, len) = self.mmio.swap_remove(i);
+        self.unmap_pages(g, len);
+        true
+    }
+
+    fn is_pinned(&self) -> bool {
+        self.pinned
     }
 
     fn populate(&mut self, gpa: Gpa, len: u64) -> Result<bool, CowError> {
@@ -242,6 +396,9 @@ impl Isolation for GStageMemory {
     }
 
     fn fork(&mut self) -> Result<Box<dyn Isolation>, String> {
+        if self.pinned {
+            return Ok(Box::new(self.fork_copied()?));
+        }
         Ok(Box::new(self.fork_shared()?))
     }
 
@@ -268,6 +425,9 @@ impl Isolation for GStageMemory {
         for (m, gpa) in [(&mut *self, parent_gpa), (&mut *child, child_gpa)] {
             m.populate(gpa, size)
                 .map_err(|_| MapError::OutOfRamFrames)?;
+        }
+        if self.pinned {
+            return self.copy_into(child, parent_gpa, child_gpa, size, perms);
         }
         let mut shares = mem::SHARES.lock();
         let mut frames = mem::frames();
@@ -302,6 +462,39 @@ impl Isolation for GStageMemory {
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+}
+
+impl GStageMemory {
+    /// MAP_CHILD_MEM from pinned memory: the child gets a private copy with `perms`
+    /// (both ranges backed and inside RAM: the caller checked).
+    fn copy_into(
+        &self,
+        child: &mut GStageMemory,
+        parent_gpa: Gpa,
+        child_gpa: Gpa,
+        size: u64,
+        perms: Perms,
+    ) -> Result<(), MapError> {
+        for off in (0..size).step_by(PAGE_SIZE as usize) {
+            let (from, to) = (
+                Gpa::new(parent_gpa.raw() + off),
+                Gpa::new(child_gpa.raw() + off),
+            );
+            let (src, _) = self
+                .table
+                .translate(&PhysTables, from)
+                .ok_or(MapError::NotMapped(from))?;
+            let (dst, _) = child
+                .table
+                .translate(&PhysTables, to)
+                .ok_or(MapError::NotMapped(to))?;
+            // SAFETY: both are RAM frames the hypervisor allocated, one this VM's and
+            // one the (never run) child's own: distinct and page-sized.
+            unsafe { diosix_riscv::physmem::copy(dst, src, PAGE_SIZE) };
+            child.table.set_perms(&mut PhysTables, to, perms)?;
+        }
+        Ok(())
     }
 }
 

@@ -158,6 +158,21 @@ pub trait Isolation: Send {
         Ok(false)
     }
 
+    /// MAP_HOST_MMIO: maps host device registers `[hpa, hpa+len)` (page-aligned,
+    /// checked by the caller to be a device the VM holds) at `gpa`, read/write, never
+    /// executable. Refused over RAM, within a 2 MiB region RAM touches, or over another
+    /// mapping.
+    fn map_mmio(&mut self, gpa: Gpa, hpa: Hpa, len: u64) -> Result<(), MapError>;
+
+    /// Removes the host MMIO mapped at `gpa` by [`map_mmio`](Self::map_mmio); false if
+    /// there is none. The caller flushes the VM's harts.
+    fn unmap_mmio(&mut self, gpa: Gpa) -> bool;
+
+    /// Whether this memory is pinned at GPA = HPA (a VM driving DMA-capable devices).
+    fn is_pinned(&self) -> bool {
+        false
+    }
+
     /// FORK: a copy of this memory for a clone. The caller has every vCPU of this VM
     /// off its hart except its own.
     fn fork(&mut self) -> Result<Box<dyn Isolation>, String>;

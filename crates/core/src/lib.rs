@@ -20,6 +20,7 @@ pub mod guestfdt;
 pub mod hil;
 pub mod hostfdt;
 pub mod loader;
+pub mod mmio;
 pub mod payload;
 pub mod runqueue;
 pub mod sbi;

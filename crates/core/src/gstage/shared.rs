@@ -78,6 +78,21 @@ impl GStageTable {
         frames: &mut F,
         shares: &mut ShareCounts,
     ) -> Result<GStageTable, MapError> {
+        self.fork_shared_within(mem, frames, shares, 0..GPA_LIMIT)
+    }
+
+    /// [`fork_shared`](Self::fork_shared) of only the 2 MiB regions that overlap
+    /// `[keep.start, keep.end)` (a VM's RAM): the child gets nothing of the others,
+    /// which stay this table's own, untouched. That is how a VM's host MMIO mappings
+    /// (never in a 2 MiB region its RAM touches) stay out of its clone.
+    pub fn fork_shared_within<M: TableMemory, F: TableFrames>(
+        &mut self,
+        mem: &mut M,
+        frames: &mut F,
+        shares: &mut ShareCounts,
+        keep: core::ops::Range<u64>,
+    ) -> Result<GStageTable, MapError> {
+        const REGION: u64 = 1 << 21;
         let mut child = GStageTable::new(frames)?;
         let mut pairs: Vec<(usize, Hpa, Hpa)> = Vec::new();
         for i2 in 0..ROOT_ENTRIES {
@@ -98,6 +113,10 @@ impl GStageTable {
         let mut tables: Vec<u64> = Vec::new();
         for (i2, l1, c1) in pairs {
             for i1 in 0..TABLE_ENTRIES {
+                let region = ((i2 as u64) << 30) | ((i1 as u64) << 21);
+                if region >= keep.end || region + REGION <= keep.start {
+                    continue;
+                }
                 let e1 = mem.read_pte(l1, i1);
                 let t = match shared_table(e1) {
                     Some(t) => t,
@@ -465,6 +484,33 @@ mod tests {
         assert_eq!(freed.len(), 16385);
         assert_eq!(frames.allocs, frames.frees);
         assert_eq!(shares.shared_frames(), 0);
+    }
+
+    #[test]
+    fn fork_within_leaves_other_regions_to_the_parent() {
+        let mut data = Data::default();
+        // RAM pages in the first 2 MiB, and a "device" page 4 MiB below RAM.
+        let (mut mem, mut frames, mut t) = fresh_vm(&[0, 1], &mut data);
+        let device = g(RAM - 0x40_0000);
+        t.map_page(&mut mem, &mut frames, device, h(0x1000_1000), Perms::R | Perms::W)
+            .unwrap();
+        let mut shares = ShareCounts::new();
+        let c = t
+            .fork_shared_within(&mut mem, &mut frames, &mut shares, RAM..RAM + 0x20_0000)
+            .unwrap();
+        assert_eq!(c.translate(&mem, device), None);
+        assert_eq!(
+            t.translate(&mem, device),
+            Some((h(0x1000_1000), Perms::R | Perms::W))
+        );
+        let (hp, _) = t.translate(&mem, g(RAM)).unwrap();
+        assert_eq!(c.translate(&mem, g(RAM)).unwrap().0, hp);
+        // Only the RAM leaf table is shared.
+        assert_eq!(shares.shared_frames(), 1);
+        assert_eq!(t.unmap_page(&mut mem, device), Some(h(0x1000_1000)));
+        drop(c.release(&mem, &mut frames, &mut shares));
+        drop(t.release(&mem, &mut frames, &mut shares));
+        assert_eq!(frames.allocs, frames.frees);
     }
 
     #[test]
