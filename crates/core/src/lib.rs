@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod devices;
 pub mod exits;
 pub mod frames;
 pub mod gstage;
@@ -28,4 +29,5 @@ pub mod seeds;
 pub mod shares;
 pub mod tree;
 pub mod vmid;
+pub mod vplic;
 pub mod vstage;
