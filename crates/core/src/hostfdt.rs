@@ -7,13 +7,52 @@
 //! accessors `unwrap`/index on malformed structure.
 //!
 //! Only what the hypervisor needs is extracted: RAM, reservations, harts and their ISA,
-//! the timebase, CLINT/ACLINT, PLIC, the console UART and the syscon reset device.
+//! the timebase, CLINT/ACLINT, PLIC, the console UART and the syscon reset device; and
+//! the devices it could hand to a trusted VM ([`HostPlatform::devices`]).
+//!
+//! # Devices
+//!
+//! [`HostPlatform::devices`] lists, in tree order, every node that
+//! - has a `reg` and an okay (or absent) `status`;
+//! - is a child of `/` or of a `simple-bus` that is itself such a child (recursively),
+//!   okay, and has a `ranges` property (an empty one maps addresses 1:1, a non-empty
+//!   one is honoured); a bus without `ranges` is not memory-mapped into its parent, so
+//!   its children are skipped. Bus nodes themselves are not devices;
+//!
+//! except
+//! - what the hypervisor uses itself or must never hand out: memory and CPU nodes,
+//!   every interrupt controller (`interrupt-controller` or `msi-controller`, which
+//!   includes the PLIC), the CLINT/ACLINT, the console UART ([`HostPlatform::uart`]),
+//!   `syscon` devices and every node a `syscon-poweroff`/`syscon-reboot` `regmap`
+//!   names, and `qemu,fw-cfg-mmio` (its DMA interface writes any physical address);
+//! - nodes that reference another node by phandle other than through their interrupt
+//!   parent ([`PHANDLE_PROPERTIES`], any `*-gpios`, `*-gpio`, `*-supply` or
+//!   `pinctrl-<n>` property), since a guest's tree cannot resolve the reference (the
+//!   PCIe host bridge's `interrupt-map`, for one), and providers others may reference
+//!   (any `#<x>-cells` other than `#address-cells`/`#size-cells`, e.g. clock or reset
+//!   controllers, which the host's other devices share);
+//! - nodes whose interrupts go to a controller other than the PLIC, or name source 0
+//!   or one above its `riscv,ndev`;
+//! - nodes past the caps, which are firmware input but kept bounded: more than
+//!   [`MAX_DEVICE_REGS`] `reg` entries, [`MAX_DEVICE_IRQS`] interrupts,
+//!   [`MAX_DEVICE_PROPS`] copied properties or [`MAX_DEVICE_PROP_BYTES`] of them; a
+//!   malformed `reg` or interrupt specifier; a node or property name a guest's tree
+//!   cannot carry ([`crate::guestfdt::valid_node_name`],
+//!   [`crate::guestfdt::valid_property_name`]). At most [`MAX_HOST_DEVICES`] devices
+//!   are listed; later ones are skipped.
+//!
+//! So every listed device is accepted by [`crate::guestfdt`] (given guest addresses
+//! for its `reg`s). A device's child nodes are not described.
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{Hpa, Range};
+use crate::guestfdt::{device_prop_bytes, valid_node_name, valid_property_name};
+pub use crate::guestfdt::{
+    MAX_DEVICE_IRQS, MAX_DEVICE_PROPS, MAX_DEVICE_PROP_BYTES, MAX_DEVICE_REGS,
+};
 
 const FDT_MAGIC: u32 = 0xd00d_feed;
 const FDT_BEGIN_NODE: u32 = 1;
@@ -173,6 +212,10 @@ pub struct HostPlatform {
     pub aclint_mtimer: Option<AclintMtimer>,
     /// The PLIC (`riscv,plic0` / `sifive,plic-1.0.0`).
     pub plic: Option<Range<Hpa>>,
+    /// The PLIC's number of interrupt sources (`riscv,ndev`), when it says.
+    pub plic_ndev: Option<u32>,
+    /// The PLIC's phandle, when it has one.
+    pub plic_phandle: Option<u32>,
     /// The console: `/chosen/stdout-path` if it names an NS16550, else the first one.
     pub uart: Option<UartInfo>,
     /// The syscon reset device.
@@ -180,7 +223,111 @@ pub struct HostPlatform {
     /// Random bytes the firmware passed in `/chosen/rng-seed` (QEMU's `virt` supplies
     /// 32), at most [`MAX_RNG_SEED`] of them; empty if there were none.
     pub rng_seed: Vec<u8>,
+    /// The devices the hypervisor could hand to a trusted VM, in tree order: see the
+    /// module documentation for which ones.
+    pub devices: Vec<HostDevice>,
 }
+
+/// A host device the hypervisor may hand to a trusted VM (see the module
+/// documentation for which nodes qualify).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostDevice {
+    /// The node's full path, e.g. `"/soc/virtio_mmio@10001000"`.
+    pub path: String,
+    /// The node name with its unit address, e.g. `"virtio_mmio@10001000"`.
+    pub name: String,
+    /// The `compatible` strings, most specific first.
+    pub compatible: Vec<String>,
+    /// The register windows, exactly as the tree gives them (translated to host
+    /// physical addresses; not rounded to pages). At most [`MAX_DEVICE_REGS`].
+    pub regs: Vec<Range<Hpa>>,
+    /// The PLIC sources it raises (each in `1..=riscv,ndev`), in tree order. At most
+    /// [`MAX_DEVICE_IRQS`].
+    pub irqs: Vec<u32>,
+    /// Properties to copy verbatim into a guest's node: all but `phandle`,
+    /// `linux,phandle`, `interrupts`, `interrupt-parent` and `interrupts-extended`
+    /// (`reg` is included, in the host's cell sizes). At most [`MAX_DEVICE_PROPS`],
+    /// and [`MAX_DEVICE_PROP_BYTES`] as [`crate::guestfdt::device_prop_bytes`] counts.
+    pub props: Vec<(String, Vec<u8>)>,
+    /// Whether the device may master the bus (DMA). False only when its most specific
+    /// `compatible` is on [`NO_DMA_COMPATIBLE`]; anything else, virtio-mmio included,
+    /// is assumed able to reach any physical address.
+    pub dma_capable: bool,
+}
+
+/// Most devices [`HostPlatform::devices`] lists; later ones are skipped.
+pub const MAX_HOST_DEVICES: usize = crate::guestfdt::MAX_DEVICES;
+
+/// Devices known not to master the bus, by most specific `compatible`: simple RTCs,
+/// UARTs and NOR flash that only answer register accesses.
+pub const NO_DMA_COMPATIBLE: &[&str] = &[
+    "google,goldfish-rtc",
+    "ns16550a",
+    "ns16550",
+    "ns16450",
+    "sifive,uart0",
+    "cfi-flash",
+];
+
+/// Properties that hold a phandle (other than `interrupt-parent` and
+/// `interrupts-extended`, which are resolved): a node with one is not handed out, as
+/// a guest's tree could not resolve the reference. Names ending in `-gpios`, `-gpio`
+/// or `-supply`, and `pinctrl-<n>`, count too.
+pub const PHANDLE_PROPERTIES: &[&str] = &[
+    "clocks",
+    "assigned-clocks",
+    "assigned-clock-parents",
+    "resets",
+    "msi-parent",
+    "msi-map",
+    "interrupt-map",
+    "iommus",
+    "iommu-map",
+    "power-domains",
+    "dmas",
+    "phys",
+    "regmap",
+    "syscon",
+    "memory-region",
+    "mboxes",
+    "interconnects",
+    "nvmem-cells",
+    "gpios",
+    "pwms",
+    "io-channels",
+    "thermal-sensors",
+    "operating-points-v2",
+    "cpus",
+    "remote-endpoint",
+    "sound-dai",
+    "hwlocks",
+];
+
+/// Properties not copied into [`HostDevice::props`]: they are host phandles or are
+/// rewritten for the guest.
+const NOT_COPIED: &[&str] = &[
+    "phandle",
+    "linux,phandle",
+    "interrupts",
+    "interrupt-parent",
+    "interrupts-extended",
+];
+
+const PLIC_COMPAT: &[&str] = &["riscv,plic0", "sifive,plic-1.0.0"];
+const CLINT_COMPAT: &[&str] = &[
+    "riscv,clint0",
+    "sifive,clint0",
+    "riscv,aclint-mswi",
+    "riscv,aclint-mtimer",
+    "riscv,aclint-sswi",
+];
+/// Devices never handed out even though nothing else rules them out.
+const NEVER_COMPAT: &[&str] = &[
+    "qemu,fw-cfg-mmio",
+    "syscon",
+    "syscon-poweroff",
+    "syscon-reboot",
+];
 
 /// The most `/chosen/rng-seed` bytes kept (more adds nothing to a 256-bit seed).
 pub const MAX_RNG_SEED: usize = 256;
@@ -381,6 +528,11 @@ impl<'a> Tree<'a> {
 
     fn find_compatible(&self, with: &[&str]) -> Option<usize> {
         (0..self.nodes.len()).find(|&n| self.enabled(n) && self.is_compatible(n, with))
+    }
+
+    fn phandle(&self, node: usize) -> Option<u32> {
+        self.prop_u32(node, "phandle")
+            .or_else(|| self.prop_u32(node, "linux,phandle"))
     }
 
     fn by_phandle(&self, phandle: u32) -> Option<usize> {
@@ -668,7 +820,10 @@ impl HostPlatform {
             }
             None => None,
         };
-        let plic = first_reg(&["riscv,plic0", "sifive,plic-1.0.0"])?;
+        let plic_node = t.find_compatible(PLIC_COMPAT);
+        let plic = first_reg(PLIC_COMPAT)?;
+        let plic_ndev = plic_node.and_then(|n| t.prop_u32(n, "riscv,ndev"));
+        let plic_phandle = plic_node.and_then(|n| t.phandle(n));
         let uart = uart(&t)?;
         let reset = reset(&t)?;
         let rng_seed = t
@@ -676,6 +831,7 @@ impl HostPlatform {
             .and_then(|c| t.prop(c, "rng-seed"))
             .map(|seed| seed[..seed.len().min(MAX_RNG_SEED)].to_vec())
             .unwrap_or_default();
+        let devices = devices(&t, plic_node, plic_ndev);
 
         Ok(HostPlatform {
             memory,
@@ -686,9 +842,12 @@ impl HostPlatform {
             aclint_mswi,
             aclint_mtimer,
             plic,
+            plic_ndev,
+            plic_phandle,
             uart,
             reset,
             rng_seed,
+            devices,
         })
     }
 }
@@ -755,7 +914,9 @@ fn hart(t: &Tree<'_>, cpus: usize, c: usize) -> Result<HartInfo, HostFdtError> {
 
 const UART_COMPAT: &[&str] = &["ns16550a", "ns16550", "ns16450"];
 
-fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
+/// The console UART's node: `/chosen/stdout-path` if it names an NS16550, else the
+/// first one.
+fn console_node(t: &Tree<'_>) -> Option<usize> {
     let chosen = t.child_named(0, "chosen");
     let from_chosen = chosen
         .and_then(|c| {
@@ -765,7 +926,11 @@ fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
         // "path:options" (e.g. ":115200n8") names the node before the colon.
         .and_then(|p| t.resolve(p.split(':').next().unwrap_or(p)))
         .filter(|&n| t.is_compatible(n, UART_COMPAT));
-    let Some(n) = from_chosen.or_else(|| t.find_compatible(UART_COMPAT)) else {
+    from_chosen.or_else(|| t.find_compatible(UART_COMPAT))
+}
+
+fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
+    let Some(n) = console_node(t) else {
         return Ok(None);
     };
     let base = t.reg(n)?.first().map(|r| r.start());
@@ -826,6 +991,229 @@ fn reset(t: &Tree<'_>) -> Result<Option<SysconReset>, HostFdtError> {
     }))
 }
 
+/// Whether `node` sits where devices may be handed out: a child of `/`, or of an okay
+/// `simple-bus` with `ranges` that is itself in such a place.
+fn on_device_bus(t: &Tree<'_>, node: usize) -> bool {
+    let mut at = node;
+    for _ in 0..MAX_DEPTH {
+        let Some(parent) = t.nodes[at].parent else {
+            return false;
+        };
+        if parent == 0 {
+            return true;
+        }
+        let usable_bus = t.is_compatible(parent, &["simple-bus"])
+            && t.enabled(parent)
+            && t.prop(parent, "ranges").is_some();
+        if !usable_bus {
+            return false;
+        }
+        at = parent;
+    }
+    false
+}
+
+/// True when property `name` holds a phandle the guest could not resolve, or marks its
+/// node as a provider other nodes reference (`#clock-cells`, `#reset-cells`, ...).
+fn references_other_nodes(name: &str) -> bool {
+    if PHANDLE_PROPERTIES.contains(&name)
+        || name.ends_with("-gpios")
+        || name.ends_with("-gpio")
+        || name.ends_with("-supply")
+    {
+        return true;
+    }
+    if let Some(n) = name.strip_prefix("pinctrl-") {
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+            return true;
+        }
+    }
+    name.starts_with('#')
+        && name.ends_with("-cells")
+        && !matches!(name, "#address-cells" | "#size-cells")
+}
+
+/// The PLIC as devices' interrupts must name it.
+#[derive(Clone, Copy)]
+struct PlicRef {
+    /// Its phandle, which the first node carrying it is (so references resolve to it).
+    phandle: u32,
+    /// `#interrupt-cells`, 1 to 4.
+    cells: usize,
+    /// `riscv,ndev`, when given.
+    ndev: Option<u32>,
+}
+
+/// The PLIC sources `node` raises, or `None` when it cannot be handed out: an
+/// interrupt goes elsewhere, a specifier is malformed or out of range, or there are
+/// more than [`MAX_DEVICE_IRQS`].
+fn device_irqs(t: &Tree<'_>, node: usize, plic: Option<PlicRef>) -> Option<Vec<u32>> {
+    let ext = t.prop(node, "interrupts-extended");
+    let plain = t.prop(node, "interrupts");
+    if ext.is_none() && plain.is_none() {
+        return Some(Vec::new());
+    }
+    let plic = plic?;
+    let spec = plic.cells * 4;
+    let source = |s: u32| {
+        let in_range = s != 0 && plic.ndev.is_none_or(|n| s <= n);
+        in_range.then_some(s)
+    };
+    let mut irqs = Vec::new();
+    if let Some(v) = ext {
+        // <phandle specifier...> entries; every phandle must be the PLIC's, so every
+        // specifier is the PLIC's size.
+        let entry = 4 + spec;
+        if v.is_empty() || v.len() % entry != 0 || v.len() / entry > MAX_DEVICE_IRQS {
+            return None;
+        }
+        for e in v.chunks_exact(entry) {
+            if be32(e, 0)? != plic.phandle {
+                return None;
+            }
+            irqs.push(source(be32(e, 4)?)?);
+        }
+    } else if let Some(v) = plain {
+        if interrupt_parent(t, node)? != plic.phandle {
+            return None;
+        }
+        if v.is_empty() || v.len() % spec != 0 || v.len() / spec > MAX_DEVICE_IRQS {
+            return None;
+        }
+        for s in v.chunks_exact(spec) {
+            irqs.push(source(be32(s, 0)?)?);
+        }
+    }
+    Some(irqs)
+}
+
+/// The phandle `interrupts` refers to: the nearest `interrupt-parent` on the node or
+/// its ancestors.
+fn interrupt_parent(t: &Tree<'_>, node: usize) -> Option<u32> {
+    let mut at = node;
+    for _ in 0..=MAX_DEPTH {
+        if t.prop(at, "interrupt-parent").is_some() {
+            return t.prop_u32(at, "interrupt-parent");
+        }
+        at = t.nodes[at].parent?;
+    }
+    None
+}
+
+/// See the module documentation, "Devices".
+fn devices(t: &Tree<'_>, plic: Option<usize>, ndev: Option<u32>) -> Vec<HostDevice> {
+    let console = console_node(t);
+    let plic_ref = plic.and_then(|p| {
+        let phandle = t.phandle(p).filter(|&ph| t.by_phandle(ph) == Some(p))?;
+        let cells = t.prop_u32(p, "#interrupt-cells").unwrap_or(1);
+        (1..=4).contains(&cells).then_some(PlicRef {
+            phandle,
+            cells: cells as usize,
+            ndev,
+        })
+    });
+    // The phandles the reset/poweroff actions write through, sorted for lookups (one
+    // pass over the tree, however many such nodes a hostile tree has).
+    let mut syscon_targets: Vec<u32> = (0..t.nodes.len())
+        .filter(|&n| t.is_compatible(n, &["syscon-poweroff", "syscon-reboot"]))
+        .filter_map(|n| t.prop_u32(n, "regmap"))
+        .collect();
+    syscon_targets.sort_unstable();
+    let mut out = Vec::new();
+    for n in 1..t.nodes.len() {
+        if out.len() >= MAX_HOST_DEVICES {
+            break;
+        }
+        let ctx = DeviceContext {
+            plic,
+            plic_ref,
+            console,
+            syscon_targets: &syscon_targets,
+        };
+        if let Some(d) = device(t, n, &ctx) {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// What [`device`] needs to know about the rest of the tree.
+struct DeviceContext<'s> {
+    plic: Option<usize>,
+    plic_ref: Option<PlicRef>,
+    console: Option<usize>,
+    syscon_targets: &'s [u32],
+}
+
+/// Node `n` as a [`HostDevice`], if it is one the hypervisor may hand out.
+fn device(t: &Tree<'_>, n: usize, ctx: &DeviceContext<'_>) -> Option<HostDevice> {
+    let node = &t.nodes[n];
+    let reg = t.prop(n, "reg")?;
+    if !t.enabled(n) || !on_device_bus(t, n) || t.is_compatible(n, &["simple-bus"]) {
+        return None;
+    }
+    let base_name = node.name.split('@').next().unwrap_or("");
+    let own_use = matches!(t.prop_str(n, "device_type"), Some("memory") | Some("cpu"))
+        || matches!(base_name, "cpus" | "memory" | "reserved-memory")
+        || Some(n) == ctx.plic
+        || Some(n) == ctx.console
+        || t.prop(n, "interrupt-controller").is_some()
+        || t.prop(n, "msi-controller").is_some()
+        || t.is_compatible(n, CLINT_COMPAT)
+        || t.is_compatible(n, NEVER_COMPAT)
+        || ["phandle", "linux,phandle"].iter().any(|p| {
+            t.prop_u32(n, p)
+                .is_some_and(|ph| ctx.syscon_targets.binary_search(&ph).is_ok())
+        });
+    if own_use || !valid_node_name(node.name) {
+        return None;
+    }
+    // Every property is checked before anything is copied.
+    let mut count = 0;
+    let mut bytes = 0usize;
+    for &(name, value) in &node.props {
+        if references_other_nodes(name) {
+            return None;
+        }
+        if NOT_COPIED.contains(&name) {
+            continue;
+        }
+        count += 1;
+        bytes = bytes.saturating_add(device_prop_bytes(name, value));
+        if count > MAX_DEVICE_PROPS || bytes > MAX_DEVICE_PROP_BYTES || !valid_property_name(name) {
+            return None;
+        }
+    }
+    // Two address and two size cells is the widest entry `reg` accepts.
+    if reg.len() > MAX_DEVICE_REGS * 16 {
+        return None;
+    }
+    let regs = t.reg(n).ok()?;
+    if regs.len() > MAX_DEVICE_REGS {
+        return None;
+    }
+    let irqs = device_irqs(t, n, ctx.plic_ref)?;
+    let compatible: Vec<String> = t.prop_strs(n, "compatible").map(String::from).collect();
+    let dma_capable = !compatible
+        .first()
+        .is_some_and(|c| NO_DMA_COMPATIBLE.contains(&c.as_str()));
+    let props = node
+        .props
+        .iter()
+        .filter(|(name, _)| !NOT_COPIED.contains(name))
+        .map(|&(name, value)| (name.to_string(), value.to_vec()))
+        .collect();
+    Some(HostDevice {
+        path: t.path(n),
+        name: node.name.to_string(),
+        compatible,
+        regs,
+        irqs,
+        props,
+        dma_capable,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -881,6 +1269,274 @@ mod tests {
                     value: 0x7777
                 }),
             })
+        );
+    }
+
+    static VIRT_VIRTIO: &[u8] = include_bytes!("testdata/qemu-virt-smp2-virtio.dtb");
+
+    fn names(p: &HostPlatform) -> Vec<&str> {
+        p.devices.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    #[test]
+    fn qemu_virt_devices() {
+        let p = HostPlatform::parse(VIRT_VIRTIO).unwrap();
+        assert_eq!(p.harts.len(), 2);
+        assert_eq!(p.plic_ndev, Some(0x5f));
+        assert_eq!(p.plic_phandle, Some(5));
+        let mut listed = names(&p);
+        listed.sort_unstable();
+        let mut want = vec!["flash@20000000", "rtc@101000"];
+        let virtio: Vec<String> = (1..=8).map(|i| format!("virtio_mmio@1000{i}000")).collect();
+        want.extend(virtio.iter().map(String::as_str));
+        want.sort_unstable();
+        assert_eq!(listed, want);
+
+        for i in 1..=8u64 {
+            let name = format!("virtio_mmio@1000{i}000");
+            let d = p.devices.iter().find(|d| d.name == name).unwrap();
+            assert_eq!(d.path, format!("/soc/{name}"));
+            assert_eq!(d.compatible, ["virtio,mmio"]);
+            assert_eq!(d.regs, [r(0x1000_0000 + (i << 12), 0x1000)]);
+            assert_eq!(d.irqs, [i as u32]);
+            assert!(d.dma_capable);
+            let props: Vec<&str> = d.props.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(props, ["reg", "compatible"]);
+            assert_eq!(d.props[1].1, b"virtio,mmio\0");
+        }
+        let rtc = p.devices.iter().find(|d| d.name == "rtc@101000").unwrap();
+        assert_eq!(rtc.path, "/soc/rtc@101000");
+        assert_eq!(rtc.irqs, [11]);
+        assert_eq!(rtc.regs, [r(0x10_1000, 0x1000)]);
+        assert_eq!(rtc.compatible, ["google,goldfish-rtc"]);
+        assert!(!rtc.dma_capable);
+        let flash = p
+            .devices
+            .iter()
+            .find(|d| d.name == "flash@20000000")
+            .unwrap();
+        assert_eq!(flash.path, "/flash@20000000");
+        assert!(flash.irqs.is_empty());
+        assert_eq!(
+            flash.regs,
+            [r(0x2000_0000, 0x200_0000), r(0x2200_0000, 0x200_0000)]
+        );
+        assert_eq!(flash.compatible, ["cfi-flash"]);
+        assert!(!flash.dma_capable);
+        assert!(flash
+            .props
+            .iter()
+            .any(|(n, v)| n == "bank-width" && v == &[0, 0, 0, 4]));
+
+        // Nothing the hypervisor keeps or must not hand out.
+        for d in &p.devices {
+            for kept in [
+                "serial", "plic", "clint", "test", "fw-cfg", "pci", "memory", "cpus",
+            ] {
+                assert!(!d.name.starts_with(kept), "{} handed out", d.path);
+            }
+            for (n, _) in &d.props {
+                assert!(!NOT_COPIED.contains(&n.as_str()), "{}: {n}", d.path);
+            }
+        }
+        // The older dump has the same devices.
+        assert_eq!(HostPlatform::parse(VIRT).unwrap().devices.len(), 10);
+    }
+
+    /// A host tree built with `vm_fdt`: `/` (2/2 cells) with a PLIC (phandle 1, 31
+    /// sources), a CLINT-like other interrupt controller (phandle 2), and whatever
+    /// `body` adds under `/soc` (2/2 cells, empty ranges).
+    fn host_tree(body: impl FnOnce(&mut vm_fdt::FdtWriter)) -> Vec<u8> {
+        let mut w = vm_fdt::FdtWriter::new().unwrap();
+        let root = w.begin_node("").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        let cpus = w.begin_node("cpus").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 0).unwrap();
+        w.property_u32("timebase-frequency", 10_000_000).unwrap();
+        let cpu = w.begin_node("cpu@0").unwrap();
+        w.property_string("device_type", "cpu").unwrap();
+        w.property_u32("reg", 0).unwrap();
+        w.property_string("riscv,isa", "rv64imafdch").unwrap();
+        let intc = w.begin_node("interrupt-controller").unwrap();
+        w.property_u32("#interrupt-cells", 1).unwrap();
+        w.property_null("interrupt-controller").unwrap();
+        w.property_phandle(2).unwrap();
+        w.end_node(intc).unwrap();
+        w.end_node(cpu).unwrap();
+        w.end_node(cpus).unwrap();
+        let mem = w.begin_node("memory@80000000").unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        w.property_array_u64("reg", &[0x8000_0000, 0x1000_0000])
+            .unwrap();
+        w.end_node(mem).unwrap();
+        let soc = w.begin_node("soc").unwrap();
+        w.property_u32("#address-cells", 2).unwrap();
+        w.property_u32("#size-cells", 2).unwrap();
+        w.property_string("compatible", "simple-bus").unwrap();
+        w.property_null("ranges").unwrap();
+        let plic = w.begin_node("plic@c000000").unwrap();
+        w.property_string_list(
+            "compatible",
+            vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()],
+        )
+        .unwrap();
+        w.property_array_u64("reg", &[0xc00_0000, 0x60_0000])
+            .unwrap();
+        w.property_u32("#interrupt-cells", 1).unwrap();
+        w.property_null("interrupt-controller").unwrap();
+        w.property_u32("riscv,ndev", 31).unwrap();
+        w.property_phandle(1).unwrap();
+        w.end_node(plic).unwrap();
+        body(&mut w);
+        w.end_node(soc).unwrap();
+        w.end_node(root).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn dev(w: &mut vm_fdt::FdtWriter, name: &str, addr: u64, extra: &[(&str, &[u8])]) {
+        let n = w.begin_node(name).unwrap();
+        if !extra.iter().any(|(k, _)| *k == "compatible") {
+            w.property_string("compatible", "acme,widget").unwrap();
+        }
+        w.property_array_u64("reg", &[addr, 0x1000]).unwrap();
+        for (k, v) in extra {
+            w.property(k, v).unwrap();
+        }
+        w.end_node(n).unwrap();
+    }
+
+    fn cells(v: &[u32]) -> Vec<u8> {
+        v.iter().flat_map(|c| c.to_be_bytes()).collect()
+    }
+
+    #[test]
+    fn device_rules() {
+        let plic = cells(&[1]);
+        let other = cells(&[2]);
+        let dtb = host_tree(|w| {
+            dev(
+                w,
+                "ok@1000",
+                0x1000,
+                &[("interrupt-parent", &plic), ("interrupts", &cells(&[3, 4]))],
+            );
+            dev(
+                w,
+                "ext@2000",
+                0x2000,
+                &[("interrupts-extended", &cells(&[1, 5, 1, 6]))],
+            );
+            dev(w, "noirq@3000", 0x3000, &[("dma-coherent", &[])]);
+            // Interrupts elsewhere, out of range, or with no parent at all.
+            dev(
+                w,
+                "otherintc@4000",
+                0x4000,
+                &[("interrupt-parent", &other), ("interrupts", &cells(&[3]))],
+            );
+            dev(
+                w,
+                "mixed@5000",
+                0x5000,
+                &[("interrupts-extended", &cells(&[1, 5, 2, 9]))],
+            );
+            dev(
+                w,
+                "src0@6000",
+                0x6000,
+                &[("interrupt-parent", &plic), ("interrupts", &cells(&[0]))],
+            );
+            dev(
+                w,
+                "src32@7000",
+                0x7000,
+                &[("interrupt-parent", &plic), ("interrupts", &cells(&[32]))],
+            );
+            dev(w, "orphan@8000", 0x8000, &[("interrupts", &cells(&[3]))]);
+            // Phandle references and providers.
+            dev(w, "clocked@9000", 0x9000, &[("clocks", &plic)]);
+            dev(w, "gpio@a000", 0xa000, &[("reset-gpios", &plic)]);
+            dev(w, "pins@b000", 0xb000, &[("pinctrl-0", &plic)]);
+            dev(w, "clkprov@c000", 0xc000, &[("#clock-cells", &cells(&[0]))]);
+            // Disabled, never handed out, or past a cap.
+            dev(w, "off@d000", 0xd000, &[("status", b"disabled\0")]);
+            dev(
+                w,
+                "fwcfg@e000",
+                0xe000,
+                &[("compatible", b"qemu,fw-cfg-mmio\0")],
+            );
+            let big = [0u8; MAX_DEVICE_PROP_BYTES];
+            dev(w, "big@f000", 0xf000, &[("blob", &big)]);
+            let many: Vec<u8> = (0..=MAX_DEVICE_IRQS as u32)
+                .flat_map(|i| (i % 30 + 1).to_be_bytes())
+                .collect();
+            dev(
+                w,
+                "manyirq@10000",
+                0x10000,
+                &[("interrupt-parent", &plic), ("interrupts", &many)],
+            );
+            // A nested bus with a translation, one without `ranges`, a non-bus parent.
+            let bus = w.begin_node("bus@40000000").unwrap();
+            w.property_string("compatible", "simple-bus").unwrap();
+            w.property_u32("#address-cells", 1).unwrap();
+            w.property_u32("#size-cells", 1).unwrap();
+            w.property("ranges", &cells(&[0, 0, 0x4000_0000, 0x10_0000]))
+                .unwrap();
+            w.property("interrupt-parent", &plic).unwrap();
+            let n = w.begin_node("inner@100").unwrap();
+            w.property("reg", &cells(&[0x100, 0x10])).unwrap();
+            w.property("interrupts", &cells(&[7])).unwrap();
+            w.end_node(n).unwrap();
+            w.end_node(bus).unwrap();
+            let bus = w.begin_node("opaque@50000000").unwrap();
+            w.property_string("compatible", "simple-bus").unwrap();
+            dev(w, "hidden@50000000", 0x5000_0000, &[]);
+            w.end_node(bus).unwrap();
+            let parent = w.begin_node("i2c@60000000").unwrap();
+            w.property_array_u64("reg", &[0x6000_0000, 0x1000]).unwrap();
+            dev(w, "child@61000000", 0x6100_0000, &[]);
+            w.end_node(parent).unwrap();
+        });
+        let p = HostPlatform::parse(&dtb).unwrap();
+        assert_eq!(p.plic_ndev, Some(31));
+        assert_eq!(p.plic_phandle, Some(1));
+        assert_eq!(
+            names(&p),
+            [
+                "ok@1000",
+                "ext@2000",
+                "noirq@3000",
+                "inner@100",
+                "i2c@60000000"
+            ]
+        );
+        assert_eq!(p.devices[0].irqs, [3, 4]);
+        assert_eq!(p.devices[1].irqs, [5, 6]);
+        assert!(p.devices[2].irqs.is_empty());
+        assert!(p.devices.iter().all(|d| d.dma_capable));
+        let inner = &p.devices[3];
+        assert_eq!(inner.path, "/soc/bus@40000000/inner@100");
+        assert_eq!(inner.regs, [r(0x4000_0100, 0x10)]);
+        assert_eq!(inner.irqs, [7]);
+        assert!(inner.compatible.is_empty());
+    }
+
+    #[test]
+    fn device_count_is_capped() {
+        let dtb = host_tree(|w| {
+            for i in 0..MAX_HOST_DEVICES as u64 + 10 {
+                dev(w, &format!("d@{:x}", i << 12), i << 12, &[]);
+            }
+        });
+        let p = HostPlatform::parse(&dtb).unwrap();
+        assert_eq!(p.devices.len(), MAX_HOST_DEVICES);
+        assert_eq!(
+            p.devices.last().unwrap().name,
+            format!("d@{:x}", (MAX_HOST_DEVICES as u64 - 1) << 12)
         );
     }
 

@@ -169,6 +169,8 @@ impl Target for GuestFdt {
             bootargs: (flags & 4 != 0).then_some(&*bootargs),
             initrd,
             rng_seed: (flags & 0x40 != 0).then_some(&[0x3c; 64][..]),
+            plic: None,
+            devices: &[],
         };
         // Caps past a few times the hypervisor's own only make huge trees slow to
         // build; what matters is the check against the cap.

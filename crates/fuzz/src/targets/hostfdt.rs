@@ -572,6 +572,8 @@ fn check(p: &HostPlatform) -> u64 {
             bootargs: Some("console=hvc0"),
             initrd: None,
             rng_seed: (!p.rng_seed.is_empty()).then_some(p.rng_seed.as_slice()),
+            plic: None,
+            devices: &[],
         };
         match generate(&cfg) {
             Ok(_) => shape = exts.len() as u64,

@@ -122,6 +122,8 @@ impl Target for Spawn {
             bootargs: cmdline,
             initrd: layout.initrd,
             rng_seed: Some(&[0x3c; 64]),
+            plic: None,
+            devices: &[],
         };
         let dtb = match generate(&cfg) {
             Ok(d) => d,
