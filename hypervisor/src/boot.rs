@@ -105,6 +105,8 @@ fn boot_hart(hart_id: usize, fdt_hpa: usize) -> ! {
     mem::init_shares(host);
     mem::grow_heap(host);
     hart::init_this_hart(0, hart_id);
+    crate::devices::init(host);
+    crate::devices::init_hart(0);
     if let Err(e) = crate::vmtree::create_root_vm(host) {
         log::error!("cannot start the Root VM: {e}");
         platform::restart_host();
@@ -130,5 +132,6 @@ fn secondary_hart(hart_id: usize, slot: usize) -> ! {
         diosix_riscv::reset::halt();
     }
     hart::init_this_hart(slot, hart_id);
+    crate::devices::init_hart(slot);
     sched::run_forever()
 }

@@ -15,7 +15,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicBool;
 use diosix_core::addr::{Gpa, Range, PAGE_SIZE};
-use diosix_core::hostfdt::HostPlatform;
+use diosix_core::hostfdt::{HostDevice, HostPlatform};
 use diosix_core::sbi::HartState;
 use diosix_core::tree::VmId;
 use diosix_core::{guestfdt, loader};
@@ -48,6 +48,13 @@ pub struct VmSpec<'a> {
     /// Checked between steps of at most 2 MiB: when it holds, the build stops and
     /// gives back everything it took (the VM was killed while being built).
     pub cancelled: &'a dyn Fn() -> bool,
+    /// Host devices the VM will hold (the Root VM): described in its device tree at
+    /// their host addresses, with a virtual PLIC for their interrupts. The caller maps
+    /// and routes them once the VM exists.
+    pub devices: &'a [HostDevice],
+    /// RAM at GPA = HPA, pinned (for devices that master the bus); the kernel must be
+    /// a Linux `Image`, which runs wherever it is put.
+    pub pinned: bool,
 }
 
 /// A VM just built, with its vCPUs ready to queue.
@@ -102,23 +109,84 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             diosix_core::sbi::MAX_VCPUS
         )));
     }
-    let ram = Range::new(GUEST_RAM_BASE, spec.ram_bytes)
-        .ok_or_else(|| Refused("RAM size overflows".into()))?;
+    // Pinned RAM is taken first: where it lands is where the guest's RAM is.
+    let mut pinned = None;
+    let ram = if spec.pinned {
+        let (m, ram) = GStageMemory::new_identity(spec.ram_bytes).map_err(Host)?;
+        pinned = Some(m);
+        ram
+    } else {
+        Range::new(GUEST_RAM_BASE, spec.ram_bytes)
+            .ok_or_else(|| Refused("RAM size overflows".into()))?
+    };
+    let give_back = |pinned: Option<GStageMemory>| {
+        if let Some(m) = pinned {
+            m.destroy();
+        }
+    };
     // Only the headers are parsed, from a bounded window; the rest is copied.
-    let window = spec
+    let planned = spec
         .kernel
         .window(loader::HEADER_WINDOW)
-        .map_err(|e| Host(format!("reading the image: {e:?}")))?;
-    let plan = loader::plan_window(&window, spec.kernel.len(), ram)
-        .map_err(|e| Refused(format!("kernel image: {e}")))?;
-    drop(window);
+        .map_err(|e| Host(format!("reading the image: {e:?}")))
+        .and_then(|window| {
+            loader::plan_window(&window, spec.kernel.len(), ram)
+                .map_err(|e| Refused(format!("kernel image: {e}")))
+        });
+    let plan = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            give_back(pinned);
+            return Err(e);
+        }
+    };
     // Room for the device tree: the generated one fits the loader's reserve; one the
     // creator supplies (at most `limits::SPAWN_MAX_DTB`) gets its own size.
     let dtb_room = spec.dtb.as_ref().map_or(loader::DTB_RESERVE, |d| {
         d.len().next_multiple_of(PAGE_SIZE).max(loader::DTB_RESERVE)
     });
-    let layout = loader::boot_layout(&plan, ram, spec.initrd.as_ref().map(Bytes::len), dtb_room)
-        .map_err(|e| Refused(format!("layout in {} MiB: {e}", ram.len() >> 20)))?;
+    let layout =
+        match loader::boot_layout(&plan, ram, spec.initrd.as_ref().map(Bytes::len), dtb_room) {
+            Ok(l) => l,
+            Err(e) => {
+                give_back(pinned);
+                return Err(Refused(format!("layout in {} MiB: {e}", ram.len() >> 20)));
+            }
+        };
+    // A virtual PLIC for the devices' interrupts, one context per vCPU.
+    let plic = if spec.devices.is_empty() {
+        None
+    } else {
+        let sources = crate::vplic::sources_for(host.plic_ndev);
+        match diosix_core::vplic::VirtualPlic::new(sources, vcpus as u32) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                give_back(pinned);
+                return Err(Host(format!("virtual PLIC: {e:?}")));
+            }
+        }
+    };
+    let device_regs: Vec<Vec<Range<Gpa>>> = spec
+        .devices
+        .iter()
+        .map(|d| {
+            d.regs
+                .iter()
+                .filter_map(|r| Range::new(Gpa::new(r.start().raw()), r.len()))
+                .collect()
+        })
+        .collect();
+    let guest_devices: Vec<guestfdt::GuestDevice<'_>> = spec
+        .devices
+        .iter()
+        .zip(&device_regs)
+        .map(|(d, regs)| guestfdt::GuestDevice {
+            name: &d.name,
+            regs,
+            irqs: &d.irqs,
+            props: &d.props,
+        })
+        .collect();
     let generated;
     let dtb: Bytes<'_> = match &spec.dtb {
         Some(d) => d.clone(),
@@ -141,17 +209,36 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
                 bootargs: spec.cmdline,
                 initrd: layout.initrd,
                 rng_seed: seed.as_ref().map(|s| &s[..]),
-            })
-            .map_err(|e| Refused(format!("device tree: {e}")))?;
-            Bytes::Slice(&generated)
+                plic: plic.as_ref().map(|p| guestfdt::GuestPlic {
+                    base: crate::vplic::VPLIC_BASE,
+                    size: p.window_size(),
+                    ndev: p.ndev(),
+                }),
+                devices: &guest_devices,
+            });
+            match generated {
+                Ok(ref d) => Bytes::Slice(d),
+                Err(e) => {
+                    give_back(pinned);
+                    return Err(Refused(format!("device tree: {e}")));
+                }
+            }
         }
     };
     if dtb.len() > layout.dtb.len() {
+        give_back(pinned);
         return Err(Refused("device tree too large".into()));
     }
-    let vmid = alloc_vmid().ok_or_else(|| Host("out of VMIDs".into()))?;
+    let Some(vmid) = alloc_vmid() else {
+        give_back(pinned);
+        return Err(Host("out of VMIDs".into()));
+    };
     // The one isolation backend built so far: the G-stage table (H extension).
-    let mut memory: Box<dyn Isolation> = match GStageMemory::new_lazy(ram, spec.cancelled) {
+    let made = match pinned {
+        Some(m) => Ok(m),
+        None => GStageMemory::new_lazy(ram, spec.cancelled),
+    };
+    let mut memory: Box<dyn Isolation> = match made {
         Ok(m) => Box::new(m),
         Err(e) => {
             free_vmid(vmid);
@@ -216,6 +303,10 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         stopped: AtomicBool::new(false),
         held: AtomicBool::new(false),
         dead: AtomicBool::new(false),
+        plic_window: plic
+            .as_ref()
+            .map_or(0, diosix_core::vplic::VirtualPlic::window_size),
+        plic: plic.map(Mutex::new),
     });
     log::info!(
         "VM {} (VMID {}): {:?} kernel, entry {}, {} vCPU(s), {} MiB RAM at {}, DTB at {}{}",

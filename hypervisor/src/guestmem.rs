@@ -107,8 +107,10 @@ impl GStageMemory {
     /// its range (the guest's RAM, the same in both address spaces).
     pub fn new_identity(bytes: u64) -> Result<(Self, Range<Gpa>), String> {
         let pages = usize::try_from(bytes / PAGE_SIZE).map_err(|_| String::from("too large"))?;
-        if pages == 0 || bytes % LAZY_REGION != 0 {
-            return Err(format!("{bytes} bytes is not a whole number of 2 MiB regions"));
+        if pages == 0 || !bytes.is_multiple_of(LAZY_REGION) {
+            return Err(format!(
+                "{bytes} bytes is not a whole number of 2 MiB regions"
+            ));
         }
         let region_pages = (LAZY_REGION / PAGE_SIZE) as usize;
         let hpa = mem::alloc_zeroed(&mut mem::frames(), pages, region_pages)

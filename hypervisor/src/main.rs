@@ -14,6 +14,7 @@ mod boot;
 mod build;
 mod console;
 mod cow;
+mod devices;
 mod entropy;
 mod guestmem;
 mod hart;
@@ -29,6 +30,7 @@ mod vcpu;
 mod vcpu_shared;
 mod vm;
 mod vmtree;
+mod vplic;
 
 /// The hypervisor's version as printed in the banner and returned by SBI
 /// `get_impl_version` (major << 16 | minor << 8 | patch).

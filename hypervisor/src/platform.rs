@@ -205,8 +205,9 @@ pub fn init_hart_csrs() {
         // Guest WFI traps as a virtual instruction so the hart can run someone else.
         csr::hstatus::write(hstatus_bits::VSXL_64 | hstatus_bits::VTW | hstatus_bits::SPVP);
         csr::mstatus::clear_bits(mstatus_bits::TW | mstatus_bits::MPRV | mstatus_bits::MIE);
-        // Never SSIE/STIE/SEIE: see the mideleg note above.
-        csr::mie::write(irq::MTIP | irq::MSIP);
+        // Never SSIE/STIE/SEIE: see the mideleg note above. MEIE: host interrupts
+        // routed to guests (crate::devices).
+        csr::mie::write(irq::MTIP | irq::MSIP | irq::MEIP);
         diosix_riscv::pmp::protect_hypervisor(pmp);
         diosix_riscv::fence::hfence_gvma_all();
     }

@@ -273,6 +273,8 @@ fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
     loop {
         hart::clear_kick(hart.slot);
         crate::hart::service_fence_request(hart.slot);
+        // Interrupts routed to guests wake this WFI too (MEIE): pass them on.
+        crate::devices::external_interrupt(hart.slot);
         let now = platform::now();
         let Some(mut q) = try_lock_queue() else {
             // Sleep rather than spin while another hart is in the queue: marked idle
@@ -300,7 +302,7 @@ fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
         drop(q);
         platform::set_timer(EARLIEST_WAITER.load(Ordering::Acquire));
         // SAFETY: wfi only waits; M-mode interrupts stay globally disabled (MIE=0),
-        // so a pending MTIP/MSIP wakes us without trapping.
+        // so a pending MTIP/MSIP/MEIP wakes us without trapping.
         unsafe { core::arch::asm!("wfi") };
         IDLE.fetch_and(!bit, Ordering::AcqRel);
     }

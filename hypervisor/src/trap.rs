@@ -12,6 +12,7 @@ use diosix_riscv::trap::{reg, TrapFrame};
 const INTERRUPT: usize = 1 << 63;
 const IRQ_M_SOFT: usize = 3;
 const IRQ_M_TIMER: usize = 7;
+const IRQ_M_EXTERNAL: usize = 11;
 const EXC_ILLEGAL_INSTRUCTION: usize = 2;
 const EXC_ECALL_VS: usize = 10;
 const EXC_INSTRUCTION_GUEST_PAGE_FAULT: usize = 20;
@@ -63,6 +64,12 @@ extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
         match cause & !INTERRUPT {
             IRQ_M_TIMER => sched::tick(hart),
             IRQ_M_SOFT => software_interrupt(hart),
+            IRQ_M_EXTERNAL => {
+                crate::devices::external_interrupt(hart.slot);
+                if let Some(v) = hart.current.as_ref() {
+                    v.sync_ext_line_live();
+                }
+            }
             other => log::warn!("unexpected interrupt {other}"),
         }
     } else {
@@ -126,7 +133,7 @@ fn advance_pc() {
 
 /// Delivers an exception to the guest's own trap handler, as the hardware would have
 /// had it been delegated.
-fn inject_exception(cause: usize, tval: usize) {
+pub(crate) fn inject_exception(cause: usize, tval: usize) {
     const SIE: usize = 1 << 1;
     const SPIE: usize = 1 << 5;
     const SPP: usize = 1 << 8;
@@ -172,6 +179,14 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         return;
     };
     let vcpu = hart.current.as_ref().map_or(0, |v| v.shared.index);
+    // A load or store to the VM's virtual PLIC (never mapped, so it always faults).
+    if matches!(
+        cause,
+        EXC_LOAD_GUEST_PAGE_FAULT | EXC_STORE_GUEST_PAGE_FAULT
+    ) && crate::vplic::emulate(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT)
+    {
+        return;
+    }
     if matches!(
         cause,
         EXC_INSTRUCTION_GUEST_PAGE_FAULT | EXC_LOAD_GUEST_PAGE_FAULT | EXC_STORE_GUEST_PAGE_FAULT

@@ -150,7 +150,7 @@ impl Vcpu {
         } else {
             0
         };
-        let pending = (self.ctx.csrs.hvip & irq::VS_ALL) | raised | timer;
+        let pending = (self.ctx.csrs.hvip & irq::VS_ALL) | raised | timer | self.ext_line();
         // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9.
         let enabled = (pending >> 1) & self.ctx.csrs.vsie != 0;
         match self.ctx.wait {
@@ -243,6 +243,28 @@ impl Vcpu {
         }
     }
 
+    /// hvip.VSEIP if this vCPU's external interrupt line is up, else 0.
+    fn ext_line(&self) -> usize {
+        if self.shared.ext_line.load(Ordering::Acquire) {
+            irq::VSEIP
+        } else {
+            0
+        }
+    }
+
+    /// Copies the external interrupt line into the live hvip of the vCPU running on
+    /// this hart (after its virtual PLIC changed, or a kick).
+    pub fn sync_ext_line_live(&self) {
+        // SAFETY: hvip's VSEIP only injects into this hart's guest.
+        unsafe {
+            if self.ext_line() != 0 {
+                csr::hvip::set_bits(irq::VSEIP);
+            } else {
+                csr::hvip::clear_bits(irq::VSEIP);
+            }
+        }
+    }
+
     /// Refreshes the saved copies of what decides a wake-up (interrupt enables,
     /// injected interrupts, the Sstc deadline) from the CSRs of the running vCPU.
     pub fn sync_interrupt_state(&mut self) {
@@ -257,7 +279,8 @@ impl Vcpu {
     /// guest Sstc the timer raises VSTIP by itself once `vstimecmp` is loaded).
     pub fn merge_pending(&mut self, now: u64) {
         let raised = self.shared.pending.swap(0, Ordering::AcqRel);
-        self.ctx.csrs.hvip |= raised & irq::VS_ALL;
+        self.ctx.csrs.hvip = (self.ctx.csrs.hvip & !irq::VSEIP) | (raised & irq::VS_ALL);
+        self.ctx.csrs.hvip |= self.ext_line();
         if self.ctx.timer_deadline <= now && !crate::platform::guest_sstc() {
             // Latched in hvip until the guest sets a new deadline.
             self.ctx.csrs.hvip |= irq::VSTIP;
@@ -277,6 +300,7 @@ impl Vcpu {
             // SAFETY: hvip's VS bits only inject interrupts into this hart's guest.
             unsafe { csr::hvip::set_bits(bits) };
         }
+        self.sync_ext_line_live();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use alloc::string::String;
 use core::fmt::Write as _;
-use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use diosix_core::exits::ExitCause;
 use diosix_core::sbi::HartState;
 
@@ -19,6 +19,10 @@ pub struct VcpuShared {
     /// Interrupts (hvip bits) raised by other vCPUs, merged when this vCPU next runs
     /// or when its hart is kicked.
     pub pending: AtomicUsize,
+    /// The level of this vCPU's external interrupt line: its context of the VM's
+    /// virtual PLIC has an interrupt to claim. Unlike `pending` it falls as well as
+    /// rises (a claim lowers it), so it is copied into hvip.VSEIP, not OR-ed in.
+    pub ext_line: AtomicBool,
     /// Slot of the hart running this vCPU, or [`NOT_RUNNING`].
     pub running_on: AtomicUsize,
     /// Exits from guest mode so far, by [`ExitCause`] (written only by the hart running
@@ -40,6 +44,7 @@ impl VcpuShared {
             index,
             hsm: AtomicU8::new(state as u8),
             pending: AtomicUsize::new(0),
+            ext_line: AtomicBool::new(false),
             running_on: AtomicUsize::new(NOT_RUNNING),
             exits: [const { AtomicU64::new(0) }; ExitCause::COUNT],
             ipi_sent_at: AtomicU64::new(0),

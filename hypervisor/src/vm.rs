@@ -14,6 +14,7 @@ use diosix_core::gstage::{AccessError, Perms};
 use diosix_core::sbi::HartState;
 use diosix_core::tree::VmId;
 use diosix_core::vmid::VmidAllocator;
+use diosix_core::vplic::VirtualPlic;
 use spin::Mutex;
 
 /// Where every guest's RAM starts, as the guest sees it.
@@ -45,9 +46,25 @@ pub struct Vm {
     pub held: AtomicBool,
     /// Terminated: its vCPUs are dropped wherever they are found.
     pub dead: AtomicBool,
+    /// Its virtual PLIC (at [`crate::vplic::VPLIC_BASE`]), if it has one.
+    pub plic: Option<Mutex<VirtualPlic>>,
+    /// Bytes of its virtual PLIC's window (0 without one).
+    pub plic_window: u64,
 }
 
 impl Vm {
+    /// A copy of its virtual PLIC for a FORK clone or a snapshot: the guest's
+    /// programming (priorities, enables, thresholds) is kept, but no interrupt is
+    /// pending or in service, since the copy holds none of this VM's devices.
+    pub fn plic_copy(&self) -> Option<VirtualPlic> {
+        let mut copy = self.plic.as_ref()?.lock().clone();
+        for source in 1..=copy.ndev() {
+            copy.reset_source(source);
+        }
+        copy.resync_lines();
+        Some(copy)
+    }
+
     /// Number of vCPUs.
     pub fn vcpu_count(&self) -> usize {
         self.vcpus.len()
@@ -163,6 +180,7 @@ pub fn adopt(
     ram: Range<Gpa>,
     vcpus: usize,
     priority: u8,
+    plic: Option<VirtualPlic>,
 ) -> Option<Arc<Vm>> {
     let Some(vmid) = alloc_vmid() else {
         memory.release();
@@ -188,5 +206,7 @@ pub fn adopt(
         stopped: AtomicBool::new(false),
         held: AtomicBool::new(false),
         dead: AtomicBool::new(false),
+        plic_window: plic.as_ref().map_or(0, VirtualPlic::window_size),
+        plic: plic.map(Mutex::new),
     }))
 }

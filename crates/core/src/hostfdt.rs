@@ -62,6 +62,8 @@ const FDT_NOP: u32 = 4;
 const FDT_END: u32 = 9;
 /// Deeper nesting than this is treated as corruption (real trees are < 10 deep).
 const MAX_DEPTH: usize = 32;
+/// Most PLIC machine-mode contexts recorded (one per hart).
+const MAX_HARTS: usize = 1024;
 /// Cap on bus-translation hops, so a cyclic or absurd tree cannot loop.
 const MAX_TRANSLATE_HOPS: usize = MAX_DEPTH;
 
@@ -216,6 +218,10 @@ pub struct HostPlatform {
     pub plic_ndev: Option<u32>,
     /// The PLIC's phandle, when it has one.
     pub plic_phandle: Option<u32>,
+    /// The PLIC's machine-mode contexts: `(hart ID, context)` for each hart whose
+    /// machine external interrupt (11) its `interrupts-extended` lists (context =
+    /// the pair's index there). At most one per hart, at most 1024.
+    pub plic_m_contexts: Vec<(usize, u32)>,
     /// The console: `/chosen/stdout-path` if it names an NS16550, else the first one.
     pub uart: Option<UartInfo>,
     /// The syscon reset device.
@@ -824,6 +830,7 @@ impl HostPlatform {
         let plic = first_reg(PLIC_COMPAT)?;
         let plic_ndev = plic_node.and_then(|n| t.prop_u32(n, "riscv,ndev"));
         let plic_phandle = plic_node.and_then(|n| t.phandle(n));
+        let plic_m_contexts = plic_node.map_or_else(Vec::new, |n| plic_m_contexts(&t, n));
         let uart = uart(&t)?;
         let reset = reset(&t)?;
         let rng_seed = t
@@ -844,12 +851,53 @@ impl HostPlatform {
             plic,
             plic_ndev,
             plic_phandle,
+            plic_m_contexts,
             uart,
             reset,
             rng_seed,
             devices,
         })
     }
+}
+
+/// Machine external interrupt, as a hart-local interrupt controller numbers it.
+const IRQ_M_EXT: u32 = 11;
+
+/// The PLIC's machine-mode contexts by hart: each `<phandle cause>` pair of its
+/// `interrupts-extended` is one context; a pair naming a `riscv,cpu-intc` whose parent
+/// `cpu` node has hart ID `h`, with cause 11, is `h`'s machine-mode context. Pairs of
+/// any other shape stop the walk (the rest cannot be numbered reliably).
+fn plic_m_contexts(t: &Tree<'_>, plic: usize) -> Vec<(usize, u32)> {
+    let mut out = Vec::new();
+    let Some(v) = t.prop(plic, "interrupts-extended") else {
+        return out;
+    };
+    for (context, pair) in v.chunks_exact(8).enumerate() {
+        let (Some(phandle), Some(cause)) = (be32(pair, 0), be32(pair, 4)) else {
+            break;
+        };
+        let Some(intc) = t.by_phandle(phandle) else {
+            break;
+        };
+        if t.prop_u32(intc, "#interrupt-cells") != Some(1) {
+            break;
+        }
+        if cause != IRQ_M_EXT {
+            continue;
+        }
+        let hart_id = t.nodes[intc]
+            .parent
+            .filter(|&cpu| t.prop_str(cpu, "device_type") == Some("cpu"))
+            .and_then(|cpu| t.prop_int(cpu, "reg"));
+        let (Some(h), Ok(ctx)) = (hart_id, u32::try_from(context)) else {
+            continue;
+        };
+        if out.len() >= MAX_HARTS || out.iter().any(|&(x, _)| x == h as usize) {
+            continue;
+        }
+        out.push((h as usize, ctx));
+    }
+    out
 }
 
 fn hart(t: &Tree<'_>, cpus: usize, c: usize) -> Result<HartInfo, HostFdtError> {
@@ -1248,6 +1296,8 @@ mod tests {
         assert_eq!(p.aclint_mswi, None);
         assert_eq!(p.aclint_mtimer, None);
         assert_eq!(p.plic, Some(r(0xc00_0000, 0x60_0000)));
+        // QEMU virt: context 2h is hart h's M-mode, 2h + 1 its S-mode.
+        assert_eq!(p.plic_m_contexts, vec![(0, 0), (1, 2), (2, 4), (3, 6)]);
         assert_eq!(
             p.uart,
             Some(UartInfo {

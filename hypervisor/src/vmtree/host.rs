@@ -155,6 +155,7 @@ impl ExtensionHost for HvHost<'_> {
             parent_vm.ram,
             parent_vm.vcpu_count(),
             parent_vm.priority,
+            parent_vm.plic_copy(),
         )
         .ok_or(SbiError::Failed)?;
         enqueue_states(&child_vm, &states);
@@ -165,6 +166,7 @@ impl ExtensionHost for HvHost<'_> {
                 name: child_vm.name.clone(),
                 ram: child_vm.ram,
                 priority: child_vm.priority,
+                plic: child_vm.plic_copy(),
             };
             ORIGINS.lock().insert(child, Origin::Snapshot(snap));
         }
@@ -278,6 +280,9 @@ impl ExtensionHost for HvHost<'_> {
             return;
         };
         retire(&vm, self.hart.slot);
+        // Off every hart and its memory gone: its devices go back to its parent's pool
+        // (a device is never reachable by two VMs at once).
+        crate::devices::release(&vm, killed.parent);
         log::info!(
             "VM {} terminated (hypervisor heap in use: {} KiB)",
             vm.name,
@@ -285,8 +290,15 @@ impl ExtensionHost for HvHost<'_> {
         );
     }
 
-    fn revoke_hw_access(&mut self, _vm: VmId) {
-        // No VM is given host MMIO or IRQ routes yet, so there is nothing to undo.
+    fn revoke_hw_access(&mut self, vm: VmId, parent: Option<VmId>) {
+        let Some(vm) = lookup(vm) else {
+            return;
+        };
+        crate::devices::release(&vm, parent);
+        // Its harts forget the device mappings before the call returns.
+        let mut stale = crate::isolation::Stale::new();
+        stale.write_protected();
+        cow::finish(&vm, self.hart.slot, stale);
     }
 
     fn map_child_mem(
@@ -372,16 +384,19 @@ impl ExtensionHost for HvHost<'_> {
 
     fn map_host_mmio(
         &mut self,
-        _vm: VmId,
-        _hpa: Hpa,
-        _gpa: Gpa,
-        _size: u64,
+        vm: VmId,
+        parent: Option<VmId>,
+        hpa: Hpa,
+        gpa: Gpa,
+        size: u64,
     ) -> Result<(), SbiError> {
-        Err(SbiError::NotSupported)
+        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        crate::devices::map_mmio(&vm, parent, hpa, gpa, size)
     }
 
-    fn route_irq(&mut self, _vm: VmId, _irq: u64) -> Result<(), SbiError> {
-        Err(SbiError::NotSupported)
+    fn route_irq(&mut self, vm: VmId, parent: Option<VmId>, irq: u64) -> Result<(), SbiError> {
+        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        crate::devices::route_irq(&vm, parent, irq)
     }
 
     fn restart_host(&mut self) {

@@ -45,9 +45,11 @@ use crate::vm::Vm;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use diosix_core::addr::PAGE_SIZE;
-use diosix_core::hostfdt::HostPlatform;
+use diosix_core::hostfdt::{HostDevice, HostPlatform};
+use diosix_core::loader;
 use diosix_core::payload::{self};
 use diosix_core::sbi::SbiRet;
 use diosix_core::tree::dispatch::{
@@ -334,6 +336,23 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), alloc::string::String> 
         n => u64::from(n),
     };
     let ram_bytes = ram_mib.checked_mul(1 << 20).ok_or("RAM size overflows")?;
+    // The Root VM drives the host's devices. Those that master the bus need its RAM
+    // at GPA = HPA, which only a kernel that runs wherever it is loaded (a Linux
+    // `Image`) can have; any other Root VM gets only the devices that do not.
+    let relocatable = diosix_core::addr::Range::new(crate::vm::GUEST_RAM_BASE, ram_bytes)
+        .and_then(|ram| loader::plan(payload.kernel, ram).ok())
+        .is_some_and(|p| p.format == loader::ImageFormat::LinuxImage);
+    let all = crate::devices::host_devices();
+    let wants_dma = all.iter().any(|d| d.dma_capable);
+    let pinned = wants_dma && relocatable && ram_bytes.is_multiple_of(2 << 20);
+    let devices: Vec<HostDevice> = all
+        .iter()
+        .filter(|d| pinned || !d.dma_capable)
+        .cloned()
+        .collect();
+    if wants_dma && !pinned {
+        log::info!("the Root VM kernel is not a Linux Image: bus-mastering devices stay unused");
+    }
     let id = crate::vmtree::create_root(ram_bytes / PAGE_SIZE, vcpus as u32)?;
     let built = build::build_vm(
         host,
@@ -350,9 +369,12 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), alloc::string::String> 
             is_root: true,
             start: true,
             cancelled: &|| false,
+            devices: &devices,
+            pinned,
         },
     )
     .map_err(|e| format!("Root VM: {e}"))?;
+    crate::devices::hand_over(&built.vm, &devices);
     crate::vmtree::register(built.enqueue());
     Ok(())
 }

@@ -38,6 +38,8 @@ pub(super) struct Snapshot {
     pub(super) name: alloc::string::String,
     pub(super) ram: diosix_core::addr::Range<Gpa>,
     pub(super) priority: u8,
+    /// Its virtual PLIC as the guest had programmed it (nothing pending).
+    pub(super) plic: Option<diosix_core::vplic::VirtualPlic>,
 }
 
 /// Guest memory no VM runs on, given back to the host when dropped.
@@ -64,6 +66,7 @@ impl Snapshot {
             self.ram,
             self.states.len(),
             self.priority,
+            self.plic.clone(),
         )
         .ok_or("no VMID free")?;
         enqueue_states(&vm, &self.states);
@@ -153,6 +156,8 @@ impl ImageOrigin {
                 is_root: false,
                 start: self.start,
                 cancelled,
+                devices: &[],
+                pinned: false,
             },
         )
     }

@@ -89,8 +89,9 @@ pub trait ExtensionHost {
     fn reboot_vm(&mut self, vm: VmId) -> Result<(), SbiError>;
     /// A VM died: stop its vCPUs and free its pages, page tables and vCPUs.
     fn release_vm(&mut self, killed: &KilledVm);
-    /// `vm` lost hardware trust: unmap its host MMIO and stop routing IRQs to it.
-    fn revoke_hw_access(&mut self, vm: VmId);
+    /// `vm` lost hardware trust: unmap its host MMIO and stop routing IRQs to it, and
+    /// give its devices to `parent`'s pool (`None`: the host's).
+    fn revoke_hw_access(&mut self, vm: VmId, parent: Option<VmId>);
     /// MAP_CHILD_MEM: make `child`'s `size` bytes at `child_gpa` a copy-on-write copy of
     /// `parent`'s at `parent_gpa`, with `perms` (`MAP_*`) for the child. The child
     /// (never started) range must lie inside its RAM (`InvalidAddress`), whose pages
@@ -108,11 +109,19 @@ pub trait ExtensionHost {
     /// copied into: it gets its own copy now of each page still shared.
     fn unmap_child_mem(&mut self, parent: VmId, parent_gpa: Gpa, size: u64)
         -> Result<(), SbiError>;
-    /// MAP_HOST_MMIO for a trusted VM; `InvalidAddress` unless the HPA range is a device
-    /// region the host lets guests own.
-    fn map_host_mmio(&mut self, vm: VmId, hpa: Hpa, gpa: Gpa, size: u64) -> Result<(), SbiError>;
-    /// ROUTE_IRQ for a trusted VM; `InvalidParam` for an interrupt that does not exist.
-    fn route_irq(&mut self, vm: VmId, irq: u64) -> Result<(), SbiError>;
+    /// MAP_HOST_MMIO for a trusted VM whose parent is `parent`; `InvalidAddress`
+    /// unless the HPA range is a device region the host lets guests own.
+    fn map_host_mmio(
+        &mut self,
+        vm: VmId,
+        parent: Option<VmId>,
+        hpa: Hpa,
+        gpa: Gpa,
+        size: u64,
+    ) -> Result<(), SbiError>;
+    /// ROUTE_IRQ for a trusted VM whose parent is `parent`; `InvalidParam` for an
+    /// interrupt that does not exist.
+    fn route_irq(&mut self, vm: VmId, parent: Option<VmId>, irq: u64) -> Result<(), SbiError>;
     /// The Root VM died: restart the machine.
     fn restart_host(&mut self);
 }
@@ -220,7 +229,8 @@ fn call(
         }
         Request::RouteIrq { irq } => {
             require_trust(tree, caller)?;
-            host.route_irq(caller, irq)?;
+            let parent = tree.get(caller).and_then(|n| n.parent());
+            host.route_irq(caller, parent, irq)?;
             Ok(0)
         }
     }
@@ -381,7 +391,8 @@ fn drop_trust(
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
     for vm in tree.drop_trust(caller, cid)? {
-        host.revoke_hw_access(vm);
+        let parent = tree.get(vm).and_then(|n| n.parent());
+        host.revoke_hw_access(vm, parent);
     }
     Ok(0)
 }
@@ -772,6 +783,7 @@ fn map_host_mmio(
     }
     hpa.checked_add(size).ok_or(SbiError::InvalidAddress)?;
     gpa.checked_add(size).ok_or(SbiError::InvalidAddress)?;
-    host.map_host_mmio(caller, hpa, gpa, size)?;
+    let parent = tree.get(caller).and_then(|n| n.parent());
+    host.map_host_mmio(caller, parent, hpa, gpa, size)?;
     Ok(0)
 }

@@ -146,6 +146,7 @@ impl VmTree {
                     table_pages: dead.own.table_pages,
                     vcpus: dead.own.vcpus,
                     trusted: dead.trusted,
+                    parent: dead.parent,
                 });
             }
         }

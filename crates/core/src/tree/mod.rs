@@ -157,6 +157,8 @@ pub struct KilledVm {
     pub vcpus: u32,
     /// Whether it had hardware trust (the host unmaps its MMIO and IRQ routes).
     pub trusted: bool,
+    /// Its parent (None for the Root VM), whose pool its devices return to.
+    pub parent: Option<VmId>,
 }
 
 /// The result of terminating a subtree.

@@ -608,7 +608,7 @@ impl ExtensionHost for FakeHost {
         self.ram.remove(&killed.id);
         self.log.push("release".into());
     }
-    fn revoke_hw_access(&mut self, _vm: VmId) {
+    fn revoke_hw_access(&mut self, _vm: VmId, _parent: Option<VmId>) {
         self.log.push("revoke".into());
     }
     fn map_child_mem(
@@ -628,11 +628,18 @@ impl ExtensionHost for FakeHost {
         self.log.push("unmap".into());
         Ok(())
     }
-    fn map_host_mmio(&mut self, _vm: VmId, _h: Hpa, _g: Gpa, _s: u64) -> Result<(), SbiError> {
+    fn map_host_mmio(
+        &mut self,
+        _vm: VmId,
+        _parent: Option<VmId>,
+        _h: Hpa,
+        _g: Gpa,
+        _s: u64,
+    ) -> Result<(), SbiError> {
         self.log.push("mmio".into());
         Ok(())
     }
-    fn route_irq(&mut self, _vm: VmId, irq: u64) -> Result<(), SbiError> {
+    fn route_irq(&mut self, _vm: VmId, _parent: Option<VmId>, irq: u64) -> Result<(), SbiError> {
         if irq > 1023 {
             return Err(SbiError::InvalidParam);
         }
