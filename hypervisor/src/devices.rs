@@ -15,6 +15,7 @@
 
 use crate::hart::MAX_HARTS;
 use crate::vm::Vm;
+use crate::vplic::VPLIC_BASE;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -190,6 +191,11 @@ pub fn map_mmio(
     gpa: Gpa,
     size: u64,
 ) -> Result<(), SbiError> {
+    // Never over the VM's own virtual PLIC (its accesses must keep trapping).
+    let plic_end = VPLIC_BASE.raw() + vm.plic_window;
+    if vm.plic_window > 0 && gpa.raw() < plic_end && VPLIC_BASE.raw() < gpa.raw() + size {
+        return Err(SbiError::InvalidAddress);
+    }
     let mut guard = STATE.lock();
     let state = guard.as_mut().ok_or(SbiError::InvalidAddress)?;
     state.table.map_mmio(vm.id, parent, hpa, gpa, size)?;
