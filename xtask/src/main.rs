@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod cheader;
+mod disk;
 mod fuzz;
 mod guests;
 #[cfg(test)]
@@ -34,8 +35,15 @@ pub type Result<T> = std::result::Result<T, String>;
 const HELP: &str = "\
 cargo xtask <command> [options]
 
-  run [--smp N] [--mem SIZE] [build options]
-                      build everything, then boot it in QEMU (interactive; Ctrl-a x quits)
+  run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--opensbi] [build options]
+                      build everything, then boot it in QEMU (interactive; Ctrl-a x quits);
+                      --disk attaches a raw image as virtio-blk (repeatable), --net a
+                      virtio-net (user networking; the guest's port 80 on a free host port
+                      from 8080, printed), --opensbi boots the Root VM's Linux on QEMU's
+                      OpenSBI instead of under Diosix (takes --cmdline TEXT)
+  disk new FILE SIZE [--from DIR] [--force]
+                      make a raw disk image (e.g. 256M) with an ext4 filesystem, DIR's
+                      files in it; the Root VM mounts it at /var/lib/diosix
   build [--root-vm FILE] [--out OUT] [--demo]
                       build the hypervisor image (default: target/diosix.elf) with the
                       Linux Root VM, the demo guest (--demo), or FILE (ELF or Linux Image)
@@ -62,7 +70,8 @@ fn main() -> ExitCode {
     };
     let result = match cmd {
         "build" => build::cmd_build(&rest).map(|_| ()),
-        "run" => build::cmd_run(&rest),
+        "run" => qemu::cmd_run(&rest),
+        "disk" => disk::cmd_disk(&rest),
         "test" => tests::cmd_test(&rest),
         "bench" => bench::cmd_bench(&rest),
         "soak" => soak::cmd_soak(&rest),

@@ -4,9 +4,15 @@
 //! none`), so the guest's SBI console output (and the firmware's) arrives on stdout.
 //! Optional expect/send steps type into the console once a substring appears, for
 //! interactive tests (the demo's echo, later a Linux login).
+//!
+//! The machine's command line is built in one place, [`command`] (captured runs) and
+//! [`interactive`] (`cargo xtask run`), both from [`QemuOptions`], including the
+//! devices a run attaches ([`Devices`]: virtio-blk disks, virtio-net with a forwarded
+//! port).
 use crate::{workspace_root, Result};
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -46,6 +52,68 @@ pub struct QemuOptions {
     pub interact: Vec<(String, String)>,
     /// Stop QEMU as soon as this substring appears (for guests that keep running).
     pub stop_at: Option<String>,
+    /// Disks and network attached to the machine.
+    pub devices: Devices,
+}
+
+/// Devices attached to the machine besides the `virt` board's own, on its virtio-mmio
+/// transports (which the Root VM's Linux drives).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Devices {
+    /// Raw disk images, each a virtio-blk device (`/dev/vda`, `/dev/vdb`... in Linux,
+    /// in this order).
+    pub disks: Vec<PathBuf>,
+    /// User-mode networking (the guest is 10.0.2.15 by DHCP) on a virtio-net device,
+    /// with host `127.0.0.1:<port>` forwarded to the guest's TCP port 80.
+    pub net_port: Option<u16>,
+}
+
+/// The host port `--net` forwards to the guest's port 80 when it is free.
+pub const DEFAULT_NET_PORT: u16 = 8080;
+
+impl Devices {
+    /// The QEMU arguments that attach them, disks in order (the first is the one Linux
+    /// names `vda`).
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (n, disk) in self.disks.iter().enumerate() {
+            args.push("-drive".to_string());
+            args.push(format!(
+                "file={},if=none,format=raw,id=hd{n}",
+                qemu_option_value(&disk.display().to_string())
+            ));
+            args.push("-device".to_string());
+            args.push(format!("virtio-blk-device,drive=hd{n}"));
+        }
+        if let Some(port) = self.net_port {
+            args.push("-netdev".to_string());
+            args.push(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:80"));
+            args.push("-device".to_string());
+            args.push("virtio-net-device,netdev=net0".to_string());
+        }
+        args
+    }
+}
+
+/// `value` as one QEMU option value: commas doubled (QEMU's escape for them).
+fn qemu_option_value(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+/// `preferred` if nothing listens on `127.0.0.1:<preferred>`, else the next free port
+/// above it (within 100), else one the kernel picks. Checked by binding, so another
+/// program may still take it before QEMU does.
+pub fn free_port(preferred: u16) -> Result<u16> {
+    let bind = |p: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, p));
+    for p in (preferred..=preferred.saturating_add(100)).filter(|&p| p != 0) {
+        if bind(p).is_ok() {
+            return Ok(p);
+        }
+    }
+    bind(0)
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free TCP port on 127.0.0.1 for --net: {e}"))
 }
 
 impl QemuOptions {
@@ -63,6 +131,7 @@ impl QemuOptions {
             timeout: Duration::from_secs(60),
             interact: Vec::new(),
             stop_at: None,
+            devices: Devices::default(),
         }
     }
 }
@@ -106,13 +175,30 @@ fn save_log(name: &str, output: &str) -> PathBuf {
     path
 }
 
-/// The QEMU command line for `opts`.
+/// The QEMU command line for `opts`, for a captured run: console on stdio, no monitor.
 pub fn command(opts: &QemuOptions) -> Command {
     let mut cmd = Command::new("qemu-system-riscv64");
     cmd.args([
         "-machine", "virt", "-display", "none", "-serial", "stdio", "-monitor", "none",
     ]);
     cmd.arg("-no-reboot");
+    machine_args(&mut cmd, opts);
+    cmd
+}
+
+/// The QEMU command line for `opts` on the terminal (`-nographic`: the console on
+/// stdio with QEMU's Ctrl-a escapes; Ctrl-a x quits). Timeout, interaction and
+/// `stop_at` do not apply.
+pub fn interactive(opts: &QemuOptions) -> Command {
+    let mut cmd = Command::new("qemu-system-riscv64");
+    cmd.args(["-nographic", "-machine", "virt"]);
+    machine_args(&mut cmd, opts);
+    cmd
+}
+
+/// What [`command`] and [`interactive`] share: firmware, kernel, harts, RAM, timing,
+/// command line, devices, then `opts.extra`.
+fn machine_args(cmd: &mut Command, opts: &QemuOptions) {
     cmd.args([
         "-bios",
         if opts.bios == Bios::None {
@@ -134,8 +220,26 @@ pub fn command(opts: &QemuOptions) -> Command {
     if let Some(a) = &opts.append {
         cmd.args(["-append", a]);
     }
+    cmd.args(opts.devices.args());
     cmd.args(&opts.extra);
-    cmd
+}
+
+/// The command line as one shell-like string, for showing what is run.
+pub fn display_command(cmd: &Command) -> String {
+    let root = workspace_root();
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| {
+            let p = Path::new(a);
+            let a = p.strip_prefix(&root).unwrap_or(p).display().to_string();
+            if a.contains(char::is_whitespace) {
+                format!("'{a}'")
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs QEMU; returns its output, or an error with the last lines of output if it
@@ -243,4 +347,149 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
         matched,
         log,
     })
+}
+
+/// `cargo xtask run` with devices: `--disk FILE` (repeatable), `--net`, and
+/// `--opensbi` (the Root VM's kernel and initramfs straight on QEMU's OpenSBI, no
+/// hypervisor: `--smp`, `--mem` and `--cmdline` apply). Without any of them, the plain
+/// `run` of `build.rs`.
+pub fn cmd_run(args: &[String]) -> Result<()> {
+    let mut devices = Devices::default();
+    let (mut net, mut opensbi) = (false, false);
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--disk" => {
+                let file = it.next().ok_or("--disk needs a FILE")?;
+                devices
+                    .disks
+                    .push(crate::disk::existing_image(Path::new(file))?);
+            }
+            "--net" => net = true,
+            "--opensbi" => opensbi = true,
+            _ => rest.push(a.clone()),
+        }
+    }
+    if devices.disks.is_empty() && !net && !opensbi {
+        return crate::build::cmd_run(args);
+    }
+    let (mut smp, mut mem_mib, mut cmdline) = (2u32, 1024u32, None);
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--smp" => smp = val()?.parse().map_err(|_| "bad --smp")?,
+            "--mem" => {
+                let v = val()?;
+                mem_mib = u32::try_from(crate::disk::parse_size(v)? >> 20)
+                    .ok()
+                    .filter(|&m| m > 0)
+                    .ok_or_else(|| format!("bad --mem `{v}`"))?;
+            }
+            "--cmdline" if opensbi => cmdline = Some(val()?.clone()),
+            // Build options: only for the hypervisor image.
+            _ if opensbi => {
+                return Err(format!(
+                    "`{a}` does not apply with --opensbi (which takes --smp, --mem, \
+                     --cmdline, --disk and --net)"
+                ))
+            }
+            _ => {}
+        }
+    }
+    let mut q = if opensbi {
+        crate::setup::ensure_all()?;
+        let a = crate::rootvm::build_linux_root_vm()?;
+        let mut q = QemuOptions::new("run-opensbi", a.kernel_image);
+        q.bios = Bios::Default;
+        q.append = Some(cmdline.unwrap_or(a.cmdline));
+        q.extra = vec!["-initrd".into(), a.initramfs.display().to_string()];
+        q
+    } else {
+        // Builds the image as `cargo xtask build` does (it ignores --smp and --mem).
+        QemuOptions::new("run", crate::build::cmd_build(&rest)?)
+    };
+    q.smp = smp;
+    q.mem_mib = mem_mib;
+    if net {
+        devices.net_port = Some(free_port(DEFAULT_NET_PORT)?);
+    }
+    q.devices = devices;
+    let mut cmd = interactive(&q);
+    println!("xtask: booting: {}", display_command(&cmd));
+    if let Some(port) = q.devices.net_port {
+        println!(
+            "xtask: --net: the Root VM's port 80 is forwarded to http://127.0.0.1:{port}/ \
+             (it gets 10.0.2.15 by DHCP)"
+        );
+    }
+    println!("xtask: (Ctrl-a x quits QEMU)");
+    let _raw_output = TerminalOutput::pass_through();
+    let status = crate::process::status(cmd.current_dir(workspace_root()))
+        .map_err(|e| format!("starting QEMU: {e}"))?;
+    if !status.success() {
+        return Err(format!("QEMU exited with {status}"));
+    }
+    Ok(())
+}
+
+/// The terminal's LF-to-CR-LF output translation (`onlcr`) switched off while it lives
+/// and restored when dropped, so console bytes reach the screen unchanged (a guest's
+/// CR LF would otherwise show as CR CR LF). Does nothing when stdin is not a terminal.
+struct TerminalOutput {
+    saved: Option<String>,
+}
+
+impl TerminalOutput {
+    fn pass_through() -> Self {
+        let saved = stty(&["-g"]).map(|out| out.trim().to_string());
+        if saved.is_some() {
+            stty(&["-onlcr"]);
+        }
+        Self { saved }
+    }
+}
+
+impl Drop for TerminalOutput {
+    fn drop(&mut self) {
+        if let Some(s) = &self.saved {
+            stty(&[s]);
+        }
+    }
+}
+
+/// Runs `stty` on this process's stdin (the terminal, if any); its output on success.
+fn stty(args: &[&str]) -> Option<String> {
+    crate::process::stdout(Command::new("stty").args(args).stdin(Stdio::inherit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_skips_a_busy_port() {
+        let busy = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let got = free_port(port).unwrap();
+        assert_ne!(got, port);
+        assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, got)).is_ok());
+    }
+
+    #[test]
+    fn device_args() {
+        let d = Devices {
+            disks: vec!["/a.img".into(), "/b,c.img".into()],
+            net_port: Some(8081),
+        };
+        assert_eq!(
+            d.args().join(" "),
+            "-drive file=/a.img,if=none,format=raw,id=hd0 -device virtio-blk-device,drive=hd0 \
+             -drive file=/b,,c.img,if=none,format=raw,id=hd1 -device virtio-blk-device,drive=hd1 \
+             -netdev user,id=net0,hostfwd=tcp:127.0.0.1:8081-:80 \
+             -device virtio-net-device,netdev=net0"
+        );
+        assert!(Devices::default().args().is_empty());
+    }
 }
