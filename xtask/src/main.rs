@@ -5,6 +5,7 @@
 mod bench;
 mod build;
 mod cheader;
+mod devtests;
 mod disk;
 mod fuzz;
 mod guests;

@@ -13,6 +13,7 @@
 //!   built once), log in on the console, run commands and check their output, end with
 //!   `poweroff`/`reboot`, and print the time to `login:` (see `docs/rootvm.md`).
 use crate::build::{self, ImageOptions, RootVm};
+use crate::devtests::{self, DeviceCase};
 use crate::guests::{self, GUESTS, GUEST_TARGET};
 use crate::process::cargo;
 use crate::qemu::{self, Bios, QemuOptions};
@@ -136,6 +137,8 @@ pub(crate) struct Case {
     pub(crate) timeout_s: u64,
     /// Lines to print after a pass, made from the output (the soak's figures).
     pub(crate) report: Option<fn(&str) -> String>,
+    /// Host devices attached (a disk, the network) and a second boot.
+    devices: Option<DeviceCase>,
 }
 
 /// Lines that fail any case wherever they appear.
@@ -179,6 +182,7 @@ fn case(
         stop_at: None,
         timeout_s: 120,
         report: None,
+        devices: None,
     }
 }
 
@@ -651,6 +655,23 @@ fn cases() -> Vec<Case> {
             DSX_REFUSALS,
         ),
     ]);
+    // The host's devices in the Root VM: a disk that keeps its data across a fresh
+    // QEMU run, DHCP, and a page the host fetches through the forwarded port.
+    v.push(Case {
+        devices: Some(DeviceCase {
+            disk_mib: 64,
+            net: true,
+            second_boot: Some((devtests::second_session(), devtests::second_expect())),
+            same_marker: Some("SUM"),
+        }),
+        ..linux_case(
+            "linux-devices",
+            2,
+            1024,
+            devtests::first_expect(),
+            devtests::first_session(),
+        )
+    });
     // The soak test, short (`cargo xtask soak` runs it for 10 minutes): random dsx
     // operations on Linux children and grandchildren (docs/dsx.md, "The soak test").
     v.push(crate::soak::soak_case(
@@ -780,10 +801,10 @@ fn host_checks() -> Result<()> {
     crate::fuzz::ci()
 }
 
-/// Checks the output of a boot against the case; returns the reasons it failed.
-fn judge(c: &Case, out: &str, opensbi: bool) -> Vec<String> {
+/// Checks the output of a boot against `expect`; returns the reasons it failed.
+fn judge_expect(expect: &[Expect], out: &str, opensbi: bool) -> Vec<String> {
     let mut why = Vec::new();
-    for e in c.expect {
+    for e in expect {
         match *e {
             Expect::Text(t) => {
                 if !out.contains(t) {
@@ -1007,21 +1028,27 @@ pub(crate) fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
+    if let Some(d) = &c.devices {
+        let run = |q: &QemuOptions, expect: Option<&'static [Expect]>| {
+            let out = qemu::run(q)?;
+            let why = run_failures(q, expect.unwrap_or(c.expect), &out, opensbi);
+            if why.is_empty() {
+                Ok(out)
+            } else {
+                Err(format!(
+                    "{}: {} (log {})\n{}",
+                    q.name,
+                    why.join("; "),
+                    out.log.display(),
+                    qemu::tail(&out.output, 10)
+                ))
+            }
+        };
+        let note = devtests::run_with_devices(c.name, d, &mut q, &run)?;
+        return Ok(Some(format!("{}: {note}", c.name)));
+    }
     let out = qemu::run(&q)?;
-    let mut why = judge(c, &out.output, opensbi);
-    if let Some(st) = out.status {
-        if !st.success() {
-            why.push(format!("qemu exited with {st}"));
-        }
-    }
-    if out.matched.len() < c.interact.len() {
-        why.push(format!(
-            "QEMU exited at console step {} of {} (waiting for `{}`)",
-            out.matched.len() + 1,
-            c.interact.len(),
-            c.interact[out.matched.len()].0.escape_debug()
-        ));
-    }
+    let why = run_failures(&q, c.expect, &out, opensbi);
     if why.is_empty() {
         Ok(matches!(c.kind, Kind::Linux).then(|| {
             let login = login_report(c, &out);
@@ -1038,6 +1065,31 @@ pub(crate) fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result
             qemu::tail(&out.output, 10)
         ))
     }
+}
+
+/// Why a run (with options `q`) failed, against `expect`: missing output, a
+/// bad exit, or a console session that did not reach its end.
+fn run_failures(
+    q: &QemuOptions,
+    expect: &[Expect],
+    out: &qemu::QemuOutput,
+    opensbi: bool,
+) -> Vec<String> {
+    let mut why = judge_expect(expect, &out.output, opensbi);
+    if let Some(st) = out.status {
+        if !st.success() {
+            why.push(format!("qemu exited with {st}"));
+        }
+    }
+    if out.matched.len() < q.interact.len() {
+        why.push(format!(
+            "QEMU exited at console step {} of {} (waiting for `{}`)",
+            out.matched.len() + 1,
+            q.interact.len(),
+            q.interact[out.matched.len()].0.escape_debug()
+        ));
+    }
+    why
 }
 
 /// Runs every test.
