@@ -30,6 +30,11 @@ pub(crate) struct DeviceCase {
     pub(crate) same_marker: Option<&'static str>,
 }
 
+/// Boots with the given options and judges the output (against the expectations
+/// given, or the case's own).
+pub(crate) type BootAndJudge<'a> =
+    dyn Fn(&QemuOptions, Option<&'static [Expect]>) -> Result<QemuOutput> + 'a;
+
 /// What the host's fetch through the forwarded port must return.
 const PAGE_TEXT: &str = "diosix root vm";
 
@@ -129,7 +134,7 @@ pub(crate) fn run_with_devices(
     name: &str,
     d: &DeviceCase,
     q: &mut QemuOptions,
-    run: &dyn Fn(&QemuOptions, Option<&'static [Expect]>) -> Result<QemuOutput>,
+    run: &BootAndJudge<'_>,
 ) -> Result<String> {
     let images = crate::workspace_root().join("target").join("test-images");
     std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
