@@ -358,7 +358,7 @@ const DSX_NESTED: &[Step] = &[
     (
         ROOT_PROMPT,
         "dsx run --ram 128M --name kid && dsx quota 2 && \
-         dsx quota 2 --ram 171M --vcpus 2 --descendants 1 --depth 1 && dsx quota 2 && \
+         dsx quota 2 --ram 176M --vcpus 2 --descendants 1 --depth 1 && dsx quota 2 && \
          dsx console 2\r",
     ),
     ("guest login:", "root\r"),
@@ -594,7 +594,7 @@ fn cases() -> Vec<Case> {
             1024,
             &[
                 Expect::Text("vCPUs 1 (uses 1), priority up to 128, depth 0, descendants 0"),
-                Expect::Text("RAM 171 MiB (uses 133.1 MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
+                Expect::Text("RAM 176 MiB (uses 135.3 MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
                 Expect::Text("dsx: denied: this VM's quota"),
                 Expect::Text("BIG-1"),
                 Expect::Text("GK-0"),
