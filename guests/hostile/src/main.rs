@@ -16,6 +16,10 @@
 //!   KILL of the same CID, REBOOT vs the child's own SRST reboot, MAP_CHILD_MEM vs
 //!   START (with a copy-on-write canary), STOP/RESUME storms, IPC and consoles from
 //!   every vCPU at once;
+//! * `devices` (run before `fuzz`, which drops this VM's trust): the virtual PLIC's
+//!   whole window hit by every vCPU at once with random loads, stores and atomics of
+//!   every width (unsupported ones must come back as access faults), while the RTC's
+//!   interrupt storms and stays claimed, never completed;
 //! * `probes`: regression probes for five confirmed defects (issue 9): a payload with
 //!   a multi-MiB command line, concurrent FORKs, an ELF with 65,535 program headers,
 //!   REBOOT / EXIT-then-SPAWN of a child holding most of the RAM, and a zero-length
@@ -29,13 +33,14 @@
 //! the hypervisor's `hypervisor heap in use` log line marks both moments.
 //!
 //! `/chosen/bootargs` selects: `probe=<payload|fork|phnum|reboot|dbcn>[,...]` (only
-//! those probes), `phases=<edges,fuzz,races,probes>`, `avoid=known` (everything but
+//! those probes), `phases=<edges,fuzz,races,devices,probes>`, `avoid=known` (everything but
 //! the five known triggers, for diagnosis), `seed=<n>`, `fuzz=<calls per vCPU>`,
 //! `gap=<ms>` (the longest bystander gap allowed). Ends with `hostile: N passed, M
 //! failed` and a shutdown.
 #![no_std]
 #![no_main]
 
+mod devices;
 mod edges;
 mod fuzz;
 mod img;
@@ -59,6 +64,7 @@ const PH_EDGES: u32 = 1;
 const PH_FUZZ: u32 = 2;
 const PH_RACES: u32 = 4;
 const PH_PROBES: u32 = 8;
+const PH_DEVICES: u32 = 16;
 
 /// Probe bits (also their order: the least destructive first).
 pub const PR_REBOOT: u32 = 1;
@@ -67,7 +73,7 @@ pub const PR_DBCN: u32 = 4;
 pub const PR_FORK: u32 = 8;
 pub const PR_PAYLOAD: u32 = 16;
 
-static PHASES: AtomicUsize = AtomicUsize::new(0xf);
+static PHASES: AtomicUsize = AtomicUsize::new(0x1f);
 static PROBES: AtomicUsize = AtomicUsize::new(0x1f);
 /// Leave out the five known triggers (diagnosis only).
 pub static AVOID_KNOWN: AtomicBool = AtomicBool::new(false);
@@ -114,6 +120,7 @@ fn parse_args(args: &str) {
                         "fuzz" => PH_FUZZ,
                         "races" => PH_RACES,
                         "probes" => PH_PROBES,
+                        "devices" => PH_DEVICES,
                         _ => 0,
                     };
                 }
@@ -383,6 +390,10 @@ fn main(hartid: usize, dtb_addr: usize) {
     let phases = PHASES.load(Ordering::Relaxed) as u32;
     if phases & PH_EDGES != 0 {
         edges::run();
+    }
+    // Before the fuzzer, which drops this VM's hardware trust (and so its devices).
+    if phases & PH_DEVICES != 0 {
+        devices::run();
     }
     if phases & PH_FUZZ != 0 {
         fuzz::run();

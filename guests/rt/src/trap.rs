@@ -2,12 +2,18 @@
 //!
 //! On a timer interrupt it pushes the deadline to "never" (set_timer(u64::MAX)), which
 //! the SBI spec defines as clearing the pending timer; on a software interrupt it
-//! clears `sip.SSIP`. Any exception is a bug in the guest and panics.
+//! clears `sip.SSIP`. Any exception is a bug in the guest and panics, except access
+//! and misaligned faults inside [`recovering`].
 
 use crate::{csr, sbi, MAX_HARTS};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 static TIMER: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
+/// Per hart: access and misaligned faults are skipped over, not fatal (see
+/// [`recovering`]).
+static RECOVER: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
+/// Per hart: faults skipped over while recovering.
+static RECOVERED: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
 static SOFT: [AtomicUsize; MAX_HARTS] = [const { AtomicUsize::new(0) }; MAX_HARTS];
 
 // Saves the caller-saved integer registers (the Rust handler preserves the rest) and
@@ -74,6 +80,17 @@ extern "C" fn __rt_trap(scause: usize, sepc: usize, stval: usize) {
             csr::sip_clear(csr::SSI);
             SOFT[hart].fetch_add(1, Ordering::AcqRel);
         }
+        // Misaligned load/store (4, 6) or load/store access fault (5, 7) while
+        // recovering: step over the instruction (2 or 4 bytes; RAM is identity-mapped
+        // with translation off, so sepc is readable).
+        4..=7 if RECOVER[hart].load(Ordering::Acquire) != 0 => {
+            RECOVERED[hart].fetch_add(1, Ordering::AcqRel);
+            // SAFETY: sepc is the address of the instruction that just trapped.
+            let low = unsafe { core::ptr::read_volatile(sepc as *const u16) };
+            let len = if low & 3 == 3 { 4 } else { 2 };
+            // SAFETY: resumes after that instruction; its destination keeps its value.
+            unsafe { core::arch::asm!("csrw sepc, {}", in(reg) sepc + len, options(nostack)) };
+        }
         _ => panic!("unexpected trap: scause {scause:#x} sepc {sepc:#x} stval {stval:#x}"),
     }
 }
@@ -87,6 +104,18 @@ pub fn install() {
     // SAFETY: the vector is 4-byte aligned code that saves and restores every register
     // it and the Rust handler clobber.
     unsafe { core::arch::asm!("csrw stvec, {}", in(reg) v, options(nostack)) };
+}
+
+/// Runs `f` on this hart with load/store access faults and misaligned accesses
+/// skipped over instead of fatal (the trap handler must be installed); returns how
+/// many were skipped. For probing what a device does with accesses it may refuse.
+pub fn recovering(f: impl FnOnce()) -> usize {
+    let hart = crate::hart::id() % MAX_HARTS;
+    let before = RECOVERED[hart].load(Ordering::Acquire);
+    RECOVER[hart].store(1, Ordering::Release);
+    f();
+    RECOVER[hart].store(0, Ordering::Release);
+    RECOVERED[hart].load(Ordering::Acquire) - before
 }
 
 /// Sets `sstatus.SIE`: interrupts enabled in `sie` are taken from now on.
