@@ -307,6 +307,8 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             .as_ref()
             .map_or(0, diosix_core::vplic::VirtualPlic::window_size),
         plic: plic.map(Mutex::new),
+        detached: Vec::new(),
+        detached_logged: AtomicBool::new(false),
     });
     log::info!(
         "VM {} (VMID {}): {:?} kernel, entry {}, {} vCPU(s), {} MiB RAM at {}, DTB at {}{}",

@@ -371,6 +371,13 @@ impl Isolation for GStageMemory {
         self.pinned
     }
 
+    fn mmio_ranges(&self) -> Vec<Range<Gpa>> {
+        self.mmio
+            .iter()
+            .filter_map(|&(gpa, _, len)| Range::new(gpa, len))
+            .collect()
+    }
+
     fn populate(&mut self, gpa: Gpa, len: u64) -> Result<bool, CowError> {
         let Some(end) = gpa.raw().checked_add(len) else {
             return Ok(false);

@@ -168,6 +168,11 @@ pub trait Isolation: Send {
     /// there is none. The caller flushes the VM's harts.
     fn unmap_mmio(&mut self, gpa: Gpa) -> bool;
 
+    /// The GPA ranges where host MMIO is mapped.
+    fn mmio_ranges(&self) -> Vec<Range<Gpa>> {
+        Vec::new()
+    }
+
     /// Whether this memory is pinned at GPA = HPA (a VM driving DMA-capable devices).
     fn is_pinned(&self) -> bool {
         false

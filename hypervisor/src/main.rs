@@ -22,6 +22,7 @@ mod heap;
 mod image;
 mod isolation;
 mod mem;
+mod mmio;
 mod platform;
 mod sbi;
 mod sched;

@@ -183,7 +183,8 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
     if matches!(
         cause,
         EXC_LOAD_GUEST_PAGE_FAULT | EXC_STORE_GUEST_PAGE_FAULT
-    ) && crate::vplic::emulate(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT)
+    ) && (crate::vplic::emulate(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT)
+        || crate::mmio::detached(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT))
     {
         return;
     }

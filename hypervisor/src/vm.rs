@@ -50,6 +50,11 @@ pub struct Vm {
     pub plic: Option<Mutex<VirtualPlic>>,
     /// Bytes of its virtual PLIC's window (0 without one).
     pub plic_window: u64,
+    /// Where the VM it was forked from (or an ancestor clone) had host devices mapped:
+    /// their registers read as zero and ignore writes here (see [`crate::mmio::detached`]).
+    pub detached: Vec<Range<Gpa>>,
+    /// Whether touching `detached` has been logged (once per VM).
+    pub detached_logged: AtomicBool,
 }
 
 impl Vm {
@@ -63,6 +68,26 @@ impl Vm {
         }
         copy.resync_lines();
         Some(copy)
+    }
+
+    /// What a FORK clone of this VM cannot reach but its copy of the guest OS may still
+    /// touch: where this VM has host devices mapped, and what it inherited itself.
+    pub fn device_gpas(&self) -> Vec<Range<Gpa>> {
+        let mut v = self
+            .mem
+            .lock()
+            .as_ref()
+            .map_or_else(Vec::new, |m| m.mmio_ranges());
+        v.extend(self.detached.iter().copied());
+        v
+    }
+
+    /// What a FORK clone of this VM keeps of its devices.
+    pub fn clone_devices(&self) -> CloneDevices {
+        CloneDevices {
+            plic: self.plic_copy(),
+            detached: self.device_gpas(),
+        }
     }
 
     /// Number of vCPUs.
@@ -171,6 +196,16 @@ pub fn free_vmid(vmid: u16) {
     VMIDS.lock().free(vmid);
 }
 
+/// What a FORK clone (or a snapshot of one) keeps of its parent's devices: a copy of
+/// its virtual PLIC, and where its device registers were (see [`Vm::detached`]).
+#[derive(Clone, Default)]
+pub struct CloneDevices {
+    /// The virtual PLIC as the guest programmed it, nothing pending.
+    pub plic: Option<VirtualPlic>,
+    /// The parent's device register ranges.
+    pub detached: Vec<Range<Gpa>>,
+}
+
 /// Wraps memory shared with a FORK child as a VM with `vcpus` fresh vCPU slots (their
 /// states are queued by the caller). `None` if no VMID is free.
 pub fn adopt(
@@ -180,8 +215,9 @@ pub fn adopt(
     ram: Range<Gpa>,
     vcpus: usize,
     priority: u8,
-    plic: Option<VirtualPlic>,
+    devices: CloneDevices,
 ) -> Option<Arc<Vm>> {
+    let CloneDevices { plic, detached } = devices;
     let Some(vmid) = alloc_vmid() else {
         memory.release();
         return None;
@@ -208,5 +244,7 @@ pub fn adopt(
         dead: AtomicBool::new(false),
         plic_window: plic.as_ref().map_or(0, VirtualPlic::window_size),
         plic: plic.map(Mutex::new),
+        detached,
+        detached_logged: AtomicBool::new(false),
     }))
 }

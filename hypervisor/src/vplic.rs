@@ -6,10 +6,8 @@
 use crate::hart::{self, HartLocal};
 use crate::vm::Vm;
 use core::sync::atomic::Ordering;
-use diosix_core::addr::{Gpa, Gva, PAGE_SIZE};
-use diosix_core::mmio::{self, MmioAccess};
+use diosix_core::addr::Gpa;
 use diosix_core::vplic::VirtualPlic;
-use diosix_riscv::csr;
 
 /// Where a VM's virtual PLIC sits in its guest physical address space (where QEMU
 /// `virt` puts its PLIC).
@@ -51,10 +49,9 @@ pub fn deliver(vm: &Vm, plic: &mut VirtualPlic, this_slot: usize) {
 /// the instruction, or takes an access fault for an access the PLIC does not
 /// support); false if the address is not the PLIC's.
 pub fn emulate(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) -> bool {
-    let Some(v) = hart.current.as_ref() else {
+    let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
         return false;
     };
-    let vm = v.vm.clone();
     let Some(plic) = vm.plic.as_ref() else {
         return false;
     };
@@ -64,87 +61,25 @@ pub fn emulate(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) -> bool {
     if offset >= vm.plic_window {
         return false;
     }
-    let access = fetch_access(&vm);
-    let ok = access.filter(|a| a.store == store_fault);
-    let Some(access) = ok else {
-        // What the PLIC does not support (another width, an FP or atomic access, an
-        // instruction we could not read) is an access fault, as on hardware.
-        let cause = if store_fault { 7 } else { 5 };
-        crate::trap::inject_exception(cause, csr::mtval::read());
-        return true;
-    };
-    let reg = usize::from(access.reg);
-    {
+    let slot = hart.slot;
+    crate::mmio::complete(hart, &vm, store_fault, |access, stored| {
         let mut p = plic.lock();
-        if access.store {
-            let value = if reg == 0 { 0 } else { hart.frame.regs[reg] };
-            match p.write(
-                offset,
-                u32::from(access.width),
-                access.store_value(value) as u32,
-            ) {
-                Ok(Some(source)) => crate::devices::complete(&vm, source),
-                Ok(None) => {}
-                Err(_) => {
-                    drop(p);
-                    crate::trap::inject_exception(7, csr::mtval::read());
-                    return true;
+        let width = u32::from(access.width);
+        let loaded = match stored {
+            Some(value) => match p.write(offset, width, value as u32)? {
+                Some(source) => {
+                    crate::devices::complete(&vm, source);
+                    0
                 }
-            }
-        } else {
-            match p.read(offset, u32::from(access.width)) {
-                Ok(raw) => {
-                    if reg != 0 {
-                        hart.frame.regs[reg] = access.load_value(u64::from(raw));
-                    }
-                }
-                Err(_) => {
-                    drop(p);
-                    crate::trap::inject_exception(5, csr::mtval::read());
-                    return true;
-                }
-            }
-        }
-        deliver(&vm, &mut p, hart.slot);
-    }
+                None => 0,
+            },
+            None => u64::from(p.read(offset, width)?),
+        };
+        deliver(&vm, &mut p, slot);
+        Ok::<u64, diosix_core::vplic::VplicFault>(loaded)
+    });
     if let Some(v) = hart.current.as_ref() {
         v.sync_ext_line_live();
     }
-    // SAFETY: moves the guest past the emulated instruction.
-    unsafe { csr::mepc::write(csr::mepc::read() + usize::from(access.len)) };
     true
-}
-
-/// The faulting load or store: from `mtinst` where the hart provides it, else read
-/// from guest memory at the faulting PC through the guest's own translation.
-fn fetch_access(vm: &Vm) -> Option<MmioAccess> {
-    if let Some(a) = mmio::decode_transformed(csr::mtinst::read() as u64) {
-        return Some(a);
-    }
-    let pc = Gva::new(csr::mepc::read() as u64);
-    let low = read_insn_half(vm, pc)?;
-    let insn = if low & 3 == 3 {
-        let high = read_insn_half(vm, pc.checked_add(2)?)?;
-        u32::from(low) | (u32::from(high) << 16)
-    } else {
-        u32::from(low)
-    };
-    mmio::decode(insn)
-}
-
-/// Reads the 16-bit instruction parcel at `gva` as a supervisor read of the guest
-/// would (a parcel never straddles a page: instructions are 2-byte aligned).
-fn read_insn_half(vm: &Vm, gva: Gva) -> Option<u16> {
-    let (vsatp, vsstatus) = (csr::vsatp::read() as u64, csr::vsstatus::read() as u64);
-    let read_pte = |gpa: Gpa| {
-        let mut b = [0u8; 8];
-        vm.read(gpa, &mut b).ok().map(|()| u64::from_le_bytes(b))
-    };
-    let gpa = diosix_core::vstage::translate_read(vsatp, vsstatus, gva, read_pte).ok()?;
-    if gpa.raw() % PAGE_SIZE > PAGE_SIZE - 2 {
-        return None;
-    }
-    let mut b = [0u8; 2];
-    vm.read(gpa, &mut b).ok()?;
-    Some(u16::from_le_bytes(b))
 }

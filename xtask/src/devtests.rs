@@ -126,6 +126,70 @@ pub(crate) fn second_expect() -> &'static [Expect] {
     .leak()
 }
 
+/// The `linux-fork-io` session: the Root VM (RAM pinned for its disk's DMA) reads a
+/// 16 MiB file from its disk over and over, dropping its page cache each time, and
+/// forks meanwhile. The clone (which holds no device) fills its RAM and checks a file
+/// in its tmpfs is intact; the parent checks every disk read matched and its own tmpfs
+/// file too. A device writing into the parent's pages during and after the FORK must
+/// reach neither the clone's memory nor anything of the parent's but its own buffers.
+pub(crate) fn fork_io_session() -> &'static [Step] {
+    vec![
+        ("login:", "root\r"),
+        (PROMPT, crate::tests::UPTIME_CMD),
+        (
+            ROOT_PROMPT,
+            "dd if=/dev/urandom of=/var/lib/diosix/f bs=1M count=16 2>/dev/null; \
+             dd if=/dev/urandom of=/tmp/t bs=1M count=16 2>/dev/null; sync; \
+             M1=$(md5sum < /var/lib/diosix/f | cut -c1-32); M2=$(md5sum < /tmp/t | cut -c1-32); \
+             echo SUMS-$M1-$M2\r",
+        ),
+        (
+            ROOT_PROMPT,
+            "(n=0; bad=0; while [ ! -e /tmp/stop ]; do echo 3 > /proc/sys/vm/drop_caches; \
+             if [ \"$(md5sum < /var/lib/diosix/f | cut -c1-32)\" = \"$M1\" ]; then n=$((n+1)); \
+             else bad=$((bad+1)); fi; done; \
+             if [ $n -gt 2 ] && [ $bad -eq 0 ]; then echo READS-OK > /tmp/reads; \
+             else echo READS-BAD-$n-$bad > /tmp/reads; fi) >/dev/null 2>&1 &\r",
+        ),
+        (
+            ROOT_PROMPT,
+            "sleep 2; dsx fork --untrusted --no-snapshot; echo FORKRC-$?\r",
+        ),
+        ("FORKRC-", ""),
+        (ROOT_PROMPT, "dsx console 2\r"),
+        ("this is the new child VM", "\r"),
+        (
+            PROMPT,
+            "for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=/tmp/c$i bs=1M count=8 2>/dev/null; done; \
+             echo CLONE-SAME-$([ \"$(md5sum < /tmp/t | cut -c1-32)\" = \"$M2\" ] && echo yes || echo no)\r",
+        ),
+        ("CLONE-SAME-", ""),
+        (PROMPT, "\x1d"),
+        ("detached from CID", ""),
+        (
+            ROOT_PROMPT,
+            "sleep 3; touch /tmp/stop; while [ ! -e /tmp/reads ]; do sleep 1; done; cat /tmp/reads; \
+             echo PARENT-T-$([ \"$(md5sum < /tmp/t | cut -c1-32)\" = \"$M2\" ] && echo yes || echo no) \
+             PARENT-F-$([ \"$(md5sum < /var/lib/diosix/f | cut -c1-32)\" = \"$M1\" ] && echo yes || echo no)\r",
+        ),
+        ("PARENT-F-", ""),
+        (ROOT_PROMPT, "dsx kill 2; poweroff\r"),
+    ]
+    .leak()
+}
+
+/// What `linux-fork-io` must print.
+pub(crate) const FORK_IO_EXPECT: &[Expect] = &[
+    Expect::Text("RAM pinned at GPA = HPA"),
+    Expect::Text("FORKRC-0"),
+    Expect::Text("this is the new child VM"),
+    Expect::Text("a device its FORK parent holds: reads as zero, writes ignored"),
+    Expect::Text("CLONE-SAME-yes"),
+    Expect::Text("READS-OK"),
+    Expect::Text("PARENT-T-yes PARENT-F-yes"),
+    Expect::Text("asked for Shutdown: the Root VM has ended"),
+];
+
 /// Runs the device part of a case around `run` (which boots with the options it is
 /// given and judges the output): makes the disk, attaches it and the network, fetches
 /// the page from the host during the first boot, then boots a second time if asked.

@@ -672,6 +672,22 @@ fn cases() -> Vec<Case> {
             devtests::first_session(),
         )
     });
+    // DMA and FORK: the Root VM forks while its disk writes into its pages.
+    v.push(Case {
+        devices: Some(DeviceCase {
+            disk_mib: 64,
+            net: false,
+            second_boot: None,
+            same_marker: None,
+        }),
+        ..linux_case(
+            "linux-fork-io",
+            2,
+            1024,
+            devtests::FORK_IO_EXPECT,
+            devtests::fork_io_session(),
+        )
+    });
     // The soak test, short (`cargo xtask soak` runs it for 10 minutes): random dsx
     // operations on Linux children and grandchildren (docs/dsx.md, "The soak test").
     v.push(crate::soak::soak_case(

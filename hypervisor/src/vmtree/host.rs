@@ -155,7 +155,7 @@ impl ExtensionHost for HvHost<'_> {
             parent_vm.ram,
             parent_vm.vcpu_count(),
             parent_vm.priority,
-            parent_vm.plic_copy(),
+            parent_vm.clone_devices(),
         )
         .ok_or(SbiError::Failed)?;
         enqueue_states(&child_vm, &states);
@@ -166,12 +166,20 @@ impl ExtensionHost for HvHost<'_> {
                 name: child_vm.name.clone(),
                 ram: child_vm.ram,
                 priority: child_vm.priority,
-                plic: child_vm.plic_copy(),
+                devices: vm::CloneDevices {
+                    plic: child_vm.plic_copy(),
+                    detached: child_vm.detached.clone(),
+                },
             };
             ORIGINS.lock().insert(child, Origin::Snapshot(snap));
         }
+        let how = if parent_vm.mem.lock().as_ref().is_some_and(|m| m.is_pinned()) {
+            "copied: the parent's RAM is pinned for DMA"
+        } else {
+            "shared copy-on-write"
+        };
         log::info!(
-            "VM {} forked into {} ({} MiB shared copy-on-write)",
+            "VM {} forked into {} ({} MiB {how})",
             parent_vm.name,
             child_vm.name,
             parent_vm.ram.len() >> 20

@@ -38,8 +38,8 @@ pub(super) struct Snapshot {
     pub(super) name: alloc::string::String,
     pub(super) ram: diosix_core::addr::Range<Gpa>,
     pub(super) priority: u8,
-    /// Its virtual PLIC as the guest had programmed it (nothing pending).
-    pub(super) plic: Option<diosix_core::vplic::VirtualPlic>,
+    /// Its virtual PLIC and its parent's device registers, as the clone had them.
+    pub(super) devices: crate::vm::CloneDevices,
 }
 
 /// Guest memory no VM runs on, given back to the host when dropped.
@@ -66,7 +66,7 @@ impl Snapshot {
             self.ram,
             self.states.len(),
             self.priority,
-            self.plic.clone(),
+            self.devices.clone(),
         )
         .ok_or("no VMID free")?;
         enqueue_states(&vm, &self.states);
