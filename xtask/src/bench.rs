@@ -5,7 +5,9 @@
 //! prints its `bench <metric> <n>` figures side by side; then the VM-tree figures; then
 //! Linux's boot to `/init` at 1, 2 and 4 harts, as the Root VM and on OpenSBI; then
 //! Linux workloads (process creation, system calls, page faults, sleeps, arithmetic) at
-//! 2 harts, as the Root VM and on OpenSBI.
+//! 2 harts, as the Root VM and on OpenSBI; then the Root VM's Linux driving a virtio-blk
+//! disk (sequential read throughput, per-request latency), as the Root VM and on
+//! OpenSBI. `cargo xtask bench devices` runs only the disk comparison.
 use crate::build::{self, ImageOptions, RootVm};
 use crate::qemu::{self, Bios, QemuOptions};
 use crate::{guests, workspace_root, Result};
@@ -64,8 +66,14 @@ fn run_on(
     Ok(parse(&out.output))
 }
 
-/// Runs the benchmarks and prints their figures.
-pub fn cmd_bench(_args: &[String]) -> Result<()> {
+/// Runs the benchmarks and prints their figures: all of them, or with `devices` only
+/// the disk comparison.
+pub fn cmd_bench(args: &[String]) -> Result<()> {
+    match args {
+        [] => {}
+        [only] if only == "devices" => return linux_device_bench(),
+        _ => return Err("usage: cargo xtask bench [devices]".into()),
+    }
     let elf = guests::build_guest("bench")?;
     let opensbi = run("bench-opensbi", &elf, Bios::Default)?;
     let diosix = build::build_image(&ImageOptions {
@@ -103,7 +111,8 @@ pub fn cmd_bench(_args: &[String]) -> Result<()> {
     }
     tree_bench(&elf)?;
     linux_boot_bench()?;
-    linux_workload_bench()
+    linux_workload_bench()?;
+    linux_device_bench()
 }
 
 /// The kernel's own log line that ends the measured boot.
@@ -319,6 +328,267 @@ fn linux_workload_bench() -> Result<()> {
     Ok(())
 }
 
+/// The kernel command-line option that makes the Root VM's `rcS` run
+/// `diosix-workloads devices` (the disk benchmarks) and power off.
+const DEVICES_CMDLINE_OPTION: &str = "diosix.bench=devices";
+/// The disk's size: the 64 MiB the reads cover, and room past it.
+const DEVICE_DISK_MIB: u64 = 96;
+/// Prefix of the disk counters `diosix-workloads devices` prints after each benchmark.
+const DEVICE_LINE: &str = "diosix-device ";
+/// Prefix of busybox dd's own lines, echoed by `diosix-workloads devices`.
+const DD_LINE: &str = "diosix-dd ";
+/// The last line of `diosix-workloads devices`.
+const DEVICES_DONE: &str = "diosix-workloads done (devices)";
+
+/// One `diosix-device <name> <requests> <sectors> <interrupts>` line: what the disk
+/// completed during a benchmark, and the interrupts its virtio transport took.
+#[derive(Debug, Clone, PartialEq)]
+struct DeviceCounts {
+    name: String,
+    requests: u64,
+    sectors: u64,
+    interrupts: u64,
+}
+
+fn parse_device_counts(output: &str) -> Vec<DeviceCounts> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.trim().strip_prefix(DEVICE_LINE)?.split_whitespace();
+            let name = w.next()?.to_string();
+            let mut n = [0u64; 3];
+            for v in &mut n {
+                *v = w.next()?.parse().ok()?;
+            }
+            w.next().is_none().then_some(DeviceCounts {
+                name,
+                requests: n[0],
+                sectors: n[1],
+                interrupts: n[2],
+            })
+        })
+        .collect()
+}
+
+/// The Root VM's exit counts by cause from the hypervisor's log at its shutdown
+/// (`VM root vCPU 0 exits: total 6714, sbi.ipi 386, ..., irq.other 12, ...; IPI ...`):
+/// per vCPU, the causes and counts in the order printed.
+fn parse_root_exits(output: &str) -> Vec<(u32, Vec<(String, u64)>)> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("VM root vCPU ").nth(1)?;
+            let (vcpu, rest) = rest.split_once(" exits: ")?;
+            let counts = rest
+                .split(';')
+                .next()?
+                .split(", ")
+                .filter_map(|c| {
+                    let (cause, n) = c.trim().rsplit_once(' ')?;
+                    Some((cause.to_string(), n.parse().ok()?))
+                })
+                .collect();
+            Some((vcpu.trim().parse().ok()?, counts))
+        })
+        .collect()
+}
+
+/// MB/s (10^6 bytes a second) of `bytes` in `ns` nanoseconds.
+fn mb_per_s(bytes: f64, ns: f64) -> f64 {
+    if ns > 0.0 {
+        bytes * 1e3 / ns
+    } else {
+        0.0
+    }
+}
+
+/// The Root VM's Linux driving a disk: its kernel and initramfs booted with
+/// `diosix.bench=devices`, so its `rcS` runs `diosix-workloads devices` (a 64 MiB
+/// sequential read of `/dev/vda` in 1 MiB O_DIRECT reads, 4 KiB O_DIRECT reads at
+/// random offsets one at a time, then busybox dd) and powers off; under Diosix (which
+/// hands the Root VM the virtio-mmio transports and a virtual PLIC) and on OpenSBI, at
+/// 2 harts, 128 MiB each, with the same fresh 96 MiB raw disk image attached
+/// (virtio-blk). Timed by the guest's clock (under icount one instruction is one
+/// nanosecond); QEMU does the disk's work in host threads, outside the count.
+fn linux_device_bench() -> Result<()> {
+    let a = crate::rootvm::build_linux_root_vm()?;
+    let cmdline = format!("{} {DEVICES_CMDLINE_OPTION}", a.cmdline);
+    let name = format!("bench-linux-devices-smp{WORKLOAD_HARTS}");
+    let images = workspace_root().join("target").join("test-images");
+    std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
+    let disk = images.join("bench-devices.img");
+    let mut runs = Vec::new();
+    for mut q in linux_runs(&a, &name, WORKLOAD_HARTS, Some(&cmdline))? {
+        // A fresh disk for each run, so neither inherits anything from the other.
+        crate::disk::new_disk(&disk, DEVICE_DISK_MIB << 20, None, true)?;
+        q.devices = qemu::Devices {
+            disks: vec![disk.clone()],
+            net_port: None,
+        };
+        // No stop_at: rcS powers off after the done line, and the hypervisor logs the
+        // Root VM's exits by cause as it ends (QEMU exits: -no-reboot).
+        let out = qemu::run(&q)?;
+        println!(
+            "{}: {:.1} s wall, log {}",
+            q.name,
+            out.wall.as_secs_f64(),
+            out.log.display()
+        );
+        let figures = parse_workloads(&out.output);
+        if !out.output.contains(DEVICES_DONE) || figures.is_empty() {
+            return Err(format!(
+                "{}: no `{DEVICES_DONE}` line or no figures (log {})",
+                q.name,
+                out.log.display()
+            ));
+        }
+        for l in out.output.lines() {
+            if let Some(dd) = l.trim().strip_prefix(DD_LINE) {
+                println!("  dd: {dd}");
+            }
+        }
+        runs.push((
+            figures,
+            parse_device_counts(&out.output),
+            parse_root_exits(&out.output),
+        ));
+    }
+    let ((d, dc, dx), (o, oc, _)) = (&runs[0], &runs[1]);
+    let find = |w: &[Workload], n: &str| w.iter().find(|w| w.name == n).cloned();
+    // One row: `per(ns of one iteration)` of the elapsed time (mean), and of the hart
+    // time (the `_cpu` line: mean, and median batch), Diosix then OpenSBI, with ratios.
+    let row = |label: &str, n: &str, per: &dyn Fn(f64) -> f64, cpu: &dyn Fn(f64) -> f64| {
+        let (Some(ow), Some(oc)) = (find(o, n), find(o, &format!("{n}_cpu"))) else {
+            return;
+        };
+        let (dw, dcpu) = (find(d, n), find(d, &format!("{n}_cpu")));
+        let mut cells = Vec::new();
+        for (dv, ov) in [
+            (dw.map(|w| per(w.mean())), per(ow.mean())),
+            (dcpu.as_ref().map(|w| cpu(w.mean())), cpu(oc.mean())),
+            (dcpu.as_ref().map(|w| cpu(w.median())), cpu(oc.median())),
+        ] {
+            cells.push(format!(
+                "{:>8} | {ov:>8.1} | {:>6}",
+                dv.map_or("-".into(), |v| format!("{v:.1}")),
+                ratio(dv, ov)
+            ));
+        }
+        println!("{label:<18} | {}", cells.join(" | "));
+    };
+    let header = |unit: &str, cpu_unit: &str| {
+        println!(
+            "{:<18} | {:^28} | {:^28} | {:^28}",
+            "",
+            format!("elapsed, {unit}"),
+            format!("hart time, {cpu_unit}"),
+            "hart time, median batch"
+        );
+        let group = format!("{:>8} | {:>8} | {:>6}", "Diosix", "OpenSBI", "ratio");
+        println!("{:<18} | {group} | {group} | {group}", "read");
+        println!("{:-<19}+{:-<30}+{:-<30}+{:-<29}", "", "", "", "");
+    };
+
+    println!();
+    println!(
+        "Linux disk reads, {WORKLOAD_HARTS} harts: 64 MiB sequential read of /dev/vda \
+         (MB/s, 10^6 B/s, by the elapsed time; hart time in µs per MiB)"
+    );
+    header("MB/s", "µs/MiB");
+    let mib = (1u64 << 20) as f64;
+    row(
+        "O_DIRECT, 1 MiB",
+        "seq_read_1MiB",
+        &|ns| mb_per_s(mib, ns),
+        &|ns| ns / 1e3,
+    );
+    row(
+        "busybox dd bs=1M",
+        "dd_64MiB",
+        &|ns| mb_per_s(64.0 * mib, ns),
+        &|ns| ns / 64e3,
+    );
+
+    println!();
+    println!(
+        "Interrupt delivery, {WORKLOAD_HARTS} harts: 4 KiB O_DIRECT reads at random \
+         offsets, one at a time (µs/request; each is one notify to the device and one \
+         completion interrupt through the PLIC, virtual under Diosix)"
+    );
+    header("µs", "µs");
+    row("random 4 KiB", "rand_read_4KiB", &|ns| ns / 1e3, &|ns| {
+        ns / 1e3
+    });
+    println!(
+        "(hart time: the time a SCHED_IDLE soaker on the benchmark's hart did not get; \
+         the elapsed time also holds however long QEMU's I/O thread took by the host's \
+         clock, or an idle machine's jump to its next timer, and varies from run to run)"
+    );
+
+    println!();
+    println!("What the disk did (requests completed, MiB read, interrupts of its transport)");
+    println!(
+        "{:<20} | {:>15} | {:>15} | {:>9} | {:>9}",
+        "benchmark", "Diosix req/irq", "OpenSBI req/irq", "D MiB", "O MiB"
+    );
+    println!(
+        "{:-<21}+{:-<17}+{:-<17}+{:-<11}+{:-<10}",
+        "", "", "", "", ""
+    );
+    for oc in oc {
+        let dc = dc.iter().find(|d| d.name == oc.name);
+        let mib = |c: &DeviceCounts| format!("{:.1}", c.sectors as f64 * 512.0 / (1 << 20) as f64);
+        println!(
+            "{:<20} | {:>15} | {:>15} | {:>9} | {:>9}",
+            oc.name,
+            dc.map_or("-".into(), |d| format!("{}/{}", d.requests, d.interrupts)),
+            format!("{}/{}", oc.requests, oc.interrupts),
+            dc.map_or("-".into(), mib),
+            mib(oc),
+        );
+    }
+
+    if !dx.is_empty() {
+        // The PLIC's window is never mapped, so each guest access to it is a guest-page
+        // fault the hypervisor emulates; each host interrupt is an irq.other exit.
+        println!();
+        println!(
+            "Root VM exits under Diosix, whole run (boot, benchmarks, power-off): \
+             guest_page_fault (virtual PLIC accesses), irq.other (a host interrupt while \
+             the vCPU ran), irq.kick (another hart passing one on)"
+        );
+        let causes = [
+            "total",
+            "guest_page_fault",
+            "irq.other",
+            "irq.kick",
+            "sbi.ipi",
+            "irq.timer",
+            "virtual_instruction",
+        ];
+        let cells = |f: &dyn Fn(&str) -> String| {
+            causes
+                .iter()
+                .map(|c| format!("{:>w$}", f(c), w = c.len().max(8)))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        println!("{:<6} | {}", "vCPU", cells(&|c| c.to_string()));
+        println!(
+            "{:-<7}+{}",
+            "",
+            cells(&|_| String::new())
+                .replace(' ', "-")
+                .replace('|', "+")
+        );
+        for (vcpu, counts) in dx {
+            let get = |c: &str| counts.iter().find(|(n, _)| n == c).map_or(0, |(_, v)| *v);
+            println!("{vcpu:<6} | {}", cells(&|c| get(c).to_string()));
+        }
+    }
+    Ok(())
+}
+
 /// The VM-tree figures: the bench guest as a one-vCPU Root VM of 16, 64, 256 and 1024
 /// MiB on one hart (QEMU `-m 1024`, or four times the Root VM's RAM so it can fork)
 /// forks itself and exchanges IPC with the child, then spawns children of 16, 64 and
@@ -389,6 +659,38 @@ mod tests {
         assert_eq!(ratio(Some(3.0), 2.0), "1.500");
         assert_eq!(ratio(None, 2.0), "-");
         assert_eq!(ratio(Some(1.0), 0.0), "-");
+    }
+
+    #[test]
+    fn device_lines_and_exits_are_parsed() {
+        let out = "diosix-device seq_read_1MiB 128 131072 130\r\n\
+                   diosix-device rand_read_4KiB 2000 16000\n\
+                   diosix-dd 64+0 records in\n\
+                   [diosix INFO  hart 0] VM root vCPU 1 exits: total 6067, sbi.ipi 235, \
+                   irq.other 4, guest_page_fault 1; IPI wake-ups 287, 261526 time ticks in all\n";
+        assert_eq!(
+            parse_device_counts(out),
+            [DeviceCounts {
+                name: "seq_read_1MiB".into(),
+                requests: 128,
+                sectors: 131072,
+                interrupts: 130
+            }]
+        );
+        let x = parse_root_exits(out);
+        assert_eq!(x.len(), 1);
+        assert_eq!(x[0].0, 1);
+        assert_eq!(
+            x[0].1,
+            [
+                ("total".to_string(), 6067),
+                ("sbi.ipi".to_string(), 235),
+                ("irq.other".to_string(), 4),
+                ("guest_page_fault".to_string(), 1)
+            ]
+        );
+        assert_eq!(mb_per_s(1e6, 1e9), 1.0);
+        assert_eq!(mb_per_s(1.0, 0.0), 0.0);
     }
 
     #[test]
