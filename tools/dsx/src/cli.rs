@@ -201,6 +201,9 @@ usage: dsx run [IMAGE] [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE
 Creates a child VM from IMAGE (ELF, or a RISC-V Linux Image) and starts it;
 prints its CID. With --initrd or --cmdline, the image, initrd and command
 line are packed into one DSXPAYLD container, as for the Root VM.
+IMAGE and --initrd FILE given as a bare name (no `/`) are looked for in the
+current directory, then /var/lib/diosix (the disk), then
+/usr/share/diosix/guests; a path with a `/` is used as given.
 Without IMAGE: the guest Linux in /usr/share/diosix/guests (Image, and unless
 given, --initrd initramfs.cpio.gz
 --cmdline 'console=hvc0 earlycon=sbi retain_initrd').

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use diosix_abi::{ext, flags, limits, QuotaArgs, SpawnArgs};
@@ -257,16 +257,50 @@ pub fn spawn_image(
     .map_err(|e| format!("cannot pack the image: {e}"))
 }
 
+/// Where `run` looks for an IMAGE or `--initrd` given as a bare name (no `/`), after
+/// the current directory: the Root VM's disk (mounted there when present), then the
+/// guest Linux every Linux VM carries.
+pub const IMAGE_DIRS: &[&str] = &["/var/lib/diosix", "/usr/share/diosix/guests"];
+
+/// The file `run` reads for `name`: a path with a `/` as given; a bare name as given
+/// (relative to the current directory) if that file exists, else the first
+/// `dirs/name` that exists. The error names every place tried.
+pub fn resolve_image(name: &str, dirs: &[&Path]) -> Result<PathBuf, String> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let tried: Vec<PathBuf> = std::iter::once(PathBuf::from(name))
+        .chain(dirs.iter().map(|d| d.join(name)))
+        .collect();
+    if let Some(found) = tried.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    let places: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    Err(format!(
+        "cannot find {name}: tried {} (give a path with a `/` to use it as is)",
+        places.join(", ")
+    ))
+}
+
 fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
-    let read = |path: &str| {
-        (cx.read_file)(path).map_err(|e| Failure::new(format!("cannot read {path}: {e}")))
+    let dirs: Vec<&Path> = IMAGE_DIRS.iter().map(Path::new).collect();
+    let read = |name: &str| {
+        let path = resolve_image(name, &dirs).map_err(Failure::new)?;
+        let path = path.to_string_lossy();
+        (cx.read_file)(&path).map_err(|e| Failure::new(format!("cannot read {path}: {e}")))
     };
     let image = read(&o.image)?;
     if image.is_empty() {
         return Err(Failure::new(format!("{} is empty", o.image)));
     }
     let initrd = o.initrd.as_deref().map(read).transpose()?;
-    let dtb = o.dtb.as_deref().map(read).transpose()?;
+    let dtb = o
+        .dtb
+        .as_deref()
+        .map(|path| {
+            (cx.read_file)(path).map_err(|e| Failure::new(format!("cannot read {path}: {e}")))
+        })
+        .transpose()?;
     let packed =
         spawn_image(image, initrd.as_deref(), o.cmdline.as_deref()).map_err(Failure::new)?;
     if packed.len() > crate::dev::SPAWN_MAX_IMAGE {
@@ -671,6 +705,68 @@ mod tests {
         let (r, _, _) = go(&mut f, &mut n, "run /img --ram 4K");
         assert!(r.unwrap_err().message.contains("does not fit"));
         assert_eq!(f.spawned.len(), 2);
+    }
+
+    #[test]
+    fn bare_names_are_looked_up_in_order() {
+        let base = std::env::temp_dir().join(format!("dsx-resolve-{}", std::process::id()));
+        let (disk, guests) = (base.join("disk"), base.join("guests"));
+        std::fs::create_dir_all(&disk).unwrap();
+        std::fs::create_dir_all(&guests).unwrap();
+        // A name no current directory has: `cargo test` runs in tools/dsx.
+        let name = format!("dsx-resolve-image-{}", std::process::id());
+        std::fs::write(guests.join(&name), b"g").unwrap();
+        let dirs = [disk.as_path(), guests.as_path()];
+        assert_eq!(resolve_image(&name, &dirs), Ok(guests.join(&name)));
+        // The disk comes before the guests' directory...
+        std::fs::write(disk.join(&name), b"d").unwrap();
+        assert_eq!(resolve_image(&name, &dirs), Ok(disk.join(&name)));
+        // ...and the current directory before both (tools/dsx has its Cargo.toml).
+        std::fs::write(disk.join("Cargo.toml"), b"d").unwrap();
+        assert_eq!(
+            resolve_image("Cargo.toml", &dirs),
+            Ok(PathBuf::from("Cargo.toml"))
+        );
+        // A directory is not an image.
+        std::fs::create_dir_all(guests.join("sub")).unwrap();
+        assert!(resolve_image("sub", &dirs).is_err());
+        // A path with a `/` is used as given, whether it exists or not.
+        assert_eq!(resolve_image("./nope", &dirs), Ok(PathBuf::from("./nope")));
+        assert_eq!(resolve_image("/img", &dirs), Ok(PathBuf::from("/img")));
+        // Not found: every place tried, in order.
+        let err = resolve_image("missing", &dirs).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "cannot find missing: tried missing, {}, {} (give a path with a `/` to use \
+                 it as is)",
+                disk.join("missing").display(),
+                guests.join("missing").display()
+            )
+        );
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn run_reports_where_it_looked() {
+        let mut f = Fake::default();
+        let (r, _, _) = go(&mut f, &mut Names::default(), "run no-such-dsx-image");
+        assert_eq!(
+            r.unwrap_err().message,
+            "cannot find no-such-dsx-image: tried no-such-dsx-image, \
+             /var/lib/diosix/no-such-dsx-image, /usr/share/diosix/guests/no-such-dsx-image \
+             (give a path with a `/` to use it as is)"
+        );
+        let (r, _, _) = go(
+            &mut f,
+            &mut Names::default(),
+            "run /img --initrd no-such-rd",
+        );
+        assert!(r
+            .unwrap_err()
+            .message
+            .starts_with("cannot find no-such-rd: tried no-such-rd, /var/lib/diosix/"));
+        assert!(f.spawned.is_empty());
     }
 
     #[test]
