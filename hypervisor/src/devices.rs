@@ -13,6 +13,7 @@
 //! [`STATE`] is never taken; the interrupt path takes [`STATE`] alone, drops it, then
 //! takes the VM's `plic`.
 
+use crate::hart::HartLocal;
 use crate::hart::MAX_HARTS;
 use crate::vm::Vm;
 use crate::vplic::VPLIC_BASE;
@@ -129,6 +130,7 @@ pub fn init(host: &HostPlatform) {
     }
     DEVICES.call_once(|| devices);
     IRQS.call_once(|| irqs);
+    crate::sched::on_external_interrupts(external_interrupt);
 }
 
 /// A virtio-mmio transport with no device behind it (device ID 0: QEMU `virt` has
@@ -410,4 +412,44 @@ pub fn hand_over(vm: &Arc<Vm>, devices: &[HostDevice]) {
             }
         }
     }
+}
+
+/// A guest-page fault at `gpa` by the vCPU on this hart: if it is in its VM's
+/// virtual PLIC window, emulates the access and returns true (the guest goes on past
+/// the instruction, or takes an access fault for an access the PLIC does not
+/// support); false if the address is not the PLIC's.
+pub fn emulate_plic_access(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) -> bool {
+    let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
+        return false;
+    };
+    let Some(plic) = vm.plic.as_ref() else {
+        return false;
+    };
+    let Some(offset) = gpa.raw().checked_sub(VPLIC_BASE.raw()) else {
+        return false;
+    };
+    if offset >= vm.plic_window {
+        return false;
+    }
+    let slot = hart.slot;
+    crate::mmio::complete(hart, &vm, store_fault, |access, stored| {
+        let mut p = plic.lock();
+        let width = u32::from(access.width);
+        let loaded = match stored {
+            Some(value) => match p.write(offset, width, value as u32)? {
+                Some(source) => {
+                    complete(&vm, source);
+                    0
+                }
+                None => 0,
+            },
+            None => u64::from(p.read(offset, width)?),
+        };
+        crate::vplic::deliver(&vm, &mut p, slot);
+        Ok::<u64, diosix_core::vplic::VplicFault>(loaded)
+    });
+    if let Some(v) = hart.current.as_ref() {
+        v.sync_ext_line_live();
+    }
+    true
 }

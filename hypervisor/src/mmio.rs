@@ -31,7 +31,7 @@ pub fn complete<E>(
         EXC_LOAD_ACCESS_FAULT
     };
     let Some(access) = fetch_access(vm).filter(|a| a.store == store_fault) else {
-        crate::trap::inject_exception(fault, csr::mtval::read());
+        crate::vcpu::inject_exception(fault, csr::mtval::read());
         return;
     };
     let reg = usize::from(access.reg);
@@ -46,7 +46,7 @@ pub fn complete<E>(
             // SAFETY: moves the guest past the emulated instruction.
             unsafe { csr::mepc::write(csr::mepc::read() + usize::from(access.len)) };
         }
-        Err(_) => crate::trap::inject_exception(fault, csr::mtval::read()),
+        Err(_) => crate::vcpu::inject_exception(fault, csr::mtval::read()),
     }
 }
 

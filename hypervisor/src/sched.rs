@@ -267,6 +267,15 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
     program_timer(hart);
 }
 
+/// What an idle hart does with a pending machine external interrupt (set once at
+/// boot by `crate::devices`, which sits above the scheduler).
+static EXTERNAL_INTERRUPTS: spin::Once<fn(usize)> = spin::Once::new();
+
+/// Sets what idle harts do with machine external interrupts: `handler(slot)`.
+pub fn on_external_interrupts(handler: fn(usize)) {
+    EXTERNAL_INTERRUPTS.call_once(|| handler);
+}
+
 /// Takes the next runnable vCPU, sleeping in WFI while there is none.
 fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
     let bit = 1usize << hart.slot;
@@ -274,7 +283,9 @@ fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
         hart::clear_kick(hart.slot);
         crate::hart::service_fence_request(hart.slot);
         // Interrupts routed to guests wake this WFI too (MEIE): pass them on.
-        crate::devices::external_interrupt(hart.slot);
+        if let Some(handler) = EXTERNAL_INTERRUPTS.get() {
+            handler(hart.slot);
+        }
         let now = platform::now();
         let Some(mut q) = try_lock_queue() else {
             // Sleep rather than spin while another hart is in the queue: marked idle

@@ -123,42 +123,12 @@ fn virtual_instruction(hart: &mut HartLocal) {
     }
     // Anything else a guest may not do in VS-mode (hypervisor CSRs, Sstc's stimecmp
     // with STCE clear, ...) is an illegal instruction from the guest's point of view.
-    inject_exception(EXC_ILLEGAL_INSTRUCTION, insn);
+    crate::vcpu::inject_exception(EXC_ILLEGAL_INSTRUCTION, insn);
 }
 
 fn advance_pc() {
     // SAFETY: moves the guest past the trapping 4-byte instruction.
     unsafe { csr::mepc::write(csr::mepc::read() + 4) };
-}
-
-/// Delivers an exception to the guest's own trap handler, as the hardware would have
-/// had it been delegated.
-pub(crate) fn inject_exception(cause: usize, tval: usize) {
-    const SIE: usize = 1 << 1;
-    const SPIE: usize = 1 << 5;
-    const SPP: usize = 1 << 8;
-    let ms = csr::mstatus::read();
-    let from_vs = ms & mstatus_bits::MPP_MASK != 0;
-    let mut vss = csr::vsstatus::read();
-    vss = if vss & SIE != 0 {
-        vss | SPIE
-    } else {
-        vss & !SPIE
-    };
-    vss &= !SIE;
-    vss = if from_vs { vss | SPP } else { vss & !SPP };
-    // SAFETY: these CSRs only affect the guest context we return to: it resumes at its
-    // own vstvec in VS-mode with the trap recorded in its VS CSRs.
-    unsafe {
-        csr::vsepc::write(csr::mepc::read());
-        csr::vscause::write(cause);
-        csr::vstval::write(tval);
-        csr::vsstatus::write(vss);
-        csr::mepc::write(csr::vstvec::read() & !3);
-        csr::mstatus::write(
-            (ms & !mstatus_bits::MPP_MASK) | mstatus_bits::MPP_S | mstatus_bits::MPV,
-        );
-    }
 }
 
 /// A guest trap the hypervisor cannot resolve ends that VM, never the hypervisor.
@@ -183,7 +153,7 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
     if matches!(
         cause,
         EXC_LOAD_GUEST_PAGE_FAULT | EXC_STORE_GUEST_PAGE_FAULT
-    ) && (crate::vplic::emulate(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT)
+    ) && (crate::devices::emulate_plic_access(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT)
         || crate::mmio::detached(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT))
     {
         return;

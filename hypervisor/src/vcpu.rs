@@ -304,6 +304,36 @@ impl Vcpu {
     }
 }
 
+/// Delivers an exception to the guest's own trap handler, as the hardware would have
+/// had it been delegated.
+pub fn inject_exception(cause: usize, tval: usize) {
+    const SIE: usize = 1 << 1;
+    const SPIE: usize = 1 << 5;
+    const SPP: usize = 1 << 8;
+    let ms = csr::mstatus::read();
+    let from_vs = ms & mstatus_bits::MPP_MASK != 0;
+    let mut vss = csr::vsstatus::read();
+    vss = if vss & SIE != 0 {
+        vss | SPIE
+    } else {
+        vss & !SPIE
+    };
+    vss &= !SIE;
+    vss = if from_vs { vss | SPP } else { vss & !SPP };
+    // SAFETY: these CSRs only affect the guest context we return to: it resumes at its
+    // own vstvec in VS-mode with the trap recorded in its VS CSRs.
+    unsafe {
+        csr::vsepc::write(csr::mepc::read());
+        csr::vscause::write(cause);
+        csr::vstval::write(tval);
+        csr::vsstatus::write(vss);
+        csr::mepc::write(csr::vstvec::read() & !3);
+        csr::mstatus::write(
+            (ms & !mstatus_bits::MPP_MASK) | mstatus_bits::MPP_S | mstatus_bits::MPV,
+        );
+    }
+}
+
 macro_rules! fp_regs {
     ($op:literal) => {
         concat!(

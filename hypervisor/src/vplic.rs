@@ -1,9 +1,10 @@
-//! A VM's virtual PLIC as the hypervisor runs it: the guest's loads and stores to its
-//! window (which is never mapped, so each one traps here) go to the model in
-//! `diosix_core::vplic`, and the external-interrupt line of each vCPU follows the
-//! model into hvip.VSEIP.
+//! A VM's virtual PLIC as the hypervisor runs it: where it sits, how many sources it
+//! has, and how the external-interrupt line of each vCPU follows the model
+//! (`diosix_core::vplic`) into hvip.VSEIP. The guest's accesses to it are emulated by
+//! `crate::devices::emulate_plic_access`, since completing an interrupt goes back to
+//! the host.
 
-use crate::hart::{self, HartLocal};
+use crate::hart;
 use crate::vm::Vm;
 use core::sync::atomic::Ordering;
 use diosix_core::addr::Gpa;
@@ -42,44 +43,4 @@ pub fn deliver(vm: &Vm, plic: &mut VirtualPlic, this_slot: usize) {
     if wake {
         crate::sched::poke_waiters();
     }
-}
-
-/// A guest-page fault at `gpa` by the vCPU on this hart: if it is in its VM's
-/// virtual PLIC window, emulates the access and returns true (the guest goes on past
-/// the instruction, or takes an access fault for an access the PLIC does not
-/// support); false if the address is not the PLIC's.
-pub fn emulate(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) -> bool {
-    let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
-        return false;
-    };
-    let Some(plic) = vm.plic.as_ref() else {
-        return false;
-    };
-    let Some(offset) = gpa.raw().checked_sub(VPLIC_BASE.raw()) else {
-        return false;
-    };
-    if offset >= vm.plic_window {
-        return false;
-    }
-    let slot = hart.slot;
-    crate::mmio::complete(hart, &vm, store_fault, |access, stored| {
-        let mut p = plic.lock();
-        let width = u32::from(access.width);
-        let loaded = match stored {
-            Some(value) => match p.write(offset, width, value as u32)? {
-                Some(source) => {
-                    crate::devices::complete(&vm, source);
-                    0
-                }
-                None => 0,
-            },
-            None => u64::from(p.read(offset, width)?),
-        };
-        deliver(&vm, &mut p, slot);
-        Ok::<u64, diosix_core::vplic::VplicFault>(loaded)
-    });
-    if let Some(v) = hart.current.as_ref() {
-        v.sync_ext_line_live();
-    }
-    true
 }
