@@ -156,13 +156,6 @@ pub fn append_load_segment(elf: &[u8], data: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Options shared by `build` and `run`.
-struct BuildArgs {
-    opts: ImageOptions,
-    smp: u32,
-    mem: String,
-}
-
 fn parse_size_mib(s: &str) -> Result<u32> {
     let (num, mult) = match s.chars().last() {
         Some('G' | 'g') => (&s[..s.len() - 1], 1024),
@@ -175,7 +168,8 @@ fn parse_size_mib(s: &str) -> Result<u32> {
         .ok_or_else(|| format!("bad size `{s}` (examples: 64M, 1G)"))
 }
 
-fn parse_args(args: &[String]) -> Result<BuildArgs> {
+/// The options of `cargo xtask build`, which `cargo xtask run` passes on.
+fn parse_args(args: &[String]) -> Result<ImageOptions> {
     let mut opts = ImageOptions {
         root_vm: RootVm::Linux,
         vcpus: None,
@@ -183,7 +177,6 @@ fn parse_args(args: &[String]) -> Result<BuildArgs> {
         cmdline: None,
         out: workspace_root().join("target").join("diosix.elf"),
     };
-    let (mut smp, mut mem) = (2, "1G".to_string());
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
@@ -198,19 +191,17 @@ fn parse_args(args: &[String]) -> Result<BuildArgs> {
             "--vcpus" => opts.vcpus = Some(val("--vcpus")?.parse().map_err(|_| "bad --vcpus")?),
             "--ram" => opts.ram_mib = Some(parse_size_mib(&val("--ram")?)?),
             "--cmdline" => opts.cmdline = Some(val("--cmdline")?),
-            "--smp" => smp = val("--smp")?.parse().map_err(|_| "bad --smp")?,
-            "--mem" => mem = val("--mem")?,
             other => return Err(format!("unknown option `{other}` (see `cargo xtask help`)")),
         }
     }
-    Ok(BuildArgs { opts, smp, mem })
+    Ok(opts)
 }
 
 /// `cargo xtask build`: returns the path of the image written.
 pub fn cmd_build(args: &[String]) -> Result<PathBuf> {
     setup::ensure_all()?;
-    let b = parse_args(args)?;
-    let out = build_image(&b.opts)?;
+    let opts = parse_args(args)?;
+    let out = build_image(&opts)?;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!("xtask: wrote {} ({} KiB)", display(&out), size >> 10);
     Ok(out)
@@ -221,70 +212,4 @@ fn display(p: &Path) -> String {
         .unwrap_or(p)
         .display()
         .to_string()
-}
-
-/// `cargo xtask run`: build, then boot interactively in QEMU.
-pub fn cmd_run(args: &[String]) -> Result<()> {
-    setup::ensure_all()?;
-    let b = parse_args(args)?;
-    let image = build_image(&b.opts)?;
-    let cmd = format!(
-        "qemu-system-riscv64 -bios none -nographic -machine virt -smp {} -m {} -kernel {}",
-        b.smp,
-        b.mem,
-        display(&image)
-    );
-    println!("xtask: booting: {cmd}\nxtask: (Ctrl-a x quits QEMU)");
-    // Console bytes pass through the hypervisor unchanged, so the terminal must not
-    // add a CR before each LF (QEMU keeps the terminal's output processing): a guest's
-    // CR LF would otherwise show as CR CR LF.
-    let _raw_output = TerminalOutput::pass_through();
-    let status = process::status(
-        Command::new("qemu-system-riscv64")
-            .current_dir(workspace_root())
-            .args(["-bios", "none", "-nographic", "-machine", "virt"])
-            .args(["-smp", &b.smp.to_string(), "-m", &b.mem, "-kernel"])
-            .arg(&image),
-    )
-    .map_err(|e| format!("starting QEMU: {e}"))?;
-    if !status.success() {
-        return Err(format!("QEMU exited with {status}"));
-    }
-    Ok(())
-}
-
-/// The terminal's LF-to-CR-LF output translation (`onlcr`) switched off while it lives,
-/// and restored when dropped. Does nothing when stdin is not a terminal.
-struct TerminalOutput {
-    saved: Option<String>,
-}
-
-impl TerminalOutput {
-    fn pass_through() -> Self {
-        // stty acts on its stdin, which must be the terminal (captured runs get none).
-        let stty = |args: &[&str]| {
-            process::stdout(
-                Command::new("stty")
-                    .args(args)
-                    .stdin(std::process::Stdio::inherit()),
-            )
-        };
-        let saved = stty(&["-g"]).map(|out| out.trim().to_string());
-        if saved.is_some() {
-            stty(&["-onlcr"]);
-        }
-        Self { saved }
-    }
-}
-
-impl Drop for TerminalOutput {
-    fn drop(&mut self) {
-        if let Some(s) = &self.saved {
-            let _ = process::status(
-                Command::new("stty")
-                    .arg(s)
-                    .stdin(std::process::Stdio::inherit()),
-            );
-        }
-    }
 }

@@ -134,21 +134,15 @@ pub fn existing_image(file: &Path) -> Result<PathBuf> {
     fs::canonicalize(file).map_err(|e| format!("--disk {}: {e}", file.display()))
 }
 
-/// The host's `mke2fs`, installing e2fsprogs with apt if it is missing (as
-/// `cargo xtask setup` installs the build's packages).
+/// The host's `mke2fs`. When it is missing, `cargo xtask setup`'s installation
+/// (which has e2fsprogs among its packages) runs first.
 fn ensure_mke2fs() -> Result<PathBuf> {
     if let Some(p) = find_mke2fs() {
         return Ok(p);
     }
-    println!("xtask setup: installing e2fsprogs (mke2fs, for cargo xtask disk)");
-    process::run(
-        "apt-get install e2fsprogs",
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "e2fsprogs"]),
-    )?;
+    crate::setup::ensure_all()?;
     find_mke2fs().ok_or_else(|| {
-        "mke2fs not found after installing e2fsprogs; install e2fsprogs (1.43 or later)".into()
+        "mke2fs not found after `cargo xtask setup`; install e2fsprogs (1.43 or later)".into()
     })
 }
 

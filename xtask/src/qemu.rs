@@ -349,70 +349,142 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
     })
 }
 
-/// `cargo xtask run` with devices: `--disk FILE` (repeatable), `--net`, and
-/// `--opensbi` (the Root VM's kernel and initramfs straight on QEMU's OpenSBI, no
-/// hypervisor: `--smp`, `--mem` and `--cmdline` apply). Without any of them, the plain
-/// `run` of `build.rs`.
-pub fn cmd_run(args: &[String]) -> Result<()> {
-    let mut devices = Devices::default();
-    let (mut net, mut opensbi) = (false, false);
-    let mut rest = Vec::new();
+/// `cargo xtask run --help`.
+const RUN_USAGE: &str = "\
+usage: cargo xtask run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--opensbi]
+                       [build options]
+Builds everything, then boots it in QEMU on this terminal (Ctrl-a x quits).
+  --smp N         host harts (default 2)
+  --mem SIZE      host RAM, e.g. 512M or 2G; a bare number is MiB (default 1G)
+  --disk FILE     attach the raw image FILE as a virtio-blk device (repeatable; the
+                  first is the Root VM's /dev/vda, mounted at /var/lib/diosix); make
+                  one with `cargo xtask disk new FILE 256M`
+  --net           attach a virtio-net device on QEMU's user network (the Root VM gets
+                  10.0.2.15 by DHCP); its port 80 is forwarded to 127.0.0.1:8080, or
+                  the first free port above it (printed)
+  --opensbi       boot the Root VM's kernel and initramfs on QEMU's OpenSBI, without
+                  Diosix (of the build options, only --cmdline applies)
+build options, as for `cargo xtask build`:
+  --root-vm FILE  --demo  --vcpus N  --ram SIZE  --cmdline TEXT  --out OUT";
+
+/// Build options `run` passes on to `cargo xtask build` that take a value.
+const BUILD_OPTS_WITH_VALUE: &[&str] = &["--root-vm", "--out", "--vcpus", "--ram", "--cmdline"];
+
+/// The options of one `cargo xtask run`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RunArgs {
+    /// `--smp`.
+    smp: u32,
+    /// `--mem`, in MiB.
+    mem_mib: u32,
+    /// `--disk` files, in order, as given.
+    disks: Vec<PathBuf>,
+    /// `--net`.
+    net: bool,
+    /// `--opensbi`.
+    opensbi: bool,
+    /// `--cmdline` (also in `build`).
+    cmdline: Option<String>,
+    /// The build options, for `build::cmd_build`.
+    build: Vec<String>,
+}
+
+/// A RAM size for `-m` in MiB: a bare number is MiB (as QEMU's `-m`), else bytes with
+/// K, M, G or T, a whole number of MiB.
+fn parse_mem_mib(s: &str) -> Result<u32> {
+    let bytes = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>().ok().and_then(|m| m.checked_mul(1 << 20))
+    } else {
+        crate::disk::parse_size(s).ok()
+    };
+    bytes
+        .filter(|b| b % (1 << 20) == 0)
+        .and_then(|b| u32::try_from(b >> 20).ok())
+        .filter(|&m| m > 0)
+        .ok_or_else(|| format!("bad --mem `{s}` (examples: 512M, 2G)"))
+}
+
+/// Parses `run`'s arguments; `None` for `--help`.
+fn parse_run_args(args: &[String]) -> Result<Option<RunArgs>> {
+    let mut r = RunArgs {
+        smp: 2,
+        mem_mib: 1024,
+        ..RunArgs::default()
+    };
+    // The first build option other than --cmdline, which --opensbi refuses.
+    let mut image_option = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value\n{RUN_USAGE}"))
+        };
         match a.as_str() {
-            "--disk" => {
-                let file = it.next().ok_or("--disk needs a FILE")?;
-                devices
-                    .disks
-                    .push(crate::disk::existing_image(Path::new(file))?);
-            }
-            "--net" => net = true,
-            "--opensbi" => opensbi = true,
-            _ => rest.push(a.clone()),
-        }
-    }
-    if devices.disks.is_empty() && !net && !opensbi {
-        return crate::build::cmd_run(args);
-    }
-    let (mut smp, mut mem_mib, mut cmdline) = (2u32, 1024u32, None);
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--smp" => smp = val()?.parse().map_err(|_| "bad --smp")?,
-            "--mem" => {
+            "--help" | "-h" => return Ok(None),
+            "--smp" => {
                 let v = val()?;
-                mem_mib = u32::try_from(crate::disk::parse_size(v)? >> 20)
+                r.smp = v
+                    .parse()
                     .ok()
-                    .filter(|&m| m > 0)
-                    .ok_or_else(|| format!("bad --mem `{v}`"))?;
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("bad --smp `{v}`"))?;
             }
-            "--cmdline" if opensbi => cmdline = Some(val()?.clone()),
-            // Build options: only for the hypervisor image.
-            _ if opensbi => {
-                return Err(format!(
-                    "`{a}` does not apply with --opensbi (which takes --smp, --mem, \
-                     --cmdline, --disk and --net)"
-                ))
+            "--mem" => r.mem_mib = parse_mem_mib(&val()?)?,
+            "--disk" => r.disks.push(PathBuf::from(val()?)),
+            "--net" => r.net = true,
+            "--opensbi" => r.opensbi = true,
+            "--demo" => {
+                image_option.get_or_insert_with(|| a.clone());
+                r.build.push(a.clone());
             }
-            _ => {}
+            o if BUILD_OPTS_WITH_VALUE.contains(&o) => {
+                let v = val()?;
+                if o == "--cmdline" {
+                    r.cmdline = Some(v.clone());
+                } else {
+                    image_option.get_or_insert_with(|| a.clone());
+                }
+                r.build.extend([a.clone(), v]);
+            }
+            o => return Err(format!("unknown option `{o}`\n{RUN_USAGE}")),
         }
     }
-    let mut q = if opensbi {
+    if let (true, Some(o)) = (r.opensbi, image_option) {
+        return Err(format!(
+            "`{o}` does not apply with --opensbi (which takes --smp, --mem, --cmdline, \
+             --disk and --net)"
+        ));
+    }
+    Ok(Some(r))
+}
+
+/// `cargo xtask run`: builds the hypervisor image (or, with `--opensbi`, just the Root
+/// VM) and boots it interactively with the devices asked for. See [`RUN_USAGE`].
+pub fn cmd_run(args: &[String]) -> Result<()> {
+    let Some(r) = parse_run_args(args)? else {
+        println!("{RUN_USAGE}");
+        return Ok(());
+    };
+    // Checked before the build, which may take minutes.
+    let mut devices = Devices::default();
+    for disk in &r.disks {
+        devices.disks.push(crate::disk::existing_image(disk)?);
+    }
+    let mut q = if r.opensbi {
         crate::setup::ensure_all()?;
         let a = crate::rootvm::build_linux_root_vm()?;
         let mut q = QemuOptions::new("run-opensbi", a.kernel_image);
         q.bios = Bios::Default;
-        q.append = Some(cmdline.unwrap_or(a.cmdline));
+        q.append = Some(r.cmdline.unwrap_or(a.cmdline));
         q.extra = vec!["-initrd".into(), a.initramfs.display().to_string()];
         q
     } else {
-        // Builds the image as `cargo xtask build` does (it ignores --smp and --mem).
-        QemuOptions::new("run", crate::build::cmd_build(&rest)?)
+        QemuOptions::new("run", crate::build::cmd_build(&r.build)?)
     };
-    q.smp = smp;
-    q.mem_mib = mem_mib;
-    if net {
+    q.smp = r.smp;
+    q.mem_mib = r.mem_mib;
+    if r.net {
         devices.net_port = Some(free_port(DEFAULT_NET_PORT)?);
     }
     q.devices = devices;
@@ -425,6 +497,8 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
         );
     }
     println!("xtask: (Ctrl-a x quits QEMU)");
+    // Console bytes pass through the hypervisor unchanged, so the terminal must not add
+    // a CR before each LF (QEMU keeps the terminal's output processing).
     let _raw_output = TerminalOutput::pass_through();
     let status = crate::process::status(cmd.current_dir(workspace_root()))
         .map_err(|e| format!("starting QEMU: {e}"))?;
@@ -475,6 +549,55 @@ mod tests {
         let got = free_port(port).unwrap();
         assert_ne!(got, port);
         assert!(TcpListener::bind((Ipv4Addr::LOCALHOST, got)).is_ok());
+    }
+
+    fn run_args(args: &str) -> Result<Option<RunArgs>> {
+        parse_run_args(
+            &args
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn run_options() {
+        let r = run_args("--smp 4 --mem 2G --disk a.img --net --disk b.img --ram 256M --demo")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r,
+            RunArgs {
+                smp: 4,
+                mem_mib: 2048,
+                disks: vec!["a.img".into(), "b.img".into()],
+                net: true,
+                opensbi: false,
+                cmdline: None,
+                build: ["--ram", "256M", "--demo"].map(String::from).to_vec(),
+            }
+        );
+        let d = run_args("").unwrap().unwrap();
+        assert_eq!((d.smp, d.mem_mib, d.build.len()), (2, 1024, 0));
+        assert_eq!(run_args("--net --help").unwrap(), None);
+        let o = run_args("--opensbi --cmdline quiet --mem 512")
+            .unwrap()
+            .unwrap();
+        assert_eq!((o.cmdline.as_deref(), o.mem_mib), (Some("quiet"), 512));
+        assert!(run_args("--opensbi --demo")
+            .unwrap_err()
+            .contains("`--demo` does not apply"));
+        assert!(run_args("--bogus")
+            .unwrap_err()
+            .starts_with("unknown option `--bogus`"));
+        assert!(run_args("--disk")
+            .unwrap_err()
+            .starts_with("--disk needs a value"));
+        assert!(run_args("--smp 0").is_err());
+        for bad in ["0", "1500K", "x", "1Q"] {
+            assert!(parse_mem_mib(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_mem_mib("1024M"), Ok(1024));
     }
 
     #[test]

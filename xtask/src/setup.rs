@@ -22,8 +22,8 @@ const APT_ENTRIES: &[(&str, &str, &str)] = &[
     ("deb", "bookworm-backports", "http://deb.debian.org/debian"),
 ];
 
-/// Debian packages the build (hypervisor image and Linux Root VM) needs, each with a
-/// file or tool that shows it is there on a host without dpkg.
+/// Debian packages the build (hypervisor image and Linux Root VM) and `cargo xtask
+/// disk` need, each with a file or tool that shows it is there on a host without dpkg.
 const PACKAGES: &[(&str, &str)] = &[
     ("make", "make"),
     ("gcc", "gcc"),
@@ -40,6 +40,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("binutils-riscv64-linux-gnu", "riscv64-linux-gnu-objcopy"),
     ("libssl-dev", "/usr/include/openssl/ssl.h"),
     ("libelf-dev", "/usr/include/libelf.h"),
+    // mke2fs, for `disk new`; by path, since /sbin is not on every user's $PATH.
+    ("e2fsprogs", "/sbin/mke2fs"),
 ];
 
 /// The (type, suite) pairs the apt configuration enables, from `sources.list` and
