@@ -142,7 +142,7 @@ impl GStageMemory {
     }
 
     /// An empty table (its root only) for a guest whose RAM is `ram`.
-    fn empty(ram: Range<Gpa>) -> Result<Self, String> {
+    pub(crate) fn empty(ram: Range<Gpa>) -> Result<Self, String> {
         let table = GStageTable::new(&mut TableAlloc(&mut mem::frames()))
             .map_err(|e| format!("G-stage root table: {e}"))?;
         Ok(Self {
@@ -291,6 +291,50 @@ impl GStageMemory {
 }
 
 impl GStageMemory {
+    /// Moves the frame behind the page at `gpa` (RAM of this memory, made private
+    /// first if it is shared copy-on-write) into `to` at `to_gpa`: the frame changes
+    /// owner, nothing is copied, and this memory no longer maps that page. What a
+    /// copy-on-write break replaced goes in `stale` for the caller to release.
+    pub(crate) fn move_page(
+        &mut self,
+        gpa: Gpa,
+        to: &mut GStageMemory,
+        to_gpa: Gpa,
+        stale: &mut Stale,
+    ) -> Result<(), String> {
+        let fail = |what: &str| format!("{what} at {gpa}");
+        self.populate(gpa, PAGE_SIZE)
+            .map_err(|_| fail("no frame to back RAM"))?;
+        self.own_leaf_table(gpa)
+            .map_err(|_| fail("no frame for a leaf table"))?;
+        if self
+            .table
+            .translate(&PhysTables, gpa)
+            .is_some_and(|(_, p)| !p.contains(Perms::W))
+        {
+            self.make_page_writable(gpa, stale)
+                .map_err(|_| fail("no frame for a private copy"))?;
+        }
+        let hpa = self
+            .table
+            .unmap_page(&mut PhysTables, gpa)
+            .ok_or_else(|| fail("nothing mapped"))?;
+        let mut frames = mem::frames();
+        let mapped = to.table.map_page(
+            &mut PhysTables,
+            &mut TableAlloc(&mut frames),
+            to_gpa,
+            hpa,
+            Perms::RWX,
+        );
+        if let Err(e) = mapped {
+            // Held by neither table any more: back to the host.
+            let _ = frames.free_part(hpa, 1);
+            return Err(format!("{}: {e}", fail("moving")));
+        }
+        Ok(())
+    }
+
     fn unmap_pages(&mut self, gpa: Gpa, len: u64) {
         for off in (0..len).step_by(PAGE_SIZE as usize) {
             self.table

@@ -55,6 +55,37 @@ impl ImageStore {
         })
     }
 
+    /// An image of `len` bytes made of `src`'s own pages at `pages` (in order, one per
+    /// 4 KiB), moved out of its memory (see `GStageMemory::move_page`): no byte is
+    /// copied and no frame allocated but the leaf tables and the copy-on-write copies
+    /// `src` was charged for. `src` must run nowhere; it is not whole afterwards.
+    pub fn take_pages(
+        src: &Vm,
+        pages: &[Gpa],
+        len: u64,
+        stale: &mut crate::isolation::Stale,
+    ) -> Result<Self, String> {
+        let room = len.max(1).next_multiple_of(PAGE_SIZE);
+        let range = Range::new(Gpa::new(0), room).ok_or("image size overflows")?;
+        let mut store = GStageMemory::empty(range)?;
+        let mut guard = src.mem.lock();
+        let from = guard
+            .as_mut()
+            .and_then(|m| m.as_any_mut().downcast_mut::<GStageMemory>())
+            .ok_or("no G-stage memory to take pages from")?;
+        for (i, &gpa) in pages.iter().enumerate() {
+            if let Err(e) = from.move_page(gpa, &mut store, Gpa::new(i as u64 * PAGE_SIZE), stale) {
+                drop(guard);
+                store.destroy();
+                return Err(e);
+            }
+        }
+        Ok(Self {
+            mem: Some(store),
+            len,
+        })
+    }
+
     /// Host pages an image of `len` bytes takes, tables included (what its VM is
     /// charged for it).
     pub fn pages_for(len: u64) -> u64 {

@@ -72,7 +72,8 @@
 #define DIOSIX_FID_LIST_CHILDREN 23
 #define DIOSIX_FID_MAP_HOST_MMIO 24
 #define DIOSIX_FID_ROUTE_IRQ 25
-#define DIOSIX_FID_COUNT 26
+#define DIOSIX_FID_EXEC 26
+#define DIOSIX_FID_COUNT 27
 
 /* ---- Context IDs (relative to the caller) ---- */
 #define DIOSIX_CID_PARENT 0x0ULL

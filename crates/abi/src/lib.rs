@@ -312,8 +312,12 @@ pub mod ext {
     pub const FID_MAP_HOST_MMIO: usize = 24;
     /// Trusted VMs only: route a host interrupt to the caller. a0 = interrupt number.
     pub const FID_ROUTE_IRQ: usize = 25;
+    /// Replace the caller's own image with one in its memory and restart it, keeping
+    /// its CID, parent, quota and trust. a0 = GPA of a [`super::SpawnArgs`] (`cid` 0,
+    /// flags ⊆ `SPAWN_PAGE_LIST`). Does not return on success.
+    pub const FID_EXEC: usize = 26;
     /// One past the highest function number defined by this ABI version.
-    pub const FID_COUNT: usize = 26;
+    pub const FID_COUNT: usize = 27;
 
     /// Every defined function: (number, name as in the documentation and C header).
     pub const FUNCTIONS: &[(usize, &str)] = &[
@@ -341,6 +345,7 @@ pub mod ext {
         (FID_LIST_CHILDREN, "LIST_CHILDREN"),
         (FID_MAP_HOST_MMIO, "MAP_HOST_MMIO"),
         (FID_ROUTE_IRQ, "ROUTE_IRQ"),
+        (FID_EXEC, "EXEC"),
     ];
 }
 
@@ -371,6 +376,8 @@ pub mod limits {
     pub const CONSOLE_MAX_TRANSFER: usize = 4096;
     /// Largest device tree a SPAWN may supply for its child (`dtb_size`).
     pub const SPAWN_MAX_DTB: usize = 256 * 1024;
+    /// Largest image EXEC takes (the hypervisor lists its pages before moving them).
+    pub const EXEC_MAX_IMAGE: u64 = 64 << 20;
     /// Highest scheduling priority. Priorities run from 1 (lowest) upwards; 0 is never a
     /// priority, so 0 can mean "unchanged" or "default" in argument structures.
     pub const MAX_PRIORITY: u32 = 255;

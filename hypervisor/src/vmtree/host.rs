@@ -279,6 +279,51 @@ impl ExtensionHost for HvHost<'_> {
         Ok(())
     }
 
+    fn exec_vm(&mut self, id: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+        let old = lookup(id).ok_or(SbiError::InvalidParam)?;
+        // Nothing changes until every page of the image is known to be its RAM.
+        let pages = exec_pages(&old, args)?;
+        let ram_bytes = args
+            .ram_pages
+            .checked_mul(PAGE_SIZE)
+            .ok_or(SbiError::InvalidParam)?;
+        let vcpus = usize::try_from(args.vcpus).map_err(|_| SbiError::InvalidParam)?;
+        // The point of no return: its old self stops for good, its image's frames move
+        // into the store REBOOT will keep, the rest of its memory goes back, and it is
+        // built again from the store once the tree is unlocked.
+        ORIGINS.lock().remove(&id);
+        VMS.lock().remove(&id);
+        stop_for_good(&old, self.hart.slot);
+        // Whatever devices it held go back to its own pool, unmapped with its memory.
+        crate::devices::release(&old, Some(id));
+        let mut stale = crate::isolation::Stale::new();
+        let store = ImageStore::take_pages(&old, &pages, args.image_size, &mut stale);
+        cow::finish(&old, self.hart.slot, stale);
+        old.release_memory();
+        let image = store.map_err(|e| {
+            log::warn!("EXEC by VM {}: {e}", old.name);
+            SbiError::Failed
+        })?;
+        log::info!(
+            "VM {} becomes the {} KiB image in its memory ({} MiB RAM, {} vCPU(s))",
+            old.name,
+            args.image_size >> 10,
+            ram_bytes >> 20,
+            vcpus
+        );
+        let origin = super::origin::ImageOrigin {
+            image,
+            dtb: None,
+            name: old.name.clone(),
+            ram_bytes,
+            vcpus,
+            priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
+            start: true,
+        };
+        self.build = Some(PendingBuild::new(id, Source::Rebuild(origin)));
+        Ok(())
+    }
+
     fn release_vm(&mut self, killed: &KilledVm) {
         // Its kept image goes whether or not the VM was ever built.
         ORIGINS.lock().remove(&killed.id);
@@ -411,4 +456,34 @@ impl ExtensionHost for HvHost<'_> {
         log::info!("the Root VM has ended, restarting the host");
         crate::platform::restart_host();
     }
+}
+
+/// The GPA of each 4 KiB page of an EXEC image, in order (`SPAWN_PAGE_LIST`: the list's
+/// entries; else consecutive pages), each checked page-aligned and inside `vm`'s RAM
+/// (`InvalidAddress`). At most `EXEC_MAX_IMAGE` / 4 KiB entries (the tree checked the
+/// size).
+fn exec_pages(vm: &Vm, args: &SpawnArgs) -> Result<alloc::vec::Vec<Gpa>, SbiError> {
+    let n = args.image_size.div_ceil(PAGE_SIZE);
+    let mut pages = alloc::vec::Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let gpa = if args.flags & flags::SPAWN_PAGE_LIST != 0 {
+            let at = args
+                .image_gpa
+                .checked_add(i * 8)
+                .ok_or(SbiError::InvalidAddress)?;
+            let mut entry = [0u8; 8];
+            vm.read(Gpa::new(at), &mut entry)
+                .map_err(|_| SbiError::InvalidAddress)?;
+            Gpa::new(u64::from_le_bytes(entry))
+        } else {
+            Gpa::new(args.image_gpa)
+                .checked_add(i * PAGE_SIZE)
+                .ok_or(SbiError::InvalidAddress)?
+        };
+        if !gpa.is_page_aligned() || !vm.ram.contains_span(gpa, PAGE_SIZE) {
+            return Err(SbiError::InvalidAddress);
+        }
+        pages.push(gpa);
+    }
+    Ok(pages)
 }

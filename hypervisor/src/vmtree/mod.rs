@@ -32,7 +32,7 @@ mod wait;
 use host::HvHost;
 use origin::{Origin, ORIGINS};
 use pending::PendingBuild;
-use wait::{lock_tree_for, lock_tree_unless, retire, wait_off_harts, NoLock};
+use wait::{lock_tree_for, lock_tree_unless, retire, stop_for_good, wait_off_harts, NoLock};
 
 use crate::build::{self, VmSpec};
 use crate::cow;

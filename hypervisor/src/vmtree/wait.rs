@@ -97,11 +97,17 @@ pub(super) fn wait_off_harts(vm: &Vm, my_slot: usize, give_up: impl Fn() -> bool
 /// dead (`lock_tree_for`, a FORK hold, a STOP's wait), and fence requests from this
 /// hart are served meanwhile.
 pub(super) fn retire(vm: &Arc<Vm>, my_slot: usize) {
+    stop_for_good(vm, my_slot);
+    vm.release_memory();
+}
+
+/// Marks `vm` dead and waits until its vCPUs are off every hart (but this one), its
+/// memory still whole.
+pub(super) fn stop_for_good(vm: &Arc<Vm>, my_slot: usize) {
     vm.dead.store(true, Ordering::SeqCst);
     kick_running(vm, my_slot);
     sched::reap(vm);
     wait_off_harts(vm, my_slot, || false);
-    vm.release_memory();
 }
 
 /// Kicks every hart running one of `vm`'s vCPUs, so it notices a new stop or death.

@@ -87,6 +87,11 @@ pub trait ExtensionHost {
     fn resume_vm(&mut self, vm: VmId);
     /// REBOOT: restore `vm`'s memory and vCPUs to the state it was created or forked in.
     fn reboot_vm(&mut self, vm: VmId) -> Result<(), SbiError>;
+    /// EXEC: `vm` becomes the image `args` describe in its own memory and starts
+    /// again; REBOOT returns it there. `InvalidAddress` (a page-list entry outside its
+    /// RAM) before anything changed; `Failed` once its old self is gone (it then ends
+    /// with a fatal fault).
+    fn exec_vm(&mut self, vm: VmId, args: &SpawnArgs) -> Result<(), SbiError>;
     /// A VM died: stop its vCPUs and free its pages, page tables and vCPUs.
     fn release_vm(&mut self, killed: &KilledVm);
     /// `vm` lost hardware trust: unmap its host MMIO and stop routing IRQs to it, and
@@ -227,6 +232,7 @@ fn call(
         Request::MapHostMmio { hpa, gpa, size } => {
             map_host_mmio(tree, caller, hpa, gpa, size, host)
         }
+        Request::Exec { args } => exec(tree, caller, args, host),
         Request::RouteIrq { irq } => {
             require_trust(tree, caller)?;
             let parent = tree.get(caller).and_then(|n| n.parent());
@@ -397,20 +403,13 @@ fn drop_trust(
     Ok(0)
 }
 
-fn spawn(
-    tree: &mut VmTree,
-    caller: VmId,
-    gpa: Gpa,
+/// The checks SPAWN and EXEC share on a `SpawnArgs` (after its flags and `cid`):
+/// sizes, counts, and that every buffer it names lies in the caller's RAM.
+fn check_image_args(
     host: &mut dyn ExtensionHost,
-) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes(host, caller, gpa, SpawnArgs::SIZE)?;
-    let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
-    if (s.size as usize) < SpawnArgs::SIZE || s.flags & !flags::SPAWN_ALL != 0 {
-        return Err(SbiError::InvalidParam);
-    }
-    if s.cid != 0 {
-        tree.resolve_child(caller, s.cid)?;
-    }
+    caller: VmId,
+    s: &SpawnArgs,
+) -> Result<(), SbiError> {
     let ram_bytes = s
         .ram_pages
         .checked_mul(PAGE_SIZE)
@@ -444,6 +443,24 @@ fn spawn(
     if s.dtb_size != 0 {
         check_buffer(host, caller, Gpa::new(s.dtb_gpa), s.dtb_size)?;
     }
+    Ok(())
+}
+
+fn spawn(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: Gpa,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let raw = read_struct_bytes(host, caller, gpa, SpawnArgs::SIZE)?;
+    let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
+    if (s.size as usize) < SpawnArgs::SIZE || s.flags & !flags::SPAWN_ALL != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    if s.cid != 0 {
+        tree.resolve_child(caller, s.cid)?;
+    }
+    check_image_args(host, caller, &s)?;
     let req = ChildRequest {
         ram_pages: s.ram_pages,
         table_pages: table_pages_for(s.ram_pages)
@@ -475,6 +492,48 @@ fn spawn(
     };
     let built = host.spawn_vm(caller, child, &s);
     admitted(tree, child, cid, built, host)
+}
+
+/// EXEC: checks as SPAWN's (flags ⊆ `SPAWN_PAGE_LIST`, `cid` 0, no device tree, an
+/// image of at most `EXEC_MAX_IMAGE`), then the new charge against the caller's own
+/// quota; the host then moves the image out of the caller's pages and builds the
+/// caller anew from it, and the caller's children end (as on REBOOT). A host failure
+/// after its point of no return ends the caller with a fatal fault.
+fn exec(
+    tree: &mut VmTree,
+    caller: VmId,
+    gpa: Gpa,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let raw = read_struct_bytes(host, caller, gpa, SpawnArgs::SIZE)?;
+    let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
+    if (s.size as usize) < SpawnArgs::SIZE
+        || s.flags & !flags::SPAWN_PAGE_LIST != 0
+        || s.cid != 0
+        || s.dtb_size != 0
+        || s.image_size > limits::EXEC_MAX_IMAGE
+    {
+        return Err(SbiError::InvalidParam);
+    }
+    check_image_args(host, caller, &s)?;
+    let table_pages = table_pages_for(s.ram_pages)
+        .checked_add(host.kept_pages(&s))
+        .ok_or(SbiError::InvalidParam)?;
+    tree.check_exec(caller, s.ram_pages, table_pages, s.vcpus, s.priority)?;
+    match host.exec_vm(caller, &s) {
+        Ok(()) => {}
+        // The host got past the point of no return: the caller is gone.
+        Err(SbiError::Failed) => {
+            if let Ok(t) = tree.fatal_fault(caller) {
+                apply_termination(&t, host);
+            }
+            return Err(SbiError::Failed);
+        }
+        Err(e) => return Err(e),
+    }
+    let t = tree.exec(caller, s.ram_pages, table_pages, s.vcpus, s.priority)?;
+    apply_termination(&t, host);
+    Ok(0)
 }
 
 fn info(

@@ -111,6 +111,75 @@ impl VmTree {
         Ok(t)
     }
 
+    /// The checks of [`exec`](Self::exec), changing nothing; returns the new charge in
+    /// pages.
+    pub fn check_exec(
+        &self,
+        vm: VmId,
+        ram_pages: u64,
+        table_pages: u64,
+        vcpus: u32,
+        priority: u32,
+    ) -> Result<u64, SbiError> {
+        let n = self.node(vm)?;
+        if n.parent.is_none() {
+            return Err(SbiError::Denied);
+        }
+        let pages = ram_pages
+            .checked_add(table_pages)
+            .ok_or(SbiError::InvalidParam)?;
+        if pages > n.quota.ram_pages || vcpus > n.quota.vcpus || priority > n.quota.max_priority {
+            return Err(SbiError::Denied);
+        }
+        Ok(pages)
+    }
+
+    /// EXEC by `vm` of an image needing `ram_pages` + `table_pages` pages, `vcpus`
+    /// vCPUs at `priority`. Checks, in order: not the Root VM (`Denied`: its end
+    /// restarts the host); the new charge within its own quota — RAM and table pages,
+    /// vCPUs, priority (each `Denied`). Then, as REBOOT does, its children end (returned
+    /// for release), its queues are emptied and its parent gets `ChildRebooted`; its
+    /// own charge becomes the new one and it runs. Its quota, trust, CID and parent
+    /// stay.
+    pub fn exec(
+        &mut self,
+        vm: VmId,
+        ram_pages: u64,
+        table_pages: u64,
+        vcpus: u32,
+        priority: u32,
+    ) -> Result<Termination, SbiError> {
+        let pages = self.check_exec(vm, ram_pages, table_pages, vcpus, priority)?;
+        let mut t = self.reboot(vm)?;
+        t.restart_host = false;
+        let n = self.node_mut(vm)?;
+        let old_pages = n.own.ram_pages.saturating_add(n.own.table_pages);
+        let old_vcpus = n.own.vcpus;
+        n.own = super::Usage {
+            ram_pages,
+            table_pages,
+            vcpus,
+        };
+        n.priority = priority;
+        n.state = VmState::Running;
+        n.initial_state = VmState::Running;
+        // Its children are gone, so its subtree holds only itself: the change in its
+        // own charge is the change along the path to the root.
+        let grow = SubtreeUsage {
+            pages: pages.saturating_sub(old_pages),
+            vcpus: vcpus.saturating_sub(old_vcpus),
+            descendants: 0,
+        };
+        let shrink = SubtreeUsage {
+            pages: old_pages.saturating_sub(pages),
+            vcpus: old_vcpus.saturating_sub(vcpus),
+            descendants: 0,
+        };
+        self.propagate(vm, grow, true);
+        self.propagate(vm, shrink, false);
+        Ok(t)
+    }
+
     /// REBOOT of a child by its parent.
     pub fn reboot_child(
         &mut self,

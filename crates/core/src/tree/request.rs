@@ -166,6 +166,11 @@ pub enum Request {
         /// The host interrupt number.
         irq: u64,
     },
+    /// EXEC: the caller becomes the image its memory holds.
+    Exec {
+        /// Where the `SpawnArgs` structure is.
+        args: Gpa,
+    },
 }
 
 impl Request {
@@ -240,6 +245,7 @@ impl Request {
                 size: a2,
             },
             ext::FID_ROUTE_IRQ => Self::RouteIrq { irq: a0 },
+            ext::FID_EXEC => Self::Exec { args: gpa(a0) },
             _ => return Err(SbiError::NotSupported),
         })
     }

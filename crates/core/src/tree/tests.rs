@@ -604,6 +604,12 @@ impl ExtensionHost for FakeHost {
         self.log.push("reboot".into());
         Ok(())
     }
+    fn exec_vm(&mut self, vm: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+        self.fail()?;
+        self.give_ram(vm, args.ram_pages);
+        self.log.push("exec".into());
+        Ok(())
+    }
     fn release_vm(&mut self, killed: &KilledVm) {
         self.ram.remove(&killed.id);
         self.log.push("release".into());
@@ -1223,6 +1229,85 @@ fn ipc_and_console_through_dispatch() {
     let mut b = [0u8; 3];
     assert_eq!(w.t.console_input(c, &mut b), Ok(Some(3)));
     assert_eq!(&b, b"ls\n");
+}
+
+#[test]
+fn exec_through_dispatch() {
+    let mut w = World::new();
+    let root = w.root;
+    // The Root VM cannot replace itself (its end restarts the host).
+    let s = w.spawn_args();
+    w.h.put(root, 0x8000, &s.to_le_bytes());
+    assert_eq!(w.err(root, ext::FID_EXEC, &[0x8000]), E_DENIED);
+    // A child with a grandchild, and quota for a 16-page image.
+    let r = w.spawn(root, &s);
+    assert_eq!(r, SbiRet::ok(2));
+    let c = w.child(root, 2);
+    let before = w.t.get(root).unwrap().subtree().pages;
+    let exec = |w: &mut World, a: &SpawnArgs| {
+        w.h.put(c, 0x7000, &a.to_le_bytes());
+        w.call(c, ext::FID_EXEC, &[0x7000])
+    };
+    // Refusals, nothing changed: flags other than PAGE_LIST, a cid, a bad size, a
+    // charge beyond its quota, an image outside its RAM.
+    for (f, code) in [
+        (
+            (|a: &mut SpawnArgs| a.flags = flags::SPAWN_TRUSTED) as fn(&mut SpawnArgs),
+            E_INVALID_PARAM,
+        ),
+        (
+            |a: &mut SpawnArgs| a.flags = flags::SPAWN_PAUSED,
+            E_INVALID_PARAM,
+        ),
+        (|a: &mut SpawnArgs| a.cid = 2, E_INVALID_PARAM),
+        (|a: &mut SpawnArgs| a.size = 8, E_INVALID_PARAM),
+        (|a: &mut SpawnArgs| a.ram_pages = 0, E_INVALID_PARAM),
+        (
+            |a: &mut SpawnArgs| a.image_size = limits::EXEC_MAX_IMAGE + 1,
+            E_INVALID_PARAM,
+        ),
+        (|a: &mut SpawnArgs| a.ram_pages = 40, E_DENIED),
+        (|a: &mut SpawnArgs| a.vcpus = 2, E_DENIED),
+        (|a: &mut SpawnArgs| a.priority = 200, E_DENIED),
+        (
+            |a: &mut SpawnArgs| a.image_gpa = 31 * 4096,
+            E_INVALID_ADDRESS,
+        ),
+    ] {
+        let mut a = s;
+        a.ram_pages = 16;
+        f(&mut a);
+        assert_eq!(exec(&mut w, &a).error, code, "{a:?}");
+    }
+    assert!(w.t.is_alive(c));
+    assert_eq!(w.t.get(root).unwrap().subtree().pages, before);
+    // A host failure ends it.
+    let mut a = s;
+    a.ram_pages = 16;
+    w.h.fail_next = true;
+    assert_eq!(exec(&mut w, &a).error, diosix_abi::error::FAILED);
+    assert!(!w.t.is_alive(c));
+    // Success: same CID, the smaller charge, the parent told it rebooted.
+    let r = w.spawn(root, &s);
+    assert_eq!(r, SbiRet::ok(3));
+    let c = w.child(root, 3);
+    let held = w.t.get(c).unwrap().own();
+    let pre = w.t.get(root).unwrap().subtree().pages;
+    w.h.put(c, 0x7000, &a.to_le_bytes());
+    w.ok(c, ext::FID_EXEC, &[0x7000]);
+    assert!(w.t.is_alive(c));
+    assert_eq!(w.child(root, 3), c);
+    let now = w.t.get(c).unwrap().own();
+    assert_eq!(now.ram_pages, 16);
+    assert!(now.ram_pages < held.ram_pages);
+    assert_eq!(
+        w.t.get(root).unwrap().subtree().pages,
+        pre - held.ram_pages - held.table_pages + now.ram_pages + now.table_pages
+    );
+    assert!(w.h.log.iter().any(|l| l == "exec"));
+    assert!(drain_events(&mut w, root)
+        .iter()
+        .any(|&(kind, cid, _)| kind == event::CHILD_REBOOTED && cid == 3));
 }
 
 #[test]
