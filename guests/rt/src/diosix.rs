@@ -111,6 +111,12 @@ pub unsafe trait Client {
         self.call_with(ext::FID_SPAWN, a)
     }
 
+    /// EXEC with `a`: the caller becomes the image `a` describes in its own memory
+    /// (returns only if refused).
+    fn exec(&self, a: &SpawnArgs) -> SbiRet {
+        self.call_with(ext::FID_EXEC, a)
+    }
+
     /// GET_INFO about the caller, decoded.
     fn info(&self) -> Result<VmInfo, isize> {
         let s = self.structs();

@@ -13,6 +13,8 @@
 //! * `spawn <gpa> <len>` (hex): spawn a grandchild from the image at that GPA (the
 //!   uploaded one), wait for its hello, answer `spawned cid=<c> hello=<0|1>`;
 //! * `kill`: EXIT the grandchild with code 5, answer `killed cid=<c> code=<code>`;
+//! * `exec <gpa> <len>` (hex): EXEC refused for bad arguments (printed: `vmchild: exec
+//!   refused <codes>`), then EXEC of the image at that GPA: this VM starts again as it;
 //! * `fork`: FORK; the clone prints `vmchild: forked grandchild alive` and exits with
 //!   code 9; answer `fork ok cid=<c> code=<code>` or `fork err <error>`;
 //! * console input lines (CONSOLE_WRITE by the parent) are printed back as
@@ -326,6 +328,47 @@ fn spawn_grandchild(from: u64, cmd: &str, grandchild: &mut u64) {
     reply(from, l.bytes());
 }
 
+/// `exec <gpa> <len>`: EXEC refused for four bad arguments (flags, RAM beyond the
+/// quota, an image outside RAM, a device tree), the codes printed as
+/// `vmchild: exec refused <codes>`; then EXEC of the image at `gpa` with this VM's own RAM and
+/// vCPUs, which does not return (the new image says hello again); `exec err <code>` if
+/// it does.
+fn exec_self(from: u64, cmd: &str) {
+    let mut it = cmd.split_whitespace().skip(1);
+    let (Some(gpa), Some(len)) = (it.next().and_then(parse_hex), it.next().and_then(parse_hex))
+    else {
+        reply(from, b"exec bad args");
+        return;
+    };
+    let me = DSX.info().ok();
+    let pages = me.map_or(0, |i| i.own_ram_pages);
+    let prio = me.map_or(1, |i| i.priority);
+    let good = dsx::spawn_args(gpa, len, pages, 1, prio);
+    let mut codes = [0isize; 4];
+    let mut a = good;
+    a.flags = flags::SPAWN_TRUSTED;
+    codes[0] = DSX.exec(&a).error;
+    let mut a = good;
+    a.ram_pages = me.map_or(0, |i| i.ram_pages_max) + 1;
+    codes[1] = DSX.exec(&a).error;
+    let mut a = good;
+    a.image_gpa = 0x1000;
+    codes[2] = DSX.exec(&a).error;
+    let mut a = good;
+    a.dtb_gpa = gpa as u64;
+    a.dtb_size = 4096;
+    codes[3] = DSX.exec(&a).error;
+    // On the console, not as a message: what a VM sent its parent before it starts
+    // again is dropped (the parent must not act on its old self's words).
+    println!(
+        "vmchild: exec refused {} {} {} {}",
+        codes[0], codes[1], codes[2], codes[3]
+    );
+    let r = DSX.exec(&good);
+    let l: dsx::Line<64> = dsx::fmt(format_args!("exec err {}", r.error));
+    reply(from, l.bytes());
+}
+
 fn kill_grandchild(from: u64, grandchild: u64) {
     let r = DSX.exit(grandchild, 5);
     let l: dsx::Line<64> = if r.error != error::SUCCESS {
@@ -440,6 +483,7 @@ fn serve() -> ! {
                     "spawn" => spawn_grandchild(from, text, &mut grandchild),
                     "kill" => kill_grandchild(from, grandchild),
                     "fork" => fork_test(from),
+                    "exec" => exec_self(from, text),
                     "forkbomb" => fork_bomb(from),
                     _ => {
                         msg[..n].make_ascii_uppercase();

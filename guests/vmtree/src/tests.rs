@@ -1663,6 +1663,44 @@ fn self_exit_child(base: &VmInfo) {
 
 /// CID 5: a child with room for a grandchild, which it spawns from a copy of the
 /// image the Root VM uploads to it by IPC; then a FORK inside the child.
+/// EXEC in child `c`, which holds the uploaded copy of its own image at 0x8040_0000:
+/// four bad requests are refused with their documented codes and change nothing; the
+/// real one restarts the child as that image under the same CID (its parent gets
+/// `CHILD_REBOOTED`), untrusted as before, and it says hello again.
+fn exec_in_child(c: u64, img_len: usize) {
+    reset_log(c);
+    let cmd: dsx::Line<64> = dsx::fmt(format_args!("exec 80400000 {img_len:x}"));
+    check_ok("ipc_send_exec", DSX.ipc_send(c, cmd.bytes()), 0);
+    let want: dsx::Line<64> = dsx::fmt(format_args!(
+        "vmchild: exec refused {} {} {} {}",
+        error::INVALID_PARAM,
+        error::DENIED,
+        error::INVALID_ADDRESS,
+        error::INVALID_PARAM
+    ));
+    check(
+        "exec_refusals_in_child",
+        wait_console(c, want.bytes(), 10_000),
+        true,
+    );
+    check(
+        "exec_child_rebooted_event",
+        wait_event(event::CHILD_REBOOTED, c, 10_000).map(|e| e.kind),
+        Some(event::CHILD_REBOOTED),
+    );
+    check(
+        "exec_child_says_hello_again",
+        wait_console(c, READY, 10_000),
+        true,
+    );
+    check(
+        "exec_child_same_cid_untrusted",
+        DSX.child_info(c)
+            .map(|i| (i.cid, i.flags & flags::INFO_TRUSTED)),
+        Ok((c, 0)),
+    );
+}
+
 fn three_level() {
     let (img, img_len) = image();
     let tables = 64;
@@ -1748,6 +1786,7 @@ fn three_level() {
         check("grandchild_gone", info_or_default().descendants_used, 1);
     }
     let _ = img;
+    exec_in_child(c, img_len);
     // FORK inside the child (its quota has room for one clone).
     check_ok("ipc_send_fork", DSX.ipc_send(c, b"fork"), 0);
     let want: dsx::Line<64> = dsx::fmt(format_args!("fork ok cid={next_grandchild} code=9"));
