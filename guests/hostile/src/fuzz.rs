@@ -370,6 +370,7 @@ fn diosix_one(f: &mut Fz) {
         34 => ext::FID_LIST_CHILDREN,
         35 => ext::FID_MAP_HOST_MMIO,
         36 => ext::FID_ROUTE_IRQ,
+        37 => ext::FID_EXEC,
         _ => ext::FID_GET_CHILD_INFO,
     };
     let r = &mut f.rng;
@@ -414,7 +415,7 @@ fn diosix_one(f: &mut Fz) {
                 f.dsx(fid, [junk[0], 0, 0, 0, 0, 0]);
             }
         }
-        ext::FID_SPAWN => spawn_one(f),
+        ext::FID_SPAWN | ext::FID_EXEC => spawn_one(f, fid),
         ext::FID_GET_INFO | ext::FID_GET_HV_INFO | ext::FID_POLL_EVENT => {
             let a = f.out_addr();
             let size = f.len(if fid == ext::FID_GET_INFO { 120 } else { 56 }) as usize;
@@ -588,10 +589,12 @@ fn quota_one(f: &mut Fz) {
 
 /// SPAWN: a well-formed or garbled image, arguments at their edges, sometimes a
 /// page list, sometimes a structure read from anywhere.
-fn spawn_one(f: &mut Fz) {
+/// SPAWN, or EXEC (`fid`: the same structure; from this Root VM it is always
+/// refused, after the same argument checks), with seeded random arguments.
+fn spawn_one(f: &mut Fz, fid: usize) {
     if f.rng.one_in(8) {
         let a = f.in_addr();
-        f.dsx(ext::FID_SPAWN, [a, 0, 0, 0, 0, 0]);
+        f.dsx(fid, [a, 0, 0, 0, 0, 0]);
         return;
     }
     let b = kids::img_buf();
@@ -693,7 +696,7 @@ fn spawn_one(f: &mut Fz) {
     }
     let s = sys::st();
     s.write(0, &a.to_le_bytes());
-    f.dsx(ext::FID_SPAWN, [s.addr(), 0, 0, 0, 0, 0]);
+    f.dsx(fid, [s.addr(), 0, 0, 0, 0, 0]);
 }
 
 /// A standard SBI call (or a legacy one) with random arguments, never one that stops,
