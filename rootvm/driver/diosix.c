@@ -50,6 +50,29 @@ static void *diosix_copy_in(u64 uptr, u64 len)
 	return memdup_user(u64_to_user_ptr(uptr), len);
 }
 
+/*
+ * Whether this VM is the Root VM, asked now (a FORK clone of the Root VM runs
+ * this same driver, so nothing about it can be cached). Unknown counts as
+ * the Root VM.
+ */
+static bool diosix_is_root_vm(void)
+{
+	struct diosix_vm_info *info = kzalloc(sizeof(*info), GFP_KERNEL);
+	struct diosix_ioc_ret ret;
+	u64 a[5] = { 0 };
+	bool root;
+
+	if (!info)
+		return true;
+	a[0] = virt_to_phys(info);
+	a[1] = sizeof(*info);
+	diosix_call(DIOSIX_FID_GET_INFO, a, &ret);
+	root = ret.error != DIOSIX_SBI_ERR_SUCCESS ||
+	       (info->flags & DIOSIX_INFO_ROOT);
+	kfree(info);
+	return root;
+}
+
 static long diosix_scalar(unsigned int fid, void __user *uarg)
 {
 	struct diosix_ioc_scalar s;
@@ -59,8 +82,13 @@ static long diosix_scalar(unsigned int fid, void __user *uarg)
 
 	switch (fid) {
 	case DIOSIX_FID_EXIT:
-		/* Ending the Root VM under a running Linux loses its state. */
-		if (s.arg[0] == DIOSIX_CID_SELF)
+		/*
+		 * Ending the Root VM under a running Linux loses its state and
+		 * restarts the host: use poweroff. Any other VM may end itself
+		 * at once (`dsx load`'s clone does when its EXEC fails: a
+		 * clone holds no devices, so it has nothing to shut down).
+		 */
+		if (s.arg[0] == DIOSIX_CID_SELF && diosix_is_root_vm())
 			return -EINVAL;
 		break;
 	case DIOSIX_FID_MAP_CHILD_MEM:
@@ -81,7 +109,7 @@ static long diosix_scalar(unsigned int fid, void __user *uarg)
 	return 0;
 }
 
-/* Frees the staging pages of a SPAWN image; @list entries are 0 past the last. */
+/* Frees the staging pages of an image; @list entries are 0 past the last. */
 static void diosix_free_page_list(u64 *list, size_t npages)
 {
 	size_t i;
@@ -92,57 +120,86 @@ static void diosix_free_page_list(u64 *list, size_t npages)
 }
 
 /*
- * SPAWN copies the image into single pages and passes their GPAs as a list
- * (DIOSIX_SPAWN_PAGE_LIST): Linux cannot promise MiBs of physically
- * contiguous memory, one page at a time it can. The hypervisor copies the
- * image during the call, so the pages are freed as soon as it returns.
+ * Copies @size user bytes at @uptr into single pages of this VM and returns
+ * the list of their GPAs, one u64 per 4 KiB (DIOSIX_SPAWN_PAGE_LIST): Linux
+ * cannot promise MiBs of physically contiguous memory, one page at a time it
+ * can. The tail of the last page is zeroed. On error returns an ERR_PTR and
+ * has freed everything. @size must be non-zero and already bounded.
  */
-static long diosix_spawn(void __user *uarg)
+static u64 *diosix_stage_pages(u64 uptr, u64 size, size_t *npages)
 {
-	struct diosix_ioc_spawn s;
-	struct diosix_spawn_args *args = NULL;
-	void *dtb = NULL;
-	u64 *list = NULL;
-	size_t npages = 0, i;
-	u64 a[5] = { 0 };
-	long err = 0;
+	size_t n = DIV_ROUND_UP(size, PAGE_SIZE), i;
+	u64 *list;
+	long err;
 
 	BUILD_BUG_ON(PAGE_SIZE != 4096);	/* the ABI's page size */
-	if (copy_from_user(&s, uarg, sizeof(s)))
-		return -EFAULT;
-	if (!s.args.image_size)
-		return -EINVAL;
-	if (s.args.image_size > DIOSIX_SPAWN_MAX_IMAGE ||
-	    s.args.dtb_size > DIOSIX_SPAWN_MAX_DTB)
-		return -E2BIG;
-
-	npages = DIV_ROUND_UP(s.args.image_size, PAGE_SIZE);
-	list = kcalloc(npages, sizeof(*list), GFP_KERNEL);
+	/* One contiguous array: the hypervisor reads it at one GPA. */
+	list = kcalloc(n, sizeof(*list), GFP_KERNEL);
 	if (!list)
-		return -ENOMEM;
-	for (i = 0; i < npages; i++) {
+		return ERR_PTR(-ENOMEM);
+	for (i = 0; i < n; i++) {
 		u64 off = (u64)i * PAGE_SIZE;
-		size_t len = min_t(u64, PAGE_SIZE, s.args.image_size - off);
+		size_t len = min_t(u64, PAGE_SIZE, size - off);
 		/* Fail with ENOMEM rather than wake the OOM killer for a guest. */
 		void *page = (void *)__get_free_page(GFP_KERNEL | __GFP_NOWARN |
 						    __GFP_RETRY_MAYFAIL);
 
 		if (!page) {
 			err = -ENOMEM;
-			goto out;
+			goto fail;
 		}
 		list[i] = virt_to_phys(page);
-		if (copy_from_user(page, u64_to_user_ptr(s.image + off), len)) {
+		if (copy_from_user(page, u64_to_user_ptr(uptr + off), len)) {
 			err = -EFAULT;
-			goto out;
+			goto fail;
 		}
 		memset(page + len, 0, PAGE_SIZE - len);
 		if (fatal_signal_pending(current)) {
 			err = -EINTR;
-			goto out;
+			goto fail;
 		}
 		cond_resched();
 	}
+	*npages = n;
+	return list;
+fail:
+	diosix_free_page_list(list, n);
+	return ERR_PTR(err);
+}
+
+/*
+ * SPAWN and EXEC: the image (and SPAWN's device tree) staged in this VM's
+ * memory, its pages passed as a list.
+ *
+ * SPAWN copies the image into the child during the call, so the pages are
+ * freed as soon as it returns. EXEC turns this VM into the image: on
+ * success the call does not return (the pages become the new image, and
+ * this Linux is gone); on a refusal nothing changed and they are freed.
+ * EXEC takes no device tree (the hypervisor makes one): EINVAL.
+ */
+static long diosix_image_call(unsigned int fid, void __user *uarg)
+{
+	struct diosix_ioc_spawn s;
+	struct diosix_spawn_args *args = NULL;
+	void *dtb = NULL;
+	u64 *list;
+	size_t npages = 0;
+	u64 a[5] = { 0 };
+	long err = 0;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (!s.args.image_size)
+		return -EINVAL;
+	if (fid == DIOSIX_FID_EXEC && (s.args.dtb_size || s.dtb))
+		return -EINVAL;
+	if (s.args.image_size > DIOSIX_SPAWN_MAX_IMAGE ||
+	    s.args.dtb_size > DIOSIX_SPAWN_MAX_DTB)
+		return -E2BIG;
+
+	list = diosix_stage_pages(s.image, s.args.image_size, &npages);
+	if (IS_ERR(list))
+		return PTR_ERR(list);
 	if (s.args.dtb_size) {
 		dtb = diosix_copy_in(s.dtb, s.args.dtb_size);
 		if (IS_ERR(dtb)) {
@@ -163,7 +220,7 @@ static long diosix_spawn(void __user *uarg)
 	args->image_gpa = virt_to_phys(list);
 	args->dtb_gpa = dtb ? virt_to_phys(dtb) : 0;
 	a[0] = virt_to_phys(args);
-	diosix_call(DIOSIX_FID_SPAWN, a, &s.ret);
+	diosix_call(fid, a, &s.ret);
 
 	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
 		err = -EFAULT;
@@ -434,7 +491,8 @@ static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case DIOSIX_IOC_ROUTE_IRQ:
 		return diosix_scalar(fid, uarg);
 	case DIOSIX_IOC_SPAWN:
-		return diosix_spawn(uarg);
+	case DIOSIX_IOC_EXEC:
+		return diosix_image_call(fid, uarg);
 	case DIOSIX_IOC_GET_INFO:
 	case DIOSIX_IOC_GET_CHILD_INFO:
 		return diosix_vm_info(fid, uarg);

@@ -35,8 +35,9 @@
 #define DIOSIX_DEVICE "/dev/diosix"
 
 /*
- * Largest SPAWN image. The driver stages it page by page in this VM's RAM
- * (see DIOSIX_SPAWN_PAGE_LIST), so the bound is about memory, not
+ * Largest SPAWN or EXEC image (also the hypervisor's own EXEC limit,
+ * limits::EXEC_MAX_IMAGE). The driver stages it page by page in this VM's
+ * RAM (see DIOSIX_SPAWN_PAGE_LIST), so the bound is about memory, not
  * contiguity: half the Root VM's default 128 MiB.
  */
 #define DIOSIX_SPAWN_MAX_IMAGE (64u << 20)
@@ -62,8 +63,11 @@ struct diosix_ioc_scalar {
 };
 
 /*
- * SPAWN: args.image_size / args.dtb_size bytes at the user pointers. The
- * driver always passes the image as a page list (DIOSIX_SPAWN_PAGE_LIST).
+ * SPAWN and EXEC: args.image_size / args.dtb_size bytes at the user
+ * pointers. The driver always passes the image as a page list
+ * (DIOSIX_SPAWN_PAGE_LIST) of pages it staged in this VM's memory. EXEC
+ * (args.cid 0, no device tree: dtb_size 0 and dtb 0, else EINVAL) makes this
+ * VM the image and restarts it: on success the ioctl never returns.
  */
 struct diosix_ioc_spawn {
 	struct diosix_ioc_ret ret;	/* value: the child's CID */
@@ -129,9 +133,9 @@ struct diosix_ioc_list {
 /*
  * MAP_CHILD_MEM, UNMAP_CHILD_MEM, MAP_HOST_MMIO and ROUTE_IRQ name memory or
  * interrupts of the Root VM itself, which Linux owns: the driver has no safe
- * way to hand them over yet and answers EOPNOTSUPP. EXIT with CID 1 (the Root
- * VM itself) is refused with EINVAL: use poweroff, which shuts Linux down
- * first.
+ * way to hand them over yet and answers EOPNOTSUPP. EXIT with CID 1 in the
+ * Root VM is refused with EINVAL: use poweroff, which shuts Linux down first.
+ * In any other VM, EXIT with CID 1 ends it at once (no return).
  */
 #define DIOSIX_IOC(fid, type) _IOWR(DIOSIX_IOC_MAGIC, fid, type)
 
@@ -183,6 +187,8 @@ struct diosix_ioc_list {
 	DIOSIX_IOC(DIOSIX_FID_MAP_HOST_MMIO, struct diosix_ioc_scalar)
 #define DIOSIX_IOC_ROUTE_IRQ \
 	DIOSIX_IOC(DIOSIX_FID_ROUTE_IRQ, struct diosix_ioc_scalar)
+#define DIOSIX_IOC_EXEC \
+	DIOSIX_IOC(DIOSIX_FID_EXEC, struct diosix_ioc_spawn)
 
 /* Sizes the Rust side (tools/dsx) relies on. */
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ret) == 16, "ret");

@@ -462,6 +462,64 @@ const DSX_REFUSALS: &[Step] = &[
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
+/// `linux-dsx-load` (with a fresh disk): the guest Linux's kernel and initramfs copied
+/// to the disk under names only the disk has. A load whose EXEC is refused (`--ram 1G`
+/// beyond the clone's quota) leaves nothing running: its clone (CID 2) ends itself with
+/// exit code 4 (DENIED). Then `dsx load` of them (looked up on the disk) with the
+/// guest's command line, and the loaded guest (CID 3) logged in to through `dsx
+/// console`: it is untrusted (`dsx info`), and with quota for a child (given by the
+/// Root VM) it is refused a trusted child or a trusted clone of itself, but not an
+/// untrusted child. `dsx reboot` starts it again from the image EXEC kept.
+const DSX_LOAD: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "ls /usr/share/diosix/guests; cd /var/lib/diosix && \
+         cp /usr/share/diosix/guests/Image load-Image && \
+         cp /usr/share/diosix/guests/initramfs.cpio.gz load-initrd.gz && sync && cd; \
+         echo COPIED-$(ls /var/lib/diosix | grep -c '^load-')\r",
+    ),
+    ("COPIED-", ""),
+    (
+        ROOT_PROMPT,
+        "dsx load load-Image --ram 1G; echo BADLOAD-$?; for i in $(seq 30); do \
+         dsx events >> /tmp/ev; grep -q terminated /tmp/ev && break; sleep 1; done; \
+         cat /tmp/ev; echo GONE-$(dsx list --json)\r",
+    ),
+    ("GONE-", ""),
+    (
+        ROOT_PROMPT,
+        "dsx load load-Image --initrd load-initrd.gz \
+         --cmdline 'console=hvc0 earlycon=sbi retain_initrd' --name loaded; echo LOAD-$?\r",
+    ),
+    ("LOAD-", ""),
+    (
+        ROOT_PROMPT,
+        "dsx list; dsx quota 3 --ram 176M --vcpus 2 --descendants 1 --depth 1 && \
+         dsx console 3\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "dsx info | head -n 1; dsx run --trusted --ram 16M --paused; echo TRUSTED-$?; \
+         dsx fork --no-snapshot; echo FORK-$?; \
+         dsx run --ram 16M --paused; echo UNTRUSTED-$?\r",
+    ),
+    ("UNTRUSTED-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 3", ""),
+    // REBOOT starts it again from the image EXEC kept.
+    (ROOT_PROMPT, "dsx reboot 3; echo REBOOT-$?; sleep 2\r"),
+    ("REBOOT-", ""),
+    (
+        ROOT_PROMPT,
+        "dsx kill 3; dsx events; echo LEFT-$(dsx list --json)\r",
+    ),
+    ("LEFT-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
 fn cases() -> Vec<Case> {
     let mut v = vec![
         case("sbi-tests-smp1", "sbi-tests", 1, 1, SBI_TESTS),
@@ -686,6 +744,46 @@ fn cases() -> Vec<Case> {
             1024,
             devtests::FORK_IO_EXPECT,
             devtests::fork_io_session(),
+        )
+    });
+    // The least-privilege loader: `dsx load` of an image on the disk into an untrusted
+    // clone of the Root VM (EXEC), logged in to and refused what needs trust.
+    v.push(Case {
+        devices: Some(DeviceCase {
+            disk_mib: 64,
+            net: false,
+            second_boot: None,
+            same_marker: None,
+        }),
+        timeout_s: 360,
+        ..linux_case(
+            "linux-dsx-load",
+            2,
+            1024,
+            &[
+                Expect::Text("diosix: /dev/vda mounted at /var/lib/diosix"),
+                Expect::Text("COPIED-2"),
+                Expect::Text("loading load-Image into CID 2 (it drops its hardware trust first)"),
+                Expect::Text("BADLOAD-0"),
+                Expect::Text("CID 2 terminated (exit code 4)"),
+                Expect::Text("GONE-[]"),
+                Expect::Text("loading load-Image into CID 3 (it drops its hardware trust first)"),
+                Expect::Text("LOAD-0"),
+                Expect::Text("KiB image in its memory"),
+                Expect::Text("loaded"),
+                Expect::Text("this VM (CID 1): untrusted, running"),
+                Expect::Text("dsx: denied: this VM's quota (RAM, vCPUs, depth or descendants), priority ceiling or trust does not allow it; see `dsx info`"),
+                Expect::Text("TRUSTED-1"),
+                Expect::Text("FORK-1"),
+                Expect::Text("started CID 2 (paused)"),
+                Expect::Text("UNTRUSTED-0"),
+                Expect::Text("CID 3 rebooted"),
+                Expect::Text("REBOOT-0"),
+                Expect::Text("CID 3 terminated"),
+                Expect::Text("LEFT-[]"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_LOAD,
         )
     });
     // The soak test, short (`cargo xtask soak` runs it for 10 minutes): random dsx

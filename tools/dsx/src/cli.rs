@@ -22,6 +22,8 @@ pub enum Command {
     },
     /// `run [IMAGE] ...`.
     Run(RunOpts),
+    /// `load IMAGE ...`.
+    Load(LoadOpts),
     /// `fork [--untrusted] [--no-snapshot]`.
     Fork {
         /// Start the child without hardware trust.
@@ -101,6 +103,24 @@ pub struct RunOpts {
     pub name: Option<String>,
 }
 
+/// Options of `load`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOpts {
+    /// Kernel or guest image (ELF or RISC-V Linux `Image`).
+    pub image: String,
+    /// Initial RAM disk.
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    pub cmdline: Option<String>,
+    /// Guest RAM in bytes (a multiple of 4 KiB); `None` = as much as the clone's quota
+    /// allows, in whole MiB.
+    pub ram: Option<u64>,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// A name to show in `list`.
+    pub name: Option<String>,
+}
+
 /// Default guest RAM of `run`.
 pub const DEFAULT_RAM: u64 = 128 << 20;
 
@@ -154,6 +174,11 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ),
     ("list", "this VM's children", HELP_LIST),
     ("run", "start a new child VM from an image", HELP_RUN),
+    (
+        "load",
+        "load an image into an untrusted clone of this VM",
+        HELP_LOAD,
+    ),
     ("fork", "clone this VM (copy-on-write)", HELP_FORK),
     ("stop", "pause a child", HELP_STOP),
     ("resume", "resume a stopped child", HELP_RESUME),
@@ -215,6 +240,23 @@ given, --initrd initramfs.cpio.gz
   --name NAME    a name to show in `dsx list`
 The image (packed, if so) may be up to 64 MiB; it is staged in this VM's
 RAM while the hypervisor copies it.";
+const HELP_LOAD: &str = "\
+usage: dsx load IMAGE [--ram SIZE] [--vcpus N] [--initrd FILE] [--cmdline TEXT]
+                [--name NAME]
+
+Loads IMAGE the least-privilege way: this VM reads it (and packs it with
+--initrd and --cmdline, as `dsx run` does), then forks; the clone drops its
+hardware trust and becomes the image (EXEC), keeping its CID. Prints the
+clone's CID; attach with `dsx console CID`. IMAGE and --initrd are looked
+for as `dsx run` does (as given, /var/lib/diosix, /usr/share/diosix/guests).
+The loaded guest is untrusted whatever this VM is, and its quota is the
+clone's: this VM's own RAM and vCPUs, no children.
+  --ram SIZE     guest RAM (default: the most whole MiB the clone's quota
+                 allows after the image it keeps)
+  --vcpus N      vCPUs (default 1; at most this VM's own)
+  --name NAME    a name to show in `dsx list`
+If the clone cannot become the image, it ends itself: `dsx events` shows it
+terminated, with the SBI error number (or 1000 + errno) as exit code.";
 const HELP_FORK: &str = "\
 usage: dsx fork [--untrusted] [--no-snapshot]
 
@@ -513,6 +555,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             })
         }
         "run" => parse_run(rest),
+        "load" => parse_load(rest),
         "fork" => {
             let a = split(verb, rest, &["--untrusted", "--no-snapshot"], &[])?;
             a.positional_exact(verb, [])?;
@@ -635,14 +678,7 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         Some(p) => Some(parse_bounded("--prio", p, 1, limits::MAX_PRIORITY).map_err(e)?),
         None => None,
     };
-    let name = a.value("--name").map(str::to_string);
-    if let Some(n) = &name {
-        if n.is_empty() || n.len() > 32 || !n.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(e(
-                "--name must be 1 to 32 printable characters without spaces".into(),
-            ));
-        }
-    }
+    let name = parse_name(&a).map_err(e)?;
     Ok(Command::Run(RunOpts {
         image: image.to_string(),
         initrd: initrd.map(str::to_string),
@@ -654,6 +690,48 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         trusted: a.flag("--trusted"),
         paused: a.flag("--paused"),
         name,
+    }))
+}
+
+/// `--name NAME`, if given: 1 to 32 printable characters without spaces.
+fn parse_name(a: &Args) -> Result<Option<String>, String> {
+    let name = a.value("--name").map(str::to_string);
+    if let Some(n) = &name {
+        if n.is_empty() || n.len() > 32 || !n.chars().all(|c| c.is_ascii_graphic()) {
+            return Err("--name must be 1 to 32 printable characters without spaces".into());
+        }
+    }
+    Ok(name)
+}
+
+fn parse_load(rest: &[String]) -> Result<Command, UsageError> {
+    let verb = "load";
+    let e = |m: String| usage(verb, m);
+    let a = split(
+        verb,
+        rest,
+        &[],
+        &["--initrd", "--cmdline", "--ram", "--vcpus", "--name"],
+    )?;
+    let [image] = a.positional_exact(verb, ["IMAGE"])?;
+    let ram = match a.value("--ram") {
+        Some(r) => Some(parse_pages_size(r).map_err(e)?),
+        None => None,
+    };
+    if ram == Some(0) {
+        return Err(e("--ram must not be 0".into()));
+    }
+    let vcpus = match a.value("--vcpus") {
+        Some(v) => parse_bounded("--vcpus", v, 1, limits::MAX_VCPUS).map_err(e)?,
+        None => 1,
+    };
+    Ok(Command::Load(LoadOpts {
+        image: image.to_string(),
+        initrd: a.value("--initrd").map(str::to_string),
+        cmdline: a.value("--cmdline").map(str::to_string),
+        ram,
+        vcpus,
+        name: parse_name(&a).map_err(e)?,
     }))
 }
 
@@ -783,6 +861,42 @@ mod tests {
         assert_eq!(msg("run a --bogus"), "unknown option --bogus");
         assert_eq!(msg("run a --trusted=yes"), "unknown option --trusted=yes");
         assert!(msg("run a --name has/slash/and/a/very/long/name/that/is/long").contains("--name"));
+    }
+
+    #[test]
+    fn load_options() {
+        assert_eq!(
+            p(
+                "load /var/lib/diosix/Image --initrd rd --cmdline=console=hvc0 --ram 96M \
+               --vcpus 2 --name ld"
+            ),
+            Ok(Command::Load(LoadOpts {
+                image: "/var/lib/diosix/Image".into(),
+                initrd: Some("rd".into()),
+                cmdline: Some("console=hvc0".into()),
+                ram: Some(96 << 20),
+                vcpus: 2,
+                name: Some("ld".into()),
+            }))
+        );
+        // RAM: as much as the quota allows unless given; one vCPU; no guest defaults.
+        assert_eq!(
+            p("load img"),
+            Ok(Command::Load(LoadOpts {
+                image: "img".into(),
+                vcpus: 1,
+                ..LoadOpts::default()
+            }))
+        );
+        assert_eq!(msg("load"), "missing IMAGE");
+        assert_eq!(msg("load a b"), "unexpected argument `b`");
+        assert_eq!(msg("load a --ram 0"), "--ram must not be 0");
+        assert_eq!(msg("load a --ram 5000"), "5000 is not a multiple of 4K");
+        assert_eq!(msg("load a --vcpus 0"), "--vcpus must be 1 to 4096, not 0");
+        assert_eq!(msg("load a --trusted"), "unknown option --trusted");
+        assert_eq!(msg("load a --dtb x"), "unknown option --dtb");
+        assert!(msg(&format!("load a --name {}", "n".repeat(33))).contains("--name"));
+        assert_eq!(p("load --help"), Ok(Command::Help(Some("load"))));
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use diosix_abi::{ext, flags, limits, QuotaArgs, SpawnArgs};
+use diosix_abi::{cid, error, ext, flags, limits, QuotaArgs, SpawnArgs};
 
-use crate::cli::{Command, QuotaSet, RunOpts};
+use crate::cli::{Command, LoadOpts, QuotaSet, RunOpts};
 use crate::format::{self, Op, Row};
 use crate::hv::{CallError, Hypervisor};
 
@@ -122,6 +122,7 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
         Command::Info { host, json } => info(cx, *host, *json),
         Command::List { json } => list(cx, *json),
         Command::Run(opts) => run(cx, opts),
+        Command::Load(opts) => load(cx, opts),
         Command::Fork {
             untrusted,
             no_snapshot,
@@ -282,31 +283,30 @@ pub fn resolve_image(name: &str, dirs: &[&Path]) -> Result<PathBuf, String> {
     ))
 }
 
-fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
+/// Reads IMAGE and `initrd` (each found as [`resolve_image`] says) and packs them with
+/// `cmdline` as [`spawn_image`] does; refuses what the driver cannot pass (64 MiB).
+fn read_image(
+    cx: &Ctx<'_>,
+    image: &str,
+    initrd: Option<&str>,
+    cmdline: Option<&str>,
+) -> Result<Vec<u8>, Failure> {
     let dirs: Vec<&Path> = IMAGE_DIRS.iter().map(Path::new).collect();
     let read = |name: &str| {
         let path = resolve_image(name, &dirs).map_err(Failure::new)?;
         let path = path.to_string_lossy();
         (cx.read_file)(&path).map_err(|e| Failure::new(format!("cannot read {path}: {e}")))
     };
-    let image = read(&o.image)?;
-    if image.is_empty() {
-        return Err(Failure::new(format!("{} is empty", o.image)));
+    let kernel = read(image)?;
+    if kernel.is_empty() {
+        return Err(Failure::new(format!("{image} is empty")));
     }
-    let initrd = o.initrd.as_deref().map(read).transpose()?;
-    let dtb = o
-        .dtb
-        .as_deref()
-        .map(|path| {
-            (cx.read_file)(path).map_err(|e| Failure::new(format!("cannot read {path}: {e}")))
-        })
-        .transpose()?;
-    let packed =
-        spawn_image(image, initrd.as_deref(), o.cmdline.as_deref()).map_err(Failure::new)?;
+    let initrd = initrd.map(read).transpose()?;
+    let packed = spawn_image(kernel, initrd.as_deref(), cmdline).map_err(Failure::new)?;
     if packed.len() > crate::dev::SPAWN_MAX_IMAGE {
         return Err(Failure::new(format!(
             "the image{} is {}; the driver can pass at most {} to the hypervisor",
-            if initrd.is_some() || o.cmdline.is_some() {
+            if initrd.is_some() || cmdline.is_some() {
                 " (packed with its initrd and command line)"
             } else {
                 ""
@@ -315,6 +315,18 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
             format::human_bytes(crate::dev::SPAWN_MAX_IMAGE as u64)
         )));
     }
+    Ok(packed)
+}
+
+fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
+    let packed = read_image(cx, &o.image, o.initrd.as_deref(), o.cmdline.as_deref())?;
+    let dtb = o
+        .dtb
+        .as_deref()
+        .map(|path| {
+            (cx.read_file)(path).map_err(|e| Failure::new(format!("cannot read {path}: {e}")))
+        })
+        .transpose()?;
     if packed.len() as u64 > o.ram {
         return Err(Failure::new(format!(
             "the image ({}) does not fit in --ram {}",
@@ -362,18 +374,174 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
         .hv
         .spawn(&args, &packed, dtb.as_deref())
         .map_err(fail(Op::Spawn))?;
-    if let Some(name) = &o.name {
-        if let Err(e) = cx.names.set(cid, name) {
-            writeln!(cx.err, "dsx: warning: cannot save the name {name}: {e}")
-                .map_err(write_err)?;
-        }
-    }
+    set_name(cx, cid, o.name.as_deref())?;
     writeln!(
         cx.out,
         "started CID {cid}{}",
         if o.paused { " (paused)" } else { "" }
     )
     .map_err(write_err)
+}
+
+/// Records `name` for `cid` (`run --name`, `load --name`); failing to save it is only
+/// a warning.
+fn set_name(cx: &mut Ctx<'_>, cid: u64, name: Option<&str>) -> Result<(), Failure> {
+    if let Some(name) = name {
+        if let Err(e) = cx.names.set(cid, name) {
+            writeln!(cx.err, "dsx: warning: cannot save the name {name}: {e}")
+                .map_err(write_err)?;
+        }
+    }
+    Ok(())
+}
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+/// The most RAM, in whole MiB, that EXEC of an image of `image_len` bytes could accept
+/// within a quota of `quota_pages` (RAM + page tables + the kept image), or `None` if
+/// not even 1 MiB that holds the image could. The hypervisor also charges the RAM's
+/// page tables and the image's, so the answer is only where to start: `load` steps
+/// down 1 MiB at each DENIED from there. Every larger amount would be refused anyway
+/// (RAM + the image's own pages alone would exceed the quota), so starting here finds
+/// the same amount as starting from the whole quota, without staging the image again
+/// for each refusal that was certain.
+pub fn exec_ram_start(quota_pages: u64, image_len: u64) -> Option<u64> {
+    let image_pages = image_len.div_ceil(PAGE);
+    let top = quota_pages.saturating_sub(image_pages).saturating_mul(PAGE) / MIB * MIB;
+    (top >= exec_ram_floor(image_len)).then_some(top)
+}
+
+/// The least RAM EXEC takes for an image of `image_len` bytes (it must hold the
+/// image), in whole MiB.
+fn exec_ram_floor(image_len: u64) -> u64 {
+    image_len.div_ceil(MIB).max(1) * MIB
+}
+
+/// The exit code `load`'s clone ends with when it cannot become the image: the SBI
+/// error's number (DENIED = 4, INVALID_PARAM = 3 ...), or 1000 + the errno of a driver
+/// refusal; never 0.
+pub fn load_exit_code(e: CallError) -> u64 {
+    match e {
+        CallError::Sbi(code) => code.unsigned_abs().max(1),
+        CallError::Os(errno) => 1000 + u64::from(errno.unsigned_abs()),
+    }
+}
+
+/// `dsx load`: read and pack the image here, then FORK (without a snapshot; trusted
+/// only if this VM is). The parent reports the clone's CID; the clone drops its trust
+/// and becomes the image (see [`become_image`]), or ends itself.
+fn load(cx: &mut Ctx<'_>, o: &LoadOpts) -> Result<(), Failure> {
+    let image = read_image(cx, &o.image, o.initrd.as_deref(), o.cmdline.as_deref())?;
+    if let Some(ram) = o.ram {
+        if image.len() as u64 > ram {
+            return Err(Failure::new(format!(
+                "the image ({}) does not fit in --ram {}",
+                format::human_bytes(image.len() as u64),
+                format::human_bytes(ram)
+            )));
+        }
+    }
+    let me = cx.hv.vm_info(None).map_err(fail(Op::Query))?;
+    // The clone gets this VM's own vCPUs as its quota: refuse more before forking.
+    if o.vcpus > me.own_vcpus {
+        return Err(Failure::new(format!(
+            "--vcpus {}: the clone has this VM's {} vCPU(s) at most",
+            o.vcpus, me.own_vcpus
+        )));
+    }
+    let mut fl = flags::FORK_NO_SNAPSHOT;
+    if me.flags & flags::INFO_TRUSTED == 0 {
+        fl |= flags::FORK_UNTRUSTED;
+    }
+    let child = cx
+        .hv
+        .scalar(ext::FID_FORK, [fl, 0, 0, 0, 0])
+        .map_err(fail(Op::Fork))?;
+    if child != 0 {
+        set_name(cx, child, o.name.as_deref())?;
+        return writeln!(
+            cx.out,
+            "loading {} into CID {child} (it drops its hardware trust first)",
+            o.image
+        )
+        .map_err(write_err);
+    }
+    // The clone: a copy of this whole VM, devices excepted. Nothing but calls to the
+    // hypervisor until the image takes over (no disk, no network: it holds neither).
+    let Err((why, code)) = become_image(cx, &image, o) else {
+        // The hypervisor answered success and came back (it never does).
+        return Ok(());
+    };
+    let _ = writeln!(
+        cx.err,
+        "dsx load: this clone cannot become the image: {}",
+        why.message
+    );
+    let _ = cx.err.flush();
+    match cx.hv.scalar(ext::FID_EXIT, [cid::SELF, code, 0, 0, 0]) {
+        Ok(_) => Err(why),
+        Err(e) => Err(Failure::new(format!(
+            "{}; ending this clone failed too: {}",
+            why.message,
+            format::error_message(Op::Kill(cid::SELF), e)
+        ))),
+    }
+}
+
+/// In `load`'s clone: DROP_TRUST, then EXEC of `image` with `--ram`, or with the most
+/// whole MiB its quota accepts (from [`exec_ram_start`] down, 1 MiB per DENIED: a
+/// refusal changes nothing). Returns only if EXEC did not happen: why, and the exit
+/// code for the clone.
+fn become_image(cx: &mut Ctx<'_>, image: &[u8], o: &LoadOpts) -> Result<(), (Failure, u64)> {
+    let failed = |op: Op| move |e: CallError| (fail(op)(e), load_exit_code(e));
+    cx.hv
+        .scalar(ext::FID_DROP_TRUST, [0; 5])
+        .map_err(failed(Op::DropTrust(None)))?;
+    let me = cx.hv.vm_info(None).map_err(failed(Op::Query))?;
+    let denied = error::DENIED as i64;
+    if o.vcpus > me.vcpus_max {
+        return Err((
+            Failure::new(format!(
+                "--vcpus {} is beyond this clone's quota of {}",
+                o.vcpus, me.vcpus_max
+            )),
+            denied.unsigned_abs(),
+        ));
+    }
+    let len = image.len() as u64;
+    let (mut ram, floor) = match o.ram {
+        Some(r) => (r, r),
+        None => match exec_ram_start(me.ram_pages_max, len) {
+            Some(top) => (top, exec_ram_floor(len)),
+            None => {
+                return Err((
+                    Failure::new(format!(
+                        "the image ({}) leaves no RAM within this clone's quota ({})",
+                        format::human_bytes(len),
+                        format::human_bytes(me.ram_pages_max.saturating_mul(PAGE))
+                    )),
+                    denied.unsigned_abs(),
+                ))
+            }
+        },
+    };
+    loop {
+        let args = SpawnArgs {
+            size: SpawnArgs::SIZE as u32,
+            flags: 0,
+            cid: 0,
+            ram_pages: ram / PAGE,
+            vcpus: o.vcpus,
+            priority: me.priority.max(1),
+            ..SpawnArgs::default()
+        };
+        match cx.hv.exec(&args, image) {
+            Ok(()) => return Ok(()),
+            Err(CallError::Sbi(c)) if c == denied && ram > floor => ram -= MIB,
+            Err(e) => return Err(failed(Op::Exec)(e)),
+        }
+    }
 }
 
 fn quota(cx: &mut Ctx<'_>, cid: u64, set: &QuotaSet) -> Result<(), Failure> {
@@ -513,6 +681,24 @@ mod tests {
         events: VecDeque<Event>,
         messages: VecDeque<(u64, Vec<u8>)>,
         unsupported: bool,
+        /// FORK returns 0: this is the clone.
+        clone: bool,
+        /// This VM has hardware trust (until DROP_TRUST).
+        trusted: bool,
+        /// This VM's RAM quota in pages (RAM + tables + kept image).
+        quota_pages: u64,
+        /// Every EXEC asked: its arguments and image.
+        execs: Vec<(SpawnArgs, Vec<u8>)>,
+        /// EXEC fails with this instead of checking the quota.
+        exec_error: Option<CallError>,
+        /// Exit codes of EXIT of this VM itself.
+        exits: Vec<u64>,
+    }
+
+    /// What the fake charges for `pages` of memory mapped through page tables: one
+    /// leaf table per 2 MiB, one per 1 GiB and a root (as the hypervisor roughly does).
+    fn with_tables(pages: u64) -> u64 {
+        pages + pages.div_ceil(512) + pages.div_ceil(512 * 512) + 1
     }
 
     impl Fake {
@@ -526,6 +712,17 @@ mod tests {
                 own_vcpus: 1,
                 state: state::RUNNING,
                 ..VmInfo::default()
+            }
+        }
+
+        /// This VM itself.
+        fn me(&self) -> VmInfo {
+            VmInfo {
+                flags: if self.trusted { flags::INFO_TRUSTED } else { 0 },
+                ram_pages_max: self.quota_pages,
+                vcpus_max: 2,
+                own_vcpus: 2,
+                ..Fake::info(1)
             }
         }
 
@@ -543,8 +740,15 @@ mod tests {
             self.check()?;
             self.calls.push(format!("{fid} {}", args[0]));
             match fid {
-                ext::FID_FORK => Ok(9),
-                ext::FID_DROP_TRUST => Ok(0),
+                ext::FID_FORK => Ok(if self.clone { 0 } else { 9 }),
+                ext::FID_DROP_TRUST => {
+                    self.trusted = false;
+                    Ok(0)
+                }
+                ext::FID_EXIT if args[0] == cid::SELF => {
+                    self.exits.push(args[1]);
+                    Ok(0)
+                }
                 _ if self.children.contains(&args[0]) => Ok(0),
                 _ => Err(CallError::Sbi(error::INVALID_PARAM as i64)),
             }
@@ -554,10 +758,27 @@ mod tests {
             self.spawned.push((*a, image.to_vec()));
             Ok(7)
         }
+        fn exec(&mut self, a: &SpawnArgs, image: &[u8]) -> CallResult<()> {
+            self.check()?;
+            self.calls.push(format!("exec {}", a.ram_pages));
+            self.execs.push((*a, image.to_vec()));
+            if let Some(e) = self.exec_error {
+                return Err(e);
+            }
+            let len = image.len() as u64;
+            if a.cid != 0 || a.flags != 0 || a.ram_pages == 0 || len > a.ram_pages * 4096 {
+                return Err(CallError::Sbi(error::INVALID_PARAM as i64));
+            }
+            let charge = with_tables(a.ram_pages) + with_tables(len.div_ceil(4096));
+            if charge > self.quota_pages || a.vcpus > 2 {
+                return Err(CallError::Sbi(error::DENIED as i64));
+            }
+            Ok(())
+        }
         fn vm_info(&mut self, cid: Option<u64>) -> CallResult<VmInfo> {
             self.check()?;
             match cid {
-                None | Some(1) => Ok(Fake::info(1)),
+                None | Some(1) => Ok(self.me()),
                 Some(c) if self.children.contains(&c) => Ok(Fake::info(c)),
                 _ => Err(CallError::Sbi(error::INVALID_PARAM as i64)),
             }
@@ -842,6 +1063,178 @@ mod tests {
         assert!(out.contains("harts        2"));
         let (_, out, _) = go(&mut f, &mut Names::default(), "info --json");
         assert!(out.starts_with("{\"cid\":1"));
+    }
+
+    #[test]
+    fn load_parent_forks_and_names_the_clone() {
+        let mut f = Fake {
+            trusted: true,
+            ..Fake::default()
+        };
+        let mut n = Names::default();
+        let (r, out, _) = go(&mut f, &mut n, "load /img --initrd /rd --name ld");
+        assert_eq!(
+            (r, out.as_str()),
+            (
+                Ok(()),
+                "loading /img into CID 9 (it drops its hardware trust first)\n"
+            )
+        );
+        assert_eq!(n.get(9), Some("ld"));
+        // A trusted VM's clone keeps its trust until it drops it itself; no snapshot.
+        // The parent itself neither drops its trust nor calls EXEC.
+        let fork = ext::FID_FORK;
+        assert_eq!(f.calls, [format!("{fork} {}", flags::FORK_NO_SNAPSHOT)]);
+        assert!(f.trusted && f.execs.is_empty());
+
+        // An untrusted VM forks an untrusted clone (FORK would refuse a trusted one).
+        let mut f = Fake::default();
+        let (r, _, _) = go(&mut f, &mut Names::default(), "load /img");
+        assert!(r.is_ok());
+        assert_eq!(f.calls, [format!("{fork} {}", flags::FORK_ALL)]);
+
+        // What cannot work is refused before anything is forked.
+        let mut f = Fake::default();
+        let mut n = Names::default();
+        let (r, _, _) = go(&mut f, &mut n, "load /img --ram 4K");
+        assert!(r
+            .unwrap_err()
+            .message
+            .contains("does not fit in --ram 4 KiB"));
+        let (r, _, _) = go(&mut f, &mut n, "load /img --vcpus 3");
+        assert_eq!(
+            r.unwrap_err().message,
+            "--vcpus 3: the clone has this VM's 2 vCPU(s) at most"
+        );
+        let (r, _, _) = go(&mut f, &mut n, "load /big");
+        assert!(r.unwrap_err().message.contains("at most 64 MiB"));
+        let (r, _, _) = go(&mut f, &mut n, "load /nope");
+        assert!(r.unwrap_err().message.starts_with("cannot read /nope"));
+        assert!(f.calls.iter().all(|c| !c.starts_with(&format!("{fork} "))));
+    }
+
+    #[test]
+    fn load_clone_drops_trust_and_becomes_the_image() {
+        // 128 MiB of quota and a little, as a clone of a 128 MiB VM has: not enough
+        // for 128 MiB's page tables and the kept image besides.
+        let quota = 32768 + 20;
+        let mut f = Fake {
+            clone: true,
+            trusted: true,
+            quota_pages: quota,
+            ..Fake::default()
+        };
+        let mut n = Names::default();
+        let (r, out, err) = go(
+            &mut f,
+            &mut n,
+            "load /img --initrd /rd --cmdline x --name ld",
+        );
+        assert_eq!((r, out.as_str(), err.as_str()), (Ok(()), "", ""));
+        assert!(!f.trusted, "trust is dropped before EXEC");
+        let drop = format!("{} 0", ext::FID_DROP_TRUST);
+        assert_eq!(f.calls[1], drop, "right after FORK");
+        // From the quota less the image's pages, 1 MiB down per DENIED...
+        let tried: Vec<u64> = f.execs.iter().map(|(a, _)| a.ram_pages).collect();
+        let start = exec_ram_start(quota, f.execs[0].1.len() as u64).unwrap();
+        assert_eq!(tried[0], start / 4096);
+        assert!(
+            tried.len() > 1,
+            "the fake charges page tables too: {tried:?}"
+        );
+        assert!(tried.windows(2).all(|w| w[0] - w[1] == 256));
+        // ...to the largest whole MiB that fits, which is what starting from the whole
+        // quota would have found.
+        let last = *tried.last().unwrap();
+        let image_pages = (f.execs[0].1.len() as u64).div_ceil(4096);
+        assert!(with_tables(last) + with_tables(image_pages) <= quota);
+        assert!(with_tables(last + 256) + with_tables(image_pages) > quota);
+        let (a, img) = f.execs.last().unwrap();
+        assert_eq!((a.cid, a.flags, a.vcpus, a.priority), (0, 0, 1, 5));
+        let p = diosix_core::payload::Payload::parse(img).unwrap();
+        assert_eq!(
+            (p.kernel.len(), p.initrd.unwrap().len(), p.cmdline),
+            (8192, 100, Some("x"))
+        );
+        assert!(f.exits.is_empty());
+        // The name belongs to the parent's list: the clone records nothing.
+        assert!(n.map.is_empty());
+
+        // --ram and --vcpus are taken as given: one EXEC.
+        let mut f = Fake {
+            clone: true,
+            quota_pages: quota,
+            ..Fake::default()
+        };
+        let (r, _, _) = go(
+            &mut f,
+            &mut Names::default(),
+            "load /img --ram 64M --vcpus 2",
+        );
+        assert!(r.is_ok());
+        assert_eq!(f.execs.len(), 1);
+        assert_eq!((f.execs[0].0.ram_pages, f.execs[0].0.vcpus), (16384, 2));
+    }
+
+    #[test]
+    fn load_clone_that_cannot_exec_ends_itself() {
+        let quota = 32768 + 80;
+        let clone = |exec_error| Fake {
+            clone: true,
+            quota_pages: quota,
+            exec_error,
+            ..Fake::default()
+        };
+        // Any refusal but DENIED: no second try; the clone says why and exits.
+        let mut f = clone(Some(CallError::Sbi(error::INVALID_PARAM as i64)));
+        let (r, _, err) = go(&mut f, &mut Names::default(), "load /img");
+        let msg = r.unwrap_err().message;
+        assert!(msg.starts_with("the hypervisor refused the image"), "{msg}");
+        assert_eq!(
+            err,
+            format!("dsx load: this clone cannot become the image: {msg}\n")
+        );
+        assert_eq!((f.execs.len(), f.exits.as_slice()), (1, &[3][..]));
+        // A driver refusal: 1000 + errno.
+        let mut f = clone(Some(CallError::Os(libc::ENOMEM)));
+        let (r, _, _) = go(&mut f, &mut Names::default(), "load /img");
+        assert!(r.is_err());
+        assert_eq!(f.exits, [1000 + libc::ENOMEM as u64]);
+        // --ram given and DENIED: no step-down.
+        let mut f = clone(None);
+        let (r, _, _) = go(&mut f, &mut Names::default(), "load /img --ram 129M");
+        assert!(r.unwrap_err().message.starts_with("denied: the image"));
+        assert_eq!((f.execs.len(), f.exits.as_slice()), (1, &[4][..]));
+        // DENIED down to the least RAM that holds the image: then it gives up.
+        let mut f = clone(Some(CallError::Sbi(error::DENIED as i64)));
+        let (r, _, _) = go(&mut f, &mut Names::default(), "load /img");
+        assert!(r.is_err());
+        let last = f.execs.last().unwrap().0.ram_pages;
+        assert_eq!((last, f.exits.as_slice()), (256, &[4][..]));
+        // A quota the image alone fills: no EXEC at all.
+        let mut f = Fake {
+            clone: true,
+            quota_pages: 100,
+            ..Fake::default()
+        };
+        let (r, _, _) = go(&mut f, &mut Names::default(), "load /img");
+        assert!(r.unwrap_err().message.contains("leaves no RAM"));
+        assert_eq!((f.execs.len(), f.exits.as_slice()), (0, &[4][..]));
+        // More vCPUs than its quota (GET_INFO's vcpus_max is 2 in the fake) is no use.
+        // (The parent checks own vCPUs; the clone checks its quota.)
+        assert_eq!(load_exit_code(CallError::Sbi(0)), 1);
+    }
+
+    #[test]
+    fn exec_ram_start_leaves_room_for_the_image() {
+        // 128 MiB + 80 pages of quota, an 8 KiB image: 128 MiB.
+        assert_eq!(exec_ram_start(32768 + 80, 8192), Some(128 << 20));
+        // Exactly 128 MiB: the image's 2 pages push it below, to 127 MiB.
+        assert_eq!(exec_ram_start(32768, 8192), Some(127 << 20));
+        // The RAM must hold the image: a 3 MiB image needs 3 MiB of RAM.
+        assert_eq!(exec_ram_start(768 + 768, 3 << 20), Some(3 << 20));
+        assert_eq!(exec_ram_start(768 + 767, 3 << 20), None);
+        assert_eq!(exec_ram_start(0, 1), None);
     }
 
     #[test]

@@ -18,8 +18,9 @@ use crate::hv::{CallError, CallResult, Hypervisor};
 pub const PATH: &str = "/dev/diosix";
 /// The driver's ioctl type byte (`DIOSIX_IOC_MAGIC`).
 pub const MAGIC: u64 = 0xD5;
-/// Largest SPAWN image the driver accepts (`DIOSIX_SPAWN_MAX_IMAGE`); it stages the
-/// image page by page, so this bounds memory use, not contiguity.
+/// Largest SPAWN or EXEC image the driver accepts (`DIOSIX_SPAWN_MAX_IMAGE`, also the
+/// hypervisor's EXEC limit); it stages the image page by page, so this bounds memory
+/// use, not contiguity.
 pub const SPAWN_MAX_IMAGE: usize = 64 << 20;
 /// Largest SPAWN device tree (the hypervisor's limit, which the driver enforces too).
 pub const SPAWN_MAX_DTB: usize = diosix_abi::limits::SPAWN_MAX_DTB;
@@ -35,7 +36,7 @@ pub mod size {
     use diosix_abi::{Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs, VmInfo};
     /// `struct diosix_ioc_scalar`: ret, 5 arguments.
     pub const SCALAR: usize = RET + 5 * 8;
-    /// `struct diosix_ioc_spawn`: ret, args, image and dtb pointers.
+    /// `struct diosix_ioc_spawn` (SPAWN and EXEC): ret, args, image and dtb pointers.
     pub const SPAWN: usize = RET + SpawnArgs::SIZE + 16;
     /// `struct diosix_ioc_vm_info`: ret, cid, info.
     pub const VM_INFO: usize = RET + 8 + VmInfo::SIZE;
@@ -65,7 +66,7 @@ pub const fn request(fid: usize, size: usize) -> u64 {
 /// The ioctl request for function `fid`, with its structure's size.
 pub fn request_for(fid: usize) -> Option<u64> {
     let size = match fid {
-        ext::FID_SPAWN => size::SPAWN,
+        ext::FID_SPAWN | ext::FID_EXEC => size::SPAWN,
         ext::FID_GET_INFO | ext::FID_GET_CHILD_INFO => size::VM_INFO,
         ext::FID_SET_QUOTA => size::QUOTA,
         ext::FID_IPC_SEND => size::IPC_SEND,
@@ -154,17 +155,16 @@ impl Device {
     }
 }
 
-impl Hypervisor for Device {
-    fn scalar(&mut self, fid: usize, args: [u64; 5]) -> CallResult<u64> {
-        let mut b = Buf::<{ size::SCALAR }>::new();
-        for (i, a) in args.iter().enumerate() {
-            b.put_u64(RET + 8 * i, *a);
-        }
-        self.ioctl(fid, &mut b)?;
-        b.result()
-    }
-
-    fn spawn(&mut self, args: &SpawnArgs, image: &[u8], dtb: Option<&[u8]>) -> CallResult<u64> {
+impl Device {
+    /// SPAWN or EXEC (`struct diosix_ioc_spawn`): `args` with its sizes filled in from
+    /// `image` and `dtb`; returns a1.
+    fn image_call(
+        &self,
+        fid: usize,
+        args: &SpawnArgs,
+        image: &[u8],
+        dtb: Option<&[u8]>,
+    ) -> CallResult<u64> {
         let mut a = *args;
         a.size = SpawnArgs::SIZE as u32;
         a.image_size = image.len() as u64;
@@ -179,8 +179,29 @@ impl Hypervisor for Device {
             RET + SpawnArgs::SIZE + 8,
             dtb.map_or(0, |d| ptr(d.as_ptr())),
         );
-        self.ioctl(ext::FID_SPAWN, &mut b)?;
+        self.ioctl(fid, &mut b)?;
         b.result()
+    }
+}
+
+impl Hypervisor for Device {
+    fn scalar(&mut self, fid: usize, args: [u64; 5]) -> CallResult<u64> {
+        let mut b = Buf::<{ size::SCALAR }>::new();
+        for (i, a) in args.iter().enumerate() {
+            b.put_u64(RET + 8 * i, *a);
+        }
+        self.ioctl(fid, &mut b)?;
+        b.result()
+    }
+
+    fn spawn(&mut self, args: &SpawnArgs, image: &[u8], dtb: Option<&[u8]>) -> CallResult<u64> {
+        self.image_call(ext::FID_SPAWN, args, image, dtb)
+    }
+
+    fn exec(&mut self, args: &SpawnArgs, image: &[u8]) -> CallResult<()> {
+        let mut a = *args;
+        a.cid = 0;
+        self.image_call(ext::FID_EXEC, &a, image, None).map(|_| ())
     }
 
     fn vm_info(&mut self, cid: Option<u64>) -> CallResult<VmInfo> {
@@ -328,6 +349,8 @@ mod tests {
         // _IOWR(0xD5, 4, 120)
         assert_eq!(request_for(ext::FID_SPAWN), Some(0xC078_D504));
         assert_eq!(request_for(ext::FID_STOP), Some(0xC038_D510));
+        // EXEC takes SPAWN's structure: _IOWR(0xD5, 26, 120)
+        assert_eq!(request_for(ext::FID_EXEC), Some(0xC078_D51A));
         assert_eq!(request_for(11), None);
         assert_eq!(request_for(ext::FID_COUNT), None);
         for (fid, _) in ext::FUNCTIONS {

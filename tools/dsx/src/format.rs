@@ -55,6 +55,8 @@ pub enum Op {
     ChildInfo(u64),
     /// SPAWN.
     Spawn,
+    /// EXEC (by `dsx load`'s clone).
+    Exec,
     /// FORK.
     Fork,
     /// STOP of this child.
@@ -121,6 +123,9 @@ fn sbi_message(op: Op, code: i64) -> String {
             (Op::Spawn, _) => "the hypervisor refused the image or a value: it must be an \
                                ELF or RISC-V Linux Image guest that fits in --ram"
                 .into(),
+            (Op::Exec, _) => "the hypervisor refused the image or a value: it must be an \
+                              ELF or RISC-V Linux Image guest that fits in its RAM"
+                .into(),
             (Op::Send(0), _) | (Op::Recv, _) => {
                 "this VM has no parent to exchange messages with".into()
             }
@@ -130,6 +135,9 @@ fn sbi_message(op: Op, code: i64) -> String {
             Op::Spawn | Op::Fork => "denied: this VM's quota (RAM, vCPUs, depth or descendants), \
                                      priority ceiling or trust does not allow it; see \
                                      `dsx info`"
+                .into(),
+            Op::Exec => "denied: the image with this RAM and these vCPUs does not fit this \
+                         VM's own quota (or this is the Root VM, which cannot EXEC)"
                 .into(),
             Op::Quota(1) => "denied: a VM may only lower its own quota".into(),
             Op::Quota(c) => format!(
@@ -188,11 +196,11 @@ fn os_message(op: Op, errno: i32) -> String {
             format!("cannot open {}: {text}; run dsx as root", crate::dev::PATH)
         }
         (Op::Open, _) => format!("cannot open {}: {text}", crate::dev::PATH),
-        (Op::Spawn, libc::E2BIG) => format!(
+        (Op::Spawn | Op::Exec, libc::E2BIG) => format!(
             "the image is too large: the driver passes at most {} to the hypervisor",
             human_bytes(crate::dev::SPAWN_MAX_IMAGE as u64)
         ),
-        (Op::Spawn, libc::ENOMEM) => {
+        (Op::Spawn | Op::Exec, libc::ENOMEM) => {
             "not enough free memory in this VM to stage the image for the hypervisor".into()
         }
         (_, libc::EOPNOTSUPP) => "the /dev/diosix driver does not offer this call".into(),

@@ -25,6 +25,10 @@ pub trait Hypervisor {
     /// SPAWN: `args` with its GPAs and sizes filled in from `image` and `dtb`; returns
     /// the child's CID.
     fn spawn(&mut self, args: &SpawnArgs, image: &[u8], dtb: Option<&[u8]>) -> CallResult<u64>;
+    /// EXEC: this VM becomes `image` (held in its own memory) with `args`' RAM, vCPUs
+    /// and priority. On success the call does not return (this VM restarts as the
+    /// image); `Ok` would mean the hypervisor answered success and came back.
+    fn exec(&mut self, args: &SpawnArgs, image: &[u8]) -> CallResult<()>;
     /// GET_INFO (`cid` = `None`) or GET_CHILD_INFO.
     fn vm_info(&mut self, cid: Option<u64>) -> CallResult<VmInfo>;
     /// GET_HV_INFO.
