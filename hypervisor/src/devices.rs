@@ -38,6 +38,8 @@ const HOST_PRIORITY: u32 = 1;
 struct Route {
     vm: Arc<Vm>,
     claimed_on: Option<u32>,
+    /// The host context the source is enabled on: where it is taken.
+    target: u32,
 }
 
 struct State {
@@ -252,6 +254,7 @@ pub fn route_irq(vm: &Arc<Vm>, parent: Option<VmId>, irq: u64) -> Result<(), Sbi
         *slot = Some(Route {
             vm: vm.clone(),
             claimed_on: None,
+            target: irqs.target,
         });
     }
     irqs.plic.set_priority(source, HOST_PRIORITY);
@@ -277,7 +280,7 @@ pub fn release(vm: &Arc<Vm>, to: Option<VmId>) {
                 continue;
             };
             if let Some(i) = irqs {
-                i.plic.set_enabled(source, i.target, false);
+                i.plic.set_enabled(source, route.target, false);
                 if let Some(ctx) = route.claimed_on {
                     i.plic.complete(source, ctx);
                 }
@@ -432,24 +435,82 @@ pub fn emulate_plic_access(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) ->
         return false;
     }
     let slot = hart.slot;
+    let context = hart
+        .current
+        .as_ref()
+        .map_or(u32::MAX, |v| v.shared.index as u32);
+    let mut enables_changed = false;
     crate::mmio::complete(hart, &vm, store_fault, |access, stored| {
         let mut p = plic.lock();
         let width = u32::from(access.width);
         let loaded = match stored {
-            Some(value) => match p.write(offset, width, value as u32)? {
-                Some(source) => {
-                    complete(&vm, source);
-                    0
+            Some(value) => {
+                enables_changed = enable_word_of(offset) == Some(context);
+                match p.write(offset, width, value as u32)? {
+                    Some(source) => {
+                        complete(&vm, source);
+                        0
+                    }
+                    None => 0,
                 }
-                None => 0,
-            },
+            }
             None => u64::from(p.read(offset, width)?),
         };
         crate::vplic::deliver(&vm, &mut p, slot);
         Ok::<u64, diosix_core::vplic::VplicFault>(loaded)
     });
+    if enables_changed {
+        retarget(&vm, context, slot);
+    }
     if let Some(v) = hart.current.as_ref() {
         v.sync_ext_line_live();
     }
     true
+}
+
+/// The context whose enable words `offset` (in a virtual PLIC's window) falls in.
+fn enable_word_of(offset: u64) -> Option<u32> {
+    const ENABLE_BASE: u64 = 0x2000;
+    const ENABLE_STRIDE: u64 = 0x80;
+    const CONTEXT_BASE: u64 = 0x20_0000;
+    if !(ENABLE_BASE..CONTEXT_BASE).contains(&offset) {
+        return None;
+    }
+    u32::try_from((offset - ENABLE_BASE) / ENABLE_STRIDE).ok()
+}
+
+/// The vCPU of `vm` with virtual PLIC context `context`, running on the hart in `slot`,
+/// changed its enables: each source `vm` holds that this context now enables is taken
+/// at this hart from now on (the host enable moves here), so its interrupts arrive
+/// where the vCPU that handles them runs instead of costing another hart a kick. A
+/// source claimed meanwhile is still completed where it was claimed.
+fn retarget(vm: &Arc<Vm>, context: u32, slot: usize) {
+    let Some(i) = IRQS.get().and_then(Option::as_ref) else {
+        return;
+    };
+    let here = SLOT_CONTEXT
+        .get(slot)
+        .map_or(NO_CONTEXT, |c| c.load(Ordering::Acquire));
+    let Some(plic) = vm.plic.as_ref() else {
+        return;
+    };
+    if here == NO_CONTEXT {
+        return;
+    }
+    let mut guard = STATE.lock();
+    let Some(state) = guard.as_mut() else {
+        return;
+    };
+    let p = plic.lock();
+    for (source, route) in state.routes.iter_mut().enumerate() {
+        let Some(r) = route.as_mut().filter(|r| Arc::ptr_eq(&r.vm, vm)) else {
+            continue;
+        };
+        let source = source as u32;
+        if p.is_enabled(context, source) && r.target != here {
+            i.plic.set_enabled(source, here, true);
+            i.plic.set_enabled(source, r.target, false);
+            r.target = here;
+        }
+    }
 }

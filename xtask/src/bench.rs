@@ -550,17 +550,17 @@ fn linux_device_bench() -> Result<()> {
 
     if !dx.is_empty() {
         // The PLIC's window is never mapped, so each guest access to it is a guest-page
-        // fault the hypervisor emulates; each host interrupt is an irq.other exit.
+        // fault the hypervisor emulates; each host interrupt is an irq.external exit.
         println!();
         println!(
             "Root VM exits under Diosix, whole run (boot, benchmarks, power-off): \
-             guest_page_fault (virtual PLIC accesses), irq.other (a host interrupt while \
+             guest_page_fault (virtual PLIC accesses), irq.external (a host interrupt while \
              the vCPU ran), irq.kick (another hart passing one on)"
         );
         let causes = [
             "total",
             "guest_page_fault",
-            "irq.other",
+            "irq.external",
             "irq.kick",
             "sbi.ipi",
             "irq.timer",

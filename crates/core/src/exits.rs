@@ -26,6 +26,8 @@ pub enum ExitCause {
     TimerInterrupt,
     /// A kick from another hart: an IPI for this vCPU, a fence request, a stop.
     SoftwareInterrupt,
+    /// A host device's interrupt (machine external), on its way to the VM holding it.
+    ExternalInterrupt,
     /// Any other interrupt.
     OtherInterrupt,
     /// A guest-page fault (copy-on-write, or a bad access).
@@ -41,7 +43,7 @@ const INTERRUPT: usize = 1 << 63;
 
 impl ExitCause {
     /// How many causes there are (for counter arrays).
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every cause, in `repr` order.
     pub const ALL: [ExitCause; Self::COUNT] = [
@@ -54,6 +56,7 @@ impl ExitCause {
         Self::SbiOther,
         Self::TimerInterrupt,
         Self::SoftwareInterrupt,
+        Self::ExternalInterrupt,
         Self::OtherInterrupt,
         Self::GuestPageFault,
         Self::VirtualInstruction,
@@ -67,6 +70,7 @@ impl ExitCause {
             return match mcause & !INTERRUPT {
                 7 => Self::TimerInterrupt,
                 3 => Self::SoftwareInterrupt,
+                11 => Self::ExternalInterrupt,
                 _ => Self::OtherInterrupt,
             };
         }
@@ -103,6 +107,7 @@ impl ExitCause {
             Self::SbiOther => "sbi.other",
             Self::TimerInterrupt => "irq.timer",
             Self::SoftwareInterrupt => "irq.kick",
+            Self::ExternalInterrupt => "irq.external",
             Self::OtherInterrupt => "irq.other",
             Self::GuestPageFault => "guest_page_fault",
             Self::VirtualInstruction => "virtual_instruction",
@@ -134,6 +139,10 @@ mod tests {
         );
         assert_eq!(
             ExitCause::classify(INTERRUPT | 11, 0),
+            ExitCause::ExternalInterrupt
+        );
+        assert_eq!(
+            ExitCause::classify(INTERRUPT | 9, 0),
             ExitCause::OtherInterrupt
         );
         assert_eq!(ExitCause::classify(10, eid::TIME), ExitCause::SbiTimer);

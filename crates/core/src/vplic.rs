@@ -292,6 +292,11 @@ impl VirtualPlic {
         }
     }
 
+    /// True when `context` has `source` enabled (false for either out of range).
+    pub fn is_enabled(&self, context: u32, source: u32) -> bool {
+        self.valid_source(source) && context < self.contexts && self.enabled(context, source)
+    }
+
     /// True when `source` is pending (raised and not yet claimed, or raised again
     /// while claimed).
     pub fn is_pending(&self, source: u32) -> bool {
