@@ -492,8 +492,14 @@ mod tests {
         // RAM pages in the first 2 MiB, and a "device" page 4 MiB below RAM.
         let (mut mem, mut frames, mut t) = fresh_vm(&[0, 1], &mut data);
         let device = g(RAM - 0x40_0000);
-        t.map_page(&mut mem, &mut frames, device, h(0x1000_1000), Perms::R | Perms::W)
-            .unwrap();
+        t.map_page(
+            &mut mem,
+            &mut frames,
+            device,
+            h(0x1000_1000),
+            Perms::R | Perms::W,
+        )
+        .unwrap();
         let mut shares = ShareCounts::new();
         let c = t
             .fork_shared_within(&mut mem, &mut frames, &mut shares, RAM..RAM + 0x20_0000)
