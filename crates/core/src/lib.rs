@@ -28,6 +28,7 @@ pub mod sbi;
 pub mod seeds;
 pub mod shares;
 pub mod tree;
+pub mod virtio_mmio;
 pub mod vmid;
 pub mod vplic;
 pub mod vstage;
