@@ -18,7 +18,6 @@ use crate::hart::MAX_HARTS;
 use crate::vm::Vm;
 use crate::vplic::VPLIC_BASE;
 use alloc::sync::Arc;
-use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use diosix_core::addr::{Gpa, Hpa, Range, PAGE_SIZE};
@@ -345,29 +344,28 @@ pub fn external_interrupt(slot: usize) {
     if ctx == NO_CONTEXT {
         return;
     }
-    let mut raised: Vec<(Arc<Vm>, u32)> = vec![];
+    // Bounded: a source claimed here stays claimed until its guest completes it, so
+    // each is claimed at most once per call.
     while let Some(source) = i.plic.claim(ctx) {
-        let mut guard = STATE.lock();
-        let route = guard
-            .as_mut()
-            .and_then(|s| s.routes.get_mut(source as usize))
-            .and_then(Option::as_mut);
-        match route {
-            Some(r) => {
-                r.claimed_on = Some(ctx);
-                raised.push((r.vm.clone(), source));
+        let vm = {
+            let mut guard = STATE.lock();
+            let route = guard
+                .as_mut()
+                .and_then(|s| s.routes.get_mut(source as usize))
+                .and_then(Option::as_mut);
+            match route {
+                Some(r) => {
+                    r.claimed_on = Some(ctx);
+                    r.vm.clone()
+                }
+                None => {
+                    // Not routed (any more): silence it.
+                    i.plic.set_enabled(source, ctx, false);
+                    i.plic.complete(source, ctx);
+                    continue;
+                }
             }
-            None => {
-                // Not routed (any more): silence it.
-                i.plic.set_enabled(source, ctx, false);
-                i.plic.complete(source, ctx);
-            }
-        }
-        if raised.len() >= 64 {
-            break;
-        }
-    }
-    for (vm, source) in raised {
+        };
         if let Some(plic) = vm.plic.as_ref() {
             let mut p = plic.lock();
             p.raise(source);
