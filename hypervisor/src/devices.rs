@@ -9,9 +9,10 @@
 //! at most once at a time however fast the device asserts it, and a guest that never
 //! completes one silences only that source, its own.
 //!
-//! Lock order: [`STATE`] before a VM's `plic` lock, and a VM's `mem` lock before
-//! [`STATE`] is never taken; the interrupt path takes [`STATE`] alone, drops it, then
-//! takes the VM's `plic`.
+//! Lock order: a VM's `plic` lock before [`STATE`] (the guest's PLIC completions), and
+//! never [`STATE`] then a `plic` lock: the interrupt path, release and retargeting take
+//! [`STATE`] alone and drop it before taking a VM's `plic`. A VM's `mem` lock is taken
+//! under [`STATE`] (mapping), never the other way round.
 
 use crate::hart::HartLocal;
 use crate::hart::MAX_HARTS;
@@ -495,17 +496,30 @@ fn retarget(vm: &Arc<Vm>, context: u32, slot: usize) {
     if here == NO_CONTEXT {
         return;
     }
+    // The sources this context enables, read first: the virtual PLIC's lock is never
+    // held while STATE is taken here (its emulation takes STATE under that lock).
+    let mut enabled = [0u32; 32];
+    {
+        let p = plic.lock();
+        for source in 1..=p.ndev().min(1023) {
+            if p.is_enabled(context, source) {
+                enabled[(source / 32) as usize] |= 1 << (source % 32);
+            }
+        }
+    }
     let mut guard = STATE.lock();
     let Some(state) = guard.as_mut() else {
         return;
     };
-    let p = plic.lock();
     for (source, route) in state.routes.iter_mut().enumerate() {
         let Some(r) = route.as_mut().filter(|r| Arc::ptr_eq(&r.vm, vm)) else {
             continue;
         };
-        let source = source as u32;
-        if p.is_enabled(context, source) && r.target != here {
+        let on = enabled
+            .get(source / 32)
+            .is_some_and(|w| w & (1 << (source % 32)) != 0);
+        if on && r.target != here {
+            let source = source as u32;
             i.plic.set_enabled(source, here, true);
             i.plic.set_enabled(source, r.target, false);
             r.target = here;
