@@ -345,9 +345,15 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), alloc::string::String> 
     let all = crate::devices::host_devices();
     let wants_dma = all.iter().any(|d| d.dma_capable);
     let pinned = wants_dma && relocatable && ram_bytes.is_multiple_of(2 << 20);
+    // Windows larger than 1 MiB (QEMU's 64 MiB of `cfi-flash`) are not mapped at boot:
+    // 4 KiB G-stage pages for them cost millions of instructions at every reset, for
+    // a device the Root VM's kernel has no driver for. They stay in the host's pool,
+    // where a trusted VM can still map them with MAP_HOST_MMIO.
+    const MAX_BOOT_WINDOW: u64 = 1 << 20;
     let devices: Vec<HostDevice> = all
         .iter()
         .filter(|d| pinned || !d.dma_capable)
+        .filter(|d| d.regs.iter().all(|r| r.len() <= MAX_BOOT_WINDOW))
         .cloned()
         .collect();
     if wants_dma && !pinned {
