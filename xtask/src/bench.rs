@@ -233,24 +233,32 @@ impl Workload {
     }
 }
 
-/// The `diosix-workload ...` lines of a run, in order.
-fn parse_workloads(output: &str) -> Vec<Workload> {
+/// The `<prefix><name> <n1> ... <nN>` lines of a run, in order (exactly N numbers).
+fn parse_lines<const N: usize>(output: &str, prefix: &str) -> Vec<(String, [u64; N])> {
     output
         .lines()
         .filter_map(|l| {
-            let mut w = l.trim().strip_prefix(WORKLOAD_LINE)?.split_whitespace();
+            let mut w = l.trim().strip_prefix(prefix)?.split_whitespace();
             let name = w.next()?.to_string();
-            let mut n = [0u64; 4];
+            let mut n = [0u64; N];
             for v in &mut n {
                 *v = w.next()?.parse().ok()?;
             }
-            w.next().is_none().then_some(Workload {
-                name,
-                iterations: n[0],
-                elapsed_ns: n[1],
-                batch_iterations: n[2],
-                median_batch_ns: n[3],
-            })
+            w.next().is_none().then_some((name, n))
+        })
+        .collect()
+}
+
+/// The `diosix-workload ...` lines of a run, in order.
+fn parse_workloads(output: &str) -> Vec<Workload> {
+    parse_lines::<4>(output, WORKLOAD_LINE)
+        .into_iter()
+        .map(|(name, n)| Workload {
+            name,
+            iterations: n[0],
+            elapsed_ns: n[1],
+            batch_iterations: n[2],
+            median_batch_ns: n[3],
         })
         .collect()
 }
@@ -351,21 +359,13 @@ struct DeviceCounts {
 }
 
 fn parse_device_counts(output: &str) -> Vec<DeviceCounts> {
-    output
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.trim().strip_prefix(DEVICE_LINE)?.split_whitespace();
-            let name = w.next()?.to_string();
-            let mut n = [0u64; 3];
-            for v in &mut n {
-                *v = w.next()?.parse().ok()?;
-            }
-            w.next().is_none().then_some(DeviceCounts {
-                name,
-                requests: n[0],
-                sectors: n[1],
-                interrupts: n[2],
-            })
+    parse_lines::<3>(output, DEVICE_LINE)
+        .into_iter()
+        .map(|(name, n)| DeviceCounts {
+            name,
+            requests: n[0],
+            sectors: n[1],
+            interrupts: n[2],
         })
         .collect()
 }
