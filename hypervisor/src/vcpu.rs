@@ -255,6 +255,11 @@ impl Vcpu {
     /// Copies the external interrupt line into the live hvip of the vCPU running on
     /// this hart (after its virtual PLIC changed, or a kick).
     pub fn sync_ext_line_live(&self) {
+        // A VM without a virtual PLIC never has the line up: no CSR access on the
+        // timer and set_timer paths for it.
+        if self.vm.plic_window == 0 {
+            return;
+        }
         // SAFETY: hvip's VSEIP only injects into this hart's guest.
         unsafe {
             if self.ext_line() != 0 {
