@@ -166,10 +166,7 @@ impl ExtensionHost for HvHost<'_> {
                 name: child_vm.name.clone(),
                 ram: child_vm.ram,
                 priority: child_vm.priority,
-                devices: vm::CloneDevices {
-                    plic: child_vm.plic_copy(),
-                    detached: child_vm.detached.clone(),
-                },
+                devices: child_vm.clone_devices(),
             };
             ORIGINS.lock().insert(child, Origin::Snapshot(snap));
         }
