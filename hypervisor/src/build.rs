@@ -52,6 +52,9 @@ pub struct VmSpec<'a> {
     /// their host addresses, with a virtual PLIC for their interrupts. The caller maps
     /// and routes them once the VM exists.
     pub devices: &'a [HostDevice],
+    /// A virtual PLIC even without `devices` (a trusted VM, which may take host
+    /// devices later), on a host that has a PLIC.
+    pub virtual_plic: bool,
     /// RAM at GPA = HPA, pinned (for devices that master the bus); the kernel must be
     /// a Linux `Image`, which runs wherever it is put.
     pub pinned: bool,
@@ -154,7 +157,8 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             }
         };
     // A virtual PLIC for the devices' interrupts, one context per vCPU.
-    let plic = if spec.devices.is_empty() {
+    let wants_plic = !spec.devices.is_empty() || (spec.virtual_plic && host.plic_ndev.is_some());
+    let plic = if !wants_plic {
         None
     } else {
         let sources = crate::vplic::sources_for(host.plic_ndev);

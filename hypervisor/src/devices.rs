@@ -22,7 +22,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use diosix_core::addr::{Gpa, Hpa, Range, PAGE_SIZE};
-use diosix_core::devices::{DeviceSpec, DeviceTable};
+use diosix_core::devices::{DeviceRef, DeviceSpec, DeviceTable, Released};
 use diosix_core::hostfdt::{HostDevice, HostPlatform};
 use diosix_core::sbi::SbiError;
 use diosix_core::tree::VmId;
@@ -268,13 +268,36 @@ pub fn route_irq(vm: &Arc<Vm>, parent: Option<VmId>, irq: u64) -> Result<(), Sbi
 /// hands the devices to `to` (its parent's pool; `None` = the host's). The caller
 /// flushes the VM's harts (its memory lost mappings).
 pub fn release(vm: &Arc<Vm>, to: Option<VmId>) {
+    let _ = take_back(vm, SbiError::Failed, |table| Ok(table.release(vm.id, to)));
+}
+
+/// RELEASE_DEVICE: the one device `named` that `vm` holds goes, unmapped and
+/// unrouted, to `to`'s pool. The caller flushes the VM's harts.
+pub fn release_device(vm: &Arc<Vm>, named: DeviceRef, to: Option<VmId>) -> Result<(), SbiError> {
+    // Without a device table (no PLIC) nothing is a handable device.
+    let none = match named {
+        DeviceRef::Window(_) => SbiError::InvalidAddress,
+        DeviceRef::Irq(_) => SbiError::InvalidParam,
+    };
+    take_back(vm, none, |table| table.release_device(vm.id, named, to))
+}
+
+/// Applies what `decide` takes from `vm` in the table: its routes stop (an interrupt
+/// still claimed is completed at the host) and its virtual PLIC forgets those sources,
+/// then the regions leave its G-stage table. `no_table` is the answer on a host with
+/// no device table.
+fn take_back(
+    vm: &Arc<Vm>,
+    no_table: SbiError,
+    decide: impl FnOnce(&mut DeviceTable) -> Result<Released, SbiError>,
+) -> Result<(), SbiError> {
     let irqs = IRQS.get().and_then(Option::as_ref);
     let released = {
         let mut guard = STATE.lock();
         let Some(state) = guard.as_mut() else {
-            return;
+            return Err(no_table);
         };
-        let released = state.table.release(vm.id, to);
+        let released = decide(&mut state.table)?;
         for &source in &released.irqs {
             let Some(route) = state.routes.get_mut(source as usize).and_then(Option::take) else {
                 continue;
@@ -301,6 +324,8 @@ pub fn release(vm: &Arc<Vm>, to: Option<VmId>) {
                 m.unmap_mmio(*gpa);
             }
         }
+    }
+    if !released.is_empty() {
         log::info!(
             "VM {}: {} host MMIO range(s) and {} interrupt(s) given back",
             vm.name,
@@ -308,6 +333,7 @@ pub fn release(vm: &Arc<Vm>, to: Option<VmId>) {
             released.irqs.len()
         );
     }
+    Ok(())
 }
 
 /// The guest completed `source` on its virtual PLIC: complete it at the host, so the

@@ -95,6 +95,7 @@ static long diosix_scalar(unsigned int fid, void __user *uarg)
 	case DIOSIX_FID_UNMAP_CHILD_MEM:
 	case DIOSIX_FID_MAP_HOST_MMIO:
 	case DIOSIX_FID_ROUTE_IRQ:
+	case DIOSIX_FID_RELEASE_DEVICE:
 		/*
 		 * These give away pages, MMIO windows or interrupts of this VM
 		 * that Linux owns and would keep using: refused until the
@@ -489,6 +490,7 @@ static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case DIOSIX_IOC_DROP_CHILD_TRUST:
 	case DIOSIX_IOC_MAP_HOST_MMIO:
 	case DIOSIX_IOC_ROUTE_IRQ:
+	case DIOSIX_IOC_RELEASE_DEVICE:
 		return diosix_scalar(fid, uarg);
 	case DIOSIX_IOC_SPAWN:
 	case DIOSIX_IOC_EXEC:

@@ -189,6 +189,8 @@ struct diosix_ioc_list {
 	DIOSIX_IOC(DIOSIX_FID_ROUTE_IRQ, struct diosix_ioc_scalar)
 #define DIOSIX_IOC_EXEC \
 	DIOSIX_IOC(DIOSIX_FID_EXEC, struct diosix_ioc_spawn)
+#define DIOSIX_IOC_RELEASE_DEVICE \
+	DIOSIX_IOC(DIOSIX_FID_RELEASE_DEVICE, struct diosix_ioc_scalar)
 
 /* Sizes the Rust side (tools/dsx) relies on. */
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ret) == 16, "ret");

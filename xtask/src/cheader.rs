@@ -179,6 +179,8 @@ pub fn generate() -> String {
     def(w, "DIOSIX_MAP_WRITE", &u64c(flags::MAP_WRITE));
     def(w, "DIOSIX_MAP_EXEC", &u64c(flags::MAP_EXEC));
     def(w, "DIOSIX_MAP_ALL", &u64c(flags::MAP_ALL));
+    def(w, "DIOSIX_DEVICE_BY_WINDOW", &u64c(flags::DEVICE_BY_WINDOW));
+    def(w, "DIOSIX_DEVICE_BY_IRQ", &u64c(flags::DEVICE_BY_IRQ));
 
     section(w, "Feature bits (struct diosix_hv_info.features)");
     for (name, v) in [

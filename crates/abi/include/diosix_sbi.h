@@ -73,7 +73,8 @@
 #define DIOSIX_FID_MAP_HOST_MMIO 24
 #define DIOSIX_FID_ROUTE_IRQ 25
 #define DIOSIX_FID_EXEC 26
-#define DIOSIX_FID_COUNT 27
+#define DIOSIX_FID_RELEASE_DEVICE 27
+#define DIOSIX_FID_COUNT 28
 
 /* ---- Context IDs (relative to the caller) ---- */
 #define DIOSIX_CID_PARENT 0x0ULL
@@ -120,6 +121,8 @@
 #define DIOSIX_MAP_WRITE 0x2ULL
 #define DIOSIX_MAP_EXEC 0x4ULL
 #define DIOSIX_MAP_ALL 0x7ULL
+#define DIOSIX_DEVICE_BY_WINDOW 0x0ULL
+#define DIOSIX_DEVICE_BY_IRQ 0x1ULL
 
 /* ---- Feature bits (struct diosix_hv_info.features) ---- */
 #define DIOSIX_FEATURE_HW_VIRT 0x1ULL

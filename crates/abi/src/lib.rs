@@ -316,8 +316,14 @@ pub mod ext {
     /// its CID, parent, quota and trust. a0 = GPA of a [`super::SpawnArgs`] (`cid` 0,
     /// flags ⊆ `SPAWN_PAGE_LIST`). Does not return on success.
     pub const FID_EXEC: usize = 26;
+    /// Trusted VMs only: give back one host device the caller holds, unmapped and
+    /// unrouted, to its parent's pool (the host's, for the Root VM), where a trusted
+    /// child of that parent may take it. a0 = how a1 names it
+    /// ([`super::flags::DEVICE_BY_WINDOW`] or [`super::flags::DEVICE_BY_IRQ`]),
+    /// a1 = the HPA of one of its register windows, or one of its interrupt numbers.
+    pub const FID_RELEASE_DEVICE: usize = 27;
     /// One past the highest function number defined by this ABI version.
-    pub const FID_COUNT: usize = 27;
+    pub const FID_COUNT: usize = 28;
 
     /// Every defined function: (number, name as in the documentation and C header).
     pub const FUNCTIONS: &[(usize, &str)] = &[
@@ -346,6 +352,7 @@ pub mod ext {
         (FID_MAP_HOST_MMIO, "MAP_HOST_MMIO"),
         (FID_ROUTE_IRQ, "ROUTE_IRQ"),
         (FID_EXEC, "EXEC"),
+        (FID_RELEASE_DEVICE, "RELEASE_DEVICE"),
     ];
 }
 
@@ -423,6 +430,12 @@ pub mod flags {
     pub const SPAWN_PAGE_LIST: u32 = 1 << 2;
     /// Every SpawnArgs flag this ABI version defines.
     pub const SPAWN_ALL: u32 = SPAWN_TRUSTED | SPAWN_PAUSED | SPAWN_PAGE_LIST;
+
+    /// RELEASE_DEVICE a0: a1 is the HPA of (the first page of) one of the device's
+    /// register windows.
+    pub const DEVICE_BY_WINDOW: u64 = 0;
+    /// RELEASE_DEVICE a0: a1 is one of the device's host interrupt numbers.
+    pub const DEVICE_BY_IRQ: u64 = 1;
 
     /// QuotaArgs.flags: apply `ram_pages` even when it is 0.
     pub const QUOTA_SET_RAM: u32 = 1 << 0;

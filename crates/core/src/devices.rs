@@ -141,6 +141,15 @@ impl Released {
     }
 }
 
+/// How RELEASE_DEVICE names a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRef {
+    /// By the HPA of (the first page of) one of its register windows.
+    Window(Hpa),
+    /// By one of its host interrupt numbers.
+    Irq(u32),
+}
+
 /// Which VM holds which handable host device, what of it is mapped where, and which
 /// of its IRQs are routed.
 #[derive(Clone, Debug)]
@@ -435,24 +444,67 @@ impl DeviceTable {
     /// would be unavailable to every VM.
     pub fn release(&mut self, vm: VmId, to: Option<VmId>) -> Released {
         let mut out = Released::default();
-        for d in self.devices.iter_mut().filter(|d| d.holder == Some(vm)) {
-            for r in &mut d.regions {
-                if let Some(gpa) = r.mapped.take() {
-                    out.mmio.push((r.range, gpa));
-                }
+        for device in 0..self.devices.len() {
+            if self.devices.get(device).and_then(|d| d.holder) == Some(vm) {
+                self.give_back(device, to, &mut out);
             }
-            for &irq in &d.irqs {
-                if let Some(s) = self.irqs.get_mut(irq as usize) {
-                    if s.routed {
-                        s.routed = false;
-                        out.irqs.push(irq);
-                    }
-                }
-            }
-            d.holder = to;
-            d.idle_holder = to;
         }
         out
+    }
+
+    /// RELEASE_DEVICE's host side: the one device `named` goes from `vm` to `to`'s
+    /// pool (its parent's; `None` = the host pool), with nothing of it mapped or routed.
+    /// Returns what the hypervisor must unmap and unroute.
+    ///
+    /// Errors: `InvalidAddress` unless a window is the start of one of a handable
+    /// device's regions; `InvalidParam` unless an interrupt belongs to a handable
+    /// device; `Denied` if `vm` does not hold the device. A refused call changes
+    /// nothing.
+    pub fn release_device(
+        &mut self,
+        vm: VmId,
+        named: DeviceRef,
+        to: Option<VmId>,
+    ) -> Result<Released, SbiError> {
+        let device = match named {
+            DeviceRef::Window(hpa) => {
+                let i = self
+                    .by_start
+                    .binary_search_by_key(&hpa, |&(start, _, _)| start)
+                    .map_err(|_| SbiError::InvalidAddress)?;
+                self.by_start.get(i).ok_or(SbiError::InvalidAddress)?.1
+            }
+            DeviceRef::Irq(irq) => self.device_of_irq(irq).ok_or(SbiError::InvalidParam)?,
+        };
+        if self.devices.get(device).and_then(|d| d.holder) != Some(vm) {
+            return Err(SbiError::Denied);
+        }
+        let mut out = Released::default();
+        self.give_back(device, to, &mut out);
+        Ok(out)
+    }
+
+    /// Unmaps and unroutes all of `device` (recording what was, in `out`) and puts it
+    /// in `to`'s pool.
+    fn give_back(&mut self, device: usize, to: Option<VmId>, out: &mut Released) {
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        for r in &mut d.regions {
+            if let Some(gpa) = r.mapped.take() {
+                out.mmio.push((r.range, gpa));
+            }
+        }
+        for &irq in &d.irqs {
+            if let Some(s) = self.irqs.get_mut(irq as usize) {
+                if s.routed {
+                    s.routed = false;
+                    out.irqs.push(irq);
+                }
+            }
+        }
+        d.holder = to;
+        d.idle_holder = to;
     }
 }
 
@@ -803,6 +855,57 @@ mod tests {
         assert_eq!(t.route_irq(b, Some(root), 1), Ok(()));
     }
 
+    #[test]
+    fn release_device_gives_back_one_device_to_the_parent_pool() {
+        let ([root, a, b, a1, _], _) = vms();
+        let mut t = table();
+        let g = Gpa::new(0x5000_0000);
+        t.map_mmio(a, Some(root), Hpa::new(0x1000_2000), g, 0x2000)
+            .unwrap();
+        t.route_irq(a, Some(root), 1).unwrap();
+        t.route_irq(a, Some(root), 3).unwrap();
+        // Naming: a window's first page, or an interrupt, of a handable device.
+        let named = |hpa| DeviceRef::Window(Hpa::new(hpa));
+        assert_eq!(
+            t.release_device(a, named(0x1000_3000), Some(root)),
+            Err(SbiError::InvalidAddress)
+        );
+        assert_eq!(
+            t.release_device(a, DeviceRef::Irq(4), Some(root)),
+            Err(SbiError::InvalidParam)
+        );
+        assert_eq!(
+            t.release_device(a, DeviceRef::Irq(0), Some(root)),
+            Err(SbiError::InvalidParam)
+        );
+        assert_eq!(
+            t.release_device(a, DeviceRef::Irq(5000), Some(root)),
+            Err(SbiError::InvalidParam)
+        );
+        // Only the holder releases.
+        assert_eq!(
+            t.release_device(b, named(0x1000_0000), Some(root)),
+            Err(SbiError::Denied)
+        );
+        let r = t.release_device(a, named(0x1000_0000), Some(root)).unwrap();
+        assert_eq!(r.mmio, [(range(0x1000_2000, 0x2000), g)]);
+        assert_eq!(r.irqs, [1]);
+        // Device 1 untouched; device 0 idle in root's pool.
+        assert_eq!(t.owner_of_irq(3), Some(a));
+        assert_eq!(t.device(0).unwrap().holder(), Some(root));
+        assert_eq!(
+            t.release_device(a, DeviceRef::Irq(2), Some(root)),
+            Err(SbiError::Denied)
+        );
+        // Root's pool: root's other trusted children may take it, a's may not.
+        assert_eq!(t.route_irq(a1, Some(a), 2), Err(SbiError::Denied));
+        assert_eq!(t.route_irq(b, Some(root), 2), Ok(()));
+        // By interrupt, the device with nothing routed any more still goes back.
+        let r = t.release_device(b, DeviceRef::Irq(1), Some(root)).unwrap();
+        assert_eq!(r.irqs, [2]);
+        assert_eq!(t.device(0).unwrap().holder(), Some(root));
+    }
+
     // ------------------------------------------------------------ property test
 
     #[derive(Clone, Debug)]
@@ -828,7 +931,24 @@ mod tests {
             vm: usize,
             to_parent: bool,
         },
+        /// RELEASE_DEVICE of the device `WINDOWS[which]` or IRQ `which` names.
+        ReleaseOne {
+            vm: usize,
+            by_irq: bool,
+            which: usize,
+            to_parent: bool,
+        },
     }
+
+    /// Window HPAs RELEASE_DEVICE may name, with their device: region starts, then a
+    /// page inside a region and an address no device has.
+    const WINDOWS: [(u64, Option<usize>); 5] = [
+        (0x1000_0000, Some(0)),
+        (0x1000_2000, Some(0)),
+        (0x1000_1000, Some(1)),
+        (0x1000_3000, None),
+        (0x2000_0000, None),
+    ];
 
     /// `(start, len)` of every region of `specs()`, then two invalid ranges.
     const REGIONS: [(u64, u64); 5] = [
@@ -864,7 +984,10 @@ mod tests {
             4 => (vm.clone(), irq.clone()).prop_map(|(vm, irq)| Op::Route { vm, irq }),
             1 => (vm.clone(), region).prop_map(|(vm, region)| Op::Unmap { vm, region }),
             1 => (vm.clone(), irq).prop_map(|(vm, irq)| Op::Unroute { vm, irq }),
-            2 => (vm, any::<bool>()).prop_map(|(vm, to_parent)| Op::Release { vm, to_parent }),
+            2 => (vm.clone(), any::<bool>()).prop_map(|(vm, to_parent)| Op::Release { vm, to_parent }),
+            2 => (vm, any::<bool>(), 0..12usize, any::<bool>()).prop_map(|(vm, by_irq, which, to_parent)| {
+                Op::ReleaseOne { vm, by_irq, which: if by_irq { which } else { which % WINDOWS.len() }, to_parent }
+            }),
         ]
     }
 
@@ -1012,6 +1135,30 @@ mod tests {
                         prop_assert_eq!(t.held_by(ids[vm]).count(), 0);
                         for irq in 0..=11 {
                             prop_assert_ne!(t.owner_of_irq(irq), Some(ids[vm]));
+                        }
+                    }
+                    Op::ReleaseOne { vm, by_irq, which, to_parent } => {
+                        let to = if to_parent { parent_of(vm) } else { None };
+                        let (named, device) = if by_irq {
+                            (DeviceRef::Irq(which as u32), IRQ_DEVICE.get(which).copied().flatten().ok_or(SbiError::InvalidParam))
+                        } else {
+                            (DeviceRef::Window(Hpa::new(WINDOWS[which].0)), WINDOWS[which].1.ok_or(SbiError::InvalidAddress))
+                        };
+                        let got = t.release_device(ids[vm], named, to.map(|v| ids[v]));
+                        let expect = device.and_then(|d| if g.holder[d] == Some(vm) { Ok(d) } else { Err(SbiError::Denied) });
+                        match (got, expect) {
+                            (Ok(r), Ok(d)) => {
+                                let expect_regions = g.mapped.iter().filter(|&(&reg, _)| REGION_DEVICE[reg] == d).count();
+                                let expect_irqs = g.routed.keys().filter(|&&i| IRQ_DEVICE[i as usize] == Some(d)).count();
+                                prop_assert_eq!(r.mmio.len(), expect_regions);
+                                prop_assert_eq!(r.irqs.len(), expect_irqs);
+                                g.mapped.retain(|&reg, _| REGION_DEVICE[reg] != d);
+                                g.routed.retain(|&i, _| IRQ_DEVICE[i as usize] != Some(d));
+                                g.holder[d] = to;
+                                g.idle[d] = to;
+                            }
+                            (Err(e), Err(x)) => prop_assert_eq!(e, x),
+                            (got, expect) => prop_assert!(false, "got {:?}, expected {:?}", got, expect),
                         }
                     }
                 }

@@ -371,6 +371,7 @@ fn diosix_one(f: &mut Fz) {
         35 => ext::FID_MAP_HOST_MMIO,
         36 => ext::FID_ROUTE_IRQ,
         37 => ext::FID_EXEC,
+        38 => ext::FID_RELEASE_DEVICE,
         _ => ext::FID_GET_CHILD_INFO,
     };
     let r = &mut f.rng;
@@ -550,6 +551,22 @@ fn diosix_one(f: &mut Fz) {
                 .rng
                 .pick(&[0usize, 1, 10, 11, 0x35, 1023, 1024, usize::MAX]);
             f.dsx(fid, [irq, 0, 0, 0, 0, 0]);
+        }
+        ext::FID_RELEASE_DEVICE => {
+            let by = f.rng.pick(&[0usize, 1, 2, usize::MAX]);
+            let which = f.rng.pick(&[
+                0usize,
+                1,
+                10,
+                11,
+                1 << 32 | 11,
+                0x10_1000,
+                0x1000_0000,
+                0x1000_1000,
+                0x0c00_0000,
+                usize::MAX & !0xfff,
+            ]);
+            f.dsx(fid, [by, which, 0, 0, 0, 0]);
         }
         _ => {
             f.dsx(fid, [junk[0], junk[1], junk[2], 0, 0, 0]);

@@ -307,6 +307,12 @@ pub unsafe trait Client {
     fn route_irq(&self, irq: usize) -> SbiRet {
         self.call2(ext::FID_ROUTE_IRQ, irq, 0)
     }
+
+    /// RELEASE_DEVICE (trusted VMs): the device `which` names (`by`: a
+    /// `flags::DEVICE_BY_*`) goes back to the caller's parent's pool.
+    fn release_device(&self, by: u64, which: usize) -> SbiRet {
+        self.call2(ext::FID_RELEASE_DEVICE, by as usize, which)
+    }
 }
 
 /// An ABI structure the client passes through memory as it is: C layout, every field

@@ -12,7 +12,8 @@
 //!   hypervisor ([`mem`]);
 //! * a small trap handler counting timer and software interrupts ([`trap`]);
 //! * device-tree facts the guests need ([`dtb`]) and CSR accessors ([`csr`]);
-//! * bounded text without an allocator ([`line`]).
+//! * bounded text without an allocator ([`line`]);
+//! * the QEMU `virt` devices the device tests drive ([`virt`]).
 //!
 //! The boot hart id is whatever the SBI implementation hands over in `a0`: under
 //! OpenSBI it is not necessarily 0, so guests never assume it.
@@ -28,6 +29,7 @@ pub mod mem;
 pub mod report;
 pub mod sbi;
 pub mod trap;
+pub mod virt;
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 

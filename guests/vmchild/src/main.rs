@@ -15,6 +15,10 @@
 //! * `kill`: EXIT the grandchild with code 5, answer `killed cid=<c> code=<code>`;
 //! * `exec <gpa> <len>` (hex): EXEC refused for bad arguments (printed: `vmchild: exec
 //!   refused <codes>`), then EXEC of the image at that GPA: this VM starts again as it;
+//! * `rtc` (a trusted child, which keeps its trust until told): take the host's RTC
+//!   from the parent's pool, route its interrupt and claim it on its own virtual PLIC,
+//!   answer `rtc <map code> <route code> <source claimed>`;
+//! * `droptrust`: DROP_TRUST, answer `droptrust <code>`;
 //! * `fork`: FORK; the clone prints `vmchild: forked grandchild alive` and exits with
 //!   code 9; answer `fork ok cid=<c> code=<code>` or `fork err <error>`;
 //! * console input lines (CONSOLE_WRITE by the parent) are printed back as
@@ -237,11 +241,41 @@ fn self_checks(i: &diosix_abi::VmInfo, ram_pages: Option<u64>) {
             error::DENIED,
         );
     }
-    check_err(
-        "child_drop_trust_idempotent",
-        DSX.drop_trust().error,
-        error::SUCCESS,
-    );
+    if i.flags & flags::INFO_TRUSTED == 0 {
+        check_err(
+            "child_drop_trust_idempotent",
+            DSX.drop_trust().error,
+            error::SUCCESS,
+        );
+    }
+}
+
+/// `rtc` (a trusted child): maps the host's goldfish RTC at its host address, routes
+/// its interrupt, raises its alarm and claims the interrupt on this VM's own virtual
+/// PLIC; answers `rtc <map code> <route code> <source claimed, 0 if none>`.
+fn take_rtc(from: u64) {
+    use diosix_guest_rt::virt::{self, rtc, RTC, RTC_IRQ};
+    let map = DSX.map_host_mmio(RTC, RTC, 4096).error;
+    let route = DSX.route_irq(RTC_IRQ as usize).error;
+    let mut claimed = 0;
+    if map == error::SUCCESS && route == error::SUCCESS {
+        let context = diosix_guest_rt::hart::id();
+        virt::plic_write(virt::priority(RTC_IRQ), 1);
+        virt::plic_write(virt::enable(context), 1 << RTC_IRQ);
+        virt::plic_write(virt::threshold(context), 0);
+        virt::rtc_alarm_in(1_000_000);
+        if virt::wait_seip(true, 500) {
+            claimed = virt::plic_read(virt::claim(context));
+        }
+        virt::rtc_write(rtc::CLEAR_INTERRUPT, 1);
+        virt::rtc_write(rtc::IRQ_ENABLED, 0);
+        if claimed != 0 {
+            virt::plic_write(virt::claim(context), claimed);
+        }
+        virt::plic_write(virt::enable(context), 0);
+    }
+    let l: dsx::Line<64> = dsx::fmt(format_args!("rtc {map} {route} {claimed}"));
+    reply(from, l.bytes());
 }
 
 /// Answers `to` with `msg`; prints a line if the send fails.
@@ -484,6 +518,12 @@ fn serve() -> ! {
                     "kill" => kill_grandchild(from, grandchild),
                     "fork" => fork_test(from),
                     "exec" => exec_self(from, text),
+                    "rtc" => take_rtc(from),
+                    "droptrust" => {
+                        let l: dsx::Line<64> =
+                            dsx::fmt(format_args!("droptrust {}", DSX.drop_trust().error));
+                        reply(from, l.bytes());
+                    }
                     "forkbomb" => fork_bomb(from),
                     _ => {
                         msg[..n].make_ascii_uppercase();

@@ -5,6 +5,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use diosix_abi::{ext, Event, HvInfo, IpcRecvArgs, IpcSendArgs, SpawnArgs, VmInfo};
 use diosix_guest_rt::sbi::{self, SbiRet};
+use diosix_guest_rt::virt::{self, RTC_IRQ};
 use diosix_guest_rt::{csr, dtb, println, sleep_ticks};
 
 // ----- the child image -----
@@ -2128,29 +2129,21 @@ fn host_device_checks() {
     );
     // The virtual PLIC answers as a PLIC: priorities are 3-bit WARL registers, a
     // claim with nothing pending is 0, reserved words read 0 and ignore writes.
-    const VPLIC: usize = 0x0c00_0000;
-    let rd = |off: usize| {
-        // SAFETY: the virtual PLIC's window, which the hypervisor emulates (every access
-        // traps); naturally aligned 32-bit accesses.
-        unsafe { core::ptr::read_volatile((VPLIC + off) as *const u32) }
-    };
-    let wr = |off: usize, v: u32| {
-        // SAFETY: as for `rd`.
-        unsafe { core::ptr::write_volatile((VPLIC + off) as *mut u32, v) }
-    };
-    wr(4 * 11, 5);
-    check("vplic_priority_reads_back", rd(4 * 11), 5);
-    wr(4 * 11, 0xff);
-    check("vplic_priority_is_3_bits", rd(4 * 11), 7);
-    wr(4 * 11, 0);
-    check("vplic_claim_nothing_pending", rd(0x20_0004), 0);
+    let (rd, wr) = (virt::plic_read, virt::plic_write);
+    wr(virt::priority(RTC_IRQ), 5);
+    check("vplic_priority_reads_back", rd(virt::priority(RTC_IRQ)), 5);
+    wr(virt::priority(RTC_IRQ), 0xff);
+    check("vplic_priority_is_3_bits", rd(virt::priority(RTC_IRQ)), 7);
+    wr(virt::priority(RTC_IRQ), 0);
+    check("vplic_claim_nothing_pending", rd(virt::claim(0)), 0);
     wr(0x1f_fff0, 0xdead_beef);
     check("vplic_reserved_reads_zero", rd(0x1f_fff0), 0);
-    wr(0x2000, 1 << 11);
-    check("vplic_enable_reads_back", rd(0x2000), 1 << 11);
-    wr(0x2000, 1);
-    check("vplic_enable_source0_hardwired", rd(0x2000), 0);
-    rtc_interrupt_checks(&rd, &wr);
+    wr(virt::enable(0), 1 << RTC_IRQ);
+    check("vplic_enable_reads_back", rd(virt::enable(0)), 1 << RTC_IRQ);
+    wr(virt::enable(0), 1);
+    check("vplic_enable_source0_hardwired", rd(virt::enable(0)), 0);
+    rtc_interrupt_checks();
+    device_handover_checks();
 }
 
 /// A real host interrupt end to end: the goldfish RTC's alarm (source 11, a level
@@ -2159,53 +2152,21 @@ fn host_device_checks() {
 /// signals it) until completed; after each completion the next signal is delivered
 /// once (nothing lost, nothing doubled); a cleared one is not.
 /// Polled through `sip.SEIP` with interrupts off.
-fn rtc_interrupt_checks(rd: &dyn Fn(usize) -> u32, wr: &dyn Fn(usize, u32)) {
-    const RTC: usize = 0x0010_1000;
-    const RTC_IRQ: u32 = 11;
-    const ALARM_LOW: usize = 0x08;
-    const ALARM_HIGH: usize = 0x0c;
-    const IRQ_ENABLED: usize = 0x10;
-    const CLEAR_INTERRUPT: usize = 0x1c;
-    let rtc = |off: usize, v: u32| {
-        // SAFETY: the goldfish RTC's registers, mapped into this VM at their host
-        // address (the hypervisor handed the device to the Root VM).
-        unsafe { core::ptr::write_volatile((RTC + off) as *mut u32, v) }
-    };
-    let rtc_now = || {
-        // SAFETY: as above; TIME_LOW (0x00) latches TIME_HIGH (0x04).
-        unsafe {
-            let lo = core::ptr::read_volatile(RTC as *const u32);
-            let hi = core::ptr::read_volatile((RTC + 4) as *const u32);
-            (u64::from(hi) << 32) | u64::from(lo)
-        }
-    };
+fn rtc_interrupt_checks() {
+    use virt::{plic_read as rd, plic_write as wr, rtc, rtc_write, seip, wait_seip};
     let context = csr_hart();
-    let claim = 0x20_0004 + 0x1000 * context;
-    let seip = || csr::sip() & csr::SEI != 0;
-    // Waits up to `ms` for sip.SEIP to read `want`.
-    let wait_seip = |want: bool, ms: u64| {
-        let end = csr::time() + ms * 10_000;
-        while seip() != want {
-            if csr::time() > end {
-                return false;
-            }
-        }
-        true
-    };
-    wr(4 * RTC_IRQ as usize, 1);
-    wr(0x2000 + 0x80 * context, 1 << RTC_IRQ);
-    wr(0x20_0000 + 0x1000 * context, 0);
+    let claim = virt::claim(context);
+    wr(virt::priority(RTC_IRQ), 1);
+    wr(virt::enable(context), 1 << RTC_IRQ);
+    wr(virt::threshold(context), 0);
     // Alarm 1 ms from now, interrupt enabled.
-    let at = rtc_now() + 1_000_000;
-    rtc(ALARM_HIGH, (at >> 32) as u32);
-    rtc(ALARM_LOW, at as u32);
-    rtc(IRQ_ENABLED, 1);
+    virt::rtc_alarm_in(1_000_000);
     check("vplic_rtc_interrupt_arrives", wait_seip(true, 500), true);
     check("vplic_claims_rtc", rd(claim), RTC_IRQ);
     check("vplic_line_drops_after_claim", wait_seip(false, 10), true);
     // The RTC asserts its line again (rewriting IRQ_ENABLED re-signals it), but the
     // source is in service: nothing more arrives until it is completed.
-    rtc(IRQ_ENABLED, 1);
+    rtc_write(rtc::IRQ_ENABLED, 1);
     check("vplic_claimed_source_held", wait_seip(true, 20), false);
     // Each completion lets exactly one more assertion through, a thousand times over.
     let mut again = 0u32;
@@ -2214,7 +2175,7 @@ fn rtc_interrupt_checks(rd: &dyn Fn(usize) -> u32, wr: &dyn Fn(usize, u32)) {
         if wait_seip(true, 100) && rd(claim) == RTC_IRQ && !seip() {
             again += 1;
         }
-        rtc(IRQ_ENABLED, 1);
+        rtc_write(rtc::IRQ_ENABLED, 1);
     }
     check(
         "vplic_redelivered_once_per_completion_1000_times",
@@ -2224,7 +2185,7 @@ fn rtc_interrupt_checks(rd: &dyn Fn(usize) -> u32, wr: &dyn Fn(usize, u32)) {
     // Cleared at the device, then completed. The last signal, sent while the source
     // was in service, is already latched at the host PLIC (a PLIC's pending bit goes
     // only by a claim), so at most one more arrives; then it is quiet.
-    rtc(CLEAR_INTERRUPT, 1);
+    rtc_write(rtc::CLEAR_INTERRUPT, 1);
     wr(claim, RTC_IRQ);
     if wait_seip(true, 20) {
         check("vplic_latched_signal_claimed", rd(claim), RTC_IRQ);
@@ -2232,8 +2193,116 @@ fn rtc_interrupt_checks(rd: &dyn Fn(usize) -> u32, wr: &dyn Fn(usize, u32)) {
     }
     check("vplic_cleared_stays_quiet", wait_seip(true, 20), false);
     check("vplic_nothing_to_claim", rd(claim), 0);
-    rtc(IRQ_ENABLED, 0);
-    wr(0x2000 + 0x80 * context, 0);
+    rtc_write(rtc::IRQ_ENABLED, 0);
+    wr(virt::enable(context), 0);
+}
+
+/// RELEASE_DEVICE, and a device handed down: the Root VM gives the RTC back (to the
+/// host pool: it has no parent), a trusted child it spawns takes it from there (maps
+/// it, routes its interrupt to its own virtual PLIC and takes an alarm on it) while the
+/// Root VM is refused it, and when the child drops its trust the RTC lands in the Root
+/// VM's pool, which maps and routes it again.
+fn device_handover_checks() {
+    use flags::{DEVICE_BY_IRQ as BY_IRQ, DEVICE_BY_WINDOW as BY_WINDOW};
+    let release = |by, which| DSX.release_device(by, which);
+    for (name, by, which, code) in [
+        (
+            "release_device_bad_kind",
+            2,
+            virt::RTC,
+            error::INVALID_PARAM,
+        ),
+        (
+            "release_device_unaligned",
+            BY_WINDOW,
+            virt::RTC + 0x10,
+            error::INVALID_ADDRESS,
+        ),
+        (
+            "release_device_hv_uart",
+            BY_WINDOW,
+            0x1000_0000,
+            error::INVALID_ADDRESS,
+        ),
+        (
+            "release_device_ram",
+            BY_WINDOW,
+            0x8000_0000,
+            error::INVALID_ADDRESS,
+        ),
+        ("release_device_irq_zero", BY_IRQ, 0, error::INVALID_PARAM),
+        (
+            "release_device_irq_hv_uart",
+            BY_IRQ,
+            10,
+            error::INVALID_PARAM,
+        ),
+        (
+            "release_device_irq_wide",
+            BY_IRQ,
+            (1 << 32) | 11,
+            error::INVALID_PARAM,
+        ),
+    ] {
+        check_err(name, release(by, which), code);
+    }
+    check_ok("release_device_rtc", release(BY_IRQ, RTC_IRQ as usize), 0);
+    check_err(
+        "release_device_not_held",
+        release(BY_WINDOW, virt::RTC),
+        error::DENIED,
+    );
+    // (An access to the window now would be a fatal fault: it is not mapped. That it
+    // is gone shows below, when the same GPA takes a mapping again.)
+    let mut a = child_args(CHILD_PAGES);
+    a.flags = flags::SPAWN_TRUSTED;
+    let r = DSX.spawn(&a);
+    if !check_err("spawn_trusted_device_child", r, error::SUCCESS) {
+        return;
+    }
+    let c = r.value as u64;
+    reset_log(c);
+    wait_console(c, READY, 10_000);
+    let ask = |cmd: &[u8], reply: &str| {
+        let sent = DSX.ipc_send(c, cmd).error == error::SUCCESS;
+        let got = wait_message(c, 10_000);
+        if let Some(l) = &got {
+            println!(
+                "vmtree: child {c} answered {:?}: {}",
+                core::str::from_utf8(cmd),
+                l.as_str()
+            );
+        }
+        sent && got.is_some_and(|l| l.as_str() == reply)
+    };
+    // The child maps the RTC and routes 11 (both 0) and claims 11 on its own PLIC.
+    check("trusted_child_takes_rtc", ask(b"rtc", "rtc 0 0 11"), true);
+    check_err(
+        "map_host_mmio_child_holds_it_denied",
+        DSX.map_host_mmio(virt::RTC, virt::RTC, 4096),
+        error::DENIED,
+    );
+    check_err(
+        "route_irq_child_holds_it_denied",
+        DSX.route_irq(RTC_IRQ as usize),
+        error::DENIED,
+    );
+    check(
+        "trusted_child_drops_trust",
+        ask(b"droptrust", "droptrust 0"),
+        true,
+    );
+    check_ok(
+        "map_host_mmio_back_from_child",
+        DSX.map_host_mmio(virt::RTC, virt::RTC, 4096),
+        0,
+    );
+    check_ok(
+        "route_irq_back_from_child",
+        DSX.route_irq(RTC_IRQ as usize),
+        0,
+    );
+    kill_child("exit_device_child", c, 2);
 }
 
 /// This vCPU's hart ID (= its virtual PLIC context).

@@ -10,6 +10,7 @@ use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use diosix_abi::{features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
+use diosix_core::devices::DeviceRef;
 use diosix_core::gstage::Perms;
 use diosix_core::tree::dispatch::ExtensionHost;
 use diosix_core::tree::{HostFacts, KilledVm, SbiError, VmId};
@@ -276,7 +277,7 @@ impl ExtensionHost for HvHost<'_> {
         Ok(())
     }
 
-    fn exec_vm(&mut self, id: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+    fn exec_vm(&mut self, id: VmId, args: &SpawnArgs, trusted: bool) -> Result<(), SbiError> {
         let old = lookup(id).ok_or(SbiError::InvalidParam)?;
         // Nothing changes until every page of the image is known to be its RAM.
         let pages = exec_pages(&old, args)?;
@@ -316,6 +317,7 @@ impl ExtensionHost for HvHost<'_> {
             vcpus,
             priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
             start: true,
+            virtual_plic: trusted,
         };
         self.build = Some(PendingBuild::new(id, Source::Rebuild(origin)));
         Ok(())
@@ -447,6 +449,21 @@ impl ExtensionHost for HvHost<'_> {
     fn route_irq(&mut self, vm: VmId, parent: Option<VmId>, irq: u64) -> Result<(), SbiError> {
         let vm = lookup(vm).ok_or(SbiError::Failed)?;
         crate::devices::route_irq(&vm, parent, irq)
+    }
+
+    fn release_device(
+        &mut self,
+        vm: VmId,
+        parent: Option<VmId>,
+        named: DeviceRef,
+    ) -> Result<(), SbiError> {
+        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        crate::devices::release_device(&vm, named, parent)?;
+        // Its harts forget the device's mappings before the call returns.
+        let mut stale = crate::isolation::Stale::new();
+        stale.write_protected();
+        cow::finish(&vm, self.hart.slot, stale);
+        Ok(())
     }
 
     fn restart_host(&mut self) {

@@ -376,6 +376,7 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), alloc::string::String> 
             start: true,
             cancelled: &|| false,
             devices: &devices,
+            virtual_plic: false,
             pinned,
         },
     )

@@ -92,6 +92,9 @@ pub(super) struct ImageOrigin {
     pub(super) vcpus: usize,
     pub(super) priority: u8,
     pub(super) start: bool,
+    /// Built with a virtual PLIC: it was trusted when spawned or EXEC'd, so it may
+    /// take host devices and route their interrupts to itself.
+    pub(super) virtual_plic: bool,
 }
 
 impl ImageOrigin {
@@ -157,6 +160,7 @@ impl ImageOrigin {
                 start: self.start,
                 cancelled,
                 devices: &[],
+                virtual_plic: self.virtual_plic,
                 pinned: false,
             },
         )
@@ -222,6 +226,7 @@ impl ImageOrigin {
             vcpus: usize::try_from(args.vcpus).map_err(|_| SbiError::InvalidParam)?,
             priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
             start: args.flags & flags::SPAWN_PAUSED == 0,
+            virtual_plic: args.flags & flags::SPAWN_TRUSTED != 0,
         })
     }
 }

@@ -36,6 +36,7 @@ use super::{
     VmTree,
 };
 use crate::addr::{Gpa, Hpa, PAGE_SIZE};
+use crate::devices::DeviceRef;
 use crate::gstage::table_pages_for;
 use crate::sbi::SbiRet;
 
@@ -90,8 +91,8 @@ pub trait ExtensionHost {
     /// EXEC: `vm` becomes the image `args` describe in its own memory and starts
     /// again; REBOOT returns it there. `InvalidAddress` (a page-list entry outside its
     /// RAM) before anything changed; `Failed` once its old self is gone (it then ends
-    /// with a fatal fault).
-    fn exec_vm(&mut self, vm: VmId, args: &SpawnArgs) -> Result<(), SbiError>;
+    /// with a fatal fault). `trusted`: whether `vm` holds hardware trust (it keeps it).
+    fn exec_vm(&mut self, vm: VmId, args: &SpawnArgs, trusted: bool) -> Result<(), SbiError>;
     /// A VM died: stop its vCPUs and free its pages, page tables and vCPUs.
     fn release_vm(&mut self, killed: &KilledVm);
     /// `vm` lost hardware trust: unmap its host MMIO and stop routing IRQs to it, and
@@ -127,6 +128,15 @@ pub trait ExtensionHost {
     /// ROUTE_IRQ for a trusted VM whose parent is `parent`; `InvalidParam` for an
     /// interrupt that does not exist.
     fn route_irq(&mut self, vm: VmId, parent: Option<VmId>, irq: u64) -> Result<(), SbiError>;
+    /// RELEASE_DEVICE for a trusted VM whose parent is `parent`: the device `named`
+    /// goes, unmapped and unrouted before this returns, to `parent`'s pool (`None`:
+    /// the host's). Errors as [`crate::devices::DeviceTable::release_device`].
+    fn release_device(
+        &mut self,
+        vm: VmId,
+        parent: Option<VmId>,
+        named: DeviceRef,
+    ) -> Result<(), SbiError>;
     /// The Root VM died: restart the machine.
     fn restart_host(&mut self);
 }
@@ -239,6 +249,7 @@ fn call(
             host.route_irq(caller, parent, irq)?;
             Ok(0)
         }
+        Request::ReleaseDevice { by, which } => release_device(tree, caller, by, which, host),
     }
 }
 
@@ -520,7 +531,8 @@ fn exec(
         .checked_add(host.kept_pages(&s))
         .ok_or(SbiError::InvalidParam)?;
     tree.check_exec(caller, s.ram_pages, table_pages, s.vcpus, s.priority)?;
-    match host.exec_vm(caller, &s) {
+    let trusted = tree.get(caller).is_some_and(|n| n.trusted());
+    match host.exec_vm(caller, &s, trusted) {
         Ok(()) => {}
         // The host got past the point of no return: the caller is gone.
         Err(SbiError::Failed) => {
@@ -823,6 +835,32 @@ fn list_children(
         host.write_guest(caller, gpa, &out)?;
     }
     Ok(cids.len() as u64)
+}
+
+fn release_device(
+    tree: &mut VmTree,
+    caller: VmId,
+    by: u64,
+    which: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    require_trust(tree, caller)?;
+    let named = match by {
+        flags::DEVICE_BY_WINDOW => {
+            let hpa = Hpa::new(which);
+            if !hpa.is_page_aligned() {
+                return Err(SbiError::InvalidAddress);
+            }
+            DeviceRef::Window(hpa)
+        }
+        flags::DEVICE_BY_IRQ => {
+            DeviceRef::Irq(u32::try_from(which).map_err(|_| SbiError::InvalidParam)?)
+        }
+        _ => return Err(SbiError::InvalidParam),
+    };
+    let parent = tree.get(caller).and_then(|n| n.parent());
+    host.release_device(caller, parent, named)?;
+    Ok(0)
 }
 
 fn map_host_mmio(

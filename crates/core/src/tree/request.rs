@@ -171,6 +171,13 @@ pub enum Request {
         /// Where the `SpawnArgs` structure is.
         args: Gpa,
     },
+    /// RELEASE_DEVICE (trusted callers).
+    ReleaseDevice {
+        /// How `which` names the device (`DEVICE_BY_*`).
+        by: u64,
+        /// A window's HPA or an interrupt number.
+        which: u64,
+    },
 }
 
 impl Request {
@@ -246,6 +253,7 @@ impl Request {
             },
             ext::FID_ROUTE_IRQ => Self::RouteIrq { irq: a0 },
             ext::FID_EXEC => Self::Exec { args: gpa(a0) },
+            ext::FID_RELEASE_DEVICE => Self::ReleaseDevice { by: a0, which: a1 },
             _ => return Err(SbiError::NotSupported),
         })
     }

@@ -604,7 +604,7 @@ impl ExtensionHost for FakeHost {
         self.log.push("reboot".into());
         Ok(())
     }
-    fn exec_vm(&mut self, vm: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+    fn exec_vm(&mut self, vm: VmId, args: &SpawnArgs, _trusted: bool) -> Result<(), SbiError> {
         self.fail()?;
         self.give_ram(vm, args.ram_pages);
         self.log.push("exec".into());
@@ -650,6 +650,15 @@ impl ExtensionHost for FakeHost {
             return Err(SbiError::InvalidParam);
         }
         self.log.push("irq".into());
+        Ok(())
+    }
+    fn release_device(
+        &mut self,
+        _vm: VmId,
+        _parent: Option<VmId>,
+        named: crate::devices::DeviceRef,
+    ) -> Result<(), SbiError> {
+        self.log.push(format!("release_device {named:?}"));
         Ok(())
     }
     fn restart_host(&mut self) {
@@ -1331,6 +1340,19 @@ fn trust_functions_through_dispatch() {
     );
     w.ok(c, ext::FID_ROUTE_IRQ, &[10]);
     assert_eq!(w.err(c, ext::FID_ROUTE_IRQ, &[5000]), E_INVALID_PARAM);
+    // RELEASE_DEVICE: how a1 names the device, then the host's checks.
+    assert_eq!(w.err(c, ext::FID_RELEASE_DEVICE, &[2, 0]), E_INVALID_PARAM);
+    assert_eq!(
+        w.err(c, ext::FID_RELEASE_DEVICE, &[0, 0x1000_0010]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(c, ext::FID_RELEASE_DEVICE, &[1, 1 << 32]),
+        E_INVALID_PARAM
+    );
+    w.ok(c, ext::FID_RELEASE_DEVICE, &[0, 0x1000_0000]);
+    w.ok(c, ext::FID_RELEASE_DEVICE, &[1, 10]);
+    assert!(w.h.log.iter().any(|l| l == "release_device Irq(10)"));
     assert_eq!(w.err(c, ext::FID_DROP_CHILD_TRUST, &[1]), E_DENIED);
     w.ok(c, ext::FID_DROP_TRUST, &[]);
     assert_eq!(
@@ -1342,6 +1364,7 @@ fn trust_functions_through_dispatch() {
         E_DENIED
     );
     assert_eq!(w.err(c, ext::FID_ROUTE_IRQ, &[10]), E_DENIED);
+    assert_eq!(w.err(c, ext::FID_RELEASE_DEVICE, &[1, 10]), E_DENIED);
     assert!(w.h.log.iter().any(|l| l == "revoke"));
     // Irrevocable: nothing gives it back (a fork of it is untrusted too).
     w.ok(c, ext::FID_DROP_TRUST, &[]);
