@@ -190,7 +190,19 @@ pub enum Program {
     /// Floods its parent: IPC_SEND of its program page (4 KiB) and a 4 KiB console
     /// write, for ever.
     Chatty,
+    /// Two vCPUs: vCPU 0 starts vCPU 1 (HSM), then both EXEC for ever the image in
+    /// their own first page (which is the whole ELF file: it loads at file offset 0),
+    /// with this much RAM, two vCPUs and this priority. Each incarnation does it again.
+    Exec2 {
+        /// RAM of every incarnation, in pages.
+        ram_pages: u64,
+        /// Its priority.
+        priority: u32,
+    },
 }
+
+/// Where an [`Program::Exec2`] child's EXEC arguments sit in its page.
+const EXEC_ARGS_OFF: usize = 0xC00;
 
 /// Exit code of a [`Program::Watch`] child that saw its page change.
 pub const WATCH_CHANGED: u64 = 0xBADC0;
@@ -264,6 +276,19 @@ fn assemble(prog: Program) -> Prog {
             p.call(eid::DBCN, 0);
             p.jump(l);
         }
+        Program::Exec2 { .. } => {
+            // a0 = hart id: vCPU 1 goes straight to the loop.
+            let skip = p.branch_fwd(1, A0, ZERO);
+            p.li(A0, 1);
+            p.li(A1, CODE_GPA as u64);
+            p.li(A2, 0);
+            p.call(eid::HSM, 0);
+            p.patch_branch(skip, 1, A0, ZERO);
+            let l = p.here();
+            p.li(A0, (PAGE_GPA + EXEC_ARGS_OFF) as u64);
+            p.call(EID, ext::FID_EXEC);
+            p.jump(l);
+        }
     }
     p
 }
@@ -319,6 +344,14 @@ pub fn program_elf(out: &Region, prog: Program) -> usize {
             len: 4096,
         };
         out.write(0xC00, &a.to_le_bytes());
+    }
+    if let Program::Exec2 {
+        ram_pages,
+        priority,
+    } = prog
+    {
+        let a = diosix_guest_rt::diosix::spawn_args(PAGE_GPA, PROG_LEN, ram_pages, 2, priority);
+        out.write(EXEC_ARGS_OFF, &a.to_le_bytes());
     }
     PROG_LEN
 }

@@ -78,6 +78,7 @@ pub fn run() {
     reboot_vs_srst();
     map_vs_start();
     stop_resume_storm();
+    exec_vs_kill();
     ipc_console_storm();
 }
 
@@ -509,6 +510,126 @@ fn stop_resume_storm() {
         "race_storm_children_running_after",
         running == made,
         format_args!("{running} of {made} running after the last RESUME"),
+    );
+    kids::kill_all(0);
+    kids::forget_events();
+}
+
+// ----- EXEC by a two-vCPU child vs its parent's REBOOT, STOP, RESUME and kill -----
+
+/// Rounds of [`exec_vs_kill`].
+const EXEC_ROUNDS: usize = 8;
+
+/// Each round: a child whose two vCPUs EXEC themselves for ever (each incarnation
+/// again), while every vCPU of this VM REBOOTs, STOPs, RESUMEs and queries it, and the
+/// leader kills it after a delay that grows with the round (from during its first EXEC
+/// to deep into the chain). Every return must be defined, every child must end with
+/// the kill's code, and nothing may stay behind (the suite checks heap and frames).
+fn exec_vs_kill() {
+    reset();
+    crate::phase("race_exec_vs_kill", 60_000, |idx, n| {
+        for round in 0..EXEC_ROUNDS {
+            if idx == 0 {
+                let pages = 32;
+                let prog = Program::Exec2 {
+                    ram_pages: pages,
+                    priority: kids::prio(),
+                };
+                let r = kids::spawn_prog(prog, pages, 2, 0, |a| {
+                    // Room for an EXEC's new charge beside the old one's.
+                    a.quota_ram_pages = 4 * (pages + 16);
+                    a.quota_vcpus = 2;
+                });
+                expect(ext::FID_SPAWN, r, &[SUCCESS]);
+                let c = if r.error == 0 { r.value as u64 } else { 0 };
+                TARGET.store(c, Ordering::Release);
+                if c != 0 {
+                    remember(c);
+                }
+            }
+            if !GATE.wait(2 * round, n, 10_000) {
+                return;
+            }
+            let c = TARGET.load(Ordering::Acquire);
+            if c != 0 {
+                if idx == 0 || n == 1 {
+                    sys::sleep_ms(round as u64);
+                    let r = DSX.exit(c, 0xE4EC);
+                    expect(ext::FID_EXIT, r, &[SUCCESS]);
+                } else {
+                    for k in 0..30 {
+                        let (fid, ok): (usize, &[isize]) = match (idx + k) % 4 {
+                            // Killed meanwhile: INVALID_PARAM; undone by a racing
+                            // EXEC or kill: FAILED.
+                            0 => (ext::FID_REBOOT, &[SUCCESS, FAILED, INVALID_PARAM]),
+                            1 => (ext::FID_STOP, &[SUCCESS, ALREADY_STOPPED, INVALID_PARAM]),
+                            2 => (ext::FID_RESUME, &[SUCCESS, ALREADY_STARTED, INVALID_PARAM]),
+                            _ => (ext::FID_GET_CHILD_INFO, &[SUCCESS, INVALID_PARAM]),
+                        };
+                        let r = if fid == ext::FID_GET_CHILD_INFO {
+                            DSX.child_info(c).map_or_else(
+                                |e| SbiRet { error: e, value: 0 },
+                                |_| SbiRet { error: 0, value: 0 },
+                            )
+                        } else {
+                            DSX.call2(fid, c as usize, 0)
+                        };
+                        expect(fid, r, ok);
+                        if fid == ext::FID_REBOOT && r.error == 0 {
+                            COUNT[1].fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            if !GATE.wait(2 * round + 1, n, 10_000) {
+                return;
+            }
+            if idx == 0 && c != 0 {
+                // The parent sees its EXECs as CHILD_REBOOTED, then the kill.
+                let end = sys::now() + sys::ms(10_000);
+                let mut code = None;
+                while code.is_none() && sys::now() < end {
+                    match DSX.poll_event() {
+                        Ok(Some(e)) if e.cid == c && e.kind == event::CHILD_REBOOTED => {
+                            COUNT[2].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Some(e)) if e.cid == c && e.kind == event::CHILD_TERMINATED => {
+                            code = Some(e.exit_code);
+                        }
+                        Ok(_) => {
+                            DSX.yield_now();
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if code == Some(0xE4EC) {
+                    COUNT[0].fetch_add(1, Ordering::Relaxed);
+                } else {
+                    note(format_args!("exec_vs_kill: CID {c} ended with {code:?}"));
+                }
+            }
+        }
+    });
+    if team::broken() {
+        return;
+    }
+    verdict("exec_vs_kill");
+    let made = NCIDS.load(Ordering::Relaxed);
+    let killed = COUNT[0].load(Ordering::Relaxed);
+    note(format_args!(
+        "exec_vs_kill: {made} children, {} EXECs seen, {} REBOOTs accepted",
+        COUNT[2].load(Ordering::Relaxed),
+        COUNT[1].load(Ordering::Relaxed)
+    ));
+    crate::check(
+        "race_exec_vs_kill_each_child_killed",
+        made == EXEC_ROUNDS && killed == made,
+        format_args!("{killed} of {made} children ended with the kill's code"),
+    );
+    crate::check(
+        "race_exec_vs_kill_children_execed",
+        COUNT[2].load(Ordering::Relaxed) > 0,
+        format_args!("no CHILD_REBOOTED event: no EXEC completed"),
     );
     kids::kill_all(0);
     kids::forget_events();
