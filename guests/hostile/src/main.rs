@@ -14,8 +14,9 @@
 //!   random CIDs. Each return must be a defined SBI code (and `a1 = 0` on a refusal);
 //! * `races`: FORK vs FORK, FORK in a two-vCPU child vs its parent's STOP, SPAWN vs
 //!   KILL of the same CID, REBOOT vs the child's own SRST reboot, MAP_CHILD_MEM vs
-//!   START (with a copy-on-write canary), STOP/RESUME storms, IPC and consoles from
-//!   every vCPU at once;
+//!   START (with a copy-on-write canary), STOP/RESUME storms, EXEC by a two-vCPU
+//!   child vs its parent's REBOOT, STOP, RESUME and kill, IPC and consoles from every
+//!   vCPU at once;
 //! * `devices` (run before `fuzz`, which drops this VM's trust): the virtual PLIC's
 //!   whole window hit by every vCPU at once with random loads, stores and atomics of
 //!   every width (unsupported ones must come back as access faults), while the RTC's

@@ -1,5 +1,5 @@
 //! Phase `races`: every vCPU hammers the extension at the same moment, for a bounded
-//! number of rounds, in seven races. Every return must be a defined SBI code (and one
+//! number of rounds, in eight races. Every return must be a defined SBI code (and one
 //! the race allows), and what the race leaves behind must be consistent.
 
 use crate::img::{self, Program};
