@@ -423,7 +423,7 @@ fn linux_device_bench() -> Result<()> {
         crate::disk::new_disk(&disk, DEVICE_DISK_MIB << 20, None, true)?;
         q.devices = qemu::Devices {
             disks: vec![disk.clone()],
-            net_port: None,
+            ..Default::default()
         };
         // No stop_at: rcS powers off after the done line, and the hypervisor logs the
         // Root VM's exits by cause as it ends (QEMU exits: -no-reboot).

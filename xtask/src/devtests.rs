@@ -24,6 +24,8 @@ pub(crate) struct DeviceCase {
     /// User networking; the host fetches `/` through the forwarded port while the
     /// first boot's session runs, and the case fails unless that page arrives.
     pub(crate) net: bool,
+    /// A virtio-rng device; the first session reads `/dev/hwrng`.
+    pub(crate) rng: bool,
     /// Boot again with the same disk: (session, expected output).
     pub(crate) second_boot: Option<(&'static [Step], &'static [Expect])>,
     /// A marker (`NAME-value`) both boots must print with the same value.
@@ -83,6 +85,12 @@ pub(crate) fn first_session() -> &'static [Step] {
              YEAR-$(date +%Y | cut -c1-2) \
              BLKIRQ-$(awk '/virtio0/ {print ($2+$3 > 0)}' /proc/interrupts)\r",
         ),
+        (
+            ROOT_PROMPT,
+            "echo HWRNG-$(cat /sys/class/misc/hw_random/rng_current) \
+             RNGBYTES-$(head -c 4096 /dev/hwrng | wc -c) \
+             NONZERO-$(head -c 4096 /dev/hwrng | tr -d '\\000' | wc -c | awk '{print ($1 > 3900)}')\r",
+        ),
         (ROOT_PROMPT, "poweroff\r"),
     ]
     .leak()
@@ -112,6 +120,7 @@ pub(crate) fn first_expect() -> &'static [Expect] {
         Expect::Text("ADDR-10.0.2.15/24"),
         Expect::Text("SLEPT-1"),
         Expect::Text("RTC-goldfish_rtc YEAR-20 BLKIRQ-1"),
+        Expect::Text("HWRNG-virtio_rng.0 RNGBYTES-4096 NONZERO-1"),
         Expect::Text("asked for Shutdown: the Root VM has ended"),
     ]
     .leak()
@@ -212,6 +221,7 @@ pub(crate) fn run_with_devices(
     q.devices = Devices {
         disks: vec![disk.clone()],
         net_port: port,
+        rng: d.rng,
     };
     let fetched: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let done = Arc::new(AtomicBool::new(false));

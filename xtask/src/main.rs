@@ -36,11 +36,11 @@ pub type Result<T> = std::result::Result<T, String>;
 const HELP: &str = "\
 cargo xtask <command> [options]
 
-  run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--opensbi] [build options]
+  run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--rng] [--opensbi] [build options]
                       build everything, then boot it in QEMU (interactive; Ctrl-a x quits);
                       --disk attaches a raw image as virtio-blk (repeatable), --net a
                       virtio-net (user networking; the guest's port 80 on a free host port
-                      from 8080, printed), --opensbi boots the Root VM's Linux on QEMU's
+                      from 8080, printed), --rng a virtio-rng (/dev/hwrng), --opensbi boots the Root VM's Linux on QEMU's
                       OpenSBI instead of under Diosix (takes --cmdline TEXT)
   disk new FILE SIZE [--from DIR] [--force]
                       make a raw disk image (e.g. 256M) with an ext4 filesystem, DIR's

@@ -66,6 +66,8 @@ pub struct Devices {
     /// User-mode networking (the guest is 10.0.2.15 by DHCP) on a virtio-net device,
     /// with host `127.0.0.1:<port>` forwarded to the guest's TCP port 80.
     pub net_port: Option<u16>,
+    /// A virtio-rng device (`/dev/hwrng` in Linux), fed from the host's entropy.
+    pub rng: bool,
 }
 
 /// The host port `--net` forwards to the guest's port 80 when it is free.
@@ -90,6 +92,10 @@ impl Devices {
             args.push(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:80"));
             args.push("-device".to_string());
             args.push("virtio-net-device,netdev=net0".to_string());
+        }
+        if self.rng {
+            args.push("-device".to_string());
+            args.push("virtio-rng-device".to_string());
         }
         args
     }
@@ -381,6 +387,8 @@ struct RunArgs {
     disks: Vec<PathBuf>,
     /// `--net`.
     net: bool,
+    /// `--rng`.
+    rng: bool,
     /// `--opensbi`.
     opensbi: bool,
     /// `--cmdline` (also in `build`).
@@ -433,6 +441,7 @@ fn parse_run_args(args: &[String]) -> Result<Option<RunArgs>> {
             "--mem" => r.mem_mib = parse_mem_mib(&val()?)?,
             "--disk" => r.disks.push(PathBuf::from(val()?)),
             "--net" => r.net = true,
+            "--rng" => r.rng = true,
             "--opensbi" => r.opensbi = true,
             "--demo" => {
                 image_option.get_or_insert_with(|| a.clone());
@@ -487,6 +496,7 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
     if r.net {
         devices.net_port = Some(free_port(DEFAULT_NET_PORT)?);
     }
+    devices.rng = r.rng;
     q.devices = devices;
     let mut cmd = interactive(&q);
     println!("xtask: booting: {}", display_command(&cmd));
@@ -562,7 +572,7 @@ mod tests {
 
     #[test]
     fn run_options() {
-        let r = run_args("--smp 4 --mem 2G --disk a.img --net --disk b.img --ram 256M --demo")
+        let r = run_args("--smp 4 --mem 2G --disk a.img --net --rng --disk b.img --ram 256M --demo")
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -572,6 +582,7 @@ mod tests {
                 mem_mib: 2048,
                 disks: vec!["a.img".into(), "b.img".into()],
                 net: true,
+                rng: true,
                 opensbi: false,
                 cmdline: None,
                 build: ["--ram", "256M", "--demo"].map(String::from).to_vec(),
@@ -605,13 +616,14 @@ mod tests {
         let d = Devices {
             disks: vec!["/a.img".into(), "/b,c.img".into()],
             net_port: Some(8081),
+            rng: true,
         };
         assert_eq!(
             d.args().join(" "),
             "-drive file=/a.img,if=none,format=raw,id=hd0 -device virtio-blk-device,drive=hd0 \
              -drive file=/b,,c.img,if=none,format=raw,id=hd1 -device virtio-blk-device,drive=hd1 \
              -netdev user,id=net0,hostfwd=tcp:127.0.0.1:8081-:80 \
-             -device virtio-net-device,netdev=net0"
+             -device virtio-net-device,netdev=net0 -device virtio-rng-device"
         );
         assert!(Devices::default().args().is_empty());
     }

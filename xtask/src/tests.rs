@@ -719,6 +719,7 @@ fn cases() -> Vec<Case> {
         devices: Some(DeviceCase {
             disk_mib: 64,
             net: true,
+            rng: true,
             second_boot: Some((devtests::second_session(), devtests::second_expect())),
             same_marker: Some("SUM"),
         }),
@@ -735,6 +736,7 @@ fn cases() -> Vec<Case> {
         devices: Some(DeviceCase {
             disk_mib: 64,
             net: false,
+            rng: false,
             second_boot: None,
             same_marker: None,
         }),
@@ -752,6 +754,7 @@ fn cases() -> Vec<Case> {
         devices: Some(DeviceCase {
             disk_mib: 64,
             net: false,
+            rng: false,
             second_boot: None,
             same_marker: None,
         }),
