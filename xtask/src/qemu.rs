@@ -572,9 +572,10 @@ mod tests {
 
     #[test]
     fn run_options() {
-        let r = run_args("--smp 4 --mem 2G --disk a.img --net --rng --disk b.img --ram 256M --demo")
-            .unwrap()
-            .unwrap();
+        let r =
+            run_args("--smp 4 --mem 2G --disk a.img --net --rng --disk b.img --ram 256M --demo")
+                .unwrap()
+                .unwrap();
         assert_eq!(
             r,
             RunArgs {
