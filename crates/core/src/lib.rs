@@ -23,6 +23,7 @@ pub mod hostfdt;
 pub mod loader;
 pub mod mmio;
 pub mod payload;
+pub mod pmp;
 pub mod runqueue;
 pub mod sbi;
 pub mod seeds;
