@@ -5,6 +5,7 @@
 use crate::guestmem::{GStageMemory, CANCELLED};
 use crate::image::{Bytes, CopyError};
 use crate::isolation::Isolation;
+use crate::pmpmem::PmpMemory;
 use crate::vcpu::{Vcpu, Wait};
 use crate::vcpu_shared::VcpuShared;
 use crate::vm::{alloc_vmid, free_vmid, Vm, GUEST_RAM_BASE};
@@ -112,19 +113,25 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             diosix_core::sbi::MAX_VCPUS
         )));
     }
-    // Pinned RAM is taken first: where it lands is where the guest's RAM is.
-    let mut pinned = None;
-    let ram = if spec.pinned {
+    // RAM at GPA = HPA is taken first: where it lands is where the guest's RAM is.
+    // Without H every VM's is (PMP); with H, a VM's that drives DMA-capable devices.
+    let mut pinned: Option<Box<dyn Isolation>> = None;
+    let ram = if crate::guestmode::is_pmp() {
+        let m = PmpMemory::new(spec.ram_bytes).map_err(Host)?;
+        let ram = m.ram();
+        pinned = Some(Box::new(m));
+        ram
+    } else if spec.pinned {
         let (m, ram) = GStageMemory::new_identity(spec.ram_bytes).map_err(Host)?;
-        pinned = Some(m);
+        pinned = Some(Box::new(m));
         ram
     } else {
         Range::new(GUEST_RAM_BASE, spec.ram_bytes)
             .ok_or_else(|| Refused("RAM size overflows".into()))?
     };
-    let give_back = |pinned: Option<GStageMemory>| {
+    let give_back = |pinned: Option<Box<dyn Isolation>>| {
         if let Some(m) = pinned {
-            m.destroy();
+            m.release();
         }
     };
     // Only the headers are parsed, from a bounded window; the rest is copied.
@@ -237,13 +244,14 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         give_back(pinned);
         return Err(Host("out of VMIDs".into()));
     };
-    // The one isolation backend built so far: the G-stage table (H extension).
     let made = match pinned {
         Some(m) => Ok(m),
-        None => GStageMemory::new_lazy(ram, spec.cancelled),
+        None => {
+            GStageMemory::new_lazy(ram, spec.cancelled).map(|m| Box::new(m) as Box<dyn Isolation>)
+        }
     };
     let mut memory: Box<dyn Isolation> = match made {
-        Ok(m) => Box::new(m),
+        Ok(m) => m,
         Err(e) => {
             free_vmid(vmid);
             return Err(if e == CANCELLED {

@@ -99,7 +99,7 @@ impl GStageMemory {
 /// be called with no lock held (see the module documentation).
 pub fn finish(vm: &Vm, my_slot: usize, mut stale: Stale) {
     if stale.flush_local {
-        diosix_riscv::fence::hfence_gvma_all();
+        crate::guestmode::mode().flush_guest_memory();
     }
     if stale.frames.is_empty() && !stale.shootdown {
         return;

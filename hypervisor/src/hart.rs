@@ -122,9 +122,11 @@ pub fn clear_kick(slot: usize) {
 pub fn service_fence_request(slot: usize) {
     if SHARED[slot].fence_request.swap(false, Ordering::AcqRel) {
         diosix_riscv::fence::fence_i();
-        diosix_riscv::fence::hfence_vvma_all();
-        // Copy-on-write shootdowns ask for the G-stage one.
-        diosix_riscv::fence::hfence_gvma_all();
+        let mode = crate::guestmode::mode();
+        mode.flush_guest_tlb();
+        // Copy-on-write shootdowns ask for the G-stage one (in S-mode a changed PMP
+        // is reloaded before the guest runs again: `Activation::refresh`).
+        mode.flush_guest_memory();
     }
 }
 

@@ -12,36 +12,109 @@
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::any::Any;
+use core::sync::atomic::{AtomicU64, Ordering};
 use diosix_core::addr::{Gpa, Hpa, Range, PAGE_SIZE};
 use diosix_core::gstage::{AccessError, MapError, Perms};
+use spin::Mutex;
 
 /// What a hart loads to run a VM's vCPUs: the `hgatp` value selecting its G-stage
-/// table and VMID.
-#[derive(Clone, Copy, Debug)]
-pub struct Activation {
-    hgatp: usize,
+/// table and VMID, or (no H extension) the PMP entries bounding its RAM and MMIO.
+#[derive(Clone, Debug)]
+pub enum Activation {
+    /// A G-stage table and VMID.
+    GStage {
+        /// The `hgatp` value.
+        hgatp: usize,
+    },
+    /// PMP entries, shared with the VM's backend, which changes them as MMIO is
+    /// mapped and unmapped.
+    Pmp(Arc<PmpEntries>),
+}
+
+/// A VM's PMP entries (`(pmpcfg byte, pmpaddr)`, highest priority first) and a
+/// generation that counts their changes, so a hart running one of its vCPUs notices
+/// a change at its next trap ([`Activation::refresh`]).
+#[derive(Debug)]
+pub struct PmpEntries {
+    entries: Mutex<Vec<(u8, u64)>>,
+    generation: AtomicU64,
+    /// Entries the harts implement (all of them are written on each load).
+    implemented: usize,
+}
+
+impl PmpEntries {
+    /// `entries` for harts with `implemented` PMP entries.
+    pub fn new(entries: Vec<(u8, u64)>, implemented: usize) -> Self {
+        Self {
+            entries: Mutex::new(entries),
+            generation: AtomicU64::new(1),
+            implemented,
+        }
+    }
+
+    /// Replaces the entries; every hart running the VM reloads them at its next trap
+    /// (the caller makes sure that happens before it relies on the change: a
+    /// shootdown).
+    pub fn set(&self, entries: Vec<(u8, u64)>) {
+        let mut e = self.entries.lock();
+        *e = entries;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Writes them into this hart's PMP; returns the generation loaded.
+    fn load(&self) -> u64 {
+        let e = self.entries.lock();
+        // SAFETY: the entries grant exactly this VM's RAM and the MMIO it holds
+        // (`crate::pmpmem` plans them); the hypervisor's own memory is in no entry, so
+        // S/U-mode cannot reach it. M-mode is unaffected: no entry is locked.
+        unsafe { diosix_riscv::pmp::load(&e, self.implemented) };
+        // PMP checks may be cached with translations.
+        diosix_riscv::fence::sfence_vma_all();
+        self.generation.load(Ordering::Acquire)
+    }
 }
 
 impl Activation {
     /// The activation selecting a G-stage table through `hgatp`.
     #[inline]
     pub const fn gstage(hgatp: usize) -> Self {
-        Self { hgatp }
+        Self::GStage { hgatp }
     }
 
     /// Makes this VM's memory the only guest memory this hart's guest mode reaches,
-    /// with every cached translation of earlier guests flushed.
+    /// with every cached translation of earlier guests flushed. Returns what
+    /// [`refresh`](Self::refresh) compares with later.
     #[inline]
-    pub fn load(&self) {
-        // SAFETY: hgatp comes from this VM's own backend (`Isolation::activation`), so
-        // the guest that runs next sees only its memory; both stages are flushed since
-        // VMIDs are reused after a VM dies, and a vCPU may last have run here before
-        // its VM's mappings changed.
-        unsafe { diosix_riscv::csr::hgatp::write(self.hgatp) };
-        diosix_riscv::fence::hfence_gvma_all();
-        diosix_riscv::fence::hfence_vvma_all();
+    pub fn load(&self) -> u64 {
+        match self {
+            Self::GStage { hgatp } => {
+                // SAFETY: hgatp comes from this VM's own backend
+                // (`Isolation::activation`), so the guest that runs next sees only its
+                // memory; both stages are flushed since VMIDs are reused after a VM
+                // dies, and a vCPU may last have run here before its VM's mappings
+                // changed.
+                unsafe { diosix_riscv::csr::hgatp::write(*hgatp) };
+                diosix_riscv::fence::hfence_gvma_all();
+                diosix_riscv::fence::hfence_vvma_all();
+                0
+            }
+            Self::Pmp(p) => p.load(),
+        }
+    }
+
+    /// Before returning to a vCPU of this VM that loaded generation `loaded`: reloads
+    /// the PMP entries if they changed since (G-stage changes are flushed by their
+    /// writers instead).
+    #[inline]
+    pub fn refresh(&self, loaded: &mut u64) {
+        if let Self::Pmp(p) = self {
+            if p.generation.load(Ordering::Acquire) != *loaded {
+                *loaded = p.load();
+            }
+        }
     }
 }
 

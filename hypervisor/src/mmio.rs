@@ -78,29 +78,43 @@ pub fn detached(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) -> bool {
 /// The faulting load or store: from `mtinst` where the hart provides it, else read
 /// from guest memory at the faulting PC through the guest's own translation.
 fn fetch_access(vm: &Vm) -> Option<MmioAccess> {
-    if let Some(a) = mmio::decode_transformed(csr::mtinst::read() as u64) {
-        return Some(a);
+    // mtinst is the H extension's.
+    if !crate::guestmode::is_pmp() {
+        if let Some(a) = mmio::decode_transformed(csr::mtinst::read() as u64) {
+            return Some(a);
+        }
     }
+    mmio::decode(guest_instruction(vm)?)
+}
+
+/// The instruction at the running guest's PC (`mepc`), read through its own
+/// translation as a supervisor read would (16 or 32 bits, zero-extended).
+pub fn guest_instruction(vm: &Vm) -> Option<u32> {
     let pc = Gva::new(csr::mepc::read() as u64);
     let low = read_insn_half(vm, pc)?;
-    let insn = if low & 3 == 3 {
+    Some(if low & 3 == 3 {
         let high = read_insn_half(vm, pc.checked_add(2)?)?;
         u32::from(low) | (u32::from(high) << 16)
     } else {
         u32::from(low)
+    })
+}
+
+/// The guest physical address a supervisor read of `gva` by the running guest
+/// reaches (its own page tables, if it has them on).
+pub fn guest_physical(vm: &Vm, gva: Gva) -> Option<Gpa> {
+    let (satp, sstatus) = crate::guestmode::mode().translation();
+    let read_pte = |gpa: Gpa| {
+        let mut b = [0u8; 8];
+        vm.read(gpa, &mut b).ok().map(|()| u64::from_le_bytes(b))
     };
-    mmio::decode(insn)
+    diosix_core::vstage::translate_read(satp, sstatus, gva, read_pte).ok()
 }
 
 /// Reads the 16-bit instruction parcel at `gva` as a supervisor read of the guest
 /// would (a parcel never straddles a page: instructions are 2-byte aligned).
 fn read_insn_half(vm: &Vm, gva: Gva) -> Option<u16> {
-    let (vsatp, vsstatus) = (csr::vsatp::read() as u64, csr::vsstatus::read() as u64);
-    let read_pte = |gpa: Gpa| {
-        let mut b = [0u8; 8];
-        vm.read(gpa, &mut b).ok().map(|()| u64::from_le_bytes(b))
-    };
-    let gpa = diosix_core::vstage::translate_read(vsatp, vsstatus, gva, read_pte).ok()?;
+    let gpa = guest_physical(vm, gva)?;
     if gpa.raw() % PAGE_SIZE > PAGE_SIZE - 2 {
         return None;
     }

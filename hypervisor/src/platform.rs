@@ -17,6 +17,18 @@ static RESET: Once<SysconReset> = Once::new();
 /// Every usable hart has Sstc: guests get their own timer comparator (`vstimecmp`).
 static GUEST_SSTC: AtomicBool = AtomicBool::new(false);
 
+/// The PMP fallback needs room for a VM's RAM (two entries as a top-of-range pair)
+/// and a few device windows.
+const MIN_PMP_ENTRIES: usize = 4;
+
+/// The boot hart's PMP (PMP fallback only).
+static PMP_FACTS: Once<diosix_riscv::pmp::PmpFacts> = Once::new();
+
+/// What the boot hart's PMP offers, in the PMP fallback (`None` under H).
+pub fn pmp_facts() -> Option<diosix_riscv::pmp::PmpFacts> {
+    PMP_FACTS.get().copied()
+}
+
 /// The firmware device tree is at most this big; anything larger is refused.
 const MAX_FDT: usize = 1 << 20;
 
@@ -75,14 +87,26 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
     if host.harts.is_empty() {
         return Err("no usable harts in the device tree".into());
     }
-    if !host.harts.iter().all(|h| h.has_h) {
-        return Err(
-            "every hart must implement the H extension (PMP fallback not built yet)".into(),
-        );
+    // One mode for the whole machine, since vCPUs move between harts: VS-mode when
+    // every usable hart has H, else the PMP fallback everywhere.
+    let every_hart_has_h = host.harts.iter().all(|h| h.has_h);
+    crate::guestmode::init(every_hart_has_h);
+    if !every_hart_has_h {
+        // SAFETY: the boot hart's PMP is not set up yet and nothing runs below M-mode.
+        let facts = unsafe { diosix_riscv::pmp::probe() };
+        if facts.entries < MIN_PMP_ENTRIES {
+            return Err(alloc::format!(
+                "no H extension on every hart, and the PMP fallback needs at least \
+                 {MIN_PMP_ENTRIES} PMP entries (this hart has {})",
+                facts.entries
+            ));
+        }
+        PMP_FACTS.call_once(|| facts);
     }
     // vCPUs move between harts, so the guest timer can use Sstc only if all have it.
+    // In S-mode a guest's stimecmp would be the hart's own: SBI timers there.
     GUEST_SSTC.store(
-        host.harts.iter().all(|h| h.has_extension("sstc")),
+        every_hart_has_h && host.harts.iter().all(|h| h.has_extension("sstc")),
         Ordering::Relaxed,
     );
     Ok(HOST.call_once(|| host))
@@ -139,10 +163,18 @@ pub fn print_banner(host: &HostPlatform, boot_hart: usize) {
         host.timebase_frequency
     );
     log::info!(
-        "isolation: {} (H extension on {}/{} harts: guests in VS-mode behind sv39x4 G-stage tables)",
-        if h == host.harts.len() { "hypervisor extension" } else { "mixed" },
+        "isolation: {} (H extension on {}/{} harts{})",
+        crate::guestmode::mode().name(),
         h,
-        host.harts.len()
+        host.harts.len(),
+        match pmp_facts() {
+            Some(p) => alloc::format!(
+                "; {} PMP entries, {}-byte granularity",
+                p.entries,
+                1u64 << p.granularity_log2
+            ),
+            None => alloc::string::String::new(),
+        }
     );
     for m in &host.memory {
         log::info!("RAM {} .. {}", m.start(), m.end());
@@ -151,6 +183,52 @@ pub fn print_banner(host: &HostPlatform, boot_hart: usize) {
 
 /// Machine-level setup every hart needs before running guests.
 pub fn init_hart_csrs() {
+    if crate::guestmode::is_pmp() {
+        init_hart_csrs_pmp();
+    } else {
+        init_hart_csrs_h();
+    }
+    set_timer(u64::MAX);
+}
+
+/// [`init_hart_csrs`] for guests in S-mode behind PMP (no H extension).
+fn init_hart_csrs_pmp() {
+    // Exceptions a guest handles itself, straight from the hardware: misaligned fetch
+    // (0), breakpoint (3), misaligned load/store (4, 6), ecall from U (8) and page
+    // faults (12, 13, 15). Not illegal instruction (2): a guest's WFI traps as one
+    // (mstatus.TW) so the hart can run someone else; the rest are reflected to the
+    // guest. Ecalls from S (9, the SBI) and access faults (PMP) come here.
+    let guest_exceptions: usize =
+        (1 << 0) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 12) | (1 << 13) | (1 << 15);
+    let id = csr::id::mhartid();
+    let has_sstc = host()
+        .harts
+        .iter()
+        .any(|h| h.hart_id == id && h.has_extension("sstc"));
+    let entries = pmp_facts().map_or(0, |p| p.entries);
+    // SAFETY: this configures how this hart traps and delegates; nothing else runs on
+    // the hart yet. S-level interrupts and the exceptions above go to the guest's own
+    // handler; the guest's sie (the S bits of mie) is loaded with each vCPU.
+    unsafe {
+        csr::medeleg::write(guest_exceptions);
+        csr::mideleg::write(irq::S_ALL);
+        csr::mcounteren::write(0b111);
+        // No Sstc for guests: mip.STIP stays the hypervisor's to inject (SBI timers).
+        csr::menvcfg::write(0);
+        if has_sstc {
+            csr::stimecmp::write(usize::MAX);
+        }
+        csr::mstatus::clear_bits(mstatus_bits::MPRV | mstatus_bits::MIE);
+        csr::mstatus::set_bits(mstatus_bits::TW);
+        csr::mip::clear_bits(irq::S_ALL);
+        csr::mie::write(irq::MTIP | irq::MSIP | irq::MEIP);
+        // Nothing for S/U-mode until a vCPU's activation loads its VM's entries.
+        diosix_riscv::pmp::load(&[], entries);
+    }
+}
+
+/// [`init_hart_csrs`] for guests in VS-mode (the H extension).
+fn init_hart_csrs_h() {
     // Exceptions a guest handles itself: misaligned fetch (0), illegal instruction (2),
     // breakpoint (3), misaligned load/store (4, 6), ecall from VU (8), and the
     // VS-stage page faults (12, 13, 15). Everything else (VS ecalls, guest-page faults,
@@ -211,5 +289,4 @@ pub fn init_hart_csrs() {
         diosix_riscv::pmp::protect_hypervisor(pmp);
         diosix_riscv::fence::hfence_gvma_all();
     }
-    set_timer(u64::MAX);
 }

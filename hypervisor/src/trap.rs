@@ -14,7 +14,8 @@ const IRQ_M_SOFT: usize = 3;
 const IRQ_M_TIMER: usize = 7;
 const IRQ_M_EXTERNAL: usize = 11;
 const EXC_ILLEGAL_INSTRUCTION: usize = 2;
-const EXC_ECALL_VS: usize = 10;
+const EXC_LOAD_ACCESS_FAULT: usize = 5;
+const EXC_STORE_ACCESS_FAULT: usize = 7;
 const EXC_INSTRUCTION_GUEST_PAGE_FAULT: usize = 20;
 const EXC_LOAD_GUEST_PAGE_FAULT: usize = 21;
 const EXC_VIRTUAL_INSTRUCTION: usize = 22;
@@ -28,7 +29,8 @@ const INSN_WFI: usize = 0x1050_0073;
 /// the remaining registers and calls [`diosix_trap_handler`].
 #[no_mangle]
 extern "C" fn diosix_fast_trap(_frame: *mut TrapFrame) -> usize {
-    if csr::mcause::read() != EXC_ECALL_VS {
+    let ecall = crate::guestmode::mode().ecall_cause();
+    if csr::mcause::read() != ecall {
         return 0;
     }
     // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
@@ -40,7 +42,7 @@ extern "C" fn diosix_fast_trap(_frame: *mut TrapFrame) -> usize {
     if !crate::sbi::is_fast(a7) {
         return 0;
     }
-    v.shared.count_exit(ExitCause::classify(EXC_ECALL_VS, a7));
+    v.shared.count_exit(ExitCause::classify(ecall, a7));
     crate::sbi::handle_ecall(hart);
     1
 }
@@ -53,7 +55,8 @@ extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
     // SAFETY: taken once per trap; `frame` is this hart's frame inside HartLocal.
     let hart = unsafe { hart::this_hart() };
     let cause = csr::mcause::read();
-    if csr::mstatus::read() & mstatus_bits::MPV == 0 || hart.current.is_none() {
+    let mode = crate::guestmode::mode();
+    if !mode.trapped_from_guest(csr::mstatus::read()) || hart.current.is_none() {
         hypervisor_fault(cause);
     }
     if let Some(v) = hart.current.as_ref() {
@@ -74,10 +77,17 @@ extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
         }
     } else {
         match cause {
-            EXC_ECALL_VS => crate::sbi::handle_ecall(hart),
-            EXC_VIRTUAL_INSTRUCTION => virtual_instruction(hart),
+            c if c == mode.ecall_cause() => crate::sbi::handle_ecall(hart),
+            // Under H: what VS-mode may not do. In S-mode (illegal instructions are
+            // not delegated): the same, plus whatever the guest got wrong itself.
+            EXC_VIRTUAL_INSTRUCTION | EXC_ILLEGAL_INSTRUCTION => virtual_instruction(hart),
             _ => guest_fault(hart, cause),
         }
+    }
+    // S-mode: PMP entries another hart changed (MMIO unmapped, say) are in force
+    // before the guest runs again.
+    if let Some(v) = hart.current.as_mut() {
+        v.vm.activation.refresh(&mut v.activation_loaded);
     }
     frame
 }
@@ -107,7 +117,15 @@ fn software_interrupt(hart: &mut HartLocal) {
 }
 
 fn virtual_instruction(hart: &mut HartLocal) {
-    let insn = csr::mtval::read();
+    let insn = match csr::mtval::read() {
+        // A hart that does not report the instruction: read it from the guest.
+        0 => hart
+            .current
+            .as_ref()
+            .and_then(|v| crate::mmio::guest_instruction(&v.vm))
+            .map_or(0, |i| i as usize),
+        i => i,
+    };
     if insn == INSN_WFI {
         advance_pc();
         let now = crate::platform::now();
@@ -134,8 +152,18 @@ fn advance_pc() {
 /// A guest trap the hypervisor cannot resolve ends that VM, never the hypervisor.
 fn guest_fault(hart: &mut HartLocal, cause: usize) {
     let mtval = csr::mtval::read();
-    let gpa = Gpa::new(((csr::mtval2::read() << 2) | (mtval & 3)) as u64);
-    let gva_valid = csr::mstatus::read() & mstatus_bits::GVA != 0;
+    let pmp = crate::guestmode::is_pmp();
+    let gpa = if pmp {
+        // An access fault: mtval is the address the guest used, translated by its own
+        // page tables (if it has them on) to the physical address PMP refused.
+        hart.current
+            .as_ref()
+            .and_then(|v| crate::mmio::guest_physical(&v.vm, Gva::new(mtval as u64)))
+            .unwrap_or(Gpa::new(mtval as u64))
+    } else {
+        Gpa::new(((csr::mtval2::read() << 2) | (mtval & 3)) as u64)
+    };
+    let gva_valid = !pmp && csr::mstatus::read() & mstatus_bits::GVA != 0;
     let what = match cause {
         EXC_INSTRUCTION_GUEST_PAGE_FAULT => "instruction guest-page fault",
         EXC_LOAD_GUEST_PAGE_FAULT => "load guest-page fault",
@@ -149,12 +177,16 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
         return;
     };
     let vcpu = hart.current.as_ref().map_or(0, |v| v.shared.index);
-    // A load or store to the VM's virtual PLIC (never mapped, so it always faults).
-    if matches!(
-        cause,
-        EXC_LOAD_GUEST_PAGE_FAULT | EXC_STORE_GUEST_PAGE_FAULT
-    ) && (crate::devices::emulate_plic_access(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT)
-        || crate::mmio::detached(hart, gpa, cause == EXC_STORE_GUEST_PAGE_FAULT))
+    // A load or store to the VM's virtual PLIC (never mapped, so it always faults: a
+    // guest-page fault under H, an access fault under PMP).
+    let (load_fault, store_fault) = if pmp {
+        (EXC_LOAD_ACCESS_FAULT, EXC_STORE_ACCESS_FAULT)
+    } else {
+        (EXC_LOAD_GUEST_PAGE_FAULT, EXC_STORE_GUEST_PAGE_FAULT)
+    };
+    if (cause == load_fault || cause == store_fault)
+        && (crate::devices::emulate_plic_access(hart, gpa, cause == store_fault)
+            || crate::mmio::detached(hart, gpa, cause == store_fault))
     {
         return;
     }
@@ -182,7 +214,7 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
     log::error!(
         "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {}{}{}",
         Gva::new(csr::mepc::read() as u64),
-        if matches!(cause, 20 | 21 | 23) {
+        if matches!(cause, 20 | 21 | 23) || (pmp && matches!(cause, 1 | 5 | 7)) {
             alloc::format!(", {gpa}")
         } else {
             alloc::string::String::new()

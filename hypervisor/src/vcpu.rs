@@ -1,5 +1,6 @@
 //! Virtual CPUs: their saved state, and switching a hart into and out of them.
 
+use crate::guestmode::{self, SupervisorCsrs};
 use crate::vcpu_shared::VcpuShared;
 use crate::vm::Vm;
 use alloc::sync::Arc;
@@ -22,31 +23,15 @@ pub enum Wait {
     Stopped,
 }
 
-/// VS-level CSRs saved across a switch.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct VsCsrs {
-    pub vsstatus: usize,
-    pub vsie: usize,
-    pub vstvec: usize,
-    pub vsscratch: usize,
-    pub vsepc: usize,
-    pub vscause: usize,
-    pub vstval: usize,
-    pub vsatp: usize,
-    pub hvip: usize,
-    /// The guest's scounteren (the CSR is shared by every guest on the hart).
-    pub scounteren: usize,
-}
-
-/// A vCPU's guest-visible state: registers, VS-level CSRs, FP state, timer and wait
+/// A vCPU's guest-visible state: registers, supervisor CSRs, FP state, timer and wait
 /// state. What FORK copies and a REBOOT snapshot keeps.
 #[derive(Clone)]
 pub struct GuestContext {
     pub regs: [u64; 32],
     pub pc: u64,
-    /// The guest was in VU-mode (not VS-mode) when last descheduled.
+    /// The guest was in user mode (not supervisor mode) when last descheduled.
     pub user_mode: bool,
-    pub csrs: VsCsrs,
+    pub csrs: SupervisorCsrs,
     pub fp: [u64; 32],
     pub fcsr: u64,
     /// Guest timer deadline in `time` units; `u64::MAX` = none. With guest Sstc
@@ -72,6 +57,9 @@ pub struct Vcpu {
     pub ctx: GuestContext,
     /// Priority (higher runs first).
     pub priority: u8,
+    /// What its VM's activation returned when this vCPU was last loaded on its hart
+    /// (PMP mode: the generation of the entries the hart holds).
+    pub activation_loaded: u64,
 }
 
 impl Vcpu {
@@ -90,9 +78,9 @@ impl Vcpu {
                 user_mode: false,
                 // As machine firmware leaves it: user mode may read cycle, time and
                 // instret (Linux's vDSO reads `time` directly).
-                csrs: VsCsrs {
+                csrs: SupervisorCsrs {
                     scounteren: 0b111,
-                    ..VsCsrs::default()
+                    ..SupervisorCsrs::default()
                 },
                 fp: [0; 32],
                 fcsr: 0,
@@ -100,6 +88,7 @@ impl Vcpu {
                 wait,
             },
             priority,
+            activation_loaded: 0,
         }
     }
 
@@ -120,6 +109,7 @@ impl Vcpu {
             shared,
             ctx: st.ctx.clone(),
             priority,
+            activation_loaded: 0,
         }
     }
 
@@ -131,9 +121,9 @@ impl Vcpu {
         self.ctx.regs[reg::A1] = opaque;
         self.ctx.pc = pc.raw();
         self.ctx.user_mode = false;
-        self.ctx.csrs.vsatp = 0;
-        self.ctx.csrs.vsstatus &= !(1 << 1); // SIE
-        self.ctx.csrs.vsstatus &= !(1 << 8); // SPP
+        self.ctx.csrs.satp = 0;
+        self.ctx.csrs.sstatus &= !(1 << 1); // SIE
+        self.ctx.csrs.sstatus &= !(1 << 8); // SPP
     }
 
     /// Whether this waiting vCPU should run again.
@@ -150,9 +140,9 @@ impl Vcpu {
         } else {
             0
         };
-        let pending = (self.ctx.csrs.hvip & irq::VS_ALL) | raised | timer | self.ext_line();
+        let pending = (self.ctx.csrs.pending & irq::VS_ALL) | raised | timer | self.ext_line();
         // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9.
-        let enabled = (pending >> 1) & self.ctx.csrs.vsie != 0;
+        let enabled = (pending >> 1) & self.ctx.csrs.sie != 0;
         match self.ctx.wait {
             Wait::Suspend(_) => enabled || raised != 0 || timer != 0,
             _ => enabled,
@@ -166,8 +156,8 @@ impl Vcpu {
     /// programmed into the idle harts' timers: once past, it would keep their timer
     /// interrupt pending and turn their WFI into a busy loop.
     pub fn timer_wake_deadline(&self) -> u64 {
-        // hvip's VSTIP (bit 6) is the guest's STIP, enabled by vsie's STIE (bit 5).
-        let timer_enabled = (irq::VSTIP >> 1) & self.ctx.csrs.vsie != 0;
+        // hvip's VSTIP (bit 6) is the guest's STIP, enabled by sie's STIE (bit 5).
+        let timer_enabled = (irq::VSTIP >> 1) & self.ctx.csrs.sie != 0;
         match self.ctx.wait {
             Wait::Suspend(_) => self.ctx.timer_deadline,
             _ if timer_enabled => self.ctx.timer_deadline,
@@ -180,39 +170,33 @@ impl Vcpu {
         self.shared.running_again(now);
         frame.regs = self.ctx.regs;
         self.merge_pending(now);
-        let c = &self.ctx.csrs;
         // This vCPU's own VM's memory, and no other, from here on.
-        self.vm.activation.load();
-        // SAFETY: these CSRs only shape the guest context the next mret enters.
+        self.activation_loaded = self.vm.activation.load();
+        let mode = guestmode::mode();
+        mode.load(&self.ctx.csrs);
+        if crate::platform::guest_sstc() {
+            // SAFETY: the vCPU's own comparator (guests have Sstc only under H).
+            unsafe { csr::vstimecmp::write(self.ctx.timer_deadline as usize) };
+        }
+        // SAFETY: mepc and mstatus only shape the guest context the next mret enters.
         unsafe {
-            csr::vsstatus::write(c.vsstatus);
-            csr::vsie::write(c.vsie);
-            csr::vstvec::write(c.vstvec);
-            csr::vsscratch::write(c.vsscratch);
-            csr::vsepc::write(c.vsepc);
-            csr::vscause::write(c.vscause);
-            csr::vstval::write(c.vstval);
-            csr::vsatp::write(c.vsatp);
-            csr::hvip::write(c.hvip);
-            csr::scounteren::write(c.scounteren);
-            if crate::platform::guest_sstc() {
-                csr::vstimecmp::write(self.ctx.timer_deadline as usize);
-            }
             csr::mepc::write(self.ctx.pc as usize);
             let mut ms = csr::mstatus::read();
             ms &= !(mstatus_bits::MPP_MASK | mstatus_bits::FS_MASK | mstatus_bits::MIE);
-            ms |= mstatus_bits::MPV;
-            if !self.ctx.user_mode {
-                ms |= mstatus_bits::MPP_S;
-            }
+            ms = mode.entry_mstatus(ms, self.ctx.user_mode);
             // FP registers: always restored (a vCPU that never used FP gets zeros, not
             // the previous vCPU's values), then marked Clean so a save is needed only
-            // if the guest writes them again.
+            // if the guest writes them again. In S-mode mstatus.FS is the guest's own
+            // sstatus.FS, so it gets the guest's value back instead.
             ms |= mstatus_bits::FS_CLEAN;
             csr::mstatus::write(ms);
             restore_fp(&self.ctx.fp, self.ctx.fcsr);
             csr::mstatus::clear_bits(mstatus_bits::FS_MASK);
-            csr::mstatus::set_bits(mstatus_bits::FS_CLEAN);
+            if guestmode::is_pmp() {
+                csr::mstatus::set_bits(self.ctx.csrs.sstatus & mstatus_bits::FS_MASK);
+            } else {
+                csr::mstatus::set_bits(mstatus_bits::FS_CLEAN);
+            }
         }
     }
 
@@ -222,18 +206,7 @@ impl Vcpu {
         self.ctx.pc = csr::mepc::read() as u64;
         let ms = csr::mstatus::read();
         self.ctx.user_mode = ms & mstatus_bits::MPP_MASK == 0;
-        self.ctx.csrs = VsCsrs {
-            vsstatus: csr::vsstatus::read(),
-            vsie: csr::vsie::read(),
-            vstvec: csr::vstvec::read(),
-            vsscratch: csr::vsscratch::read(),
-            vsepc: csr::vsepc::read(),
-            vscause: csr::vscause::read(),
-            vstval: csr::vstval::read(),
-            vsatp: csr::vsatp::read(),
-            hvip: csr::hvip::read() & irq::VS_ALL,
-            scounteren: csr::scounteren::read(),
-        };
+        self.ctx.csrs = guestmode::mode().save();
         if crate::platform::guest_sstc() {
             self.ctx.timer_deadline = csr::vstimecmp::read() as u64;
         }
@@ -260,21 +233,19 @@ impl Vcpu {
         if self.vm.plic_window == 0 {
             return;
         }
-        // SAFETY: hvip's VSEIP only injects into this hart's guest.
-        unsafe {
-            if self.ext_line() != 0 {
-                csr::hvip::set_bits(irq::VSEIP);
-            } else {
-                csr::hvip::clear_bits(irq::VSEIP);
-            }
+        if self.ext_line() != 0 {
+            guestmode::mode().raise(irq::VSEIP);
+        } else {
+            guestmode::mode().lower(irq::VSEIP);
         }
     }
 
     /// Refreshes the saved copies of what decides a wake-up (interrupt enables,
     /// injected interrupts, the Sstc deadline) from the CSRs of the running vCPU.
     pub fn sync_interrupt_state(&mut self) {
-        self.ctx.csrs.vsie = csr::vsie::read();
-        self.ctx.csrs.hvip = csr::hvip::read();
+        let mode = guestmode::mode();
+        self.ctx.csrs.sie = mode.enabled();
+        self.ctx.csrs.pending = mode.pending();
         if crate::platform::guest_sstc() {
             self.ctx.timer_deadline = csr::vstimecmp::read() as u64;
         }
@@ -284,11 +255,11 @@ impl Vcpu {
     /// guest Sstc the timer raises VSTIP by itself once `vstimecmp` is loaded).
     pub fn merge_pending(&mut self, now: u64) {
         let raised = self.shared.pending.swap(0, Ordering::AcqRel);
-        self.ctx.csrs.hvip = (self.ctx.csrs.hvip & !irq::VSEIP) | (raised & irq::VS_ALL);
-        self.ctx.csrs.hvip |= self.ext_line();
+        self.ctx.csrs.pending = (self.ctx.csrs.pending & !irq::VSEIP) | (raised & irq::VS_ALL);
+        self.ctx.csrs.pending |= self.ext_line();
         if self.ctx.timer_deadline <= now && !crate::platform::guest_sstc() {
-            // Latched in hvip until the guest sets a new deadline.
-            self.ctx.csrs.hvip |= irq::VSTIP;
+            // Latched until the guest sets a new deadline.
+            self.ctx.csrs.pending |= irq::VSTIP;
             self.ctx.timer_deadline = u64::MAX;
         }
     }
@@ -302,8 +273,7 @@ impl Vcpu {
             self.ctx.timer_deadline = u64::MAX;
         }
         if bits != 0 {
-            // SAFETY: hvip's VS bits only inject interrupts into this hart's guest.
-            unsafe { csr::hvip::set_bits(bits) };
+            guestmode::mode().raise(bits);
         }
         self.sync_ext_line_live();
     }
@@ -312,31 +282,7 @@ impl Vcpu {
 /// Delivers an exception to the guest's own trap handler, as the hardware would have
 /// had it been delegated.
 pub fn inject_exception(cause: usize, tval: usize) {
-    const SIE: usize = 1 << 1;
-    const SPIE: usize = 1 << 5;
-    const SPP: usize = 1 << 8;
-    let ms = csr::mstatus::read();
-    let from_vs = ms & mstatus_bits::MPP_MASK != 0;
-    let mut vss = csr::vsstatus::read();
-    vss = if vss & SIE != 0 {
-        vss | SPIE
-    } else {
-        vss & !SPIE
-    };
-    vss &= !SIE;
-    vss = if from_vs { vss | SPP } else { vss & !SPP };
-    // SAFETY: these CSRs only affect the guest context we return to: it resumes at its
-    // own vstvec in VS-mode with the trap recorded in its VS CSRs.
-    unsafe {
-        csr::vsepc::write(csr::mepc::read());
-        csr::vscause::write(cause);
-        csr::vstval::write(tval);
-        csr::vsstatus::write(vss);
-        csr::mepc::write(csr::vstvec::read() & !3);
-        csr::mstatus::write(
-            (ms & !mstatus_bits::MPP_MASK) | mstatus_bits::MPP_S | mstatus_bits::MPV,
-        );
-    }
+    guestmode::mode().inject_exception(cause, tval);
 }
 
 macro_rules! fp_regs {

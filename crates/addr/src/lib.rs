@@ -187,11 +187,29 @@ impl<A: Address> Range<A> {
     pub fn contains(&self, addr: A) -> bool {
         self.contains_span(addr, 1)
     }
+
+    /// True when the two ranges share an address (an empty range shares none).
+    pub fn overlaps(&self, other: &Self) -> bool {
+        !self.is_empty()
+            && !other.is_empty()
+            && self.start.raw() < other.end().raw()
+            && other.start.raw() < self.end().raw()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlap_is_half_open() {
+        let r = |s, l| Range::new(Hpa::new(s), l).unwrap();
+        assert!(r(0x1000, 0x1000).overlaps(&r(0x1fff, 1)));
+        assert!(!r(0x1000, 0x1000).overlaps(&r(0x2000, 0x1000)));
+        assert!(!r(0x2000, 0x1000).overlaps(&r(0x1000, 0x1000)));
+        assert!(r(0x1000, 0x3000).overlaps(&r(0x2000, 0x10)));
+        assert!(!r(0x1000, 0).overlaps(&r(0, 0x10000)));
+    }
 
     #[test]
     fn checked_arithmetic_never_wraps() {

@@ -75,7 +75,7 @@ impl ExitCause {
             };
         }
         match mcause {
-            10 => match a7 {
+            9 | 10 => match a7 {
                 eid::TIME | eid::LEGACY_SET_TIMER => Self::SbiTimer,
                 eid::IPI | eid::LEGACY_SEND_IPI | eid::LEGACY_CLEAR_IPI => Self::SbiIpi,
                 eid::RFENCE

@@ -108,6 +108,24 @@ csr_module!(/// Virtual supervisor interrupt pending.
     vsip, 0x244);
 csr_module!(/// Virtual supervisor address translation.
     vsatp, 0x280);
+csr_module!(/// Supervisor status (the S-level view of `mstatus`): the guest's own, on harts
+    /// without H.
+    sstatus, 0x100);
+csr_module!(/// Supervisor interrupt enable (the guest's, on harts without H).
+    sie, 0x104);
+csr_module!(/// Supervisor trap vector.
+    stvec, 0x105);
+csr_module!(/// Supervisor scratch.
+    sscratch, 0x140);
+csr_module!(/// Supervisor exception PC.
+    sepc, 0x141);
+csr_module!(/// Supervisor trap cause.
+    scause, 0x142);
+csr_module!(/// Supervisor trap value.
+    stval, 0x143);
+csr_module!(/// Supervisor address translation (the guest's page tables, on harts without
+    /// H).
+    satp, 0x180);
 csr_module!(/// PMP configuration 0 (entries 0-7 on RV64).
     pmpcfg0, 0x3A0);
 csr_module!(/// PMP address 0.

@@ -22,6 +22,14 @@ pub fn hfence_gvma_all() {
     unsafe { core::arch::asm!(".word 0x62000073") };
 }
 
+/// `sfence.vma x0, x0`: flush this hart's TLB entries for every address space (on
+/// harts without H, the guests' own translations).
+#[inline]
+pub fn sfence_vma_all() {
+    // SAFETY: a TLB flush only drops cached translations; it cannot break memory safety.
+    unsafe { core::arch::asm!("sfence.vma") };
+}
+
 /// `fence rw, rw`: order all prior memory accesses before later ones.
 #[inline]
 pub fn fence() {

@@ -20,8 +20,7 @@ impl Timer for Call<'_> {
         let now = crate::platform::now();
         let v = self.vcpu_mut();
         v.ctx.timer_deadline = deadline;
-        // SAFETY: clears only this guest's pending virtual timer interrupt.
-        unsafe { csr::hvip::clear_bits(irq::VSTIP) };
+        crate::guestmode::mode().lower(irq::VSTIP);
         v.merge_pending_live(now);
         sched::program_timer(self.hart);
     }
@@ -34,8 +33,7 @@ impl Ipi for Call<'_> {
         let mut others = false;
         for t in targets.iter() {
             if t == me {
-                // SAFETY: raises a software interrupt in this hart's own guest.
-                unsafe { csr::hvip::set_bits(irq::VSSIP) };
+                crate::guestmode::mode().raise(irq::VSSIP);
                 continue;
             }
             let Some(shared) = vm.vcpus.get(t) else {
@@ -60,8 +58,7 @@ impl Ipi for Call<'_> {
     }
 
     fn clear_ipi(&mut self) {
-        // SAFETY: clears only this guest's pending software interrupt.
-        unsafe { csr::hvip::clear_bits(irq::VSSIP) };
+        crate::guestmode::mode().lower(irq::VSSIP);
     }
 }
 
@@ -72,10 +69,10 @@ impl Rfence for Call<'_> {
         let vm = self.vcpu().vm.clone();
         if targets.iter().any(|t| t == me) {
             diosix_riscv::fence::fence_i();
-            diosix_riscv::fence::hfence_vvma_all();
+            crate::guestmode::mode().flush_guest_tlb();
         }
         // A vCPU that is not running flushes when it is next loaded (every load flushes
-        // its VS-stage TLB), so only running ones need their hart poked.
+        // its guest TLB), so only running ones need their hart poked.
         crate::hart::fence_other_harts(
             my_slot,
             targets

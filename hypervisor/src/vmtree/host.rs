@@ -88,16 +88,21 @@ impl ExtensionHost for HvHost<'_> {
         let (a, b, c) = crate::version_parts();
         HostFacts {
             hv_version: (a << 32) | (b << 16) | c,
-            features: features::HW_VIRT
-                | features::GSTAGE
-                | features::IPC
+            features: if crate::guestmode::is_pmp() {
+                features::PMP_FALLBACK
+            } else {
+                features::HW_VIRT | features::GSTAGE | features::COW_FORK
+            } | features::IPC
                 | features::CONSOLE
                 | features::QUOTAS
-                | features::HW_TRUST
-                | features::COW_FORK,
+                | features::HW_TRUST,
             host_cores: host.harts.len() as u32,
             timer_freq_hz: host.timebase_frequency,
         }
+    }
+
+    fn can_fork(&self) -> bool {
+        !crate::guestmode::is_pmp()
     }
 
     fn yield_vcpu(&mut self, _vm: VmId) {

@@ -72,6 +72,13 @@ pub trait ExtensionHost {
         child_cid: u64,
         snapshot: bool,
     ) -> Result<(), SbiError>;
+    /// Whether the host can FORK at all. A host without a translation stage (the PMP
+    /// fallback: guests see host physical addresses) cannot: a clone would have to
+    /// run at its parent's addresses. FORK then answers `NOT_SUPPORTED` before
+    /// anything is charged.
+    fn can_fork(&self) -> bool {
+        true
+    }
     /// Whether REBOOT can put `vm` back (it has an image or a snapshot to return to).
     fn can_reboot(&self, _vm: VmId) -> bool {
         true
@@ -381,6 +388,9 @@ fn fork(
 ) -> Result<u64, SbiError> {
     if !fork_flags_valid(fl) {
         return Err(SbiError::InvalidParam);
+    }
+    if !host.can_fork() {
+        return Err(SbiError::NotSupported);
     }
     let snapshot = fl & flags::FORK_NO_SNAPSHOT == 0;
     let ram_pages = tree.node(caller)?.own.ram_pages;

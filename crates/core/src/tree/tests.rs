@@ -18,6 +18,7 @@ use crate::sbi::SbiRet;
 const E_INVALID_PARAM: isize = diosix_abi::error::INVALID_PARAM;
 const E_DENIED: isize = diosix_abi::error::DENIED;
 const E_INVALID_ADDRESS: isize = diosix_abi::error::INVALID_ADDRESS;
+const E_NOT_SUPPORTED: isize = diosix_abi::error::NOT_SUPPORTED;
 
 fn root_tree() -> (VmTree, VmId) {
     VmTree::new(
@@ -507,6 +508,8 @@ struct FakeHost {
     restarted: bool,
     /// Forked without a snapshot: REBOOT cannot put them back.
     no_snapshot: Vec<VmId>,
+    /// A host that cannot FORK (the PMP fallback).
+    no_fork: bool,
 }
 
 impl FakeHost {
@@ -595,6 +598,9 @@ impl ExtensionHost for FakeHost {
     }
     fn resume_vm(&mut self, _vm: VmId) {
         self.log.push("resume".into());
+    }
+    fn can_fork(&self) -> bool {
+        !self.no_fork
     }
     fn can_reboot(&self, vm: VmId) -> bool {
         !self.no_snapshot.contains(&vm)
@@ -761,6 +767,23 @@ fn drain_events(w: &mut World, vm: VmId) -> Vec<(u32, u64, u64)> {
         out.push((e.kind, e.cid, e.exit_code));
     }
     out
+}
+
+#[test]
+fn fork_on_a_host_that_cannot_is_not_supported_and_charges_nothing() {
+    let mut w = World::new();
+    let root = w.root;
+    w.h.no_fork = true;
+    let before = w.t.get(root).map(|n| n.subtree());
+    // Bad flags are still INVALID_PARAM first.
+    assert_eq!(w.err(root, ext::FID_FORK, &[1 << 40]), E_INVALID_PARAM);
+    assert_eq!(w.err(root, ext::FID_FORK, &[0]), E_NOT_SUPPORTED);
+    assert_eq!(
+        w.err(root, ext::FID_FORK, &[flags::FORK_NO_SNAPSHOT as usize]),
+        E_NOT_SUPPORTED
+    );
+    assert_eq!(w.t.get(root).map(|n| n.subtree()), before);
+    assert!(!w.h.log.iter().any(|l| l.starts_with("fork")));
 }
 
 #[test]
