@@ -139,6 +139,8 @@ pub(crate) struct Case {
     pub(crate) report: Option<fn(&str) -> String>,
     /// Host devices attached (a disk, the network) and a second boot.
     devices: Option<DeviceCase>,
+    /// QEMU's `-cpu` (`None`: its default, with the H extension).
+    cpu: Option<&'static str>,
 }
 
 /// Lines that fail any case wherever they appear.
@@ -183,6 +185,7 @@ fn case(
         timeout_s: 120,
         report: None,
         devices: None,
+        cpu: None,
     }
 }
 
@@ -328,6 +331,33 @@ fn dsx_seed_steps() -> &'static [Step] {
              LEFT-$(dsx list --json | grep -o running | wc -l)\r",
         ),
         ("SAME-", ""),
+        (ROOT_PROMPT, "poweroff\r"),
+    ]);
+    v.leak()
+}
+
+/// QEMU `virt` harts without the H extension.
+const NO_H: &str = "rv64,h=false";
+
+/// `linux-pmp-smp2`: the Root VM reports the PMP fallback, FORK is refused with the
+/// reason, and a guest Linux child runs (log in, a command) and is killed.
+fn pmp_steps() -> &'static [Step] {
+    let mut v = vec![
+        ("login:", "root\r"),
+        (PROMPT, UPTIME_CMD),
+        (
+            ROOT_PROMPT,
+            "echo NPROC-$(nproc) FEATURES-$(dsx info --host | grep -o pmp-fallback)\r",
+        ),
+        (ROOT_PROMPT, "dsx fork || echo FORK-REFUSED\r"),
+        (
+            ROOT_PROMPT,
+            "dsx run --ram 128M --name p1 && echo RUN-$(dsx list --json | grep -o running | wc -l)\r",
+        ),
+    ];
+    v.extend(guest_login_steps(2));
+    v.extend([
+        (ROOT_PROMPT, "dsx kill 2; dsx events\r"),
         (ROOT_PROMPT, "poweroff\r"),
     ]);
     v.leak()
@@ -626,6 +656,28 @@ fn cases() -> Vec<Case> {
             ],
         ),
     ]);
+    // The PMP fallback (no H extension): the Linux Root VM in S-mode behind PMP, its
+    // devices, a Linux child started with `dsx run`, and FORK refused as documented.
+    v.push(Case {
+        cpu: Some(NO_H),
+        ..linux_case(
+            "linux-pmp-smp2",
+            2,
+            1024,
+            &[
+                Expect::Text("isolation: PMP (no H extension"),
+                Expect::Text("riscv-plic: plic@c000000"),
+                Expect::Text("goldfish_rtc 101000.rtc: registered as rtc0"),
+                Expect::Text("NPROC-2 FEATURES-pmp-fallback"),
+                Expect::Text("its harts have no H extension"),
+                Expect::Text("FORK-REFUSED"),
+                Expect::Text("HX-guest-42-2"),
+                Expect::Text("CID 2 terminated"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            pmp_steps(),
+        )
+    });
     // `dsx` in the Root VM's shell and in guests (docs/dsx.md): the guest Linux that
     // `dsx run` starts without IMAGE, nesting, fork and refusals.
     v.extend([
@@ -1138,6 +1190,9 @@ pub(crate) fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result
         q
     };
     q.icount = c.icount;
+    if let Some(cpu) = c.cpu {
+        q.extra.extend(["-cpu".to_string(), cpu.to_string()]);
+    }
     q.stop_at = c.stop_at.map(str::to_string);
     q.timeout = Duration::from_secs(c.timeout_s);
     q.interact = c

@@ -112,6 +112,11 @@ fn sbi_message(op: Op, code: i64) -> String {
             Op::Reboot(c) => {
                 format!("CID {c} has no state to return to: it was forked with --no-snapshot")
             }
+            Op::Fork => "this machine cannot fork a VM: its harts have no H extension, so \
+                         guests run without address translation (the PMP fallback) and a \
+                         clone would have to run at its parent's physical addresses; start \
+                         a new VM with `dsx run` instead"
+                .into(),
             _ => "the hypervisor does not support this call (SBI NOT_SUPPORTED)".into(),
         },
         error::INVALID_PARAM => match (op, child) {
@@ -573,6 +578,7 @@ mod tests {
         );
         assert!(error_message(Op::Send(2), CallError::Sbi(-1)).contains("CID 2's queue"));
         assert!(error_message(Op::Spawn, CallError::Sbi(-4)).starts_with("denied"));
+        assert!(error_message(Op::Fork, CallError::Sbi(-2)).contains("no H extension"));
         assert!(error_message(Op::Quota(1), CallError::Sbi(-10)).contains("this VM"));
         assert!(error_message(Op::Query, CallError::Sbi(-99)).contains("SBI error -99"));
         assert!(error_message(Op::Open, CallError::Os(libc::ENOENT)).contains("insmod"));
