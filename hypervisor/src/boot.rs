@@ -13,6 +13,16 @@ core::arch::global_asm!(
     ".option arch, +m, +a",
     "_start:",
     "csrw mie, zero",
+    // A hart without S-mode (a monitor core, such as the HiFive Unleashed's E51) can
+    // run no guest and may lack the FPU this code is built for: park it before it
+    // claims anything. misa reads 0 where it is not implemented: go on then (the
+    // device tree decides later).
+    "csrr t0, misa",
+    "beqz t0, 5f",
+    "srli t0, t0, 18",
+    "andi t0, t0, 1",
+    "beqz t0, 9f",
+    "5:",
     // Claim a hart slot: slots index stacks and per-hart state, whatever the hart IDs.
     "la t0, {next_slot}",
     "li t1, 1",

@@ -13,23 +13,24 @@
 //! output processing on, so the host tty itself turns each LF into CR LF and a guest's
 //! CR LF shows as CR CR LF there; nothing on this side adds the extra CR.
 
+use alloc::boxed::Box;
 use core::fmt::{self, Write};
-use diosix_riscv::uart::Ns16550a;
+use diosix_riscv::uart::Uart;
 use spin::{Mutex, Once};
 
-static UART: Once<Ns16550a> = Once::new();
+static UART: Once<Box<dyn Uart>> = Once::new();
 /// Serialises whole lines so output from several harts never interleaves mid-line.
 static LINE_LOCK: Mutex<()> = Mutex::new(());
 
 /// Uses `uart` as the host console from now on.
-pub fn set_uart(uart: Ns16550a) {
+pub fn set_uart(uart: Box<dyn Uart>) {
     uart.init();
     UART.call_once(|| uart);
 }
 
 /// The hypervisor's own text on the UART, LF written as CR LF. Never used for guest
 /// bytes (see the module documentation).
-struct LogWriter<'a>(&'a Ns16550a);
+struct LogWriter<'a>(&'a dyn Uart);
 
 impl Write for LogWriter<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -47,7 +48,7 @@ impl Write for LogWriter<'_> {
 /// hart that failed. Prints nothing before the UART is known.
 pub fn emergency_print(args: fmt::Arguments) {
     if let Some(uart) = UART.get() {
-        let _ = LogWriter(uart).write_fmt(args);
+        let _ = LogWriter(uart.as_ref()).write_fmt(args);
     }
 }
 
@@ -78,7 +79,7 @@ impl log::Log for Logger {
         if let Some(uart) = UART.get() {
             let _guard = LINE_LOCK.lock();
             let _ = writeln!(
-                LogWriter(uart),
+                LogWriter(uart.as_ref()),
                 "[diosix {:<5} hart {}] {}",
                 record.level(),
                 diosix_riscv::csr::id::mhartid(),

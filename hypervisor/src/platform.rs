@@ -5,10 +5,11 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_core::addr::Hpa;
 use diosix_core::hostfdt::HostPlatform;
+use diosix_core::hostfdt::UartKind;
 use diosix_riscv::clint::Clint;
 use diosix_riscv::csr::{self, envcfg, hstatus_bits, irq, mstatus_bits};
 use diosix_riscv::reset::{SysconReset, SysconWrite};
-use diosix_riscv::uart::Ns16550a;
+use diosix_riscv::uart::{Ns16550a, SifiveUart};
 use spin::Once;
 
 static HOST: Once<HostPlatform> = Once::new();
@@ -60,8 +61,15 @@ pub unsafe fn copy_firmware_fdt(hpa: Hpa) -> Vec<u8> {
 pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> {
     let host = HostPlatform::parse(fdt).map_err(|e| alloc::format!("{e}"))?;
     if let Some(u) = &host.uart {
-        // SAFETY: the device tree names this ns16550a; guests never get it mapped.
-        crate::console::set_uart(unsafe { Ns16550a::new(u.base, u.reg_shift) });
+        // SAFETY: the device tree names this UART; guests never get it mapped (the
+        // console's node is not a host device).
+        let uart: alloc::boxed::Box<dyn diosix_riscv::uart::Uart> = match u.kind {
+            UartKind::Ns16550 => {
+                alloc::boxed::Box::new(unsafe { Ns16550a::new(u.base, u.reg_shift) })
+            }
+            UartKind::Sifive => alloc::boxed::Box::new(unsafe { SifiveUart::new(u.base) }),
+        };
+        crate::console::set_uart(uart);
     }
     let clint_base = host
         .clint
@@ -214,7 +222,9 @@ fn init_hart_csrs_pmp() {
         csr::mideleg::write(irq::S_ALL);
         csr::mcounteren::write(0b111);
         // No Sstc for guests: mip.STIP stays the hypervisor's to inject (SBI timers).
-        csr::menvcfg::write(0);
+        // Harts older than privileged spec 1.12 have no menvcfg (and nothing to turn
+        // off in it).
+        csr::try_write_menvcfg(0);
         if has_sstc {
             csr::stimecmp::write(usize::MAX);
         }

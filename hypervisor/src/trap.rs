@@ -139,8 +139,21 @@ fn virtual_instruction(hart: &mut HartLocal) {
         }
         return;
     }
-    // Anything else a guest may not do in VS-mode (hypervisor CSRs, Sstc's stimecmp
-    // with STCE clear, ...) is an illegal instruction from the guest's point of view.
+    // A hart without the `time` CSR (S-mode under PMP only: under H it is always
+    // there for VS-mode): the platform timer, as machine firmware answers it.
+    if let Some(rd) = u32::try_from(insn)
+        .ok()
+        .and_then(diosix_core::mmio::decode_time_read)
+    {
+        if rd != 0 {
+            hart.frame.regs[usize::from(rd)] = crate::platform::now();
+        }
+        advance_pc();
+        return;
+    }
+    // Anything else a guest may not do (hypervisor CSRs, Sstc's stimecmp with STCE
+    // clear, M-mode CSRs in S-mode, ...) is an illegal instruction from the guest's
+    // point of view.
     crate::vcpu::inject_exception(EXC_ILLEGAL_INSTRUCTION, insn);
 }
 

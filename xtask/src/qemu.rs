@@ -54,6 +54,8 @@ pub struct QemuOptions {
     pub stop_at: Option<String>,
     /// Disks and network attached to the machine.
     pub devices: Devices,
+    /// QEMU's `-machine` (`virt` unless a case says otherwise).
+    pub machine: String,
 }
 
 /// Devices attached to the machine besides the `virt` board's own, on its virtio-mmio
@@ -138,6 +140,7 @@ impl QemuOptions {
             interact: Vec::new(),
             stop_at: None,
             devices: Devices::default(),
+            machine: "virt".to_string(),
         }
     }
 }
@@ -185,7 +188,14 @@ fn save_log(name: &str, output: &str) -> PathBuf {
 pub fn command(opts: &QemuOptions) -> Command {
     let mut cmd = Command::new("qemu-system-riscv64");
     cmd.args([
-        "-machine", "virt", "-display", "none", "-serial", "stdio", "-monitor", "none",
+        "-machine",
+        &opts.machine,
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
     ]);
     cmd.arg("-no-reboot");
     machine_args(&mut cmd, opts);
@@ -197,7 +207,7 @@ pub fn command(opts: &QemuOptions) -> Command {
 /// `stop_at` do not apply.
 pub fn interactive(opts: &QemuOptions) -> Command {
     let mut cmd = Command::new("qemu-system-riscv64");
-    cmd.args(["-nographic", "-machine", "virt"]);
+    cmd.args(["-nographic", "-machine", &opts.machine]);
     machine_args(&mut cmd, opts);
     cmd
 }

@@ -141,6 +141,8 @@ pub(crate) struct Case {
     devices: Option<DeviceCase>,
     /// QEMU's `-cpu` (`None`: its default, with the H extension).
     cpu: Option<&'static str>,
+    /// QEMU's `-machine` (`None`: `virt`).
+    machine: Option<&'static str>,
 }
 
 /// Lines that fail any case wherever they appear.
@@ -186,6 +188,7 @@ fn case(
         report: None,
         devices: None,
         cpu: None,
+        machine: None,
     }
 }
 
@@ -676,6 +679,43 @@ fn cases() -> Vec<Case> {
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             pmp_steps(),
+        )
+    });
+    // A second machine model: QEMU's HiFive Unleashed (an S-mode-less E51 monitor hart,
+    // parked, and four U54 harts without H or a `time` CSR; SiFive UARTs; the memory
+    // map, PLIC and CLINT from its device tree).
+    // The board has no reset device: the host halts, so the case stops at the end line.
+    v.push(Case {
+        machine: Some("sifive_u"),
+        stop_at: Some("the Root VM has ended"),
+        ..linux_case(
+            "linux-sifive-u",
+            5,
+            1024,
+            &[
+                Expect::Text("booting on hart"),
+                Expect::Text(": 4 hart(s), 1024 MiB RAM, timebase 1000000 Hz"),
+                Expect::Text("isolation: PMP (no H extension"),
+                Expect::Text("riscv-plic: plic@c000000"),
+                Expect::Text("NPROC-4 FEATURES-pmp-fallback"),
+                Expect::Text("TIME-OK"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            &[
+                ("login:", "root\r"),
+                (PROMPT, UPTIME_CMD),
+                (
+                    ROOT_PROMPT,
+                    "echo NPROC-$(nproc) FEATURES-$(dsx info --host | grep -o pmp-fallback)\r",
+                ),
+                // rdtime is emulated on these harts: time must move forward.
+                (
+                    ROOT_PROMPT,
+                    "a=$(cut -d. -f1 /proc/uptime); sleep 2; b=$(cut -d. -f1 /proc/uptime); \
+                     [ $b -gt $a ] && echo TIME-OK\r",
+                ),
+                (ROOT_PROMPT, "poweroff\r"),
+            ],
         )
     });
     // `dsx` in the Root VM's shell and in guests (docs/dsx.md): the guest Linux that
@@ -1192,6 +1232,9 @@ pub(crate) fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result
     q.icount = c.icount;
     if let Some(cpu) = c.cpu {
         q.extra.extend(["-cpu".to_string(), cpu.to_string()]);
+    }
+    if let Some(m) = c.machine {
+        q.machine = m.to_string();
     }
     q.stop_at = c.stop_at.map(str::to_string);
     q.timeout = Duration::from_secs(c.timeout_s);

@@ -133,7 +133,13 @@ pub struct HartInfo {
 }
 
 impl HartInfo {
-    /// True when the hart lists extension `name` (lower case).
+    /// Whether the hart can run guests: it has supervisor mode with an MMU, which the
+    /// device tree says through `mmu-type` (a monitor core without S-mode has none).
+    pub fn can_run_guests(&self) -> bool {
+        self.mmu_type.as_deref().is_some_and(|m| m != "riscv,none")
+    }
+
+    /// Whether the hart implements extension `name` (lower case, as in its ISA).
     pub fn has_extension(&self, name: &str) -> bool {
         self.extensions.iter().any(|e| e == name)
     }
@@ -156,12 +162,23 @@ impl HostPlatform {
 /// The console UART (an NS16550-compatible).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UartInfo {
+    /// Which register interface it has.
+    pub kind: UartKind,
     /// Register base.
     pub base: Hpa,
     /// Register stride is `1 << reg_shift` bytes.
     pub reg_shift: u32,
     /// Input clock, when the tree says.
     pub clock_hz: Option<u64>,
+}
+
+/// The UART register interfaces the hypervisor drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UartKind {
+    /// NS16550-compatible (`ns16550a`, `ns16550`, `ns16450`).
+    Ns16550,
+    /// SiFive UART (`sifive,uart0`).
+    Sifive,
 }
 
 /// One syscon write that triggers an action.
@@ -202,8 +219,12 @@ pub struct HostPlatform {
     /// Memory the hypervisor must not hand out: the header's reservation block plus
     /// every `/reserved-memory` child with a `reg`.
     pub reserved: Vec<Range<Hpa>>,
-    /// Harts, in tree order.
+    /// Harts that can run guests (supervisor mode with an MMU: a `mmu-type` other
+    /// than `riscv,none`), in tree order.
     pub harts: Vec<HartInfo>,
+    /// Hart IDs of the others, such as a board's monitor core without S-mode (the
+    /// HiFive Unleashed's E51): parked at reset, never offered to guests.
+    pub parked_harts: Vec<usize>,
     /// `mtime` ticks per second.
     pub timebase_frequency: u64,
     /// A legacy CLINT (`riscv,clint0` / `sifive,clint0`).
@@ -791,12 +812,18 @@ impl HostPlatform {
             .child_named(0, "cpus")
             .ok_or(HostFdtError::Missing("/cpus"))?;
         let mut harts = Vec::new();
+        let mut parked_harts = Vec::new();
         let mut timebase = t.prop_int(cpus, "timebase-frequency");
         for &c in &t.nodes[cpus].children {
             if t.prop_str(c, "device_type") != Some("cpu") {
                 continue;
             }
-            harts.push(hart(&t, cpus, c)?);
+            let h = hart(&t, cpus, c)?;
+            if h.can_run_guests() {
+                harts.push(h);
+            } else if parked_harts.len() < MAX_HARTS {
+                parked_harts.push(h.hart_id);
+            }
             if timebase.is_none() {
                 timebase = t.prop_int(c, "timebase-frequency");
             }
@@ -844,6 +871,7 @@ impl HostPlatform {
             memory,
             reserved,
             harts,
+            parked_harts,
             timebase_frequency,
             clint,
             aclint_mswi,
@@ -962,8 +990,11 @@ fn hart(t: &Tree<'_>, cpus: usize, c: usize) -> Result<HartInfo, HostFdtError> {
 
 const UART_COMPAT: &[&str] = &["ns16550a", "ns16550", "ns16450"];
 
-/// The console UART's node: `/chosen/stdout-path` if it names an NS16550, else the
-/// first one.
+/// The SiFive UART (HiFive Unleashed and later SiFive parts).
+const SIFIVE_UART_COMPAT: &[&str] = &["sifive,uart0"];
+
+/// The console UART's node: `/chosen/stdout-path` if it names a UART the hypervisor
+/// drives (NS16550 or SiFive), else the first NS16550, else the first SiFive UART.
 fn console_node(t: &Tree<'_>) -> Option<usize> {
     let chosen = t.child_named(0, "chosen");
     let from_chosen = chosen
@@ -973,8 +1004,10 @@ fn console_node(t: &Tree<'_>) -> Option<usize> {
         })
         // "path:options" (e.g. ":115200n8") names the node before the colon.
         .and_then(|p| t.resolve(p.split(':').next().unwrap_or(p)))
-        .filter(|&n| t.is_compatible(n, UART_COMPAT));
-    from_chosen.or_else(|| t.find_compatible(UART_COMPAT))
+        .filter(|&n| t.is_compatible(n, UART_COMPAT) || t.is_compatible(n, SIFIVE_UART_COMPAT));
+    from_chosen
+        .or_else(|| t.find_compatible(UART_COMPAT))
+        .or_else(|| t.find_compatible(SIFIVE_UART_COMPAT))
 }
 
 fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
@@ -995,7 +1028,13 @@ fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
                 property: "reg-shift",
             })?,
     };
+    let kind = if t.is_compatible(n, UART_COMPAT) {
+        UartKind::Ns16550
+    } else {
+        UartKind::Sifive
+    };
     Ok(Some(UartInfo {
+        kind,
         base,
         reg_shift,
         clock_hz: t.prop_int(n, "clock-frequency"),
@@ -1269,6 +1308,7 @@ mod tests {
 
     static VIRT: &[u8] = include_bytes!("testdata/qemu-virt-smp4.dtb");
     static VIRT_NOH: &[u8] = include_bytes!("testdata/qemu-virt-smp4-noh.dtb");
+    static SIFIVE_U: &[u8] = include_bytes!("testdata/qemu-sifive-u-smp5.dtb");
 
     fn r(start: u64, len: u64) -> Range<Hpa> {
         Range::new(Hpa::new(start), len).unwrap()
@@ -1301,6 +1341,7 @@ mod tests {
         assert_eq!(
             p.uart,
             Some(UartInfo {
+                kind: UartKind::Ns16550,
                 base: Hpa::new(0x1000_0000),
                 reg_shift: 0,
                 clock_hz: Some(3_686_400),
@@ -1409,6 +1450,7 @@ mod tests {
         w.property_string("device_type", "cpu").unwrap();
         w.property_u32("reg", 0).unwrap();
         w.property_string("riscv,isa", "rv64imafdch").unwrap();
+        w.property_string("mmu-type", "riscv,sv39").unwrap();
         let intc = w.begin_node("interrupt-controller").unwrap();
         w.property_u32("#interrupt-cells", 1).unwrap();
         w.property_null("interrupt-controller").unwrap();
@@ -1588,6 +1630,36 @@ mod tests {
             p.devices.last().unwrap().name,
             format!("d@{:x}", (MAX_HOST_DEVICES as u64 - 1) << 12)
         );
+    }
+
+    /// QEMU's `sifive_u -smp 5` (a HiFive Unleashed): hart 0 is the E51 monitor core
+    /// (no S-mode, no MMU), harts 1-4 the U54s (no H); SiFive UARTs; no syscon reset.
+    #[test]
+    fn parses_qemu_sifive_u() {
+        let p = HostPlatform::parse(SIFIVE_U).unwrap();
+        let ids: Vec<usize> = p.harts.iter().map(|h| h.hart_id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        assert_eq!(p.parked_harts, [0]);
+        assert!(p.harts.iter().all(|h| !h.has_h && h.can_run_guests()));
+        assert_eq!(p.timebase_frequency, 1_000_000);
+        assert_eq!(p.memory, [r(0x8000_0000, 0x4000_0000)]);
+        assert_eq!(
+            p.uart.map(|u| (u.kind, u.base)),
+            Some((UartKind::Sifive, Hpa::new(0x1001_0000)))
+        );
+        assert_eq!(p.clint, Some(r(0x200_0000, 0x1_0000)));
+        assert_eq!(p.plic, Some(r(0xc00_0000, 0x400_0000)));
+        // Hart 0 has one context (M), the U54s two each (M, S).
+        assert_eq!(
+            p.plic_m_contexts,
+            vec![(0, 0), (1, 1), (2, 3), (3, 5), (4, 7)]
+        );
+        assert_eq!(p.reset, None);
+        // The console UART is the hypervisor's; everything with a clock, reset or
+        // other phandle (the second UART, ethernet, SPI, GPIO, PWM, DMA) cannot be
+        // described to a guest.
+        let names: Vec<&str> = p.devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["cache-controller@2010000", "otp@10070000"]);
     }
 
     #[test]

@@ -149,6 +149,21 @@ pub fn decode_transformed(tinst: u64) -> Option<MmioAccess> {
     Some(access)
 }
 
+/// The destination register of `insn` if it only reads the `time` CSR (`rdtime rd`:
+/// `csrrs rd, time, x0`, or `csrrsi rd, time, 0`), which harts that do not implement
+/// the CSR (such as the HiFive Unleashed's U54) raise as an illegal instruction and the
+/// hypervisor answers from the platform timer, as machine firmware does.
+pub fn decode_time_read(insn: u32) -> Option<u8> {
+    const SYSTEM: u32 = 0x73;
+    const CSR_TIME: u32 = 0xC01;
+    let funct3 = (insn >> 12) & 7;
+    let rs1_or_uimm = (insn >> 15) & 0x1f;
+    let rd = ((insn >> 7) & 0x1f) as u8;
+    // CSRRS (2) or CSRRSI (6) with nothing set is a pure read.
+    let read_only = matches!(funct3, 2 | 6) && rs1_or_uimm == 0;
+    (insn & 0x7f == SYSTEM && insn >> 20 == CSR_TIME && read_only).then_some(rd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +274,19 @@ mod tests {
             }
             let _ = decode_transformed(u64::from(x));
         }
+    }
+
+    #[test]
+    fn time_reads_are_recognised_and_nothing_else() {
+        // rdtime a0 (0xc0102573), rdtime t0, csrrsi a5, time, 0.
+        assert_eq!(decode_time_read(0xc010_2573), Some(10));
+        assert_eq!(decode_time_read(0xc010_22f3), Some(5));
+        assert_eq!(decode_time_read(0xc010_67f3), Some(15));
+        // rdcycle, a write of time (csrrw), a set with a register, wfi, garbage.
+        assert_eq!(decode_time_read(0xc000_2573), None);
+        assert_eq!(decode_time_read(0xc010_1573), None);
+        assert_eq!(decode_time_read(0xc015_2573), None);
+        assert_eq!(decode_time_read(0x1050_0073), None);
+        assert_eq!(decode_time_read(0xffff_ffff), None);
     }
 }

@@ -135,6 +135,39 @@ csr_module!(/// PMP address 1.
 csr_module!(/// PMP address 2.
     pmpaddr2, 0x3B2);
 
+/// Writes `menvcfg` if this hart has it (privileged specification 1.12 and later:
+/// harts built to 1.11, such as the HiFive Unleashed's U54, do not, and the write
+/// traps); returns whether it did.
+///
+/// # Safety
+/// As for `menvcfg::write`; M-mode with interrupts off (`mstatus.MIE` clear), since a
+/// trap on the write is caught by pointing `mtvec` past it for the moment.
+pub unsafe fn try_write_menvcfg(value: usize) -> bool {
+    let ok: usize;
+    // SAFETY: a trap on the write lands at label 1 (mtvec, direct mode, 4-byte
+    // aligned), still in M-mode with interrupts off, and leaves `ok` 0; mtvec is
+    // restored either way. The write itself is the caller's to justify.
+    unsafe {
+        core::arch::asm!(
+            "csrr {old}, mtvec",
+            "la {tmp}, 1f",
+            "csrw mtvec, {tmp}",
+            "li {ok}, 0",
+            "csrw 0x30A, {v}",
+            "li {ok}, 1",
+            ".balign 4",
+            "1:",
+            "csrw mtvec, {old}",
+            old = out(reg) _,
+            tmp = out(reg) _,
+            ok = out(reg) ok,
+            v = in(reg) value,
+            options(nostack),
+        )
+    };
+    ok != 0
+}
+
 /// Read-only identification CSRs.
 pub mod id {
     /// This hart's ID.
