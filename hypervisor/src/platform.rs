@@ -65,9 +65,13 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
         // console's node is not a host device).
         let uart: alloc::boxed::Box<dyn diosix_riscv::uart::Uart> = match u.kind {
             UartKind::Ns16550 => {
+                // SAFETY: as above: the tree's console UART, never a guest's.
                 alloc::boxed::Box::new(unsafe { Ns16550a::new(u.base, u.reg_shift) })
             }
-            UartKind::Sifive => alloc::boxed::Box::new(unsafe { SifiveUart::new(u.base) }),
+            UartKind::Sifive => {
+                // SAFETY: as above: the tree's console UART, never a guest's.
+                alloc::boxed::Box::new(unsafe { SifiveUart::new(u.base) })
+            }
         };
         crate::console::set_uart(uart);
     }
