@@ -15,10 +15,11 @@
 //! (`cargo xtask test vmtree` builds both in that order).
 use std::path::PathBuf;
 
+include!("../rt/link.rs");
+
 fn main() {
+    link_guest();
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    println!("cargo:rustc-link-arg=-T{dir}/../rt/link.x");
-    println!("cargo:rerun-if-changed=../rt/link.x");
     println!("cargo:rerun-if-env-changed=DIOSIX_VMCHILD_ELF");
 
     let default =

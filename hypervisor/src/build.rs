@@ -309,6 +309,10 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         activation,
         mem: Mutex::new(Some(memory)),
         ram,
+        boot: Some(crate::vm::BootPoint {
+            entry: plan.entry,
+            dtb: layout.dtb.start(),
+        }),
         vcpus: shared.clone(),
         priority: spec.priority,
         is_root: spec.is_root,

@@ -86,6 +86,22 @@ impl ImageStore {
         })
     }
 
+    /// An image of `len` bytes copied from `src`'s pages at `pages` (in order, one per
+    /// 4 KiB) into fresh host pages: EXEC where frames cannot move out of a VM's
+    /// memory (the PMP fallback's RAM is one contiguous block). `src` keeps its pages.
+    pub fn copy_pages(src: &Vm, pages: &[Gpa], len: u64) -> Result<Self, String> {
+        let never = || false;
+        let store = Self::new(len, &never)?;
+        for (i, &gpa) in pages.iter().enumerate() {
+            let off = i as u64 * PAGE_SIZE;
+            let n = len.saturating_sub(off).min(PAGE_SIZE);
+            store
+                .fill_from(off, src, gpa, n, &never)
+                .map_err(|e| alloc::format!("copying the image: {e:?}"))?;
+        }
+        Ok(store)
+    }
+
     /// Host pages an image of `len` bytes takes, tables included (what its VM is
     /// charged for it).
     pub fn pages_for(len: u64) -> u64 {

@@ -90,7 +90,12 @@ fn fetch_access(vm: &Vm) -> Option<MmioAccess> {
 /// The instruction at the running guest's PC (`mepc`), read through its own
 /// translation as a supervisor read would (16 or 32 bits, zero-extended).
 pub fn guest_instruction(vm: &Vm) -> Option<u32> {
-    let pc = Gva::new(csr::mepc::read() as u64);
+    instruction_at(vm, Gva::new(csr::mepc::read() as u64))
+}
+
+/// The instruction at `pc` in the running guest, read through its own translation as
+/// a supervisor read would (16 or 32 bits, zero-extended).
+pub fn instruction_at(vm: &Vm, pc: Gva) -> Option<u32> {
     let low = read_insn_half(vm, pc)?;
     Some(if low & 3 == 3 {
         let high = read_insn_half(vm, pc.checked_add(2)?)?;

@@ -126,6 +126,9 @@ fn virtual_instruction(hart: &mut HartLocal) {
             .map_or(0, |i| i as usize),
         i => i,
     };
+    if let Some(v) = hart.current.as_ref() {
+        correct_straddling_epc(&v.vm, insn);
+    }
     if insn == INSN_WFI {
         advance_pc();
         let now = crate::platform::now();
@@ -155,6 +158,31 @@ fn virtual_instruction(hart: &mut HartLocal) {
     // clear, M-mode CSRs in S-mode, ...) is an illegal instruction from the guest's
     // point of view.
     crate::vcpu::inject_exception(EXC_ILLEGAL_INSTRUCTION, insn);
+}
+
+/// QEMU (seen on 10.0) reports a trapped 4-byte instruction that straddles a page
+/// boundary (it starts 2 bytes before one) with `mepc` one page past its real
+/// address; resuming at `mepc + 4` would run the guest from the wrong page. When the
+/// instruction bits the hart reported (`insn`) are not at `mepc` but are one page
+/// below, `mepc` is put back there. A guest cannot use this to move its PC anywhere
+/// but onto an instruction it really has, one page down.
+fn correct_straddling_epc(vm: &crate::vm::Vm, insn: usize) {
+    let pc = csr::mepc::read() as u64;
+    if pc % diosix_core::addr::PAGE_SIZE != diosix_core::addr::PAGE_SIZE - 2 || insn & 3 != 3 {
+        return;
+    }
+    let at = |a: u64| crate::mmio::instruction_at(vm, Gva::new(a)).map(|i| i as usize);
+    if at(pc) == Some(insn) {
+        return;
+    }
+    let Some(below) = pc.checked_sub(diosix_core::addr::PAGE_SIZE) else {
+        return;
+    };
+    if at(below) == Some(insn) {
+        log::debug!("trapped instruction straddling a page: mepc {pc:#x} corrected to {below:#x}");
+        // SAFETY: points the guest's resume address at the instruction that trapped.
+        unsafe { csr::mepc::write(below as usize) };
+    }
 }
 
 fn advance_pc() {
@@ -225,8 +253,10 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
     }
     let (name, is_root) = (vm.name.clone(), vm.is_root);
     log::error!(
-        "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {}{}{}",
+        "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {} (ra {}, sp {}){}{}",
         Gva::new(csr::mepc::read() as u64),
+        Gva::new(hart.frame.regs[reg::RA]),
+        Gva::new(hart.frame.regs[reg::SP]),
         if matches!(cause, 20 | 21 | 23) || (pmp && matches!(cause, 1 | 5 | 7)) {
             alloc::format!(", {gpa}")
         } else {

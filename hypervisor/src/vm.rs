@@ -20,6 +20,15 @@ use spin::Mutex;
 /// Where every guest's RAM starts, as the guest sees it.
 pub const GUEST_RAM_BASE: Gpa = Gpa::new(0x8000_0000);
 
+/// Where a built VM boots: its image's entry point and its device tree.
+#[derive(Clone, Copy, Debug)]
+pub struct BootPoint {
+    /// The entry point.
+    pub entry: Gpa,
+    /// The device tree.
+    pub dtb: Gpa,
+}
+
 /// A virtual machine.
 pub struct Vm {
     /// Its node in the VM tree.
@@ -34,6 +43,9 @@ pub struct Vm {
     pub mem: Mutex<Option<Box<dyn Isolation>>>,
     /// Its RAM range (immutable copy, readable without the lock).
     pub ram: Range<Gpa>,
+    /// Where its boot vCPU was built to start and its device tree was put (`None` for
+    /// a FORK clone, which resumes where its parent was).
+    pub boot: Option<BootPoint>,
     /// One entry per vCPU, indexed by guest hart ID.
     pub vcpus: Vec<Arc<VcpuShared>>,
     /// Scheduling priority of its vCPUs.
@@ -234,6 +246,7 @@ pub fn adopt(
         activation,
         mem: Mutex::new(Some(memory)),
         ram,
+        boot: None,
         vcpus: (0..vcpus)
             .map(|i| Arc::new(VcpuShared::new(i, HartState::Stopped)))
             .collect(),

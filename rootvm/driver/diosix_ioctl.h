@@ -196,7 +196,7 @@ struct diosix_ioc_list {
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ret) == 16, "ret");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_scalar) == 56, "scalar");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_spawn) == 120, "spawn");
-DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_vm_info) == 144, "vm_info");
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_vm_info) == 168, "vm_info");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_quota) == 56, "quota");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ipc_send) == 56, "ipc_send");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ipc_recv) == 64, "ipc_recv");

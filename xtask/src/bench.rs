@@ -28,15 +28,19 @@ fn parse(output: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-fn run(name: &str, kernel: &Path, bios: Bios) -> Result<Vec<(String, u64)>> {
+fn run(name: &str, kernel: &Path, bios: Bios, cpu: Option<&str>) -> Result<Vec<(String, u64)>> {
     run_on(
         name,
         kernel,
         bios,
         2,
         if bios == Bios::None { 512 } else { 128 },
+        cpu,
     )
 }
+
+/// QEMU's CPU model for harts without the H extension: Diosix's PMP mode.
+const NO_H: &str = "rv64,h=false";
 
 fn run_on(
     name: &str,
@@ -44,8 +48,12 @@ fn run_on(
     bios: Bios,
     smp: u32,
     mem_mib: u32,
+    cpu: Option<&str>,
 ) -> Result<Vec<(String, u64)>> {
     let mut q = QemuOptions::new(name, kernel.to_path_buf());
+    if let Some(cpu) = cpu {
+        q.extra.extend(["-cpu".to_string(), cpu.to_string()]);
+    }
     q.bios = bios;
     q.smp = smp;
     q.mem_mib = mem_mib;
@@ -75,7 +83,7 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
         _ => return Err("usage: cargo xtask bench [devices]".into()),
     }
     let elf = guests::build_guest("bench")?;
-    let opensbi = run("bench-opensbi", &elf, Bios::Default)?;
+    let opensbi = run("bench-opensbi", &elf, Bios::Default, None)?;
     let diosix = build::build_image(&ImageOptions {
         root_vm: RootVm::File(elf.clone()),
         vcpus: Some(2),
@@ -87,27 +95,46 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
             .join("bench.elf"),
     })
     .map_err(|e| format!("build_image: {e}"))
-    .and_then(|image| run("bench-diosix", &image, Bios::None));
-    let (d, derr) = match diosix {
-        Ok(d) => (d, None),
-        Err(e) => (Vec::new(), Some(e)),
+    .map(|image| {
+        let h = run("bench-diosix", &image, Bios::None, None);
+        // The same image on harts without H: guests in S-mode behind PMP.
+        let pmp = run("bench-diosix-pmp", &image, Bios::None, Some(NO_H));
+        (h, pmp)
+    });
+    let (h, pmp) = match diosix {
+        Ok((h, pmp)) => (h, pmp),
+        Err(e) => (Err(e.clone()), Err(e)),
     };
+    let figures = |r: &Result<Vec<(String, u64)>>| r.as_ref().map_or(Vec::new(), Clone::clone);
+    let (d, p) = (figures(&h), figures(&pmp));
     println!(
-        "{:<20} | {:>12} | {:>12} | {:>7}",
-        "metric (instructions)", "Diosix", "OpenSBI", "ratio"
+        "{:<20} | {:>12} | {:>12} | {:>12} | {:>7} | {:>7}",
+        "metric (instructions)", "Diosix (H)", "Diosix (PMP)", "OpenSBI", "H/O", "PMP/O"
     );
-    println!("{:-<21}+{:-<14}+{:-<14}+{:-<8}", "", "", "", "");
+    println!(
+        "{:-<21}+{:-<14}+{:-<14}+{:-<14}+{:-<9}+{:-<8}",
+        "", "", "", "", "", ""
+    );
+    let get = |v: &[(String, u64)], name: &str| v.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    let cell = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let ratio = |v: Option<u64>, o: u64| match v {
+        Some(v) if o > 0 => format!("{:.2}", v as f64 / o as f64),
+        _ => "-".into(),
+    };
     for (name, o) in &opensbi {
-        let dv = d.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
-        let ds = dv.map_or("-".to_string(), |v| v.to_string());
-        let ratio = match dv {
-            Some(v) if *o > 0 => format!("{:.2}", v as f64 / *o as f64),
-            _ => "-".into(),
-        };
-        println!("{name:<21} | {ds:>12} | {o:>12} | {ratio:>7}");
+        let (dv, pv) = (get(&d, name), get(&p, name));
+        println!(
+            "{name:<21} | {:>12} | {:>12} | {o:>12} | {:>7} | {:>7}",
+            cell(dv),
+            cell(pv),
+            ratio(dv, *o),
+            ratio(pv, *o)
+        );
     }
-    if let Some(e) = derr {
-        println!("Diosix run failed: {e}");
+    for (what, r) in [("Diosix (H)", &h), ("Diosix (PMP)", &pmp)] {
+        if let Err(e) = r {
+            println!("{what} run failed: {e}");
+        }
     }
     tree_bench(&elf)?;
     linux_boot_bench()?;
@@ -619,6 +646,7 @@ fn tree_bench(elf: &Path) -> Result<()> {
             Bios::None,
             1,
             host_mib,
+            None,
         )?;
         for (name, v) in figures {
             if name.starts_with("fork_")

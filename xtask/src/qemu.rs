@@ -367,8 +367,8 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
 
 /// `cargo xtask run --help`.
 const RUN_USAGE: &str = "\
-usage: cargo xtask run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--opensbi]
-                       [build options]
+usage: cargo xtask run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--rng]
+                       [--cpu MODEL] [--machine NAME] [--opensbi] [build options]
 Builds everything, then boots it in QEMU on this terminal (Ctrl-a x quits).
   --smp N         host harts (default 2)
   --mem SIZE      host RAM, e.g. 512M or 2G; a bare number is MiB (default 1G)
@@ -378,6 +378,11 @@ Builds everything, then boots it in QEMU on this terminal (Ctrl-a x quits).
   --net           attach a virtio-net device on QEMU's user network (the Root VM gets
                   10.0.2.15 by DHCP); its port 80 is forwarded to 127.0.0.1:8080, or
                   the first free port above it (printed)
+  --rng           attach a virtio-rng device (the Root VM's /dev/hwrng)
+  --cpu MODEL     QEMU's -cpu: `rv64,h=false` gives harts without the H extension, on
+                  which Diosix runs its guests in S-mode behind PMP
+  --machine NAME  QEMU's -machine (default virt): `sifive_u` with --smp 5 models a
+                  HiFive Unleashed (a monitor hart without S-mode, four U54s)
   --opensbi       boot the Root VM's kernel and initramfs on QEMU's OpenSBI, without
                   Diosix (of the build options, only --cmdline applies)
 build options, as for `cargo xtask build`:
@@ -401,6 +406,10 @@ struct RunArgs {
     rng: bool,
     /// `--opensbi`.
     opensbi: bool,
+    /// `--cpu`: QEMU's `-cpu` model (e.g. `rv64,h=false` for harts without H).
+    cpu: Option<String>,
+    /// `--machine`: QEMU's `-machine` (default `virt`).
+    machine: Option<String>,
     /// `--cmdline` (also in `build`).
     cmdline: Option<String>,
     /// The build options, for `build::cmd_build`.
@@ -453,6 +462,8 @@ fn parse_run_args(args: &[String]) -> Result<Option<RunArgs>> {
             "--net" => r.net = true,
             "--rng" => r.rng = true,
             "--opensbi" => r.opensbi = true,
+            "--cpu" => r.cpu = Some(val()?),
+            "--machine" => r.machine = Some(val()?),
             "--demo" => {
                 image_option.get_or_insert_with(|| a.clone());
                 r.build.push(a.clone());
@@ -503,6 +514,12 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
     };
     q.smp = r.smp;
     q.mem_mib = r.mem_mib;
+    if let Some(cpu) = r.cpu {
+        q.extra.extend(["-cpu".to_string(), cpu]);
+    }
+    if let Some(machine) = r.machine {
+        q.machine = machine;
+    }
     if r.net {
         devices.net_port = Some(free_port(DEFAULT_NET_PORT)?);
     }
@@ -583,7 +600,7 @@ mod tests {
     #[test]
     fn run_options() {
         let r =
-            run_args("--smp 4 --mem 2G --disk a.img --net --rng --disk b.img --ram 256M --demo")
+            run_args("--smp 4 --mem 2G --disk a.img --net --rng --disk b.img --ram 256M --demo --cpu rv64,h=false --machine sifive_u")
                 .unwrap()
                 .unwrap();
         assert_eq!(
@@ -595,6 +612,8 @@ mod tests {
                 net: true,
                 rng: true,
                 opensbi: false,
+                cpu: Some("rv64,h=false".into()),
+                machine: Some("sifive_u".into()),
                 cmdline: None,
                 build: ["--ram", "256M", "--demo"].map(String::from).to_vec(),
             }

@@ -940,6 +940,37 @@ fn cases() -> Vec<Case> {
     for (name, vcpus, smp) in [("vmtree-smp1", 1, 1), ("vmtree-smp2", 2, 2)] {
         v.push(case(name, "vmtree", vcpus, smp, vmtree));
     }
+    // The same test guests on harts without H (issue 13): guests in S-mode behind PMP,
+    // each VM's RAM a block of host memory at GPA = HPA. The guests are
+    // position-independent and learn where their RAM (and their children's) is from
+    // the device tree and GET_CHILD_INFO; vmtree checks FORK is refused there.
+    let pmp: &'static [Expect] = &[Expect::Text("isolation: PMP (no H extension")];
+    for (name, guest, vcpus, smp, expect) in [
+        ("pmp-sbi-tests-smp2", "sbi-tests", 2, 2, SBI_TESTS),
+        ("pmp-sbi-tests-4vcpu-smp1", "sbi-tests", 4, 1, SBI_TESTS),
+        ("pmp-sbi-testing-smp1", "sbi-testing", 1, 1, SBI_TESTING),
+        ("pmp-sbi-testing-smp2", "sbi-testing", 2, 2, SBI_TESTING),
+        ("pmp-sbi-testing-smp4", "sbi-testing", 4, 4, SBI_TESTING),
+        ("pmp-sbi-testing-smp8", "sbi-testing", 8, 8, SBI_TESTING),
+        ("pmp-vmtree-smp2", "vmtree", 2, 2, vmtree),
+        // The attacks an S-mode guest behind PMP must not get away with.
+        (
+            "pmp-hostile-smp2",
+            "hostile",
+            2,
+            2,
+            &[
+                Expect::Summary("hostile"),
+                Expect::FreePagesRestored,
+                Expect::Text("phase pmp: start"),
+            ],
+        ),
+    ] {
+        v.push(Case {
+            cpu: Some(NO_H),
+            ..case(name, guest, vcpus, smp, [expect, pmp].concat().leak())
+        });
+    }
     // The hostile-guest suite (guests/hostile, issue 9): every vCPU of a 32 MiB Root VM
     // races and fuzzes the Diosix extension against children of its own, with a
     // bystander child VM that must keep making progress; then regression probes for

@@ -228,8 +228,11 @@ struct diosix_vm_info {
 	uint32_t state; /* offset 104 */
 	uint32_t console_pending; /* offset 108 */
 	uint64_t console_dropped; /* offset 112 */
+	uint64_t ram_gpa; /* offset 120 */
+	uint64_t entry_gpa; /* offset 128 */
+	uint64_t dtb_gpa; /* offset 136 */
 };
-DIOSIX_STATIC_ASSERT(sizeof(struct diosix_vm_info) == 120, "diosix_vm_info size");
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_vm_info) == 144, "diosix_vm_info size");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, size) == 0, "diosix_vm_info.size");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, flags) == 4, "diosix_vm_info.flags");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, cid) == 8, "diosix_vm_info.cid");
@@ -253,7 +256,10 @@ DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, child_count) == 100, "diosi
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, state) == 104, "diosix_vm_info.state");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, console_pending) == 108, "diosix_vm_info.console_pending");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, console_dropped) == 112, "diosix_vm_info.console_dropped");
-#define DIOSIX_VM_INFO_SIZE 120u
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, ram_gpa) == 120, "diosix_vm_info.ram_gpa");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, entry_gpa) == 128, "diosix_vm_info.entry_gpa");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_vm_info, dtb_gpa) == 136, "diosix_vm_info.dtb_gpa");
+#define DIOSIX_VM_INFO_SIZE 144u
 
 struct diosix_ipc_send_args {
 	uint32_t size; /* offset 0 */

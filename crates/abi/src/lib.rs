@@ -775,6 +775,16 @@ abi_struct! {
         console_pending: u32,
         /// Bytes of console output dropped because the parent did not read in time.
         console_dropped: u64,
+        /// GPA of the VM's first byte of RAM, in its own address space: 0x8000_0000
+        /// under H; in PMP mode the host address of its block (GPA = HPA there), which
+        /// a parent needs to START a paused child or MAP_CHILD_MEM into it.
+        ram_gpa: u64,
+        /// Where the VM's boot vCPU was set to start when it was built (SPAWN, EXEC or
+        /// at boot): the loaded image's entry point. 0 for a FORK clone.
+        entry_gpa: u64,
+        /// Where the hypervisor put the VM's device tree when it was built. 0 for a
+        /// FORK clone.
+        dtb_gpa: u64,
     }
 }
 
@@ -911,7 +921,7 @@ mod tests {
     fn sizes_are_pinned() {
         assert_eq!(SpawnArgs::SIZE, 88);
         assert_eq!(QuotaArgs::SIZE, 40);
-        assert_eq!(VmInfo::SIZE, 120);
+        assert_eq!(VmInfo::SIZE, 144);
         assert_eq!(IpcSendArgs::SIZE, 32);
         assert_eq!(IpcRecvArgs::SIZE, 40);
         assert_eq!(Event::SIZE, 32);

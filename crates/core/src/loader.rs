@@ -7,6 +7,11 @@
 //!   at its `p_paddr`, which is taken as a GPA (Linux's `vmlinux` links at high virtual
 //!   addresses with physical load addresses in `p_paddr`); the entry point, a virtual
 //!   address, is translated through the executable segment that contains it;
+//! - an ELF64 RISC-V position-independent executable (`ET_DYN`): the segments keep
+//!   their `p_vaddr` layout, moved as one so the lowest starts at the first address in
+//!   RAM aligned to the largest `p_align` (at least a page, at most 2 MiB); relocating
+//!   itself is the image's job. This is how an image runs wherever its VM's RAM is: at
+//!   GPA 0x8000_0000 under H, at the host address of the VM's block in PMP mode;
 //! - a raw RISC-V Linux `Image` (Documentation/arch/riscv/boot-image-header.rst): loaded
 //!   at `text_offset` above the first 2 MiB boundary in RAM; rv64 Linux maps itself with
 //!   2 MiB pages and so requires a 2 MiB aligned load address.
@@ -26,7 +31,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use elf::abi::{ELFCLASS64, EM_RISCV, ET_EXEC, PF_X, PT_LOAD};
+use elf::abi::{ELFCLASS64, EM_RISCV, ET_DYN, ET_EXEC, PF_X, PT_LOAD};
 use elf::endian::LittleEndian;
 use elf::file::Class;
 use elf::ElfBytes;
@@ -71,7 +76,7 @@ pub enum LoadError {
     NotElf64,
     /// An ELF file for another machine.
     NotRiscv,
-    /// An ELF file that is not a plain executable (`ET_EXEC`).
+    /// An ELF file that is not an executable (`ET_EXEC` or `ET_DYN`).
     NotExecutable,
     /// A big-endian `Image`.
     BigEndian,
@@ -248,14 +253,21 @@ fn plan_elf(window: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan, 
     if file.ehdr.e_machine != EM_RISCV {
         return Err(LoadError::NotRiscv);
     }
-    if file.ehdr.e_type != ET_EXEC {
-        return Err(LoadError::NotExecutable);
-    }
+    let position_independent = match file.ehdr.e_type {
+        ET_EXEC => false,
+        ET_DYN => true,
+        _ => return Err(LoadError::NotExecutable),
+    };
     let table = file.segments().ok_or(LoadError::NoLoadableSegments)?;
     // The table is parsed lazily, so its length is known before any header is read.
     if table.len() > MAX_PROGRAM_HEADERS {
         return Err(LoadError::TooManyProgramHeaders(table.len()));
     }
+    let placement = if position_independent {
+        Some(Placement::of(table.iter(), ram)?)
+    } else {
+        None
+    };
 
     // Each segment with its program header index, for error messages.
     let mut segments: Vec<(Segment, usize)> = Vec::new();
@@ -276,7 +288,14 @@ fn plan_elf(window: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan, 
         if fend as u64 > image_len {
             return Err(LoadError::SegmentOutsideFile(n));
         }
-        let gpa = Gpa::new(ph.p_paddr);
+        let gpa = match placement {
+            // p_vaddr >= placement.from: the lowest p_vaddr rounded down.
+            Some(p) => {
+                p.to.checked_add(ph.p_vaddr - p.from)
+                    .ok_or(LoadError::Overflow(n))?
+            }
+            None => Gpa::new(ph.p_paddr),
+        };
         gpa.checked_add(ph.p_memsz).ok_or(LoadError::Overflow(n))?;
         if !ram.contains_span(gpa, ph.p_memsz) {
             return Err(LoadError::SegmentOutsideRam(n));
@@ -327,6 +346,43 @@ fn plan_elf(window: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan, 
         segments: segments.into_iter().map(|(s, _)| s).collect(),
         entry,
     })
+}
+
+/// Where a position-independent image goes: `p_vaddr` `from` lands at GPA `to`.
+#[derive(Clone, Copy)]
+struct Placement {
+    from: u64,
+    to: Gpa,
+}
+
+impl Placement {
+    /// The lowest non-empty `PT_LOAD` segment's `p_vaddr`, rounded down to the largest
+    /// `p_align` (clamped to a page .. 2 MiB; a value that is not a power of two, which
+    /// ELF forbids, counts as a page), goes to the first address in RAM so aligned.
+    /// Rounding both sides the same way keeps every segment's offset within its
+    /// alignment, which is what `p_align` asks for.
+    fn of<'a>(
+        headers: impl Iterator<Item = elf::segment::ProgramHeader> + 'a,
+        ram: Range<Gpa>,
+    ) -> Result<Self, LoadError> {
+        let mut lowest: Option<u64> = None;
+        let mut align = PAGE_SIZE;
+        for ph in headers.filter(|ph| ph.p_type == PT_LOAD && ph.p_memsz != 0) {
+            lowest = Some(lowest.map_or(ph.p_vaddr, |l| l.min(ph.p_vaddr)));
+            if ph.p_align.is_power_of_two() {
+                align = align.max(ph.p_align.min(KERNEL_ALIGN));
+            }
+        }
+        let lowest = lowest.ok_or(LoadError::NoLoadableSegments)?;
+        let to = ram
+            .start()
+            .align_up(align)
+            .ok_or(LoadError::SegmentOutsideRam(0))?;
+        Ok(Self {
+            from: lowest & !(align - 1),
+            to,
+        })
+    }
 }
 
 fn le_u64(b: &[u8], at: usize) -> u64 {
@@ -574,6 +630,83 @@ mod tests {
         assert_eq!(p.end(), Gpa::new(RAM_BASE + 0x20_4000));
     }
 
+    /// Sets `p_align` of program header `i` in an image from [`elf`] (three headers or
+    /// fewer, so the table is at offset 64).
+    fn set_align(b: &mut [u8], i: usize, align: u64) {
+        let o = 64 + i * 56 + 48;
+        b[o..o + 8].copy_from_slice(&align.to_le_bytes());
+    }
+
+    /// A static PIE like the test guests': linked at 0x8020_0000, `p_paddr` ignored.
+    fn pie(vaddr: u64) -> Vec<u8> {
+        let text = Ph {
+            vaddr,
+            paddr: 0xdead_0000,
+            ..text()
+        };
+        let data = Ph {
+            vaddr: vaddr + 0x1000,
+            paddr: 0,
+            ..data()
+        };
+        elf(vaddr + 4, &[text, data], &[0x13; 0x40], EM_RISCV, ET_DYN)
+    }
+
+    #[test]
+    fn position_independent_elf_moves_to_the_start_of_ram() {
+        // Under H (RAM at 0x8000_0000) and at a PMP block somewhere else.
+        for base in [RAM_BASE, 0x8123_4000, 0x1_0000_0000] {
+            let ram = Range::new(Gpa::new(base), 16 << 20).unwrap();
+            let p = plan(&pie(0x8020_0000), ram).unwrap();
+            assert_eq!(p.entry, Gpa::new(base + 4));
+            let at: Vec<_> = p.segments.iter().map(|s| s.gpa.raw()).collect();
+            assert_eq!(at, vec![base, base + 0x1000]);
+        }
+        // Offsets within the alignment are kept; p_align picks the boundary.
+        let ram = Range::new(Gpa::new(0x8123_4000), 16 << 20).unwrap();
+        let p = plan(&pie(0x10_0800), ram).unwrap();
+        assert_eq!(p.segments[0].gpa, Gpa::new(0x8123_4800));
+        let mut b = pie(0x10_0000);
+        set_align(&mut b, 1, 1 << 16);
+        let p = plan(&b, ram).unwrap();
+        assert_eq!(p.segments[0].gpa, Gpa::new(0x8124_0000));
+        // Larger than 2 MiB counts as 2 MiB; not a power of two counts as a page.
+        set_align(&mut b, 1, 1 << 30);
+        assert_eq!(
+            plan(&b, ram).unwrap().segments[0].gpa,
+            Gpa::new(0x8150_0000)
+        );
+        set_align(&mut b, 1, 0x3000);
+        assert_eq!(
+            plan(&b, ram).unwrap().segments[0].gpa,
+            Gpa::new(0x8123_4000)
+        );
+    }
+
+    #[test]
+    fn position_independent_elf_is_still_checked() {
+        let small = Range::new(Gpa::new(RAM_BASE), 0x2000).unwrap();
+        assert_eq!(
+            plan(&pie(0x8020_0000), small),
+            Err(LoadError::SegmentOutsideRam(1))
+        );
+        // A p_vaddr near the top of the address space: its distance to the lowest
+        // segment overflows the GPA.
+        let mut b = pie(0);
+        let o = 64 + 56 + 16;
+        b[o..o + 8].copy_from_slice(&(u64::MAX - 0xfff).to_le_bytes());
+        assert_eq!(plan(&b, ram()), Err(LoadError::Overflow(1)));
+        // RAM ending at the top of the address space cannot be aligned past.
+        let top = Range::new(Gpa::new(u64::MAX - 0x1fff), 0x1000).unwrap();
+        let mut b = pie(0);
+        set_align(&mut b, 0, 1 << 21);
+        assert_eq!(plan(&b, top), Err(LoadError::SegmentOutsideRam(0)));
+        // The entry must still be inside the executable segment.
+        let mut b = pie(0x8020_0000);
+        b[24..32].copy_from_slice(&0x8030_0000u64.to_le_bytes());
+        assert_eq!(plan(&b, ram()), Err(LoadError::BadEntry));
+    }
+
     #[test]
     fn elf_errors() {
         let body = [0u8; 0x40];
@@ -584,7 +717,7 @@ mod tests {
             Err(LoadError::NotRiscv)
         );
         assert_eq!(
-            plan(&elf(entry, &[text()], &body, EM_RISCV, 3), ram()),
+            plan(&elf(entry, &[text()], &body, EM_RISCV, 1), ram()),
             Err(LoadError::NotExecutable)
         );
         let mut c32 = good_elf();

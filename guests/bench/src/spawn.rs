@@ -16,8 +16,9 @@ use diosix_guest_rt::{csr, println};
 
 use crate::tree::DSX;
 
-/// Guest-physical address the child's code is loaded at and starts from. Child RAM
-/// starts at GPA 0x8000_0000; this is where the test guests load too (`rt/link.x`).
+/// The child's code's link address. The image is position-independent (`ET_DYN`: the
+/// code uses no address), so the hypervisor loads it at the start of the child's RAM,
+/// wherever that is (GPA 0x8000_0000 under H, its block's host address without H).
 const LOAD_GPA: u64 = 0x8020_0000;
 
 /// The child's code, one instruction per word. Encodings checked with
@@ -70,16 +71,16 @@ const fn put<const N: usize>(b: &mut [u8; ELF_SIZE], at: usize, v: [u8; N]) {
     }
 }
 
-/// Builds the child's ELF file: an `ET_EXEC` for `EM_RISCV` with one `PT_LOAD`
-/// segment (R+X) holding [`CODE`] at [`LOAD_GPA`], whose start is the entry point.
-/// The hypervisor's loader takes `p_paddr` as the GPA and translates `e_entry`
-/// through the executable segment's `p_vaddr`, so both are [`LOAD_GPA`]. Built by the
+/// Builds the child's ELF file: an `ET_DYN` for `EM_RISCV` with one `PT_LOAD`
+/// segment (R+X) holding [`CODE`] linked at [`LOAD_GPA`], whose start is the entry
+/// point. The hypervisor's loader moves the segment to the start of the child's RAM
+/// and translates `e_entry` through it. Built by the
 /// compiler, so the static needs no mutable state or `unsafe`.
 const fn elf() -> ElfImage {
     let mut b = [0u8; ELF_SIZE];
     // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding.
     put(&mut b, 0, [0x7F, b'E', b'L', b'F', 2, 1, 1, 0]);
-    put(&mut b, 16, 2u16.to_le_bytes()); // e_type: ET_EXEC
+    put(&mut b, 16, 3u16.to_le_bytes()); // e_type: ET_DYN (position-independent)
     put(&mut b, 18, 243u16.to_le_bytes()); // e_machine: EM_RISCV
     put(&mut b, 20, 1u32.to_le_bytes()); // e_version: EV_CURRENT
     put(&mut b, 24, LOAD_GPA.to_le_bytes()); // e_entry
@@ -97,7 +98,7 @@ const fn elf() -> ElfImage {
     put(&mut b, ph + 4, 5u32.to_le_bytes()); // p_flags: PF_R | PF_X
     put(&mut b, ph + 8, (CODE_OFFSET as u64).to_le_bytes()); // p_offset
     put(&mut b, ph + 16, LOAD_GPA.to_le_bytes()); // p_vaddr
-    put(&mut b, ph + 24, LOAD_GPA.to_le_bytes()); // p_paddr: the GPA
+    put(&mut b, ph + 24, LOAD_GPA.to_le_bytes()); // p_paddr (ignored for ET_DYN)
     put(&mut b, ph + 32, (CODE_SIZE as u64).to_le_bytes()); // p_filesz
     put(&mut b, ph + 40, (CODE_SIZE as u64).to_le_bytes()); // p_memsz
     put(&mut b, ph + 48, 4u64.to_le_bytes()); // p_align: p_offset = p_vaddr mod 4

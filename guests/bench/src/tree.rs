@@ -76,6 +76,12 @@ pub fn run(ram_mib: usize) {
     if r.error == 0 && r.value == 0 {
         child();
     }
+    if r.error == diosix_guest_rt::sbi::error::NOT_SUPPORTED {
+        // No FORK without H (PMP mode): no fork, copy-on-write or IPC figures.
+        println!("bench tree: FORK not supported here");
+        crate::spawn::run();
+        return;
+    }
     if r.error != 0 {
         println!("bench fork failed: error {}", r.error);
         return;

@@ -8,7 +8,7 @@ use crate::img::Program;
 use crate::sys::{self, error::*, Client, SbiRet, DSX};
 use crate::{kids, team};
 use core::sync::atomic::{AtomicU64, Ordering};
-use diosix_abi::{ext, limits, IpcRecvArgs, IpcSendArgs, QuotaArgs};
+use diosix_abi::{ext, limits, IpcRecvArgs, IpcSendArgs, QuotaArgs, VmInfo};
 use diosix_guest_rt::diosix;
 use diosix_guest_rt::sbi::eid;
 
@@ -236,22 +236,22 @@ fn body(_idx: usize, _n: usize) {
     );
     expect(
         "edge_get_info_at_ram_end",
-        out(ext::FID_GET_INFO, end - 120, 120),
+        out(ext::FID_GET_INFO, end - VmInfo::SIZE, VmInfo::SIZE),
         &[SUCCESS],
     );
     expect(
         "edge_get_info_past_ram_end",
-        out(ext::FID_GET_INFO, end - 112, 120),
+        out(ext::FID_GET_INFO, end - VmInfo::SIZE + 8, VmInfo::SIZE),
         &[INVALID_ADDRESS],
     );
     expect(
         "edge_get_info_unaligned",
-        out(ext::FID_GET_INFO, s.addr() + 4, 120),
+        out(ext::FID_GET_INFO, s.addr() + 4, VmInfo::SIZE),
         &[INVALID_ADDRESS],
     );
     expect(
         "edge_get_info_top_of_space",
-        out(ext::FID_GET_INFO, usize::MAX - 7, 120),
+        out(ext::FID_GET_INFO, usize::MAX - 7, VmInfo::SIZE),
         &[INVALID_ADDRESS],
     );
     expect(

@@ -13,7 +13,7 @@ use crate::img::{self, Program, Rng};
 use crate::sys::{self, error, flags, Client, Region, SbiRet, DSX, MAXV};
 use crate::{kids, team};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use diosix_abi::{ext, limits, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs};
+use diosix_abi::{ext, limits, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs, VmInfo};
 use diosix_guest_rt::sbi::eid;
 
 /// Bad returns seen per vCPU, and the first few of them.
@@ -419,7 +419,11 @@ fn diosix_one(f: &mut Fz) {
         ext::FID_SPAWN | ext::FID_EXEC => spawn_one(f, fid),
         ext::FID_GET_INFO | ext::FID_GET_HV_INFO | ext::FID_POLL_EVENT => {
             let a = f.out_addr();
-            let size = f.len(if fid == ext::FID_GET_INFO { 120 } else { 56 }) as usize;
+            let size = f.len(if fid == ext::FID_GET_INFO {
+                VmInfo::SIZE as u64
+            } else {
+                HvInfo::SIZE as u64
+            }) as usize;
             f.dsx(fid, [a, size, junk[0], 0, 0, 0]);
         }
         ext::FID_SET_QUOTA => quota_one(f),
@@ -511,7 +515,7 @@ fn diosix_one(f: &mut Fz) {
         ext::FID_GET_CHILD_INFO => {
             let c = f.cid() as usize;
             let a = f.out_addr();
-            let size = f.len(120) as usize;
+            let size = f.len(VmInfo::SIZE as u64) as usize;
             f.dsx(fid, [c, a, size, 0, 0, 0]);
         }
         ext::FID_LIST_CHILDREN => {

@@ -25,31 +25,31 @@ pub const PROG_MIN_PAGES: u64 = 1 + 16;
 
 // ----- a tiny RV64 assembler -----
 
-const ZERO: u32 = 0;
-const GP: u32 = 3;
-const T0: u32 = 5;
-const T1: u32 = 6;
-const T2: u32 = 7;
-const A0: u32 = 10;
-const A1: u32 = 11;
-const A2: u32 = 12;
-const A6: u32 = 16;
-const A7: u32 = 17;
-const T3: u32 = 28;
+pub(crate) const ZERO: u32 = 0;
+pub(crate) const GP: u32 = 3;
+pub(crate) const T0: u32 = 5;
+pub(crate) const T1: u32 = 6;
+pub(crate) const T2: u32 = 7;
+pub(crate) const A0: u32 = 10;
+pub(crate) const A1: u32 = 11;
+pub(crate) const A2: u32 = 12;
+pub(crate) const A6: u32 = 16;
+pub(crate) const A7: u32 = 17;
+pub(crate) const T3: u32 = 28;
 
 fn i_type(op: u32, f3: u32, rd: u32, rs1: u32, imm: i32) -> u32 {
     ((imm as u32 & 0xfff) << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | op
 }
 
-fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
+pub(crate) fn addi(rd: u32, rs1: u32, imm: i32) -> u32 {
     i_type(0x13, 0, rd, rs1, imm)
 }
 
-fn ld(rd: u32, rs1: u32, imm: i32) -> u32 {
+pub(crate) fn ld(rd: u32, rs1: u32, imm: i32) -> u32 {
     i_type(0x03, 3, rd, rs1, imm)
 }
 
-fn auipc(rd: u32, imm20: u32) -> u32 {
+pub(crate) fn auipc(rd: u32, imm20: u32) -> u32 {
     (imm20 << 12) | (rd << 7) | 0x17
 }
 
@@ -65,7 +65,7 @@ fn b_type(f3: u32, rs1: u32, rs2: u32, off: i32) -> u32 {
         | 0x63
 }
 
-fn jal(rd: u32, off: i32) -> u32 {
+pub(crate) fn jal(rd: u32, off: i32) -> u32 {
     let o = off as u32;
     (((o >> 20) & 1) << 31)
         | (((o >> 1) & 0x3ff) << 21)
@@ -75,8 +75,19 @@ fn jal(rd: u32, off: i32) -> u32 {
         | 0x6f
 }
 
-const ECALL: u32 = 0x0000_0073;
-const WFI: u32 = 0x1050_0073;
+/// `sd rs2, imm(rs1)`.
+pub(crate) fn sd(rs2: u32, rs1: u32, imm: i32) -> u32 {
+    let i = imm as u32;
+    (((i >> 5) & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (3 << 12) | ((i & 0x1f) << 7) | 0x23
+}
+
+/// `csrrw rd, csr, rs1` (`f3` 1), `csrrs` (2) or `csrrc` (3).
+pub(crate) fn csr_op(f3: u32, rd: u32, csr: u32, rs1: u32) -> u32 {
+    (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
+}
+
+pub(crate) const ECALL: u32 = 0x0000_0073;
+pub(crate) const WFI: u32 = 0x1050_0073;
 
 /// A program under construction: code words, then a constant pool.
 pub struct Prog {
@@ -87,7 +98,7 @@ pub struct Prog {
 }
 
 impl Prog {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut p = Self {
             code: [0; 96],
             n: 0,
@@ -99,7 +110,7 @@ impl Prog {
         p
     }
 
-    fn op(&mut self, w: u32) -> usize {
+    pub(crate) fn op(&mut self, w: u32) -> usize {
         let at = self.n;
         if self.n < self.code.len() {
             self.code[self.n] = w;
@@ -109,12 +120,12 @@ impl Prog {
     }
 
     /// Index of the next instruction (a label).
-    fn here(&self) -> usize {
+    pub(crate) fn here(&self) -> usize {
         self.n
     }
 
     /// Loads a 64-bit constant into `rd`.
-    fn li(&mut self, rd: u32, v: u64) {
+    pub(crate) fn li(&mut self, rd: u32, v: u64) {
         if let Ok(small) = i16::try_from(v as i64) {
             if (-2048..2048).contains(&small) {
                 self.op(addi(rd, ZERO, i32::from(small)));
@@ -129,14 +140,14 @@ impl Prog {
     }
 
     /// `ecall` with a7 = `e`, a6 = `f`.
-    fn call(&mut self, e: usize, f: usize) {
+    pub(crate) fn call(&mut self, e: usize, f: usize) {
         self.li(A7, e as u64);
         self.li(A6, f as u64);
         self.op(ECALL);
     }
 
     /// Diosix EXIT of itself with `code`.
-    fn exit_self(&mut self, code: u64) {
+    pub(crate) fn exit_self(&mut self, code: u64) {
         self.li(A0, 1);
         self.li(A1, code);
         self.call(EID, ext::FID_EXIT);
@@ -144,24 +155,37 @@ impl Prog {
     }
 
     /// A branch (f3: 0 beq, 1 bne, 6 bltu, 7 bgeu) to instruction `to`.
-    fn branch(&mut self, f3: u32, rs1: u32, rs2: u32, to: usize) {
+    pub(crate) fn branch(&mut self, f3: u32, rs1: u32, rs2: u32, to: usize) {
         let off = (to as i32 - self.n as i32) * 4;
         self.op(b_type(f3, rs1, rs2, off));
     }
 
     /// A placeholder branch, to patch with [`Prog::patch_branch`].
-    fn branch_fwd(&mut self, f3: u32, rs1: u32, rs2: u32) -> usize {
+    pub(crate) fn branch_fwd(&mut self, f3: u32, rs1: u32, rs2: u32) -> usize {
         self.op(b_type(f3, rs1, rs2, 0))
     }
 
-    fn patch_branch(&mut self, at: usize, f3: u32, rs1: u32, rs2: u32) {
+    pub(crate) fn patch_branch(&mut self, at: usize, f3: u32, rs1: u32, rs2: u32) {
         let off = (self.n as i32 - at as i32) * 4;
         if at < self.code.len() {
             self.code[at] = b_type(f3, rs1, rs2, off);
         }
     }
 
-    fn jump(&mut self, to: usize) {
+    /// A placeholder jump, to patch with [`Prog::patch_jump`].
+    pub(crate) fn jump_fwd(&mut self) -> usize {
+        self.op(jal(ZERO, 0))
+    }
+
+    /// Points the jump at `at` to the next instruction.
+    pub(crate) fn patch_jump(&mut self, at: usize) {
+        let off = (self.n as i32 - at as i32) * 4;
+        if at < self.code.len() {
+            self.code[at] = jal(ZERO, off);
+        }
+    }
+
+    pub(crate) fn jump(&mut self, to: usize) {
         let off = (to as i32 - self.n as i32) * 4;
         self.op(jal(ZERO, off));
     }
@@ -294,11 +318,13 @@ fn assemble(prog: Program) -> Prog {
 }
 
 /// Writes the ELF64 header and one program header for a RWX segment at `PAGE_GPA`
-/// covering the whole `len`-byte file, entry at `entry`.
-fn elf_header(out: &Region, len: usize, entry: u64) {
+/// covering the whole `len`-byte file, entry at `entry`; an `ET_EXEC` file, or an
+/// `ET_DYN` one (`position_independent`) the hypervisor loads at the start of the
+/// child's RAM wherever that is.
+fn elf_header(out: &Region, len: usize, entry: u64, position_independent: bool) {
     out.fill(0, 0x100, 0);
     out.write(0, b"\x7fELF\x02\x01\x01");
-    out.put_u16(16, 2); // ET_EXEC
+    out.put_u16(16, if position_independent { 3 } else { 2 }); // ET_DYN, ET_EXEC
     out.put_u16(18, 0xF3); // EM_RISCV
     out.put_u32(20, 1);
     out.put_u64(24, entry);
@@ -326,14 +352,9 @@ fn elf_header(out: &Region, len: usize, entry: u64) {
 /// its length.
 pub fn program_elf(out: &Region, prog: Program) -> usize {
     out.fill(0, PROG_LEN, 0);
-    elf_header(out, PROG_LEN, CODE_GPA as u64);
+    elf_header(out, PROG_LEN, CODE_GPA as u64, false);
     let p = assemble(prog);
-    for (i, w) in p.code[..p.n].iter().enumerate() {
-        out.put_u32(0x100 + 4 * i, *w);
-    }
-    for (i, c) in p.consts[..p.nc].iter().enumerate() {
-        out.put_u64(0x800 + 8 * i, *c);
-    }
+    place(out, &p);
     if prog == Program::Chatty {
         // IPC_SEND to the parent of the whole page.
         let a = diosix_abi::IpcSendArgs {
@@ -353,6 +374,26 @@ pub fn program_elf(out: &Region, prog: Program) -> usize {
         let a = diosix_guest_rt::diosix::spawn_args(PAGE_GPA, PROG_LEN, ram_pages, 2, priority);
         out.write(EXEC_ARGS_OFF, &a.to_le_bytes());
     }
+    PROG_LEN
+}
+
+/// Writes `p`'s code at offset 0x100 and its constants at 0x800.
+fn place(out: &Region, p: &Prog) {
+    for (i, w) in p.code[..p.n].iter().enumerate() {
+        out.put_u32(0x100 + 4 * i, *w);
+    }
+    for (i, c) in p.consts[..p.nc].iter().enumerate() {
+        out.put_u64(0x800 + 8 * i, *c);
+    }
+}
+
+/// Writes a one-page position-independent ELF child running `p` at `out` (at least
+/// 4096 bytes); returns its length. `p` must address only its own page (through
+/// `gp`) and absolute targets, since the page lands wherever the child's RAM is.
+pub fn pie_elf(out: &Region, p: &Prog) -> usize {
+    out.fill(0, PROG_LEN, 0);
+    elf_header(out, PROG_LEN, CODE_GPA as u64, true);
+    place(out, p);
     PROG_LEN
 }
 

@@ -99,7 +99,7 @@ pub fn spawn_role(role: usize) -> Result<u64, &'static str> {
     }
     let c = r.value as u64;
     let bss = core::ptr::addr_of!(__bss_start) as usize;
-    let start = 0x8020_0000;
+    let start = diosix_guest_rt::image_start();
     let len = (bss - start).next_multiple_of(4096);
     let all = flags::MAP_READ | flags::MAP_WRITE | flags::MAP_EXEC;
     if DSX.map_child_mem(c, start, start, len, all).error != 0 {

@@ -27,6 +27,11 @@
 //!   DBCN read at the top of the address space. The ones that can hang or crash the
 //!   host run last, each announced first (`probe <name>: ...`).
 //!
+//! On a host without the H extension (GET_HV_INFO says `PMP_FALLBACK`) only the `pmp`
+//! phase runs ([`pmp`]): every access an S-mode guest behind PMP must not get away
+//! with, each in a child of its own, beside a bystander sibling; the other phases
+//! assume RAM at GPA 0x8000_0000 and FORK.
+//!
 //! Progress is measured by a bystander child VM that sleeps 2 ms at a time and reports
 //! its longest gap between iterations (`kids::ROLE_BYSTANDER`). At the end every child
 //! is killed and GET_INFO's usage and GET_HV_INFO's free pages must equal their
@@ -46,6 +51,7 @@ mod edges;
 mod fuzz;
 mod img;
 mod kids;
+mod pmp;
 mod probes;
 mod races;
 mod sys;
@@ -161,9 +167,10 @@ static BIG: AtomicUsize = AtomicUsize::new(0);
 static BIG_LEN: AtomicUsize = AtomicUsize::new(0);
 static RAM_END: AtomicUsize = AtomicUsize::new(0);
 
-/// The low fuzz arena: RAM below this guest's image (garbage in, garbage out).
+/// The low fuzz arena: 2 MiB of RAM just above this guest's image (garbage in,
+/// garbage out).
 pub fn arena_lo() -> Region {
-    // SAFETY: RAM below the image, set aside by `main`'s layout for the calls
+    // SAFETY: RAM above the image, set aside by `main`'s layout for the calls
     // (garbage in, garbage out); nothing else uses it.
     unsafe { Region::new(LO.load(Ordering::Relaxed), LO_LEN.load(Ordering::Relaxed)) }
 }
@@ -309,6 +316,16 @@ fn main(hartid: usize, dtb_addr: usize) {
     if let Some(args) = fdt.as_ref().and_then(|f| f.chosen().bootargs()) {
         parse_args(args);
     }
+    // Without H the guests run behind PMP: the attacks that mode must stop, each in a
+    // child of its own (the other phases assume RAM at GPA 0x8000_0000 and FORK).
+    if DSX
+        .hv_info()
+        .is_ok_and(|h| h.features & diosix_abi::features::PMP_FALLBACK != 0)
+    {
+        pmp_main();
+        report::summary("hostile");
+        return;
+    }
     // Everything needed from the DTB is copied out now: its memory may be reused.
     println!(
         "hostile: boot hart {hartid}, {} vCPUs, RAM {:#x}+{:#x}, seed {:#x}, phases {:#x}, probes {:#x}{}",
@@ -320,11 +337,13 @@ fn main(hartid: usize, dtb_addr: usize) {
         PROBES.load(Ordering::Relaxed),
         if avoid_known() { ", avoiding the known triggers" } else { "" }
     );
-    // Layout: [base, base + 2 MiB) arena, then the image, then the work area (per-vCPU
-    // image buffers, then at least 6 MiB for big images), the last MiB an arena. The
-    // DTB, wherever the hypervisor put it, is no longer needed.
+    // Layout: the image (loaded at the start of RAM), a 2 MiB arena from the next MiB
+    // boundary, then the work area (per-vCPU image buffers, then at least 6 MiB for big
+    // images), the last MiB an arena. The DTB, wherever the hypervisor put it, is no
+    // longer needed.
     let end = d.ram_end();
-    let work = kids::image_end().next_multiple_of(1 << 20);
+    let lo = kids::image_end().next_multiple_of(1 << 20);
+    let work = lo + 0x20_0000;
     let big_at = work + sys::MAXV * kids::IMG_LEN;
     let hi = end - (1 << 20);
     if d.ram_base != sys::RAM_BASE
@@ -340,7 +359,7 @@ fn main(hartid: usize, dtb_addr: usize) {
         report::summary("hostile");
         return;
     }
-    LO.store(sys::RAM_BASE, Ordering::Relaxed);
+    LO.store(lo, Ordering::Relaxed);
     LO_LEN.store(0x20_0000, Ordering::Relaxed);
     HI.store(hi, Ordering::Relaxed);
     HI_LEN.store(1 << 20, Ordering::Relaxed);
@@ -411,6 +430,31 @@ fn main(hartid: usize, dtb_addr: usize) {
         finish(&base, hv0);
     }
     report::summary("hostile");
+}
+
+/// The PMP phase alone, then usage and free pages must be back where they started.
+fn pmp_main() {
+    let Ok(base) = DSX.info() else {
+        report_fail(format_args!(
+            "get_info: the Diosix extension does not answer"
+        ));
+        return;
+    };
+    kids::PRIO.store(base.priority.max(1), Ordering::Relaxed);
+    let hv0 = DSX.hv_info().map(|h| h.ram_free_pages);
+    pmp::run();
+    let now = DSX.info().map(|i| usage(&i));
+    check(
+        "usage_back_to_start",
+        now == Ok(usage(&base)),
+        format_args!("usage {now:?}, at start {:?}", usage(&base)),
+    );
+    let hv = DSX.hv_info().map(|h| h.ram_free_pages);
+    check(
+        "hv_free_pages_back_to_start",
+        hv == hv0,
+        format_args!("GET_HV_INFO free {hv:?}, at start {hv0:?}"),
+    );
 }
 
 /// Kills every child, then checks usage and free pages are back to `base`.

@@ -49,6 +49,29 @@ const _: () = assert!(
 #[link_section = ".data.rt_boot_instret"]
 static RT_BOOT_INSTRET: AtomicUsize = AtomicUsize::new(0);
 
+/// Address the guests are linked at. Must match `RT_LINK_BASE` in `link.x`.
+pub const LINK_BASE: usize = 0x8020_0000;
+/// ELF relocation type of every entry a static PIE has: `*(base + offset) = base + addend`.
+const R_RISCV_RELATIVE: usize = 3;
+
+/// Relocation entries `_start` could not apply (not `R_RISCV_RELATIVE`); in `.data`
+/// for the same reason as [`RT_BOOT_INSTRET`].
+#[no_mangle]
+#[link_section = ".data.rt_bad_relocations"]
+static RT_BAD_RELOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// Where this guest's image starts in memory: the start of its RAM under Diosix (the
+/// loader puts a position-independent image there, H or PMP), [`LINK_BASE`] under
+/// OpenSBI.
+pub fn image_start() -> usize {
+    extern "C" {
+        static __image_start: u8;
+    }
+    // Taking the address reads nothing; `medany` code computes it PC-relative, so it is
+    // where the image runs, not where it was linked.
+    core::ptr::addr_of!(__image_start) as usize
+}
+
 /// Instructions retired from reset up to the guest's first instruction (as counted by
 /// this hart's `instret`, read before anything else runs).
 pub fn boot_instret() -> usize {
@@ -65,6 +88,33 @@ core::arch::global_asm!(
     .globl _start
 _start:
     csrr    t6, instret
+    // Apply the R_RISCV_RELATIVE entries for the distance between where the image
+    // runs and where it was linked (t2; zero under OpenSBI). Nothing before this
+    // point may read an address from memory. Any other relocation type is counted
+    // in t5 and reported by `__rt_boot` once printing works.
+    lla     t0, __image_start
+    li      t1, {link_base}
+    sub     t2, t0, t1
+    lla     t3, __rela_start
+    lla     t4, __rela_end
+    li      t5, 0
+3:
+    bgeu    t3, t4, 5f
+    ld      a2, 8(t3)
+    li      a3, {r_riscv_relative}
+    bne     a2, a3, 4f
+    ld      a2, 0(t3)
+    ld      a4, 16(t3)
+    add     a2, a2, t2
+    add     a4, a4, t2
+    sd      a4, 0(a2)
+    addi    t3, t3, 24
+    j       3b
+4:
+    addi    t5, t5, 1
+    addi    t3, t3, 24
+    j       3b
+5:
     .option push
     .option norelax
     la      gp, __global_pointer$
@@ -90,6 +140,8 @@ _start:
 2:
     la      t0, RT_BOOT_INSTRET
     sd      t6, 0(t0)
+    la      t0, RT_BAD_RELOCATIONS
+    sd      t5, 0(t0)
     call    __rt_boot
 9:
     wfi
@@ -116,6 +168,8 @@ __rt_secondary_entry:
     call    __rt_secondary
     j       9b
     "#,
+    link_base = const LINK_BASE,
+    r_riscv_relative = const R_RISCV_RELATIVE,
     fs_initial = const 1usize << 13,
     max_harts = const MAX_HARTS,
     stack_shift = const STACK_SIZE.trailing_zeros(),
@@ -125,6 +179,10 @@ __rt_secondary_entry:
 #[no_mangle]
 extern "C" fn __rt_boot(hartid: usize, dtb: usize) -> ! {
     hart::mark_booted(hartid);
+    let bad = RT_BAD_RELOCATIONS.load(Ordering::Relaxed);
+    if bad != 0 {
+        panic!("{bad} relocations of a type other than R_RISCV_RELATIVE: not a static PIE");
+    }
     extern "Rust" {
         fn __rt_guest_main(hartid: usize, dtb: usize);
     }

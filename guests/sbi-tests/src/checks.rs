@@ -112,6 +112,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
     unknown();
     dbcn();
     time();
+    wfi_straddling_page();
     ipi_self();
     rfence_self();
     hsm_basic();
@@ -325,6 +326,43 @@ impl<const N: usize> Name<N> {
     fn as_str(&self) -> &str {
         core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
     }
+}
+
+// A `wfi` that starts 2 bytes before a page boundary. A hypervisor that traps WFI
+// must resume after it even when the hart reports it oddly (QEMU 10.0 reports such an
+// instruction one page past where it is; see `correct_straddling_epc` in the
+// hypervisor's trap.rs). The page is the section's own, so the offset holds wherever
+// the image is loaded (it always loads page-aligned).
+core::arch::global_asm!(
+    r#"
+    .section .text.straddling_wfi, "ax"
+    .balign 4096
+    .option push
+    .option norvc
+    .globl sbi_tests_straddling_wfi
+sbi_tests_straddling_wfi:
+    j       2f
+    .skip   4090
+2:
+    wfi
+    ret
+    .option pop
+"#
+);
+
+/// WFI across a page boundary, woken by a timer 1 ms ahead: the guest must come back.
+fn wfi_straddling_page() {
+    extern "C" {
+        fn sbi_tests_straddling_wfi();
+    }
+    let tick = ctx().info.timebase / 1000;
+    sbi::set_timer(csr::time().saturating_add(tick));
+    csr::sie_set(csr::STI);
+    // SAFETY: the assembly above: a jump, a `wfi` and a return, touching no memory.
+    unsafe { sbi_tests_straddling_wfi() };
+    sbi::set_timer(u64::MAX);
+    csr::sie_clear(csr::STI);
+    pass("wfi_straddling_page_resumes");
 }
 
 fn time() {

@@ -9,7 +9,7 @@
 //! * an IPC message is answered with an upper-case copy, to its sender;
 //! * `exit`: EXIT(1, 7);
 //! * `recv <len>` (hex): the next messages from the same sender are an image, stored
-//!   at [`UPLOAD_GPA`] in order; answer `got <len>` once `len` bytes arrived;
+//!   at [`upload_gpa()`] in order; answer `got <len>` once `len` bytes arrived;
 //! * `spawn <gpa> <len>` (hex): spawn a grandchild from the image at that GPA (the
 //!   uploaded one), wait for its hello, answer `spawned cid=<c> hello=<0|1>`;
 //! * `kill`: EXIT the grandchild with code 5, answer `killed cid=<c> code=<code>`;
@@ -34,9 +34,15 @@ use diosix_abi::ext;
 use diosix_guest_rt::{console, csr, dtb, println, sleep_ticks};
 use dsx::{error, event, flags, Client, DSX};
 
-/// Where `recv` stores an uploaded image: above this guest's image, stacks and DTB,
-/// inside the 8 MiB the parent gives it.
-const UPLOAD_GPA: usize = 0x8040_0000;
+/// Where `recv` stores an uploaded image, as an offset into this guest's RAM (which
+/// starts where its image does): above its image and stacks, inside the 8 MiB the
+/// parent gives it.
+const UPLOAD_OFFSET: usize = 0x40_0000;
+
+/// Where `recv` stores an uploaded image.
+fn upload_gpa() -> usize {
+    diosix_guest_rt::image_start() + UPLOAD_OFFSET
+}
 /// Most bytes `recv` accepts (up to the end of 8 MiB of RAM).
 const UPLOAD_MAX: usize = 0x40_0000;
 
@@ -91,9 +97,9 @@ fn main(hartid: usize, dtb_addr: usize) {
     };
     if let Some(end) = ram_end {
         // RAM this child has not used yet must read zero, whatever VM had the frames
-        // before (its parent may have copied a page in at UPLOAD_GPA: skip that one).
+        // before (its parent may have copied a page in at upload_gpa(): skip that one).
         // The device tree sits near the top of RAM: skip it too.
-        let start = UPLOAD_GPA + 0x1_0000;
+        let start = upload_gpa() + 0x1_0000;
         // SAFETY: `has_dtb` found a device tree header at `dtb_addr` in our RAM.
         let dtb_size = u32::from_be(unsafe { ((dtb_addr + 4) as *const u32).read_volatile() });
         let dtb_end = dtb_addr + dtb_size as usize;
@@ -206,7 +212,7 @@ fn self_checks(i: &diosix_abi::VmInfo, ram_pages: Option<u64>) {
         DSX.set_quota(&q).error,
         error::DENIED,
     );
-    let mut s = dsx::spawn_args(0x8020_0000, 4096, 16, 1, i.priority);
+    let mut s = dsx::spawn_args(diosix_guest_rt::image_start(), 4096, 16, 1, i.priority);
     s.cid = 1;
     check_err(
         "child_spawn_replace_self_denied",
@@ -223,10 +229,18 @@ fn self_checks(i: &diosix_abi::VmInfo, ram_pages: Option<u64>) {
             DSX.spawn(&s).error,
             error::DENIED,
         );
+        // Behind PMP FORK is refused before any quota is looked at.
+        let pmp = DSX
+            .hv_info()
+            .is_ok_and(|h| h.features & diosix_abi::features::PMP_FALLBACK != 0);
         check_err(
             "child_fork_without_quota_denied",
             DSX.fork(0).error,
-            error::DENIED,
+            if pmp {
+                error::NOT_SUPPORTED
+            } else {
+                error::DENIED
+            },
         );
     }
     if i.flags & flags::INFO_TRUSTED == 0 {
@@ -464,7 +478,7 @@ fn fork_bomb(from: u64) {
     reply(from, l.bytes());
 }
 
-/// Receives an image of `len` bytes from `from` into [`UPLOAD_GPA`].
+/// Receives an image of `len` bytes from `from` into [`upload_gpa()`].
 fn upload(from: u64, cmd: &str) {
     let Some(len) = cmd.split_whitespace().nth(1).and_then(parse_hex) else {
         reply(from, b"recv bad args");
@@ -482,10 +496,11 @@ fn upload(from: u64, cmd: &str) {
                 let n = n.min(len - got);
                 let mut chunk = [0u8; 4096];
                 DSX.data().read(0, &mut chunk[..n]);
-                let dst = (UPLOAD_GPA + got) as *mut u8;
-                // SAFETY: [UPLOAD_GPA, UPLOAD_GPA + UPLOAD_MAX) is RAM of this guest
-                // (the parent gives it 8 MiB) that nothing else uses: its image,
-                // stacks and DTB end below 0x8030_0000. `got + n <= len <= UPLOAD_MAX`.
+                let dst = (upload_gpa() + got) as *mut u8;
+                // SAFETY: [upload_gpa(), + UPLOAD_MAX) is RAM of this guest (the parent
+                // gives it 8 MiB) that nothing else uses: its image and stacks end
+                // 1 MiB into its RAM, and the DTB was read before any upload.
+                // `got + n <= len <= UPLOAD_MAX`.
                 unsafe { core::ptr::copy_nonoverlapping(chunk.as_ptr(), dst, n) };
                 got += n;
             }

@@ -333,6 +333,24 @@ fn wait_message(from: u64, limit_ms: u64) -> Option<dsx::Line<256>> {
     }
 }
 
+/// Whether the host runs guests behind PMP (no H extension): FORK is refused there and
+/// MAP_CHILD_MEM copies without page permissions (`docs/sbi-extension.md`).
+fn pmp() -> bool {
+    DSX.hv_info()
+        .is_ok_and(|h| h.features & diosix_abi::features::PMP_FALLBACK != 0)
+}
+
+/// Where child `c`'s RAM starts (GET_CHILD_INFO; 0 if it cannot be read).
+fn child_ram(c: u64) -> usize {
+    DSX.child_info(c).map_or(0, |i| i.ram_gpa as usize)
+}
+
+/// Where child `c` was built to boot: its image's entry point and its device tree.
+fn child_boot(c: u64) -> (usize, usize) {
+    DSX.child_info(c)
+        .map_or((0, 0), |i| (i.entry_gpa as usize, i.dtb_gpa as usize))
+}
+
 fn info_or_default() -> VmInfo {
     DSX.info().unwrap_or_default()
 }
@@ -525,13 +543,13 @@ fn info_checks(d: &dtb::Info) -> VmInfo {
     );
     check("info_console_physical", me.console_pending, 0);
 
-    // Larger size: accepted, exactly 120 bytes written.
+    // Larger size: accepted, exactly VmInfo::SIZE bytes written.
     DSX.structs().fill(0, 256, 0xA5);
-    let r = DSX.call2(ext::FID_GET_INFO, DSX.structs().addr(), 128);
+    let r = DSX.call2(ext::FID_GET_INFO, DSX.structs().addr(), VmInfo::SIZE + 8);
     check_ok("info_larger_size_accepted", r, 0);
     let mut tail = [0u8; 8];
     DSX.structs().read(VmInfo::SIZE, &mut tail);
-    check("info_writes_exactly_120", tail, [0xA5; 8]);
+    check("info_writes_exactly_its_size", tail, [0xA5; 8]);
     check_err(
         "info_size_119",
         DSX.call2(ext::FID_GET_INFO, DSX.structs().addr(), VmInfo::SIZE - 1),
@@ -1290,7 +1308,7 @@ fn stop_resume_checks(c: u64) {
     );
     check_err(
         "start_running_already_started",
-        DSX.start(c, 0x8020_0000, 0x8000_0000),
+        DSX.start(c, child_boot(c).0, child_boot(c).1),
         error::ALREADY_STARTED,
     );
     let mut answers = 0;
@@ -1317,6 +1335,19 @@ fn paused_child() {
     );
     check_err("stop_never_started", DSX.stop(c), error::INVALID_STATE);
     check_err("resume_never_started", DSX.resume(c), error::INVALID_STATE);
+    // Where the child's RAM is and where its image's entry point landed: GPA
+    // 0x8000_0000 under H, its block's host address in PMP mode.
+    let base = child_ram(c);
+    let (entry, dtb) = child_boot(c);
+    check(
+        "paused_child_layout",
+        (
+            entry >= base,
+            dtb > entry,
+            entry < base + (CHILD_PAGES as usize) * 4096,
+        ),
+        (true, true, true),
+    );
     let page = DSX.data().addr() + 4096;
     let map = |child_gpa: usize, parent_gpa: usize, size: usize, perms: u64| {
         DSX.map_child_mem(c, child_gpa, parent_gpa, size, perms)
@@ -1324,32 +1355,32 @@ fn paused_child() {
     let r = flags::MAP_READ;
     check_err(
         "map_child_mem_perms_0",
-        map(0x8040_0000, page, 4096, 0),
+        map(base + 0x40_0000, page, 4096, 0),
         error::INVALID_PARAM,
     );
     check_err(
         "map_child_mem_perms_unknown",
-        map(0x8040_0000, page, 4096, 8),
+        map(base + 0x40_0000, page, 4096, 8),
         error::INVALID_PARAM,
     );
     check_err(
         "map_child_mem_size_0",
-        map(0x8040_0000, page, 0, r),
+        map(base + 0x40_0000, page, 0, r),
         error::INVALID_PARAM,
     );
     check_err(
         "map_child_mem_size_not_pages",
-        map(0x8040_0000, page, 100, r),
+        map(base + 0x40_0000, page, 100, r),
         error::INVALID_PARAM,
     );
     check_err(
         "map_child_mem_child_unaligned",
-        map(0x8040_0010, page, 4096, r),
+        map(base + 0x40_0010, page, 4096, r),
         error::INVALID_ADDRESS,
     );
     check_err(
         "map_child_mem_parent_outside_ram",
-        map(0x8040_0000, outside(), 4096, r),
+        map(base + 0x40_0000, outside(), 4096, r),
         error::INVALID_ADDRESS,
     );
     check_host(
@@ -1357,7 +1388,7 @@ fn paused_child() {
         map(0x1000, page, 4096, r),
         error::INVALID_ADDRESS,
     );
-    check_host("map_child_mem", map(0x8040_0000, page, 4096, r), 0);
+    check_host("map_child_mem", map(base + 0x40_0000, page, 4096, r), 0);
     check_err(
         "unmap_child_mem_size_0",
         DSX.unmap_child_mem(page, 0),
@@ -1372,16 +1403,16 @@ fn paused_child() {
     let start = |entry: usize, dtb: usize| DSX.start(c, entry, dtb);
     check_err(
         "start_entry_outside_child_ram",
-        start(0x1000, 0x8000_0000),
+        start(0x1000, base),
         error::INVALID_ADDRESS,
     );
     check_err(
         "start_dtb_outside_child_ram",
-        start(0x8020_0000, 0x1000),
+        start(entry, 0x1000),
         error::INVALID_ADDRESS,
     );
     // START at the ELF entry; a1 points at RAM holding no DTB (the child copes).
-    check_ok("start_paused_child", start(0x8020_0000, 0x8000_0000), 0);
+    check_ok("start_paused_child", start(entry, base), 0);
     check(
         "start_event",
         wait_event(event::CHILD_STARTED, c, 2_000).map(|e| e.kind),
@@ -1389,12 +1420,12 @@ fn paused_child() {
     );
     check_err(
         "start_again_already_started",
-        start(0x8020_0000, 0x8000_0000),
+        start(entry, base),
         error::ALREADY_STARTED,
     );
     check_err(
         "map_child_mem_after_start",
-        map(0x8040_0000, page, 4096, r),
+        map(base + 0x40_0000, page, 4096, r),
         error::ALREADY_STARTED,
     );
     check("started_child_hello", wait_console(c, READY, 10_000), true);
@@ -1460,20 +1491,23 @@ fn built_children(base: &VmInfo) {
         let map = |child_gpa: usize, parent_gpa: usize, perms: u64| {
             DSX.map_child_mem(c as u64, child_gpa, parent_gpa, 4096, perms)
         };
+        let base = child_ram(c as u64);
         let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_map_code"));
         check_ok(
             l.as_str(),
-            map(0x8060_0000, code, flags::MAP_READ | flags::MAP_EXEC),
+            map(base + 0x60_0000, code, flags::MAP_READ | flags::MAP_EXEC),
             0,
         );
         let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_map_data"));
-        check_ok(l.as_str(), map(0x8060_1000, data, data_perms), 0);
+        check_ok(l.as_str(), map(base + 0x60_1000, data, data_perms), 0);
         // Changed after the copy: the child must not see it.
         words[512].store(0xBAD, Ordering::Relaxed);
         let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_start"));
-        check_ok(l.as_str(), DSX.start(c as u64, 0x8060_0000, 0x8000_0000), 0);
+        check_ok(l.as_str(), DSX.start(c as u64, base + 0x60_0000, base), 0);
         let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_exit_code"));
-        let want = if data_perms & flags::MAP_WRITE != 0 {
+        // Behind PMP a child's RAM is one block with one permission: MAP_CHILD_MEM
+        // copies the bytes, and the child may write its copy (documented).
+        let want = if data_perms & flags::MAP_WRITE != 0 || pmp() {
             0x5EED
         } else {
             // The store into the read-only page is a fatal fault.
@@ -1543,22 +1577,27 @@ fn heap_stress(base: &VmInfo) {
         assert!(diosix_abi::eid::DBCN == 0x4442_434E && limits::CONSOLE_OUT_RING == 16384);
     let words = &FLOOD.0;
     FLOOD.load_code(&FLOOD_CODE);
-    // The last two pages of the children's 4 MiB of RAM.
-    const CHILD_CODE: usize = 0x803F_E000;
-    const CHILD_DATA: u64 = CHILD_CODE as u64 + 4096;
-    let args = IpcSendArgs {
-        size: IpcSendArgs::SIZE as u32,
-        flags: 0,
-        cid: cid::PARENT,
-        data_gpa: CHILD_DATA,
-        len: 4096,
-    }
-    .to_le_bytes();
-    for (i, chunk) in args.chunks(8).enumerate() {
-        let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
-        words[512 + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
-    }
+    // The last two pages of the children's 4 MiB of RAM (offsets into it: where a
+    // child's RAM is comes from GET_CHILD_INFO).
+    const CHILD_CODE: usize = 0x3F_E000;
+    // The IPC_SEND arguments the child's code passes, naming its data page by GPA:
+    // written before each child's copy is made, since in PMP mode each child's RAM
+    // is somewhere else.
+    let write_args = |child_data: u64| {
+        let args = IpcSendArgs {
+            size: IpcSendArgs::SIZE as u32,
+            flags: 0,
+            cid: cid::PARENT,
+            data_gpa: child_data,
+            len: 4096,
+        }
+        .to_le_bytes();
+        for (i, chunk) in args.chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            words[512 + i].store(u64::from_le_bytes(w), Ordering::Relaxed);
+        }
+    };
     let code = words.as_ptr() as usize;
     let me = info_or_default();
     let room = me.max_descendants - me.descendants_reserved;
@@ -1579,13 +1618,15 @@ fn heap_stress(base: &VmInfo) {
             DSX.map_child_mem(c as u64, child_gpa, parent_gpa, 4096, perms)
                 .error
         };
-        let mut ok = map(CHILD_CODE, code, flags::MAP_READ | flags::MAP_EXEC) == 0
-            && map(CHILD_CODE + 4096, code + 4096, flags::MAP_READ) == 0;
+        let child_code = child_ram(c as u64) + CHILD_CODE;
+        write_args(child_code as u64 + 4096);
+        let mut ok = map(child_code, code, flags::MAP_READ | flags::MAP_EXEC) == 0
+            && map(child_code + 4096, code + 4096, flags::MAP_READ) == 0;
         for _ in 0..limits::IPC_QUEUE_DEPTH {
             ok &= DSX.ipc_send(c as u64, &big).error == error::SUCCESS;
         }
         ok &= DSX.console_write(c as u64, &big).value == 4096;
-        ok &= DSX.start(c as u64, CHILD_CODE, 0x8000_0000).error == 0;
+        ok &= DSX.start(c as u64, child_code, child_ram(c as u64)).error == 0;
         if !ok {
             fail("heap_stress_child_setup", "refused", "all accepted");
             kill_child("heap_stress_kill_bad", c as u64, 0);
@@ -1664,13 +1705,14 @@ fn self_exit_child(base: &VmInfo) {
 
 /// CID 5: a child with room for a grandchild, which it spawns from a copy of the
 /// image the Root VM uploads to it by IPC; then a FORK inside the child.
-/// EXEC in child `c`, which holds the uploaded copy of its own image at 0x8040_0000:
+/// EXEC in child `c`, which holds the uploaded copy of its own image 4 MiB into its RAM:
 /// four bad requests are refused with their documented codes and change nothing; the
 /// real one restarts the child as that image under the same CID (its parent gets
 /// `CHILD_REBOOTED`), untrusted as before, and it says hello again.
 fn exec_in_child(c: u64, img_len: usize) {
     reset_log(c);
-    let cmd: dsx::Line<64> = dsx::fmt(format_args!("exec 80400000 {img_len:x}"));
+    let at = child_ram(c) + 0x40_0000;
+    let cmd: dsx::Line<64> = dsx::fmt(format_args!("exec {at:x} {img_len:x}"));
     check_ok("ipc_send_exec", DSX.ipc_send(c, cmd.bytes()), 0);
     let want: dsx::Line<64> = dsx::fmt(format_args!(
         "vmchild: exec refused {} {} {} {}",
@@ -1755,7 +1797,8 @@ fn three_level() {
             wait_message(c, 10_000).as_ref().map(|m| m.as_str()),
             Some(want.as_str()),
         );
-        let cmd: dsx::Line<64> = dsx::fmt(format_args!("spawn 80400000 {img_len:x}"));
+        let at = child_ram(c) + 0x40_0000;
+        let cmd: dsx::Line<64> = dsx::fmt(format_args!("spawn {at:x} {img_len:x}"));
         check_ok("ipc_send_spawn", DSX.ipc_send(c, cmd.bytes()), 0);
         let m = wait_message(c, 20_000);
         check(
@@ -1790,11 +1833,13 @@ fn three_level() {
     exec_in_child(c, img_len);
     // FORK inside the child (its quota has room for one clone).
     check_ok("ipc_send_fork", DSX.ipc_send(c, b"fork"), 0);
-    let want: dsx::Line<64> = dsx::fmt(format_args!("fork ok cid={next_grandchild} code=9"));
+    let mut want: dsx::Line<64> = dsx::fmt(format_args!("fork ok cid={next_grandchild} code=9"));
+    // Behind PMP there is no FORK, in a child as anywhere: NOT_SUPPORTED (-2).
+    let pmp = pmp();
+    if pmp {
+        want = dsx::fmt(format_args!("fork err {}", error::NOT_SUPPORTED));
+    }
     match wait_message(c, 10_000) {
-        Some(m) if m.as_str().starts_with("fork err -2") => {
-            skip("fork: in child", "FORK returned NOT_SUPPORTED");
-        }
         Some(m) => {
             check("fork_in_child", m.as_str(), want.as_str());
         }
@@ -1803,16 +1848,21 @@ fn three_level() {
     // A fork bomb inside the child: its clones stay alive, so it is stopped only by the
     // quota its parent gave it (two descendants; the clone above is gone).
     check_ok("ipc_send_forkbomb", DSX.ipc_send(c, b"forkbomb"), 0);
+    let (bomb, clones) = if pmp {
+        ("forkbomb n=0 err=-2", (0, 0))
+    } else {
+        ("forkbomb n=2 err=-4", (2, 2))
+    };
     check(
         "fork_bomb_stopped_by_descendants_quota",
         wait_message(c, 20_000).as_ref().map(|m| m.as_str()),
-        Some("forkbomb n=2 err=-4"),
+        Some(bomb),
     );
     check(
         "fork_bomb_clones_counted",
         DSX.child_info(c)
             .map(|i| (i.descendants_used, i.child_count)),
-        Ok((2, 2)),
+        Ok(clones),
     );
     drain_console(c).ok();
     // Killing the child takes its two clones with it (the free-pages check at the end
@@ -1820,10 +1870,20 @@ fn three_level() {
     kill_child("exit_child_5", c, 0);
 }
 
-/// FORK of the Root VM itself (clearly skippable: NOT_SUPPORTED prints `skip fork`).
+/// FORK of the Root VM itself; behind PMP, that FORK is refused before anything is
+/// charged.
 fn fork_checks(base: &VmInfo) {
     check_err("fork_unknown_flags", DSX.fork(4), error::INVALID_PARAM);
     check_err("fork_high_flag", DSX.fork(1 << 63), error::INVALID_PARAM);
+    if pmp() {
+        check_err("fork_pmp_not_supported", DSX.fork(0), error::NOT_SUPPORTED);
+        check(
+            "fork_pmp_nothing_charged",
+            usage(&info_or_default()),
+            usage(base),
+        );
+        return;
+    }
     // A plain FORK keeps a snapshot for REBOOT (charged a second RAM's worth); the
     // second one keeps none.
     for (fl, name) in [
@@ -1846,10 +1906,7 @@ fn fork_checks(base: &VmInfo) {
         if r.error == error::SUCCESS && r.value == 0 {
             fork_child_main();
         }
-        if r.error == error::NOT_SUPPORTED {
-            skip("fork", "FORK returned NOT_SUPPORTED");
-            return;
-        }
+
         if !fits {
             // The clone charges the whole Root VM again: more than its headroom.
             check_err("fork_beyond_headroom_denied", r, error::DENIED);
@@ -2352,11 +2409,9 @@ fn trust_checks() {
             DSX.child_info(c).map(|i| i.flags),
             Ok(0),
         );
-        check_ok(
-            "start_trusted_child",
-            DSX.start(c, 0x8020_0000, 0x8000_0000),
-            0,
-        );
+        // As before its trust was dropped: a1 points at RAM holding no device tree.
+        let (entry, _) = child_boot(c);
+        check_ok("start_trusted_child", DSX.start(c, entry, child_ram(c)), 0);
         reset_log(c);
         wait_console(c, READY, 10_000);
         kill_child("exit_trusted_child", c, 1);

@@ -12,7 +12,7 @@ use diosix_abi::{features, flags, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::devices::DeviceRef;
 use diosix_core::gstage::Perms;
-use diosix_core::tree::dispatch::ExtensionHost;
+use diosix_core::tree::dispatch::{ExtensionHost, VmLayout};
 use diosix_core::tree::{HostFacts, KilledVm, SbiError, VmId};
 
 use super::origin::{enqueue_states, Frozen, Snapshot};
@@ -98,6 +98,17 @@ impl ExtensionHost for HvHost<'_> {
                 | features::HW_TRUST,
             host_cores: host.harts.len() as u32,
             timer_freq_hz: host.timebase_frequency,
+        }
+    }
+
+    fn layout(&self, vm: VmId) -> VmLayout {
+        // The tree resolved `vm`, so it is registered; all zero should it not be.
+        let vm = lookup(vm);
+        let boot = vm.as_ref().and_then(|v| v.boot);
+        VmLayout {
+            ram: vm.map_or(Gpa::new(0), |v| v.ram.start()),
+            entry: boot.map(|b| b.entry),
+            dtb: boot.map(|b| b.dtb),
         }
     }
 
@@ -291,6 +302,18 @@ impl ExtensionHost for HvHost<'_> {
             .checked_mul(PAGE_SIZE)
             .ok_or(SbiError::InvalidParam)?;
         let vcpus = usize::try_from(args.vcpus).map_err(|_| SbiError::InvalidParam)?;
+        // Behind PMP the VM's RAM is one block its frames cannot leave: the image is
+        // copied out first, while refusing still changes nothing. The host may lack
+        // the pages for that moment (the VM's old RAM is still held): DENIED.
+        let copied = if crate::guestmode::is_pmp() {
+            let store = ImageStore::copy_pages(&old, &pages, args.image_size).map_err(|e| {
+                log::warn!("EXEC by VM {} refused: {e}", old.name);
+                SbiError::Denied
+            })?;
+            Some(store)
+        } else {
+            None
+        };
         // The point of no return: its old self stops for good, its image's frames move
         // into the store REBOOT will keep, the rest of its memory goes back, and it is
         // built again from the store once the tree is unlocked.
@@ -300,7 +323,10 @@ impl ExtensionHost for HvHost<'_> {
         // Whatever devices it held go back to its own pool, unmapped with its memory.
         crate::devices::release(&old, Some(id));
         let mut stale = crate::isolation::Stale::new();
-        let store = ImageStore::take_pages(&old, &pages, args.image_size, &mut stale);
+        let store = match copied {
+            Some(store) => Ok(store),
+            None => ImageStore::take_pages(&old, &pages, args.image_size, &mut stale),
+        };
         cow::finish(&old, self.hart.slot, stale);
         old.release_memory();
         let image = store.map_err(|e| {

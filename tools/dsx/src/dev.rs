@@ -334,7 +334,7 @@ mod tests {
         // The DIOSIX_STATIC_ASSERTs at the end of diosix_ioctl.h.
         assert_eq!(size::SCALAR, 56);
         assert_eq!(size::SPAWN, 120);
-        assert_eq!(size::VM_INFO, 144);
+        assert_eq!(size::VM_INFO, 168);
         assert_eq!(size::QUOTA, 56);
         assert_eq!(size::IPC_SEND, 56);
         assert_eq!(size::IPC_RECV, 64);

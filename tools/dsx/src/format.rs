@@ -245,7 +245,8 @@ pub fn info_text(i: &VmInfo) -> String {
          priority     {prio} (children may have up to {maxprio})\n\
          depth        {du} levels of descendants of {dm} allowed\n\
          descendants  {desu} of {desm} allowed ({desr} reserved)\n\
-         children     {children}\n",
+         children     {children}\n\
+         RAM at       GPA {ram_gpa:#x}{boot}\n",
         kind = kind.join(", "),
         state = state_name(i.state),
         used = pages(i.ram_pages_used),
@@ -266,6 +267,12 @@ pub fn info_text(i: &VmInfo) -> String {
         desm = i.max_descendants,
         desr = i.descendants_reserved,
         children = i.child_count,
+        ram_gpa = i.ram_gpa,
+        boot = if i.entry_gpa == 0 {
+            String::from(" (a FORK clone)")
+        } else {
+            format!(", booted at GPA {:#x} with its device tree at GPA {:#x}", i.entry_gpa, i.dtb_gpa)
+        },
     )
 }
 
@@ -296,6 +303,9 @@ fn vm_info_members(i: &VmInfo) -> Vec<String> {
         format!("\"child_count\":{}", i.child_count),
         format!("\"console_pending\":{}", i.console_pending),
         format!("\"console_dropped\":{}", i.console_dropped),
+        format!("\"ram_gpa\":{}", i.ram_gpa),
+        format!("\"entry_gpa\":{}", i.entry_gpa),
+        format!("\"dtb_gpa\":{}", i.dtb_gpa),
     ]
 }
 
@@ -542,6 +552,9 @@ mod tests {
             state: state::RUNNING,
             console_pending: 0,
             console_dropped: 0,
+            ram_gpa: 0x8000_0000,
+            entry_gpa: 0x8020_0000,
+            dtb_gpa: 0x8fe0_0000,
         }
     }
 
@@ -594,7 +607,12 @@ mod tests {
         assert!(text.contains("384 MiB free to grant"));
         let json = info_json(&sample());
         assert!(json.starts_with("{\"cid\":1,\"trusted\":true,\"root\":true,\"state\":\"running\""));
-        assert!(json.ends_with("\"console_dropped\":0}\n"));
+        assert!(text.ends_with(
+            "RAM at       GPA 0x80000000, booted at GPA 0x80200000 with its device tree at GPA 0x8fe00000\n"
+        ));
+        assert!(json.ends_with(
+            "\"ram_gpa\":2147483648,\"entry_gpa\":2149580800,\"dtb_gpa\":2413821952}\n"
+        ));
     }
 
     #[test]

@@ -40,6 +40,18 @@ use crate::devices::DeviceRef;
 use crate::gstage::table_pages_for;
 use crate::sbi::SbiRet;
 
+/// Where a VM's RAM starts and where it was built to boot, all GPAs of that VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmLayout {
+    /// Its first byte of RAM.
+    pub ram: Gpa,
+    /// Its image's entry point; `None` for a FORK clone (it resumes where its parent
+    /// was).
+    pub entry: Option<Gpa>,
+    /// Its device tree; `None` for a FORK clone.
+    pub dtb: Option<Gpa>,
+}
+
 /// What the extension needs from the hypervisor proper. Implemented by the hypervisor
 /// over real vCPUs and G-stage tables, and by a fake in the tests.
 pub trait ExtensionHost {
@@ -60,6 +72,9 @@ pub trait ExtensionHost {
     }
     /// Static facts for GET_HV_INFO.
     fn facts(&self) -> HostFacts;
+    /// Where `vm`'s RAM starts and where it was built to boot, for GET_INFO and
+    /// GET_CHILD_INFO.
+    fn layout(&self, vm: VmId) -> VmLayout;
     /// YIELD: end the calling vCPU's time slice.
     fn yield_vcpu(&mut self, vm: VmId);
     /// FORK: build `child` as a copy-on-write clone of `parent` (memory and the calling
@@ -97,7 +112,8 @@ pub trait ExtensionHost {
     fn reboot_vm(&mut self, vm: VmId) -> Result<(), SbiError>;
     /// EXEC: `vm` becomes the image `args` describe in its own memory and starts
     /// again; REBOOT returns it there. `InvalidAddress` (a page-list entry outside its
-    /// RAM) before anything changed; `Failed` once its old self is gone (it then ends
+    /// RAM) or `Denied` (a host that must copy the image has not the pages for the
+    /// copy) before anything changed; `Failed` once its old self is gone (it then ends
     /// with a fatal fault). `trusted`: whether `vm` holds hardware trust (it keeps it).
     fn exec_vm(&mut self, vm: VmId, args: &SpawnArgs, trusted: bool) -> Result<(), SbiError>;
     /// A VM died: stop its vCPUs and free its pages, page tables and vCPUs.
@@ -566,7 +582,11 @@ fn info(
     size: u64,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let info: VmInfo = tree.info(caller, cid)?;
+    let mut info: VmInfo = tree.info(caller, cid)?;
+    let layout = host.layout(tree.resolve_self_or_child(caller, cid)?);
+    info.ram_gpa = layout.ram.raw();
+    info.entry_gpa = layout.entry.map_or(0, Gpa::raw);
+    info.dtb_gpa = layout.dtb.map_or(0, Gpa::raw);
     check_out_struct(host, caller, gpa, size, VmInfo::SIZE)?;
     host.write_guest(caller, gpa, &info.to_le_bytes())?;
     Ok(0)

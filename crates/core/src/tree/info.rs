@@ -49,6 +49,10 @@ impl VmTree {
             state: n.state.abi_state(),
             console_pending: n.console_out.len() as u32,
             console_dropped: n.console_out.dropped(),
+            // Where the VM's memory is belongs to the host; dispatch fills these in.
+            ram_gpa: 0,
+            entry_gpa: 0,
+            dtb_gpa: 0,
         })
     }
 

@@ -563,6 +563,14 @@ impl ExtensionHost for FakeHost {
             timer_freq_hz: 10_000_000,
         }
     }
+    fn layout(&self, vm: VmId) -> super::dispatch::VmLayout {
+        // The fake's RAM starts at 0 in every VM; the entry tells VMs apart.
+        super::dispatch::VmLayout {
+            ram: Gpa::new(0),
+            entry: Some(Gpa::new(0x40 + vm.index() as u64)),
+            dtb: None,
+        }
+    }
     fn yield_vcpu(&mut self, _vm: VmId) {
         self.log.push("yield".into());
     }
@@ -1039,7 +1047,13 @@ fn info_and_hv_info_through_dispatch() {
         (ci.cid, ci.flags, ci.state),
         (2, flags::INFO_TRUSTED, diosix_abi::state::RUNNING)
     );
+    // Where the child's RAM is and where it boots come from the host, for the child.
     let c = w.child(root, 2);
+    assert_eq!(
+        (ci.ram_gpa, ci.entry_gpa, ci.dtb_gpa),
+        (0, 0x40 + u64::from(c.index()), 0)
+    );
+    assert_eq!(info.entry_gpa, 0x40 + u64::from(root.index()));
     assert_eq!(
         w.err(c, ext::FID_GET_CHILD_INFO, &[0, 0x200, 4096]),
         E_DENIED
