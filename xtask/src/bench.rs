@@ -624,11 +624,20 @@ fn tree_bench(elf: &Path) -> Result<()> {
     println!();
     // 24 columns: the longest name is `spawn_first_instr_256MiB`.
     println!(
-        "{:<24} | {:>12} | {:>12}",
+        "{:<24} | {:>16} | {:>12}",
         "VM tree (instructions)", "Root VM RAM", "Diosix"
     );
-    println!("{:-<25}+{:-<14}+{:-<13}", "", "", "");
-    for ram in [16u32, 64, 256, 1024] {
+    println!("{:-<25}+{:-<18}+{:-<13}", "", "", "");
+    // Under H at four Root VM sizes, then behind PMP (no H: no FORK, so no fork,
+    // copy-on-write or IPC figures there).
+    for (ram, cpu) in [
+        (16u32, None),
+        (64, None),
+        (256, None),
+        (1024, None),
+        (64, Some(NO_H)),
+    ] {
+        let mode = if cpu.is_some() { "PMP" } else { "H" };
         let image = build::build_image(&ImageOptions {
             root_vm: RootVm::File(elf.to_path_buf()),
             vcpus: Some(1),
@@ -641,21 +650,23 @@ fn tree_bench(elf: &Path) -> Result<()> {
         })?;
         let host_mib = (4 * ram).max(1024);
         let figures = run_on(
-            &format!("bench-tree-{ram}"),
+            &format!("bench-tree-{ram}-{}", mode.to_lowercase()),
             &image,
             Bios::None,
             1,
             host_mib,
-            None,
+            cpu,
         )?;
         for (name, v) in figures {
             if name.starts_with("fork_")
                 || name.starts_with("cow_")
                 || name.starts_with("spawn_")
                 || name == "ipc_round_trip"
+                || name == "yield_round_trip"
+                || name == "vm_switch"
                 || name == "first_instruction"
             {
-                println!("{name:<24} | {:>8} MiB | {v:>12}", ram);
+                println!("{name:<24} | {ram:>8} MiB {mode:>3} | {v:>12}");
             }
         }
     }

@@ -39,6 +39,24 @@ const fn i_imm(insn: u32) -> i64 {
     (insn as i32 >> 20) as i64
 }
 
+/// The second child's code, as long as [`CODE`] so the same ELF layout holds it: YIELD
+/// for ever. A parent that YIELDs on one hart with this child runnable measures a
+/// switch to another VM and back.
+const YIELD_CODE: [u32; 7] = [
+    0x0010_0813, // addi a6, zero, 1      (li a6, 1): FID_YIELD
+    0x0A00_08B7, // lui  a7, 0x0A000
+    0x0058_8893, // addi a7, a7, 5        a7 = 0x0A00_0005, the Diosix EID
+    0x0000_0073, // ecall                 YIELD
+    0xFF5F_F06F, // jal  zero, -12        back to the lui (a6 stays 1)
+    0x0000_0013, // nop
+    0x0000_0013, // nop
+];
+
+const _: () = assert!(i_imm(YIELD_CODE[0]) as usize == ext::FID_YIELD);
+const _: () = assert!(
+    ((YIELD_CODE[1] & 0xFFFF_F000) as i32 as i64 + i_imm(YIELD_CODE[2])) as usize == ext::EID
+);
+
 // The hand encodings must load the numbers the ABI defines: a7 = lui's upper 20 bits
 // plus addi's sign-extended immediate, a6 = FID_EXIT, a0 = 1.
 const _: () =
@@ -76,7 +94,7 @@ const fn put<const N: usize>(b: &mut [u8; ELF_SIZE], at: usize, v: [u8; N]) {
 /// point. The hypervisor's loader moves the segment to the start of the child's RAM
 /// and translates `e_entry` through it. Built by the
 /// compiler, so the static needs no mutable state or `unsafe`.
-const fn elf() -> ElfImage {
+const fn elf(code: &[u32; 7]) -> ElfImage {
     let mut b = [0u8; ELF_SIZE];
     // e_ident: magic, ELFCLASS64, ELFDATA2LSB, EV_CURRENT, System V ABI, padding.
     put(&mut b, 0, [0x7F, b'E', b'L', b'F', 2, 1, 1, 0]);
@@ -103,8 +121,8 @@ const fn elf() -> ElfImage {
     put(&mut b, ph + 40, (CODE_SIZE as u64).to_le_bytes()); // p_memsz
     put(&mut b, ph + 48, 4u64.to_le_bytes()); // p_align: p_offset = p_vaddr mod 4
     let mut i = 0;
-    while i < CODE.len() {
-        put(&mut b, CODE_OFFSET + 4 * i, CODE[i].to_le_bytes());
+    while i < code.len() {
+        put(&mut b, CODE_OFFSET + 4 * i, code[i].to_le_bytes());
         i += 1;
     }
     ElfImage(b)
@@ -112,7 +130,10 @@ const fn elf() -> ElfImage {
 
 /// The child's image, in this guest's RAM for SPAWN to copy (paging is off, so its
 /// address is its GPA).
-static CHILD_ELF: ElfImage = elf();
+static CHILD_ELF: ElfImage = elf(&CODE);
+
+/// The YIELD child's image.
+static YIELD_ELF: ElfImage = elf(&YIELD_CODE);
 
 /// Waits (yielding the hart) for the `CHILD_TERMINATED` event of child `cid`; its
 /// exit code, or `None` if POLL_EVENT fails. Other events are dropped: nothing else in
@@ -167,6 +188,45 @@ fn sample(ram_mib: u64, priority: u32) {
     }
 }
 
+/// Samples of the switch benchmark.
+const SWITCH_SAMPLES: usize = 64;
+
+/// A switch between vCPUs of two different VMs on one hart: this VM YIELDs while a
+/// child that only YIELDs is runnable, so each YIELD runs the child once and comes
+/// back. Prints `vm_switch` (half the median round trip, which holds two switches and
+/// two YIELD calls) and `yield_round_trip`.
+fn switch(priority: u32) {
+    let args = spawn_args(
+        YIELD_ELF.0.as_ptr() as usize,
+        ELF_SIZE,
+        16 << 8,
+        1,
+        priority,
+    );
+    let r = DSX.spawn(&args);
+    if r.error != 0 {
+        println!("bench vm_switch failed: error {}", r.error);
+        return;
+    }
+    let cid = r.value as u64;
+    // Let the child reach its loop first.
+    for _ in 0..4 {
+        DSX.yield_now();
+    }
+    let mut v = [0u64; SWITCH_SAMPLES];
+    for s in v.iter_mut() {
+        let a = csr::instret();
+        DSX.yield_now();
+        *s = csr::instret() - a;
+    }
+    v.sort_unstable();
+    let median = v[SWITCH_SAMPLES / 2];
+    println!("bench yield_round_trip {median}");
+    println!("bench vm_switch {}", median / 2);
+    DSX.exit(cid, 0);
+    wait_terminated(cid);
+}
+
 /// Runs the spawn benchmark with children of 16, 64 and 256 MiB.
 pub fn run() {
     let Some(priority) = own_priority() else {
@@ -176,4 +236,5 @@ pub fn run() {
     for ram_mib in [16, 64, 256] {
         sample(ram_mib, priority);
     }
+    switch(priority);
 }
