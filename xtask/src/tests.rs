@@ -339,6 +339,14 @@ fn dsx_seed_steps() -> &'static [Step] {
     v.leak()
 }
 
+/// What the hostile guest must show behind PMP.
+const PMP_HOSTILE: &[Expect] = &[
+    Expect::Summary("hostile"),
+    Expect::FreePagesRestored,
+    Expect::Text("phase pmp: start"),
+    Expect::Text("phase pmp_exec_vs_kill: start"),
+];
+
 /// QEMU `virt` harts without the H extension.
 const NO_H: &str = "rv64,h=false";
 
@@ -953,18 +961,10 @@ fn cases() -> Vec<Case> {
         ("pmp-sbi-testing-smp4", "sbi-testing", 4, 4, SBI_TESTING),
         ("pmp-sbi-testing-smp8", "sbi-testing", 8, 8, SBI_TESTING),
         ("pmp-vmtree-smp2", "vmtree", 2, 2, vmtree),
-        // The attacks an S-mode guest behind PMP must not get away with.
-        (
-            "pmp-hostile-smp2",
-            "hostile",
-            2,
-            2,
-            &[
-                Expect::Summary("hostile"),
-                Expect::FreePagesRestored,
-                Expect::Text("phase pmp: start"),
-            ],
-        ),
+        // The attacks an S-mode guest behind PMP must not get away with, then EXEC
+        // against kill from every vCPU (more vCPUs than harts in the second).
+        ("pmp-hostile-smp2", "hostile", 2, 2, PMP_HOSTILE),
+        ("pmp-hostile-4vcpu-smp2", "hostile", 4, 2, PMP_HOSTILE),
     ] {
         v.push(Case {
             cpu: Some(NO_H),

@@ -322,7 +322,7 @@ fn main(hartid: usize, dtb_addr: usize) {
         .hv_info()
         .is_ok_and(|h| h.features & diosix_abi::features::PMP_FALLBACK != 0)
     {
-        pmp_main();
+        pmp_main(d.harts());
         report::summary("hostile");
         return;
     }
@@ -433,7 +433,7 @@ fn main(hartid: usize, dtb_addr: usize) {
 }
 
 /// The PMP phase alone, then usage and free pages must be back where they started.
-fn pmp_main() {
+fn pmp_main(harts: &[usize]) {
     let Ok(base) = DSX.info() else {
         report_fail(format_args!(
             "get_info: the Diosix extension does not answer"
@@ -443,6 +443,13 @@ fn pmp_main() {
     kids::PRIO.store(base.priority.max(1), Ordering::Relaxed);
     let hv0 = DSX.hv_info().map(|h| h.ram_free_pages);
     pmp::run();
+    let n = team::start(harts);
+    check(
+        "all_vcpus_up",
+        n == harts.len(),
+        format_args!("{n} of {} vCPUs started", harts.len()),
+    );
+    pmp::exec_race();
     let now = DSX.info().map(|i| usage(&i));
     check(
         "usage_back_to_start",

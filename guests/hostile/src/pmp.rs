@@ -14,10 +14,18 @@
 //! bystander sibling prints a byte per round and must keep going, and whose code the
 //! sibling attack tries to overwrite; this VM (the parent) must keep running; at the
 //! end every page is back.
+//!
+//! Then every vCPU at once races EXEC against kill ([`exec_race`]): children that EXEC
+//! themselves for ever (behind PMP an EXEC copies its image out of the VM's block
+//! before anything changes) are STOPped, RESUMEd, REBOOTed and finally killed from
+//! every vCPU; every return must be a defined code, every child must end with the
+//! kill's code, and the usage and free-page checks after the phase see everything
+//! back.
 
 use crate::img::{self, Prog, A0, A1, A2, A6, A7, ECALL, T0, T1, ZERO};
-use crate::sys::{self, Client, DSX};
-use crate::{check, kids, note};
+use crate::sys::{self, error, Client, SbiRet, DSX};
+use crate::{check, kids, note, team};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use diosix_abi::{event, exit_code, ext, state};
 use diosix_guest_rt::sbi::eid;
 
@@ -307,4 +315,149 @@ pub fn run() {
     DSX.exit(by, 0);
     kids::wait_event(event::CHILD_TERMINATED, by, 5_000);
     note(format_args!("pmp: done"));
+}
+
+// ----- EXEC vs kill from every vCPU -----
+
+/// Rounds per vCPU.
+const RACE_ROUNDS: usize = 6;
+/// Where an EXEC-looping child keeps its EXEC arguments in its page.
+const EXEC_ARGS_OFF: usize = 0xC00;
+/// The exit code the race kills with.
+const KILL_CODE: u64 = 0xE4EC;
+
+/// Children killed with [`KILL_CODE`] (the kill answered SUCCESS).
+static KILLS: AtomicUsize = AtomicUsize::new(0);
+/// Returns that were not among the codes allowed.
+static UNDEFINED: AtomicUsize = AtomicUsize::new(0);
+/// SPAWNs refused.
+static SPAWN_REFUSED: AtomicUsize = AtomicUsize::new(0);
+
+/// A child that EXECs itself (its own page, which is the whole ELF file) for ever:
+/// the page's address comes from `gp`, so the program runs wherever it is loaded.
+fn exec_loop_program() -> Prog {
+    let image_gpa = core::mem::offset_of!(diosix_abi::SpawnArgs, image_gpa) as i32;
+    let mut p = Prog::new();
+    let top = p.here();
+    // t0 = the page (gp = its code, 0x100 in); a0 = the arguments 0xC00 in.
+    p.op(img::addi(T0, img::GP, -0x100));
+    p.op(img::addi(A0, T0, 0x600));
+    p.op(img::addi(A0, A0, (EXEC_ARGS_OFF - 0x600) as i32));
+    p.op(img::sd(T0, A0, image_gpa));
+    p.call(sys::EID, ext::FID_EXEC);
+    p.jump(top);
+    p
+}
+
+/// SPAWN of an EXEC-looping child with room in its quota for an EXEC's new charge.
+fn spawn_exec_loop() -> Option<u64> {
+    let buf = sys::data();
+    let len = img::pie_elf(&buf, &exec_loop_program());
+    let exec = diosix_guest_rt::diosix::spawn_args(0, len, CHILD_PAGES, 1, kids::prio());
+    buf.write(EXEC_ARGS_OFF, &exec.to_le_bytes());
+    let mut a = diosix_guest_rt::diosix::spawn_args(buf.addr(), len, CHILD_PAGES, 1, kids::prio());
+    a.quota_ram_pages = 2 * (CHILD_PAGES + 64);
+    a.quota_vcpus = 1;
+    let r = DSX.spawn(&a);
+    (r.error == 0).then_some(r.value as u64)
+}
+
+/// Counts a return outside `ok`.
+fn allowed(r: SbiRet, ok: &[isize]) {
+    if !ok.contains(&r.error) || (r.error != 0 && r.value != 0) {
+        UNDEFINED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// EXEC vs STOP, RESUME, REBOOT, GET_CHILD_INFO and kill, from every vCPU at once.
+pub fn exec_race() {
+    use error::{ALREADY_STARTED, ALREADY_STOPPED, FAILED, INVALID_PARAM, SUCCESS};
+    diosix_guest_rt::println!("phase pmp_exec_vs_kill: start");
+    kids::forget_events();
+    let ok = team::run("pmp_exec_vs_kill", 60_000, |idx, _n| {
+        for round in 0..RACE_ROUNDS {
+            let Some(c) = spawn_exec_loop() else {
+                SPAWN_REFUSED.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            for k in 0..(4 * round + idx) {
+                let r = match k % 4 {
+                    // A racing EXEC undoes a REBOOT (FAILED); nothing here kills it.
+                    0 => {
+                        let r = DSX.call2(ext::FID_REBOOT, c as usize, 0);
+                        allowed(r, &[SUCCESS, FAILED]);
+                        continue;
+                    }
+                    1 => DSX.call2(ext::FID_STOP, c as usize, 0),
+                    2 => DSX.call2(ext::FID_RESUME, c as usize, 0),
+                    _ => DSX.child_info(c).map_or_else(
+                        |e| SbiRet { error: e, value: 0 },
+                        |_| SbiRet { error: 0, value: 0 },
+                    ),
+                };
+                allowed(
+                    r,
+                    &[SUCCESS, ALREADY_STOPPED, ALREADY_STARTED, INVALID_PARAM],
+                );
+            }
+            sys::sleep_ms(((idx + round) % 4) as u64);
+            let r = DSX.exit(c, KILL_CODE);
+            allowed(r, &[SUCCESS]);
+            if r.error == 0 {
+                KILLS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    if !ok {
+        return;
+    }
+    // Every kill shows up as a CHILD_TERMINATED with its code; EXECs as REBOOTED.
+    let kills = KILLS.load(Ordering::Relaxed);
+    let (mut ended, mut wrong_code, mut execs) = (0usize, 0usize, 0usize);
+    let end = sys::now() + sys::ms(10_000);
+    while ended + wrong_code < kills && sys::now() < end {
+        match DSX.poll_event() {
+            Ok(Some(e)) if e.kind == event::CHILD_TERMINATED => {
+                if e.exit_code == KILL_CODE {
+                    ended += 1;
+                } else {
+                    wrong_code += 1;
+                }
+            }
+            Ok(Some(e)) if e.kind == event::CHILD_REBOOTED => execs += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => sys::sleep_ms(1),
+            Err(_) => break,
+        }
+    }
+    let spawned = kills + SPAWN_REFUSED.load(Ordering::Relaxed);
+    note(format_args!(
+        "pmp_exec_vs_kill: {kills} children killed, {execs} EXECs seen, {} SPAWNs refused",
+        SPAWN_REFUSED.load(Ordering::Relaxed)
+    ));
+    check(
+        "pmp_exec_vs_kill_every_return_defined",
+        UNDEFINED.load(Ordering::Relaxed) == 0,
+        format_args!(
+            "{} returns outside the allowed codes",
+            UNDEFINED.load(Ordering::Relaxed)
+        ),
+    );
+    check(
+        "pmp_exec_vs_kill_each_child_killed",
+        kills == RACE_ROUNDS * team::size() && ended == kills && wrong_code == 0,
+        format_args!(
+            "{kills} kills of {spawned} children, {ended} ended with the kill's code, {wrong_code} with another"
+        ),
+    );
+    check(
+        "pmp_exec_vs_kill_children_execed",
+        execs > 0,
+        format_args!("no CHILD_REBOOTED event: no EXEC completed"),
+    );
+    check(
+        "pmp_exec_vs_kill_no_children_left",
+        DSX.call2(ext::FID_LIST_CHILDREN, 0, 0).value == 0,
+        format_args!("children left behind"),
+    );
 }

@@ -75,6 +75,10 @@ impl PendingBuild {
         let Ok(mut tree) = lock_tree_unless(hart.slot, &cancelled, u64::MAX) else {
             // Killed meanwhile: give everything back before saying so.
             drop(built);
+            log::info!(
+                "build of a VM abandoned: memory released; host free pages: {}",
+                crate::mem::unpromised_free_pages()
+            );
             BUILDING.lock().remove(&id);
             return Err(SbiError::Failed);
         };
@@ -96,6 +100,12 @@ impl PendingBuild {
                 Ok(())
             }
             Err(e) => {
+                // The failed build gave back every page it took (its kept image too):
+                // say so, for whoever tallies the host's pages from the log.
+                log::info!(
+                    "build of a VM abandoned: memory released; host free pages: {}",
+                    crate::mem::unpromised_free_pages()
+                );
                 let term = if spawning {
                     Ok(t.discard_child(id))
                 } else {
