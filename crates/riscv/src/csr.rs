@@ -135,6 +135,47 @@ csr_module!(/// PMP address 1.
 csr_module!(/// PMP address 2.
     pmpaddr2, 0x3B2);
 
+/// Writes `$value` to CSR `$csr` (a constant) and reads it back: `Some(value read)`, or
+/// `None` if the hart has no such CSR (the access trapped). The one way this crate
+/// probes for a CSR: `mtvec` points just past the access for the moment, so a trap
+/// lands there, still in M-mode, and `mtvec` is restored either way.
+///
+/// Expands to an `unsafe` block whose contract the caller states: M-mode with
+/// interrupts off (`mstatus.MIE` clear), and the write itself allowed.
+macro_rules! probe_csr {
+    ($csr:expr, $value:expr) => {{
+        let (ok, v): (usize, usize);
+        // SAFETY: a trap on the CSR access lands at label 1 (mtvec, direct mode,
+        // 4-byte aligned), still in M-mode with interrupts off, and leaves `ok` 0;
+        // mtvec is restored either way. The write itself is the caller's to justify.
+        unsafe {
+            core::arch::asm!(
+                "csrr {old}, mtvec",
+                "la {tmp}, 1f",
+                "csrw mtvec, {tmp}",
+                "li {ok}, 0",
+                "csrw {c}, {v}",
+                "csrr {v}, {c}",
+                "li {ok}, 1",
+                "j 2f",
+                ".balign 4",
+                "1:",
+                "li {v}, 0",
+                "2:",
+                "csrw mtvec, {old}",
+                old = out(reg) _,
+                tmp = out(reg) _,
+                ok = out(reg) ok,
+                v = inout(reg) $value => v,
+                c = const $csr,
+                options(nostack),
+            )
+        };
+        (ok != 0).then_some(v)
+    }};
+}
+pub(crate) use probe_csr;
+
 /// Writes `menvcfg` if this hart has it (privileged specification 1.12 and later:
 /// harts built to 1.11, such as the HiFive Unleashed's U54, do not, and the write
 /// traps); returns whether it did.
@@ -143,29 +184,7 @@ csr_module!(/// PMP address 2.
 /// As for `menvcfg::write`; M-mode with interrupts off (`mstatus.MIE` clear), since a
 /// trap on the write is caught by pointing `mtvec` past it for the moment.
 pub unsafe fn try_write_menvcfg(value: usize) -> bool {
-    let ok: usize;
-    // SAFETY: a trap on the write lands at label 1 (mtvec, direct mode, 4-byte
-    // aligned), still in M-mode with interrupts off, and leaves `ok` 0; mtvec is
-    // restored either way. The write itself is the caller's to justify.
-    unsafe {
-        core::arch::asm!(
-            "csrr {old}, mtvec",
-            "la {tmp}, 1f",
-            "csrw mtvec, {tmp}",
-            "li {ok}, 0",
-            "csrw 0x30A, {v}",
-            "li {ok}, 1",
-            ".balign 4",
-            "1:",
-            "csrw mtvec, {old}",
-            old = out(reg) _,
-            tmp = out(reg) _,
-            ok = out(reg) ok,
-            v = in(reg) value,
-            options(nostack),
-        )
-    };
-    ok != 0
+    probe_csr!(0x30A, value).is_some()
 }
 
 /// Read-only identification CSRs.

@@ -71,41 +71,11 @@ macro_rules! pmp_csrs {
         /// M-mode with interrupts off (`mstatus.MIE` clear), before the hart's PMP is
         /// in use: clobbers the entry.
         unsafe fn try_pmpaddr(i: usize) -> Option<usize> {
-            let (mut ok, mut v): (usize, usize) = (0, 0);
             match i {
-                $($n => {
-                    // SAFETY: a trap on the CSR access lands at label 1 (mtvec, direct
-                    // mode, 4-byte aligned), still in M-mode with interrupts off, and
-                    // leaves `ok` 0; mtvec is restored either way. Clobbering the entry
-                    // is allowed by the caller.
-                    unsafe {
-                        core::arch::asm!(
-                            "csrr {old}, mtvec",
-                            "la {tmp}, 1f",
-                            "csrw mtvec, {tmp}",
-                            "li {ok}, 0",
-                            "li {v}, -1",
-                            "csrw {c}, {v}",
-                            "csrr {v}, {c}",
-                            "li {ok}, 1",
-                            "j 2f",
-                            ".balign 4",
-                            "1:",
-                            "li {v}, 0",
-                            "2:",
-                            "csrw mtvec, {old}",
-                            old = out(reg) _,
-                            tmp = out(reg) _,
-                            ok = out(reg) ok,
-                            v = out(reg) v,
-                            c = const 0x3B0 + $n,
-                            options(nostack),
-                        )
-                    }
-                })*
-                _ => {}
+                // Clobbering the entry is allowed by the caller.
+                $($n => crate::csr::probe_csr!(0x3B0 + $n, usize::MAX),)*
+                _ => None,
             }
-            (ok != 0).then_some(v)
         }
 
         /// # Safety
