@@ -8,13 +8,14 @@ use diosix_core::hostfdt::HostPlatform;
 use diosix_core::hostfdt::UartKind;
 use diosix_riscv::clint::Clint;
 use diosix_riscv::csr::{self, envcfg, hstatus_bits, irq, mstatus_bits};
-use diosix_riscv::reset::{SysconReset, SysconWrite};
+use diosix_riscv::reset::{HostReset, SifiveGpioReset, SysconReset, SysconWrite};
 use diosix_riscv::uart::{Ns16550a, SifiveUart};
 use spin::Once;
 
 static HOST: Once<HostPlatform> = Once::new();
 static CLINT: Once<Clint> = Once::new();
-static RESET: Once<SysconReset> = Once::new();
+/// How the board restarts (the syscon device, else a GPIO reset line).
+static RESET: Once<alloc::boxed::Box<dyn HostReset>> = Once::new();
 /// Every usable hart has Sstc: guests get their own timer comparator (`vstimecmp`).
 static GUEST_SSTC: AtomicBool = AtomicBool::new(false);
 
@@ -89,12 +90,18 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
             })
         };
         // SAFETY: the device tree names these registers as poweroff/reboot.
-        RESET.call_once(|| unsafe {
+        let syscon = unsafe {
             SysconReset::new(
                 r.poweroff.as_ref().and_then(to_write),
                 r.reboot.as_ref().and_then(to_write),
             )
-        });
+        };
+        RESET.call_once(|| alloc::boxed::Box::new(syscon));
+    } else if let Some(g) = &host.gpio_restart {
+        // SAFETY: the device tree's `gpio-restart` names this controller and pin; the
+        // controller is an interrupt controller, so it is never handed to a guest.
+        let line = unsafe { SifiveGpioReset::new(g.base, g.pin, g.active_low) };
+        RESET.call_once(|| alloc::boxed::Box::new(line));
     }
     if host.harts.is_empty() {
         return Err("no usable harts in the device tree".into());

@@ -7,7 +7,7 @@
 //! accessors `unwrap`/index on malformed structure.
 //!
 //! Only what the hypervisor needs is extracted: RAM, reservations, harts and their ISA,
-//! the timebase, CLINT/ACLINT, PLIC, the console UART and the syscon reset device; and
+//! the timebase, CLINT/ACLINT, PLIC, the console UART and the syscon or GPIO reset; and
 //! the devices it could hand to a trusted VM ([`HostPlatform::devices`]).
 //!
 //! # Devices
@@ -202,6 +202,19 @@ pub struct SysconReset {
     pub reboot: Option<SysconWrite>,
 }
 
+/// A reset line on a GPIO pin (`gpio-restart`, e.g. the HiFive Unleashed's: pin 10 of
+/// its `sifive,gpio0` controller, active low). Only SiFive GPIO controllers are
+/// understood; a `gpio-restart` on any other controller is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpioRestart {
+    /// Register base of the `sifive,gpio0` controller.
+    pub base: Hpa,
+    /// The pin (0..32).
+    pub pin: u32,
+    /// Whether the line resets the machine when driven low (`GPIO_ACTIVE_LOW`).
+    pub active_low: bool,
+}
+
 /// The ACLINT machine timer (`riscv,aclint-mtimer`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AclintMtimer {
@@ -247,6 +260,8 @@ pub struct HostPlatform {
     pub uart: Option<UartInfo>,
     /// The syscon reset device.
     pub reset: Option<SysconReset>,
+    /// A reset line on a GPIO pin, for boards without a syscon reset.
+    pub gpio_restart: Option<GpioRestart>,
     /// Random bytes the firmware passed in `/chosen/rng-seed` (QEMU's `virt` supplies
     /// 32), at most [`MAX_RNG_SEED`] of them; empty if there were none.
     pub rng_seed: Vec<u8>,
@@ -860,6 +875,7 @@ impl HostPlatform {
         let plic_m_contexts = plic_node.map_or_else(Vec::new, |n| plic_m_contexts(&t, n));
         let uart = uart(&t)?;
         let reset = reset(&t)?;
+        let gpio_restart = gpio_restart(&t)?;
         let rng_seed = t
             .child_named(0, "chosen")
             .and_then(|c| t.prop(c, "rng-seed"))
@@ -882,6 +898,7 @@ impl HostPlatform {
             plic_m_contexts,
             uart,
             reset,
+            gpio_restart,
             rng_seed,
             devices,
         })
@@ -1038,6 +1055,46 @@ fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
         base,
         reg_shift,
         clock_hz: t.prop_int(n, "clock-frequency"),
+    }))
+}
+
+/// `gpio-restart`'s `gpios = <&controller pin flags>` on a `sifive,gpio0` controller
+/// with two GPIO cells; flag bit 0 is `GPIO_ACTIVE_LOW`.
+fn gpio_restart(t: &Tree<'_>) -> Result<Option<GpioRestart>, HostFdtError> {
+    let Some(n) = t.find_compatible(&["gpio-restart"]) else {
+        return Ok(None);
+    };
+    let bad = || HostFdtError::BadProperty {
+        node: t.path(n),
+        property: "gpios",
+    };
+    let cells: Vec<u32> = t
+        .prop(n, "gpios")
+        .ok_or_else(bad)?
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let &[phandle, pin, flags] = cells.as_slice() else {
+        return Err(bad());
+    };
+    let controller = t.by_phandle(phandle).ok_or_else(bad)?;
+    if !t.is_compatible(controller, &["sifive,gpio0"])
+        || t.prop_u32(controller, "#gpio-cells") != Some(2)
+    {
+        return Ok(None);
+    }
+    if pin >= 32 {
+        return Err(bad());
+    }
+    let base = t
+        .reg(controller)?
+        .first()
+        .map(|r| r.start())
+        .ok_or_else(bad)?;
+    Ok(Some(GpioRestart {
+        base,
+        pin,
+        active_low: flags & 1 != 0,
     }))
 }
 
@@ -1655,11 +1712,63 @@ mod tests {
             vec![(0, 0), (1, 1), (2, 3), (3, 5), (4, 7)]
         );
         assert_eq!(p.reset, None);
+        assert_eq!(
+            p.gpio_restart,
+            Some(GpioRestart {
+                base: Hpa::new(0x1006_0000),
+                pin: 10,
+                active_low: true
+            })
+        );
         // The console UART is the hypervisor's; everything with a clock, reset or
         // other phandle (the second UART, ethernet, SPI, GPIO, PWM, DMA) cannot be
         // described to a guest.
         let names: Vec<&str> = p.devices.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["cache-controller@2010000", "otp@10070000"]);
+    }
+
+    /// `gpio-restart` on a SiFive GPIO pin: what is understood, ignored and refused.
+    #[test]
+    fn gpio_restart_lines() {
+        let tree = |compat: &str, gpios: &[u32]| {
+            host_tree(|w| {
+                let g = w.begin_node("gpio@10060000").unwrap();
+                w.property_string("compatible", compat).unwrap();
+                w.property_array_u64("reg", &[0x1006_0000, 0x1000]).unwrap();
+                w.property_u32("#gpio-cells", 2).unwrap();
+                w.property_null("gpio-controller").unwrap();
+                w.property_phandle(5).unwrap();
+                w.end_node(g).unwrap();
+                let r = w.begin_node("gpio-restart").unwrap();
+                w.property_string("compatible", "gpio-restart").unwrap();
+                w.property_array_u32("gpios", gpios).unwrap();
+                w.end_node(r).unwrap();
+            })
+        };
+        let parse = |compat, gpios: &[u32]| HostPlatform::parse(&tree(compat, gpios));
+        assert_eq!(
+            parse("sifive,gpio0", &[5, 31, 0]).unwrap().gpio_restart,
+            Some(GpioRestart {
+                base: Hpa::new(0x1006_0000),
+                pin: 31,
+                active_low: false
+            })
+        );
+        // Another vendor's controller: not driven, not an error.
+        assert_eq!(parse("acme,gpio", &[5, 3, 1]).unwrap().gpio_restart, None);
+        // A pin the controller cannot have, a dangling phandle, the wrong cell count.
+        for bad in [&[5, 32, 1][..], &[9, 3, 1], &[5, 3], &[5, 3, 1, 0]] {
+            assert!(
+                matches!(
+                    parse("sifive,gpio0", bad),
+                    Err(HostFdtError::BadProperty {
+                        property: "gpios",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
