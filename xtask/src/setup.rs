@@ -9,18 +9,23 @@ use std::process::Command;
 /// The apt sources file xtask writes (only ever with entries no other file has).
 const APT_SOURCES: &str = "/etc/apt/sources.list.d/diosix-backports.sources";
 
-/// The apt entries the build needs, as (type, suite, archive URI):
-/// bookworm-security has the pinned `linux-source-6.12` (see `rootvm/sources.manifest`),
-/// bookworm's `deb-src` the busybox and Lua sources, bookworm-backports QEMU 10.
-const APT_ENTRIES: &[(&str, &str, &str)] = &[
-    (
-        "deb",
-        "bookworm-security",
-        "http://deb.debian.org/debian-security",
-    ),
-    ("deb-src", "bookworm", "http://deb.debian.org/debian"),
-    ("deb", "bookworm-backports", "http://deb.debian.org/debian"),
+/// The apt entries the build needs, as (type, suite, archive): bookworm-security has
+/// the pinned `linux-source-6.12` (see `rootvm/sources.manifest`), bookworm's `deb-src`
+/// the busybox and Lua sources, bookworm-backports QEMU 10. Which mirror serves them
+/// is not fixed here: it is the one the machine's apt configuration already uses
+/// ([`mirrors`]).
+const APT_ENTRIES: &[(&str, &str, Archive)] = &[
+    ("deb", "bookworm-security", Archive::Security),
+    ("deb-src", "bookworm", Archive::Main),
+    ("deb", "bookworm-backports", Archive::Main),
 ];
+
+/// Debian's two archives: the main one and the security one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Archive {
+    Main,
+    Security,
+}
 
 /// Debian packages the build (hypervisor image and Linux Root VM) and `cargo xtask
 /// disk` need, each with a file or tool that shows it is there on a host without dpkg.
@@ -44,9 +49,20 @@ const PACKAGES: &[(&str, &str)] = &[
     ("e2fsprogs", "/sbin/mke2fs"),
 ];
 
-/// The (type, suite) pairs the apt configuration enables, from `sources.list` and
-/// `sources.list.d/` (one-line `.list` files and deb822 `.sources` files).
-fn apt_entries() -> Vec<(String, String)> {
+/// One enabled `(type, URI, suite)` of the apt configuration, with its `Signed-By`
+/// keyring when it names one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AptEntry {
+    kind: String,
+    uri: String,
+    suite: String,
+    signed_by: Option<String>,
+}
+
+/// The enabled entries of the apt configuration, from `sources.list` and
+/// `sources.list.d/` (one-line `.list` files and deb822 `.sources` files), in the order
+/// apt reads them.
+fn apt_entries() -> Vec<AptEntry> {
     let mut files = vec![std::path::PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut more: Vec<_> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -68,7 +84,7 @@ fn apt_entries() -> Vec<(String, String)> {
 }
 
 /// `deb [options] URI suite component...` lines.
-fn parse_list(text: &str) -> Vec<(String, String)> {
+fn parse_list(text: &str) -> Vec<AptEntry> {
     let mut found = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("");
@@ -77,64 +93,142 @@ fn parse_list(text: &str) -> Vec<(String, String)> {
             continue;
         };
         let mut rest: Vec<&str> = words.collect();
+        let mut signed_by = None;
         if rest.first().is_some_and(|w| w.starts_with('[')) {
             let close = rest.iter().position(|w| w.ends_with(']')).unwrap_or(0);
-            rest.drain(..=close);
+            for option in rest.drain(..=close) {
+                let option = option.trim_matches(|c| c == '[' || c == ']');
+                if let Some(keyring) = option.strip_prefix("signed-by=") {
+                    signed_by = Some(keyring.to_string());
+                }
+            }
         }
-        if let Some(suite) = rest.get(1) {
-            found.push((kind.to_string(), suite.to_string()));
+        if let [uri, suite, ..] = rest.as_slice() {
+            found.push(AptEntry {
+                kind: kind.to_string(),
+                uri: uri.to_string(),
+                suite: suite.to_string(),
+                signed_by: signed_by.clone(),
+            });
         }
     }
     found
 }
 
-/// deb822 stanzas: `Types:` times `Suites:`, unless `Enabled: no`.
-fn parse_deb822(text: &str) -> Vec<(String, String)> {
+/// deb822 stanzas: `Types:` times `URIs:` times `Suites:`, unless `Enabled: no`.
+fn parse_deb822(text: &str) -> Vec<AptEntry> {
     let mut found = Vec::new();
     for stanza in text.split("\n\n") {
-        let (mut types, mut suites, mut enabled) = (Vec::new(), Vec::new(), true);
+        let (mut types, mut uris, mut suites) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut enabled, mut signed_by) = (true, None);
         for line in stanza.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
             let Some((key, value)) = line.split_once(':') else {
                 continue;
             };
             let words = value.split_whitespace().map(str::to_string);
             match key.trim().to_ascii_lowercase().as_str() {
                 "types" => types.extend(words),
+                "uris" => uris.extend(words),
                 "suites" => suites.extend(words),
                 "enabled" => enabled = value.trim() != "no",
+                // A keyring path (an inline key block spans lines: not copied).
+                "signed-by" if value.trim().starts_with('/') => {
+                    signed_by = Some(value.trim().to_string())
+                }
                 _ => {}
             }
         }
-        if enabled {
-            for t in &types {
-                found.extend(suites.iter().map(|s| (t.clone(), s.clone())));
+        if !enabled {
+            continue;
+        }
+        for kind in &types {
+            for uri in &uris {
+                found.extend(suites.iter().map(|suite| AptEntry {
+                    kind: kind.clone(),
+                    uri: uri.clone(),
+                    suite: suite.clone(),
+                    signed_by: signed_by.clone(),
+                }));
             }
         }
     }
     found
 }
 
-/// Adds the apt entries of [`APT_ENTRIES`] that no file has yet; returns whether it
-/// wrote anything (then the package lists need an `apt-get update`).
+/// A mirror's URI and the keyring apt checks it with.
+type Mirror = (String, Option<String>);
+
+/// The machine's own Debian mirrors, as (URI, keyring) for the main archive and for
+/// the security archive, derived from the entries it already has for bookworm: the
+/// main archive is the first entry for `bookworm`, `bookworm-updates` or
+/// `bookworm-backports`; the security archive the first for `bookworm-security`, else
+/// the main mirror's sibling (`.../debian` → `.../debian-security`, the layout of
+/// Debian's mirrors). `None` where the configuration says nothing to derive it from.
+fn mirrors(have: &[AptEntry]) -> (Option<Mirror>, Option<Mirror>) {
+    let usable = |e: &&AptEntry| !e.uri.starts_with("cdrom:") && !e.uri.starts_with("file:");
+    let pick = |e: &AptEntry| (e.uri.trim_end_matches('/').to_string(), e.signed_by.clone());
+    let main = have
+        .iter()
+        .filter(usable)
+        .find(|e| {
+            ["bookworm", "bookworm-updates", "bookworm-backports"].contains(&e.suite.as_str())
+        })
+        .map(pick);
+    let security = have
+        .iter()
+        .filter(usable)
+        .find(|e| e.suite == "bookworm-security")
+        .map(pick)
+        .or_else(|| {
+            let (uri, keyring) = main.clone()?;
+            let base = uri.strip_suffix("/debian")?;
+            Some((format!("{base}/debian-security"), keyring))
+        });
+    (main, security)
+}
+
+/// Adds the apt entries of [`APT_ENTRIES`] that no file has yet, on the mirrors the
+/// machine already uses; returns whether it wrote anything (then the package lists
+/// need an `apt-get update`).
 fn ensure_apt_sources() -> Result<bool> {
     let have = apt_entries();
     let missing: Vec<_> = APT_ENTRIES
         .iter()
-        .filter(|(t, s, _)| !have.iter().any(|(ht, hs)| ht == t && hs == s))
+        .filter(|(t, s, _)| !have.iter().any(|e| e.kind == *t && e.suite == *s))
         .collect();
     if missing.is_empty() {
         return Ok(false);
     }
+    let (main, security) = mirrors(&have);
     let mut text = std::fs::read_to_string(APT_SOURCES).unwrap_or_default();
-    for (kind, suite, uri) in &missing {
-        println!("xtask setup: adding `{kind} {uri} {suite} main` to {APT_SOURCES}");
+    for (kind, suite, archive) in &missing {
+        let mirror = match archive {
+            Archive::Main => &main,
+            Archive::Security => &security,
+        };
+        let Some((uri, keyring)) = mirror else {
+            return Err(format!(
+                "the apt configuration names no Debian bookworm mirror to derive `{kind} \
+                 ... {suite} main` from: add `{kind} <your Debian mirror> {suite} main` to \
+                 /etc/apt/sources.list.d/ and run this again"
+            ));
+        };
+        println!(
+            "xtask setup: adding `{kind} {uri} {suite} main` to {APT_SOURCES} (the mirror \
+             this machine's apt configuration already uses)"
+        );
         if !text.is_empty() && !text.ends_with("\n\n") {
             text.push_str(if text.ends_with('\n') { "\n" } else { "\n\n" });
         }
         text.push_str(&format!(
-            "Types: {kind}\nURIs: {uri}\nSuites: {suite}\nComponents: main\n\
-             Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            "Types: {kind}\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
         ));
+        if let Some(keyring) = keyring {
+            text.push_str(&format!("Signed-By: {keyring}\n"));
+        }
     }
     std::fs::write(APT_SOURCES, text)
         .map_err(|e| format!("writing {APT_SOURCES} (run as root): {e}"))?;
@@ -261,32 +355,98 @@ pub fn ensure_all() -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn list_lines() {
-        let text = "deb http://deb.debian.org/debian bookworm main\n\
-                    # deb-src http://x bookworm main\n\
-                    deb-src [arch=amd64 signed-by=/k.gpg] http://deb.debian.org/debian bookworm main\n\
-                    deb http://deb.debian.org/debian-security bookworm-security main\n";
-        let got = parse_list(text);
-        let want = [
-            ("deb", "bookworm"),
-            ("deb-src", "bookworm"),
-            ("deb", "bookworm-security"),
-        ];
-        assert_eq!(got.len(), want.len());
-        for ((t, s), (wt, ws)) in got.iter().zip(want) {
-            assert_eq!((t.as_str(), s.as_str()), (wt, ws));
+    fn entry(kind: &str, uri: &str, suite: &str, signed_by: Option<&str>) -> AptEntry {
+        AptEntry {
+            kind: kind.into(),
+            uri: uri.into(),
+            suite: suite.into(),
+            signed_by: signed_by.map(str::to_string),
         }
     }
 
     #[test]
+    fn list_lines() {
+        let text = "deb http://ftp.fr.debian.org/debian bookworm main\n\
+                    # deb-src http://x bookworm main\n\
+                    deb-src [arch=amd64 signed-by=/k.gpg] http://deb.debian.org/debian bookworm main\n\
+                    deb http://deb.debian.org/debian-security bookworm-security main\n";
+        assert_eq!(
+            parse_list(text),
+            [
+                entry("deb", "http://ftp.fr.debian.org/debian", "bookworm", None),
+                entry(
+                    "deb-src",
+                    "http://deb.debian.org/debian",
+                    "bookworm",
+                    Some("/k.gpg")
+                ),
+                entry(
+                    "deb",
+                    "http://deb.debian.org/debian-security",
+                    "bookworm-security",
+                    None
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn deb822_stanzas() {
-        let text = "Types: deb deb-src\nURIs: http://deb.debian.org/debian\n\
-                    Suites: bookworm bookworm-updates\nComponents: main\n\n\
+        let text = "Types: deb deb-src\n# a comment: with a colon\n\
+                    URIs: http://mirror.example/debian\n\
+                    Suites: bookworm bookworm-updates\nComponents: main\n\
+                    Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
                     Types: deb\nURIs: http://x\nSuites: bookworm-backports\nEnabled: no\n";
         let got = parse_deb822(text);
         assert_eq!(got.len(), 4);
-        assert!(got.contains(&("deb-src".into(), "bookworm-updates".into())));
-        assert!(!got.iter().any(|(_, s)| s == "bookworm-backports"));
+        assert!(got.contains(&entry(
+            "deb-src",
+            "http://mirror.example/debian",
+            "bookworm-updates",
+            Some("/usr/share/keyrings/debian-archive-keyring.gpg")
+        )));
+        assert!(!got.iter().any(|e| e.suite == "bookworm-backports"));
+    }
+
+    /// New entries go to the mirror the machine already uses, never to a fixed host.
+    #[test]
+    fn mirrors_come_from_the_configuration() {
+        let have = [
+            entry("deb", "cdrom:[Debian]/", "bookworm", None),
+            entry(
+                "deb",
+                "http://mirror.example/debian/",
+                "bookworm",
+                Some("/k.gpg"),
+            ),
+        ];
+        let (main, security) = mirrors(&have);
+        assert_eq!(
+            main,
+            Some(("http://mirror.example/debian".into(), Some("/k.gpg".into())))
+        );
+        assert_eq!(
+            security,
+            Some((
+                "http://mirror.example/debian-security".into(),
+                Some("/k.gpg".into())
+            ))
+        );
+        // An explicit security entry wins over the derived sibling.
+        let mut more = have.to_vec();
+        more.push(entry(
+            "deb",
+            "http://sec.example/ds",
+            "bookworm-security",
+            None,
+        ));
+        assert_eq!(
+            mirrors(&more).1,
+            Some(("http://sec.example/ds".into(), None))
+        );
+        // A mirror whose layout says nothing about a security archive.
+        let odd = [entry("deb", "http://proxy.example/apt", "bookworm", None)];
+        assert_eq!(mirrors(&odd).1, None);
+        assert_eq!(mirrors(&[]), (None, None));
     }
 }
