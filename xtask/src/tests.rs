@@ -286,11 +286,12 @@ pub(crate) fn leak(s: String) -> &'static str {
     s.leak()
 }
 
-/// Attach to child `cid` of the Root VM, log in to the guest Linux there, print
-/// `HX-guest-42-<cid>` from its shell, detach (Ctrl-]) and get the Root VM's prompt back.
-fn guest_login_steps(cid: u32) -> Vec<Step> {
+/// Attach to child `cid` of the Root VM (as `child`: its CID or its name), log in to
+/// the guest Linux there, print `HX-guest-42-<cid>` from its shell, detach (Ctrl-]) and
+/// get the Root VM's prompt back.
+fn guest_login_steps(cid: u32, child: &str) -> Vec<Step> {
     vec![
-        (ROOT_PROMPT, leak(format!("dsx console {cid}\r"))),
+        (ROOT_PROMPT, leak(format!("dsx console {child}\r"))),
         ("guest login:", "root\r"),
         (
             GUEST_PROMPT,
@@ -308,8 +309,10 @@ const FREE_PAGES_FN: &str =
     "fp() { dsx info --host --json | sed 's/.*\"ram_free_pages\":\\([0-9]*\\).*/\\1/'; }; ";
 
 /// `linux-dsx-seed` (`-smp 4 -m 512M`, so a 64 MiB Root VM): three 128 MiB guest Linux
-/// children must fit; each logs in and runs a command; killing the third must give back
-/// exactly the free RAM there was before it was started.
+/// children must fit; each logs in and runs a command (the third attached to by its
+/// name); a second child named `g1` is refused; killing the third by name must give
+/// back exactly the free RAM there was before it was started, and `dsx events` names
+/// it.
 fn dsx_seed_steps() -> &'static [Step] {
     let mut v = vec![
         ("login:", "root\r"),
@@ -324,14 +327,15 @@ fn dsx_seed_steps() -> &'static [Step] {
         ),
         ("RUN3-", ""),
     ];
-    for cid in 2..=4 {
-        v.extend(guest_login_steps(cid));
-    }
+    v.extend(guest_login_steps(2, "2"));
+    v.extend(guest_login_steps(3, "3"));
+    v.extend(guest_login_steps(4, "g3"));
     v.extend([
         (
             ROOT_PROMPT,
-            "dsx kill 4; A=$(fp); echo FREE-$B-$A SAME-$([ \"$A\" = \"$B\" ] && echo yes || echo no) \
-             LEFT-$(dsx list --json | grep -o running | wc -l)\r",
+            "dsx run --ram 16M --name g1; echo DUP-$?; dsx events >/dev/null; dsx kill g3; \
+             A=$(fp); echo FREE-$B-$A SAME-$([ \"$A\" = \"$B\" ] && echo yes || echo no) \
+             LEFT-$(dsx list --json | grep -o running | wc -l); dsx events | sed 's/^/EV: /'\r",
         ),
         ("SAME-", ""),
         (ROOT_PROMPT, "poweroff\r"),
@@ -351,7 +355,8 @@ const PMP_HOSTILE: &[Expect] = &[
 const NO_H: &str = "rv64,h=false";
 
 /// `linux-pmp-smp2`: the Root VM reports the PMP fallback, FORK is refused with the
-/// reason, and a guest Linux child runs (log in, a command) and is killed.
+/// reason, and a guest Linux child runs (attached to by its name; log in, a command)
+/// and is killed.
 fn pmp_steps() -> &'static [Step] {
     let mut v = vec![
         ("login:", "root\r"),
@@ -366,7 +371,7 @@ fn pmp_steps() -> &'static [Step] {
             "dsx run --ram 128M --name p1 && echo RUN-$(dsx list --json | grep -o running | wc -l)\r",
         ),
     ];
-    v.extend(guest_login_steps(2));
+    v.extend(guest_login_steps(2, "p1"));
     v.extend([
         (ROOT_PROMPT, "dsx kill 2; dsx events\r"),
         (ROOT_PROMPT, "poweroff\r"),
@@ -740,8 +745,11 @@ fn cases() -> Vec<Case> {
                 Expect::Text("HX-guest-42-2"),
                 Expect::Text("HX-guest-42-3"),
                 Expect::Text("HX-guest-42-4"),
+                Expect::Text("CID 2 is already named `g1`"),
+                Expect::Text("DUP-1"),
                 Expect::Text("CID 4 terminated"),
                 Expect::Text("SAME-yes LEFT-2"),
+                Expect::Text("EV: CID 4 (g3) terminated (exit code 0)"),
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             dsx_seed_steps(),

@@ -3,6 +3,17 @@
 
 use diosix_abi::limits;
 
+/// A VM named on the command line: by CID, or by the name `dsx run --name` (or
+/// `dsx load --name`) gave a child. Names are resolved against the live children when
+/// the command runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildRef {
+    /// A CID (0 = the parent, 1 = this VM, 2 and up = a child).
+    Cid(u64),
+    /// A child's name.
+    Name(String),
+}
+
 /// One parsed invocation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -31,41 +42,41 @@ pub enum Command {
         /// Keep no fork-time snapshot (cheaper; the child cannot be rebooted).
         no_snapshot: bool,
     },
-    /// `stop CID`.
-    Stop(u64),
-    /// `resume CID`.
-    Resume(u64),
-    /// `reboot CID`.
-    Reboot(u64),
-    /// `kill CID [--code N]`.
+    /// `stop CHILD`.
+    Stop(ChildRef),
+    /// `resume CHILD`.
+    Resume(ChildRef),
+    /// `reboot CHILD`.
+    Reboot(ChildRef),
+    /// `kill CHILD [--code N]`.
     Kill {
         /// The child.
-        cid: u64,
+        cid: ChildRef,
         /// Exit code reported in its CHILD_TERMINATED event.
         code: u64,
     },
-    /// `quota CID|self [...]`.
+    /// `quota CHILD|self [...]`.
     Quota {
-        /// 1 for `self`, else a child.
-        cid: u64,
+        /// CID 1 for `self`, else a child.
+        cid: ChildRef,
         /// The fields to set.
         set: QuotaSet,
     },
-    /// `drop-trust [CID]`: `None` = this VM.
-    DropTrust(Option<u64>),
-    /// `console CID`.
-    Console(u64),
-    /// `send CID TEXT`.
+    /// `drop-trust [CHILD]`: `None` = this VM.
+    DropTrust(Option<ChildRef>),
+    /// `console CHILD`.
+    Console(ChildRef),
+    /// `send CHILD|parent TEXT`.
     Send {
-        /// 0 = the parent, or a child.
-        cid: u64,
+        /// CID 0 = the parent, or a child.
+        cid: ChildRef,
         /// The message.
         text: String,
     },
     /// `recv [--from CID] [--wait] [--raw]`.
     Recv {
-        /// Only this sender (0 = parent); `None` = any.
-        from: Option<u64>,
+        /// Only this sender (CID 0 = parent); `None` = any.
+        from: Option<ChildRef>,
         /// Wait until a message arrives.
         wait: bool,
         /// Write the message bytes only.
@@ -237,7 +248,8 @@ given, --initrd initramfs.cpio.gz
   --prio N       priority 1-255 (default: this VM's own)
   --trusted      give it hardware trust (only if this VM is trusted)
   --paused       create it without starting it
-  --name NAME    a name to show in `dsx list`
+  --name NAME    a name for `dsx list` and in place of its CID (unique among
+                 this VM's children; not starting with a digit)
 The image (packed, if so) may be up to 64 MiB; it is staged in this VM's
 RAM while the hypervisor copies it.";
 const HELP_LOAD: &str = "\
@@ -254,7 +266,8 @@ clone's: this VM's own RAM and vCPUs, no children.
   --ram SIZE     guest RAM (default: the most whole MiB the clone's quota
                  allows after the image it keeps)
   --vcpus N      vCPUs (default 1; at most this VM's own)
-  --name NAME    a name to show in `dsx list`
+  --name NAME    a name for `dsx list` and in place of its CID (unique among
+                 this VM's children; not starting with a digit)
 If the clone cannot become the image, it ends itself: `dsx events` shows it
 terminated, with the SBI error number (or 1000 + errno) as exit code.";
 const HELP_FORK: &str = "\
@@ -267,28 +280,28 @@ that costs a second RAM's worth of quota.
   --untrusted    the child starts without hardware trust
   --no-snapshot  keep no fork-time state: half the quota, but no reboot";
 const HELP_STOP: &str = "\
-usage: dsx stop CID
+usage: dsx stop CHILD
 
-Pauses every vCPU of child CID (not its descendants).";
+Pauses every vCPU of CHILD (not its descendants).";
 const HELP_RESUME: &str = "\
-usage: dsx resume CID
+usage: dsx resume CHILD
 
-Resumes child CID after `dsx stop`.";
+Resumes CHILD after `dsx stop`.";
 const HELP_KILL: &str = "\
-usage: dsx kill CID [--code N]
+usage: dsx kill CHILD [--code N]
 
-Terminates child CID and its whole subtree; its RAM and vCPUs return to this
+Terminates CHILD and its whole subtree; its RAM and vCPUs return to this
 VM's quota. N (default 0) is the exit code reported by `dsx events`.";
 const HELP_REBOOT: &str = "\
-usage: dsx reboot CID
+usage: dsx reboot CHILD
 
-Returns child CID to the state it was created or forked in; its own
+Returns CHILD to the state it was created or forked in; its own
 children are terminated.";
 const HELP_QUOTA: &str = "\
-usage: dsx quota CID|self [--ram SIZE] [--vcpus N] [--prio N] [--depth N]
-                          [--descendants N]
+usage: dsx quota CHILD|self [--ram SIZE] [--vcpus N] [--prio N] [--depth N]
+                            [--descendants N]
 
-Sets a quota of child CID (within this VM's headroom) or of this VM itself
+Sets a quota of CHILD (within this VM's headroom) or of this VM itself
 (`self`: only lowering is allowed). Fields not given are unchanged; a
 value of 0 is applied as 0. Without options, shows the current quota.
   --ram SIZE       RAM plus page tables for the whole subtree, e.g. 512M
@@ -297,26 +310,26 @@ value of 0 is applied as 0. Without options, shows the current quota.
   --depth N        levels of descendants allowed below it (0-64)
   --descendants N  number of descendants allowed (0-65536)";
 const HELP_DROP_TRUST: &str = "\
-usage: dsx drop-trust [CID]
+usage: dsx drop-trust [CHILD]
 
-Irrevocably removes hardware trust (host MMIO and interrupts) from child CID
-and its subtree, or without CID from this VM and its whole subtree.";
+Irrevocably removes hardware trust (host MMIO and interrupts) from CHILD
+and its subtree, or without CHILD from this VM and its whole subtree.";
 const HELP_CONSOLE: &str = "\
-usage: dsx console CID
+usage: dsx console CHILD
 
-Attaches this terminal to child CID's console: its output is shown, typed
+Attaches this terminal to CHILD's console: its output is shown, typed
 input is sent to it. Ctrl-] detaches (the child keeps running).";
 const HELP_SEND: &str = "\
-usage: dsx send CID|parent TEXT
+usage: dsx send CHILD|parent TEXT
 
 Sends TEXT (at most 4096 bytes) as one message to a child or, with `parent`
 or 0, to this VM's parent.";
 const HELP_RECV: &str = "\
-usage: dsx recv [--from CID|parent] [--wait] [--raw]
+usage: dsx recv [--from CHILD|parent] [--wait] [--raw]
 
 Receives the oldest waiting message and prints `from CID N: TEXT`. Exits 1
 with nothing waiting, unless --wait.
-  --from CID   only from this sender (`parent` or 0 for the parent)
+  --from CHILD only from this sender (`parent` or 0 for the parent)
   --wait       wait for a message
   --raw        print the message bytes only";
 const HELP_EVENTS: &str = "\
@@ -332,7 +345,8 @@ pub fn general_help() -> String {
         "usage: dsx VERB [OPTIONS]\n\n\
          Manages Diosix VMs from this VM through /dev/diosix (run as root).\n\
          CIDs are relative to this VM: 0 = its parent, 1 = itself, 2 and up = its\n\
-         children, never reused.\n\nVerbs:\n",
+         children, never reused. CHILD is a child's CID or the name `run --name`\n\
+         or `load --name` gave it (names are unique among this VM's children).\n\nVerbs:\n",
     );
     for (verb, summary, _) in VERBS {
         s.push_str(&format!("  {verb:<11} {summary}\n"));
@@ -406,9 +420,14 @@ fn parse_bounded(what: &str, text: &str, min: u32, max: u32) -> Result<u32, Stri
     Ok(n)
 }
 
-/// Parses a CID that must name a child (2 and up), explaining 0 and 1.
-pub fn parse_child(verb: &str, text: &str) -> Result<u64, String> {
-    let cid: u64 = parse_num("CID", text)?;
+/// Parses a child: a CID (2 and up, explaining 0 and 1) or a child's name.
+pub fn parse_child(verb: &str, text: &str) -> Result<ChildRef, String> {
+    if !text.starts_with(|c: char| c.is_ascii_digit()) && valid_name(text) {
+        return Ok(ChildRef::Name(text.to_string()));
+    }
+    let cid: u64 = text
+        .parse()
+        .map_err(|_| format!("CHILD must be a CID or a child's name, not `{text}`"))?;
     match cid {
         0 => Err(format!(
             "CID 0 is this VM's parent; `{verb}` takes one of its children (CID 2 and up)"
@@ -416,16 +435,29 @@ pub fn parse_child(verb: &str, text: &str) -> Result<u64, String> {
         1 => Err(format!(
             "CID 1 is this VM itself; `{verb}` takes one of its children (CID 2 and up)"
         )),
-        c => Ok(c),
+        c => Ok(ChildRef::Cid(c)),
     }
 }
 
 /// Parses a peer for IPC: `parent` or 0, or a child.
-fn parse_peer(verb: &str, text: &str) -> Result<u64, String> {
+fn parse_peer(verb: &str, text: &str) -> Result<ChildRef, String> {
     if text == "parent" || text == "0" {
-        return Ok(0);
+        return Ok(ChildRef::Cid(0));
     }
     parse_child(verb, text)
+}
+
+/// Words that mean a VM other than a child wherever a child can be named.
+const RESERVED_NAMES: &[&str] = &["self", "parent"];
+
+/// A child's name: 1 to 32 printable ASCII characters without spaces, not starting
+/// with a digit (so it can never be read as a CID), and not `self` or `parent`.
+fn valid_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 32
+        && text.chars().all(|c| c.is_ascii_graphic())
+        && !text.starts_with(|c: char| c.is_ascii_digit())
+        && !RESERVED_NAMES.contains(&text)
 }
 
 /// Splits the arguments of a verb into options (with their values, as declared in
@@ -566,7 +598,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         }
         "stop" | "resume" | "reboot" | "console" => {
             let a = split(verb, rest, &[], &[])?;
-            let [cid] = a.positional_exact(verb, ["CID"])?;
+            let [cid] = a.positional_exact(verb, ["CHILD"])?;
             let cid = parse_child(verb, cid).map_err(e)?;
             Ok(match verb {
                 "stop" => Command::Stop(cid),
@@ -577,7 +609,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         }
         "kill" => {
             let a = split(verb, rest, &[], &["--code"])?;
-            let [cid] = a.positional_exact(verb, ["CID"])?;
+            let [cid] = a.positional_exact(verb, ["CHILD"])?;
             let cid = parse_child(verb, cid).map_err(e)?;
             let code = match a.value("--code") {
                 Some(c) => parse_num("--code", c).map_err(e)?,
@@ -597,7 +629,7 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         }
         "send" => {
             let a = split(verb, rest, &[], &[])?;
-            let [cid, text] = a.positional_exact(verb, ["CID", "TEXT"])?;
+            let [cid, text] = a.positional_exact(verb, ["CHILD", "TEXT"])?;
             let cid = parse_peer(verb, cid).map_err(e)?;
             if text.len() > limits::IPC_MAX_MESSAGE {
                 return Err(e(format!(
@@ -693,12 +725,16 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
     }))
 }
 
-/// `--name NAME`, if given: 1 to 32 printable characters without spaces.
+/// `--name NAME`, if given: see [`valid_name`].
 fn parse_name(a: &Args) -> Result<Option<String>, String> {
     let name = a.value("--name").map(str::to_string);
     if let Some(n) = &name {
-        if n.is_empty() || n.len() > 32 || !n.chars().all(|c| c.is_ascii_graphic()) {
-            return Err("--name must be 1 to 32 printable characters without spaces".into());
+        if !valid_name(n) {
+            return Err(
+                "--name must be 1 to 32 printable characters without spaces, \
+                        not starting with a digit, and not `self` or `parent`"
+                    .into(),
+            );
         }
     }
     Ok(name)
@@ -744,9 +780,9 @@ fn parse_quota(rest: &[String]) -> Result<Command, UsageError> {
         &[],
         &["--ram", "--vcpus", "--prio", "--depth", "--descendants"],
     )?;
-    let [target] = a.positional_exact(verb, ["CID or `self`"])?;
+    let [target] = a.positional_exact(verb, ["CHILD or `self`"])?;
     let cid = if target == "self" || target == "1" {
-        1
+        ChildRef::Cid(1)
     } else {
         parse_child(verb, target).map_err(e)?
     };
@@ -901,21 +937,31 @@ mod tests {
 
     #[test]
     fn cids() {
-        assert_eq!(p("stop 2"), Ok(Command::Stop(2)));
-        assert_eq!(p("resume 7"), Ok(Command::Resume(7)));
-        assert_eq!(p("console 3"), Ok(Command::Console(3)));
-        assert_eq!(p("kill 4 --code 9"), Ok(Command::Kill { cid: 4, code: 9 }));
+        use ChildRef::{Cid, Name};
+        assert_eq!(p("stop 2"), Ok(Command::Stop(Cid(2))));
+        assert_eq!(p("resume 7"), Ok(Command::Resume(Cid(7))));
+        assert_eq!(p("console 3"), Ok(Command::Console(Cid(3))));
+        assert_eq!(
+            p("kill 4 --code 9"),
+            Ok(Command::Kill {
+                cid: Cid(4),
+                code: 9
+            })
+        );
         assert!(msg("stop 1").starts_with("CID 1 is this VM itself"));
         assert!(msg("reboot 0").starts_with("CID 0 is this VM's parent"));
-        assert_eq!(msg("stop x"), "CID must be a number, not `x`");
-        assert_eq!(msg("stop"), "missing CID");
+        assert_eq!(
+            msg("stop 3x"),
+            "CHILD must be a CID or a child's name, not `3x`"
+        );
+        assert_eq!(msg("stop"), "missing CHILD");
         assert_eq!(p("drop-trust"), Ok(Command::DropTrust(None)));
         assert_eq!(p("drop-trust self"), Ok(Command::DropTrust(None)));
-        assert_eq!(p("drop-trust 5"), Ok(Command::DropTrust(Some(5))));
+        assert_eq!(p("drop-trust 5"), Ok(Command::DropTrust(Some(Cid(5)))));
         assert_eq!(
             p("send parent hi"),
             Ok(Command::Send {
-                cid: 0,
+                cid: Cid(0),
                 text: "hi".into()
             })
         );
@@ -925,11 +971,41 @@ mod tests {
         assert_eq!(
             p("recv --from 0 --wait"),
             Ok(Command::Recv {
-                from: Some(0),
+                from: Some(Cid(0)),
                 wait: true,
                 raw: false
             })
         );
+        // Names wherever a child can be given.
+        assert_eq!(p("console web"), Ok(Command::Console(Name("web".into()))));
+        assert_eq!(p("reboot db-2"), Ok(Command::Reboot(Name("db-2".into()))));
+        assert_eq!(
+            p("kill web"),
+            Ok(Command::Kill {
+                cid: Name("web".into()),
+                code: 0
+            })
+        );
+        assert_eq!(
+            p("drop-trust web"),
+            Ok(Command::DropTrust(Some(Name("web".into()))))
+        );
+        assert_eq!(
+            p("recv --from web"),
+            Ok(Command::Recv {
+                from: Some(Name("web".into())),
+                wait: false,
+                raw: false
+            })
+        );
+        assert!(msg("stop parent").contains("CHILD must be"));
+        // A name can never be read as a CID, nor shadow `self`/`parent`.
+        for bad in ["2web", "self", "parent"] {
+            assert!(
+                msg(&format!("run a --name {bad}")).contains("--name"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -937,7 +1013,7 @@ mod tests {
         assert_eq!(
             p("quota self --ram 512M --depth 0"),
             Ok(Command::Quota {
-                cid: 1,
+                cid: ChildRef::Cid(1),
                 set: QuotaSet {
                     ram: Some(512 << 20),
                     depth: Some(0),
@@ -948,12 +1024,12 @@ mod tests {
         assert_eq!(
             p("quota 3"),
             Ok(Command::Quota {
-                cid: 3,
+                cid: ChildRef::Cid(3),
                 set: QuotaSet::default()
             })
         );
         assert_eq!(msg("quota 3 --depth 65"), "--depth must be 0 to 64, not 65");
-        assert_eq!(msg("quota"), "missing CID or `self`");
+        assert_eq!(msg("quota"), "missing CHILD or `self`");
         assert!(msg("quota 0").starts_with("CID 0"));
     }
 

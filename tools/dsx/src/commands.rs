@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use diosix_abi::{cid, error, ext, flags, limits, QuotaArgs, SpawnArgs};
 
-use crate::cli::{Command, LoadOpts, QuotaSet, RunOpts};
+use crate::cli::{ChildRef, Command, LoadOpts, QuotaSet, RunOpts};
 use crate::format::{self, Op, Row};
 use crate::hv::{CallError, Hypervisor};
 
@@ -40,9 +40,11 @@ fn write_err(e: std::io::Error) -> Failure {
     Failure::new(format!("writing output: {e}"))
 }
 
-/// Names given with `dsx run --name`, kept in a small file (`CID<TAB>name` lines) so
-/// `list` can show them; the hypervisor itself has no names. CIDs are never reused, so
-/// a stale line can never label another VM.
+/// Names given with `dsx run --name` (or `load --name`), kept in a small file
+/// (`CID<TAB>name` lines) so `list` and `events` can show them and every verb accepts
+/// them in place of a CID; the hypervisor itself has no names. CIDs are never reused,
+/// so a stale line can never label another VM, and a name is looked up only among the
+/// live children.
 #[derive(Debug, Default)]
 pub struct Names {
     path: Option<PathBuf>,
@@ -74,10 +76,28 @@ impl Names {
         self.map.get(&cid).map(String::as_str)
     }
 
+    /// The CIDs named `name`, in order.
+    fn cids_named<'n>(&'n self, name: &'n str) -> impl Iterator<Item = u64> + 'n {
+        self.map
+            .iter()
+            .filter(move |(_, n)| *n == name)
+            .map(|(&c, _)| c)
+    }
+
     /// Names `cid` and saves the file. Failing to save only loses the label, so it is
     /// reported by the caller as a warning, not an error.
     pub fn set(&mut self, cid: u64, name: &str) -> std::io::Result<()> {
         self.map.insert(cid, name.to_string());
+        self.save()
+    }
+
+    /// Forgets every name (a FORK clone's children are its own, not its parent's).
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.map.clear();
+        self.save()
+    }
+
+    fn save(&self) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -91,6 +111,63 @@ impl Names {
             .collect();
         std::fs::write(path, text)
     }
+}
+
+/// This VM's live children, as many as one LIST_CHILDREN request returns, and how many
+/// there are in all.
+fn live_children(hv: &mut dyn Hypervisor) -> Result<(Vec<u64>, u64), Failure> {
+    let mut cids = vec![0u64; 64];
+    let mut count = hv.list_children(&mut cids).map_err(fail(Op::Query))?;
+    if count > cids.len() as u64 {
+        // More children than the first guess: ask again with room for all of them (up
+        // to what one request can return).
+        cids = vec![0u64; (count as usize).min(crate::dev::LIST_MAX)];
+        count = hv.list_children(&mut cids).map_err(fail(Op::Query))?;
+    }
+    cids.truncate(count.min(cids.len() as u64) as usize);
+    Ok((cids, count))
+}
+
+/// The CID `child` stands for: a CID as given, a name as the live child that has it.
+pub fn resolve(hv: &mut dyn Hypervisor, names: &Names, child: &ChildRef) -> Result<u64, Failure> {
+    let name = match child {
+        ChildRef::Cid(cid) => return Ok(*cid),
+        ChildRef::Name(name) => name,
+    };
+    let (live, _) = live_children(hv)?;
+    let found: Vec<u64> = names
+        .cids_named(name)
+        .filter(|c| live.contains(c))
+        .collect();
+    match found.as_slice() {
+        [cid] => Ok(*cid),
+        [] => Err(Failure::new(format!(
+            "no child named `{name}` (`dsx list` shows the children and their names)"
+        ))),
+        more => Err(Failure::new(format!(
+            "{} children are named `{name}` (CIDs {}): give a CID",
+            more.len(),
+            more.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Refuses `name` for a new child while a live child has it: names stay unique among
+/// this VM's children.
+fn check_name_free(cx: &mut Ctx<'_>, name: Option<&str>) -> Result<(), Failure> {
+    let Some(name) = name else {
+        return Ok(());
+    };
+    let (live, _) = live_children(cx.hv)?;
+    if let Some(cid) = cx.names.cids_named(name).find(|c| live.contains(c)) {
+        return Err(Failure::new(format!(
+            "CID {cid} is already named `{name}`: names are unique among this VM's children"
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a file named on the command line, naming it in the error.
@@ -136,6 +213,10 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
                 .scalar(ext::FID_FORK, [fl, 0, 0, 0, 0])
                 .map_err(fail(Op::Fork))?;
             // Both VMs return here: the child sees 0 (its parent is now CID 0).
+            if cid == 0 {
+                // The clone's copy of the names file labels its parent's children.
+                forget_names(cx)?;
+            }
             let line = if cid == 0 {
                 "this is the new child VM (its parent is CID 0)".to_string()
             } else {
@@ -143,16 +224,22 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
             };
             writeln!(cx.out, "{line}").map_err(write_err)
         }
-        Command::Stop(c) => simple(cx, ext::FID_STOP, [*c, 0], Op::Stop(*c), "stopped"),
-        Command::Resume(c) => simple(cx, ext::FID_RESUME, [*c, 0], Op::Resume(*c), "resumed"),
-        Command::Reboot(c) => simple(cx, ext::FID_REBOOT, [*c, 0], Op::Reboot(*c), "rebooted"),
-        Command::Kill { cid, code } => simple(
-            cx,
-            ext::FID_EXIT,
-            [*cid, *code],
-            Op::Kill(*cid),
-            "terminated",
-        ),
+        Command::Stop(c) => {
+            let c = child(cx, c)?;
+            simple(cx, ext::FID_STOP, [c, 0], Op::Stop(c), "stopped")
+        }
+        Command::Resume(c) => {
+            let c = child(cx, c)?;
+            simple(cx, ext::FID_RESUME, [c, 0], Op::Resume(c), "resumed")
+        }
+        Command::Reboot(c) => {
+            let c = child(cx, c)?;
+            simple(cx, ext::FID_REBOOT, [c, 0], Op::Reboot(c), "rebooted")
+        }
+        Command::Kill { cid, code } => {
+            let c = child(cx, cid)?;
+            simple(cx, ext::FID_EXIT, [c, *code], Op::Kill(c), "terminated")
+        }
         Command::DropTrust(None) => {
             cx.hv
                 .scalar(ext::FID_DROP_TRUST, [0; 5])
@@ -163,23 +250,38 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
             )
             .map_err(write_err)
         }
-        Command::DropTrust(Some(c)) => simple(
-            cx,
-            ext::FID_DROP_CHILD_TRUST,
-            [*c, 0],
-            Op::DropTrust(Some(*c)),
-            "no longer has hardware trust (nor its subtree)",
-        ),
-        Command::Quota { cid, set } => quota(cx, *cid, set),
+        Command::DropTrust(Some(c)) => {
+            let c = child(cx, c)?;
+            simple(
+                cx,
+                ext::FID_DROP_CHILD_TRUST,
+                [c, 0],
+                Op::DropTrust(Some(c)),
+                "no longer has hardware trust (nor its subtree)",
+            )
+        }
+        Command::Quota { cid, set } => {
+            let c = child(cx, cid)?;
+            quota(cx, c, set)
+        }
         Command::Send { cid, text } => {
+            let c = child(cx, cid)?;
             cx.hv
-                .ipc_send(*cid, text.as_bytes())
-                .map_err(fail(Op::Send(*cid)))?;
+                .ipc_send(c, text.as_bytes())
+                .map_err(fail(Op::Send(c)))?;
             Ok(())
         }
-        Command::Recv { from, wait, raw } => recv(cx, *from, *wait, *raw),
+        Command::Recv { from, wait, raw } => {
+            let from = from.as_ref().map(|f| child(cx, f)).transpose()?;
+            recv(cx, from, *wait, *raw)
+        }
         Command::Events { follow } => events(cx, *follow),
     }
+}
+
+/// The CID `c` stands for (see [`resolve`]).
+fn child(cx: &mut Ctx<'_>, c: &ChildRef) -> Result<u64, Failure> {
+    resolve(cx.hv, cx.names, c)
 }
 
 /// A child-only scalar call, then `CID n <done>`.
@@ -208,15 +310,7 @@ fn info(cx: &mut Ctx<'_>, host: bool, json: bool) -> Result<(), Failure> {
 }
 
 fn list(cx: &mut Ctx<'_>, json: bool) -> Result<(), Failure> {
-    let mut cids = vec![0u64; 64];
-    let mut count = cx.hv.list_children(&mut cids).map_err(fail(Op::Query))?;
-    if count > cids.len() as u64 {
-        // More children than the first guess: ask again with room for all of them (up
-        // to what one request can return).
-        cids = vec![0u64; (count as usize).min(crate::dev::LIST_MAX)];
-        count = cx.hv.list_children(&mut cids).map_err(fail(Op::Query))?;
-    }
-    cids.truncate(count.min(cids.len() as u64) as usize);
+    let (cids, count) = live_children(cx.hv)?;
     let rows: Vec<Row<'_>> = cids
         .iter()
         .map(|&cid| Row {
@@ -319,6 +413,7 @@ fn read_image(
 }
 
 fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
+    check_name_free(cx, o.name.as_deref())?;
     let packed = read_image(cx, &o.image, o.initrd.as_deref(), o.cmdline.as_deref())?;
     let dtb = o
         .dtb
@@ -383,6 +478,14 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
     .map_err(write_err)
 }
 
+/// Empties the names file (in a FORK clone); failing to is only a warning.
+fn forget_names(cx: &mut Ctx<'_>) -> Result<(), Failure> {
+    if let Err(e) = cx.names.clear() {
+        writeln!(cx.err, "dsx: warning: cannot clear the names file: {e}").map_err(write_err)?;
+    }
+    Ok(())
+}
+
 /// Records `name` for `cid` (`run --name`, `load --name`); failing to save it is only
 /// a warning.
 fn set_name(cx: &mut Ctx<'_>, cid: u64, name: Option<&str>) -> Result<(), Failure> {
@@ -432,6 +535,7 @@ pub fn load_exit_code(e: CallError) -> u64 {
 /// only if this VM is). The parent reports the clone's CID; the clone drops its trust
 /// and becomes the image (see [`become_image`]), or ends itself.
 fn load(cx: &mut Ctx<'_>, o: &LoadOpts) -> Result<(), Failure> {
+    check_name_free(cx, o.name.as_deref())?;
     let image = read_image(cx, &o.image, o.initrd.as_deref(), o.cmdline.as_deref())?;
     if let Some(ram) = o.ram {
         if image.len() as u64 > ram {
@@ -650,7 +754,8 @@ fn events(cx: &mut Ctx<'_>, follow: bool) -> Result<(), Failure> {
         match cx.hv.poll_event().map_err(fail(Op::Query))? {
             Some(e) => {
                 any = true;
-                writeln!(cx.out, "{}", format::event_text(&e)).map_err(write_err)?;
+                let name = cx.names.get(e.cid).filter(|_| e.cid >= 2);
+                writeln!(cx.out, "{}", format::event_text(&e, name)).map_err(write_err)?;
                 cx.out.flush().map_err(write_err)?;
             }
             None if follow && keep_polling(cx, &mut polls) => {}
@@ -988,6 +1093,71 @@ mod tests {
             .message
             .starts_with("cannot find no-such-rd: tried no-such-rd, /var/lib/diosix/"));
         assert!(f.spawned.is_empty());
+    }
+
+    #[test]
+    fn names_stand_for_cids() {
+        let mut f = Fake {
+            children: vec![2, 5],
+            ..Fake::default()
+        };
+        let mut n = Names::default();
+        n.set(5, "web").unwrap();
+        // A stale name (CID 3 is gone) is never resolved.
+        n.set(3, "old").unwrap();
+        let (r, out, _) = go(&mut f, &mut n, "stop web");
+        assert_eq!((r, out.as_str()), (Ok(()), "CID 5 stopped\n"));
+        let (r, _, _) = go(&mut f, &mut n, "kill web --code 4");
+        assert!(r.is_ok());
+        assert_eq!(f.calls.last().unwrap(), &format!("{} 5", ext::FID_EXIT));
+        let (r, _, _) = go(&mut f, &mut n, "send web hello");
+        assert!(r.is_ok());
+        let (r, _, _) = go(&mut f, &mut n, "reboot old");
+        assert_eq!(
+            r.unwrap_err().message,
+            "no child named `old` (`dsx list` shows the children and their names)"
+        );
+        let (r, _, _) = go(&mut f, &mut n, "stop nobody");
+        assert!(r
+            .unwrap_err()
+            .message
+            .starts_with("no child named `nobody`"));
+        // Names are unique among the live children: a second `web` is refused before
+        // anything is spawned, a reused stale name is fine.
+        let (r, _, _) = go(&mut f, &mut n, "run /img --ram 1M --name web");
+        assert_eq!(
+            r.unwrap_err().message,
+            "CID 5 is already named `web`: names are unique among this VM's children"
+        );
+        assert!(f.spawned.is_empty());
+        let (r, _, _) = go(&mut f, &mut n, "run /img --ram 1M --name old");
+        assert!(r.is_ok());
+        assert_eq!(n.get(7), Some("old"));
+        // Events name the child.
+        f.events.push_back(Event {
+            size: 32,
+            kind: event::CHILD_TERMINATED,
+            cid: 5,
+            exit_code: 4,
+            dropped: 0,
+            reserved: 0,
+        });
+        let (_, out, _) = go(&mut f, &mut n, "events");
+        assert_eq!(out, "CID 5 (web) terminated (exit code 4)\n");
+    }
+
+    /// A FORK clone starts with no children, so it drops its copy of the names.
+    #[test]
+    fn fork_clone_forgets_names() {
+        let mut f = Fake {
+            clone: true,
+            ..Fake::default()
+        };
+        let mut n = Names::default();
+        n.set(2, "web").unwrap();
+        let (r, _, _) = go(&mut f, &mut n, "fork");
+        assert!(r.is_ok());
+        assert_eq!(n.get(2), None);
     }
 
     #[test]

@@ -479,23 +479,28 @@ pub fn list_json(rows: &[Row<'_>]) -> String {
     format!("[{}]\n", items.join(","))
 }
 
-/// One line describing an event.
-pub fn event_text(e: &Event) -> String {
+/// One line describing an event; `name` is the name `dsx run --name` gave the child
+/// it is about, if any.
+pub fn event_text(e: &Event, name: Option<&str>) -> String {
+    let who = match name {
+        Some(n) => format!("CID {} ({n})", e.cid),
+        None => format!("CID {}", e.cid),
+    };
     let what = match e.kind {
         event::CHILD_TERMINATED => format!(
-            "CID {} terminated ({})",
-            e.cid,
+            "{who} terminated ({})",
             // 0 is both SRST shutdown and `kill` without --code: say only the number.
             match e.exit_code {
                 exit_code::FATAL_FAULT => "fatal fault".to_string(),
                 c => format!("exit code {c}"),
             }
         ),
-        event::CHILD_STOPPED => format!("CID {} stopped", e.cid),
-        event::CHILD_STARTED => format!("CID {} started", e.cid),
-        event::CHILD_REBOOTED => format!("CID {} rebooted", e.cid),
-        event::MESSAGE => format!("message from {} waiting", peer_name(e.cid)),
-        k => format!("event kind {k} about CID {}", e.cid),
+        event::CHILD_STOPPED => format!("{who} stopped"),
+        event::CHILD_STARTED => format!("{who} started"),
+        event::CHILD_REBOOTED => format!("{who} rebooted"),
+        event::MESSAGE if e.cid == 0 => "message from the parent waiting".to_string(),
+        event::MESSAGE => format!("message from {who} waiting"),
+        k => format!("event kind {k} about {who}"),
     };
     if e.dropped > 0 {
         format!("{what} ({} older events were dropped)", e.dropped)
@@ -677,12 +682,16 @@ mod tests {
             dropped: 0,
             reserved: 0,
         };
-        assert_eq!(event_text(&e), "CID 4 terminated (fatal fault)");
+        assert_eq!(event_text(&e, None), "CID 4 terminated (fatal fault)");
+        assert_eq!(
+            event_text(&e, Some("web")),
+            "CID 4 (web) terminated (fatal fault)"
+        );
         e.kind = event::MESSAGE;
         e.cid = 0;
         e.dropped = 2;
         assert_eq!(
-            event_text(&e),
+            event_text(&e, None),
             "message from the parent waiting (2 older events were dropped)"
         );
         assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");

@@ -56,13 +56,14 @@ fn main() -> ExitCode {
 
 fn run(cmd: &Command) -> Result<(), Failure> {
     let mut device = dev::Device::open().map_err(commands::fail(Op::Open))?;
-    if let Command::Console(cid) = cmd {
-        return console::attach(&mut device, *cid);
+    let mut names = Names::load(Some(PathBuf::from(commands::NAMES_PATH)));
+    if let Command::Console(child) = cmd {
+        let cid = commands::resolve(&mut device, &names, child)?;
+        return console::attach(&mut device, cid);
     }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let (mut out, mut err) = (stdout.lock(), stderr.lock());
-    let mut names = Names::load(Some(PathBuf::from(commands::NAMES_PATH)));
     let read_file = |p: &str| std::fs::read(p);
     let mut cx = Ctx {
         hv: &mut device,
