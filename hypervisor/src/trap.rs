@@ -14,6 +14,8 @@ const IRQ_M_SOFT: usize = 3;
 const IRQ_M_TIMER: usize = 7;
 const IRQ_M_EXTERNAL: usize = 11;
 const EXC_ILLEGAL_INSTRUCTION: usize = 2;
+const ECALL_FROM_S: usize = 9;
+const ECALL_FROM_VS: usize = 10;
 const EXC_LOAD_ACCESS_FAULT: usize = 5;
 const EXC_STORE_ACCESS_FAULT: usize = 7;
 const EXC_INSTRUCTION_GUEST_PAGE_FAULT: usize = 20;
@@ -29,20 +31,22 @@ const INSN_WFI: usize = 0x1050_0073;
 /// the remaining registers and calls [`diosix_trap_handler`].
 #[no_mangle]
 extern "C" fn diosix_fast_trap(_frame: *mut TrapFrame) -> usize {
-    let ecall = crate::guestmode::mode().ecall_cause();
-    if csr::mcause::read() != ecall {
+    // An ecall from the guest's supervisor level: VS-mode (10) under H, S-mode (9)
+    // behind PMP. Neither mode can raise the other's, since the hypervisor itself
+    // never runs below M-mode, so no lookup of the mode is needed on this path.
+    if !matches!(csr::mcause::read(), ECALL_FROM_S | ECALL_FROM_VS) {
         return 0;
     }
     // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
     let hart = unsafe { hart::this_hart() };
     let a7 = hart.frame.regs[reg::A7] as usize;
-    let Some(v) = hart.current.as_ref() else {
-        return 0;
-    };
     if !crate::sbi::is_fast(a7) {
         return 0;
     }
-    v.shared.count_exit(ExitCause::classify(ecall, a7));
+    let Some(v) = hart.current.as_ref() else {
+        return 0;
+    };
+    v.shared.count_exit(ExitCause::of_ecall(a7));
     crate::sbi::handle_ecall(hart);
     1
 }

@@ -75,23 +75,30 @@ impl ExitCause {
             };
         }
         match mcause {
-            9 | 10 => match a7 {
-                eid::TIME | eid::LEGACY_SET_TIMER => Self::SbiTimer,
-                eid::IPI | eid::LEGACY_SEND_IPI | eid::LEGACY_CLEAR_IPI => Self::SbiIpi,
-                eid::RFENCE
-                | eid::LEGACY_REMOTE_FENCE_I
-                | eid::LEGACY_REMOTE_SFENCE_VMA
-                | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => Self::SbiRfence,
-                eid::HSM => Self::SbiHsm,
-                eid::DBCN | eid::LEGACY_CONSOLE_PUTCHAR | eid::LEGACY_CONSOLE_GETCHAR => {
-                    Self::SbiConsole
-                }
-                eid::DIOSIX => Self::SbiDiosix,
-                _ => Self::SbiOther,
-            },
+            9 | 10 => Self::of_ecall(a7),
             20 | 21 | 23 => Self::GuestPageFault,
             22 => Self::VirtualInstruction,
             _ => Self::OtherException,
+        }
+    }
+
+    /// Classifies an SBI call (an ecall from the guest's supervisor level) by its
+    /// extension `eid` (the guest's a7).
+    #[inline]
+    pub const fn of_ecall(eid: usize) -> Self {
+        match eid {
+            eid::TIME | eid::LEGACY_SET_TIMER => Self::SbiTimer,
+            eid::IPI | eid::LEGACY_SEND_IPI | eid::LEGACY_CLEAR_IPI => Self::SbiIpi,
+            eid::RFENCE
+            | eid::LEGACY_REMOTE_FENCE_I
+            | eid::LEGACY_REMOTE_SFENCE_VMA
+            | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => Self::SbiRfence,
+            eid::HSM => Self::SbiHsm,
+            eid::DBCN | eid::LEGACY_CONSOLE_PUTCHAR | eid::LEGACY_CONSOLE_GETCHAR => {
+                Self::SbiConsole
+            }
+            eid::DIOSIX => Self::SbiDiosix,
+            _ => Self::SbiOther,
         }
     }
 

@@ -27,6 +27,7 @@ const CONSOLE_CHUNK: u64 = 4096;
 /// (`trap::diosix_fast_trap`) may complete it. Every extension that can leave the hart
 /// (HSM stop and suspend, SRST and the legacy shutdown, the Diosix extension: the
 /// places that set `Call::block` or `Call::again`) is absent.
+#[inline]
 pub fn is_fast(eid: usize) -> bool {
     use diosix_abi::eid::*;
     matches!(
