@@ -97,7 +97,16 @@ impl GStageMemory {
 /// local G-stage TLB and, if frames were replaced, waits for every other hart running
 /// one of `vm`'s vCPUs to flush too, then releases the replaced frames' shares. Must
 /// be called with no lock held (see the module documentation).
-pub fn finish(vm: &Vm, my_slot: usize, mut stale: Stale) {
+#[inline]
+pub fn finish(vm: &Vm, my_slot: usize, stale: Stale) {
+    // Most calls change no mapping: nothing to do, and no call made.
+    if stale.flush_local || stale.shootdown || !stale.frames.is_empty() {
+        settle(vm, my_slot, stale);
+    }
+}
+
+/// [`finish`] when the call changed mappings.
+fn settle(vm: &Vm, my_slot: usize, mut stale: Stale) {
     if stale.flush_local {
         crate::guestmode::mode().flush_guest_memory();
     }

@@ -54,7 +54,7 @@ pub trait GuestMode: Sync {
     /// Reads the running vCPU's supervisor CSRs back (the inverse of [`load`]).
     ///
     /// [`load`]: GuestMode::load
-    fn save(&self) -> SupervisorCsrs;
+    fn save(&self, into: &mut SupervisorCsrs);
 
     /// `mstatus` for an `mret` into the guest: `ms` with the previous-mode fields set
     /// for the guest's supervisor (or user, if `user`) mode. MPP and MIE are clear in `ms`.
@@ -141,19 +141,18 @@ impl GuestMode for VsMode {
         }
     }
 
-    fn save(&self) -> SupervisorCsrs {
-        SupervisorCsrs {
-            sstatus: csr::vsstatus::read(),
-            sie: csr::vsie::read(),
-            stvec: csr::vstvec::read(),
-            sscratch: csr::vsscratch::read(),
-            sepc: csr::vsepc::read(),
-            scause: csr::vscause::read(),
-            stval: csr::vstval::read(),
-            satp: csr::vsatp::read(),
-            pending: csr::hvip::read() & irq::VS_ALL,
-            scounteren: csr::scounteren::read(),
-        }
+    fn save(&self, into: &mut SupervisorCsrs) {
+        // Field by field into place: a returned struct would be copied by `memcpy`.
+        into.sstatus = csr::vsstatus::read();
+        into.sie = csr::vsie::read();
+        into.stvec = csr::vstvec::read();
+        into.sscratch = csr::vsscratch::read();
+        into.sepc = csr::vsepc::read();
+        into.scause = csr::vscause::read();
+        into.stval = csr::vstval::read();
+        into.satp = csr::vsatp::read();
+        into.pending = csr::hvip::read() & irq::VS_ALL;
+        into.scounteren = csr::scounteren::read();
     }
 
     fn entry_mstatus(&self, ms: usize, user: bool) -> usize {
@@ -252,19 +251,17 @@ impl GuestMode for SMode {
         }
     }
 
-    fn save(&self) -> SupervisorCsrs {
-        SupervisorCsrs {
-            sstatus: csr::sstatus::read(),
-            sie: csr::sie::read(),
-            stvec: csr::stvec::read(),
-            sscratch: csr::sscratch::read(),
-            sepc: csr::sepc::read(),
-            scause: csr::scause::read(),
-            stval: csr::stval::read(),
-            satp: csr::satp::read(),
-            pending: self.pending(),
-            scounteren: csr::scounteren::read(),
-        }
+    fn save(&self, into: &mut SupervisorCsrs) {
+        into.sstatus = csr::sstatus::read();
+        into.sie = csr::sie::read();
+        into.stvec = csr::stvec::read();
+        into.sscratch = csr::sscratch::read();
+        into.sepc = csr::sepc::read();
+        into.scause = csr::scause::read();
+        into.stval = csr::stval::read();
+        into.satp = csr::satp::read();
+        into.pending = self.pending();
+        into.scounteren = csr::scounteren::read();
     }
 
     fn entry_mstatus(&self, ms: usize, user: bool) -> usize {

@@ -16,6 +16,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use diosix_core::runqueue::{Placement, RunQueue, Schedulable};
 use diosix_core::sbi::{HartState, Suspend};
+use diosix_riscv::csr;
 use spin::{Mutex, MutexGuard};
 
 /// A time slice (10 ms), in timer ticks.
@@ -282,9 +283,13 @@ fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
     loop {
         hart::clear_kick(hart.slot);
         crate::hart::service_fence_request(hart.slot);
-        // Interrupts routed to guests wake this WFI too (MEIE): pass them on.
-        if let Some(handler) = EXTERNAL_INTERRUPTS.get() {
-            handler(hart.slot);
+        // Interrupts routed to guests wake this WFI too (MEIE): pass them on. Only
+        // when the line is up: the handler's PLIC claim is an MMIO read, on every
+        // switch otherwise.
+        if csr::mip::read() & csr::irq::MEIP != 0 {
+            if let Some(handler) = EXTERNAL_INTERRUPTS.get() {
+                handler(hart.slot);
+            }
         }
         let now = platform::now();
         let Some(mut q) = try_lock_queue() else {

@@ -29,7 +29,8 @@ pub(super) struct HvHost<'a> {
     /// Copy-on-write pages the call wrote into, settled before the tree is unlocked.
     pub(super) stale: crate::isolation::Stale,
     /// A VM the call admitted, built once the tree is unlocked.
-    pub(super) build: Option<PendingBuild>,
+    /// Boxed: the host is moved apart after every call, and most calls build nothing.
+    pub(super) build: Option<alloc::boxed::Box<PendingBuild>>,
 }
 
 impl<'a> HvHost<'a> {
@@ -205,13 +206,13 @@ impl ExtensionHost for HvHost<'_> {
     fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
         let parent = lookup(parent).ok_or(SbiError::Failed)?;
         // Built once the tree is unlocked (see `PendingBuild::run`).
-        self.build = Some(PendingBuild::new(
+        self.build = Some(alloc::boxed::Box::new(PendingBuild::new(
             child,
             Source::Spawn {
                 parent,
                 args: *args,
             },
-        ));
+        )));
         Ok(())
     }
 
@@ -286,7 +287,10 @@ impl ExtensionHost for HvHost<'_> {
             }
             // An image is built again once the tree is unlocked.
             Some(Origin::Image(o)) => {
-                self.build = Some(PendingBuild::new(id, Source::Rebuild(o)));
+                self.build = Some(alloc::boxed::Box::new(PendingBuild::new(
+                    id,
+                    Source::Rebuild(o),
+                )));
             }
             None => return Err(SbiError::NotSupported),
         }
@@ -350,7 +354,10 @@ impl ExtensionHost for HvHost<'_> {
             start: true,
             virtual_plic: trusted,
         };
-        self.build = Some(PendingBuild::new(id, Source::Rebuild(origin)));
+        self.build = Some(alloc::boxed::Box::new(PendingBuild::new(
+            id,
+            Source::Rebuild(origin),
+        )));
         Ok(())
     }
 

@@ -160,7 +160,7 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
     if !req.needs_tree() {
         let ret = handle_treeless_call(vm.id, &req, &mut host);
         cow::finish(&vm, slot, core::mem::take(&mut host.stale));
-        return Outcome::Done(ret, !vm.can_run());
+        return Outcome::Done(ret, host.yield_now || !vm.can_run());
     }
     // A vCPU that cannot have the lock within a time slice gives its hart to others
     // and asks again later, rather than keeping a hart from every other vCPU.

@@ -201,6 +201,10 @@ pub fn handle_treeless_call(caller: VmId, req: &Request, host: &mut dyn Extensio
         Request::UnmapChildMem { parent_gpa, size } => {
             unmap_child_mem(caller, parent_gpa, size, host)
         }
+        Request::Yield => {
+            host.yield_vcpu(caller);
+            Ok(0)
+        }
         _ => Err(SbiError::Failed),
     })
 }

@@ -267,11 +267,12 @@ impl Request {
     }
 
     /// Whether this call needs the VM tree at all. UNMAP_CHILD_MEM acts on the
-    /// caller's own memory only, for a time proportional to its length: the hypervisor
-    /// runs it without the tree's lock (`handle_treeless_call`), so no other VM waits
-    /// on it.
+    /// caller's own memory only, for a time proportional to its length, and YIELD on
+    /// the caller's vCPU only: the hypervisor runs them without the tree's lock
+    /// (`handle_treeless_call`), so no other VM waits on them and a YIELD costs no
+    /// lock round trip.
     pub fn needs_tree(&self) -> bool {
-        !matches!(self, Self::UnmapChildMem { .. })
+        !matches!(self, Self::UnmapChildMem { .. } | Self::Yield)
     }
 }
 
@@ -323,6 +324,6 @@ mod tests {
         assert!(!Request::Yield.holds_caller_vcpus());
         let unmap = Request::decode(ext::FID_UNMAP_CHILD_MEM, [0; 6]).unwrap();
         assert!(!unmap.needs_tree());
-        assert!(Request::Yield.needs_tree());
+        assert!(!Request::Yield.needs_tree());
     }
 }
