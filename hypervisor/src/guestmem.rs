@@ -365,7 +365,12 @@ impl Isolation for GStageMemory {
     }
 
     /// Host chunks backing the guest buffer `[gpa, gpa+len)`, checked page by page.
-    fn chunks(&self, gpa: Gpa, len: u64, write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
+    fn chunks(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        write: bool,
+    ) -> Result<diosix_core::gstage::Chunks, AccessError> {
         // The hypervisor never reads or writes a device's registers for a guest.
         if self.touches_mmio(gpa, len) {
             return Err(AccessError::NotMapped(gpa));

@@ -194,7 +194,12 @@ pub trait Isolation: Send {
 
     /// Host chunks backing the guest buffer `[gpa, gpa+len)`, checked page by page
     /// against the guest's own permissions (W when `write`).
-    fn chunks(&self, gpa: Gpa, len: u64, write: bool) -> Result<Vec<(Hpa, u64)>, AccessError>;
+    fn chunks(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        write: bool,
+    ) -> Result<diosix_core::gstage::Chunks, AccessError>;
 
     /// Copies `bytes` into guest memory at `gpa` (every page must be guest-writable).
     fn write(&self, gpa: Gpa, bytes: &[u8]) -> Result<(), AccessError> {

@@ -123,10 +123,15 @@ impl Isolation for PmpMemory {
             .then(|| (Hpa::new(gpa.raw()), Perms::RWX))
     }
 
-    fn chunks(&self, gpa: Gpa, len: u64, _write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
+    fn chunks(
+        &self,
+        gpa: Gpa,
+        len: u64,
+        _write: bool,
+    ) -> Result<diosix_core::gstage::Chunks, AccessError> {
         let end = gpa.checked_add(len).ok_or(AccessError::Overflow)?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(diosix_core::gstage::Chunks::new());
         }
         // Only RAM is ever a buffer: the device windows are not (as under G-stage).
         if !self.ram.contains(gpa) {
@@ -135,7 +140,7 @@ impl Isolation for PmpMemory {
         if end.raw() > self.ram.end().raw() {
             return Err(AccessError::NotMapped(self.ram.end()));
         }
-        Ok(vec![(Hpa::new(gpa.raw()), len)])
+        Ok(smallvec::smallvec![(Hpa::new(gpa.raw()), len)])
     }
 
     fn map_mmio(&mut self, gpa: Gpa, hpa: Hpa, len: u64) -> Result<(), MapError> {

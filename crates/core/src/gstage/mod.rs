@@ -26,7 +26,6 @@
 //! [`GStageTable::set_perms`] or [`GStageTable::destroy`] it must execute HFENCE.GVMA
 //! (for the VMID) on every hart that may have run the guest, before reusing the frames.
 
-use alloc::vec::Vec;
 use bitflags::bitflags;
 use core::fmt;
 
@@ -225,8 +224,8 @@ pub trait GuestMemoryMap {
     /// never touch memory on a guest's behalf that the guest could not touch itself.
     ///
     /// The result has at most one chunk per page, so callers should bound `len`.
-    fn chunks(&self, gpa: Gpa, len: u64, need_write: bool) -> Result<Vec<(Hpa, u64)>, AccessError> {
-        let mut out: Vec<(Hpa, u64)> = Vec::new();
+    fn chunks(&self, gpa: Gpa, len: u64, need_write: bool) -> Result<Chunks, AccessError> {
+        let mut out = Chunks::new();
         if len == 0 {
             return Ok(out);
         }
@@ -252,6 +251,11 @@ pub trait GuestMemoryMap {
         Ok(out)
     }
 }
+
+/// The host chunks backing a guest buffer: `(HPA, length)` pairs, in order. Inline for
+/// up to two (any buffer within one page, or straddling two non-contiguous pages, the
+/// SBI calls' usual case), so translating one costs no heap allocation.
+pub type Chunks = smallvec::SmallVec<[(Hpa, u64); 2]>;
 
 fn pte_table(pte: u64) -> Hpa {
     Hpa::new(((pte >> PTE_PPN_SHIFT) & PTE_PPN_MASK) << 12)
@@ -709,7 +713,7 @@ impl GStageTable {
         gpa: Gpa,
         len: u64,
         need_write: bool,
-    ) -> Result<Vec<(Hpa, u64)>, AccessError> {
+    ) -> Result<Chunks, AccessError> {
         self.view(mem).chunks(gpa, len, need_write)
     }
 
@@ -772,14 +776,9 @@ impl GuestMemoryMap for PmpOffsetMap {
         Some((Hpa::new(self.hpa.start().raw() + off), Perms::RWX))
     }
 
-    fn chunks(
-        &self,
-        gpa: Gpa,
-        len: u64,
-        _need_write: bool,
-    ) -> Result<Vec<(Hpa, u64)>, AccessError> {
+    fn chunks(&self, gpa: Gpa, len: u64, _need_write: bool) -> Result<Chunks, AccessError> {
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Chunks::new());
         }
         gpa.checked_add(len).ok_or(AccessError::Overflow)?;
         if !self.gpa_range().contains_span(gpa, len) {
@@ -792,7 +791,7 @@ impl GuestMemoryMap for PmpOffsetMap {
             return Err(AccessError::NotMapped(bad));
         }
         let (hpa, _) = self.translate(gpa).ok_or(AccessError::NotMapped(gpa))?;
-        Ok(alloc::vec![(hpa, len)])
+        Ok(smallvec::smallvec![(hpa, len)])
     }
 }
 
@@ -1096,7 +1095,10 @@ mod tests {
             .unwrap();
         assert_eq!(
             t.guest_chunks(&mem, g(0x1800), 0x2000, false),
-            Ok(vec![(h(0x10_0800), 0x1800), (h(0x50_0000), 0x800)])
+            Ok(smallvec::smallvec![
+                (h(0x10_0800), 0x1800),
+                (h(0x50_0000), 0x800)
+            ])
         );
         assert_eq!(
             t.guest_chunks(&mem, g(0x1800), 0x2000, true),
@@ -1106,7 +1108,7 @@ mod tests {
             t.guest_chunks(&mem, g(0x3800), 0x1000, false),
             Err(AccessError::NotMapped(g(0x4000)))
         );
-        assert_eq!(t.guest_chunks(&mem, g(0x3800), 0, true), Ok(vec![]));
+        assert_eq!(t.guest_chunks(&mem, g(0x3800), 0, true), Ok(Chunks::new()));
         assert_eq!(
             t.guest_chunks(&mem, g(u64::MAX - 4), 10, false),
             Err(AccessError::Overflow)
@@ -1132,7 +1134,7 @@ mod tests {
         assert_eq!(p.translate(g(0x7fff_ffff)), None);
         assert_eq!(
             p.chunks(g(0x800f_f000), 0x1000, true),
-            Ok(vec![(h(0x1_000f_f000), 0x1000)])
+            Ok(smallvec::smallvec![(h(0x1_000f_f000), 0x1000)])
         );
         assert_eq!(
             p.chunks(g(0x800f_f000), 0x1001, true),

@@ -212,9 +212,17 @@ impl VmTree {
     /// peer resolves (`InvalidParam`; itself too), the message is at most 4 KiB
     /// (`InvalidParam`), the caller's lane at the receiver has room (`Failed`; nothing
     /// blocks). The receiver gets a `Message` event.
-    pub fn ipc_send(&mut self, caller: VmId, cid: u64, data: &[u8]) -> Result<(), SbiError> {
+    ///
+    /// `data` is taken by value when the caller has it as a `Vec` (the hypervisor
+    /// does), so the queued message is that buffer, not a second copy of it.
+    pub fn ipc_send(
+        &mut self,
+        caller: VmId,
+        cid: u64,
+        data: impl AsRef<[u8]> + Into<Vec<u8>>,
+    ) -> Result<(), SbiError> {
         let to = self.resolve_peer(caller, cid)?;
-        if data.len() > limits::IPC_MAX_MESSAGE {
+        if data.as_ref().len() > limits::IPC_MAX_MESSAGE {
             return Err(SbiError::InvalidParam);
         }
         // The sender as the receiver names it: a parent is 0 to its child, a child is
@@ -234,7 +242,7 @@ impl VmTree {
         r.next_seq = r.next_seq.wrapping_add(1);
         lane.push_back(Message {
             seq,
-            data: data.to_vec(),
+            data: data.into(),
         });
         r.events.push(
             EventRecord {

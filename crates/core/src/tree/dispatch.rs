@@ -348,17 +348,17 @@ fn check_buffer(host: &dyn ExtensionHost, vm: VmId, gpa: Gpa, len: u64) -> Resul
 }
 
 /// Reads `n` bytes of a structure at `gpa`: 8-byte aligned, inside the caller's RAM.
-fn read_struct_bytes(
+fn read_struct_bytes<const N: usize>(
     host: &mut dyn ExtensionHost,
     vm: VmId,
     gpa: Gpa,
-    n: usize,
-) -> Result<Vec<u8>, SbiError> {
+) -> Result<[u8; N], SbiError> {
     if !gpa.is_aligned(8) {
         return Err(SbiError::InvalidAddress);
     }
-    check_buffer(host, vm, gpa, n as u64)?;
-    let mut buf = vec![0u8; n];
+    check_buffer(host, vm, gpa, N as u64)?;
+    // On the stack: these structures are small and fixed, and read on every call.
+    let mut buf = [0u8; N];
     host.read_guest(vm, gpa, &mut buf)?;
     Ok(buf)
 }
@@ -493,7 +493,7 @@ fn spawn(
     gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes(host, caller, gpa, SpawnArgs::SIZE)?;
+    let raw = read_struct_bytes::<{ SpawnArgs::SIZE }>(host, caller, gpa)?;
     let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
     if (s.size as usize) < SpawnArgs::SIZE || s.flags & !flags::SPAWN_ALL != 0 {
         return Err(SbiError::InvalidParam);
@@ -546,7 +546,7 @@ fn exec(
     gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes(host, caller, gpa, SpawnArgs::SIZE)?;
+    let raw = read_struct_bytes::<{ SpawnArgs::SIZE }>(host, caller, gpa)?;
     let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
     if (s.size as usize) < SpawnArgs::SIZE
         || s.flags & !flags::SPAWN_PAGE_LIST != 0
@@ -616,7 +616,7 @@ fn set_quota(
     gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes(host, caller, gpa, QuotaArgs::SIZE)?;
+    let raw = read_struct_bytes::<{ QuotaArgs::SIZE }>(host, caller, gpa)?;
     let q = QuotaArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
     if (q.size as usize) < QuotaArgs::SIZE || q.flags & !flags::QUOTA_ALL != 0 {
         return Err(SbiError::InvalidParam);
@@ -631,7 +631,7 @@ fn ipc_send(
     gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes(host, caller, gpa, IpcSendArgs::SIZE)?;
+    let raw = read_struct_bytes::<{ IpcSendArgs::SIZE }>(host, caller, gpa)?;
     let s = IpcSendArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
     if (s.size as usize) < IpcSendArgs::SIZE || s.flags != 0 {
         return Err(SbiError::InvalidParam);
@@ -644,7 +644,7 @@ fn ipc_send(
     check_buffer(host, caller, data_gpa, s.len)?;
     let mut data = vec![0u8; to_usize(s.len)?];
     host.read_guest(caller, data_gpa, &mut data)?;
-    tree.ipc_send(caller, s.cid, &data)?;
+    tree.ipc_send(caller, s.cid, data)?;
     Ok(0)
 }
 
@@ -654,7 +654,7 @@ fn ipc_recv(
     gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes(host, caller, gpa, IpcRecvArgs::SIZE)?;
+    let raw = read_struct_bytes::<{ IpcRecvArgs::SIZE }>(host, caller, gpa)?;
     let mut r = IpcRecvArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
     if (r.size as usize) < IpcRecvArgs::SIZE || r.flags & !flags::IPC_RECV_ALL != 0 {
         return Err(SbiError::InvalidParam);

@@ -267,7 +267,7 @@ proptest! {
                     let Some(v) = pick(&t, at) else { continue };
                     let cid = if to_parent { 0 } else { pick_child_cid(&t, v, at).unwrap_or(1) };
                     let data = alloc::vec![7u8; len];
-                    let r = t.ipc_send(v, cid, &data);
+                    let r = t.ipc_send(v, cid, data.as_slice());
                     if len > diosix_abi::limits::IPC_MAX_MESSAGE {
                         prop_assert!(r.is_err());
                     }

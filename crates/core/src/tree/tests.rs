@@ -349,7 +349,10 @@ fn ipc_lanes_are_bounded_per_sender() {
     t.ipc_send(b, 0, b"from b").unwrap();
     assert_eq!(t.ipc_send(a, 1, b"x"), Err(SbiError::InvalidParam));
     let big = vec![0u8; limits::IPC_MAX_MESSAGE + 1];
-    assert_eq!(t.ipc_send(a, 0, &big), Err(SbiError::InvalidParam));
+    assert_eq!(
+        t.ipc_send(a, 0, big.as_slice()),
+        Err(SbiError::InvalidParam)
+    );
     // Receive from b exactly.
     let mut got = Vec::new();
     let r = t
