@@ -182,6 +182,14 @@ impl Vm {
     /// any copy-on-write page in the way. The caller must pass `stale` to
     /// [`finish`] before this VM's vCPU on this hart resumes.
     pub fn write(&self, gpa: Gpa, bytes: &[u8], stale: &mut Stale) -> Result<(), AccessError> {
+        // Usually every page is backed and writable already: the write checks all of
+        // them before it copies anything, so trying first is safe, and it changes no
+        // mapping (nothing for `stale`).
+        if let Some(m) = self.mem.lock().as_ref() {
+            if m.write(gpa, bytes).is_ok() {
+                return Ok(());
+            }
+        }
         self.make_writable(gpa, bytes.len() as u64, stale)?;
         // Backed by make_writable (the lock is dropped between, but the VM's memory
         // only ever becomes more backed).

@@ -371,8 +371,10 @@ impl Isolation for GStageMemory {
         len: u64,
         write: bool,
     ) -> Result<diosix_core::gstage::Chunks, AccessError> {
-        // The hypervisor never reads or writes a device's registers for a guest.
-        if self.touches_mmio(gpa, len) {
+        // The hypervisor never reads or writes a device's registers for a guest (none
+        // is mapped within RAM: `map_mmio` refuses that, so a buffer in RAM skips
+        // the list).
+        if !self.ram.contains_span(gpa, len) && self.touches_mmio(gpa, len) {
             return Err(AccessError::NotMapped(gpa));
         }
         self.table.guest_chunks(&PhysTables, gpa, len, write)

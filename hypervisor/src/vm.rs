@@ -118,6 +118,11 @@ impl Vm {
     pub fn read(&self, gpa: Gpa, out: &mut [u8]) -> Result<(), AccessError> {
         let mut guard = self.mem.lock();
         let m = guard.as_mut().ok_or(AccessError::NotMapped(gpa))?;
+        // Usually the buffer is backed already: the read checks every page before it
+        // copies anything, so trying first costs nothing when it is not.
+        if m.read(gpa, out).is_ok() {
+            return Ok(());
+        }
         self.populate_in_ram(m.as_mut(), gpa, out.len() as u64)?;
         m.read(gpa, out)
     }

@@ -44,6 +44,15 @@ impl<'a> HvHost<'a> {
             build: None,
         }
     }
+
+    /// VM `id`: the running vCPU's own without the registry's lock (nearly every
+    /// guest-memory access is the caller's, several per call), any other from it.
+    fn vm(&self, id: VmId) -> Option<Arc<Vm>> {
+        match self.hart.current.as_ref() {
+            Some(v) if v.vm.id == id => Some(v.vm.clone()),
+            _ => lookup(id),
+        }
+    }
 }
 
 pub(super) fn bad_address<T>(_: T) -> SbiError {
@@ -52,7 +61,7 @@ pub(super) fn bad_address<T>(_: T) -> SbiError {
 
 impl ExtensionHost for HvHost<'_> {
     fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
-        let vm = lookup(vm).ok_or(SbiError::Failed)?;
+        let vm = self.vm(vm).ok_or(SbiError::Failed)?;
         let ok = if len == 0 {
             vm.ram.contains(gpa) || Some(gpa) == Some(vm.ram.end())
         } else {
@@ -66,14 +75,14 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn read_guest(&mut self, vm: VmId, gpa: Gpa, buf: &mut [u8]) -> Result<(), SbiError> {
-        lookup(vm)
+        self.vm(vm)
             .ok_or(SbiError::Failed)?
             .read(gpa, buf)
             .map_err(bad_address)
     }
 
     fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError> {
-        lookup(vm)
+        self.vm(vm)
             .ok_or(SbiError::Failed)?
             .write(gpa, data, &mut self.stale)
             .map_err(bad_address)
