@@ -4,6 +4,7 @@
 //! kernel, optional initrd and command line, packed by `diosix_core::payload` — is then
 //! appended to the ELF as a PT_LOAD segment of its own at the image's end
 //! (`__payload_start` in link.ld), where the hypervisor finds and unpacks it at boot.
+use crate::sbom::{self, ImageFacts, RootVmContents};
 use crate::{process, rootvm, setup, workspace_root, Result};
 use diosix_core::payload::{encode, PayloadSpec};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,9 @@ pub struct ImageOptions {
 }
 
 /// Builds the hypervisor ELF (no payload) and returns its path.
+///
+/// Always with [`reproducible_rustflags`] (and nothing from `RUSTFLAGS`), so the image
+/// `cargo xtask build` writes is the one `cargo xtask repro` shows to be reproducible.
 pub fn build_hypervisor() -> Result<PathBuf> {
     setup::ensure_rust_targets()?;
     let status = process::status(
@@ -50,26 +54,112 @@ pub fn build_hypervisor() -> Result<PathBuf> {
                 "diosix",
                 "--target",
                 TARGET,
-            ]),
+            ])
+            .env_remove("RUSTFLAGS")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                reproducible_rustflags()?.join("\x1f"),
+            ),
     )
     .map_err(|e| format!("building the hypervisor: {e}"))?;
     if !status.success() {
         return Err("building the hypervisor failed (see the cargo output above)".into());
     }
-    Ok(workspace_root()
-        .join("target")
+    Ok(crate::cargo_target_dir()
         .join(TARGET)
         .join("release")
         .join("diosix"))
 }
 
+/// The rustc flags that keep the build's own paths out of what it produces (the
+/// hypervisor keeps its debug info; panic messages name source files): each
+/// `--remap-path-prefix` replaces a path that differs between machines and checkouts
+/// with a fixed one. Rustc applies the last remapping that matches, so the more
+/// specific (longer) prefixes come last.
+///
+/// | path | becomes |
+/// |---|---|
+/// | the workspace | `.` (so a debugger finds the sources from the checkout's root) |
+/// | the cargo target directory | `./target` (where it is by default) |
+/// | `$CARGO_HOME` (the crates.io sources are under `registry/src/`) | `/cargo` |
+/// | `$RUSTUP_HOME` | `/rustup` |
+/// | the toolchain's `rust-src` | `/rustc/<commit>`, as in the prebuilt `core` and `std` |
+pub fn reproducible_rustflags() -> Result<Vec<String>> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from);
+    let env_or_home = |var: &str, under_home: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(under_home)))
+    };
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    // Run in the workspace, so rustup picks the toolchain rust-toolchain.toml names.
+    let ask_rustc = |args: &[&str]| {
+        process::stdout(
+            Command::new(&rustc)
+                .current_dir(workspace_root())
+                .args(args),
+        )
+        .ok_or_else(|| format!("`rustc {}` failed: is Rust installed?", args.join(" ")))
+    };
+    let sysroot = PathBuf::from(ask_rustc(&["--print", "sysroot"])?.trim());
+    let commit = ask_rustc(&["-vV"])?
+        .lines()
+        .find_map(|l| l.strip_prefix("commit-hash: "))
+        .map(str::to_string)
+        .ok_or("`rustc -vV` names no commit-hash")?;
+    let mut remaps: Vec<(PathBuf, String)> = vec![
+        (workspace_root(), ".".into()),
+        (crate::cargo_target_dir(), "./target".into()),
+        (
+            sysroot.join("lib/rustlib/src/rust"),
+            format!("/rustc/{commit}"),
+        ),
+    ];
+    if let Some(cargo_home) = env_or_home("CARGO_HOME", ".cargo") {
+        remaps.push((cargo_home, "/cargo".into()));
+    }
+    if let Some(rustup_home) = env_or_home("RUSTUP_HOME", ".rustup") {
+        remaps.push((rustup_home, "/rustup".into()));
+    }
+    remaps.sort_by_key(|(from, _)| from.as_os_str().len());
+    remaps.dedup_by(|a, b| a.0 == b.0);
+    remaps
+        .into_iter()
+        .map(|(from, to)| {
+            let from = from
+                .to_str()
+                .ok_or_else(|| format!("{}: paths must be UTF-8", from.display()))?;
+            Ok(format!("--remap-path-prefix={from}={to}"))
+        })
+        .collect()
+}
+
 /// Builds a hypervisor image and returns its path.
 pub fn build_image(opts: &ImageOptions) -> Result<PathBuf> {
-    let (kernel, initrd, default_cmdline) = match &opts.root_vm {
+    build_image_with_contents(opts).map(|built| built.image)
+}
+
+/// An image built, with what its bill of materials needs to know.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The image written.
+    pub image: PathBuf,
+    /// Its Root VM.
+    pub root_vm: RootVmContents,
+    /// The Root VM's command line, if it has one.
+    pub cmdline: Option<String>,
+}
+
+/// Builds a hypervisor image; returns it with what went into its Root VM.
+pub fn build_image_with_contents(opts: &ImageOptions) -> Result<BuiltImage> {
+    let (kernel, initrd, default_cmdline, root_vm) = match &opts.root_vm {
         RootVm::File(path) => {
             let kernel = std::fs::read(path)
                 .map_err(|e| format!("reading Root VM {}: {e}", path.display()))?;
-            (kernel, None, None)
+            (kernel, None, None, RootVmContents::File(path.clone()))
         }
         RootVm::Linux => {
             let a = rootvm::build_linux_root_vm()?;
@@ -77,7 +167,13 @@ pub fn build_image(opts: &ImageOptions) -> Result<PathBuf> {
                 .map_err(|e| format!("reading {}: {e}", a.kernel_image.display()))?;
             let initrd = std::fs::read(&a.initramfs)
                 .map_err(|e| format!("reading {}: {e}", a.initramfs.display()))?;
-            (kernel, Some(initrd), Some(a.cmdline))
+            let cmdline = a.cmdline.clone();
+            (
+                kernel,
+                Some(initrd),
+                Some(cmdline),
+                RootVmContents::Linux(Box::new(a)),
+            )
         }
     };
     let cmdline = opts.cmdline.clone().or(default_cmdline);
@@ -97,7 +193,11 @@ pub fn build_image(opts: &ImageOptions) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     std::fs::write(&opts.out, image).map_err(|e| format!("writing {}: {e}", opts.out.display()))?;
-    Ok(opts.out.clone())
+    Ok(BuiltImage {
+        image: opts.out.clone(),
+        root_vm,
+        cmdline,
+    })
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -197,13 +297,23 @@ fn parse_args(args: &[String]) -> Result<ImageOptions> {
     Ok(opts)
 }
 
-/// `cargo xtask build`: returns the path of the image written.
+/// `cargo xtask build`: builds the image and writes its bill of materials beside it
+/// (`sbom.rs`); returns the path of the image.
 pub fn cmd_build(args: &[String]) -> Result<PathBuf> {
     setup::ensure_all()?;
     let opts = parse_args(args)?;
-    let out = build_image(&opts)?;
+    let built = build_image_with_contents(&opts)?;
+    let out = built.image;
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!("xtask: wrote {} ({} KiB)", display(&out), size >> 10);
+    let sbom = sbom::write(&ImageFacts {
+        image: &out,
+        root_vm: &built.root_vm,
+        cmdline: built.cmdline.as_deref(),
+        vcpus: opts.vcpus,
+        ram_mib: opts.ram_mib,
+    })?;
+    println!("xtask: wrote {} (bill of materials)", display(&sbom));
     Ok(out)
 }
 

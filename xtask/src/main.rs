@@ -13,7 +13,9 @@ mod guests;
 mod layers;
 mod process;
 mod qemu;
+mod repro;
 mod rootvm;
+mod sbom;
 mod setup;
 mod soak;
 mod tests;
@@ -22,12 +24,29 @@ mod tools;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// The workspace root (the parent of this crate's directory).
+/// Names another checkout for this xtask to build, instead of the one it was compiled
+/// in: `cargo xtask repro` runs its two builds so, in copies of the tree (see [`repro`]).
+pub const WORKSPACE_ENV: &str = "DIOSIX_WORKSPACE";
+
+/// The workspace root: `$DIOSIX_WORKSPACE` if set, else the parent of this crate's
+/// directory.
 pub fn workspace_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os(WORKSPACE_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives inside the workspace")
         .to_path_buf()
+}
+
+/// Where cargo puts what it builds for xtask's `cargo build`s: `$CARGO_TARGET_DIR`
+/// (relative to the workspace, where xtask runs cargo), else `target/` in the workspace.
+pub fn cargo_target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// Result type of every xtask step: errors are human-readable messages naming the step.
@@ -47,7 +66,12 @@ cargo xtask <command> [options]
                       files in it; the Root VM mounts it at /var/lib/diosix
   build [--root-vm FILE] [--out OUT] [--demo]
                       build the hypervisor image (default: target/diosix.elf) with the
-                      Linux Root VM, the demo guest (--demo), or FILE (ELF or Linux Image)
+                      Linux Root VM, the demo guest (--demo), or FILE (ELF or Linux Image),
+                      and its bill of materials beside it (target/diosix.sbom.json)
+  repro [--full] [--keep]
+                      build the image twice, in two copies of this tree, and compare
+                      the SHA-256 of the images and bills of materials; Linux, busybox and
+                      Lua come from the cache unless --full (empty caches, ~20 min)
   test                every test: host unit tests, lints, then QEMU boot tests
   bench               instruction-count benchmarks, Diosix vs OpenSBI (-icount shift=0)
   soak [--minutes N] [--seed S] [--smp N]
@@ -72,6 +96,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         "build" => build::cmd_build(&rest).map(|_| ()),
         "run" => qemu::cmd_run(&rest),
+        "repro" => repro::cmd_repro(&rest),
         "disk" => disk::cmd_disk(&rest),
         "test" => tests::cmd_test(&rest),
         "bench" => bench::cmd_bench(&rest),

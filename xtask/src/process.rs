@@ -94,8 +94,10 @@ pub fn run_quiet(cmd: &mut Command) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
+    // `&*`: with a second `Add` impl for String in the graph (smartstring's), `&Cow`
+    // is no longer coerced to `&str` by itself.
     let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &*String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
     Err(format!("{program} failed ({}):\n{tail}", out.status))

@@ -3,7 +3,9 @@
 //! `cargo xtask test [--opensbi] [--no-host] [FILTER...]`
 //!
 //! * host step: `cargo test` (default members), host clippy with `-D warnings`,
-//!   `cargo fmt --check`, and clippy for the riscv64 crates (hypervisor and guests);
+//!   `cargo fmt --check`, clippy for the riscv64 crates (hypervisor and guests), a
+//!   short fuzzing run, and `cargo xtask repro`'s cheap mode (the image built twice, in
+//!   two copies of the tree, must come out the same);
 //! * QEMU step: each case boots a guest as the Diosix Root VM (`-bios none`) and checks
 //!   its serial output. `--opensbi` (a development flag) boots the same guests directly
 //!   on QEMU's OpenSBI instead, which validates the guests and this harness while the
@@ -1364,6 +1366,9 @@ pub fn cmd_test(args: &[String]) -> Result<()> {
     crate::setup::ensure_all()?;
     if host && filters.is_empty() {
         host_checks()?;
+        // The image is reproducible: built again in another checkout, it has the same
+        // bytes (`cargo xtask repro`, cheap mode; docs/rootvm.md).
+        crate::repro::ci()?;
     }
     let selected: Vec<Case> = cases()
         .into_iter()

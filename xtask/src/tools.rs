@@ -16,7 +16,8 @@ use crate::rootvm::{self, cache_key, hex, sha256_file, CROSS};
 use crate::{process, setup, workspace_root, Result};
 
 /// Mixed into both cache keys; bump it when a change here changes what is produced.
-const FORMAT_VERSION: &str = "diosix-tools-1";
+/// (2: dsx built with its paths remapped, `build::reproducible_rustflags`.)
+const FORMAT_VERSION: &str = "diosix-tools-2";
 
 /// Rust target of the Root VM's userspace (glibc, linked statically).
 pub const LINUX_TARGET: &str = "riscv64gc-unknown-linux-gnu";
@@ -101,28 +102,25 @@ pub fn build_dsx() -> Result<PathBuf> {
         "CARGO_TARGET_{}_LINKER",
         LINUX_TARGET.to_uppercase().replace('-', "_")
     );
-    let flags_var = format!(
-        "CARGO_TARGET_{}_RUSTFLAGS",
-        LINUX_TARGET.to_uppercase().replace('-', "_")
-    );
+    // Static, and with the build's paths remapped as in the hypervisor (panic messages
+    // name source files). Given with --target, these flags reach only dsx and its
+    // dependencies, not build scripts or proc-macros; the user's RUSTFLAGS are left out.
+    let mut flags = vec!["-Ctarget-feature=+crt-static".to_string()];
+    flags.extend(crate::build::reproducible_rustflags()?);
     let status = process::status(
         Command::new(env!("CARGO"))
             .current_dir(&root)
             .args(["build", "--quiet", "--release", "-p", "dsx", "--target"])
             .arg(LINUX_TARGET)
-            // Per-target settings, so nothing else in the workspace is affected; a global
-            // RUSTFLAGS would override them, so it is removed for this build.
             .env(&linker_var, format!("{CROSS}gcc"))
-            .env(&flags_var, "-C target-feature=+crt-static")
             .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+            .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f")),
     )
     .map_err(|e| format!("building dsx: {e}"))?;
     if !status.success() {
         return Err("building dsx failed (see the cargo output above)".into());
     }
-    let built = root
-        .join("target")
+    let built = crate::cargo_target_dir()
         .join(LINUX_TARGET)
         .join("release")
         .join("dsx");

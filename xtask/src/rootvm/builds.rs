@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::cache::{cache_dir, cache_key, commit, fresh_tmp};
 use super::sources::{extract, fetch_source, Source};
 use super::util::{fmt_duration, need_tools, read_text, write_file};
-use super::{step, CROSS, FORMAT_VERSION, STEPS};
+use super::{step, BUILD_EPOCH, CROSS, FORMAT_VERSION, STEPS};
 use crate::{process, Result};
 
 /// Make targets for the kernel: `modules` too, so the tree has `Module.symvers` and
@@ -65,10 +65,16 @@ pub(super) fn build_linux(src: &Source, gcc_version: &str, repo: &Path) -> Resul
             .arg("ARCH=riscv")
             .arg(format!("CROSS_COMPILE={CROSS}"))
             .args(args)
-            // Fixed build identity, so the same inputs give the same `uname -v`.
+            // Fixed build identity, so the same inputs give the same `uname -v`
+            // (`#1 SMP 1970-01-01`, `diosix@diosix`) on any machine, at any time.
+            // KBUILD_BUILD_VERSION (the `#1`) is what a fresh tree counts anyway, and
+            // nothing in this configuration reads SOURCE_DATE_EPOCH: both only make
+            // that explicit, so the output (and the cache key) are as before.
             .env("KBUILD_BUILD_USER", "diosix")
             .env("KBUILD_BUILD_HOST", "diosix")
             .env("KBUILD_BUILD_TIMESTAMP", "1970-01-01")
+            .env("KBUILD_BUILD_VERSION", "1")
+            .env("SOURCE_DATE_EPOCH", BUILD_EPOCH)
             .env("LC_ALL", "C");
         cmd
     };
@@ -126,7 +132,15 @@ pub(super) struct Busybox {
 pub(super) fn build_busybox(src: &Source, gcc_version: &str, repo: &Path) -> Result<Busybox> {
     let what = format!("busybox {}", src.upstream_version());
     let config = read_text(&repo.join("busybox.config"))?;
-    let key = cache_key(&[FORMAT_VERSION, "busybox", &src.sha256, &config, gcc_version]);
+    let epoch = format!("SOURCE_DATE_EPOCH={BUILD_EPOCH}");
+    let key = cache_key(&[
+        FORMAT_VERSION,
+        "busybox",
+        &src.sha256,
+        &config,
+        gcc_version,
+        &epoch,
+    ]);
     let out = cache_dir().join(format!("busybox-{key}"));
     let result = Busybox {
         binary: out.join("busybox"),
@@ -155,6 +169,9 @@ pub(super) fn build_busybox(src: &Source, gcc_version: &str, repo: &Path) -> Res
             .arg(format!("-j{}", jobs()))
             .arg(format!("CROSS_COMPILE={CROSS}"))
             .arg(target)
+            // Busybox's kconfig puts the build's date in its banner (`busybox
+            // --help`, every applet's usage): the fixed one, not today's.
+            .env("SOURCE_DATE_EPOCH", BUILD_EPOCH)
             .env("LC_ALL", "C");
         cmd
     };
@@ -220,6 +237,8 @@ pub(super) fn build_lua(src: &Source, gcc_version: &str) -> Result<PathBuf> {
         .arg(tree.join("src"))
         .arg(format!("-j{}", jobs()))
         .args(LUA_MAKE_ARGS)
+        // Lua embeds no date or path; set like the others so none is ever read.
+        .env("SOURCE_DATE_EPOCH", BUILD_EPOCH)
         .env("LC_ALL", "C");
     run_logged(
         &format!("{what}: make"),

@@ -52,6 +52,7 @@ pub use workloads::BENCH_CMDLINE_OPTION;
 use builds::{build_busybox, build_linux, build_lua};
 use initramfs::{build_initramfs, InitramfsSpec};
 use sources::Manifest;
+pub use sources::PinnedSource;
 use util::{fmt_duration, fmt_size};
 
 use crate::{process, Result};
@@ -60,6 +61,12 @@ use crate::{process, Result};
 /// `xtask/src/rootvm/`) changes what a step produces, so outputs built by the old code
 /// are not reused.
 const FORMAT_VERSION: &str = "diosix-rootvm-1";
+
+/// `SOURCE_DATE_EPOCH` for the Root VM's builds: what a build that would read the clock
+/// (busybox's version banner, `BusyBox v1.35.0 (1970-01-01 00:00:00 UTC)`) uses
+/// instead. Fixed rather than the commit's time, so a new commit does not rebuild the
+/// kernel or busybox; the kernel's own `KBUILD_BUILD_TIMESTAMP` says the same date.
+pub(crate) const BUILD_EPOCH: &str = "0";
 
 /// Prefix of the cross toolchain (Debian's `gcc-riscv64-linux-gnu`).
 pub(crate) const CROSS: &str = "riscv64-linux-gnu-";
@@ -85,6 +92,21 @@ pub struct RootVmArtifacts {
     // allow: only the out-of-tree driver build (a later change) reads it.
     #[allow(dead_code)]
     pub linux_tree: PathBuf,
+    /// What the Root VM was built from and of, for the bill of materials.
+    pub provenance: RootVmProvenance,
+}
+
+/// What went into the Root VM: its pinned sources and the programs built from them and
+/// from this repository, for the bill of materials (`sbom.rs`).
+#[derive(Debug, Clone)]
+pub struct RootVmProvenance {
+    /// Every line of `rootvm/sources.manifest`.
+    pub sources: Vec<PinnedSource>,
+    /// The cross compiler's `--version` output.
+    pub cross_gcc_version: String,
+    /// Built files in the Root VM initramfs: (what, file), `what` one of `busybox`,
+    /// `lua`, `dsx`, `diosix.ko`, `diosix-workloads`, `guest-initramfs`.
+    pub built: Vec<(&'static str, PathBuf)>,
 }
 
 /// Builds (or reuses from [`cache_dir`]) the Root VM kernel and initramfs.
@@ -123,9 +145,21 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
         &busybox,
         &guest_extra,
     )?;
+    let mut built = vec![("busybox", busybox.binary.clone()), ("lua", lua.clone())];
+    for (what, path) in [
+        ("dsx", "usr/bin/dsx"),
+        ("diosix.ko", "lib/modules/diosix.ko"),
+    ] {
+        if let Some(f) = tools.iter().find(|f| f.path == path) {
+            built.push((what, f.source.clone()));
+        }
+    }
+    built.push(("guest-initramfs", guest_initramfs.clone()));
     let mut extra = tools;
     // Only the Root VM's: `cargo xtask bench` runs it there (workloads.rs).
-    extra.push(workloads::build_workloads(&gcc_version)?);
+    let workloads = workloads::build_workloads(&gcc_version)?;
+    built.push(("diosix-workloads", workloads.source.clone()));
+    extra.push(workloads);
     extra.extend(crate::tools::guest_files(
         &kernel_image,
         Some(&guest_initramfs),
@@ -154,7 +188,18 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
         initramfs,
         cmdline: DEFAULT_CMDLINE.to_string(),
         linux_tree,
+        provenance: RootVmProvenance {
+            sources: manifest.sources().iter().map(|s| s.pinned()).collect(),
+            cross_gcc_version: gcc_version,
+            built,
+        },
     })
+}
+
+/// Every source `rootvm/sources.manifest` pins.
+pub fn pinned_sources() -> Result<Vec<PinnedSource>> {
+    let manifest = Manifest::load(&rootvm_dir().join("sources.manifest"))?;
+    Ok(manifest.sources().iter().map(|s| s.pinned()).collect())
 }
 
 /// `rootvm/` in the workspace: the manifest, configs and initramfs files.

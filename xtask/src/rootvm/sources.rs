@@ -36,6 +36,23 @@ pub(super) struct Source {
 }
 
 impl Source {
+    /// What the bill of materials says about this source (`sbom.rs`).
+    pub(super) fn pinned(&self) -> PinnedSource {
+        PinnedSource {
+            name: self.name.clone(),
+            package: self
+                .apt_spec
+                .split_once('=')
+                .map_or(&*self.apt_spec, |(p, _)| p)
+                .to_string(),
+            debian_version: self.version.clone(),
+            upstream_version: self.upstream_version().to_string(),
+            binary_package: self.method == Method::Deb,
+            file: self.file.clone(),
+            sha256: self.sha256.clone(),
+        }
+    }
+
     /// The upstream version (`1:1.35.0-4+deb12u1` -> `1.35.0`), for progress messages.
     pub(super) fn upstream_version(&self) -> &str {
         let v = self
@@ -44,6 +61,28 @@ impl Source {
             .map_or(&*self.version, |(_, v)| v);
         v.rsplit_once('-').map_or(v, |(v, _)| v)
     }
+}
+
+/// One pinned source of the Root VM, as `rootvm/sources.manifest` gives it: what went
+/// into the build, since every output is cached under a key over this hash and is
+/// built only from a tarball verified against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedSource {
+    /// The manifest's name for it: `linux`, `busybox`, `lua`.
+    pub name: String,
+    /// The Debian package it comes from (`linux-source-6.12`, `busybox`, `lua5.4`).
+    pub package: String,
+    /// The Debian version pinned (`1:1.35.0-4+deb12u1`).
+    pub debian_version: String,
+    /// The upstream version (`1.35.0`).
+    pub upstream_version: String,
+    /// Whether the tarball is shipped in a binary package (the kernel's) rather than
+    /// being the upstream tarball of a source package.
+    pub binary_package: bool,
+    /// The tarball's file name.
+    pub file: String,
+    /// The tarball's SHA-256, lowercase hex.
+    pub sha256: String,
 }
 
 pub(super) struct Manifest {
@@ -92,6 +131,11 @@ impl Manifest {
             });
         }
         Ok(Manifest { sources })
+    }
+
+    /// Every source, in the manifest's order.
+    pub(super) fn sources(&self) -> &[Source] {
+        &self.sources
     }
 
     pub(super) fn get(&self, name: &str) -> Result<&Source> {
