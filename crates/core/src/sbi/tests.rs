@@ -186,6 +186,44 @@ fn hart_masks_reject_harts_that_do_not_exist() {
     assert_eq!(decode_hart_mask(0, 2, 4), Ok(HartSet(0)));
 }
 
+proptest::proptest! {
+    /// The loop-free decoder agrees with the definition (every set bit `i` names hart
+    /// `base + i`, which must exist), and iterating the set yields exactly its bits.
+    #[test]
+    fn hart_masks_decode_as_defined(
+        mask in proptest::prelude::any::<usize>(),
+        base in proptest::prop_oneof![0usize..70, proptest::prelude::any::<usize>()],
+        vcpus in 0usize..80,
+        sparse in 0u32..64,
+    ) {
+        for mask in [mask, mask >> sparse, 1usize.checked_shl(sparse).unwrap_or(0)] {
+            let mut want = Ok(0u64);
+            for bit in 0..usize::BITS as usize {
+                if mask & (1 << bit) == 0 {
+                    continue;
+                }
+                match base.checked_add(bit) {
+                    Some(h) if h < vcpus && h < MAX_VCPUS => {
+                        want = want.map(|s| s | 1 << h);
+                    }
+                    _ => {
+                        want = Err(SbiError::InvalidParam);
+                        break;
+                    }
+                }
+            }
+            let got = decode_hart_mask(mask, base, vcpus);
+            proptest::prop_assert_eq!(got, want.map(HartSet));
+            if let Ok(set) = got {
+                let bits: Vec<usize> = set.iter().collect();
+                let from_contains: Vec<usize> =
+                    (0..MAX_VCPUS).filter(|&h| set.contains(h)).collect();
+                proptest::prop_assert_eq!(bits, from_contains);
+            }
+        }
+    }
+}
+
 #[test]
 fn ipi_and_fences_validate_masks_first() {
     let mut f = Fake::default();
