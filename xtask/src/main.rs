@@ -8,6 +8,7 @@ mod cheader;
 mod devtests;
 mod disk;
 mod fuzz;
+mod gdb;
 mod guests;
 #[cfg(test)]
 mod layers;
@@ -55,12 +56,16 @@ pub type Result<T> = std::result::Result<T, String>;
 const HELP: &str = "\
 cargo xtask <command> [options]
 
-  run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--rng] [--opensbi] [build options]
+  run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--rng] [--opensbi] [--gdb] [build options]
                       build everything, then boot it in QEMU (interactive; Ctrl-a x quits);
                       --disk attaches a raw image as virtio-blk (repeatable), --net a
                       virtio-net (user networking; the guest's port 80 on a free host port
                       from 8080, printed), --rng a virtio-rng (/dev/hwrng), --opensbi boots the Root VM's Linux on QEMU's
-                      OpenSBI instead of under Diosix (takes --cmdline TEXT)
+                      OpenSBI instead of under Diosix (takes --cmdline TEXT); --gdb starts
+                      QEMU halted with its GDB stub (then `cargo xtask gdb` attaches)
+  gdb [--image FILE] [--remote HOST:PORT] [-- GDB-ARGS]
+                      attach gdb-multiarch to a `run --gdb` (or `test --gdb CASE`) with the
+                      hypervisor's and the Root VM kernel's symbols (docs/debugging.md)
   disk new FILE SIZE [--from DIR] [--force]
                       make a raw disk image (e.g. 256M) with an ext4 filesystem, DIR's
                       files in it; the Root VM mounts it at /var/lib/diosix
@@ -72,7 +77,9 @@ cargo xtask <command> [options]
                       build the image twice, in two copies of this tree, and compare
                       the SHA-256 of the images and bills of materials; Linux, busybox and
                       Lua come from the cache unless --full (empty caches, ~20 min)
-  test                every test: host unit tests, lints, then QEMU boot tests
+  test [--gdb] [FILTER...]
+                      every test: host unit tests, lints, then QEMU boot tests; FILTERs
+                      pick QEMU cases; --gdb runs one case halted for `cargo xtask gdb`
   bench               instruction-count benchmarks, Diosix vs OpenSBI (-icount shift=0)
   soak [--minutes N] [--seed S] [--smp N]
                       the Linux soak test: random dsx operations on Linux children and
@@ -96,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cmd {
         "build" => build::cmd_build(&rest).map(|_| ()),
         "run" => qemu::cmd_run(&rest),
+        "gdb" => gdb::cmd_gdb(&rest),
         "repro" => repro::cmd_repro(&rest),
         "disk" => disk::cmd_disk(&rest),
         "test" => tests::cmd_test(&rest),

@@ -121,7 +121,7 @@ pub fn free_port(preferred: u16) -> Result<u16> {
     bind(0)
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|e| format!("no free TCP port on 127.0.0.1 for --net: {e}"))
+        .map_err(|e| format!("no free TCP port on 127.0.0.1: {e}"))
 }
 
 impl QemuOptions {
@@ -368,7 +368,7 @@ pub fn run(opts: &QemuOptions) -> Result<QemuOutput> {
 /// `cargo xtask run --help`.
 const RUN_USAGE: &str = "\
 usage: cargo xtask run [--smp N] [--mem SIZE] [--disk FILE]... [--net] [--rng]
-                       [--cpu MODEL] [--machine NAME] [--opensbi] [build options]
+                       [--cpu MODEL] [--machine NAME] [--opensbi] [--gdb] [build options]
 Builds everything, then boots it in QEMU on this terminal (Ctrl-a x quits).
   --smp N         host harts (default 2)
   --mem SIZE      host RAM, e.g. 512M or 2G; a bare number is MiB (default 1G)
@@ -385,6 +385,8 @@ Builds everything, then boots it in QEMU on this terminal (Ctrl-a x quits).
                   HiFive Unleashed (a monitor hart without S-mode, four U54s)
   --opensbi       boot the Root VM's kernel and initramfs on QEMU's OpenSBI, without
                   Diosix (of the build options, only --cmdline applies)
+  --gdb           start QEMU halted with its GDB stub on 127.0.0.1 (port 1234 or the
+                  next free one); attach with `cargo xtask gdb` (docs/debugging.md)
 build options, as for `cargo xtask build`:
   --root-vm FILE  --demo  --vcpus N  --ram SIZE  --cmdline TEXT  --out OUT";
 
@@ -406,6 +408,8 @@ struct RunArgs {
     rng: bool,
     /// `--opensbi`.
     opensbi: bool,
+    /// `--gdb`: halted at reset, with QEMU's GDB stub.
+    gdb: bool,
     /// `--cpu`: QEMU's `-cpu` model (e.g. `rv64,h=false` for harts without H).
     cpu: Option<String>,
     /// `--machine`: QEMU's `-machine` (default `virt`).
@@ -462,6 +466,7 @@ fn parse_run_args(args: &[String]) -> Result<Option<RunArgs>> {
             "--net" => r.net = true,
             "--rng" => r.rng = true,
             "--opensbi" => r.opensbi = true,
+            "--gdb" => r.gdb = true,
             "--cpu" => r.cpu = Some(val()?),
             "--machine" => r.machine = Some(val()?),
             "--demo" => {
@@ -525,6 +530,14 @@ pub fn cmd_run(args: &[String]) -> Result<()> {
     }
     devices.rng = r.rng;
     q.devices = devices;
+    // Kept until QEMU has ended: `cargo xtask gdb` attaches to the stub it names.
+    let _gdb_session = if r.gdb {
+        let stub = crate::gdb::Stub::new()?;
+        q.extra.extend(stub.qemu_args());
+        Some(crate::gdb::announce(&stub, &q.kernel)?)
+    } else {
+        None
+    };
     let mut cmd = interactive(&q);
     println!("xtask: booting: {}", display_command(&cmd));
     if let Some(port) = q.devices.net_port {
@@ -600,7 +613,7 @@ mod tests {
     #[test]
     fn run_options() {
         let r =
-            run_args("--smp 4 --mem 2G --disk a.img --net --rng --disk b.img --ram 256M --demo --cpu rv64,h=false --machine sifive_u")
+            run_args("--smp 4 --mem 2G --disk a.img --net --rng --disk b.img --ram 256M --demo --cpu rv64,h=false --machine sifive_u --gdb")
                 .unwrap()
                 .unwrap();
         assert_eq!(
@@ -612,6 +625,7 @@ mod tests {
                 net: true,
                 rng: true,
                 opensbi: false,
+                gdb: true,
                 cpu: Some("rv64,h=false".into()),
                 machine: Some("sifive_u".into()),
                 cmdline: None,

@@ -2,7 +2,8 @@
 //! targets, the apt sources the Root VM's pinned sources and QEMU 10 come from
 //! (bookworm-security, bookworm `deb-src`, bookworm-backports; only entries no apt file
 //! has yet are added), and Debian packages (QEMU 10 from bookworm-backports, the
-//! riscv64 cross toolchain, the kernel build's tools). Running it again changes nothing.
+//! riscv64 cross toolchain, the kernel build's tools, `gdb-multiarch`). Running it again
+//! changes nothing.
 use crate::{process, Result};
 use std::process::Command;
 
@@ -47,6 +48,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libelf-dev", "/usr/include/libelf.h"),
     // mke2fs, for `disk new`; by path, since /sbin is not on every user's $PATH.
     ("e2fsprogs", "/sbin/mke2fs"),
+    // `cargo xtask gdb` and its test case: a GDB that debugs RISC-V from this host.
+    ("gdb-multiarch", "gdb-multiarch"),
 ];
 
 /// One enabled `(type, URI, suite)` of the apt configuration, with its `Signed-By`

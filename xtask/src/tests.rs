@@ -1,6 +1,6 @@
 //! `cargo xtask test`: host tests, lints, then the QEMU boot tests.
 //!
-//! `cargo xtask test [--opensbi] [--no-host] [FILTER...]`
+//! `cargo xtask test [--opensbi] [--no-host] [--gdb] [FILTER...]`
 //!
 //! * host step: `cargo test` (default members), host clippy with `-D warnings`,
 //!   `cargo fmt --check`, clippy for the riscv64 crates (hypervisor and guests), a
@@ -13,7 +13,12 @@
 //!   (and skip the host step);
 //! * the `linux-*` cases boot the Linux Root VM (`build_image` with `RootVm::Linux`,
 //!   built once), log in on the console, run commands and check their output, end with
-//!   `poweroff`/`reboot`, and print the time to `login:` (see `docs/rootvm.md`).
+//!   `poweroff`/`reboot`, and print the time to `login:` (see `docs/rootvm.md`);
+//! * `gdb-linux-smp2` debugs the Linux Root VM image with `gdb-multiarch` in batch mode
+//!   (`crate::gdb::run_case`: breakpoints in the hypervisor's trap handler and in
+//!   Linux's `start_kernel`, see `docs/debugging.md`);
+//! * `--gdb` runs the one case selected with QEMU halted and its GDB stub waiting for
+//!   `cargo xtask gdb`.
 use crate::build::{self, ImageOptions, RootVm};
 use crate::devtests::{self, DeviceCase};
 use crate::guests::{self, GUESTS, GUEST_TARGET};
@@ -110,6 +115,9 @@ enum Kind {
     /// Boot the Linux Root VM (one image built once for every such case, one vCPU per
     /// host hart, default RAM), log in and report the time to `login:`.
     Linux,
+    /// Debug the Linux Root VM image (the [`Kind::Linux`] cases' image) with GDB in
+    /// batch mode: `crate::gdb::run_case`.
+    Gdb,
 }
 
 /// One QEMU test case.
@@ -899,6 +907,14 @@ fn cases() -> Vec<Case> {
             DSX_LOAD,
         )
     });
+    // GDB on the hypervisor and the Root VM's Linux at once (docs/debugging.md): a
+    // breakpoint in each, both hit, their backtraces and the vCPU on each hart checked.
+    v.push(Case {
+        kind: Kind::Gdb,
+        mem_mib: 1024,
+        timeout_s: 60,
+        ..case("gdb-linux-smp2", LINUX, 2, 2, &[])
+    });
     // The soak test, short (`cargo xtask soak` runs it for 10 minutes): random dsx
     // operations on Linux children and grandchildren (docs/dsx.md, "The soak test").
     v.push(crate::soak::soak_case(
@@ -1137,7 +1153,7 @@ pub(crate) fn build_guests(cases: &[Case]) -> Result<HashMap<&'static str, PathB
         if elfs.contains_key(c.guest) {
             continue;
         }
-        let elf = if matches!(c.kind, Kind::Linux) {
+        let elf = if matches!(c.kind, Kind::Linux | Kind::Gdb) {
             let start = Instant::now();
             let image = build::build_image(&ImageOptions {
                 root_vm: RootVm::Linux,
@@ -1212,8 +1228,29 @@ fn login_report(c: &Case, out: &qemu::QemuOutput) -> String {
 /// Runs one case; `Ok(note)` on pass (a line to print, for the Linux cases' login
 /// times), `Err(reason)` on failure.
 pub(crate) fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result<Option<String>> {
+    run_case_with_gdb(c, elf, opensbi, None)
+}
+
+/// [`run_case`], with QEMU halted at reset and its GDB stub `gdb` waiting for
+/// `cargo xtask gdb` when given (`cargo xtask test --gdb CASE`).
+fn run_case_with_gdb(
+    c: &Case,
+    elf: &std::path::Path,
+    opensbi: bool,
+    gdb: Option<&crate::gdb::Stub>,
+) -> Result<Option<String>> {
+    if let Kind::Gdb = c.kind {
+        if gdb.is_some() {
+            return Err(format!("{} runs GDB itself: it takes no --gdb", c.name));
+        }
+        let timeout = Duration::from_secs(c.timeout_s);
+        return crate::gdb::run_case(c.name, elf, c.smp, c.mem_mib, timeout).map(Some);
+    }
     let images = workspace_root().join("target").join("test-images");
     if let Kind::ImageRejected(file) = c.kind {
+        if gdb.is_some() {
+            return Err(format!("{} boots no image to debug", c.name));
+        }
         let opts = ImageOptions {
             root_vm: RootVm::File(workspace_root().join(file)),
             vcpus: Some(c.vcpus),
@@ -1279,6 +1316,16 @@ pub(crate) fn run_case(c: &Case, elf: &std::path::Path, opensbi: bool) -> Result
     }
     q.stop_at = c.stop_at.map(str::to_string);
     q.timeout = Duration::from_secs(c.timeout_s);
+    // Kept until QEMU has ended: `cargo xtask gdb` attaches to the stub it names.
+    let _gdb_session = match gdb {
+        Some(stub) => {
+            q.extra.extend(stub.qemu_args());
+            // The run waits for the debugger: no case's timeout fits.
+            q.timeout = crate::gdb::DEBUG_SESSION_TIMEOUT;
+            Some(crate::gdb::announce(stub, &q.kernel)?)
+        }
+        None => None,
+    };
     q.interact = c
         .interact
         .iter()
@@ -1352,11 +1399,13 @@ fn run_failures(
 pub fn cmd_test(args: &[String]) -> Result<()> {
     let mut opensbi = false;
     let mut host = true;
+    let mut gdb = false;
     let mut filters = Vec::new();
     for a in args {
         match a.as_str() {
             "--opensbi" => opensbi = true,
             "--no-host" => host = false,
+            "--gdb" => gdb = true,
             s if s.starts_with('-') => return Err(format!("test: unknown option `{s}`")),
             s => filters.push(s.to_string()),
         }
@@ -1375,17 +1424,43 @@ pub fn cmd_test(args: &[String]) -> Result<()> {
         .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
         // Image-builder and Linux image cases say nothing about OpenSBI (the Linux Root
         // VM alone on OpenSBI: `rootvm/boot-test.py`).
-        .filter(|c| !(opensbi && matches!(c.kind, Kind::ImageRejected(_) | Kind::Linux)))
+        .filter(|c| {
+            !(opensbi && matches!(c.kind, Kind::ImageRejected(_) | Kind::Linux | Kind::Gdb))
+        })
         .collect();
     if selected.is_empty() {
         return Err(format!("test: no case matches {filters:?}"));
     }
+    // One QEMU waits for one debugger: the filter must pick one case (its exact name
+    // picks it even when other names contain it).
+    let selected = if gdb {
+        let exact: Vec<Case> = selected
+            .iter()
+            .filter(|c| filters.iter().any(|f| f == c.name))
+            .cloned()
+            .collect();
+        match (selected.len(), exact.len()) {
+            (1, _) => selected,
+            (_, 1) => exact,
+            _ => {
+                let names: Vec<&str> = selected.iter().map(|c| c.name).collect();
+                return Err(format!(
+                    "test --gdb debugs one case; {} match: {}",
+                    names.len(),
+                    names.join(", ")
+                ));
+            }
+        }
+    } else {
+        selected
+    };
+    let stub = gdb.then(crate::gdb::Stub::new).transpose()?;
     let elfs = build_guests(&selected)?;
     let target = if opensbi { "OpenSBI" } else { "Diosix" };
     let (mut passed, mut failed) = (0, 0);
     for c in &selected {
         let start = Instant::now();
-        let result = run_case(c, &elfs[c.guest], opensbi);
+        let result = run_case_with_gdb(c, &elfs[c.guest], opensbi, stub.as_ref());
         let secs = start.elapsed().as_secs_f64();
         match result {
             Ok(note) => {

@@ -112,10 +112,15 @@ macro_rules! load_gpr {
 }
 
 core::arch::global_asm!(
+    // Call-frame information in .debug_frame (not loaded): a debugger's backtrace ends
+    // at the trap entry, since what a trap interrupted is not a caller of the handler.
+    ".cfi_sections .debug_frame",
     ".section .text.trap, \"ax\"",
     ".globl diosix_trap_entry",
     ".balign 4",
     "diosix_trap_entry:",
+    ".cfi_startproc",
+    ".cfi_undefined ra",
     // sp <- frame, mscratch <- interrupted sp
     "csrrw sp, mscratch, sp",
     for_each_caller_saved_gpr!(save_gpr),
@@ -146,6 +151,7 @@ core::arch::global_asm!(
     for_each_caller_saved_gpr!(load_gpr),
     "ld sp, 2*8(sp)",
     "mret",
+    ".cfi_endproc",
 );
 
 extern "C" {
