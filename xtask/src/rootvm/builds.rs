@@ -20,6 +20,9 @@ use crate::{process, Result};
 /// `modpost` for building out-of-tree modules against it later.
 const LINUX_TARGETS: &[&str] = &["Image", "modules"];
 
+/// The time zone the kernel is built in (see `build_linux`).
+const LINUX_TZ: &str = "UTC";
+
 /// Lua's own makefile target without readline or dlopen (neither exists in a static
 /// binary), and the overrides that make it cross-compile and link statically.
 const LUA_MAKE_ARGS: &[&str] = &[
@@ -34,6 +37,7 @@ const LUA_MAKE_ARGS: &[&str] = &[
 pub(super) fn build_linux(src: &Source, gcc_version: &str, repo: &Path) -> Result<PathBuf> {
     let what = format!("linux {}", src.upstream_version());
     let fragment = read_text(&repo.join("linux.config"))?;
+    let tz = format!("TZ={LINUX_TZ}");
     let key = cache_key(&[
         FORMAT_VERSION,
         "linux",
@@ -41,6 +45,7 @@ pub(super) fn build_linux(src: &Source, gcc_version: &str, repo: &Path) -> Resul
         &fragment,
         gcc_version,
         &LINUX_TARGETS.join(" "),
+        &tz,
     ]);
     let out = cache_dir().join(format!("linux-{key}"));
     if out.join("arch/riscv/boot/Image").is_file() {
@@ -66,15 +71,20 @@ pub(super) fn build_linux(src: &Source, gcc_version: &str, repo: &Path) -> Resul
             .arg(format!("CROSS_COMPILE={CROSS}"))
             .args(args)
             // Fixed build identity, so the same inputs give the same `uname -v`
-            // (`#1 SMP 1970-01-01`, `diosix@diosix`) on any machine, at any time.
-            // KBUILD_BUILD_VERSION (the `#1`) is what a fresh tree counts anyway, and
-            // nothing in this configuration reads SOURCE_DATE_EPOCH: both only make
-            // that explicit, so the output (and the cache key) are as before.
+            // (`#1 SMP 1970-01-01`, `diosix@diosix`) on any machine, at any time. The
+            // `#1` is what a fresh tree counts (KBUILD_BUILD_VERSION is left unset: it
+            // would change the banner the first link pass writes). Nothing in this
+            // configuration reads SOURCE_DATE_EPOCH; it is set so that nothing can
+            // read the clock instead.
             .env("KBUILD_BUILD_USER", "diosix")
             .env("KBUILD_BUILD_HOST", "diosix")
             .env("KBUILD_BUILD_TIMESTAMP", "1970-01-01")
-            .env("KBUILD_BUILD_VERSION", "1")
             .env("SOURCE_DATE_EPOCH", BUILD_EPOCH)
+            // The built-in initramfs's cpio takes its mtimes from
+            // KBUILD_BUILD_TIMESTAMP read in the local time zone: west of UTC that
+            // is a later time (other bytes), east of it before 1970, which
+            // gen_init_cpio refuses. `cargo xtask repro` found it.
+            .env("TZ", LINUX_TZ)
             .env("LC_ALL", "C");
         cmd
     };
