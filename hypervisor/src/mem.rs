@@ -50,20 +50,34 @@ pub fn hypervisor_range() -> Range<Hpa> {
     Range::new(Hpa::new(start), end - start).expect("linker range")
 }
 
-/// Gives every RAM page the device tree lists, minus the hypervisor (with its
-/// payload) and reserved regions, to the frame allocator.
+/// Gives every RAM page the device tree lists, minus the hypervisor and reserved
+/// regions, to the frame allocator; the payload's pages are held until
+/// [`release_payload`] (given with the rest of RAM and claimed at once, so returning
+/// them later rebuilds no bitmap: merging them in as a range of their own would
+/// rebuild the allocator's bitmaps for all of RAM).
 pub fn init(host: &HostPlatform) {
     let hv = hypervisor_range();
-    let payload_len = payload_bytes(host).len() as u64;
-    let hv = Range::new(
-        hv.start(),
-        hv.len() + payload_len.next_multiple_of(PAGE_SIZE),
-    )
-    .unwrap_or(hv);
+    let payload = payload_range(host);
+    // Held by a claim when it lies in one RAM bank clear of reserved memory (the usual
+    // case: right after the image); otherwise left out like a reserved region, and
+    // added as a range of its own when released.
+    let held = payload.filter(|p| {
+        host.memory
+            .iter()
+            .any(|m| m.contains_span(p.start(), p.len()))
+            && !host
+                .reserved
+                .iter()
+                .any(|r| r.start() < p.end() && p.start() < r.end())
+    });
     let mut frames = frames();
     for ram in &host.memory {
         let mut pieces = alloc::vec![*ram];
-        for hole in core::iter::once(&hv).chain(host.reserved.iter()) {
+        let payload_hole = payload.filter(|_| held.is_none());
+        for hole in core::iter::once(&hv)
+            .chain(payload_hole.iter())
+            .chain(host.reserved.iter())
+        {
             pieces = pieces
                 .into_iter()
                 .flat_map(|p| subtract(p, *hole))
@@ -86,6 +100,15 @@ pub fn init(host: &HostPlatform) {
             }
         }
     }
+    if let Some(p) = held {
+        // Every page was just handed over and none allocated yet: this cannot fail
+        // but if it did the payload could be overwritten, so stop rather than boot.
+        let pages = (p.len() / PAGE_SIZE) as usize;
+        if let Err(e) = frames.claim(p.start(), pages) {
+            panic!("holding the payload {} +{:#x}: {e}", p.start(), p.len());
+        }
+        PAYLOAD_HELD.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
     log::info!(
         "{} MiB of host RAM free for guests (hypervisor {} .. {})",
         (frames.free_pages() as u64 * PAGE_SIZE) >> 20,
@@ -93,6 +116,10 @@ pub fn init(host: &HostPlatform) {
         hv.end()
     );
 }
+
+/// Whether [`init`] holds the payload's pages as an allocation (else they are outside
+/// the allocator until [`release_payload`]).
+static PAYLOAD_HELD: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The pages the Root VM payload occupies (right after the image).
 fn payload_range(host: &HostPlatform) -> Option<Range<Hpa>> {
@@ -113,7 +140,12 @@ pub fn payload_pages(host: &HostPlatform) -> u64 {
 /// it, nothing reads it again (the Root VM's end restarts the host).
 pub fn release_payload(host: &HostPlatform) {
     if let Some(r) = payload_range(host) {
-        match frames().add_range(r) {
+        let returned = if PAYLOAD_HELD.load(core::sync::atomic::Ordering::Relaxed) {
+            frames().free(r.start(), (r.len() / PAGE_SIZE) as usize)
+        } else {
+            frames().add_range(r).map(|_| ())
+        };
+        match returned {
             Ok(_) => log::info!(
                 "{} KiB of payload returned to the page allocator",
                 r.len() >> 10

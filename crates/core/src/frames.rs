@@ -543,6 +543,22 @@ impl HostFrames {
         Some(Hpa::new(((r.base + i) as u64) << PAGE_SHIFT))
     }
 
+    /// Marks the `pages` free pages at `hpa` as one live allocation, as if
+    /// [`alloc`](Self::alloc) had returned them: memory the boot hands to the allocator
+    /// with the rest of RAM but must keep for a while (the Root VM's payload, which
+    /// [`free`](Self::free) then returns with no bitmap rebuilt). Refused with
+    /// [`FrameError::NotAllocated`] unless every page is managed here and free. Never
+    /// allocates from the heap.
+    pub fn claim(&mut self, hpa: Hpa, pages: usize) -> Result<(), FrameError> {
+        let (r, a, b) = self.locate(hpa, pages).ok_or(FrameError::NotAllocated)?;
+        if r.first_used(a, b).is_some() {
+            return Err(FrameError::NotAllocated);
+        }
+        r.take(a, pages);
+        self.used += pages;
+        Ok(())
+    }
+
     /// The region holding all of frames `first..end`, with their bit indices there.
     fn locate(&mut self, hpa: Hpa, pages: usize) -> Option<(&mut Region, usize, usize)> {
         if !hpa.is_page_aligned() || pages == 0 {
@@ -721,6 +737,34 @@ mod tests {
         assert_eq!(a.alloc(257, 1), None);
         assert_eq!(a.alloc(usize::MAX, 1), None);
         assert_eq!(a.free_pages(), 256);
+    }
+
+    /// A claimed range is held like an allocation (never handed out) and freed like
+    /// one; only wholly free, managed pages can be claimed.
+    #[test]
+    fn claimed_pages_are_held_then_freed() {
+        let mut a = HostFrames::new();
+        a.add_range(hpa_range(0x8000_0000, 0x10_0000)).unwrap();
+        let page = |i: u64| Hpa::new(0x8000_0000 + i * PAGE_SIZE);
+        assert_eq!(a.claim(page(1), 100), Ok(()));
+        assert_eq!(a.free_pages(), 156);
+        assert_eq!(a.claim(page(50), 1), Err(FrameError::NotAllocated));
+        assert_eq!(a.claim(page(200), 57), Err(FrameError::NotAllocated));
+        assert_eq!(
+            a.claim(Hpa::new(0x9000_0000), 1),
+            Err(FrameError::NotAllocated)
+        );
+        assert_eq!(a.claim(page(200), 0), Err(FrameError::NotAllocated));
+        // Nothing allocated overlaps the claim.
+        let mut got = Vec::new();
+        while let Some(h) = a.alloc(1, 1) {
+            assert!(!(page(1)..page(101)).contains(&h), "{h}");
+            got.push(h);
+        }
+        assert_eq!(got.len(), 156);
+        assert_eq!(a.free(page(1), 100), Ok(()));
+        assert_eq!(a.free_pages(), 100);
+        assert_eq!(a.alloc(100, 1), Some(page(1)));
     }
 
     #[test]

@@ -557,8 +557,12 @@ impl<'a> Tree<'a> {
     }
 
     fn is_compatible(&self, node: usize, with: &[&str]) -> bool {
-        self.prop_strs(node, "compatible")
-            .any(|c| with.contains(&c))
+        // Bytes against bytes: a string that is not UTF-8 can never equal one of
+        // `with`, so no decoding is needed (this runs for every node, many times).
+        let v = self.prop(node, "compatible").unwrap_or(&[]);
+        v.split(|&c| c == 0)
+            .filter(|s| !s.is_empty())
+            .any(|c| with.iter().any(|w| w.as_bytes() == c))
     }
 
     fn enabled(&self, node: usize) -> bool {
@@ -569,7 +573,7 @@ impl<'a> Tree<'a> {
     }
 
     fn find_compatible(&self, with: &[&str]) -> Option<usize> {
-        (0..self.nodes.len()).find(|&n| self.enabled(n) && self.is_compatible(n, with))
+        (0..self.nodes.len()).find(|&n| self.is_compatible(n, with) && self.enabled(n))
     }
 
     fn phandle(&self, node: usize) -> Option<u32> {

@@ -197,6 +197,10 @@ const E_SHOFF: usize = 0x28;
 const E_SHNUM: usize = 0x3c;
 const E_SHSTRNDX: usize = 0x3e;
 const E_PHNUM: usize = 0x38;
+const E_PHOFF: usize = 0x20;
+const E_PHENTSIZE: usize = 0x36;
+/// An ELF64 file header's size.
+const EHDR64_SIZE: usize = 64;
 /// `e_phnum` value saying the real count (at least this) is in section header 0.
 const PN_XNUM: u16 = 0xffff;
 
@@ -234,8 +238,24 @@ fn plan_elf(window: &[u8], image_len: u64, ram: Range<Gpa>) -> Result<LoadPlan, 
     }
     // The parser would look for the section-header table, which the loader does not
     // use and which may lie outside the window: a copy of the header (bounded by the
-    // window) says there is none.
-    let mut head = Vec::from(window);
+    // window) says there is none. Only the file header and the program headers are
+    // copied, not the whole window (a copy of 64 KiB per plan otherwise).
+    let field = |at: usize, n: usize| {
+        window.get(at..at + n).map(|b| {
+            b.iter()
+                .rev()
+                .fold(0u64, |acc, &byte| (acc << 8) | u64::from(byte))
+        })
+    };
+    let headers_end = match (field(E_PHOFF, 8), field(E_PHENTSIZE, 2), field(E_PHNUM, 2)) {
+        (Some(off), Some(size), Some(num)) => size
+            .checked_mul(num)
+            .and_then(|n| off.checked_add(n))
+            .and_then(|end| usize::try_from(end).ok())
+            .unwrap_or(usize::MAX),
+        _ => window.len(),
+    };
+    let mut head = Vec::from(&window[..headers_end.max(EHDR64_SIZE).min(window.len())]);
     for field in [
         E_SHOFF..E_SHOFF + 8,
         E_SHNUM..E_SHNUM + 2,
