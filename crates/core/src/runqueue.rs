@@ -167,12 +167,18 @@ impl<T: Schedulable> RunQueue<T> {
     /// Removes and returns the first runnable item of the highest priority among those
     /// that may run.
     pub fn pop_best(&mut self) -> Option<T> {
-        let best = self.best_priority()?;
-        let i = self
-            .runnable
-            .iter()
-            .position(|v| v.priority() == best && v.can_run())?;
-        self.runnable.remove(i)
+        // One pass (this runs on every vCPU switch): the first of the highest priority.
+        let mut best: Option<(usize, u8)> = None;
+        for (i, v) in self.runnable.iter().enumerate() {
+            if !v.can_run() {
+                continue;
+            }
+            let p = v.priority();
+            if best.is_none_or(|(_, b)| p > b) {
+                best = Some((i, p));
+            }
+        }
+        self.runnable.remove(best?.0)
     }
 
     /// The highest priority among runnable items that may run.
