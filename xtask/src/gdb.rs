@@ -18,10 +18,10 @@
 //!   physical memory: Linux before its MMU is on (`_start`, `setup_vm`).
 //!
 //! Guest-physical and host-physical addresses overlap (guest RAM starts at GPA
-//! 0x8000_0000, as the host's does). No hypervisor code lies under the kernel's
-//! guest-physical range, only its heap and stacks, so the copy of the hypervisor ELF
-//! GDB reads has those sections no longer marked as loaded ([`hypervisor_symbols`]):
-//! otherwise GDB would name a Linux address by the hypervisor's heap.
+//! 0x8000_0000, as the host's does). No hypervisor code lies under the Linux kernel's
+//! guest-physical range, only uninitialised areas (its heap), so the copy of the
+//! hypervisor ELF GDB reads has those sections no longer marked as loaded
+//! ([`hypervisor_symbols`]): otherwise GDB would name a Linux address by the heap.
 use crate::qemu::{self, QemuOptions};
 use crate::{workspace_root, Result};
 use diosix_core::addr::{Gpa, Range};
@@ -161,7 +161,7 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64> {
         .ok_or_else(|| "truncated ELF file".to_string())
 }
 
-/// `e_type` of an executable, `ET_DYN` of a position-independent one.
+/// ELF `e_type` of a position-independent executable.
 const ET_DYN: u16 = 3;
 const PT_LOAD: u32 = 1;
 const SHT_NOBITS: u32 = 8;
