@@ -14,7 +14,7 @@
 //! mode runs.
 
 use core::sync::atomic::{AtomicBool, Ordering};
-use diosix_riscv::csr::{self, irq, mstatus_bits};
+use diosix_riscv::csr::{self, envcfg, irq, mstatus_bits};
 use spin::Once;
 
 /// A vCPU's supervisor-level CSRs while it is off its hart.
@@ -41,6 +41,9 @@ pub struct SupervisorCsrs {
     /// The guest's `scounteren`. Under H the CSR is not virtualized: it is shared by
     /// every guest on the hart, so it is switched per vCPU in both modes.
     pub scounteren: usize,
+    /// `henvcfg` bits this vCPU chose through SBI FWFT (ADUE), on top of the host's
+    /// (STCE); under H only, 0 behind PMP.
+    pub envcfg: usize,
 }
 
 /// The hardware side of running a vCPU on this hart (see the module documentation).
@@ -50,6 +53,9 @@ pub trait GuestMode: Sync {
 
     /// Loads a vCPU's supervisor CSRs into this hart.
     fn load(&self, c: &SupervisorCsrs);
+
+    /// Applies a running vCPU's new [`SupervisorCsrs::envcfg`] at once (SBI FWFT).
+    fn load_envcfg(&self, envcfg: usize);
 
     /// Reads the running vCPU's supervisor CSRs back (the inverse of [`load`]).
     ///
@@ -139,6 +145,18 @@ impl GuestMode for VsMode {
             csr::hvip::write(c.pending & irq::VS_ALL);
             csr::scounteren::write(c.scounteren);
         }
+        self.load_envcfg(c.envcfg);
+    }
+
+    fn load_envcfg(&self, envcfg: usize) {
+        let host = if crate::platform::guest_sstc() {
+            envcfg::STCE
+        } else {
+            0
+        };
+        // SAFETY: henvcfg shapes only VS-mode (its timer comparator and A/D updating
+        // in the guest's own page tables); envcfg holds only bits FWFT validated.
+        unsafe { csr::henvcfg::write(host | envcfg) };
     }
 
     fn save(&self, into: &mut SupervisorCsrs) {
@@ -229,6 +247,10 @@ fn to_s_bits(bits: usize) -> usize {
 impl GuestMode for SMode {
     fn name(&self) -> &'static str {
         "PMP (no H extension: guests in S-mode, RAM at GPA = HPA, PMP-bounded)"
+    }
+
+    fn load_envcfg(&self, _envcfg: usize) {
+        // Nothing to switch: FWFT offers S-mode guests no envcfg feature.
     }
 
     fn load(&self, c: &SupervisorCsrs) {

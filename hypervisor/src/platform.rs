@@ -18,6 +18,9 @@ static CLINT: Once<Clint> = Once::new();
 static RESET: Once<alloc::boxed::Box<dyn HostReset>> = Once::new();
 /// Every usable hart has Sstc: guests get their own timer comparator (`vstimecmp`).
 static GUEST_SSTC: AtomicBool = AtomicBool::new(false);
+/// Every usable hart has H and Svadu: guests may turn on hardware A/D updating in
+/// their own page tables (SBI FWFT PTE_AD_HW_UPDATING, `henvcfg.ADUE`).
+static GUEST_SVADU: AtomicBool = AtomicBool::new(false);
 
 /// The PMP fallback needs room for a VM's RAM (two entries as a top-of-range pair)
 /// and a few device windows.
@@ -124,6 +127,10 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
     }
     // vCPUs move between harts, so the guest timer can use Sstc only if all have it.
     // In S-mode a guest's stimecmp would be the hart's own: SBI timers there.
+    GUEST_SVADU.store(
+        every_hart_has_h && host.harts.iter().all(|h| h.has_extension("svadu")),
+        Ordering::Relaxed,
+    );
     GUEST_SSTC.store(
         every_hart_has_h && host.harts.iter().all(|h| h.has_extension("sstc")),
         Ordering::Relaxed,
@@ -137,6 +144,12 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
 /// hypervisor multiplexes the hart's `mtimecmp` and injects `hvip.VSTIP`.
 pub fn guest_sstc() -> bool {
     GUEST_SSTC.load(Ordering::Relaxed)
+}
+
+/// Whether guests may have hardware A/D updating in their page tables (SBI FWFT):
+/// under H, with Svadu on every hart.
+pub fn guest_svadu() -> bool {
+    GUEST_SVADU.load(Ordering::Relaxed)
 }
 
 /// The host platform (after [`init`]).
@@ -291,7 +304,10 @@ fn init_hart_csrs_h() {
         // timers, multiplexed on mtimecmp and injected through hvip. Never both for one
         // guest: QEMU 10.0 ignores M-mode writes to hvip.VSTIP while menvcfg.STCE = 1.
         let stce = if guest_sstc() { envcfg::STCE } else { 0 };
-        csr::menvcfg::write(stce);
+        // menvcfg.ADUE lets henvcfg.ADUE (a vCPU's FWFT choice, loaded with it) take
+        // effect; G-stage PTEs are made with A and D set, so it changes nothing there.
+        let adue = if guest_svadu() { envcfg::ADUE } else { 0 };
+        csr::menvcfg::write(stce | adue);
         csr::henvcfg::write(stce);
         csr::htimedelta::write(0);
         // Where Sstc exists its comparators raise STIP/VSTIP whenever they are due

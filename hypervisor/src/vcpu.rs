@@ -6,7 +6,7 @@ use crate::vm::Vm;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
 use diosix_core::addr::Gpa;
-use diosix_core::sbi::{HartState, Suspend};
+use diosix_core::sbi::{FwftState, HartState, Suspend};
 use diosix_riscv::csr::{self, irq, mstatus_bits};
 use diosix_riscv::trap::{reg, TrapFrame};
 
@@ -39,6 +39,8 @@ pub struct GuestContext {
     /// CSR while the vCPU runs, saved here while it does not.
     pub timer_deadline: u64,
     pub wait: Wait,
+    /// SBI FWFT settings (applied through `csrs.envcfg`).
+    pub fwft: FwftState,
 }
 
 /// A copy of a vCPU's state detached from its VM (for FORK and REBOOT snapshots).
@@ -86,6 +88,7 @@ impl Vcpu {
                 fcsr: 0,
                 timer_deadline: u64::MAX,
                 wait,
+                fwft: FwftState::reset(),
             },
             priority,
             activation_loaded: 0,
@@ -124,6 +127,9 @@ impl Vcpu {
         self.ctx.csrs.satp = 0;
         self.ctx.csrs.sstatus &= !(1 << 1); // SIE
         self.ctx.csrs.sstatus &= !(1 << 8); // SPP
+                                            // A hart reset returns SBI FWFT features to their reset values, unlocked.
+        self.ctx.fwft = FwftState::reset();
+        self.ctx.csrs.envcfg = 0;
     }
 
     /// Whether this waiting vCPU should run again.

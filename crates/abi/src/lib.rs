@@ -50,6 +50,8 @@ pub mod error {
     pub const TIMEOUT: isize = spec::RET_ERR_TIMEOUT as isize;
     /// Input/output error.
     pub const IO: isize = spec::RET_ERR_IO as isize;
+    /// Denied because the thing is locked (SBI 3.0; not in `sbi-spec` 0.0.9).
+    pub const DENIED_LOCKED: isize = -14;
 
     /// The spec's name of an error code (`"DENIED"`), or `None` for a code the spec
     /// does not define.
@@ -69,6 +71,7 @@ pub mod error {
             BAD_RANGE => "BAD_RANGE",
             TIMEOUT => "TIMEOUT",
             IO => "IO",
+            DENIED_LOCKED => "DENIED_LOCKED",
             _ => return None,
         })
     }
@@ -108,6 +111,8 @@ pub enum SbiError {
     Timeout,
     /// `IO`: an input/output error.
     Io,
+    /// `DENIED_LOCKED`: e.g. FWFT set of a feature the caller locked.
+    DeniedLocked,
 }
 
 impl SbiError {
@@ -127,6 +132,7 @@ impl SbiError {
             Self::BadRange => error::BAD_RANGE,
             Self::Timeout => error::TIMEOUT,
             Self::Io => error::IO,
+            Self::DeniedLocked => error::DENIED_LOCKED,
         }
     }
 
@@ -147,6 +153,7 @@ impl SbiError {
             error::BAD_RANGE => Self::BadRange,
             error::TIMEOUT => Self::Timeout,
             error::IO => Self::Io,
+            error::DENIED_LOCKED => Self::DeniedLocked,
             _ => return None,
         })
     }
@@ -197,6 +204,8 @@ pub mod eid {
     pub const SRST: usize = sbi_spec::srst::EID_SRST;
     /// Debug console.
     pub const DBCN: usize = sbi_spec::dbcn::EID_DBCN;
+    /// Firmware features (SBI 3.0).
+    pub const FWFT: usize = sbi_spec::fwft::EID_FWFT;
     /// The Diosix extension.
     pub const DIOSIX: usize = crate::ext::EID;
 }
@@ -237,6 +246,22 @@ pub mod fid {
     /// Debug console extension.
     pub mod dbcn {
         pub use sbi_spec::dbcn::{CONSOLE_READ, CONSOLE_WRITE, CONSOLE_WRITE_BYTE};
+    }
+    /// Firmware features extension (SBI 3.0): functions, feature IDs, the set flag.
+    pub mod fwft {
+        pub use sbi_spec::fwft::feature_type::{
+            DOUBLE_TRAP, LANDING_PAD, MISALIGNED_EXC_DELEG, POINTER_MASKING_PMLEN,
+            PTE_AD_HW_UPDATING, SHADOW_STACK,
+        };
+        pub use sbi_spec::fwft::{GET, SET};
+        /// `sbi_fwft_set` flag: lock the feature until the hart is reset.
+        pub const FLAG_LOCK: usize = 1;
+        /// The first feature ID of the platform-specific ranges (local, then global at
+        /// bit 31); IDs from here to the global standard range's start, and all above it,
+        /// are not the SBI's own.
+        pub const PLATFORM_LOCAL_START: u32 = 0x4000_0000;
+        /// Bit 31 of a feature ID: a global (not per-hart) feature.
+        pub const GLOBAL: u32 = 0x8000_0000;
     }
 }
 

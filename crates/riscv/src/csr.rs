@@ -252,6 +252,9 @@ pub mod envcfg {
     /// Sstc enable: the lower level may use its `stimecmp` (for `henvcfg`: VS-mode
     /// accesses go to `vstimecmp`, whose comparison drives VSTIP).
     pub const STCE: usize = 1 << 63;
+    /// Svadu: the hardware updates A/D bits in the lower level's page tables (for
+    /// `henvcfg`: the guest's VS-stage tables).
+    pub const ADUE: usize = 1 << 61;
 }
 
 /// Bits of `hstatus`.

@@ -733,7 +733,7 @@ fn standard_one(f: &mut Fz) {
         r.next() as usize,
     ];
     let hi = (r.next() as usize) & !0xffff_ffff;
-    match r.below(12) {
+    match r.below(13) {
         0 => {
             let fid = r.pick(&[0, 1, 2, 3, 4, 5, 6, 7, usize::MAX]);
             f.std(eid::BASE, fid, a);
@@ -818,6 +818,17 @@ fn standard_one(f: &mut Fz) {
                     f.std(eid::DBCN, 2, [hi | b' ' as usize, 0, 0, 0, 0, 0]);
                 }
             }
+        }
+        12 => {
+            // FWFT: any feature ID (the standard ones, reserved and platform ranges,
+            // garbage above 32 bits), values and flags, set (possibly locking) or get.
+            // This VM runs with translation off, so hardware A/D updating changes
+            // nothing for it; misaligned delegation can only be kept on.
+            let id = hi | r.pick(&[0, 1, 2, 3, 4, 5, 6, 0x4000_0000, 0xc000_0001, a[0]]);
+            let value = r.pick(&[0, 1, 2, a[1]]);
+            let flags = r.pick(&[0, 1, 2, a[2]]);
+            let fid = r.pick(&[0, 1, 2, usize::MAX]);
+            f.std(0x4657_4654, fid, [id, value, flags, 0, 0, 0]);
         }
         9 => {
             // Legacy: getchar, clear_ipi, timer, IPIs and fences with a hart-mask

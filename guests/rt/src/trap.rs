@@ -2,8 +2,8 @@
 //!
 //! On a timer interrupt it pushes the deadline to "never" (set_timer(u64::MAX)), which
 //! the SBI spec defines as clearing the pending timer; on a software interrupt it
-//! clears `sip.SSIP`. Any exception is a bug in the guest and panics, except access
-//! and misaligned faults inside [`recovering`].
+//! clears `sip.SSIP`. Any exception is a bug in the guest and panics, except access,
+//! misaligned and load/store page faults inside [`recovering`].
 
 use crate::{csr, sbi, MAX_HARTS};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -80,10 +80,10 @@ extern "C" fn __rt_trap(scause: usize, sepc: usize, stval: usize) {
             csr::sip_clear(csr::SSI);
             SOFT[hart].fetch_add(1, Ordering::AcqRel);
         }
-        // Misaligned load/store (4, 6) or load/store access fault (5, 7) while
-        // recovering: step over the instruction (2 or 4 bytes; RAM is identity-mapped
-        // with translation off, so sepc is readable).
-        4..=7 if RECOVER[hart].load(Ordering::Acquire) != 0 => {
+        // Misaligned load/store (4, 6), load/store access fault (5, 7) or load/store
+        // page fault (13, 15) while recovering: step over the instruction (2 or 4
+        // bytes; the code runs from RAM at its own address, so sepc is readable).
+        4..=7 | 13 | 15 if RECOVER[hart].load(Ordering::Acquire) != 0 => {
             RECOVERED[hart].fetch_add(1, Ordering::AcqRel);
             // SAFETY: sepc is the address of the instruction that just trapped.
             let low = unsafe { core::ptr::read_volatile(sepc as *const u16) };
@@ -106,8 +106,8 @@ pub fn install() {
     unsafe { core::arch::asm!("csrw stvec, {}", in(reg) v, options(nostack)) };
 }
 
-/// Runs `f` on this hart with load/store access faults and misaligned accesses
-/// skipped over instead of fatal (the trap handler must be installed); returns how
+/// Runs `f` on this hart with load/store access faults, page faults and misaligned
+/// accesses skipped over instead of fatal (the trap handler must be installed); returns how
 /// many were skipped. For probing what a device does with accesses it may refuse.
 pub fn recovering(f: impl FnOnce()) -> usize {
     let hart = crate::hart::id() % MAX_HARTS;

@@ -124,6 +124,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
     legacy_calls();
     legacy_calls_under_paging();
     suspend_retentive();
+    fwft();
     srst_invalid();
     suspend_non_retentive();
 }
@@ -834,6 +835,146 @@ fn legacy_calls_under_paging() {
     }
     // SAFETY: back to no translation, which is how the rest of the program runs.
     unsafe { core::arch::asm!("csrw satp, zero", "sfence.vma") };
+}
+
+/// SBI 3.0 FWFT: reserved IDs, bad values and flags, locks, and both features in
+/// effect: a misaligned AMO reaches this guest's own handler, and with hardware A/D
+/// updating a page-table entry without A/D bits is updated instead of faulting.
+fn fwft() {
+    const FWFT: usize = 0x4657_4654;
+    const SET: usize = 0;
+    const GET: usize = 1;
+    const MISALIGNED: usize = 0;
+    const PTE_AD: usize = 4;
+    const LOCK: usize = 1;
+    if call(eid::BASE, 3, [FWFT, 0, 0, 0, 0, 0]).value == 0 {
+        if ctx().opensbi {
+            note("fwft", "skipped: not offered");
+        } else {
+            fail("fwft_probe", "0", "offered");
+        }
+        return;
+    }
+    let set = |id: usize, v: usize, fl: usize| call(FWFT, SET, [id, v, fl, 0, 0, 0]);
+    let get = |id: usize| call(FWFT, GET, [id, 0, 0, 0, 0, 0]);
+    check_err("fwft_bad_fid", call(FWFT, 2, [0; 6]), error::NOT_SUPPORTED);
+    for id in [6usize, 0x4000_0000, 0x8000_0000, 0xc000_0000] {
+        check_err("fwft_get_reserved", get(id), error::DENIED);
+        check_err("fwft_set_reserved", set(id, 1, 0), error::DENIED);
+    }
+    check_err(
+        "fwft_set_bad_flags",
+        set(PTE_AD, 0, 2),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "fwft_set_bad_value",
+        set(PTE_AD, 2, 0),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "fwft_set_value_high_bits",
+        set(PTE_AD, 1 << 32, 0),
+        error::INVALID_PARAM,
+    );
+    // Misaligned exceptions: delegated (Diosix refuses to take them back).
+    check("fwft_misaligned_get", get(MISALIGNED).value, 1);
+    check_err(
+        "fwft_misaligned_set_1",
+        set(MISALIGNED, 1, 0),
+        error::SUCCESS,
+    );
+    if !ctx().opensbi {
+        check_err(
+            "fwft_misaligned_set_0_denied",
+            set(MISALIGNED, 0, 0),
+            error::DENIED,
+        );
+    }
+    let word = AtomicU64::new(0);
+    let skipped = trap::recovering(|| {
+        // SAFETY: a 4-byte AMO one byte into an 8-byte local: misaligned, so it traps
+        // (to this guest's handler, which steps over it) rather than writing.
+        unsafe {
+            core::arch::asm!(
+                "amoadd.w zero, {one}, ({addr})",
+                one = in(reg) 1usize,
+                addr = in(reg) (word.as_ptr() as usize) + 1,
+                options(nostack)
+            )
+        };
+    });
+    check("fwft_misaligned_amo_reaches_guest", skipped, 1);
+    // Hardware A/D updating in this guest's page tables, where the host has Svadu.
+    let ad = get(PTE_AD);
+    if ad.error == error::NOT_SUPPORTED {
+        note("fwft_pte_ad", "skipped: no Svadu on this host");
+    } else {
+        check_err("fwft_pte_ad_get", ad, error::SUCCESS);
+        check("fwft_pte_ad_resets_to_0", ad.value, 0);
+        fwft_pte_ad(0);
+        check_err(
+            "fwft_pte_ad_set_1",
+            set(PTE_AD | 1 << 32, 1, 0),
+            error::SUCCESS,
+        );
+        check("fwft_pte_ad_get_1", get(PTE_AD).value, 1);
+        fwft_pte_ad(1);
+        check_err("fwft_pte_ad_lock", set(PTE_AD, 0, LOCK), error::SUCCESS);
+        for (v, fl) in [(1, 0), (0, LOCK)] {
+            check_err(
+                "fwft_pte_ad_locked",
+                set(PTE_AD, v, fl),
+                error::DENIED_LOCKED,
+            );
+        }
+        check("fwft_pte_ad_locked_value", get(PTE_AD).value, 0);
+    }
+}
+
+/// Reads and writes RAM through a 1 GiB alias whose entry has no A/D bits: with
+/// hardware updating off each access page-faults (stepped over), with it on the entry
+/// gains A, then D.
+fn fwft_pte_ad(enabled: usize) {
+    const RAM: usize = 0x8000_0000;
+    const ALIAS: usize = 0xC000_0000;
+    const A: u64 = 1 << 6;
+    const D: u64 = 1 << 7;
+    let target = &LEGACY_MASK;
+    let ptr = target.as_ptr() as usize;
+    if !(RAM..ALIAS).contains(&ptr) {
+        note("fwft_pte_ad", "skipped: RAM is not at 0x8000_0000");
+        return;
+    }
+    let base = (RAM as u64 >> 12) << 10;
+    VS_ROOT.0[2].store(base | 0xcf, Ordering::Relaxed);
+    VS_ROOT.0[3].store(base | 0x0f, Ordering::Relaxed);
+    let alias = ptr - RAM + ALIAS;
+    let satp = (8usize << 60) | (VS_ROOT.0.as_ptr() as usize >> 12);
+    // SAFETY: as in `legacy_calls_under_paging`: RAM stays mapped at its own address.
+    unsafe { core::arch::asm!("sfence.vma", "csrw satp, {0}", "sfence.vma", in(reg) satp) };
+    let faults_read = trap::recovering(|| {
+        // SAFETY: the alias maps this static's own page.
+        unsafe { core::ptr::read_volatile(alias as *const usize) };
+    });
+    let after_read = VS_ROOT.0[3].load(Ordering::Relaxed);
+    let faults_write = trap::recovering(|| {
+        // SAFETY: as above; the value is the one it already holds.
+        unsafe { core::ptr::write_volatile(alias as *mut usize, target.load(Ordering::Relaxed)) };
+    });
+    let after_write = VS_ROOT.0[3].load(Ordering::Relaxed);
+    // SAFETY: back to no translation.
+    unsafe { core::arch::asm!("csrw satp, zero", "sfence.vma") };
+    if enabled == 1 {
+        check("fwft_pte_ad_on_read_no_fault", faults_read, 0);
+        check("fwft_pte_ad_on_read_sets_a", after_read & (A | D), A);
+        check("fwft_pte_ad_on_write_no_fault", faults_write, 0);
+        check("fwft_pte_ad_on_write_sets_d", after_write & (A | D), A | D);
+    } else {
+        check("fwft_pte_ad_off_read_faults", faults_read, 1);
+        check("fwft_pte_ad_off_write_faults", faults_write, 1);
+        check("fwft_pte_ad_off_entry_untouched", after_write & (A | D), 0);
+    }
 }
 
 fn suspend_retentive() {

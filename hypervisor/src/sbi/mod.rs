@@ -15,7 +15,9 @@ use crate::vcpu::{Vcpu, Wait};
 use diosix_abi::SbiError;
 use diosix_core::addr::{Gpa, Range};
 use diosix_core::gstage::Perms;
-use diosix_core::sbi::{self, Base, Caller, DiosixExtension, Reply, SbiRet};
+use diosix_core::sbi::{
+    self, Base, Caller, DiosixExtension, FirmwareFeatures, FwftFeature, FwftState, Reply, SbiRet,
+};
 use diosix_riscv::csr;
 use diosix_riscv::trap::reg;
 
@@ -155,6 +157,32 @@ impl Base for Call<'_> {
 
     fn machine_ids(&self) -> (usize, usize, usize) {
         (csr::id::mvendorid(), csr::id::marchid(), csr::id::mimpid())
+    }
+}
+
+impl FirmwareFeatures for Call<'_> {
+    fn fwft_supported(&self, f: FwftFeature) -> bool {
+        match f {
+            // Always delegated (both guest modes): only the value 1 is accepted.
+            FwftFeature::MisalignedExcDeleg => true,
+            FwftFeature::PteAdHwUpdating => crate::platform::guest_svadu(),
+        }
+    }
+
+    fn fwft_state(&self) -> FwftState {
+        self.vcpu().ctx.fwft
+    }
+
+    fn fwft_apply(&mut self, state: FwftState) {
+        let v = self.vcpu_mut();
+        v.ctx.fwft = state;
+        v.ctx.csrs.envcfg = if state.value(FwftFeature::PteAdHwUpdating) == 1 {
+            diosix_riscv::csr::envcfg::ADUE
+        } else {
+            0
+        };
+        // The vCPU runs on this hart: in force from its next instruction.
+        crate::guestmode::mode().load_envcfg(v.ctx.csrs.envcfg);
     }
 }
 

@@ -3,10 +3,12 @@
 //! trait in [`super::env`].
 
 use super::env::{
-    Base, Caller, Console, DiosixExtension, Hsm, Ipi, LegacyMask, Reset, Rfence, SbiEnv, Timer,
+    Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
+    SbiEnv, Timer,
 };
 use super::{
-    decode_hart_mask, eid, FenceKind, HartSet, Reply, ResetType, SbiRet, Suspend, SPEC_VERSION,
+    decode_hart_mask, eid, FenceKind, FwftFeature, HartSet, Reply, ResetType, SbiRet, Suspend,
+    SPEC_VERSION,
 };
 use crate::addr::{Gpa, Gva};
 use diosix_abi::{error, fid, SbiError};
@@ -24,6 +26,7 @@ pub fn extension_present(id: usize) -> bool {
                 | eid::HSM
                 | eid::SRST
                 | eid::DBCN
+                | eid::FWFT
                 | eid::DIOSIX
     )
 }
@@ -39,6 +42,7 @@ pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
         eid::HSM => hsm(env, fid, a0, a1, a2),
         eid::SRST => srst(env, fid, a0, a1),
         eid::DBCN => dbcn(env, fid, a0, a1, a2),
+        eid::FWFT => fwft(env, fid, a0, a1, a2),
         eid::DIOSIX => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
         eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => return legacy(env, ext, a0),
         _ => SbiRet::error(SbiError::NotSupported),
@@ -163,6 +167,55 @@ fn srst<E: Reset + ?Sized>(env: &mut E, function: usize, kind: usize, reason: us
         _ => return SbiRet::error(SbiError::InvalidParam),
     };
     SbiRet::from(env.system_reset(kind, failure))
+}
+
+/// FWFT: `feature` is a `uint32_t` (upper bits ignored). Checks, in order: the function
+/// (NOT_SUPPORTED); the feature ID (reserved and platform-specific: DENIED; standard
+/// but not implemented here: NOT_SUPPORTED); for SET, the flags (only LOCK:
+/// INVALID_PARAM) and the value (0 or 1: INVALID_PARAM); the host's support
+/// (NOT_SUPPORTED); the lock (DENIED_LOCKED); and MISALIGNED_EXC_DELEG = 0, which Diosix
+/// refuses (DENIED: it has no misaligned-access emulator, so such exceptions always go
+/// to the guest, as the spec's note on hypervisors allows).
+fn fwft<E: FirmwareFeatures + ?Sized>(
+    env: &mut E,
+    function: usize,
+    feature: usize,
+    value: usize,
+    flags: usize,
+) -> SbiRet {
+    use fid::fwft::*;
+    if function != SET && function != GET {
+        return SbiRet::error(SbiError::NotSupported);
+    }
+    let id = feature as u32;
+    let f = match id as usize {
+        MISALIGNED_EXC_DELEG => FwftFeature::MisalignedExcDeleg,
+        PTE_AD_HW_UPDATING => FwftFeature::PteAdHwUpdating,
+        LANDING_PAD | SHADOW_STACK | DOUBLE_TRAP | POINTER_MASKING_PMLEN => {
+            return SbiRet::error(SbiError::NotSupported)
+        }
+        _ => return SbiRet::error(SbiError::Denied),
+    };
+    if function == SET && (flags & !FLAG_LOCK != 0 || value > 1) {
+        return SbiRet::error(SbiError::InvalidParam);
+    }
+    if !env.fwft_supported(f) {
+        return SbiRet::error(SbiError::NotSupported);
+    }
+    let mut state = env.fwft_state();
+    if function == GET {
+        return SbiRet::ok(usize::from(state.value(f)));
+    }
+    if state.is_locked(f) {
+        return SbiRet::error(SbiError::DeniedLocked);
+    }
+    if f == FwftFeature::MisalignedExcDeleg && value == 0 {
+        return SbiRet::error(SbiError::Denied);
+    }
+    state.values[f as usize] = value as u8;
+    state.locked[f as usize] = flags & FLAG_LOCK != 0;
+    env.fwft_apply(state);
+    SbiRet::ok(0)
 }
 
 /// Forms the buffer GPA of a DBCN call. On RV64 the address is `lo`; a non-zero `hi`

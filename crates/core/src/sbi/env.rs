@@ -7,7 +7,7 @@
 //! every check that needs guest memory or vCPU state, and answer with an [`SbiError`].
 //! [`SbiEnv`] is all of them together: what the hypervisor implements for an ecall.
 
-use super::{FenceKind, HartSet, HartState, ResetType, SbiRet, Suspend};
+use super::{FenceKind, FwftFeature, FwftState, HartSet, HartState, ResetType, SbiRet, Suspend};
 use crate::addr::{Gpa, Gva};
 use diosix_abi::SbiError;
 
@@ -88,6 +88,18 @@ pub trait LegacyMask {
     fn read_legacy_mask(&mut self, gva: Gva) -> Option<usize>;
 }
 
+/// Firmware features extension (SBI 3.0): the calling vCPU's settings. The decoder
+/// checks IDs, values, flags and locks; the environment says what the host can do and
+/// keeps and applies the state.
+pub trait FirmwareFeatures {
+    /// Whether the host can provide `f` at all (hardware A/D updating needs Svadu).
+    fn fwft_supported(&self, f: FwftFeature) -> bool;
+    /// The calling vCPU's settings.
+    fn fwft_state(&self) -> FwftState;
+    /// Replaces the calling vCPU's settings (already validated) and applies them.
+    fn fwft_apply(&mut self, state: FwftState);
+}
+
 /// The Diosix extension (EID `0x0A000005`), decoded by [`crate::tree::dispatch`].
 pub trait DiosixExtension {
     /// Handles one call of the Diosix extension.
@@ -96,11 +108,31 @@ pub trait DiosixExtension {
 
 /// Every extension's effects: what the hypervisor implements for one ecall.
 pub trait SbiEnv:
-    Caller + Base + Timer + Ipi + Rfence + Hsm + Reset + Console + LegacyMask + DiosixExtension
+    Caller
+    + Base
+    + Timer
+    + Ipi
+    + Rfence
+    + Hsm
+    + Reset
+    + Console
+    + LegacyMask
+    + FirmwareFeatures
+    + DiosixExtension
 {
 }
 
 impl<T> SbiEnv for T where
-    T: Caller + Base + Timer + Ipi + Rfence + Hsm + Reset + Console + LegacyMask + DiosixExtension
+    T: Caller
+        + Base
+        + Timer
+        + Ipi
+        + Rfence
+        + Hsm
+        + Reset
+        + Console
+        + LegacyMask
+        + FirmwareFeatures
+        + DiosixExtension
 {
 }

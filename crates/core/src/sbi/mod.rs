@@ -11,8 +11,9 @@
 //! refused for the upper ones: the spec's binary encoding chapter has the SBI
 //! implementation use only the 32 bits of such data, and the RISC-V calling convention
 //! passes a C `uint32_t` sign-extended, so `0x8000_0000` arrives from compiled code as
-//! `0xFFFF_FFFF_8000_0000`. DBCN `write_byte`'s `uint8_t` keeps only its low byte, as
-//! does the legacy `console_putchar`'s `int`. Every other parameter of the extensions
+//! `0xFFFF_FFFF_8000_0000`. FWFT's `uint32_t feature` is truncated the same way. DBCN
+//! `write_byte`'s `uint8_t` keeps only its low byte, as does the legacy
+//! `console_putchar`'s `int`. Every other parameter of the extensions
 //! here is `unsigned long` or `uint64_t` and is used whole.
 
 use crate::addr::Gpa;
@@ -24,7 +25,8 @@ mod env;
 
 pub use dispatch::{dispatch, extension_present};
 pub use env::{
-    Base, Caller, Console, DiosixExtension, Hsm, Ipi, LegacyMask, Reset, Rfence, SbiEnv, Timer,
+    Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
+    SbiEnv, Timer,
 };
 
 /// Extension IDs (shared with the guests through the ABI crate).
@@ -32,6 +34,63 @@ pub use diosix_abi::eid;
 
 /// SBI specification version implemented: 2.0 (major in bits 30:24).
 pub const SPEC_VERSION: usize = 2 << 24;
+
+/// The FWFT features Diosix implements (SBI 3.0 chapter "Firmware Features"). Every
+/// one is local (per vCPU) with values 0 and 1; the other standard features (landing
+/// pad, shadow stack, double trap, pointer masking) answer NOT_SUPPORTED, reserved and
+/// platform-specific IDs DENIED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FwftFeature {
+    /// MISALIGNED_EXC_DELEG: misaligned load/store exceptions go to the guest's own
+    /// handler.
+    MisalignedExcDeleg = 0,
+    /// PTE_AD_HW_UPDATING: the hardware sets A/D bits in the guest's page tables
+    /// (Svadu).
+    PteAdHwUpdating = 1,
+}
+
+impl FwftFeature {
+    /// Every feature, by its index.
+    pub const ALL: [FwftFeature; 2] = [Self::MisalignedExcDeleg, Self::PteAdHwUpdating];
+}
+
+/// One vCPU's FWFT settings: a value and a lock per [`FwftFeature`] (by index). A
+/// hart reset (HSM start, a VM's reboot) returns it to [`FwftState::reset`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwftState {
+    /// Each feature's value (0 or 1).
+    pub values: [u8; 2],
+    /// Each feature's lock.
+    pub locked: [bool; 2],
+}
+
+impl FwftState {
+    /// The reset values: misaligned exceptions delegated (Diosix always delegates
+    /// them), hardware A/D updating off (the spec's reset value).
+    pub const fn reset() -> Self {
+        Self {
+            values: [1, 0],
+            locked: [false, false],
+        }
+    }
+
+    /// The value of `f`.
+    pub fn value(&self, f: FwftFeature) -> u8 {
+        self.values[f as usize]
+    }
+
+    /// Whether `f` is locked.
+    pub fn is_locked(&self, f: FwftFeature) -> bool {
+        self.locked[f as usize]
+    }
+}
+
+impl Default for FwftState {
+    fn default() -> Self {
+        Self::reset()
+    }
+}
 
 /// The value pair an SBI call returns in a0 (error) and a1 (value).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,6 +17,9 @@ struct Fake {
     legacy_mask: Option<usize>,
     suspends: Vec<Suspend>,
     bytes: Vec<u8>,
+    fwft: FwftState,
+    /// The host lacks Svadu (no hardware A/D updating).
+    no_svadu: bool,
 }
 
 impl Caller for Fake {
@@ -105,6 +108,19 @@ impl Console for Fake {
 impl LegacyMask for Fake {
     fn read_legacy_mask(&mut self, _gva: Gva) -> Option<usize> {
         self.legacy_mask
+    }
+}
+
+impl FirmwareFeatures for Fake {
+    fn fwft_supported(&self, f: FwftFeature) -> bool {
+        f != FwftFeature::PteAdHwUpdating || !self.no_svadu
+    }
+    fn fwft_state(&self) -> FwftState {
+        self.fwft
+    }
+    fn fwft_apply(&mut self, state: FwftState) {
+        self.log.push("fwft");
+        self.fwft = state;
     }
 }
 
@@ -488,4 +504,107 @@ fn legacy_calls_reply_in_a0_only() {
         Reply::Legacy(0)
     );
     assert_eq!(f.reset, Some((ResetType::Shutdown, false)));
+}
+
+/// FWFT (SBI 3.0): IDs (32 bits), values, flags, locks and host support, each refused
+/// with the code the spec gives it and nothing changed.
+#[test]
+fn fwft_checks_ids_values_flags_and_locks() {
+    use diosix_abi::fid::fwft::*;
+    let mut f = Fake::default();
+    let set =
+        |f: &mut Fake, id: usize, v: usize, fl: usize| sbi(f, eid::FWFT, SET, [id, v, fl, 0, 0, 0]);
+    let get = |f: &mut Fake, id: usize| sbi(f, eid::FWFT, GET, [id, 0, 0, 0, 0, 0]);
+    let err = |e: SbiError| SbiRet::error(e);
+    assert_eq!(
+        sbi(
+            &mut f,
+            eid::BASE,
+            diosix_abi::fid::base::PROBE_EXTENSION,
+            [eid::FWFT, 0, 0, 0, 0, 0]
+        ),
+        SbiRet::ok(1)
+    );
+    assert_eq!(
+        sbi(&mut f, eid::FWFT, 2, [0; 6]),
+        err(SbiError::NotSupported)
+    );
+    // Reserved and platform-specific IDs: DENIED; standard ones not provided:
+    // NOT_SUPPORTED.
+    for id in [
+        6usize,
+        0x3fff_ffff,
+        0x4000_0000,
+        0x7fff_ffff,
+        0x8000_0000,
+        0xbfff_ffff,
+        0xc000_0000,
+        0xffff_ffff,
+    ] {
+        assert_eq!(get(&mut f, id), err(SbiError::Denied), "{id:#x}");
+        assert_eq!(set(&mut f, id, 1, 0), err(SbiError::Denied), "{id:#x}");
+    }
+    for id in [
+        LANDING_PAD,
+        SHADOW_STACK,
+        DOUBLE_TRAP,
+        POINTER_MASKING_PMLEN,
+    ] {
+        assert_eq!(get(&mut f, id), err(SbiError::NotSupported));
+    }
+    // Reset values; the ID is a uint32_t.
+    assert_eq!(get(&mut f, MISALIGNED_EXC_DELEG), SbiRet::ok(1));
+    assert_eq!(get(&mut f, PTE_AD_HW_UPDATING | 1 << 32), SbiRet::ok(0));
+    // Bad values and flags change nothing.
+    for (v, fl) in [(2, 0), (0xffff_ffff, 0), (1 << 32, 0), (1, 2), (1, 1 << 32)] {
+        assert_eq!(
+            set(&mut f, PTE_AD_HW_UPDATING, v, fl),
+            err(SbiError::InvalidParam)
+        );
+    }
+    assert!(f.log.is_empty());
+    assert_eq!(
+        set(&mut f, PTE_AD_HW_UPDATING | 1 << 40, 1, 0),
+        SbiRet::ok(0)
+    );
+    assert_eq!(get(&mut f, PTE_AD_HW_UPDATING), SbiRet::ok(1));
+    // Misaligned exceptions always go to the guest.
+    assert_eq!(
+        set(&mut f, MISALIGNED_EXC_DELEG, 0, 0),
+        err(SbiError::Denied)
+    );
+    assert_eq!(
+        set(&mut f, MISALIGNED_EXC_DELEG, 1, FLAG_LOCK),
+        SbiRet::ok(0)
+    );
+    // Locked: every set refused, the value kept.
+    for (v, fl) in [(0, 0), (1, 0), (0, FLAG_LOCK), (1, FLAG_LOCK)] {
+        assert_eq!(
+            set(&mut f, MISALIGNED_EXC_DELEG, v, fl),
+            err(SbiError::DeniedLocked)
+        );
+    }
+    assert_eq!(get(&mut f, MISALIGNED_EXC_DELEG), SbiRet::ok(1));
+    assert_eq!(set(&mut f, PTE_AD_HW_UPDATING, 0, FLAG_LOCK), SbiRet::ok(0));
+    assert_eq!(
+        set(&mut f, PTE_AD_HW_UPDATING, 1, 0),
+        err(SbiError::DeniedLocked)
+    );
+    assert_eq!(
+        f.fwft,
+        FwftState {
+            values: [1, 0],
+            locked: [true, true]
+        }
+    );
+    // A host without Svadu.
+    let mut g = Fake {
+        no_svadu: true,
+        ..Fake::default()
+    };
+    assert_eq!(get(&mut g, PTE_AD_HW_UPDATING), err(SbiError::NotSupported));
+    assert_eq!(
+        set(&mut g, PTE_AD_HW_UPDATING, 1, 0),
+        err(SbiError::NotSupported)
+    );
 }
