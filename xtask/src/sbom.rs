@@ -1113,10 +1113,20 @@ mod tests {
             .collect();
         let hypervisor = cargo_tree("diosix", crate::build::TARGET);
         assert!(hypervisor.len() > 10, "{hypervisor:?}");
-        for expected in hypervisor
+        let linked: BTreeSet<String> = hypervisor
             .iter()
             .chain(&cargo_tree("dsx", crate::tools::LINUX_TARGET))
-        {
+            .cloned()
+            .collect();
+        // ... and no other crate is said to be linked.
+        for (key, c) in &listed {
+            let r = c.bom_ref.as_deref().unwrap_or("");
+            let is_crate = r.starts_with("pkg:cargo/") || r.starts_with("crate:");
+            if is_crate && c.scope == Some(Scope::Required) {
+                assert!(linked.contains(key), "{key} is listed as linked");
+            }
+        }
+        for expected in &linked {
             let c = listed
                 .get(expected)
                 .unwrap_or_else(|| panic!("{expected} is not listed"));

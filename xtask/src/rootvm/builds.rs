@@ -13,15 +13,12 @@ use std::time::Instant;
 use super::cache::{cache_dir, cache_key, commit, fresh_tmp};
 use super::sources::{extract, fetch_source, Source};
 use super::util::{fmt_duration, need_tools, read_text, write_file};
-use super::{step, BUILD_EPOCH, CROSS, FORMAT_VERSION, STEPS};
+use super::{step, BUILD_EPOCH, BUILD_TZ, CROSS, FORMAT_VERSION, STEPS};
 use crate::{process, Result};
 
 /// Make targets for the kernel: `modules` too, so the tree has `Module.symvers` and
 /// `modpost` for building out-of-tree modules against it later.
 const LINUX_TARGETS: &[&str] = &["Image", "modules"];
-
-/// The time zone the kernel is built in (see `build_linux`).
-const LINUX_TZ: &str = "UTC";
 
 /// Lua's own makefile target without readline or dlopen (neither exists in a static
 /// binary), and the overrides that make it cross-compile and link statically.
@@ -37,7 +34,7 @@ const LUA_MAKE_ARGS: &[&str] = &[
 pub(super) fn build_linux(src: &Source, gcc_version: &str, repo: &Path) -> Result<PathBuf> {
     let what = format!("linux {}", src.upstream_version());
     let fragment = read_text(&repo.join("linux.config"))?;
-    let tz = format!("TZ={LINUX_TZ}");
+    let tz = format!("TZ={BUILD_TZ}");
     let key = cache_key(&[
         FORMAT_VERSION,
         "linux",
@@ -84,7 +81,7 @@ pub(super) fn build_linux(src: &Source, gcc_version: &str, repo: &Path) -> Resul
             // KBUILD_BUILD_TIMESTAMP read in the local time zone: west of UTC that
             // is a later time (other bytes), east of it before 1970, which
             // gen_init_cpio refuses. `cargo xtask repro` found it.
-            .env("TZ", LINUX_TZ)
+            .env("TZ", BUILD_TZ)
             .env("LC_ALL", "C");
         cmd
     };
@@ -142,7 +139,7 @@ pub(super) struct Busybox {
 pub(super) fn build_busybox(src: &Source, gcc_version: &str, repo: &Path) -> Result<Busybox> {
     let what = format!("busybox {}", src.upstream_version());
     let config = read_text(&repo.join("busybox.config"))?;
-    let epoch = format!("SOURCE_DATE_EPOCH={BUILD_EPOCH}");
+    let epoch = format!("SOURCE_DATE_EPOCH={BUILD_EPOCH} TZ={BUILD_TZ}");
     let key = cache_key(&[
         FORMAT_VERSION,
         "busybox",
@@ -180,8 +177,11 @@ pub(super) fn build_busybox(src: &Source, gcc_version: &str, repo: &Path) -> Res
             .arg(format!("CROSS_COMPILE={CROSS}"))
             .arg(target)
             // Busybox's kconfig puts the build's date in its banner (`busybox
-            // --help`, every applet's usage): the fixed one, not today's.
+            // --help`, every applet's usage): the fixed one, not today's. It means
+            // it in UTC, but a ctime() call overwrites the gmtime() result with
+            // local time before it is printed: hence TZ too (`repro --full` found it).
             .env("SOURCE_DATE_EPOCH", BUILD_EPOCH)
+            .env("TZ", BUILD_TZ)
             .env("LC_ALL", "C");
         cmd
     };
@@ -249,6 +249,7 @@ pub(super) fn build_lua(src: &Source, gcc_version: &str) -> Result<PathBuf> {
         .args(LUA_MAKE_ARGS)
         // Lua embeds no date or path; set like the others so none is ever read.
         .env("SOURCE_DATE_EPOCH", BUILD_EPOCH)
+        .env("TZ", BUILD_TZ)
         .env("LC_ALL", "C");
     run_logged(
         &format!("{what}: make"),

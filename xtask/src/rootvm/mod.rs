@@ -68,6 +68,10 @@ const FORMAT_VERSION: &str = "diosix-rootvm-1";
 /// kernel or busybox; the kernel's own `KBUILD_BUILD_TIMESTAMP` says the same date.
 pub(crate) const BUILD_EPOCH: &str = "0";
 
+/// The time zone the Root VM's programs are built in: kbuild and busybox's kconfig read
+/// their fixed dates in the local one (see `builds.rs`).
+pub(crate) const BUILD_TZ: &str = "UTC";
+
 /// Prefix of the cross toolchain (Debian's `gcc-riscv64-linux-gnu`).
 pub(crate) const CROSS: &str = "riscv64-linux-gnu-";
 
