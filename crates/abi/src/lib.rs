@@ -204,6 +204,8 @@ pub mod eid {
     pub const SRST: usize = sbi_spec::srst::EID_SRST;
     /// Debug console.
     pub const DBCN: usize = sbi_spec::dbcn::EID_DBCN;
+    /// System suspend.
+    pub const SUSP: usize = sbi_spec::susp::EID_SUSP;
     /// Firmware features (SBI 3.0).
     pub const FWFT: usize = sbi_spec::fwft::EID_FWFT;
     /// The Diosix extension.
@@ -246,6 +248,12 @@ pub mod fid {
     /// Debug console extension.
     pub mod dbcn {
         pub use sbi_spec::dbcn::{CONSOLE_READ, CONSOLE_WRITE, CONSOLE_WRITE_BYTE};
+    }
+    /// System suspend extension.
+    pub mod susp {
+        pub use sbi_spec::susp::SUSPEND;
+        /// The one sleep type every implementation of the extension has.
+        pub const SUSPEND_TO_RAM: u32 = 0;
     }
     /// Firmware features extension (SBI 3.0): functions, feature IDs, the set flag.
     pub mod fwft {

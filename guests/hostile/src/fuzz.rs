@@ -828,6 +828,13 @@ fn standard_one(f: &mut Fz) {
             let value = r.pick(&[0, 1, 2, a[1]]);
             let flags = r.pick(&[0, 1, 2, a[2]]);
             let fid = r.pick(&[0, 1, 2, usize::MAX]);
+            if r.one_in(3) {
+                // SUSP with a sleep type it never has (reserved or platform, any upper
+                // bits): refused, never a suspend of this VM.
+                let t = hi | r.pick(&[1usize, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff]);
+                f.std(0x5355_5350, fid & 1, [t, a[1], a[2], 0, 0, 0]);
+                return;
+            }
             f.std(0x4657_4654, fid, [id, value, flags, 0, 0, 0]);
         }
         9 => {

@@ -70,6 +70,29 @@ pub fn suspend_non_retentive(f: HartFn, opaque: usize) -> sbi::SbiRet {
     }
 }
 
+/// SBI SUSP system suspend of this VM with `sleep_type` (0 = SUSPEND_TO_RAM; the
+/// upper 32 bits are the caller's to fill, the SBI ignores them): on success this hart
+/// resumes in `f(hartid, opaque)` on a fresh stack and this never returns; otherwise
+/// the error.
+pub fn system_suspend(sleep_type: usize, f: HartFn, opaque: usize) -> sbi::SbiRet {
+    system_suspend_at(sleep_type, secondary_entry_addr(), f, opaque)
+}
+
+/// [`system_suspend`] with an explicit resume address (for refusals of bad ones).
+pub fn system_suspend_at(
+    sleep_type: usize,
+    resume: usize,
+    f: HartFn,
+    opaque: usize,
+) -> sbi::SbiRet {
+    let me = id();
+    ENTRY[me].store(f as usize, Ordering::Release);
+    // SAFETY: on success the hart restarts at `resume` (the runtime entry, with a fresh
+    // stack, for the addresses callers expect to succeed); nothing on the current stack
+    // is referenced again.
+    unsafe { sbi::sbi_call(sbi::eid::SUSP, 0, [sleep_type, resume, opaque, 0, 0, 0]) }
+}
+
 /// Called by `__rt_secondary_entry` on a started or resumed hart.
 #[no_mangle]
 extern "C" fn __rt_secondary(hartid: usize, opaque: usize) -> ! {

@@ -1061,6 +1061,75 @@ fn resumed(hartid: usize, opaque: usize) {
         csr::sstatus() & csr::SSTATUS_SIE,
         0,
     );
+    system_suspend();
+}
+
+const SUSP_MAGIC: usize = 0x5055_be0d;
+
+/// SUSP: reserved and platform sleep types refused; refused while another hart runs
+/// and for a resume address outside RAM; then SUSPEND_TO_RAM (passed with garbage in
+/// the upper 32 bits, which the SBI ignores) with a timer armed to wake it: the hart
+/// resumes at the resume address with a0 = its hart, a1 = opaque.
+fn system_suspend() {
+    if sbi::probe(eid::SUSP) == 0 {
+        if ctx().opensbi {
+            note("susp", "skipped: not offered");
+        } else {
+            fail("susp_probe", "0", "offered");
+        }
+        finish();
+    }
+    for t in [1usize, 0x7fff_ffff, 0x8000_0000] {
+        let r = hart::system_suspend(t, susp_resumed, SUSP_MAGIC);
+        check_err("susp_bad_sleep_type", r, error::INVALID_PARAM);
+    }
+    let me = ctx().me;
+    let other = ctx().info.harts().iter().copied().find(|&h| h != me);
+    if let Some(h) = other {
+        HELPERS_STOP.store(false, Ordering::Release);
+        HELPER_UP[h].store(false, Ordering::Release);
+        check_err(
+            "susp_helper_start",
+            hart::start(h, helper, OPAQUE_MAGIC),
+            error::SUCCESS,
+        );
+        wait_for(ms(2000), || HELPER_UP[h].load(Ordering::Acquire));
+        let r = hart::system_suspend(0, susp_resumed, SUSP_MAGIC);
+        check_err("susp_other_hart_running_denied", r, error::DENIED);
+        HELPERS_STOP.store(true, Ordering::Release);
+        sbi::send_ipi(1, h);
+        let stopped = wait_for(ms(2000), || {
+            sbi::hart_status(h).value == hart_state::STOPPED
+        });
+        check_true("susp_helper_stopped", stopped, "STOPPED");
+    }
+    let r = hart::system_suspend_at(0, outside_ram(), susp_resumed, SUSP_MAGIC);
+    check_err("susp_resume_outside_ram", r, error::INVALID_ADDRESS);
+    csr::sie_set(csr::STI);
+    sbi::set_timer(csr::time() + ms(2));
+    let r = hart::system_suspend(0xdead_0000_0000_0000, susp_resumed, SUSP_MAGIC);
+    fail("susp_suspend_to_ram", r, "resume at resume_addr");
+    sbi::set_timer(u64::MAX);
+    finish();
+}
+
+/// Resume point of the system suspend.
+fn susp_resumed(hartid: usize, opaque: usize) {
+    sbi::set_timer(u64::MAX);
+    csr::sie_clear(csr::STI);
+    trap::install();
+    pass("susp_suspend_to_ram");
+    check("susp_resume_hartid", hartid, ctx().me);
+    check("susp_resume_opaque_in_a1", opaque, SUSP_MAGIC);
+    let satp: usize;
+    // SAFETY: reading satp has no side effects.
+    unsafe { core::arch::asm!("csrr {}, satp", out(reg) satp, options(nomem, nostack)) };
+    check("susp_resume_satp_zero", satp, 0);
+    check(
+        "susp_resume_hsm_started",
+        sbi::hart_status(hartid).value,
+        hart_state::STARTED,
+    );
     finish();
 }
 

@@ -1,11 +1,13 @@
-//! Hart state management: starting, stopping and suspending the caller's vCPUs.
+//! Hart state management: starting, stopping and suspending the caller's vCPUs, and
+//! the system suspend of its whole VM (SUSP), which is the last running vCPU's
+//! non-retentive suspend.
 
 use super::Call;
 use crate::sched;
 use crate::vcpu::Wait;
 use diosix_abi::SbiError;
 use diosix_core::addr::Gpa;
-use diosix_core::sbi::{HartState, Hsm, Suspend};
+use diosix_core::sbi::{Caller, HartState, Hsm, Suspend, SystemSuspend};
 
 impl Hsm for Call<'_> {
     fn hart_status(&self, hart: usize) -> HartState {
@@ -46,5 +48,24 @@ impl Hsm for Call<'_> {
         self.vcpu().shared.set_state(HartState::Suspended);
         self.block = Some(Wait::Suspend(how));
         Ok(())
+    }
+}
+
+impl SystemSuspend for Call<'_> {
+    fn system_suspend(&mut self, resume: Gpa, opaque: usize) -> Result<(), SbiError> {
+        let me = self.this_hart();
+        // Every other vCPU is STOPPED, so none can start one meanwhile: only this
+        // VM's own vCPUs start its vCPUs (a parent's REBOOT or kill replaces it all).
+        let others_stopped = self
+            .vcpu()
+            .vm
+            .vcpus
+            .iter()
+            .enumerate()
+            .all(|(i, v)| i == me || v.state() == HartState::Stopped);
+        if !others_stopped {
+            return Err(SbiError::Denied);
+        }
+        self.hart_suspend(Suspend::NonRetentive { resume, opaque })
     }
 }

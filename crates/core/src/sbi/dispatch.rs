@@ -4,7 +4,7 @@
 
 use super::env::{
     Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
-    SbiEnv, Timer,
+    SbiEnv, SystemSuspend, Timer,
 };
 use super::{
     decode_hart_mask, eid, FenceKind, FwftFeature, HartSet, Reply, ResetType, SbiRet, Suspend,
@@ -27,6 +27,7 @@ pub fn extension_present(id: usize) -> bool {
                 | eid::SRST
                 | eid::DBCN
                 | eid::FWFT
+                | eid::SUSP
                 | eid::DIOSIX
     )
 }
@@ -43,6 +44,7 @@ pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
         eid::SRST => srst(env, fid, a0, a1),
         eid::DBCN => dbcn(env, fid, a0, a1, a2),
         eid::FWFT => fwft(env, fid, a0, a1, a2),
+        eid::SUSP => susp(env, fid, a0, a1, a2),
         eid::DIOSIX => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
         eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => return legacy(env, ext, a0),
         _ => SbiRet::error(SbiError::NotSupported),
@@ -167,6 +169,29 @@ fn srst<E: Reset + ?Sized>(env: &mut E, function: usize, kind: usize, reason: us
         _ => return SbiRet::error(SbiError::InvalidParam),
     };
     SbiRet::from(env.system_reset(kind, failure))
+}
+
+/// SUSP: `sleep_type` is a `uint32_t` (upper bits ignored). Only SUSPEND_TO_RAM (0)
+/// exists here: reserved and platform-specific types are INVALID_PARAM; then the
+/// environment's checks (other vCPUs stopped: DENIED; `resume_addr`: INVALID_ADDRESS).
+/// On success the caller resumes at `resume_addr`, not after its ecall.
+fn susp<E: SystemSuspend + ?Sized>(
+    env: &mut E,
+    function: usize,
+    sleep_type: usize,
+    resume: usize,
+    opaque: usize,
+) -> SbiRet {
+    if function != fid::susp::SUSPEND {
+        return SbiRet::error(SbiError::NotSupported);
+    }
+    if sleep_type as u32 != fid::susp::SUSPEND_TO_RAM {
+        return SbiRet::error(SbiError::InvalidParam);
+    }
+    SbiRet::from(
+        env.system_suspend(Gpa::new(resume as u64), opaque)
+            .map(|()| 0),
+    )
 }
 
 /// FWFT: `feature` is a `uint32_t` (upper bits ignored). Checks, in order: the function

@@ -62,6 +62,16 @@ pub trait Hsm {
     fn hart_suspend(&mut self, how: Suspend) -> Result<(), SbiError>;
 }
 
+/// System suspend extension: SUSPEND_TO_RAM of the calling VM.
+pub trait SystemSuspend {
+    /// Suspends the calling VM: the caller's vCPU sleeps until an interrupt it enabled
+    /// is pending, then resumes at `resume` with a0 = its hart, a1 = `opaque`, its
+    /// MMU and interrupts off (as an HSM non-retentive suspend). The environment
+    /// checks that every other vCPU of the VM is STOPPED (`Denied`), then `resume`
+    /// (`InvalidAddress`).
+    fn system_suspend(&mut self, resume: Gpa, opaque: usize) -> Result<(), SbiError>;
+}
+
 /// System reset extension (and legacy `shutdown`).
 pub trait Reset {
     /// Resets or shuts down the calling VM (or the host, for the Root VM).
@@ -115,6 +125,7 @@ pub trait SbiEnv:
     + Rfence
     + Hsm
     + Reset
+    + SystemSuspend
     + Console
     + LegacyMask
     + FirmwareFeatures
@@ -130,6 +141,7 @@ impl<T> SbiEnv for T where
         + Rfence
         + Hsm
         + Reset
+        + SystemSuspend
         + Console
         + LegacyMask
         + FirmwareFeatures

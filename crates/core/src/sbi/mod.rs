@@ -11,7 +11,8 @@
 //! refused for the upper ones: the spec's binary encoding chapter has the SBI
 //! implementation use only the 32 bits of such data, and the RISC-V calling convention
 //! passes a C `uint32_t` sign-extended, so `0x8000_0000` arrives from compiled code as
-//! `0xFFFF_FFFF_8000_0000`. FWFT's `uint32_t feature` is truncated the same way. DBCN
+//! `0xFFFF_FFFF_8000_0000`. FWFT's `uint32_t feature` and SUSP's `uint32_t sleep_type`
+//! are truncated the same way. DBCN
 //! `write_byte`'s `uint8_t` keeps only its low byte, as does the legacy
 //! `console_putchar`'s `int`. Every other parameter of the extensions
 //! here is `unsigned long` or `uint64_t` and is used whole.
@@ -26,7 +27,7 @@ mod env;
 pub use dispatch::{dispatch, extension_present};
 pub use env::{
     Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
-    SbiEnv, Timer,
+    SbiEnv, SystemSuspend, Timer,
 };
 
 /// Extension IDs (shared with the guests through the ABI crate).

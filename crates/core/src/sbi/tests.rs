@@ -111,6 +111,14 @@ impl LegacyMask for Fake {
     }
 }
 
+impl SystemSuspend for Fake {
+    fn system_suspend(&mut self, resume: Gpa, opaque: usize) -> Result<(), SbiError> {
+        self.log.push("system_suspend");
+        self.suspends.push(Suspend::NonRetentive { resume, opaque });
+        Ok(())
+    }
+}
+
 impl FirmwareFeatures for Fake {
     fn fwft_supported(&self, f: FwftFeature) -> bool {
         f != FwftFeature::PteAdHwUpdating || !self.no_svadu
@@ -606,5 +614,33 @@ fn fwft_checks_ids_values_flags_and_locks() {
     assert_eq!(
         set(&mut g, PTE_AD_HW_UPDATING, 1, 0),
         err(SbiError::NotSupported)
+    );
+}
+
+/// SUSP: only SUSPEND_TO_RAM (a `uint32_t`: upper bits ignored); the environment sees
+/// nothing else.
+#[test]
+fn susp_takes_only_suspend_to_ram() {
+    let mut f = Fake::default();
+    let susp = |f: &mut Fake, t: usize| sbi(f, eid::SUSP, 0, [t, 0x8020_0000, 7, 0, 0, 0]);
+    for t in [1usize, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, (1 << 32) | 1] {
+        assert_eq!(
+            susp(&mut f, t),
+            SbiRet::error(SbiError::InvalidParam),
+            "{t:#x}"
+        );
+    }
+    assert_eq!(
+        sbi(&mut f, eid::SUSP, 1, [0; 6]),
+        SbiRet::error(SbiError::NotSupported)
+    );
+    assert!(f.log.is_empty());
+    assert_eq!(susp(&mut f, 0xffff_ffff_0000_0000), SbiRet::ok(0));
+    assert_eq!(
+        f.suspends,
+        [Suspend::NonRetentive {
+            resume: Gpa::new(0x8020_0000),
+            opaque: 7
+        }]
     );
 }
