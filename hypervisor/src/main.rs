@@ -28,6 +28,7 @@ mod platform;
 mod pmpmem;
 mod sbi;
 mod sched;
+mod steal;
 mod trap;
 mod vcpu;
 mod vcpu_shared;

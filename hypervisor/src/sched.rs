@@ -101,6 +101,9 @@ impl Schedulable for Box<Vcpu> {
     /// A waiter's wake-up: WFI continues after the WFI; a retentive suspend returns
     /// SUCCESS after its ecall; a non-retentive one restarts at its resume address.
     fn wake(&mut self) {
+        if self.ctx.sta.shmem.is_some() {
+            self.ctx.sta.ready(platform::now());
+        }
         if let Wait::Suspend(Suspend::NonRetentive { resume, opaque }) = self.ctx.wait {
             self.reset_to(resume, opaque as u64);
         }
@@ -136,7 +139,7 @@ pub fn start_stopped(vm: &Arc<Vm>, index: usize, pc: diosix_core::addr::Gpa, opa
     let Some(mut v) = q.take_stopped(|v| Arc::ptr_eq(&v.vm, vm) && v.shared.index == index) else {
         return false;
     };
-    v.reset_to(pc, opaque);
+    v.hart_reset(pc, opaque);
     v.ctx.wait = Wait::None;
     v.shared.set_state(HartState::Started);
     q.push_runnable(v);
@@ -188,6 +191,9 @@ pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
     if let Some(mut v) = hart.current.take() {
         v.save(&hart.frame);
         v.ctx.wait = wait;
+        if wait == Wait::None && v.ctx.sta.shmem.is_some() {
+            v.ctx.sta.ready(platform::now());
+        }
         // Under the queue lock, so a FORK's hold never sees this vCPU neither running
         // nor queued (see `with_queue_locked`).
         let mut q = RUNQ.lock();
@@ -263,6 +269,10 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
     // this hart: the flush in `load` must then see the mappings it changed first.
     core::sync::atomic::fence(Ordering::SeqCst);
     v.load(&mut hart.frame, now);
+    if v.ctx.sta.loaded(now, platform::host().timebase_frequency) {
+        let vm = v.vm.clone();
+        crate::steal::publish(&vm, hart.slot, &mut v.ctx.sta);
+    }
     hart.current = Some(v);
     hart.slice_end = now + slice_ticks();
     program_timer(hart);

@@ -41,6 +41,8 @@ pub struct GuestContext {
     pub wait: Wait,
     /// SBI FWFT settings (applied through `csrs.envcfg`).
     pub fwft: FwftState,
+    /// SBI STA: where steal time is reported and how much there was.
+    pub sta: crate::steal::StaState,
 }
 
 /// A copy of a vCPU's state detached from its VM (for FORK and REBOOT snapshots).
@@ -89,6 +91,7 @@ impl Vcpu {
                 timer_deadline: u64::MAX,
                 wait,
                 fwft: FwftState::reset(),
+                sta: crate::steal::StaState::default(),
             },
             priority,
             activation_loaded: 0,
@@ -127,9 +130,16 @@ impl Vcpu {
         self.ctx.csrs.satp = 0;
         self.ctx.csrs.sstatus &= !(1 << 1); // SIE
         self.ctx.csrs.sstatus &= !(1 << 8); // SPP
-                                            // A hart reset returns SBI FWFT features to their reset values, unlocked.
+    }
+
+    /// A hart reset (HSM `hart_start` of a stopped vCPU): besides [`Vcpu::reset_to`],
+    /// SBI FWFT features go back to their reset values, unlocked, and no steal-time
+    /// record is registered. (A resume from non-retentive suspend keeps both.)
+    pub fn hart_reset(&mut self, pc: Gpa, opaque: u64) {
+        self.reset_to(pc, opaque);
         self.ctx.fwft = FwftState::reset();
         self.ctx.csrs.envcfg = 0;
+        self.ctx.sta = crate::steal::StaState::default();
     }
 
     /// Whether this waiting vCPU should run again.

@@ -668,7 +668,7 @@ fn tree_bench(elf: &Path) -> Result<()> {
                 || name.starts_with("spawn_")
                 || name == "ipc_round_trip"
                 || name == "yield_round_trip"
-                || name == "vm_switch"
+                || name.starts_with("vm_switch")
                 || name == "first_instruction"
             {
                 println!("{name:<24} | {ram:>8} MiB {mode:>3} | {v:>12}");

@@ -581,8 +581,12 @@ fn cases() -> Vec<Case> {
         case("sbi-tests-smp1", "sbi-tests", 1, 1, SBI_TESTS),
         case("sbi-tests-smp2", "sbi-tests", 2, 2, SBI_TESTS),
         case("sbi-tests-smp4", "sbi-tests", 4, 4, SBI_TESTS),
-        // More vCPUs than host harts: HSM, IPIs and fences across descheduled vCPUs.
-        case("sbi-tests-4vcpu-smp1", "sbi-tests", 4, 1, SBI_TESTS),
+        // More vCPUs than host harts: HSM, IPIs and fences across descheduled vCPUs,
+        // and steal time when two vCPUs share the hart.
+        Case {
+            cmdline: Some("shared-hart"),
+            ..case("sbi-tests-4vcpu-smp1", "sbi-tests", 4, 1, SBI_TESTS)
+        },
         Case {
             cmdline: Some("legacy-shutdown"),
             ..case(
@@ -994,6 +998,8 @@ fn cases() -> Vec<Case> {
     ] {
         v.push(Case {
             cpu: Some(NO_H),
+            // sbi-tests checks steal time against this (vCPUs sharing a hart).
+            cmdline: (guest == "sbi-tests" && vcpus > smp).then_some("shared-hart"),
             ..case(name, guest, vcpus, smp, [expect, pmp].concat().leak())
         });
     }

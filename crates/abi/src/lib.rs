@@ -206,6 +206,8 @@ pub mod eid {
     pub const DBCN: usize = sbi_spec::dbcn::EID_DBCN;
     /// System suspend.
     pub const SUSP: usize = sbi_spec::susp::EID_SUSP;
+    /// Steal-time accounting.
+    pub const STA: usize = sbi_spec::sta::EID_STA;
     /// Firmware features (SBI 3.0).
     pub const FWFT: usize = sbi_spec::fwft::EID_FWFT;
     /// The Diosix extension.
@@ -248,6 +250,12 @@ pub mod fid {
     /// Debug console extension.
     pub mod dbcn {
         pub use sbi_spec::dbcn::{CONSOLE_READ, CONSOLE_WRITE, CONSOLE_WRITE_BYTE};
+    }
+    /// Steal-time accounting extension.
+    pub mod sta {
+        pub use sbi_spec::sta::SET_SHMEM;
+        /// Bytes of the shared memory, and its alignment.
+        pub const SHMEM_SIZE: u64 = 64;
     }
     /// System suspend extension.
     pub mod susp {

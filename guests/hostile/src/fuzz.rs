@@ -829,9 +829,23 @@ fn standard_one(f: &mut Fz) {
             let flags = r.pick(&[0, 1, 2, a[2]]);
             let fid = r.pick(&[0, 1, 2, usize::MAX]);
             if r.one_in(3) {
+                // STA: a record in the output arenas (where stray writes are expected),
+                // at edges, misaligned, or garbage; or reporting stopped.
+                let lo = match f.rng.below(4) {
+                    0 => f.out_addr() & !63,
+                    1 => f.edge_addr(),
+                    2 => f.out_addr(),
+                    _ => usize::MAX,
+                };
+                let hi = f.rng.pick(&[0, 0, 1, usize::MAX]);
+                let flags = f.rng.pick(&[0, 0, 1]);
+                f.std(0x53_5441, 0, [lo, hi, flags, 0, 0, 0]);
+                return;
+            }
+            if f.rng.one_in(3) {
                 // SUSP with a sleep type it never has (reserved or platform, any upper
                 // bits): refused, never a suspend of this VM.
-                let t = hi | r.pick(&[1usize, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff]);
+                let t = hi | f.rng.pick(&[1usize, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff]);
                 f.std(0x5355_5350, fid & 1, [t, a[1], a[2], 0, 0, 0]);
                 return;
             }

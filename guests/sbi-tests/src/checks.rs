@@ -10,6 +10,8 @@ struct Ctx {
     info: dtb::Info,
     opensbi: bool,
     legacy_shutdown: bool,
+    /// The harness gave this VM more vCPUs than the host has harts.
+    shared_hart: bool,
 }
 
 /// Written once by `main` before any other hart starts; read-only afterwards.
@@ -91,6 +93,8 @@ pub fn main(hartid: usize, dtb_addr: usize) {
     let info = dtb::parse(dtb_addr);
     // SAFETY: reading the DTB's bootargs again for the flag; same contract as parse.
     let fdt = unsafe { fdt_bootargs_has(dtb_addr, "legacy-shutdown") };
+    // SAFETY: as above.
+    let shared_hart = unsafe { fdt_bootargs_has(dtb_addr, "shared-hart") };
     // SAFETY: single write before any reader exists (no other hart runs yet).
     unsafe {
         CTX = Some(Ctx {
@@ -98,6 +102,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
             info,
             opensbi: sbi::impl_id() == sbi::IMPL_ID_OPENSBI,
             legacy_shutdown: fdt,
+            shared_hart,
         })
     };
     println!(
@@ -125,6 +130,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
     legacy_calls_under_paging();
     suspend_retentive();
     fwft();
+    sta();
     srst_invalid();
     suspend_non_retentive();
 }
@@ -930,6 +936,103 @@ fn fwft() {
         }
         check("fwft_pte_ad_locked_value", get(PTE_AD).value, 0);
     }
+}
+
+/// A steal-time record (64 bytes, 64-byte aligned).
+#[repr(C, align(64))]
+struct StaRecord([AtomicU64; 8]);
+
+static STA_RECORD: StaRecord = StaRecord([const { AtomicU64::new(0) }; 8]);
+static BUSY_STOP: AtomicBool = AtomicBool::new(false);
+static BUSY_UP: AtomicBool = AtomicBool::new(false);
+
+/// A started helper that only computes (never waits) until told to stop.
+fn busy_helper(_hartid: usize, _opaque: usize) {
+    BUSY_UP.store(true, Ordering::Release);
+    while !BUSY_STOP.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+}
+
+/// SBI STA: the record's checks, its zeroing, and steal time as this vCPU sees it
+/// while it and a busy helper compute for 100 ms: about half of it when they share
+/// one host hart (the harness says so), next to none when each has its own.
+fn sta() {
+    const STA: usize = 0x53_5441;
+    if sbi::probe(STA) == 0 {
+        if ctx().opensbi {
+            note("sta", "skipped: not offered");
+        } else {
+            fail("sta_probe", "0", "offered");
+        }
+        return;
+    }
+    let set = |lo: usize, hi: usize, fl: usize| call(STA, 0, [lo, hi, fl, 0, 0, 0]);
+    let rec = STA_RECORD.0.as_ptr() as usize;
+    check_err("sta_flags_nonzero", set(rec, 0, 1), error::INVALID_PARAM);
+    check_err("sta_misaligned", set(rec + 8, 0, 0), error::INVALID_PARAM);
+    check_err(
+        "sta_upper_half_nonzero",
+        set(rec, 1, 0),
+        error::INVALID_ADDRESS,
+    );
+    check_err(
+        "sta_outside_ram",
+        set(outside_ram() & !63, 0, 0),
+        error::INVALID_ADDRESS,
+    );
+    for w in &STA_RECORD.0 {
+        w.store(u64::MAX, Ordering::Relaxed);
+    }
+    check_err("sta_set_shmem", set(rec, 0, 0), error::SUCCESS);
+    let zeroed = STA_RECORD.0.iter().all(|w| w.load(Ordering::Relaxed) == 0);
+    check_true("sta_record_zeroed", zeroed, "all 64 bytes zero");
+    let me = ctx().me;
+    let helper_hart = ctx().info.harts().iter().copied().find(|&h| h != me);
+    if let Some(h) = helper_hart {
+        BUSY_STOP.store(false, Ordering::Release);
+        BUSY_UP.store(false, Ordering::Release);
+        check_err(
+            "sta_busy_helper",
+            hart::start(h, busy_helper, 0),
+            error::SUCCESS,
+        );
+        wait_for(ms(2000), || BUSY_UP.load(Ordering::Acquire));
+    }
+    let t0 = csr::time();
+    while csr::time() - t0 < ms(100) {
+        core::hint::spin_loop();
+    }
+    let elapsed_ns = (csr::time() - t0) * 1_000_000_000 / ctx().info.timebase;
+    if let Some(h) = helper_hart {
+        BUSY_STOP.store(true, Ordering::Release);
+        let stopped = wait_for(ms(2000), || {
+            sbi::hart_status(h).value == hart_state::STOPPED
+        });
+        check_true("sta_busy_helper_stopped", stopped, "STOPPED");
+    }
+    let sequence = STA_RECORD.0[0].load(Ordering::Acquire) as u32;
+    let steal = STA_RECORD.0[1].load(Ordering::Acquire);
+    println!("info sta steal {steal} ns over {elapsed_ns} ns");
+    check("sta_sequence_even", sequence % 2, 0);
+    if ctx().shared_hart && helper_hart.is_some() {
+        check_true(
+            "sta_shared_hart_steal",
+            steal >= elapsed_ns / 4,
+            "a quarter of the time or more",
+        );
+    } else {
+        check_true(
+            "sta_own_hart_little_steal",
+            steal <= elapsed_ns / 10,
+            "a tenth of the time or less",
+        );
+    }
+    check_err(
+        "sta_disable",
+        set(usize::MAX, usize::MAX, 0),
+        error::SUCCESS,
+    );
 }
 
 /// Reads and writes RAM through a 1 GiB alias whose entry has no A/D bits: with

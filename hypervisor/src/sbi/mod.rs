@@ -8,6 +8,7 @@ mod hsm;
 mod interrupts;
 mod legacy;
 mod reset;
+mod sta;
 
 use crate::hart::HartLocal;
 use crate::sched;

@@ -4,7 +4,7 @@
 
 use super::env::{
     Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
-    SbiEnv, SystemSuspend, Timer,
+    SbiEnv, StealTime, SystemSuspend, Timer,
 };
 use super::{
     decode_hart_mask, eid, FenceKind, FwftFeature, HartSet, Reply, ResetType, SbiRet, Suspend,
@@ -28,6 +28,7 @@ pub fn extension_present(id: usize) -> bool {
                 | eid::DBCN
                 | eid::FWFT
                 | eid::SUSP
+                | eid::STA
                 | eid::DIOSIX
     )
 }
@@ -45,6 +46,7 @@ pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
         eid::DBCN => dbcn(env, fid, a0, a1, a2),
         eid::FWFT => fwft(env, fid, a0, a1, a2),
         eid::SUSP => susp(env, fid, a0, a1, a2),
+        eid::STA => sta(env, fid, a0, a1, a2),
         eid::DIOSIX => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
         eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => return legacy(env, ext, a0),
         _ => SbiRet::error(SbiError::NotSupported),
@@ -169,6 +171,38 @@ fn srst<E: Reset + ?Sized>(env: &mut E, function: usize, kind: usize, reason: us
         _ => return SbiRet::error(SbiError::InvalidParam),
     };
     SbiRet::from(env.system_reset(kind, failure))
+}
+
+/// STA `set_shmem`. Checks, in order: the function (NOT_SUPPORTED); `flags` zero
+/// (INVALID_PARAM); both halves all-ones: stop reporting; `lo` 64-byte aligned
+/// (INVALID_PARAM); `hi` zero, as no guest has memory above 2^64 (INVALID_ADDRESS);
+/// then the environment's check that the 64 bytes are writable RAM (INVALID_ADDRESS).
+fn sta<E: StealTime + ?Sized>(
+    env: &mut E,
+    function: usize,
+    lo: usize,
+    hi: usize,
+    flags: usize,
+) -> SbiRet {
+    use fid::sta::{SET_SHMEM, SHMEM_SIZE};
+    if function != SET_SHMEM {
+        return SbiRet::error(SbiError::NotSupported);
+    }
+    if flags != 0 {
+        return SbiRet::error(SbiError::InvalidParam);
+    }
+    let shmem = if lo == usize::MAX && hi == usize::MAX {
+        None
+    } else {
+        if !(lo as u64).is_multiple_of(SHMEM_SIZE) {
+            return SbiRet::error(SbiError::InvalidParam);
+        }
+        if hi != 0 {
+            return SbiRet::error(SbiError::InvalidAddress);
+        }
+        Some(Gpa::new(lo as u64))
+    };
+    SbiRet::from(env.sta_set_shmem(shmem).map(|()| 0))
 }
 
 /// SUSP: `sleep_type` is a `uint32_t` (upper bits ignored). Only SUSPEND_TO_RAM (0)

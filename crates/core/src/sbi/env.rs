@@ -62,6 +62,15 @@ pub trait Hsm {
     fn hart_suspend(&mut self, how: Suspend) -> Result<(), SbiError>;
 }
 
+/// Steal-time accounting extension: where the calling vCPU's steal time is reported.
+pub trait StealTime {
+    /// Reports the calling vCPU's steal time in the 64 bytes at `shmem` (64-byte
+    /// aligned, checked) from now on, zeroing them first; `None` stops reporting. The
+    /// environment checks the bytes are guest RAM the caller may write
+    /// (`InvalidAddress`).
+    fn sta_set_shmem(&mut self, shmem: Option<Gpa>) -> Result<(), SbiError>;
+}
+
 /// System suspend extension: SUSPEND_TO_RAM of the calling VM.
 pub trait SystemSuspend {
     /// Suspends the calling VM: the caller's vCPU sleeps until an interrupt it enabled
@@ -126,6 +135,7 @@ pub trait SbiEnv:
     + Hsm
     + Reset
     + SystemSuspend
+    + StealTime
     + Console
     + LegacyMask
     + FirmwareFeatures
@@ -142,6 +152,7 @@ impl<T> SbiEnv for T where
         + Hsm
         + Reset
         + SystemSuspend
+        + StealTime
         + Console
         + LegacyMask
         + FirmwareFeatures

@@ -27,7 +27,7 @@ mod env;
 pub use dispatch::{dispatch, extension_present};
 pub use env::{
     Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
-    SbiEnv, SystemSuspend, Timer,
+    SbiEnv, StealTime, SystemSuspend, Timer,
 };
 
 /// Extension IDs (shared with the guests through the ABI crate).

@@ -18,6 +18,7 @@ struct Fake {
     suspends: Vec<Suspend>,
     bytes: Vec<u8>,
     fwft: FwftState,
+    sta: Option<Gpa>,
     /// The host lacks Svadu (no hardware A/D updating).
     no_svadu: bool,
 }
@@ -108,6 +109,19 @@ impl Console for Fake {
 impl LegacyMask for Fake {
     fn read_legacy_mask(&mut self, _gva: Gva) -> Option<usize> {
         self.legacy_mask
+    }
+}
+
+impl StealTime for Fake {
+    fn sta_set_shmem(&mut self, shmem: Option<Gpa>) -> Result<(), SbiError> {
+        self.log.push("sta");
+        match shmem {
+            Some(g) if g.raw() >= 0x9000_0000 => Err(SbiError::InvalidAddress),
+            _ => {
+                self.sta = shmem;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -643,4 +657,46 @@ fn susp_takes_only_suspend_to_ram() {
             opaque: 7
         }]
     );
+}
+
+/// STA: flags, alignment and the upper half checked before the environment's RAM
+/// check; all-ones in both halves stops reporting.
+#[test]
+fn sta_checks_its_shared_memory_argument() {
+    let mut f = Fake::default();
+    let set =
+        |f: &mut Fake, lo: usize, hi: usize, fl: usize| sbi(f, eid::STA, 0, [lo, hi, fl, 0, 0, 0]);
+    assert_eq!(
+        sbi(&mut f, eid::STA, 1, [0; 6]),
+        SbiRet::error(SbiError::NotSupported)
+    );
+    assert_eq!(
+        set(&mut f, 0x8000_0000, 0, 1),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert_eq!(
+        set(&mut f, usize::MAX, usize::MAX, 1),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert_eq!(
+        set(&mut f, 0x8000_0020, 0, 0),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert_eq!(
+        set(&mut f, 0x8000_0000, 1, 0),
+        SbiRet::error(SbiError::InvalidAddress)
+    );
+    assert_eq!(
+        set(&mut f, usize::MAX, 0, 0),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert!(f.log.is_empty());
+    assert_eq!(
+        set(&mut f, 0x9000_0000, 0, 0),
+        SbiRet::error(SbiError::InvalidAddress)
+    );
+    assert_eq!(set(&mut f, 0x8000_0040, 0, 0), SbiRet::ok(0));
+    assert_eq!(f.sta, Some(Gpa::new(0x8000_0040)));
+    assert_eq!(set(&mut f, usize::MAX, usize::MAX, 0), SbiRet::ok(0));
+    assert_eq!(f.sta, None);
 }
