@@ -14,7 +14,7 @@
 //! mode runs.
 
 use core::sync::atomic::{AtomicBool, Ordering};
-use diosix_riscv::csr::{self, envcfg, irq, mstatus_bits};
+use diosix_riscv::csr::{self, irq, mstatus_bits};
 use spin::Once;
 
 /// A vCPU's supervisor-level CSRs while it is off its hart.
@@ -149,11 +149,7 @@ impl GuestMode for VsMode {
     }
 
     fn load_envcfg(&self, envcfg: usize) {
-        let host = if crate::platform::guest_sstc() {
-            envcfg::STCE
-        } else {
-            0
-        };
+        let host = HOST_HENVCFG.load(Ordering::Relaxed);
         // SAFETY: henvcfg shapes only VS-mode (its timer comparator and A/D updating
         // in the guest's own page tables); envcfg holds only bits FWFT validated.
         unsafe { csr::henvcfg::write(host | envcfg) };
@@ -352,6 +348,14 @@ impl GuestMode for SMode {
 }
 
 static MODE: Once<&'static dyn GuestMode> = Once::new();
+/// The `henvcfg` bits every guest gets (STCE where guests have Sstc), below each
+/// vCPU's own FWFT bits; set by the platform at boot.
+static HOST_HENVCFG: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the `henvcfg` bits every guest gets (the platform, once it knows them).
+pub fn set_host_henvcfg(bits: usize) {
+    HOST_HENVCFG.store(bits, Ordering::Relaxed);
+}
 static PMP: AtomicBool = AtomicBool::new(false);
 
 /// Chooses how guests run, once, at boot: VS-mode when every usable hart has H, else

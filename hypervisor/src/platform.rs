@@ -135,6 +135,7 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
         every_hart_has_h && host.harts.iter().all(|h| h.has_extension("sstc")),
         Ordering::Relaxed,
     );
+    crate::guestmode::set_host_henvcfg(if guest_sstc() { envcfg::STCE } else { 0 });
     Ok(HOST.call_once(|| host))
 }
 

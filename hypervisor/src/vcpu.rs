@@ -42,7 +42,7 @@ pub struct GuestContext {
     /// SBI FWFT settings (applied through `csrs.envcfg`).
     pub fwft: FwftState,
     /// SBI STA: where steal time is reported and how much there was.
-    pub sta: crate::steal::StaState,
+    pub sta: diosix_core::steal::StaState,
 }
 
 /// A copy of a vCPU's state detached from its VM (for FORK and REBOOT snapshots).
@@ -91,7 +91,7 @@ impl Vcpu {
                 timer_deadline: u64::MAX,
                 wait,
                 fwft: FwftState::reset(),
-                sta: crate::steal::StaState::default(),
+                sta: diosix_core::steal::StaState::default(),
             },
             priority,
             activation_loaded: 0,
@@ -139,7 +139,7 @@ impl Vcpu {
         self.reset_to(pc, opaque);
         self.ctx.fwft = FwftState::reset();
         self.ctx.csrs.envcfg = 0;
-        self.ctx.sta = crate::steal::StaState::default();
+        self.ctx.sta = diosix_core::steal::StaState::default();
     }
 
     /// Whether this waiting vCPU should run again.

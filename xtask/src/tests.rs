@@ -353,6 +353,55 @@ fn dsx_seed_steps() -> &'static [Step] {
     v.leak()
 }
 
+/// Steal time in /proc/stat (the eighth number of the `cpu` line), in USER_HZ ticks.
+const STEAL_FN: &str = "st() { awk '/^cpu /{print $9}' /proc/stat; }; ";
+
+/// `linux-steal-smp1`: one host hart, the Root VM and a child Linux both computing for
+/// 4 s: each sees at least 1 s of it as steal (SBI STA); then the Root VM alone sees
+/// next to none.
+fn steal_steps() -> &'static [Step] {
+    vec![
+        ("login:", "root\r"),
+        (PROMPT, UPTIME_CMD),
+        (ROOT_PROMPT, "dsx run --ram 128M --name b && dsx console b\r"),
+        ("guest login:", "root\r"),
+        (
+            GUEST_PROMPT,
+            leak(format!(
+                "{STEAL_FN}(while :; do :; done) & G0=$(st); echo CHILD-BUSY-$G0\r"
+            )),
+        ),
+        ("CHILD-BUSY-", ""),
+        (GUEST_PROMPT, DETACH),
+        ("detached from CID 2", ""),
+        (
+            ROOT_PROMPT,
+            leak(format!(
+                "{STEAL_FN}(while :; do :; done) & B=$!; S0=$(st); sleep 4; S1=$(st); kill $B; \
+                 echo ROOT-STEAL-$([ $((S1-S0)) -ge 100 ] && echo OK || echo LOW) $((S1-S0))\r"
+            )),
+        ),
+        ("ROOT-STEAL-", ""),
+        (ROOT_PROMPT, "dsx console b\r"),
+        ("", "\r"),
+        (
+            GUEST_PROMPT,
+            "G1=$(st); kill %1; echo CHILD-STEAL-$([ $((G1-G0)) -ge 100 ] && echo OK || echo LOW) $((G1-G0))\r",
+        ),
+        ("CHILD-STEAL-", ""),
+        (GUEST_PROMPT, DETACH),
+        ("detached from CID 2", ""),
+        (
+            ROOT_PROMPT,
+            "dsx kill b; (while :; do :; done) & B=$!; S2=$(st); sleep 2; S3=$(st); kill $B; \
+             echo LONE-STEAL-$([ $((S3-S2)) -le 20 ] && echo OK || echo HIGH) $((S3-S2))\r",
+        ),
+        ("LONE-STEAL-", ""),
+        (ROOT_PROMPT, "poweroff\r"),
+    ]
+    .leak()
+}
+
 /// What the hostile guest must show behind PMP.
 const PMP_HOSTILE: &[Expect] = &[
     Expect::Summary("hostile"),
@@ -745,6 +794,19 @@ fn cases() -> Vec<Case> {
             ],
         )
     });
+    // Steal time (SBI STA) as Linux reports it, with two VMs on one host hart.
+    v.push(linux_case(
+        "linux-steal-smp1",
+        1,
+        512,
+        &[
+            Expect::Text("ROOT-STEAL-OK"),
+            Expect::Text("CHILD-STEAL-OK"),
+            Expect::Text("LONE-STEAL-OK"),
+            Expect::Text("asked for Shutdown: the Root VM has ended"),
+        ],
+        steal_steps(),
+    ));
     // `dsx` in the Root VM's shell and in guests (docs/dsx.md): the guest Linux that
     // `dsx run` starts without IMAGE, nesting, fork and refusals.
     v.extend([

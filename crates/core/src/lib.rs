@@ -28,6 +28,7 @@ pub mod runqueue;
 pub mod sbi;
 pub mod seeds;
 pub mod shares;
+pub mod steal;
 pub mod tree;
 pub mod virtio_mmio;
 pub mod vmid;

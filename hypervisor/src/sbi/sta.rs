@@ -27,7 +27,7 @@ impl StealTime for Call<'_> {
         r.map_err(|_| SbiError::InvalidAddress)?;
         let sta = &mut self.vcpu_mut().ctx.sta;
         // A new record starts from zero: it reports steal from now on.
-        *sta = crate::steal::StaState {
+        *sta = diosix_core::steal::StaState {
             shmem: Some(at),
             ..Default::default()
         };
