@@ -23,6 +23,9 @@ pub struct HartLocal {
     pub current: Option<Box<Vcpu>>,
     /// `mtime` at which the current time slice ends.
     pub slice_end: u64,
+    /// The hart's debug triggers hold a vCPU's (SBI DBTR): cleared on a switch to a
+    /// vCPU without any.
+    pub triggers_live: bool,
 }
 
 /// State other harts read or poke.
@@ -68,6 +71,7 @@ pub fn init_this_hart(slot: usize, hart_id: usize) {
             slot,
             current: None,
             slice_end: 0,
+            triggers_live: false,
         });
         locals[slot].as_mut().unwrap_unchecked()
     };

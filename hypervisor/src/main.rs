@@ -30,6 +30,7 @@ mod sbi;
 mod sched;
 mod steal;
 mod trap;
+mod triggers;
 mod vcpu;
 mod vcpu_shared;
 mod vm;

@@ -113,6 +113,7 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
     // every usable hart has H, else the PMP fallback everywhere.
     let every_hart_has_h = host.harts.iter().all(|h| h.has_h);
     crate::guestmode::init(every_hart_has_h);
+    crate::triggers::init();
     if !every_hart_has_h {
         // SAFETY: the boot hart's PMP is not set up yet and nothing runs below M-mode.
         let facts = unsafe { diosix_riscv::pmp::probe() };
@@ -221,6 +222,8 @@ pub fn init_hart_csrs() {
     } else {
         init_hart_csrs_h();
     }
+    // No trigger from before reset may match in a guest.
+    crate::triggers::load(&mut true, &Default::default(), false);
     set_timer(u64::MAX);
 }
 

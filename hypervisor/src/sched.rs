@@ -269,6 +269,11 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
     // this hart: the flush in `load` must then see the mappings it changed first.
     core::sync::atomic::fence(Ordering::SeqCst);
     v.load(&mut hart.frame, now);
+    crate::triggers::load(
+        &mut hart.triggers_live,
+        &v.ctx.dbtr,
+        !crate::guestmode::is_pmp(),
+    );
     if v.ctx.sta.loaded(now, platform::host().timebase_frequency) {
         let vm = v.vm.clone();
         crate::steal::publish(&vm, hart.slot, &mut v.ctx.sta);

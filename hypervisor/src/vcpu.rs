@@ -43,6 +43,8 @@ pub struct GuestContext {
     pub fwft: FwftState,
     /// SBI STA: where steal time is reported and how much there was.
     pub sta: diosix_core::steal::StaState,
+    /// SBI DBTR: its debug triggers.
+    pub dbtr: diosix_core::sbi::dbtr::DbtrState,
 }
 
 /// A copy of a vCPU's state detached from its VM (for FORK and REBOOT snapshots).
@@ -92,6 +94,7 @@ impl Vcpu {
                 wait,
                 fwft: FwftState::reset(),
                 sta: diosix_core::steal::StaState::default(),
+                dbtr: diosix_core::sbi::dbtr::DbtrState::default(),
             },
             priority,
             activation_loaded: 0,
@@ -133,13 +136,15 @@ impl Vcpu {
     }
 
     /// A hart reset (HSM `hart_start` of a stopped vCPU): besides [`Vcpu::reset_to`],
-    /// SBI FWFT features go back to their reset values, unlocked, and no steal-time
-    /// record is registered. (A resume from non-retentive suspend keeps both.)
+    /// SBI FWFT features go back to their reset values, unlocked, no steal-time
+    /// record is registered and no debug trigger installed. (A resume from
+    /// non-retentive suspend keeps them.)
     pub fn hart_reset(&mut self, pc: Gpa, opaque: u64) {
         self.reset_to(pc, opaque);
         self.ctx.fwft = FwftState::reset();
         self.ctx.csrs.envcfg = 0;
         self.ctx.sta = diosix_core::steal::StaState::default();
+        self.ctx.dbtr = diosix_core::sbi::dbtr::DbtrState::default();
     }
 
     /// Whether this waiting vCPU should run again.

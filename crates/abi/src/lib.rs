@@ -208,6 +208,8 @@ pub mod eid {
     pub const SUSP: usize = sbi_spec::susp::EID_SUSP;
     /// Steal-time accounting.
     pub const STA: usize = sbi_spec::sta::EID_STA;
+    /// Debug triggers (SBI 3.0).
+    pub const DBTR: usize = sbi_spec::dbtr::EID_DBTR;
     /// Firmware features (SBI 3.0).
     pub const FWFT: usize = sbi_spec::fwft::EID_FWFT;
     /// The Diosix extension.
@@ -250,6 +252,13 @@ pub mod fid {
     /// Debug console extension.
     pub mod dbcn {
         pub use sbi_spec::dbcn::{CONSOLE_READ, CONSOLE_WRITE, CONSOLE_WRITE_BYTE};
+    }
+    /// Debug triggers extension (SBI 3.0).
+    pub mod dbtr {
+        pub use sbi_spec::dbtr::{
+            DISABLE_TRIGGERS, ENABLE_TRIGGERS, INSTALL_TRIGGERS, NUM_TRIGGERS, READ_TRIGGERS,
+            SET_SHMEM, UNINSTALL_TRIGGERS, UPDATE_TRIGGERS,
+        };
     }
     /// Steal-time accounting extension.
     pub mod sta {

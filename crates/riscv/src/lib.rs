@@ -16,4 +16,5 @@ pub mod plic;
 pub mod pmp;
 pub mod reset;
 pub mod trap;
+pub mod triggers;
 pub mod uart;

@@ -843,6 +843,24 @@ fn standard_one(f: &mut Fz) {
                 return;
             }
             if f.rng.one_in(3) {
+                // DBTR with anything but an installation that could take: counts,
+                // shared memory anywhere, reads, and enable/disable/uninstall masks
+                // (nothing is installed, so all refused); installs of 0 or too many.
+                let fid = f.rng.pick(&[0usize, 1, 2, 3, 4, 5, 6, 7, 8]);
+                let out = f.out_addr() & !7;
+                let x = f.rng.pick(&[0usize, 1, 2, 64, usize::MAX, out]);
+                let args = match fid {
+                    3 | 4 => [f.rng.pick(&[0usize, 9, usize::MAX]), 0, 0],
+                    _ => [
+                        x,
+                        f.rng.pick(&[0usize, 1, usize::MAX]),
+                        f.rng.pick(&[0usize, 1]),
+                    ],
+                };
+                f.std(0x4442_5452, fid, [args[0], args[1], args[2], 0, 0, 0]);
+                return;
+            }
+            if f.rng.one_in(3) {
                 // SUSP with a sleep type it never has (reserved or platform, any upper
                 // bits): refused, never a suspend of this VM.
                 let t = hi | f.rng.pick(&[1usize, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff]);

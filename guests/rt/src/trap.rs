@@ -2,8 +2,8 @@
 //!
 //! On a timer interrupt it pushes the deadline to "never" (set_timer(u64::MAX)), which
 //! the SBI spec defines as clearing the pending timer; on a software interrupt it
-//! clears `sip.SSIP`. Any exception is a bug in the guest and panics, except access,
-//! misaligned and load/store page faults inside [`recovering`].
+//! clears `sip.SSIP`. Any exception is a bug in the guest and panics, except
+//! breakpoints, access, misaligned and load/store page faults inside [`recovering`].
 
 use crate::{csr, sbi, MAX_HARTS};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -80,10 +80,11 @@ extern "C" fn __rt_trap(scause: usize, sepc: usize, stval: usize) {
             csr::sip_clear(csr::SSI);
             SOFT[hart].fetch_add(1, Ordering::AcqRel);
         }
-        // Misaligned load/store (4, 6), load/store access fault (5, 7) or load/store
-        // page fault (13, 15) while recovering: step over the instruction (2 or 4
-        // bytes; the code runs from RAM at its own address, so sepc is readable).
-        4..=7 | 13 | 15 if RECOVER[hart].load(Ordering::Acquire) != 0 => {
+        // Breakpoint (3: a debug trigger), misaligned load/store (4, 6), load/store
+        // access fault (5, 7) or load/store page fault (13, 15) while recovering: step
+        // over the instruction (2 or 4 bytes; the code runs from RAM at its own
+        // address, so sepc is readable).
+        3..=7 | 13 | 15 if RECOVER[hart].load(Ordering::Acquire) != 0 => {
             RECOVERED[hart].fetch_add(1, Ordering::AcqRel);
             // SAFETY: sepc is the address of the instruction that just trapped.
             let low = unsafe { core::ptr::read_volatile(sepc as *const u16) };

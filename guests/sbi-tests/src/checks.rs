@@ -131,6 +131,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
     suspend_retentive();
     fwft();
     sta();
+    dbtr();
     srst_invalid();
     suspend_non_retentive();
 }
@@ -936,6 +937,100 @@ fn fwft() {
         }
         check("fwft_pte_ad_locked_value", get(PTE_AD).value, 0);
     }
+}
+
+/// DBTR shared memory: 8 entries of 4 words.
+static DBTR_SHMEM: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
+/// The word the test's load trigger watches.
+static DBTR_TARGET: AtomicU64 = AtomicU64::new(0);
+
+/// SBI DBTR: a load trigger on a word of this guest, installed, disabled, enabled and
+/// uninstalled, each time checked by reading the word (a breakpoint exception reaches
+/// this guest's own handler while the trigger is on); the state read back; refusals.
+fn dbtr() {
+    const DBTR: usize = 0x4442_5452;
+    const MCONTROL6: u64 = 6 << 60;
+    const S: u64 = 1 << 4;
+    const M: u64 = 1 << 6;
+    const LOAD: u64 = 1;
+    if sbi::probe(DBTR) == 0 {
+        if ctx().opensbi {
+            note("dbtr", "skipped: not offered");
+        } else {
+            fail("dbtr_probe", "0", "offered");
+        }
+        return;
+    }
+    let call3 = |fid: usize, a: usize, b: usize, c: usize| call(DBTR, fid, [a, b, c, 0, 0, 0]);
+    let n = call3(0, 0, 0, 0).value;
+    println!("info dbtr triggers {n}");
+    if n == 0 {
+        note("dbtr", "skipped: no debug triggers on this host");
+        return;
+    }
+    check_err("dbtr_read_no_shmem", call3(2, 0, 1, 0), error::NO_SHMEM);
+    let shm = DBTR_SHMEM.as_ptr() as usize;
+    check_err(
+        "dbtr_shmem_misaligned",
+        call3(1, shm + 4, 0, 0),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "dbtr_shmem_outside_ram",
+        call3(1, outside_ram() & !7, 0, 0),
+        error::INVALID_ADDRESS,
+    );
+    check_err("dbtr_set_shmem", call3(1, shm, 0, 0), error::SUCCESS);
+    check_err("dbtr_read_bad_range", call3(2, n, 1, 0), error::BAD_RANGE);
+    let target = DBTR_TARGET.as_ptr() as u64;
+    let put = |w: [u64; 4]| {
+        for (i, v) in w.iter().enumerate() {
+            DBTR_SHMEM[i].store(*v, Ordering::Relaxed);
+        }
+    };
+    // An M-mode trigger is refused, naming entry 0.
+    put([0, MCONTROL6 | M | LOAD, target, 0]);
+    let r = call3(3, 1, 0, 0);
+    check_err("dbtr_install_m_mode_refused", r, error::INVALID_PARAM);
+    let watch = || {
+        trap::recovering(|| {
+            // SAFETY: reads this program's own static.
+            unsafe { core::ptr::read_volatile(DBTR_TARGET.as_ptr()) };
+        })
+    };
+    check("dbtr_no_trigger_no_break", watch(), 0);
+    put([0, MCONTROL6 | S | LOAD, target, 0]);
+    check_err("dbtr_install", call3(3, 1, 0, 0), error::SUCCESS);
+    let idx = DBTR_SHMEM[0].load(Ordering::Relaxed) as usize;
+    check("dbtr_load_breaks", watch(), 1);
+    check_err("dbtr_disable", call3(7, idx, 1, 0), error::SUCCESS);
+    check("dbtr_disabled_no_break", watch(), 0);
+    check_err("dbtr_enable", call3(6, idx, 1, 0), error::SUCCESS);
+    check("dbtr_enabled_breaks", watch(), 1);
+    check_err("dbtr_read", call3(2, idx, 1, 0), error::SUCCESS);
+    let state = DBTR_SHMEM[0].load(Ordering::Relaxed);
+    check(
+        "dbtr_read_state_mapped_s",
+        state & 0b111111,
+        (1 << 5) | (1 << 2) | 1,
+    );
+    check(
+        "dbtr_read_tdata2",
+        DBTR_SHMEM[2].load(Ordering::Relaxed),
+        target,
+    );
+    check_err("dbtr_uninstall", call3(5, idx, 1, 0), error::SUCCESS);
+    check("dbtr_uninstalled_no_break", watch(), 0);
+    check_err(
+        "dbtr_uninstall_again",
+        call3(5, idx, 1, 0),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "dbtr_clear_shmem",
+        call3(1, usize::MAX, usize::MAX, 0),
+        error::SUCCESS,
+    );
 }
 
 /// A steal-time record (64 bytes, 64-byte aligned).

@@ -4,6 +4,7 @@
 //! the Base and Diosix extensions.
 
 mod console;
+mod dbtr;
 mod hsm;
 mod interrupts;
 mod legacy;

@@ -29,6 +29,7 @@ pub fn extension_present(id: usize) -> bool {
                 | eid::FWFT
                 | eid::SUSP
                 | eid::STA
+                | eid::DBTR
                 | eid::DIOSIX
     )
 }
@@ -47,6 +48,7 @@ pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
         eid::FWFT => fwft(env, fid, a0, a1, a2),
         eid::SUSP => susp(env, fid, a0, a1, a2),
         eid::STA => sta(env, fid, a0, a1, a2),
+        eid::DBTR => super::dbtr::dispatch(env, fid, [a0, a1, a2]),
         eid::DIOSIX => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
         eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => return legacy(env, ext, a0),
         _ => SbiRet::error(SbiError::NotSupported),

@@ -136,6 +136,7 @@ pub trait SbiEnv:
     + Reset
     + SystemSuspend
     + StealTime
+    + super::dbtr::DebugTriggers
     + Console
     + LegacyMask
     + FirmwareFeatures
@@ -153,6 +154,7 @@ impl<T> SbiEnv for T where
         + Reset
         + SystemSuspend
         + StealTime
+        + super::dbtr::DebugTriggers
         + Console
         + LegacyMask
         + FirmwareFeatures

@@ -21,6 +21,7 @@ use crate::addr::Gpa;
 use diosix_abi::error;
 pub use diosix_abi::SbiError;
 
+pub mod dbtr;
 mod dispatch;
 mod env;
 

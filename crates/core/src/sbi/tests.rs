@@ -19,6 +19,10 @@ struct Fake {
     bytes: Vec<u8>,
     fwft: FwftState,
     sta: Option<Gpa>,
+    dbtr: dbtr::DbtrState,
+    /// Guest memory for DBTR's shared memory: 256 bytes at 0x8000_1000.
+    mem: Vec<u8>,
+    applied: usize,
     /// The host lacks Svadu (no hardware A/D updating).
     no_svadu: bool,
 }
@@ -109,6 +113,31 @@ impl Console for Fake {
 impl LegacyMask for Fake {
     fn read_legacy_mask(&mut self, _gva: Gva) -> Option<usize> {
         self.legacy_mask
+    }
+}
+
+impl dbtr::DebugTriggers for Fake {
+    fn dbtr_max(&self) -> usize {
+        2
+    }
+    fn dbtr_state(&mut self) -> &mut dbtr::DbtrState {
+        &mut self.dbtr
+    }
+    fn dbtr_shmem_ok(&mut self, gpa: Gpa, len: u64) -> bool {
+        gpa.raw() >= 0x8000_1000 && gpa.raw() + len <= 0x8000_1100
+    }
+    fn dbtr_read(&mut self, gpa: Gpa, out: &mut [u8]) -> Result<(), SbiError> {
+        let at = (gpa.raw() - 0x8000_1000) as usize;
+        out.copy_from_slice(&self.mem[at..at + out.len()]);
+        Ok(())
+    }
+    fn dbtr_write(&mut self, gpa: Gpa, bytes: &[u8]) -> Result<(), SbiError> {
+        let at = (gpa.raw() - 0x8000_1000) as usize;
+        self.mem[at..at + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    }
+    fn dbtr_apply(&mut self) {
+        self.applied += 1;
     }
 }
 
@@ -699,4 +728,168 @@ fn sta_checks_its_shared_memory_argument() {
     assert_eq!(f.sta, Some(Gpa::new(0x8000_0040)));
     assert_eq!(set(&mut f, usize::MAX, usize::MAX, 0), SbiRet::ok(0));
     assert_eq!(f.sta, None);
+}
+
+/// DBTR: shared memory, ranges, configuration checks (nothing changes on a failure),
+/// install/update/read/enable/disable/uninstall, and what the hart is given.
+#[test]
+fn dbtr_checks_and_keeps_triggers() {
+    use dbtr::tdata1::*;
+    use diosix_abi::fid::dbtr::*;
+    let mut f = Fake {
+        mem: alloc::vec![0; 256],
+        ..Fake::default()
+    };
+    let call = |f: &mut Fake, fid: usize, a: [usize; 3]| {
+        sbi(f, eid::DBTR, fid, [a[0], a[1], a[2], 0, 0, 0])
+    };
+    // A load watchpoint in S and U, exact address match.
+    let load_on = |_: u64| (TYPE_MCONTROL6 << TYPE_SHIFT) | S | U | 1;
+    let put = |f: &mut Fake, i: usize, w: [u64; 4]| {
+        for (k, v) in w.iter().enumerate() {
+            f.mem[i * 32 + k * 8..i * 32 + k * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+    };
+    assert_eq!(call(&mut f, NUM_TRIGGERS, [0, 0, 0]), SbiRet::ok(2));
+    assert_eq!(
+        call(&mut f, NUM_TRIGGERS, [load_on(0) as usize, 0, 0]),
+        SbiRet::ok(2)
+    );
+    assert_eq!(
+        call(&mut f, NUM_TRIGGERS, [(2usize << 60) | 1, 0, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(
+        call(&mut f, 8, [0; 3]),
+        SbiRet::error(SbiError::NotSupported)
+    );
+    // No shared memory yet.
+    for fid in [READ_TRIGGERS, INSTALL_TRIGGERS, UPDATE_TRIGGERS] {
+        assert_eq!(
+            call(&mut f, fid, [0, 1, 0]),
+            SbiRet::error(SbiError::NoShmem)
+        );
+    }
+    assert_eq!(
+        call(&mut f, SET_SHMEM, [0x8000_1000, 0, 1]),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert_eq!(
+        call(&mut f, SET_SHMEM, [0x8000_1004, 0, 0]),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert_eq!(
+        call(&mut f, SET_SHMEM, [0x8000_1000, 1, 0]),
+        SbiRet::error(SbiError::InvalidAddress)
+    );
+    assert_eq!(
+        call(&mut f, SET_SHMEM, [0x8000_10f8, 0, 0]),
+        SbiRet::error(SbiError::InvalidAddress)
+    );
+    assert_eq!(call(&mut f, SET_SHMEM, [0x8000_1000, 0, 0]), SbiRet::ok(0));
+    assert_eq!(
+        call(&mut f, READ_TRIGGERS, [2, 0, 0]),
+        SbiRet::error(SbiError::BadRange)
+    );
+    assert_eq!(
+        call(&mut f, READ_TRIGGERS, [1, 2, 0]),
+        SbiRet::error(SbiError::BadRange)
+    );
+    assert_eq!(
+        call(&mut f, INSTALL_TRIGGERS, [3, 0, 0]),
+        SbiRet::error(SbiError::BadRange)
+    );
+    // Bad configurations, each named by its index; nothing installed.
+    let bad: [(u64, u64, isize); 7] = [
+        ((2 << TYPE_SHIFT) | S | 1, 0, error::NOT_SUPPORTED),
+        (load_on(0) | DMODE, 0, error::INVALID_PARAM),
+        (load_on(0) | M, 0, error::INVALID_PARAM),
+        (load_on(0) | VS, 0, error::INVALID_PARAM),
+        (load_on(0) | CHAIN, 0, error::NOT_SUPPORTED),
+        (load_on(0) | (1 << 12), 0, error::NOT_SUPPORTED),
+        (load_on(0), 5, error::NOT_SUPPORTED),
+    ];
+    for (t1, t3, e) in bad {
+        put(&mut f, 0, [0, load_on(0), 0x8000_2000, 0]);
+        put(&mut f, 1, [0, t1, 0x8000_2000, t3]);
+        assert_eq!(
+            call(&mut f, INSTALL_TRIGGERS, [2, 0, 0]),
+            SbiRet { error: e, value: 1 },
+            "{t1:#x}"
+        );
+        assert!(!f.dbtr.any());
+    }
+    // Install two: indices written back.
+    put(&mut f, 0, [9, load_on(0), 0x8000_2000, 0]);
+    put(&mut f, 1, [9, load_on(0) & !U | 4, 0x8000_3000, 0]);
+    assert_eq!(call(&mut f, INSTALL_TRIGGERS, [2, 0, 0]), SbiRet::ok(0));
+    assert_eq!(f.mem[0..8], 0u64.to_le_bytes());
+    assert_eq!(f.mem[32..40], 1u64.to_le_bytes());
+    assert_eq!(
+        call(&mut f, INSTALL_TRIGGERS, [1, 0, 0]),
+        SbiRet {
+            error: error::FAILED,
+            value: 0
+        }
+    );
+    let t0 = f.dbtr.triggers[0].unwrap();
+    assert_eq!(t0.hart_tdata1(true) & (S | U | VS | VU | M), VS | VU);
+    assert_eq!(t0.hart_tdata1(false) & (S | U | VS | VU | M), S | U);
+    // Disable clears the mode bits the hart and a read see; the state keeps them.
+    assert_eq!(call(&mut f, DISABLE_TRIGGERS, [0, 1, 0]), SbiRet::ok(0));
+    assert_eq!(f.dbtr.triggers[0].unwrap().hart_tdata1(true) & (VS | VU), 0);
+    assert_eq!(call(&mut f, READ_TRIGGERS, [0, 2, 0]), SbiRet::ok(0));
+    let word = |f: &Fake, i: usize, w: usize| {
+        u64::from_le_bytes(
+            f.mem[i * 32 + w * 8..i * 32 + w * 8 + 8]
+                .try_into()
+                .unwrap(),
+        )
+    };
+    assert_eq!(word(&f, 0, 0), (1 << 5) | (1 << 2) | (1 << 1) | 1);
+    assert_eq!(word(&f, 0, 1) & (S | U), 0);
+    assert_eq!(word(&f, 1, 0), (1 << 8) | (1 << 5) | (1 << 2) | 1);
+    assert_eq!(word(&f, 1, 2), 0x8000_3000);
+    assert_eq!(call(&mut f, ENABLE_TRIGGERS, [0, 1, 0]), SbiRet::ok(0));
+    assert!(f.dbtr.triggers[0].unwrap().enabled);
+    // Update: an index that is not installed, then a good one.
+    put(&mut f, 0, [7, load_on(0), 0x8000_4000, 0]);
+    assert_eq!(
+        call(&mut f, UPDATE_TRIGGERS, [1, 0, 0]),
+        SbiRet {
+            error: error::INVALID_PARAM,
+            value: 0
+        }
+    );
+    put(&mut f, 0, [1, load_on(0), 0x8000_4000, 0]);
+    assert_eq!(call(&mut f, UPDATE_TRIGGERS, [1, 0, 0]), SbiRet::ok(0));
+    assert_eq!(f.dbtr.triggers[1].unwrap().tdata2, 0x8000_4000);
+    // Masks naming what is not installed, or past the end, change nothing.
+    assert_eq!(
+        call(&mut f, UNINSTALL_TRIGGERS, [0, 0b111, 0]),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert_eq!(
+        call(&mut f, UNINSTALL_TRIGGERS, [usize::MAX, 2, 0]),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert!(f.dbtr.triggers[0].is_some() && f.dbtr.triggers[1].is_some());
+    assert_eq!(
+        call(&mut f, UNINSTALL_TRIGGERS, [0, 0b11, 0]),
+        SbiRet::ok(0)
+    );
+    assert!(!f.dbtr.any());
+    assert_eq!(
+        call(&mut f, ENABLE_TRIGGERS, [0, 1, 0]),
+        SbiRet::error(SbiError::InvalidParam)
+    );
+    assert!(f.applied >= 5);
+    assert_eq!(
+        call(&mut f, SET_SHMEM, [usize::MAX, usize::MAX, 0]),
+        SbiRet::ok(0)
+    );
+    assert_eq!(
+        call(&mut f, READ_TRIGGERS, [0, 1, 0]),
+        SbiRet::error(SbiError::NoShmem)
+    );
 }
