@@ -25,11 +25,18 @@ pub fn count() -> usize {
 
 /// Loads `state` into this hart's triggers if it has any, or if the hart still holds
 /// another vCPU's (`live`, updated). `vs_mode`: guests run in VS-mode (under H).
+#[inline]
 pub fn load(live: &mut bool, state: &DbtrState, vs_mode: bool) {
-    let any = state.any();
-    if !any && !*live {
-        return;
+    // On every switch: nothing to do unless triggers are, or were, in use.
+    if *live || state.any() {
+        reload(live, state, vs_mode);
     }
+}
+
+/// [`load`] when there is something to load or clear.
+#[inline(never)]
+fn reload(live: &mut bool, state: &DbtrState, vs_mode: bool) {
+    let any = state.any();
     for (i, t) in state.triggers.iter().take(count()).enumerate() {
         let (t1, t2) = t.map_or((0, 0), |t| (t.hart_tdata1(vs_mode), t.tdata2));
         // SAFETY: `i` is below the probed count; the core accepted only triggers

@@ -179,6 +179,7 @@ fn srst<E: Reset + ?Sized>(env: &mut E, function: usize, kind: usize, reason: us
 /// (INVALID_PARAM); both halves all-ones: stop reporting; `lo` 64-byte aligned
 /// (INVALID_PARAM); `hi` zero, as no guest has memory above 2^64 (INVALID_ADDRESS);
 /// then the environment's check that the 64 bytes are writable RAM (INVALID_ADDRESS).
+#[inline(never)]
 fn sta<E: StealTime + ?Sized>(
     env: &mut E,
     function: usize,
@@ -211,6 +212,7 @@ fn sta<E: StealTime + ?Sized>(
 /// exists here: reserved and platform-specific types are INVALID_PARAM; then the
 /// environment's checks (other vCPUs stopped: DENIED; `resume_addr`: INVALID_ADDRESS).
 /// On success the caller resumes at `resume_addr`, not after its ecall.
+#[inline(never)]
 fn susp<E: SystemSuspend + ?Sized>(
     env: &mut E,
     function: usize,
@@ -237,6 +239,7 @@ fn susp<E: SystemSuspend + ?Sized>(
 /// (NOT_SUPPORTED); the lock (DENIED_LOCKED); and MISALIGNED_EXC_DELEG = 0, which Diosix
 /// refuses (DENIED: it has no misaligned-access emulator, so such exceptions always go
 /// to the guest, as the spec's note on hypervisors allows).
+#[inline(never)]
 fn fwft<E: FirmwareFeatures + ?Sized>(
     env: &mut E,
     function: usize,
