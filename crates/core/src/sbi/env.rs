@@ -125,39 +125,30 @@ pub trait DiosixExtension {
     fn diosix_call(&mut self, fid: usize, args: [usize; 6]) -> SbiRet;
 }
 
-/// Every extension's effects: what the hypervisor implements for one ecall.
-pub trait SbiEnv:
-    Caller
-    + Base
-    + Timer
-    + Ipi
-    + Rfence
-    + Hsm
-    + Reset
-    + SystemSuspend
-    + StealTime
-    + super::dbtr::DebugTriggers
-    + Console
-    + LegacyMask
-    + FirmwareFeatures
-    + DiosixExtension
-{
+/// Declares [`SbiEnv`] as the sum of the extension traits listed once, and implements
+/// it for every type that has them all.
+macro_rules! sbi_env {
+    ($first:path $(, $rest:path)* $(,)?) => {
+        /// Every extension's effects: what the hypervisor implements for one ecall.
+        pub trait SbiEnv: $first $(+ $rest)* {}
+
+        impl<T: $first $(+ $rest)*> SbiEnv for T {}
+    };
 }
 
-impl<T> SbiEnv for T where
-    T: Caller
-        + Base
-        + Timer
-        + Ipi
-        + Rfence
-        + Hsm
-        + Reset
-        + SystemSuspend
-        + StealTime
-        + super::dbtr::DebugTriggers
-        + Console
-        + LegacyMask
-        + FirmwareFeatures
-        + DiosixExtension
-{
-}
+sbi_env!(
+    Caller,
+    Base,
+    Timer,
+    Ipi,
+    Rfence,
+    Hsm,
+    Reset,
+    SystemSuspend,
+    StealTime,
+    super::dbtr::DebugTriggers,
+    Console,
+    LegacyMask,
+    FirmwareFeatures,
+    DiosixExtension,
+);
