@@ -1116,7 +1116,7 @@ mod tests {
         fn map_range_matches_page_by_page(
             start in 0u64..1200,
             pages in 1u64..1100,
-            taken in proptest::collection::vec(0u64..2400, 0..4),
+            taken in proptest::collection::btree_set(0u64..2400, 0..4),
         ) {
             let base = 0x8000_0000u64;
             let (mut m1, mut f1, mut t1) = setup();
