@@ -26,6 +26,9 @@ pub struct HartLocal {
     /// The hart's debug triggers hold a vCPU's (SBI DBTR): cleared on a switch to a
     /// vCPU without any.
     pub triggers_live: bool,
+    /// Bit `i`: the hart's `mhpmcounter(3 + i)` holds a vCPU's counter (SBI PMU),
+    /// cleared on a switch to a vCPU without it.
+    pub pmu_live: u32,
 }
 
 /// State other harts read or poke.
@@ -72,6 +75,7 @@ pub fn init_this_hart(slot: usize, hart_id: usize) {
             current: None,
             slice_end: 0,
             triggers_live: false,
+            pmu_live: 0,
         });
         locals[slot].as_mut().unwrap_unchecked()
     };

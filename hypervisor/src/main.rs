@@ -26,6 +26,7 @@ mod mem;
 mod mmio;
 mod platform;
 mod pmpmem;
+mod pmu;
 mod sbi;
 mod sched;
 mod steal;

@@ -114,6 +114,7 @@ pub fn init(fdt: &[u8]) -> Result<&'static HostPlatform, alloc::string::String> 
     let every_hart_has_h = host.harts.iter().all(|h| h.has_h);
     crate::guestmode::init(every_hart_has_h);
     crate::triggers::init();
+    crate::pmu::init(&host, every_hart_has_h);
     if !every_hart_has_h {
         // SAFETY: the boot hart's PMP is not set up yet and nothing runs below M-mode.
         let facts = unsafe { diosix_riscv::pmp::probe() };
@@ -224,6 +225,9 @@ pub fn init_hart_csrs() {
     }
     // No trigger from before reset may match in a guest.
     crate::triggers::load(&mut true, &Default::default(), false);
+    // Nor any count: every guest counter zeroed, stopped, selecting nothing.
+    let mut every_counter = u32::MAX;
+    crate::pmu::load(&mut every_counter, &Default::default());
     set_timer(u64::MAX);
 }
 
@@ -248,7 +252,7 @@ fn init_hart_csrs_pmp() {
     unsafe {
         csr::medeleg::write(guest_exceptions);
         csr::mideleg::write(irq::S_ALL);
-        csr::mcounteren::write(0b111);
+        csr::mcounteren::write(0b111 | crate::pmu::counter_enable_bits());
         // No Sstc for guests: mip.STIP stays the hypervisor's to inject (SBI timers).
         // Harts older than privileged spec 1.12 have no menvcfg (and nothing to turn
         // off in it).
@@ -300,9 +304,10 @@ fn init_hart_csrs_h() {
         csr::hideleg::write(irq::VS_ALL);
         csr::hvip::write(0);
         csr::hie::write(0);
-        // Guests read time, cycle and instret directly.
-        csr::mcounteren::write(0b111);
-        csr::hcounteren::write(0b111);
+        // Guests read time, cycle and instret directly, and their own PMU counters
+        // (the hart's hold only the running vCPU's, see crate::pmu).
+        csr::mcounteren::write(0b111 | crate::pmu::counter_enable_bits());
+        csr::hcounteren::write(0b111 | crate::pmu::counter_enable_bits());
         // With Sstc on every hart, STCE hands guests their own comparator
         // (`vstimecmp`, raising VSTIP by itself). Without it (STCE = 0) guests use SBI
         // timers, multiplexed on mtimecmp and injected through hvip. Never both for one

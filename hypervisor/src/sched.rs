@@ -190,6 +190,7 @@ pub fn poke_waiters() {
 pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
     if let Some(mut v) = hart.current.take() {
         v.save(&hart.frame);
+        crate::pmu::save(&mut v.ctx.pmu);
         v.ctx.wait = wait;
         if wait == Wait::None && v.ctx.sta.shmem.is_some() {
             v.ctx.sta.ready(platform::now());
@@ -274,6 +275,7 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
         &v.ctx.dbtr,
         !crate::guestmode::is_pmp(),
     );
+    crate::pmu::load(&mut hart.pmu_live, &v.ctx.pmu);
     if v.ctx.sta.loaded(now, platform::host().timebase_frequency) {
         let vm = v.vm.clone();
         crate::steal::publish(&vm, hart.slot, &mut v.ctx.sta);

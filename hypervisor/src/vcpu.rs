@@ -45,6 +45,8 @@ pub struct GuestContext {
     pub sta: diosix_core::steal::StaState,
     /// SBI DBTR: its debug triggers.
     pub dbtr: diosix_core::sbi::dbtr::DbtrState,
+    /// SBI PMU: its counters (the hardware ones live in the hart while it runs).
+    pub pmu: diosix_core::sbi::pmu::PmuState,
 }
 
 /// A copy of a vCPU's state detached from its VM (for FORK and REBOOT snapshots).
@@ -95,6 +97,7 @@ impl Vcpu {
                 fwft: FwftState::reset(),
                 sta: diosix_core::steal::StaState::default(),
                 dbtr: diosix_core::sbi::dbtr::DbtrState::default(),
+                pmu: diosix_core::sbi::pmu::PmuState::default(),
             },
             priority,
             activation_loaded: 0,
@@ -145,6 +148,7 @@ impl Vcpu {
         self.ctx.csrs.envcfg = 0;
         self.ctx.sta = diosix_core::steal::StaState::default();
         self.ctx.dbtr = diosix_core::sbi::dbtr::DbtrState::default();
+        self.ctx.pmu = diosix_core::sbi::pmu::PmuState::default();
     }
 
     /// Whether this waiting vCPU should run again.

@@ -35,7 +35,14 @@ pub struct VcpuShared {
     /// vCPU running again (the wake-up latency other vCPUs may be spinning through).
     ipi_wakes: AtomicU64,
     ipi_wake_ticks: AtomicU64,
+    /// The SBI's standard firmware events (PMU), by event code: timers set, IPIs
+    /// and fences sent and received. Codes for what Diosix never does for a guest
+    /// (misaligned or access-fault emulation, HFENCEs) stay zero.
+    fw_events: [AtomicU64; FW_EVENTS],
 }
+
+/// The SBI's standard firmware event codes (0..=21).
+pub const FW_EVENTS: usize = 22;
 
 impl VcpuShared {
     /// A vCPU in HSM state `state`.
@@ -50,6 +57,7 @@ impl VcpuShared {
             ipi_sent_at: AtomicU64::new(0),
             ipi_wakes: AtomicU64::new(0),
             ipi_wake_ticks: AtomicU64::new(0),
+            fw_events: [const { AtomicU64::new(0) }; FW_EVENTS],
         }
     }
 
@@ -77,6 +85,28 @@ impl VcpuShared {
         if let Some(c) = self.exits.get(cause as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Exits of `cause` so far.
+    pub fn exits(&self, cause: ExitCause) -> u64 {
+        self.exits
+            .get(cause as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts `n` of standard firmware event `code` (`sbi_spec::pmu::firmware_event`).
+    #[inline]
+    pub fn count_fw_event(&self, code: usize, n: u64) {
+        if let Some(c) = self.fw_events.get(code) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Standard firmware event `code` so far.
+    pub fn fw_event(&self, code: usize) -> u64 {
+        self.fw_events
+            .get(code)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// `total N: cause n, ...` for the causes seen, for a log line.

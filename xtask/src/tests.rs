@@ -636,6 +636,20 @@ fn cases() -> Vec<Case> {
             cmdline: Some("shared-hart"),
             ..case("sbi-tests-4vcpu-smp1", "sbi-tests", 4, 1, SBI_TESTS)
         },
+        // PMU counters under -icount on one host hart (QEMU then counts exactly the
+        // hart's instructions): per vCPU while two share the hart; and with
+        // Sscofpmf, which also leaves the hypervisor's work out.
+        Case {
+            cmdline: Some("shared-hart icount"),
+            icount: true,
+            ..case("sbi-tests-pmu-4vcpu-smp1", "sbi-tests", 4, 1, SBI_TESTS)
+        },
+        Case {
+            cmdline: Some("shared-hart icount sscofpmf"),
+            icount: true,
+            cpu: Some("rv64,sscofpmf=on"),
+            ..case("sbi-tests-pmu-sscofpmf-smp1", "sbi-tests", 2, 1, SBI_TESTS)
+        },
         Case {
             cmdline: Some("legacy-shutdown"),
             ..case(

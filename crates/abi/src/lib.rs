@@ -212,6 +212,8 @@ pub mod eid {
     pub const DBTR: usize = sbi_spec::dbtr::EID_DBTR;
     /// Firmware features (SBI 3.0).
     pub const FWFT: usize = sbi_spec::fwft::EID_FWFT;
+    /// Performance monitoring unit.
+    pub const PMU: usize = sbi_spec::pmu::EID_PMU;
     /// The Diosix extension.
     pub const DIOSIX: usize = crate::ext::EID;
 }
@@ -260,6 +262,10 @@ pub mod fid {
             SET_SHMEM, UNINSTALL_TRIGGERS, UPDATE_TRIGGERS,
         };
     }
+    /// Performance monitoring extension: functions, event types and codes, flags.
+    pub mod pmu {
+        pub use sbi_spec::pmu::*;
+    }
     /// Steal-time accounting extension.
     pub mod sta {
         pub use sbi_spec::sta::SET_SHMEM;
@@ -288,6 +294,28 @@ pub mod fid {
         /// Bit 31 of a feature ID: a global (not per-hart) feature.
         pub const GLOBAL: u32 = 0x8000_0000;
     }
+}
+
+/// Diosix's platform firmware events: the `event_data` of a PMU counter configured
+/// for `SBI_PMU_FW_PLATFORM` (event index `0xf_ffff`), each counting the calling
+/// vCPU's exits to the hypervisor of one kind (see `docs/sbi.md`).
+pub mod pmu_platform {
+    /// Every exit from guest mode.
+    pub const EXITS: u64 = 0;
+    /// SBI calls (ecalls to the hypervisor), of every extension.
+    pub const SBI_CALLS: u64 = 1;
+    /// Timer interrupts taken while the vCPU ran (its timer, its slice's end).
+    pub const TIMER_INTERRUPTS: u64 = 2;
+    /// Software interrupts (kicks from other harts) taken while the vCPU ran.
+    pub const SOFTWARE_INTERRUPTS: u64 = 3;
+    /// Host device interrupts taken while the vCPU ran.
+    pub const EXTERNAL_INTERRUPTS: u64 = 4;
+    /// Guest-page faults (copy-on-write breaks, bad accesses).
+    pub const GUEST_PAGE_FAULTS: u64 = 5;
+    /// Virtual-instruction exceptions (WFI and emulated instructions).
+    pub const VIRTUAL_INSTRUCTIONS: u64 = 6;
+    /// How many selectors there are.
+    pub const COUNT: u64 = 7;
 }
 
 /// The Diosix SBI extension (EID `0x0A000005`).

@@ -63,6 +63,17 @@ impl ExitCause {
         Self::OtherException,
     ];
 
+    /// The causes that are SBI calls.
+    pub const SBI_CALLS: [ExitCause; 7] = [
+        Self::SbiTimer,
+        Self::SbiIpi,
+        Self::SbiRfence,
+        Self::SbiHsm,
+        Self::SbiConsole,
+        Self::SbiDiosix,
+        Self::SbiOther,
+    ];
+
     /// Classifies a trap from a guest: `mcause` as read in M-mode, `a7` the guest's a7
     /// (the SBI extension, for an ecall).
     pub const fn classify(mcause: usize, a7: usize) -> Self {

@@ -262,6 +262,9 @@ pub struct HostPlatform {
     pub reset: Option<SysconReset>,
     /// A reset line on a GPIO pin, for boards without a syscon reset.
     pub gpio_restart: Option<GpioRestart>,
+    /// Which hardware events the `riscv,pmu` node says the counters count (empty
+    /// without one, or when it is malformed: guests then get firmware counters only).
+    pub pmu_events: crate::sbi::pmu::HwEventMap,
     /// Random bytes the firmware passed in `/chosen/rng-seed` (QEMU's `virt` supplies
     /// 32), at most [`MAX_RNG_SEED`] of them; empty if there were none.
     pub rng_seed: Vec<u8>,
@@ -886,6 +889,7 @@ impl HostPlatform {
             .map(|seed| seed[..seed.len().min(MAX_RNG_SEED)].to_vec())
             .unwrap_or_default();
         let devices = devices(&t, plic_node, plic_ndev);
+        let pmu_events = pmu_events(&t);
 
         Ok(HostPlatform {
             memory,
@@ -903,6 +907,7 @@ impl HostPlatform {
             uart,
             reset,
             gpio_restart,
+            pmu_events,
             rng_seed,
             devices,
         })
@@ -1060,6 +1065,41 @@ fn uart(t: &Tree<'_>) -> Result<Option<UartInfo>, HostFdtError> {
         reg_shift,
         clock_hz: t.prop_int(n, "clock-frequency"),
     }))
+}
+
+/// The most entries read from each `riscv,pmu` mapping property.
+const MAX_PMU_ENTRIES: usize = 64;
+
+/// The `riscv,pmu` node's `riscv,event-to-mhpmcounters` (`<first last counters>`
+/// triplets) and `riscv,event-to-mhpmevent` (`<event selector-hi selector-lo>`);
+/// a property of the wrong length is ignored.
+fn pmu_events(t: &Tree<'_>) -> crate::sbi::pmu::HwEventMap {
+    let mut map = crate::sbi::pmu::HwEventMap::default();
+    let Some(n) = t.find_compatible(&["riscv,pmu"]) else {
+        return map;
+    };
+    let triplets = |name: &str| -> Vec<[u32; 3]> {
+        let Some(p) = t.prop(n, name).filter(|p| p.len() % 12 == 0) else {
+            return Vec::new();
+        };
+        p.chunks_exact(12)
+            .take(MAX_PMU_ENTRIES)
+            .map(|c| {
+                let w = |i: usize| u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+                [w(0), w(4), w(8)]
+            })
+            .collect()
+    };
+    map.ranges = triplets("riscv,event-to-mhpmcounters")
+        .into_iter()
+        .filter(|[lo, hi, _]| lo <= hi)
+        .map(|[lo, hi, counters]| (lo, hi, counters))
+        .collect();
+    map.selectors = triplets("riscv,event-to-mhpmevent")
+        .into_iter()
+        .map(|[ev, hi, lo]| (ev, ((hi as u64) << 32) | lo as u64))
+        .collect();
+    map
 }
 
 /// `gpio-restart`'s `gpios = <&controller pin flags>` on a `sifive,gpio0` controller
@@ -1422,6 +1462,30 @@ mod tests {
                 }),
             })
         );
+    }
+
+    #[test]
+    fn pmu_event_map() {
+        let p = HostPlatform::parse(VIRT).unwrap();
+        // QEMU virt: cycles on mcycle and hpm 3..18, instructions on minstret and
+        // hpm 3..18, the three TLB-miss cache events on hpm 3..18; no selectors.
+        assert_eq!(
+            p.pmu_events.ranges,
+            vec![
+                (1, 1, 0x7fff9),
+                (2, 2, 0x7fffc),
+                (0x10019, 0x10019, 0x7fff8),
+                (0x1001b, 0x1001b, 0x7fff8),
+                (0x10021, 0x10021, 0x7fff8)
+            ]
+        );
+        assert!(p.pmu_events.selectors.is_empty());
+        assert_eq!(p.pmu_events.counters_for(2), 0x7fffc);
+        assert_eq!(p.pmu_events.counters_for(3), 0);
+        assert_eq!(p.pmu_events.selector(0x10019), 0x10019);
+        // The HiFive Unleashed model has no PMU node.
+        let s = HostPlatform::parse(SIFIVE_U).unwrap();
+        assert_eq!(s.pmu_events, crate::sbi::pmu::HwEventMap::default());
     }
 
     static VIRT_VIRTIO: &[u8] = include_bytes!("testdata/qemu-virt-smp2-virtio.dtb");

@@ -14,6 +14,7 @@ pub mod fence;
 pub mod physmem;
 pub mod plic;
 pub mod pmp;
+pub mod pmu;
 pub mod reset;
 pub mod trap;
 pub mod triggers;

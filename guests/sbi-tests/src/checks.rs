@@ -12,6 +12,12 @@ struct Ctx {
     legacy_shutdown: bool,
     /// The harness gave this VM more vCPUs than the host has harts.
     shared_hart: bool,
+    /// QEMU runs under `-icount` on one host hart: retired-instruction counts are
+    /// exact (without it QEMU's "instructions" event counts host ticks; with several
+    /// harts, the instructions of all of them).
+    icount: bool,
+    /// The host harts have Sscofpmf, so counters can leave out M-mode.
+    sscofpmf: bool,
 }
 
 /// Written once by `main` before any other hart starts; read-only afterwards.
@@ -95,6 +101,10 @@ pub fn main(hartid: usize, dtb_addr: usize) {
     let fdt = unsafe { fdt_bootargs_has(dtb_addr, "legacy-shutdown") };
     // SAFETY: as above.
     let shared_hart = unsafe { fdt_bootargs_has(dtb_addr, "shared-hart") };
+    // SAFETY: as above.
+    let icount = unsafe { fdt_bootargs_has(dtb_addr, "icount") };
+    // SAFETY: as above.
+    let sscofpmf = unsafe { fdt_bootargs_has(dtb_addr, "sscofpmf") };
     // SAFETY: single write before any reader exists (no other hart runs yet).
     unsafe {
         CTX = Some(Ctx {
@@ -103,6 +113,8 @@ pub fn main(hartid: usize, dtb_addr: usize) {
             opensbi: sbi::impl_id() == sbi::IMPL_ID_OPENSBI,
             legacy_shutdown: fdt,
             shared_hart,
+            icount,
+            sscofpmf,
         })
     };
     println!(
@@ -132,6 +144,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
     fwft();
     sta();
     dbtr();
+    pmu();
     srst_invalid();
     suspend_non_retentive();
 }
@@ -856,6 +869,316 @@ fn offered(eid: usize, name: &str) -> bool {
         report::fail_with(format_args!("{name}_probe: got 0 expected offered"));
     }
     false
+}
+
+/// PMU function IDs and the flags the checks use.
+mod pmu_fid {
+    pub const PMU: usize = 0x50_4d55;
+    pub const NUM_COUNTERS: usize = 0;
+    pub const GET_INFO: usize = 1;
+    pub const CONFIG_MATCHING: usize = 2;
+    pub const START: usize = 3;
+    pub const STOP: usize = 4;
+    pub const FW_READ: usize = 5;
+    pub const FW_READ_HI: usize = 6;
+    pub const CLEAR_VALUE: usize = 1 << 1;
+    pub const AUTO_START: usize = 1 << 2;
+    pub const INIT_VALUE: usize = 1;
+    pub const RESET: usize = 1;
+    pub const INSTRUCTIONS: usize = 2;
+    pub const FW_SET_TIMER: usize = 0xf_0005;
+    pub const FW_IPI_SENT: usize = 0xf_0006;
+    pub const FW_IPI_RECEIVED: usize = 0xf_0007;
+    pub const FW_PLATFORM: usize = 0xf_ffff;
+}
+
+/// What the helper hart saw in the counters it does not own (bits OR-ed together).
+static PEEKED: AtomicU64 = AtomicU64::new(0);
+/// The counter CSR the helper reads.
+static PEEK_CSR: AtomicUsize = AtomicUsize::new(0);
+
+/// Computes until told to stop, reading the counter the boot hart configured: it must
+/// never see a count, whether it shares the boot hart's host hart or not.
+fn counter_peeker(_hartid: usize, _opaque: usize) {
+    BUSY_UP.store(true, Ordering::Release);
+    let csr = PEEK_CSR.load(Ordering::Acquire);
+    while !BUSY_STOP.load(Ordering::Acquire) {
+        if let Some(v) = csr::read_counter(csr) {
+            PEEKED.fetch_or(v, Ordering::Relaxed);
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// SBI PMU: discovery, every error code, a firmware counter of this vCPU's SBI calls,
+/// and (under `-icount`) a hardware counter of retired instructions that counts this
+/// vCPU's own instructions only, while another vCPU computes on the same host hart.
+fn pmu() {
+    use pmu_fid::*;
+    if !offered(PMU, "pmu") {
+        return;
+    }
+    let p = |f: usize, a: [usize; 5]| call(PMU, f, [a[0], a[1], a[2], a[3], a[4], 0]);
+    let n = p(NUM_COUNTERS, [0; 5]);
+    check_err("pmu_num_counters", n, error::SUCCESS);
+    let total = n.value.min(63);
+    let all = (1usize << total) - 1;
+    let mut infos_ok = true;
+    for i in 0..total {
+        let r = p(GET_INFO, [i, 0, 0, 0, 0]);
+        let hw_csr = r.value & 0xfff;
+        let fw = r.value >> 63 == 1;
+        if r.error != error::SUCCESS || (!fw && !(0xc00..=0xc1f).contains(&hw_csr)) {
+            infos_ok = false;
+            println!(
+                "info pmu counter {i}: error {} info {:#x}",
+                r.error, r.value
+            );
+        }
+    }
+    check_true("pmu_get_info_all", infos_ok, "every counter described");
+    check_err(
+        "pmu_get_info_past_end",
+        p(GET_INFO, [total, 0, 0, 0, 0]),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "pmu_config_set_past_end",
+        p(CONFIG_MATCHING, [total, 1, 0, INSTRUCTIONS, 0]),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "pmu_start_set_past_end",
+        p(START, [total - 1, 3, 0, 0, 0]),
+        error::INVALID_PARAM,
+    );
+    if !ctx().opensbi {
+        // OpenSBI takes some of these as valid; Diosix follows the spec's tables.
+        check_err(
+            "pmu_config_no_event",
+            p(CONFIG_MATCHING, [0, all, 0, 0, 0]),
+            error::INVALID_PARAM,
+        );
+        check_err(
+            "pmu_config_reserved_flags",
+            p(CONFIG_MATCHING, [0, all, 1 << 8, INSTRUCTIONS, 0]),
+            error::INVALID_PARAM,
+        );
+        check_err(
+            "pmu_config_raw_event",
+            p(CONFIG_MATCHING, [0, all, 0, 0x2_0000, 0x1]),
+            error::NOT_SUPPORTED,
+        );
+        check_err(
+            "pmu_config_platform_event_unknown",
+            p(CONFIG_MATCHING, [0, all, 0, FW_PLATFORM, 0x1000]),
+            error::NOT_SUPPORTED,
+        );
+    }
+
+    // A firmware counter: this vCPU's set_timer calls.
+    let r = p(
+        CONFIG_MATCHING,
+        [0, all, CLEAR_VALUE | AUTO_START, FW_SET_TIMER, 0],
+    );
+    check_err("pmu_fw_config", r, error::SUCCESS);
+    let fw = r.value;
+    for _ in 0..3 {
+        sbi::set_timer(u64::MAX);
+    }
+    check_err("pmu_fw_read", p(FW_READ, [fw, 0, 0, 0, 0]), error::SUCCESS);
+    check(
+        "pmu_fw_set_timer_count",
+        p(FW_READ, [fw, 0, 0, 0, 0]).value,
+        3,
+    );
+    check_err("pmu_fw_stop", p(STOP, [fw, 1, 0, 0, 0]), error::SUCCESS);
+    check_err(
+        "pmu_fw_stop_again",
+        p(STOP, [fw, 1, 0, 0, 0]),
+        error::ALREADY_STOPPED,
+    );
+    sbi::set_timer(u64::MAX);
+    check(
+        "pmu_fw_stopped_count",
+        p(FW_READ, [fw, 0, 0, 0, 0]).value,
+        3,
+    );
+    check_err(
+        "pmu_fw_start_value",
+        p(START, [fw, 1, INIT_VALUE, 100, 0]),
+        error::SUCCESS,
+    );
+    check_err(
+        "pmu_fw_start_again",
+        p(START, [fw, 1, 0, 0, 0]),
+        error::ALREADY_STARTED,
+    );
+    sbi::set_timer(u64::MAX);
+    check(
+        "pmu_fw_initial_value",
+        p(FW_READ, [fw, 0, 0, 0, 0]).value,
+        101,
+    );
+    if !ctx().opensbi {
+        check(
+            "pmu_fw_read_hi",
+            p(FW_READ_HI, [fw, 0, 0, 0, 0]),
+            SbiRet { error: 0, value: 0 },
+        );
+    }
+    // IPIs to itself: one sent, one received, per call.
+    let sent = p(
+        CONFIG_MATCHING,
+        [0, all, CLEAR_VALUE | AUTO_START, FW_IPI_SENT, 0],
+    );
+    let got = p(
+        CONFIG_MATCHING,
+        [0, all, CLEAR_VALUE | AUTO_START, FW_IPI_RECEIVED, 0],
+    );
+    check_err("pmu_fw_ipi_config", sent, error::SUCCESS);
+    check_err("pmu_fw_ipi_config_2", got, error::SUCCESS);
+    for _ in 0..2 {
+        sbi::send_ipi(1, ctx().me);
+        csr::sip_clear(csr::SSI);
+    }
+    check(
+        "pmu_fw_ipi_sent",
+        p(FW_READ, [sent.value, 0, 0, 0, 0]).value,
+        2,
+    );
+    check(
+        "pmu_fw_ipi_received",
+        p(FW_READ, [got.value, 0, 0, 0, 0]).value,
+        2,
+    );
+    for c in [fw, sent.value, got.value] {
+        let r = p(STOP, [c, 1, RESET, 0, 0]);
+        check_true(
+            "pmu_fw_release",
+            r.error == error::SUCCESS || r.error == error::ALREADY_STOPPED,
+            "SUCCESS or ALREADY_STOPPED",
+        );
+    }
+    check_err(
+        "pmu_fw_read_released",
+        p(FW_READ, [fw, 0, 0, 0, 0]),
+        error::INVALID_PARAM,
+    );
+    if !ctx().opensbi {
+        // Diosix's platform event 1: SBI calls (this vCPU's exits by ecall).
+        let r = p(
+            CONFIG_MATCHING,
+            [0, all, CLEAR_VALUE | AUTO_START, FW_PLATFORM, 1],
+        );
+        for _ in 0..10 {
+            sbi::probe(PMU);
+        }
+        let calls = p(FW_READ, [r.value, 0, 0, 0, 0]).value;
+        check_err("pmu_platform_config", r, error::SUCCESS);
+        // Ten probes and the read itself (no console output in between).
+        check("pmu_platform_sbi_calls", calls, 11);
+        p(STOP, [r.value, 1, RESET, 0, 0]);
+    }
+
+    // A hardware counter of retired instructions.
+    let r = p(CONFIG_MATCHING, [0, all, CLEAR_VALUE, INSTRUCTIONS, 0]);
+    if r.error == error::NOT_SUPPORTED {
+        note("pmu_hw", "skipped: no hardware counter counts instructions");
+        return;
+    }
+    check_err("pmu_hw_config", r, error::SUCCESS);
+    let hw = r.value;
+    let info = p(GET_INFO, [hw, 0, 0, 0, 0]).value;
+    let csr_no = info & 0xfff;
+    check_true("pmu_hw_is_hardware", info >> 63 == 0, "a hardware counter");
+    check_err(
+        "pmu_fw_read_of_hw",
+        p(FW_READ, [hw, 0, 0, 0, 0]),
+        error::INVALID_PARAM,
+    );
+    // A second vCPU computes meanwhile (on the same host hart when the harness says
+    // so), reading the same counter: it must see only zeros, its own.
+    let me = ctx().me;
+    let helper_hart = ctx().info.harts().iter().copied().find(|&h| h != me);
+    PEEKED.store(0, Ordering::Relaxed);
+    PEEK_CSR.store(if ctx().opensbi { 0 } else { csr_no }, Ordering::Release);
+    if let Some(h) = helper_hart {
+        BUSY_STOP.store(false, Ordering::Release);
+        BUSY_UP.store(false, Ordering::Release);
+        check_err(
+            "pmu_peeker_start",
+            hart::start(h, counter_peeker, 0),
+            error::SUCCESS,
+        );
+        wait_for(ms(2000), || BUSY_UP.load(Ordering::Acquire));
+    }
+    let until = csr::time() + ms(60);
+    check_err(
+        "pmu_hw_start",
+        p(START, [hw, 1, INIT_VALUE, 0, 0]),
+        error::SUCCESS,
+    );
+    let iters = csr::spin_counting(until);
+    check_err("pmu_hw_stop", p(STOP, [hw, 1, 0, 0, 0]), error::SUCCESS);
+    let count = csr::read_counter(csr_no).unwrap_or(0);
+    if let Some(h) = helper_hart {
+        BUSY_STOP.store(true, Ordering::Release);
+        let stopped = wait_for(ms(2000), || {
+            sbi::hart_status(h).value == hart_state::STOPPED
+        });
+        check_true("pmu_peeker_stopped", stopped, "STOPPED");
+        if !ctx().opensbi {
+            check(
+                "pmu_hw_other_vcpu_sees_nothing",
+                PEEKED.load(Ordering::Relaxed),
+                0,
+            );
+        }
+    }
+    let own = 3 * iters;
+    println!("info pmu instructions counted {count}, loop retired {own}");
+    if ctx().icount && !ctx().opensbi {
+        // Everything retired between the start call's return and the stop call: the
+        // loop, a few instructions around it, and, unless the hart can leave M-mode
+        // out (Sscofpmf), the hypervisor's work on this vCPU's exits in between.
+        // (QEMU 10 with Sscofpmf measured 679 beyond the loop over 30 M; without,
+        // 3,924.)
+        let slack = if ctx().sscofpmf {
+            2_000
+        } else {
+            own / 50 + 20_000
+        };
+        check_true(
+            "pmu_hw_counts_own_instructions",
+            count >= own && count <= own + slack,
+            "the loop's instructions, give or take the calls around it",
+        );
+    } else {
+        check_true("pmu_hw_counted", count > 0, "a count");
+        note(
+            "pmu_hw_exact",
+            "skipped: no -icount, instructions are host ticks",
+        );
+    }
+    let later = csr::read_counter(csr_no).unwrap_or(0);
+    check("pmu_hw_stopped_stays", later, count);
+    check_err(
+        "pmu_hw_stop_again",
+        p(STOP, [hw, 1, 0, 0, 0]),
+        error::ALREADY_STOPPED,
+    );
+    let r = p(STOP, [hw, 1, RESET, 0, 0]);
+    check_true(
+        "pmu_hw_release",
+        r.error == error::SUCCESS || r.error == error::ALREADY_STOPPED,
+        "SUCCESS or ALREADY_STOPPED",
+    );
+    check_err(
+        "pmu_hw_start_released",
+        p(START, [hw, 1, 0, 0, 0]),
+        error::INVALID_PARAM,
+    );
 }
 
 /// SBI 3.0 FWFT: reserved IDs, bad values and flags, locks, and both features in

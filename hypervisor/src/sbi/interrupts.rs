@@ -5,11 +5,13 @@ use crate::hart;
 use crate::sched;
 use crate::vcpu_shared::NOT_RUNNING;
 use core::sync::atomic::Ordering;
+use diosix_abi::fid::pmu::firmware_event as fw;
 use diosix_core::sbi::{Caller, FenceKind, HartSet, Ipi, Rfence, Timer};
 use diosix_riscv::csr::{self, irq};
 
 impl Timer for Call<'_> {
     fn set_timer(&mut self, deadline: u64) {
+        self.vcpu().shared.count_fw_event(fw::SET_TIMER, 1);
         if crate::platform::guest_sstc() {
             // The vCPU's own comparator: a future deadline also clears a pending
             // VSTIP, as the SBI asks.
@@ -31,7 +33,12 @@ impl Ipi for Call<'_> {
         let me = self.this_hart();
         let vm = self.vcpu().vm.clone();
         let mut others = false;
+        let mut sent = 0;
         for t in targets.iter() {
+            if let Some(shared) = vm.vcpus.get(t) {
+                shared.count_fw_event(fw::IPI_RECEIVED, 1);
+                sent += 1;
+            }
             if t == me {
                 crate::guestmode::mode().raise(irq::VSSIP);
                 continue;
@@ -52,6 +59,7 @@ impl Ipi for Call<'_> {
         // as if they were running: a target being descheduled right now may have read
         // its pending bits before our store (store buffering), and its hart may then
         // swallow our kick. The lock orders us after, or before, its enqueue check.
+        self.vcpu().shared.count_fw_event(fw::IPI_SENT, sent);
         if others {
             sched::poke_waiters();
         }
@@ -63,10 +71,21 @@ impl Ipi for Call<'_> {
 }
 
 impl Rfence for Call<'_> {
-    fn remote_fence(&mut self, targets: HartSet, _kind: FenceKind) {
+    fn remote_fence(&mut self, targets: HartSet, kind: FenceKind) {
         let me = self.this_hart();
         let my_slot = self.hart.slot;
         let vm = self.vcpu().vm.clone();
+        let (sent, received) = match kind {
+            FenceKind::Instruction => (fw::FENCE_I_SENT, fw::FENCE_I_RECEIVED),
+            FenceKind::Vma => (fw::SFENCE_VMA_SENT, fw::SFENCE_VMA_RECEIVED),
+            FenceKind::VmaAsid => (fw::SFENCE_VMA_ASID_SENT, fw::SFENCE_VMA_ASID_RECEIVED),
+        };
+        let mut n = 0;
+        for shared in targets.iter().filter_map(|t| vm.vcpus.get(t)) {
+            shared.count_fw_event(received, 1);
+            n += 1;
+        }
+        self.vcpu().shared.count_fw_event(sent, n);
         if targets.iter().any(|t| t == me) {
             diosix_riscv::fence::fence_i();
             crate::guestmode::mode().flush_guest_tlb();

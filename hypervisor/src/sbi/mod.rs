@@ -8,6 +8,7 @@ mod dbtr;
 mod hsm;
 mod interrupts;
 mod legacy;
+mod pmu;
 mod reset;
 mod sta;
 
@@ -40,6 +41,7 @@ pub fn is_fast(eid: usize) -> bool {
             | IPI
             | RFENCE
             | DBCN
+            | PMU
             | LEGACY_SET_TIMER
             | LEGACY_CONSOLE_PUTCHAR
             | LEGACY_CONSOLE_GETCHAR

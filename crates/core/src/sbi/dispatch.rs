@@ -30,6 +30,7 @@ pub fn extension_present(id: usize) -> bool {
                 | eid::SUSP
                 | eid::STA
                 | eid::DBTR
+                | eid::PMU
                 | eid::DIOSIX
     )
 }
@@ -49,6 +50,7 @@ pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
         eid::SUSP => susp(env, fid, a0, a1, a2),
         eid::STA => sta(env, fid, a0, a1, a2),
         eid::DBTR => super::dbtr::dispatch(env, fid, [a0, a1, a2]),
+        eid::PMU => super::pmu::dispatch(env, fid, [a0, a1, a2, a3, a4]),
         eid::DIOSIX => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
         eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => return legacy(env, ext, a0),
         _ => SbiRet::error(SbiError::NotSupported),
@@ -99,7 +101,8 @@ fn rfence<E: Caller + Rfence + ?Sized>(
     use fid::rfence::*;
     let kind = match function {
         REMOTE_FENCE_I => FenceKind::Instruction,
-        REMOTE_SFENCE_VMA | REMOTE_SFENCE_VMA_ASID => FenceKind::Vma,
+        REMOTE_SFENCE_VMA => FenceKind::Vma,
+        REMOTE_SFENCE_VMA_ASID => FenceKind::VmaAsid,
         // HFENCE.GVMA/VVMA variants: guests are not given the H extension, so these
         // are not supported on any target hart (SBI spec, RFENCE chapter).
         _ => return SbiRet::error(SbiError::NotSupported),
@@ -348,10 +351,10 @@ fn legacy(env: &mut dyn SbiEnv, ext: usize, a0: usize) -> Reply {
         eid::LEGACY_REMOTE_FENCE_I
         | eid::LEGACY_REMOTE_SFENCE_VMA
         | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => {
-            let kind = if ext == eid::LEGACY_REMOTE_FENCE_I {
-                FenceKind::Instruction
-            } else {
-                FenceKind::Vma
+            let kind = match ext {
+                eid::LEGACY_REMOTE_FENCE_I => FenceKind::Instruction,
+                eid::LEGACY_REMOTE_SFENCE_VMA => FenceKind::Vma,
+                _ => FenceKind::VmaAsid,
             };
             done(legacy_targets(env, a0).map(|set| env.remote_fence(set, kind)))
         }

@@ -147,6 +147,7 @@ sbi_env!(
     SystemSuspend,
     StealTime,
     super::dbtr::DebugTriggers,
+    super::pmu::Pmu,
     Console,
     LegacyMask,
     FirmwareFeatures,

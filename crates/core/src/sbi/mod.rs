@@ -24,6 +24,7 @@ pub use diosix_abi::SbiError;
 pub mod dbtr;
 mod dispatch;
 mod env;
+pub mod pmu;
 
 pub use dispatch::{dispatch, extension_present};
 pub use env::{
@@ -212,8 +213,11 @@ pub fn decode_hart_mask(mask: usize, base: usize, vcpus: usize) -> Result<HartSe
 pub enum FenceKind {
     /// `fence.i`.
     Instruction,
-    /// `sfence.vma` (any range or ASID: the hypervisor flushes the VM's whole VS-stage).
+    /// `sfence.vma` of a range (the hypervisor flushes the VM's whole VS-stage).
     Vma,
+    /// `sfence.vma` of a range in one ASID (flushed the same way; told apart only for
+    /// the PMU's firmware events).
+    VmaAsid,
 }
 
 /// HSM hart states (SBI spec table 'HSM hart states').

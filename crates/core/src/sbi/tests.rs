@@ -20,6 +20,8 @@ struct Fake {
     fwft: FwftState,
     sta: Option<Gpa>,
     dbtr: dbtr::DbtrState,
+    pmu_host: pmu::PmuHost,
+    pmu: pmu::PmuState,
     /// Guest memory for DBTR's shared memory: 256 bytes at 0x8000_1000.
     mem: Vec<u8>,
     applied: usize,
@@ -116,6 +118,20 @@ impl LegacyMask for Fake {
     }
 }
 
+impl pmu::Pmu for Fake {
+    fn pmu_host(&self) -> &pmu::PmuHost {
+        &self.pmu_host
+    }
+    fn pmu_state(&mut self) -> &mut pmu::PmuState {
+        &mut self.pmu
+    }
+    fn pmu_sync(&mut self) {}
+    fn pmu_apply(&mut self) {}
+    fn pmu_fw_count(&mut self, _event: pmu::FwEvent) -> u64 {
+        0
+    }
+}
+
 impl dbtr::DebugTriggers for Fake {
     fn dbtr_max(&self) -> usize {
         2
@@ -208,6 +224,11 @@ fn base_reports_spec_2_and_impl_id_5() {
     );
     assert_eq!(
         sbi(&mut f, eid::BASE, 3, [0x504D55, 0, 0, 0, 0, 0]),
+        SbiRet::ok(1)
+    );
+    // CPPC is not offered.
+    assert_eq!(
+        sbi(&mut f, eid::BASE, 3, [0x4350_5043, 0, 0, 0, 0, 0]),
         SbiRet::ok(0)
     );
     assert_eq!(

@@ -1,0 +1,124 @@
+//! The hart's programmable counters as the running vCPU's SBI PMU state says: probed
+//! at boot (the same on every hart), loaded when a vCPU with counters runs, saved
+//! (and stopped) when it leaves, cleared when one without follows one with, so a
+//! count never leaks from one vCPU to another. `cycle`, `time` and `instret` stay
+//! free-running and readable by every guest.
+
+use diosix_core::hostfdt::HostPlatform;
+use diosix_core::sbi::pmu::{mhpmevent, PmuHost, PmuState, MAX_HW_COUNTERS};
+use diosix_riscv::pmu as hw;
+
+/// What every vCPU is offered (set once at boot).
+static HOST: spin::Once<PmuHost> = spin::Once::new();
+
+/// Probes the boot hart's counters and reads which events they count.
+pub fn init(host: &HostPlatform, vs_mode: bool) {
+    // SAFETY: at boot, M-mode with interrupts off, no counter in use yet.
+    let (n, bits) = unsafe { hw::probe(MAX_HW_COUNTERS) };
+    let sscofpmf = n > 0 && host.harts.iter().all(|h| h.has_extension("sscofpmf"));
+    let pmu = PmuHost {
+        // Counters no event can use are not offered.
+        hw_counters: if host.pmu_events.ranges.is_empty() {
+            0
+        } else {
+            n
+        },
+        hw_bits: bits,
+        sscofpmf,
+        vs_mode,
+        events: host.pmu_events.clone(),
+    };
+    log::info!(
+        "PMU for guests: {} hardware counters ({} bits{}), {} firmware counters",
+        pmu.hw_counters,
+        bits,
+        if sscofpmf { ", Sscofpmf" } else { "" },
+        diosix_core::sbi::pmu::FW_COUNTERS
+    );
+    HOST.call_once(|| pmu);
+}
+
+/// What every vCPU is offered.
+pub fn host() -> &'static PmuHost {
+    HOST.get().expect("PMU probed at boot")
+}
+
+/// `mcounteren`/`hcounteren` bits for the counters guests may read directly:
+/// `hpmcounter(3 + i)` for each hardware counter.
+pub fn counter_enable_bits() -> usize {
+    let n = HOST.get().map_or(0, |h| h.hw_counters);
+    ((1usize << n) - 1) << 3
+}
+
+/// `mcountinhibit` with every guest counter stopped (`cycle` and `instret` run on).
+fn all_stopped() -> usize {
+    counter_enable_bits()
+}
+
+/// Loads `state` into this hart if it uses counters, or if the hart still holds
+/// another vCPU's (`live`, updated).
+#[inline]
+pub fn load(live: &mut u32, state: &PmuState) {
+    // On every switch: nothing to do unless counters are, or were, in use.
+    if *live | state.hw_configured != 0 {
+        reload(live, state);
+    }
+}
+
+/// [`load`] when there is something to load or clear.
+#[inline(never)]
+fn reload(live: &mut u32, state: &PmuState) {
+    let host = host();
+    let touched = *live | state.hw_configured;
+    // SAFETY: the counters below were probed; each is loaded with a selector the
+    // core built (with MINH wherever the hart can filter) or cleared, stopped first
+    // so no count runs on while half of it is written.
+    unsafe {
+        hw::set_inhibit(all_stopped());
+        // Every selector cleared before any is set: a hart may let one counter only
+        // count a given event (QEMU ignores a second mapping), and the previous
+        // vCPU may have had this one's event on another counter.
+        for i in (0..host.hw_counters).filter(|i| touched & (1 << i) != 0) {
+            hw::write(3 + i, 0, 0);
+        }
+        for i in (0..host.hw_counters).filter(|i| state.hw_configured & (1 << i) != 0) {
+            let c = &state.hw[i];
+            hw::write(3 + i, c.value, c.mhpmevent);
+        }
+        hw::set_inhibit(all_stopped() & !((state.hw_running() as usize) << 3));
+        if host.sscofpmf {
+            // An overflow interrupt belongs to the vCPU whose counter overflowed.
+            if state.overflow_pending {
+                diosix_riscv::csr::mip::set_bits(hw::LCOFIP);
+            } else {
+                diosix_riscv::csr::mip::clear_bits(hw::LCOFIP);
+            }
+        }
+    }
+    *live = state.hw_configured;
+}
+
+/// Stops this hart's counters and reads the vCPU's configured ones (values, overflow
+/// flags, a pending overflow interrupt) back into `state`.
+#[inline]
+pub fn save(state: &mut PmuState) {
+    if state.hw_configured != 0 {
+        save_counters(state);
+    }
+}
+
+#[inline(never)]
+fn save_counters(state: &mut PmuState) {
+    // SAFETY: stopping the guest counters; they are the running vCPU's.
+    unsafe { hw::set_inhibit(all_stopped()) };
+    for i in 0..MAX_HW_COUNTERS {
+        if state.hw_configured & (1 << i) != 0 {
+            let c = &mut state.hw[i];
+            c.value = hw::read_counter(3 + i);
+            c.mhpmevent = (c.mhpmevent & !mhpmevent::OF) | (hw::read_event(3 + i) & mhpmevent::OF);
+        }
+    }
+    if host().sscofpmf {
+        state.overflow_pending = diosix_riscv::csr::mip::read() & hw::LCOFIP != 0;
+    }
+}
