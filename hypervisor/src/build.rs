@@ -207,6 +207,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
                 boot_hart.extensions.iter().map(String::as_str),
                 guestfdt::VirtFeatures {
                     sstc: crate::platform::guest_sstc(),
+                    sscofpmf: crate::pmu::guest_overflow(),
                 },
             );
             let seed = crate::entropy::guest_seed();

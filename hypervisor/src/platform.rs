@@ -251,7 +251,14 @@ fn init_hart_csrs_pmp() {
     // handler; the guest's sie (the S bits of mie) is loaded with each vCPU.
     unsafe {
         csr::medeleg::write(guest_exceptions);
-        csr::mideleg::write(irq::S_ALL);
+        // Counter overflows too, where guests get them (their pending bit is switched
+        // with the vCPU's counters, see crate::pmu).
+        let lcofi = if crate::pmu::guest_overflow() {
+            diosix_riscv::pmu::LCOFIP
+        } else {
+            0
+        };
+        csr::mideleg::write(irq::S_ALL | lcofi);
         csr::mcounteren::write(0b111 | crate::pmu::counter_enable_bits());
         // No Sstc for guests: mip.STIP stays the hypervisor's to inject (SBI timers).
         // Harts older than privileged spec 1.12 have no menvcfg (and nothing to turn

@@ -43,6 +43,15 @@ pub fn host() -> &'static PmuHost {
     HOST.get().expect("PMU probed at boot")
 }
 
+/// Whether guests get counter-overflow interrupts (and are told about Sscofpmf):
+/// behind PMP, where LCOFI is delegated straight to the guest's S-mode and its
+/// pending bit is switched with the vCPU. Under H it would need AIA's `hvien`
+/// (`hideleg` bit 13 is read-only zero without it), which is not implemented.
+pub fn guest_overflow() -> bool {
+    HOST.get()
+        .is_some_and(|h| h.sscofpmf && !h.vs_mode && h.hw_counters > 0)
+}
+
 /// `mcounteren`/`hcounteren` bits for the counters guests may read directly:
 /// `hpmcounter(3 + i)` for each hardware counter.
 pub fn counter_enable_bits() -> usize {
@@ -55,12 +64,16 @@ fn all_stopped() -> usize {
     counter_enable_bits()
 }
 
+/// In a hart's `live` mask: `mip.LCOFIP` may be a vCPU's.
+const LIVE_OVERFLOW: u32 = 1 << 31;
+
 /// Loads `state` into this hart if it uses counters, or if the hart still holds
-/// another vCPU's (`live`, updated).
+/// another vCPU's (`live`, updated: bit `i` for `mhpmcounter(3 + i)`, and
+/// [`LIVE_OVERFLOW`]).
 #[inline]
 pub fn load(live: &mut u32, state: &PmuState) {
     // On every switch: nothing to do unless counters are, or were, in use.
-    if *live | state.hw_configured != 0 {
+    if *live != 0 || state.in_use() {
         reload(live, state);
     }
 }
@@ -69,7 +82,13 @@ pub fn load(live: &mut u32, state: &PmuState) {
 #[inline(never)]
 fn reload(live: &mut u32, state: &PmuState) {
     let host = host();
-    let touched = *live | state.hw_configured;
+    if host.hw_counters == 0 {
+        // Nothing to load, and maybe no `mcountinhibit` to write (the HiFive
+        // Unleashed's U54 has none).
+        *live = 0;
+        return;
+    }
+    let touched = (*live | state.hw_configured) & !LIVE_OVERFLOW;
     // SAFETY: the counters below were probed; each is loaded with a selector the
     // core built (with MINH wherever the hart can filter) or cleared, stopped first
     // so no count runs on while half of it is written.
@@ -95,20 +114,28 @@ fn reload(live: &mut u32, state: &PmuState) {
             }
         }
     }
-    *live = state.hw_configured;
+    *live = state.hw_configured
+        | if host.sscofpmf && state.in_use() {
+            LIVE_OVERFLOW
+        } else {
+            0
+        };
 }
 
 /// Stops this hart's counters and reads the vCPU's configured ones (values, overflow
 /// flags, a pending overflow interrupt) back into `state`.
 #[inline]
 pub fn save(state: &mut PmuState) {
-    if state.hw_configured != 0 {
+    if state.in_use() {
         save_counters(state);
     }
 }
 
 #[inline(never)]
 fn save_counters(state: &mut PmuState) {
+    if host().hw_counters == 0 {
+        return;
+    }
     // SAFETY: stopping the guest counters; they are the running vCPU's.
     unsafe { hw::set_inhibit(all_stopped()) };
     for i in 0..MAX_HW_COUNTERS {
@@ -120,5 +147,8 @@ fn save_counters(state: &mut PmuState) {
     }
     if host().sscofpmf {
         state.overflow_pending = diosix_riscv::csr::mip::read() & hw::LCOFIP != 0;
+        // SAFETY: the interrupt is the vCPU's, saved above; an idle hart's WFI must
+        // not wake for it.
+        unsafe { diosix_riscv::csr::mip::clear_bits(hw::LCOFIP) };
     }
 }

@@ -39,18 +39,30 @@
  * completed in it (/sys/block/vda/stat) and the interrupts its virtio transport took
  * (/proc/interrupts, every CPU).
  *
+ * `diosix-workloads perf N` is a small `perf stat`: it counts its own retired
+ * instructions and CPU cycles (perf_event_open, hardware events, kernel included:
+ * guests without Sscofpmf cannot exclude modes) around a loop of exactly 2*N
+ * instructions and prints
+ *
+ *     diosix-perf instructions <count> cycles <count> loop <2*N>
+ *
+ * (the `linux-perf-smp1` test checks the count against the loop, alone and with
+ * another VM computing on the same host hart).
+ *
  * Built static (`riscv64-linux-gnu-gcc -static -O2`) by xtask/src/rootvm/workloads.rs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <linux/perf_event.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -521,6 +533,52 @@ static void run_devices(void)
  * and the workloads run in a child forked after it, whose new address space has only
  * ever been on hart 0 (as have the processes it forks).
  */
+/* One hardware counter of this task (any CPU), opened disabled. */
+static int perf_open(uint64_t config)
+{
+	struct perf_event_attr attr;
+	long fd;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.size = sizeof(attr);
+	attr.type = PERF_TYPE_HARDWARE;
+	attr.config = config;
+	attr.disabled = 1;
+	fd = syscall(SYS_perf_event_open, &attr, 0, -1, -1, 0);
+	if (fd < 0)
+		die("perf_event_open");
+	return (int)fd;
+}
+
+static uint64_t perf_read(int fd)
+{
+	uint64_t v;
+
+	if (read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+		die("read counter");
+	return v;
+}
+
+/* `perf N`: counts a loop of exactly 2*N instructions (an add and a branch each). */
+static int run_perf(long n)
+{
+	int ins = perf_open(PERF_COUNT_HW_INSTRUCTIONS);
+	int cyc = perf_open(PERF_COUNT_HW_CPU_CYCLES);
+	long left = n;
+
+	ioctl(ins, PERF_EVENT_IOC_RESET, 0);
+	ioctl(cyc, PERF_EVENT_IOC_RESET, 0);
+	ioctl(cyc, PERF_EVENT_IOC_ENABLE, 0);
+	ioctl(ins, PERF_EVENT_IOC_ENABLE, 0);
+	__asm__ volatile("1: addi %0, %0, -1\n\tbnez %0, 1b" : "+r"(left));
+	ioctl(ins, PERF_EVENT_IOC_DISABLE, 0);
+	ioctl(cyc, PERF_EVENT_IOC_DISABLE, 0);
+	printf("diosix-perf instructions %llu cycles %llu loop %llu\n",
+	       (unsigned long long)perf_read(ins), (unsigned long long)perf_read(cyc),
+	       (unsigned long long)(2 * n));
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	cpu_set_t set;
@@ -528,8 +586,10 @@ int main(int argc, char **argv)
 	int status;
 	int devices = argc > 1 && strcmp(argv[1], "devices") == 0;
 
+	if (argc == 3 && strcmp(argv[1], "perf") == 0 && atol(argv[2]) > 0)
+		return run_perf(atol(argv[2]));
 	if (argc > 1 && !devices) {
-		fprintf(stderr, "usage: diosix-workloads [devices]\n");
+		fprintf(stderr, "usage: diosix-workloads [devices | perf N]\n");
 		return 2;
 	}
 

@@ -668,8 +668,12 @@ commands
   printf "[gdb-test] start_kernel on thread %d\n", $_thread
   bt
   printf "[gdb-test] start_kernel priv %d\n", $priv
+  # C casts: the kernel has no debug info, so GDB's automatic language would stay
+  # whatever the last frame with some had (the hypervisor's Rust).
+  set language c
   x/s (char *)&linux_banner
-  printf "[gdb-test] kernel_map.phys_addr %#lx\n", *(unsigned long *)((char *)&kernel_map + 24)
+  printf "[gdb-test] kernel_map.phys_addr %#lx\n", {unsigned long}((unsigned long)&kernel_map + 24)
+  set language auto
   diosix-harts
   disable 2
   set $diosix_hits = $diosix_hits + 1

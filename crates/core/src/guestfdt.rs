@@ -169,6 +169,9 @@ pub struct VirtFeatures {
     /// The hypervisor sets `henvcfg.STCE` and switches `vstimecmp`, so a guest may use
     /// the `sstc` timer directly.
     pub sstc: bool,
+    /// Counter-overflow interrupts reach the guest (its SBI PMU counters' `OF` bits
+    /// and LCOFI are its own), so it may be told about `sscofpmf`.
+    pub sscofpmf: bool,
 }
 
 /// The extensions to advertise to a guest: those the host hart has (`host`, lower
@@ -184,6 +187,9 @@ where
         .copied()
         .filter(|e| has(e))
         .collect();
+    if features.sscofpmf && has("sscofpmf") {
+        out.push("sscofpmf");
+    }
     if features.sstc && has("sstc") {
         out.push("sstc");
     }
@@ -1789,13 +1795,22 @@ mod tests {
         );
         let with_sstc = advertised_extensions(
             hart.extensions.iter().map(String::as_str),
-            VirtFeatures { sstc: true },
+            VirtFeatures {
+                sstc: true,
+                ..Default::default()
+            },
         );
         assert_eq!(with_sstc.last(), Some(&"sstc"));
         assert!(!with_sstc.contains(&"h"));
         // Only what the host has.
         assert_eq!(
-            advertised_extensions(["i", "m", "h", "v"], VirtFeatures { sstc: true }),
+            advertised_extensions(
+                ["i", "m", "h", "v"],
+                VirtFeatures {
+                    sstc: true,
+                    ..Default::default()
+                }
+            ),
             ["i", "m"]
         );
         // And the result feeds straight into a tree.

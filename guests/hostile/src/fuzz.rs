@@ -861,6 +861,37 @@ fn standard_one(f: &mut Fz) {
                 return;
             }
             if f.rng.one_in(3) {
+                // PMU: every function with counter sets at the edges and past them,
+                // any flags, real and garbage events, from every vCPU at once. The
+                // counters are this vCPU's own, so starting and resetting them is
+                // harmless; the hypervisor's switches save and load them meanwhile.
+                let fid = f.rng.pick(&[0usize, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+                let base = f
+                    .rng
+                    .pick(&[0usize, 1, 15, 16, 23, 24, 63, usize::MAX, a[0]]);
+                let mask = f.rng.pick(&[0usize, 1, 3, 0xffff, usize::MAX, a[1]]);
+                let flags = f.rng.pick(&[0usize, 1, 2, 4, 6, 0xff, 0x100, a[2]]);
+                let event = f.rng.pick(&[
+                    1usize,
+                    2,
+                    3,
+                    0x10019,
+                    0x2_0000,
+                    0xf_0005,
+                    0xf_ffff,
+                    0,
+                    usize::MAX,
+                ]);
+                let data = f.rng.pick(&[0usize, 1, 6, 7, usize::MAX]);
+                let args = match fid {
+                    2 => [base, mask, flags, event, data, 0],
+                    3 => [base, mask, flags & 3, data, 0, 0],
+                    _ => [base, mask, flags, 0, 0, 0],
+                };
+                f.std(0x50_4d55, fid, args);
+                return;
+            }
+            if f.rng.one_in(3) {
                 // SUSP with a sleep type it never has (reserved or platform, any upper
                 // bits): refused, never a suspend of this VM.
                 let t = hi | f.rng.pick(&[1usize, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff]);

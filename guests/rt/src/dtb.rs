@@ -20,6 +20,9 @@ pub struct Info {
     /// True if the boot hart's `riscv,isa` names the H extension: then the SBI's
     /// hfence calls are valid (SBI spec 2.0 §8.4-8.7 require H on the target harts).
     pub has_h: bool,
+    /// True if the boot hart's `riscv,isa` names Sscofpmf: counter-overflow
+    /// interrupts (LCOFI) and `scountovf`.
+    pub has_sscofpmf: bool,
 }
 
 impl Info {
@@ -54,6 +57,7 @@ pub fn parse(addr: usize) -> Info {
         ram_size: 0,
         timebase: 10_000_000,
         has_h: false,
+        has_sscofpmf: false,
     };
     for cpu in fdt.cpus() {
         let disabled = cpu
@@ -70,6 +74,10 @@ pub fn parse(addr: usize) -> Info {
                 .property("riscv,isa")
                 .and_then(|p| p.as_str())
                 .is_some_and(|isa| isa_has(isa, b'h'));
+            info.has_sscofpmf = cpu
+                .property("riscv,isa")
+                .and_then(|p| p.as_str())
+                .is_some_and(|isa| isa.split('_').any(|e| e == "sscofpmf"));
         }
         info.cpus += 1;
     }

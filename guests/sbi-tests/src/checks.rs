@@ -1163,6 +1163,7 @@ fn pmu() {
     }
     let later = csr::read_counter(csr_no).unwrap_or(0);
     check("pmu_hw_stopped_stays", later, count);
+    pmu_overflow(hw, csr_no);
     check_err(
         "pmu_hw_stop_again",
         p(STOP, [hw, 1, 0, 0, 0]),
@@ -1179,6 +1180,62 @@ fn pmu() {
         p(START, [hw, 1, 0, 0, 0]),
         error::INVALID_PARAM,
     );
+}
+
+/// `sip`/`sie` bit of the local counter-overflow interrupt (Sscofpmf).
+const LCOFI: usize = 1 << 13;
+
+/// Reads `scountovf` (Sscofpmf): bit `n` is `hpmcounter n`'s overflow flag.
+fn scountovf() -> usize {
+    let v: usize;
+    // SAFETY: reading the overflow flags has no side effects; called only where the
+    // device tree names Sscofpmf.
+    unsafe { core::arch::asm!("csrr {}, 0xda0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// Where the device tree names Sscofpmf: counter `hw` (already configured, stopped),
+/// started 50,000 events before it wraps, overflows: its `scountovf` bit is set and
+/// the overflow interrupt is pending in `sip` (polled, not taken); stopping it and
+/// clearing `sip` ends it.
+fn pmu_overflow(hw: usize, csr_no: usize) {
+    use pmu_fid::*;
+    if !ctx().info.has_sscofpmf {
+        if !ctx().opensbi {
+            note(
+                "pmu_overflow",
+                "skipped: the device tree does not name sscofpmf",
+            );
+        }
+        return;
+    }
+    let p = |f: usize, a: [usize; 5]| call(PMU, f, [a[0], a[1], a[2], a[3], a[4], 0]);
+    let bit = 1usize << (csr_no - 0xc00);
+    check_err(
+        "pmu_overflow_start",
+        p(START, [hw, 1, INIT_VALUE, 50_000usize.wrapping_neg(), 0]),
+        error::SUCCESS,
+    );
+    let pending = wait_for(ms(200), || csr::sip() & LCOFI != 0);
+    let flags = scountovf();
+    check_err(
+        "pmu_overflow_stop",
+        p(STOP, [hw, 1, 0, 0, 0]),
+        error::SUCCESS,
+    );
+    check_true("pmu_overflow_interrupt", pending, "LCOFI pending in sip");
+    check_true(
+        "pmu_overflow_scountovf",
+        flags & bit != 0,
+        "the counter's OF bit",
+    );
+    check_true(
+        "pmu_overflow_wrapped",
+        csr::read_counter(csr_no).unwrap_or(u64::MAX) < 1_000_000,
+        "a small count past zero",
+    );
+    csr::sip_clear(LCOFI);
+    check("pmu_overflow_cleared", csr::sip() & LCOFI, 0);
 }
 
 /// SBI 3.0 FWFT: reserved IDs, bad values and flags, locks, and both features in

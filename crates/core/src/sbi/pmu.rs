@@ -168,6 +168,12 @@ impl Default for PmuState {
 }
 
 impl PmuState {
+    /// Whether the vCPU has anything in the hart's counters: a configured hardware
+    /// counter, or an overflow interrupt still pending.
+    pub fn in_use(&self) -> bool {
+        self.hw_configured != 0 || self.overflow_pending
+    }
+
     /// Bit `i`: hardware counter `i` is counting.
     pub fn hw_running(&self) -> u32 {
         self.hw

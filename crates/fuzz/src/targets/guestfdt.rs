@@ -151,10 +151,13 @@ impl Target for GuestFdt {
         // Whatever the host lists, only whitelisted names are advertised.
         let features = VirtFeatures {
             sstc: flags & 0x20 != 0,
+            sscofpmf: flags & 0x40 != 0,
         };
         for e in advertised_extensions(exts.iter().copied(), features) {
             assert!(
-                VIRTUALIZED_EXTENSIONS.contains(&e) || (features.sstc && e == "sstc"),
+                VIRTUALIZED_EXTENSIONS.contains(&e)
+                    || (features.sstc && e == "sstc")
+                    || (features.sscofpmf && e == "sscofpmf"),
                 "advertised {e:?}"
             );
         }

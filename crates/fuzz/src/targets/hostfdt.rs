@@ -554,11 +554,14 @@ fn check(p: &HostPlatform) -> u64 {
     for sstc in [false, true] {
         let exts = advertised_extensions(
             p.harts[0].extensions.iter().map(String::as_str),
-            VirtFeatures { sstc },
+            VirtFeatures {
+                sstc,
+                sscofpmf: sstc,
+            },
         );
         for e in &exts {
             assert!(
-                VIRTUALIZED_EXTENSIONS.contains(e) || (sstc && *e == "sstc"),
+                VIRTUALIZED_EXTENSIONS.contains(e) || (sstc && (*e == "sstc" || *e == "sscofpmf")),
                 "advertised {e:?}"
             );
         }
