@@ -326,6 +326,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         plic: plic.map(Mutex::new),
         detached: Vec::new(),
         detached_logged: AtomicBool::new(false),
+        fw_events: AtomicBool::new(false),
     });
     log::info!(
         "VM {} (VMID {}): {:?} kernel, entry {}, {} vCPU(s), {} MiB RAM at {}, DTB at {}{}",

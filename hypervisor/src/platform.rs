@@ -227,7 +227,7 @@ pub fn init_hart_csrs() {
     crate::triggers::load(&mut true, &Default::default(), false);
     // Nor any count: every guest counter zeroed, stopped, selecting nothing.
     let mut every_counter = u32::MAX;
-    crate::pmu::load(&mut every_counter, &Default::default());
+    crate::pmu::load(&mut every_counter, None);
     set_timer(u64::MAX);
 }
 

@@ -71,10 +71,10 @@ const LIVE_OVERFLOW: u32 = 1 << 31;
 /// another vCPU's (`live`, updated: bit `i` for `mhpmcounter(3 + i)`, and
 /// [`LIVE_OVERFLOW`]).
 #[inline]
-pub fn load(live: &mut u32, state: &PmuState) {
+pub fn load(live: &mut u32, state: Option<&PmuState>) {
     // On every switch: nothing to do unless counters are, or were, in use.
-    if *live != 0 || state.in_use() {
-        reload(live, state);
+    if *live != 0 || state.is_some_and(PmuState::in_use) {
+        reload(live, state.unwrap_or(&PmuState::EMPTY));
     }
 }
 

@@ -190,7 +190,9 @@ pub fn poke_waiters() {
 pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
     if let Some(mut v) = hart.current.take() {
         v.save(&hart.frame);
-        crate::pmu::save(&mut v.ctx.pmu);
+        if let Some(pmu) = v.ctx.pmu.as_deref_mut() {
+            crate::pmu::save(pmu);
+        }
         v.ctx.wait = wait;
         if wait == Wait::None && v.ctx.sta.shmem.is_some() {
             v.ctx.sta.ready(platform::now());
@@ -275,7 +277,7 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
         &v.ctx.dbtr,
         !crate::guestmode::is_pmp(),
     );
-    crate::pmu::load(&mut hart.pmu_live, &v.ctx.pmu);
+    crate::pmu::load(&mut hart.pmu_live, v.ctx.pmu.as_deref());
     if v.ctx.sta.loaded(now, platform::host().timebase_frequency) {
         let vm = v.vm.clone();
         crate::steal::publish(&vm, hart.slot, &mut v.ctx.sta);

@@ -45,8 +45,10 @@ pub struct GuestContext {
     pub sta: diosix_core::steal::StaState,
     /// SBI DBTR: its debug triggers.
     pub dbtr: diosix_core::sbi::dbtr::DbtrState,
-    /// SBI PMU: its counters (the hardware ones live in the hart while it runs).
-    pub pmu: diosix_core::sbi::pmu::PmuState,
+    /// SBI PMU: its counters (the hardware ones live in the hart while it runs),
+    /// from its first PMU call on: out of line, so vCPUs that never count carry and
+    /// copy none of it (`crate::vmtree` charges the heap for it per vCPU).
+    pub pmu: Option<alloc::boxed::Box<diosix_core::sbi::pmu::PmuState>>,
 }
 
 /// A copy of a vCPU's state detached from its VM (for FORK and REBOOT snapshots).
@@ -97,7 +99,7 @@ impl Vcpu {
                 fwft: FwftState::reset(),
                 sta: diosix_core::steal::StaState::default(),
                 dbtr: diosix_core::sbi::dbtr::DbtrState::default(),
-                pmu: diosix_core::sbi::pmu::PmuState::default(),
+                pmu: None,
             },
             priority,
             activation_loaded: 0,
@@ -148,7 +150,7 @@ impl Vcpu {
         self.ctx.csrs.envcfg = 0;
         self.ctx.sta = diosix_core::steal::StaState::default();
         self.ctx.dbtr = diosix_core::sbi::dbtr::DbtrState::default();
-        self.ctx.pmu = diosix_core::sbi::pmu::PmuState::default();
+        self.ctx.pmu = None;
     }
 
     /// Whether this waiting vCPU should run again.

@@ -67,6 +67,10 @@ pub struct Vm {
     pub detached: Vec<Range<Gpa>>,
     /// Whether touching `detached` has been logged (once per VM).
     pub detached_logged: AtomicBool,
+    /// Whether firmware events (SBI PMU) are counted for this VM's vCPUs: set when
+    /// one of them first starts or reads a firmware counter, so VMs that never do
+    /// pay nothing for them on their IPIs, fences and timers.
+    pub fw_events: AtomicBool,
 }
 
 impl Vm {
@@ -264,5 +268,7 @@ pub fn adopt(
         plic: plic.map(Mutex::new),
         detached,
         detached_logged: AtomicBool::new(false),
+        // A FORK clone may have inherited running firmware counters.
+        fw_events: AtomicBool::new(true),
     }))
 }

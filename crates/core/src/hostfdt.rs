@@ -386,6 +386,9 @@ struct Node<'a> {
     parent: Option<usize>,
     children: Vec<usize>,
     props: Vec<(&'a str, &'a [u8])>,
+    /// The `compatible` property's value (empty without one), kept aside: every
+    /// lookup by compatible string reads it on every node.
+    compatible: &'a [u8],
 }
 
 #[derive(Debug)]
@@ -484,6 +487,7 @@ impl<'a> Tree<'a> {
                         parent,
                         children: Vec::new(),
                         props: Vec::new(),
+                        compatible: &[],
                     });
                     stack.push(idx);
                 }
@@ -500,6 +504,9 @@ impl<'a> Tree<'a> {
                     pos = align4(end).ok_or(Bad("truncated property"))?;
                     let (name, _) =
                         cstr(strings, nameoff as usize).ok_or(Bad("bad property name"))?;
+                    if name == "compatible" && nodes[node].compatible.is_empty() {
+                        nodes[node].compatible = value;
+                    }
                     nodes[node].props.push((name, value));
                 }
                 FDT_NOP => {}
@@ -562,8 +569,9 @@ impl<'a> Tree<'a> {
     fn is_compatible(&self, node: usize, with: &[&str]) -> bool {
         // Bytes against bytes: a string that is not UTF-8 can never equal one of
         // `with`, so no decoding is needed (this runs for every node, many times).
-        let v = self.prop(node, "compatible").unwrap_or(&[]);
-        v.split(|&c| c == 0)
+        self.nodes[node]
+            .compatible
+            .split(|&c| c == 0)
             .filter(|s| !s.is_empty())
             .any(|c| with.iter().any(|w| w.as_bytes() == c))
     }

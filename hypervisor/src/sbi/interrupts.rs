@@ -11,7 +11,9 @@ use diosix_riscv::csr::{self, irq};
 
 impl Timer for Call<'_> {
     fn set_timer(&mut self, deadline: u64) {
-        self.vcpu().shared.count_fw_event(fw::SET_TIMER, 1);
+        if self.vcpu().vm.fw_events.load(Ordering::Relaxed) {
+            self.vcpu().shared.count_fw_event(fw::SET_TIMER, 1);
+        }
         if crate::platform::guest_sstc() {
             // The vCPU's own comparator: a future deadline also clears a pending
             // VSTIP, as the SBI asks.
@@ -33,12 +35,10 @@ impl Ipi for Call<'_> {
         let me = self.this_hart();
         let vm = self.vcpu().vm.clone();
         let mut others = false;
-        let mut sent = 0;
+        if vm.fw_events.load(Ordering::Relaxed) {
+            count_fw_events(self, &vm, targets, fw::IPI_SENT, fw::IPI_RECEIVED);
+        }
         for t in targets.iter() {
-            if let Some(shared) = vm.vcpus.get(t) {
-                shared.count_fw_event(fw::IPI_RECEIVED, 1);
-                sent += 1;
-            }
             if t == me {
                 crate::guestmode::mode().raise(irq::VSSIP);
                 continue;
@@ -59,7 +59,6 @@ impl Ipi for Call<'_> {
         // as if they were running: a target being descheduled right now may have read
         // its pending bits before our store (store buffering), and its hart may then
         // swallow our kick. The lock orders us after, or before, its enqueue check.
-        self.vcpu().shared.count_fw_event(fw::IPI_SENT, sent);
         if others {
             sched::poke_waiters();
         }
@@ -75,17 +74,14 @@ impl Rfence for Call<'_> {
         let me = self.this_hart();
         let my_slot = self.hart.slot;
         let vm = self.vcpu().vm.clone();
-        let (sent, received) = match kind {
-            FenceKind::Instruction => (fw::FENCE_I_SENT, fw::FENCE_I_RECEIVED),
-            FenceKind::Vma => (fw::SFENCE_VMA_SENT, fw::SFENCE_VMA_RECEIVED),
-            FenceKind::VmaAsid => (fw::SFENCE_VMA_ASID_SENT, fw::SFENCE_VMA_ASID_RECEIVED),
-        };
-        let mut n = 0;
-        for shared in targets.iter().filter_map(|t| vm.vcpus.get(t)) {
-            shared.count_fw_event(received, 1);
-            n += 1;
+        if vm.fw_events.load(Ordering::Relaxed) {
+            let (sent, received) = match kind {
+                FenceKind::Instruction => (fw::FENCE_I_SENT, fw::FENCE_I_RECEIVED),
+                FenceKind::Vma => (fw::SFENCE_VMA_SENT, fw::SFENCE_VMA_RECEIVED),
+                FenceKind::VmaAsid => (fw::SFENCE_VMA_ASID_SENT, fw::SFENCE_VMA_ASID_RECEIVED),
+            };
+            count_fw_events(self, &vm, targets, sent, received);
         }
-        self.vcpu().shared.count_fw_event(sent, n);
         if targets.iter().any(|t| t == me) {
             diosix_riscv::fence::fence_i();
             crate::guestmode::mode().flush_guest_tlb();
@@ -101,4 +97,23 @@ impl Rfence for Call<'_> {
                 .map(|v| v.running_on.load(Ordering::Acquire)),
         );
     }
+}
+
+/// Counts firmware events (SBI PMU) `sent` on the caller, once per target, and
+/// `received` on each target. Kept out of line: only VMs that use firmware counters
+/// come here.
+#[inline(never)]
+fn count_fw_events(
+    call: &Call<'_>,
+    vm: &crate::vm::Vm,
+    targets: HartSet,
+    sent: usize,
+    received: usize,
+) {
+    let mut n = 0;
+    for shared in targets.iter().filter_map(|t| vm.vcpus.get(t)) {
+        shared.count_fw_event(received, 1);
+        n += 1;
+    }
+    call.vcpu().shared.count_fw_event(sent, n);
 }

@@ -3,6 +3,8 @@
 //! events it has seen.
 
 use super::Call;
+use alloc::boxed::Box;
+use core::sync::atomic::Ordering;
 use diosix_abi::pmu_platform as platform;
 use diosix_core::exits::ExitCause;
 use diosix_core::sbi::pmu::{FwEvent, Pmu, PmuHost, PmuState};
@@ -13,21 +15,28 @@ impl Pmu for Call<'_> {
     }
 
     fn pmu_state(&mut self) -> &mut PmuState {
-        &mut self.vcpu_mut().ctx.pmu
+        // Fixed-size, once per vCPU: the heap bound per vCPU in `crate::vmtree`
+        // includes it.
+        self.vcpu_mut().ctx.pmu.get_or_insert_with(Box::default)
     }
 
     fn pmu_sync(&mut self) {
-        crate::pmu::save(&mut self.vcpu_mut().ctx.pmu);
+        if let Some(pmu) = self.vcpu_mut().ctx.pmu.as_deref_mut() {
+            crate::pmu::save(pmu);
+        }
     }
 
     fn pmu_apply(&mut self) {
         let hart = &mut *self.hart;
         if let Some(v) = hart.current.as_ref() {
-            crate::pmu::load(&mut hart.pmu_live, &v.ctx.pmu);
+            crate::pmu::load(&mut hart.pmu_live, v.ctx.pmu.as_deref());
         }
     }
 
     fn pmu_fw_count(&mut self, event: FwEvent) -> u64 {
+        // From here on the VM's IPIs, fences and timers are counted (a counter
+        // starting now only needs what follows).
+        self.vcpu().vm.fw_events.store(true, Ordering::Relaxed);
         let shared = &self.vcpu().shared;
         let exits = |causes: &[ExitCause]| causes.iter().map(|&c| shared.exits(c)).sum();
         match event {

@@ -79,8 +79,11 @@ pub fn create_root(ram_pages: u64, vcpus: u32) -> Result<VmId, alloc::string::St
     // however guests fork, copy on write or fragment memory.
     const FIXED: u64 = 6 << 20;
     let fixed = FIXED + mem::frames().heap_bytes() as u64;
+    // A vCPU, its snapshot copy, and the PMU counters each may carry.
+    let pmu = core::mem::size_of::<diosix_core::sbi::pmu::PmuState>().next_power_of_two();
     let per_vcpu = (core::mem::size_of::<Vcpu>().next_power_of_two()
         + core::mem::size_of::<VcpuState>().next_power_of_two()
+        + 2 * pmu
         + 256) as u64;
     let (vcpus_max, descendants_max) =
         diosix_core::tree::quota::heap_bounded(crate::heap::total_bytes(), fixed, per_vcpu);

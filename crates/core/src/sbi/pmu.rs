@@ -158,16 +158,29 @@ pub struct PmuState {
 
 impl Default for PmuState {
     fn default() -> Self {
-        Self {
-            hw: [HwCounter::default(); MAX_HW_COUNTERS],
-            fw: [FwCounter::default(); FW_COUNTERS],
-            hw_configured: 0,
-            overflow_pending: false,
-        }
+        Self::EMPTY
     }
 }
 
 impl PmuState {
+    /// No counter configured.
+    pub const EMPTY: PmuState = PmuState {
+        hw: [HwCounter {
+            event: 0,
+            mhpmevent: 0,
+            value: 0,
+            running: false,
+        }; MAX_HW_COUNTERS],
+        fw: [FwCounter {
+            event: None,
+            value: 0,
+            started_at: 0,
+            running: false,
+        }; FW_COUNTERS],
+        hw_configured: 0,
+        overflow_pending: false,
+    };
+
     /// Whether the vCPU has anything in the hart's counters: a configured hardware
     /// counter, or an overflow interrupt still pending.
     pub fn in_use(&self) -> bool {
