@@ -55,13 +55,24 @@ pub fn guest_overflow() -> bool {
 /// `mcounteren`/`hcounteren` bits for the counters guests may read directly:
 /// `hpmcounter(3 + i)` for each hardware counter.
 pub fn counter_enable_bits() -> usize {
-    let n = HOST.get().map_or(0, |h| h.hw_counters);
-    ((1usize << n) - 1) << 3
+    HOST.get().map_or(0, all_stopped)
 }
 
 /// `mcountinhibit` with every guest counter stopped (`cycle` and `instret` run on).
-fn all_stopped() -> usize {
-    counter_enable_bits()
+fn all_stopped(host: &PmuHost) -> usize {
+    ((1usize << host.hw_counters) - 1) << 3
+}
+
+/// The set bits of `mask`, lowest first (a switch touches only the counters in use).
+fn bits(mut mask: u32) -> impl Iterator<Item = usize> {
+    core::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let i = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(i)
+    })
 }
 
 /// In a hart's `live` mask: `mip.LCOFIP` may be a vCPU's.
@@ -88,23 +99,28 @@ fn reload(live: &mut u32, state: &PmuState) {
         *live = 0;
         return;
     }
-    let touched = (*live | state.hw_configured) & !LIVE_OVERFLOW;
+    let counters = (1u32 << host.hw_counters) - 1;
+    let configured = state.hw_configured & counters;
+    let touched = (*live | configured) & counters;
+    let mut running = 0usize;
     // SAFETY: the counters below were probed; each is loaded with a selector the
     // core built (with MINH wherever the hart can filter) or cleared, stopped first
     // so no count runs on while half of it is written.
     unsafe {
-        hw::set_inhibit(all_stopped());
+        hw::set_inhibit(all_stopped(host));
         // Every selector cleared before any is set: a hart may let one counter only
-        // count a given event (QEMU ignores a second mapping), and the previous
-        // vCPU may have had this one's event on another counter.
-        for i in (0..host.hw_counters).filter(|i| touched & (1 << i) != 0) {
+        // count a given event (QEMU ignores a second mapping, and keeps a counter's
+        // old one until its selector is zeroed), and the previous vCPU may have had
+        // this one's event on another counter.
+        for i in bits(touched) {
             hw::write(3 + i, 0, 0);
         }
-        for i in (0..host.hw_counters).filter(|i| state.hw_configured & (1 << i) != 0) {
+        for i in bits(configured) {
             let c = &state.hw[i];
             hw::write(3 + i, c.value, c.mhpmevent);
+            running |= usize::from(c.running) << (3 + i);
         }
-        hw::set_inhibit(all_stopped() & !((state.hw_running() as usize) << 3));
+        hw::set_inhibit(all_stopped(host) & !running);
         if host.sscofpmf {
             // An overflow interrupt belongs to the vCPU whose counter overflowed.
             if state.overflow_pending {
@@ -114,7 +130,7 @@ fn reload(live: &mut u32, state: &PmuState) {
             }
         }
     }
-    *live = state.hw_configured
+    *live = configured
         | if host.sscofpmf && state.in_use() {
             LIVE_OVERFLOW
         } else {
@@ -133,19 +149,18 @@ pub fn save(state: &mut PmuState) {
 
 #[inline(never)]
 fn save_counters(state: &mut PmuState) {
-    if host().hw_counters == 0 {
+    let host = host();
+    if host.hw_counters == 0 {
         return;
     }
     // SAFETY: stopping the guest counters; they are the running vCPU's.
-    unsafe { hw::set_inhibit(all_stopped()) };
-    for i in 0..MAX_HW_COUNTERS {
-        if state.hw_configured & (1 << i) != 0 {
-            let c = &mut state.hw[i];
-            c.value = hw::read_counter(3 + i);
-            c.mhpmevent = (c.mhpmevent & !mhpmevent::OF) | (hw::read_event(3 + i) & mhpmevent::OF);
-        }
+    unsafe { hw::set_inhibit(all_stopped(host)) };
+    for i in bits(state.hw_configured & ((1u32 << host.hw_counters) - 1)) {
+        let c = &mut state.hw[i];
+        c.value = hw::read_counter(3 + i);
+        c.mhpmevent = (c.mhpmevent & !mhpmevent::OF) | (hw::read_event(3 + i) & mhpmevent::OF);
     }
-    if host().sscofpmf {
+    if host.sscofpmf {
         state.overflow_pending = diosix_riscv::csr::mip::read() & hw::LCOFIP != 0;
         // SAFETY: the interrupt is the vCPU's, saved above; an idle hart's WFI must
         // not wake for it.

@@ -249,9 +249,29 @@ fn switch(priority: u32) {
             unsafe { sbi::sbi_call(STA, 0, [usize::MAX, usize::MAX, 0, 0, 0, 0]) };
         }
     }
+    // And with this vCPU counting its instructions on a hardware counter (SBI PMU):
+    // its counters are saved when it leaves and loaded when it returns, and cleared
+    // for the child in between.
+    if sbi::probe(PMU) != 0 {
+        // SAFETY: PMU calls name no memory.
+        let n = unsafe { sbi::sbi_call(PMU, 0, [0; 6]) }.value.min(63);
+        // CLEAR_VALUE | AUTO_START, retired instructions, any counter.
+        // SAFETY: as above.
+        let r = unsafe { sbi::sbi_call(PMU, 2, [0, (1 << n) - 1, 6, 2, 0, 0]) };
+        if r.error == 0 {
+            let median = round_trip();
+            println!("bench vm_switch_pmu {}", median / 2);
+            // Stop and release it (RESET).
+            // SAFETY: as above.
+            unsafe { sbi::sbi_call(PMU, 4, [r.value, 1, 1, 0, 0, 0]) };
+        }
+    }
     DSX.exit(cid, 0);
     wait_terminated(cid);
 }
+
+/// The SBI PMU extension.
+const PMU: usize = 0x50_4d55;
 
 /// Runs the spawn benchmark with children of 16, 64 and 256 MiB.
 pub fn run() {
