@@ -142,7 +142,7 @@ impl GuestMode for VsMode {
             csr::vscause::write(c.scause);
             csr::vstval::write(c.stval);
             csr::vsatp::write(c.satp);
-            csr::hvip::write(c.pending & irq::VS_ALL);
+            csr::hvip::write(c.pending & vs_irqs());
             csr::scounteren::write(c.scounteren);
         }
         self.load_envcfg(c.envcfg);
@@ -165,7 +165,7 @@ impl GuestMode for VsMode {
         into.scause = csr::vscause::read();
         into.stval = csr::vstval::read();
         into.satp = csr::vsatp::read();
-        into.pending = csr::hvip::read() & irq::VS_ALL;
+        into.pending = csr::hvip::read() & vs_irqs();
         into.scounteren = csr::scounteren::read();
     }
 
@@ -183,17 +183,17 @@ impl GuestMode for VsMode {
     }
 
     fn pending(&self) -> usize {
-        csr::hvip::read() & irq::VS_ALL
+        csr::hvip::read() & vs_irqs()
     }
 
     fn raise(&self, bits: usize) {
         // SAFETY: hvip's VS bits only inject interrupts into this hart's guest.
-        unsafe { csr::hvip::set_bits(bits & irq::VS_ALL) };
+        unsafe { csr::hvip::set_bits(bits & vs_irqs()) };
     }
 
     fn lower(&self, bits: usize) {
         // SAFETY: as for `raise`.
-        unsafe { csr::hvip::clear_bits(bits & irq::VS_ALL) };
+        unsafe { csr::hvip::clear_bits(bits & vs_irqs()) };
     }
 
     fn enabled(&self) -> usize {
@@ -357,6 +357,22 @@ pub fn set_host_henvcfg(bits: usize) {
     HOST_HENVCFG.store(bits, Ordering::Relaxed);
 }
 static PMP: AtomicBool = AtomicBool::new(false);
+
+/// The `hvip` bits a VS-mode guest's interrupts use: VSSIP, VSTIP and VSEIP, plus
+/// LCOFI where the platform enables it in `hvien` (Ssaia), switched with the vCPU.
+static VS_IRQS: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(irq::VS_ALL);
+
+/// Adds `bits` to the interrupts injected through `hvip` (the platform, at boot,
+/// once `hvien` enables them on every hart).
+pub fn add_vs_interrupts(bits: usize) {
+    VS_IRQS.fetch_or(bits, Ordering::Relaxed);
+}
+
+/// The `hvip` bits that are a VS-mode guest's.
+#[inline]
+fn vs_irqs() -> usize {
+    VS_IRQS.load(Ordering::Relaxed)
+}
 
 /// Chooses how guests run, once, at boot: VS-mode when every usable hart has H, else
 /// the PMP fallback on all of them.

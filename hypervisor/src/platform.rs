@@ -338,7 +338,10 @@ fn init_hart_csrs_h() {
         csr::mstatus::clear_bits(mstatus_bits::TW | mstatus_bits::MPRV | mstatus_bits::MIE);
         // Never SSIE/STIE/SEIE: see the mideleg note above. MEIE: host interrupts
         // routed to guests (crate::devices).
-        csr::mie::write(irq::MTIP | irq::MSIP | irq::MEIP);
+        // LCOFIE where guests get counter overflows: taken here and injected
+        // through hvip (crate::pmu).
+        let lcofi = crate::pmu::hart_setup_h();
+        csr::mie::write(irq::MTIP | irq::MSIP | irq::MEIP | lcofi);
         diosix_riscv::pmp::protect_hypervisor(pmp);
         diosix_riscv::fence::hfence_gvma_all();
     }

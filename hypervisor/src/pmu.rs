@@ -4,6 +4,7 @@
 //! count never leaks from one vCPU to another. `cycle`, `time` and `instret` stay
 //! free-running and readable by every guest.
 
+use core::sync::atomic::{AtomicBool, Ordering};
 use diosix_core::hostfdt::HostPlatform;
 use diosix_core::sbi::pmu::{mhpmevent, PmuHost, PmuState, MAX_HW_COUNTERS};
 use diosix_riscv::pmu as hw;
@@ -35,7 +36,49 @@ pub fn init(host: &HostPlatform, vs_mode: bool) {
         if sscofpmf { ", Sscofpmf" } else { "" },
         diosix_core::sbi::pmu::FW_COUNTERS
     );
+    // Overflow interrupts for guests: behind PMP straight through mideleg; under H
+    // only where `hvien` (Ssaia on every hart) lets `hvip` inject LCOFI.
+    let overflow = pmu.sscofpmf
+        && pmu.hw_counters > 0
+        && (!vs_mode || host.harts.iter().all(|h| h.has_extension("ssaia")));
+    OVERFLOW.store(overflow, Ordering::Relaxed);
+    MVIEN.store(
+        overflow && vs_mode && host.harts.iter().all(|h| h.has_extension("smaia")),
+        Ordering::Relaxed,
+    );
+    if overflow && vs_mode {
+        crate::guestmode::add_vs_interrupts(hw::LCOFIP);
+    }
     HOST.call_once(|| pmu);
+}
+
+/// Whether guests get counter-overflow interrupts (set once at boot).
+static OVERFLOW: AtomicBool = AtomicBool::new(false);
+
+/// Whether `mvien` takes LCOFI too (under H, with Smaia): see [`hart_setup_h`].
+static MVIEN: AtomicBool = AtomicBool::new(false);
+
+/// This hart's part in delivering counter overflows to VS-mode guests, under H: the
+/// `mie` bits to enable (LCOFIE, so an overflow traps to M-mode, which injects it
+/// through `hvip`), after setting `hvien` so `hvip` carries it. With Smaia,
+/// `mvien` takes LCOFI as well: QEMU 10 masks a VS-mode read of `sip` with
+/// `mideleg | mvien`, so without it the guest never sees the injected bit (the
+/// hardware's own LCOFI stays M-level: `mideleg` bit 13 stays clear).
+///
+/// # Safety
+/// At hart setup, in M-mode with interrupts off.
+pub unsafe fn hart_setup_h() -> usize {
+    if !guest_overflow() {
+        return 0;
+    }
+    // SAFETY: the caller's contract; these bits only route LCOFI as described.
+    unsafe {
+        diosix_riscv::csr::hvien::write(hw::LCOFIP);
+        if MVIEN.load(Ordering::Relaxed) {
+            diosix_riscv::csr::mvien::write(hw::LCOFIP);
+        }
+    }
+    hw::LCOFIP
 }
 
 /// What every vCPU is offered.
@@ -44,12 +87,22 @@ pub fn host() -> &'static PmuHost {
 }
 
 /// Whether guests get counter-overflow interrupts (and are told about Sscofpmf):
-/// behind PMP, where LCOFI is delegated straight to the guest's S-mode and its
-/// pending bit is switched with the vCPU. Under H it would need AIA's `hvien`
-/// (`hideleg` bit 13 is read-only zero without it), which is not implemented.
+/// behind PMP LCOFI is delegated straight to the guest's S-mode; under H (where
+/// `hideleg` cannot delegate it) it is taken in M-mode and injected through `hvip`,
+/// which needs Ssaia's `hvien` on every hart. Its pending bit is switched with the
+/// vCPU either way.
 pub fn guest_overflow() -> bool {
-    HOST.get()
-        .is_some_and(|h| h.sscofpmf && !h.vs_mode && h.hw_counters > 0)
+    OVERFLOW.load(Ordering::Relaxed)
+}
+
+/// A counter overflowed while a guest ran (LCOFI taken in M-mode, under H): the
+/// interrupt is the running vCPU's, injected through `hvip` (the guest's clear of
+/// `sip.LCOFIP` clears it there).
+pub fn overflow_interrupt() {
+    // SAFETY: the pending bit moves from the hart's M-level view to the running
+    // guest's VS-level one (LCOFI is only enabled in M-mode where that is done).
+    unsafe { diosix_riscv::csr::mip::clear_bits(hw::LCOFIP) };
+    crate::guestmode::mode().raise(hw::LCOFIP);
 }
 
 /// `mcounteren`/`hcounteren` bits for the counters guests may read directly:

@@ -13,6 +13,9 @@ const INTERRUPT: usize = 1 << 63;
 const IRQ_M_SOFT: usize = 3;
 const IRQ_M_TIMER: usize = 7;
 const IRQ_M_EXTERNAL: usize = 11;
+/// Sscofpmf's local counter-overflow interrupt (enabled in M-mode only under H, for
+/// guests' counters).
+const IRQ_LCOF: usize = 13;
 const EXC_ILLEGAL_INSTRUCTION: usize = 2;
 const ECALL_FROM_S: usize = 9;
 const ECALL_FROM_VS: usize = 10;
@@ -77,6 +80,7 @@ extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
                     v.sync_ext_line_live();
                 }
             }
+            IRQ_LCOF => crate::pmu::overflow_interrupt(),
             other => log::warn!("unexpected interrupt {other}"),
         }
     } else {

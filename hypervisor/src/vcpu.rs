@@ -168,8 +168,13 @@ impl Vcpu {
             0
         };
         let pending = (self.ctx.csrs.pending & irq::VS_ALL) | raised | timer | self.ext_line();
-        // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9.
-        let enabled = (pending >> 1) & self.ctx.csrs.sie != 0;
+        // hvip bits 2/6/10 correspond to the guest's sie bits 1/5/9; a counter
+        // overflow (LCOFI, bit 13 in both) waits in hvip under H, in the vCPU's PMU
+        // state behind PMP.
+        let overflow = self.ctx.csrs.pending & diosix_riscv::pmu::LCOFIP != 0
+            || self.ctx.pmu.as_ref().is_some_and(|p| p.overflow_pending);
+        let enabled = (pending >> 1) & self.ctx.csrs.sie != 0
+            || (overflow && self.ctx.csrs.sie & diosix_riscv::pmu::LCOFIP != 0);
         match self.ctx.wait {
             Wait::Suspend(_) => enabled || raised != 0 || timer != 0,
             _ => enabled,

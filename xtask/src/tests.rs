@@ -691,6 +691,14 @@ fn cases() -> Vec<Case> {
             cpu: Some("rv64,sscofpmf=on"),
             ..case("sbi-tests-pmu-sscofpmf-smp1", "sbi-tests", 2, 1, SBI_TESTS)
         },
+        // With AIA's CSRs too: counter-overflow interrupts reach VS-mode through
+        // hvien and hvip (and mvien, for QEMU's reads of a VS-mode sip).
+        Case {
+            cmdline: Some("shared-hart icount sscofpmf"),
+            icount: true,
+            cpu: Some("rv64,sscofpmf=on,ssaia=on,smaia=on"),
+            ..case("sbi-tests-pmu-ssaia-smp1", "sbi-tests", 2, 1, SBI_TESTS)
+        },
         Case {
             cmdline: Some("legacy-shutdown"),
             ..case(

@@ -79,8 +79,15 @@ csr_module!(/// Hypervisor counter enable.
     hcounteren, 0x606);
 csr_module!(/// Hypervisor environment configuration.
     henvcfg, 0x60A);
-csr_module!(/// Hypervisor virtual interrupt pending: VSSIP/VSTIP/VSEIP injection.
+csr_module!(/// Hypervisor virtual interrupt pending: VSSIP/VSTIP/VSEIP injection (and,
+    /// with Ssaia, the interrupts `hvien` enables, such as LCOFI).
     hvip, 0x645);
+csr_module!(/// Machine virtual interrupt enables (Smaia): S-level interrupts 13..63 that
+    /// `mvip` supplies instead of `mip` when not delegated.
+    mvien, 0x308);
+csr_module!(/// Hypervisor virtual interrupt enables (Ssaia): interrupts 13..63 that
+    /// `hvip` injects into VS-mode without `hideleg`.
+    hvien, 0x608);
 csr_module!(/// Hypervisor guest address translation and protection (G-stage root).
     hgatp, 0x680);
 csr_module!(/// Supervisor counter enable: not virtualized by H, so it gates VU-mode
