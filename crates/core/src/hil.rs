@@ -8,7 +8,7 @@
 //!
 //! | Seam | Called by | Implemented in the hypervisor by | Host fake |
 //! |------|-----------|----------------------------------|-----------|
-//! | [`SbiEnv`] = [`Caller`] + [`Base`] + [`Timer`] + [`Ipi`] + [`Rfence`] + [`Hsm`] + [`Reset`] + [`Console`] + [`LegacyMask`] + [`DiosixExtension`] (one per SBI extension) | [`crate::sbi::dispatch`] | `sbi::Call` (one file per extension in `hypervisor/src/sbi/`) | `sbi/tests.rs` `Fake` |
+//! | [`SbiEnv`] = [`Caller`] + [`Base`] + [`Timer`] + [`Ipi`] + [`Rfence`] + [`Hsm`] + [`Reset`] + [`SystemSuspend`] + [`StealTime`] + [`FirmwareFeatures`] + [`DebugTriggers`] + [`Pmu`] + [`Console`] + [`LegacyMask`] + [`DiosixExtension`] (one per SBI extension) | [`crate::sbi::dispatch`] | `sbi::Call` (one file per extension in `hypervisor/src/sbi/`) | `sbi/tests.rs` `Fake` |
 //! | [`ExtensionHost`]: the Diosix extension's effects (build, start, stop, release VMs; guest memory access) | [`crate::tree::dispatch::handle_diosix_call`] | `vmtree::host::HvHost` | `tree/tests.rs` `FakeHost` |
 //! | [`TableMemory`]: read and write page-table entries in host memory | [`crate::gstage`] | `mem::PhysTables` (volatile physical accesses) | `gstage` tests `Mem` |
 //! | [`TableFrames`]: page-table pages from the host allocator | [`crate::gstage`] | `mem::TableAlloc` | `gstage` tests `Frames` |
@@ -17,7 +17,10 @@
 //! A new hardware boundary gets its trait next to its caller and a line here.
 
 pub use crate::gstage::{GuestMemoryMap, TableFrames, TableMemory};
+pub use crate::sbi::dbtr::DebugTriggers;
+pub use crate::sbi::pmu::Pmu;
 pub use crate::sbi::{
-    Base, Caller, Console, DiosixExtension, Hsm, Ipi, LegacyMask, Reset, Rfence, SbiEnv, Timer,
+    Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset,
+    Rfence, SbiEnv, StealTime, SystemSuspend, Timer,
 };
 pub use crate::tree::dispatch::ExtensionHost;
