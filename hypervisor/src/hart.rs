@@ -4,6 +4,7 @@
 use crate::vcpu::Vcpu;
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use diosix_riscv::csr;
 use diosix_riscv::trap::TrapFrame;
 
 /// Most harts this build brings up; later ones park. Must match `MAX_HARTS` in link.ld.
@@ -29,6 +30,9 @@ pub struct HartLocal {
     /// Bit `i`: the hart's `mhpmcounter(3 + i)` holds a vCPU's counter (SBI PMU),
     /// cleared on a switch to a vCPU without it.
     pub pmu_live: u32,
+    /// The hart's FP registers and `fcsr` are all zero (as a vCPU that never used FP
+    /// has them), so loading such a vCPU can skip the FP restore.
+    pub fp_zero: bool,
 }
 
 /// State other harts read or poke.
@@ -76,6 +80,7 @@ pub fn init_this_hart(slot: usize, hart_id: usize) {
             slice_end: 0,
             triggers_live: false,
             pmu_live: 0,
+            fp_zero: false,
         });
         locals[slot].as_mut().unwrap_unchecked()
     };
@@ -118,10 +123,15 @@ pub fn wake_an_idle_hart() {
     }
 }
 
-/// Clears the kick (software interrupt) pending on hart `slot`: it is looking at its
-/// shared state now.
+/// Clears the kick (software interrupt) pending on hart `slot`, the calling hart: it
+/// is looking at its shared state now.
 pub fn clear_kick(slot: usize) {
-    crate::platform::clint().clear_msip(SHARED[slot].hart_id.load(Ordering::Relaxed));
+    // Only when one is pending (`slot` is this hart, whose mip shows it): the CLINT
+    // store is an MMIO write on every vCPU switch otherwise. A kick that lands just
+    // after this check stays pending and is seen at the next look.
+    if csr::mip::read() & csr::irq::MSIP != 0 {
+        crate::platform::clint().clear_msip(SHARED[slot].hart_id.load(Ordering::Relaxed));
+    }
 }
 
 /// Performs a remote fence another hart asked this one for. Flushing more than asked

@@ -271,7 +271,7 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
     // A copy-on-write shootdown that read `running_on` before the store above skipped
     // this hart: the flush in `load` must then see the mappings it changed first.
     core::sync::atomic::fence(Ordering::SeqCst);
-    v.load(&mut hart.frame, now);
+    v.load(&mut hart.frame, now, &mut hart.fp_zero);
     crate::triggers::load(
         &mut hart.triggers_live,
         &v.ctx.dbtr,

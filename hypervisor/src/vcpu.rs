@@ -34,6 +34,10 @@ pub struct GuestContext {
     pub csrs: SupervisorCsrs,
     pub fp: [u64; 32],
     pub fcsr: u64,
+    /// `fp` and `fcsr` are all zero: the vCPU has never dirtied its FP state, so a
+    /// hart whose FP registers are zero need not load them (under H; see
+    /// [`Vcpu::load`]).
+    pub fp_zero: bool,
     /// Guest timer deadline in `time` units; `u64::MAX` = none. With guest Sstc
     /// ([`crate::platform::guest_sstc`]) this is the vCPU's `vstimecmp`: live in the
     /// CSR while the vCPU runs, saved here while it does not.
@@ -94,6 +98,7 @@ impl Vcpu {
                 },
                 fp: [0; 32],
                 fcsr: 0,
+                fp_zero: true,
                 timer_deadline: u64::MAX,
                 wait,
                 fwft: FwftState::reset(),
@@ -198,7 +203,8 @@ impl Vcpu {
     }
 
     /// Loads this vCPU onto the current hart: GPRs into `frame`, CSRs into the hart.
-    pub fn load(&mut self, frame: &mut TrapFrame, now: u64) {
+    /// `hart_fp_zero` says the hart's FP registers are all zero (updated).
+    pub fn load(&mut self, frame: &mut TrapFrame, now: u64, hart_fp_zero: &mut bool) {
         self.shared.running_again(now);
         copy_gprs(&mut frame.regs, &self.ctx.regs);
         self.merge_pending(now);
@@ -214,17 +220,31 @@ impl Vcpu {
         unsafe {
             csr::mepc::write(self.ctx.pc as usize);
             let mut ms = csr::mstatus::read();
+            // Under H, mstatus.FS was set Clean when the last vCPU was loaded and the
+            // hardware made it Dirty if anything wrote an FP register since (a guest
+            // cannot set it back: it writes only vsstatus.FS): then the hart's
+            // registers are no longer known to be zero.
+            if ms & mstatus_bits::FS_MASK == mstatus_bits::FS_DIRTY {
+                *hart_fp_zero = false;
+            }
             ms &= !(mstatus_bits::MPP_MASK | mstatus_bits::FS_MASK | mstatus_bits::MIE);
             ms = mode.entry_mstatus(ms, self.ctx.user_mode);
             // FP registers: always restored (a vCPU that never used FP gets zeros, not
             // the previous vCPU's values), then marked Clean so a save is needed only
             // if the guest writes them again. In S-mode mstatus.FS is the guest's own
             // sstatus.FS, so it gets the guest's value back instead.
+            // A vCPU that never dirtied its FP state (all zero) on a hart whose FP
+            // registers are zero needs no restore. Behind PMP mstatus.FS is the
+            // guest's own, so it proves nothing there: always restored.
             ms |= mstatus_bits::FS_CLEAN;
             csr::mstatus::write(ms);
-            restore_fp(&self.ctx.fp, self.ctx.fcsr);
+            let pmp = guestmode::is_pmp();
+            if pmp || !(self.ctx.fp_zero && *hart_fp_zero) {
+                restore_fp(&self.ctx.fp, self.ctx.fcsr);
+            }
+            *hart_fp_zero = self.ctx.fp_zero && !pmp;
             csr::mstatus::clear_bits(mstatus_bits::FS_MASK);
-            if guestmode::is_pmp() {
+            if pmp {
                 csr::mstatus::set_bits(self.ctx.csrs.sstatus & mstatus_bits::FS_MASK);
             } else {
                 csr::mstatus::set_bits(mstatus_bits::FS_CLEAN);
@@ -245,6 +265,7 @@ impl Vcpu {
         if ms & mstatus_bits::FS_MASK == mstatus_bits::FS_DIRTY {
             // SAFETY: mstatus.FS is non-zero, so FP instructions are legal in M-mode.
             unsafe { save_fp(&mut self.ctx.fp, &mut self.ctx.fcsr) };
+            self.ctx.fp_zero = false;
         }
     }
 

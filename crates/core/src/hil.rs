@@ -20,7 +20,7 @@ pub use crate::gstage::{GuestMemoryMap, TableFrames, TableMemory};
 pub use crate::sbi::dbtr::DebugTriggers;
 pub use crate::sbi::pmu::Pmu;
 pub use crate::sbi::{
-    Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset,
-    Rfence, SbiEnv, StealTime, SystemSuspend, Timer,
+    Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
+    SbiEnv, StealTime, SystemSuspend, Timer,
 };
 pub use crate::tree::dispatch::ExtensionHost;

@@ -133,13 +133,18 @@ pub enum Outcome {
 /// Handles a Diosix extension call from the vCPU running on `hart`.
 pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
     let failed = Outcome::Done(SbiRet::error(SbiError::Failed), false);
-    let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
-        return failed;
-    };
     // Decoded once: from here on every address is typed and the function known.
     let req = match Request::decode(fid, args) {
         Ok(req) => req,
         Err(e) => return Outcome::Done(SbiRet::error(e), false),
+    };
+    if req == Request::Yield {
+        // The hart goes to whoever is next: nothing to hold, look up or settle (the
+        // tree's own handling of YIELD, `handle_treeless_call`, does just this too).
+        return Outcome::Done(SbiRet::ok(0), true);
+    }
+    let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
+        return failed;
     };
     let slot = hart.slot;
     // Only a FORK the tree may carry out holds the VM (it copies every vCPU's state,
