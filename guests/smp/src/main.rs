@@ -50,7 +50,31 @@ fn ticks(us: u64) -> u64 {
     TIMEBASE.load(Ordering::Relaxed) as u64 * us / 1_000_000
 }
 
-/// One hart's part. `index` is its position in the ring.
+/// `sstatus.FS` = Initial: FP instructions allowed.
+const SSTATUS_FS_INITIAL: usize = 1 << 13;
+
+/// Puts `v` in f8 and f9 (the guest's Rust code uses no FP registers).
+fn fp_set(v: u64) {
+    // SAFETY: writes two FP registers nothing else in this guest uses.
+    unsafe {
+        core::arch::asm!("fmv.d.x f8, {0}", "fmv.d.x f9, {0}", in(reg) v, options(nomem, nostack))
+    };
+}
+
+/// Reads f8 and f9 (reading does not make the FP state dirty).
+fn fp_get() -> (u64, u64) {
+    let (a, b): (u64, u64);
+    // SAFETY: reads two FP registers.
+    unsafe {
+        core::arch::asm!("fmv.x.d {0}, f8", "fmv.x.d {1}, f9", out(reg) a, out(reg) b, options(nomem, nostack))
+    };
+    (a, b)
+}
+
+/// One hart's part. `index` is its position in the ring. Even-numbered harts keep
+/// a value of their own in two FP registers, odd ones never write FP registers and
+/// must read them as zero: whichever vCPUs share a host hart, each keeps its own FP
+/// state (the hypervisor restores it on a switch, or knows it need not).
 fn run(index: usize) {
     let me = hart::id();
     let n = HARTS.load(Ordering::Acquire);
@@ -60,12 +84,26 @@ fn run(index: usize) {
     trap::enable();
     let mut sum = 0usize;
     let mut ok = true;
+    csr::sstatus_set(SSTATUS_FS_INITIAL);
+    let fp_own = if index.is_multiple_of(2) {
+        0x5eed_0000_0000 + index as u64
+    } else {
+        0
+    };
+    if fp_own != 0 {
+        fp_set(fp_own);
+    }
     let soft0 = trap::soft_count(me);
     let timer0 = trap::timer_count(me);
     READY.fetch_add(1, Ordering::AcqRel);
     barrier(&READY, n);
     for round in 0..ROUNDS {
         sum = sum.wrapping_add(work(index * ROUNDS + round));
+        let fp = fp_get();
+        if fp != (fp_own, fp_own) {
+            println!("smp: hart {me}: FP registers {fp:x?}, expected {fp_own:#x} in both");
+            ok = false;
+        }
         ok &= sbi::send_ipi(1, next).is_ok();
         ok &= sbi::remote_fence_i(0, usize::MAX).is_ok();
         ok &= sbi::remote_sfence_vma(1, next, 0, usize::MAX).is_ok();
