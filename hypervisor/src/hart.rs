@@ -16,7 +16,9 @@ pub const STACK_SIZE: usize = 0x10000;
 /// pointer is also the pointer to this struct.
 #[repr(C)]
 pub struct HartLocal {
-    /// Registers of the interrupted context; `mscratch` points here.
+    /// The hart's own trap frame: `mscratch` points here while no vCPU runs (a
+    /// running vCPU's traps save into its own frame, `GuestContext::frame`). Its
+    /// `hv_sp` and `hart` are copied into each vCPU frame the hart loads.
     pub frame: TrapFrame,
     /// This hart's slot (index into per-hart arrays).
     pub slot: usize,
@@ -84,6 +86,8 @@ pub fn init_this_hart(slot: usize, hart_id: usize) {
         });
         locals[slot].as_mut().unwrap_unchecked()
     };
+    // Every frame mscratch holds names its hart's local state (see `this_hart`).
+    local.frame.hart = core::ptr::addr_of_mut!(*local) as u64;
     // SAFETY: the frame lives in a static for the rest of time and belongs to this hart.
     unsafe { diosix_riscv::trap::install(&mut local.frame) };
     crate::platform::init_hart_csrs();
@@ -97,10 +101,23 @@ pub fn init_this_hart(slot: usize, hart_id: usize) {
 /// The caller must not hold another reference obtained from this function (each trap
 /// takes it once, at the top of the handler).
 pub unsafe fn this_hart() -> &'static mut HartLocal {
-    let frame = diosix_riscv::trap::installed_frame().cast::<HartLocal>();
-    // SAFETY: mscratch holds this hart's frame, which is the first field of its
-    // repr(C) HartLocal (init_this_hart); exclusivity is the caller's contract.
-    unsafe { &mut *frame }
+    let frame = diosix_riscv::trap::installed_frame();
+    // SAFETY: mscratch holds this hart's own frame or the running vCPU's, and either
+    // names this hart's HartLocal in `hart` (set by init_this_hart, and by
+    // `Vcpu::load` from the hart's frame); it lives in a static. Exclusivity is the
+    // caller's contract.
+    unsafe { &mut *((*frame).hart as *mut HartLocal) }
+}
+
+impl HartLocal {
+    /// The running vCPU's registers as its last trap saved them (and as the trap
+    /// return restores them); the hart's own frame's when none runs.
+    pub fn guest_regs(&mut self) -> &mut [u64; 32] {
+        match self.current.as_mut() {
+            Some(v) => &mut v.ctx.frame.regs,
+            None => &mut self.frame.regs,
+        }
+    }
 }
 
 /// Asks hart `slot` to look at its shared state (fences, newly runnable vCPUs).

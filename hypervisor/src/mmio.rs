@@ -37,11 +37,11 @@ pub fn complete<E>(
     let reg = usize::from(access.reg);
     let stored = access
         .store
-        .then(|| access.store_value(if reg == 0 { 0 } else { hart.frame.regs[reg] }));
+        .then(|| access.store_value(if reg == 0 { 0 } else { hart.guest_regs()[reg] }));
     match handler(&access, stored) {
         Ok(raw) => {
             if !access.store && reg != 0 {
-                hart.frame.regs[reg] = access.load_value(raw);
+                hart.guest_regs()[reg] = access.load_value(raw);
             }
             // SAFETY: moves the guest past the emulated instruction.
             unsafe { csr::mepc::write(csr::mepc::read() + usize::from(access.len)) };

@@ -189,7 +189,11 @@ pub fn poke_waiters() {
 /// next vCPU to run into the hart (idling in WFI until there is one).
 pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
     if let Some(mut v) = hart.current.take() {
-        v.save(&hart.frame);
+        v.save();
+        // SAFETY: the hart's own frame (its stack and state) for any trap until the
+        // next vCPU's load: the one leaving may run on another hart as soon as it is
+        // queued.
+        unsafe { diosix_riscv::trap::set_frame(&mut hart.frame) };
         if let Some(pmu) = v.ctx.pmu.as_deref_mut() {
             crate::pmu::save(pmu);
         }
@@ -271,7 +275,7 @@ fn run(hart: &mut HartLocal, mut v: Box<Vcpu>) {
     // A copy-on-write shootdown that read `running_on` before the store above skipped
     // this hart: the flush in `load` must then see the mappings it changed first.
     core::sync::atomic::fence(Ordering::SeqCst);
-    v.load(&mut hart.frame, now, &mut hart.fp_zero);
+    v.load(&hart.frame, now, &mut hart.fp_zero);
     crate::triggers::load(
         &mut hart.triggers_live,
         &v.ctx.dbtr,
@@ -351,5 +355,5 @@ pub fn run_forever() -> ! {
     run(hart, next);
     // SAFETY: the frame is this hart's installed trap frame and run() set up the
     // guest context in the CSRs.
-    unsafe { diosix_riscv::trap::enter(&mut hart.frame) }
+    unsafe { diosix_riscv::trap::enter(diosix_riscv::trap::installed_frame()) }
 }

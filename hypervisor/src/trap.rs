@@ -33,19 +33,20 @@ const INSN_WFI: usize = 0x1050_0073;
 /// names — and returns non-zero; anything else returns 0 untouched, and the entry saves
 /// the remaining registers and calls [`diosix_trap_handler`].
 #[no_mangle]
-extern "C" fn diosix_fast_trap(_frame: *mut TrapFrame) -> usize {
+extern "C" fn diosix_fast_trap(frame: *mut TrapFrame) -> usize {
     // An ecall from the guest's supervisor level: VS-mode (10) under H, S-mode (9)
     // behind PMP. Neither mode can raise the other's, since the hypervisor itself
     // never runs below M-mode, so no lookup of the mode is needed on this path.
     if !matches!(csr::mcause::read(), ECALL_FROM_S | ECALL_FROM_VS) {
         return 0;
     }
-    // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
-    let hart = unsafe { hart::this_hart() };
-    let a7 = hart.frame.regs[reg::A7] as usize;
+    // SAFETY: `frame` is the one the entry just saved a7 into (the running vCPU's).
+    let a7 = unsafe { (*frame).regs[reg::A7] } as usize;
     if !crate::sbi::is_fast(a7) {
         return 0;
     }
+    // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
+    let hart = unsafe { hart::this_hart() };
     let Some(v) = hart.current.as_ref() else {
         return 0;
     };
@@ -54,12 +55,12 @@ extern "C" fn diosix_fast_trap(_frame: *mut TrapFrame) -> usize {
     1
 }
 
-/// Entered from `diosix_trap_entry` with the interrupted context saved in `frame`;
-/// returns the frame to resume (always this hart's own, possibly now holding another
-/// vCPU's registers).
+/// Entered from `diosix_trap_entry` with the interrupted context saved in `frame`
+/// (the running vCPU's own); returns the frame to resume: the running vCPU's, which
+/// is another's if the handler switched.
 #[no_mangle]
-extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
-    // SAFETY: taken once per trap; `frame` is this hart's frame inside HartLocal.
+extern "C" fn diosix_trap_handler(_frame: *mut TrapFrame) -> *mut TrapFrame {
+    // SAFETY: taken once per trap; mscratch holds the frame the trap saved into.
     let hart = unsafe { hart::this_hart() };
     let cause = csr::mcause::read();
     let mode = crate::guestmode::mode();
@@ -67,7 +68,7 @@ extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
         hypervisor_fault(cause);
     }
     if let Some(v) = hart.current.as_ref() {
-        let a7 = hart.frame.regs[reg::A7] as usize;
+        let a7 = v.ctx.frame.regs[reg::A7] as usize;
         v.shared.count_exit(ExitCause::classify(cause, a7));
     }
     if cause & INTERRUPT != 0 {
@@ -97,7 +98,8 @@ extern "C" fn diosix_trap_handler(frame: *mut TrapFrame) -> *mut TrapFrame {
     if let Some(v) = hart.current.as_mut() {
         v.vm.activation.refresh(&mut v.activation_loaded);
     }
-    frame
+    // Whichever vCPU now runs here: its load made its frame the installed one.
+    diosix_riscv::trap::installed_frame()
 }
 
 /// A trap taken in M-mode itself is a hypervisor bug: report it and restart.
@@ -157,7 +159,7 @@ fn virtual_instruction(hart: &mut HartLocal) {
         .and_then(diosix_core::mmio::decode_time_read)
     {
         if rd != 0 {
-            hart.frame.regs[usize::from(rd)] = crate::platform::now();
+            hart.guest_regs()[usize::from(rd)] = crate::platform::now();
         }
         advance_pc();
         return;
@@ -263,8 +265,8 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
     log::error!(
         "VM {name} vCPU {vcpu}: {what} (mcause {cause}) at PC {} (ra {}, sp {}){}{}",
         Gva::new(csr::mepc::read() as u64),
-        Gva::new(hart.frame.regs[reg::RA]),
-        Gva::new(hart.frame.regs[reg::SP]),
+        Gva::new(hart.guest_regs()[reg::RA]),
+        Gva::new(hart.guest_regs()[reg::SP]),
         if matches!(cause, 20 | 21 | 23) || (pmp && matches!(cause, 1 | 5 | 7)) {
             alloc::format!(", {gpa}")
         } else {

@@ -24,10 +24,15 @@ pub enum Wait {
 }
 
 /// A vCPU's guest-visible state: registers, supervisor CSRs, FP state, timer and wait
-/// state. What FORK copies and a REBOOT snapshot keeps.
+/// state. What FORK copies and a REBOOT snapshot keeps. `repr(C)` with the frame
+/// first, and first in [`Vcpu`]: the registers every exit reads sit at small offsets
+/// from the vCPU's address.
 #[derive(Clone)]
+#[repr(C)]
 pub struct GuestContext {
-    pub regs: [u64; 32],
+    /// The GPRs, where the trap entry saves them while the vCPU runs (`mscratch`
+    /// points here then) and the trap return restores them from.
+    pub frame: TrapFrame,
     pub pc: u64,
     /// The guest was in user mode (not supervisor mode) when last descheduled.
     pub user_mode: bool,
@@ -65,10 +70,11 @@ pub struct VcpuState {
 
 /// A vCPU's full saved state. Owned by exactly one place at a time: the run queue, or
 /// the hart running it.
+#[repr(C)]
 pub struct Vcpu {
+    pub ctx: GuestContext,
     pub vm: Arc<Vm>,
     pub shared: Arc<VcpuShared>,
-    pub ctx: GuestContext,
     /// Priority (higher runs first).
     pub priority: u8,
     /// What its VM's activation returned when this vCPU was last loaded on its hart
@@ -87,7 +93,10 @@ impl Vcpu {
             vm,
             shared,
             ctx: GuestContext {
-                regs,
+                frame: TrapFrame {
+                    regs,
+                    ..TrapFrame::new(0)
+                },
                 pc: pc.raw(),
                 user_mode: false,
                 // As machine firmware leaves it: user mode may read cycle, time and
@@ -135,9 +144,9 @@ impl Vcpu {
     /// Resets to the HSM start state: VS-mode at `pc`, a0 = hart, a1 = `opaque`,
     /// translation off, supervisor interrupts off (SBI HSM `hart_start`).
     pub fn reset_to(&mut self, pc: Gpa, opaque: u64) {
-        self.ctx.regs = [0; 32];
-        self.ctx.regs[reg::A0] = self.shared.index as u64;
-        self.ctx.regs[reg::A1] = opaque;
+        self.ctx.frame.regs = [0; 32];
+        self.ctx.frame.regs[reg::A0] = self.shared.index as u64;
+        self.ctx.frame.regs[reg::A1] = opaque;
         self.ctx.pc = pc.raw();
         self.ctx.user_mode = false;
         self.ctx.csrs.satp = 0;
@@ -202,11 +211,17 @@ impl Vcpu {
         }
     }
 
-    /// Loads this vCPU onto the current hart: GPRs into `frame`, CSRs into the hart.
+    /// Loads this vCPU onto the current hart, whose own trap frame is `hart_frame`:
+    /// its frame becomes the one traps save into, its CSRs go into the hart.
     /// `hart_fp_zero` says the hart's FP registers are all zero (updated).
-    pub fn load(&mut self, frame: &mut TrapFrame, now: u64, hart_fp_zero: &mut bool) {
+    pub fn load(&mut self, hart_frame: &TrapFrame, now: u64, hart_fp_zero: &mut bool) {
         self.shared.running_again(now);
-        copy_gprs(&mut frame.regs, &self.ctx.regs);
+        self.ctx.frame.hv_sp = hart_frame.hv_sp;
+        self.ctx.frame.hart = hart_frame.hart;
+        // SAFETY: the frame is in this vCPU's box, which stays put while it runs here
+        // and is not run by another hart until `sched::switch_away` has given this
+        // hart its own frame back; it names this hart's stack and state (above).
+        unsafe { diosix_riscv::trap::set_frame(&mut self.ctx.frame) };
         self.merge_pending(now);
         // This vCPU's own VM's memory, and no other, from here on.
         self.activation_loaded = self.vm.activation.load();
@@ -252,9 +267,9 @@ impl Vcpu {
         }
     }
 
-    /// Saves this vCPU's state from the current hart (the inverse of [`Vcpu::load`]).
-    pub fn save(&mut self, frame: &TrapFrame) {
-        copy_gprs(&mut self.ctx.regs, &frame.regs);
+    /// Saves this vCPU's state from the current hart (the inverse of [`Vcpu::load`];
+    /// its GPRs are already in its frame, where the trap saved them).
+    pub fn save(&mut self) {
         self.ctx.pc = csr::mepc::read() as u64;
         let ms = csr::mstatus::read();
         self.ctx.user_mode = ms & mstatus_bits::MPP_MASK == 0;
@@ -427,15 +442,4 @@ unsafe fn restore_fp(fp: &[u64; 32], fcsr: u64) {
         core::arch::asm!(fp_regs!("fld"), in(reg) fp.as_ptr());
         core::arch::asm!("fscsr {0}", in(reg) fcsr);
     }
-}
-
-/// Copies GPRs x1..x31 one register at a time. A plain array assignment becomes a call
-/// to the generic `memcpy` (about 185 instructions for these 256 bytes, twice on every
-/// vCPU switch); this is 62 loads and stores.
-#[inline(always)]
-fn copy_gprs(dst: &mut [u64; 32], src: &[u64; 32]) {
-    macro_rules! copy {
-        ($($i:literal)*) => { $(dst[$i] = src[$i];)* };
-    }
-    copy!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31);
 }

@@ -1,7 +1,9 @@
 //! M-mode trap entry and exit.
 //!
 //! Every trap (from a guest in VS/VU-mode, or a hypervisor fault in M-mode) enters
-//! [`diosix_trap_entry`]. `mscratch` always holds this hart's [`TrapFrame`]; the entry
+//! [`diosix_trap_entry`]. `mscratch` always holds a [`TrapFrame`]: the running vCPU's
+//! own (so a switch between vCPUs copies no registers), or the hart's while none
+//! runs; either names the hart ([`TrapFrame::hart`]) and its stack. The entry
 //! code swaps it with `sp`, saves the registers a Rust call may clobber (ra, t*, a*)
 //! and the interrupted `sp` into the frame, switches to the hart's hypervisor stack and
 //! calls `diosix_fast_trap(frame)` (provided by the binary). If that returns non-zero
@@ -12,15 +14,18 @@
 //! GPR is restored from the frame it returned and `mret` resumes whatever context the
 //! handler left in the frame and in `mepc`/`mstatus`.
 
-/// The GPRs of the interrupted context plus this hart's hypervisor stack pointer.
-/// Offsets are fixed: the assembly below depends on them.
+/// The GPRs of the interrupted context plus the hypervisor stack pointer and hart of
+/// the hart that runs it. Offsets are fixed: the assembly below depends on them.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TrapFrame {
     /// x0..x31; slot 0 is unused (x0 is hardwired to zero).
     pub regs: [u64; 32],
     /// Top of this hart's hypervisor stack, loaded on every trap.
     pub hv_sp: u64,
+    /// The hart's own state (the binary's per-hart structure), for the handler to
+    /// find it from `mscratch`; opaque here.
+    pub hart: u64,
 }
 
 /// Register indices in [`TrapFrame::regs`].
@@ -45,6 +50,7 @@ impl TrapFrame {
         Self {
             regs: [0; 32],
             hv_sp,
+            hart: 0,
         }
     }
 }
@@ -177,10 +183,20 @@ pub unsafe fn install(frame: *mut TrapFrame) {
     }
 }
 
-/// This hart's trap frame as [`install`] left it: `mscratch` holds it whenever the
-/// hypervisor runs (the entry swaps it out and back before calling the handler).
+/// The trap frame `mscratch` holds (the entry swaps it out and back before calling
+/// the handler, so it is there whenever the hypervisor runs).
 pub fn installed_frame() -> *mut TrapFrame {
     crate::csr::mscratch::read() as *mut TrapFrame
+}
+
+/// Makes `frame` the one the next trap saves into and the trap return restores.
+///
+/// # Safety
+/// `frame` must stay valid, and used by no other hart, until another is set; its
+/// `hv_sp` and `hart` must be this hart's.
+pub unsafe fn set_frame(frame: *mut TrapFrame) {
+    // SAFETY: the caller's contract.
+    unsafe { crate::csr::mscratch::write(frame as usize) };
 }
 
 /// Leaves the hypervisor: restores the frame's GPRs and `mret`s into the context set up

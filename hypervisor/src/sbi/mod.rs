@@ -55,7 +55,7 @@ pub fn is_fast(eid: usize) -> bool {
 
 /// Handles an `ecall` from VS-mode on this hart.
 pub fn handle_ecall(hart: &mut HartLocal) {
-    let r = &hart.frame.regs;
+    let r = &*hart.guest_regs();
     let regs = [
         r[reg::A0] as usize,
         r[reg::A0 + 1] as usize,
@@ -81,10 +81,11 @@ pub fn handle_ecall(hart: &mut HartLocal) {
     }
     match reply {
         Reply::Sbi(SbiRet { error, value }) => {
-            hart.frame.regs[reg::A0] = error as u64;
-            hart.frame.regs[reg::A1] = value as u64;
+            let r = hart.guest_regs();
+            r[reg::A0] = error as u64;
+            r[reg::A1] = value as u64;
         }
-        Reply::Legacy(v) => hart.frame.regs[reg::A0] = v as u64,
+        Reply::Legacy(v) => hart.guest_regs()[reg::A0] = v as u64,
     }
     // SAFETY: resumes the guest after its 4-byte ecall.
     unsafe { csr::mepc::write(csr::mepc::read() + 4) };

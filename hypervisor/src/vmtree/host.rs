@@ -140,7 +140,7 @@ impl ExtensionHost for HvHost<'_> {
         let parent_vm = lookup(parent).ok_or(SbiError::Failed)?;
         // The caller's live state, so the child resumes right after its FORK ecall.
         let me = self.hart.current.as_mut().ok_or(SbiError::Failed)?;
-        me.save(&self.hart.frame);
+        me.save();
         let mut states = sched::snapshot(&parent_vm);
         states.push(me.clone_state());
         // Nothing is copied: both VMs map the same frames read-only, and the first
@@ -171,8 +171,8 @@ impl ExtensionHost for HvHost<'_> {
         let me_index = me.shared.index;
         for st in states.iter_mut().filter(|st| st.index == me_index) {
             // The child sees FORK return a0 = a1 = 0, after the ecall.
-            st.ctx.regs[10] = 0;
-            st.ctx.regs[11] = 0;
+            st.ctx.frame.regs[10] = 0;
+            st.ctx.frame.regs[11] = 0;
             st.ctx.pc += 4;
         }
         let child_vm = vm::adopt(
