@@ -165,15 +165,24 @@ pub fn clint() -> &'static Clint {
     CLINT.get().expect("platform initialised at boot")
 }
 
+/// The CLINT on the paths every vCPU switch takes, without [`clint`]'s check.
+#[inline(always)]
+fn clint_booted() -> &'static Clint {
+    debug_assert!(CLINT.is_completed());
+    // SAFETY: `init` sets the CLINT (or fails the boot) before any hart schedules,
+    // and only the scheduler and trap paths, which run after it, call this.
+    unsafe { CLINT.get_unchecked() }
+}
+
 /// The host's `mtime`.
 pub fn now() -> u64 {
-    clint().mtime()
+    clint_booted().mtime()
 }
 
 /// Programs this hart's timer interrupt for `deadline` (`u64::MAX` = never).
 pub fn set_timer(deadline: u64) {
     let id = csr::id::mhartid();
-    clint().set_mtimecmp(id, deadline);
+    clint_booted().set_mtimecmp(id, deadline);
 }
 
 /// Restarts the host machine (QEMU: the virt reset device; with `-no-reboot`, QEMU

@@ -113,9 +113,13 @@ impl Vm {
 
     /// Whether its vCPUs may be scheduled.
     pub fn can_run(&self) -> bool {
-        !self.stopped.load(Ordering::Acquire)
-            && !self.held.load(Ordering::Acquire)
-            && !self.dead.load(Ordering::Acquire)
+        // Three plain loads and one acquire fence (what three acquire loads give, at
+        // a third of the fences: this runs for every queued vCPU on every switch).
+        let blocked = self.stopped.load(Ordering::Relaxed)
+            | self.held.load(Ordering::Relaxed)
+            | self.dead.load(Ordering::Relaxed);
+        core::sync::atomic::fence(Ordering::Acquire);
+        !blocked
     }
 
     /// Copies guest memory at `gpa` into `out`.

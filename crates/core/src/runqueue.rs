@@ -178,7 +178,11 @@ impl<T: Schedulable> RunQueue<T> {
                 best = Some((i, p));
             }
         }
-        self.runnable.remove(best?.0)
+        match best?.0 {
+            // The usual case (round robin within a priority): no elements to move.
+            0 => self.runnable.pop_front(),
+            i => self.runnable.remove(i),
+        }
     }
 
     /// The highest priority among runnable items that may run.
