@@ -35,9 +35,9 @@ pub struct VcpuShared {
     /// vCPU running again (the wake-up latency other vCPUs may be spinning through).
     ipi_wakes: AtomicU64,
     ipi_wake_ticks: AtomicU64,
-    /// The SBI's standard firmware events (PMU), by event code: timers set, IPIs
-    /// and fences sent and received. Codes for what Diosix never does for a guest
-    /// (misaligned or access-fault emulation, HFENCEs) stay zero.
+    /// The SBI's standard firmware events (PMU), by event code: IPIs and fences sent
+    /// and received (timers set are the TIME exits). Codes for what Diosix never does
+    /// for a guest (misaligned or access-fault emulation, HFENCEs) stay zero.
     fw_events: [AtomicU64; FW_EVENTS],
 }
 

@@ -11,9 +11,6 @@ use diosix_riscv::csr::{self, irq};
 
 impl Timer for Call<'_> {
     fn set_timer(&mut self, deadline: u64) {
-        if self.vcpu().vm.fw_events.load(Ordering::Relaxed) {
-            self.vcpu().shared.count_fw_event(fw::SET_TIMER, 1);
-        }
         if crate::platform::guest_sstc() {
             // The vCPU's own comparator: a future deadline also clears a pending
             // VSTIP, as the SBI asks.

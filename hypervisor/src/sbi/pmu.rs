@@ -5,6 +5,7 @@
 use super::Call;
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
+use diosix_abi::fid::pmu::firmware_event::SET_TIMER;
 use diosix_abi::pmu_platform as platform;
 use diosix_core::exits::ExitCause;
 use diosix_core::sbi::pmu::{FwEvent, Pmu, PmuHost, PmuState};
@@ -40,6 +41,8 @@ impl Pmu for Call<'_> {
         let shared = &self.vcpu().shared;
         let exits = |causes: &[ExitCause]| causes.iter().map(|&c| shared.exits(c)).sum();
         match event {
+            // Every TIME call (and legacy set_timer) is an exit of its own cause.
+            FwEvent::Standard(code) if code as usize == SET_TIMER => exits(&[ExitCause::SbiTimer]),
             FwEvent::Standard(code) => shared.fw_event(code as usize),
             FwEvent::Platform(platform::EXITS) => exits(&ExitCause::ALL),
             FwEvent::Platform(platform::SBI_CALLS) => exits(&ExitCause::SBI_CALLS),
