@@ -63,16 +63,10 @@ impl ExitCause {
         Self::OtherException,
     ];
 
-    /// The causes that are SBI calls.
-    pub const SBI_CALLS: [ExitCause; 7] = [
-        Self::SbiTimer,
-        Self::SbiIpi,
-        Self::SbiRfence,
-        Self::SbiHsm,
-        Self::SbiConsole,
-        Self::SbiDiosix,
-        Self::SbiOther,
-    ];
+    /// Whether this cause is an SBI call (of any extension).
+    pub const fn is_sbi_call(self) -> bool {
+        self as usize <= Self::SbiOther as usize
+    }
 
     /// Classifies a trap from a guest: `mcause` as read in M-mode, `a7` the guest's a7
     /// (the SBI extension, for an ecall).
@@ -142,6 +136,13 @@ mod tests {
     fn all_lists_every_cause_in_repr_order() {
         for (i, c) in ExitCause::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn sbi_calls_are_the_ecall_causes() {
+        for c in ExitCause::ALL {
+            assert_eq!(c.is_sbi_call(), c.name().starts_with("sbi."), "{c:?}");
         }
     }
 

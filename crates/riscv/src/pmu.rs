@@ -30,31 +30,30 @@ macro_rules! with_counter {
     };
 }
 
+/// Reads CSR `$base + n` for a counter number `n` (3..=31; 0 for other numbers).
+macro_rules! read_indexed {
+    ($base:expr, $n:expr) => {
+        with_counter!($n, N => {
+            let v: usize;
+            // SAFETY: reading a counter or its selector has no side effects; `n` is a
+            // counter M-mode has (the caller probed it, or it reads as zero).
+            unsafe {
+                core::arch::asm!("csrr {v}, {c}", v = out(reg) v, c = const $base + N,
+                    options(nomem, nostack))
+            };
+            v as u64
+        })
+    };
+}
+
 /// Reads `mhpmcounter n` (3..=31; 0 for other numbers).
 pub fn read_counter(n: usize) -> u64 {
-    with_counter!(n, N => {
-        let v: usize;
-        // SAFETY: reading a counter has no side effects; `n` is a counter M-mode has
-        // (the caller probed it, or it reads as zero).
-        unsafe {
-            core::arch::asm!("csrr {v}, {c}", v = out(reg) v, c = const MHPMCOUNTER0 + N,
-                options(nomem, nostack))
-        };
-        v as u64
-    })
+    read_indexed!(MHPMCOUNTER0, n)
 }
 
 /// Reads `mhpmevent n` (3..=31; 0 for other numbers).
 pub fn read_event(n: usize) -> u64 {
-    with_counter!(n, N => {
-        let v: usize;
-        // SAFETY: as for `read_counter`.
-        unsafe {
-            core::arch::asm!("csrr {v}, {c}", v = out(reg) v, c = const MHPMEVENT0 + N,
-                options(nomem, nostack))
-        };
-        v as u64
-    })
+    read_indexed!(MHPMEVENT0, n)
 }
 
 /// Writes `mhpmcounter n` and `mhpmevent n` (3..=31; other numbers are ignored).

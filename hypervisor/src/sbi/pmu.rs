@@ -45,7 +45,11 @@ impl Pmu for Call<'_> {
             FwEvent::Standard(code) if code as usize == SET_TIMER => exits(&[ExitCause::SbiTimer]),
             FwEvent::Standard(code) => shared.fw_event(code as usize),
             FwEvent::Platform(platform::EXITS) => exits(&ExitCause::ALL),
-            FwEvent::Platform(platform::SBI_CALLS) => exits(&ExitCause::SBI_CALLS),
+            FwEvent::Platform(platform::SBI_CALLS) => ExitCause::ALL
+                .iter()
+                .filter(|c| c.is_sbi_call())
+                .map(|&c| shared.exits(c))
+                .sum(),
             FwEvent::Platform(platform::TIMER_INTERRUPTS) => exits(&[ExitCause::TimerInterrupt]),
             FwEvent::Platform(platform::SOFTWARE_INTERRUPTS) => {
                 exits(&[ExitCause::SoftwareInterrupt])
