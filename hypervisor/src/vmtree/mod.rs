@@ -138,9 +138,8 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
         Ok(req) => req,
         Err(e) => return Outcome::Done(SbiRet::error(e), false),
     };
-    if req == Request::Yield {
-        // The hart goes to whoever is next: nothing to hold, look up or settle (the
-        // tree's own handling of YIELD, `handle_treeless_call`, does just this too).
+    if req.only_yields() {
+        // The hart goes to whoever is next: nothing to hold, look up or settle.
         return Outcome::Done(SbiRet::ok(0), true);
     }
     let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {

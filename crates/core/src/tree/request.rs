@@ -274,6 +274,13 @@ impl Request {
     pub fn needs_tree(&self) -> bool {
         !matches!(self, Self::UnmapChildMem { .. } | Self::Yield)
     }
+
+    /// Whether this call only gives up the caller's hart: its reply is 0 and nothing
+    /// else happens, so the hypervisor may answer it before looking anything up
+    /// (YIELD, on every vCPU switch a guest asks for).
+    pub fn only_yields(&self) -> bool {
+        matches!(self, Self::Yield)
+    }
 }
 
 /// FORK's flags hold only bits this version defines.
@@ -325,5 +332,7 @@ mod tests {
         let unmap = Request::decode(ext::FID_UNMAP_CHILD_MEM, [0; 6]).unwrap();
         assert!(!unmap.needs_tree());
         assert!(!Request::Yield.needs_tree());
+        assert!(Request::Yield.only_yields());
+        assert!(!Request::DropTrust.only_yields());
     }
 }
