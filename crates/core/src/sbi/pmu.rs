@@ -187,6 +187,24 @@ impl PmuState {
         self.hw_configured != 0 || self.overflow_pending
     }
 
+    /// Whether counter `idx` (hardware below `hw`, firmware from there) has an event.
+    fn configured(&self, hw: usize, idx: usize) -> bool {
+        if idx < hw {
+            self.hw[idx].event != 0
+        } else {
+            self.fw[idx - hw].event.is_some()
+        }
+    }
+
+    /// Whether counter `idx` is counting.
+    fn running(&self, hw: usize, idx: usize) -> bool {
+        if idx < hw {
+            self.hw[idx].running
+        } else {
+            self.fw[idx - hw].running
+        }
+    }
+
     /// Bit `i`: hardware counter `i` is counting.
     pub fn hw_running(&self) -> u32 {
         self.hw
@@ -381,37 +399,37 @@ fn config_matching<E: Pmu + ?Sized>(
     let [base, mask, flags, event_idx, event_data] = a;
     let set = counter_set(total, base, mask)?;
     let flags = F::from_bits(flags).ok_or(SbiError::InvalidParam)?;
-    let host = env.pmu_host().clone();
+    let sscofpmf = env.pmu_host().sscofpmf;
     env.pmu_sync();
     let idx = if flags.contains(F::SKIP_MATCH) {
         // The caller names a counter it already configured (to clear or restart it).
         let idx = members(set).next().ok_or(SbiError::InvalidParam)?;
-        let s = env.pmu_state();
-        let configured = if idx < hw {
-            s.hw[idx].event != 0
-        } else {
-            s.fw[idx - hw].event.is_some()
-        };
-        if !configured {
+        if !env.pmu_state().configured(hw, idx) {
             return Err(SbiError::InvalidParam);
         }
         idx
     } else {
         match decode_event(event_idx, event_data as u64)? {
             Event::Hardware(ev) => {
+                let (able, mhpmevent) = {
+                    let host = env.pmu_host();
+                    (
+                        host.events.counters_for(ev) as u64 >> 3,
+                        // OF set until started, as OpenSBI does: no overflow
+                        // interrupt from a counter nobody has started.
+                        host.events.selector(ev)
+                            | filter_bits(host, flags)
+                            | if sscofpmf { mhpmevent::OF } else { 0 },
+                    )
+                };
                 let s = env.pmu_state();
-                let able = host.events.counters_for(ev) as u64 >> 3;
                 let free = members(set & able)
                     .filter(|&i| i < hw)
                     .find(|&i| s.hw[i].event == 0)
                     .ok_or(SbiError::NotSupported)?;
                 let c = &mut s.hw[free];
                 c.event = ev;
-                // OF set until started, as OpenSBI does: no overflow interrupt from a
-                // counter nobody has started.
-                c.mhpmevent = host.events.selector(ev)
-                    | filter_bits(&host, flags)
-                    | if host.sscofpmf { mhpmevent::OF } else { 0 };
+                c.mhpmevent = mhpmevent;
                 c.running = false;
                 s.hw_configured |= 1 << free;
                 free
@@ -438,16 +456,17 @@ fn config_matching<E: Pmu + ?Sized>(
         }
     }
     if flags.contains(F::AUTO_START) {
-        start_one(env, &host, hw, idx, None);
+        start_one(env, sscofpmf, hw, idx, None);
     }
     env.pmu_apply();
     Ok(idx)
 }
 
-/// Starts counter `idx` (configured, stopped), at `initial` if given.
+/// Starts counter `idx` (configured, stopped), at `initial` if given; `sscofpmf`:
+/// its overflow flag is cleared, arming the overflow interrupt.
 fn start_one<E: Pmu + ?Sized>(
     env: &mut E,
-    host: &PmuHost,
+    sscofpmf: bool,
     hw: usize,
     idx: usize,
     initial: Option<u64>,
@@ -457,7 +476,7 @@ fn start_one<E: Pmu + ?Sized>(
         if let Some(v) = initial {
             c.value = v;
         }
-        if host.sscofpmf {
+        if sscofpmf {
             c.mhpmevent &= !mhpmevent::OF;
         }
         c.running = true;
@@ -484,17 +503,11 @@ fn configured_set<E: Pmu + ?Sized>(
 ) -> Result<u64, SbiError> {
     let set = counter_set(total, base, mask)?;
     let s = env.pmu_state();
-    for i in members(set) {
-        let ok = if i < hw {
-            s.hw[i].event != 0
-        } else {
-            s.fw[i - hw].event.is_some()
-        };
-        if !ok {
-            return Err(SbiError::InvalidParam);
-        }
+    if members(set).all(|i| s.configured(hw, i)) {
+        Ok(set)
+    } else {
+        Err(SbiError::InvalidParam)
     }
-    Ok(set)
 }
 
 fn start<E: Pmu + ?Sized>(
@@ -511,19 +524,14 @@ fn start<E: Pmu + ?Sized>(
         return Err(SbiError::NoShmem);
     }
     let initial = flags.contains(F::INIT_VALUE).then_some(initial as u64);
-    let host = env.pmu_host().clone();
+    let sscofpmf = env.pmu_host().sscofpmf;
     env.pmu_sync();
     let mut already = false;
     for i in members(set) {
-        let running = if i < hw {
-            env.pmu_state().hw[i].running
-        } else {
-            env.pmu_state().fw[i - hw].running
-        };
-        if running {
+        if env.pmu_state().running(hw, i) {
             already = true;
         } else {
-            start_one(env, &host, hw, i, initial);
+            start_one(env, sscofpmf, hw, i, initial);
         }
     }
     env.pmu_apply();
