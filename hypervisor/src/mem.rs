@@ -267,10 +267,19 @@ pub fn payload_bytes(host: &HostPlatform) -> &'static [u8] {
 /// Holder counts of shared data frames and leaf tables (see `diosix_core::shares`).
 pub static SHARES: Mutex<ShareCounts> = Mutex::new(ShareCounts::new());
 
+/// Zeroes one block of sharer counts: a page (or the tail of the last one), inside the
+/// pages [`init_shares`] allocated for them.
+fn zero_counts(block: &mut [u32]) {
+    let hpa = Hpa::new(block.as_mut_ptr() as usize as u64);
+    // SAFETY: `block` is an exclusive borrow of memory the sharer counts own.
+    unsafe { diosix_riscv::physmem::zero(hpa, core::mem::size_of_val(block) as u64) };
+}
+
 /// Gives [`SHARES`] one counter per frame of every host RAM bank, taken from the frame
 /// allocator (4 bytes per 4 KiB page, 0.1%) and kept for ever. Runs once at boot,
 /// before any VM exists; a bank whose counters cannot be allocated falls back to the
-/// slower sorted map.
+/// slower sorted map. Not zeroed here: the counts zero each page of counters on first
+/// use, so boot does not pay for the counters of frames no FORK ever shares.
 pub fn init_shares(host: &diosix_core::hostfdt::HostPlatform) {
     for bank in &host.memory {
         let first = bank.start().page_number();
@@ -283,19 +292,19 @@ pub fn init_shares(host: &diosix_core::hostfdt::HostPlatform) {
         };
         let bytes = (count as u64).saturating_mul(4);
         let pages = bytes.div_ceil(PAGE_SIZE) as usize;
-        let Some(hpa) = alloc_zeroed(&mut frames(), pages, 1) else {
+        let Some(hpa) = frames().alloc(pages, 1) else {
             log::warn!(
                 "no {pages} pages for the sharer counts of RAM at {}",
                 bank.start()
             );
             continue;
         };
-        // SAFETY: the allocator just handed us these pages, zeroed, and they are never
-        // freed, so nothing else will use them; M-mode addresses
-        // physical memory directly, and a page-aligned HPA is aligned for u32.
+        // SAFETY: the allocator just handed us these pages and they are never freed,
+        // so nothing else will use them; any bit pattern is a valid u32; M-mode
+        // addresses physical memory directly, and a page-aligned HPA is aligned for u32.
         let counts: &'static mut [u32] =
             unsafe { core::slice::from_raw_parts_mut(hpa.raw() as usize as *mut u32, count) };
-        if !SHARES.lock().add_dense(first, counts) {
+        if !SHARES.lock().add_dense(first, counts, zero_counts) {
             log::warn!("sharer counts for RAM at {} refused", bank.start());
         }
     }

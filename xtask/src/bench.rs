@@ -84,6 +84,8 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
         [only] if only == "devices" => return linux_device_bench(),
         _ => return Err("usage: cargo xtask bench [sbi|devices]".into()),
     };
+    // Like `run` and `test`: installs the targets, QEMU and cross tools if missing.
+    crate::setup::ensure_all()?;
     let elf = guests::build_guest("bench")?;
     let opensbi = run("bench-opensbi", &elf, Bios::Default, None)?;
     let diosix = build::build_image(&ImageOptions {

@@ -11,6 +11,8 @@
 pub mod clint;
 pub mod csr;
 pub mod fence;
+#[cfg(all(target_arch = "riscv64", target_os = "none"))]
+pub mod memset;
 pub mod physmem;
 pub mod plic;
 pub mod pmp;

@@ -35,6 +35,11 @@ pub fn use_cbo_zero(block: u32) {
     }
 }
 
+/// The `cbo.zero` block size in bytes, or 0 while [`use_cbo_zero`] has not enabled it.
+pub fn cbo_zero_block() -> usize {
+    CBOZ_BLOCK.load(Ordering::Relaxed)
+}
+
 /// Zeroes `len` bytes at `hpa`. With Zicboz ([`use_cbo_zero`]) a block-aligned range
 /// (all pages) takes one `cbo.zero` per block; otherwise whole 64-byte blocks at 8-byte
 /// alignment take an unrolled loop of doubleword stores, about a third of the

@@ -87,8 +87,8 @@ pub fn handle_ecall(hart: &mut HartLocal) {
         }
         Reply::Legacy(v) => hart.guest_regs()[reg::A0] = v as u64,
     }
-    // SAFETY: resumes the guest after its 4-byte ecall.
-    unsafe { csr::mepc::write(csr::mepc::read() + 4) };
+    // SAFETY: resumes the guest after its 4-byte ecall (an address: wraps like the PC).
+    unsafe { csr::mepc::write(csr::mepc::read().wrapping_add(4)) };
     if let Some(wait) = block {
         sched::switch_away(hart, wait);
     }
