@@ -29,8 +29,8 @@ const INSN_WFI: usize = 0x1050_0073;
 
 /// Entered from `diosix_trap_entry` with only the caller-saved registers (and `sp`)
 /// of the interrupted context in `frame`: completes the traps that return to the same
-/// vCPU without reading any other register — the SBI calls [`crate::sbi::is_fast`]
-/// names — and returns non-zero; anything else returns 0 untouched, and the entry saves
+/// vCPU without reading any other register — the SBI calls
+/// [`ExitCause::of_fast_ecall`] names — and returns non-zero; anything else returns 0 untouched, and the entry saves
 /// the remaining registers and calls [`diosix_trap_handler`].
 #[no_mangle]
 extern "C" fn diosix_fast_trap(frame: *mut TrapFrame) -> usize {
@@ -42,15 +42,15 @@ extern "C" fn diosix_fast_trap(frame: *mut TrapFrame) -> usize {
     }
     // SAFETY: `frame` is the one the entry just saved a7 into (the running vCPU's).
     let a7 = unsafe { (*frame).regs[reg::A7] } as usize;
-    if !crate::sbi::is_fast(a7) {
+    let Some(cause) = ExitCause::of_fast_ecall(a7) else {
         return 0;
-    }
+    };
     // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
     let hart = unsafe { hart::this_hart() };
     let Some(v) = hart.current.as_ref() else {
         return 0;
     };
-    v.shared.count_exit(ExitCause::of_ecall(a7));
+    v.shared.count_exit(cause);
     crate::sbi::handle_ecall(hart);
     1
 }

@@ -107,6 +107,29 @@ impl ExitCause {
         }
     }
 
+    /// [`of_ecall`](Self::of_ecall) for the calls that always answer their caller
+    /// without leaving its hart or reading a register beyond a0-a7 (BASE, TIME, IPI,
+    /// RFENCE, DBCN, PMU and the legacy calls but shutdown), which the trap's fast path
+    /// completes; `None` for the rest (HSM stop and suspend, SRST, SUSP and the
+    /// Diosix extension may switch vCPU; the others are rare). One decision on `eid`
+    /// gives both answers: the fast path's whole budget is about 50 instructions.
+    #[inline]
+    pub const fn of_fast_ecall(eid: usize) -> Option<Self> {
+        Some(match eid {
+            eid::TIME | eid::LEGACY_SET_TIMER => Self::SbiTimer,
+            eid::IPI | eid::LEGACY_SEND_IPI | eid::LEGACY_CLEAR_IPI => Self::SbiIpi,
+            eid::RFENCE
+            | eid::LEGACY_REMOTE_FENCE_I
+            | eid::LEGACY_REMOTE_SFENCE_VMA
+            | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => Self::SbiRfence,
+            eid::DBCN | eid::LEGACY_CONSOLE_PUTCHAR | eid::LEGACY_CONSOLE_GETCHAR => {
+                Self::SbiConsole
+            }
+            eid::BASE | eid::PMU => Self::SbiOther,
+            _ => return None,
+        })
+    }
+
     /// A short name for logs.
     pub const fn name(self) -> &'static str {
         match self {
@@ -131,6 +154,44 @@ impl ExitCause {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_ecalls_keep_their_cause() {
+        let eids = [
+            eid::BASE,
+            eid::TIME,
+            eid::IPI,
+            eid::RFENCE,
+            eid::HSM,
+            eid::SRST,
+            eid::DBCN,
+            eid::FWFT,
+            eid::SUSP,
+            eid::STA,
+            eid::DBTR,
+            eid::PMU,
+            eid::DIOSIX,
+            0x1234_5678,
+        ];
+        for e in eids
+            .into_iter()
+            .chain(eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN)
+        {
+            if let Some(c) = ExitCause::of_fast_ecall(e) {
+                assert_eq!(c, ExitCause::of_ecall(e), "eid {e:#x}");
+            }
+        }
+        // What may leave the hart never takes the fast path.
+        for e in [
+            eid::HSM,
+            eid::SRST,
+            eid::SUSP,
+            eid::DIOSIX,
+            eid::LEGACY_SHUTDOWN,
+        ] {
+            assert_eq!(ExitCause::of_fast_ecall(e), None, "eid {e:#x}");
+        }
+    }
 
     #[test]
     fn all_lists_every_cause_in_repr_order() {

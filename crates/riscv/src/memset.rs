@@ -28,12 +28,12 @@ pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
         core::arch::asm!(
             "add {end}, {p}, {n}",
             "andi {v}, {v}, 0xff",
-            "li {t}, 64",
+            "li {t}, 16",
             "bltu {n}, {t}, 8f",
             // The byte in all eight lanes of a doubleword.
             "li {t}, 0x0101010101010101",
             "mul {w}, {v}, {t}",
-            // Head: bytes up to 8-byte alignment (n >= 64, so within the range).
+            // Head: bytes up to 8-byte alignment (n >= 16, so within the range).
             "1:",
             "andi {t}, {p}, 7",
             "beqz {t}, 2f",

@@ -27,32 +27,6 @@ use diosix_riscv::trap::reg;
 /// Most console bytes moved per DBCN call; the spec lets us return a short count.
 const CONSOLE_CHUNK: u64 = 4096;
 
-/// Whether a call to extension `eid` always returns to its caller without switching
-/// vCPU or reading a register beyond a0-a7, so the trap's fast path
-/// (`trap::diosix_fast_trap`) may complete it. Every extension that can leave the hart
-/// (HSM stop and suspend, SRST and the legacy shutdown, the Diosix extension: the
-/// places that set `Call::block` or `Call::again`) is absent.
-#[inline]
-pub fn is_fast(eid: usize) -> bool {
-    use diosix_abi::eid::*;
-    matches!(
-        eid,
-        BASE | TIME
-            | IPI
-            | RFENCE
-            | DBCN
-            | PMU
-            | LEGACY_SET_TIMER
-            | LEGACY_CONSOLE_PUTCHAR
-            | LEGACY_CONSOLE_GETCHAR
-            | LEGACY_CLEAR_IPI
-            | LEGACY_SEND_IPI
-            | LEGACY_REMOTE_FENCE_I
-            | LEGACY_REMOTE_SFENCE_VMA
-            | LEGACY_REMOTE_SFENCE_VMA_ASID
-    )
-}
-
 /// Handles an `ecall` from VS-mode on this hart.
 pub fn handle_ecall(hart: &mut HartLocal) {
     let r = &*hart.guest_regs();
