@@ -39,6 +39,56 @@ fn run(name: &str, kernel: &Path, bios: Bios, cpu: Option<&str>) -> Result<Vec<(
     )
 }
 
+/// QEMU's `virt` with AIA: an APLIC and per-hart IMSICs with two guest interrupt files
+/// each, and the CPU extensions that go with them.
+const AIA_MACHINE: &str = "virt,aia=aplic-imsic,aia-guests=2";
+const AIA_CPU: &str = "rv64,smaia=on,ssaia=on";
+
+/// [`run`] on an AIA host ([`AIA_MACHINE`]).
+fn run_aia(name: &str, kernel: &Path, bios: Bios) -> Result<Vec<(String, u64)>> {
+    let mut q = QemuOptions::new(name, kernel.to_path_buf());
+    q.machine = AIA_MACHINE.to_string();
+    q.extra.extend(["-cpu".to_string(), AIA_CPU.to_string()]);
+    q.bios = bios;
+    q.smp = 2;
+    q.mem_mib = if bios == Bios::None { 512 } else { 128 };
+    q.icount = true;
+    q.timeout = Duration::from_secs(120);
+    let out = qemu::run(&q)?;
+    if !out.output.contains("bench done") {
+        return Err(format!(
+            "{name}: no `bench done` line (log {})",
+            out.log.display()
+        ));
+    }
+    Ok(parse(&out.output))
+}
+
+/// The SBI figures on an AIA host, Diosix beside OpenSBI (which sends its own IPIs
+/// through the IMSIC there). Guests still send IPIs with SBI calls under Diosix: it
+/// does not yet give them guest interrupt files (see docs/architecture.md).
+fn aia_bench(image: &Path, elf: &Path) -> Result<()> {
+    let o = run_aia("bench-opensbi-aia", elf, Bios::Default)?;
+    let d = run_aia("bench-diosix-aia", image, Bios::None)?;
+    let get = |v: &[(String, u64)], name: &str| v.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    println!();
+    println!(
+        "{:<28} | {:>12} | {:>12} | {:>7}",
+        "AIA host (instructions)", "Diosix (H)", "OpenSBI", "ratio"
+    );
+    println!("{:-<29}+{:-<14}+{:-<14}+{:-<8}", "", "", "", "");
+    for name in ["null_call", "set_timer", "send_ipi"] {
+        if let (Some(dv), Some(ov)) = (get(&d, name), get(&o, name)) {
+            println!(
+                "{:<28} | {dv:>12} | {ov:>12} | {:>7.2}",
+                format!("{name} (SBI)"),
+                dv as f64 / ov as f64
+            );
+        }
+    }
+    Ok(())
+}
+
 /// QEMU's CPU model for harts without the H extension: Diosix's PMP mode.
 const NO_H: &str = "rv64,h=false";
 
@@ -103,11 +153,11 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
         let h = run("bench-diosix", &image, Bios::None, None);
         // The same image on harts without H: guests in S-mode behind PMP.
         let pmp = run("bench-diosix-pmp", &image, Bios::None, Some(NO_H));
-        (h, pmp)
+        (h, pmp, image)
     });
-    let (h, pmp) = match diosix {
-        Ok((h, pmp)) => (h, pmp),
-        Err(e) => (Err(e.clone()), Err(e)),
+    let (h, pmp, image) = match diosix {
+        Ok((h, pmp, image)) => (h, pmp, Some(image)),
+        Err(e) => (Err(e.clone()), Err(e), None),
     };
     let figures = |r: &Result<Vec<(String, u64)>>| r.as_ref().map_or(Vec::new(), Clone::clone);
     let (d, p) = (figures(&h), figures(&pmp));
@@ -139,6 +189,9 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
         if let Err(e) = r {
             println!("{what} run failed: {e}");
         }
+    }
+    if let Some(image) = image {
+        aia_bench(&image, &elf)?;
     }
     tree_bench(&elf)?;
     if sbi_only {
