@@ -309,7 +309,10 @@ pub fn on_external_interrupts(handler: fn(usize)) {
 /// enabled, they made an idle hart spin through this loop instead of sleeping (under
 /// icount, taking instructions from the harts doing work: the Root VM's Linux reached
 /// `/init` 1-2% later on 2 harts than on OpenSBI, 9% on 4). Only M-level interrupts
-/// decide a wake-up here; the scheduler reads the vCPUs' saved state itself.
+/// decide a wake-up here; the scheduler reads the vCPUs' saved state itself. Out of
+/// line: only idle harts come here, and inlined it cost every vCPU switch ten
+/// instructions.
+#[inline(never)]
 fn wait_for_interrupt() {
     let enabled = csr::mie::read();
     // SAFETY: only narrows, then restores, which pending interrupts end the WFI;
