@@ -225,6 +225,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
                     base: crate::vplic::VPLIC_BASE,
                     size: p.window_size(),
                     ndev: p.ndev(),
+                    events_irq: crate::vplic::events_source(p),
                 }),
                 devices: &guest_devices,
             });

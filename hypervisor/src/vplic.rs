@@ -15,11 +15,41 @@ use diosix_core::vplic::VirtualPlic;
 pub const VPLIC_BASE: Gpa = Gpa::new(0x0c00_0000);
 
 /// Interrupt sources of a VM's virtual PLIC: the host's, so a host interrupt keeps
-/// its number in the guest.
+/// its number in the guest, and one more, the last, for the VM's Diosix-extension
+/// events ([`events_source`]).
 pub fn sources_for(host_ndev: Option<u32>) -> u32 {
     host_ndev
         .unwrap_or(0)
+        .saturating_add(1)
         .clamp(1, diosix_core::vplic::MAX_SOURCES)
+}
+
+/// The source of `plic` that signals its VM's events (POLL_EVENT has something): the
+/// one past the host's, when the PLIC has it (a host with the most sources a PLIC can
+/// have leaves none).
+pub fn events_source(plic: &VirtualPlic) -> Option<u32> {
+    let host = crate::devices::host_sources();
+    (plic.ndev() > host).then_some(plic.ndev())
+}
+
+/// Raises (`up`) or lowers `vm`'s event interrupt, if it has one, and passes the
+/// change to its vCPUs. Raised when its event queue stops being empty: a source that
+/// is pending until claimed, so the guest gets one interrupt per time its queue fills,
+/// not one per event, and none while it has not emptied the queue.
+pub fn set_events_line(vm: &Vm, up: bool) {
+    let Some(plic) = vm.plic.as_ref() else {
+        return;
+    };
+    let mut p = plic.lock();
+    let Some(source) = events_source(&p) else {
+        return;
+    };
+    if up {
+        p.raise(source);
+    } else {
+        p.lower(source);
+    }
+    deliver(vm, &mut p, usize::MAX);
 }
 
 /// Applies the line changes the model reports: each vCPU's line is copied into its

@@ -17,9 +17,14 @@
 #include <linux/capability.h>
 #include <linux/fs.h>
 #include <linux/gfp.h>
+#include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/miscdevice.h>
+#include <linux/mod_devicetable.h>
 #include <linux/module.h>
+#include <linux/platform_device.h>
+#include <linux/poll.h>
+#include <linux/wait.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -27,6 +32,17 @@
 #include <asm/sbi.h>
 
 #include "diosix_ioctl.h"
+
+/*
+ * Events: where the VM's device tree has a "diosix,hypervisor" node, its
+ * interrupt fires each time the VM's event queue stops being empty (the
+ * hypervisor raises it once per filling, not once per event). poll() on
+ * /dev/diosix reports POLLIN from that interrupt until a POLL_EVENT finds the
+ * queue empty. Without the node poll() never reports anything, and callers
+ * fall back to polling with POLL_EVENT after their timeout.
+ */
+static DECLARE_WAIT_QUEUE_HEAD(diosix_event_wq);
+static atomic_t diosix_events_ready = ATOMIC_INIT(0);
 
 /* One SBI call into the extension; arguments the function does not use are 0. */
 static void diosix_call(unsigned long fid, const u64 *a, struct diosix_ioc_ret *ret)
@@ -370,7 +386,14 @@ static long diosix_poll_event(void __user *uarg)
 		return -ENOMEM;
 	a[0] = virt_to_phys(ev);
 	a[1] = sizeof(*ev);
+	/*
+	 * Cleared before the call: an event queued after it finds the queue
+	 * empty raises the interrupt again, which sets it back.
+	 */
+	atomic_set(&diosix_events_ready, 0);
 	diosix_call(DIOSIX_FID_POLL_EVENT, a, &s.ret);
+	if (s.ret.error != DIOSIX_SBI_ERR_SUCCESS || s.ret.value == 1)
+		atomic_set(&diosix_events_ready, 1);
 	s.event = *ev;
 	kfree(ev);
 
@@ -526,11 +549,54 @@ static int diosix_open(struct inode *inode, struct file *file)
 	return nonseekable_open(inode, file);
 }
 
+static __poll_t diosix_poll(struct file *file, poll_table *wait)
+{
+	poll_wait(file, &diosix_event_wq, wait);
+	return atomic_read(&diosix_events_ready) ? EPOLLIN | EPOLLRDNORM : 0;
+}
+
 static const struct file_operations diosix_fops = {
 	.owner		= THIS_MODULE,
 	.open		= diosix_open,
+	.poll		= diosix_poll,
 	.unlocked_ioctl	= diosix_ioctl,
 	.compat_ioctl	= compat_ptr_ioctl,
+};
+
+static irqreturn_t diosix_event_irq(int irq, void *data)
+{
+	atomic_set(&diosix_events_ready, 1);
+	wake_up_interruptible(&diosix_event_wq);
+	return IRQ_HANDLED;
+}
+
+static int diosix_events_probe(struct platform_device *pdev)
+{
+	int irq = platform_get_irq(pdev, 0);
+	int err;
+
+	if (irq < 0)
+		return irq;
+	err = devm_request_irq(&pdev->dev, irq, diosix_event_irq, 0,
+			       "diosix-events", NULL);
+	if (err)
+		return err;
+	dev_info(&pdev->dev, "events on irq %d\n", irq);
+	return 0;
+}
+
+static const struct of_device_id diosix_events_of[] = {
+	{ .compatible = "diosix,hypervisor" },
+	{ }
+};
+MODULE_DEVICE_TABLE(of, diosix_events_of);
+
+static struct platform_driver diosix_events_driver = {
+	.probe	= diosix_events_probe,
+	.driver	= {
+		.name		= "diosix-events",
+		.of_match_table	= diosix_events_of,
+	},
 };
 
 static struct miscdevice diosix_dev = {
@@ -548,6 +614,11 @@ static int __init diosix_init(void)
 	err = misc_register(&diosix_dev);
 	if (err)
 		return err;
+	err = platform_driver_register(&diosix_events_driver);
+	if (err) {
+		misc_deregister(&diosix_dev);
+		return err;
+	}
 	/*
 	 * Registered either way: without the extension every call answers
 	 * NOT_SUPPORTED, which the tools report as such.
@@ -559,6 +630,7 @@ static int __init diosix_init(void)
 
 static void __exit diosix_exit(void)
 {
+	platform_driver_unregister(&diosix_events_driver);
 	misc_deregister(&diosix_dev);
 }
 

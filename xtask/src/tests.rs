@@ -527,6 +527,15 @@ const DSX_NESTED: &[Step] = &[
         "dsx kill 2; dsx events; echo AFTER-$(dsx list --json)\r",
     ),
     ("AFTER-", ""),
+    // The Root VM's event interrupt: bound by the driver, and taken (its children's
+    // starts and its child's end were events).
+    (
+        ROOT_PROMPT,
+        "echo EVLINE-$(dmesg | grep -o 'events on irq' | head -n 1) \
+         EVIRQ-$(awk '/diosix-events/{n=0; for(i=2;i<=NF;i++){if($i ~ /^[0-9]+$/) n+=$i; else break}; \
+         print (n>0 ? \"SEEN\" : \"NONE\")}' /proc/interrupts)\r",
+    ),
+    ("EVIRQ-", ""),
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
@@ -928,6 +937,7 @@ fn cases() -> Vec<Case> {
                 Expect::Text("(VMID 2): memory released"),
                 Expect::Text("CID 2 terminated"),
                 Expect::Text("AFTER-[]"),
+                Expect::Text("EVLINE-events on irq EVIRQ-SEEN"),
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             DSX_NESTED,

@@ -227,6 +227,10 @@ pub struct GuestPlic {
     pub size: u64,
     /// Interrupt sources, `1..=ndev` (`riscv,ndev`; 1 to [`MAX_PLIC_SOURCES`]).
     pub ndev: u32,
+    /// The source that signals the VM's Diosix-extension events (POLL_EVENT has
+    /// something), emitted as `/soc/hypervisor` (compatible `"diosix,hypervisor"`) for
+    /// the guest's driver to wait on; in `1..=ndev`.
+    pub events_irq: Option<u32>,
 }
 
 /// A device node under the guest's `/soc`, e.g. a host device handed to the VM.
@@ -560,6 +564,9 @@ fn validate_devices(cfg: &GuestFdtConfig<'_>) -> Result<(), GuestFdtError> {
             if p.ndev == 0 || p.ndev > MAX_PLIC_SOURCES {
                 return Err(GuestFdtError::BadPlicSources(p.ndev));
             }
+            if p.events_irq.is_some_and(|q| q == 0 || q > p.ndev) {
+                return Err(GuestFdtError::BadPlicSources(p.ndev));
+            }
             let r = Range::new(p.base, p.size)
                 .filter(|r| !r.is_empty() && !overlaps(*r, cfg.ram))
                 .ok_or(GuestFdtError::BadPlicRegion)?;
@@ -858,6 +865,13 @@ fn soc<'n, S: Sink<'n>>(s: &mut S, cfg: &GuestFdtConfig<'n>) -> Result<(), Guest
         s.prop("interrupts-extended", &ext)?;
         s.phandle(PLIC_PHANDLE)?;
         s.end()?;
+        if let Some(q) = p.events_irq {
+            s.begin("hypervisor")?;
+            s.prop_str("compatible", "diosix,hypervisor")?;
+            s.prop("interrupt-parent", &PLIC_PHANDLE.to_be_bytes())?;
+            s.prop("interrupts", &q.to_be_bytes())?;
+            s.end()?;
+        }
     }
     let devices: &'n [GuestDevice<'n>] = cfg.devices;
     for d in devices {
@@ -1239,6 +1253,7 @@ mod tests {
             base: Gpa::new(0xc00_0000),
             size: 0x60_0000,
             ndev: 95,
+            events_irq: None,
         }
     }
 
@@ -1317,11 +1332,20 @@ mod tests {
         let handed = Handed::from_host();
         let devices = handed.devices();
         let mut c = cfg(&[]);
-        c.plic = Some(plic());
+        c.plic = Some(GuestPlic {
+            events_irq: Some(95),
+            ..plic()
+        });
         c.devices = &devices;
         let dtb = generate(&c).unwrap();
         dtc_check(&dtb);
         let fdt = fdt::Fdt::new(&dtb).unwrap();
+
+        let hv = fdt.find_node("/soc/hypervisor").unwrap();
+        let hv_prop = |name| hv.property(name).unwrap().value;
+        assert_eq!(hv_prop("compatible"), b"diosix,hypervisor\0");
+        assert_eq!(be32(hv_prop("interrupt-parent")), plic_phandle());
+        assert_eq!(be32(hv_prop("interrupts")), 95);
 
         let soc = fdt.find_node("/soc").unwrap();
         assert_eq!(
@@ -1638,8 +1662,16 @@ mod tests {
                 base: Gpa::new(base),
                 size,
                 ndev: 1,
+                events_irq: None,
             };
             assert_eq!(run(Some(p), &[]), Err(E::BadPlicRegion));
+        }
+        for q in [0, 96] {
+            let p = GuestPlic {
+                events_irq: Some(q),
+                ..plic()
+            };
+            assert_eq!(run(Some(p), &[]), Err(E::BadPlicSources(95)));
         }
         for e in [
             E::BadDeviceName(3),
@@ -1691,6 +1723,7 @@ mod tests {
         c.vcpus = MAX_VCPUS;
         c.plic = Some(GuestPlic {
             ndev: MAX_PLIC_SOURCES,
+            events_irq: Some(MAX_PLIC_SOURCES),
             ..plic()
         });
         c.devices = &devices;

@@ -19,7 +19,45 @@ pub(super) fn lock_tree_for(vm: &Vm, slot: usize) -> Option<TreeGuard> {
     lock_tree_unless(slot, &|| vm.dead.load(Ordering::Acquire), u64::MAX).ok()
 }
 
-pub(super) type TreeGuard = spin::MutexGuard<'static, Option<VmTree>>;
+/// The tree, locked. When it is let go, the VMs whose "events waiting" state changed
+/// meanwhile (`VmTree::take_event_line_changes`) have their event interrupt raised or
+/// lowered, after the lock is released (the virtual PLICs and the run queue are
+/// never taken under it from here).
+pub(super) struct TreeGuard(Option<spin::MutexGuard<'static, Option<VmTree>>>);
+
+impl core::ops::Deref for TreeGuard {
+    type Target = Option<VmTree>;
+    fn deref(&self) -> &Self::Target {
+        // Some until drop.
+        self.0.as_deref().unwrap_or(&None)
+    }
+}
+
+impl core::ops::DerefMut for TreeGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0
+            .as_deref_mut()
+            .expect("a tree guard is held until it is dropped")
+    }
+}
+
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.0.take() else {
+            return;
+        };
+        let mut changes: alloc::vec::Vec<(VmId, bool)> = alloc::vec::Vec::new();
+        if let Some(t) = guard.as_mut() {
+            t.take_event_line_changes(|vm, up| changes.push((vm, up)));
+        }
+        drop(guard);
+        for (id, up) in changes {
+            if let Some(vm) = lookup(id) {
+                crate::vplic::set_events_line(&vm, up);
+            }
+        }
+    }
+}
 
 /// Why [`lock_tree_unless`] returned without the lock.
 pub(super) enum NoLock {
@@ -41,7 +79,7 @@ pub(super) fn lock_tree_unless(
             return if give_up() {
                 Err(NoLock::GaveUp)
             } else {
-                Ok(guard)
+                Ok(TreeGuard(Some(guard)))
             };
         }
         if give_up() {

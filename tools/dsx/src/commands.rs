@@ -709,13 +709,15 @@ fn quota(cx: &mut Ctx<'_>, cid: u64, set: &QuotaSet) -> Result<(), Failure> {
     .map_err(write_err)
 }
 
-/// Sleeps between polls; false once a test's poll budget is used up.
-fn keep_polling(cx: &Ctx<'_>, polls: &mut u64) -> bool {
+/// Waits between polls, until an event may be waiting or the poll interval ends;
+/// false once a test's poll budget is used up.
+fn keep_polling(cx: &mut Ctx<'_>, polls: &mut u64) -> bool {
     *polls += 1;
     if cx.max_polls.is_some_and(|m| *polls > m) {
         return false;
     }
-    std::thread::sleep(cx.poll_interval);
+    let interval = cx.poll_interval;
+    cx.hv.wait_for_events(interval);
     true
 }
 

@@ -323,6 +323,19 @@ impl Hypervisor for Device {
         }
         Ok(count)
     }
+
+    fn wait_for_events(&mut self, timeout: std::time::Duration) {
+        // The driver reports POLLIN from the VM's event interrupt; without one (an
+        // older hypervisor, a VM without a virtual PLIC) this just times out.
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
 }
 
 #[cfg(test)]

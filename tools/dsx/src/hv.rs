@@ -53,4 +53,10 @@ pub trait Hypervisor {
     /// LIST_CHILDREN into `out`; returns the number of live children (which may exceed
     /// `out.len()`).
     fn list_children(&mut self, out: &mut [u64]) -> CallResult<u64>;
+    /// Waits up to `timeout` for this VM's event queue to have something (a
+    /// message, a child's end, ...), returning early when it may; callers poll again
+    /// either way. By default it just sleeps.
+    fn wait_for_events(&mut self, timeout: std::time::Duration) {
+        std::thread::sleep(timeout);
+    }
 }

@@ -33,6 +33,7 @@ impl VmTree {
             free: Vec::new(),
             root: None,
             live: 0,
+            events_touched: Vec::new(),
         };
         let id = tree.alloc(node);
         tree.root = Some(id);

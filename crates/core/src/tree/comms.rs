@@ -251,6 +251,7 @@ impl VmTree {
             },
             limits::EVENT_QUEUE_DEPTH,
         );
+        self.touch_events(to);
         Ok(())
     }
 
@@ -292,12 +293,15 @@ impl VmTree {
         }
         n.events
             .remove_first(|e| e.cid == sender && e.kind == EventKind::Message);
+        self.touch_events(caller);
         Ok(Some((sender, len)))
     }
 
     /// POLL_EVENT: the oldest event and how many were dropped before it.
     pub fn poll_event(&mut self, vm: VmId) -> Result<Option<(EventRecord, u32)>, SbiError> {
-        Ok(self.node_mut(vm)?.events.pop())
+        let e = self.node_mut(vm)?.events.pop();
+        self.touch_events(vm);
+        Ok(e)
     }
 
     // ----- consoles -----

@@ -21,6 +21,38 @@ impl VmTree {
         if let Some(n) = self.get_mut(to) {
             n.events.push(e, limits::EVENT_QUEUE_DEPTH);
         }
+        self.touch_events(to);
+    }
+
+    /// Notes that `vm`'s event queue changed, for [`Self::take_event_line_changes`].
+    pub(super) fn touch_events(&mut self, vm: VmId) {
+        if let Some(n) = self.get_mut(vm) {
+            if !n.events_touched {
+                n.events_touched = true;
+                self.events_touched.push(vm);
+            }
+        }
+    }
+
+    /// Reports each VM whose "events waiting" state changed since the last call
+    /// (through `changed(vm, waiting)`), so the hypervisor can raise or lower its
+    /// event interrupt: raised when its queue stops being empty, lowered when POLL_EVENT
+    /// (or anything else) empties it. Each VM is reported at most once per call and
+    /// only if the state differs from what was last reported. Work is bounded by the
+    /// number of live VMs whose queues changed.
+    pub fn take_event_line_changes(&mut self, mut changed: impl FnMut(VmId, bool)) {
+        for vm in core::mem::take(&mut self.events_touched) {
+            let Some(n) = self.get_mut(vm) else {
+                // Gone since: so is its interrupt.
+                continue;
+            };
+            n.events_touched = false;
+            let waiting = !n.events.is_empty();
+            if waiting != n.event_line {
+                n.event_line = waiting;
+                changed(vm, waiting);
+            }
+        }
     }
 
     fn notify_parent(&mut self, vm: VmId, kind: EventKind) {
@@ -94,6 +126,7 @@ impl VmTree {
         n.events.clear();
         n.console_in.clear();
         let is_root = n.parent.is_none();
+        self.touch_events(vm);
         self.notify_parent(vm, EventKind::ChildRebooted);
         // Also drop what the parent had not yet read from this VM: it was sent by the
         // guest as it was before the reboot.
@@ -106,6 +139,7 @@ impl VmTree {
                 pn.events
                     .retain(|e| !(e.cid == cid && e.kind == EventKind::Message));
             }
+            self.touch_events(p);
         }
         t.restart_host = is_root;
         Ok(t)
@@ -227,6 +261,7 @@ impl VmTree {
                 pn.events
                     .retain(|e| !(e.cid == cid && e.kind == EventKind::Message));
             }
+            self.touch_events(p);
             self.propagate(p, delta, false);
         }
         Termination {

@@ -201,6 +201,11 @@ pub struct VmNode {
     lanes: BTreeMap<u64, VecDeque<Message>>,
     next_seq: u64,
     events: EventQueue,
+    /// Whether the hypervisor was last told this VM has events waiting (its event
+    /// interrupt's level; see [`VmTree::take_event_line_changes`]).
+    event_line: bool,
+    /// Listed in [`VmTree::events_touched`] since the last report.
+    events_touched: bool,
     console_out: ByteRing,
     console_in: ByteRing,
 }
@@ -231,6 +236,8 @@ impl VmNode {
             lanes: BTreeMap::new(),
             next_seq: 0,
             events: EventQueue::default(),
+            event_line: false,
+            events_touched: false,
             console_out: ByteRing::default(),
             console_in: ByteRing::default(),
         }
@@ -315,6 +322,9 @@ pub struct VmTree {
     free: Vec<u32>,
     root: Option<VmId>,
     live: usize,
+    /// VMs whose event queue changed since [`VmTree::take_event_line_changes`] last
+    /// ran, each once (at most one entry per live VM).
+    events_touched: Vec<VmId>,
 }
 
 /// Static facts about the host for GET_HV_INFO.
