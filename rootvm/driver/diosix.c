@@ -493,6 +493,43 @@ out:
 	return err;
 }
 
+static long diosix_child_mem(unsigned int fid, void __user *uarg)
+{
+	struct diosix_ioc_child_mem s;
+	u64 a[5] = { 0 };
+	void *buf;
+	long err = 0;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	if (s.len > DIOSIX_CHILD_MEM_MAX)
+		return -E2BIG;
+	if (fid == DIOSIX_FID_CHILD_MEM_WRITE)
+		buf = diosix_copy_in(s.buf, s.len);
+	else
+		buf = kzalloc(s.len ? s.len : 8, GFP_KERNEL) ?: ERR_PTR(-ENOMEM);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
+
+	a[0] = s.cid;
+	a[1] = s.child_gpa;
+	a[2] = virt_to_phys(buf);
+	a[3] = s.len;
+	diosix_call(fid, a, &s.ret);
+
+	if (fid == DIOSIX_FID_CHILD_MEM_READ &&
+	    s.ret.error == DIOSIX_SBI_ERR_SUCCESS &&
+	    copy_to_user(u64_to_user_ptr(s.buf), buf, s.len)) {
+		err = -EFAULT;
+		goto out;
+	}
+	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
+		err = -EFAULT;
+out:
+	kfree(buf);
+	return err;
+}
+
 static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	void __user *uarg = (void __user *)arg;
@@ -536,6 +573,9 @@ static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return diosix_console(fid, uarg);
 	case DIOSIX_IOC_LIST_CHILDREN:
 		return diosix_list(uarg);
+	case DIOSIX_IOC_CHILD_MEM_READ:
+	case DIOSIX_IOC_CHILD_MEM_WRITE:
+		return diosix_child_mem(fid, uarg);
 	default:
 		return -ENOTTY;
 	}

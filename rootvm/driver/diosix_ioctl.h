@@ -123,6 +123,18 @@ struct diosix_ioc_console {
 	__u64 len;
 };
 
+/*
+ * CHILD_MEM_READ / CHILD_MEM_WRITE: len <= DIOSIX_CHILD_MEM_MAX bytes between the
+ * user buffer and the child's RAM at child_gpa (through a kernel copy).
+ */
+struct diosix_ioc_child_mem {
+	struct diosix_ioc_ret ret;	/* value: bytes copied */
+	__u64 cid;
+	__u64 child_gpa;
+	__u64 buf;		/* user pointer */
+	__u64 len;
+};
+
 /* LIST_CHILDREN: capacity <= DIOSIX_LIST_MAX CIDs (u64) to cids. */
 struct diosix_ioc_list {
 	struct diosix_ioc_ret ret;	/* value: number of live children */
@@ -191,10 +203,15 @@ struct diosix_ioc_list {
 	DIOSIX_IOC(DIOSIX_FID_EXEC, struct diosix_ioc_spawn)
 #define DIOSIX_IOC_RELEASE_DEVICE \
 	DIOSIX_IOC(DIOSIX_FID_RELEASE_DEVICE, struct diosix_ioc_scalar)
+#define DIOSIX_IOC_CHILD_MEM_READ \
+	DIOSIX_IOC(DIOSIX_FID_CHILD_MEM_READ, struct diosix_ioc_child_mem)
+#define DIOSIX_IOC_CHILD_MEM_WRITE \
+	DIOSIX_IOC(DIOSIX_FID_CHILD_MEM_WRITE, struct diosix_ioc_child_mem)
 
 /* Sizes the Rust side (tools/dsx) relies on. */
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ret) == 16, "ret");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_scalar) == 56, "scalar");
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_child_mem) == 48, "child_mem");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_spawn) == 120, "spawn");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_vm_info) == 168, "vm_info");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_quota) == 56, "quota");

@@ -131,6 +131,7 @@ pub fn generate() -> String {
         ("CONSOLE_OUT_RING", limits::CONSOLE_OUT_RING as u64),
         ("CONSOLE_IN_BUFFER", limits::CONSOLE_IN_BUFFER as u64),
         ("CONSOLE_MAX_TRANSFER", limits::CONSOLE_MAX_TRANSFER as u64),
+        ("CHILD_MEM_MAX", limits::CHILD_MEM_MAX as u64),
         ("SPAWN_MAX_DTB", limits::SPAWN_MAX_DTB as u64),
         ("MAX_PRIORITY", u64::from(limits::MAX_PRIORITY)),
         ("MAX_TREE_DEPTH", u64::from(limits::MAX_TREE_DEPTH)),

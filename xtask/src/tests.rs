@@ -522,6 +522,16 @@ const DSX_NESTED: &[Step] = &[
         "echo KIDS-$(dsx list --json | grep -o '\"child_count\":[0-9]*')\r",
     ),
     ("KIDS-", ""),
+    // CHILD_MEM_READ / CHILD_MEM_WRITE through the driver: the child's kernel Image
+    // header where SPAWN loaded it (its magic at +0x30), then its reserved word
+    // (+0x3c, unused once booted) written and read back.
+    (
+        ROOT_PROMPT,
+        "E=$(dsx list --json | grep -o '\"entry_gpa\":[0-9]*' | head -n 1 | cut -d: -f2); \
+         dsx peek 2 $((E+48)) 5; dsx poke 2 $((E+60)) 44534b21 && dsx peek kid $((E+60)) 4; \
+         dsx peek 2 0 4; echo PEEK-OUTSIDE-$?\r",
+    ),
+    ("PEEK-OUTSIDE-", ""),
     (
         ROOT_PROMPT,
         "dsx kill 2; dsx events; echo AFTER-$(dsx list --json)\r",
@@ -933,6 +943,13 @@ fn cases() -> Vec<Case> {
                 Expect::Text("vCPUs        2 used of 2 quota (1 own, 2 reserved)"),
                 Expect::Text("GRAND-GH-guest-42"),
                 Expect::Text("KIDS-\"child_count\":1"),
+                Expect::Text("52 49 53 43 56"),
+                Expect::Text("RISCV"),
+                Expect::Text("wrote 4 bytes into CID 2 at"),
+                Expect::Text("44 53 4b 21"),
+                Expect::Text("DSK!"),
+                Expect::Text("dsx: that range is not all RAM of CID 2"),
+                Expect::Text("PEEK-OUTSIDE-1"),
                 Expect::Text("(VMID 3): memory released"),
                 Expect::Text("(VMID 2): memory released"),
                 Expect::Text("CID 2 terminated"),

@@ -400,8 +400,15 @@ pub mod ext {
     /// ([`super::flags::DEVICE_BY_WINDOW`] or [`super::flags::DEVICE_BY_IRQ`]),
     /// a1 = the HPA of one of its register windows, or one of its interrupt numbers.
     pub const FID_RELEASE_DEVICE: usize = 27;
+    /// Copy from a direct child's RAM into the caller's. a0 = child CID, a1 = child GPA,
+    /// a2 = caller GPA, a3 = length (at most [`super::limits::CHILD_MEM_MAX`]);
+    /// a1 = bytes copied (the length).
+    pub const FID_CHILD_MEM_READ: usize = 28;
+    /// Copy from the caller's RAM into a direct child's (breaking copy-on-write there
+    /// as the child's own store would). Arguments and result as [`FID_CHILD_MEM_READ`].
+    pub const FID_CHILD_MEM_WRITE: usize = 29;
     /// One past the highest function number defined by this ABI version.
-    pub const FID_COUNT: usize = 28;
+    pub const FID_COUNT: usize = 30;
 
     /// Every defined function: (number, name as in the documentation and C header).
     pub const FUNCTIONS: &[(usize, &str)] = &[
@@ -431,6 +438,8 @@ pub mod ext {
         (FID_ROUTE_IRQ, "ROUTE_IRQ"),
         (FID_EXEC, "EXEC"),
         (FID_RELEASE_DEVICE, "RELEASE_DEVICE"),
+        (FID_CHILD_MEM_READ, "CHILD_MEM_READ"),
+        (FID_CHILD_MEM_WRITE, "CHILD_MEM_WRITE"),
     ];
 }
 
@@ -459,6 +468,8 @@ pub mod limits {
     pub const CONSOLE_IN_BUFFER: usize = 4096;
     /// Largest transfer of one CONSOLE_READ or CONSOLE_WRITE call.
     pub const CONSOLE_MAX_TRANSFER: usize = 4096;
+    /// Largest copy of one CHILD_MEM_READ or CHILD_MEM_WRITE call.
+    pub const CHILD_MEM_MAX: usize = 64 * 1024;
     /// Largest device tree a SPAWN may supply for its child (`dtb_size`).
     pub const SPAWN_MAX_DTB: usize = 256 * 1024;
     /// Largest image EXEC takes (the hypervisor lists its pages before moving them).

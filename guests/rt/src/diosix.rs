@@ -205,6 +205,24 @@ pub unsafe trait Client {
         r.is_ok().then(|| get(s)).ok_or(r.error)
     }
 
+    /// CHILD_MEM_READ: `len` bytes of `child`'s RAM at `child_gpa` into the caller's
+    /// at `gpa`.
+    fn child_mem_read(&self, child: u64, child_gpa: usize, gpa: usize, len: usize) -> SbiRet {
+        self.call(
+            ext::FID_CHILD_MEM_READ,
+            [child as usize, child_gpa, gpa, len, 0, 0],
+        )
+    }
+
+    /// CHILD_MEM_WRITE: `len` bytes of the caller's at `gpa` into `child`'s RAM at
+    /// `child_gpa`.
+    fn child_mem_write(&self, child: u64, child_gpa: usize, gpa: usize, len: usize) -> SbiRet {
+        self.call(
+            ext::FID_CHILD_MEM_WRITE,
+            [child as usize, child_gpa, gpa, len, 0, 0],
+        )
+    }
+
     /// MAP_CHILD_MEM: `size` bytes of the caller's memory at `gpa` appear in `child`
     /// at `child_gpa` with permissions `perms` ([`diosix_abi::flags::MAP_READ`] ...).
     fn map_child_mem(

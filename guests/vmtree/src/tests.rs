@@ -1945,6 +1945,9 @@ fn fork_checks(base: &VmInfo) {
             )),
         );
         if snapshot {
+            child_mem_checks(c);
+        }
+        if snapshot {
             // Back to the fork-time state: the memory too (the boot counter the child
             // bumped is 0 again, so it says "boot 1" again, not "boot 2").
             for (how, l) in [("reboot", "fork_reboot"), ("srst", "fork_srst_reboot")] {
@@ -1993,6 +1996,71 @@ fn fork_checks(base: &VmInfo) {
         let l: dsx::Line<64> = dsx::fmt(format_args!("{name}_usage_back"));
         check(l.as_str(), usage(&info_or_default()), usage(base));
     }
+}
+
+/// Bytes at the same GPA in this VM and in a FORK clone of it (shared copy-on-write
+/// until one side writes).
+static CHILD_MEM_PROBE: [u8; 32] = *b"diosix child-mem probe, parent.\n";
+
+/// CHILD_MEM_READ / CHILD_MEM_WRITE on the FORK clone `c`: reads what it shares with
+/// this VM, writes its copy without touching this VM's (copy-on-write broken in the
+/// child, as the child's own store would), reads that back, and is refused anything
+/// but a direct child's RAM.
+fn child_mem_checks(c: u64) {
+    let probe = CHILD_MEM_PROBE.as_ptr() as usize;
+    let data = DSX.data();
+    let mut got = [0u8; 32];
+    check_ok(
+        "child_mem_read",
+        DSX.child_mem_read(c, probe, data.addr(), 32),
+        32,
+    );
+    data.read(0, &mut got);
+    check("child_mem_read_shared", got, CHILD_MEM_PROBE);
+    let theirs = *b"diosix child-mem probe, child! \n";
+    data.write(0, &theirs);
+    check_ok(
+        "child_mem_write",
+        DSX.child_mem_write(c, probe, data.addr(), 32),
+        32,
+    );
+    // SAFETY: a read of a static this VM owns; volatile, so it reads the memory (a
+    // hypervisor that wrote the wrong copy would show here), not the constant.
+    let mine: [u8; 32] =
+        unsafe { core::ptr::read_volatile(CHILD_MEM_PROBE.as_ptr().cast::<[u8; 32]>()) };
+    check(
+        "child_mem_write_parent_untouched",
+        mine,
+        *b"diosix child-mem probe, parent.\n",
+    );
+    data.write(0, &[0; 32]);
+    check_ok(
+        "child_mem_read_back",
+        DSX.child_mem_read(c, probe, data.addr(), 32),
+        32,
+    );
+    data.read(0, &mut got);
+    check("child_mem_read_back_bytes", got, theirs);
+    check_err(
+        "child_mem_self_denied",
+        DSX.child_mem_read(cid::SELF, probe, data.addr(), 32),
+        error::DENIED,
+    );
+    check_err(
+        "child_mem_too_long",
+        DSX.child_mem_read(c, probe, data.addr(), limits::CHILD_MEM_MAX + 1),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "child_mem_outside_child_ram",
+        DSX.child_mem_read(c, outside(), data.addr(), 8),
+        error::INVALID_ADDRESS,
+    );
+    check_err(
+        "child_mem_outside_own_ram",
+        DSX.child_mem_write(c, probe, outside(), 8),
+        error::INVALID_ADDRESS,
+    );
 }
 
 /// Times `fork_child_main` ran in this VM's memory: 0 in the parent, which never runs

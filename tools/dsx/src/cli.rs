@@ -87,6 +87,24 @@ pub enum Command {
         /// Keep waiting for more.
         follow: bool,
     },
+    /// `peek CHILD GPA LEN`: bytes of a child's RAM, as hex.
+    Peek {
+        /// The child.
+        cid: ChildRef,
+        /// Where in its RAM.
+        gpa: u64,
+        /// How many bytes (at most 64 KiB).
+        len: u64,
+    },
+    /// `poke CHILD GPA HEX`: bytes into a child's RAM.
+    Poke {
+        /// The child.
+        cid: ChildRef,
+        /// Where in its RAM.
+        gpa: u64,
+        /// The bytes (at most 64 KiB).
+        bytes: Vec<u8>,
+    },
 }
 
 /// Options of `run`.
@@ -213,6 +231,8 @@ pub const VERBS: &[(&str, &str, &str)] = &[
         "show events about children and messages",
         HELP_EVENTS,
     ),
+    ("peek", "show bytes of a child's RAM", HELP_PEEK),
+    ("poke", "write bytes into a child's RAM", HELP_POKE),
 ];
 
 const HELP_INFO: &str = "\
@@ -332,6 +352,18 @@ with nothing waiting, unless --wait.
   --from CHILD only from this sender (`parent` or 0 for the parent)
   --wait       wait for a message
   --raw        print the message bytes only";
+const HELP_PEEK: &str = "\
+usage: dsx peek CHILD GPA LEN
+
+Prints LEN bytes (at most 65536) of a child's RAM from guest-physical address
+GPA (decimal, or hex with 0x), 16 to a line, as hex and ASCII (CHILD_MEM_READ:
+only this VM's own children, only their RAM).";
+const HELP_POKE: &str = "\
+usage: dsx poke CHILD GPA HEX
+
+Writes the bytes HEX spells (two hex digits a byte, at most 65536 bytes) into
+a child's RAM at guest-physical address GPA (CHILD_MEM_WRITE: as the child's
+own store would; a page it shares copy-on-write is copied first).";
 const HELP_EVENTS: &str = "\
 usage: dsx events [--follow]
 
@@ -405,6 +437,31 @@ fn parse_pages_size(text: &str) -> Result<u64, String> {
         return Err(format!("{text} is not a multiple of 4K"));
     }
     Ok(bytes)
+}
+
+/// A guest-physical address: decimal, or hex with `0x`.
+fn parse_address(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("GPA must be a number (decimal, or hex with 0x), not `{text}`"))
+}
+
+/// Bytes spelled as pairs of hex digits.
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let bad = || format!("HEX must be pairs of hex digits, not `{text}`");
+    if text.is_empty() || !text.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(bad)
+        })
+        .collect()
 }
 
 fn parse_num<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, String> {
@@ -663,6 +720,32 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 follow: a.flag("--follow"),
             })
         }
+        "peek" => {
+            let a = split(verb, rest, &[], &[])?;
+            let [cid, gpa, len] = a.positional_exact(verb, ["CHILD", "GPA", "LEN"])?;
+            let len: u64 = parse_num("LEN", len).map_err(e)?;
+            if len > limits::CHILD_MEM_MAX as u64 {
+                return Err(e(format!("LEN is at most {} bytes", limits::CHILD_MEM_MAX)));
+            }
+            Ok(Command::Peek {
+                cid: parse_child(verb, cid).map_err(e)?,
+                gpa: parse_address(gpa).map_err(e)?,
+                len,
+            })
+        }
+        "poke" => {
+            let a = split(verb, rest, &[], &[])?;
+            let [cid, gpa, hex] = a.positional_exact(verb, ["CHILD", "GPA", "HEX"])?;
+            let bytes = parse_hex(hex).map_err(e)?;
+            if bytes.len() > limits::CHILD_MEM_MAX {
+                return Err(e(format!("HEX is at most {} bytes", limits::CHILD_MEM_MAX)));
+            }
+            Ok(Command::Poke {
+                cid: parse_child(verb, cid).map_err(e)?,
+                gpa: parse_address(gpa).map_err(e)?,
+                bytes,
+            })
+        }
         _ => unreachable!("every verb in VERBS is handled"),
     }
 }
@@ -832,6 +915,37 @@ mod tests {
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("99999999999T").is_err());
         assert!(parse_pages_size("1000").is_err());
+    }
+
+    #[test]
+    fn peek_and_poke() {
+        assert_eq!(
+            p("peek 2 0x80200030 8"),
+            Ok(Command::Peek {
+                cid: ChildRef::Cid(2),
+                gpa: 0x8020_0030,
+                len: 8
+            })
+        );
+        assert_eq!(
+            p("poke web 4096 00ff7A"),
+            Ok(Command::Poke {
+                cid: ChildRef::Name("web".into()),
+                gpa: 4096,
+                bytes: vec![0, 0xff, 0x7a]
+            })
+        );
+        assert_eq!(msg("peek 2 0x10 65537"), "LEN is at most 65536 bytes");
+        assert!(msg("peek 2 zz 8").starts_with("GPA must be a number"));
+        assert!(msg("peek 1 0 8").starts_with("CID 1 is this VM itself"));
+        for hex in ["", "0", "0g", "abc"] {
+            assert!(p(&format!("poke 2 0 {hex}")).is_err(), "{hex:?}");
+        }
+        let big = "00".repeat(65537);
+        assert_eq!(
+            msg(&format!("poke 2 0 {big}")),
+            "HEX is at most 65536 bytes"
+        );
     }
 
     #[test]

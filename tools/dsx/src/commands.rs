@@ -276,6 +276,28 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
             recv(cx, from, *wait, *raw)
         }
         Command::Events { follow } => events(cx, *follow),
+        Command::Peek { cid, gpa, len } => {
+            let c = child(cx, cid)?;
+            let mut buf = vec![0u8; *len as usize];
+            cx.hv
+                .child_mem_read(c, *gpa, &mut buf)
+                .map_err(fail(Op::ChildMem(c)))?;
+            cx.out
+                .write_all(format::hex_dump(*gpa, &buf).as_bytes())
+                .map_err(write_err)
+        }
+        Command::Poke { cid, gpa, bytes } => {
+            let c = child(cx, cid)?;
+            cx.hv
+                .child_mem_write(c, *gpa, bytes)
+                .map_err(fail(Op::ChildMem(c)))?;
+            writeln!(
+                cx.out,
+                "wrote {} bytes into CID {c} at {gpa:#x}",
+                bytes.len()
+            )
+            .map_err(write_err)
+        }
     }
 }
 
@@ -930,6 +952,23 @@ mod tests {
         fn console_write(&mut self, _: u64, d: &[u8]) -> CallResult<usize> {
             Ok(d.len())
         }
+        fn child_mem_read(&mut self, cid: u64, gpa: u64, buf: &mut [u8]) -> CallResult<()> {
+            self.check()?;
+            if !self.children.contains(&cid) {
+                return Err(CallError::Sbi(error::INVALID_PARAM as i64));
+            }
+            self.calls
+                .push(format!("peek {cid} {gpa:#x} {}", buf.len()));
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = b'A' + (i % 26) as u8;
+            }
+            Ok(())
+        }
+        fn child_mem_write(&mut self, cid: u64, gpa: u64, d: &[u8]) -> CallResult<()> {
+            self.check()?;
+            self.calls.push(format!("poke {cid} {gpa:#x} {d:02x?}"));
+            Ok(())
+        }
         fn list_children(&mut self, out: &mut [u64]) -> CallResult<u64> {
             self.check()?;
             for (o, c) in out.iter_mut().zip(&self.children) {
@@ -982,6 +1021,30 @@ mod tests {
             "the hypervisor does not support this call (SBI NOT_SUPPORTED)"
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn peek_prints_hex_and_poke_writes() {
+        let mut f = Fake {
+            children: vec![2],
+            ..Fake::default()
+        };
+        let mut n = Names::default();
+        let (r, out, _) = go(&mut f, &mut n, "peek 2 0x1000 18");
+        assert!(r.is_ok());
+        assert_eq!(
+            out,
+            "0x0000000000001000  41 42 43 44 45 46 47 48 49 4a 4b 4c 4d 4e 4f 50  ABCDEFGHIJKLMNOP\n\
+             0x0000000000001010  51 52                                            QR\n"
+        );
+        let (r, out, _) = go(&mut f, &mut n, "poke 2 0x2000 c0de");
+        assert_eq!(
+            (r, out.as_str()),
+            (Ok(()), "wrote 2 bytes into CID 2 at 0x2000\n")
+        );
+        assert!(f.calls.contains(&"poke 2 0x2000 [c0, de]".to_string()));
+        let (r, _, _) = go(&mut f, &mut n, "peek 5 0 1");
+        assert_eq!(r.unwrap_err().message, "CID 5 is not a child of this VM");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub mod size {
     pub const CONSOLE: usize = RET + 24;
     /// `struct diosix_ioc_list`: ret, array pointer, capacity.
     pub const LIST: usize = RET + 16;
+    /// `struct diosix_ioc_child_mem`: ret, cid, child GPA, buffer pointer, length.
+    pub const CHILD_MEM: usize = RET + 32;
 }
 
 /// `_IOWR(DIOSIX_IOC_MAGIC, fid, size)` in the generic Linux encoding (riscv and x86
@@ -75,6 +77,7 @@ pub fn request_for(fid: usize) -> Option<u64> {
         ext::FID_GET_HV_INFO => size::HV_INFO,
         ext::FID_CONSOLE_READ | ext::FID_CONSOLE_WRITE => size::CONSOLE,
         ext::FID_LIST_CHILDREN => size::LIST,
+        ext::FID_CHILD_MEM_READ | ext::FID_CHILD_MEM_WRITE => size::CHILD_MEM,
         ext::FID_RESERVED_11 | ext::FID_RESERVED_12 => return None,
         f if f < ext::FID_COUNT => size::SCALAR,
         _ => return None,
@@ -295,6 +298,26 @@ impl Hypervisor for Device {
         b.put_u64(RET + 16, buf.len() as u64);
         self.ioctl(ext::FID_CONSOLE_READ, &mut b)?;
         Ok((b.result()? as usize).min(buf.len()))
+    }
+
+    fn child_mem_read(&mut self, cid: u64, gpa: u64, buf: &mut [u8]) -> CallResult<()> {
+        let mut b = Buf::<{ size::CHILD_MEM }>::new();
+        b.put_u64(RET, cid);
+        b.put_u64(RET + 8, gpa);
+        b.put_u64(RET + 16, ptr(buf.as_mut_ptr()));
+        b.put_u64(RET + 24, buf.len() as u64);
+        self.ioctl(ext::FID_CHILD_MEM_READ, &mut b)?;
+        b.result().map(|_| ())
+    }
+
+    fn child_mem_write(&mut self, cid: u64, gpa: u64, data: &[u8]) -> CallResult<()> {
+        let mut b = Buf::<{ size::CHILD_MEM }>::new();
+        b.put_u64(RET, cid);
+        b.put_u64(RET + 8, gpa);
+        b.put_u64(RET + 16, ptr(data.as_ptr()));
+        b.put_u64(RET + 24, data.len() as u64);
+        self.ioctl(ext::FID_CHILD_MEM_WRITE, &mut b)?;
+        b.result().map(|_| ())
     }
 
     fn console_write(&mut self, cid: u64, data: &[u8]) -> CallResult<usize> {

@@ -73,6 +73,8 @@ pub enum Op {
     DropTrust(Option<u64>),
     /// CONSOLE_READ / CONSOLE_WRITE of this child.
     Console(u64),
+    /// CHILD_MEM_READ / CHILD_MEM_WRITE of this child.
+    ChildMem(u64),
     /// IPC_SEND to this peer.
     Send(u64),
     /// IPC_RECV.
@@ -88,7 +90,8 @@ impl Op {
             | Op::Resume(c)
             | Op::Reboot(c)
             | Op::Kill(c)
-            | Op::Console(c) => Some(c),
+            | Op::Console(c)
+            | Op::ChildMem(c) => Some(c),
             Op::Quota(c) | Op::Send(c) if c >= 2 => Some(c),
             Op::DropTrust(c) => c,
             _ => None,
@@ -150,11 +153,12 @@ fn sbi_message(op: Op, code: i64) -> String {
             ),
             _ => "not allowed for this VM (SBI DENIED)".into(),
         },
-        error::INVALID_ADDRESS => {
-            "the hypervisor refused the driver's buffer address (SBI INVALID_ADDRESS); \
-             this is a driver or hypervisor bug"
-                .into()
-        }
+        error::INVALID_ADDRESS => match op {
+            Op::ChildMem(c) => format!("that range is not all RAM of CID {c}"),
+            _ => "the hypervisor refused the driver's buffer address (SBI INVALID_ADDRESS); \
+                  this is a driver or hypervisor bug"
+                .into(),
+        },
         error::ALREADY_STARTED => match child {
             Some(c) => format!("CID {c} is already running"),
             None => "already started".into(),
@@ -525,6 +529,28 @@ pub fn json_str(s: &str) -> String {
         }
     }
     out.push('"');
+    out
+}
+
+/// `bytes` read from guest-physical address `gpa`, 16 to a line: the address, the
+/// bytes in hex, and as ASCII (`.` for anything not printable).
+pub fn hex_dump(gpa: u64, bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, line) in bytes.chunks(16).enumerate() {
+        let at = gpa.wrapping_add(i as u64 * 16);
+        let hex: Vec<String> = line.iter().map(|b| format!("{b:02x}")).collect();
+        let text: String = line
+            .iter()
+            .map(|&b| {
+                if (0x20..0x7f).contains(&b) {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        out.push_str(&format!("{at:#018x}  {:<47}  {text}\n", hex.join(" ")));
+    }
     out
 }
 

@@ -53,6 +53,11 @@ pub trait Hypervisor {
     /// LIST_CHILDREN into `out`; returns the number of live children (which may exceed
     /// `out.len()`).
     fn list_children(&mut self, out: &mut [u64]) -> CallResult<u64>;
+    /// CHILD_MEM_READ: `buf.len()` (at most 64 KiB) bytes of child `cid`'s RAM at
+    /// `gpa` into `buf`.
+    fn child_mem_read(&mut self, cid: u64, gpa: u64, buf: &mut [u8]) -> CallResult<()>;
+    /// CHILD_MEM_WRITE: `data` (at most 64 KiB) into child `cid`'s RAM at `gpa`.
+    fn child_mem_write(&mut self, cid: u64, gpa: u64, data: &[u8]) -> CallResult<()>;
     /// Waits up to `timeout` for this VM's event queue to have something (a
     /// message, a child's end, ...), returning early when it may; callers poll again
     /// either way. By default it just sleeps.

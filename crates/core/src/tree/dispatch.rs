@@ -259,6 +259,13 @@ fn call(
         }
         Request::Reboot { cid } => reboot(tree, caller, cid, host),
         Request::ConsoleRead { cid, buf, len } => console_read(tree, caller, cid, buf, len, host),
+        Request::ChildMem {
+            cid,
+            child_gpa,
+            own_gpa,
+            len,
+            to_child,
+        } => child_mem(tree, caller, cid, child_gpa, own_gpa, len, to_child, host),
         Request::ConsoleWrite { cid, buf, len } => console_write(tree, caller, cid, buf, len, host),
         Request::DropChildTrust { cid } => {
             tree.resolve_child(caller, cid)?;
@@ -818,6 +825,36 @@ fn console_transfer(
     }
     check_buffer(host, caller, gpa, len)?;
     Ok(vec![0u8; to_usize(len)?])
+}
+
+/// CHILD_MEM_READ / CHILD_MEM_WRITE: the child (a direct one), the length (capped, so
+/// the bounce buffer is), the caller's range, the child's range, then the copy.
+#[allow(clippy::too_many_arguments)]
+fn child_mem(
+    tree: &VmTree,
+    caller: VmId,
+    cid: u64,
+    child_gpa: Gpa,
+    own_gpa: Gpa,
+    len: u64,
+    to_child: bool,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let child = tree.resolve_child(caller, cid)?;
+    if len > limits::CHILD_MEM_MAX as u64 {
+        return Err(SbiError::InvalidParam);
+    }
+    host.check_range(caller, own_gpa, len)?;
+    host.check_range(child, child_gpa, len)?;
+    let mut buf = vec![0u8; to_usize(len)?];
+    if to_child {
+        host.read_guest(caller, own_gpa, &mut buf)?;
+        host.write_guest(child, child_gpa, &buf)?;
+    } else {
+        host.read_guest(child, child_gpa, &mut buf)?;
+        host.write_guest(caller, own_gpa, &buf)?;
+    }
+    Ok(len)
 }
 
 fn console_read(

@@ -171,6 +171,20 @@ pub enum Request {
         /// Where the `SpawnArgs` structure is.
         args: Gpa,
     },
+    /// CHILD_MEM_READ or CHILD_MEM_WRITE: a copy between the caller's RAM and a
+    /// direct child's.
+    ChildMem {
+        /// The child.
+        cid: u64,
+        /// Where in the child's RAM.
+        child_gpa: Gpa,
+        /// Where in the caller's RAM.
+        own_gpa: Gpa,
+        /// Bytes.
+        len: u64,
+        /// Into the child (WRITE) rather than out of it (READ).
+        to_child: bool,
+    },
     /// RELEASE_DEVICE (trusted callers).
     ReleaseDevice {
         /// How `which` names the device (`DEVICE_BY_*`).
@@ -254,6 +268,13 @@ impl Request {
             ext::FID_ROUTE_IRQ => Self::RouteIrq { irq: a0 },
             ext::FID_EXEC => Self::Exec { args: gpa(a0) },
             ext::FID_RELEASE_DEVICE => Self::ReleaseDevice { by: a0, which: a1 },
+            ext::FID_CHILD_MEM_READ | ext::FID_CHILD_MEM_WRITE => Self::ChildMem {
+                cid: a0,
+                child_gpa: gpa(a1),
+                own_gpa: gpa(a2),
+                len: a3,
+                to_child: fid == ext::FID_CHILD_MEM_WRITE,
+            },
             _ => return Err(SbiError::NotSupported),
         })
     }

@@ -1328,6 +1328,67 @@ fn ipc_and_console_through_dispatch() {
 }
 
 #[test]
+fn child_mem_copies_only_between_a_parent_and_its_child() {
+    const READ: usize = ext::FID_CHILD_MEM_READ;
+    const WRITE: usize = ext::FID_CHILD_MEM_WRITE;
+    let max = limits::CHILD_MEM_MAX;
+    let mut w = World::new();
+    let root = w.root;
+    let mut s = w.spawn_args();
+    // Room below the child for one grandchild.
+    s.quota_ram_pages = 200;
+    s.quota_vcpus = 2;
+    s.quota_max_priority = 5;
+    s.quota_max_depth = 1;
+    s.quota_max_descendants = 1;
+    assert_eq!(w.spawn(root, &s), SbiRet::ok(2));
+    let c = w.child(root, 2);
+    // Into the child and back out.
+    w.h.put(root, 0x4000, b"virtqueue");
+    assert_eq!(w.ok(root, WRITE, &[2, 0x1800, 0x4000, 9]), 9);
+    assert_eq!(w.h.get(c, 0x1800, 9), b"virtqueue");
+    w.h.put(c, 0x2000, b"used ring");
+    assert_eq!(w.ok(root, READ, &[2, 0x2000, 0x5000, 9]), 9);
+    assert_eq!(w.h.get(root, 0x5000, 9), b"used ring");
+    assert_eq!(w.ok(root, READ, &[2, 0x2000, 0x6000, 0]), 0);
+    // The largest copy, ending at the end of the child's RAM.
+    assert_eq!(w.ok(root, READ, &[2, 32 * 4096 - max, 0x10000, max]), max);
+    // Checks, in order: the CID names a direct child of the caller...
+    assert_eq!(w.err(root, READ, &[1, 0, 0x5000, 8]), E_DENIED);
+    assert_eq!(w.err(root, READ, &[7, 0, 0x5000, 8]), E_INVALID_PARAM);
+    assert_eq!(w.err(c, WRITE, &[0, 0, 0x5000, 8]), E_DENIED);
+    // ... (a grandchild is not one) ...
+    let mut gs = w.spawn_args();
+    gs.ram_pages = 8;
+    w.h.put(c, 0x8000, &gs.to_le_bytes());
+    let g = w.call(c, ext::FID_SPAWN, &[0x8000]);
+    assert_eq!(g, SbiRet::ok(2));
+    assert_eq!(w.err(root, READ, &[3, 0, 0x5000, 8]), E_INVALID_PARAM);
+    // ... the length is capped (before any buffer is made) ...
+    assert_eq!(w.err(root, READ, &[2, 0, 0x5000, max + 1]), E_INVALID_PARAM);
+    assert_eq!(
+        w.err(root, WRITE, &[2, 0, 0x5000, usize::MAX]),
+        E_INVALID_PARAM
+    );
+    // ... then the caller's range and the child's: nobody else's memory, no wrap.
+    assert_eq!(
+        w.err(root, READ, &[2, 0, 64 * 4096 - 4, 8]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, READ, &[2, 32 * 4096 - 4, 0x5000, 8]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, WRITE, &[2, usize::MAX - 3, 0x5000, 8]),
+        E_INVALID_ADDRESS
+    );
+    // A refusal copied nothing.
+    assert_eq!(w.h.get(root, 0x5000, 9), b"used ring");
+    assert_eq!(w.h.get(c, 0x1800, 9), b"virtqueue");
+}
+
+#[test]
 fn exec_through_dispatch() {
     let mut w = World::new();
     let root = w.root;
