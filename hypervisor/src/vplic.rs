@@ -32,11 +32,10 @@ pub fn events_source(plic: &VirtualPlic) -> Option<u32> {
     (plic.ndev() > host).then_some(plic.ndev())
 }
 
-/// Raises (`up`) or lowers `vm`'s event interrupt, if it has one, and passes the
-/// change to its vCPUs. Raised when its event queue stops being empty: a source that
-/// is pending until claimed, so the guest gets one interrupt per time its queue fills,
-/// not one per event, and none while it has not emptied the queue.
-pub fn set_events_line(vm: &Vm, up: bool) {
+/// Raises `vm`'s event interrupt, if it has one, and passes it to its vCPUs: its
+/// event queue just stopped being empty. A source pending until claimed, so the guest
+/// gets one interrupt per filling of its queue, not one per event.
+pub fn raise_events(vm: &Vm) {
     let Some(plic) = vm.plic.as_ref() else {
         return;
     };
@@ -44,12 +43,12 @@ pub fn set_events_line(vm: &Vm, up: bool) {
     let Some(source) = events_source(&p) else {
         return;
     };
-    if up {
-        p.raise(source);
-    } else {
-        p.lower(source);
+    p.raise(source);
+    // A guest that has not enabled it (no driver for it) has no line to move: the
+    // pending bit alone is what a later enable finds.
+    if p.deliverable(source) {
+        deliver(vm, &mut p, usize::MAX);
     }
-    deliver(vm, &mut p, usize::MAX);
 }
 
 /// Applies the line changes the model reports: each vCPU's line is copied into its

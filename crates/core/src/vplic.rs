@@ -297,6 +297,15 @@ impl VirtualPlic {
         self.valid_source(source) && context < self.contexts && self.enabled(context, source)
     }
 
+    /// Whether raising `source` could reach any context now: it has a non-zero priority
+    /// and some context enables it. While it cannot, raising or lowering it changes no
+    /// line (the guest's later enabling does, and is evaluated then).
+    pub fn deliverable(&self, source: u32) -> bool {
+        self.valid_source(source)
+            && self.priority.get(source as usize).is_some_and(|&p| p > 0)
+            && (0..self.contexts).any(|c| self.enabled(c, source))
+    }
+
     /// True when `source` is pending (raised and not yet claimed, or raised again
     /// while claimed).
     pub fn is_pending(&self, source: u32) -> bool {

@@ -19,10 +19,10 @@ pub(super) fn lock_tree_for(vm: &Vm, slot: usize) -> Option<TreeGuard> {
     lock_tree_unless(slot, &|| vm.dead.load(Ordering::Acquire), u64::MAX).ok()
 }
 
-/// The tree, locked. When it is let go, the VMs whose "events waiting" state changed
-/// meanwhile (`VmTree::take_event_line_changes`) have their event interrupt raised or
-/// lowered, after the lock is released (the virtual PLICs and the run queue are
-/// never taken under it from here).
+/// The tree, locked. When it is let go, the VMs whose event queue stopped being empty
+/// meanwhile (`VmTree::take_event_edges`) have their event interrupt raised, after
+/// the lock is released (the virtual PLICs and the run queue are never taken under
+/// it from here).
 pub(super) struct TreeGuard(Option<spin::MutexGuard<'static, Option<VmTree>>>);
 
 impl core::ops::Deref for TreeGuard {
@@ -43,18 +43,31 @@ impl core::ops::DerefMut for TreeGuard {
 
 impl Drop for TreeGuard {
     fn drop(&mut self) {
-        let Some(mut guard) = self.0.take() else {
+        let Some(guard) = self.0.take() else {
             return;
         };
-        let mut changes: alloc::vec::Vec<(VmId, bool)> = alloc::vec::Vec::new();
-        if let Some(t) = guard.as_mut() {
-            t.take_event_line_changes(|vm, up| changes.push((vm, up)));
+        if guard.as_ref().is_some_and(VmTree::has_event_changes) {
+            raise_event_edges(guard);
         }
-        drop(guard);
-        for (id, up) in changes {
-            if let Some(vm) = lookup(id) {
-                crate::vplic::set_events_line(&vm, up);
-            }
+        // Otherwise (most calls change no event queue) the lock just goes.
+    }
+}
+
+/// The tail of a tree lock whose holder changed event queues: takes the edges, lets
+/// the lock go, raises their VMs' event interrupts. Out of line, so its frame is not
+/// paid by every call that takes the tree (nor by YIELD, which shares their path).
+#[inline(never)]
+fn raise_event_edges(mut guard: spin::MutexGuard<'static, Option<VmTree>>) {
+    // A call fills the queue of a VM or two (a message's receiver): no heap
+    // allocation for those.
+    let mut rose: smallvec::SmallVec<[VmId; 4]> = smallvec::SmallVec::new();
+    if let Some(t) = guard.as_mut() {
+        t.take_event_edges(|vm| rose.push(vm));
+    }
+    drop(guard);
+    for id in rose {
+        if let Some(vm) = lookup(id) {
+            crate::vplic::raise_events(&vm);
         }
     }
 }

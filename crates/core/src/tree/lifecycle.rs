@@ -24,7 +24,7 @@ impl VmTree {
         self.touch_events(to);
     }
 
-    /// Notes that `vm`'s event queue changed, for [`Self::take_event_line_changes`].
+    /// Notes that `vm`'s event queue changed, for [`Self::take_event_edges`].
     pub(super) fn touch_events(&mut self, vm: VmId) {
         if let Some(n) = self.get_mut(vm) {
             if !n.events_touched {
@@ -34,14 +34,24 @@ impl VmTree {
         }
     }
 
-    /// Reports each VM whose "events waiting" state changed since the last call
-    /// (through `changed(vm, waiting)`), so the hypervisor can raise or lower its
-    /// event interrupt: raised when its queue stops being empty, lowered when POLL_EVENT
-    /// (or anything else) empties it. Each VM is reported at most once per call and
-    /// only if the state differs from what was last reported. Work is bounded by the
-    /// number of live VMs whose queues changed.
-    pub fn take_event_line_changes(&mut self, mut changed: impl FnMut(VmId, bool)) {
-        for vm in core::mem::take(&mut self.events_touched) {
+    /// Whether any event queue changed since [`Self::take_event_edges`] last ran.
+    #[inline]
+    pub fn has_event_changes(&self) -> bool {
+        !self.events_touched.is_empty()
+    }
+
+    /// Reports (through `rose(vm)`) each VM whose event queue stopped being empty
+    /// since the last call, so the hypervisor can raise its event interrupt: an edge
+    /// per filling of the queue, not one per event. Emptying is noted (so the next
+    /// event is an edge again) but not reported: a guest that emptied its queue before
+    /// it took the interrupt finds nothing to do. Work is bounded by the number of live
+    /// VMs whose queues changed.
+    pub fn take_event_edges(&mut self, mut rose: impl FnMut(VmId)) {
+        if self.events_touched.is_empty() {
+            return;
+        }
+        // Popped, not taken: the list keeps its allocation for the next call.
+        while let Some(vm) = self.events_touched.pop() {
             let Some(n) = self.get_mut(vm) else {
                 // Gone since: so is its interrupt.
                 continue;
@@ -50,7 +60,9 @@ impl VmTree {
             let waiting = !n.events.is_empty();
             if waiting != n.event_line {
                 n.event_line = waiting;
-                changed(vm, waiting);
+                if waiting {
+                    rose(vm);
+                }
             }
         }
     }

@@ -201,8 +201,8 @@ pub struct VmNode {
     lanes: BTreeMap<u64, VecDeque<Message>>,
     next_seq: u64,
     events: EventQueue,
-    /// Whether the hypervisor was last told this VM has events waiting (its event
-    /// interrupt's level; see [`VmTree::take_event_line_changes`]).
+    /// Whether this VM had events waiting when [`VmTree::take_event_edges`] last
+    /// looked (so that it reports each filling of the queue once).
     event_line: bool,
     /// Listed in [`VmTree::events_touched`] since the last report.
     events_touched: bool,
@@ -322,8 +322,8 @@ pub struct VmTree {
     free: Vec<u32>,
     root: Option<VmId>,
     live: usize,
-    /// VMs whose event queue changed since [`VmTree::take_event_line_changes`] last
-    /// ran, each once (at most one entry per live VM).
+    /// VMs whose event queue changed since [`VmTree::take_event_edges`] last ran,
+    /// each once (at most one entry per live VM).
     events_touched: Vec<VmId>,
 }
 
