@@ -67,14 +67,6 @@ static STATE: Mutex<Option<State>> = Mutex::new(None);
 /// The host devices, as the device tree describes them (for the Root VM's tree).
 static DEVICES: Once<Vec<HostDevice>> = Once::new();
 
-/// Interrupt sources of the host's PLIC (0 without one): a virtual PLIC's sources
-/// above these are the hypervisor's own (see `crate::vplic::events_source`).
-pub fn host_sources() -> u32 {
-    IRQS.get()
-        .and_then(Option::as_ref)
-        .map_or(0, |i| i.plic.sources())
-}
-
 /// Finds the PLIC and the devices the hypervisor may hand out. Without a PLIC, no
 /// device with an interrupt is handed out.
 pub fn init(host: &HostPlatform) {
@@ -98,6 +90,7 @@ pub fn init(host: &HostPlatform) {
             })
         });
     let ndev = irqs.as_ref().map_or(0, |i| i.plic.sources());
+    crate::vplic::set_host_sources(ndev);
     let mut devices: Vec<HostDevice> = host
         .devices
         .iter()

@@ -6,7 +6,7 @@
 
 use crate::hart;
 use crate::vm::Vm;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU32, Ordering};
 use diosix_core::addr::Gpa;
 use diosix_core::vplic::VirtualPlic;
 
@@ -24,11 +24,20 @@ pub fn sources_for(host_ndev: Option<u32>) -> u32 {
         .clamp(1, diosix_core::vplic::MAX_SOURCES)
 }
 
+/// Interrupt sources of the host's PLIC (0 without one), set once at boot by
+/// `crate::devices::init`: a virtual PLIC's sources above these are the hypervisor's.
+static HOST_SOURCES: AtomicU32 = AtomicU32::new(0);
+
+/// Records how many sources the host's PLIC has (see [`events_source`]).
+pub fn set_host_sources(n: u32) {
+    HOST_SOURCES.store(n, Ordering::Relaxed);
+}
+
 /// The source of `plic` that signals its VM's events (POLL_EVENT has something): the
 /// one past the host's, when the PLIC has it (a host with the most sources a PLIC can
 /// have leaves none).
 pub fn events_source(plic: &VirtualPlic) -> Option<u32> {
-    let host = crate::devices::host_sources();
+    let host = HOST_SOURCES.load(Ordering::Relaxed);
     (plic.ndev() > host).then_some(plic.ndev())
 }
 
