@@ -522,6 +522,30 @@ const DSX_NESTED: &[Step] = &[
         "echo KIDS-$(dsx list --json | grep -o '\"child_count\":[0-9]*')\r",
     ),
     ("KIDS-", ""),
+    // A child flooding its parent with messages: its lane holds 16 (the rest are
+    // refused), and the parent's event interrupt fires once for the whole flood (an
+    // edge per filling of the queue, not one per event).
+    (
+        ROOT_PROMPT,
+        "dsx events >/dev/null; C0=$(awk '/diosix-events/{print $2+$3}' /proc/interrupts); \
+         dsx console 2\r",
+    ),
+    // Attached again: the idle shell prints nothing until asked.
+    ("attached to CID 2", "\r"),
+    (
+        GUEST_PROMPT,
+        "for i in $(seq 40); do dsx send parent x 2>/dev/null; done; echo FLOOD-$((20+20))-SENT\r",
+    ),
+    ("FLOOD-40-SENT", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "C1=$(awk '/diosix-events/{print $2+$3}' /proc/interrupts); \
+         N=$(dsx events | grep -c 'message from'); echo FLOOD-IRQS-$((C1-C0)) MSG-EVENTS-$N; \
+         for i in $(seq 20); do dsx recv >/dev/null || break; done\r",
+    ),
+    ("MSG-EVENTS-", ""),
     // CHILD_MEM_READ / CHILD_MEM_WRITE through the driver: the child's kernel Image
     // header where SPAWN loaded it (its magic at +0x30), then its reserved word
     // (+0x3c, unused once booted) written and read back.
@@ -943,6 +967,7 @@ fn cases() -> Vec<Case> {
                 Expect::Text("vCPUs        2 used of 2 quota (1 own, 2 reserved)"),
                 Expect::Text("GRAND-GH-guest-42"),
                 Expect::Text("KIDS-\"child_count\":1"),
+                Expect::Text("FLOOD-IRQS-1 MSG-EVENTS-16"),
                 Expect::Text("52 49 53 43 56"),
                 Expect::Text("RISCV"),
                 Expect::Text("wrote 4 bytes into CID 2 at"),
