@@ -67,6 +67,37 @@ static void *diosix_copy_in(u64 uptr, u64 len)
 }
 
 /*
+ * The kernel buffer of a transfer of @len (already bounded) bytes: a copy of the
+ * user's @uptr when the data goes to the hypervisor (@in), else zeroed room for
+ * what comes back.
+ */
+static void *diosix_bounce(bool in, u64 uptr, u64 len)
+{
+	if (in)
+		return diosix_copy_in(uptr, len);
+	return kzalloc(len ? len : 8, GFP_KERNEL) ?: ERR_PTR(-ENOMEM);
+}
+
+/*
+ * Ends a transfer through @buf: on success, when data came back (@out), the first
+ * @n bytes go to the user's @uptr; then the SBI result goes to @uarg, and @buf is
+ * freed either way.
+ */
+static long diosix_bounce_done(void *buf, bool out, u64 uptr, u64 n,
+			       const struct diosix_ioc_ret *ret, void __user *uarg)
+{
+	long err = 0;
+
+	if (out && ret->error == DIOSIX_SBI_ERR_SUCCESS &&
+	    copy_to_user(u64_to_user_ptr(uptr), buf, n))
+		err = -EFAULT;
+	else if (copy_to_user(uarg, ret, sizeof(*ret)))
+		err = -EFAULT;
+	kfree(buf);
+	return err;
+}
+
+/*
  * Whether this VM is the Root VM, asked now (a FORK clone of the Root VM runs
  * this same driver, so nothing about it can be cached). Unknown counts as
  * the Root VM.
@@ -427,16 +458,12 @@ static long diosix_console(unsigned int fid, void __user *uarg)
 	struct diosix_ioc_console s;
 	u64 a[5] = { 0 };
 	void *buf;
-	long err = 0;
 
 	if (copy_from_user(&s, uarg, sizeof(s)))
 		return -EFAULT;
 	if (s.len > DIOSIX_CONSOLE_MAX_TRANSFER)
 		return -E2BIG;
-	if (fid == DIOSIX_FID_CONSOLE_WRITE)
-		buf = diosix_copy_in(s.buf, s.len);
-	else
-		buf = kzalloc(s.len ? s.len : 8, GFP_KERNEL) ?: ERR_PTR(-ENOMEM);
+	buf = diosix_bounce(fid == DIOSIX_FID_CONSOLE_WRITE, s.buf, s.len);
 	if (IS_ERR(buf))
 		return PTR_ERR(buf);
 
@@ -444,21 +471,11 @@ static long diosix_console(unsigned int fid, void __user *uarg)
 	a[1] = virt_to_phys(buf);
 	a[2] = s.len;
 	diosix_call(fid, a, &s.ret);
-
-	if (s.ret.error == DIOSIX_SBI_ERR_SUCCESS) {
-		/* A count beyond the request would be a hypervisor bug. */
+	/* A count beyond the request would be a hypervisor bug. */
+	if (s.ret.error == DIOSIX_SBI_ERR_SUCCESS)
 		s.ret.value = min_t(u64, s.ret.value, s.len);
-		if (fid == DIOSIX_FID_CONSOLE_READ &&
-		    copy_to_user(u64_to_user_ptr(s.buf), buf, s.ret.value)) {
-			err = -EFAULT;
-			goto out;
-		}
-	}
-	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
-		err = -EFAULT;
-out:
-	kfree(buf);
-	return err;
+	return diosix_bounce_done(buf, fid == DIOSIX_FID_CONSOLE_READ, s.buf,
+				  s.ret.value, &s.ret, uarg);
 }
 
 static long diosix_list(void __user *uarg)
@@ -498,16 +515,12 @@ static long diosix_child_mem(unsigned int fid, void __user *uarg)
 	struct diosix_ioc_child_mem s;
 	u64 a[5] = { 0 };
 	void *buf;
-	long err = 0;
 
 	if (copy_from_user(&s, uarg, sizeof(s)))
 		return -EFAULT;
 	if (s.len > DIOSIX_CHILD_MEM_MAX)
 		return -E2BIG;
-	if (fid == DIOSIX_FID_CHILD_MEM_WRITE)
-		buf = diosix_copy_in(s.buf, s.len);
-	else
-		buf = kzalloc(s.len ? s.len : 8, GFP_KERNEL) ?: ERR_PTR(-ENOMEM);
+	buf = diosix_bounce(fid == DIOSIX_FID_CHILD_MEM_WRITE, s.buf, s.len);
 	if (IS_ERR(buf))
 		return PTR_ERR(buf);
 
@@ -516,18 +529,8 @@ static long diosix_child_mem(unsigned int fid, void __user *uarg)
 	a[2] = virt_to_phys(buf);
 	a[3] = s.len;
 	diosix_call(fid, a, &s.ret);
-
-	if (fid == DIOSIX_FID_CHILD_MEM_READ &&
-	    s.ret.error == DIOSIX_SBI_ERR_SUCCESS &&
-	    copy_to_user(u64_to_user_ptr(s.buf), buf, s.len)) {
-		err = -EFAULT;
-		goto out;
-	}
-	if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
-		err = -EFAULT;
-out:
-	kfree(buf);
-	return err;
+	return diosix_bounce_done(buf, fid == DIOSIX_FID_CHILD_MEM_READ, s.buf,
+				  s.len, &s.ret, uarg);
 }
 
 static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)

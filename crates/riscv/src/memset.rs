@@ -6,7 +6,8 @@
 //! host RAM (256 KiB) cost 99 K instructions of every boot. This one stores 64 bytes a
 //! round and, for zero fills spanning at least two `cbo.zero` blocks once
 //! [`crate::physmem::use_cbo_zero`] enabled it, zeroes whole blocks with one
-//! instruction each. It is a strong definition: the linker prefers it to the
+//! instruction each, four a round. It is also how [`crate::physmem::zero`] zeroes
+//! guest RAM. It is a strong definition: the linker prefers it to the
 //! `compiler_builtins` one, which is weak.
 
 use crate::physmem::cbo_zero_block;
@@ -49,16 +50,41 @@ pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
             "addi {t}, {block}, -1",
             "3:",
             "and {v}, {p}, {t}",
-            "beqz {v}, 5f",
+            "beqz {v}, 11f",
             "sd zero, 0({p})",
             "addi {p}, {p}, 8",
             "j 3b",
+            // Eight blocks a round while eight fit (end - p, which cannot wrap, at
+            // least 8 blocks), then one at a time. cbo.zero has no address offset, so
+            // each block costs an add.
+            "11:",
+            "slli {v}, {block}, 3",
             "5:",
+            "sub {t}, {end}, {p}",
+            "bltu {t}, {v}, 10f",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            ".insn i 0x0f, 2, x0, {p}, 4",
+            "add {p}, {p}, {block}",
+            "j 5b",
+            "10:",
             "add {t}, {p}, {block}",
             "bgtu {t}, {end}, 4f",
             ".insn i 0x0f, 2, x0, {p}, 4",
             "mv {p}, {t}",
-            "j 5b",
+            "j 10b",
             // 64 bytes a round (v is the fill byte again: w is 0 on the cbo path).
             "4:",
             "andi {v}, {w}, 0xff",

@@ -40,69 +40,14 @@ pub fn cbo_zero_block() -> usize {
     CBOZ_BLOCK.load(Ordering::Relaxed)
 }
 
-/// Zeroes `len` bytes at `hpa`. With Zicboz ([`use_cbo_zero`]) a block-aligned range
-/// (all pages) takes one `cbo.zero` per block; otherwise whole 64-byte blocks at 8-byte
-/// alignment take an unrolled loop of doubleword stores, about a third of the
-/// instructions of a generic memset; anything else falls back to it.
+/// Zeroes `len` bytes at `hpa`: through the hypervisor's `memset`
+/// ([`crate::memset`]), which uses `cbo.zero` once [`use_cbo_zero`] enabled it.
 ///
 /// # Safety
 /// The range must be RAM owned by the caller.
 pub unsafe fn zero(hpa: Hpa, len: u64) {
-    let start = hpa.raw() as usize;
-    let block = CBOZ_BLOCK.load(Ordering::Relaxed);
-    // Four blocks a round (cbo.zero has no address offset, so each block costs an add).
-    if block != 0 && start.is_multiple_of(block) && (len as usize).is_multiple_of(4 * block) {
-        let end = start + len as usize;
-        // SAFETY: [start, end) is caller-owned RAM made of whole groups of four cache
-        // blocks; cbo.zero (MISC-MEM, funct3 2, imm 4) stores zeros to the block at rs1
-        // and nothing else.
-        unsafe {
-            core::arch::asm!(
-                "2: bgeu {p}, {end}, 3f",
-                ".insn i 0x0f, 2, x0, {p}, 4",
-                "add {p}, {p}, {block}",
-                ".insn i 0x0f, 2, x0, {p}, 4",
-                "add {p}, {p}, {block}",
-                ".insn i 0x0f, 2, x0, {p}, 4",
-                "add {p}, {p}, {block}",
-                ".insn i 0x0f, 2, x0, {p}, 4",
-                "add {p}, {p}, {block}",
-                "j 2b",
-                "3:",
-                p = inout(reg) start => _,
-                end = in(reg) end,
-                block = in(reg) block,
-                options(nostack),
-            );
-        }
-        return;
-    }
-    if !start.is_multiple_of(8) || !len.is_multiple_of(64) {
-        // SAFETY: forwarded contract.
-        unsafe { core::ptr::write_bytes(start as *mut u8, 0, len as usize) };
-        return;
-    }
-    let end = start + len as usize;
-    // SAFETY: [start, end) is caller-owned RAM, 8-byte aligned, a multiple of 64 bytes.
-    unsafe {
-        core::arch::asm!(
-            "2: bgeu {p}, {end}, 3f",
-            "sd zero, 0({p})",
-            "sd zero, 8({p})",
-            "sd zero, 16({p})",
-            "sd zero, 24({p})",
-            "sd zero, 32({p})",
-            "sd zero, 40({p})",
-            "sd zero, 48({p})",
-            "sd zero, 56({p})",
-            "addi {p}, {p}, 64",
-            "j 2b",
-            "3:",
-            p = inout(reg) start => _,
-            end = in(reg) end,
-            options(nostack),
-        );
-    }
+    // SAFETY: forwarded contract.
+    unsafe { core::ptr::write_bytes(hpa.raw() as usize as *mut u8, 0, len as usize) };
 }
 
 /// Copies `src` into host memory at `hpa`.

@@ -130,6 +130,24 @@ pub struct Device {
 }
 
 impl Device {
+    /// CHILD_MEM_READ or CHILD_MEM_WRITE (`fid`) of `len` bytes at user address `buf`.
+    fn child_mem(
+        &mut self,
+        fid: usize,
+        cid: u64,
+        gpa: u64,
+        buf: u64,
+        len: usize,
+    ) -> CallResult<()> {
+        let mut b = Buf::<{ size::CHILD_MEM }>::new();
+        b.put_u64(RET, cid);
+        b.put_u64(RET + 8, gpa);
+        b.put_u64(RET + 16, buf);
+        b.put_u64(RET + 24, len as u64);
+        self.ioctl(fid, &mut b)?;
+        b.result().map(|_| ())
+    }
+
     /// Opens the device (root only: mode 0600 and CAP_SYS_ADMIN).
     pub fn open() -> CallResult<Device> {
         OpenOptions::new()
@@ -301,23 +319,23 @@ impl Hypervisor for Device {
     }
 
     fn child_mem_read(&mut self, cid: u64, gpa: u64, buf: &mut [u8]) -> CallResult<()> {
-        let mut b = Buf::<{ size::CHILD_MEM }>::new();
-        b.put_u64(RET, cid);
-        b.put_u64(RET + 8, gpa);
-        b.put_u64(RET + 16, ptr(buf.as_mut_ptr()));
-        b.put_u64(RET + 24, buf.len() as u64);
-        self.ioctl(ext::FID_CHILD_MEM_READ, &mut b)?;
-        b.result().map(|_| ())
+        self.child_mem(
+            ext::FID_CHILD_MEM_READ,
+            cid,
+            gpa,
+            ptr(buf.as_mut_ptr()),
+            buf.len(),
+        )
     }
 
     fn child_mem_write(&mut self, cid: u64, gpa: u64, data: &[u8]) -> CallResult<()> {
-        let mut b = Buf::<{ size::CHILD_MEM }>::new();
-        b.put_u64(RET, cid);
-        b.put_u64(RET + 8, gpa);
-        b.put_u64(RET + 16, ptr(data.as_ptr()));
-        b.put_u64(RET + 24, data.len() as u64);
-        self.ioctl(ext::FID_CHILD_MEM_WRITE, &mut b)?;
-        b.result().map(|_| ())
+        self.child_mem(
+            ext::FID_CHILD_MEM_WRITE,
+            cid,
+            gpa,
+            ptr(data.as_ptr()),
+            data.len(),
+        )
     }
 
     fn console_write(&mut self, cid: u64, data: &[u8]) -> CallResult<usize> {
