@@ -254,6 +254,9 @@ impl Fz {
                 }
                 ext::FID_SPAWN | ext::FID_FORK => r.value >= 2,
                 ext::FID_LIST_CHILDREN => r.value <= 65536,
+                ext::FID_CHILD_MEM_READ | ext::FID_CHILD_MEM_WRITE => {
+                    r.value == a[3] && a[3] <= limits::CHILD_MEM_MAX
+                }
                 ext::FID_RESERVED_11 | ext::FID_RESERVED_12 => false,
                 f if f >= ext::FID_COUNT => false,
                 _ => true,
@@ -342,7 +345,7 @@ fn body(idx: usize, _n: usize) {
 }
 
 fn diosix_one(f: &mut Fz) {
-    let fid = match f.rng.below(40) {
+    let fid = match f.rng.below(42) {
         0 => ext::FID_EXIT,
         1 => ext::FID_YIELD,
         2..=3 => ext::FID_FORK,
@@ -372,6 +375,8 @@ fn diosix_one(f: &mut Fz) {
         36 => ext::FID_ROUTE_IRQ,
         37 => ext::FID_EXEC,
         38 => ext::FID_RELEASE_DEVICE,
+        39 => ext::FID_CHILD_MEM_READ,
+        40 => ext::FID_CHILD_MEM_WRITE,
         _ => ext::FID_GET_CHILD_INFO,
     };
     let r = &mut f.rng;
@@ -511,6 +516,21 @@ fn diosix_one(f: &mut Fz) {
             let a = f.in_addr();
             let len = f.len(limits::CONSOLE_MAX_TRANSFER as u64) as usize;
             f.dsx(fid, [c, a, len, 0, 0, 0]);
+        }
+        // Into this VM's own arena (READ) or from anywhere (WRITE); the child's side
+        // anywhere: its RAM is the fuzzer's own children's to lose.
+        ext::FID_CHILD_MEM_READ | ext::FID_CHILD_MEM_WRITE => {
+            let c = f.cid() as usize;
+            let child_gpa = f.in_addr();
+            // What the hypervisor writes into this VM stays within an arena's 8 KiB
+            // margin (lengths around 4 KiB, or over the cap and refused); what it only
+            // reads may be up to the cap and past it.
+            let (own, len) = if fid == ext::FID_CHILD_MEM_READ {
+                (f.out_addr(), f.len(4096))
+            } else {
+                (f.in_addr(), f.len(limits::CHILD_MEM_MAX as u64))
+            };
+            f.dsx(fid, [c, child_gpa, own, len as usize, 0, 0]);
         }
         ext::FID_GET_CHILD_INFO => {
             let c = f.cid() as usize;
