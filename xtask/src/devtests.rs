@@ -137,8 +137,8 @@ pub(crate) fn second_expect() -> &'static [Expect] {
 
 /// The `linux-fork-io` session: the Root VM (RAM pinned for its disk's DMA) reads a
 /// 16 MiB file from its disk over and over, dropping its page cache each time, and
-/// forks meanwhile. The clone (which holds no device) fills its RAM and checks a file
-/// in its tmpfs is intact; the parent checks every disk read matched and its own tmpfs
+/// forks meanwhile. The clone (which holds no device, and whose reads of it find
+/// nothing there) fills its RAM and checks a file in its tmpfs is intact; the parent checks every disk read matched and its own tmpfs
 /// file too. A device writing into the parent's pages during and after the FORK must
 /// reach neither the clone's memory nor anything of the parent's but its own buffers.
 pub(crate) fn fork_io_session() -> &'static [Step] {
@@ -169,7 +169,10 @@ pub(crate) fn fork_io_session() -> &'static [Step] {
         ("this is the new child VM", "\r"),
         (
             PROMPT,
-            "for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=/tmp/c$i bs=1M count=8 2>/dev/null; done; \
+            // A read that bypasses the page cache: a new request, so the clone touches
+            // the disk it does not hold even if the reads it inherited are stuck.
+            "(dd if=/dev/vda of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null &); \
+             for i in 1 2 3 4 5 6; do dd if=/dev/urandom of=/tmp/c$i bs=1M count=8 2>/dev/null; done; \
              echo CLONE-SAME-$([ \"$(md5sum < /tmp/t | cut -c1-32)\" = \"$M2\" ] && echo yes || echo no)\r",
         ),
         ("CLONE-SAME-", ""),
