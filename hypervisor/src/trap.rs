@@ -30,8 +30,9 @@ const INSN_WFI: usize = 0x1050_0073;
 /// Entered from `diosix_trap_entry` with only the caller-saved registers (and `sp`)
 /// of the interrupted context in `frame`: completes the traps that return to the same
 /// vCPU without reading any other register — the SBI calls
-/// [`ExitCause::of_fast_ecall`] names — and returns non-zero; anything else returns 0 untouched, and the entry saves
-/// the remaining registers and calls [`diosix_trap_handler`].
+/// [`ExitCause::of_fast_ecall`] names — and returns non-zero; anything else returns 0
+/// untouched, and the entry saves the remaining registers and calls
+/// [`diosix_trap_handler`].
 #[no_mangle]
 extern "C" fn diosix_fast_trap(frame: *mut TrapFrame) -> usize {
     // An ecall from the guest's supervisor level: VS-mode (10) under H, S-mode (9)

@@ -844,8 +844,8 @@ fn child_mem(
     if len > limits::CHILD_MEM_MAX as u64 {
         return Err(SbiError::InvalidParam);
     }
-    host.check_range(caller, own_gpa, len)?;
-    host.check_range(child, child_gpa, len)?;
+    check_buffer(host, caller, own_gpa, len)?;
+    check_buffer(host, child, child_gpa, len)?;
     let mut buf = vec![0u8; to_usize(len)?];
     if to_child {
         host.read_guest(caller, own_gpa, &mut buf)?;
