@@ -76,7 +76,9 @@
 #define DIOSIX_FID_RELEASE_DEVICE 27
 #define DIOSIX_FID_CHILD_MEM_READ 28
 #define DIOSIX_FID_CHILD_MEM_WRITE 29
-#define DIOSIX_FID_COUNT 30
+#define DIOSIX_FID_DEVICE_STATE 30
+#define DIOSIX_FID_DEVICE_RAISE 31
+#define DIOSIX_FID_COUNT 32
 
 /* ---- Context IDs (relative to the caller) ---- */
 #define DIOSIX_CID_PARENT 0x0ULL
@@ -167,8 +169,11 @@ struct diosix_spawn_args {
 	uint32_t quota_max_priority; /* offset 76 */
 	uint32_t quota_max_depth; /* offset 80 */
 	uint32_t quota_max_descendants; /* offset 84 */
+	uint64_t devices_gpa; /* offset 88 */
+	uint32_t device_count; /* offset 96 */
+	uint32_t reserved; /* offset 100 */
 };
-DIOSIX_STATIC_ASSERT(sizeof(struct diosix_spawn_args) == 88, "diosix_spawn_args size");
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_spawn_args) == 104, "diosix_spawn_args size");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, size) == 0, "diosix_spawn_args.size");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, flags) == 4, "diosix_spawn_args.flags");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, cid) == 8, "diosix_spawn_args.cid");
@@ -184,7 +189,10 @@ DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, quota_vcpus) == 72, "dio
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, quota_max_priority) == 76, "diosix_spawn_args.quota_max_priority");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, quota_max_depth) == 80, "diosix_spawn_args.quota_max_depth");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, quota_max_descendants) == 84, "diosix_spawn_args.quota_max_descendants");
-#define DIOSIX_SPAWN_ARGS_SIZE 88u
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, devices_gpa) == 88, "diosix_spawn_args.devices_gpa");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, device_count) == 96, "diosix_spawn_args.device_count");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_spawn_args, reserved) == 100, "diosix_spawn_args.reserved");
+#define DIOSIX_SPAWN_ARGS_SIZE 104u
 
 struct diosix_quota_args {
 	uint32_t size; /* offset 0 */
@@ -335,5 +343,66 @@ DIOSIX_STATIC_ASSERT(offsetof(struct diosix_hv_info, timer_freq_hz) == 32, "dios
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_hv_info, ram_total_pages) == 40, "diosix_hv_info.ram_total_pages");
 DIOSIX_STATIC_ASSERT(offsetof(struct diosix_hv_info, ram_free_pages) == 48, "diosix_hv_info.ram_free_pages");
 #define DIOSIX_HV_INFO_SIZE 56u
+
+struct diosix_device_spec {
+	uint32_t size; /* offset 0 */
+	uint32_t device_id; /* offset 4 */
+	uint64_t features; /* offset 8 */
+	uint32_t queue_count; /* offset 16 */
+	uint32_t queue_max; /* offset 20 */
+	uint64_t config_gpa; /* offset 24 */
+	uint32_t config_len; /* offset 32 */
+	uint32_t reserved; /* offset 36 */
+};
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_device_spec) == 40, "diosix_device_spec size");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, size) == 0, "diosix_device_spec.size");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, device_id) == 4, "diosix_device_spec.device_id");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, features) == 8, "diosix_device_spec.features");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, queue_count) == 16, "diosix_device_spec.queue_count");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, queue_max) == 20, "diosix_device_spec.queue_max");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, config_gpa) == 24, "diosix_device_spec.config_gpa");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, config_len) == 32, "diosix_device_spec.config_len");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_spec, reserved) == 36, "diosix_device_spec.reserved");
+#define DIOSIX_DEVICE_SPEC_SIZE 40u
+
+struct diosix_device_state {
+	uint32_t size; /* offset 0 */
+	uint32_t status; /* offset 4 */
+	uint64_t driver_features; /* offset 8 */
+	uint64_t device_features; /* offset 16 */
+	uint32_t pending; /* offset 24 */
+	uint32_t config_generation; /* offset 28 */
+	uint32_t queue_count; /* offset 32 */
+	uint32_t resets; /* offset 36 */
+	uint32_t interrupt_status; /* offset 40 */
+	uint32_t reserved; /* offset 44 */
+};
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_device_state) == 48, "diosix_device_state size");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, size) == 0, "diosix_device_state.size");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, status) == 4, "diosix_device_state.status");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, driver_features) == 8, "diosix_device_state.driver_features");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, device_features) == 16, "diosix_device_state.device_features");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, pending) == 24, "diosix_device_state.pending");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, config_generation) == 28, "diosix_device_state.config_generation");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, queue_count) == 32, "diosix_device_state.queue_count");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, resets) == 36, "diosix_device_state.resets");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, interrupt_status) == 40, "diosix_device_state.interrupt_status");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_device_state, reserved) == 44, "diosix_device_state.reserved");
+#define DIOSIX_DEVICE_STATE_SIZE 48u
+
+struct diosix_queue_state {
+	uint32_t size; /* offset 0 */
+	uint32_t ready; /* offset 4 */
+	uint64_t desc; /* offset 8 */
+	uint64_t driver; /* offset 16 */
+	uint64_t device; /* offset 24 */
+};
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_queue_state) == 32, "diosix_queue_state size");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_queue_state, size) == 0, "diosix_queue_state.size");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_queue_state, ready) == 4, "diosix_queue_state.ready");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_queue_state, desc) == 8, "diosix_queue_state.desc");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_queue_state, driver) == 16, "diosix_queue_state.driver");
+DIOSIX_STATIC_ASSERT(offsetof(struct diosix_queue_state, device) == 24, "diosix_queue_state.device");
+#define DIOSIX_QUEUE_STATE_SIZE 32u
 
 #endif /* DIOSIX_SBI_H */

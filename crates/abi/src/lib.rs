@@ -407,8 +407,19 @@ pub mod ext {
     /// Copy from the caller's RAM into a direct child's (breaking copy-on-write there
     /// as the child's own store would). Arguments and result as [`FID_CHILD_MEM_READ`].
     pub const FID_CHILD_MEM_WRITE: usize = 29;
+    /// The state of one of a direct child's virtio devices (see [`super::devices`]),
+    /// taking (clearing) its pending bits. a0 = child CID, a1 = device index, a2 = GPA
+    /// of the output, a3 = its size (at least [`super::DeviceState::SIZE`] +
+    /// `queue_count` × [`super::QueueState::SIZE`]). Writes a [`super::DeviceState`]
+    /// followed by one [`super::QueueState`] per queue; a1 = bytes written.
+    pub const FID_DEVICE_STATE: usize = 30;
+    /// Raise interrupts of one of a direct child's virtio devices. a0 = child CID,
+    /// a1 = device index, a2 = [`super::devices::RAISE_USED_BUFFER`] |
+    /// [`super::devices::RAISE_CONFIG_CHANGE`] | [`super::devices::RAISE_NEEDS_RESET`]
+    /// (at least one). a1 = 0.
+    pub const FID_DEVICE_RAISE: usize = 31;
     /// One past the highest function number defined by this ABI version.
-    pub const FID_COUNT: usize = 30;
+    pub const FID_COUNT: usize = 32;
 
     /// Every defined function: (number, name as in the documentation and C header).
     pub const FUNCTIONS: &[(usize, &str)] = &[
@@ -440,6 +451,8 @@ pub mod ext {
         (FID_RELEASE_DEVICE, "RELEASE_DEVICE"),
         (FID_CHILD_MEM_READ, "CHILD_MEM_READ"),
         (FID_CHILD_MEM_WRITE, "CHILD_MEM_WRITE"),
+        (FID_DEVICE_STATE, "DEVICE_STATE"),
+        (FID_DEVICE_RAISE, "DEVICE_RAISE"),
     ];
 }
 
@@ -599,6 +612,42 @@ pub mod event {
     pub const MESSAGE: u32 = 4;
     /// A child rebooted (by its parent or through its own SRST reboot).
     pub const CHILD_REBOOTED: u32 = 5;
+}
+
+/// A child's virtio devices: where the child finds them and what its parent's
+/// backend learns and does through DEVICE_STATE and DEVICE_RAISE (see
+/// `docs/devices.md`).
+pub mod devices {
+    /// Most virtio devices one child may have.
+    pub const MAX_DEVICES: usize = 8;
+    /// Most queues one device may have.
+    pub const MAX_QUEUES: usize = 8;
+    /// Largest queue size (QueueNumMax) a device may offer.
+    pub const MAX_QUEUE_SIZE: u32 = 1024;
+    /// Largest configuration space of a device, in bytes.
+    pub const MAX_CONFIG: usize = 256;
+    /// GPA of device 0's virtio-mmio register window in the child (where QEMU `virt`
+    /// puts its first virtio-mmio transport); device *i* is at
+    /// `MMIO_BASE + i × MMIO_STRIDE`.
+    pub const MMIO_BASE: u64 = 0x1000_1000;
+    /// Distance between two devices' windows (each window is this long).
+    pub const MMIO_STRIDE: u64 = 0x1000;
+    /// Interrupt of device 0 on the child's virtual PLIC; device *i* has `FIRST_IRQ + i`.
+    pub const FIRST_IRQ: u32 = 1;
+    /// [`super::DeviceState::pending`]: bit *q* (*q* < 8) is set when the child
+    /// notified queue *q*; this bit when the device's state changed (its status,
+    /// including a reset, a queue's readiness while live, or configuration bytes the
+    /// child wrote): the backend re-reads it.
+    pub const PENDING_STATE: u32 = 1 << 31;
+    /// DEVICE_RAISE a2: the used-buffer interrupt (InterruptStatus bit 0).
+    pub const RAISE_USED_BUFFER: u64 = 1 << 0;
+    /// DEVICE_RAISE a2: the configuration-change interrupt (InterruptStatus bit 1).
+    pub const RAISE_CONFIG_CHANGE: u64 = 1 << 1;
+    /// DEVICE_RAISE a2: the device is broken (status DEVICE_NEEDS_RESET, and the
+    /// configuration-change interrupt); the child's driver resets it.
+    pub const RAISE_NEEDS_RESET: u64 = 1 << 2;
+    /// Every DEVICE_RAISE bit.
+    pub const RAISE_ALL: u64 = RAISE_USED_BUFFER | RAISE_CONFIG_CHANGE | RAISE_NEEDS_RESET;
 }
 
 /// Lifecycle states reported in [`VmInfo::state`].
@@ -786,6 +835,93 @@ abi_struct! {
         quota_max_depth: u32,
         /// Child subtree quota: number of descendants (0 = none).
         quota_max_descendants: u32,
+        /// GPA (in the caller) of `device_count` [`DeviceSpec`]s: the child's virtio
+        /// devices. Absent (a `size` of [`SpawnArgs::MIN_SIZE`]) means none.
+        devices_gpa: u64,
+        /// Number of [`DeviceSpec`]s at `devices_gpa` (at most
+        /// [`devices::MAX_DEVICES`]).
+        device_count: u32,
+        /// Must be 0.
+        reserved: u32,
+    }
+}
+
+impl SpawnArgs {
+    /// The smallest `size` a caller may give: the structure of ABI 1.0, without the
+    /// device fields (which then read as 0).
+    pub const MIN_SIZE: usize = 88;
+}
+
+abi_struct! {
+    /// One virtio device of a child, as its parent declares it at SPAWN. The child sees
+    /// a virtio-mmio (version 2) transport with these properties; the parent's backend
+    /// serves it (DEVICE_STATE, DEVICE_RAISE, CHILD_MEM_READ / CHILD_MEM_WRITE).
+    DeviceSpec = "diosix_device_spec" {
+        /// Size of the structure as the caller knows it; at least [`DeviceSpec::SIZE`].
+        size: u32,
+        /// The virtio device ID (1 = network, 2 = block, 4 = entropy, ...; not 0).
+        device_id: u32,
+        /// Device feature bits offered (`VIRTIO_F_VERSION_1` is always added;
+        /// `VIRTIO_F_NOTIFICATION_DATA` and `VIRTIO_F_RING_RESET` never offered).
+        features: u64,
+        /// Number of queues (1..=[`devices::MAX_QUEUES`]).
+        queue_count: u32,
+        /// QueueNumMax of every queue: a power of two, 1..=[`devices::MAX_QUEUE_SIZE`].
+        queue_max: u32,
+        /// GPA (in the caller) of the initial configuration space.
+        config_gpa: u64,
+        /// Its length in bytes (at most [`devices::MAX_CONFIG`]; 0 = none).
+        config_len: u32,
+        /// Must be 0.
+        reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// DEVICE_STATE result: one of a child's virtio devices as its driver set it up,
+    /// followed in memory by `queue_count` [`QueueState`]s.
+    DeviceState = "diosix_device_state" {
+        /// Bytes written by the hypervisor (this structure and the queue states).
+        size: u32,
+        /// The device status register as the child's driver set it.
+        status: u32,
+        /// Features the driver accepted (valid once status has FEATURES_OK).
+        driver_features: u64,
+        /// Features the device offers.
+        device_features: u64,
+        /// What happened since the previous DEVICE_STATE (queue bits and
+        /// [`devices::PENDING_STATE`]); taken: the call clears them.
+        pending: u32,
+        /// Configuration generation.
+        config_generation: u32,
+        /// Number of queues (as many [`QueueState`]s follow).
+        queue_count: u32,
+        /// Resets of the device since the child was spawned (its driver writing
+        /// status 0, a REBOOT of the child): a backend whose count differs forgets
+        /// everything it knew of the queues.
+        resets: u32,
+        /// The InterruptStatus register (what the child has not acknowledged yet).
+        interrupt_status: u32,
+        /// Reserved, 0.
+        reserved: u32,
+    }
+}
+
+abi_struct! {
+    /// One queue of a [`DeviceState`]: where the child put it. Addresses are the
+    /// child's GPAs as its driver wrote them, unchecked: the backend checks every
+    /// access (CHILD_MEM_READ / CHILD_MEM_WRITE do).
+    QueueState = "diosix_queue_state" {
+        /// QueueNum (valid whenever `ready` is 1).
+        size: u32,
+        /// QueueReady: 1 when the backend may use the queue.
+        ready: u32,
+        /// GPA of the descriptor table.
+        desc: u64,
+        /// GPA of the available ring (driver area).
+        driver: u64,
+        /// GPA of the used ring (device area).
+        device: u64,
     }
 }
 
@@ -964,6 +1100,9 @@ pub const STRUCTS: &[(&str, usize, &[FieldInfo])] = &[
     (IpcRecvArgs::C_NAME, IpcRecvArgs::SIZE, IpcRecvArgs::FIELDS),
     (Event::C_NAME, Event::SIZE, Event::FIELDS),
     (HvInfo::C_NAME, HvInfo::SIZE, HvInfo::FIELDS),
+    (DeviceSpec::C_NAME, DeviceSpec::SIZE, DeviceSpec::FIELDS),
+    (DeviceState::C_NAME, DeviceState::SIZE, DeviceState::FIELDS),
+    (QueueState::C_NAME, QueueState::SIZE, QueueState::FIELDS),
 ];
 
 #[cfg(test)]
@@ -1008,7 +1147,11 @@ mod tests {
 
     #[test]
     fn sizes_are_pinned() {
-        assert_eq!(SpawnArgs::SIZE, 88);
+        assert_eq!(SpawnArgs::SIZE, 104);
+        assert_eq!(SpawnArgs::MIN_SIZE, 88);
+        assert_eq!(DeviceSpec::SIZE, 40);
+        assert_eq!(DeviceState::SIZE, 48);
+        assert_eq!(QueueState::SIZE, 32);
         assert_eq!(QuotaArgs::SIZE, 40);
         assert_eq!(VmInfo::SIZE, 144);
         assert_eq!(IpcSendArgs::SIZE, 32);

@@ -13,6 +13,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod childdev;
 pub mod devices;
 pub mod exits;
 pub mod frames;

@@ -26,8 +26,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use diosix_abi::{
-    cid as abicid, flags, limits, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs,
-    VmInfo,
+    cid as abicid, devices as abidev, flags, limits, DeviceSpec, DeviceState, Event, HvInfo,
+    IpcRecvArgs, IpcSendArgs, QueueState, QuotaArgs, SpawnArgs, VmInfo,
 };
 
 use super::request::{fork_flags_valid, Request};
@@ -36,6 +36,7 @@ use super::{
     VmTree,
 };
 use crate::addr::{Gpa, Hpa, PAGE_SIZE};
+use crate::childdev::DeviceDef;
 use crate::devices::DeviceRef;
 use crate::gstage::table_pages_for;
 use crate::sbi::SbiRet;
@@ -98,9 +99,35 @@ pub trait ExtensionHost {
     fn can_reboot(&self, _vm: VmId) -> bool {
         true
     }
-    /// SPAWN: build `child` from the image described by `args` (GPAs in `parent`), and
-    /// start it unless `SPAWN_PAUSED`. The tree has already charged it.
-    fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError>;
+    /// SPAWN: build `child` from the image described by `args` (GPAs in `parent`), with
+    /// the virtio devices `devices` (checked, served by `parent`), and start it unless
+    /// `SPAWN_PAUSED`. The tree has already charged it.
+    fn spawn_vm(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        args: &SpawnArgs,
+        devices: &[DeviceDef],
+    ) -> Result<(), SbiError>;
+    /// The bytes DEVICE_STATE writes for `vm`'s device `device`; `InvalidParam` if it
+    /// has no such device.
+    fn device_state_size(&self, _vm: VmId, _device: u64) -> Result<usize, SbiError> {
+        Err(SbiError::InvalidParam)
+    }
+    /// DEVICE_STATE: `vm`'s device `device` and its queues, its pending bits taken;
+    /// `InvalidParam` if it has no such device.
+    fn take_device_state(
+        &mut self,
+        _vm: VmId,
+        _device: u64,
+    ) -> Result<(DeviceState, Vec<QueueState>), SbiError> {
+        Err(SbiError::InvalidParam)
+    }
+    /// DEVICE_RAISE on `vm`'s device `device` (`what` already checked);
+    /// `InvalidParam` if it has no such device.
+    fn raise_device(&mut self, _vm: VmId, _device: u64, _what: u64) -> Result<(), SbiError> {
+        Err(SbiError::InvalidParam)
+    }
     /// START: start `vm`'s boot vCPU at `entry` with `dtb` in a1 (both GPAs of `vm`);
     /// `InvalidAddress` if they are outside its RAM.
     fn start_vm(&mut self, vm: VmId, entry: Gpa, dtb: Gpa) -> Result<(), SbiError>;
@@ -284,6 +311,20 @@ fn call(
             Ok(0)
         }
         Request::ReleaseDevice { by, which } => release_device(tree, caller, by, which, host),
+        Request::DeviceState {
+            cid,
+            device,
+            out,
+            size,
+        } => device_state(tree, caller, cid, device, out, size, host),
+        Request::DeviceRaise { cid, device, what } => {
+            let child = tree.resolve_child(caller, cid)?;
+            if what == 0 || what & !abidev::RAISE_ALL != 0 {
+                return Err(SbiError::InvalidParam);
+            }
+            host.raise_device(child, device, what)?;
+            Ok(0)
+        }
     }
 }
 
@@ -500,15 +541,15 @@ fn spawn(
     gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes::<{ SpawnArgs::SIZE }>(host, caller, gpa)?;
-    let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
-    if (s.size as usize) < SpawnArgs::SIZE || s.flags & !flags::SPAWN_ALL != 0 {
+    let s = read_spawn_args(host, caller, gpa)?;
+    if s.flags & !flags::SPAWN_ALL != 0 {
         return Err(SbiError::InvalidParam);
     }
     if s.cid != 0 {
         tree.resolve_child(caller, s.cid)?;
     }
     check_image_args(host, caller, &s)?;
+    let devices = read_devices(host, caller, &s)?;
     let req = ChildRequest {
         ram_pages: s.ram_pages,
         table_pages: table_pages_for(s.ram_pages)
@@ -538,8 +579,109 @@ fn spawn(
         apply_termination(&old, host);
         (child, s.cid)
     };
-    let built = host.spawn_vm(caller, child, &s);
+    let built = host.spawn_vm(caller, child, &s, &devices);
     admitted(tree, child, cid, built, host)
+}
+
+/// SPAWN's or EXEC's arguments: the structure of at least [`SpawnArgs::MIN_SIZE`]
+/// bytes (aligned, in the caller's RAM, `InvalidAddress`; a smaller `size`,
+/// `InvalidParam`), and its device fields only if the caller's `size` covers them
+/// (they read 0 otherwise).
+fn read_spawn_args(
+    host: &mut dyn ExtensionHost,
+    caller: VmId,
+    gpa: Gpa,
+) -> Result<SpawnArgs, SbiError> {
+    let base = read_struct_bytes::<{ SpawnArgs::MIN_SIZE }>(host, caller, gpa)?;
+    let mut raw = [0u8; SpawnArgs::SIZE];
+    raw[..SpawnArgs::MIN_SIZE].copy_from_slice(&base);
+    let size = raw
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes) as usize;
+    if size < SpawnArgs::MIN_SIZE {
+        return Err(SbiError::InvalidParam);
+    }
+    if size >= SpawnArgs::SIZE {
+        raw = read_struct_bytes::<{ SpawnArgs::SIZE }>(host, caller, gpa)?;
+    }
+    SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)
+}
+
+/// SPAWN's device list: `reserved` 0 and at most `MAX_DEVICES` (`InvalidParam`); no
+/// devices for a trusted child (`InvalidParam`: its host devices would sit where
+/// QEMU `virt` puts virtio windows); the list aligned and in the caller's RAM
+/// (`InvalidAddress`); each entry checked ([`DeviceDef::check`], `InvalidParam`),
+/// then its configuration bytes read from the caller's RAM (`InvalidAddress`).
+/// Bounded: at most 8 entries of at most 256 configuration bytes.
+fn read_devices(
+    host: &mut dyn ExtensionHost,
+    caller: VmId,
+    s: &SpawnArgs,
+) -> Result<Vec<DeviceDef>, SbiError> {
+    let count = s.device_count as usize;
+    if s.reserved != 0 || count > abidev::MAX_DEVICES {
+        return Err(SbiError::InvalidParam);
+    }
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if s.flags & flags::SPAWN_TRUSTED != 0 {
+        return Err(SbiError::InvalidParam);
+    }
+    let list = Gpa::new(s.devices_gpa);
+    if !list.is_aligned(8) {
+        return Err(SbiError::InvalidAddress);
+    }
+    check_buffer(host, caller, list, (count * DeviceSpec::SIZE) as u64)?;
+    let mut defs = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = Gpa::new(s.devices_gpa + (i * DeviceSpec::SIZE) as u64);
+        let raw = read_struct_bytes::<{ DeviceSpec::SIZE }>(host, caller, at)?;
+        let spec = DeviceSpec::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
+        let (mut def, config_len) = DeviceDef::check(&spec)?;
+        if config_len > 0 {
+            let config_gpa = Gpa::new(spec.config_gpa);
+            check_buffer(host, caller, config_gpa, config_len as u64)?;
+            def.config = vec![0u8; config_len];
+            host.read_guest(caller, config_gpa, &mut def.config)?;
+        }
+        defs.push(def);
+    }
+    Ok(defs)
+}
+
+/// DEVICE_STATE: the child (a direct one), the device (`InvalidParam`), the output
+/// (aligned and its answer's length in the caller's RAM, `InvalidAddress`; `size` at
+/// least that length, `InvalidParam`), then the state, taken. Returns the bytes
+/// written.
+#[allow(clippy::too_many_arguments)]
+fn device_state(
+    tree: &VmTree,
+    caller: VmId,
+    cid: u64,
+    device: u64,
+    out: Gpa,
+    size: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let child = tree.resolve_child(caller, cid)?;
+    let need = host.device_state_size(child, device)?;
+    if !out.is_aligned(8) {
+        return Err(SbiError::InvalidAddress);
+    }
+    check_buffer(host, caller, out, need as u64)?;
+    if size < need as u64 {
+        return Err(SbiError::InvalidParam);
+    }
+    let (state, queues) = host.take_device_state(child, device)?;
+    let mut bytes = Vec::with_capacity(need);
+    bytes.extend_from_slice(&state.to_le_bytes());
+    for q in &queues {
+        bytes.extend_from_slice(&q.to_le_bytes());
+    }
+    host.write_guest(caller, out, &bytes)?;
+    Ok(bytes.len() as u64)
 }
 
 /// EXEC: checks as SPAWN's (flags ⊆ `SPAWN_PAGE_LIST`, `cid` 0, no device tree, an
@@ -553,10 +695,10 @@ fn exec(
     gpa: Gpa,
     host: &mut dyn ExtensionHost,
 ) -> Result<u64, SbiError> {
-    let raw = read_struct_bytes::<{ SpawnArgs::SIZE }>(host, caller, gpa)?;
-    let s = SpawnArgs::from_le_bytes(&raw).ok_or(SbiError::InvalidParam)?;
-    if (s.size as usize) < SpawnArgs::SIZE
-        || s.flags & !flags::SPAWN_PAGE_LIST != 0
+    let s = read_spawn_args(host, caller, gpa)?;
+    if s.flags & !flags::SPAWN_PAGE_LIST != 0
+        || s.device_count != 0
+        || s.reserved != 0
         || s.cid != 0
         || s.dtb_size != 0
         || s.image_size > limits::EXEC_MAX_IMAGE

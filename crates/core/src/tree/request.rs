@@ -185,6 +185,26 @@ pub enum Request {
         /// Into the child (WRITE) rather than out of it (READ).
         to_child: bool,
     },
+    /// DEVICE_STATE: one of a child's virtio devices, its pending bits taken.
+    DeviceState {
+        /// The child.
+        cid: u64,
+        /// The device's index (its order in SPAWN's list).
+        device: u64,
+        /// Where the answer goes.
+        out: Gpa,
+        /// Room there, in bytes.
+        size: u64,
+    },
+    /// DEVICE_RAISE: interrupts of one of a child's virtio devices.
+    DeviceRaise {
+        /// The child.
+        cid: u64,
+        /// The device's index.
+        device: u64,
+        /// `RAISE_*` bits.
+        what: u64,
+    },
     /// RELEASE_DEVICE (trusted callers).
     ReleaseDevice {
         /// How `which` names the device (`DEVICE_BY_*`).
@@ -274,6 +294,17 @@ impl Request {
                 own_gpa: gpa(a2),
                 len: a3,
                 to_child: fid == ext::FID_CHILD_MEM_WRITE,
+            },
+            ext::FID_DEVICE_STATE => Self::DeviceState {
+                cid: a0,
+                device: a1,
+                out: gpa(a2),
+                size: a3,
+            },
+            ext::FID_DEVICE_RAISE => Self::DeviceRaise {
+                cid: a0,
+                device: a1,
+                what: a2,
             },
             _ => return Err(SbiError::NotSupported),
         })

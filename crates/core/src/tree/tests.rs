@@ -562,6 +562,8 @@ struct FakeHost {
     no_snapshot: Vec<VmId>,
     /// A host that cannot FORK (the PMP fallback).
     no_fork: bool,
+    /// Each spawned VM's virtio devices.
+    devices: BTreeMap<VmId, crate::childdev::ChildDevices>,
 }
 
 impl FakeHost {
@@ -642,10 +644,40 @@ impl ExtensionHost for FakeHost {
         self.log.push("fork".into());
         Ok(())
     }
-    fn spawn_vm(&mut self, _p: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+    fn spawn_vm(
+        &mut self,
+        _p: VmId,
+        child: VmId,
+        args: &SpawnArgs,
+        devices: &[crate::childdev::DeviceDef],
+    ) -> Result<(), SbiError> {
         self.fail()?;
         self.give_ram(child, args.ram_pages);
+        self.devices
+            .insert(child, crate::childdev::ChildDevices::new(devices)?);
         self.log.push("spawn".into());
+        Ok(())
+    }
+    fn device_state_size(&self, vm: VmId, device: u64) -> Result<usize, SbiError> {
+        self.devices
+            .get(&vm)
+            .and_then(|d| d.state_size_of(usize::try_from(device).ok()?))
+            .ok_or(SbiError::InvalidParam)
+    }
+    fn take_device_state(
+        &mut self,
+        vm: VmId,
+        device: u64,
+    ) -> Result<(diosix_abi::DeviceState, Vec<diosix_abi::QueueState>), SbiError> {
+        let d = self.devices.get_mut(&vm).ok_or(SbiError::InvalidParam)?;
+        d.take_state(usize::try_from(device).map_err(|_| SbiError::InvalidParam)?)
+    }
+    fn raise_device(&mut self, vm: VmId, device: u64, what: u64) -> Result<(), SbiError> {
+        let d = self.devices.get_mut(&vm).ok_or(SbiError::InvalidParam)?;
+        d.raise(
+            usize::try_from(device).map_err(|_| SbiError::InvalidParam)?,
+            what,
+        )?;
         Ok(())
     }
     fn start_vm(&mut self, vm: VmId, entry: Gpa, _dtb: Gpa) -> Result<(), SbiError> {
@@ -789,6 +821,7 @@ impl World {
             quota_max_priority: 0,
             quota_max_depth: 0,
             quota_max_descendants: 0,
+            ..SpawnArgs::default()
         }
     }
     fn spawn(&mut self, by: VmId, s: &SpawnArgs) -> SbiRet {
@@ -1388,6 +1421,157 @@ fn child_mem_copies_only_between_a_parent_and_its_child() {
     // A refusal copied nothing.
     assert_eq!(w.h.get(root, 0x5000, 9), b"used ring");
     assert_eq!(w.h.get(c, 0x1800, 9), b"virtqueue");
+}
+
+#[test]
+fn spawn_with_devices_checks_every_spec_and_serves_device_calls() {
+    use diosix_abi::{devices as dev, DeviceSpec, DeviceState};
+    const STATE: usize = ext::FID_DEVICE_STATE;
+    const RAISE: usize = ext::FID_DEVICE_RAISE;
+    let mut w = World::new();
+    let root = w.root;
+    let rng = DeviceSpec {
+        size: DeviceSpec::SIZE as u32,
+        device_id: 4,
+        features: 0,
+        queue_count: 1,
+        queue_max: 64,
+        config_gpa: 0x6000,
+        config_len: 0,
+        reserved: 0,
+    };
+    let blk = DeviceSpec {
+        device_id: 2,
+        config_len: 8,
+        ..rng
+    };
+    w.h.put(root, 0x6000, &[0x10, 0, 0, 0, 0, 0, 0, 0]);
+    let put_specs = |w: &mut World, specs: &[DeviceSpec]| {
+        for (i, d) in specs.iter().enumerate() {
+            w.h.put(
+                root,
+                0x7000 + (i * DeviceSpec::SIZE) as u64,
+                &d.to_le_bytes(),
+            );
+        }
+    };
+    let mut s = w.spawn_args();
+    s.devices_gpa = 0x7000;
+    s.device_count = 2;
+    // Refusals, in the documented order; none creates a child.
+    let refused = |w: &mut World, s: &SpawnArgs, specs: &[DeviceSpec], code: isize| {
+        put_specs(w, specs);
+        assert_eq!(w.spawn(root, s).error, code, "{s:?} {specs:?}");
+    };
+    refused(
+        &mut w,
+        &SpawnArgs {
+            device_count: 9,
+            ..s
+        },
+        &[rng, blk],
+        E_INVALID_PARAM,
+    );
+    refused(
+        &mut w,
+        &SpawnArgs { reserved: 1, ..s },
+        &[rng, blk],
+        E_INVALID_PARAM,
+    );
+    let trusted = SpawnArgs {
+        flags: flags::SPAWN_TRUSTED,
+        ..s
+    };
+    refused(&mut w, &trusted, &[rng, blk], E_INVALID_PARAM);
+    refused(
+        &mut w,
+        &SpawnArgs {
+            devices_gpa: 0x7004,
+            ..s
+        },
+        &[rng, blk],
+        E_INVALID_ADDRESS,
+    );
+    let past_ram = SpawnArgs {
+        devices_gpa: 64 * 4096 - 40,
+        ..s
+    };
+    refused(&mut w, &past_ram, &[rng, blk], E_INVALID_ADDRESS);
+    refused(
+        &mut w,
+        &s,
+        &[
+            rng,
+            DeviceSpec {
+                queue_max: 3,
+                ..blk
+            },
+        ],
+        E_INVALID_PARAM,
+    );
+    let far_config = DeviceSpec {
+        config_gpa: u64::MAX - 3,
+        ..blk
+    };
+    refused(&mut w, &s, &[rng, far_config], E_INVALID_ADDRESS);
+    assert!(w.t.child_cids(root).unwrap().is_empty());
+    // A caller that knows only the 1.0 structure (88 bytes) gets no devices, whatever
+    // follows it in memory.
+    let old = SpawnArgs {
+        size: SpawnArgs::MIN_SIZE as u32,
+        ..s
+    };
+    put_specs(&mut w, &[rng, blk]);
+    assert_eq!(w.spawn(root, &old), SbiRet::ok(2));
+    assert_eq!(w.err(root, STATE, &[2, 0, 0x5000, 512]), E_INVALID_PARAM);
+    assert_eq!(
+        w.spawn(root, &SpawnArgs { size: 87, ..s }).error,
+        E_INVALID_PARAM
+    );
+    // Two devices.
+    assert_eq!(w.spawn(root, &s), SbiRet::ok(3));
+    let need = DeviceState::SIZE + 32;
+    assert_eq!(w.ok(root, STATE, &[3, 1, 0x5000, need]), need);
+    let st = DeviceState::from_le_bytes(&w.h.get(root, 0x5000, need)).unwrap();
+    assert_eq!((st.size as usize, st.status, st.queue_count), (need, 0, 1));
+    assert_eq!(st.device_features & (1 << 32), 1 << 32);
+    // Checks: a direct child, a device it has, an aligned output in RAM, room.
+    assert_eq!(w.err(root, STATE, &[9, 0, 0x5000, need]), E_INVALID_PARAM);
+    assert_eq!(w.err(root, STATE, &[3, 2, 0x5000, need]), E_INVALID_PARAM);
+    assert_eq!(
+        w.err(root, STATE, &[3, usize::MAX, 0x5000, need]),
+        E_INVALID_PARAM
+    );
+    assert_eq!(w.err(root, STATE, &[3, 0, 0x5004, need]), E_INVALID_ADDRESS);
+    assert_eq!(
+        w.err(root, STATE, &[3, 0, 64 * 4096 - 8, need]),
+        E_INVALID_ADDRESS
+    );
+    assert_eq!(
+        w.err(root, STATE, &[3, 0, 0x5000, need - 1]),
+        E_INVALID_PARAM
+    );
+    let c = w.child(root, 3);
+    assert_eq!(w.err(c, STATE, &[0, 0, 0x5000, need]), E_DENIED);
+    // DEVICE_RAISE: defined bits only; a device not live drops a used-buffer interrupt.
+    assert_eq!(w.err(root, RAISE, &[3, 0, 0]), E_INVALID_PARAM);
+    assert_eq!(w.err(root, RAISE, &[3, 0, 8]), E_INVALID_PARAM);
+    assert_eq!(w.err(root, RAISE, &[3, 5, 1]), E_INVALID_PARAM);
+    assert_eq!(
+        w.ok(root, RAISE, &[3, 0, dev::RAISE_USED_BUFFER as usize]),
+        0
+    );
+    assert_eq!(
+        w.ok(root, RAISE, &[3, 0, dev::RAISE_NEEDS_RESET as usize]),
+        0
+    );
+    w.ok(root, STATE, &[3, 0, 0x5000, need]);
+    let st = DeviceState::from_le_bytes(&w.h.get(root, 0x5000, need)).unwrap();
+    assert_eq!((st.status, st.interrupt_status), (0x40, 0));
+    // EXEC takes no devices.
+    let e = SpawnArgs { cid: 0, ..s };
+    w.h.put(c, 0x8000, &e.to_le_bytes());
+    assert_eq!(w.call(c, ext::FID_EXEC, &[0x8000]).error, E_INVALID_PARAM);
 }
 
 #[test]
