@@ -59,6 +59,9 @@ pub struct VmSpec<'a> {
     /// RAM at GPA = HPA, pinned (for devices that master the bus); the kernel must be
     /// a Linux `Image`, which runs wherever it is put.
     pub pinned: bool,
+    /// Virtio devices its parent serves it: a virtual PLIC for their interrupts and a
+    /// `virtio,mmio` node for each in its device tree.
+    pub virtio: Option<Arc<crate::virtio::ChildVirtio>>,
 }
 
 /// A VM just built, with its vCPUs ready to queue.
@@ -164,11 +167,16 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             }
         };
     // A virtual PLIC for the devices' interrupts, one context per vCPU.
-    let wants_plic = !spec.devices.is_empty() || (spec.virtual_plic && host.plic_ndev.is_some());
+    let virtio_count = spec.virtio.as_ref().map_or(0, |v| v.count);
+    let wants_plic = !spec.devices.is_empty()
+        || virtio_count > 0
+        || (spec.virtual_plic && host.plic_ndev.is_some());
     let plic = if !wants_plic {
         None
     } else {
-        let sources = crate::vplic::sources_for(host.plic_ndev);
+        // Room for the virtio sources even on a host with a small PLIC (or none).
+        let below_events = host.plic_ndev.unwrap_or(0).max(virtio_count as u32);
+        let sources = crate::vplic::sources_for(Some(below_events));
         match diosix_core::vplic::VirtualPlic::new(sources, vcpus as u32) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -187,7 +195,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
                 .collect()
         })
         .collect();
-    let guest_devices: Vec<guestfdt::GuestDevice<'_>> = spec
+    let mut guest_devices: Vec<guestfdt::GuestDevice<'_>> = spec
         .devices
         .iter()
         .zip(&device_regs)
@@ -198,6 +206,8 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             props: &d.props,
         })
         .collect();
+    let virtio_nodes = crate::virtio::fdt_nodes(virtio_count);
+    guest_devices.extend(virtio_nodes.iter().map(|n| n.as_guest_device()));
     let generated;
     let dtb: Bytes<'_> = match &spec.dtb {
         Some(d) => d.clone(),
@@ -327,6 +337,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
         plic: plic.map(Mutex::new),
         detached: Vec::new(),
         detached_logged: AtomicBool::new(false),
+        virtio: spec.virtio.clone(),
         fw_events: AtomicBool::new(false),
     });
     log::info!(

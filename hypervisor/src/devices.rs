@@ -466,6 +466,7 @@ pub fn emulate_plic_access(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) ->
         .as_ref()
         .map_or(u32::MAX, |v| v.shared.index as u32);
     let mut enables_changed = false;
+    let mut completed = None;
     crate::mmio::complete(hart, &vm, store_fault, |access, stored| {
         let mut p = plic.lock();
         let width = u32::from(access.width);
@@ -475,6 +476,7 @@ pub fn emulate_plic_access(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) ->
                 match p.write(offset, width, value as u32)? {
                     Some(source) => {
                         complete(&vm, source);
+                        completed = Some(source);
                         0
                     }
                     None => 0,
@@ -487,6 +489,11 @@ pub fn emulate_plic_access(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) ->
     });
     if enables_changed {
         retarget(&vm, context, slot);
+    }
+    if let Some(source) = completed {
+        // A virtio device whose line is still up interrupts again (its own lock
+        // comes before the PLIC's, so only now).
+        crate::virtio::completed(&vm, source, slot);
     }
     if let Some(v) = hart.current.as_ref() {
         v.sync_ext_line_live();

@@ -34,6 +34,7 @@ mod trap;
 mod triggers;
 mod vcpu;
 mod vcpu_shared;
+mod virtio;
 mod vm;
 mod vmtree;
 mod vplic;

@@ -238,6 +238,7 @@ fn guest_fault(hart: &mut HartLocal, cause: usize) {
     };
     if (cause == load_fault || cause == store_fault)
         && (crate::devices::emulate_plic_access(hart, gpa, cause == store_fault)
+            || crate::virtio::emulate(hart, gpa, cause == store_fault)
             || crate::mmio::detached(hart, gpa, cause == store_fault))
     {
         return;

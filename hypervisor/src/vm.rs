@@ -67,6 +67,9 @@ pub struct Vm {
     pub detached: Vec<Range<Gpa>>,
     /// Whether touching `detached` has been logged (once per VM).
     pub detached_logged: AtomicBool,
+    /// The virtio devices its parent serves it, if any (behind windows at
+    /// `diosix_abi::devices::MMIO_BASE`).
+    pub virtio: Option<Arc<crate::virtio::ChildVirtio>>,
     /// Whether firmware events (SBI PMU) are counted for this VM's vCPUs: set when
     /// one of them first starts or reads a firmware counter, so VMs that never do
     /// pay nothing for them on their IPIs, fences and timers.
@@ -272,6 +275,8 @@ pub fn adopt(
         plic: plic.map(Mutex::new),
         detached,
         detached_logged: AtomicBool::new(false),
+        // A device is its parent's promise to one child: a clone has none.
+        virtio: None,
         // A FORK clone may have inherited running firmware counters.
         fw_events: AtomicBool::new(true),
     }))

@@ -13,7 +13,10 @@ use crate::img::{self, Program, Rng};
 use crate::sys::{self, error, flags, Client, Region, SbiRet, DSX, MAXV};
 use crate::{kids, team};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use diosix_abi::{ext, limits, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs, VmInfo};
+use diosix_abi::{
+    ext, limits, DeviceSpec, DeviceState, HvInfo, IpcRecvArgs, IpcSendArgs, QueueState, QuotaArgs,
+    SpawnArgs, VmInfo,
+};
 use diosix_guest_rt::sbi::eid;
 
 /// Bad returns seen per vCPU, and the first few of them.
@@ -257,6 +260,13 @@ impl Fz {
                 ext::FID_CHILD_MEM_READ | ext::FID_CHILD_MEM_WRITE => {
                     r.value == a[3] && a[3] <= limits::CHILD_MEM_MAX
                 }
+                ext::FID_DEVICE_STATE => {
+                    r.value
+                        .checked_sub(DeviceState::SIZE)
+                        .is_some_and(|q| q.is_multiple_of(QueueState::SIZE))
+                        && r.value <= a[3]
+                        && r.value <= DeviceState::SIZE + 8 * QueueState::SIZE
+                }
                 ext::FID_RESERVED_11 | ext::FID_RESERVED_12 => false,
                 f if f >= ext::FID_COUNT => false,
                 _ => true,
@@ -345,7 +355,7 @@ fn body(idx: usize, _n: usize) {
 }
 
 fn diosix_one(f: &mut Fz) {
-    let fid = match f.rng.below(42) {
+    let fid = match f.rng.below(45) {
         0 => ext::FID_EXIT,
         1 => ext::FID_YIELD,
         2..=3 => ext::FID_FORK,
@@ -377,6 +387,8 @@ fn diosix_one(f: &mut Fz) {
         38 => ext::FID_RELEASE_DEVICE,
         39 => ext::FID_CHILD_MEM_READ,
         40 => ext::FID_CHILD_MEM_WRITE,
+        41..=42 => ext::FID_DEVICE_STATE,
+        43 => ext::FID_DEVICE_RAISE,
         _ => ext::FID_GET_CHILD_INFO,
     };
     let r = &mut f.rng;
@@ -532,6 +544,22 @@ fn diosix_one(f: &mut Fz) {
             };
             f.dsx(fid, [c, child_gpa, own, len as usize, 0, 0]);
         }
+        ext::FID_DEVICE_STATE => {
+            let c = f.cid() as usize;
+            let r = &mut f.rng;
+            let device = r.pick(&[0, 0, 1, 7, 8, usize::MAX]);
+            let size = r.pick(&[80, 112, 304, 79, 0, usize::MAX]);
+            // Written into this VM: within an arena's margin.
+            let out = f.out_addr();
+            f.dsx(fid, [c, device, out, size, 0, 0]);
+        }
+        ext::FID_DEVICE_RAISE => {
+            let c = f.cid() as usize;
+            let r = &mut f.rng;
+            let device = r.pick(&[0, 0, 1, 7, 8, usize::MAX]);
+            let what = r.pick(&[1, 1, 2, 4, 7, 0, 8, usize::MAX]);
+            f.dsx(fid, [c, device, what, 0, 0, 0]);
+        }
         ext::FID_GET_CHILD_INFO => {
             let c = f.cid() as usize;
             let a = f.out_addr();
@@ -673,7 +701,7 @@ fn spawn_one(f: &mut Fz, fid: usize) {
     };
     let high_prio = kids::prio();
     let mut a = SpawnArgs {
-        size: rng.pick(&[88, 88, 88, 87, 0, 96, 4096]),
+        size: rng.pick(&[104, 104, 88, 87, 0, 96, 4096]),
         flags: rng.pick(&[
             0,
             0,
@@ -708,6 +736,7 @@ fn spawn_one(f: &mut Fz, fid: usize) {
         quota_max_priority: rng.pick(&[0, 0, 1, 255, 256]),
         quota_max_depth: rng.pick(&[0, 0, 0, 1, 64, 65]),
         quota_max_descendants: rng.pick(&[0, 0, 0, 1, 64, 65537]),
+        ..SpawnArgs::default()
     };
     if rng.one_in(6) {
         a.cid = f.cid();
@@ -736,6 +765,36 @@ fn spawn_one(f: &mut Fz, fid: usize) {
         a.image_gpa = (l.addr() + if f.rng.one_in(10) { 4 } else { 0 }) as u64;
     }
     let s = sys::st();
+    if f.rng.one_in(3) {
+        // Virtio devices for the child: specs at 512 in the structure buffer, each
+        // possibly wrong, their configuration in the data buffer or anywhere.
+        let r = &mut f.rng;
+        a.device_count = r.pick(&[1, 1, 2, 8, 9, 0, u32::MAX]);
+        a.reserved = r.pick(&[0, 0, 0, 0, 1]);
+        a.devices_gpa = (s.addr() + 512 + if r.one_in(12) { 4 } else { 0 }) as u64;
+        for i in 0..8 {
+            let r = &mut f.rng;
+            let d = DeviceSpec {
+                size: r.pick(&[40, 40, 40, 39, 0, 4096]),
+                device_id: r.pick(&[4, 2, 1, 0, u32::MAX]),
+                features: r.next(),
+                queue_count: r.pick(&[1, 1, 2, 8, 0, 9, u32::MAX]),
+                queue_max: r.pick(&[64, 256, 1024, 0, 3, 2048, u32::MAX]),
+                config_gpa: 0,
+                config_len: r.pick(&[0, 0, 8, 256, 257, u32::MAX]),
+                reserved: r.pick(&[0, 0, 0, 0, 1]),
+            };
+            let config_gpa = if f.rng.one_in(5) {
+                f.edge_addr()
+            } else {
+                sys::data().addr()
+            } as u64;
+            s.write(
+                512 + i * DeviceSpec::SIZE,
+                &DeviceSpec { config_gpa, ..d }.to_le_bytes(),
+            );
+        }
+    }
     s.write(0, &a.to_le_bytes());
     f.dsx(fid, [s.addr(), 0, 0, 0, 0, 0]);
 }

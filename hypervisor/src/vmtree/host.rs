@@ -8,8 +8,9 @@ use crate::vm::{self, Vm};
 use alloc::format;
 use alloc::sync::Arc;
 use core::sync::atomic::Ordering;
-use diosix_abi::{features, flags, SpawnArgs};
+use diosix_abi::{features, flags, DeviceState, QueueState, SpawnArgs};
 use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
+use diosix_core::childdev::DeviceDef;
 use diosix_core::devices::DeviceRef;
 use diosix_core::gstage::Perms;
 use diosix_core::tree::dispatch::{ExtensionHost, VmLayout};
@@ -212,17 +213,49 @@ impl ExtensionHost for HvHost<'_> {
         Ok(())
     }
 
-    fn spawn_vm(&mut self, parent: VmId, child: VmId, args: &SpawnArgs) -> Result<(), SbiError> {
+    fn spawn_vm(
+        &mut self,
+        parent: VmId,
+        child: VmId,
+        args: &SpawnArgs,
+        devices: &[DeviceDef],
+    ) -> Result<(), SbiError> {
         let parent = lookup(parent).ok_or(SbiError::Failed)?;
+        // The devices exist from now on (the parent may ask for their state while the
+        // child is built); they go when the child does (`release_vm`).
+        let virtio = crate::virtio::register(child, &parent, devices)?;
         // Built once the tree is unlocked (see `PendingBuild::run`).
         self.build = Some(alloc::boxed::Box::new(PendingBuild::new(
             child,
             Source::Spawn {
                 parent,
                 args: *args,
+                virtio,
             },
         )));
         Ok(())
+    }
+
+    fn device_state_size(&self, vm: VmId, device: u64) -> Result<usize, SbiError> {
+        let set = crate::virtio::of(vm).ok_or(SbiError::InvalidParam)?;
+        let index = usize::try_from(device).map_err(|_| SbiError::InvalidParam)?;
+        let size = set.devices.lock().state_size_of(index);
+        size.ok_or(SbiError::InvalidParam)
+    }
+
+    fn take_device_state(
+        &mut self,
+        vm: VmId,
+        device: u64,
+    ) -> Result<(DeviceState, alloc::vec::Vec<QueueState>), SbiError> {
+        let set = crate::virtio::of(vm).ok_or(SbiError::InvalidParam)?;
+        let index = usize::try_from(device).map_err(|_| SbiError::InvalidParam)?;
+        let state = set.devices.lock().take_state(index);
+        state
+    }
+
+    fn raise_device(&mut self, vm: VmId, device: u64, what: u64) -> Result<(), SbiError> {
+        crate::virtio::raise(vm, lookup(vm).as_deref(), device, what)
     }
 
     fn start_vm(&mut self, vm: VmId, entry: Gpa, dtb: Gpa) -> Result<(), SbiError> {
@@ -294,8 +327,9 @@ impl ExtensionHost for HvHost<'_> {
                 log::info!("VM {} rebooted", vm.name);
                 register(vm);
             }
-            // An image is built again once the tree is unlocked.
+            // An image is built again once the tree is unlocked, its devices reset.
             Some(Origin::Image(o)) => {
+                crate::virtio::reset(id);
                 self.build = Some(alloc::boxed::Box::new(PendingBuild::new(
                     id,
                     Source::Rebuild(o),
@@ -362,7 +396,10 @@ impl ExtensionHost for HvHost<'_> {
             priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
             start: true,
             virtual_plic: trusted,
+            // Its parent's devices stay its own, reset as on REBOOT.
+            virtio: old.virtio.clone(),
         };
+        crate::virtio::reset(id);
         self.build = Some(alloc::boxed::Box::new(PendingBuild::new(
             id,
             Source::Rebuild(origin),
@@ -371,8 +408,10 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn release_vm(&mut self, killed: &KilledVm) {
-        // Its kept image goes whether or not the VM was ever built.
+        // Its kept image and its virtio devices go whether or not the VM was ever
+        // built.
         ORIGINS.lock().remove(&killed.id);
+        crate::virtio::forget(killed.id);
         abandon_build(killed.id, self.hart.slot);
         let vm = VMS.lock().remove(&killed.id);
         let Some(vm) = vm else {

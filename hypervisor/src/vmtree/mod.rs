@@ -393,6 +393,7 @@ pub fn create_root_vm(host: &HostPlatform) -> Result<(), alloc::string::String> 
             devices: &devices,
             virtual_plic: false,
             pinned,
+            virtio: None,
         },
     )
     .map_err(|e| format!("Root VM: {e}"))?;

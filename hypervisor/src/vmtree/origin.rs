@@ -95,6 +95,8 @@ pub(super) struct ImageOrigin {
     /// Built with a virtual PLIC: it was trusted when spawned or EXEC'd, so it may
     /// take host devices and route their interrupts to itself.
     pub(super) virtual_plic: bool,
+    /// The virtio devices its parent serves it (kept across REBOOT and EXEC).
+    pub(super) virtio: Option<Arc<crate::virtio::ChildVirtio>>,
 }
 
 impl ImageOrigin {
@@ -162,6 +164,7 @@ impl ImageOrigin {
                 devices: &[],
                 virtual_plic: self.virtual_plic,
                 pinned: false,
+                virtio: self.virtio.clone(),
             },
         )
     }
@@ -173,6 +176,7 @@ impl ImageOrigin {
         parent: &Vm,
         id: VmId,
         args: &SpawnArgs,
+        virtio: Option<Arc<crate::virtio::ChildVirtio>>,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Self, SbiError> {
         let image = ImageStore::new(args.image_size, cancelled).map_err(no_room)?;
@@ -227,6 +231,7 @@ impl ImageOrigin {
             priority: u8::try_from(args.priority).unwrap_or(u8::MAX),
             start: args.flags & flags::SPAWN_PAUSED == 0,
             virtual_plic: args.flags & flags::SPAWN_TRUSTED != 0,
+            virtio,
         })
     }
 }

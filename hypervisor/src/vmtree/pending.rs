@@ -25,7 +25,11 @@ pub(super) static BUILDING: Mutex<BTreeMap<VmId, Arc<AtomicBool>>> = Mutex::new(
 /// What a build starts from.
 pub(super) enum Source {
     /// SPAWN: the image is still in the parent's memory.
-    Spawn { parent: Arc<Vm>, args: SpawnArgs },
+    Spawn {
+        parent: Arc<Vm>,
+        args: SpawnArgs,
+        virtio: Option<Arc<crate::virtio::ChildVirtio>>,
+    },
     /// REBOOT (by the parent or the VM's own SRST reboot) of a spawned VM: the image
     /// kept at SPAWN.
     Rebuild(ImageOrigin),
@@ -60,13 +64,15 @@ impl PendingBuild {
         let id = self.id;
         let spawning = matches!(self.source, Source::Spawn { .. });
         let built = match self.source {
-            Source::Spawn { parent, args } => {
-                ImageOrigin::from_guest(&parent, id, &args, &cancelled).and_then(|o| {
-                    o.build(id, &cancelled)
-                        .map(|b| (b, o))
-                        .map_err(|e| build_error("SPAWN", &e))
-                })
-            }
+            Source::Spawn {
+                parent,
+                args,
+                virtio,
+            } => ImageOrigin::from_guest(&parent, id, &args, virtio, &cancelled).and_then(|o| {
+                o.build(id, &cancelled)
+                    .map(|b| (b, o))
+                    .map_err(|e| build_error("SPAWN", &e))
+            }),
             Source::Rebuild(o) => o
                 .build(id, &cancelled)
                 .map(|b| (b, o))

@@ -27,12 +27,19 @@ pub struct Quota {
 
 /// Hypervisor heap one VM's tree state can take at most, from the ABI's limits: its
 /// console output ring and input buffer, the IPC lanes at both ends of its edge to its
-/// parent full of maximal messages (with per-message overhead), its event queue, and its
-/// node (names, maps). Every VM but the Root VM has exactly one such edge.
+/// parent full of maximal messages (with per-message overhead), its event queue, its
+/// node (names, maps), and the most virtio devices its parent may give it (their
+/// transports, their definitions while it is built, and the virtual PLIC they need).
+/// Every VM but the Root VM has exactly one such edge.
 pub const HEAP_BYTES_PER_VM: u64 = (limits::CONSOLE_OUT_RING
     + limits::CONSOLE_IN_BUFFER
     + 2 * limits::IPC_QUEUE_DEPTH * (limits::IPC_MAX_MESSAGE + 64)
     + limits::EVENT_QUEUE_DEPTH * 64
+    + 4096
+    + diosix_abi::devices::MAX_DEVICES
+        * (core::mem::size_of::<crate::virtio_mmio::Transport>()
+            + diosix_abi::devices::MAX_CONFIG
+            + 64)
     + 4096) as u64;
 
 /// The Root VM's vCPU and descendant quotas a hypervisor heap of `heap_bytes` can back,
@@ -177,10 +184,13 @@ mod tests {
 
     #[test]
     fn heap_bounds_the_root_quota() {
-        // About 152 KiB of tree state per VM at the current limits.
+        // About 152 KiB of tree state per VM at the current limits, and up to 8
+        // virtio transports (under 1 KiB each, their definitions, a virtual PLIC).
+        let transport = core::mem::size_of::<crate::virtio_mmio::Transport>();
+        assert!(transport < 1024, "{transport}");
         assert_eq!(
-            HEAP_BYTES_PER_VM,
-            16384 + 4096 + 2 * 16 * 4160 + 64 * 64 + 4096
+            HEAP_BYTES_PER_VM as usize,
+            16384 + 4096 + 2 * 16 * 4160 + 64 * 64 + 4096 + 8 * (transport + 256 + 64) + 4096
         );
         // 32 MiB with 8 MiB fixed: 6 MiB for 2 KiB vCPUs, 18 MiB for VMs.
         let (vcpus, vms) = heap_bounded(32 << 20, 8 << 20, 2048);
