@@ -18,7 +18,10 @@
 
 use crate::mem::{Pages, Region};
 use crate::sbi::{self, SbiRet};
-use diosix_abi::{cid, ext, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs, VmInfo};
+use diosix_abi::{
+    cid, ext, DeviceSpec, DeviceState, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QueueState,
+    QuotaArgs, SpawnArgs, VmInfo,
+};
 
 /// Raw call of function `fid` with a0..a5 = `args`.
 ///
@@ -223,6 +226,33 @@ pub unsafe trait Client {
         )
     }
 
+    /// DEVICE_STATE of `child`'s device `device`, answered in the data buffer: the
+    /// state and the number of bytes written (its queue states follow it there, 32
+    /// bytes each, from offset [`DeviceState::SIZE`]).
+    fn device_state(&self, child: u64, device: usize) -> Result<(DeviceState, usize), isize> {
+        let d = self.data();
+        d.fill(0, 512, 0xA5);
+        let r = self.call(
+            ext::FID_DEVICE_STATE,
+            [child as usize, device, d.addr(), 512, 0, 0],
+        );
+        r.is_ok().then(|| (get(d), r.value)).ok_or(r.error)
+    }
+
+    /// Queue `q` of the last [`Client::device_state`] answer.
+    fn queue_state(&self, q: usize) -> QueueState {
+        let at = DeviceState::SIZE + q * QueueState::SIZE;
+        get(self.data().sub(at, QueueState::SIZE))
+    }
+
+    /// DEVICE_RAISE `what` (`RAISE_*` bits) on `child`'s device `device`.
+    fn device_raise(&self, child: u64, device: usize, what: u64) -> SbiRet {
+        self.call(
+            ext::FID_DEVICE_RAISE,
+            [child as usize, device, what as usize, 0, 0, 0],
+        )
+    }
+
     /// MAP_CHILD_MEM: `size` bytes of the caller's memory at `gpa` appear in `child`
     /// at `child_gpa` with permissions `perms` ([`diosix_abi::flags::MAP_READ`] ...).
     fn map_child_mem(
@@ -357,6 +387,12 @@ unsafe impl Abi for IpcRecvArgs {}
 unsafe impl Abi for Event {}
 // SAFETY: as above.
 unsafe impl Abi for HvInfo {}
+// SAFETY: as above.
+unsafe impl Abi for DeviceState {}
+// SAFETY: as above.
+unsafe impl Abi for QueueState {}
+// SAFETY: as above.
+unsafe impl Abi for DeviceSpec {}
 
 const _: () = assert!(
     cfg!(target_endian = "little"),

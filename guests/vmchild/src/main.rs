@@ -21,6 +21,11 @@
 //! * `droptrust`: DROP_TRUST, answer `droptrust <code>`;
 //! * `fork`: FORK; the clone prints `vmchild: forked grandchild alive` and exits with
 //!   code 9; answer `fork ok cid=<c> code=<code>` or `fork err <error>`;
+//! * `vup`, `vused`, `vstatus`, `vreset`: drive virtio device 0 (the parent gave it
+//!   one, served by the parent itself) as a driver would: bring it up with one queue
+//!   and one device-writable buffer, ring the doorbell 10000 times; check what the
+//!   parent put in the used ring, the interrupt and its acknowledgement; report the
+//!   status; reset the device (see [`virtio`]);
 //! * console input lines (CONSOLE_WRITE by the parent) are printed back as
 //!   `vmchild: console got '<line>'`.
 #![no_std]
@@ -28,6 +33,7 @@
 
 #[path = "../../vmtree/src/dsx.rs"]
 mod dsx;
+mod virtio;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use diosix_abi::ext;
@@ -540,6 +546,7 @@ fn serve() -> ! {
                         reply(from, l.bytes());
                     }
                     "forkbomb" => fork_bomb(from),
+                    "vup" | "vused" | "vstatus" | "vreset" => virtio::command(from, text),
                     _ => {
                         msg[..n].make_ascii_uppercase();
                         reply(from, &msg[..n]);

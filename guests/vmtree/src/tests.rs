@@ -430,6 +430,7 @@ pub fn main(hartid: usize, dtb_addr: usize) {
         trust_checks();
         built_children(&base);
         heap_stress(&base);
+        virtio_checks(&base);
         let r = DSX.call2(ext::FID_LIST_CHILDREN, 0, 0);
         check_ok("no_children_left", r, 0);
         PENDING.with(|p| {
@@ -2574,5 +2575,237 @@ fn page_list_checks() {
         "spawn_page_list_refusal_changes_no_usage",
         usage(&info_or_default()),
         usage(&before),
+    );
+}
+
+/// A child with one virtio device (entropy, one queue of at most 16) served by this VM
+/// itself, through DEVICE_STATE, CHILD_MEM_READ / CHILD_MEM_WRITE and DEVICE_RAISE,
+/// while the child (`vmchild`'s `v*` commands) drives it as a driver would: what each
+/// side sees at every step, the doorbell storm coalesced, the interrupt raised and
+/// acknowledged, NEEDS_RESET, a reset by the driver and by REBOOT (both counted), and
+/// the device gone with the child.
+fn virtio_checks(base: &VmInfo) {
+    use diosix_abi::devices::{PENDING_STATE, RAISE_NEEDS_RESET, RAISE_USED_BUFFER};
+    use diosix_abi::DeviceSpec;
+    let spec = DeviceSpec {
+        size: DeviceSpec::SIZE as u32,
+        device_id: 4,
+        features: 0,
+        queue_count: 1,
+        queue_max: 16,
+        config_gpa: 0,
+        config_len: 0,
+        reserved: 0,
+    };
+    let s = DSX.structs();
+    s.write(1024, &spec.to_le_bytes());
+    let mut a = child_args(CHILD_PAGES);
+    a.devices_gpa = (s.addr() + 1024) as u64;
+    a.device_count = 1;
+    let r = DSX.spawn(&a);
+    if !check_err("virtio_spawn", r, error::SUCCESS) {
+        return;
+    }
+    let c = r.value as u64;
+    reset_log(c);
+    check("virtio_child_hello", wait_console(c, READY, 10_000), true);
+    // Before the driver: reset state, the device's offer, nothing pending.
+    let state = |name: &str| match DSX.device_state(c, 0) {
+        Ok((st, n)) => {
+            check(name, n, 48 + 32);
+            st
+        }
+        Err(e) => {
+            fail(name, Code(e), Code(0));
+            diosix_abi::DeviceState::default()
+        }
+    };
+    let st = state("virtio_state_initial");
+    check(
+        "virtio_state_initial_fields",
+        (
+            st.status,
+            st.pending,
+            st.resets,
+            st.queue_count,
+            st.device_features,
+        ),
+        (0, 0, 0, 1, 1 << 32),
+    );
+    // Refusals.
+    check_err(
+        "virtio_state_no_device_1",
+        DSX.call(
+            ext::FID_DEVICE_STATE,
+            [c as usize, 1, DSX.data().addr(), 512, 0, 0],
+        ),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "virtio_state_self_denied",
+        DSX.call(ext::FID_DEVICE_STATE, [1, 0, DSX.data().addr(), 512, 0, 0]),
+        error::DENIED,
+    );
+    check_err(
+        "virtio_state_short",
+        DSX.call(
+            ext::FID_DEVICE_STATE,
+            [c as usize, 0, DSX.data().addr(), 79, 0, 0],
+        ),
+        error::INVALID_PARAM,
+    );
+    check_err(
+        "virtio_state_outside",
+        DSX.call(ext::FID_DEVICE_STATE, [c as usize, 0, outside(), 512, 0, 0]),
+        error::INVALID_ADDRESS,
+    );
+    check_err(
+        "virtio_raise_bad_bits",
+        DSX.device_raise(c, 0, 8),
+        error::INVALID_PARAM,
+    );
+    // The driver brings it up and rings 10000 times.
+    check_ok("virtio_vup_sent", DSX.ipc_send(c, b"vup"), 0);
+    let up = wait_message(c, 10_000);
+    check(
+        "virtio_child_sees_device",
+        up.as_ref().map(|l| l.as_str()),
+        Some("virtio up 74726976 2 4 35585344 high=1 fok=8 max=16 status=f"),
+    );
+    let st = state("virtio_state_live");
+    let q = DSX.queue_state(0);
+    check(
+        "virtio_state_live_fields",
+        (st.status, st.pending, st.driver_features, q.size, q.ready),
+        (0xf, 1 | PENDING_STATE, 1 << 32, 8, 1),
+    );
+    check(
+        "virtio_doorbells_coalesced",
+        state("virtio_state_again").pending,
+        0,
+    );
+    // Serve the one request: available ring, descriptor, data, used ring.
+    let d = DSX.data();
+    let word = |gpa: u64, len: usize, name: &str| -> u64 {
+        let at = d.addr() + 4096;
+        if check_ok(name, DSX.child_mem_read(c, gpa as usize, at, len), len) {
+            d.u64_at(4096) & (u64::MAX >> (64 - 8 * len))
+        } else {
+            u64::MAX
+        }
+    };
+    let avail_idx = word(q.driver + 2, 2, "virtio_read_avail_idx");
+    let head = word(q.driver + 4, 2, "virtio_read_ring");
+    let buf = word(q.desc + 16 * head, 8, "virtio_read_desc_addr");
+    let len_flags = word(q.desc + 16 * head + 8, 8, "virtio_read_desc_len");
+    check(
+        "virtio_request",
+        (
+            avail_idx,
+            head,
+            len_flags & 0xffff_ffff,
+            (len_flags >> 32) & 0xffff,
+        ),
+        (1, 0, 64, 2),
+    );
+    for i in 0..64 {
+        d.write(4096 + i, &[0x5a ^ i as u8]);
+    }
+    check_ok(
+        "virtio_write_buffer",
+        DSX.child_mem_write(c, buf as usize, d.addr() + 4096, 64),
+        64,
+    );
+    d.put_u64(4096, 64 << 32);
+    check_ok(
+        "virtio_write_used_elem",
+        DSX.child_mem_write(c, q.device as usize + 4, d.addr() + 4096, 8),
+        8,
+    );
+    d.put_u16(4096, 1);
+    check_ok(
+        "virtio_write_used_idx",
+        DSX.child_mem_write(c, q.device as usize + 2, d.addr() + 4096, 2),
+        2,
+    );
+    check_ok(
+        "virtio_raise_used",
+        DSX.device_raise(c, 0, RAISE_USED_BUFFER),
+        0,
+    );
+    check(
+        "virtio_interrupt_status_set",
+        state("virtio_state_raised").interrupt_status,
+        1,
+    );
+    check_ok("virtio_vused_sent", DSX.ipc_send(c, b"vused"), 0);
+    check(
+        "virtio_child_got_buffer_and_interrupt",
+        wait_message(c, 10_000).as_ref().map(|l| l.as_str()),
+        Some("virtio used=1 id=0 len=64 data=ok isr=1 pending=1 after=00"),
+    );
+    check(
+        "virtio_acknowledged",
+        state("virtio_state_acked").interrupt_status,
+        0,
+    );
+    // A broken device: the driver sees DEVICE_NEEDS_RESET and a configuration change.
+    check_ok(
+        "virtio_raise_needs_reset",
+        DSX.device_raise(c, 0, RAISE_NEEDS_RESET),
+        0,
+    );
+    check_ok("virtio_vstatus_sent", DSX.ipc_send(c, b"vstatus"), 0);
+    check(
+        "virtio_child_sees_needs_reset",
+        wait_message(c, 10_000).as_ref().map(|l| l.as_str()),
+        Some("virtio status=4f isr=2 pending=1"),
+    );
+    // The driver resets it: everything back, counted, and the line down.
+    check_ok("virtio_vreset_sent", DSX.ipc_send(c, b"vreset"), 0);
+    check(
+        "virtio_child_reset",
+        wait_message(c, 10_000).as_ref().map(|l| l.as_str()),
+        Some("virtio reset status=0 ready=0 isr=0 pending=0"),
+    );
+    let st = state("virtio_state_reset");
+    check(
+        "virtio_state_reset_fields",
+        (
+            st.status,
+            st.resets,
+            st.pending & PENDING_STATE,
+            DSX.queue_state(0).ready,
+        ),
+        (0, 1, PENDING_STATE, 0),
+    );
+    // REBOOT keeps the device, reset and counted again.
+    check_ok("virtio_reboot", DSX.reboot(c), 0);
+    forget_events(c);
+    reset_log(c);
+    check(
+        "virtio_rebooted_hello",
+        wait_console(c, READY, 10_000),
+        true,
+    );
+    let st = state("virtio_state_rebooted");
+    check(
+        "virtio_state_rebooted_fields",
+        (st.status, st.resets),
+        (0, 2),
+    );
+    kill_child("virtio_kill", c, 3);
+    check_err(
+        "virtio_state_after_kill",
+        DSX.call(
+            ext::FID_DEVICE_STATE,
+            [c as usize, 0, DSX.data().addr(), 512, 0, 0],
+        ),
+        error::INVALID_PARAM,
+    );
+    check(
+        "usage_back_after_virtio",
+        usage(&info_or_default()),
+        usage(base),
     );
 }
