@@ -81,6 +81,17 @@ pub(crate) fn sd(rs2: u32, rs1: u32, imm: i32) -> u32 {
     (((i >> 5) & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (3 << 12) | ((i & 0x1f) << 7) | 0x23
 }
 
+/// `sw rs2, imm(rs1)`.
+pub(crate) fn sw(rs2: u32, rs1: u32, imm: i32) -> u32 {
+    let i = imm as u32;
+    (((i >> 5) & 0x7f) << 25) | (rs2 << 20) | (rs1 << 15) | (2 << 12) | ((i & 0x1f) << 7) | 0x23
+}
+
+/// `lw rd, imm(rs1)`.
+pub(crate) fn lw(rd: u32, rs1: u32, imm: i32) -> u32 {
+    i_type(0x03, 2, rd, rs1, imm)
+}
+
 /// `csrrw rd, csr, rs1` (`f3` 1), `csrrs` (2) or `csrrc` (3).
 pub(crate) fn csr_op(f3: u32, rd: u32, csr: u32, rs1: u32) -> u32 {
     (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
@@ -91,7 +102,7 @@ pub(crate) const WFI: u32 = 0x1050_0073;
 
 /// A program under construction: code words, then a constant pool.
 pub struct Prog {
-    code: [u32; 96],
+    code: [u32; 256],
     n: usize,
     consts: [u64; 32],
     nc: usize,
@@ -100,7 +111,7 @@ pub struct Prog {
 impl Prog {
     pub(crate) fn new() -> Self {
         let mut p = Self {
-            code: [0; 96],
+            code: [0; 256],
             n: 0,
             consts: [0; 32],
             nc: 0,
@@ -214,6 +225,12 @@ pub enum Program {
     /// Floods its parent: IPC_SEND of its program page (4 KiB) and a 4 KiB console
     /// write, for ever.
     Chatty,
+    /// Two vCPUs: vCPU 0 starts vCPU 1 (HSM), then both drive virtio device 0's window
+    /// for ever, as a hostile driver: the whole initialization sequence, queues in its
+    /// own RAM, doorbells for real and missing queues, interrupt acknowledgements,
+    /// FAILED, resets, writes to read-only registers, in a tight loop (never an access
+    /// the transport faults, so it keeps going until killed).
+    VirtioStorm,
     /// Two vCPUs: vCPU 0 starts vCPU 1 (HSM), then both EXEC for ever the image in
     /// their own first page (which is the whole ELF file: it loads at file offset 0),
     /// with this much RAM, two vCPUs and this priority. Each incarnation does it again.
@@ -298,6 +315,59 @@ fn assemble(prog: Program) -> Prog {
             p.li(A1, PAGE_GPA as u64);
             p.li(A2, 0);
             p.call(eid::DBCN, 0);
+            p.jump(l);
+        }
+        Program::VirtioStorm => {
+            // a0 = hart id: vCPU 1 goes straight to the loop.
+            let skip = p.branch_fwd(1, A0, ZERO);
+            p.li(A0, 1);
+            p.li(A1, CODE_GPA as u64);
+            p.li(A2, 0);
+            p.call(eid::HSM, 0);
+            p.patch_branch(skip, 1, A0, ZERO);
+            p.li(T0, diosix_abi::devices::MMIO_BASE);
+            p.li(T3, PAGE_GPA as u64 + 0x2000);
+            let l = p.here();
+            // (offset, value): status, features, queue 0, live, doorbells, bad ones.
+            const STEPS: [(i32, u32); 22] = [
+                (0x070, 0),
+                (0x070, 1),
+                (0x070, 3),
+                (0x024, 1),
+                (0x020, 1),
+                (0x070, 0xb),
+                (0x030, 0),
+                (0x038, 8),
+                (0x044, 1),
+                (0x070, 0xf),
+                (0x050, 0),
+                (0x050, 0),
+                (0x050, 7),
+                (0x064, 3),
+                (0x030, 9),
+                (0x044, 1),
+                (0x004, 5),
+                (0x0fc, 1),
+                (0x050, 0),
+                (0x070, 0x80),
+                (0x050, 0),
+                (0x070, 0x1ff),
+            ];
+            for (i, &(off, v)) in STEPS.iter().enumerate() {
+                p.li(T1, u64::from(v));
+                p.op(sw(T1, T0, off));
+                if i == 7 {
+                    // The queue's three areas, in its own RAM.
+                    p.op(sw(T3, T0, 0x080));
+                    p.op(sw(T3, T0, 0x090));
+                    p.op(sw(T3, T0, 0x0a0));
+                    p.op(sw(ZERO, T0, 0x084));
+                }
+            }
+            p.op(lw(T2, T0, 0x060));
+            p.op(sw(T2, T0, 0x064));
+            p.op(lw(T2, T0, 0x070));
+            p.op(lw(T2, T0, 0x100));
             p.jump(l);
         }
         Program::Exec2 { .. } => {

@@ -80,6 +80,7 @@ pub fn run() {
     stop_resume_storm();
     exec_vs_kill();
     ipc_console_storm();
+    virtio_storm();
 }
 
 // ----- FORK vs FORK -----
@@ -747,4 +748,120 @@ fn ipc_console_storm() {
     crate::check_code("race_ipc_echo_killed", DSX.exit(echo, 0), &[SUCCESS]);
     kids::forget_events();
     let _ = MAXV;
+}
+
+// ----- a child storming its virtio device vs its parent's device calls -----
+
+/// Rounds of device calls per vCPU in [`virtio_storm`].
+const VIRTIO_ROUNDS: usize = 400;
+
+/// A two-vCPU child drives its virtio device 0 as a hostile driver, for ever
+/// ([`Program::VirtioStorm`]: doorbells, resets, FAILED, acknowledgements), while
+/// every vCPU of this VM takes both devices' state, raises every interrupt kind and
+/// (the leader) REBOOTs the child. Every return must be SUCCESS, the device must count
+/// the resets, and it must go with the child.
+fn virtio_storm() {
+    use diosix_abi::{DeviceSpec, DeviceState, QueueState};
+    reset();
+    let spec = DeviceSpec {
+        size: DeviceSpec::SIZE as u32,
+        device_id: 4,
+        features: 0,
+        queue_count: 1,
+        queue_max: 16,
+        config_gpa: 0,
+        config_len: 0,
+        reserved: 0,
+    };
+    let s = sys::st();
+    s.write(1024, &spec.to_le_bytes());
+    s.write(1024 + DeviceSpec::SIZE, &spec.to_le_bytes());
+    let r = kids::spawn_prog(Program::VirtioStorm, 32, 2, 0, |a| {
+        a.devices_gpa = (s.addr() + 1024) as u64;
+        a.device_count = 2;
+    });
+    if !crate::check(
+        "race_virtio_child_spawned",
+        r.error == SUCCESS,
+        format_args!("SPAWN: {}", r.error),
+    ) {
+        return;
+    }
+    let c = r.value as u64;
+    TARGET.store(c, Ordering::Release);
+    crate::phase("race_virtio_storm", 30_000, |idx, _n| {
+        let answer = DeviceState::SIZE + QueueState::SIZE;
+        let c = TARGET.load(Ordering::Acquire) as usize;
+        let out = sys::data().addr();
+        for k in 0..VIRTIO_ROUNDS {
+            let device = k % 2;
+            if idx == 0 && k % 100 == 50 {
+                let r = DSX.reboot(c as u64);
+                expect(ext::FID_REBOOT, r, &[SUCCESS]);
+                COUNT[0].fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match (idx + k) % 6 {
+                0..=2 => {
+                    let r = DSX.call(ext::FID_DEVICE_STATE, [c, device, out, 512, 0, 0]);
+                    if expect(ext::FID_DEVICE_STATE, r, &[SUCCESS]) && r.value != answer {
+                        expect(
+                            ext::FID_DEVICE_STATE,
+                            SbiRet {
+                                error: FAILED,
+                                value: 0,
+                            },
+                            &[],
+                        );
+                    }
+                }
+                3 | 4 => {
+                    let what = 1 + (k % 7);
+                    let r = DSX.call(ext::FID_DEVICE_RAISE, [c, device, what, 0, 0, 0]);
+                    expect(ext::FID_DEVICE_RAISE, r, &[SUCCESS]);
+                }
+                _ => {
+                    DSX.yield_now();
+                }
+            }
+        }
+    });
+    if team::broken() {
+        return;
+    }
+    verdict("virtio_storm");
+    let d = sys::data();
+    let r = DSX.call(ext::FID_DEVICE_STATE, [c as usize, 1, d.addr(), 512, 0, 0]);
+    let mut raw = [0u8; DeviceState::SIZE];
+    d.read(0, &mut raw);
+    let resets = DeviceState::from_le_bytes(&raw).map_or(0, |st| st.resets);
+    let reboots = COUNT[0].load(Ordering::Relaxed) as u32;
+    // Device 0 also counts the storm's own resets (status 0, once per loop).
+    let r0 = DSX.call(ext::FID_DEVICE_STATE, [c as usize, 0, d.addr(), 512, 0, 0]);
+    d.read(0, &mut raw);
+    let driven = DeviceState::from_le_bytes(&raw).map_or(0, |st| st.resets);
+    crate::check(
+        "race_virtio_child_drove_its_device",
+        r0.error == SUCCESS && driven > resets,
+        format_args!("device 0: {driven} resets, device 1: {resets}"),
+    );
+    crate::check(
+        "race_virtio_resets_counted",
+        // A REBOOT that finds the previous one still building is already done.
+        r.error == SUCCESS && resets >= 1 && resets <= reboots,
+        format_args!("{} resets of the idle device for {reboots} REBOOTs", resets),
+    );
+    let r = DSX.exit(c, 0);
+    crate::check(
+        "race_virtio_child_killed",
+        r.error == SUCCESS,
+        format_args!("EXIT: {}", r.error),
+    );
+    let r = DSX.call(ext::FID_DEVICE_STATE, [c as usize, 0, d.addr(), 512, 0, 0]);
+    crate::check(
+        "race_virtio_device_gone",
+        r.error == INVALID_PARAM,
+        format_args!("DEVICE_STATE after the kill: {}", r.error),
+    );
+    kids::forget_events();
 }
