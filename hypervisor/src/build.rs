@@ -61,7 +61,7 @@ pub struct VmSpec<'a> {
     pub pinned: bool,
     /// Virtio devices its parent serves it: a virtual PLIC for their interrupts and a
     /// `virtio,mmio` node for each in its device tree.
-    pub virtio: Option<Arc<crate::virtio::ChildVirtio>>,
+    pub virtio: Option<Arc<Mutex<diosix_core::childdev::ChildDevices>>>,
 }
 
 /// A VM just built, with its vCPUs ready to queue.
@@ -167,7 +167,7 @@ pub fn build_vm(host: &HostPlatform, spec: &VmSpec<'_>) -> Result<Built, BuildEr
             }
         };
     // A virtual PLIC for the devices' interrupts, one context per vCPU.
-    let virtio_count = spec.virtio.as_ref().map_or(0, |v| v.count);
+    let virtio_count = spec.virtio.as_ref().map_or(0, |v| v.lock().len());
     let wants_plic = !spec.devices.is_empty()
         || virtio_count > 0
         || (spec.virtual_plic && host.plic_ndev.is_some());

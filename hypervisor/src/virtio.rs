@@ -5,7 +5,8 @@
 //! The devices outlive any one incarnation of the child: a REBOOT builds a new `Vm`
 //! but keeps the same [`ChildVirtio`] (reset), so the parent's backend sees the reset
 //! counted and never loses track. They are found by tree id ([`of`]) for the parent's
-//! DEVICE_STATE and DEVICE_RAISE, and through [`Vm::virtio`] on the child's own traps.
+//! DEVICE_STATE and DEVICE_RAISE, and through [`Vm::virtio`] (the transports alone,
+//! so `vm` need not know this module) on the child's own traps.
 //!
 //! Lock order: `vmtree`'s `TREE`, then [`REGISTRY`] (one map operation), then a
 //! child's `devices`, then its virtual PLIC (a line follows the transport's register
@@ -24,10 +25,9 @@ use spin::Mutex;
 
 /// One child's virtio devices and whom they ring.
 pub struct ChildVirtio {
-    /// The transports.
-    pub devices: Mutex<ChildDevices>,
-    /// How many there are (fixed at SPAWN; readable without the lock).
-    pub count: usize,
+    /// The transports (each incarnation of the child holds them too, as
+    /// [`Vm::virtio`]).
+    pub devices: Arc<Mutex<ChildDevices>>,
     /// The parent, whose event interrupt a doorbell raises.
     parent: Weak<Vm>,
 }
@@ -47,8 +47,7 @@ pub fn register(
         return Ok(None);
     }
     let set = Arc::new(ChildVirtio {
-        devices: Mutex::new(ChildDevices::new(defs)?),
-        count: defs.len(),
+        devices: Arc::new(Mutex::new(ChildDevices::new(defs)?)),
         parent: Arc::downgrade(parent),
     });
     REGISTRY.lock().insert(child, set.clone());
@@ -87,10 +86,10 @@ fn set_line(vm: &Vm, index: usize, level: bool, this_slot: usize) {
     crate::vplic::deliver(vm, &mut p, this_slot);
 }
 
-/// Raises the event interrupt of the parent of `set`'s child: a device went from
-/// nothing pending to something.
-fn ring_parent(set: &ChildVirtio) {
-    if let Some(parent) = set.parent.upgrade() {
+/// Raises the event interrupt of `child`'s parent: a device went from nothing
+/// pending to something.
+fn ring_parent(child: VmId) {
+    if let Some(parent) = of(child).and_then(|set| set.parent.upgrade()) {
         crate::vplic::raise_events(&parent);
     }
 }
@@ -104,13 +103,15 @@ pub fn emulate(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) -> bool {
     let Some(set) = vm.virtio.clone() else {
         return false;
     };
-    let Some((index, offset)) = childdev::window_of(gpa, set.count) else {
+    // The count never changes: a window check needs no lock beyond this one.
+    let count = set.lock().len();
+    let Some((index, offset)) = childdev::window_of(gpa, count) else {
         return false;
     };
     let slot = hart.slot;
     let mut wake = false;
     crate::mmio::complete(hart, &vm, store_fault, |access, stored| {
-        let mut devices = set.devices.lock();
+        let mut devices = set.lock();
         let o = devices.access(
             index,
             offset,
@@ -124,7 +125,7 @@ pub fn emulate(hart: &mut HartLocal, gpa: Gpa, store_fault: bool) -> bool {
         Ok::<u64, diosix_core::virtio_mmio::Fault>(u64::from(o.value))
     });
     if wake {
-        ring_parent(&set);
+        ring_parent(vm.id);
     }
     if let Some(v) = hart.current.as_ref() {
         v.sync_ext_line_live();
@@ -138,14 +139,10 @@ pub fn completed(vm: &Vm, source: u32, slot: usize) {
     let Some(set) = vm.virtio.as_ref() else {
         return;
     };
-    let Some(index) = source
-        .checked_sub(FIRST_IRQ)
-        .map(|i| i as usize)
-        .filter(|&i| i < set.count)
-    else {
+    let Some(index) = source.checked_sub(FIRST_IRQ).map(|i| i as usize) else {
         return;
     };
-    let devices = set.devices.lock();
+    let devices = set.lock();
     if devices.line(index) {
         set_line(vm, index, true, slot);
     }
@@ -170,7 +167,7 @@ pub fn reset(child: VmId) {
     if let Some(set) = of(child) {
         let wake = set.devices.lock().reset_all();
         if wake {
-            ring_parent(&set);
+            ring_parent(child);
         }
     }
 }

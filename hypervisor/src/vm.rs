@@ -69,7 +69,8 @@ pub struct Vm {
     pub detached_logged: AtomicBool,
     /// The virtio devices its parent serves it, if any (behind windows at
     /// `diosix_abi::devices::MMIO_BASE`).
-    pub virtio: Option<Arc<crate::virtio::ChildVirtio>>,
+    /// (`crate::virtio` keeps who serves them.)
+    pub virtio: Option<Arc<Mutex<diosix_core::childdev::ChildDevices>>>,
     /// Whether firmware events (SBI PMU) are counted for this VM's vCPUs: set when
     /// one of them first starts or reads a firmware counter, so VMs that never do
     /// pay nothing for them on their IPIs, fences and timers.

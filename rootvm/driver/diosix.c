@@ -35,14 +35,31 @@
 
 /*
  * Events: where the VM's device tree has a "diosix,hypervisor" node, its
- * interrupt fires each time the VM's event queue stops being empty (the
- * hypervisor raises it once per filling, not once per event). poll() on
- * /dev/diosix reports POLLIN from that interrupt until a POLL_EVENT finds the
- * queue empty. Without the node poll() never reports anything, and callers
- * fall back to polling with POLL_EVENT after their timeout.
+ * interrupt fires each time the VM's event queue stops being empty, and each
+ * time a child device's pending bits do (the hypervisor raises it once per
+ * filling, not once per event). poll() on /dev/diosix reports POLLIN from
+ * that interrupt until a POLL_EVENT finds the queue empty. Without the node
+ * poll() never reports anything, and callers fall back to polling with
+ * POLL_EVENT after their timeout.
+ *
+ * Doorbells: a file that has made a DEVICE_STATE call (a device backend)
+ * reports POLLIN instead while the interrupt count differs from the count
+ * its latest DEVICE_STATE recorded before calling the hypervisor, so nobody
+ * has to consume events for a backend to be woken, and a wake-up that lands
+ * during the call is not lost (see diosix_ioctl.h).
  */
 static DECLARE_WAIT_QUEUE_HEAD(diosix_event_wq);
 static atomic_t diosix_events_ready = ATOMIC_INIT(0);
+/* Event interrupts taken since the module was loaded (wraps). */
+static atomic_t diosix_irq_seq = ATOMIC_INIT(0);
+
+/* Per open file. */
+struct diosix_file {
+	/* Set by the file's first DEVICE_STATE, never cleared. */
+	bool doorbell;
+	/* diosix_irq_seq when the file's latest DEVICE_STATE began. */
+	atomic_t seen;
+};
 
 /* One SBI call into the extension; arguments the function does not use are 0. */
 static void diosix_call(unsigned long fid, const u64 *a, struct diosix_ioc_ret *ret)
@@ -215,20 +232,79 @@ fail:
 	return ERR_PTR(err);
 }
 
+/* Frees SPAWN's copied device specs and their @count configurations. */
+static void diosix_free_devices(struct diosix_device_spec *specs,
+				void **configs, u32 count)
+{
+	u32 i;
+
+	for (i = 0; i < count; i++)
+		kfree(configs[i]);
+	kfree(specs);
+}
+
 /*
- * SPAWN and EXEC: the image (and SPAWN's device tree) staged in this VM's
- * memory, its pages passed as a list.
+ * SPAWN's devices: the @count (1..DIOSIX_SPAWN_MAX_DEVICES) specs at user
+ * @uptr copied into one kernel array, and each one's configuration (its
+ * config_gpa a user pointer on input) into a buffer of its own, whose GPA
+ * replaces the pointer; @configs (DIOSIX_SPAWN_MAX_DEVICES entries, NULL on
+ * entry) gets those buffers for diosix_free_devices. On error returns an
+ * ERR_PTR and has freed everything.
+ */
+static struct diosix_device_spec *diosix_copy_devices(u64 uptr, u32 count,
+						      void **configs)
+{
+	struct diosix_device_spec *specs;
+	long err;
+	u32 i;
+
+	specs = memdup_user(u64_to_user_ptr(uptr), count * sizeof(*specs));
+	if (IS_ERR(specs))
+		return specs;
+	for (i = 0; i < count; i++) {
+		struct diosix_device_spec *d = &specs[i];
+
+		d->size = sizeof(*d);
+		if (!d->config_len) {
+			d->config_gpa = 0;
+			continue;
+		}
+		if (d->config_len > DIOSIX_SPAWN_MAX_CONFIG) {
+			err = -E2BIG;
+			goto fail;
+		}
+		configs[i] = memdup_user(u64_to_user_ptr(d->config_gpa),
+					 d->config_len);
+		if (IS_ERR(configs[i])) {
+			err = PTR_ERR(configs[i]);
+			configs[i] = NULL;
+			goto fail;
+		}
+		d->config_gpa = virt_to_phys(configs[i]);
+	}
+	return specs;
+fail:
+	diosix_free_devices(specs, configs, count);
+	return ERR_PTR(err);
+}
+
+/*
+ * SPAWN and EXEC: the image (and SPAWN's device tree and device list)
+ * staged in this VM's memory, the image's pages passed as a list.
  *
  * SPAWN copies the image into the child during the call, so the pages are
  * freed as soon as it returns. EXEC turns this VM into the image: on
  * success the call does not return (the pages become the new image, and
  * this Linux is gone); on a refusal nothing changed and they are freed.
- * EXEC takes no device tree (the hypervisor makes one): EINVAL.
+ * EXEC takes no device tree (the hypervisor makes one) and no devices:
+ * EINVAL.
  */
 static long diosix_image_call(unsigned int fid, void __user *uarg)
 {
 	struct diosix_ioc_spawn s;
 	struct diosix_spawn_args *args = NULL;
+	struct diosix_device_spec *specs = NULL;
+	void *configs[DIOSIX_SPAWN_MAX_DEVICES] = { NULL };
 	void *dtb = NULL;
 	u64 *list;
 	size_t npages = 0;
@@ -239,15 +315,27 @@ static long diosix_image_call(unsigned int fid, void __user *uarg)
 		return -EFAULT;
 	if (!s.args.image_size)
 		return -EINVAL;
-	if (fid == DIOSIX_FID_EXEC && (s.args.dtb_size || s.dtb))
+	if (fid == DIOSIX_FID_EXEC &&
+	    (s.args.dtb_size || s.dtb || s.args.device_count || s.devices))
 		return -EINVAL;
 	if (s.args.image_size > DIOSIX_SPAWN_MAX_IMAGE ||
-	    s.args.dtb_size > DIOSIX_SPAWN_MAX_DTB)
+	    s.args.dtb_size > DIOSIX_SPAWN_MAX_DTB ||
+	    s.args.device_count > DIOSIX_SPAWN_MAX_DEVICES)
 		return -E2BIG;
 
+	/* The small copies first: a bad device list fails before the image. */
+	if (s.args.device_count) {
+		specs = diosix_copy_devices(s.devices, s.args.device_count,
+					    configs);
+		if (IS_ERR(specs))
+			return PTR_ERR(specs);
+	}
 	list = diosix_stage_pages(s.image, s.args.image_size, &npages);
-	if (IS_ERR(list))
-		return PTR_ERR(list);
+	if (IS_ERR(list)) {
+		err = PTR_ERR(list);
+		list = NULL;
+		goto out;
+	}
 	if (s.args.dtb_size) {
 		dtb = diosix_copy_in(s.dtb, s.args.dtb_size);
 		if (IS_ERR(dtb)) {
@@ -267,6 +355,7 @@ static long diosix_image_call(unsigned int fid, void __user *uarg)
 	args->flags |= DIOSIX_SPAWN_PAGE_LIST;
 	args->image_gpa = virt_to_phys(list);
 	args->dtb_gpa = dtb ? virt_to_phys(dtb) : 0;
+	args->devices_gpa = specs ? virt_to_phys(specs) : 0;
 	a[0] = virt_to_phys(args);
 	diosix_call(fid, a, &s.ret);
 
@@ -275,7 +364,10 @@ static long diosix_image_call(unsigned int fid, void __user *uarg)
 out:
 	kfree(args);
 	kfree(dtb);
-	diosix_free_page_list(list, npages);
+	if (list)
+		diosix_free_page_list(list, npages);
+	if (specs)
+		diosix_free_devices(specs, configs, s.args.device_count);
 	return err;
 }
 
@@ -533,6 +625,43 @@ static long diosix_child_mem(unsigned int fid, void __user *uarg)
 				  s.len, &s.ret, uarg);
 }
 
+static long diosix_device_state(struct file *file, void __user *uarg)
+{
+	struct diosix_file *df = file->private_data;
+	struct diosix_ioc_device_state s;
+	u64 a[5] = { 0 };
+	u64 len;
+	void *buf;
+
+	if (copy_from_user(&s, uarg, sizeof(s)))
+		return -EFAULT;
+	/* A larger buffer is fine: no answer is longer than this. */
+	len = min_t(u64, s.len, DIOSIX_DEVICE_STATE_MAX);
+	buf = diosix_bounce(false, 0, len);
+	if (IS_ERR(buf))
+		return PTR_ERR(buf);
+
+	/*
+	 * The doorbell: the interrupt count is recorded before the call takes
+	 * the pending bits, so an interrupt for bits set after that (or while
+	 * the call runs) leaves the count ahead of it and poll() reports it.
+	 */
+	atomic_set(&df->seen, atomic_read(&diosix_irq_seq));
+	WRITE_ONCE(df->doorbell, true);
+	/* The count is read before the call can take the pending bits. */
+	smp_mb();
+
+	a[0] = s.cid;
+	a[1] = s.device;
+	a[2] = virt_to_phys(buf);
+	a[3] = len;
+	diosix_call(DIOSIX_FID_DEVICE_STATE, a, &s.ret);
+	/* A count beyond the buffer would be a hypervisor bug. */
+	if (s.ret.error == DIOSIX_SBI_ERR_SUCCESS)
+		s.ret.value = min_t(u64, s.ret.value, len);
+	return diosix_bounce_done(buf, true, s.buf, s.ret.value, &s.ret, uarg);
+}
+
 static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	void __user *uarg = (void __user *)arg;
@@ -554,6 +683,7 @@ static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case DIOSIX_IOC_MAP_HOST_MMIO:
 	case DIOSIX_IOC_ROUTE_IRQ:
 	case DIOSIX_IOC_RELEASE_DEVICE:
+	case DIOSIX_IOC_DEVICE_RAISE:
 		return diosix_scalar(fid, uarg);
 	case DIOSIX_IOC_SPAWN:
 	case DIOSIX_IOC_EXEC:
@@ -579,6 +709,8 @@ static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case DIOSIX_IOC_CHILD_MEM_READ:
 	case DIOSIX_IOC_CHILD_MEM_WRITE:
 		return diosix_child_mem(fid, uarg);
+	case DIOSIX_IOC_DEVICE_STATE:
+		return diosix_device_state(file, uarg);
 	default:
 		return -ENOTTY;
 	}
@@ -586,21 +718,45 @@ static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 static int diosix_open(struct inode *inode, struct file *file)
 {
+	struct diosix_file *df;
+	int err;
+
 	/* Mode 0600 already limits it to root; this also covers a chmod. */
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
-	return nonseekable_open(inode, file);
+	err = nonseekable_open(inode, file);
+	if (err)
+		return err;
+	df = kzalloc(sizeof(*df), GFP_KERNEL);
+	if (!df)
+		return -ENOMEM;
+	file->private_data = df;
+	return 0;
+}
+
+static int diosix_release(struct inode *inode, struct file *file)
+{
+	kfree(file->private_data);
+	return 0;
 }
 
 static __poll_t diosix_poll(struct file *file, poll_table *wait)
 {
+	struct diosix_file *df = file->private_data;
+	bool ready;
+
 	poll_wait(file, &diosix_event_wq, wait);
-	return atomic_read(&diosix_events_ready) ? EPOLLIN | EPOLLRDNORM : 0;
+	if (READ_ONCE(df->doorbell))
+		ready = atomic_read(&diosix_irq_seq) != atomic_read(&df->seen);
+	else
+		ready = atomic_read(&diosix_events_ready);
+	return ready ? EPOLLIN | EPOLLRDNORM : 0;
 }
 
 static const struct file_operations diosix_fops = {
 	.owner		= THIS_MODULE,
 	.open		= diosix_open,
+	.release	= diosix_release,
 	.poll		= diosix_poll,
 	.unlocked_ioctl	= diosix_ioctl,
 	.compat_ioctl	= compat_ptr_ioctl,
@@ -608,6 +764,7 @@ static const struct file_operations diosix_fops = {
 
 static irqreturn_t diosix_event_irq(int irq, void *data)
 {
+	atomic_inc(&diosix_irq_seq);
 	atomic_set(&diosix_events_ready, 1);
 	wake_up_interruptible(&diosix_event_wq);
 	return IRQ_HANDLED;

@@ -45,6 +45,18 @@
  * limit, from diosix_sbi.h. */
 /* Largest LIST_CHILDREN request: one page of CIDs. */
 #define DIOSIX_LIST_MAX (4096u / 8u)
+/*
+ * A child's virtio devices: the hypervisor's limits (diosix_abi::devices, not
+ * in diosix_sbi.h; tools/dsx checks them against the ABI crate). At most
+ * DIOSIX_SPAWN_MAX_DEVICES device specs per SPAWN, each with at most
+ * DIOSIX_SPAWN_MAX_CONFIG configuration bytes and DIOSIX_DEVICE_MAX_QUEUES
+ * queues, so a DEVICE_STATE answer is at most DIOSIX_DEVICE_STATE_MAX bytes.
+ */
+#define DIOSIX_SPAWN_MAX_DEVICES 8u
+#define DIOSIX_SPAWN_MAX_CONFIG 256u
+#define DIOSIX_DEVICE_MAX_QUEUES 8u
+#define DIOSIX_DEVICE_STATE_MAX \
+	(DIOSIX_DEVICE_STATE_SIZE + DIOSIX_DEVICE_MAX_QUEUES * DIOSIX_QUEUE_STATE_SIZE)
 
 /* What the hypervisor answered: a0 and a1 of the SBI call. */
 struct diosix_ioc_ret {
@@ -55,7 +67,7 @@ struct diosix_ioc_ret {
 /*
  * Functions whose arguments are all scalars: arg[0..4] are a0..a4 exactly as
  * in docs/sbi-extension.md. EXIT, YIELD, FORK, DROP_TRUST, START, STOP,
- * RESUME, REBOOT, DROP_CHILD_TRUST.
+ * RESUME, REBOOT, DROP_CHILD_TRUST, DEVICE_RAISE.
  */
 struct diosix_ioc_scalar {
 	struct diosix_ioc_ret ret;
@@ -66,14 +78,23 @@ struct diosix_ioc_scalar {
  * SPAWN and EXEC: args.image_size / args.dtb_size bytes at the user
  * pointers. The driver always passes the image as a page list
  * (DIOSIX_SPAWN_PAGE_LIST) of pages it staged in this VM's memory. EXEC
- * (args.cid 0, no device tree: dtb_size 0 and dtb 0, else EINVAL) makes this
- * VM the image and restarts it: on success the ioctl never returns.
+ * (args.cid 0, no device tree: dtb_size 0 and dtb 0, no devices:
+ * device_count 0 and devices 0, else EINVAL) makes this VM the image and
+ * restarts it: on success the ioctl never returns.
+ *
+ * SPAWN's virtio devices: args.device_count (<= DIOSIX_SPAWN_MAX_DEVICES,
+ * else E2BIG) struct diosix_device_spec at the user pointer devices. In each,
+ * config_gpa is a *user pointer* to its config_len (<= DIOSIX_SPAWN_MAX_CONFIG,
+ * else E2BIG) configuration bytes (ignored when config_len is 0); the driver
+ * copies the specs and each configuration, and passes the GPAs of its copies
+ * (and sets each spec's size). With device_count 0, devices is ignored.
  */
 struct diosix_ioc_spawn {
 	struct diosix_ioc_ret ret;	/* value: the child's CID */
 	struct diosix_spawn_args args;
 	__u64 image;		/* user pointer, args.image_size bytes */
 	__u64 dtb;		/* user pointer or 0, args.dtb_size bytes */
+	__u64 devices;		/* user pointer or 0, args.device_count specs */
 };
 
 /* GET_INFO (cid ignored) and GET_CHILD_INFO. */
@@ -131,6 +152,32 @@ struct diosix_ioc_child_mem {
 	struct diosix_ioc_ret ret;	/* value: bytes copied */
 	__u64 cid;
 	__u64 child_gpa;
+	__u64 buf;		/* user pointer */
+	__u64 len;
+};
+
+/*
+ * DEVICE_STATE: the state of child cid's virtio device number device, a
+ * struct diosix_device_state followed by its queues' struct
+ * diosix_queue_state, into the user buffer buf of len bytes (a len above
+ * DIOSIX_DEVICE_STATE_MAX is treated as that: no answer is longer). Takes the
+ * device's pending bits.
+ *
+ * It also makes the open file a doorbell: from a file's first DEVICE_STATE on,
+ * poll() on that file reports POLLIN when this VM's event interrupt fired
+ * (a child device's pending bits became non-empty, or the event queue did)
+ * since the file's latest DEVICE_STATE began, whether or not anyone takes
+ * the events (POLL_EVENT no longer matters to that file). Each DEVICE_STATE
+ * records the interrupt count *before* calling the hypervisor, so a
+ * notification that lands during or after the call is never missed. One file
+ * per device: with several devices on one file, a wake-up for one device
+ * that lands before another device's DEVICE_STATE would be recorded as seen.
+ * Files that never call DEVICE_STATE keep poll() as described at POLL_EVENT.
+ */
+struct diosix_ioc_device_state {
+	struct diosix_ioc_ret ret;	/* value: bytes written to buf */
+	__u64 cid;
+	__u64 device;
 	__u64 buf;		/* user pointer */
 	__u64 len;
 };
@@ -207,12 +254,18 @@ struct diosix_ioc_list {
 	DIOSIX_IOC(DIOSIX_FID_CHILD_MEM_READ, struct diosix_ioc_child_mem)
 #define DIOSIX_IOC_CHILD_MEM_WRITE \
 	DIOSIX_IOC(DIOSIX_FID_CHILD_MEM_WRITE, struct diosix_ioc_child_mem)
+#define DIOSIX_IOC_DEVICE_STATE \
+	DIOSIX_IOC(DIOSIX_FID_DEVICE_STATE, struct diosix_ioc_device_state)
+#define DIOSIX_IOC_DEVICE_RAISE \
+	DIOSIX_IOC(DIOSIX_FID_DEVICE_RAISE, struct diosix_ioc_scalar)
 
 /* Sizes the Rust side (tools/dsx) relies on. */
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ret) == 16, "ret");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_scalar) == 56, "scalar");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_child_mem) == 48, "child_mem");
-DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_spawn) == 120, "spawn");
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_spawn) == 144, "spawn");
+DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_device_state) == 48, "device_state");
+DIOSIX_STATIC_ASSERT(DIOSIX_DEVICE_STATE_MAX == 304, "device_state max");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_vm_info) == 168, "vm_info");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_quota) == 56, "quota");
 DIOSIX_STATIC_ASSERT(sizeof(struct diosix_ioc_ipc_send) == 56, "ipc_send");

@@ -573,6 +573,59 @@ const DSX_NESTED: &[Step] = &[
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
+/// In a child with `--rng`: which driver `hw_random` uses, how many of 512 bytes
+/// `/dev/hwrng` returned, and whether any of 64 more was not zero; each line starts
+/// with the given marker.
+macro_rules! rng_read {
+    ($marker:literal) => {
+        concat!(
+            "echo ",
+            $marker,
+            "-DRIVER-$(cat /sys/class/misc/hw_random/rng_current); echo ",
+            $marker,
+            "-BYTES-$(dd if=/dev/hwrng bs=64 count=8 2>/dev/null | wc -c); echo ",
+            $marker,
+            "-RANDOM-$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | od -An -tx1 | \
+             tr -d ' 0\n' | wc -c | awk '{print ($1 > 0 ? \"YES\" : \"NO\")}')\r"
+        )
+    };
+}
+
+/// `linux-dsx-rng`: `dsx run --rng` gives a Linux child a virtio entropy device served
+/// by a `dsx backend` process in the Root VM: the child's stock `virtio_rng` driver
+/// binds it and `/dev/hwrng` returns bytes (not all zero); `dsx list` shows the device
+/// and the backend is running; after `dsx reboot` (the device reset and counted) the
+/// rebooted child reads again; `dsx kill` ends the backend and every page comes back.
+const DSX_RNG: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "dsx run --ram 128M --rng --name r && dsx console r\r",
+    ),
+    ("guest login:", "root\r"),
+    (GUEST_PROMPT, rng_read!("HWRNG")),
+    ("HWRNG-RANDOM-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "dsx list; dsx list --json | grep -o '\"devices\":[^]]*]'; \
+         echo BACKENDS-$(ps | grep -c '[d]sx backend 2'); dsx reboot r && dsx console r\r",
+    ),
+    ("guest login:", "root\r"),
+    (GUEST_PROMPT, rng_read!("REBOOTED")),
+    ("REBOOTED-RANDOM-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "dsx kill r; sleep 1; echo GONE-$(ps | grep -c '[d]sx backend'); ls /run/dsx\r",
+    ),
+    ("GONE-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
 /// `linux-dsx-fork`: the Root VM forks itself; the clone (CID 2), reached with `dsx
 /// console 2`, says it is the child, runs a busy loop on each of its 2 vCPUs, and `dsx
 /// info` there is not the Root VM's. `dsx reboot 2`, then the clone's own `reboot -f`,
@@ -951,6 +1004,26 @@ fn cases() -> Vec<Case> {
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             dsx_seed_steps(),
+        ),
+        linux_case(
+            "linux-dsx-rng",
+            2,
+            1024,
+            &[
+                Expect::Text("HWRNG-DRIVER-virtio_rng.0"),
+                Expect::Text("HWRNG-BYTES-512"),
+                Expect::Text("HWRNG-RANDOM-YES"),
+                Expect::Text("\"devices\":[\"rng\"]"),
+                Expect::Text("BACKENDS-1"),
+                Expect::Text("REBOOTED-DRIVER-virtio_rng.0"),
+                Expect::Text("REBOOTED-BYTES-512"),
+                Expect::Text("REBOOTED-RANDOM-YES"),
+                Expect::Text("CID 2 terminated"),
+                Expect::Text("GONE-0"),
+                Expect::FreePagesRestored,
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_RNG,
         ),
         linux_case(
             "linux-dsx-nested",

@@ -397,7 +397,7 @@ impl ExtensionHost for HvHost<'_> {
             start: true,
             virtual_plic: trusted,
             // Its parent's devices stay its own, reset as on REBOOT.
-            virtio: old.virtio.clone(),
+            virtio: crate::virtio::of(id),
         };
         crate::virtio::reset(id);
         self.build = Some(alloc::boxed::Box::new(PendingBuild::new(

@@ -164,7 +164,7 @@ impl ImageOrigin {
                 devices: &[],
                 virtual_plic: self.virtual_plic,
                 pinned: false,
-                virtio: self.virtio.clone(),
+                virtio: self.virtio.as_ref().map(|v| v.devices.clone()),
             },
         )
     }

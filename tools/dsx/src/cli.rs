@@ -1,7 +1,7 @@
 //! Command-line parsing and help texts: pure functions of the arguments, tested on the
 //! build host.
 
-use diosix_abi::limits;
+use diosix_abi::{devices, limits};
 
 /// A VM named on the command line: by CID, or by the name `dsx run --name` (or
 /// `dsx load --name`) gave a child. Names are resolved against the live children when
@@ -105,6 +105,14 @@ pub enum Command {
         /// The bytes (at most 64 KiB).
         bytes: Vec<u8>,
     },
+    /// `backend CID DEVICE...`: serve a child's virtio devices (what `run --rng`
+    /// starts in the background).
+    Backend {
+        /// The child (a CID: names are `dsx`'s, the backend needs none).
+        cid: u64,
+        /// Its devices, in SPAWN's order (names from `backend::DEVICE_NAMES`).
+        devices: Vec<String>,
+    },
 }
 
 /// Options of `run`.
@@ -130,6 +138,8 @@ pub struct RunOpts {
     pub paused: bool,
     /// A name to show in `list`.
     pub name: Option<String>,
+    /// Give it a virtio-rng device (served by a backend process).
+    pub rng: bool,
 }
 
 /// Options of `load`.
@@ -233,6 +243,11 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ),
     ("peek", "show bytes of a child's RAM", HELP_PEEK),
     ("poke", "write bytes into a child's RAM", HELP_POKE),
+    (
+        "backend",
+        "serve a child's virtio devices (run --rng starts it)",
+        HELP_BACKEND,
+    ),
 ];
 
 const HELP_INFO: &str = "\
@@ -248,11 +263,13 @@ const HELP_LIST: &str = "\
 usage: dsx list [--json]
 
 Lists this VM's live children (CID 2 and up) with state, trust, vCPUs, RAM,
-priority and console bytes waiting. Names are those given to `dsx run --name`.
+priority, console bytes waiting and virtio devices (`rng`; `rng(down)` when
+no backend serves them; `-` for none). Names are those given to `dsx run --name`.
   --json   a JSON array";
 const HELP_RUN: &str = "\
 usage: dsx run [IMAGE] [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE]
                [--vcpus N] [--prio N] [--trusted] [--paused] [--name NAME]
+               [--rng]
 
 Creates a child VM from IMAGE (ELF, or a RISC-V Linux Image) and starts it;
 prints its CID. With --initrd or --cmdline, the image, initrd and command
@@ -270,6 +287,9 @@ given, --initrd initramfs.cpio.gz
   --paused       create it without starting it
   --name NAME    a name for `dsx list` and in place of its CID (unique among
                  this VM's children; not starting with a digit)
+  --rng          give it a virtio-rng device (Linux: /dev/hwrng) fed from this
+                 VM's getrandom(2), served by a backend process that runs
+                 until the child ends (`dsx backend`; not with --trusted)
 The image (packed, if so) may be up to 64 MiB; it is staged in this VM's
 RAM while the hypervisor copies it.";
 const HELP_LOAD: &str = "\
@@ -364,6 +384,15 @@ usage: dsx poke CHILD GPA HEX
 Writes the bytes HEX spells (two hex digits a byte, at most 65536 bytes) into
 a child's RAM at guest-physical address GPA (CHILD_MEM_WRITE: as the child's
 own store would; a page it shares copy-on-write is copied first).";
+const HELP_BACKEND: &str = "\
+usage: dsx backend CID DEVICE...
+
+Serves the virtio devices of child CID (DEVICE: rng), given in the order SPAWN
+declared them, until the child ends; logs to standard error. `dsx run --rng`
+starts one in the background for each child it gives devices (PID in
+/run/dsx/CID.pid, log in /run/dsx/CID.log) and `dsx kill` stops it; run it by
+hand only to replace a backend that died. Refuses to run beside another live
+backend of the same child.";
 const HELP_EVENTS: &str = "\
 usage: dsx events [--follow]
 
@@ -746,6 +775,35 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 bytes,
             })
         }
+        "backend" => {
+            let a = split(verb, rest, &[], &[])?;
+            let Some((cid, devs)) = a.positional.split_first() else {
+                return Err(e("missing CID".into()));
+            };
+            let cid = match parse_child(verb, cid).map_err(e)? {
+                ChildRef::Cid(c) => c,
+                ChildRef::Name(_) => return Err(e(format!("CID must be a number, not `{cid}`"))),
+            };
+            if devs.is_empty() {
+                return Err(e("missing DEVICE".into()));
+            }
+            if devs.len() > devices::MAX_DEVICES {
+                return Err(e(format!("at most {} devices", devices::MAX_DEVICES)));
+            }
+            if let Some(bad) = devs
+                .iter()
+                .find(|d| !crate::backend::DEVICE_NAMES.contains(&d.as_str()))
+            {
+                return Err(e(format!(
+                    "unknown device `{bad}` (known: {})",
+                    crate::backend::DEVICE_NAMES.join(", ")
+                )));
+            }
+            Ok(Command::Backend {
+                cid,
+                devices: devs.to_vec(),
+            })
+        }
         _ => unreachable!("every verb in VERBS is handled"),
     }
 }
@@ -756,7 +814,7 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
     let a = split(
         verb,
         rest,
-        &["--trusted", "--paused"],
+        &["--trusted", "--paused", "--rng"],
         &[
             "--initrd",
             "--cmdline",
@@ -805,6 +863,7 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         trusted: a.flag("--trusted"),
         paused: a.flag("--paused"),
         name,
+        rng: a.flag("--rng"),
     }))
 }
 
@@ -982,8 +1041,14 @@ mod tests {
                 trusted: true,
                 paused: false,
                 name: Some("web".into()),
+                rng: false,
             })
         );
+        let Command::Run(r) = p("run --rng --name n").unwrap() else {
+            panic!()
+        };
+        assert!(r.rng && r.image == GUEST_IMAGE);
+        assert_eq!(msg("run a --rng=yes"), "unknown option --rng=yes");
         let Command::Run(d) = p("run img").unwrap() else {
             panic!()
         };
@@ -1145,6 +1210,26 @@ mod tests {
         assert_eq!(msg("quota 3 --depth 65"), "--depth must be 0 to 64, not 65");
         assert_eq!(msg("quota"), "missing CHILD or `self`");
         assert!(msg("quota 0").starts_with("CID 0"));
+    }
+
+    #[test]
+    fn backend_arguments() {
+        assert_eq!(
+            p("backend 3 rng"),
+            Ok(Command::Backend {
+                cid: 3,
+                devices: vec!["rng".into()]
+            })
+        );
+        assert_eq!(msg("backend"), "missing CID");
+        assert_eq!(msg("backend 3"), "missing DEVICE");
+        assert_eq!(msg("backend web rng"), "CID must be a number, not `web`");
+        assert!(msg("backend 1 rng").starts_with("CID 1 is this VM itself"));
+        assert_eq!(msg("backend 3 blk"), "unknown device `blk` (known: rng)");
+        assert_eq!(
+            msg(&format!("backend 3{}", " rng".repeat(9))),
+            "at most 8 devices"
+        );
     }
 
     #[test]

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use diosix_abi::{cid, error, ext, flags, limits, QuotaArgs, SpawnArgs};
 
+use crate::backend::{self, Backends};
 use crate::cli::{ChildRef, Command, LoadOpts, QuotaSet, RunOpts};
 use crate::format::{self, Op, Row};
-use crate::hv::{CallError, Hypervisor};
+use crate::hv::{CallError, DeviceDecl, Hypervisor};
 
 /// Why a command failed: the message (printed as `dsx: MESSAGE`) and the exit status.
 #[derive(Debug, PartialEq, Eq)]
@@ -183,6 +184,8 @@ pub struct Ctx<'a> {
     pub err: &'a mut dyn Write,
     /// `run --name` labels.
     pub names: &'a mut Names,
+    /// The children's device backends and their state files.
+    pub backends: &'a mut dyn Backends,
     /// How files (images) are read.
     pub read_file: ReadFile<'a>,
     /// Pause between polls of `recv --wait` and `events --follow`.
@@ -192,10 +195,10 @@ pub struct Ctx<'a> {
     pub max_polls: Option<u64>,
 }
 
-/// Runs every command except `help` and `console` (handled by `main`).
+/// Runs every command except `help`, `console` and `backend` (handled by `main`).
 pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
     match cmd {
-        Command::Help(_) | Command::Console(_) => Ok(()),
+        Command::Help(_) | Command::Console(_) | Command::Backend { .. } => Ok(()),
         Command::Info { host, json } => info(cx, *host, *json),
         Command::List { json } => list(cx, *json),
         Command::Run(opts) => run(cx, opts),
@@ -214,8 +217,13 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
                 .map_err(fail(Op::Fork))?;
             // Both VMs return here: the child sees 0 (its parent is now CID 0).
             if cid == 0 {
-                // The clone's copy of the names file labels its parent's children.
+                // The clone's copy of the names file labels its parent's children, and
+                // its copies of their backends would serve its own children of the
+                // same CIDs.
                 forget_names(cx)?;
+                if let Err(e) = cx.backends.forget_all() {
+                    writeln!(cx.err, "dsx: warning: {e}").map_err(write_err)?;
+                }
             }
             let line = if cid == 0 {
                 "this is the new child VM (its parent is CID 0)".to_string()
@@ -238,7 +246,12 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
         }
         Command::Kill { cid, code } => {
             let c = child(cx, cid)?;
-            simple(cx, ext::FID_EXIT, [c, *code], Op::Kill(c), "terminated")
+            simple(cx, ext::FID_EXIT, [c, *code], Op::Kill(c), "terminated")?;
+            // Its backend would notice within a second; it need not wait for that.
+            if let Err(e) = cx.backends.stop(c) {
+                writeln!(cx.err, "dsx: warning: {e}").map_err(write_err)?;
+            }
+            Ok(())
         }
         Command::DropTrust(None) => {
             cx.hv
@@ -339,6 +352,7 @@ fn list(cx: &mut Ctx<'_>, json: bool) -> Result<(), Failure> {
             cid,
             name: cx.names.get(cid),
             info: cx.hv.vm_info(Some(cid)),
+            devices: cx.backends.devices(cid),
         })
         .collect();
     let text = if json {
@@ -434,7 +448,28 @@ fn read_image(
     Ok(packed)
 }
 
+/// The devices `run`'s options ask for, by name ([`backend::DEVICE_NAMES`]).
+fn run_devices(o: &RunOpts) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if o.rng {
+        names.push("rng");
+    }
+    names
+}
+
 fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
+    let names = run_devices(o);
+    if o.trusted && !names.is_empty() {
+        return Err(Failure::new(
+            "a trusted child cannot have virtio devices (--rng): its host devices may \
+             sit where their windows would go",
+        ));
+    }
+    let decls: Vec<DeviceDecl> = names
+        .iter()
+        .filter_map(|n| backend::device_by_name(n))
+        .map(|d| d.decl())
+        .collect();
     check_name_free(cx, o.name.as_deref())?;
     let packed = read_image(cx, &o.image, o.initrd.as_deref(), o.cmdline.as_deref())?;
     let dtb = o
@@ -489,8 +524,27 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
     };
     let cid = cx
         .hv
-        .spawn(&args, &packed, dtb.as_deref())
+        .spawn(&args, &packed, dtb.as_deref(), &decls)
         .map_err(fail(Op::Spawn))?;
+    // Not kept in memory while the backend runs (or copied into it).
+    drop((packed, dtb));
+    if names.is_empty() {
+        cx.backends.forget(cid);
+    } else if let Err(e) = cx.backends.start(cid, &names) {
+        // A child whose devices nobody serves is not what was asked for.
+        let killed = cx.hv.scalar(ext::FID_EXIT, [cid, 0, 0, 0, 0]);
+        cx.backends.forget(cid);
+        return Err(Failure::new(format!(
+            "cannot start the device backend of CID {cid}: {e}; {}",
+            match killed {
+                Ok(_) => format!("CID {cid} was terminated"),
+                Err(k) => format!(
+                    "and terminating it failed too ({}): `dsx kill {cid}`",
+                    format::error_message(Op::Kill(cid), k)
+                ),
+            }
+        )));
+    }
     set_name(cx, cid, o.name.as_deref())?;
     writeln!(
         cx.out,
@@ -806,6 +860,8 @@ mod tests {
         children: Vec<u64>,
         calls: Vec<String>,
         spawned: Vec<(SpawnArgs, Vec<u8>)>,
+        /// The devices of each SPAWN.
+        spawned_devices: Vec<Vec<DeviceDecl>>,
         quotas: Vec<QuotaArgs>,
         events: VecDeque<Event>,
         messages: VecDeque<(u64, Vec<u8>)>,
@@ -882,10 +938,24 @@ mod tests {
                 _ => Err(CallError::Sbi(error::INVALID_PARAM as i64)),
             }
         }
-        fn spawn(&mut self, a: &SpawnArgs, image: &[u8], _: Option<&[u8]>) -> CallResult<u64> {
+        fn spawn(
+            &mut self,
+            a: &SpawnArgs,
+            image: &[u8],
+            _: Option<&[u8]>,
+            devices: &[DeviceDecl],
+        ) -> CallResult<u64> {
             self.check()?;
             self.spawned.push((*a, image.to_vec()));
+            self.spawned_devices.push(devices.to_vec());
             Ok(7)
+        }
+        fn device_state(
+            &mut self,
+            _: u64,
+            _: u64,
+        ) -> CallResult<(diosix_abi::DeviceState, Vec<diosix_abi::QueueState>)> {
+            Err(CallError::Sbi(error::NOT_SUPPORTED as i64))
         }
         fn exec(&mut self, a: &SpawnArgs, image: &[u8]) -> CallResult<()> {
             self.check()?;
@@ -978,6 +1048,44 @@ mod tests {
         }
     }
 
+    /// Backends as the tests see them: what was started, stopped, forgotten.
+    #[derive(Default)]
+    struct FakeBackends {
+        started: Vec<(u64, Vec<String>)>,
+        stopped: Vec<u64>,
+        forgotten: Vec<u64>,
+        forgot_all: bool,
+        /// `start` fails with this.
+        fail: Option<String>,
+        /// What `devices` answers.
+        devices: BTreeMap<u64, backend::ChildDevices>,
+    }
+
+    impl Backends for FakeBackends {
+        fn start(&mut self, cid: u64, devices: &[&str]) -> Result<u32, String> {
+            if let Some(e) = &self.fail {
+                return Err(e.clone());
+            }
+            self.started
+                .push((cid, devices.iter().map(|d| d.to_string()).collect()));
+            Ok(100 + cid as u32)
+        }
+        fn stop(&mut self, cid: u64) -> Result<Option<u32>, String> {
+            self.stopped.push(cid);
+            Ok(None)
+        }
+        fn devices(&self, cid: u64) -> Option<backend::ChildDevices> {
+            self.devices.get(&cid).cloned()
+        }
+        fn forget(&mut self, cid: u64) {
+            self.forgotten.push(cid);
+        }
+        fn forget_all(&mut self) -> Result<(), String> {
+            self.forgot_all = true;
+            Ok(())
+        }
+    }
+
     fn files(path: &str) -> std::io::Result<Vec<u8>> {
         match path {
             "/img" => Ok(vec![0x13; 8192]),
@@ -989,6 +1097,16 @@ mod tests {
 
     /// Runs `args` against `fake`; returns (result, stdout, stderr).
     fn go(fake: &mut Fake, names: &mut Names, args: &str) -> (Result<(), Failure>, String, String) {
+        go_with(fake, names, &mut FakeBackends::default(), args)
+    }
+
+    /// [`go`] with the backends `b`.
+    fn go_with(
+        fake: &mut Fake,
+        names: &mut Names,
+        b: &mut FakeBackends,
+        args: &str,
+    ) -> (Result<(), Failure>, String, String) {
         let v: Vec<String> = args.split_whitespace().map(String::from).collect();
         let cmd = parse(&v).expect("valid arguments");
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -997,6 +1115,7 @@ mod tests {
             out: &mut out,
             err: &mut err,
             names,
+            backends: b,
             read_file: &files,
             poll_interval: Duration::ZERO,
             max_polls: Some(3),
@@ -1096,6 +1215,86 @@ mod tests {
         let (r, _, _) = go(&mut f, &mut n, "run /img --ram 4K");
         assert!(r.unwrap_err().message.contains("does not fit"));
         assert_eq!(f.spawned.len(), 2);
+    }
+
+    #[test]
+    fn run_rng_declares_the_device_and_starts_its_backend() {
+        let mut f = Fake::default();
+        let mut b = FakeBackends::default();
+        let mut n = Names::default();
+        let (r, out, _) = go_with(&mut f, &mut n, &mut b, "run /img --ram 1M --rng --name r");
+        assert_eq!((r, out.as_str()), (Ok(()), "started CID 7\n"));
+        let d = &f.spawned_devices[0];
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (
+                d[0].spec.device_id,
+                d[0].spec.queue_count,
+                d[0].spec.queue_max
+            ),
+            (4, 1, 64)
+        );
+        assert_eq!(b.started, [(7, vec!["rng".to_string()])]);
+        assert_eq!(n.get(7), Some("r"));
+        // Without devices: none declared, stale files of that CID forgotten.
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "run /img --ram 1M");
+        assert!(r.is_ok());
+        assert!(f.spawned_devices[1].is_empty());
+        assert_eq!((b.started.len(), b.forgotten.as_slice()), (1, &[7][..]));
+        // Trusted children get no devices: refused before anything is spawned.
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "run /img --ram 1M --rng --trusted");
+        assert!(r
+            .unwrap_err()
+            .message
+            .starts_with("a trusted child cannot have"));
+        assert_eq!(f.spawned.len(), 2);
+        // A backend that cannot start: the child is terminated again, and unnamed.
+        f.children = vec![7];
+        b.fail = Some("no fork".into());
+        let (r, out, _) = go_with(&mut f, &mut n, &mut b, "run /img --ram 1M --rng --name s");
+        assert_eq!(
+            r.unwrap_err().message,
+            "cannot start the device backend of CID 7: no fork; CID 7 was terminated"
+        );
+        assert!(out.is_empty());
+        assert_eq!(f.calls.last().unwrap(), &format!("{} 7", ext::FID_EXIT));
+        assert_eq!(n.get(7), Some("r"));
+    }
+
+    #[test]
+    fn kill_stops_the_backend_and_list_shows_devices() {
+        let mut f = Fake {
+            children: vec![2, 3],
+            ..Fake::default()
+        };
+        let mut b = FakeBackends::default();
+        b.devices.insert(
+            3,
+            backend::ChildDevices {
+                names: vec!["rng".into()],
+                backend: Some(42),
+            },
+        );
+        let mut n = Names::default();
+        let (r, out, _) = go_with(&mut f, &mut n, &mut b, "list");
+        assert!(r.is_ok());
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].ends_with("DEVICES"));
+        assert!(lines[1].ends_with(" -"));
+        assert!(lines[2].ends_with(" rng"));
+        let (_, out, _) = go_with(&mut f, &mut n, &mut b, "list --json");
+        assert!(out.contains("\"devices\":[\"rng\"],\"backend_pid\":42"));
+        let (r, out, _) = go_with(&mut f, &mut n, &mut b, "kill 3");
+        assert_eq!((r, out.as_str()), (Ok(()), "CID 3 terminated\n"));
+        assert_eq!(b.stopped, [3]);
+        // A refused kill leaves the backend alone.
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "kill 9");
+        assert!(r.is_err());
+        assert_eq!(b.stopped, [3]);
+        // A FORK clone stops its copies of the backends.
+        f.clone = true;
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "fork");
+        assert!(r.is_ok() && b.forgot_all);
     }
 
     #[test]

@@ -9,10 +9,10 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 
-use diosix_abi::{error, ext, flags, Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs};
-use diosix_abi::{SpawnArgs, VmInfo};
+use diosix_abi::{devices, error, ext, flags, Event, HvInfo, IpcRecvArgs, IpcSendArgs};
+use diosix_abi::{DeviceSpec, DeviceState, QueueState, QuotaArgs, SpawnArgs, VmInfo};
 
-use crate::hv::{CallError, CallResult, Hypervisor};
+use crate::hv::{CallError, CallResult, DeviceDecl, Hypervisor};
 
 /// The device node.
 pub const PATH: &str = "/dev/diosix";
@@ -26,6 +26,13 @@ pub const SPAWN_MAX_IMAGE: usize = 64 << 20;
 pub const SPAWN_MAX_DTB: usize = diosix_abi::limits::SPAWN_MAX_DTB;
 /// Most CIDs one LIST_CHILDREN request returns (`DIOSIX_LIST_MAX`).
 pub const LIST_MAX: usize = 512;
+/// Most devices one SPAWN declares (`DIOSIX_SPAWN_MAX_DEVICES`).
+pub const SPAWN_MAX_DEVICES: usize = devices::MAX_DEVICES;
+/// Most configuration bytes of one device (`DIOSIX_SPAWN_MAX_CONFIG`).
+pub const SPAWN_MAX_CONFIG: usize = devices::MAX_CONFIG;
+/// The longest DEVICE_STATE answer (`DIOSIX_DEVICE_STATE_MAX`): the state and
+/// `devices::MAX_QUEUES` queues.
+pub const DEVICE_STATE_MAX: usize = DeviceState::SIZE + devices::MAX_QUEUES * QueueState::SIZE;
 
 /// Size of `struct diosix_ioc_ret`.
 const RET: usize = 16;
@@ -36,8 +43,9 @@ pub mod size {
     use diosix_abi::{Event, HvInfo, IpcRecvArgs, IpcSendArgs, QuotaArgs, SpawnArgs, VmInfo};
     /// `struct diosix_ioc_scalar`: ret, 5 arguments.
     pub const SCALAR: usize = RET + 5 * 8;
-    /// `struct diosix_ioc_spawn` (SPAWN and EXEC): ret, args, image and dtb pointers.
-    pub const SPAWN: usize = RET + SpawnArgs::SIZE + 16;
+    /// `struct diosix_ioc_spawn` (SPAWN and EXEC): ret, args, image, dtb and devices
+    /// pointers.
+    pub const SPAWN: usize = RET + SpawnArgs::SIZE + 24;
     /// `struct diosix_ioc_vm_info`: ret, cid, info.
     pub const VM_INFO: usize = RET + 8 + VmInfo::SIZE;
     /// `struct diosix_ioc_quota`: ret, args.
@@ -56,6 +64,8 @@ pub mod size {
     pub const LIST: usize = RET + 16;
     /// `struct diosix_ioc_child_mem`: ret, cid, child GPA, buffer pointer, length.
     pub const CHILD_MEM: usize = RET + 32;
+    /// `struct diosix_ioc_device_state`: ret, cid, device, buffer pointer, length.
+    pub const DEVICE_STATE: usize = RET + 32;
 }
 
 /// `_IOWR(DIOSIX_IOC_MAGIC, fid, size)` in the generic Linux encoding (riscv and x86
@@ -78,6 +88,7 @@ pub fn request_for(fid: usize) -> Option<u64> {
         ext::FID_CONSOLE_READ | ext::FID_CONSOLE_WRITE => size::CONSOLE,
         ext::FID_LIST_CHILDREN => size::LIST,
         ext::FID_CHILD_MEM_READ | ext::FID_CHILD_MEM_WRITE => size::CHILD_MEM,
+        ext::FID_DEVICE_STATE => size::DEVICE_STATE,
         ext::FID_RESERVED_11 | ext::FID_RESERVED_12 => return None,
         f if f < ext::FID_COUNT => size::SCALAR,
         _ => return None,
@@ -158,6 +169,11 @@ impl Device {
             .map_err(|e| CallError::Os(e.raw_os_error().unwrap_or(libc::EIO)))
     }
 
+    /// The descriptor, for `poll(2)` over several devices ([`wait_any`]).
+    fn fd(&self) -> libc::c_int {
+        self.file.as_raw_fd()
+    }
+
     fn ioctl<const N: usize>(&self, fid: usize, buf: &mut Buf<N>) -> CallResult<()> {
         let req = request_for(fid).ok_or(CallError::Os(libc::ENOTTY))?;
         debug_assert_eq!((req >> 16) & 0x3fff, N as u64, "buffer size of FID {fid}");
@@ -176,23 +192,70 @@ impl Device {
     }
 }
 
+/// Waits up to `timeout` until one of `devices` reports `POLLIN` (a doorbell file:
+/// see `DIOSIX_IOC_DEVICE_STATE`), or a signal arrives.
+pub fn wait_any(devices: &[Device], timeout: std::time::Duration) {
+    let mut pfds: Vec<libc::pollfd> = devices
+        .iter()
+        .map(|d| libc::pollfd {
+            fd: d.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfds` is a live array of exactly `pfds.len()` pollfds for the call.
+    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+}
+
+/// SPAWN's device list as the driver takes it: `DeviceSpec`s back to back, each
+/// `config_gpa` the user address of its configuration bytes (which must outlive the
+/// ioctl: they are borrowed from `devices`).
+fn device_list(devices: &[DeviceDecl]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(devices.len() * DeviceSpec::SIZE);
+    for d in devices {
+        let mut spec = d.spec;
+        spec.size = DeviceSpec::SIZE as u32;
+        spec.config_len = d.config.len() as u32;
+        spec.config_gpa = if d.config.is_empty() {
+            0
+        } else {
+            ptr(d.config.as_ptr())
+        };
+        raw.extend_from_slice(&spec.to_le_bytes());
+    }
+    raw
+}
+
 impl Device {
     /// SPAWN or EXEC (`struct diosix_ioc_spawn`): `args` with its sizes filled in from
-    /// `image` and `dtb`; returns a1.
+    /// `image`, `dtb` and `devices`; returns a1.
     fn image_call(
         &self,
         fid: usize,
         args: &SpawnArgs,
         image: &[u8],
         dtb: Option<&[u8]>,
+        devices: &[DeviceDecl],
     ) -> CallResult<u64> {
+        // The driver's limits, so the answer is the same without the copies.
+        if devices.len() > SPAWN_MAX_DEVICES
+            || devices.iter().any(|d| d.config.len() > SPAWN_MAX_CONFIG)
+        {
+            return Err(CallError::Os(libc::E2BIG));
+        }
         let mut a = *args;
         a.size = SpawnArgs::SIZE as u32;
         a.image_size = image.len() as u64;
         a.dtb_size = dtb.map_or(0, |d| d.len() as u64);
+        a.device_count = devices.len() as u32;
         // The driver fills the GPAs with those of its own copies.
         a.image_gpa = 0;
         a.dtb_gpa = 0;
+        a.devices_gpa = 0;
+        // Kept alive until the ioctl returns: the driver reads it (and the configs
+        // its entries point at) during the call.
+        let list = device_list(devices);
         let mut b = Buf::<{ size::SPAWN }>::new();
         b.put(RET, &a.to_le_bytes());
         b.put_u64(RET + SpawnArgs::SIZE, ptr(image.as_ptr()));
@@ -200,9 +263,25 @@ impl Device {
             RET + SpawnArgs::SIZE + 8,
             dtb.map_or(0, |d| ptr(d.as_ptr())),
         );
+        if !devices.is_empty() {
+            b.put_u64(RET + SpawnArgs::SIZE + 16, ptr(list.as_ptr()));
+        }
         self.ioctl(fid, &mut b)?;
         b.result()
     }
+}
+
+/// A DEVICE_STATE answer of `len` bytes: the state, then as many of its
+/// `queue_count` queues as the answer holds (never more than `devices::MAX_QUEUES`).
+pub fn parse_device_state(bytes: &[u8]) -> Option<(DeviceState, Vec<QueueState>)> {
+    let state = DeviceState::from_le_bytes(bytes)?;
+    let queues = bytes
+        .get(DeviceState::SIZE..)?
+        .chunks_exact(QueueState::SIZE)
+        .take((state.queue_count as usize).min(devices::MAX_QUEUES))
+        .filter_map(QueueState::from_le_bytes)
+        .collect();
+    Some((state, queues))
 }
 
 impl Hypervisor for Device {
@@ -215,14 +294,39 @@ impl Hypervisor for Device {
         b.result()
     }
 
-    fn spawn(&mut self, args: &SpawnArgs, image: &[u8], dtb: Option<&[u8]>) -> CallResult<u64> {
-        self.image_call(ext::FID_SPAWN, args, image, dtb)
+    fn spawn(
+        &mut self,
+        args: &SpawnArgs,
+        image: &[u8],
+        dtb: Option<&[u8]>,
+        devices: &[DeviceDecl],
+    ) -> CallResult<u64> {
+        self.image_call(ext::FID_SPAWN, args, image, dtb, devices)
     }
 
     fn exec(&mut self, args: &SpawnArgs, image: &[u8]) -> CallResult<()> {
         let mut a = *args;
         a.cid = 0;
-        self.image_call(ext::FID_EXEC, &a, image, None).map(|_| ())
+        self.image_call(ext::FID_EXEC, &a, image, None, &[])
+            .map(|_| ())
+    }
+
+    fn device_state(
+        &mut self,
+        cid: u64,
+        device: u64,
+    ) -> CallResult<(DeviceState, Vec<QueueState>)> {
+        let mut out = [0u8; DEVICE_STATE_MAX];
+        let mut b = Buf::<{ size::DEVICE_STATE }>::new();
+        b.put_u64(RET, cid);
+        b.put_u64(RET + 8, device);
+        b.put_u64(RET + 16, ptr(out.as_mut_ptr()));
+        b.put_u64(RET + 24, out.len() as u64);
+        self.ioctl(ext::FID_DEVICE_STATE, &mut b)?;
+        let len = usize::try_from(b.result()?)
+            .unwrap_or(usize::MAX)
+            .min(out.len());
+        parse_device_state(&out[..len]).ok_or(CallError::Os(libc::EIO))
     }
 
     fn vm_info(&mut self, cid: Option<u64>) -> CallResult<VmInfo> {
@@ -387,7 +491,9 @@ mod tests {
     fn sizes_match_the_c_header() {
         // The DIOSIX_STATIC_ASSERTs at the end of diosix_ioctl.h.
         assert_eq!(size::SCALAR, 56);
-        assert_eq!(size::SPAWN, 120);
+        assert_eq!(size::SPAWN, 144);
+        assert_eq!(size::DEVICE_STATE, 48);
+        assert_eq!(size::CHILD_MEM, 48);
         assert_eq!(size::VM_INFO, 168);
         assert_eq!(size::QUOTA, 56);
         assert_eq!(size::IPC_SEND, 56);
@@ -400,17 +506,81 @@ mod tests {
 
     #[test]
     fn request_numbers_are_the_function_ids() {
-        // _IOWR(0xD5, 4, 120)
-        assert_eq!(request_for(ext::FID_SPAWN), Some(0xC078_D504));
+        // _IOWR(0xD5, 4, 144)
+        assert_eq!(request_for(ext::FID_SPAWN), Some(0xC090_D504));
         assert_eq!(request_for(ext::FID_STOP), Some(0xC038_D510));
-        // EXEC takes SPAWN's structure: _IOWR(0xD5, 26, 120)
-        assert_eq!(request_for(ext::FID_EXEC), Some(0xC078_D51A));
+        // EXEC takes SPAWN's structure: _IOWR(0xD5, 26, 144)
+        assert_eq!(request_for(ext::FID_EXEC), Some(0xC090_D51A));
+        // _IOWR(0xD5, 30, 48); DEVICE_RAISE is a scalar one: _IOWR(0xD5, 31, 56).
+        assert_eq!(request_for(ext::FID_DEVICE_STATE), Some(0xC030_D51E));
+        assert_eq!(request_for(ext::FID_DEVICE_RAISE), Some(0xC038_D51F));
         assert_eq!(request_for(11), None);
         assert_eq!(request_for(ext::FID_COUNT), None);
         for (fid, _) in ext::FUNCTIONS {
             let req = request_for(*fid).unwrap();
             assert_eq!(req & 0xff, *fid as u64);
         }
+    }
+
+    #[test]
+    fn device_lists_and_states_are_encoded_as_the_driver_reads_them() {
+        let rng = DeviceDecl {
+            spec: DeviceSpec {
+                device_id: 4,
+                queue_count: 1,
+                queue_max: 64,
+                config_gpa: 0x1234,
+                ..DeviceSpec::default()
+            },
+            config: Vec::new(),
+        };
+        let blk = DeviceDecl {
+            spec: DeviceSpec {
+                device_id: 2,
+                ..rng.spec
+            },
+            config: vec![1, 2, 3],
+        };
+        let list = [rng, blk];
+        let raw = device_list(&list);
+        assert_eq!(raw.len(), 2 * DeviceSpec::SIZE);
+        let a = DeviceSpec::from_le_bytes(&raw).unwrap();
+        let b = DeviceSpec::from_le_bytes(&raw[DeviceSpec::SIZE..]).unwrap();
+        // Sizes set; no configuration: no pointer; else the user address of the bytes.
+        assert_eq!(
+            (a.size, a.device_id, a.config_gpa, a.config_len),
+            (40, 4, 0, 0)
+        );
+        assert_eq!((b.size, b.device_id, b.config_len), (40, 2, 3));
+        assert_eq!(b.config_gpa, ptr(list[1].config.as_ptr()));
+
+        let state = DeviceState {
+            size: 80,
+            status: 0xf,
+            queue_count: 1,
+            resets: 2,
+            ..DeviceState::default()
+        };
+        let q = QueueState {
+            size: 64,
+            ready: 1,
+            desc: 0x8000_0000,
+            driver: 0x8000_0400,
+            device: 0x8000_0800,
+        };
+        let mut bytes = state.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&q.to_le_bytes());
+        assert_eq!(parse_device_state(&bytes), Some((state, vec![q])));
+        // A queue count beyond what was written, or beyond the ABI's: what is there.
+        let many = DeviceState {
+            queue_count: 99,
+            ..state
+        };
+        let mut bytes = many.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&q.to_le_bytes());
+        assert_eq!(parse_device_state(&bytes).unwrap().1, [q]);
+        assert_eq!(parse_device_state(&bytes[..47]), None);
+        assert_eq!(DEVICE_STATE_MAX, 304);
     }
 
     /// Compiles a C program against the real headers with the host compiler and
@@ -427,6 +597,20 @@ mod tests {
         for (fid, name) in ext::FUNCTIONS {
             prog.push_str(&format!(
                 "printf(\"{fid} %lu\\n\", (unsigned long)DIOSIX_IOC_{name});\n"
+            ));
+        }
+        // The driver's own limits, which the generated header does not carry.
+        let limits = [
+            ("DIOSIX_SPAWN_MAX_DEVICES", SPAWN_MAX_DEVICES),
+            ("DIOSIX_SPAWN_MAX_CONFIG", SPAWN_MAX_CONFIG),
+            ("DIOSIX_DEVICE_MAX_QUEUES", devices::MAX_QUEUES),
+            ("DIOSIX_DEVICE_STATE_MAX", DEVICE_STATE_MAX),
+            ("DIOSIX_LIST_MAX", LIST_MAX),
+            ("DIOSIX_SPAWN_MAX_IMAGE", SPAWN_MAX_IMAGE),
+        ];
+        for (name, _) in &limits {
+            prog.push_str(&format!(
+                "printf(\"{name} %lu\\n\", (unsigned long)({name}));\n"
             ));
         }
         prog.push_str("return 0;}\n");
@@ -456,6 +640,10 @@ mod tests {
         let mut n = 0;
         for line in text.lines() {
             let (fid, req) = line.split_once(' ').unwrap();
+            if let Some((name, want)) = limits.iter().find(|(l, _)| *l == fid) {
+                assert_eq!(req.parse::<usize>().unwrap(), *want, "{name}");
+                continue;
+            }
             let fid: usize = fid.parse().unwrap();
             assert_eq!(Some(req.parse().unwrap()), request_for(fid), "FID {fid}");
             n += 1;

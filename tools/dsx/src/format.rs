@@ -2,6 +2,7 @@
 
 use diosix_abi::{error, event, exit_code, features, flags, state, Event, HvInfo, VmInfo};
 
+use crate::backend::ChildDevices;
 use crate::hv::CallError;
 
 const PAGE: u64 = 4096;
@@ -392,6 +393,21 @@ pub struct Row<'a> {
     /// What GET_CHILD_INFO said, or why it failed (the child may have died between
     /// LIST_CHILDREN and GET_CHILD_INFO).
     pub info: Result<VmInfo, CallError>,
+    /// Its virtio devices (from the backends' state files), if it has any.
+    pub devices: Option<ChildDevices>,
+}
+
+/// The DEVICES column: `rng`, `rng,rng`, with `(down)` when no backend serves them;
+/// `-` for none.
+pub fn devices_text(d: Option<&ChildDevices>) -> String {
+    match d {
+        None => "-".into(),
+        Some(d) => format!(
+            "{}{}",
+            d.names.join(","),
+            if d.backend.is_some() { "" } else { "(down)" }
+        ),
+    }
 }
 
 /// `dsx list`.
@@ -409,9 +425,11 @@ pub fn list_text(rows: &[Row<'_>]) -> String {
         "PRIO".into(),
         "CHILDREN".into(),
         "CONSOLE".into(),
+        "DEVICES".into(),
     ]];
     for r in rows {
         let name = r.name.unwrap_or("-").to_string();
+        let devices = devices_text(r.devices.as_ref());
         let cols = match &r.info {
             Ok(i) => [
                 r.cid.to_string(),
@@ -428,6 +446,7 @@ pub fn list_text(rows: &[Row<'_>]) -> String {
                 i.priority.to_string(),
                 i.child_count.to_string(),
                 format!("{} B", i.console_pending),
+                devices,
             ],
             Err(_) => [
                 r.cid.to_string(),
@@ -439,11 +458,12 @@ pub fn list_text(rows: &[Row<'_>]) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                devices,
             ],
         };
         lines.push(cols);
     }
-    let mut widths = [0usize; 9];
+    let mut widths = [0usize; 10];
     for l in &lines {
         for (w, c) in widths.iter_mut().zip(l) {
             *w = (*w).max(c.len());
@@ -477,6 +497,16 @@ pub fn list_json(rows: &[Row<'_>]) -> String {
                 1,
                 format!("\"name\":{}", r.name.map_or("null".into(), json_str)),
             );
+            let d = r.devices.as_ref();
+            let names: Vec<String> = d.map_or(Vec::new(), |d| {
+                d.names.iter().map(|n| json_str(n)).collect()
+            });
+            m.push(format!("\"devices\":[{}]", names.join(",")));
+            m.push(format!(
+                "\"backend_pid\":{}",
+                d.and_then(|d| d.backend)
+                    .map_or("null".into(), |p| p.to_string())
+            ));
             Some(format!("{{{}}}", m.join(",")))
         })
         .collect();
@@ -673,27 +703,52 @@ mod tests {
         child.flags = 0;
         child.own_ram_pages = 32768;
         child.cid = 2;
+        let rng = |backend| ChildDevices {
+            names: vec!["rng".into()],
+            backend,
+        };
         let rows = [
             Row {
                 cid: 2,
                 name: Some("web"),
                 info: Ok(child),
+                devices: Some(rng(Some(77))),
             },
             Row {
                 cid: 3,
                 name: None,
                 info: Err(CallError::Sbi(-3)),
+                devices: None,
+            },
+            Row {
+                cid: 4,
+                name: None,
+                info: Ok(child),
+                devices: Some(rng(None)),
+            },
+            Row {
+                cid: 5,
+                name: None,
+                info: Ok(child),
+                devices: None,
             },
         ];
         let t = list_text(&rows);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("CID  NAME  STATE"));
+        assert!(lines[0].ends_with("CONSOLE  DEVICES"));
         assert!(lines[1].starts_with("2    web   running  no"));
         assert!(lines[1].contains("128 MiB"));
+        assert!(lines[1].ends_with("0 B      rng"));
         assert!(lines[2].starts_with("3    -     gone"));
+        assert!(lines[3].ends_with(" rng(down)"));
+        assert!(lines[4].ends_with("0 B      -"));
         let j = list_json(&rows);
         assert!(j.starts_with("[{\"cid\":2,\"name\":\"web\",\"trusted\":false"));
-        assert_eq!(j.matches("\"cid\"").count(), 1);
+        assert!(j.contains("\"dtb_gpa\":2413821952,\"devices\":[\"rng\"],\"backend_pid\":77}"));
+        assert!(j.contains("\"devices\":[\"rng\"],\"backend_pid\":null}"));
+        assert!(j.ends_with("\"devices\":[],\"backend_pid\":null}]\n"));
+        assert_eq!(j.matches("\"cid\"").count(), 3);
         assert_eq!(list_text(&[]), "no children\n");
         assert_eq!(list_json(&[]), "[]\n");
     }

@@ -4,14 +4,19 @@
 //! Layers, so that all but the ioctls and the terminal run under `cargo test` on the
 //! build host: [`cli`] parses, [`commands`] carries out a command through the
 //! [`hv::Hypervisor`] trait and [`format`] words the output and errors; [`dev`] is the
-//! trait over the real device and [`console`] the interactive console.
+//! trait over the real device and [`console`] the interactive console. [`backend`]
+//! serves children's virtio devices (`dsx backend`, which `dsx run --rng` starts),
+//! walking their queues with [`virtq`]; [`rng`] is the entropy device.
 
+mod backend;
 mod cli;
 mod commands;
 mod console;
 mod dev;
 mod format;
 mod hv;
+mod rng;
+mod virtq;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,6 +60,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cmd: &Command) -> Result<(), Failure> {
+    let mut run_dir = backend::RunDir::new(backend::RUN_DIR);
+    if let Command::Backend { cid, devices } = cmd {
+        return backend::serve(*cid, devices, &run_dir).map_err(|message| Failure {
+            message: format!("backend of CID {cid}: {message}"),
+            status: 1,
+        });
+    }
     let mut device = dev::Device::open().map_err(commands::fail(Op::Open))?;
     let mut names = Names::load(Some(PathBuf::from(commands::NAMES_PATH)));
     if let Command::Console(child) = cmd {
@@ -70,6 +82,7 @@ fn run(cmd: &Command) -> Result<(), Failure> {
         out: &mut out,
         err: &mut err,
         names: &mut names,
+        backends: &mut run_dir,
         read_file: &read_file,
         poll_interval: Duration::from_millis(100),
         max_polls: None,

@@ -1,0 +1,1340 @@
+//! Device backends: the parent's side of a child's virtio devices (see
+//! `docs/devices.md` and `docs/dsx.md`).
+//!
+//! `dsx run --rng` SPAWNs the child with the devices' [`DeviceDecl`]s and starts a
+//! backend process for it ([`Backends::start`]): `dsx backend CID DEVICE...`, in a
+//! session of its own, outliving `dsx run`. The backend opens `/dev/diosix` once per
+//! device (each file its own doorbell: see `DIOSIX_IOC_DEVICE_STATE`), and
+//! loops: DEVICE_STATE of each device, its new requests served through the device's
+//! [`VirtioDevice`] (the queues walked by [`crate::virtq`] over CHILD_MEM_READ /
+//! CHILD_MEM_WRITE), DEVICE_RAISE, then `poll(2)` until a doorbell rings (at most
+//! [`WAIT`]). It ends when DEVICE_STATE says the child is gone (INVALID_PARAM).
+//!
+//! A child that breaks the queue rules (descriptors outside its RAM, a looping
+//! chain, an index beyond the queue, an indirect descriptor, more buffers than the
+//! queue holds) gets NEEDS_RESET on that device, which is then left alone until its
+//! driver resets it. [`Backend`] and [`run_loop`] work over the [`Hypervisor`] trait,
+//! so all of this is tested on the build host against a fake child.
+
+use std::ffi::CString;
+use std::fmt::Display;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use diosix_abi::devices::{RAISE_NEEDS_RESET, RAISE_USED_BUFFER};
+use diosix_abi::{error, QueueState};
+
+use crate::hv::{CallError, DeviceDecl, Hypervisor};
+use crate::virtq::{Child, ChildMem, Desc, Queue, QueueError, AVAIL_F_NO_INTERRUPT};
+
+/// The device status bits a backend looks at (virtio 1.2, section 2.1).
+pub mod status {
+    /// The driver is ready: the device may use its queues.
+    pub const DRIVER_OK: u32 = 4;
+    /// The device asked to be reset (DEVICE_RAISE NEEDS_RESET).
+    pub const NEEDS_RESET: u32 = 0x40;
+    /// The driver gave up on the device.
+    pub const FAILED: u32 = 0x80;
+}
+
+/// How long the backend sleeps without a doorbell before it looks again.
+pub const WAIT: Duration = Duration::from_millis(1000);
+
+/// Most log lines one backend writes (a child that keeps breaking its device must
+/// not fill this VM's tmpfs).
+const LOG_LINES_MAX: u32 = 100;
+
+/// One kind of virtio device a backend serves.
+pub trait VirtioDevice {
+    /// The virtio device ID (4 = entropy).
+    fn device_id(&self) -> u32;
+    /// Its name on the command line, in state files and in `dsx list` (`rng`).
+    fn name(&self) -> &'static str;
+    /// What SPAWN declares for it.
+    fn decl(&self) -> DeviceDecl;
+    /// Serves one request: the descriptor `chain` (already checked: in bounds, every
+    /// buffer in the child's RAM) taken from queue `queue`. Returns the bytes written
+    /// into the chain's device-writable buffers (the used element's length).
+    fn serve_queue(
+        &mut self,
+        queue: usize,
+        chain: &[Desc],
+        mem: &mut dyn ChildMem,
+    ) -> Result<u32, QueueError>;
+    /// The device was reset: forget any request in flight.
+    fn reset(&mut self) {}
+}
+
+/// Every device name `run` and `backend` take.
+pub const DEVICE_NAMES: &[&str] = &["rng"];
+
+/// A new device of kind `name` ([`DEVICE_NAMES`]).
+pub fn device_by_name(name: &str) -> Option<Box<dyn VirtioDevice>> {
+    match name {
+        "rng" => Some(Box::new(crate::rng::Rng::new())),
+        _ => None,
+    }
+}
+
+/// Where the device is in one queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Track {
+    /// The next available-ring entry to take.
+    next_avail: u16,
+    /// The next used-ring entry to fill (what is published once a batch is done).
+    used_idx: u16,
+    /// False until the first look at a live queue after the backend started: then it
+    /// takes over where the used ring stands (a backend restarted by hand).
+    synced: bool,
+}
+
+impl Track {
+    /// A queue set up afresh by its driver: both rings start at 0.
+    const FRESH: Track = Track {
+        next_avail: 0,
+        used_idx: 0,
+        synced: true,
+    };
+}
+
+struct Slot {
+    dev: Box<dyn VirtioDevice>,
+    queue_max: u32,
+    /// The `resets` of the latest DEVICE_STATE (`None` before the first).
+    resets: Option<u32>,
+    /// NEEDS_RESET was raised: leave the device alone until `resets` moves.
+    broken: bool,
+    queues: Vec<Track>,
+}
+
+/// What one service of a device found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// Served what there was (or nothing: not live, broken, no requests).
+    Done,
+    /// The child is gone: the backend's work is over.
+    Gone,
+}
+
+/// The devices of one child and where each stands.
+pub struct Backend {
+    cid: u64,
+    slots: Vec<Slot>,
+    /// The child's RAM `[start, end)` from GET_CHILD_INFO (`Some(None)`: unknown,
+    /// CHILD_MEM's own checks only).
+    ram: Option<Option<(u64, u64)>>,
+    log: Box<dyn Write>,
+    logged: u32,
+}
+
+impl Backend {
+    /// A backend for child `cid`'s `devices`, device *i* being SPAWN's device *i*;
+    /// what it has to say goes to `log`.
+    pub fn new(cid: u64, devices: Vec<Box<dyn VirtioDevice>>, log: Box<dyn Write>) -> Backend {
+        let slots = devices
+            .into_iter()
+            .map(|dev| {
+                let spec = dev.decl().spec;
+                Slot {
+                    queue_max: spec.queue_max,
+                    queues: vec![Track::default(); spec.queue_count as usize],
+                    dev,
+                    resets: None,
+                    broken: false,
+                }
+            })
+            .collect();
+        Backend {
+            cid,
+            slots,
+            ram: None,
+            log,
+            logged: 0,
+        }
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True without devices.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Writes one log line (at most [`LOG_LINES_MAX`] of them).
+    pub fn note(&mut self, msg: impl Display) {
+        let line = match self.logged {
+            n if n < LOG_LINES_MAX => format!("dsx backend (CID {}): {msg}", self.cid),
+            LOG_LINES_MAX => format!(
+                "dsx backend (CID {}): further messages suppressed",
+                self.cid
+            ),
+            _ => return,
+        };
+        self.logged += 1;
+        let _ = writeln!(self.log, "{line}");
+        let _ = self.log.flush();
+    }
+
+    /// The child's RAM, asked once; `Err` if the child is gone.
+    fn ram(&mut self, hv: &mut dyn Hypervisor) -> Result<Option<(u64, u64)>, ()> {
+        if let Some(r) = self.ram {
+            return Ok(r);
+        }
+        let r = match hv.vm_info(Some(self.cid)) {
+            Ok(i) => i
+                .own_ram_pages
+                .checked_mul(4096)
+                .and_then(|len| i.ram_gpa.checked_add(len))
+                .map(|end| (i.ram_gpa, end)),
+            Err(CallError::Sbi(c)) if c == error::INVALID_PARAM as i64 => return Err(()),
+            Err(e) => {
+                self.note(format!(
+                    "GET_CHILD_INFO failed ({e:?}): buffers checked by CHILD_MEM only"
+                ));
+                None
+            }
+        };
+        self.ram = Some(r);
+        Ok(r)
+    }
+
+    /// One pass over device `index`, through `hv`: DEVICE_STATE, then (if the device
+    /// is live and not broken) every ready queue's new requests, then DEVICE_RAISE.
+    /// `Err` for an answer that means this backend can do nothing (DEVICE_STATE not
+    /// supported, a bad buffer address: a driver or hypervisor bug).
+    pub fn service(&mut self, index: usize, hv: &mut dyn Hypervisor) -> Result<Service, String> {
+        let cid = self.cid;
+        let gone = |e: &CallError| *e == CallError::Sbi(error::INVALID_PARAM as i64);
+        let (state, queues) = match hv.device_state(cid, index as u64) {
+            Ok(s) => s,
+            // No such child, or no such device of it (a backend started by hand
+            // with the wrong devices): GET_CHILD_INFO tells which.
+            Err(e) if gone(&e) => {
+                return match hv.vm_info(Some(cid)) {
+                    Err(e) if gone(&e) => Ok(Service::Gone),
+                    _ => Err(format!("CID {cid} has no device {index}")),
+                };
+            }
+            Err(CallError::Os(errno)) => {
+                self.note(format!("DEVICE_STATE of device {index}: errno {errno}"));
+                return Ok(Service::Done);
+            }
+            Err(e) => return Err(format!("DEVICE_STATE of device {index} failed: {e:?}")),
+        };
+        let Ok(ram) = self.ram(hv) else {
+            return Ok(Service::Gone);
+        };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return Ok(Service::Done);
+        };
+        let mut notes = Vec::new();
+        if slot.resets != Some(state.resets) {
+            // First sight: take over where the used ring stands. A reset: the
+            // driver sets the queues up afresh, from index 0.
+            let known = slot.resets.is_some();
+            if known && slot.broken {
+                notes.push(format!(
+                    "device {index} was reset by its driver: serving it again"
+                ));
+            }
+            slot.resets = Some(state.resets);
+            slot.broken = false;
+            slot.dev.reset();
+            for t in &mut slot.queues {
+                *t = Track {
+                    synced: known,
+                    ..Track::FRESH
+                };
+            }
+        }
+        let live = state.status & status::DRIVER_OK != 0
+            && state.status & (status::FAILED | status::NEEDS_RESET) == 0;
+        let mut raise = 0;
+        if !live {
+            // Being set up (the queues will be new) or given up on.
+            slot.queues.fill(Track::FRESH);
+        } else if !slot.broken {
+            let mut mem = Child { hv, cid, ram };
+            for (q, qs) in queues.iter().enumerate().take(slot.queues.len()) {
+                if qs.ready == 0 {
+                    continue;
+                }
+                let track = &mut slot.queues[q];
+                match serve_queue(&mut *slot.dev, q, qs, slot.queue_max, track, &mut mem) {
+                    Ok(true) => raise |= RAISE_USED_BUFFER,
+                    Ok(false) => {}
+                    Err(QueueError::Gone) => return Ok(Service::Gone),
+                    Err(e) => {
+                        notes.push(format!(
+                            "device {index} ({}) queue {q}: {e}: raising NEEDS_RESET",
+                            slot.dev.name()
+                        ));
+                        slot.broken = true;
+                        raise |= RAISE_NEEDS_RESET;
+                        break;
+                    }
+                }
+            }
+        }
+        for n in notes {
+            self.note(n);
+        }
+        if raise != 0 {
+            match hv.device_raise(cid, index as u64, raise) {
+                Ok(()) => {}
+                Err(e) if gone(&e) => return Ok(Service::Gone),
+                Err(e) => self.note(format!("DEVICE_RAISE {raise:#x} of device {index}: {e:?}")),
+            }
+        }
+        Ok(Service::Done)
+    }
+}
+
+/// Serves the requests the driver made available on one queue since the last pass:
+/// at most one queue's worth (more would be the driver's error), so one busy queue
+/// cannot hold up the other devices. Every request's chain is checked before the
+/// device touches any of it; the used elements are written, then the used index once.
+/// Returns whether the driver wants a used-buffer interrupt for them.
+fn serve_queue(
+    dev: &mut dyn VirtioDevice,
+    q: usize,
+    qs: &QueueState,
+    queue_max: u32,
+    t: &mut Track,
+    mem: &mut dyn ChildMem,
+) -> Result<bool, QueueError> {
+    let queue = Queue::new(qs, queue_max)?;
+    queue.check_areas(mem)?;
+    if !t.synced {
+        let at = queue.used_idx(mem)?;
+        *t = Track {
+            next_avail: at,
+            used_idx: at,
+            synced: true,
+        };
+    }
+    let (_, avail) = queue.avail_header(mem)?;
+    let waiting = avail.wrapping_sub(t.next_avail);
+    if waiting > queue.size {
+        return Err(QueueError::TooManyAvailable {
+            avail,
+            next: t.next_avail,
+        });
+    }
+    if waiting == 0 {
+        return Ok(false);
+    }
+    let (mut next, mut used) = (t.next_avail, t.used_idx);
+    for _ in 0..waiting {
+        let head = queue.avail_entry(mem, next)?;
+        let chain = queue.chain(mem, head)?;
+        let len = dev.serve_queue(q, &chain, mem)?;
+        queue.put_used(mem, used, head, len)?;
+        next = next.wrapping_add(1);
+        used = used.wrapping_add(1);
+    }
+    queue.publish_used(mem, used)?;
+    t.next_avail = next;
+    t.used_idx = used;
+    // Read after the index is published (virtio 1.2, 2.7.10).
+    let (flags, _) = queue.avail_header(mem)?;
+    Ok(flags & AVAIL_F_NO_INTERRUPT == 0)
+}
+
+/// Serves `backend`'s devices until the child is gone: a pass over every device
+/// (device *i* through `hvs[i]`, its own doorbell file), then `wait` (for a doorbell,
+/// at most [`WAIT`]), and again. `Err` when a device cannot be served at all.
+pub fn run_loop<H: Hypervisor>(
+    backend: &mut Backend,
+    hvs: &mut [H],
+    wait: &mut dyn FnMut(&mut [H]),
+) -> Result<(), String> {
+    if hvs.len() != backend.len() || backend.is_empty() {
+        return Err(format!(
+            "{} devices but {} doorbell files",
+            backend.len(),
+            hvs.len()
+        ));
+    }
+    loop {
+        for (i, hv) in hvs.iter_mut().enumerate() {
+            if backend.service(i, hv)? == Service::Gone {
+                return Ok(());
+            }
+        }
+        wait(hvs);
+    }
+}
+
+/// Where the backends keep their files (tmpfs: they go with the VM).
+pub const RUN_DIR: &str = "/run/dsx";
+
+/// A child's devices, as `dsx list` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildDevices {
+    /// Their names, in SPAWN's order.
+    pub names: Vec<String>,
+    /// The PID of the backend serving them, if one is running.
+    pub backend: Option<u32>,
+}
+
+/// What `run`, `kill`, `list` and `fork` do with backends (a fake in the tests).
+pub trait Backends {
+    /// Records `devices` as child `cid`'s and starts the backend serving them;
+    /// returns its PID.
+    fn start(&mut self, cid: u64, devices: &[&str]) -> Result<u32, String>;
+    /// Stops child `cid`'s backend (if it has a live one) and forgets its files;
+    /// returns the PID signalled.
+    fn stop(&mut self, cid: u64) -> Result<Option<u32>, String>;
+    /// Child `cid`'s devices, if it has any.
+    fn devices(&self, cid: u64) -> Option<ChildDevices>;
+    /// Forgets whatever files a child `cid` without devices might have (a CID reused
+    /// in a FORK clone that did not clean up).
+    fn forget(&mut self, cid: u64);
+    /// In a FORK clone: stops the copies of its parent's backends it inherited and
+    /// forgets their files (its children are its own, and start at CID 2 again).
+    fn forget_all(&mut self) -> Result<(), String>;
+}
+
+/// The backends' files in a directory ([`RUN_DIR`]): `CID.devices` (one device name a
+/// line, written by `dsx run`), `CID.pid` (the backend's PID) and `CID.log` (what it
+/// has to say).
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    dir: PathBuf,
+}
+
+/// Whether `cmdline` (`/proc/PID/cmdline`) is that of child `cid`'s backend: `dsx
+/// backend CID ...`, whatever the program was called.
+pub fn is_backend_cmdline(cmdline: &[u8], cid: u64) -> bool {
+    let mut args = cmdline.split(|&b| b == 0).skip(1);
+    args.next() == Some(b"backend".as_slice()) && args.next() == Some(cid.to_string().as_bytes())
+}
+
+impl RunDir {
+    /// The files in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> RunDir {
+        RunDir { dir: dir.into() }
+    }
+
+    fn path(&self, cid: u64, ext: &str) -> PathBuf {
+        self.dir.join(format!("{cid}.{ext}"))
+    }
+
+    /// Child `cid`'s backend log.
+    pub fn log_path(&self, cid: u64) -> PathBuf {
+        self.path(cid, "log")
+    }
+
+    /// Records child `cid`'s device names.
+    pub fn write_devices(&self, cid: u64, names: &[&str]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+        std::fs::write(self.path(cid, "devices"), text)
+    }
+
+    /// Child `cid`'s device names, if it has any.
+    pub fn read_devices(&self, cid: u64) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.path(cid, "devices")).ok()?;
+        let names: Vec<String> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        (!names.is_empty()).then_some(names)
+    }
+
+    /// Records child `cid`'s backend PID.
+    pub fn write_pid(&self, cid: u64, pid: u32) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::write(self.path(cid, "pid"), format!("{pid}\n"))
+    }
+
+    /// The PID child `cid`'s pid file names.
+    pub fn read_pid(&self, cid: u64) -> Option<u32> {
+        std::fs::read_to_string(self.path(cid, "pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The PID of child `cid`'s backend, if its pid file names a live process that is
+    /// that backend (so a PID reused by something else is never taken for it).
+    pub fn live_backend(&self, cid: u64) -> Option<u32> {
+        let pid = self.read_pid(cid)?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        is_backend_cmdline(&cmdline, cid).then_some(pid)
+    }
+
+    /// Forgets child `cid`'s pid file, and its devices file unless `keep_devices`.
+    pub fn remove(&self, cid: u64, keep_devices: bool) {
+        let _ = std::fs::remove_file(self.path(cid, "pid"));
+        if !keep_devices {
+            let _ = std::fs::remove_file(self.path(cid, "devices"));
+        }
+    }
+
+    /// Every CID with a devices or pid file.
+    fn cids(&self) -> Vec<u64> {
+        let mut cids: Vec<u64> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (cid, ext) = name.split_once('.')?;
+                matches!(ext, "devices" | "pid").then(|| cid.parse().ok())?
+            })
+            .collect();
+        cids.sort_unstable();
+        cids.dedup();
+        cids
+    }
+}
+
+impl Backends for RunDir {
+    fn start(&mut self, cid: u64, devices: &[&str]) -> Result<u32, String> {
+        self.write_devices(cid, devices)
+            .map_err(|e| format!("cannot write {}: {e}", self.path(cid, "devices").display()))?;
+        let pid = launch(cid, devices, &self.log_path(cid))?;
+        self.write_pid(cid, pid)
+            .map_err(|e| format!("cannot write {}: {e}", self.path(cid, "pid").display()))?;
+        Ok(pid)
+    }
+
+    fn stop(&mut self, cid: u64) -> Result<Option<u32>, String> {
+        let pid = self.live_backend(cid);
+        if let Some(pid) = pid {
+            let target = libc::pid_t::try_from(pid).map_err(|_| format!("PID {pid}"))?;
+            // SAFETY: kill only sends a signal; `target` is a positive PID checked to
+            // be this child's backend just now.
+            if unsafe { libc::kill(target, libc::SIGTERM) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(format!("cannot stop the backend (PID {pid}): {e}"));
+                }
+            }
+        }
+        self.remove(cid, false);
+        Ok(pid)
+    }
+
+    fn devices(&self, cid: u64) -> Option<ChildDevices> {
+        Some(ChildDevices {
+            names: self.read_devices(cid)?,
+            backend: self.live_backend(cid),
+        })
+    }
+
+    fn forget(&mut self, cid: u64) {
+        self.remove(cid, false);
+    }
+
+    fn forget_all(&mut self) -> Result<(), String> {
+        let mut first_error = Ok(());
+        for cid in self.cids() {
+            if let Err(e) = self.stop(cid) {
+                first_error = first_error.and(Err(e));
+            }
+        }
+        first_error
+    }
+}
+
+/// Starts `dsx backend CID DEVICE...` (this program again, `/proc/self/exe`) in a
+/// session of its own, detached from this one (a double fork: `dsx run` does not
+/// wait for it, and no terminal's hang-up or Ctrl-C reaches it), its standard input
+/// `/dev/null` and its output appended to `log`. Returns its PID once it runs the
+/// program, or why it could not.
+fn launch(cid: u64, devices: &[&str], log: &Path) -> Result<u32, String> {
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("bad argument {s:?}"));
+    let exe = cstr("/proc/self/exe")?;
+    let mut args = vec![cstr("dsx")?, cstr("backend")?, cstr(&cid.to_string())?];
+    for d in devices {
+        args.push(cstr(d)?);
+    }
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let root = cstr("/")?;
+    // Opened close-on-exec (std's default): only the dup2'd copies reach the backend.
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+    use std::os::fd::AsRawFd;
+    let (null, out) = (null.as_raw_fd(), out.as_raw_fd());
+    // The middle process sends the backend's PID ('P'), the backend errno ('E') if
+    // its exec fails; the pipe closes (EOF) when both are done.
+    let mut pipe = [0 as libc::c_int; 2];
+    // SAFETY: `pipe` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    let [rd, wr] = pipe;
+    // SAFETY: dsx is single-threaded; until they _exit or exec, the two new processes
+    // make only async-signal-safe calls, on memory prepared above.
+    let middle = unsafe { libc::fork() };
+    if middle == 0 {
+        // SAFETY: as above: setsid, fork, dup2, chdir, execv, write, _exit only.
+        unsafe {
+            libc::setsid();
+            let backend = libc::fork();
+            if backend == 0 {
+                libc::dup2(null, 0);
+                libc::dup2(out, 1);
+                libc::dup2(out, 2);
+                // Nothing else of the caller's reaches the backend (a shell's
+                // descriptors, a pipe a command substitution waits on): all close
+                // at exec, `wr` too, which is still needed if exec fails.
+                let all = libc::c_uint::MAX;
+                if libc::syscall(libc::SYS_close_range, 3, all, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+                    for fd in 3..1024 {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
+                libc::chdir(root.as_ptr());
+                libc::execv(exe.as_ptr(), argv.as_ptr());
+                let errno = *libc::__errno_location();
+                let mut msg = [b'E', 0, 0, 0, 0];
+                msg[1..].copy_from_slice(&errno.to_le_bytes());
+                libc::write(wr, msg.as_ptr().cast(), msg.len());
+                libc::_exit(127);
+            }
+            let mut msg = [b'P', 0, 0, 0, 0];
+            msg[1..].copy_from_slice(&backend.to_le_bytes());
+            libc::write(wr, msg.as_ptr().cast(), msg.len());
+            libc::_exit(if backend < 0 { 1 } else { 0 });
+        }
+    }
+    // SAFETY: closing the write end this process holds, so EOF can come.
+    unsafe { libc::close(wr) };
+    let mut got = Vec::new();
+    if middle > 0 {
+        let mut buf = [0u8; 16];
+        loop {
+            // SAFETY: `buf` is a live buffer of `buf.len()` bytes.
+            let n = unsafe { libc::read(rd, buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                got.extend_from_slice(&buf[..n as usize]);
+            } else if n == 0
+                || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
+                break;
+            }
+        }
+        let mut wstatus = 0;
+        // SAFETY: reaps the middle process, which has exited or is about to.
+        unsafe { libc::waitpid(middle, &mut wstatus, 0) };
+    }
+    // SAFETY: closes the read end this process opened.
+    unsafe { libc::close(rd) };
+    if middle < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    let mut pid = None;
+    for msg in got.chunks_exact(5) {
+        let v = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
+        match msg[0] {
+            b'P' if v > 0 => pid = Some(v as u32),
+            b'P' => return Err("fork failed in the backend's launcher".into()),
+            _ => {
+                return Err(format!(
+                    "cannot run /proc/self/exe: {}",
+                    std::io::Error::from_raw_os_error(v)
+                ))
+            }
+        }
+    }
+    pid.ok_or_else(|| "the backend's launcher died".to_string())
+}
+
+/// `dsx backend CID DEVICE...`: serves child `cid`'s devices until it is gone, its log
+/// on standard error. Refuses to run beside another live backend of the same child.
+/// Removes its pid and devices files when the child is gone (only the pid file on an
+/// error, so `dsx list` shows the devices unserved).
+pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
+    let mut devices = Vec::new();
+    for n in names {
+        devices.push(device_by_name(n).ok_or_else(|| format!("unknown device `{n}`"))?);
+    }
+    // Its name in `ps` and `top` (it runs as /proc/self/exe, so it would be `exe`).
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"dsx-backend".as_ptr()) };
+    let me = std::process::id();
+    if let Some(other) = files.live_backend(cid).filter(|&p| p != me) {
+        return Err(format!("CID {cid} already has a backend (PID {other})"));
+    }
+    // One file per device: each file is its own doorbell.
+    let mut hvs = Vec::new();
+    for _ in &devices {
+        hvs.push(
+            crate::dev::Device::open()
+                .map_err(|e| crate::format::error_message(crate::format::Op::Open, e))?,
+        );
+    }
+    let list: Vec<&str> = names.iter().map(String::as_str).collect();
+    let described: Vec<String> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("device {i}: {} (virtio ID {})", d.name(), d.device_id()))
+        .collect();
+    let mut warn = Vec::new();
+    if files.read_devices(cid).as_deref() != Some(names) {
+        if let Err(e) = files.write_devices(cid, &list) {
+            warn.push(format!("cannot record its devices: {e}"));
+        }
+    }
+    if let Err(e) = files.write_pid(cid, me) {
+        warn.push(format!("cannot record its PID: {e}"));
+    }
+    let mut backend = Backend::new(cid, devices, Box::new(std::io::stderr()));
+    backend.note(format!("PID {me} serving {}", described.join(", ")));
+    for w in warn {
+        backend.note(w);
+    }
+    let result = run_loop(&mut backend, &mut hvs, &mut |hvs| {
+        crate::dev::wait_any(hvs, WAIT)
+    });
+    match &result {
+        Ok(()) => backend.note("the child is gone: done"),
+        Err(e) => backend.note(format!("giving up: {e}")),
+    }
+    if files.read_pid(cid) == Some(me) {
+        files.remove(cid, result.is_err());
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use crate::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
+    use diosix_abi::{ext, DeviceState, Event, HvInfo, QuotaArgs, SpawnArgs, VmInfo};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    const CID: u64 = 2;
+    const BASE: u64 = 0x8000_0000;
+    const SIZE: u16 = 8;
+    const DESC: u64 = BASE;
+    const AVAIL: u64 = BASE + 0x1000;
+    const USED: u64 = BASE + 0x2000;
+    const BUFS: u64 = BASE + 0x4000;
+    const LIVE: u32 = 0xf; // ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK
+
+    /// A child with one virtio device and `mem` as its RAM at `BASE`, and the driver's
+    /// side of one split queue.
+    struct FakeChild {
+        mem: Vec<u8>,
+        /// What GET_CHILD_INFO says its RAM is (more than `mem`: CHILD_MEM refuses the
+        /// rest, as for RAM the hypervisor does not have).
+        ram_pages: u64,
+        state: DeviceState,
+        queue: QueueState,
+        raises: Vec<u64>,
+        /// Every CHILD_MEM_WRITE: (GPA, length).
+        writes: Vec<(u64, usize)>,
+        /// CHILD_MEM calls refused for being outside `mem`.
+        refused: u32,
+        /// DEVICE_STATE calls; from this many on the child is gone.
+        state_calls: u32,
+        gone_after: Option<u32>,
+        /// DEVICE_STATE fails with this.
+        state_error: Option<CallError>,
+        /// The driver's next free descriptor.
+        next_desc: u16,
+    }
+
+    impl FakeChild {
+        fn new(mem_len: usize) -> FakeChild {
+            FakeChild {
+                mem: vec![0; mem_len],
+                ram_pages: (mem_len / 4096) as u64,
+                state: DeviceState {
+                    size: 80,
+                    status: LIVE,
+                    queue_count: 1,
+                    ..DeviceState::default()
+                },
+                queue: QueueState {
+                    size: SIZE.into(),
+                    ready: 1,
+                    desc: DESC,
+                    driver: AVAIL,
+                    device: USED,
+                },
+                raises: Vec::new(),
+                writes: Vec::new(),
+                refused: 0,
+                state_calls: 0,
+                gone_after: None,
+                state_error: None,
+                next_desc: 0,
+            }
+        }
+
+        fn range(&self, gpa: u64, len: usize) -> Option<std::ops::Range<usize>> {
+            let at = usize::try_from(gpa.checked_sub(BASE)?).ok()?;
+            let end = at.checked_add(len)?;
+            (end <= self.mem.len()).then_some(at..end)
+        }
+
+        fn poke(&mut self, gpa: u64, data: &[u8]) {
+            let r = self.range(gpa, data.len()).unwrap();
+            self.mem[r].copy_from_slice(data);
+        }
+
+        fn peek(&self, gpa: u64, len: usize) -> &[u8] {
+            &self.mem[self.range(gpa, len).unwrap()]
+        }
+
+        fn u16_at(&self, gpa: u64) -> u16 {
+            let b = self.peek(gpa, 2);
+            u16::from_le_bytes([b[0], b[1]])
+        }
+
+        fn avail_idx(&self) -> u16 {
+            self.u16_at(AVAIL + 2)
+        }
+
+        fn used_idx(&self) -> u16 {
+            self.u16_at(USED + 2)
+        }
+
+        /// The used element in slot `i`: (id, len).
+        fn used_elem(&self, i: u16) -> (u32, u32) {
+            let b = self.peek(USED + 4 + 8 * u64::from(i % SIZE), 8);
+            (
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            )
+        }
+
+        /// The driver writes descriptor `i`.
+        fn desc(&mut self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+            let d = Desc {
+                addr,
+                len,
+                flags,
+                next,
+            };
+            self.poke(DESC + 16 * u64::from(i), &d.to_le_bytes());
+        }
+
+        /// The driver makes head `head` available.
+        fn make_available(&mut self, head: u16) {
+            let idx = self.avail_idx();
+            self.poke(AVAIL + 4 + 2 * u64::from(idx % SIZE), &head.to_le_bytes());
+            self.poke(AVAIL + 2, &idx.wrapping_add(1).to_le_bytes());
+        }
+
+        /// The driver offers a chain of buffers (GPA, length, writable), linked
+        /// through fresh descriptors; returns its head.
+        fn offer(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+            let head = self.next_desc;
+            for (k, &(addr, len, w)) in bufs.iter().enumerate() {
+                let i = (self.next_desc + k as u16) % SIZE;
+                let last = k + 1 == bufs.len();
+                let flags = if w { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
+                self.desc(i, addr, len, flags, (i + 1) % SIZE);
+            }
+            self.next_desc = (self.next_desc + bufs.len() as u16) % SIZE;
+            self.make_available(head);
+            head
+        }
+
+        /// The driver resets the device and sets the queue up again from scratch.
+        fn reset(&mut self) {
+            self.state.resets += 1;
+            self.queue = FakeChild::new(0).queue;
+            for b in &mut self.mem[0..0x3000] {
+                *b = 0;
+            }
+            self.next_desc = 0;
+        }
+    }
+
+    fn no<T>() -> Result<T, CallError> {
+        Err(CallError::Sbi(error::NOT_SUPPORTED as i64))
+    }
+
+    impl Hypervisor for FakeChild {
+        fn scalar(&mut self, fid: usize, a: [u64; 5]) -> Result<u64, CallError> {
+            if fid != ext::FID_DEVICE_RAISE {
+                return no();
+            }
+            if a[0] != CID || a[1] != 0 || self.gone_after.is_some_and(|g| self.state_calls >= g) {
+                return Err(CallError::Sbi(error::INVALID_PARAM as i64));
+            }
+            self.raises.push(a[2]);
+            if a[2] & RAISE_NEEDS_RESET != 0 {
+                self.state.status |= status::NEEDS_RESET;
+            }
+            Ok(0)
+        }
+        fn spawn(
+            &mut self,
+            _: &SpawnArgs,
+            _: &[u8],
+            _: Option<&[u8]>,
+            _: &[DeviceDecl],
+        ) -> Result<u64, CallError> {
+            no()
+        }
+        fn exec(&mut self, _: &SpawnArgs, _: &[u8]) -> Result<(), CallError> {
+            no()
+        }
+        fn vm_info(&mut self, cid: Option<u64>) -> Result<VmInfo, CallError> {
+            assert_eq!(cid, Some(CID));
+            if self.gone_after.is_some_and(|g| self.state_calls > g) {
+                return Err(CallError::Sbi(error::INVALID_PARAM as i64));
+            }
+            Ok(VmInfo {
+                ram_gpa: BASE,
+                own_ram_pages: self.ram_pages,
+                ..VmInfo::default()
+            })
+        }
+        fn hv_info(&mut self) -> Result<HvInfo, CallError> {
+            no()
+        }
+        fn set_quota(&mut self, _: &QuotaArgs) -> Result<(), CallError> {
+            no()
+        }
+        fn ipc_send(&mut self, _: u64, _: &[u8]) -> Result<(), CallError> {
+            no()
+        }
+        fn ipc_recv(
+            &mut self,
+            _: u64,
+            _: bool,
+            _: &mut [u8],
+        ) -> Result<Option<(u64, usize)>, CallError> {
+            no()
+        }
+        fn poll_event(&mut self) -> Result<Option<Event>, CallError> {
+            no()
+        }
+        fn console_read(&mut self, _: u64, _: &mut [u8]) -> Result<usize, CallError> {
+            no()
+        }
+        fn console_write(&mut self, _: u64, _: &[u8]) -> Result<usize, CallError> {
+            no()
+        }
+        fn list_children(&mut self, _: &mut [u64]) -> Result<u64, CallError> {
+            no()
+        }
+        fn child_mem_read(&mut self, cid: u64, gpa: u64, buf: &mut [u8]) -> Result<(), CallError> {
+            assert_eq!(cid, CID);
+            assert!(buf.len() <= diosix_abi::limits::CHILD_MEM_MAX);
+            let Some(r) = self.range(gpa, buf.len()) else {
+                self.refused += 1;
+                return Err(CallError::Sbi(error::INVALID_ADDRESS as i64));
+            };
+            buf.copy_from_slice(&self.mem[r]);
+            Ok(())
+        }
+        fn child_mem_write(&mut self, cid: u64, gpa: u64, data: &[u8]) -> Result<(), CallError> {
+            assert_eq!(cid, CID);
+            assert!(data.len() <= diosix_abi::limits::CHILD_MEM_MAX);
+            let Some(r) = self.range(gpa, data.len()) else {
+                self.refused += 1;
+                return Err(CallError::Sbi(error::INVALID_ADDRESS as i64));
+            };
+            self.writes.push((gpa, data.len()));
+            self.mem[r].copy_from_slice(data);
+            Ok(())
+        }
+        fn device_state(
+            &mut self,
+            cid: u64,
+            device: u64,
+        ) -> Result<(DeviceState, Vec<QueueState>), CallError> {
+            self.state_calls += 1;
+            if let Some(e) = self.state_error {
+                return Err(e);
+            }
+            if cid != CID || device != 0 || self.gone_after.is_some_and(|g| self.state_calls > g) {
+                return Err(CallError::Sbi(error::INVALID_PARAM as i64));
+            }
+            let s = self.state;
+            self.state.pending = 0;
+            Ok((s, vec![self.queue]))
+        }
+    }
+
+    /// Bytes 1, 2, 3 ... from the entropy source, so the tests can see what came.
+    fn counting_rng() -> Box<dyn VirtioDevice> {
+        let mut n = 0u8;
+        Box::new(Rng::with_source(Box::new(move |buf| {
+            for b in buf {
+                n = n.wrapping_add(1);
+                *b = n;
+            }
+            Ok(())
+        })))
+    }
+
+    /// A log the test can read.
+    #[derive(Clone, Default)]
+    struct Log(Rc<RefCell<Vec<u8>>>);
+
+    impl Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.borrow().clone()).unwrap()
+        }
+    }
+
+    fn backend() -> (Backend, Log) {
+        let log = Log::default();
+        (
+            Backend::new(CID, vec![counting_rng()], Box::new(log.clone())),
+            log,
+        )
+    }
+
+    fn served(b: &mut Backend, c: &mut FakeChild) {
+        assert_eq!(b.service(0, c), Ok(Service::Done));
+    }
+
+    #[test]
+    fn a_request_is_served() {
+        let mut c = FakeChild::new(0x10000);
+        let (mut b, _) = backend();
+        // Nothing yet: no interrupt, nothing written.
+        served(&mut b, &mut c);
+        assert!(c.raises.is_empty() && c.writes.is_empty());
+        let head = c.offer(&[(BUFS, 32, true)]);
+        served(&mut b, &mut c);
+        assert_eq!(c.used_idx(), 1);
+        assert_eq!(c.used_elem(0), (u32::from(head), 32));
+        let want: Vec<u8> = (1..=32).collect();
+        assert_eq!(c.peek(BUFS, 32), &want[..]);
+        assert_eq!(c.peek(BUFS + 32, 1), &[0]);
+        assert_eq!(c.raises, [RAISE_USED_BUFFER]);
+        // The data, the used element, then the index: nothing else written.
+        assert_eq!(c.writes, [(BUFS, 32), (USED + 4, 8), (USED + 2, 2)]);
+        // A second pass with nothing new does nothing.
+        served(&mut b, &mut c);
+        assert_eq!((c.raises.len(), c.writes.len()), (1, 3));
+    }
+
+    #[test]
+    fn a_batch_gets_one_interrupt_and_wraps_the_rings() {
+        let mut c = FakeChild::new(0x10000);
+        let (mut b, _) = backend();
+        // Three requests, one of two buffers: a device-readable one (skipped) and a
+        // writable one.
+        c.offer(&[(BUFS, 4, true)]);
+        let two = c.offer(&[(BUFS + 0x100, 8, false), (BUFS + 0x200, 8, true)]);
+        c.offer(&[(BUFS + 0x300, 0, true)]);
+        served(&mut b, &mut c);
+        assert_eq!(c.used_idx(), 3);
+        assert_eq!(c.used_elem(1), (u32::from(two), 8));
+        assert_eq!(c.used_elem(2).1, 0);
+        assert_eq!(c.peek(BUFS + 0x100, 8), &[0; 8]);
+        assert_eq!(c.raises, [RAISE_USED_BUFFER]);
+        // Around the rings several times, one request a pass.
+        for n in 4..=40u16 {
+            c.offer(&[(BUFS, 1, true)]);
+            served(&mut b, &mut c);
+            assert_eq!(c.used_idx(), n);
+        }
+        // The driver asks for no interrupt: none.
+        c.poke(AVAIL, &1u16.to_le_bytes());
+        let raises = c.raises.len();
+        c.offer(&[(BUFS, 1, true)]);
+        served(&mut b, &mut c);
+        assert_eq!((c.used_idx(), c.raises.len()), (41, raises));
+    }
+
+    #[test]
+    fn a_request_gets_at_most_64k() {
+        let mut c = FakeChild::new(0x40000);
+        let (mut b, _) = backend();
+        c.offer(&[(BUFS, 0xC000, true), (BUFS + 0x10000, 0xC000, true)]);
+        served(&mut b, &mut c);
+        assert_eq!(c.used_elem(0).1, 0x10000);
+        assert_eq!(c.writes[..2], [(BUFS, 0xC000), (BUFS + 0x10000, 0x4000)]);
+        assert_eq!(c.peek(BUFS + 0x14000, 1), &[0]);
+    }
+
+    /// The driver breaks a rule: NEEDS_RESET, nothing written at all, the device left
+    /// alone (however much more the driver offers) until its driver resets it.
+    fn broken_by(break_it: impl FnOnce(&mut FakeChild), want: &str) {
+        let mut c = FakeChild::new(0x10000);
+        c.ram_pages = 32; // CHILD_MEM refuses beyond 64 KiB.
+        let (mut b, log) = backend();
+        break_it(&mut c);
+        let before = c.mem.clone();
+        served(&mut b, &mut c);
+        assert_eq!(c.raises, [RAISE_NEEDS_RESET], "{want}");
+        assert!(c.writes.is_empty(), "{want}: {:x?}", c.writes);
+        assert_eq!(c.mem, before);
+        assert!(log.text().contains(want), "{want}: {}", log.text());
+        c.state.status &= !status::NEEDS_RESET;
+        c.offer(&[(BUFS, 8, true)]);
+        served(&mut b, &mut c);
+        assert_eq!(c.raises.len(), 1);
+        assert!(c.writes.is_empty());
+        // The reset: served again, from index 0.
+        c.reset();
+        c.state.status = LIVE;
+        c.offer(&[(BUFS, 8, true)]);
+        served(&mut b, &mut c);
+        assert_eq!(c.raises, [RAISE_NEEDS_RESET, RAISE_USED_BUFFER], "{want}");
+        assert_eq!((c.used_idx(), c.used_elem(0)), (1, (0, 8)));
+        assert!(log.text().contains("was reset by its driver"));
+    }
+
+    #[test]
+    fn a_buffer_outside_ram_breaks_the_device() {
+        broken_by(
+            |c| {
+                c.offer(&[(BASE + 0x20_0000, 8, true)]);
+            },
+            "not all the child's RAM",
+        );
+        broken_by(
+            |c| {
+                c.offer(&[(BASE - 8, 8, true)]);
+            },
+            "not all the child's RAM",
+        );
+    }
+
+    #[test]
+    fn a_huge_length_breaks_the_device() {
+        broken_by(
+            |c| {
+                c.offer(&[(BUFS, 0xFFFF_FFF0, true)]);
+            },
+            "not all the child's RAM",
+        );
+        // Also in a chain's second buffer: the first is not filled either.
+        broken_by(
+            |c| {
+                c.offer(&[(BUFS, 8, true), (BUFS, u32::MAX, true)]);
+            },
+            "not all the child's RAM",
+        );
+    }
+
+    #[test]
+    fn a_looping_chain_breaks_the_device() {
+        broken_by(
+            |c| {
+                c.desc(0, BUFS, 8, DESC_F_WRITE | DESC_F_NEXT, 1);
+                c.desc(1, BUFS, 8, DESC_F_WRITE | DESC_F_NEXT, 0);
+                c.make_available(0);
+            },
+            "longer than the queue",
+        );
+    }
+
+    #[test]
+    fn an_index_beyond_the_queue_breaks_the_device() {
+        broken_by(
+            |c| c.make_available(SIZE),
+            "descriptor index 8 in a queue of 8",
+        );
+        broken_by(
+            |c| {
+                c.desc(0, BUFS, 8, DESC_F_WRITE | DESC_F_NEXT, 200);
+                c.make_available(0);
+            },
+            "descriptor index 200",
+        );
+        broken_by(
+            |c| {
+                c.desc(0, BUFS, 16, DESC_F_INDIRECT, 0);
+                c.make_available(0);
+            },
+            "indirect",
+        );
+        broken_by(
+            |c| c.poke(AVAIL + 2, &(SIZE + 1).to_le_bytes()),
+            "more than a queue ahead",
+        );
+    }
+
+    #[test]
+    fn rings_outside_ram_break_the_device() {
+        // Beyond what GET_CHILD_INFO says: caught before any CHILD_MEM.
+        broken_by(
+            |c| c.queue.device = BASE + 0x40_0000,
+            "not all the child's RAM",
+        );
+        // Inside it, but CHILD_MEM refuses (RAM the fake does not have).
+        broken_by(
+            |c| {
+                c.offer(&[(BUFS, 8, true)]);
+                c.queue.desc = BASE + 0x1_8000;
+            },
+            "CHILD_MEM of 16 bytes",
+        );
+        // A queue size the device never offered.
+        broken_by(|c| c.queue.size = 128, "queue size 128");
+    }
+
+    #[test]
+    fn nothing_is_served_until_the_driver_is_ready() {
+        let mut c = FakeChild::new(0x10000);
+        let (mut b, _) = backend();
+        c.offer(&[(BUFS, 8, true)]);
+        c.state.status = 0xb; // ACKNOWLEDGE | DRIVER | FEATURES_OK, not DRIVER_OK
+        served(&mut b, &mut c);
+        c.queue.ready = 0;
+        c.state.status = LIVE;
+        served(&mut b, &mut c);
+        assert!(c.writes.is_empty() && c.raises.is_empty());
+        c.queue.ready = 1;
+        served(&mut b, &mut c);
+        assert_eq!(c.used_idx(), 1);
+    }
+
+    #[test]
+    fn a_reset_starts_again_from_index_0() {
+        let mut c = FakeChild::new(0x10000);
+        let (mut b, _) = backend();
+        c.offer(&[(BUFS, 8, true)]);
+        c.offer(&[(BUFS, 8, true)]);
+        c.offer(&[(BUFS, 8, true)]);
+        served(&mut b, &mut c);
+        assert_eq!(c.used_idx(), 3);
+        // Reset (the counter moves), rings zeroed, one request at index 0 again.
+        c.reset();
+        let head = c.offer(&[(BUFS + 0x100, 4, true)]);
+        served(&mut b, &mut c);
+        assert_eq!((c.used_idx(), c.used_elem(0)), (1, (u32::from(head), 4)));
+        // The status without DRIVER_OK (being set up again) does the same.
+        c.state.status = 0;
+        served(&mut b, &mut c);
+        for b in &mut c.mem[0..0x3000] {
+            *b = 0;
+        }
+        c.next_desc = 0;
+        c.state.status = LIVE;
+        c.offer(&[(BUFS, 2, true)]);
+        served(&mut b, &mut c);
+        assert_eq!((c.used_idx(), c.used_elem(0).1), (1, 2));
+    }
+
+    #[test]
+    fn a_restarted_backend_takes_over_where_the_used_ring_is() {
+        let mut c = FakeChild::new(0x10000);
+        for _ in 0..5 {
+            c.offer(&[(BUFS, 1, true)]);
+        }
+        // A previous backend served five; one more waits.
+        c.poke(USED + 2, &5u16.to_le_bytes());
+        c.offer(&[(BUFS + 0x10, 3, true)]);
+        let (mut b, _) = backend();
+        served(&mut b, &mut c);
+        assert_eq!((c.used_idx(), c.used_elem(5)), (6, (5, 3)));
+        assert_eq!(c.writes[0], (BUFS + 0x10, 3));
+    }
+
+    #[test]
+    fn the_loop_ends_when_the_child_is_gone() {
+        let mut c = FakeChild::new(0x10000);
+        c.offer(&[(BUFS, 8, true)]);
+        c.gone_after = Some(3);
+        let (mut b, _) = backend();
+        let mut waits = 0;
+        let mut children = [c];
+        assert_eq!(run_loop(&mut b, &mut children, &mut |_| waits += 1), Ok(()));
+        assert_eq!((children[0].state_calls, waits), (4, 3));
+        assert_eq!(children[0].used_idx(), 1);
+        // Gone from the start.
+        let mut c = FakeChild::new(0x1000);
+        c.gone_after = Some(0);
+        let (mut b, _) = backend();
+        assert_eq!(b.service(0, &mut c), Ok(Service::Gone));
+        // A device the child does not have: the backend was started wrongly.
+        let mut c = FakeChild::new(0x1000);
+        let (mut b, _) = backend();
+        assert_eq!(b.service(1, &mut c), Err("CID 2 has no device 1".into()));
+        // Any other refusal of DEVICE_STATE is fatal; a driver refusal is not.
+        let mut c = FakeChild::new(0x1000);
+        c.state_error = Some(CallError::Sbi(error::NOT_SUPPORTED as i64));
+        let (mut b, _) = backend();
+        assert!(b.service(0, &mut c).is_err());
+        c.state_error = Some(CallError::Os(libc::ENOMEM));
+        assert_eq!(b.service(0, &mut c), Ok(Service::Done));
+        // A backend without doorbell files for its devices does not start.
+        let (mut b, _) = backend();
+        let mut none: [FakeChild; 0] = [];
+        assert!(run_loop(&mut b, &mut none, &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn the_log_is_bounded() {
+        let (mut b, log) = backend();
+        for i in 0..1000 {
+            b.note(i);
+        }
+        let text = log.text();
+        assert_eq!(text.lines().count(), LOG_LINES_MAX as usize + 1);
+        assert!(text.ends_with("further messages suppressed\n"));
+    }
+
+    #[test]
+    fn backend_cmdlines() {
+        assert!(is_backend_cmdline(b"dsx\0backend\x003\0rng\0", 3));
+        assert!(is_backend_cmdline(
+            b"/usr/bin/dsx\0backend\x0012\0rng\0",
+            12
+        ));
+        assert!(!is_backend_cmdline(b"dsx\0backend\x003\0rng\0", 31));
+        assert!(!is_backend_cmdline(b"dsx\0kill\x003\0", 3));
+        assert!(!is_backend_cmdline(b"sh\0", 3));
+        assert!(!is_backend_cmdline(b"", 3));
+    }
+
+    #[test]
+    fn run_dir_files() {
+        let dir = std::env::temp_dir().join(format!("dsx-run-{}", std::process::id()));
+        let mut files = RunDir::new(&dir);
+        assert_eq!(files.devices(5), None);
+        files.write_devices(5, &["rng"]).unwrap();
+        assert_eq!(
+            files.devices(5),
+            Some(ChildDevices {
+                names: vec!["rng".into()],
+                backend: None
+            })
+        );
+        // A pid file naming a live process that is not CID 5's backend (this test) is
+        // never taken for it, nor signalled.
+        files.write_pid(5, std::process::id()).unwrap();
+        assert_eq!(files.read_pid(5), Some(std::process::id()));
+        assert_eq!(files.live_backend(5), None);
+        files.write_devices(9, &["rng", "rng"]).unwrap();
+        assert_eq!(files.cids(), [5, 9]);
+        assert_eq!(files.stop(5), Ok(None));
+        assert_eq!((files.read_pid(5), files.read_devices(5)), (None, None));
+        files.forget_all().unwrap();
+        assert!(files.cids().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
