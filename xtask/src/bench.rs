@@ -635,6 +635,8 @@ fn linux_device_bench() -> Result<()> {
         );
     }
 
+    child_disk_bench(&a, d)?;
+
     if !dx.is_empty() {
         // The PLIC's window is never mapped, so each guest access to it is a guest-page
         // fault the hypervisor emulates; each host interrupt is an irq.external exit.
@@ -672,6 +674,83 @@ fn linux_device_bench() -> Result<()> {
             let get = |c: &str| counts.iter().find(|(n, _)| n == c).map_or(0, |(_, v)| *v);
             println!("{vcpu:<6} | {}", cells(&|c| get(c).to_string()));
         }
+    }
+    Ok(())
+}
+
+/// The same disk benchmarks in a child VM of the Root VM, on a virtio-blk disk the Root
+/// VM's `dsx backend` serves from its own `/dev/vda` (the Root VM booted with
+/// `diosix.bench=childdisk`, its `rcS` starting the child and copying its console),
+/// beside the Root VM's own figures (`root`, from [`linux_device_bench`]'s Diosix run)
+/// as ratios. Same harts, same fresh disk image, same clock (the child's).
+fn child_disk_bench(a: &crate::rootvm::RootVmArtifacts, root: &[Workload]) -> Result<()> {
+    let cmdline = format!("{} diosix.bench=childdisk", a.cmdline);
+    let name = format!("bench-linux-childdisk-smp{WORKLOAD_HARTS}");
+    let images = workspace_root().join("target").join("test-images");
+    let disk = images.join("bench-childdisk.img");
+    let [mut q, _] = linux_runs(a, &name, WORKLOAD_HARTS, Some(&cmdline))?;
+    crate::disk::new_disk(&disk, DEVICE_DISK_MIB << 20, None, true)?;
+    q.devices = qemu::Devices {
+        disks: vec![disk.clone()],
+        ..Default::default()
+    };
+    q.timeout = Duration::from_secs(900);
+    let out = qemu::run(&q)?;
+    println!(
+        "{}: {:.1} s wall, log {}",
+        q.name,
+        out.wall.as_secs_f64(),
+        out.log.display()
+    );
+    let child = parse_workloads(&out.output);
+    if !out.output.contains(DEVICES_DONE) || child.is_empty() {
+        return Err(format!(
+            "{}: no `{DEVICES_DONE}` line or no figures from the child (log {})",
+            q.name,
+            out.log.display()
+        ));
+    }
+    let find = |w: &[Workload], n: &str| w.iter().find(|w| w.name == n).cloned();
+    let mib = (1u64 << 20) as f64;
+    println!();
+    println!(
+        "Child VM disk, {WORKLOAD_HARTS} harts: the same reads in a child VM whose /dev/vda \
+         is served by dsx in the Root VM from the Root VM's own /dev/vda (virtio-blk \
+         passthrough), by the elapsed time"
+    );
+    println!(
+        "{:<18} | {:>10} | {:>10} | {:>6}",
+        "read", "child", "Root VM", "ratio"
+    );
+    println!("{:-<19}+{:-<12}+{:-<12}+{:-<7}", "", "", "", "");
+    type Row<'a> = (&'a str, &'a str, &'a dyn Fn(f64) -> f64, &'a str);
+    let rows: [Row<'_>; 3] = [
+        (
+            "O_DIRECT, 1 MiB",
+            "seq_read_1MiB",
+            &|ns| mb_per_s(mib, ns),
+            "MB/s",
+        ),
+        (
+            "busybox dd bs=1M",
+            "dd_64MiB",
+            &|ns| mb_per_s(64.0 * mib, ns),
+            "MB/s",
+        ),
+        ("random 4 KiB", "rand_read_4KiB", &|ns| ns / 1e3, "µs"),
+    ];
+    for (label, n, per, unit) in rows {
+        let (Some(c), Some(r)) = (find(&child, n), find(root, n)) else {
+            continue;
+        };
+        let (cv, rv) = (per(c.mean()), per(r.mean()));
+        println!(
+            "{:<18} | {:>10} | {:>10} | {:>6}",
+            label,
+            format!("{cv:.1} {unit}"),
+            format!("{rv:.1} {unit}"),
+            ratio(Some(cv), rv)
+        );
     }
     Ok(())
 }

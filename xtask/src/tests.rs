@@ -573,6 +573,103 @@ const DSX_NESTED: &[Step] = &[
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
+/// In a guest: run `$cmd` in its child CID 2 (logging in first) through `dsx console 2`
+/// without a terminal, as [`GRANDCHILD_LOGIN`] does, and print `GRAND-` and the first
+/// match of `$token` in what the grandchild printed.
+macro_rules! grandchild_run {
+    ($cmd:literal, $token:literal) => {
+        concat!(
+            "rm -f /tmp/gc; for i in $(seq 90); do dsx console 2 </dev/null >>/tmp/gc 2>/dev/null; ",
+            "grep -q 'guest login:' /tmp/gc && break; sleep 1; done; ",
+            "printf 'root\\r' | dsx console 2 >>/tmp/gc 2>/dev/null; sleep 2; ",
+            "printf '",
+            $cmd,
+            "\\r' | dsx console 2 >>/tmp/gc 2>/dev/null; ",
+            "for i in $(seq 60); do grep -q '",
+            $token,
+            "' /tmp/gc && break; sleep 1; ",
+            "dsx console 2 </dev/null >>/tmp/gc 2>/dev/null; done; ",
+            "echo GRAND-$(grep -o '",
+            $token,
+            "' /tmp/gc | head -n 1)\r"
+        )
+    };
+}
+
+/// `linux-dsx-disk`: `dsx run --disk FILE` gives a Linux child a virtio-blk disk backed
+/// by a file in the Root VM. The child formats and mounts it and writes a file (the
+/// parent finds the bytes in its file); after `dsx reboot` the child reads it back;
+/// the child gives a grandchild a disk of its own, a file on its disk, which the
+/// grandchild formats, writes and reads (the mechanism recurses); the parent truncates
+/// the file under the running child: reads beyond the new end fail with I/O errors,
+/// reads before it still work; `dsx kill` ends the backends and every page comes back.
+const DSX_DISK: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "dd if=/dev/zero of=/tmp/d1 bs=1M count=32 2>/dev/null && \
+         dsx run --ram 128M --disk /tmp/d1 --name d && \
+         dsx quota d --ram 200M --vcpus 2 --descendants 1 --depth 1 && dsx console d\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "mkdir -p /mnt && mke2fs /dev/vda >/dev/null 2>&1 && mount /dev/vda /mnt && \
+         echo persisted-on-the-disk > /mnt/note && \
+         dd if=/dev/zero of=/mnt/gdisk bs=1M count=8 2>/dev/null && umount /mnt; \
+         echo MKFS-$?\r",
+    ),
+    ("MKFS-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "sync; echo PARENT-SEES-$(grep -c persisted-on-the-disk /tmp/d1); \
+         dsx list --json | grep -o '\"devices\":[^]]*]'; dsx reboot d && dsx console d\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "mkdir -p /mnt && mount /dev/vda /mnt && echo DISK-READ-$(cat /mnt/note); \
+         dsx run --ram 48M --disk /mnt/gdisk --name g; echo GRUN-$?\r",
+    ),
+    ("GRUN-", ""),
+    (
+        GUEST_PROMPT,
+        grandchild_run!(
+            "mkdir -p /mnt; mke2fs /dev/vda >/dev/null 2>&1; mount /dev/vda /mnt && echo deep > /mnt/f && umount /mnt && mount /dev/vda /mnt && echo GX-$(cat /mnt/f)-$((40+2))",
+            "GX-deep-42"
+        ),
+    ),
+    ("GRAND-", ""),
+    (
+        GUEST_PROMPT,
+        "dsx kill g; sleep 1; echo GBACKENDS-$(ps | grep -c '[d]sx backend'); umount /mnt; echo UMOUNT-$?\r",
+    ),
+    ("UMOUNT-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    // The parent cuts the file to 1 MiB under the running child.
+    (ROOT_PROMPT, "truncate -s 1M /tmp/d1 && dsx console d\r"),
+    ("attached to CID 2", "\r"),
+    (
+        GUEST_PROMPT,
+        "dd if=/dev/vda of=/dev/null bs=4k skip=1024 count=1 iflag=direct 2>/dev/null; \
+         echo BEYOND-$?; dd if=/dev/vda of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null; \
+         echo WITHIN-$?\r",
+    ),
+    ("WITHIN-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "dsx kill d; sleep 1; echo GONE-$(ps | grep -c '[d]sx backend')\r",
+    ),
+    ("GONE-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
 /// In a child with `--rng`: which driver `hw_random` uses, how many of 512 bytes
 /// `/dev/hwrng` returned, and whether any of 64 more was not zero; each line starts
 /// with the given marker.
@@ -1004,6 +1101,26 @@ fn cases() -> Vec<Case> {
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             dsx_seed_steps(),
+        ),
+        linux_case(
+            "linux-dsx-disk",
+            2,
+            1024,
+            &[
+                Expect::Text("MKFS-0"),
+                Expect::Text("PARENT-SEES-1"),
+                Expect::Text("DISK-READ-persisted-on-the-disk"),
+                Expect::Text("GRUN-0"),
+                Expect::Text("GRAND-GX-deep-42"),
+                Expect::Text("GBACKENDS-0"),
+                Expect::Text("UMOUNT-0"),
+                Expect::Text("BEYOND-1"),
+                Expect::Text("WITHIN-0"),
+                Expect::Text("GONE-0"),
+                Expect::FreePagesRestored,
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_DISK,
         ),
         linux_case(
             "linux-dsx-rng",

@@ -1,8 +1,9 @@
 //! Device backends: the parent's side of a child's virtio devices (see
 //! `docs/devices.md` and `docs/dsx.md`).
 //!
-//! `dsx run --rng` SPAWNs the child with the devices' [`DeviceDecl`]s and starts a
-//! backend process for it ([`Backends::start`]): `dsx backend CID DEVICE...`, in a
+//! `dsx run --disk FILE --rng` SPAWNs the child with the devices' [`DeviceDecl`]s and
+//! starts a backend process for it ([`Backends::start`]): `dsx backend CID DEVICE...`
+//! (each DEVICE a [`DeviceArg`]: `blk:/path`, `blk-ro:/path`, `rng`), in a
 //! session of its own, outliving `dsx run`. The backend opens `/dev/diosix` once per
 //! device (each file its own doorbell: see `DIOSIX_IOC_DEVICE_STATE`), and
 //! loops: DEVICE_STATE of each device, its new requests served through the device's
@@ -47,12 +48,14 @@ const LOG_LINES_MAX: u32 = 100;
 
 /// One kind of virtio device a backend serves.
 pub trait VirtioDevice {
-    /// The virtio device ID (4 = entropy).
+    /// The virtio device ID (2 = block, 4 = entropy).
     fn device_id(&self) -> u32;
-    /// Its name on the command line, in state files and in `dsx list` (`rng`).
+    /// Its kind in the log (`blk`, `rng`).
     fn name(&self) -> &'static str;
     /// What SPAWN declares for it.
     fn decl(&self) -> DeviceDecl;
+    /// It is device `index` of child `cid` (called once, before any request).
+    fn attach(&mut self, _cid: u64, _index: usize) {}
     /// Serves one request: the descriptor `chain` (already checked: in bounds, every
     /// buffer in the child's RAM) taken from queue `queue`. Returns the bytes written
     /// into the chain's device-writable buffers (the used element's length).
@@ -62,18 +65,98 @@ pub trait VirtioDevice {
         chain: &[Desc],
         mem: &mut dyn ChildMem,
     ) -> Result<u32, QueueError>;
+    /// Serves the requests of one pass in order (every chain checked as for
+    /// [`VirtioDevice::serve_queue`]); returns each one's used length. A device
+    /// overrides it to save calls across requests.
+    fn serve_batch(
+        &mut self,
+        queue: usize,
+        chains: &[Vec<Desc>],
+        mem: &mut dyn ChildMem,
+    ) -> Result<Vec<u32>, QueueError> {
+        chains
+            .iter()
+            .map(|c| self.serve_queue(queue, c, mem))
+            .collect()
+    }
+    /// What it has to say in the log since it was last asked (host-side errors).
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
     /// The device was reset: forget any request in flight.
     fn reset(&mut self) {}
 }
 
-/// Every device name `run` and `backend` take.
-pub const DEVICE_NAMES: &[&str] = &["rng"];
+/// A device as `run` records it and `backend` takes it: `rng`, `blk:PATH` or
+/// `blk-ro:PATH` (PATH absolute, the rest of the argument whatever it holds, spaces,
+/// `:` and `,` included; no line break, as the devices file has one device a line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// virtio-rng.
+    Rng,
+    /// virtio-blk on a file or block device.
+    Blk {
+        /// Its absolute path in this VM.
+        path: String,
+        /// Offered read-only (`VIRTIO_BLK_F_RO`; the file opened read-only).
+        read_only: bool,
+    },
+}
 
-/// A new device of kind `name` ([`DEVICE_NAMES`]).
-pub fn device_by_name(name: &str) -> Option<Box<dyn VirtioDevice>> {
-    match name {
-        "rng" => Some(Box::new(crate::rng::Rng::new())),
-        _ => None,
+/// The forms of DEVICE, for messages.
+pub const DEVICE_FORMS: &str = "rng, blk:PATH, blk-ro:PATH";
+
+impl DeviceArg {
+    /// Parses one DEVICE argument.
+    pub fn parse(arg: &str) -> Result<DeviceArg, String> {
+        let blk = |path: &str, read_only| {
+            if !path.starts_with('/') {
+                Err(format!("`{arg}`: the disk's path must be absolute"))
+            } else if path.contains('\n') {
+                Err(format!(
+                    "`{arg}`: the disk's path must not hold a line break"
+                ))
+            } else {
+                Ok(DeviceArg::Blk {
+                    path: path.to_string(),
+                    read_only,
+                })
+            }
+        };
+        if arg == "rng" {
+            Ok(DeviceArg::Rng)
+        } else if let Some(p) = arg.strip_prefix("blk:") {
+            blk(p, false)
+        } else if let Some(p) = arg.strip_prefix("blk-ro:") {
+            blk(p, true)
+        } else {
+            Err(format!("unknown device `{arg}` (known: {DEVICE_FORMS})"))
+        }
+    }
+
+    /// The argument again (what [`DeviceArg::parse`] takes).
+    pub fn to_arg(&self) -> String {
+        match self {
+            DeviceArg::Rng => "rng".into(),
+            DeviceArg::Blk {
+                path,
+                read_only: false,
+            } => format!("blk:{path}"),
+            DeviceArg::Blk {
+                path,
+                read_only: true,
+            } => format!("blk-ro:{path}"),
+        }
+    }
+
+    /// The device, ready to serve (a disk's file opened and checked).
+    pub fn open(&self) -> Result<Box<dyn VirtioDevice>, String> {
+        Ok(match self {
+            DeviceArg::Rng => Box::new(crate::rng::Rng::new()),
+            DeviceArg::Blk { path, read_only } => {
+                Box::new(crate::blk::Blk::open(Path::new(path), *read_only)?)
+            }
+        })
     }
 }
 
@@ -134,7 +217,9 @@ impl Backend {
     pub fn new(cid: u64, devices: Vec<Box<dyn VirtioDevice>>, log: Box<dyn Write>) -> Backend {
         let slots = devices
             .into_iter()
-            .map(|dev| {
+            .enumerate()
+            .map(|(i, mut dev)| {
+                dev.attach(cid, i);
                 let spec = dev.decl().spec;
                 Slot {
                     queue_max: spec.queue_max,
@@ -280,6 +365,10 @@ impl Backend {
                 }
             }
         }
+        let name = slot.dev.name();
+        for n in slot.dev.take_notes() {
+            notes.push(format!("device {index} ({name}): {n}"));
+        }
         for n in notes {
             self.note(n);
         }
@@ -297,8 +386,13 @@ impl Backend {
 /// Serves the requests the driver made available on one queue since the last pass:
 /// at most one queue's worth (more would be the driver's error), so one busy queue
 /// cannot hold up the other devices. Every request's chain is checked before the
-/// device touches any of it; the used elements are written, then the used index once.
-/// Returns whether the driver wants a used-buffer interrupt for them.
+/// device touches any of them; the used elements are written in one go, then the used
+/// index once. Returns whether the driver wants a used-buffer interrupt for them.
+///
+/// CHILD_MEM calls per pass, besides the device's own: the available index, the
+/// descriptor table with the available ring (one read when adjacent), the used
+/// elements (two writes when they wrap), the used index, and the available flags
+/// again (read after the index is published, virtio 1.2, 2.7.10).
 fn serve_queue(
     dev: &mut dyn VirtioDevice,
     q: usize,
@@ -328,17 +422,20 @@ fn serve_queue(
     if waiting == 0 {
         return Ok(false);
     }
-    let (mut next, mut used) = (t.next_avail, t.used_idx);
-    for _ in 0..waiting {
-        let head = queue.avail_entry(mem, next)?;
-        let chain = queue.chain(mem, head)?;
-        let len = dev.serve_queue(q, &chain, mem)?;
-        queue.put_used(mem, used, head, len)?;
-        next = next.wrapping_add(1);
-        used = used.wrapping_add(1);
+    let snap = queue.snapshot(mem)?;
+    let mut heads = Vec::with_capacity(usize::from(waiting));
+    let mut chains = Vec::with_capacity(usize::from(waiting));
+    for k in 0..waiting {
+        let head = snap.avail_entry(t.next_avail.wrapping_add(k))?;
+        chains.push(snap.chain(mem, head)?);
+        heads.push(head);
     }
+    let lens = dev.serve_batch(q, &chains, mem)?;
+    let elems: Vec<(u16, u32)> = heads.into_iter().zip(lens).collect();
+    queue.put_used(mem, t.used_idx, &elems)?;
+    let used = t.used_idx.wrapping_add(waiting);
     queue.publish_used(mem, used)?;
-    t.next_avail = next;
+    t.next_avail = avail;
     t.used_idx = used;
     // Read after the index is published (virtio 1.2, 2.7.10).
     let (flags, _) = queue.avail_header(mem)?;
@@ -661,10 +758,10 @@ fn launch(cid: u64, devices: &[&str], log: &Path) -> Result<u32, String> {
 /// Removes its pid and devices files when the child is gone (only the pid file on an
 /// error, so `dsx list` shows the devices unserved).
 pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
-    let mut devices = Vec::new();
-    for n in names {
-        devices.push(device_by_name(n).ok_or_else(|| format!("unknown device `{n}`"))?);
-    }
+    let args = names
+        .iter()
+        .map(|n| DeviceArg::parse(n))
+        .collect::<Result<Vec<_>, _>>()?;
     // Its name in `ps` and `top` (it runs as /proc/self/exe, so it would be `exe`).
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"dsx-backend".as_ptr()) };
@@ -672,6 +769,11 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     if let Some(other) = files.live_backend(cid).filter(|&p| p != me) {
         return Err(format!("CID {cid} already has a backend (PID {other})"));
     }
+    // Opened after that check: a live backend holds the disks' locks.
+    let devices = args
+        .iter()
+        .map(DeviceArg::open)
+        .collect::<Result<Vec<_>, _>>()?;
     // One file per device: each file is its own doorbell.
     let mut hvs = Vec::new();
     for _ in &devices {
@@ -684,7 +786,8 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     let described: Vec<String> = devices
         .iter()
         .enumerate()
-        .map(|(i, d)| format!("device {i}: {} (virtio ID {})", d.name(), d.device_id()))
+        .zip(names)
+        .map(|((i, d), n)| format!("device {i}: {n} (virtio ID {})", d.device_id()))
         .collect();
     let mut warn = Vec::new();
     if files.read_devices(cid).as_deref() != Some(names) {
@@ -714,7 +817,7 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rng::Rng;
     use crate::virtq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
@@ -722,27 +825,34 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    const CID: u64 = 2;
-    const BASE: u64 = 0x8000_0000;
+    pub(crate) const CID: u64 = 2;
+    pub(crate) const BASE: u64 = 0x8000_0000;
     const SIZE: u16 = 8;
     const DESC: u64 = BASE;
     const AVAIL: u64 = BASE + 0x1000;
     const USED: u64 = BASE + 0x2000;
-    const BUFS: u64 = BASE + 0x4000;
-    const LIVE: u32 = 0xf; // ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK
+    /// Where the tests put buffers (the queue's areas are below).
+    pub(crate) const BUFS: u64 = BASE + 0x4000;
+    pub(crate) const LIVE: u32 = 0xf; // ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK
 
     /// A child with one virtio device and `mem` as its RAM at `BASE`, and the driver's
     /// side of one split queue.
-    struct FakeChild {
-        mem: Vec<u8>,
+    pub(crate) struct FakeChild {
+        pub(crate) mem: Vec<u8>,
         /// What GET_CHILD_INFO says its RAM is (more than `mem`: CHILD_MEM refuses the
         /// rest, as for RAM the hypervisor does not have).
-        ram_pages: u64,
-        state: DeviceState,
-        queue: QueueState,
-        raises: Vec<u64>,
+        pub(crate) ram_pages: u64,
+        pub(crate) state: DeviceState,
+        pub(crate) queue: QueueState,
+        /// The queue as a reset sets it up again.
+        layout: QueueState,
+        pub(crate) raises: Vec<u64>,
         /// Every CHILD_MEM_WRITE: (GPA, length).
-        writes: Vec<(u64, usize)>,
+        pub(crate) writes: Vec<(u64, usize)>,
+        /// Every CHILD_MEM_READ: (GPA, length).
+        pub(crate) reads: Vec<(u64, usize)>,
+        /// Every call made, by name.
+        pub(crate) calls: Vec<&'static str>,
         /// CHILD_MEM calls refused for being outside `mem`.
         refused: u32,
         /// DEVICE_STATE calls; from this many on the child is gone.
@@ -751,11 +861,41 @@ mod tests {
         /// DEVICE_STATE fails with this.
         state_error: Option<CallError>,
         /// The driver's next free descriptor.
-        next_desc: u16,
+        pub(crate) next_desc: u16,
     }
 
     impl FakeChild {
-        fn new(mem_len: usize) -> FakeChild {
+        pub(crate) fn new(mem_len: usize) -> FakeChild {
+            FakeChild::with_queue(
+                mem_len,
+                QueueState {
+                    size: SIZE.into(),
+                    ready: 1,
+                    desc: DESC,
+                    driver: AVAIL,
+                    device: USED,
+                },
+            )
+        }
+
+        /// A child whose driver lays a queue of `size` out as Linux does: the
+        /// descriptor table, the available ring right after it, the used ring on the
+        /// next 4 KiB boundary (all below `BUFS` for sizes up to 256).
+        pub(crate) fn linux(mem_len: usize, size: u16) -> FakeChild {
+            let avail = DESC + 16 * u64::from(size);
+            FakeChild::with_queue(
+                mem_len,
+                QueueState {
+                    size: size.into(),
+                    ready: 1,
+                    desc: DESC,
+                    driver: avail,
+                    device: (avail + 6 + 2 * u64::from(size) + 0xfff) & !0xfff,
+                },
+            )
+        }
+
+        fn with_queue(mem_len: usize, queue: QueueState) -> FakeChild {
             FakeChild {
                 mem: vec![0; mem_len],
                 ram_pages: (mem_len / 4096) as u64,
@@ -765,15 +905,12 @@ mod tests {
                     queue_count: 1,
                     ..DeviceState::default()
                 },
-                queue: QueueState {
-                    size: SIZE.into(),
-                    ready: 1,
-                    desc: DESC,
-                    driver: AVAIL,
-                    device: USED,
-                },
+                queue,
+                layout: queue,
                 raises: Vec::new(),
                 writes: Vec::new(),
+                reads: Vec::new(),
+                calls: Vec::new(),
                 refused: 0,
                 state_calls: 0,
                 gone_after: None,
@@ -782,18 +919,29 @@ mod tests {
             }
         }
 
+        fn size(&self) -> u16 {
+            self.queue.size as u16
+        }
+
+        /// Forgets the calls counted so far.
+        pub(crate) fn clear_counts(&mut self) {
+            self.reads.clear();
+            self.writes.clear();
+            self.calls.clear();
+        }
+
         fn range(&self, gpa: u64, len: usize) -> Option<std::ops::Range<usize>> {
             let at = usize::try_from(gpa.checked_sub(BASE)?).ok()?;
             let end = at.checked_add(len)?;
             (end <= self.mem.len()).then_some(at..end)
         }
 
-        fn poke(&mut self, gpa: u64, data: &[u8]) {
+        pub(crate) fn poke(&mut self, gpa: u64, data: &[u8]) {
             let r = self.range(gpa, data.len()).unwrap();
             self.mem[r].copy_from_slice(data);
         }
 
-        fn peek(&self, gpa: u64, len: usize) -> &[u8] {
+        pub(crate) fn peek(&self, gpa: u64, len: usize) -> &[u8] {
             &self.mem[self.range(gpa, len).unwrap()]
         }
 
@@ -803,16 +951,16 @@ mod tests {
         }
 
         fn avail_idx(&self) -> u16 {
-            self.u16_at(AVAIL + 2)
+            self.u16_at(self.queue.driver + 2)
         }
 
-        fn used_idx(&self) -> u16 {
-            self.u16_at(USED + 2)
+        pub(crate) fn used_idx(&self) -> u16 {
+            self.u16_at(self.queue.device + 2)
         }
 
         /// The used element in slot `i`: (id, len).
-        fn used_elem(&self, i: u16) -> (u32, u32) {
-            let b = self.peek(USED + 4 + 8 * u64::from(i % SIZE), 8);
+        pub(crate) fn used_elem(&self, i: u16) -> (u32, u32) {
+            let b = self.peek(self.queue.device + 4 + 8 * u64::from(i % self.size()), 8);
             (
                 u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
                 u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
@@ -820,7 +968,7 @@ mod tests {
         }
 
         /// The driver writes descriptor `i`.
-        fn desc(&mut self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        pub(crate) fn desc(&mut self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
             let d = Desc {
                 addr,
                 len,
@@ -831,31 +979,32 @@ mod tests {
         }
 
         /// The driver makes head `head` available.
-        fn make_available(&mut self, head: u16) {
-            let idx = self.avail_idx();
-            self.poke(AVAIL + 4 + 2 * u64::from(idx % SIZE), &head.to_le_bytes());
-            self.poke(AVAIL + 2, &idx.wrapping_add(1).to_le_bytes());
+        pub(crate) fn make_available(&mut self, head: u16) {
+            let (idx, avail) = (self.avail_idx(), self.queue.driver);
+            let slot = u64::from(idx % self.size());
+            self.poke(avail + 4 + 2 * slot, &head.to_le_bytes());
+            self.poke(avail + 2, &idx.wrapping_add(1).to_le_bytes());
         }
 
         /// The driver offers a chain of buffers (GPA, length, writable), linked
         /// through fresh descriptors; returns its head.
-        fn offer(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
-            let head = self.next_desc;
+        pub(crate) fn offer(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+            let (head, size) = (self.next_desc, self.size());
             for (k, &(addr, len, w)) in bufs.iter().enumerate() {
-                let i = (self.next_desc + k as u16) % SIZE;
+                let i = (self.next_desc + k as u16) % size;
                 let last = k + 1 == bufs.len();
                 let flags = if w { DESC_F_WRITE } else { 0 } | if last { 0 } else { DESC_F_NEXT };
-                self.desc(i, addr, len, flags, (i + 1) % SIZE);
+                self.desc(i, addr, len, flags, (i + 1) % size);
             }
-            self.next_desc = (self.next_desc + bufs.len() as u16) % SIZE;
+            self.next_desc = (self.next_desc + bufs.len() as u16) % size;
             self.make_available(head);
             head
         }
 
         /// The driver resets the device and sets the queue up again from scratch.
-        fn reset(&mut self) {
+        pub(crate) fn reset(&mut self) {
             self.state.resets += 1;
-            self.queue = FakeChild::new(0).queue;
+            self.queue = self.layout;
             for b in &mut self.mem[0..0x3000] {
                 *b = 0;
             }
@@ -869,6 +1018,7 @@ mod tests {
 
     impl Hypervisor for FakeChild {
         fn scalar(&mut self, fid: usize, a: [u64; 5]) -> Result<u64, CallError> {
+            self.calls.push("DEVICE_RAISE");
             if fid != ext::FID_DEVICE_RAISE {
                 return no();
             }
@@ -895,6 +1045,7 @@ mod tests {
         }
         fn vm_info(&mut self, cid: Option<u64>) -> Result<VmInfo, CallError> {
             assert_eq!(cid, Some(CID));
+            self.calls.push("GET_CHILD_INFO");
             if self.gone_after.is_some_and(|g| self.state_calls > g) {
                 return Err(CallError::Sbi(error::INVALID_PARAM as i64));
             }
@@ -936,6 +1087,8 @@ mod tests {
         fn child_mem_read(&mut self, cid: u64, gpa: u64, buf: &mut [u8]) -> Result<(), CallError> {
             assert_eq!(cid, CID);
             assert!(buf.len() <= diosix_abi::limits::CHILD_MEM_MAX);
+            self.calls.push("CHILD_MEM_READ");
+            self.reads.push((gpa, buf.len()));
             let Some(r) = self.range(gpa, buf.len()) else {
                 self.refused += 1;
                 return Err(CallError::Sbi(error::INVALID_ADDRESS as i64));
@@ -946,6 +1099,7 @@ mod tests {
         fn child_mem_write(&mut self, cid: u64, gpa: u64, data: &[u8]) -> Result<(), CallError> {
             assert_eq!(cid, CID);
             assert!(data.len() <= diosix_abi::limits::CHILD_MEM_MAX);
+            self.calls.push("CHILD_MEM_WRITE");
             let Some(r) = self.range(gpa, data.len()) else {
                 self.refused += 1;
                 return Err(CallError::Sbi(error::INVALID_ADDRESS as i64));
@@ -960,6 +1114,7 @@ mod tests {
             device: u64,
         ) -> Result<(DeviceState, Vec<QueueState>), CallError> {
             self.state_calls += 1;
+            self.calls.push("DEVICE_STATE");
             if let Some(e) = self.state_error {
                 return Err(e);
             }
@@ -986,7 +1141,7 @@ mod tests {
 
     /// A log the test can read.
     #[derive(Clone, Default)]
-    struct Log(Rc<RefCell<Vec<u8>>>);
+    pub(crate) struct Log(Rc<RefCell<Vec<u8>>>);
 
     impl Write for Log {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -999,7 +1154,7 @@ mod tests {
     }
 
     impl Log {
-        fn text(&self) -> String {
+        pub(crate) fn text(&self) -> String {
             String::from_utf8(self.0.borrow().clone()).unwrap()
         }
     }
@@ -1012,7 +1167,7 @@ mod tests {
         )
     }
 
-    fn served(b: &mut Backend, c: &mut FakeChild) {
+    pub(crate) fn served(b: &mut Backend, c: &mut FakeChild) {
         assert_eq!(b.service(0, c), Ok(Service::Done));
     }
 
@@ -1036,6 +1191,45 @@ mod tests {
         // A second pass with nothing new does nothing.
         served(&mut b, &mut c);
         assert_eq!((c.raises.len(), c.writes.len()), (1, 3));
+    }
+
+    #[test]
+    fn a_pass_makes_few_calls() {
+        // The queue laid out as Linux does: the descriptor table and available ring
+        // are read in one call.
+        let mut c = FakeChild::linux(0x10000, 64);
+        let (mut b, _) = backend();
+        served(&mut b, &mut c);
+        // The first pass: where the used ring stands, and the available index.
+        assert_eq!(
+            c.calls,
+            [
+                "DEVICE_STATE",
+                "GET_CHILD_INFO",
+                "CHILD_MEM_READ",
+                "CHILD_MEM_READ"
+            ]
+        );
+        c.offer(&[(BUFS, 16, true)]);
+        c.offer(&[(BUFS + 0x100, 16, true)]);
+        c.clear_counts();
+        served(&mut b, &mut c);
+        assert_eq!(
+            c.calls,
+            [
+                "DEVICE_STATE",
+                "CHILD_MEM_READ",  // available index
+                "CHILD_MEM_READ",  // descriptor table and available ring
+                "CHILD_MEM_WRITE", // the two requests' data
+                "CHILD_MEM_WRITE",
+                "CHILD_MEM_WRITE", // both used elements
+                "CHILD_MEM_WRITE", // the used index
+                "CHILD_MEM_READ",  // the available flags
+                "DEVICE_RAISE"
+            ]
+        );
+        assert_eq!(c.reads[1], (BASE, 64 * 16 + 4 + 2 * 64));
+        assert_eq!(c.used_idx(), 2);
     }
 
     #[test]
@@ -1190,7 +1384,7 @@ mod tests {
                 c.offer(&[(BUFS, 8, true)]);
                 c.queue.desc = BASE + 0x1_8000;
             },
-            "CHILD_MEM of 16 bytes",
+            "CHILD_MEM of 128 bytes",
         );
         // A queue size the device never offered.
         broken_by(|c| c.queue.size = 128, "queue size 128");
@@ -1329,7 +1523,13 @@ mod tests {
         files.write_pid(5, std::process::id()).unwrap();
         assert_eq!(files.read_pid(5), Some(std::process::id()));
         assert_eq!(files.live_backend(5), None);
-        files.write_devices(9, &["rng", "rng"]).unwrap();
+        files
+            .write_devices(9, &["blk:/d/a b,c.img", "rng"])
+            .unwrap();
+        assert_eq!(
+            files.read_devices(9),
+            Some(vec!["blk:/d/a b,c.img".to_string(), "rng".to_string()])
+        );
         assert_eq!(files.cids(), [5, 9]);
         assert_eq!(files.stop(5), Ok(None));
         assert_eq!((files.read_pid(5), files.read_devices(5)), (None, None));

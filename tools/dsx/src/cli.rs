@@ -105,12 +105,12 @@ pub enum Command {
         /// The bytes (at most 64 KiB).
         bytes: Vec<u8>,
     },
-    /// `backend CID DEVICE...`: serve a child's virtio devices (what `run --rng`
-    /// starts in the background).
+    /// `backend CID DEVICE...`: serve a child's virtio devices (what `run --disk` and
+    /// `run --rng` start in the background).
     Backend {
         /// The child (a CID: names are `dsx`'s, the backend needs none).
         cid: u64,
-        /// Its devices, in SPAWN's order (names from `backend::DEVICE_NAMES`).
+        /// Its devices, in SPAWN's order (each one `backend::DeviceArg::parse` takes).
         devices: Vec<String>,
     },
 }
@@ -138,8 +138,19 @@ pub struct RunOpts {
     pub paused: bool,
     /// A name to show in `list`.
     pub name: Option<String>,
-    /// Give it a virtio-rng device (served by a backend process).
+    /// Its virtio-blk disks, in the order given (devices 0, 1, ...).
+    pub disks: Vec<Disk>,
+    /// Give it a virtio-rng device (served by a backend process; after the disks).
     pub rng: bool,
+}
+
+/// A `run --disk FILE` or `--disk-ro FILE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// The file or block device, as given (`run` makes it absolute).
+    pub path: String,
+    /// `--disk-ro`.
+    pub read_only: bool,
 }
 
 /// Options of `load`.
@@ -245,7 +256,7 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("poke", "write bytes into a child's RAM", HELP_POKE),
     (
         "backend",
-        "serve a child's virtio devices (run --rng starts it)",
+        "serve a child's virtio devices (run --disk/--rng starts it)",
         HELP_BACKEND,
     ),
 ];
@@ -263,13 +274,14 @@ const HELP_LIST: &str = "\
 usage: dsx list [--json]
 
 Lists this VM's live children (CID 2 and up) with state, trust, vCPUs, RAM,
-priority, console bytes waiting and virtio devices (`rng`; `rng(down)` when
-no backend serves them; `-` for none). Names are those given to `dsx run --name`.
+priority, console bytes waiting and virtio devices (`blk:/path,rng`;
+`(down)` after them when no backend serves them; `-` for none). Names are
+those given to `dsx run --name`.
   --json   a JSON array";
 const HELP_RUN: &str = "\
 usage: dsx run [IMAGE] [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE]
                [--vcpus N] [--prio N] [--trusted] [--paused] [--name NAME]
-               [--rng]
+               [--disk FILE]... [--disk-ro FILE]... [--rng]
 
 Creates a child VM from IMAGE (ELF, or a RISC-V Linux Image) and starts it;
 prints its CID. With --initrd or --cmdline, the image, initrd and command
@@ -287,9 +299,16 @@ given, --initrd initramfs.cpio.gz
   --paused       create it without starting it
   --name NAME    a name for `dsx list` and in place of its CID (unique among
                  this VM's children; not starting with a digit)
+  --disk FILE    give it a virtio-blk disk on FILE, a regular file or block
+                 device of this VM (at least 512 bytes; opened read-write,
+                 and locked) served by a backend process that runs until the
+                 child ends (`dsx backend`); repeatable: the first is the
+                 child's /dev/vda, the next /dev/vdb, in the order given
+  --disk-ro FILE the same, read-only (FILE opened read-only)
   --rng          give it a virtio-rng device (Linux: /dev/hwrng) fed from this
-                 VM's getrandom(2), served by a backend process that runs
-                 until the child ends (`dsx backend`; not with --trusted)
+                 VM's getrandom(2), served by the same backend
+Devices are checked before the child is created; at most 8 in all, and
+none with --trusted.
 The image (packed, if so) may be up to 64 MiB; it is staged in this VM's
 RAM while the hypervisor copies it.";
 const HELP_LOAD: &str = "\
@@ -387,8 +406,10 @@ own store would; a page it shares copy-on-write is copied first).";
 const HELP_BACKEND: &str = "\
 usage: dsx backend CID DEVICE...
 
-Serves the virtio devices of child CID (DEVICE: rng), given in the order SPAWN
-declared them, until the child ends; logs to standard error. `dsx run --rng`
+Serves the virtio devices of child CID, given in the order SPAWN declared them
+(as /run/dsx/CID.devices lists them), until the child ends; logs to standard
+error. DEVICE: `blk:PATH` (a disk, PATH absolute: the rest of the argument,
+spaces included), `blk-ro:PATH` (read-only), `rng`. `dsx run --disk/--rng`
 starts one in the background for each child it gives devices (PID in
 /run/dsx/CID.pid, log in /run/dsx/CID.log) and `dsx kill` stops it; run it by
 hand only to replace a backend that died. Refuses to run beside another live
@@ -790,14 +811,8 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
             if devs.len() > devices::MAX_DEVICES {
                 return Err(e(format!("at most {} devices", devices::MAX_DEVICES)));
             }
-            if let Some(bad) = devs
-                .iter()
-                .find(|d| !crate::backend::DEVICE_NAMES.contains(&d.as_str()))
-            {
-                return Err(e(format!(
-                    "unknown device `{bad}` (known: {})",
-                    crate::backend::DEVICE_NAMES.join(", ")
-                )));
+            for d in devs {
+                crate::backend::DeviceArg::parse(d).map_err(e)?;
             }
             Ok(Command::Backend {
                 cid,
@@ -823,8 +838,29 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
             "--vcpus",
             "--prio",
             "--name",
+            "--disk",
+            "--disk-ro",
         ],
     )?;
+    let mut disks = Vec::new();
+    for (opt, value) in &a.opts {
+        if let (Some(path), "--disk" | "--disk-ro") = (value, opt.as_str()) {
+            if path.is_empty() || path.contains('\n') {
+                return Err(e(format!("{opt} needs a file name (without a line break)")));
+            }
+            disks.push(Disk {
+                path: path.clone(),
+                read_only: opt == "--disk-ro",
+            });
+        }
+    }
+    let rng = a.flag("--rng");
+    if disks.len() + usize::from(rng) > devices::MAX_DEVICES {
+        return Err(e(format!(
+            "at most {} virtio devices (--disk, --disk-ro, --rng) in all",
+            devices::MAX_DEVICES
+        )));
+    }
     // No IMAGE: the guest Linux, with its initramfs and command line unless given.
     let (image, initrd, cmdline) = if a.positional.is_empty() {
         (
@@ -863,7 +899,8 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         trusted: a.flag("--trusted"),
         paused: a.flag("--paused"),
         name,
-        rng: a.flag("--rng"),
+        disks,
+        rng,
     }))
 }
 
@@ -1041,8 +1078,50 @@ mod tests {
                 trusted: true,
                 paused: false,
                 name: Some("web".into()),
+                disks: Vec::new(),
                 rng: false,
             })
+        );
+        // Disks in the order given, --disk and --disk-ro mixed; a path as it is.
+        let args: Vec<String> = [
+            "run",
+            "--disk",
+            "/d/a b.img",
+            "--rng",
+            "--disk-ro=rel.img",
+            "--disk",
+            "/dev/vdb",
+        ]
+        .map(String::from)
+        .to_vec();
+        let Ok(Command::Run(r)) = parse(&args) else {
+            panic!()
+        };
+        let disk = |p: &str, ro| Disk {
+            path: p.into(),
+            read_only: ro,
+        };
+        assert_eq!(
+            r.disks,
+            [
+                disk("/d/a b.img", false),
+                disk("rel.img", true),
+                disk("/dev/vdb", false)
+            ]
+        );
+        assert!(r.rng);
+        // Eight devices at most; a line break never gets into the devices file.
+        let eight = format!("run{}", " --disk /x".repeat(8));
+        assert_eq!(p(&eight).map(|_| ()), Ok(()));
+        assert_eq!(
+            msg(&format!("{eight} --rng")),
+            "at most 8 virtio devices (--disk, --disk-ro, --rng) in all"
+        );
+        assert_eq!(msg("run --disk"), "--disk needs a value");
+        let nl: Vec<String> = ["run", "--disk", "/a\nb"].map(String::from).to_vec();
+        assert_eq!(
+            parse(&nl).unwrap_err().message,
+            "--disk needs a file name (without a line break)"
         );
         let Command::Run(r) = p("run --rng --name n").unwrap() else {
             panic!()
@@ -1225,7 +1304,24 @@ mod tests {
         assert_eq!(msg("backend 3"), "missing DEVICE");
         assert_eq!(msg("backend web rng"), "CID must be a number, not `web`");
         assert!(msg("backend 1 rng").starts_with("CID 1 is this VM itself"));
-        assert_eq!(msg("backend 3 blk"), "unknown device `blk` (known: rng)");
+        assert_eq!(
+            msg("backend 3 blk"),
+            "unknown device `blk` (known: rng, blk:PATH, blk-ro:PATH)"
+        );
+        assert_eq!(
+            msg("backend 3 blk:rel.img"),
+            "`blk:rel.img`: the disk's path must be absolute"
+        );
+        let args: Vec<String> = ["backend", "4", "blk:/a b:c,d.img", "blk-ro:/x", "rng"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            parse(&args),
+            Ok(Command::Backend {
+                cid: 4,
+                devices: args[2..].to_vec()
+            })
+        );
         assert_eq!(
             msg(&format!("backend 3{}", " rng".repeat(9))),
             "at most 8 devices"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use diosix_abi::{cid, error, ext, flags, limits, QuotaArgs, SpawnArgs};
 
-use crate::backend::{self, Backends};
+use crate::backend::{Backends, DeviceArg};
 use crate::cli::{ChildRef, Command, LoadOpts, QuotaSet, RunOpts};
 use crate::format::{self, Op, Row};
 use crate::hv::{CallError, DeviceDecl, Hypervisor};
@@ -448,28 +448,55 @@ fn read_image(
     Ok(packed)
 }
 
-/// The devices `run`'s options ask for, by name ([`backend::DEVICE_NAMES`]).
-fn run_devices(o: &RunOpts) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if o.rng {
-        names.push("rng");
+/// The devices `run`'s options ask for, in SPAWN's order: the disks as given (each
+/// path made absolute and free of symbolic links, as the backend runs in `/` and `dsx
+/// list` shows it; the same file twice is refused), then the entropy device.
+fn run_devices(o: &RunOpts) -> Result<Vec<DeviceArg>, Failure> {
+    let mut devices = Vec::new();
+    for d in &o.disks {
+        let path = std::fs::canonicalize(&d.path)
+            .map_err(|e| Failure::new(format!("disk {}: {e}", d.path)))?;
+        let Some(path) = path.to_str().filter(|p| !p.contains('\n')) else {
+            return Err(Failure::new(format!(
+                "disk {}: its path must be UTF-8 without a line break",
+                d.path
+            )));
+        };
+        let same = |a: &DeviceArg| matches!(a, DeviceArg::Blk { path: p, .. } if p == path);
+        if devices.iter().any(same) {
+            return Err(Failure::new(format!(
+                "disk {}: given twice ({path})",
+                d.path
+            )));
+        }
+        devices.push(DeviceArg::Blk {
+            path: path.to_string(),
+            read_only: d.read_only,
+        });
     }
-    names
+    if o.rng {
+        devices.push(DeviceArg::Rng);
+    }
+    Ok(devices)
 }
 
 fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
-    let names = run_devices(o);
-    if o.trusted && !names.is_empty() {
+    if o.trusted && (o.rng || !o.disks.is_empty()) {
         return Err(Failure::new(
-            "a trusted child cannot have virtio devices (--rng): its host devices may \
-             sit where their windows would go",
+            "a trusted child cannot have virtio devices (--disk, --rng): its host devices \
+             may sit where their windows would go",
         ));
     }
-    let decls: Vec<DeviceDecl> = names
+    let devices = run_devices(o)?;
+    // Each device opened as its backend will open it (a disk: its file checked,
+    // opened, locked and measured), then closed again before the backend starts.
+    let decls = devices
         .iter()
-        .filter_map(|n| backend::device_by_name(n))
-        .map(|d| d.decl())
-        .collect();
+        .map(|d| d.open().map(|dev| dev.decl()))
+        .collect::<Result<Vec<DeviceDecl>, String>>()
+        .map_err(Failure::new)?;
+    let args: Vec<String> = devices.iter().map(DeviceArg::to_arg).collect();
+    let names: Vec<&str> = args.iter().map(String::as_str).collect();
     check_name_free(cx, o.name.as_deref())?;
     let packed = read_image(cx, &o.image, o.initrd.as_deref(), o.cmdline.as_deref())?;
     let dtb = o
@@ -849,6 +876,7 @@ fn events(cx: &mut Ctx<'_>, follow: bool) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend;
     use crate::cli::parse;
     use crate::hv::CallResult;
     use diosix_abi::{error, event, state, Event, HvInfo, VmInfo};
@@ -1262,6 +1290,72 @@ mod tests {
     }
 
     #[test]
+    fn run_disk_checks_the_files_and_declares_disks_first() {
+        let dir = std::env::temp_dir().join(format!("dsx-run-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, c, small) = (dir.join("a.img"), dir.join("c.img"), dir.join("small.img"));
+        std::fs::write(&a, vec![0u8; 4096 + 100]).unwrap();
+        std::fs::write(&c, vec![0u8; 512]).unwrap();
+        std::fs::write(&small, vec![0u8; 100]).unwrap();
+        let (a, c, small, d) = (
+            a.display().to_string(),
+            c.display().to_string(),
+            small.display().to_string(),
+            dir.display().to_string(),
+        );
+        let canon = |p: &str| std::fs::canonicalize(p).unwrap().display().to_string();
+        let mut f = Fake::default();
+        let mut b = FakeBackends::default();
+        let mut n = Names::default();
+        let (r, out, _) = go_with(
+            &mut f,
+            &mut n,
+            &mut b,
+            &format!("run /img --ram 1M --rng --disk {a} --disk-ro {c}"),
+        );
+        assert_eq!((r, out.as_str()), (Ok(()), "started CID 7\n"));
+        let decl = &f.spawned_devices[0];
+        let ids: Vec<u32> = decl.iter().map(|d| d.spec.device_id).collect();
+        assert_eq!(ids, [2, 2, 4]);
+        assert_eq!(decl[0].config[..8], 8u64.to_le_bytes());
+        assert_eq!(decl[1].config[..8], 1u64.to_le_bytes());
+        assert_eq!(decl[0].spec.features & (1 << 5), 0);
+        assert_ne!(decl[1].spec.features & (1 << 5), 0);
+        assert_eq!(
+            b.started,
+            [(
+                7,
+                vec![
+                    format!("blk:{}", canon(&a)),
+                    format!("blk-ro:{}", canon(&c)),
+                    "rng".to_string()
+                ]
+            )]
+        );
+        // Refused before SPAWN: a missing file, a directory, a file shorter than a
+        // sector, the same file twice, a trusted child.
+        for (args, want) in [
+            (format!("--disk {d}/none.img"), "No such file"),
+            (
+                format!("--disk {d}"),
+                "not a regular file or a block device",
+            ),
+            (format!("--disk {small}"), "less than one 512-byte sector"),
+            (format!("--disk {a} --disk-ro {d}/./a.img"), "given twice"),
+            (
+                format!("--disk {a} --trusted"),
+                "a trusted child cannot have",
+            ),
+        ] {
+            let (r, _, _) = go_with(&mut f, &mut n, &mut b, &format!("run /img {args}"));
+            let m = r.unwrap_err().message;
+            assert!(m.contains(want), "{args}: {m}");
+        }
+        assert_eq!((f.spawned.len(), b.started.len()), (1, 1));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn kill_stops_the_backend_and_list_shows_devices() {
         let mut f = Fake {
             children: vec![2, 3],
@@ -1271,7 +1365,7 @@ mod tests {
         b.devices.insert(
             3,
             backend::ChildDevices {
-                names: vec!["rng".into()],
+                names: vec!["blk:/var/lib/diosix/a.img".into(), "rng".into()],
                 backend: Some(42),
             },
         );
@@ -1281,9 +1375,11 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].ends_with("DEVICES"));
         assert!(lines[1].ends_with(" -"));
-        assert!(lines[2].ends_with(" rng"));
+        assert!(lines[2].ends_with(" blk:/var/lib/diosix/a.img,rng"));
         let (_, out, _) = go_with(&mut f, &mut n, &mut b, "list --json");
-        assert!(out.contains("\"devices\":[\"rng\"],\"backend_pid\":42"));
+        assert!(
+            out.contains("\"devices\":[\"blk:/var/lib/diosix/a.img\",\"rng\"],\"backend_pid\":42")
+        );
         let (r, out, _) = go_with(&mut f, &mut n, &mut b, "kill 3");
         assert_eq!((r, out.as_str()), (Ok(()), "CID 3 terminated\n"));
         assert_eq!(b.stopped, [3]);

@@ -5,10 +5,12 @@
 //! build host: [`cli`] parses, [`commands`] carries out a command through the
 //! [`hv::Hypervisor`] trait and [`format`] words the output and errors; [`dev`] is the
 //! trait over the real device and [`console`] the interactive console. [`backend`]
-//! serves children's virtio devices (`dsx backend`, which `dsx run --rng` starts),
-//! walking their queues with [`virtq`]; [`rng`] is the entropy device.
+//! serves children's virtio devices (`dsx backend`, which `dsx run --disk/--rng`
+//! starts), walking their queues with [`virtq`]; [`blk`] is the block device and
+//! [`rng`] the entropy device.
 
 mod backend;
+mod blk;
 mod cli;
 mod commands;
 mod console;

@@ -9,6 +9,14 @@
 //! range must lie in the child's RAM before any byte of any buffer of its chain is
 //! touched. A violation is a [`QueueError`], which the backend answers with
 //! NEEDS_RESET.
+//!
+//! Few calls: each CHILD_MEM_READ / CHILD_MEM_WRITE is a trap into the hypervisor, so
+//! the walker takes the available index in one read, then the whole descriptor table
+//! and available ring in one more ([`Queue::snapshot`]: one copy when they are
+//! adjacent, as Linux lays them out), and works on that snapshot (which also means a
+//! descriptor is read once: the child cannot change it between check and use); it
+//! writes a batch's used elements in one write (two when they wrap) and then the used
+//! index. [`read_spans`] reads scattered small ranges with as few copies as it can.
 
 use std::fmt;
 
@@ -76,6 +84,9 @@ pub enum QueueError {
     },
     /// The queue size is 0, not a power of two or above what the device offered.
     BadSize(u32),
+    /// A request the device cannot answer at all (no room for its status): the
+    /// driver broke the device's protocol.
+    Request(String),
     /// The device itself failed (a host-side error, not the child's doing).
     Device(String),
 }
@@ -104,6 +115,7 @@ impl fmt::Display for QueueError {
                 "available index {avail} is more than a queue ahead of {next}"
             ),
             QueueError::BadSize(s) => write!(f, "queue size {s}"),
+            QueueError::Request(why) => write!(f, "unanswerable request: {why}"),
             QueueError::Device(why) => write!(f, "device error: {why}"),
         }
     }
@@ -287,11 +299,82 @@ impl Queue {
         ))
     }
 
+    /// The descriptor table and the available ring's entries as they are now: read
+    /// after [`Queue::avail_header`] gave the index (a separate call, so every entry
+    /// and descriptor the driver published before that index is in the snapshot), in
+    /// one CHILD_MEM_READ when they are adjacent.
+    pub fn snapshot(&self, mem: &mut dyn ChildMem) -> Result<Snapshot, QueueError> {
+        let n = usize::from(self.size);
+        let mut parts = read_spans(
+            mem,
+            &[(self.desc, n * DESC_SIZE as usize), (self.avail + 4, 2 * n)],
+        )?;
+        let ring = parts.pop().unwrap_or_default();
+        let table = parts.pop().unwrap_or_default();
+        Ok(Snapshot {
+            size: self.size,
+            table,
+            ring,
+        })
+    }
+
+    /// Writes the used elements `(descriptor id, bytes written)` of a batch from used
+    /// entry `used_idx` on (modulo the size): one write, two when they wrap. The index
+    /// is published separately ([`Queue::publish_used`]), after the elements.
+    pub fn put_used(
+        &self,
+        mem: &mut dyn ChildMem,
+        used_idx: u16,
+        elems: &[(u16, u32)],
+    ) -> Result<(), QueueError> {
+        let size = usize::from(self.size);
+        if elems.len() > size {
+            return Err(QueueError::TooManyAvailable {
+                avail: used_idx.wrapping_add(elems.len() as u16),
+                next: used_idx,
+            });
+        }
+        let mut bytes = Vec::with_capacity(8 * elems.len());
+        for &(id, len) in elems {
+            bytes.extend_from_slice(&u32::from(id).to_le_bytes());
+            bytes.extend_from_slice(&len.to_le_bytes());
+        }
+        let first = usize::from(used_idx % self.size);
+        let split = 8 * elems.len().min(size - first);
+        let (a, b) = bytes.split_at(split);
+        mem.write(self.used + 4 + 8 * first as u64, a)?;
+        if !b.is_empty() {
+            mem.write(self.used + 4, b)?;
+        }
+        Ok(())
+    }
+
+    /// The used ring's index (what the device last published).
+    pub fn used_idx(&self, mem: &mut dyn ChildMem) -> Result<u16, QueueError> {
+        self.read_u16(mem, self.used + 2)
+    }
+
+    /// Publishes the used ring's index.
+    pub fn publish_used(&self, mem: &mut dyn ChildMem, idx: u16) -> Result<(), QueueError> {
+        mem.write(self.used + 2, &idx.to_le_bytes())
+    }
+}
+
+/// The descriptor table and available ring of a queue, as [`Queue::snapshot`] read
+/// them.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    size: u16,
+    table: Vec<u8>,
+    ring: Vec<u8>,
+}
+
+impl Snapshot {
     /// The head descriptor of available entry `i` (taken modulo the size), checked
     /// against the size.
-    pub fn avail_entry(&self, mem: &mut dyn ChildMem, i: u16) -> Result<u16, QueueError> {
-        let slot = u64::from(i % self.size);
-        let head = self.read_u16(mem, self.avail + 4 + 2 * slot)?;
+    pub fn avail_entry(&self, i: u16) -> Result<u16, QueueError> {
+        let at = 2 * usize::from(i % self.size);
+        let head = u16::from_le_bytes([self.ring[at], self.ring[at + 1]]);
         if head >= self.size {
             return Err(QueueError::Index {
                 index: head,
@@ -301,14 +384,10 @@ impl Queue {
         Ok(head)
     }
 
-    /// The used ring's index (what the device last published).
-    pub fn used_idx(&self, mem: &mut dyn ChildMem) -> Result<u16, QueueError> {
-        self.read_u16(mem, self.used + 2)
-    }
-
     /// The descriptor chain starting at `head`: at most `size` descriptors, each index
-    /// below `size`, none indirect, each buffer wholly in the child's RAM.
-    pub fn chain(&self, mem: &mut dyn ChildMem, head: u16) -> Result<Vec<Desc>, QueueError> {
+    /// below `size`, none indirect, each buffer wholly in the child's RAM (as `mem`
+    /// knows it: no call is made).
+    pub fn chain(&self, mem: &dyn ChildMem, head: u16) -> Result<Vec<Desc>, QueueError> {
         let mut chain = Vec::new();
         let mut i = head;
         loop {
@@ -321,8 +400,9 @@ impl Queue {
             if chain.len() >= usize::from(self.size) {
                 return Err(QueueError::ChainTooLong { head });
             }
+            let at = DESC_SIZE as usize * usize::from(i);
             let mut raw = [0u8; DESC_SIZE as usize];
-            mem.read(self.desc + DESC_SIZE * u64::from(i), &mut raw)?;
+            raw.copy_from_slice(&self.table[at..at + DESC_SIZE as usize]);
             let d = Desc::from_le_bytes(&raw);
             if d.flags & DESC_F_INDIRECT != 0 {
                 return Err(QueueError::Indirect { index: i });
@@ -335,28 +415,53 @@ impl Queue {
             i = d.next;
         }
     }
+}
 
-    /// Writes used element `used_idx` (modulo the size): descriptor `id`, `len` bytes
-    /// written. The index is published separately ([`Queue::publish_used`]), after the
-    /// elements.
-    pub fn put_used(
-        &self,
-        mem: &mut dyn ChildMem,
-        used_idx: u16,
-        id: u16,
-        len: u32,
-    ) -> Result<(), QueueError> {
-        let slot = u64::from(used_idx % self.size);
-        let mut b = [0u8; 8];
-        b[..4].copy_from_slice(&u32::from(id).to_le_bytes());
-        b[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write(self.used + 4 + 8 * slot, &b)
-    }
+/// Most bytes [`read_spans`] reads between two wanted ranges to save a call.
+pub const SPAN_GAP_MAX: u64 = 2048;
+/// Most bytes one span of [`read_spans`] covers when it joins ranges (a single longer
+/// range is read on its own).
+pub const SPAN_MAX: u64 = 16 * 1024;
 
-    /// Publishes the used ring's index.
-    pub fn publish_used(&self, mem: &mut dyn ChildMem, idx: u16) -> Result<(), QueueError> {
-        mem.write(self.used + 2, &idx.to_le_bytes())
+/// Reads the `(gpa, len)` ranges out of the child, each checked first, with one copy
+/// for ranges close together ([`SPAN_GAP_MAX`] apart or less, [`SPAN_MAX`] in all):
+/// the child's RAM is one range, so the bytes between two checked ranges are its RAM
+/// too. Returns the ranges' bytes in the order asked.
+pub fn read_spans(
+    mem: &mut dyn ChildMem,
+    ranges: &[(u64, usize)],
+) -> Result<Vec<Vec<u8>>, QueueError> {
+    for &(gpa, len) in ranges {
+        mem.check(gpa, len as u64)?;
     }
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].0);
+    let mut out = vec![Vec::new(); ranges.len()];
+    let mut k = 0;
+    while k < order.len() {
+        // Checked above: no range wraps.
+        let start = ranges[order[k]].0;
+        let mut end = start + ranges[order[k]].1 as u64;
+        let mut last = k + 1;
+        while let Some(&j) = order.get(last) {
+            let (gpa, len) = ranges[j];
+            let new_end = end.max(gpa + len as u64);
+            if gpa > end.saturating_add(SPAN_GAP_MAX) || new_end - start > SPAN_MAX {
+                break;
+            }
+            end = new_end;
+            last += 1;
+        }
+        let mut span = vec![0u8; (end - start) as usize];
+        mem.read(start, &mut span)?;
+        for &j in &order[k..last] {
+            let (gpa, len) = ranges[j];
+            let at = (gpa - start) as usize;
+            out[j] = span[at..at + len].to_vec();
+        }
+        k = last;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -417,6 +522,10 @@ mod tests {
             .unwrap();
     }
 
+    fn chain(m: &mut Ram, q: &Queue, head: u16) -> Result<Vec<Desc>, QueueError> {
+        q.snapshot(m)?.chain(m, head)
+    }
+
     #[test]
     fn descriptors_round_trip() {
         let d = Desc {
@@ -427,6 +536,63 @@ mod tests {
         };
         assert_eq!(Desc::from_le_bytes(&d.to_le_bytes()), d);
         assert_eq!(d.to_le_bytes()[0], 8);
+    }
+
+    /// A `Ram` that counts its reads.
+    struct Counting<'a>(&'a mut Ram, Vec<(u64, usize)>);
+
+    impl ChildMem for Counting<'_> {
+        fn check(&self, gpa: u64, len: u64) -> Result<(), QueueError> {
+            self.0.check(gpa, len)
+        }
+        fn read(&mut self, gpa: u64, buf: &mut [u8]) -> Result<(), QueueError> {
+            self.1.push((gpa, buf.len()));
+            self.0.read(gpa, buf)
+        }
+        fn write(&mut self, gpa: u64, data: &[u8]) -> Result<(), QueueError> {
+            self.0.write(gpa, data)
+        }
+    }
+
+    #[test]
+    fn close_ranges_are_read_at_once() {
+        let (mut m, _) = setup();
+        for (i, b) in m.bytes.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut c = Counting(&mut m, Vec::new());
+        // Two close together (and overlapping), one far, one between: asked out of
+        // order, answered in order.
+        let got = read_spans(
+            &mut c,
+            &[(0x1e00, 4), (0x1010, 16), (0x1000, 32), (0x1400, 2)],
+        )
+        .unwrap();
+        assert_eq!(c.1, [(0x1000, 0x402), (0x1e00, 4)]);
+        assert_eq!(got[0], [0, 1, 2, 3]);
+        assert_eq!(got[1][0], 0x10);
+        assert_eq!(got[2].len(), 32);
+        assert_eq!(got[3], [0, 1]);
+        // A range outside the RAM is refused before anything is read.
+        c.1.clear();
+        assert!(read_spans(&mut c, &[(0x1000, 4), (0x1ffe, 4)]).is_err());
+        assert!(c.1.is_empty());
+        // Nothing asked, nothing read.
+        assert!(read_spans(&mut c, &[]).unwrap().is_empty());
+        // The descriptor table and the ring, adjacent as Linux lays them out: one read.
+        let q = Queue::new(
+            &QueueState {
+                size: 4,
+                ready: 1,
+                desc: 0x1000,
+                driver: 0x1040,
+                device: 0x1100,
+            },
+            64,
+        )
+        .unwrap();
+        q.snapshot(&mut c).unwrap();
+        assert_eq!(c.1, [(0x1000, 0x4c)]);
     }
 
     #[test]
@@ -469,7 +635,7 @@ mod tests {
                 next: 0,
             },
         );
-        assert_eq!(q.chain(&mut m, 0).unwrap().len(), 2);
+        assert_eq!(chain(&mut m, &q, 0).unwrap().len(), 2);
         // A loop: 1 -> 0 -> 1 ...
         put_desc(
             &mut m,
@@ -483,7 +649,7 @@ mod tests {
             },
         );
         assert_eq!(
-            q.chain(&mut m, 0),
+            chain(&mut m, &q, 0),
             Err(QueueError::ChainTooLong { head: 0 })
         );
         // Next beyond the queue.
@@ -499,7 +665,7 @@ mod tests {
             },
         );
         assert_eq!(
-            q.chain(&mut m, 0),
+            chain(&mut m, &q, 0),
             Err(QueueError::Index { index: 4, size: 4 })
         );
         // Indirect.
@@ -514,7 +680,7 @@ mod tests {
                 next: 0,
             },
         );
-        assert_eq!(q.chain(&mut m, 0), Err(QueueError::Indirect { index: 1 }));
+        assert_eq!(chain(&mut m, &q, 0), Err(QueueError::Indirect { index: 1 }));
         // A buffer past the RAM's end, and one whose range wraps.
         put_desc(
             &mut m,
@@ -528,7 +694,7 @@ mod tests {
             },
         );
         assert!(matches!(
-            q.chain(&mut m, 0),
+            chain(&mut m, &q, 0),
             Err(QueueError::OutsideRam { .. })
         ));
         put_desc(
@@ -543,7 +709,7 @@ mod tests {
             },
         );
         assert!(matches!(
-            q.chain(&mut m, 0),
+            chain(&mut m, &q, 0),
             Err(QueueError::OutsideRam { .. })
         ));
         // The whole queue as one chain is fine: 0 -> 1 -> 2 -> 3.
@@ -561,7 +727,7 @@ mod tests {
                 },
             );
         }
-        assert_eq!(q.chain(&mut m, 0).unwrap().len(), 4);
+        assert_eq!(chain(&mut m, &q, 0).unwrap().len(), 4);
     }
 
     #[test]
@@ -571,17 +737,25 @@ mod tests {
         assert_eq!(q.avail_header(&mut m), Ok((1, 7)));
         // Entry 6 is slot 2.
         m.write(0x1100 + 4 + 4, &3u16.to_le_bytes()).unwrap();
-        assert_eq!(q.avail_entry(&mut m, 6), Ok(3));
+        assert_eq!(q.snapshot(&mut m).unwrap().avail_entry(6), Ok(3));
         m.write(0x1100 + 4 + 4, &9u16.to_le_bytes()).unwrap();
         assert_eq!(
-            q.avail_entry(&mut m, 6),
+            q.snapshot(&mut m).unwrap().avail_entry(6),
             Err(QueueError::Index { index: 9, size: 4 })
         );
-        q.put_used(&mut m, 5, 3, 0x20).unwrap();
+        q.put_used(&mut m, 5, &[(3, 0x20)]).unwrap();
         q.publish_used(&mut m, 6).unwrap();
         assert_eq!(&m.bytes[0x204..0x20c], &[0; 8]);
         assert_eq!(&m.bytes[0x20c..0x214], &[3, 0, 0, 0, 0x20, 0, 0, 0]);
         assert_eq!(q.used_idx(&mut m), Ok(6));
+        // A batch that wraps: slots 3, 0, 1.
+        q.put_used(&mut m, 7, &[(1, 1), (2, 2), (0, 3)]).unwrap();
+        assert_eq!(&m.bytes[0x21c..0x224], &[1, 0, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(
+            &m.bytes[0x204..0x214],
+            &[2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0]
+        );
+        assert!(q.put_used(&mut m, 0, &[(0, 0); 5]).is_err());
         assert!(q.check_areas(&m).is_ok());
         let far = Queue { used: 0x1ff8, ..q };
         assert!(far.check_areas(&m).is_err());

@@ -139,6 +139,9 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     // (so a guest can start guests of its own; its initramfs is its own, retained).
     let mut guest_extra = tools.clone();
     guest_extra.extend(crate::tools::guest_files(&kernel_image, None));
+    // The benchmarks too: `cargo xtask bench` runs the disk ones in a child VM.
+    let workloads = workloads::build_workloads(&gcc_version)?;
+    guest_extra.push(workloads.clone());
     let guest_initramfs = build_initramfs(
         &InitramfsSpec {
             name: "guest-initramfs",
@@ -160,8 +163,7 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     }
     built.push(("guest-initramfs", guest_initramfs.clone()));
     let mut extra = tools;
-    // Only the Root VM's: `cargo xtask bench` runs it there (workloads.rs).
-    let workloads = workloads::build_workloads(&gcc_version)?;
+    // `cargo xtask bench` runs them in the Root VM and in a child (workloads.rs).
     built.push(("diosix-workloads", workloads.source.clone()));
     extra.push(workloads);
     extra.extend(crate::tools::guest_files(
