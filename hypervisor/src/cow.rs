@@ -199,6 +199,66 @@ impl Vm {
         }
     }
 
+    /// Copies `len` bytes of this VM's memory at `gpa` into `dst`'s at `dst_gpa`,
+    /// frame to frame with no buffer between, writing as `dst`'s own store would
+    /// (its copy-on-write pages in the way get their own copies first: the caller
+    /// passes `stale` to [`finish`] for `dst`). Both VMs' memory locks are held for
+    /// the copy, so no frame can be replaced or freed under it; the only callers hold
+    /// the tree's lock, under which no other hart takes two memory locks, so the
+    /// order (this VM, then `dst`) cannot deadlock. `len` is bounded by the caller
+    /// (CHILD_MEM's cap).
+    pub fn copy_into(
+        &self,
+        gpa: Gpa,
+        dst: &Vm,
+        dst_gpa: Gpa,
+        len: u64,
+        stale: &mut Stale,
+    ) -> Result<(), AccessError> {
+        if core::ptr::eq(self, dst) {
+            // Not a CHILD_MEM case (a VM is never its own child); refused rather than
+            // locking one lock twice.
+            return Err(AccessError::NotMapped(dst_gpa));
+        }
+        dst.make_writable(dst_gpa, len, stale)?;
+        let mut src_guard = self.mem.lock();
+        let src = src_guard.as_mut().ok_or(AccessError::NotMapped(gpa))?;
+        self.populate_in_ram(src.as_mut(), gpa, len)?;
+        let from = src.chunks(gpa, len, false)?;
+        let dst_guard = dst.mem.lock();
+        let to = dst_guard
+            .as_ref()
+            .ok_or(AccessError::NotMapped(dst_gpa))?
+            .chunks(dst_gpa, len, true)?;
+        let (mut fi, mut ti) = (from.iter().copied(), to.iter().copied());
+        let (mut f, mut t) = (fi.next(), ti.next());
+        while let (Some((fh, fl)), Some((th, tl))) = (f, t) {
+            let n = fl.min(tl);
+            // SAFETY: both are guest RAM frames of their VMs, just translated under
+            // their memory locks, which are held until the copy ends (no frame can be
+            // replaced or freed meanwhile); two different VMs' writable and readable
+            // frames never overlap (a frame shared copy-on-write is never writable).
+            unsafe { diosix_riscv::physmem::copy(th, fh, n) };
+            f = if n == fl {
+                fi.next()
+            } else {
+                Some((
+                    fh.checked_add(n).ok_or(AccessError::NotMapped(gpa))?,
+                    fl - n,
+                ))
+            };
+            t = if n == tl {
+                ti.next()
+            } else {
+                Some((
+                    th.checked_add(n).ok_or(AccessError::NotMapped(dst_gpa))?,
+                    tl - n,
+                ))
+            };
+        }
+        Ok(())
+    }
+
     /// Breaks copy-on-write sharing for `[gpa, gpa+len)` and checks the guest may
     /// write all of it (what a later [`Vm::write`] there needs).
     pub fn make_writable(&self, gpa: Gpa, len: u64, stale: &mut Stale) -> Result<(), AccessError> {

@@ -22,6 +22,7 @@
 #include <linux/miscdevice.h>
 #include <linux/mod_devicetable.h>
 #include <linux/module.h>
+#include <linux/mutex.h>
 #include <linux/platform_device.h>
 #include <linux/poll.h>
 #include <linux/wait.h>
@@ -59,6 +60,14 @@ struct diosix_file {
 	bool doorbell;
 	/* diosix_irq_seq when the file's latest DEVICE_STATE began. */
 	atomic_t seen;
+	/*
+	 * CHILD_MEM transfers of this file: DIOSIX_CHILD_MEM_MAX bytes, made
+	 * on its first transfer and kept (a device backend makes thousands a
+	 * second; a kmalloc of 64 KiB each time is the page allocator's work
+	 * each time). Used under @xfer_lock, freed with the file.
+	 */
+	struct mutex xfer_lock;
+	void *xfer;
 };
 
 /* One SBI call into the extension; arguments the function does not use are 0. */
@@ -602,27 +611,46 @@ out:
 	return err;
 }
 
-static long diosix_child_mem(unsigned int fid, void __user *uarg)
+static long diosix_child_mem(struct file *file, unsigned int fid,
+			     void __user *uarg)
 {
+	struct diosix_file *df = file->private_data;
+	bool to_child = fid == DIOSIX_FID_CHILD_MEM_WRITE;
 	struct diosix_ioc_child_mem s;
 	u64 a[5] = { 0 };
-	void *buf;
+	long err = 0;
 
 	if (copy_from_user(&s, uarg, sizeof(s)))
 		return -EFAULT;
 	if (s.len > DIOSIX_CHILD_MEM_MAX)
 		return -E2BIG;
-	buf = diosix_bounce(fid == DIOSIX_FID_CHILD_MEM_WRITE, s.buf, s.len);
-	if (IS_ERR(buf))
-		return PTR_ERR(buf);
+	if (mutex_lock_interruptible(&df->xfer_lock))
+		return -EINTR;
+	if (!df->xfer) {
+		df->xfer = kmalloc(DIOSIX_CHILD_MEM_MAX, GFP_KERNEL);
+		if (!df->xfer) {
+			err = -ENOMEM;
+			goto out;
+		}
+	}
+	if (to_child && copy_from_user(df->xfer, u64_to_user_ptr(s.buf), s.len)) {
+		err = -EFAULT;
+		goto out;
+	}
 
 	a[0] = s.cid;
 	a[1] = s.child_gpa;
-	a[2] = virt_to_phys(buf);
+	a[2] = virt_to_phys(df->xfer);
 	a[3] = s.len;
 	diosix_call(fid, a, &s.ret);
-	return diosix_bounce_done(buf, fid == DIOSIX_FID_CHILD_MEM_READ, s.buf,
-				  s.len, &s.ret, uarg);
+	if (!to_child && s.ret.error == DIOSIX_SBI_ERR_SUCCESS &&
+	    copy_to_user(u64_to_user_ptr(s.buf), df->xfer, s.len))
+		err = -EFAULT;
+	else if (copy_to_user(uarg, &s.ret, sizeof(s.ret)))
+		err = -EFAULT;
+out:
+	mutex_unlock(&df->xfer_lock);
+	return err;
 }
 
 static long diosix_device_state(struct file *file, void __user *uarg)
@@ -708,7 +736,7 @@ static long diosix_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return diosix_list(uarg);
 	case DIOSIX_IOC_CHILD_MEM_READ:
 	case DIOSIX_IOC_CHILD_MEM_WRITE:
-		return diosix_child_mem(fid, uarg);
+		return diosix_child_mem(file, fid, uarg);
 	case DIOSIX_IOC_DEVICE_STATE:
 		return diosix_device_state(file, uarg);
 	default:
@@ -730,13 +758,17 @@ static int diosix_open(struct inode *inode, struct file *file)
 	df = kzalloc(sizeof(*df), GFP_KERNEL);
 	if (!df)
 		return -ENOMEM;
+	mutex_init(&df->xfer_lock);
 	file->private_data = df;
 	return 0;
 }
 
 static int diosix_release(struct inode *inode, struct file *file)
 {
-	kfree(file->private_data);
+	struct diosix_file *df = file->private_data;
+
+	kfree(df->xfer);
+	kfree(df);
 	return 0;
 }
 

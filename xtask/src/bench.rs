@@ -680,7 +680,8 @@ fn linux_device_bench() -> Result<()> {
 
 /// The same disk benchmarks in a child VM of the Root VM, on a virtio-blk disk the Root
 /// VM's `dsx backend` serves from its own `/dev/vda` (the Root VM booted with
-/// `diosix.bench=childdisk`, its `rcS` starting the child and copying its console),
+/// `diosix.bench=childdisk`, its `rcS` starting the child and copying its console; the
+/// disk holds the benchmark program, which the child mounts read-only and runs),
 /// beside the Root VM's own figures (`root`, from [`linux_device_bench`]'s Diosix run)
 /// as ratios. Same harts, same fresh disk image, same clock (the child's).
 fn child_disk_bench(a: &crate::rootvm::RootVmArtifacts, root: &[Workload]) -> Result<()> {
@@ -689,7 +690,20 @@ fn child_disk_bench(a: &crate::rootvm::RootVmArtifacts, root: &[Workload]) -> Re
     let images = workspace_root().join("target").join("test-images");
     let disk = images.join("bench-childdisk.img");
     let [mut q, _] = linux_runs(a, &name, WORKLOAD_HARTS, Some(&cmdline))?;
-    crate::disk::new_disk(&disk, DEVICE_DISK_MIB << 20, None, true)?;
+    // The child's initramfs has no benchmark program: it runs the one on the disk.
+    let workloads = a
+        .provenance
+        .built
+        .iter()
+        .find(|(what, _)| *what == "diosix-workloads")
+        .map(|(_, p)| p.clone())
+        .ok_or("the Root VM was built without diosix-workloads")?;
+    let dir = images.join("bench-childdisk-files");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::copy(&workloads, dir.join("diosix-workloads"))
+        .map_err(|e| format!("{}: {e}", workloads.display()))?;
+    crate::disk::new_disk(&disk, DEVICE_DISK_MIB << 20, Some(&dir), true)?;
     q.devices = qemu::Devices {
         disks: vec![disk.clone()],
         ..Default::default()
@@ -801,6 +815,7 @@ fn tree_bench(elf: &Path) -> Result<()> {
                 || name.starts_with("cow_")
                 || name.starts_with("spawn_")
                 || name == "ipc_round_trip"
+                || (name.starts_with("child_mem_") && ram == 64)
                 || name == "yield_round_trip"
                 || name.starts_with("vm_switch")
                 || name == "first_instruction"

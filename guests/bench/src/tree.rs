@@ -112,6 +112,35 @@ pub fn run(ram_mib: usize) {
     }
     v.sort_unstable();
     println!("bench ipc_round_trip {}", v[SAMPLES / 2]);
+    // What a device backend pays to reach its child's memory: a ring index (8 bytes),
+    // a page, and the largest copy, into the data buffer and back (the child's pages
+    // are backed and its own by then: each figure is the copy alone).
+    let data = DSX.data().addr();
+    let gpa = TOUCH.0.as_ptr() as usize;
+    for (name, len, write) in [
+        ("child_mem_read_8B", 8, false),
+        ("child_mem_write_8B", 8, true),
+        ("child_mem_read_4KiB", 4096, false),
+        ("child_mem_write_4KiB", 4096, true),
+        ("child_mem_read_8KiB", 8192, false),
+        ("child_mem_write_8KiB", 8192, true),
+    ] {
+        for s in v.iter_mut() {
+            let a = instret_fenced();
+            let r = if write {
+                DSX.child_mem_write(cid, gpa, data, len)
+            } else {
+                DSX.child_mem_read(cid, gpa, data, len)
+            };
+            *s = instret_fenced() - a;
+            if r.error != 0 {
+                println!("bench {name} failed: error {}", r.error);
+                break;
+            }
+        }
+        v.sort_unstable();
+        println!("bench {name} {}", v[SAMPLES / 2]);
+    }
     send(cid, b"exit");
     // The forked child must be gone before the spawn benchmark, or its last steps
     // would run between the SPAWN and the new child's first instruction.

@@ -46,6 +46,11 @@ impl<'a> HvHost<'a> {
         }
     }
 
+    /// Whether `id` is the VM of the vCPU making the call.
+    fn is_caller(&self, id: VmId) -> bool {
+        self.hart.current.as_ref().is_some_and(|v| v.vm.id == id)
+    }
+
     /// VM `id`: the running vCPU's own without the registry's lock (nearly every
     /// guest-memory access is the caller's, several per call), any other from it.
     fn vm(&self, id: VmId) -> Option<Arc<Vm>> {
@@ -83,10 +88,36 @@ impl ExtensionHost for HvHost<'_> {
     }
 
     fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError> {
-        self.vm(vm)
-            .ok_or(SbiError::Failed)?
-            .write(gpa, data, &mut self.stale)
-            .map_err(bad_address)
+        let target = self.vm(vm).ok_or(SbiError::Failed)?;
+        if self.is_caller(vm) {
+            return target
+                .write(gpa, data, &mut self.stale)
+                .map_err(bad_address);
+        }
+        // Another VM's mappings (a child's): its harts flush before the frames it
+        // stopped using are let go, now.
+        let mut stale = crate::isolation::Stale::new();
+        let r = target.write(gpa, data, &mut stale).map_err(bad_address);
+        cow::finish(&target, self.hart.slot, stale);
+        r
+    }
+
+    fn copy_guest(
+        &mut self,
+        from: VmId,
+        from_gpa: Gpa,
+        to: VmId,
+        to_gpa: Gpa,
+        len: u64,
+    ) -> Result<(), SbiError> {
+        let src = self.vm(from).ok_or(SbiError::Failed)?;
+        let dst = self.vm(to).ok_or(SbiError::Failed)?;
+        let mut stale = crate::isolation::Stale::new();
+        let r = src
+            .copy_into(from_gpa, &dst, to_gpa, len, &mut stale)
+            .map_err(bad_address);
+        cow::finish(&dst, self.hart.slot, stale);
+        r
     }
 
     fn kept_pages(&self, args: &SpawnArgs) -> u64 {

@@ -810,6 +810,10 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
         Ok(()) => backend.note("the child is gone: done"),
         Err(e) => backend.note(format!("giving up: {e}")),
     }
+    backend.note(format!(
+        "calls (count/time): {}",
+        crate::dev::stats::summary()
+    ));
     if files.read_pid(cid) == Some(me) {
         files.remove(cid, result.is_err());
     }

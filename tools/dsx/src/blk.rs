@@ -386,10 +386,12 @@ impl Blk {
         let mut done = 0u64;
         for (first, end, bytes) in windows(&pieces) {
             self.grow_bounce(bytes);
-            if let Err(e) = self
+            let timed = crate::dev::stats::Timed::file();
+            let read = self
                 .file
-                .read_exact_at(&mut self.bounce[..bytes], off + done)
-            {
+                .read_exact_at(&mut self.bounce[..bytes], off + done);
+            drop(timed);
+            if let Err(e) = read {
                 self.note(format!("read of {bytes} bytes at {}: {e}", off + done));
                 return Ok((status::IOERR, done));
             }
@@ -426,7 +428,10 @@ impl Blk {
                 mem.read(gpa, &mut self.bounce[at..at + n])?;
                 at += n;
             }
-            if let Err(e) = self.file.write_all_at(&self.bounce[..bytes], off + done) {
+            let timed = crate::dev::stats::Timed::file();
+            let written = self.file.write_all_at(&self.bounce[..bytes], off + done);
+            drop(timed);
+            if let Err(e) = written {
                 self.note(format!("write of {bytes} bytes at {}: {e}", off + done));
                 return Ok(status::IOERR);
             }

@@ -176,6 +176,7 @@ impl Device {
 
     fn ioctl<const N: usize>(&self, fid: usize, buf: &mut Buf<N>) -> CallResult<()> {
         let req = request_for(fid).ok_or(CallError::Os(libc::ENOTTY))?;
+        let _timed = stats::Timed::call(fid);
         debug_assert_eq!((req >> 16) & 0x3fff, N as u64, "buffer size of FID {fid}");
         // SAFETY: `buf` is a live, exclusively borrowed buffer of exactly the size
         // encoded in `req`, which is all the driver reads and writes through the
@@ -195,6 +196,7 @@ impl Device {
 /// Waits up to `timeout` until one of `devices` reports `POLLIN` (a doorbell file:
 /// see `DIOSIX_IOC_DEVICE_STATE`), or a signal arrives.
 pub fn wait_any(devices: &[Device], timeout: std::time::Duration) {
+    let _timed = stats::Timed::wait();
     let mut pfds: Vec<libc::pollfd> = devices
         .iter()
         .map(|d| libc::pollfd {
@@ -650,5 +652,81 @@ mod tests {
         }
         assert_eq!(n, ext::FUNCTIONS.len());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Where a backend's time goes: how many calls of each function it made and how long
+/// they took, and how long it waited in `poll`, by the monotonic clock (which, under
+/// QEMU's `-icount`, counts instructions). A backend logs them when it ends.
+pub mod stats {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    /// Slots: one per function number below this, then the wait, then file I/O.
+    const FIDS: usize = 32;
+    static COUNT: [AtomicU64; FIDS + 2] = [const { AtomicU64::new(0) }; FIDS + 2];
+    static NANOS: [AtomicU64; FIDS + 2] = [const { AtomicU64::new(0) }; FIDS + 2];
+
+    /// Counts the time until it is dropped.
+    pub struct Timed {
+        slot: usize,
+        start: Instant,
+    }
+
+    impl Timed {
+        /// An ioctl for function `fid`.
+        pub fn call(fid: usize) -> Timed {
+            Timed {
+                slot: fid.min(FIDS - 1),
+                start: Instant::now(),
+            }
+        }
+
+        /// A wait for a doorbell.
+        pub fn wait() -> Timed {
+            Timed {
+                slot: FIDS,
+                start: Instant::now(),
+            }
+        }
+
+        /// A read or write of a device's file.
+        pub fn file() -> Timed {
+            Timed {
+                slot: FIDS + 1,
+                start: Instant::now(),
+            }
+        }
+    }
+
+    impl Drop for Timed {
+        fn drop(&mut self) {
+            let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            COUNT[self.slot].fetch_add(1, Ordering::Relaxed);
+            NANOS[self.slot].fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// One line: `NAME calls/µs total` for each function called, and the waits.
+    pub fn summary() -> String {
+        let mut parts = Vec::new();
+        for (slot, (c, n)) in COUNT.iter().zip(&NANOS).enumerate() {
+            let (c, n) = (c.load(Ordering::Relaxed), n.load(Ordering::Relaxed));
+            if c == 0 {
+                continue;
+            }
+            let name = if slot == FIDS {
+                "wait"
+            } else if slot == FIDS + 1 {
+                "file"
+            } else {
+                diosix_abi::ext::FUNCTIONS
+                    .iter()
+                    .find(|(f, _)| *f == slot)
+                    .map_or("?", |(_, n)| n)
+            };
+            parts.push(format!("{name} {c}/{}us", n / 1000));
+        }
+        parts.join(", ")
     }
 }

@@ -139,9 +139,6 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     // (so a guest can start guests of its own; its initramfs is its own, retained).
     let mut guest_extra = tools.clone();
     guest_extra.extend(crate::tools::guest_files(&kernel_image, None));
-    // The benchmarks too: `cargo xtask bench` runs the disk ones in a child VM.
-    let workloads = workloads::build_workloads(&gcc_version)?;
-    guest_extra.push(workloads.clone());
     let guest_initramfs = build_initramfs(
         &InitramfsSpec {
             name: "guest-initramfs",
@@ -163,7 +160,9 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     }
     built.push(("guest-initramfs", guest_initramfs.clone()));
     let mut extra = tools;
-    // `cargo xtask bench` runs them in the Root VM and in a child (workloads.rs).
+    // Only the Root VM's: `cargo xtask bench` runs it there (workloads.rs), and puts
+    // it on the disk of the child it runs the disk benchmarks in.
+    let workloads = workloads::build_workloads(&gcc_version)?;
     built.push(("diosix-workloads", workloads.source.clone()));
     extra.push(workloads);
     extra.extend(crate::tools::guest_files(

@@ -65,6 +65,22 @@ pub trait ExtensionHost {
     /// Copies `data` into `vm`'s memory at `gpa`; `InvalidAddress` if any of it is
     /// outside its RAM (or not writable by the guest).
     fn write_guest(&mut self, vm: VmId, gpa: Gpa, data: &[u8]) -> Result<(), SbiError>;
+    /// Copies `len` bytes (at most `limits::CHILD_MEM_MAX`, both ranges checked by the
+    /// caller) from `from`'s memory at `from_gpa` into `to`'s at `to_gpa`, writing as
+    /// `to`'s own store would. By default through a bounce buffer; the hypervisor
+    /// copies frame to frame.
+    fn copy_guest(
+        &mut self,
+        from: VmId,
+        from_gpa: Gpa,
+        to: VmId,
+        to_gpa: Gpa,
+        len: u64,
+    ) -> Result<(), SbiError> {
+        let mut buf = vec![0u8; to_usize(len)?];
+        self.read_guest(from, from_gpa, &mut buf)?;
+        self.write_guest(to, to_gpa, &buf)
+    }
     /// Host pages the hypervisor keeps for a child SPAWN creates besides its RAM and
     /// page tables (the image it rebuilds the child from on REBOOT). Charged with the
     /// page tables, so quota headroom never promises memory the host has not got.
@@ -970,7 +986,8 @@ fn console_transfer(
 }
 
 /// CHILD_MEM_READ / CHILD_MEM_WRITE: the child (a direct one), the length (capped, so
-/// the bounce buffer is), the caller's range, the child's range, then the copy.
+/// the work under the tree's lock is), the caller's range, the child's range, then the
+/// copy.
 #[allow(clippy::too_many_arguments)]
 fn child_mem(
     tree: &VmTree,
@@ -988,13 +1005,10 @@ fn child_mem(
     }
     check_buffer(host, caller, own_gpa, len)?;
     check_buffer(host, child, child_gpa, len)?;
-    let mut buf = vec![0u8; to_usize(len)?];
     if to_child {
-        host.read_guest(caller, own_gpa, &mut buf)?;
-        host.write_guest(child, child_gpa, &buf)?;
+        host.copy_guest(caller, own_gpa, child, child_gpa, len)?;
     } else {
-        host.read_guest(child, child_gpa, &mut buf)?;
-        host.write_guest(caller, own_gpa, &buf)?;
+        host.copy_guest(child, child_gpa, caller, own_gpa, len)?;
     }
     Ok(len)
 }
