@@ -762,6 +762,19 @@ impl Parts {
         self.add(driver, &[&linux]);
         self.add(workloads, &lib_refs);
         self.add(guest, &[&busybox, dsx, "diosix.ko", &linux]);
+        // The test guests (bare-metal Rust: `core` and the workspace's guest runtime).
+        let mut test_guests = Vec::new();
+        for &(name, path) in crate::tools::TEST_GUESTS {
+            let c = ours(
+                name,
+                Classification::Application,
+                "MIT",
+                &format!("guests/{name}"),
+                &format!("/{path}"),
+            )?;
+            self.add(c, &[rust_std]);
+            test_guests.push(name);
+        }
 
         let mut initramfs = component(Classification::File, "initramfs", &version, "initramfs")
             .licensed("MIT")
@@ -773,18 +786,17 @@ impl Parts {
             "The Root VM's initramfs (gzip'd newc cpio); holds the guest Linux's kernel and \
              initramfs under /usr/share/diosix/guests",
         ));
-        self.add(
-            initramfs,
-            &[
-                &busybox,
-                &lua,
-                dsx,
-                "diosix.ko",
-                "diosix-workloads",
-                "guest-initramfs",
-                &linux,
-            ],
-        );
+        let mut parts = vec![
+            busybox.as_str(),
+            lua.as_str(),
+            dsx,
+            "diosix.ko",
+            "diosix-workloads",
+            "guest-initramfs",
+            linux.as_str(),
+        ];
+        parts.extend(test_guests);
+        self.add(initramfs, &parts);
         Ok(vec![linux, "initramfs".into()])
     }
 
@@ -1004,6 +1016,7 @@ mod tests {
             "guest-initramfs",
         ]
         .into_iter()
+        .chain(crate::tools::TEST_GUESTS.iter().map(|&(name, _)| name))
         .map(|what| (what, file(what)))
         .collect();
         RootVmArtifacts {

@@ -723,6 +723,63 @@ const DSX_RNG: &[Step] = &[
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
+/// Broken queues the `virtio-hostile` guest makes (its `NEEDS_RESET_CHECKS`): its
+/// backend logs one `raising NEEDS_RESET` line for each, and one `was reset by its
+/// driver` line when the guest resets the device after it.
+const HOSTILE_NEEDS_RESETS: u32 = 14;
+
+/// `linux-dsx-hostile-virtio`: a hostile virtio-blk driver (`guests/virtio-hostile`,
+/// carried in the Root VM's initramfs) as a child of the Root VM, on a 16 MiB file
+/// served by a real `dsx backend`. The child runs its checks (descriptors outside its
+/// RAM and in its MMIO window, looping chains, huge lengths, a doorbell storm, used
+/// buffers never consumed, an available index far ahead, requests beyond the capacity
+/// and malformed ones) and prints its summary; the parent then finds the backend still
+/// running and its log sane (one NEEDS_RESET line per broken queue, no giving up), the
+/// file written only where the child wrote well (the pattern in sector 1, nothing else
+/// not zero, its size unchanged), and after `dsx kill` no backend left and every page
+/// back.
+fn dsx_hostile_virtio_steps() -> &'static [Step] {
+    vec![
+        ("login:", "root\r"),
+        (PROMPT, UPTIME_CMD),
+        (
+            ROOT_PROMPT,
+            "echo BEFORE-$(ps | grep -c '[d]sx backend'); \
+             dd if=/dev/zero of=/tmp/h1 bs=1M count=16 2>/dev/null && \
+             dsx run /usr/share/diosix/guests/virtio-hostile.elf --ram 16M --disk /tmp/h1 \
+             --name h && dsx console h\r",
+        ),
+        // The summary line: `virtio-hostile: N passed, M failed`.
+        (" passed, ", ""),
+        (" failed", DETACH),
+        ("detached from CID 2", ""),
+        (
+            ROOT_PROMPT,
+            "P=$(cat /run/dsx/2.pid); echo ALIVE-$(kill -0 $P && cat /proc/$P/comm) \
+             BACKENDS-$(ps | grep -c '[d]sx backend 2'); cat /run/dsx/2.log; \
+             echo NEEDS-RESET-LINES-$(grep -c 'raising NEEDS_RESET' /run/dsx/2.log) \
+             SERVING-AGAIN-$(grep -c 'was reset by its driver' /run/dsx/2.log) \
+             GAVE-UP-$(grep -c 'giving up' /run/dsx/2.log)\r",
+        ),
+        ("GAVE-UP-", ""),
+        (
+            ROOT_PROMPT,
+            "echo SIZE-$(wc -c </tmp/h1) NONZERO-$(tr -d '\\000' </tmp/h1 | wc -c) \
+             SECTOR1-$(dd if=/tmp/h1 bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000' | wc -c) \
+             HEAD-$(dd if=/tmp/h1 bs=1 skip=512 count=4 2>/dev/null | od -An -tx1 | tr -d ' ')\r",
+        ),
+        ("HEAD-", ""),
+        (
+            ROOT_PROMPT,
+            "dsx kill h; sleep 1; echo GONE-$(ps | grep -c '[d]sx backend'); ls /run/dsx; \
+             echo LEFT-$(dsx list --json)\r",
+        ),
+        ("LEFT-", ""),
+        (ROOT_PROMPT, "poweroff\r"),
+    ]
+    .leak()
+}
+
 /// `linux-dsx-fork`: the Root VM forks itself; the clone (CID 2), reached with `dsx
 /// console 2`, says it is the child, runs a busy loop on each of its 2 vCPUs, and `dsx
 /// info` there is not the Root VM's. `dsx reboot 2`, then the clone's own `reboot -f`,
@@ -1141,6 +1198,30 @@ fn cases() -> Vec<Case> {
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             DSX_RNG,
+        ),
+        linux_case(
+            "linux-dsx-hostile-virtio",
+            2,
+            1024,
+            vec![
+                Expect::Text("BEFORE-0"),
+                Expect::Summary("virtio-hostile"),
+                // Every check ran (guests/virtio-hostile: CHECKS).
+                Expect::Text("virtio-hostile: 23 passed, 0 failed"),
+                Expect::Text("ALIVE-dsx-backend BACKENDS-1"),
+                Expect::Text(leak(format!(
+                    "NEEDS-RESET-LINES-{HOSTILE_NEEDS_RESETS} \
+                     SERVING-AGAIN-{HOSTILE_NEEDS_RESETS} GAVE-UP-0"
+                ))),
+                Expect::Text("SIZE-16777216 NONZERO-512 SECTOR1-512 HEAD-01020304"),
+                Expect::Text("CID 2 terminated"),
+                Expect::Text("GONE-0"),
+                Expect::Text("LEFT-[]"),
+                Expect::FreePagesRestored,
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ]
+            .leak(),
+            dsx_hostile_virtio_steps(),
         ),
         linux_case(
             "linux-dsx-nested",

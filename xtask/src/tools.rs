@@ -1,6 +1,7 @@
 //! Builds the Root VM's management tools: `dsx` (`tools/dsx`, a static riscv64 Linux
 //! binary) and `diosix.ko` (`rootvm/driver`, built against the Root VM's kernel tree),
-//! and names where they go in the initramfs.
+//! and the test guests it carries ([`TEST_GUESTS`]), and names where they go in the
+//! initramfs.
 //!
 //! Like the rest of the Root VM (`rootvm/`), each output is kept in
 //! [`rootvm::cache_dir`] under a key hashed from everything it is built from, built in a
@@ -73,6 +74,40 @@ pub fn guest_files(kernel: &Path, initramfs: Option<&Path>) -> Vec<InitramfsFile
         });
     }
     files
+}
+
+/// The test guests the Root VM carries, for the QEMU cases that run them as its
+/// children (`dsx run /usr/share/diosix/guests/NAME.elf`): (guest under `guests/`,
+/// path in the initramfs).
+pub const TEST_GUESTS: &[(&str, &str)] = &[(
+    "virtio-hostile",
+    "usr/share/diosix/guests/virtio-hostile.elf",
+)];
+
+/// Builds the [`TEST_GUESTS`] (reproducibly, debug sections stripped:
+/// [`crate::guests::build_guest_reproducible`], into `rootvm-guests/` of the cargo
+/// target directory) and returns each one's name and initramfs entry. Cargo decides
+/// what to rebuild; the initramfs's cache key covers every file's contents, so a
+/// changed guest makes a new initramfs.
+pub fn test_guest_files() -> Result<Vec<(&'static str, InitramfsFile)>> {
+    let dir = crate::cargo_target_dir().join("rootvm-guests");
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    TEST_GUESTS
+        .iter()
+        .map(|&(name, path)| {
+            println!("[tools] building guest {name}...");
+            let source =
+                crate::guests::build_guest_reproducible(name, &dir.join(format!("{name}.elf")))?;
+            Ok((
+                name,
+                InitramfsFile {
+                    path,
+                    source,
+                    mode: 0o644,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Builds `dsx` for riscv64 Linux, static and stripped, and returns its path in the
@@ -309,6 +344,14 @@ mod tests {
             .iter()
             .all(|f| f.path.starts_with("usr/share/diosix/guests/")));
         assert_eq!(guest_files(Path::new("/k"), None).len(), 1);
+    }
+
+    #[test]
+    fn test_guests_are_guests_under_guest_dir() {
+        for (name, path) in TEST_GUESTS {
+            assert!(crate::guests::GUESTS.contains(name), "{name}");
+            assert_eq!(*path, format!("usr/share/diosix/guests/{name}.elf"));
+        }
     }
 
     #[test]

@@ -52,8 +52,10 @@ pub const SEG_MAX: u32 = 128;
 pub const SIZE_MAX: u32 = 8192;
 /// Most data bytes in one read or write: larger ones answer IOERR.
 pub const REQUEST_MAX: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
-/// The bounce buffer's most bytes (grown on first use up to this, then kept).
-pub const BOUNCE_MAX: usize = 256 * 1024;
+/// The bounce buffer's most bytes (grown on first use up to this, then kept): a whole
+/// request, so the file is read or written once per request (each read of a file the
+/// page cache does not hold is a wait for the parent's own disk).
+pub const BOUNCE_MAX: usize = REQUEST_MAX as usize;
 /// Bytes of the ID string GET_ID answers.
 pub const ID_BYTES: usize = 20;
 /// Bytes of a request's header (`struct virtio_blk_outhdr`).

@@ -11,8 +11,9 @@
 //! 5. the guest initramfs (busybox, the tools, the kernel and `rootvm/guest-initramfs/`):
 //!    the guest Linux `dsx run` starts when given no image;
 //! 6. a gzip'd newc cpio initramfs from busybox, Lua, `rootvm/initramfs/`, the tools,
-//!    `diosix-workloads` (the Linux workload benchmarks, `rootvm/workloads/`) and the
-//!    guest Linux (under `/usr/share/diosix/guests/`).
+//!    `diosix-workloads` (the Linux workload benchmarks, `rootvm/workloads/`), the
+//!    guest Linux and the test guests the QEMU cases run as children
+//!    (`tools::TEST_GUESTS`; all under `/usr/share/diosix/guests/`).
 //!
 //! Each output lives in [`cache_dir`] (outside the clone: the kernel tree alone is ~1.5 GB)
 //! under a name derived from a hash of everything that went into it, so an unchanged
@@ -109,7 +110,8 @@ pub struct RootVmProvenance {
     /// The cross compiler's `--version` output.
     pub cross_gcc_version: String,
     /// Built files in the Root VM initramfs: (what, file), `what` one of `busybox`,
-    /// `lua`, `dsx`, `diosix.ko`, `diosix-workloads`, `guest-initramfs`.
+    /// `lua`, `dsx`, `diosix.ko`, `diosix-workloads`, `guest-initramfs`, or a test
+    /// guest's name (`tools::TEST_GUESTS`).
     pub built: Vec<(&'static str, PathBuf)>,
 }
 
@@ -165,6 +167,11 @@ pub fn build_linux_root_vm() -> Result<RootVmArtifacts> {
     let workloads = workloads::build_workloads(&gcc_version)?;
     built.push(("diosix-workloads", workloads.source.clone()));
     extra.push(workloads);
+    // Only the Root VM's too: the test guests the QEMU cases run as its children.
+    for (name, file) in crate::tools::test_guest_files()? {
+        built.push((name, file.source.clone()));
+        extra.push(file);
+    }
     extra.extend(crate::tools::guest_files(
         &kernel_image,
         Some(&guest_initramfs),
