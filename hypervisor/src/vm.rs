@@ -91,13 +91,21 @@ impl Vm {
     }
 
     /// What a FORK clone of this VM cannot reach but its copy of the guest OS may still
-    /// touch: where this VM has host devices mapped, and what it inherited itself.
+    /// touch: where this VM has host devices mapped, its virtio windows (a device is
+    /// its parent's promise to this VM alone), and what it inherited itself.
     pub fn device_gpas(&self) -> Vec<Range<Gpa>> {
         let mut v = self
             .mem
             .lock()
             .as_ref()
             .map_or_else(Vec::new, |m| m.mmio_ranges());
+        if let Some(devices) = self.virtio.as_ref() {
+            let windows = devices.lock().len() as u64 * diosix_abi::devices::MMIO_STRIDE;
+            v.extend(Range::new(
+                Gpa::new(diosix_abi::devices::MMIO_BASE),
+                windows,
+            ));
+        }
         v.extend(self.detached.iter().copied());
         v
     }

@@ -25,7 +25,8 @@
 //!   one, served by the parent itself) as a driver would: bring it up with one queue
 //!   and one device-writable buffer, ring the doorbell 10000 times; check what the
 //!   parent put in the used ring, the interrupt and its acknowledgement; report the
-//!   status; reset the device (see [`virtio`]);
+//!   status; reset the device (see [`virtio`]); `vfork`: FORK, the clone reads device
+//!   0's magic (a clone has no devices: it reads 0) and exits with 13 if so;
 //! * console input lines (CONSOLE_WRITE by the parent) are printed back as
 //!   `vmchild: console got '<line>'`.
 #![no_std]
@@ -547,6 +548,7 @@ fn serve() -> ! {
                     }
                     "forkbomb" => fork_bomb(from),
                     "vup" | "vused" | "vstatus" | "vreset" => virtio::command(from, text),
+                    "vfork" => virtio::fork_probe(from),
                     _ => {
                         msg[..n].make_ascii_uppercase();
                         reply(from, &msg[..n]);

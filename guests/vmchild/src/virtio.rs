@@ -151,3 +151,30 @@ pub fn command(from: u64, cmd: &str) {
     };
     reply(from, l.bytes());
 }
+
+/// `vfork`: a FORK clone of this VM has none of its devices, but its copy of a driver
+/// may still touch them: the window must read as zero (and ignore writes) rather than
+/// kill the clone. The clone exits with 13 when it does, with the magic it read
+/// otherwise; the answer is `vfork ok code=<code>` or `vfork err <error>`.
+pub fn fork_probe(from: u64) {
+    use crate::dsx::{Client, DSX};
+    let r = DSX.fork(0);
+    if r.error != 0 {
+        let l: dsx::Line<64> = dsx::fmt(format_args!("vfork err {}", r.error));
+        reply(from, l.bytes());
+        return;
+    }
+    if r.value == 0 {
+        write(QUEUE_NOTIFY, 0);
+        let magic = read(MAGIC);
+        DSX.exit(1, if magic == 0 { 13 } else { u64::from(magic) });
+        loop {
+            sleep_ticks(1_000_000);
+        }
+    }
+    let l: dsx::Line<64> = match crate::wait_terminated(r.value as u64, 5_000) {
+        Some(code) => dsx::fmt(format_args!("vfork ok code={code}")),
+        None => dsx::fmt(format_args!("vfork no event")),
+    };
+    reply(from, l.bytes());
+}

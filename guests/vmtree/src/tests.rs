@@ -2779,6 +2779,23 @@ fn virtio_checks(base: &VmInfo) {
         ),
         (0, 1, PENDING_STATE, 0),
     );
+    // A FORK clone has none of the devices: its copy of the driver reads zeros there
+    // and is not killed for it (no FORK behind PMP).
+    if !pmp() {
+        let mut q = dsx::quota_args(c);
+        q.ram_pages = 4 * CHILD_PAGES;
+        q.vcpus = 2;
+        q.max_priority = prio();
+        q.max_depth = 1;
+        q.max_descendants = 1;
+        check_ok("virtio_quota_for_fork", DSX.set_quota(&q), 0);
+        check_ok("virtio_vfork_sent", DSX.ipc_send(c, b"vfork"), 0);
+        check(
+            "virtio_clone_reads_zero",
+            wait_message(c, 10_000).as_ref().map(|l| l.as_str()),
+            Some("vfork ok code=13"),
+        );
+    }
     // REBOOT keeps the device, reset and counted again.
     check_ok("virtio_reboot", DSX.reboot(c), 0);
     forget_events(c);
