@@ -1,15 +1,17 @@
 //! Device backends: the parent's side of a child's virtio devices (see
 //! `docs/devices.md` and `docs/dsx.md`).
 //!
-//! `dsx run --disk FILE --rng` SPAWNs the child with the devices' [`DeviceDecl`]s and
-//! starts a backend process for it ([`Backends::start`]): `dsx backend CID DEVICE...`
-//! (each DEVICE a [`DeviceArg`]: `blk:/path`, `blk-ro:/path`, `rng`), in a
-//! session of its own, outliving `dsx run`. The backend opens `/dev/diosix` once per
-//! device (each file its own doorbell: see `DIOSIX_IOC_DEVICE_STATE`), and
-//! loops: DEVICE_STATE of each device, its new requests served through the device's
-//! [`VirtioDevice`] (the queues walked by [`crate::virtq`] over CHILD_MEM_READ /
-//! CHILD_MEM_WRITE), DEVICE_RAISE, then `poll(2)` until a doorbell rings (at most
-//! [`WAIT`]). It ends when DEVICE_STATE says the child is gone (INVALID_PARAM).
+//! `dsx run --disk FILE --net --rng` SPAWNs the child with the devices' [`DeviceDecl`]s
+//! and starts a backend process for it ([`Backends::start`]): `dsx backend CID
+//! DEVICE...` (each DEVICE a [`DeviceArg`]: `blk:/path`, `blk-ro:/path`, `net`,
+//! `net-open`, `rng`), in a session of its own, outliving `dsx run`. The backend opens
+//! `/dev/diosix` once per device (each file its own doorbell: see
+//! `DIOSIX_IOC_DEVICE_STATE`), and loops: DEVICE_STATE of each device, its new requests
+//! served through the device's [`VirtioDevice`] (the queues walked by [`crate::virtq`]
+//! over CHILD_MEM_READ / CHILD_MEM_WRITE), DEVICE_RAISE, then `poll(2)` until a doorbell
+//! rings or a descriptor a device waits on becomes readable ([`VirtioDevice::wait_fds`]:
+//! a network card's TAP), at most [`WAIT`]. It ends when DEVICE_STATE says the child is
+//! gone (INVALID_PARAM).
 //!
 //! A child that breaks the queue rules (descriptors outside its RAM, a looping
 //! chain, an index beyond the queue, an indirect descriptor, more buffers than the
@@ -20,6 +22,7 @@
 use std::ffi::CString;
 use std::fmt::Display;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,9 +51,9 @@ const LOG_LINES_MAX: u32 = 100;
 
 /// One kind of virtio device a backend serves.
 pub trait VirtioDevice {
-    /// The virtio device ID (2 = block, 4 = entropy).
+    /// The virtio device ID (1 = network, 2 = block, 4 = entropy).
     fn device_id(&self) -> u32;
-    /// Its kind in the log (`blk`, `rng`).
+    /// Its kind in the log (`blk`, `net`, `rng`).
     fn name(&self) -> &'static str;
     /// What SPAWN declares for it.
     fn decl(&self) -> DeviceDecl;
@@ -66,8 +69,11 @@ pub trait VirtioDevice {
         mem: &mut dyn ChildMem,
     ) -> Result<u32, QueueError>;
     /// Serves the requests of one pass in order (every chain checked as for
-    /// [`VirtioDevice::serve_queue`]); returns each one's used length. A device
-    /// overrides it to save calls across requests.
+    /// [`VirtioDevice::serve_queue`]); returns the used lengths of the first requests,
+    /// in order: usually all of them, but a device may leave the rest available for a
+    /// later pass (a network card's receive buffers while no frame waits), and then
+    /// says in [`VirtioDevice::ready`] and [`VirtioDevice::wait_fds`] when to come
+    /// back. A device overrides it to save calls across requests.
     fn serve_batch(
         &mut self,
         queue: usize,
@@ -79,21 +85,46 @@ pub trait VirtioDevice {
             .map(|c| self.serve_queue(queue, c, mem))
             .collect()
     }
+    /// Whether a pass over queue `queue` could serve anything now. A device that left
+    /// requests available (see [`VirtioDevice::serve_batch`]) answers false while what
+    /// it waits for has not come, which saves reading the queue (two CHILD_MEM_READs)
+    /// on every pass; the backend then waits on [`VirtioDevice::wait_fds`] too.
+    fn ready(&mut self, _queue: usize) -> bool {
+        true
+    }
+    /// Descriptors whose readability should wake the backend, besides the doorbells,
+    /// while the device left requests available (asked only then, and only while the
+    /// device is live and not broken, so a descriptor that stays readable cannot
+    /// keep the backend spinning on a device it cannot serve).
+    fn wait_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
     /// What it has to say in the log since it was last asked (host-side errors).
     fn take_notes(&mut self) -> Vec<String> {
         Vec::new()
+    }
+    /// Its counters, for the log when the backend ends (`None`: nothing to say).
+    fn summary(&self) -> Option<String> {
+        None
     }
     /// The device was reset: forget any request in flight.
     fn reset(&mut self) {}
 }
 
-/// A device as `run` records it and `backend` takes it: `rng`, `blk:PATH` or
-/// `blk-ro:PATH` (PATH absolute, the rest of the argument whatever it holds, spaces,
-/// `:` and `,` included; no line break, as the devices file has one device a line).
+/// A device as `run` records it and `backend` takes it: `rng`, `net`, `net-open`,
+/// `blk:PATH` or `blk-ro:PATH` (PATH absolute, the rest of the argument whatever it
+/// holds, spaces, `:` and `,` included; no line break, as the devices file has one
+/// device a line).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceArg {
     /// virtio-rng.
     Rng,
+    /// virtio-net on a TAP device of this VM (`dsxtap<CID>`) on the bridge `dsxbr0`.
+    Net {
+        /// Its bridge port is not isolated (`net-open`): it reaches the other
+        /// children's ports, not only this VM.
+        open: bool,
+    },
     /// virtio-blk on a file or block device.
     Blk {
         /// Its absolute path in this VM.
@@ -104,7 +135,7 @@ pub enum DeviceArg {
 }
 
 /// The forms of DEVICE, for messages.
-pub const DEVICE_FORMS: &str = "rng, blk:PATH, blk-ro:PATH";
+pub const DEVICE_FORMS: &str = "rng, net, net-open, blk:PATH, blk-ro:PATH";
 
 impl DeviceArg {
     /// Parses one DEVICE argument.
@@ -125,6 +156,10 @@ impl DeviceArg {
         };
         if arg == "rng" {
             Ok(DeviceArg::Rng)
+        } else if arg == "net" || arg == "net-open" {
+            Ok(DeviceArg::Net {
+                open: arg == "net-open",
+            })
         } else if let Some(p) = arg.strip_prefix("blk:") {
             blk(p, false)
         } else if let Some(p) = arg.strip_prefix("blk-ro:") {
@@ -138,6 +173,8 @@ impl DeviceArg {
     pub fn to_arg(&self) -> String {
         match self {
             DeviceArg::Rng => "rng".into(),
+            DeviceArg::Net { open: false } => "net".into(),
+            DeviceArg::Net { open: true } => "net-open".into(),
             DeviceArg::Blk {
                 path,
                 read_only: false,
@@ -149,14 +186,41 @@ impl DeviceArg {
         }
     }
 
-    /// The device, ready to serve (a disk's file opened and checked).
-    pub fn open(&self) -> Result<Box<dyn VirtioDevice>, String> {
+    /// The device of child `cid`, ready to serve (a disk's file opened and checked, a
+    /// network card's TAP created and put on the bridge).
+    pub fn open(&self, cid: u64) -> Result<Box<dyn VirtioDevice>, String> {
         Ok(match self {
             DeviceArg::Rng => Box::new(crate::rng::Rng::new()),
+            DeviceArg::Net { open } => Box::new(crate::net::Net::open(cid, *open)?),
             DeviceArg::Blk { path, read_only } => {
                 Box::new(crate::blk::Blk::open(Path::new(path), *read_only)?)
             }
         })
+    }
+
+    /// What SPAWN declares for this device of child `cid`, checked as far as it can be
+    /// before the child exists: a disk's file opened as its backend will open it
+    /// (checked, locked and measured), then closed again; a network card's MAC from
+    /// the CID (whether this VM can give it a network at all is
+    /// [`Backends::net_support`]'s to say).
+    pub fn declare(&self, cid: u64) -> Result<DeviceDecl, String> {
+        match self {
+            DeviceArg::Net { .. } => crate::net::decl(cid),
+            DeviceArg::Rng | DeviceArg::Blk { .. } => self.open(cid).map(|d| d.decl()),
+        }
+    }
+}
+
+/// A device as `dsx list` shows it: as the devices file has it (`blk:/path`, `rng`),
+/// except a network card, which shows its TAP: `net:dsxtap5`, `net:dsxtap5(open)`.
+pub fn shown_device(name: &str, cid: u64) -> String {
+    match DeviceArg::parse(name) {
+        Ok(DeviceArg::Net { open }) => format!(
+            "net:{}{}",
+            crate::net::tap_name(cid),
+            if open { "(open)" } else { "" }
+        ),
+        _ => name.to_string(),
     }
 }
 
@@ -188,7 +252,20 @@ struct Slot {
     resets: Option<u32>,
     /// NEEDS_RESET was raised: leave the device alone until `resets` moves.
     broken: bool,
+    /// In the latest pass the device was live, and left requests available on a
+    /// ready queue (or was not [`VirtioDevice::ready`] for them): the backend waits
+    /// on its [`VirtioDevice::wait_fds`] too.
+    waiting: bool,
     queues: Vec<Track>,
+}
+
+/// What one pass over a queue did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Pass {
+    /// Used elements were published and the driver wants an interrupt for them.
+    raise: bool,
+    /// The device left available requests for a later pass.
+    left: bool,
 }
 
 /// What one service of a device found.
@@ -227,6 +304,7 @@ impl Backend {
                     dev,
                     resets: None,
                     broken: false,
+                    waiting: false,
                 }
             })
             .collect();
@@ -247,6 +325,28 @@ impl Backend {
     /// True without devices.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// The descriptors to wait on besides the doorbells: those of the devices that
+    /// left requests available in their latest pass (live, not broken).
+    pub fn wait_fds(&self) -> Vec<RawFd> {
+        self.slots
+            .iter()
+            .filter(|s| s.waiting && !s.broken)
+            .flat_map(|s| s.dev.wait_fds())
+            .collect()
+    }
+
+    /// The devices' counters, one line each, for the log when the backend ends.
+    pub fn summaries(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let sum = s.dev.summary()?;
+                Some(format!("device {i} ({}): {sum}", s.dev.name()))
+            })
+            .collect()
     }
 
     /// Writes one log line (at most [`LOG_LINES_MAX`] of them).
@@ -339,6 +439,7 @@ impl Backend {
         let live = state.status & status::DRIVER_OK != 0
             && state.status & (status::FAILED | status::NEEDS_RESET) == 0;
         let mut raise = 0;
+        slot.waiting = false;
         if !live {
             // Being set up (the queues will be new) or given up on.
             slot.queues.fill(Track::FRESH);
@@ -348,10 +449,19 @@ impl Backend {
                 if qs.ready == 0 {
                     continue;
                 }
+                if !slot.dev.ready(q) {
+                    // Nothing it could serve until what it waits for comes.
+                    slot.waiting = true;
+                    continue;
+                }
                 let track = &mut slot.queues[q];
                 match serve_queue(&mut *slot.dev, q, qs, slot.queue_max, track, &mut mem) {
-                    Ok(true) => raise |= RAISE_USED_BUFFER,
-                    Ok(false) => {}
+                    Ok(pass) => {
+                        if pass.raise {
+                            raise |= RAISE_USED_BUFFER;
+                        }
+                        slot.waiting |= pass.left;
+                    }
                     Err(QueueError::Gone) => return Ok(Service::Gone),
                     Err(e) => {
                         notes.push(format!(
@@ -359,6 +469,7 @@ impl Backend {
                             slot.dev.name()
                         ));
                         slot.broken = true;
+                        slot.waiting = false;
                         raise |= RAISE_NEEDS_RESET;
                         break;
                     }
@@ -387,7 +498,9 @@ impl Backend {
 /// at most one queue's worth (more would be the driver's error), so one busy queue
 /// cannot hold up the other devices. Every request's chain is checked before the
 /// device touches any of them; the used elements are written in one go, then the used
-/// index once. Returns whether the driver wants a used-buffer interrupt for them.
+/// index once. Requests the device leaves (see [`VirtioDevice::serve_batch`]) stay
+/// available, in order, for the next pass. Returns whether the driver wants a
+/// used-buffer interrupt, and whether requests were left.
 ///
 /// CHILD_MEM calls per pass, besides the device's own: the available index, the
 /// descriptor table with the available ring (one read when adjacent), the used
@@ -400,7 +513,7 @@ fn serve_queue(
     queue_max: u32,
     t: &mut Track,
     mem: &mut dyn ChildMem,
-) -> Result<bool, QueueError> {
+) -> Result<Pass, QueueError> {
     let queue = Queue::new(qs, queue_max)?;
     queue.check_areas(mem)?;
     if !t.synced {
@@ -420,7 +533,7 @@ fn serve_queue(
         });
     }
     if waiting == 0 {
-        return Ok(false);
+        return Ok(Pass::default());
     }
     let snap = queue.snapshot(mem)?;
     let mut heads = Vec::with_capacity(usize::from(waiting));
@@ -431,24 +544,41 @@ fn serve_queue(
         heads.push(head);
     }
     let lens = dev.serve_batch(q, &chains, mem)?;
+    if lens.len() > chains.len() {
+        return Err(QueueError::Device(format!(
+            "answered {} requests of {}",
+            lens.len(),
+            chains.len()
+        )));
+    }
+    // At most `waiting` (a u16).
+    let taken = lens.len() as u16;
+    let left = taken < waiting;
+    if taken == 0 {
+        return Ok(Pass { raise: false, left });
+    }
     let elems: Vec<(u16, u32)> = heads.into_iter().zip(lens).collect();
     queue.put_used(mem, t.used_idx, &elems)?;
-    let used = t.used_idx.wrapping_add(waiting);
+    let used = t.used_idx.wrapping_add(taken);
     queue.publish_used(mem, used)?;
-    t.next_avail = avail;
+    t.next_avail = t.next_avail.wrapping_add(taken);
     t.used_idx = used;
     // Read after the index is published (virtio 1.2, 2.7.10).
     let (flags, _) = queue.avail_header(mem)?;
-    Ok(flags & AVAIL_F_NO_INTERRUPT == 0)
+    Ok(Pass {
+        raise: flags & AVAIL_F_NO_INTERRUPT == 0,
+        left,
+    })
 }
 
 /// Serves `backend`'s devices until the child is gone: a pass over every device
-/// (device *i* through `hvs[i]`, its own doorbell file), then `wait` (for a doorbell,
-/// at most [`WAIT`]), and again. `Err` when a device cannot be served at all.
+/// (device *i* through `hvs[i]`, its own doorbell file), then `wait` (for a doorbell or
+/// one of the descriptors [`Backend::wait_fds`] gives, at most [`WAIT`]), and again.
+/// `Err` when a device cannot be served at all.
 pub fn run_loop<H: Hypervisor>(
     backend: &mut Backend,
     hvs: &mut [H],
-    wait: &mut dyn FnMut(&mut [H]),
+    wait: &mut dyn FnMut(&mut [H], &[RawFd]),
 ) -> Result<(), String> {
     if hvs.len() != backend.len() || backend.is_empty() {
         return Err(format!(
@@ -463,7 +593,8 @@ pub fn run_loop<H: Hypervisor>(
                 return Ok(());
             }
         }
-        wait(hvs);
+        let fds = backend.wait_fds();
+        wait(hvs, &fds);
     }
 }
 
@@ -495,11 +626,22 @@ pub trait Backends {
     /// In a FORK clone: stops the copies of its parent's backends it inherited and
     /// forgets their files (its children are its own, and start at CID 2 again).
     fn forget_all(&mut self) -> Result<(), String>;
+    /// Whether this VM can give a child a network (`run --net`): `Err(why)` if its
+    /// kernel has no TUN device, or it is itself on its parent's children's network
+    /// (whose addresses its own children's would overlap).
+    fn net_support(&self) -> Result<(), String>;
+    /// The lowest CID this VM's next child can get, as far as `dsx` recorded
+    /// ([`Backends::note_cid`]; 0 if nothing was): the hypervisor gives CIDs in
+    /// creation order and never again, and does not say which comes next.
+    fn cid_hint(&self) -> u64;
+    /// Records that this VM has (had) a child `cid`.
+    fn note_cid(&mut self, cid: u64);
 }
 
 /// The backends' files in a directory ([`RUN_DIR`]): `CID.devices` (one device name a
 /// line, written by `dsx run`), `CID.pid` (the backend's PID) and `CID.log` (what it
-/// has to say).
+/// has to say); and `next-cid`, the lowest CID the next child can get (see
+/// [`Backends::cid_hint`]).
 #[derive(Clone, Debug)]
 pub struct RunDir {
     dir: PathBuf,
@@ -640,9 +782,36 @@ impl Backends for RunDir {
                 first_error = first_error.and(Err(e));
             }
         }
+        // The clone's children start at CID 2.
+        let _ = std::fs::remove_file(self.dir.join(NEXT_CID));
         first_error
     }
+
+    fn net_support(&self) -> Result<(), String> {
+        crate::net::support(
+            Path::new(crate::net::TUN_PATH),
+            &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        )
+    }
+
+    fn cid_hint(&self) -> u64 {
+        std::fs::read_to_string(self.dir.join(NEXT_CID))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn note_cid(&mut self, cid: u64) {
+        let next = cid.saturating_add(1);
+        if next > self.cid_hint() {
+            let _ = std::fs::create_dir_all(&self.dir)
+                .and_then(|()| std::fs::write(self.dir.join(NEXT_CID), format!("{next}\n")));
+        }
+    }
 }
+
+/// [`RunDir`]'s file with the lowest CID the next child can get.
+const NEXT_CID: &str = "next-cid";
 
 /// Starts `dsx backend CID DEVICE...` (this program again, `/proc/self/exe`) in a
 /// session of its own, detached from this one (a double fork: `dsx run` does not
@@ -769,10 +938,10 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     if let Some(other) = files.live_backend(cid).filter(|&p| p != me) {
         return Err(format!("CID {cid} already has a backend (PID {other})"));
     }
-    // Opened after that check: a live backend holds the disks' locks.
+    // Opened after that check: a live backend holds the disks' locks and the TAPs.
     let devices = args
         .iter()
-        .map(DeviceArg::open)
+        .map(|a| a.open(cid))
         .collect::<Result<Vec<_>, _>>()?;
     // One file per device: each file is its own doorbell.
     let mut hvs = Vec::new();
@@ -803,12 +972,15 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     for w in warn {
         backend.note(w);
     }
-    let result = run_loop(&mut backend, &mut hvs, &mut |hvs| {
-        crate::dev::wait_any(hvs, WAIT)
+    let result = run_loop(&mut backend, &mut hvs, &mut |hvs, fds| {
+        crate::dev::wait_any(hvs, fds, WAIT)
     });
     match &result {
         Ok(()) => backend.note("the child is gone: done"),
         Err(e) => backend.note(format!("giving up: {e}")),
+    }
+    for line in backend.summaries() {
+        backend.note(line);
     }
     backend.note(format!(
         "calls (count/time): {}",
@@ -840,7 +1012,8 @@ pub(crate) mod tests {
     pub(crate) const LIVE: u32 = 0xf; // ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK
 
     /// A child with one virtio device and `mem` as its RAM at `BASE`, and the driver's
-    /// side of one split queue.
+    /// side of its split queues (one unless [`FakeChild::with_queues`]; the helpers
+    /// work on the one [`FakeChild::select`] chose, queue 0 at first).
     pub(crate) struct FakeChild {
         pub(crate) mem: Vec<u8>,
         /// What GET_CHILD_INFO says its RAM is (more than `mem`: CHILD_MEM refuses the
@@ -866,6 +1039,11 @@ pub(crate) mod tests {
         state_error: Option<CallError>,
         /// The driver's next free descriptor.
         pub(crate) next_desc: u16,
+        /// Every queue but the selected one (which is `queue`, `layout` and
+        /// `next_desc`), by index: (queue, layout, next free descriptor).
+        others: Vec<Option<(QueueState, QueueState, u16)>>,
+        /// The selected queue.
+        sel: usize,
     }
 
     impl FakeChild {
@@ -899,6 +1077,49 @@ pub(crate) mod tests {
             )
         }
 
+        /// A child whose device has `n` queues (at most 4) of `SIZE` entries, queue
+        /// `k`'s areas 0x800 × `k` above queue 0's.
+        pub(crate) fn with_queues(mem_len: usize, n: usize) -> FakeChild {
+            let mut c = FakeChild::new(mem_len);
+            c.state.queue_count = n as u32;
+            c.others = (0..n)
+                .map(|k| {
+                    (k > 0).then(|| {
+                        let off = 0x800 * k as u64;
+                        let q = QueueState {
+                            desc: DESC + off,
+                            driver: AVAIL + off,
+                            device: USED + off,
+                            ..c.queue
+                        };
+                        (q, q, 0)
+                    })
+                })
+                .collect();
+            c
+        }
+
+        /// The driver side's helpers work on queue `q` from now on.
+        pub(crate) fn select(&mut self, q: usize) {
+            if q == self.sel {
+                return;
+            }
+            let parked = self.others[q].take().expect("a queue of the device");
+            self.others[self.sel] = Some((self.queue, self.layout, self.next_desc));
+            (self.queue, self.layout, self.next_desc) = parked;
+            self.sel = q;
+        }
+
+        /// Every queue of the device, by index.
+        fn queues(&self) -> Vec<QueueState> {
+            (0..self.others.len())
+                .map(|k| match &self.others[k] {
+                    Some((q, _, _)) => *q,
+                    None => self.queue,
+                })
+                .collect()
+        }
+
         fn with_queue(mem_len: usize, queue: QueueState) -> FakeChild {
             FakeChild {
                 mem: vec![0; mem_len],
@@ -920,11 +1141,18 @@ pub(crate) mod tests {
                 gone_after: None,
                 state_error: None,
                 next_desc: 0,
+                others: vec![None],
+                sel: 0,
             }
         }
 
         fn size(&self) -> u16 {
             self.queue.size as u16
+        }
+
+        /// The child is gone from the `n` + 1st DEVICE_STATE on.
+        pub(crate) fn gone_after_calls(&mut self, n: u32) {
+            self.gone_after = Some(n);
         }
 
         /// Forgets the calls counted so far.
@@ -979,7 +1207,7 @@ pub(crate) mod tests {
                 flags,
                 next,
             };
-            self.poke(DESC + 16 * u64::from(i), &d.to_le_bytes());
+            self.poke(self.layout.desc + 16 * u64::from(i), &d.to_le_bytes());
         }
 
         /// The driver makes head `head` available.
@@ -1005,10 +1233,13 @@ pub(crate) mod tests {
             head
         }
 
-        /// The driver resets the device and sets the queue up again from scratch.
+        /// The driver resets the device and sets its queues up again from scratch.
         pub(crate) fn reset(&mut self) {
             self.state.resets += 1;
             self.queue = self.layout;
+            for (q, layout, next) in self.others.iter_mut().flatten() {
+                (*q, *next) = (*layout, 0);
+            }
             for b in &mut self.mem[0..0x3000] {
                 *b = 0;
             }
@@ -1127,7 +1358,7 @@ pub(crate) mod tests {
             }
             let s = self.state;
             self.state.pending = 0;
-            Ok((s, vec![self.queue]))
+            Ok((s, self.queues()))
         }
     }
 
@@ -1460,7 +1691,13 @@ pub(crate) mod tests {
         let (mut b, _) = backend();
         let mut waits = 0;
         let mut children = [c];
-        assert_eq!(run_loop(&mut b, &mut children, &mut |_| waits += 1), Ok(()));
+        assert_eq!(
+            run_loop(&mut b, &mut children, &mut |_, fds| {
+                assert!(fds.is_empty());
+                waits += 1
+            }),
+            Ok(())
+        );
         assert_eq!((children[0].state_calls, waits), (4, 3));
         assert_eq!(children[0].used_idx(), 1);
         // Gone from the start.
@@ -1482,7 +1719,7 @@ pub(crate) mod tests {
         // A backend without doorbell files for its devices does not start.
         let (mut b, _) = backend();
         let mut none: [FakeChild; 0] = [];
-        assert!(run_loop(&mut b, &mut none, &mut |_| {}).is_err());
+        assert!(run_loop(&mut b, &mut none, &mut |_, _| {}).is_err());
     }
 
     #[test]
@@ -1535,10 +1772,17 @@ pub(crate) mod tests {
             Some(vec!["blk:/d/a b,c.img".to_string(), "rng".to_string()])
         );
         assert_eq!(files.cids(), [5, 9]);
+        // The next CID as far as dsx knows: never lowered, not a child's file.
+        assert_eq!(files.cid_hint(), 0);
+        files.note_cid(7);
+        files.note_cid(3);
+        assert_eq!(files.cid_hint(), 8);
+        assert_eq!(files.cids(), [5, 9]);
         assert_eq!(files.stop(5), Ok(None));
         assert_eq!((files.read_pid(5), files.read_devices(5)), (None, None));
         files.forget_all().unwrap();
         assert!(files.cids().is_empty());
+        assert_eq!(files.cid_hint(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

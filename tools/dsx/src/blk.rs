@@ -116,7 +116,7 @@ pub struct Blk {
 }
 
 /// One contiguous piece of a request's bytes in the child: GPA, length.
-type Seg = (u64, u64);
+pub(crate) type Seg = (u64, u64);
 
 /// A request's chain as two byte streams.
 struct Layout {
@@ -165,7 +165,7 @@ impl Layout {
 }
 
 /// Bytes `[skip, skip + len)` of the stream `segs` (clipped to its end).
-fn take(segs: &[Seg], skip: u64, len: u64) -> Vec<Seg> {
+pub(crate) fn take(segs: &[Seg], skip: u64, len: u64) -> Vec<Seg> {
     let (from, to) = (skip, skip.saturating_add(len));
     let mut out = Vec::new();
     let mut pos = 0u64;
@@ -184,7 +184,7 @@ fn take(segs: &[Seg], skip: u64, len: u64) -> Vec<Seg> {
 
 /// `segs` as CHILD_MEM copies: buffers adjacent in the child joined, then cut at
 /// `CHILD_MEM_MAX`.
-fn pieces(segs: &[Seg]) -> Vec<(u64, usize)> {
+pub(crate) fn pieces(segs: &[Seg]) -> Vec<(u64, usize)> {
     let mut runs: Vec<Seg> = Vec::new();
     for &(addr, n) in segs.iter().filter(|s| s.1 > 0) {
         match runs.last_mut() {

@@ -105,8 +105,8 @@ pub enum Command {
         /// The bytes (at most 64 KiB).
         bytes: Vec<u8>,
     },
-    /// `backend CID DEVICE...`: serve a child's virtio devices (what `run --disk` and
-    /// `run --rng` start in the background).
+    /// `backend CID DEVICE...`: serve a child's virtio devices (what `run --disk`,
+    /// `--net` and `--rng` start in the background).
     Backend {
         /// The child (a CID: names are `dsx`'s, the backend needs none).
         cid: u64,
@@ -140,8 +140,20 @@ pub struct RunOpts {
     pub name: Option<String>,
     /// Its virtio-blk disks, in the order given (devices 0, 1, ...).
     pub disks: Vec<Disk>,
-    /// Give it a virtio-rng device (served by a backend process; after the disks).
+    /// Give it a virtio-net card on a TAP on this VM's bridge (after the disks).
+    pub net: Option<NetPort>,
+    /// Give it a virtio-rng device (served by a backend process; after the disks and
+    /// the network card).
     pub rng: bool,
+}
+
+/// A `run --net` child's bridge port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetPort {
+    /// `--net`: isolated (reaches this VM and open ports only).
+    Isolated,
+    /// `--net-open`: not isolated (reaches every port).
+    Open,
 }
 
 /// A `run --disk FILE` or `--disk-ro FILE`.
@@ -256,7 +268,7 @@ pub const VERBS: &[(&str, &str, &str)] = &[
     ("poke", "write bytes into a child's RAM", HELP_POKE),
     (
         "backend",
-        "serve a child's virtio devices (run --disk/--rng starts it)",
+        "serve a child's virtio devices (run --disk/--net/--rng starts it)",
         HELP_BACKEND,
     ),
 ];
@@ -274,14 +286,15 @@ const HELP_LIST: &str = "\
 usage: dsx list [--json]
 
 Lists this VM's live children (CID 2 and up) with state, trust, vCPUs, RAM,
-priority, console bytes waiting and virtio devices (`blk:/path,rng`;
-`(down)` after them when no backend serves them; `-` for none). Names are
-those given to `dsx run --name`.
+priority, console bytes waiting and virtio devices (`blk:/path,rng`, a
+network card as its TAP: `net:dsxtap5`, `net:dsxtap5(open)`; `(down)` after
+them when no backend serves them; `-` for none). Names are those given to
+`dsx run --name`.
   --json   a JSON array";
 const HELP_RUN: &str = "\
 usage: dsx run [IMAGE] [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE]
                [--vcpus N] [--prio N] [--trusted] [--paused] [--name NAME]
-               [--disk FILE]... [--disk-ro FILE]... [--rng]
+               [--disk FILE]... [--disk-ro FILE]... [--net | --net-open] [--rng]
 
 Creates a child VM from IMAGE (ELF, or a RISC-V Linux Image) and starts it;
 prints its CID. With --initrd or --cmdline, the image, initrd and command
@@ -305,10 +318,18 @@ given, --initrd initramfs.cpio.gz
                  child ends (`dsx backend`); repeatable: the first is the
                  child's /dev/vda, the next /dev/vdb, in the order given
   --disk-ro FILE the same, read-only (FILE opened read-only)
+  --net          give it a virtio-net card (Linux: eth0) on the TAP device
+                 dsxtapCID of this VM, a port of the bridge dsxbr0 (created
+                 on first use; this VM is 10.77.0.1/24 on it). The child is
+                 10.77.0.CID/24 with gateway 10.77.0.1 (`dsx.ip=` added to its
+                 command line), MAC 52:54:00:77:00:CID (hex); CIDs 2-254 only.
+                 Its port is isolated: it reaches this VM and --net-open
+                 children, not other --net children
+  --net-open     the same, its port not isolated: it reaches every child
   --rng          give it a virtio-rng device (Linux: /dev/hwrng) fed from this
                  VM's getrandom(2), served by the same backend
-Devices are checked before the child is created; at most 8 in all, and
-none with --trusted.
+Devices are checked before the child is created; at most 8 in all (disks,
+then the network card, then rng), and none with --trusted.
 The image (packed, if so) may be up to 64 MiB; it is staged in this VM's
 RAM while the hypervisor copies it.";
 const HELP_LOAD: &str = "\
@@ -409,8 +430,10 @@ usage: dsx backend CID DEVICE...
 Serves the virtio devices of child CID, given in the order SPAWN declared them
 (as /run/dsx/CID.devices lists them), until the child ends; logs to standard
 error. DEVICE: `blk:PATH` (a disk, PATH absolute: the rest of the argument,
-spaces included), `blk-ro:PATH` (read-only), `rng`. `dsx run --disk/--rng`
-starts one in the background for each child it gives devices (PID in
+spaces included), `blk-ro:PATH` (read-only), `net` (a network card on the TAP
+dsxtapCID, its bridge port isolated), `net-open` (not isolated), `rng`.
+`dsx run --disk/--net/--rng` starts one in the background for each child it
+gives devices (PID in
 /run/dsx/CID.pid, log in /run/dsx/CID.log) and `dsx kill` stops it; run it by
 hand only to replace a backend that died. Refuses to run beside another live
 backend of the same child.";
@@ -829,7 +852,7 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
     let a = split(
         verb,
         rest,
-        &["--trusted", "--paused", "--rng"],
+        &["--trusted", "--paused", "--net", "--net-open", "--rng"],
         &[
             "--initrd",
             "--cmdline",
@@ -855,9 +878,17 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         }
     }
     let rng = a.flag("--rng");
-    if disks.len() + usize::from(rng) > devices::MAX_DEVICES {
+    // `--net-open` alone is an open port too.
+    let net = if a.flag("--net-open") {
+        Some(NetPort::Open)
+    } else if a.flag("--net") {
+        Some(NetPort::Isolated)
+    } else {
+        None
+    };
+    if disks.len() + usize::from(net.is_some()) + usize::from(rng) > devices::MAX_DEVICES {
         return Err(e(format!(
-            "at most {} virtio devices (--disk, --disk-ro, --rng) in all",
+            "at most {} virtio devices (--disk, --disk-ro, --net, --rng) in all",
             devices::MAX_DEVICES
         )));
     }
@@ -900,6 +931,7 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         paused: a.flag("--paused"),
         name,
         disks,
+        net,
         rng,
     }))
 }
@@ -1079,6 +1111,7 @@ mod tests {
                 paused: false,
                 name: Some("web".into()),
                 disks: Vec::new(),
+                net: None,
                 rng: false,
             })
         );
@@ -1115,8 +1148,27 @@ mod tests {
         assert_eq!(p(&eight).map(|_| ()), Ok(()));
         assert_eq!(
             msg(&format!("{eight} --rng")),
-            "at most 8 virtio devices (--disk, --disk-ro, --rng) in all"
+            "at most 8 virtio devices (--disk, --disk-ro, --net, --rng) in all"
         );
+        assert_eq!(
+            msg(&format!("{eight} --net")),
+            "at most 8 virtio devices (--disk, --disk-ro, --net, --rng) in all"
+        );
+        let seven = format!("run{} --net", " --disk /x".repeat(7));
+        assert!(p(&seven).is_ok());
+        // --net, --net-open (alone or with --net: an open port).
+        for (args, want) in [
+            ("run --net", Some(NetPort::Isolated)),
+            ("run --net-open", Some(NetPort::Open)),
+            ("run --net --net-open --rng", Some(NetPort::Open)),
+            ("run --rng", None),
+        ] {
+            let Ok(Command::Run(r)) = p(args) else {
+                panic!("{args}")
+            };
+            assert_eq!(r.net, want, "{args}");
+        }
+        assert_eq!(msg("run --net=yes"), "unknown option --net=yes");
         assert_eq!(msg("run --disk"), "--disk needs a value");
         let nl: Vec<String> = ["run", "--disk", "/a\nb"].map(String::from).to_vec();
         assert_eq!(
@@ -1306,8 +1358,16 @@ mod tests {
         assert!(msg("backend 1 rng").starts_with("CID 1 is this VM itself"));
         assert_eq!(
             msg("backend 3 blk"),
-            "unknown device `blk` (known: rng, blk:PATH, blk-ro:PATH)"
+            "unknown device `blk` (known: rng, net, net-open, blk:PATH, blk-ro:PATH)"
         );
+        assert_eq!(
+            p("backend 5 blk:/a.img net-open rng"),
+            Ok(Command::Backend {
+                cid: 5,
+                devices: vec!["blk:/a.img".into(), "net-open".into(), "rng".into()]
+            })
+        );
+        assert!(msg("backend 5 net:dsxtap5").starts_with("unknown device `net:dsxtap5`"));
         assert_eq!(
             msg("backend 3 blk:rel.img"),
             "`blk:rel.img`: the disk's path must be absolute"

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use diosix_abi::{cid, error, ext, flags, limits, QuotaArgs, SpawnArgs};
 
-use crate::backend::{Backends, DeviceArg};
-use crate::cli::{ChildRef, Command, LoadOpts, QuotaSet, RunOpts};
+use crate::backend::{Backends, ChildDevices, DeviceArg};
+use crate::cli::{ChildRef, Command, LoadOpts, NetPort, QuotaSet, RunOpts};
 use crate::format::{self, Op, Row};
 use crate::hv::{CallError, DeviceDecl, Hypervisor};
 
@@ -216,6 +216,9 @@ pub fn execute(cmd: &Command, cx: &mut Ctx<'_>) -> Result<(), Failure> {
                 .scalar(ext::FID_FORK, [fl, 0, 0, 0, 0])
                 .map_err(fail(Op::Fork))?;
             // Both VMs return here: the child sees 0 (its parent is now CID 0).
+            if cid != 0 {
+                cx.backends.note_cid(cid);
+            }
             if cid == 0 {
                 // The clone's copy of the names file labels its parent's children, and
                 // its copies of their backends would serve its own children of the
@@ -352,7 +355,14 @@ fn list(cx: &mut Ctx<'_>, json: bool) -> Result<(), Failure> {
             cid,
             name: cx.names.get(cid),
             info: cx.hv.vm_info(Some(cid)),
-            devices: cx.backends.devices(cid),
+            devices: cx.backends.devices(cid).map(|d| ChildDevices {
+                names: d
+                    .names
+                    .iter()
+                    .map(|n| crate::backend::shown_device(n, cid))
+                    .collect(),
+                ..d
+            }),
         })
         .collect();
     let text = if json {
@@ -450,7 +460,8 @@ fn read_image(
 
 /// The devices `run`'s options ask for, in SPAWN's order: the disks as given (each
 /// path made absolute and free of symbolic links, as the backend runs in `/` and `dsx
-/// list` shows it; the same file twice is refused), then the entropy device.
+/// list` shows it; the same file twice is refused), then the network card, then the
+/// entropy device.
 fn run_devices(o: &RunOpts) -> Result<Vec<DeviceArg>, Failure> {
     let mut devices = Vec::new();
     for d in &o.disks {
@@ -474,31 +485,82 @@ fn run_devices(o: &RunOpts) -> Result<Vec<DeviceArg>, Failure> {
             read_only: d.read_only,
         });
     }
+    if let Some(port) = o.net {
+        devices.push(DeviceArg::Net {
+            open: port == NetPort::Open,
+        });
+    }
     if o.rng {
         devices.push(DeviceArg::Rng);
     }
     Ok(devices)
 }
 
+/// The CID this VM's next child will get, as far as `dsx` can tell (the hypervisor
+/// gives CIDs in creation order, never twice, and does not say which comes next):
+/// above every live child and every CID `dsx` recorded ([`Backends::cid_hint`]). Never
+/// more than the CID SPAWN then gives; less when a child was created by something
+/// else, or a CID was spent on a SPAWN the hypervisor could not build.
+fn next_cid_guess(cx: &mut Ctx<'_>) -> Result<u64, Failure> {
+    let (live, _) = live_children(cx.hv)?;
+    Ok(live
+        .iter()
+        .map(|c| c.saturating_add(1))
+        .chain([cx.backends.cid_hint(), cid::FIRST_CHILD])
+        .max()
+        .unwrap_or(cid::FIRST_CHILD))
+}
+
+/// Terminates child `cid`, which `run` could not give what was asked, and says why.
+fn undo_run(cx: &mut Ctx<'_>, cid: u64, why: &str) -> Failure {
+    let killed = cx.hv.scalar(ext::FID_EXIT, [cid, 0, 0, 0, 0]);
+    cx.backends.forget(cid);
+    Failure::new(format!(
+        "{why}; {}",
+        match killed {
+            Ok(_) => format!("CID {cid} was terminated"),
+            Err(k) => format!(
+                "and terminating it failed too ({}): `dsx kill {cid}`",
+                format::error_message(Op::Kill(cid), k)
+            ),
+        }
+    ))
+}
+
 fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
-    if o.trusted && (o.rng || !o.disks.is_empty()) {
+    if o.trusted && (o.rng || o.net.is_some() || !o.disks.is_empty()) {
         return Err(Failure::new(
-            "a trusted child cannot have virtio devices (--disk, --rng): its host devices \
-             may sit where their windows would go",
+            "a trusted child cannot have virtio devices (--disk, --net, --rng): its host \
+             devices may sit where their windows would go",
         ));
     }
     let devices = run_devices(o)?;
-    // Each device opened as its backend will open it (a disk: its file checked,
-    // opened, locked and measured), then closed again before the backend starts.
-    let decls = devices
+    let net = o.net.is_some();
+    // A network card's MAC and the child's address (on its command line) come from
+    // its CID, which SPAWN gives: guessed now, mended after SPAWN if the guess was
+    // wrong.
+    let guess = if net {
+        cx.backends.net_support().map_err(Failure::new)?;
+        next_cid_guess(cx)?
+    } else {
+        0
+    };
+    // Each device checked as far as it can be before the child exists (a disk: its
+    // file opened as its backend will open it, locked and measured, then closed again
+    // before the backend starts).
+    let mut decls = devices
         .iter()
-        .map(|d| d.open().map(|dev| dev.decl()))
+        .map(|d| d.declare(guess))
         .collect::<Result<Vec<DeviceDecl>, String>>()
         .map_err(Failure::new)?;
     let args: Vec<String> = devices.iter().map(DeviceArg::to_arg).collect();
     let names: Vec<&str> = args.iter().map(String::as_str).collect();
     check_name_free(cx, o.name.as_deref())?;
-    let packed = read_image(cx, &o.image, o.initrd.as_deref(), o.cmdline.as_deref())?;
+    let cmdline = |cid: u64| match net {
+        true => Some(crate::net::with_cmdline(o.cmdline.as_deref(), cid)),
+        false => o.cmdline.clone(),
+    };
+    let packed = read_image(cx, &o.image, o.initrd.as_deref(), cmdline(guess).as_deref())?;
     let dtb = o
         .dtb
         .as_deref()
@@ -553,24 +615,46 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
         .hv
         .spawn(&args, &packed, dtb.as_deref(), &decls)
         .map_err(fail(Op::Spawn))?;
+    cx.backends.note_cid(cid);
     // Not kept in memory while the backend runs (or copied into it).
-    drop((packed, dtb));
+    drop(packed);
+    if net && cid != guess {
+        // Another CID than guessed: the child is built again under its own (SPAWN
+        // with `cid` replaces a child, keeping its CID), with its own MAC and address,
+        // before any backend serves it.
+        let mend = |cx: &mut Ctx<'_>, decls: &mut Vec<DeviceDecl>| -> Result<(), String> {
+            for (d, decl) in devices.iter().zip(decls.iter_mut()) {
+                if let DeviceArg::Net { .. } = d {
+                    *decl = crate::net::decl(cid)?;
+                }
+            }
+            let packed = read_image(cx, &o.image, o.initrd.as_deref(), cmdline(cid).as_deref())
+                .map_err(|f| f.message)?;
+            let again = SpawnArgs { cid, ..args };
+            match cx.hv.spawn(&again, &packed, dtb.as_deref(), decls) {
+                Ok(c) if c == cid => Ok(()),
+                Ok(c) => Err(format!("SPAWN answered CID {c}")),
+                Err(e) => Err(format::error_message(Op::Spawn, e)),
+            }
+        };
+        if let Err(e) = mend(cx, &mut decls) {
+            return Err(undo_run(
+                cx,
+                cid,
+                &format!("cannot give CID {cid} its network: {e}"),
+            ));
+        }
+    }
+    drop(dtb);
     if names.is_empty() {
         cx.backends.forget(cid);
     } else if let Err(e) = cx.backends.start(cid, &names) {
         // A child whose devices nobody serves is not what was asked for.
-        let killed = cx.hv.scalar(ext::FID_EXIT, [cid, 0, 0, 0, 0]);
-        cx.backends.forget(cid);
-        return Err(Failure::new(format!(
-            "cannot start the device backend of CID {cid}: {e}; {}",
-            match killed {
-                Ok(_) => format!("CID {cid} was terminated"),
-                Err(k) => format!(
-                    "and terminating it failed too ({}): `dsx kill {cid}`",
-                    format::error_message(Op::Kill(cid), k)
-                ),
-            }
-        )));
+        return Err(undo_run(
+            cx,
+            cid,
+            &format!("cannot start the device backend of CID {cid}: {e}"),
+        ));
     }
     set_name(cx, cid, o.name.as_deref())?;
     writeln!(
@@ -666,6 +750,7 @@ fn load(cx: &mut Ctx<'_>, o: &LoadOpts) -> Result<(), Failure> {
         .scalar(ext::FID_FORK, [fl, 0, 0, 0, 0])
         .map_err(fail(Op::Fork))?;
     if child != 0 {
+        cx.backends.note_cid(child);
         set_name(cx, child, o.name.as_deref())?;
         return writeln!(
             cx.out,
@@ -906,6 +991,8 @@ mod tests {
         exec_error: Option<CallError>,
         /// Exit codes of EXIT of this VM itself.
         exits: Vec<u64>,
+        /// The CID SPAWN gives a new child (0: 7); a replacement keeps its own.
+        spawn_cid: u64,
     }
 
     /// What the fake charges for `pages` of memory mapped through page tables: one
@@ -976,7 +1063,10 @@ mod tests {
             self.check()?;
             self.spawned.push((*a, image.to_vec()));
             self.spawned_devices.push(devices.to_vec());
-            Ok(7)
+            Ok(match (a.cid, self.spawn_cid) {
+                (0, 0) => 7,
+                (0, c) | (c, _) => c,
+            })
         }
         fn device_state(
             &mut self,
@@ -1087,6 +1177,12 @@ mod tests {
         fail: Option<String>,
         /// What `devices` answers.
         devices: BTreeMap<u64, backend::ChildDevices>,
+        /// What `net_support` answers, if not `Ok`.
+        no_net: Option<String>,
+        /// What `cid_hint` answers.
+        hint: u64,
+        /// Every CID noted.
+        noted: Vec<u64>,
     }
 
     impl Backends for FakeBackends {
@@ -1112,11 +1208,21 @@ mod tests {
             self.forgot_all = true;
             Ok(())
         }
+        fn net_support(&self) -> Result<(), String> {
+            self.no_net.clone().map_or(Ok(()), Err)
+        }
+        fn cid_hint(&self) -> u64 {
+            self.hint
+        }
+        fn note_cid(&mut self, cid: u64) {
+            self.noted.push(cid);
+        }
     }
 
     fn files(path: &str) -> std::io::Result<Vec<u8>> {
         match path {
-            "/img" => Ok(vec![0x13; 8192]),
+            "/img" | crate::cli::GUEST_IMAGE => Ok(vec![0x13; 8192]),
+            crate::cli::GUEST_INITRD => Ok(vec![2; 100]),
             "/rd" => Ok(vec![1; 100]),
             "/big" => Ok(vec![0; crate::dev::SPAWN_MAX_IMAGE + 1]),
             _ => Err(std::io::Error::from_raw_os_error(libc::ENOENT)),
@@ -1287,6 +1393,169 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(f.calls.last().unwrap(), &format!("{} 7", ext::FID_EXIT));
         assert_eq!(n.get(7), Some("r"));
+    }
+
+    /// Whether `image` (a packed SPAWN image) holds `text`.
+    fn holds(image: &[u8], text: &str) -> bool {
+        image.windows(text.len()).any(|w| w == text.as_bytes())
+    }
+
+    #[test]
+    fn run_net_declares_the_card_and_gives_the_child_its_address() {
+        // CIDs 2 to 6 were given: the next is 7, which SPAWN gives too.
+        let mut f = Fake {
+            children: vec![3, 6],
+            ..Fake::default()
+        };
+        let mut b = FakeBackends::default();
+        let mut n = Names::default();
+        let (r, out, _) = go_with(&mut f, &mut n, &mut b, "run --net --rng --ram 1M");
+        assert_eq!((r, out.as_str()), (Ok(()), "started CID 7\n"));
+        assert_eq!(f.spawned.len(), 1);
+        let d = &f.spawned_devices[0];
+        let ids: Vec<u32> = d.iter().map(|d| d.spec.device_id).collect();
+        assert_eq!(ids, [1, 4]);
+        assert_eq!(d[0].config, [0x52, 0x54, 0, 0x77, 0, 7, 1, 0]);
+        assert_eq!((d[0].spec.queue_count, d[0].spec.queue_max), (2, 256));
+        // The guest's own command line, and the address after it.
+        assert!(holds(
+            &f.spawned[0].1,
+            "console=hvc0 earlycon=sbi retain_initrd dsx.ip=10.77.0.7/24,10.77.0.1"
+        ));
+        assert_eq!(b.started, [(7, vec!["net".to_string(), "rng".to_string()])]);
+        assert_eq!(b.noted, [7]);
+        // --net-open, after the disks, with a command line of the user's.
+        let dir = std::env::temp_dir().join(format!("dsx-run-net-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let disk = dir.join("a.img");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let disk = std::fs::canonicalize(disk).unwrap().display().to_string();
+        (f.children, f.spawn_cid) = (vec![7], 8);
+        let (r, _, _) = go_with(
+            &mut f,
+            &mut n,
+            &mut b,
+            &format!("run /img --net-open --cmdline quiet --disk {disk} --ram 1M"),
+        );
+        assert!(r.is_ok());
+        assert_eq!(f.spawned.len(), 2);
+        let ids: Vec<u32> = f.spawned_devices[1]
+            .iter()
+            .map(|d| d.spec.device_id)
+            .collect();
+        assert_eq!(ids, [2, 1]);
+        assert_eq!(f.spawned_devices[1][1].config[5], 8);
+        assert!(holds(
+            &f.spawned[1].1,
+            "quiet dsx.ip=10.77.0.8/24,10.77.0.1"
+        ));
+        assert_eq!(
+            b.started[1],
+            (8, vec![format!("blk:{disk}"), "net-open".to_string()])
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn run_net_mends_a_wrong_guess() {
+        // Nothing tells this VM that CIDs 2 to 6 were given: it guesses 2, SPAWN gives
+        // 7, and the child is built again as CID 7 with its own MAC and address.
+        let mut f = Fake::default();
+        let mut b = FakeBackends::default();
+        let mut n = Names::default();
+        let (r, out, _) = go_with(&mut f, &mut n, &mut b, "run /img --net --ram 1M --paused");
+        assert_eq!((r, out.as_str()), (Ok(()), "started CID 7 (paused)\n"));
+        assert_eq!(f.spawned.len(), 2);
+        assert_eq!((f.spawned[0].0.cid, f.spawned[1].0.cid), (0, 7));
+        assert_eq!(f.spawned[1].0.flags, flags::SPAWN_PAUSED);
+        assert_eq!(f.spawned_devices[0][0].config[5], 2);
+        assert_eq!(f.spawned_devices[1][0].config[5], 7);
+        assert!(holds(&f.spawned[0].1, "dsx.ip=10.77.0.2/24,10.77.0.1"));
+        assert!(holds(&f.spawned[1].1, "dsx.ip=10.77.0.7/24,10.77.0.1"));
+        assert_eq!(b.started, [(7, vec!["net".to_string()])]);
+        // What dsx recorded counts: it guesses 9, and the user's dsx.ip= stands.
+        b.hint = 9;
+        f.spawn_cid = 9;
+        let (r, _, _) = go_with(
+            &mut f,
+            &mut n,
+            &mut b,
+            "run /img --net --ram 1M --cmdline dsx.ip=10.77.0.99/24,10.77.0.1",
+        );
+        assert!(r.is_ok());
+        assert_eq!(f.spawned.len(), 3);
+        assert!(holds(&f.spawned[2].1, "dsx.ip=10.77.0.99/24,10.77.0.1"));
+        assert!(!holds(&f.spawned[2].1, "10.77.0.9/"));
+        // A CID beyond 254 has no address: known before SPAWN, refused then ...
+        b.hint = 255;
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "run /img --net --ram 1M");
+        assert!(r.unwrap_err().message.contains("must be 2 to 254"));
+        assert_eq!(f.spawned.len(), 3);
+        // ... or found after it: the child is terminated again.
+        b.hint = 0;
+        f.spawn_cid = 300;
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "run /img --net --ram 1M");
+        let m = r.unwrap_err().message;
+        assert!(
+            m.starts_with("cannot give CID 300 its network: a child with a network"),
+            "{m}"
+        );
+        assert_eq!(f.calls.last().unwrap(), &format!("{} 300", ext::FID_EXIT));
+        assert_eq!(b.started.len(), 2);
+    }
+
+    #[test]
+    fn run_net_is_refused_without_tun_or_trust() {
+        let mut f = Fake::default();
+        let mut b = FakeBackends {
+            no_net: Some("this VM's kernel has no TUN support".into()),
+            ..FakeBackends::default()
+        };
+        let mut n = Names::default();
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "run /img --net");
+        assert_eq!(
+            r.unwrap_err().message,
+            "this VM's kernel has no TUN support"
+        );
+        b.no_net = None;
+        let (r, _, _) = go_with(&mut f, &mut n, &mut b, "run /img --net-open --trusted");
+        assert!(r
+            .unwrap_err()
+            .message
+            .starts_with("a trusted child cannot have virtio devices (--disk, --net, --rng)"));
+        assert!(f.spawned.is_empty() && b.started.is_empty());
+    }
+
+    #[test]
+    fn list_shows_a_network_card_as_its_tap() {
+        let mut f = Fake {
+            children: vec![4],
+            ..Fake::default()
+        };
+        let mut b = FakeBackends::default();
+        b.devices.insert(
+            4,
+            backend::ChildDevices {
+                names: vec!["blk:/a.img".into(), "net-open".into()],
+                backend: None,
+            },
+        );
+        let mut n = Names::default();
+        let (_, out, _) = go_with(&mut f, &mut n, &mut b, "list");
+        assert!(out
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with(" blk:/a.img,net:dsxtap4(open)(down)"));
+        let (_, out, _) = go_with(&mut f, &mut n, &mut b, "list --json");
+        assert!(out.contains("\"devices\":[\"blk:/a.img\",\"net:dsxtap4(open)\"]"));
+        b.devices.get_mut(&4).unwrap().names[1] = "net".into();
+        let (_, out, _) = go_with(&mut f, &mut n, &mut b, "list");
+        assert!(out
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with(" blk:/a.img,net:dsxtap4(down)"));
     }
 
     #[test]

@@ -194,13 +194,17 @@ impl Device {
 }
 
 /// Waits up to `timeout` until one of `devices` reports `POLLIN` (a doorbell file:
-/// see `DIOSIX_IOC_DEVICE_STATE`), or a signal arrives.
-pub fn wait_any(devices: &[Device], timeout: std::time::Duration) {
+/// see `DIOSIX_IOC_DEVICE_STATE`), one of `extra` is readable (or has an error or
+/// hang-up to report: a device's own descriptor, such as a network card's TAP), or a
+/// signal arrives.
+pub fn wait_any(devices: &[Device], extra: &[std::os::fd::RawFd], timeout: std::time::Duration) {
     let _timed = stats::Timed::wait();
     let mut pfds: Vec<libc::pollfd> = devices
         .iter()
-        .map(|d| libc::pollfd {
-            fd: d.fd(),
+        .map(Device::fd)
+        .chain(extra.iter().copied())
+        .map(|fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         })

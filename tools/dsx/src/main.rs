@@ -5,9 +5,9 @@
 //! build host: [`cli`] parses, [`commands`] carries out a command through the
 //! [`hv::Hypervisor`] trait and [`format`] words the output and errors; [`dev`] is the
 //! trait over the real device and [`console`] the interactive console. [`backend`]
-//! serves children's virtio devices (`dsx backend`, which `dsx run --disk/--rng`
-//! starts), walking their queues with [`virtq`]; [`blk`] is the block device and
-//! [`rng`] the entropy device.
+//! serves children's virtio devices (`dsx backend`, which `dsx run --disk/--net/--rng`
+//! starts), walking their queues with [`virtq`]; [`blk`] is the block device, [`net`]
+//! the network card and [`rng`] the entropy device.
 
 mod backend;
 mod blk;
@@ -17,6 +17,7 @@ mod console;
 mod dev;
 mod format;
 mod hv;
+mod net;
 mod rng;
 mod virtq;
 
