@@ -602,7 +602,9 @@ macro_rules! grandchild_run {
 /// the child gives a grandchild a disk of its own, a file on its disk, which the
 /// grandchild formats, writes and reads (the mechanism recurses); the parent truncates
 /// the file under the running child: reads beyond the new end fail with I/O errors,
-/// reads before it still work; `dsx kill` ends the backends and every page comes back.
+/// reads before it still work. The backend's worker, killed with SIGKILL before the
+/// reboot, is started again by its supervisor and serves the rest of the case. `dsx
+/// kill` ends the backends and every page comes back.
 const DSX_DISK: &[Step] = &[
     ("login:", "root\r"),
     (PROMPT, UPTIME_CMD),
@@ -626,7 +628,9 @@ const DSX_DISK: &[Step] = &[
     (
         ROOT_PROMPT,
         "sync; echo PARENT-SEES-$(grep -c persisted-on-the-disk /tmp/d1); \
-         dsx list --json | grep -o '\"devices\":[^]]*]'; dsx reboot d && dsx console d\r",
+         dsx list --json | grep -o '\"devices\":[^]]*]'; P=$(cat /run/dsx/2.pid); \
+         pkill -9 -P $P; sleep 1; echo RESTARTED-$(pgrep -P $P | wc -l)-$(grep -c 'killed by signal 9' /run/dsx/2.log); \
+         dsx reboot d && dsx console d\r",
     ),
     ("guest login:", "root\r"),
     (
@@ -720,6 +724,41 @@ const DSX_NET: &[Step] = &[
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
+/// `linux-dsx-example`: the worked example of `docs/dsx.md` ("A disk and a network"),
+/// whose output is this case's: the Root VM makes a disk image; a child `web` with that
+/// disk and an open network port formats it, puts a page on it and serves it with
+/// busybox `httpd`; a second child `client` on the bridge fetches the page from `web`.
+const DSX_EXAMPLE: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "dd if=/dev/zero of=/root/web.img bs=1M count=16 2>/dev/null; \
+         dsx run --disk /root/web.img --net-open --name web && dsx list && dsx console web\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "mke2fs /dev/vda >/dev/null && mkdir -p /www && mount /dev/vda /www && \
+         echo \"hello, $((6*7)) from web's own disk\" > /www/index.html && httpd -h /www && \
+         ip -4 addr show eth0 | grep inet\r",
+    ),
+    ("inet ", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "dsx run --net-open --name client && dsx list && dsx console client\r",
+    ),
+    ("guest login:", "root\r"),
+    (GUEST_PROMPT, "wget -q -O - http://10.77.0.2/\r"),
+    ("from web's own disk", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 3", ""),
+    (ROOT_PROMPT, "dsx kill client; dsx kill web; dsx list\r"),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
 /// In a child with `--rng`: which driver `hw_random` uses, how many of 512 bytes
 /// `/dev/hwrng` returned, and whether any of 64 more was not zero; each line starts
 /// with the given marker.
@@ -805,7 +844,7 @@ const DSX_HOSTILE_VIRTIO: &[Step] = &[
          echo NEEDS-RESET-LINES-$(grep -c 'raising NEEDS_RESET' /run/dsx/2.log) \
          SERVING-AGAIN-$(grep -c 'was reset by its driver' /run/dsx/2.log) \
          GAVE-UP-$(grep -c 'giving up' /run/dsx/2.log); \
-         C=$(awk '{print $14 + $15}' /proc/$P/stat); \
+         C=$(awk '{print $14 + $15}' /proc/$(pgrep -P $P)/stat); \
          echo CPU-$C BACKEND-CPU-$([ $C -lt 200 ] && echo OK || echo HIGH)\r",
     ),
     ("BACKEND-CPU-", ""),
@@ -1211,6 +1250,7 @@ fn cases() -> Vec<Case> {
             &[
                 Expect::Text("MKFS-0"),
                 Expect::Text("PARENT-SEES-1"),
+                Expect::Text("RESTARTED-1-1"),
                 Expect::Text("DISK-READ-persisted-on-the-disk"),
                 Expect::Text("GRUN-0"),
                 Expect::Text("GRAND-GX-deep-42"),
@@ -1223,6 +1263,20 @@ fn cases() -> Vec<Case> {
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             DSX_DISK,
+        ),
+        linux_case(
+            "linux-dsx-example",
+            2,
+            1024,
+            &[
+                Expect::Text("hello, 42 from web's own disk"),
+                Expect::Text("blk:/root/web.img,net:dsxtap2(open)"),
+                Expect::Text("CID 3 terminated"),
+                Expect::Text("CID 2 terminated"),
+                Expect::FreePagesRestored,
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_EXAMPLE,
         ),
         linux_case(
             "linux-dsx-net",
@@ -1250,7 +1304,7 @@ fn cases() -> Vec<Case> {
                 Expect::Text("HWRNG-BYTES-512"),
                 Expect::Text("HWRNG-RANDOM-YES"),
                 Expect::Text("\"devices\":[\"rng\"]"),
-                Expect::Text("BACKENDS-1"),
+                Expect::Text("BACKENDS-2"),
                 Expect::Text("REBOOTED-DRIVER-virtio_rng.0"),
                 Expect::Text("REBOOTED-BYTES-512"),
                 Expect::Text("REBOOTED-RANDOM-YES"),
@@ -1270,7 +1324,7 @@ fn cases() -> Vec<Case> {
                 Expect::Summary("virtio-hostile"),
                 // Every check ran (guests/virtio-hostile: CHECKS).
                 Expect::Text("virtio-hostile: 23 passed, 0 failed"),
-                Expect::Text("ALIVE-dsx-backend BACKENDS-1"),
+                Expect::Text("ALIVE-dsx-backend BACKENDS-2"),
                 // One per broken queue (the guest's NEEDS_RESET_CHECKS).
                 Expect::Text("NEEDS-RESET-LINES-14 SERVING-AGAIN-14 GAVE-UP-0"),
                 // Its CPU time (user + system, in 10 ms ticks) over the whole run,

@@ -927,7 +927,8 @@ fn launch(cid: u64, devices: &[&str], log: &Path) -> Result<u32, String> {
 /// Removes its pid and devices files when the child is gone (only the pid file on an
 /// error, so `dsx list` shows the devices unserved).
 pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
-    let args = names
+    // Checked here, before anything is forked, so a bad argument is reported once.
+    names
         .iter()
         .map(|n| DeviceArg::parse(n))
         .collect::<Result<Vec<_>, _>>()?;
@@ -938,7 +939,123 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     if let Some(other) = files.live_backend(cid).filter(|&p| p != me) {
         return Err(format!("CID {cid} already has a backend (PID {other})"));
     }
-    // Opened after that check: a live backend holds the disks' locks and the TAPs.
+    let result = supervise(cid, names, files);
+    if files.read_pid(cid) == Some(me) {
+        files.remove(cid, result.is_err());
+    }
+    result
+}
+
+/// Set by SIGTERM (`dsx kill`): the supervisor ends its worker and itself.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Most times a worker is started again within [`RESTART_WINDOW`] before the
+/// supervisor gives up (a worker that dies at once, every time, is not helped by
+/// more tries).
+const RESTARTS: usize = 5;
+/// See [`RESTARTS`].
+const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The backend's supervisor: it serves nothing itself, it runs the worker ([`work`])
+/// in a child process and starts it again when it dies before its child VM is gone
+/// (killed by a signal, or an error such as a crash), at most [`RESTARTS`] times a
+/// minute. A new worker reopens the devices and carries on from where the used rings
+/// say the old one stopped; requests it had taken but not answered are served again
+/// (virtio allows a device to take its time; block reads and writes of the same data
+/// are idempotent). SIGTERM (`dsx kill`) stops the worker and then the supervisor; the
+/// worker also dies with the supervisor (`PR_SET_PDEATHSIG`), so no orphan serves on.
+fn supervise(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
+    let me = std::process::id();
+    if let Err(e) = files.write_pid(cid, me) {
+        eprintln!("dsx backend (CID {cid}): cannot record its PID: {e}");
+    }
+    // Without SA_RESTART, so the signal interrupts the wait for the worker below.
+    // SAFETY: installs a handler that only stores to an atomic (async-signal-safe);
+    // `action` is a zeroed sigaction with the handler and an empty mask set.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigterm as *const () as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
+    }
+    let mut starts: Vec<std::time::Instant> = Vec::new();
+    loop {
+        if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        starts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if starts.len() > RESTARTS {
+            return Err(format!(
+                "its worker died {} times within a minute: the child's devices are down",
+                starts.len()
+            ));
+        }
+        starts.push(now);
+        // SAFETY: dsx is single-threaded, so the child may run any code after fork.
+        let worker = unsafe { libc::fork() };
+        if worker < 0 {
+            return Err(format!("fork: {}", std::io::Error::last_os_error()));
+        }
+        if worker == 0 {
+            // SAFETY: back to the default action (die), and die with the supervisor.
+            unsafe {
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() as u32 != me {
+                    libc::_exit(1);
+                }
+            }
+            let code = match work(cid, names, files) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("dsx backend (CID {cid}): {e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waits for this process's own child.
+            let r = unsafe { libc::waitpid(worker, &mut status, 0) };
+            if r == worker {
+                break;
+            }
+            if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                // SAFETY: signals this process's own child.
+                unsafe { libc::kill(worker, libc::SIGTERM) };
+            }
+        }
+        if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            // The child VM is gone: the worker said so and ended.
+            return Ok(());
+        }
+        let how = if libc::WIFSIGNALED(status) {
+            format!("was killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exited with status {}", libc::WEXITSTATUS(status))
+        };
+        eprintln!("dsx backend (CID {cid}): worker PID {worker} {how}: starting another");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The worker of [`supervise`]: serves child `cid`'s devices until it is gone.
+fn work(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
+    let args = names
+        .iter()
+        .map(|n| DeviceArg::parse(n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let me = std::process::id();
+    // Opened here: a live worker holds the disks' locks and the TAPs.
     let devices = args
         .iter()
         .map(|a| a.open(cid))
@@ -964,9 +1081,6 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
             warn.push(format!("cannot record its devices: {e}"));
         }
     }
-    if let Err(e) = files.write_pid(cid, me) {
-        warn.push(format!("cannot record its PID: {e}"));
-    }
     let mut backend = Backend::new(cid, devices, Box::new(std::io::stderr()));
     backend.note(format!("PID {me} serving {}", described.join(", ")));
     for w in warn {
@@ -986,9 +1100,6 @@ pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
         "calls (count/time): {}",
         crate::dev::stats::summary()
     ));
-    if files.read_pid(cid) == Some(me) {
-        files.remove(cid, result.is_err());
-    }
     result
 }
 
