@@ -26,6 +26,9 @@ pub(crate) struct DeviceCase {
     pub(crate) net: bool,
     /// A virtio-rng device; the first session reads `/dev/hwrng`.
     pub(crate) rng: bool,
+    /// The guest port the host's fetch reaches (0: 80, the Root VM's own `httpd`) and
+    /// the text the page must hold (`None`: the Root VM's page).
+    pub(crate) fetch: (u16, Option<&'static str>),
     /// Boot again with the same disk: (session, expected output).
     pub(crate) second_boot: Option<(&'static [Step], &'static [Expect])>,
     /// A marker (`NAME-value`) both boots must print with the same value.
@@ -224,15 +227,17 @@ pub(crate) fn run_with_devices(
     q.devices = Devices {
         disks: vec![disk.clone()],
         net_port: port,
+        net_guest_port: d.fetch.0,
         rng: d.rng,
     };
+    let page_text = d.fetch.1.unwrap_or(PAGE_TEXT);
     let fetched: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let done = Arc::new(AtomicBool::new(false));
     let fetcher = port.map(|p| {
         let (fetched, done) = (fetched.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Acquire) {
-                if let Some(body) = http_get(p).filter(|b| b.contains(PAGE_TEXT)) {
+                if let Some(body) = http_get(p).filter(|b| b.contains(page_text)) {
                     *fetched.lock().unwrap() = Some(body);
                     return;
                 }
@@ -250,7 +255,7 @@ pub(crate) fn run_with_devices(
     if let Some(p) = port {
         if fetched.lock().unwrap().is_none() {
             return Err(format!(
-                "the host never fetched the Root VM's page through 127.0.0.1:{p} (log {})",
+                "the host never fetched the page (`{page_text}`) through 127.0.0.1:{p} (log {})",
                 first.log.display()
             ));
         }

@@ -66,8 +66,11 @@ pub struct Devices {
     /// in this order).
     pub disks: Vec<PathBuf>,
     /// User-mode networking (the guest is 10.0.2.15 by DHCP) on a virtio-net device,
-    /// with host `127.0.0.1:<port>` forwarded to the guest's TCP port 80.
+    /// with host `127.0.0.1:<port>` forwarded to the guest's TCP port 80 (or
+    /// [`Devices::net_guest_port`]).
     pub net_port: Option<u16>,
+    /// The guest's TCP port `net_port` reaches; 0 means 80.
+    pub net_guest_port: u16,
     /// A virtio-rng device (`/dev/hwrng` in Linux), fed from the host's entropy.
     pub rng: bool,
 }
@@ -90,8 +93,15 @@ impl Devices {
             args.push(format!("virtio-blk-device,drive=hd{n}"));
         }
         if let Some(port) = self.net_port {
+            let guest = if self.net_guest_port == 0 {
+                80
+            } else {
+                self.net_guest_port
+            };
             args.push("-netdev".to_string());
-            args.push(format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:80"));
+            args.push(format!(
+                "user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{guest}"
+            ));
             args.push("-device".to_string());
             args.push("virtio-net-device,netdev=net0".to_string());
         }
@@ -660,6 +670,7 @@ mod tests {
         let d = Devices {
             disks: vec!["/a.img".into(), "/b,c.img".into()],
             net_port: Some(8081),
+            net_guest_port: 0,
             rng: true,
         };
         assert_eq!(

@@ -759,6 +759,37 @@ const DSX_EXAMPLE: &[Step] = &[
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
+/// `linux-dsx-forward`: a service in a child reached from the host. The Root VM has the
+/// host's network (QEMU user networking; the host's port is forwarded to the Root VM's
+/// port 8081); a child started with `--net --forward 8081:80` serves a page with busybox
+/// `httpd`; the Root VM fetches it through its own port 8081 (the relay in the child's
+/// backend), and the host fetches it through the same forwarded port while the case
+/// waits (the case fails unless the page arrives).
+const DSX_FORWARD: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "dsx run --ram 96M --net --forward 8081:80 --name w && dsx list && dsx console w\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "mkdir -p /www && echo \"hello, $((6*7)) from a child\" > /www/index.html && \
+         httpd -h /www; echo SERVING-$?\r",
+    ),
+    ("SERVING-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "echo LOCAL-$(wget -q -O - http://127.0.0.1:8081/); sleep 15; dsx kill w; \
+         sleep 1; echo GONE-$(ps | grep -c '[d]sx backend')\r",
+    ),
+    ("GONE-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
 /// In a child with `--rng`: which driver `hw_random` uses, how many of 512 bytes
 /// `/dev/hwrng` returned, and whether any of 64 more was not zero; each line starts
 /// with the given marker.
@@ -1431,6 +1462,7 @@ fn cases() -> Vec<Case> {
             rng: true,
             second_boot: Some((devtests::second_session(), devtests::second_expect())),
             same_marker: Some("SUM"),
+            fetch: (0, None),
         }),
         ..linux_case(
             "linux-devices",
@@ -1438,6 +1470,30 @@ fn cases() -> Vec<Case> {
             1024,
             devtests::first_expect(),
             devtests::first_session(),
+        )
+    });
+    // A child's service reached from the host: QEMU forwards a host port to the Root
+    // VM's 8081, which the child's backend relays to the child's port 80.
+    v.push(Case {
+        devices: Some(DeviceCase {
+            disk_mib: 16,
+            net: true,
+            rng: false,
+            second_boot: None,
+            same_marker: None,
+            fetch: (8081, Some("hello, 42 from a child")),
+        }),
+        ..linux_case(
+            "linux-dsx-forward",
+            2,
+            1024,
+            &[
+                Expect::Text("SERVING-0"),
+                Expect::Text("LOCAL-hello, 42 from a child"),
+                Expect::Text("GONE-0"),
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_FORWARD,
         )
     });
     // DMA and FORK: the Root VM forks while its disk writes into its pages.
@@ -1448,6 +1504,7 @@ fn cases() -> Vec<Case> {
             rng: false,
             second_boot: None,
             same_marker: None,
+            fetch: (0, None),
         }),
         ..linux_case(
             "linux-fork-io",
@@ -1466,6 +1523,7 @@ fn cases() -> Vec<Case> {
             rng: false,
             second_boot: None,
             same_marker: None,
+            fetch: (0, None),
         }),
         timeout_s: 360,
         ..linux_case(

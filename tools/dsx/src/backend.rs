@@ -10,8 +10,9 @@
 //! served through the device's [`VirtioDevice`] (the queues walked by [`crate::virtq`]
 //! over CHILD_MEM_READ / CHILD_MEM_WRITE), DEVICE_RAISE, then `poll(2)` until a doorbell
 //! rings or a descriptor a device waits on becomes readable ([`VirtioDevice::wait_fds`]:
-//! a network card's TAP), at most [`WAIT`]. It ends when DEVICE_STATE says the child is
-//! gone (INVALID_PARAM).
+//! a network card's TAP), or one a [`PollSource`] polls (a port forward's sockets,
+//! [`crate::fwd`]) is ready, at most [`WAIT`]. It ends when DEVICE_STATE says the child
+//! is gone (INVALID_PARAM).
 //!
 //! A child that breaks the queue rules (descriptors outside its RAM, a looping
 //! chain, an index beyond the queue, an indirect descriptor, more buffers than the
@@ -29,6 +30,7 @@ use std::time::Duration;
 use diosix_abi::devices::{RAISE_NEEDS_RESET, RAISE_USED_BUFFER};
 use diosix_abi::{error, QueueState};
 
+use crate::fwd::Forward;
 use crate::hv::{CallError, DeviceDecl, Hypervisor};
 use crate::virtq::{Child, ChildMem, Desc, Queue, QueueError, AVAIL_F_NO_INTERRUPT};
 
@@ -48,6 +50,47 @@ pub const WAIT: Duration = Duration::from_millis(1000);
 /// Most log lines one backend writes (a child that keeps breaking its device must
 /// not fill this VM's tmpfs).
 const LOG_LINES_MAX: u32 = 100;
+
+/// A descriptor to `poll(2)` and the events wanted (`POLLIN`, `POLLOUT`); in what a
+/// wait returns, the events that came (`revents`: `POLLERR` and `POLLHUP` too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollFd {
+    /// The descriptor.
+    pub fd: RawFd,
+    /// The events wanted, or that came.
+    pub events: i16,
+}
+
+impl PollFd {
+    /// `fd`, for input.
+    pub fn readable(fd: RawFd) -> PollFd {
+        PollFd {
+            fd,
+            events: libc::POLLIN,
+        }
+    }
+}
+
+/// Something besides the devices that the backend's loop serves (a child's port
+/// forwards, [`crate::fwd::Forwarder`]): before each wait it says which descriptors
+/// to poll for what, after it it is given what came, every pass (also one that only
+/// timed out).
+pub trait PollSource {
+    /// The descriptors to poll in the next wait, with the events wanted (0: errors
+    /// and hang-ups only).
+    fn interest(&self) -> Vec<PollFd>;
+    /// What the wait reported: every descriptor with something to report, its own
+    /// among others', with its `revents`. Its work must be bounded: the devices wait.
+    fn service(&mut self, ready: &[PollFd]);
+    /// What it has to say in the log since it was last asked.
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Its counters, for the log when the backend ends.
+    fn summary(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
 
 /// One kind of virtio device a backend serves.
 pub trait VirtioDevice {
@@ -137,6 +180,48 @@ pub enum DeviceArg {
 /// The forms of DEVICE, for messages.
 pub const DEVICE_FORMS: &str = "rng, net, net-open, blk:PATH, blk-ro:PATH";
 
+/// The arguments of `dsx backend CID ARG...` (and the lines of its devices file): the
+/// devices ([`DeviceArg`]) in SPAWN's order, and port forwards (`fwd:PORT:CHILDPORT`,
+/// [`crate::fwd::Forward`]) anywhere among them. At most
+/// [`diosix_abi::devices::MAX_DEVICES`] devices and [`crate::fwd::MAX_FORWARDS`]
+/// forwards, each port of this VM forwarded once, and forwards only with a network card
+/// (they relay to the child's address on the bridge).
+pub fn backend_args(args: &[String]) -> Result<(Vec<DeviceArg>, Vec<Forward>), String> {
+    let mut devices = Vec::new();
+    let mut forwards: Vec<Forward> = Vec::new();
+    for a in args {
+        match Forward::parse_arg(a) {
+            Some(f) => {
+                let f = f?;
+                if forwards.iter().any(|g| g.port == f.port) {
+                    return Err(format!("`{a}`: port {} is forwarded twice", f.port));
+                }
+                forwards.push(f);
+            }
+            None => devices.push(DeviceArg::parse(a)?),
+        }
+    }
+    if devices.len() > diosix_abi::devices::MAX_DEVICES {
+        return Err(format!(
+            "at most {} devices",
+            diosix_abi::devices::MAX_DEVICES
+        ));
+    }
+    if forwards.len() > crate::fwd::MAX_FORWARDS {
+        return Err(format!("at most {} forwards", crate::fwd::MAX_FORWARDS));
+    }
+    if let Some(f) = forwards.first() {
+        if !devices.iter().any(|d| matches!(d, DeviceArg::Net { .. })) {
+            return Err(format!(
+                "`{}`: a forward needs the child's network card (net or net-open): it \
+                 relays to the child's address on the bridge",
+                f.to_arg()
+            ));
+        }
+    }
+    Ok((devices, forwards))
+}
+
 impl DeviceArg {
     /// Parses one DEVICE argument.
     pub fn parse(arg: &str) -> Result<DeviceArg, String> {
@@ -212,8 +297,12 @@ impl DeviceArg {
 }
 
 /// A device as `dsx list` shows it: as the devices file has it (`blk:/path`, `rng`),
-/// except a network card, which shows its TAP: `net:dsxtap5`, `net:dsxtap5(open)`.
+/// except a network card, which shows its TAP: `net:dsxtap5`, `net:dsxtap5(open)`, and
+/// a port forward (`fwd:8081:80`), shown `fwd:8081->80`.
 pub fn shown_device(name: &str, cid: u64) -> String {
+    if let Some(Ok(f)) = Forward::parse_arg(name) {
+        return f.shown();
+    }
     match DeviceArg::parse(name) {
         Ok(DeviceArg::Net { open }) => format!(
             "net:{}{}",
@@ -284,6 +373,8 @@ pub struct Backend {
     /// The child's RAM `[start, end)` from GET_CHILD_INFO (`Some(None)`: unknown,
     /// CHILD_MEM's own checks only).
     ram: Option<Option<(u64, u64)>>,
+    /// What the loop serves besides the devices ([`Backend::add_source`]).
+    sources: Vec<Box<dyn PollSource>>,
     log: Box<dyn Write>,
     logged: u32,
 }
@@ -312,8 +403,40 @@ impl Backend {
             cid,
             slots,
             ram: None,
+            sources: Vec::new(),
             log,
             logged: 0,
+        }
+    }
+
+    /// Serves `source` in the loop too (its first notes logged at once).
+    pub fn add_source(&mut self, mut source: Box<dyn PollSource>) {
+        for n in source.take_notes() {
+            self.note(n);
+        }
+        self.sources.push(source);
+    }
+
+    /// Everything the loop's wait polls besides the doorbells: the descriptors of
+    /// [`Backend::wait_fds`] for input, and what each [`PollSource`] asks for.
+    pub fn poll_fds(&self) -> Vec<PollFd> {
+        let mut fds: Vec<PollFd> = self.wait_fds().into_iter().map(PollFd::readable).collect();
+        for s in &self.sources {
+            fds.extend(s.interest());
+        }
+        fds
+    }
+
+    /// Gives each [`PollSource`] what the wait reported (`ready`), and logs what they
+    /// have to say.
+    pub fn serve_sources(&mut self, ready: &[PollFd]) {
+        let mut notes = Vec::new();
+        for s in &mut self.sources {
+            s.service(ready);
+            notes.extend(s.take_notes());
+        }
+        for n in notes {
+            self.note(n);
         }
     }
 
@@ -337,7 +460,8 @@ impl Backend {
             .collect()
     }
 
-    /// The devices' counters, one line each, for the log when the backend ends.
+    /// The devices' counters, one line each, then the sources', for the log when the
+    /// backend ends.
     pub fn summaries(&self) -> Vec<String> {
         self.slots
             .iter()
@@ -346,6 +470,7 @@ impl Backend {
                 let sum = s.dev.summary()?;
                 Some(format!("device {i} ({}): {sum}", s.dev.name()))
             })
+            .chain(self.sources.iter().flat_map(|s| s.summary()))
             .collect()
     }
 
@@ -571,14 +696,20 @@ fn serve_queue(
     })
 }
 
+/// How [`run_loop`] waits: on the doorbell files and the descriptors given, for the
+/// events given; returns those descriptors with something to report, with what.
+pub type Wait<'a, H> = dyn FnMut(&mut [H], &[PollFd]) -> Vec<PollFd> + 'a;
+
 /// Serves `backend`'s devices until the child is gone: a pass over every device
 /// (device *i* through `hvs[i]`, its own doorbell file), then `wait` (for a doorbell or
-/// one of the descriptors [`Backend::wait_fds`] gives, at most [`WAIT`]), and again.
-/// `Err` when a device cannot be served at all.
+/// one of the descriptors [`Backend::poll_fds`] gives, at most [`WAIT`]; it returns
+/// those of them with something to report, with their `revents`), then the
+/// [`PollSource`]s are given what came, and again. `Err` when a device cannot be
+/// served at all.
 pub fn run_loop<H: Hypervisor>(
     backend: &mut Backend,
     hvs: &mut [H],
-    wait: &mut dyn FnMut(&mut [H], &[RawFd]),
+    wait: &mut Wait<'_, H>,
 ) -> Result<(), String> {
     if hvs.len() != backend.len() || backend.is_empty() {
         return Err(format!(
@@ -593,8 +724,9 @@ pub fn run_loop<H: Hypervisor>(
                 return Ok(());
             }
         }
-        let fds = backend.wait_fds();
-        wait(hvs, &fds);
+        let fds = backend.poll_fds();
+        let ready = wait(hvs, &fds);
+        backend.serve_sources(&ready);
     }
 }
 
@@ -612,7 +744,8 @@ pub struct ChildDevices {
 
 /// What `run`, `kill`, `list` and `fork` do with backends (a fake in the tests).
 pub trait Backends {
-    /// Records `devices` as child `cid`'s and starts the backend serving them;
+    /// Records `devices` (the backend's arguments: devices and port forwards, see
+    /// [`backend_args`]) as child `cid`'s and starts the backend serving them;
     /// returns its PID.
     fn start(&mut self, cid: u64, devices: &[&str]) -> Result<u32, String>;
     /// Stops child `cid`'s backend (if it has a live one) and forgets its files;
@@ -630,6 +763,9 @@ pub trait Backends {
     /// kernel has no TUN device, or it is itself on its parent's children's network
     /// (whose addresses its own children's would overlap).
     fn net_support(&self) -> Result<(), String>;
+    /// Whether this VM's TCP `port` can be forwarded (`run --forward`): `Err(why)` if
+    /// it cannot be listened on now (in use).
+    fn port_free(&self, port: u16) -> Result<(), String>;
     /// The lowest CID this VM's next child can get, as far as `dsx` recorded
     /// ([`Backends::note_cid`]; 0 if nothing was): the hypervisor gives CIDs in
     /// creation order and never again, and does not say which comes next.
@@ -794,6 +930,10 @@ impl Backends for RunDir {
         )
     }
 
+    fn port_free(&self, port: u16) -> Result<(), String> {
+        crate::fwd::probe(port)
+    }
+
     fn cid_hint(&self) -> u64 {
         std::fs::read_to_string(self.dir.join(NEXT_CID))
             .ok()
@@ -928,10 +1068,7 @@ fn launch(cid: u64, devices: &[&str], log: &Path) -> Result<u32, String> {
 /// error, so `dsx list` shows the devices unserved).
 pub fn serve(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     // Checked here, before anything is forked, so a bad argument is reported once.
-    names
-        .iter()
-        .map(|n| DeviceArg::parse(n))
-        .collect::<Result<Vec<_>, _>>()?;
+    backend_args(names)?;
     // Its name in `ps` and `top` (it runs as /proc/self/exe, so it would be `exe`).
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"dsx-backend".as_ptr()) };
@@ -1048,12 +1185,10 @@ fn supervise(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     }
 }
 
-/// The worker of [`supervise`]: serves child `cid`'s devices until it is gone.
+/// The worker of [`supervise`]: serves child `cid`'s devices (and relays its port
+/// forwards) until it is gone.
 fn work(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
-    let args = names
-        .iter()
-        .map(|n| DeviceArg::parse(n))
-        .collect::<Result<Vec<_>, _>>()?;
+    let (args, forwards) = backend_args(names)?;
     let me = std::process::id();
     // Opened here: a live worker holds the disks' locks and the TAPs.
     let devices = args
@@ -1072,8 +1207,8 @@ fn work(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     let described: Vec<String> = devices
         .iter()
         .enumerate()
-        .zip(names)
-        .map(|((i, d), n)| format!("device {i}: {n} (virtio ID {})", d.device_id()))
+        .zip(&args)
+        .map(|((i, d), a)| format!("device {i}: {} (virtio ID {})", a.to_arg(), d.device_id()))
         .collect();
     let mut warn = Vec::new();
     if files.read_devices(cid).as_deref() != Some(names) {
@@ -1085,6 +1220,14 @@ fn work(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     backend.note(format!("PID {me} serving {}", described.join(", ")));
     for w in warn {
         backend.note(w);
+    }
+    if !forwards.is_empty() {
+        // Bound here, in the worker: a worker started again binds them again.
+        backend.add_source(Box::new(crate::fwd::Forwarder::new(
+            &forwards,
+            std::net::Ipv4Addr::UNSPECIFIED,
+            crate::fwd::child_addr(cid),
+        )));
     }
     let result = run_loop(&mut backend, &mut hvs, &mut |hvs, fds| {
         crate::dev::wait_any(hvs, fds, WAIT)
@@ -1805,7 +1948,8 @@ pub(crate) mod tests {
         assert_eq!(
             run_loop(&mut b, &mut children, &mut |_, fds| {
                 assert!(fds.is_empty());
-                waits += 1
+                waits += 1;
+                Vec::new()
             }),
             Ok(())
         );
@@ -1830,7 +1974,7 @@ pub(crate) mod tests {
         // A backend without doorbell files for its devices does not start.
         let (mut b, _) = backend();
         let mut none: [FakeChild; 0] = [];
-        assert!(run_loop(&mut b, &mut none, &mut |_, _| {}).is_err());
+        assert!(run_loop(&mut b, &mut none, &mut |_, _| Vec::new()).is_err());
     }
 
     #[test]

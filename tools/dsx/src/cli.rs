@@ -145,6 +145,9 @@ pub struct RunOpts {
     /// Give it a virtio-rng device (served by a backend process; after the disks and
     /// the network card).
     pub rng: bool,
+    /// Ports of this VM relayed to the child's (`--forward PORT:CHILDPORT`, only with
+    /// a network card), in the order given.
+    pub forwards: Vec<crate::fwd::Forward>,
 }
 
 /// A `run --net` child's bridge port.
@@ -287,14 +290,15 @@ usage: dsx list [--json]
 
 Lists this VM's live children (CID 2 and up) with state, trust, vCPUs, RAM,
 priority, console bytes waiting and virtio devices (`blk:/path,rng`, a
-network card as its TAP: `net:dsxtap5`, `net:dsxtap5(open)`; `(down)` after
-them when no backend serves them; `-` for none). Names are those given to
-`dsx run --name`.
+network card as its TAP: `net:dsxtap5`, `net:dsxtap5(open)`, a port forward
+as `fwd:8081->80`; `(down)` after them when no backend serves them; `-` for
+none). Names are those given to `dsx run --name`.
   --json   a JSON array";
 const HELP_RUN: &str = "\
 usage: dsx run [IMAGE] [--initrd FILE] [--cmdline TEXT] [--dtb FILE] [--ram SIZE]
                [--vcpus N] [--prio N] [--trusted] [--paused] [--name NAME]
                [--disk FILE]... [--disk-ro FILE]... [--net | --net-open] [--rng]
+               [--forward PORT:CHILDPORT]...
 
 Creates a child VM from IMAGE (ELF, or a RISC-V Linux Image) and starts it;
 prints its CID. With --initrd or --cmdline, the image, initrd and command
@@ -326,6 +330,14 @@ given, --initrd initramfs.cpio.gz
                  Its port is isolated: it reaches this VM and --net-open
                  children, not other --net children
   --net-open     the same, its port not isolated: it reaches every child
+  --forward PORT:CHILDPORT
+                 relay TCP connections to this VM's port PORT (all its
+                 addresses) to the child's 10.77.0.CID:CHILDPORT, so the
+                 child's service is reached from beyond this VM (there is no
+                 NAT); with --net or --net-open only; repeatable (at most 8,
+                 each PORT once; 1-65535). PORT must be free: checked before
+                 the child is created. Relayed by the device backend: at most
+                 64 connections per forward, ended with it (`dsx kill`)
   --rng          give it a virtio-rng device (Linux: /dev/hwrng) fed from this
                  VM's getrandom(2), served by the same backend
 Devices are checked before the child is created; at most 8 in all (disks,
@@ -425,13 +437,15 @@ Writes the bytes HEX spells (two hex digits a byte, at most 65536 bytes) into
 a child's RAM at guest-physical address GPA (CHILD_MEM_WRITE: as the child's
 own store would; a page it shares copy-on-write is copied first).";
 const HELP_BACKEND: &str = "\
-usage: dsx backend CID DEVICE...
+usage: dsx backend CID DEVICE... [fwd:PORT:CHILDPORT]...
 
 Serves the virtio devices of child CID, given in the order SPAWN declared them
 (as /run/dsx/CID.devices lists them), until the child ends; logs to standard
 error. DEVICE: `blk:PATH` (a disk, PATH absolute: the rest of the argument,
 spaces included), `blk-ro:PATH` (read-only), `net` (a network card on the TAP
 dsxtapCID, its bridge port isolated), `net-open` (not isolated), `rng`.
+`fwd:PORT:CHILDPORT` (with `net` or `net-open`, at most 8): relay TCP
+connections to this VM's PORT to the child's 10.77.0.CID:CHILDPORT.
 `dsx run --disk/--net/--rng` starts one in the background for each child it
 gives devices (PID in
 /run/dsx/CID.pid, log in /run/dsx/CID.log) and `dsx kill` stops it; run it by
@@ -828,14 +842,9 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
                 ChildRef::Cid(c) => c,
                 ChildRef::Name(_) => return Err(e(format!("CID must be a number, not `{cid}`"))),
             };
-            if devs.is_empty() {
+            let (found, _) = crate::backend::backend_args(devs).map_err(e)?;
+            if found.is_empty() {
                 return Err(e("missing DEVICE".into()));
-            }
-            if devs.len() > devices::MAX_DEVICES {
-                return Err(e(format!("at most {} devices", devices::MAX_DEVICES)));
-            }
-            for d in devs {
-                crate::backend::DeviceArg::parse(d).map_err(e)?;
             }
             Ok(Command::Backend {
                 cid,
@@ -863,6 +872,7 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
             "--name",
             "--disk",
             "--disk-ro",
+            "--forward",
         ],
     )?;
     let mut disks = Vec::new();
@@ -886,6 +896,29 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
     } else {
         None
     };
+    let mut forwards: Vec<crate::fwd::Forward> = Vec::new();
+    for (opt, value) in &a.opts {
+        if let (Some(spec), "--forward") = (value, opt.as_str()) {
+            let f = crate::fwd::Forward::parse(spec).map_err(|m| e(format!("--forward: {m}")))?;
+            if forwards.iter().any(|g| g.port == f.port) {
+                return Err(e(format!(
+                    "--forward: port {} of this VM is forwarded twice",
+                    f.port
+                )));
+            }
+            forwards.push(f);
+        }
+    }
+    if forwards.len() > crate::fwd::MAX_FORWARDS {
+        return Err(e(format!("at most {} --forward", crate::fwd::MAX_FORWARDS)));
+    }
+    if !forwards.is_empty() && net.is_none() {
+        return Err(e(
+            "--forward needs --net or --net-open: it relays to the child's address on the \
+             bridge"
+                .into(),
+        ));
+    }
     if disks.len() + usize::from(net.is_some()) + usize::from(rng) > devices::MAX_DEVICES {
         return Err(e(format!(
             "at most {} virtio devices (--disk, --disk-ro, --net, --rng) in all",
@@ -933,6 +966,7 @@ fn parse_run(rest: &[String]) -> Result<Command, UsageError> {
         disks,
         net,
         rng,
+        forwards,
     }))
 }
 
@@ -1113,6 +1147,7 @@ mod tests {
                 disks: Vec::new(),
                 net: None,
                 rng: false,
+                forwards: Vec::new(),
             })
         );
         // Disks in the order given, --disk and --disk-ro mixed; a path as it is.
@@ -1169,6 +1204,43 @@ mod tests {
             assert_eq!(r.net, want, "{args}");
         }
         assert_eq!(msg("run --net=yes"), "unknown option --net=yes");
+        // --forward: with a network card only, repeatable, each port once.
+        let Command::Run(r) = p("run --net --forward 8081:80 --forward=2222:22").unwrap() else {
+            panic!()
+        };
+        let fwd = |port, child_port| crate::fwd::Forward { port, child_port };
+        assert_eq!(r.forwards, [fwd(8081, 80), fwd(2222, 22)]);
+        let Command::Run(r) = p("run --net-open --forward 65535:1").unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.forwards, [fwd(65535, 1)]);
+        assert_eq!(
+            msg("run --forward 8081:80"),
+            "--forward needs --net or --net-open: it relays to the child's address on the \
+             bridge"
+        );
+        assert_eq!(
+            msg("run --rng --forward 8081:80"),
+            "--forward needs --net or --net-open: it relays to the child's address on the \
+             bridge"
+        );
+        for bad in ["80", "0:80", "80:0", "65536:80", "x:80", "80:80:80"] {
+            assert_eq!(
+                msg(&format!("run --net --forward {bad}")),
+                format!("--forward: `{bad}` is not PORT:CHILDPORT (each 1 to 65535)")
+            );
+        }
+        assert_eq!(
+            msg("run --net --forward 8081:80 --forward 8081:81"),
+            "--forward: port 8081 of this VM is forwarded twice"
+        );
+        let eight: String = (1..=8).map(|k| format!(" --forward {k}:80")).collect();
+        assert!(p(&format!("run --net{eight}")).is_ok());
+        assert_eq!(
+            msg(&format!("run --net{eight} --forward 9:80")),
+            "at most 8 --forward"
+        );
+        assert_eq!(msg("run --net --forward"), "--forward needs a value");
         assert_eq!(msg("run --disk"), "--disk needs a value");
         let nl: Vec<String> = ["run", "--disk", "/a\nb"].map(String::from).to_vec();
         assert_eq!(
@@ -1386,6 +1458,41 @@ mod tests {
             msg(&format!("backend 3{}", " rng".repeat(9))),
             "at most 8 devices"
         );
+        // Port forwards, with a network card only.
+        assert_eq!(
+            p("backend 5 net fwd:8081:80 rng fwd:2222:22"),
+            Ok(Command::Backend {
+                cid: 5,
+                devices: vec![
+                    "net".into(),
+                    "fwd:8081:80".into(),
+                    "rng".into(),
+                    "fwd:2222:22".into()
+                ]
+            })
+        );
+        assert_eq!(
+            msg("backend 5 rng fwd:8081:80"),
+            "`fwd:8081:80`: a forward needs the child's network card (net or net-open): it \
+             relays to the child's address on the bridge"
+        );
+        assert_eq!(
+            msg("backend 5 fwd:8081:80"),
+            msg("backend 5 rng fwd:8081:80")
+        );
+        assert_eq!(
+            msg("backend 5 net fwd:8081"),
+            "`fwd:8081` is not a forward (fwd:PORT:CHILDPORT, each 1 to 65535)"
+        );
+        assert_eq!(
+            msg("backend 5 net fwd:8081:80 fwd:8081:90"),
+            "`fwd:8081:90`: port 8081 is forwarded twice"
+        );
+        let nine: String = (1..=9).map(|k| format!(" fwd:{k}:80")).collect();
+        assert_eq!(msg(&format!("backend 5 net{nine}")), "at most 8 forwards");
+        // Eight devices and eight forwards.
+        let eight: String = (1..=8).map(|k| format!(" fwd:{k}:80")).collect();
+        assert!(p(&format!("backend 5 net{}{eight}", " rng".repeat(7))).is_ok());
     }
 
     #[test]

@@ -545,6 +545,10 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
     } else {
         0
     };
+    // Each forwarded port free now (the backend binds it once the child exists).
+    for f in &o.forwards {
+        cx.backends.port_free(f.port).map_err(Failure::new)?;
+    }
     // Each device checked as far as it can be before the child exists (a disk: its
     // file opened as its backend will open it, locked and measured, then closed again
     // before the backend starts).
@@ -553,7 +557,12 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
         .map(|d| d.declare(guess))
         .collect::<Result<Vec<DeviceDecl>, String>>()
         .map_err(Failure::new)?;
-    let args: Vec<String> = devices.iter().map(DeviceArg::to_arg).collect();
+    // The backend's arguments: the devices, then the port forwards.
+    let args: Vec<String> = devices
+        .iter()
+        .map(DeviceArg::to_arg)
+        .chain(o.forwards.iter().map(|f| f.to_arg()))
+        .collect();
     let names: Vec<&str> = args.iter().map(String::as_str).collect();
     check_name_free(cx, o.name.as_deref())?;
     let cmdline = |cid: u64| match net {
@@ -1179,6 +1188,8 @@ mod tests {
         devices: BTreeMap<u64, backend::ChildDevices>,
         /// What `net_support` answers, if not `Ok`.
         no_net: Option<String>,
+        /// Ports `port_free` says are in use.
+        busy_ports: Vec<u16>,
         /// What `cid_hint` answers.
         hint: u64,
         /// Every CID noted.
@@ -1210,6 +1221,15 @@ mod tests {
         }
         fn net_support(&self) -> Result<(), String> {
             self.no_net.clone().map_or(Ok(()), Err)
+        }
+        fn port_free(&self, port: u16) -> Result<(), String> {
+            if self.busy_ports.contains(&port) {
+                Err(format!(
+                    "cannot forward port {port}: it is in use in this VM"
+                ))
+            } else {
+                Ok(())
+            }
         }
         fn cid_hint(&self) -> u64 {
             self.hint
@@ -1524,6 +1544,72 @@ mod tests {
             .message
             .starts_with("a trusted child cannot have virtio devices (--disk, --net, --rng)"));
         assert!(f.spawned.is_empty() && b.started.is_empty());
+    }
+
+    #[test]
+    fn run_forward_checks_the_ports_and_gives_them_to_the_backend() {
+        let mut f = Fake {
+            children: vec![6],
+            ..Fake::default()
+        };
+        let mut b = FakeBackends {
+            busy_ports: vec![80],
+            ..FakeBackends::default()
+        };
+        let mut n = Names::default();
+        // A port in use: refused before SPAWN, nothing created.
+        let (r, _, _) = go_with(
+            &mut f,
+            &mut n,
+            &mut b,
+            "run /img --net --forward 8081:80 --forward 80:80 --ram 1M",
+        );
+        assert_eq!(
+            r.unwrap_err().message,
+            "cannot forward port 80: it is in use in this VM"
+        );
+        assert!(f.spawned.is_empty() && b.started.is_empty());
+        // Free ports: the backend gets the devices, then the forwards.
+        let (r, out, _) = go_with(
+            &mut f,
+            &mut n,
+            &mut b,
+            "run /img --net-open --rng --forward 8081:80 --forward 2222:22 --ram 1M",
+        );
+        assert_eq!((r, out.as_str()), (Ok(()), "started CID 7\n"));
+        assert_eq!(
+            b.started,
+            [(
+                7,
+                ["net-open", "rng", "fwd:8081:80", "fwd:2222:22"]
+                    .map(String::from)
+                    .to_vec()
+            )]
+        );
+        // Not devices: SPAWN declares the card and rng only.
+        assert_eq!(f.spawned_devices[0].len(), 2);
+        // `dsx list` shows them as `fwd:PORT->CHILDPORT`.
+        b.devices.insert(
+            7,
+            backend::ChildDevices {
+                names: b.started[0].1.clone(),
+                backend: Some(77),
+            },
+        );
+        f.children = vec![6, 7];
+        let (_, out, _) = go_with(&mut f, &mut n, &mut b, "list");
+        assert!(
+            out.lines()
+                .nth(2)
+                .unwrap()
+                .ends_with(" net:dsxtap7(open),rng,fwd:8081->80,fwd:2222->22"),
+            "{out}"
+        );
+        let (_, out, _) = go_with(&mut f, &mut n, &mut b, "list --json");
+        assert!(out.contains(
+            "\"devices\":[\"net:dsxtap7(open)\",\"rng\",\"fwd:8081->80\",\"fwd:2222->22\"],\
+             \"backend_pid\":77"
+        ));
     }
 
     #[test]

@@ -194,24 +194,44 @@ impl Device {
 }
 
 /// Waits up to `timeout` until one of `devices` reports `POLLIN` (a doorbell file:
-/// see `DIOSIX_IOC_DEVICE_STATE`), one of `extra` is readable (or has an error or
-/// hang-up to report: a device's own descriptor, such as a network card's TAP), or a
-/// signal arrives.
-pub fn wait_any(devices: &[Device], extra: &[std::os::fd::RawFd], timeout: std::time::Duration) {
+/// see `DIOSIX_IOC_DEVICE_STATE`), one of `extra` is ready for the events it gives
+/// (or has an error or hang-up to report: a device's own descriptor, such as a network
+/// card's TAP, for input; a port forward's sockets, for input or output), or a signal
+/// arrives. Returns those of `extra` with something to report, with what (`revents`),
+/// in order.
+pub fn wait_any(
+    devices: &[Device],
+    extra: &[crate::backend::PollFd],
+    timeout: std::time::Duration,
+) -> Vec<crate::backend::PollFd> {
     let _timed = stats::Timed::wait();
     let mut pfds: Vec<libc::pollfd> = devices
         .iter()
-        .map(Device::fd)
-        .chain(extra.iter().copied())
-        .map(|fd| libc::pollfd {
-            fd,
+        .map(|d| libc::pollfd {
+            fd: d.fd(),
             events: libc::POLLIN,
             revents: 0,
         })
+        .chain(extra.iter().map(|p| libc::pollfd {
+            fd: p.fd,
+            events: p.events,
+            revents: 0,
+        }))
         .collect();
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: `pfds` is a live array of exactly `pfds.len()` pollfds for the call.
-    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if n <= 0 {
+        return Vec::new();
+    }
+    pfds[devices.len()..]
+        .iter()
+        .filter(|p| p.revents != 0)
+        .map(|p| crate::backend::PollFd {
+            fd: p.fd,
+            events: p.revents,
+        })
+        .collect()
 }
 
 /// SPAWN's device list as the driver takes it: `DeviceSpec`s back to back, each

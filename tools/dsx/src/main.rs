@@ -7,7 +7,8 @@
 //! trait over the real device and [`console`] the interactive console. [`backend`]
 //! serves children's virtio devices (`dsx backend`, which `dsx run --disk/--net/--rng`
 //! starts), walking their queues with [`virtq`]; [`blk`] is the block device, [`net`]
-//! the network card and [`rng`] the entropy device.
+//! the network card and [`rng`] the entropy device; [`fwd`] relays a child's port
+//! forwards (`dsx run --net --forward`) in the same backend.
 
 mod backend;
 mod blk;
@@ -16,6 +17,7 @@ mod commands;
 mod console;
 mod dev;
 mod format;
+mod fwd;
 mod hv;
 mod net;
 mod rng;

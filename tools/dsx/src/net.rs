@@ -810,7 +810,7 @@ impl VirtioDevice for Net {
 mod tests {
     use super::*;
     use crate::backend::tests::{served, FakeChild, Log, BUFS, CID, LIVE};
-    use crate::backend::Backend;
+    use crate::backend::{Backend, PollFd};
     use diosix_abi::devices::{RAISE_NEEDS_RESET, RAISE_USED_BUFFER};
     use std::cell::RefCell;
     use std::collections::VecDeque;
@@ -1249,7 +1249,12 @@ mod tests {
         assert!(a.readable());
         // Woken by the descriptor, not a doorbell.
         let t = std::time::Instant::now();
-        crate::dev::wait_any(&[], &[a.fd().unwrap()], std::time::Duration::from_secs(5));
+        let ready = crate::dev::wait_any(
+            &[],
+            &[PollFd::readable(a.fd().unwrap())],
+            std::time::Duration::from_secs(5),
+        );
+        assert_eq!(ready, [PollFd::readable(a.fd().unwrap())]);
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
         assert_eq!(a.recv(&mut buf).unwrap(), Some(60));
         assert_eq!(buf[..60], frame(60, 1));
@@ -1298,11 +1303,13 @@ mod tests {
                 tap.push(frame(60, 1));
             }
             let _ = cs;
+            Vec::new()
         })
         .unwrap();
         // Pass 1: a buffer, no frame: wait on the TAP. Pass 2: still none. Pass 3: the
         // frame is delivered, no buffer left: doorbells only, and so in pass 4.
-        assert_eq!(seen, [vec![FAKE_FD], vec![FAKE_FD], vec![], vec![]]);
+        let tap_in = vec![PollFd::readable(FAKE_FD)];
+        assert_eq!(seen, [tap_in.clone(), tap_in, vec![], vec![]]);
         children[0].select(RX);
         assert_eq!(children[0].used_idx(), 1);
         assert_eq!(children[0].state.status, LIVE);
@@ -1367,7 +1374,7 @@ mod tests {
                 got = Some(c.peek(BUFS + 0x1000 + HDR_LEN as u64, 42).to_vec());
                 break;
             }
-            let fds = b.wait_fds();
+            let fds = b.poll_fds();
             crate::dev::wait_any(&[], &fds, std::time::Duration::from_millis(20));
             served(&mut b, &mut c);
         }
