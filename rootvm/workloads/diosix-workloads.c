@@ -49,6 +49,15 @@
  * (the `linux-perf-smp1` test checks the count against the loop, alone and with
  * another VM computing on the same host hart).
  *
+ * `diosix-workloads tcp ADDRESS PORT MIB` sends MIB MiB of zeros over one TCP
+ * connection to ADDRESS:PORT in 64 KiB writes, half-closes it and waits for the peer
+ * to close (so everything arrived), timed from the connect to that close:
+ *
+ *     diosix-workload tcp_send_<MIB>MiB 1 <elapsed_ns> 1 <elapsed_ns>
+ *
+ * (`cargo xtask bench`: the Root VM to the host through QEMU's user networking, and a
+ * child to its parent over dsx's virtio-net; `linux_net_bench`).
+ *
  * Built static (`riscv64-linux-gnu-gcc -static -O2`) by xtask/src/rootvm/workloads.rs.
  */
 #define _GNU_SOURCE
@@ -62,7 +71,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -579,6 +591,48 @@ static int run_perf(long n)
 	return 0;
 }
 
+static int run_tcp(const char *address, const char *port, long mib)
+{
+	static char chunk[64 * 1024];
+	struct sockaddr_in to = { .sin_family = AF_INET };
+	long long left = (long long)mib << 20;
+	uint64_t start, elapsed;
+	char sink[256];
+	int s;
+
+	to.sin_port = htons((uint16_t)atoi(port));
+	if (inet_pton(AF_INET, address, &to.sin_addr) != 1) {
+		fprintf(stderr, "diosix-workloads: %s is not an IPv4 address\n", address);
+		return 2;
+	}
+	s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0)
+		die("socket");
+	start = now_ns();
+	if (connect(s, (struct sockaddr *)&to, sizeof(to)) != 0)
+		die("connect");
+	while (left > 0) {
+		ssize_t n = write(s, chunk, left < (long long)sizeof(chunk) ? (size_t)left : sizeof(chunk));
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			die("write");
+		}
+		left -= n;
+	}
+	if (shutdown(s, SHUT_WR) != 0)
+		die("shutdown");
+	while (read(s, sink, sizeof(sink)) > 0)
+		;
+	elapsed = now_ns() - start;
+	close(s);
+	printf("diosix-workload tcp_send_%ldMiB 1 %llu 1 %llu\n", mib,
+	       (unsigned long long)elapsed, (unsigned long long)elapsed);
+	printf("diosix-workloads done (tcp)\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	cpu_set_t set;
@@ -588,8 +642,10 @@ int main(int argc, char **argv)
 
 	if (argc == 3 && strcmp(argv[1], "perf") == 0 && atol(argv[2]) > 0)
 		return run_perf(atol(argv[2]));
+	if (argc == 5 && strcmp(argv[1], "tcp") == 0 && atol(argv[4]) > 0)
+		return run_tcp(argv[2], argv[3], atol(argv[4]));
 	if (argc > 1 && !devices) {
-		fprintf(stderr, "usage: diosix-workloads [devices | perf N]\n");
+		fprintf(stderr, "usage: diosix-workloads [devices | perf N | tcp ADDRESS PORT MIB]\n");
 		return 2;
 	}
 

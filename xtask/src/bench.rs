@@ -132,7 +132,8 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
         [] => false,
         [only] if only == "sbi" => true,
         [only] if only == "devices" => return linux_device_bench(),
-        _ => return Err("usage: cargo xtask bench [sbi|devices]".into()),
+        [only] if only == "net" => return linux_net_bench(),
+        _ => return Err("usage: cargo xtask bench [sbi|devices|net]".into()),
     };
     // Like `run` and `test`: installs the targets, QEMU and cross tools if missing.
     crate::setup::ensure_all()?;
@@ -199,7 +200,77 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
     }
     linux_boot_bench()?;
     linux_workload_bench()?;
-    linux_device_bench()
+    linux_device_bench()?;
+    linux_net_bench()
+}
+
+/// TCP: 32 MiB over one connection (`diosix-workloads tcp`), from the Root VM to a sink
+/// on the host through QEMU's user networking (the Root VM's own network), then from a
+/// child to a sink (`nc -l`) in the Root VM over dsx's virtio-net and bridge (the Root
+/// VM booted with `diosix.bench=tcp`, its `rcS` doing both and copying the child's
+/// console); 2 harts, by the sender's clock, the ratio of the two.
+fn linux_net_bench() -> Result<()> {
+    use std::io::Read;
+    let a = crate::rootvm::build_linux_root_vm()?;
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("sink: {e}"))?;
+    let port = sink.local_addr().map_err(|e| format!("sink: {e}"))?.port();
+    std::thread::spawn(move || {
+        // One connection: read to its end, then close (the sender waits for that).
+        if let Ok((mut s, _)) = sink.accept() {
+            let mut buf = vec![0u8; 1 << 16];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    let cmdline = format!(
+        "{} diosix.bench=tcp diosix.tcphost=10.0.2.2:{port}",
+        a.cmdline
+    );
+    let name = format!("bench-linux-tcp-smp{WORKLOAD_HARTS}");
+    let [mut q, _] = linux_runs(&a, &name, WORKLOAD_HARTS, Some(&cmdline))?;
+    q.devices = qemu::Devices {
+        net_port: Some(qemu::free_port(qemu::DEFAULT_NET_PORT)?),
+        ..Default::default()
+    };
+    q.timeout = Duration::from_secs(900);
+    let out = qemu::run(&q)?;
+    println!(
+        "{}: {:.1} s wall, log {}",
+        q.name,
+        out.wall.as_secs_f64(),
+        out.log.display()
+    );
+    let sends: Vec<Workload> = parse_workloads(&out.output)
+        .into_iter()
+        .filter(|w| w.name == "tcp_send_32MiB")
+        .collect();
+    let [root, child] = &sends[..] else {
+        return Err(format!(
+            "{}: {} `tcp_send_32MiB` lines, expected 2 (log {})",
+            q.name,
+            sends.len(),
+            out.log.display()
+        ));
+    };
+    let mb = |w: &Workload| mb_per_s(32.0 * (1u64 << 20) as f64, w.mean());
+    println!();
+    println!(
+        "TCP, {WORKLOAD_HARTS} harts: 32 MiB over one connection (MB/s, by the sender's clock)"
+    );
+    println!("{:<46} | {:>10} | {:>6}", "path", "MB/s", "ratio");
+    println!("{:-<47}+{:-<12}+{:-<7}", "", "", "");
+    println!(
+        "{:<46} | {:>10.1} | {:>6}",
+        "Root VM -> host (QEMU user networking)",
+        mb(root),
+        "1"
+    );
+    println!(
+        "{:<46} | {:>10.1} | {:>6}",
+        "child -> Root VM (dsx virtio-net, TAP, bridge)",
+        mb(child),
+        ratio(Some(mb(child)), mb(root))
+    );
+    Ok(())
 }
 
 /// The kernel's own log line that ends the measured boot.
