@@ -232,14 +232,8 @@ fn linux_net_bench() -> Result<()> {
         ..Default::default()
     };
     q.timeout = Duration::from_secs(900);
-    let out = qemu::run(&q)?;
-    println!(
-        "{}: {:.1} s wall, log {}",
-        q.name,
-        out.wall.as_secs_f64(),
-        out.log.display()
-    );
-    let sends: Vec<Workload> = parse_workloads(&out.output)
+    let (out, figures) = run_workloads(&q, "diosix-workloads done (tcp)")?;
+    let sends: Vec<Workload> = figures
         .into_iter()
         .filter(|w| w.name == "tcp_send_32MiB")
         .collect();
@@ -407,6 +401,28 @@ fn parse_lines<const N: usize>(output: &str, prefix: &str) -> Vec<(String, [u64;
         .collect()
 }
 
+/// Boots `q` (to its end, or to its `stop_at`), says where its log is, and returns its
+/// output and the `diosix-workload` figures in it; an error if the `done` line or any
+/// figure is missing.
+fn run_workloads(q: &QemuOptions, done: &str) -> Result<(qemu::QemuOutput, Vec<Workload>)> {
+    let out = qemu::run(q)?;
+    println!(
+        "{}: {:.1} s wall, log {}",
+        q.name,
+        out.wall.as_secs_f64(),
+        out.log.display()
+    );
+    let figures = parse_workloads(&out.output);
+    if !out.output.contains(done) || figures.is_empty() {
+        return Err(format!(
+            "{}: no `{done}` line or no figures (log {})",
+            q.name,
+            out.log.display()
+        ));
+    }
+    Ok((out, figures))
+}
+
 /// The `diosix-workload ...` lines of a run, in order.
 fn parse_workloads(output: &str) -> Vec<Workload> {
     parse_lines::<4>(output, WORKLOAD_LINE)
@@ -443,21 +459,7 @@ fn linux_workload_bench() -> Result<()> {
     let mut runs = Vec::new();
     for mut q in linux_runs(&a, &name, WORKLOAD_HARTS, Some(&cmdline))? {
         q.stop_at = Some(WORKLOADS_DONE.into());
-        let out = qemu::run(&q)?;
-        println!(
-            "{}: {:.1} s wall, log {}",
-            q.name,
-            out.wall.as_secs_f64(),
-            out.log.display()
-        );
-        let figures = parse_workloads(&out.output);
-        if !out.output.contains(WORKLOADS_DONE) || figures.is_empty() {
-            return Err(format!(
-                "{}: no `{WORKLOADS_DONE}` line or no figures (log {})",
-                q.name,
-                out.log.display()
-            ));
-        }
+        let (_, figures) = run_workloads(&q, WORKLOADS_DONE)?;
         runs.push(figures);
     }
     let (d, o) = (&runs[0], &runs[1]);
@@ -585,21 +587,7 @@ fn linux_device_bench() -> Result<()> {
         };
         // No stop_at: rcS powers off after the done line, and the hypervisor logs the
         // Root VM's exits by cause as it ends (QEMU exits: -no-reboot).
-        let out = qemu::run(&q)?;
-        println!(
-            "{}: {:.1} s wall, log {}",
-            q.name,
-            out.wall.as_secs_f64(),
-            out.log.display()
-        );
-        let figures = parse_workloads(&out.output);
-        if !out.output.contains(DEVICES_DONE) || figures.is_empty() {
-            return Err(format!(
-                "{}: no `{DEVICES_DONE}` line or no figures (log {})",
-                q.name,
-                out.log.display()
-            ));
-        }
+        let (out, figures) = run_workloads(&q, DEVICES_DONE)?;
         for l in out.output.lines() {
             if let Some(dd) = l.trim().strip_prefix(DD_LINE) {
                 println!("  dd: {dd}");
@@ -780,21 +768,7 @@ fn child_disk_bench(a: &crate::rootvm::RootVmArtifacts, root: &[Workload]) -> Re
         ..Default::default()
     };
     q.timeout = Duration::from_secs(900);
-    let out = qemu::run(&q)?;
-    println!(
-        "{}: {:.1} s wall, log {}",
-        q.name,
-        out.wall.as_secs_f64(),
-        out.log.display()
-    );
-    let child = parse_workloads(&out.output);
-    if !out.output.contains(DEVICES_DONE) || child.is_empty() {
-        return Err(format!(
-            "{}: no `{DEVICES_DONE}` line or no figures from the child (log {})",
-            q.name,
-            out.log.display()
-        ));
-    }
+    let (_, child) = run_workloads(&q, DEVICES_DONE)?;
     let find = |w: &[Workload], n: &str| w.iter().find(|w| w.name == n).cloned();
     let mib = (1u64 << 20) as f64;
     println!();
