@@ -763,16 +763,7 @@ const VIRTIO_ROUNDS: usize = 400;
 fn virtio_storm() {
     use diosix_abi::{DeviceSpec, DeviceState, QueueState};
     reset();
-    let spec = DeviceSpec {
-        size: DeviceSpec::SIZE as u32,
-        device_id: 4,
-        features: 0,
-        queue_count: 1,
-        queue_max: 16,
-        config_gpa: 0,
-        config_len: 0,
-        reserved: 0,
-    };
+    let spec = diosix_guest_rt::diosix::device_spec(4, 16);
     let s = sys::st();
     s.write(1024, &spec.to_le_bytes());
     s.write(1024 + DeviceSpec::SIZE, &spec.to_le_bytes());

@@ -428,6 +428,18 @@ pub fn spawn_args(gpa: usize, len: usize, pages: u64, vcpus: u32, prio: u32) -> 
     }
 }
 
+/// A `DeviceSpec` for SPAWN's device list: virtio device `device_id` with one queue of
+/// at most `queue_max` entries, no features beyond the transport's, no configuration.
+pub fn device_spec(device_id: u32, queue_max: u32) -> DeviceSpec {
+    DeviceSpec {
+        size: DeviceSpec::SIZE as u32,
+        device_id,
+        queue_count: 1,
+        queue_max,
+        ..DeviceSpec::default()
+    }
+}
+
 /// `QuotaArgs` for `target` that change nothing yet (every field 0, no flags).
 pub fn quota_args(target: u64) -> QuotaArgs {
     QuotaArgs {

@@ -11,7 +11,7 @@ use diosix_guest_rt::diosix::Direct;
 #[allow(unused_imports)]
 pub use diosix_abi::{cid, error, event, flags, limits, state};
 #[allow(unused_imports)]
-pub use diosix_guest_rt::diosix::{quota_args, spawn_args, Client};
+pub use diosix_guest_rt::diosix::{device_spec, quota_args, spawn_args, Client};
 #[allow(unused_imports)]
 pub use diosix_guest_rt::line::{fmt, Line};
 

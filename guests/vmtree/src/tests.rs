@@ -2586,17 +2586,7 @@ fn page_list_checks() {
 /// the device gone with the child.
 fn virtio_checks(base: &VmInfo) {
     use diosix_abi::devices::{PENDING_STATE, RAISE_NEEDS_RESET, RAISE_USED_BUFFER};
-    use diosix_abi::DeviceSpec;
-    let spec = DeviceSpec {
-        size: DeviceSpec::SIZE as u32,
-        device_id: 4,
-        features: 0,
-        queue_count: 1,
-        queue_max: 16,
-        config_gpa: 0,
-        config_len: 0,
-        reserved: 0,
-    };
+    let spec = dsx::device_spec(4, 16);
     let s = DSX.structs();
     s.write(1024, &spec.to_le_bytes());
     let mut a = child_args(CHILD_PAGES);
