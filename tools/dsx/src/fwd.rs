@@ -711,6 +711,25 @@ mod tests {
         }
     }
 
+    /// Reads `sock` to its end (the peer's close) while the relay runs.
+    fn read_to_end_pumping(f: &mut Forwarder, sock: &mut TcpStream) -> Vec<u8> {
+        sock.set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let mut got = Vec::new();
+        pump_until(f, |_| {
+            let mut buf = [0u8; 16];
+            match sock.read(&mut buf) {
+                Ok(0) => true,
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    false
+                }
+                Err(_) => false,
+            }
+        });
+        got
+    }
+
     fn connect(f: &Forwarder) -> TcpStream {
         TcpStream::connect((LOCAL, f.local_port(0).unwrap())).unwrap()
     }
@@ -853,37 +872,13 @@ mod tests {
         s.set_nonblocking(false).unwrap();
         s.write_all(b"bye").unwrap();
         s.shutdown(Shutdown::Write).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
-        let mut got = Vec::new();
-        pump_until(&mut f, |_| {
-            let mut buf = [0u8; 16];
-            match c.read(&mut buf) {
-                Ok(0) => true,
-                Ok(n) => {
-                    got.extend_from_slice(&buf[..n]);
-                    false
-                }
-                Err(_) => false,
-            }
-        });
+        let got = read_to_end_pumping(&mut f, &mut c);
         assert_eq!(got, b"bye");
         // Still one connection: the client's direction is open.
         assert_eq!(f.connections(), 1);
         c.write_all(b"still here").unwrap();
         c.shutdown(Shutdown::Write).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
-        let mut got = Vec::new();
-        pump_until(&mut f, |_| {
-            let mut buf = [0u8; 16];
-            match s.read(&mut buf) {
-                Ok(0) => true,
-                Ok(n) => {
-                    got.extend_from_slice(&buf[..n]);
-                    false
-                }
-                Err(_) => false,
-            }
-        });
+        let got = read_to_end_pumping(&mut f, &mut s);
         assert_eq!(got, b"still here");
         pump_until(&mut f, |f| f.connections() == 0);
     }
