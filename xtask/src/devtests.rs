@@ -11,8 +11,8 @@ use crate::qemu::{self, Devices, QemuOptions, QemuOutput};
 use crate::tests::{leak, Expect, Step, PROMPT, ROOT_PROMPT};
 use crate::Result;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +33,50 @@ pub(crate) struct DeviceCase {
     pub(crate) second_boot: Option<(&'static [Step], &'static [Expect])>,
     /// A marker (`NAME-value`) both boots must print with the same value.
     pub(crate) same_marker: Option<&'static str>,
+    /// "The outside world": a web server on the host's loopback serving this page (and
+    /// the least number of fetches it must see), its address as the Root VM reaches
+    /// it through QEMU's user networking (`10.0.2.2:PORT`) in the file
+    /// [`OUTSIDE_FILE`] on the disk (which the Root VM mounts at `/var/lib/diosix`).
+    pub(crate) outside: Option<(&'static str, usize)>,
+}
+
+/// Where a case with [`DeviceCase::outside`] finds the host's web server's address.
+pub(crate) const OUTSIDE_FILE: &str = "outside";
+
+/// A web server on the host's loopback (an ephemeral port) that answers every request
+/// with `page`, and counts them, until the returned flag is set.
+fn serve_outside(page: &'static str) -> Result<(u16, Arc<AtomicUsize>, Arc<AtomicBool>)> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("outside: {e}"))?;
+    let port = l.local_addr().map_err(|e| format!("outside: {e}"))?.port();
+    l.set_nonblocking(true)
+        .map_err(|e| format!("outside: {e}"))?;
+    let (hits, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (h, st) = (hits.clone(), stop.clone());
+    std::thread::spawn(move || {
+        while !st.load(Ordering::Acquire) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+            // The request (its first read is enough to answer a GET).
+            let mut buf = [0u8; 2048];
+            if matches!(c.read(&mut buf), Ok(n) if n > 0) {
+                let body = format!("{page}\n");
+                let _ = write!(
+                    c,
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                h.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    });
+    Ok((port, hits, stop))
 }
 
 /// Boots with the given options and judges the output (against the expectations
@@ -218,7 +262,20 @@ pub(crate) fn run_with_devices(
     let images = crate::workspace_root().join("target").join("test-images");
     std::fs::create_dir_all(&images).map_err(|e| format!("{}: {e}", images.display()))?;
     let disk = images.join(format!("{name}.img"));
-    crate::disk::new_disk(&disk, d.disk_mib << 20, None, true)?;
+    let outside = d.outside.map(|(page, _)| serve_outside(page)).transpose()?;
+    let files = images.join(format!("{name}.files"));
+    if let Some((port, _, _)) = &outside {
+        std::fs::create_dir_all(&files).map_err(|e| format!("{}: {e}", files.display()))?;
+        let f = files.join(OUTSIDE_FILE);
+        std::fs::write(&f, format!("10.0.2.2:{port}\n"))
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    crate::disk::new_disk(
+        &disk,
+        d.disk_mib << 20,
+        outside.is_some().then_some(files.as_path()),
+        true,
+    )?;
     let port = if d.net {
         Some(qemu::free_port(qemu::DEFAULT_NET_PORT)?)
     } else {
@@ -247,6 +304,9 @@ pub(crate) fn run_with_devices(
     });
     let first = run(q, None);
     done.store(true, Ordering::Release);
+    if let Some((_, _, stop)) = &outside {
+        stop.store(true, Ordering::Release);
+    }
     if let Some(f) = fetcher {
         let _ = f.join();
     }
@@ -260,6 +320,18 @@ pub(crate) fn run_with_devices(
             ));
         }
         note.push_str(&format!(", page fetched through 127.0.0.1:{p}"));
+    }
+    if let (Some((port, hits, _)), Some((_, least))) = (&outside, d.outside) {
+        let n = hits.load(Ordering::Acquire);
+        if n < least {
+            return Err(format!(
+                "the host's web server (127.0.0.1:{port}) answered {n} requests, expected at \
+                 least {least} (log {})",
+                first.log.display()
+            ));
+        }
+        note.push_str(&format!(", {n} fetches from the host's 127.0.0.1:{port}"));
+        let _ = std::fs::remove_dir_all(&files);
     }
     if let Some((session, expect)) = d.second_boot {
         let mut again = q.clone();

@@ -504,7 +504,7 @@ const DSX_NESTED: &[Step] = &[
     (
         ROOT_PROMPT,
         "dsx run --ram 128M --name kid && dsx quota 2 && \
-         dsx quota 2 --ram 176M --vcpus 2 --descendants 1 --depth 1 && dsx quota 2 && \
+         dsx quota 2 --ram 184M --vcpus 2 --descendants 1 --depth 1 && dsx quota 2 && \
          dsx console 2\r",
     ),
     ("guest login:", "root\r"),
@@ -785,6 +785,75 @@ const DSX_FORWARD: &[Step] = &[
         ROOT_PROMPT,
         "echo LOCAL-$(wget -q -O - http://127.0.0.1:8081/); sleep 15; dsx kill w; \
          sleep 1; echo GONE-$(ps | grep -c '[d]sx backend')\r",
+    ),
+    ("GONE-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
+/// The page of [`DSX_NAT`]'s outside world.
+const OUTSIDE_PAGE: &str = "the-outside-world";
+
+/// `linux-dsx-nat`: children reach the outside world, and their own children get
+/// networks. The Root VM has the host's network (QEMU user networking) and a web
+/// server on the host's loopback stands for the outside world (its address, as the
+/// Root VM reaches it, on the disk). A `--net` child fetches the host's page through
+/// the Root VM's NAT; it then serves a page itself and runs a `--net` grandchild, which
+/// is on the child's own network (10.78.0.0/24), fetches the child's page, the Root
+/// VM's and the host's (through two NATs), and serves a page of its own, which the
+/// child fetches and the Root VM cannot (no route: the grandchild's network is hidden
+/// behind the child); `dsx kill` ends every backend and TAP at both levels, and every
+/// page comes back.
+const DSX_NAT: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "mkdir -p /tmp/www && cp /var/lib/diosix/outside /tmp/www/ && httpd -p 8000 -h /tmp/www && \
+         dsx run --ram 128M --net --name c && \
+         dsx quota c --ram 200M --vcpus 2 --descendants 1 --depth 1 && dsx console c\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "U=$(wget -q -O - http://10.77.0.1:8000/outside); echo OUT-$(wget -q -O - http://$U/); \
+         mkdir -p /tmp/www && echo served-by-the-child > /tmp/www/index.html && \
+         httpd -p 8000 -h /tmp/www && dsx run --ram 48M --net --name g; echo GRUN-$?\r",
+    ),
+    ("GRUN-", ""),
+    (
+        GUEST_PROMPT,
+        grandchild_run!(
+            "ip -4 addr show eth0 | grep -o \"inet [0-9./]*\"; mkdir -p /tmp/w && echo grandchild-page > /tmp/w/index.html && httpd -p 8000 -h /tmp/w; echo GX-$(wget -q -O - http://10.78.0.1:8000/)-$(wget -q -O - http://$(wget -q -O - http://10.77.0.1:8000/outside)/)",
+            "GX-served-by-the-child-[a-z-]*"
+        ),
+    ),
+    ("GRAND-", ""),
+    (
+        GUEST_PROMPT,
+        "echo GADDR-$(grep -c 'inet 10.78.0.2/24' /tmp/gc | sed 's/^[1-9][0-9]*$/seen/'); \
+         echo CHILD-TO-GRANDCHILD-$(wget -q -O - http://10.78.0.2:8000/)\r",
+    ),
+    ("CHILD-TO-GRANDCHILD-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "echo ROOT-TO-GRANDCHILD-$(wget -q -T 5 -O - http://10.78.0.2:8000/ 2>/dev/null || \
+         echo none); dsx console c\r",
+    ),
+    ("attached to CID 2", "\r"),
+    (
+        GUEST_PROMPT,
+        "dsx kill g; sleep 1; \
+         echo GBACKENDS-$(ps | grep -c '[d]sx backend')-$(ls /sys/class/net | grep -c dsxtap)\r",
+    ),
+    ("GBACKENDS-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "dsx kill c; sleep 1; \
+         echo GONE-$(ps | grep -c '[d]sx backend')-$(ls /sys/class/net | grep -c dsxtap)\r",
     ),
     ("GONE-", ""),
     (ROOT_PROMPT, "poweroff\r"),
@@ -1382,7 +1451,7 @@ fn cases() -> Vec<Case> {
             &[
                 Expect::Text("vCPUs 1 (uses 1), priority up to 128, depth 0, descendants 0"),
                 // (What a 128 MiB child uses depends on the guest image's size.)
-                Expect::Text("CID 2's quota: RAM 176 MiB (uses 13"),
+                Expect::Text("CID 2's quota: RAM 184 MiB (uses 13"),
                 Expect::Text("MiB), vCPUs 2 (uses 1), priority up to 128, depth 1, descendants 1"),
                 Expect::Text("dsx: denied: this VM's quota"),
                 Expect::Text("BIG-1"),
@@ -1462,6 +1531,7 @@ fn cases() -> Vec<Case> {
             rng: true,
             second_boot: Some((devtests::second_session(), devtests::second_expect())),
             same_marker: Some("SUM"),
+            outside: None,
             fetch: (0, None),
         }),
         ..linux_case(
@@ -1481,6 +1551,7 @@ fn cases() -> Vec<Case> {
             rng: false,
             second_boot: None,
             same_marker: None,
+            outside: None,
             fetch: (8081, Some("hello, 42 from a child")),
         }),
         ..linux_case(
@@ -1496,6 +1567,37 @@ fn cases() -> Vec<Case> {
             DSX_FORWARD,
         )
     });
+    // NAT to the Root VM's uplink, and a grandchild's network behind its parent's.
+    v.push(Case {
+        devices: Some(DeviceCase {
+            disk_mib: 16,
+            net: true,
+            rng: false,
+            second_boot: None,
+            same_marker: None,
+            fetch: (0, None),
+            outside: Some((OUTSIDE_PAGE, 2)),
+        }),
+        timeout_s: 360,
+        ..linux_case(
+            "linux-dsx-nat",
+            2,
+            1024,
+            &[
+                Expect::Text("OUT-the-outside-world"),
+                Expect::Text("GRUN-0"),
+                Expect::Text("GADDR-seen"),
+                Expect::Text("GRAND-GX-served-by-the-child-the-outside-world"),
+                Expect::Text("CHILD-TO-GRANDCHILD-grandchild-page"),
+                Expect::Text("ROOT-TO-GRANDCHILD-none"),
+                Expect::Text("GBACKENDS-0-0"),
+                Expect::Text("GONE-0-0"),
+                Expect::FreePagesRestored,
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_NAT,
+        )
+    });
     // DMA and FORK: the Root VM forks while its disk writes into its pages.
     v.push(Case {
         devices: Some(DeviceCase {
@@ -1504,6 +1606,7 @@ fn cases() -> Vec<Case> {
             rng: false,
             second_boot: None,
             same_marker: None,
+            outside: None,
             fetch: (0, None),
         }),
         ..linux_case(
@@ -1523,6 +1626,7 @@ fn cases() -> Vec<Case> {
             rng: false,
             second_boot: None,
             same_marker: None,
+            outside: None,
             fetch: (0, None),
         }),
         timeout_s: 360,

@@ -276,7 +276,11 @@ impl DeviceArg {
     pub fn open(&self, cid: u64) -> Result<Box<dyn VirtioDevice>, String> {
         Ok(match self {
             DeviceArg::Rng => Box::new(crate::rng::Rng::new()),
-            DeviceArg::Net { open } => Box::new(crate::net::Net::open(cid, *open)?),
+            DeviceArg::Net { open } => Box::new(crate::net::Net::open(
+                cid,
+                *open,
+                crate::net::Subnet::of_this_vm()?,
+            )?),
             DeviceArg::Blk { path, read_only } => {
                 Box::new(crate::blk::Blk::open(Path::new(path), *read_only)?)
             }
@@ -759,10 +763,10 @@ pub trait Backends {
     /// In a FORK clone: stops the copies of its parent's backends it inherited and
     /// forgets their files (its children are its own, and start at CID 2 again).
     fn forget_all(&mut self) -> Result<(), String>;
-    /// Whether this VM can give a child a network (`run --net`): `Err(why)` if its
-    /// kernel has no TUN device, or it is itself on its parent's children's network
-    /// (whose addresses its own children's would overlap).
-    fn net_support(&self) -> Result<(), String>;
+    /// Whether this VM can give a child a network (`run --net`), and which
+    /// ([`crate::net::Subnet`]): `Err(why)` if its kernel has no TUN device, or its own
+    /// address is not one from which dsx can choose its children's network.
+    fn net_support(&self) -> Result<crate::net::Subnet, String>;
     /// Whether this VM's TCP `port` can be forwarded (`run --forward`): `Err(why)` if
     /// it cannot be listened on now (in use).
     fn port_free(&self, port: u16) -> Result<(), String>;
@@ -923,7 +927,7 @@ impl Backends for RunDir {
         first_error
     }
 
-    fn net_support(&self) -> Result<(), String> {
+    fn net_support(&self) -> Result<crate::net::Subnet, String> {
         crate::net::support(
             Path::new(crate::net::TUN_PATH),
             &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
@@ -1223,10 +1227,12 @@ fn work(cid: u64, names: &[String], files: &RunDir) -> Result<(), String> {
     }
     if !forwards.is_empty() {
         // Bound here, in the worker: a worker started again binds them again.
+        // The child's address on this VM's children's network (which `run` checked).
+        let net = crate::net::Subnet::of_this_vm()?;
         backend.add_source(Box::new(crate::fwd::Forwarder::new(
             &forwards,
             std::net::Ipv4Addr::UNSPECIFIED,
-            crate::fwd::child_addr(cid),
+            std::net::Ipv4Addr::from(net.address(cid)),
         )));
     }
     let result = run_loop(&mut backend, &mut hvs, &mut |hvs, fds| {

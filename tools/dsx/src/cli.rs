@@ -324,17 +324,20 @@ given, --initrd initramfs.cpio.gz
   --disk-ro FILE the same, read-only (FILE opened read-only)
   --net          give it a virtio-net card (Linux: eth0) on the TAP device
                  dsxtapCID of this VM, a port of the bridge dsxbr0 (created
-                 on first use; this VM is 10.77.0.1/24 on it). The child is
-                 10.77.0.CID/24 with gateway 10.77.0.1 (`dsx.ip=` added to its
+                 on first use; this VM is 10.N.0.1/24 on it, N 77 in the Root
+                 VM and one more at each level below). The child is
+                 10.N.0.CID/24 with gateway 10.N.0.1 (`dsx.ip=` added to its
                  command line), MAC 52:54:00:77:00:CID (hex); CIDs 2-254 only.
-                 Its port is isolated: it reaches this VM and --net-open
-                 children, not other --net children
+                 This VM routes its traffic to its own uplink behind NAT, so
+                 it reaches whatever this VM reaches. Its port is isolated: it
+                 reaches this VM and --net-open children, not other --net
+                 children
   --net-open     the same, its port not isolated: it reaches every child
   --forward PORT:CHILDPORT
                  relay TCP connections to this VM's port PORT (all its
-                 addresses) to the child's 10.77.0.CID:CHILDPORT, so the
-                 child's service is reached from beyond this VM (there is no
-                 NAT); with --net or --net-open only; repeatable (at most 8,
+                 addresses) to the child's 10.N.0.CID:CHILDPORT, so the
+                 child's service is reached from beyond this VM (its NAT lets
+                 the child out, nobody in); with --net or --net-open only; repeatable (at most 8,
                  each PORT once; 1-65535). PORT must be free: checked before
                  the child is created. Relayed by the device backend: at most
                  64 connections per forward, ended with it (`dsx kill`)
@@ -445,7 +448,7 @@ error. DEVICE: `blk:PATH` (a disk, PATH absolute: the rest of the argument,
 spaces included), `blk-ro:PATH` (read-only), `net` (a network card on the TAP
 dsxtapCID, its bridge port isolated), `net-open` (not isolated), `rng`.
 `fwd:PORT:CHILDPORT` (with `net` or `net-open`, at most 8): relay TCP
-connections to this VM's PORT to the child's 10.77.0.CID:CHILDPORT.
+connections to this VM's PORT to the child's 10.N.0.CID:CHILDPORT.
 `dsx run --disk/--net/--rng` starts one in the background for each child it
 gives devices (PID in
 /run/dsx/CID.pid, log in /run/dsx/CID.log) and `dsx kill` stops it; run it by

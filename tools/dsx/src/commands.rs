@@ -539,11 +539,11 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
     // A network card's MAC and the child's address (on its command line) come from
     // its CID, which SPAWN gives: guessed now, mended after SPAWN if the guess was
     // wrong.
-    let guess = if net {
-        cx.backends.net_support().map_err(Failure::new)?;
-        next_cid_guess(cx)?
+    let (guess, subnet) = if net {
+        let subnet = cx.backends.net_support().map_err(Failure::new)?;
+        (next_cid_guess(cx)?, subnet)
     } else {
-        0
+        (0, crate::net::Subnet::FIRST)
     };
     // Each forwarded port free now (the backend binds it once the child exists).
     for f in &o.forwards {
@@ -566,7 +566,7 @@ fn run(cx: &mut Ctx<'_>, o: &RunOpts) -> Result<(), Failure> {
     let names: Vec<&str> = args.iter().map(String::as_str).collect();
     check_name_free(cx, o.name.as_deref())?;
     let cmdline = |cid: u64| match net {
-        true => Some(crate::net::with_cmdline(o.cmdline.as_deref(), cid)),
+        true => Some(crate::net::with_cmdline(o.cmdline.as_deref(), subnet, cid)),
         false => o.cmdline.clone(),
     };
     let packed = read_image(cx, &o.image, o.initrd.as_deref(), cmdline(guess).as_deref())?;
@@ -1219,8 +1219,10 @@ mod tests {
             self.forgot_all = true;
             Ok(())
         }
-        fn net_support(&self) -> Result<(), String> {
-            self.no_net.clone().map_or(Ok(()), Err)
+        fn net_support(&self) -> Result<crate::net::Subnet, String> {
+            self.no_net
+                .clone()
+                .map_or(Ok(crate::net::Subnet::FIRST), Err)
         }
         fn port_free(&self, port: u16) -> Result<(), String> {
             if self.busy_ports.contains(&port) {

@@ -1,12 +1,13 @@
 //! Port forwarding into a child: `dsx run --net --forward PORT:CHILDPORT`.
 //!
-//! This VM has no NAT (its kernel has no netfilter), so a service in a child on the
-//! bridge is reached only from this VM and the open children. A forward relays TCP in
-//! user space instead, as QEMU's `hostfwd` and docker-proxy do: the child's backend
-//! worker listens on TCP `0.0.0.0:PORT` in this VM ([`Forwarder`]), and for each
-//! connection it accepts connects to the child's `10.77.0.<cid>:CHILDPORT` and copies
-//! bytes both ways until both sides have closed; the child sees the connection come
-//! from 10.77.0.1. A side that half-closes (its FIN) is passed on as a
+//! The children's network is behind this VM's NAT (outgoing only: [`crate::nat`]), so
+//! a service in a child on the bridge is reached only from this VM and the open
+//! children. A forward relays TCP in user space to it, as QEMU's `hostfwd` and
+//! docker-proxy do: the child's backend worker listens on TCP `0.0.0.0:PORT` in this
+//! VM ([`Forwarder`]), and for each connection it accepts connects to the child's
+//! `10.N.0.<cid>:CHILDPORT` ([`crate::net::Subnet`]) and copies bytes both ways until
+//! both sides have closed; the child sees the connection come from its gateway,
+//! `10.N.0.1`. A side that half-closes (its FIN) is passed on as a
 //! `shutdown(SHUT_WR)` of the other once what it sent is delivered; an error or a
 //! reset on either side closes both. A target that refuses (nothing listens, the child
 //! has no network yet) closes the client's connection.
@@ -101,13 +102,6 @@ impl Forward {
     pub fn shown(self) -> String {
         format!("{ARG_PREFIX}{}->{}", self.port, self.child_port)
     }
-}
-
-/// Child `cid`'s address on the bridge (`10.77.0.<cid>`; `cid` at most
-/// [`crate::net::CID_MAX`]).
-pub fn child_addr(cid: u64) -> Ipv4Addr {
-    let [a, b, c, _] = crate::net::ROUTER;
-    Ipv4Addr::new(a, b, c, cid as u8)
 }
 
 /// `Ok` if this VM's TCP `port` can be listened on now (as the worker will: all
@@ -790,8 +784,6 @@ mod tests {
                 "`fwd:1:2:3` is not a forward (fwd:PORT:CHILDPORT, each 1 to 65535)".into()
             ))
         );
-        assert_eq!(child_addr(5), Ipv4Addr::new(10, 77, 0, 5));
-        assert_eq!(child_addr(254), Ipv4Addr::new(10, 77, 0, 254));
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod dev;
 mod format;
 mod fwd;
 mod hv;
+mod nat;
 mod net;
 mod rng;
 mod virtq;
