@@ -964,6 +964,67 @@ const DSX_HOSTILE_VIRTIO: &[Step] = &[
     (ROOT_PROMPT, "poweroff\r"),
 ];
 
+/// `linux-dsx-dying`: deaths in the middle of disk requests. A child reading and
+/// writing its disk without pause is killed by the Root VM (a child killed
+/// mid-request): its backend ends and the disk file is free for the next child at
+/// once. A child that serves a disk to a grandchild reading and writing without pause
+/// is killed (a parent that dies with its backend mid-request): the grandchild goes
+/// with it. A new child with the first file gets it at once (its lock went with the
+/// killed backend), no backend is left, every page comes back and the hypervisor logs nothing amiss.
+const DSX_DYING: &[Step] = &[
+    ("login:", "root\r"),
+    (PROMPT, UPTIME_CMD),
+    (
+        ROOT_PROMPT,
+        "dd if=/dev/zero of=/tmp/d1 bs=1M count=32 2>/dev/null && \
+         dsx run --ram 96M --disk /tmp/d1 --name busy && dsx console busy\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "(while :; do dd if=/dev/vda of=/dev/null bs=64k count=256 iflag=direct 2>/dev/null; \
+         dd if=/dev/zero of=/dev/vda bs=64k count=64 oflag=direct 2>/dev/null; done) & \
+         sleep 3; echo IO-$(awk '$3 == \"vda\" {print ($4 > 0 && $8 > 0) ? \"BOTH\" : \"NONE\"}' /proc/diskstats)\r",
+    ),
+    ("IO-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 2", ""),
+    (
+        ROOT_PROMPT,
+        "dsx kill busy; sleep 1; echo KILLED-MID-$(ps | grep -c '[d]sx backend'); \
+         dsx run --ram 96M --name p && \
+         dsx quota p --ram 200M --vcpus 2 --descendants 1 --depth 1 && dsx console p\r",
+    ),
+    ("guest login:", "root\r"),
+    (
+        GUEST_PROMPT,
+        "dd if=/dev/zero of=/tmp/g1 bs=1M count=8 2>/dev/null && \
+         dsx run --ram 48M --disk /tmp/g1 --name g; echo GRUN-$?\r",
+    ),
+    ("GRUN-", ""),
+    (
+        GUEST_PROMPT,
+        grandchild_run!(
+            "(while :; do dd if=/dev/vda of=/dev/null bs=64k count=64 iflag=direct 2>/dev/null; dd if=/dev/zero of=/dev/vda bs=64k count=16 oflag=direct 2>/dev/null; done) & sleep 2; echo GLOOP-$((40+2))",
+            "GLOOP-42"
+        ),
+    ),
+    ("GRAND-", ""),
+    (GUEST_PROMPT, "sleep 1; echo PBACKENDS-$(ps | grep -c '[d]sx backend')\r"),
+    ("PBACKENDS-", ""),
+    (GUEST_PROMPT, DETACH),
+    ("detached from CID 3", ""),
+    (
+        ROOT_PROMPT,
+        "dsx kill p; sleep 1; echo PARENT-GONE-$(dsx list --json); \
+         dsx run --ram 96M --disk /tmp/d1 --name again && sleep 1 && \
+         echo AGAIN-$(ps | grep -c '[d]sx backend') && dsx kill again; sleep 1; \
+         echo LEFT-$(ps | grep -c '[d]sx backend')\r",
+    ),
+    ("LEFT-", ""),
+    (ROOT_PROMPT, "poweroff\r"),
+];
+
 /// `linux-dsx-fork`: the Root VM forks itself; the clone (CID 2), reached with `dsx
 /// console 2`, says it is the child, runs a busy loop on each of its 2 vCPUs, and `dsx
 /// info` there is not the Root VM's. `dsx reboot 2`, then the clone's own `reboot -f`,
@@ -1414,6 +1475,27 @@ fn cases() -> Vec<Case> {
                 Expect::Text("asked for Shutdown: the Root VM has ended"),
             ],
             DSX_RNG,
+        ),
+        linux_case(
+            "linux-dsx-dying",
+            2,
+            1024,
+            &[
+                Expect::Text("IO-BOTH"),
+                Expect::Text("CID 2 terminated"),
+                Expect::Text("KILLED-MID-0"),
+                Expect::Text("GRUN-0"),
+                Expect::Text("GRAND-GLOOP-42"),
+                Expect::Text("PBACKENDS-2"),
+                Expect::Text("CID 3 terminated"),
+                Expect::Text("PARENT-GONE-[]"),
+                Expect::Text("AGAIN-2"),
+                Expect::Text("LEFT-0"),
+                Expect::FreePagesRestored,
+                Expect::HvLogClean { allowed: &[] },
+                Expect::Text("asked for Shutdown: the Root VM has ended"),
+            ],
+            DSX_DYING,
         ),
         linux_case(
             "linux-dsx-hostile-virtio",
