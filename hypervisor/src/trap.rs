@@ -6,6 +6,7 @@ use crate::vcpu::Wait;
 use diosix_core::addr::{Gpa, Gva};
 use diosix_core::exits::ExitCause;
 use diosix_core::gstage::Perms;
+use diosix_core::sbi::Extension;
 use diosix_riscv::csr::{self, mstatus_bits};
 use diosix_riscv::trap::{reg, TrapFrame};
 
@@ -30,7 +31,7 @@ const INSN_WFI: usize = 0x1050_0073;
 /// Entered from `diosix_trap_entry` with only the caller-saved registers (and `sp`)
 /// of the interrupted context in `frame`: completes the traps that return to the same
 /// vCPU without reading any other register — the SBI calls
-/// [`ExitCause::of_fast_ecall`] names — and returns non-zero; anything else returns 0
+/// [`ExitCause::of_fast_call`] names — and returns non-zero; anything else returns 0
 /// untouched, and the entry saves the remaining registers and calls
 /// [`diosix_trap_handler`].
 #[no_mangle]
@@ -41,9 +42,15 @@ extern "C" fn diosix_fast_trap(frame: *mut TrapFrame) -> usize {
     if !matches!(csr::mcause::read(), ECALL_FROM_S | ECALL_FROM_VS) {
         return 0;
     }
-    // SAFETY: `frame` is the one the entry just saved a7 into (the running vCPU's).
-    let a7 = unsafe { (*frame).regs[reg::A7] } as usize;
-    let Some(cause) = ExitCause::of_fast_ecall(a7) else {
+    // SAFETY: `frame` is the one the entry just saved the caller-saved registers into
+    // (the running vCPU's); read before anything else touches that vCPU.
+    let args = unsafe { crate::sbi::ecall_args(&(*frame).regs) };
+    // One decision on the extension: whether the fast path completes it, its exit
+    // cause, and (passed on) which extension the dispatch calls.
+    let Some(ext) = Extension::of(args[7]) else {
+        return 0;
+    };
+    let Some(cause) = ExitCause::of_fast_call(ext) else {
         return 0;
     };
     // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
@@ -52,7 +59,7 @@ extern "C" fn diosix_fast_trap(frame: *mut TrapFrame) -> usize {
         return 0;
     };
     v.shared.count_exit(cause);
-    crate::sbi::handle_ecall(hart);
+    crate::sbi::handle_fast_ecall(hart, ext, args);
     1
 }
 

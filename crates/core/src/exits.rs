@@ -2,6 +2,7 @@
 //! by cause (and, for SBI calls, by extension), so the exits a workload costs can be
 //! counted per vCPU and the expensive ones found.
 
+use crate::sbi::Extension;
 use diosix_abi::eid;
 
 /// The cause of one exit from guest mode.
@@ -91,37 +92,53 @@ impl ExitCause {
     /// extension `eid` (the guest's a7).
     #[inline]
     pub const fn of_ecall(eid: usize) -> Self {
-        if let Some(c) = Self::of_fast_ecall(eid) {
-            return c;
+        match Extension::of(eid) {
+            Some(ext) => Self::of_extension(ext),
+            None => Self::SbiOther,
         }
-        match eid {
-            eid::HSM => Self::SbiHsm,
-            eid::DIOSIX => Self::SbiDiosix,
+    }
+
+    /// Classifies an SBI call of extension `ext`.
+    #[inline]
+    pub const fn of_extension(ext: Extension) -> Self {
+        match ext {
+            Extension::Time | Extension::Legacy(eid::LEGACY_SET_TIMER) => Self::SbiTimer,
+            Extension::Ipi | Extension::Legacy(eid::LEGACY_SEND_IPI | eid::LEGACY_CLEAR_IPI) => {
+                Self::SbiIpi
+            }
+            Extension::Rfence
+            | Extension::Legacy(
+                eid::LEGACY_REMOTE_FENCE_I
+                | eid::LEGACY_REMOTE_SFENCE_VMA
+                | eid::LEGACY_REMOTE_SFENCE_VMA_ASID,
+            ) => Self::SbiRfence,
+            Extension::Dbcn
+            | Extension::Legacy(eid::LEGACY_CONSOLE_PUTCHAR | eid::LEGACY_CONSOLE_GETCHAR) => {
+                Self::SbiConsole
+            }
+            Extension::Hsm => Self::SbiHsm,
+            Extension::Diosix => Self::SbiDiosix,
             _ => Self::SbiOther,
         }
     }
 
-    /// [`of_ecall`](Self::of_ecall) (which it decides for them) for the calls that
-    /// always answer their caller without leaving its hart or reading a register beyond
-    /// a0-a7 (BASE, TIME, IPI, RFENCE, DBCN, PMU and the legacy calls but shutdown),
-    /// which the trap's fast path completes; `None` for the rest (HSM stop and suspend, SRST, SUSP and the
-    /// Diosix extension may switch vCPU; the others are rare). One decision on `eid`
-    /// gives both answers: the fast path's whole budget is about 50 instructions.
+    /// [`of_extension`](Self::of_extension) for the calls that always answer their
+    /// caller without leaving its hart or reading a register beyond a0-a7 (BASE, TIME,
+    /// IPI, RFENCE, DBCN, PMU and the legacy calls but shutdown), which the trap's fast
+    /// path completes; `None` for the rest (HSM stop and suspend, SRST, SUSP and the
+    /// Diosix extension may switch vCPU; the others are rare).
     #[inline]
-    pub const fn of_fast_ecall(eid: usize) -> Option<Self> {
-        Some(match eid {
-            eid::TIME | eid::LEGACY_SET_TIMER => Self::SbiTimer,
-            eid::IPI | eid::LEGACY_SEND_IPI | eid::LEGACY_CLEAR_IPI => Self::SbiIpi,
-            eid::RFENCE
-            | eid::LEGACY_REMOTE_FENCE_I
-            | eid::LEGACY_REMOTE_SFENCE_VMA
-            | eid::LEGACY_REMOTE_SFENCE_VMA_ASID => Self::SbiRfence,
-            eid::DBCN | eid::LEGACY_CONSOLE_PUTCHAR | eid::LEGACY_CONSOLE_GETCHAR => {
-                Self::SbiConsole
-            }
-            eid::BASE | eid::PMU => Self::SbiOther,
-            _ => return None,
-        })
+    pub const fn of_fast_call(ext: Extension) -> Option<Self> {
+        match ext {
+            Extension::Base
+            | Extension::Time
+            | Extension::Ipi
+            | Extension::Rfence
+            | Extension::Dbcn
+            | Extension::Pmu => Some(Self::of_extension(ext)),
+            Extension::Legacy(e) if e != eid::LEGACY_SHUTDOWN => Some(Self::of_extension(ext)),
+            _ => None,
+        }
     }
 
     /// A short name for logs.
@@ -181,7 +198,7 @@ mod tests {
         for (e, cause, fast) in cases {
             assert_eq!(ExitCause::of_ecall(e), cause, "eid {e:#x}");
             assert_eq!(
-                ExitCause::of_fast_ecall(e),
+                Extension::of(e).and_then(ExitCause::of_fast_call),
                 fast.then_some(cause),
                 "eid {e:#x}"
             );

@@ -27,10 +27,10 @@ use diosix_riscv::trap::reg;
 /// Most console bytes moved per DBCN call; the spec lets us return a short count.
 const CONSOLE_CHUNK: u64 = 4096;
 
-/// Handles an `ecall` from VS-mode on this hart.
-pub fn handle_ecall(hart: &mut HartLocal) {
-    let r = &*hart.guest_regs();
-    let regs = [
+/// The SBI arguments of an ecall, a0..a7, from the caller's saved registers.
+#[inline(always)]
+pub fn ecall_args(r: &[u64; 32]) -> [usize; 8] {
+    [
         r[reg::A0] as usize,
         r[reg::A0 + 1] as usize,
         r[reg::A0 + 2] as usize,
@@ -39,13 +39,38 @@ pub fn handle_ecall(hart: &mut HartLocal) {
         r[reg::A0 + 5] as usize,
         r[reg::A6] as usize,
         r[reg::A7] as usize,
-    ];
+    ]
+}
+
+/// Handles an `ecall` from the guest's supervisor level on this hart.
+pub fn handle_ecall(hart: &mut HartLocal) {
+    let regs = ecall_args(hart.guest_regs());
     let mut call = Call {
         hart,
         block: None,
         again: false,
     };
     let reply = sbi::dispatch(&mut call, regs);
+    finish(call, reply);
+}
+
+/// [`handle_ecall`] for a call of extension `ext` (already decoded from `regs`' a7)
+/// that the trap's fast path completes ([`diosix_core::exits::ExitCause::of_fast_call`]).
+#[inline]
+pub fn handle_fast_ecall(hart: &mut HartLocal, ext: sbi::Extension, regs: [usize; 8]) {
+    let mut call = Call {
+        hart,
+        block: None,
+        again: false,
+    };
+    let reply = sbi::dispatch_to(&mut call, ext, regs);
+    finish(call, reply);
+}
+
+/// Answers the call (its reply in a0/a1, the caller's PC past its ecall) or leaves it
+/// to be issued again, and switches away if it blocks its caller.
+#[inline(always)]
+fn finish(call: Call<'_>, reply: Reply) {
     let Call { hart, block, again } = call;
     if again {
         // Not carried out: the vCPU leaves with its PC still on the ecall, which it
@@ -53,13 +78,13 @@ pub fn handle_ecall(hart: &mut HartLocal) {
         sched::switch_away(hart, Wait::None);
         return;
     }
+    let r = hart.guest_regs();
     match reply {
         Reply::Sbi(SbiRet { error, value }) => {
-            let r = hart.guest_regs();
             r[reg::A0] = error as u64;
             r[reg::A1] = value as u64;
         }
-        Reply::Legacy(v) => hart.guest_regs()[reg::A0] = v as u64,
+        Reply::Legacy(v) => r[reg::A0] = v as u64,
     }
     // SAFETY: resumes the guest after its 4-byte ecall (an address: wraps like the PC).
     unsafe { csr::mepc::write(csr::mepc::read().wrapping_add(4)) };

@@ -13,47 +13,97 @@ use super::{
 use crate::addr::{Gpa, Gva};
 use diosix_abi::{error, fid, SbiError};
 
+/// An SBI extension this implementation provides: the caller's EID (a7) decided once,
+/// for the dispatch, `probe_extension` and the trap's exit accounting alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extension {
+    /// BASE.
+    Base,
+    /// TIME.
+    Time,
+    /// IPI.
+    Ipi,
+    /// RFENCE.
+    Rfence,
+    /// HSM.
+    Hsm,
+    /// SRST.
+    Srst,
+    /// DBCN.
+    Dbcn,
+    /// FWFT.
+    Fwft,
+    /// SUSP.
+    Susp,
+    /// STA.
+    Sta,
+    /// DBTR.
+    Dbtr,
+    /// PMU.
+    Pmu,
+    /// The Diosix extension.
+    Diosix,
+    /// A legacy (v0.1) call: its EID, from `LEGACY_SET_TIMER` to `LEGACY_SHUTDOWN`.
+    Legacy(usize),
+}
+
+impl Extension {
+    /// The extension `eid` names, `None` if this implementation has none by that EID.
+    #[inline]
+    pub const fn of(eid: usize) -> Option<Self> {
+        Some(match eid {
+            eid::BASE => Self::Base,
+            eid::TIME => Self::Time,
+            eid::IPI => Self::Ipi,
+            eid::RFENCE => Self::Rfence,
+            eid::HSM => Self::Hsm,
+            eid::SRST => Self::Srst,
+            eid::DBCN => Self::Dbcn,
+            eid::FWFT => Self::Fwft,
+            eid::SUSP => Self::Susp,
+            eid::STA => Self::Sta,
+            eid::DBTR => Self::Dbtr,
+            eid::PMU => Self::Pmu,
+            eid::DIOSIX => Self::Diosix,
+            eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => Self::Legacy(eid),
+            _ => return None,
+        })
+    }
+}
+
 /// Extensions this implementation provides (for `probe_extension`).
 pub fn extension_present(id: usize) -> bool {
-    matches!(
-        id,
-        eid::LEGACY_SET_TIMER
-            ..=eid::LEGACY_SHUTDOWN
-                | eid::BASE
-                | eid::TIME
-                | eid::IPI
-                | eid::RFENCE
-                | eid::HSM
-                | eid::SRST
-                | eid::DBCN
-                | eid::FWFT
-                | eid::SUSP
-                | eid::STA
-                | eid::DBTR
-                | eid::PMU
-                | eid::DIOSIX
-    )
+    Extension::of(id).is_some()
 }
 
 /// Decodes and performs one SBI call. `regs` are a0..a7 of the caller.
 pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
-    let [a0, a1, a2, a3, a4, a5, fid, ext] = regs;
+    match Extension::of(regs[7]) {
+        Some(ext) => dispatch_to(env, ext, regs),
+        None => Reply::Sbi(SbiRet::error(SbiError::NotSupported)),
+    }
+}
+
+/// [`dispatch`] of a call whose extension `ext` the caller has decoded from
+/// `regs[7]` already ([`Extension::of`]).
+#[inline]
+pub fn dispatch_to(env: &mut dyn SbiEnv, ext: Extension, regs: [usize; 8]) -> Reply {
+    let [a0, a1, a2, a3, a4, a5, fid, _] = regs;
     let ret = match ext {
-        eid::BASE => base(env, fid, a0),
-        eid::TIME => time(env, fid, a0),
-        eid::IPI => ipi(env, fid, a0, a1),
-        eid::RFENCE => rfence(env, fid, a0, a1),
-        eid::HSM => hsm(env, fid, a0, a1, a2),
-        eid::SRST => srst(env, fid, a0, a1),
-        eid::DBCN => dbcn(env, fid, a0, a1, a2),
-        eid::FWFT => fwft(env, fid, a0, a1, a2),
-        eid::SUSP => susp(env, fid, a0, a1, a2),
-        eid::STA => sta(env, fid, a0, a1, a2),
-        eid::DBTR => super::dbtr::dispatch(env, fid, [a0, a1, a2]),
-        eid::PMU => super::pmu::dispatch(env, fid, [a0, a1, a2, a3, a4]),
-        eid::DIOSIX => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
-        eid::LEGACY_SET_TIMER..=eid::LEGACY_SHUTDOWN => return legacy(env, ext, a0),
-        _ => SbiRet::error(SbiError::NotSupported),
+        Extension::Base => base(env, fid, a0),
+        Extension::Time => time(env, fid, a0),
+        Extension::Ipi => ipi(env, fid, a0, a1),
+        Extension::Rfence => rfence(env, fid, a0, a1),
+        Extension::Hsm => hsm(env, fid, a0, a1, a2),
+        Extension::Srst => srst(env, fid, a0, a1),
+        Extension::Dbcn => dbcn(env, fid, a0, a1, a2),
+        Extension::Fwft => fwft(env, fid, a0, a1, a2),
+        Extension::Susp => susp(env, fid, a0, a1, a2),
+        Extension::Sta => sta(env, fid, a0, a1, a2),
+        Extension::Dbtr => super::dbtr::dispatch(env, fid, [a0, a1, a2]),
+        Extension::Pmu => super::pmu::dispatch(env, fid, [a0, a1, a2, a3, a4]),
+        Extension::Diosix => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
+        Extension::Legacy(eid) => return legacy(env, eid, a0),
     };
     Reply::Sbi(ret)
 }

@@ -26,7 +26,7 @@ mod dispatch;
 mod env;
 pub mod pmu;
 
-pub use dispatch::{dispatch, extension_present};
+pub use dispatch::{dispatch, dispatch_to, extension_present, Extension};
 pub use env::{
     Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
     SbiEnv, StealTime, SystemSuspend, Timer,
