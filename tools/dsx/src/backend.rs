@@ -359,6 +359,8 @@ struct Pass {
     raise: bool,
     /// The device left available requests for a later pass.
     left: bool,
+    /// The device took at least one request.
+    took: bool,
 }
 
 /// What one service of a device found.
@@ -381,6 +383,8 @@ pub struct Backend {
     sources: Vec<Box<dyn PollSource>>,
     log: Box<dyn Write>,
     logged: u32,
+    /// A device took a request, or was reset, since [`Backend::take_progress`].
+    progress: bool,
 }
 
 impl Backend {
@@ -410,6 +414,7 @@ impl Backend {
             sources: Vec::new(),
             log,
             logged: 0,
+            progress: false,
         }
     }
 
@@ -516,6 +521,11 @@ impl Backend {
         Ok(r)
     }
 
+    /// Whether a device took a request, or was reset, since the last call.
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progress)
+    }
+
     /// One pass over device `index`, through `hv`: DEVICE_STATE, then (if the device
     /// is live and not broken) every ready queue's new requests, then DEVICE_RAISE.
     /// `Err` for an answer that means this backend can do nothing (DEVICE_STATE not
@@ -557,6 +567,7 @@ impl Backend {
             }
             slot.resets = Some(state.resets);
             slot.broken = false;
+            self.progress = true;
             slot.dev.reset();
             for t in &mut slot.queues {
                 *t = Track {
@@ -590,6 +601,7 @@ impl Backend {
                             raise |= RAISE_USED_BUFFER;
                         }
                         slot.waiting |= pass.left;
+                        self.progress |= pass.took;
                     }
                     Err(QueueError::Gone) => return Ok(Service::Gone),
                     Err(e) => {
@@ -684,7 +696,10 @@ fn serve_queue(
     let taken = lens.len() as u16;
     let left = taken < waiting;
     if taken == 0 {
-        return Ok(Pass { raise: false, left });
+        return Ok(Pass {
+            left,
+            ..Pass::default()
+        });
     }
     let elems: Vec<(u16, u32)> = heads.into_iter().zip(lens).collect();
     queue.put_used(mem, t.used_idx, &elems)?;
@@ -697,6 +712,7 @@ fn serve_queue(
     Ok(Pass {
         raise: flags & AVAIL_F_NO_INTERRUPT == 0,
         left,
+        took: true,
     })
 }
 
@@ -722,15 +738,68 @@ pub fn run_loop<H: Hypervisor>(
             hvs.len()
         ));
     }
+    let mut backoff = Backoff::default();
+    let mut woke = (Duration::MAX, false);
     loop {
         for (i, hv) in hvs.iter_mut().enumerate() {
             if backend.service(i, hv)? == Service::Gone {
                 return Ok(());
             }
         }
+        let progress = backend.take_progress() || woke.1;
+        if let Some(pause) = backoff.after_pass(progress, woke.0) {
+            std::thread::sleep(pause);
+        }
         let fds = backend.poll_fds();
+        let started = std::time::Instant::now();
         let ready = wait(hvs, &fds);
+        woke = (started.elapsed(), !ready.is_empty());
         backend.serve_sources(&ready);
+    }
+}
+
+/// How [`run_loop`] answers a driver that rings its doorbell without giving the device
+/// work (a doorbell storm: each ring wakes the loop at once, for a pass that finds
+/// nothing): after [`Backoff::STORM_PASSES`] such passes in a row it pauses before
+/// each wait, twice as long each time from [`Backoff::FIRST`] up to [`Backoff::MOST`],
+/// so a storm costs this VM a pass per pause instead of a CPU. A pass that serves
+/// something (or a wait ended by a descriptor, or one that slept) ends it: a driver
+/// that gives work after a storm waits at most one pause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backoff {
+    /// Passes in a row that served nothing after a wait that ended at once.
+    idle: u32,
+    /// The pause before the next wait (zero: none).
+    pause: Duration,
+}
+
+impl Backoff {
+    /// Idle passes after quick wake-ups before the first pause.
+    pub const STORM_PASSES: u32 = 16;
+    /// A wait shorter than this ended "at once".
+    pub const QUICK: Duration = Duration::from_millis(1);
+    /// The first pause.
+    pub const FIRST: Duration = Duration::from_micros(100);
+    /// The longest pause.
+    pub const MOST: Duration = Duration::from_millis(10);
+
+    /// After a pass: whether it made `progress`, and how long the wait before it
+    /// took; the pause to make before the next wait, if any.
+    pub fn after_pass(&mut self, progress: bool, waited: Duration) -> Option<Duration> {
+        if progress || waited >= Self::QUICK {
+            *self = Backoff::default();
+            return None;
+        }
+        self.idle = self.idle.saturating_add(1);
+        if self.idle < Self::STORM_PASSES {
+            return None;
+        }
+        self.pause = if self.pause.is_zero() {
+            Self::FIRST
+        } else {
+            (self.pause * 2).min(Self::MOST)
+        };
+        Some(self.pause)
     }
 }
 
@@ -1664,6 +1733,34 @@ pub(crate) mod tests {
 
     pub(crate) fn served(b: &mut Backend, c: &mut FakeChild) {
         assert_eq!(b.service(0, c), Ok(Service::Done));
+    }
+
+    #[test]
+    fn a_doorbell_storm_is_answered_with_growing_pauses() {
+        let quick = Duration::from_micros(10);
+        let mut b = Backoff::default();
+        // Quick idle wake-ups: nothing for the first STORM_PASSES - 1.
+        for _ in 1..Backoff::STORM_PASSES {
+            assert_eq!(b.after_pass(false, quick), None);
+        }
+        let mut pauses = Vec::new();
+        for _ in 0..10 {
+            pauses.push(b.after_pass(false, quick).unwrap());
+        }
+        assert_eq!(pauses[0], Backoff::FIRST);
+        assert_eq!(pauses[1], Backoff::FIRST * 2);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*pauses.last().unwrap(), Backoff::MOST);
+        // Work ends it at once, and the count starts again.
+        assert_eq!(b.after_pass(true, quick), None);
+        assert_eq!(b, Backoff::default());
+        for _ in 1..Backoff::STORM_PASSES {
+            assert_eq!(b.after_pass(false, quick), None);
+        }
+        assert_eq!(b.after_pass(false, quick), Some(Backoff::FIRST));
+        // So does a wait that took its time (an idle device, or a pause).
+        assert_eq!(b.after_pass(false, Backoff::QUICK), None);
+        assert_eq!(b, Backoff::default());
     }
 
     #[test]
