@@ -15,17 +15,21 @@
 //!     chain forward {
 //!         type filter hook forward priority 0;
 //!         iifname "BRIDGE" oifname "BRIDGE" drop
+//!         oifname "BRIDGE" ct state & (established | related) == 0 drop
 //!     }
 //! }
 //! ```
 //!
-//! The first gives the children the outside world through whatever uplink this VM
+//! The masquerade gives the children the outside world through whatever uplink this VM
 //! routes to (its own address on it, so a parent never sees its grandchildren's
-//! addresses). The second keeps isolated children apart at the IP layer as the bridge
-//! keeps them apart at the Ethernet layer: with forwarding on, a child could otherwise
-//! send a sibling's packets to this VM as its gateway and have them routed back onto
-//! the bridge. Children on open ports reach each other on the bridge itself, which this
-//! rule does not see (no bridge netfilter).
+//! addresses). The first forward rule keeps isolated children apart at the IP layer as
+//! the bridge keeps them apart at the Ethernet layer: with forwarding on, a child could
+//! otherwise send a sibling's packets to this VM as its gateway and have them routed
+//! back onto the bridge. Children on open ports reach each other on the bridge itself,
+//! which this rule does not see (no bridge netfilter). The second lets into the bridge
+//! only what answers the children's own connections: forwarding is on for every
+//! interface, and a host beyond this VM that routes the children's network through it
+//! must not reach them.
 //!
 //! [`install`] sends one netlink batch that adds the table, deletes it and adds it again
 //! with both chains: the kernel applies a batch whole or not at all, so the rules are
@@ -74,6 +78,27 @@ mod nl {
     pub const NFTA_DATA_VALUE: u16 = 1;
     pub const NFTA_DATA_VERDICT: u16 = 2;
     pub const NFTA_VERDICT_CODE: u16 = 1;
+    pub const NFTA_META_DREG: u16 = 1;
+    pub const NFTA_META_KEY: u16 = 2;
+    pub const NFTA_CMP_SREG: u16 = 1;
+    pub const NFTA_CMP_OP: u16 = 2;
+    pub const NFTA_CMP_DATA: u16 = 3;
+    pub const NFTA_PAYLOAD_DREG: u16 = 1;
+    pub const NFTA_PAYLOAD_BASE: u16 = 2;
+    pub const NFTA_PAYLOAD_OFFSET: u16 = 3;
+    pub const NFTA_PAYLOAD_LEN: u16 = 4;
+    pub const NFTA_BITWISE_SREG: u16 = 1;
+    pub const NFTA_BITWISE_DREG: u16 = 2;
+    pub const NFTA_BITWISE_LEN: u16 = 3;
+    pub const NFTA_BITWISE_MASK: u16 = 4;
+    pub const NFTA_BITWISE_XOR: u16 = 5;
+    pub const NFTA_IMMEDIATE_DREG: u16 = 1;
+    pub const NFTA_IMMEDIATE_DATA: u16 = 2;
+    pub const NFTA_CT_DREG: u16 = 1;
+    pub const NFTA_CT_KEY: u16 = 2;
+    pub const NFT_CT_STATE: u32 = 0;
+    /// `ct state` bits (`NF_CT_STATE_BIT`): established and related.
+    pub const CT_ESTABLISHED_OR_RELATED: u32 = (1 << 1) | (1 << 2);
     pub const NF_INET_FORWARD: u32 = 2;
     pub const NF_INET_POST_ROUTING: u32 = 4;
     pub const NF_DROP: u32 = 0;
@@ -221,8 +246,8 @@ impl Batch {
     /// `meta KEY` (an interface name) into register 1, compared with `name` by `op`.
     fn ifname(&mut self, key: u32, op: u32, name: &str) {
         self.expr("meta", |b| {
-            b.be32(1, nl::NFT_REG_1); // NFTA_META_DREG
-            b.be32(2, key); // NFTA_META_KEY
+            b.be32(nl::NFTA_META_DREG, nl::NFT_REG_1);
+            b.be32(nl::NFTA_META_KEY, key);
         });
         let mut padded = [0u8; nl::IFNAMSIZ];
         padded[..name.len()].copy_from_slice(name.as_bytes());
@@ -232,9 +257,32 @@ impl Batch {
     /// `cmp` of register 1 with `v` by `op`.
     fn cmp(&mut self, op: u32, v: &[u8]) {
         self.expr("cmp", |b| {
-            b.be32(1, nl::NFT_REG_1); // NFTA_CMP_SREG
-            b.be32(2, op); // NFTA_CMP_OP
-            b.value(3, v); // NFTA_CMP_DATA
+            b.be32(nl::NFTA_CMP_SREG, nl::NFT_REG_1);
+            b.be32(nl::NFTA_CMP_OP, op);
+            b.value(nl::NFTA_CMP_DATA, v);
+        });
+    }
+
+    /// Register 1 masked with `mask` (as many bytes as `mask` has).
+    fn and(&mut self, mask: &[u8]) {
+        self.expr("bitwise", |b| {
+            b.be32(nl::NFTA_BITWISE_SREG, nl::NFT_REG_1);
+            b.be32(nl::NFTA_BITWISE_DREG, nl::NFT_REG_1);
+            b.be32(nl::NFTA_BITWISE_LEN, mask.len() as u32);
+            b.value(nl::NFTA_BITWISE_MASK, mask);
+            b.value(nl::NFTA_BITWISE_XOR, &vec![0; mask.len()]);
+        });
+    }
+
+    /// The verdict `drop`.
+    fn drop_packet(&mut self) {
+        self.expr("immediate", |b| {
+            b.be32(nl::NFTA_IMMEDIATE_DREG, nl::NFT_REG_VERDICT);
+            b.nest(nl::NFTA_IMMEDIATE_DATA);
+            b.nest(nl::NFTA_DATA_VERDICT);
+            b.be32(nl::NFTA_VERDICT_CODE, nl::NF_DROP);
+            b.unnest();
+            b.unnest();
         });
     }
 }
@@ -261,18 +309,13 @@ fn rules(network: [u8; 4], prefix_len: u32, bridge: &str) -> Vec<u8> {
     b.rule("postrouting", |b| {
         // ip saddr & mask == network
         b.expr("payload", |b| {
-            b.be32(1, nl::NFT_REG_1); // NFTA_PAYLOAD_DREG
-            b.be32(2, nl::NFT_PAYLOAD_NETWORK_HEADER); // NFTA_PAYLOAD_BASE
-            b.be32(3, 12); // NFTA_PAYLOAD_OFFSET: the IPv4 source address
-            b.be32(4, 4); // NFTA_PAYLOAD_LEN
+            b.be32(nl::NFTA_PAYLOAD_DREG, nl::NFT_REG_1);
+            b.be32(nl::NFTA_PAYLOAD_BASE, nl::NFT_PAYLOAD_NETWORK_HEADER);
+            // The IPv4 source address.
+            b.be32(nl::NFTA_PAYLOAD_OFFSET, 12);
+            b.be32(nl::NFTA_PAYLOAD_LEN, 4);
         });
-        b.expr("bitwise", |b| {
-            b.be32(1, nl::NFT_REG_1); // NFTA_BITWISE_SREG
-            b.be32(2, nl::NFT_REG_1); // NFTA_BITWISE_DREG
-            b.be32(3, 4); // NFTA_BITWISE_LEN
-            b.value(4, &mask); // NFTA_BITWISE_MASK
-            b.value(5, &[0; 4]); // NFTA_BITWISE_XOR
-        });
+        b.and(&mask);
         b.cmp(nl::NFT_CMP_EQ, &net);
         b.ifname(nl::NFT_META_OIFNAME, nl::NFT_CMP_NEQ, bridge);
         b.expr("masq", |_| {});
@@ -281,14 +324,18 @@ fn rules(network: [u8; 4], prefix_len: u32, bridge: &str) -> Vec<u8> {
     b.rule("forward", |b| {
         b.ifname(nl::NFT_META_IIFNAME, nl::NFT_CMP_EQ, bridge);
         b.ifname(nl::NFT_META_OIFNAME, nl::NFT_CMP_EQ, bridge);
-        b.expr("immediate", |b| {
-            b.be32(1, nl::NFT_REG_VERDICT); // NFTA_IMMEDIATE_DREG
-            b.nest(2); // NFTA_IMMEDIATE_DATA
-            b.nest(nl::NFTA_DATA_VERDICT);
-            b.be32(nl::NFTA_VERDICT_CODE, nl::NF_DROP);
-            b.unnest();
-            b.unnest();
+        b.drop_packet();
+    });
+    b.rule("forward", |b| {
+        b.ifname(nl::NFT_META_OIFNAME, nl::NFT_CMP_EQ, bridge);
+        b.expr("ct", |b| {
+            b.be32(nl::NFTA_CT_DREG, nl::NFT_REG_1);
+            b.be32(nl::NFTA_CT_KEY, nl::NFT_CT_STATE);
         });
+        // `ct state` is a host-order u32 in the register.
+        b.and(&nl::CT_ESTABLISHED_OR_RELATED.to_ne_bytes());
+        b.cmp(nl::NFT_CMP_EQ, &[0; 4]);
+        b.drop_packet();
     });
     b.begin(nl::NFNL_MSG_BATCH_END, nl::NLM_F_REQUEST, 0, res_id);
     b.end();
@@ -440,6 +487,8 @@ pub fn install(network: [u8; 4], prefix_len: u32, bridge: &str) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddrV4;
+    use std::time::Duration;
 
     /// The messages of a batch: (type, flags, attribute bytes after `nfgenmsg`).
     fn messages(batch: &[u8]) -> Vec<(u16, u16, Vec<u8>)> {
@@ -514,12 +563,13 @@ mod tests {
                 nft(nl::NFT_MSG_NEWRULE),
                 nft(nl::NFT_MSG_NEWCHAIN),
                 nft(nl::NFT_MSG_NEWRULE),
+                nft(nl::NFT_MSG_NEWRULE),
                 nl::NFNL_MSG_BATCH_END,
             ]
         );
         // Every nf_tables message asks for an acknowledgement, the batch markers do
         // not; sequence numbers are distinct.
-        assert_eq!(acked(&batch), (2..=8).collect::<Vec<u32>>());
+        assert_eq!(acked(&batch), (2..=9).collect::<Vec<u32>>());
         // The batch markers name the nf_tables subsystem.
         assert_eq!(batch[18..20], 10u16.to_be_bytes());
         for (_, _, a) in &m[1..4] {
@@ -559,7 +609,7 @@ mod tests {
     }
 
     #[test]
-    fn the_forward_rule_drops_what_the_bridge_would_hairpin() {
+    fn the_forward_rules_drop_hairpins_and_what_no_child_asked_for() {
         let m = messages(&rules([10, 77, 0, 1], 24, "dsxbr0"));
         let e = exprs(&m[7].2);
         let names: Vec<&str> = e.iter().map(|(n, _)| n.as_str()).collect();
@@ -572,6 +622,21 @@ mod tests {
             find(&verdict, nl::NFTA_VERDICT_CODE),
             nl::NF_DROP.to_be_bytes()
         );
+        // Into the bridge: dropped unless established or related.
+        let e = exprs(&m[8].2);
+        let names: Vec<&str> = e.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["meta", "cmp", "ct", "bitwise", "cmp", "immediate"]);
+        assert_eq!(find(&e[0].1, 2), nl::NFT_META_OIFNAME.to_be_bytes());
+        assert_eq!(
+            find(&e[2].1, nl::NFTA_CT_KEY),
+            nl::NFT_CT_STATE.to_be_bytes()
+        );
+        assert_eq!(
+            find(&attrs(&find(&e[3].1, nl::NFTA_BITWISE_MASK)), 1),
+            6u32.to_ne_bytes()
+        );
+        assert_eq!(find(&attrs(&find(&e[4].1, nl::NFTA_CMP_DATA)), 1), [0; 4]);
+        assert_eq!(find(&e[4].1, nl::NFTA_CMP_OP), nl::NFT_CMP_EQ.to_be_bytes());
     }
 
     #[test]
@@ -617,5 +682,117 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    /// Runs `ip ARGS`, which must succeed.
+    fn ip(args: &str) {
+        let ok = std::process::Command::new("ip")
+            .args(args.split_whitespace())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip {args}");
+    }
+
+    /// Runs `f` on a thread in the named network namespace `ns` (`ip netns`).
+    fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{ns}");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap();
+                // SAFETY: setns(2) on a namespace file this thread holds open; it
+                // moves only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}");
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// Whether a TCP connection from namespace `from` to `to` (where a listener waits,
+    /// in namespace `at`) is made, and the address the listener saw it come from.
+    fn connect(from: &str, at: &str, to: SocketAddrV4) -> Option<std::net::IpAddr> {
+        let l = in_ns(at, || std::net::TcpListener::bind(to).unwrap());
+        l.set_nonblocking(true).unwrap();
+        let made = in_ns(from, || {
+            std::net::TcpStream::connect_timeout(&to.into(), Duration::from_millis(700)).is_ok()
+        });
+        let seen = (0..20).find_map(|_| match l.accept() {
+            Ok((_, peer)) => Some(peer.ip()),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
+        });
+        made.then_some(seen).flatten()
+    }
+
+    /// The rules at work, in three network namespaces of their own: a router (this VM:
+    /// the bridge with a child's port, an uplink), a child on the bridge and a host
+    /// beyond the uplink that routes the children's network through the router. With
+    /// forwarding on and no rules, the host reaches the child; with the rules, the
+    /// child reaches the host, seen with the router's address, and the host no longer
+    /// reaches the child. Needs root and `ip`:
+    /// `DSX_NET_TEST=1 cargo test -p dsx -- --ignored routing_in_namespaces`.
+    #[test]
+    #[ignore = "needs root and ip(8) (see the comment)"]
+    fn routing_in_namespaces() {
+        if std::env::var_os("DSX_NET_TEST").is_none() {
+            eprintln!("DSX_NET_TEST not set: skipped");
+            return;
+        }
+        struct Gone;
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                for ns in ["dsxtR", "dsxtC", "dsxtO"] {
+                    let _ = std::process::Command::new("ip")
+                        .args(["netns", "del", ns])
+                        .stderr(std::process::Stdio::null())
+                        .status();
+                }
+            }
+        }
+        drop(Gone);
+        let _gone = Gone;
+        for ns in ["dsxtR", "dsxtC", "dsxtO"] {
+            ip(&format!("netns add {ns}"));
+            ip(&format!("-n {ns} link set lo up"));
+        }
+        ip("-n dsxtR link add dsxbr0 type bridge");
+        ip("-n dsxtR addr add 10.77.0.1/24 dev dsxbr0");
+        ip("-n dsxtR link set dsxbr0 up");
+        ip("link add rc netns dsxtR type veth peer name cc netns dsxtC");
+        ip("-n dsxtR link set rc master dsxbr0");
+        ip("-n dsxtR link set rc up");
+        ip("-n dsxtC addr add 10.77.0.5/24 dev cc");
+        ip("-n dsxtC link set cc up");
+        ip("-n dsxtC route add default via 10.77.0.1");
+        ip("link add ro netns dsxtR type veth peer name oo netns dsxtO");
+        ip("-n dsxtR addr add 192.168.77.1/24 dev ro");
+        ip("-n dsxtR link set ro up");
+        ip("-n dsxtO addr add 192.168.77.2/24 dev oo");
+        ip("-n dsxtO link set oo up");
+        ip("-n dsxtO route add 10.77.0.0/24 via 192.168.77.1");
+        let host = SocketAddrV4::new([192, 168, 77, 2].into(), 7701);
+        let child = SocketAddrV4::new([10, 77, 0, 5].into(), 7702);
+        // Forwarding alone: the host beyond reaches the child.
+        in_ns("dsxtR", || std::fs::write(IP_FORWARD, "1\n").unwrap());
+        assert_eq!(
+            connect("dsxtO", "dsxtC", child),
+            Some([192, 168, 77, 2].into())
+        );
+        let said = in_ns("dsxtR", || install([10, 77, 0, 0], 24, "dsxbr0")).unwrap();
+        assert!(
+            said.starts_with("routing 10.77.0.0/24 from dsxbr0"),
+            "{said}"
+        );
+        // The child reaches the host, as the router.
+        assert_eq!(
+            connect("dsxtC", "dsxtO", host),
+            Some([192, 168, 77, 1].into())
+        );
+        // Nothing from beyond reaches the child.
+        assert_eq!(connect("dsxtO", "dsxtC", child), None);
     }
 }
