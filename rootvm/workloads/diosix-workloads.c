@@ -633,6 +633,23 @@ static int run_tcp(const char *address, const char *port, long mib)
 	return 0;
 }
 
+/*
+ * `usleep SECONDS`: usleep(1000) over and over for SECONDS by the monotonic clock,
+ * nothing else (the exit-rate benchmark counts what a timer-driven sleeper costs).
+ */
+static int run_usleep(long seconds)
+{
+	uint64_t end = now_ns() + (uint64_t)seconds * 1000000000u;
+	long n = 0;
+
+	while (now_ns() < end) {
+		usleep(1000);
+		n++;
+	}
+	printf("diosix-workloads done (usleep %ld s, %ld sleeps)\n", seconds, n);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	cpu_set_t set;
@@ -644,8 +661,10 @@ int main(int argc, char **argv)
 		return run_perf(atol(argv[2]));
 	if (argc == 5 && strcmp(argv[1], "tcp") == 0 && atol(argv[4]) > 0)
 		return run_tcp(argv[2], argv[3], atol(argv[4]));
+	if (argc == 3 && strcmp(argv[1], "usleep") == 0 && atol(argv[2]) > 0)
+		return run_usleep(atol(argv[2]));
 	if (argc > 1 && !devices) {
-		fprintf(stderr, "usage: diosix-workloads [devices | perf N | tcp ADDRESS PORT MIB]\n");
+		fprintf(stderr, "usage: diosix-workloads [devices | perf N | tcp ADDRESS PORT MIB | usleep SECONDS]\n");
 		return 2;
 	}
 

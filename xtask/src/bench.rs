@@ -133,7 +133,8 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
         [only] if only == "sbi" => true,
         [only] if only == "devices" => return linux_device_bench(),
         [only] if only == "net" => return linux_net_bench(),
-        _ => return Err("usage: cargo xtask bench [sbi|devices|net]".into()),
+        [only] if only == "exits" => return exit_rate_bench(),
+        _ => return Err("usage: cargo xtask bench [sbi|devices|net|exits]".into()),
     };
     // Like `run` and `test`: installs the targets, QEMU and cross tools if missing.
     crate::setup::ensure_all()?;
@@ -200,6 +201,7 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
     }
     linux_boot_bench()?;
     linux_workload_bench()?;
+    exit_rate_bench()?;
     linux_device_bench()?;
     linux_net_bench()
 }
@@ -528,6 +530,97 @@ fn parse_device_counts(output: &str) -> Vec<DeviceCounts> {
             interrupts: n[2],
         })
         .collect()
+}
+
+/// Exits per second of the Root VM's Linux (2 harts, every vCPU), idle and running a
+/// usleep(1000) loop, on harts with Sstc (guests get `vstimecmp`: a timer tick needs no
+/// exit) and without (`-cpu rv64,sstc=false`: each tick is an SBI `set_timer` and a
+/// machine timer interrupt). Each state is run for 1 s and for 6 s after boot
+/// (`diosix.bench=idle:S` / `usleep:S`), and the rate is the difference of the
+/// hypervisor's exit counts at the end over 5 s: under icount the boot before it is the
+/// same instructions in both runs.
+fn exit_rate_bench() -> Result<()> {
+    const SHORT: u64 = 1;
+    const LONG: u64 = 6;
+    let a = crate::rootvm::build_linux_root_vm()?;
+    // Exit counts summed over the vCPUs: total, irq.timer, sbi.time, and
+    // virtual_instruction (an idle vCPU's WFI).
+    let counts = |cpu: Option<&str>, state: &str, secs: u64| -> Result<[u64; 4]> {
+        let cmdline = format!("{} diosix.bench={state}:{secs}", a.cmdline);
+        let name = format!("bench-linux-exits-{state}-{secs}s");
+        let [mut q, _] = linux_runs(&a, &name, WORKLOAD_HARTS, Some(&cmdline))?;
+        if let Some(cpu) = cpu {
+            q.extra.extend(["-cpu".to_string(), cpu.to_string()]);
+            q.name = format!("{name}-{}", cpu.replace([',', '='], "-"));
+        }
+        let out = qemu::run(&q)?;
+        let exits = parse_root_exits(&out.output);
+        if !out.output.contains("diosix-workloads done") || exits.is_empty() {
+            return Err(format!(
+                "{}: no done line or no exit counts (log {})",
+                q.name,
+                out.log.display()
+            ));
+        }
+        let sum = |cause: &str| -> u64 {
+            exits
+                .iter()
+                .flat_map(|(_, c)| c.iter())
+                .filter(|(n, _)| n == cause)
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        Ok([
+            sum("total"),
+            sum("irq.timer"),
+            sum("sbi.time"),
+            sum("virtual_instruction"),
+        ])
+    };
+    let mut rows = Vec::new();
+    for (state, label) in [("idle", "idle"), ("usleep", "usleep(1000) loop")] {
+        let mut cells = Vec::new();
+        for cpu in [None, Some("rv64,sstc=false")] {
+            let (short, long) = (counts(cpu, state, SHORT)?, counts(cpu, state, LONG)?);
+            for (s, l) in short.iter().zip(long) {
+                cells.push(l.saturating_sub(*s) as f64 / (LONG - SHORT) as f64);
+            }
+        }
+        rows.push((label, cells));
+    }
+    println!();
+    println!(
+        "Exits per second of the Root VM's Linux, {WORKLOAD_HARTS} harts, every vCPU \
+         (exit counts after {LONG} s minus after {SHORT} s of the state, over {} s)",
+        LONG - SHORT
+    );
+    println!(
+        "{:<18} | {:>12} | {:>9} | {:>8} | {:>7} | {:>14} | {:>9} | {:>8} | {:>7}",
+        "state",
+        "Sstc: total",
+        "irq.timer",
+        "sbi.time",
+        "WFI",
+        "no Sstc: total",
+        "irq.timer",
+        "sbi.time",
+        "WFI"
+    );
+    println!(
+        "{:-<19}+{:-<14}+{:-<11}+{:-<10}+{:-<9}+{:-<16}+{:-<11}+{:-<10}+{:-<8}",
+        "", "", "", "", "", "", "", "", ""
+    );
+    for (label, c) in rows {
+        println!(
+            "{label:<18} | {:>12.1} | {:>9.1} | {:>8.1} | {:>7.1} | {:>14.1} | {:>9.1} | {:>8.1} | {:>7.1}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+        );
+    }
+    println!(
+        "(WFI: virtual-instruction exits, an idle vCPU giving its hart back; irq.timer: \
+         the hypervisor's own timer, which wakes a vCPU waiting in WFI at its deadline)"
+    );
+    Ok(())
 }
 
 /// The Root VM's exit counts by cause from the hypervisor's log at its shutdown
