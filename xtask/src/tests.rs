@@ -978,7 +978,8 @@ const DSX_DYING: &[Step] = &[
     (
         ROOT_PROMPT,
         "dd if=/dev/zero of=/tmp/d1 bs=1M count=32 2>/dev/null && \
-         dsx run --ram 96M --disk /tmp/d1 --name busy && dsx console busy\r",
+         dsx run --ram 96M --disk /tmp/d1 --name busy && \
+         { dsx run --ram 64M --disk /tmp/d1 --name twin; echo TWIN-$?; } && dsx console busy\r",
     ),
     ("guest login:", "root\r"),
     (
@@ -1484,6 +1485,10 @@ fn cases() -> Vec<Case> {
             2,
             1024,
             &[
+                // `run` returns once the backend serves, so the file is locked by
+                // then: the same file at once for another child is refused.
+                Expect::Text("in use by another dsx backend"),
+                Expect::Text("TWIN-1"),
                 Expect::Text("IO-BOTH"),
                 Expect::Text("CID 2 terminated"),
                 Expect::Text("HELD-DELETED-1"),

@@ -803,6 +803,38 @@ impl Backoff {
     }
 }
 
+/// How long [`Backends::start`] waits for a new backend to say it serves (it answers
+/// success after that, the backend being alive but slow).
+const READY_WAIT: Duration = Duration::from_secs(10);
+
+/// What a new backend's first log lines say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Startup {
+    /// Its worker opened every device and serves them.
+    Serving,
+    /// Its first worker failed: the worker's own message.
+    Failed(String),
+    /// Neither yet.
+    Pending,
+}
+
+/// Reads `log`, what a backend wrote since it was started: its worker's `PID P
+/// serving ...` line, or the supervisor's line about a worker that died before it.
+pub fn startup(log: &str) -> Startup {
+    let mut said = None;
+    for line in log.lines() {
+        let msg = line.split_once("): ").map_or(line, |(_, m)| m);
+        if msg.starts_with("PID ") && msg.contains(" serving ") {
+            return Startup::Serving;
+        }
+        if msg.starts_with("worker PID ") {
+            return Startup::Failed(said.unwrap_or_else(|| msg.to_string()));
+        }
+        said.get_or_insert_with(|| msg.to_string());
+    }
+    Startup::Pending
+}
+
 /// Where the backends keep their files (tmpfs: they go with the VM).
 pub const RUN_DIR: &str = "/run/dsx";
 
@@ -950,10 +982,24 @@ impl Backends for RunDir {
     fn start(&mut self, cid: u64, devices: &[&str]) -> Result<u32, String> {
         self.write_devices(cid, devices)
             .map_err(|e| format!("cannot write {}: {e}", self.path(cid, "devices").display()))?;
-        let pid = launch(cid, devices, &self.log_path(cid))?;
+        let log = self.log_path(cid);
+        let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
+        let pid = launch(cid, devices, &log)?;
         self.write_pid(cid, pid)
             .map_err(|e| format!("cannot write {}: {e}", self.path(cid, "pid").display()))?;
-        Ok(pid)
+        // Serving, or why not: a file another backend took between `run`'s check and
+        // this one's open, a TAP that cannot be made.
+        let deadline = std::time::Instant::now() + READY_WAIT;
+        loop {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let new = String::from_utf8_lossy(text.get(logged as usize..).unwrap_or_default());
+            match startup(&new) {
+                Startup::Serving => return Ok(pid),
+                Startup::Failed(why) => return Err(why),
+                Startup::Pending if std::time::Instant::now() >= deadline => return Ok(pid),
+                Startup::Pending => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     }
 
     fn stop(&mut self, cid: u64) -> Result<Option<u32>, String> {
@@ -1733,6 +1779,31 @@ pub(crate) mod tests {
 
     pub(crate) fn served(b: &mut Backend, c: &mut FakeChild) {
         assert_eq!(b.service(0, c), Ok(Service::Done));
+    }
+
+    #[test]
+    fn a_new_backend_is_serving_or_says_why_not() {
+        assert_eq!(startup(""), Startup::Pending);
+        assert_eq!(
+            startup("dsx backend (CID 3): PID 77 serving device 0: rng (virtio ID 4)\n"),
+            Startup::Serving
+        );
+        // The worker's own message, not the supervisor's.
+        let log = "dsx backend (CID 3): disk /tmp/a: in use by another dsx backend\n\
+                   dsx backend (CID 3): worker PID 78 exited with status 1: starting another\n";
+        assert_eq!(
+            startup(log),
+            Startup::Failed("disk /tmp/a: in use by another dsx backend".into())
+        );
+        // A worker killed before it said anything.
+        assert_eq!(
+            startup(
+                "dsx backend (CID 3): worker PID 79 was killed by signal 9: starting another\n"
+            ),
+            Startup::Failed("worker PID 79 was killed by signal 9: starting another".into())
+        );
+        // Half a line: not yet.
+        assert_eq!(startup("dsx backend (CID 3): PID 7"), Startup::Pending);
     }
 
     #[test]
