@@ -7,8 +7,10 @@
 //! trait over the real device and [`console`] the interactive console. [`backend`]
 //! serves children's virtio devices (`dsx backend`, which `dsx run --disk/--net/--rng`
 //! starts), walking their queues with [`virtq`]; [`blk`] is the block device, [`net`]
-//! the network card and [`rng`] the entropy device; [`fwd`] relays a child's port
-//! forwards (`dsx run --net --forward`) in the same backend.
+//! the network card (on a TAP on this VM's bridge, one network per level of the tree:
+//! [`net::Subnet`]) and [`rng`] the entropy device; [`nat`] makes this VM its
+//! children's router (forwarding and nftables rules over netlink); [`fwd`] relays a
+//! child's port forwards (`dsx run --net --forward`) in the same backend.
 
 mod backend;
 mod blk;
