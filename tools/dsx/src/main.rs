@@ -3,7 +3,7 @@
 //!
 //! Layers, so that all but the ioctls and the terminal run under `cargo test` on the
 //! build host: [`cli`] parses, [`commands`] carries out a command through the
-//! [`hv::Hypervisor`] trait and [`format`] words the output and errors; [`dev`] is the
+//! [`hv::Hypervisor`] trait and [`format`](mod@format) words the output and errors; [`dev`] is the
 //! trait over the real device and [`console`] the interactive console. [`backend`]
 //! serves children's virtio devices (`dsx backend`, which `dsx run --disk/--net/--rng`
 //! starts), walking their queues with [`virtq`]; [`blk`] is the block device, [`net`]
