@@ -738,8 +738,7 @@ mod tests {
     #[test]
     #[ignore = "needs root and ip(8) (see the comment)"]
     fn routing_in_namespaces() {
-        if std::env::var_os("DSX_NET_TEST").is_none() {
-            eprintln!("DSX_NET_TEST not set: skipped");
+        if !crate::net::tests::net_test_wanted() {
             return;
         }
         struct Gone;

@@ -871,7 +871,7 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::backend::tests::{served, FakeChild, Log, BUFS, CID, LIVE};
     use crate::backend::{Backend, PollFd};
@@ -1415,17 +1415,25 @@ mod tests {
         assert_eq!(children[0].state.status, LIVE);
     }
 
+    /// Whether the root-only network tests were asked for (`DSX_NET_TEST` set); says
+    /// they were skipped if not.
+    pub(crate) fn net_test_wanted() -> bool {
+        let wanted = std::env::var_os("DSX_NET_TEST").is_some();
+        if !wanted {
+            eprintln!("DSX_NET_TEST not set: skipped");
+        }
+        wanted
+    }
     /// The real thing, in a network namespace of its own: `unshare -nm sh -c 'mount
     /// -t sysfs sysfs /sys && DSX_NET_TEST=1 TEST_BINARY --ignored real_tap'` as root.
     /// Creates the bridge and three children's TAPs (5 and 7 isolated, 6 open), checks
-    /// that routing is on, addresses, ports and isolation settings, has the kernel answer an ARP request
-    /// from child 5 through its card, and checks who sees whose broadcasts: 6 sees
-    /// 5's, 7 does not; 7 sees 6's.
+    /// that routing is on, addresses, ports and isolation settings, has the kernel
+    /// answer an ARP request from child 5 through its card, and checks who sees whose
+    /// broadcasts: 6 sees 5's, 7 does not; 7 sees 6's.
     #[test]
     #[ignore = "needs root in a network namespace of its own (see the comment)"]
     fn real_tap_on_a_bridge() {
-        if std::env::var_os("DSX_NET_TEST").is_none() {
-            eprintln!("DSX_NET_TEST not set: skipped");
+        if !net_test_wanted() {
             return;
         }
         let read = |p: String| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"));
