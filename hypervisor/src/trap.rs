@@ -29,38 +29,35 @@ const EXC_STORE_GUEST_PAGE_FAULT: usize = 23;
 const INSN_WFI: usize = 0x1050_0073;
 
 /// Entered from `diosix_trap_entry` with only the caller-saved registers (and `sp`)
-/// of the interrupted context in `frame`: completes the traps that return to the same
-/// vCPU without reading any other register — the SBI calls
-/// [`ExitCause::of_fast_call`] names — and returns non-zero; anything else returns 0
-/// untouched, and the entry saves the remaining registers and calls
-/// [`diosix_trap_handler`].
+/// of the interrupted context saved in its frame, and its a0-a7 as the arguments:
+/// completes the traps that return to the same vCPU without reading any other
+/// register — the SBI calls [`ExitCause::of_fast_call`] names — and returns non-zero;
+/// anything else returns 0 untouched, and the entry saves the remaining registers and
+/// calls [`diosix_trap_handler`].
 #[no_mangle]
-extern "C" fn diosix_fast_trap(frame: *mut TrapFrame) -> usize {
+#[allow(clippy::too_many_arguments)] // the ecall's eight argument registers, as they came
+extern "C" fn diosix_fast_trap(
+    a0: usize,
+    a1: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+    a6: usize,
+    a7: usize,
+) -> usize {
     // An ecall from the guest's supervisor level: VS-mode (10) under H, S-mode (9)
     // behind PMP. Neither mode can raise the other's, since the hypervisor itself
     // never runs below M-mode, so no lookup of the mode is needed on this path.
     if !matches!(csr::mcause::read(), ECALL_FROM_S | ECALL_FROM_VS) {
         return 0;
     }
-    // SAFETY: `frame` is the one the entry just saved the caller-saved registers into
-    // (the running vCPU's); read before anything else touches that vCPU.
-    let args = unsafe { crate::sbi::ecall_args(&(*frame).regs) };
-    // One decision on the extension: whether the fast path completes it, its exit
-    // cause, and (passed on) which extension the dispatch calls.
-    let Some(ext) = Extension::of(args[7]) else {
+    // One decision on the extension: whether the fast path completes it, and (by its
+    // handler) its exit cause and its dispatch.
+    let Some(ext) = Extension::of(a7) else {
         return 0;
     };
-    let Some(cause) = ExitCause::of_fast_call(ext) else {
-        return 0;
-    };
-    // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
-    let hart = unsafe { hart::this_hart() };
-    let Some(v) = hart.current.as_ref() else {
-        return 0;
-    };
-    v.shared.count_exit(cause);
-    crate::sbi::handle_fast_ecall(hart, ext, args);
-    1
+    crate::sbi::fast_ecall(ext, [a0, a1, a2, a3, a4, a5, a6, a7])
 }
 
 /// Entered from `diosix_trap_entry` with the interrupted context saved in `frame`

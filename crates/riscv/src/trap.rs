@@ -6,7 +6,9 @@
 //! runs; either names the hart ([`TrapFrame::hart`]) and its stack. The entry
 //! code swaps it with `sp`, saves the registers a Rust call may clobber (ra, t*, a*)
 //! and the interrupted `sp` into the frame, switches to the hart's hypervisor stack and
-//! calls `diosix_fast_trap(frame)` (provided by the binary). If that returns non-zero
+//! calls `diosix_fast_trap(a0, .., a7)` (provided by the binary) with the interrupted
+//! a0-a7 still in place, so an SBI call's arguments reach it without a load (it finds
+//! the frame in `mscratch`). If that returns non-zero
 //! it has completed the trap without switching context (an SBI call that only answers,
 //! say): the same registers are restored and `mret` resumes. Otherwise the remaining
 //! registers (gp, tp, s0-s11, still the interrupted context's because Rust preserved
@@ -130,14 +132,13 @@ core::arch::global_asm!(
     // sp <- frame, mscratch <- interrupted sp
     "csrrw sp, mscratch, sp",
     for_each_caller_saved_gpr!(save_gpr),
-    "csrr t0, mscratch",
+    // t0 <- interrupted sp, and mscratch holds the frame again for the next trap
+    "csrrw t0, mscratch, sp",
     "sd t0, 2*8(sp)",
-    // mscratch holds the frame again for the next trap
-    "csrw mscratch, sp",
-    "mv a0, sp",
     "ld sp, 32*8(sp)",
-    // The fast path: a trap it completes returns to the same context, whose gp, tp
-    // and s-registers no Rust code has changed (the calling convention preserves them).
+    // The fast path, with a0-a7 still the interrupted context's (an ecall's
+    // arguments): a trap it completes returns to the same context, whose gp, tp and
+    // s-registers no Rust code has changed (the calling convention preserves them).
     "call diosix_fast_trap",
     "bnez a0, 1f",
     // The slow path may switch context or read every register: save the rest first.

@@ -54,10 +54,74 @@ pub fn handle_ecall(hart: &mut HartLocal) {
     finish(call, reply);
 }
 
-/// [`handle_ecall`] for a call of extension `ext` (already decoded from `regs`' a7)
-/// that the trap's fast path completes ([`diosix_core::exits::ExitCause::of_fast_call`]).
-#[inline]
-pub fn handle_fast_ecall(hart: &mut HartLocal, ext: sbi::Extension, regs: [usize; 8]) {
+/// Completes an ecall of extension `ext` (already decoded from `regs`' a7) on the
+/// trap's fast path if `ext` is one it takes
+/// ([`diosix_core::exits::ExitCause::of_fast_call`]): returns non-zero when done, 0
+/// (nothing touched) for the slow path.
+///
+/// Each extension has its own out-of-line handler, so a call pays the registers and
+/// stack frame of its own extension's code only, not those of the largest one.
+#[inline(always)]
+pub fn fast_ecall(ext: sbi::Extension, regs: [usize; 8]) -> usize {
+    use sbi::Extension as E;
+    /// One handler per extension: [`fast_ecall_of`] with `ext` a constant there.
+    macro_rules! handlers {
+        ($($name:ident => $ext:expr;)*) => {
+            $(
+                // Eight scalars rather than an array: they stay in the argument
+                // registers, so the call below is a jump.
+                #[inline(never)]
+                #[allow(clippy::too_many_arguments)]
+                fn $name(
+                    a0: usize,
+                    a1: usize,
+                    a2: usize,
+                    a3: usize,
+                    a4: usize,
+                    a5: usize,
+                    a6: usize,
+                    a7: usize,
+                ) -> usize {
+                    fast_ecall_of($ext(a7), [a0, a1, a2, a3, a4, a5, a6, a7])
+                }
+            )*
+        };
+    }
+    handlers! {
+        base => |_| E::Base;
+        time => |_| E::Time;
+        ipi => |_| E::Ipi;
+        rfence => |_| E::Rfence;
+        dbcn => |_| E::Dbcn;
+        pmu => |_| E::Pmu;
+        legacy => E::Legacy;
+    }
+    let handler = match ext {
+        E::Base => base,
+        E::Time => time,
+        E::Ipi => ipi,
+        E::Rfence => rfence,
+        E::Dbcn => dbcn,
+        E::Pmu => pmu,
+        E::Legacy(_) => legacy,
+        _ => return 0,
+    };
+    let [a0, a1, a2, a3, a4, a5, a6, a7] = regs;
+    handler(a0, a1, a2, a3, a4, a5, a6, a7)
+}
+
+/// [`fast_ecall`] for one extension: counts the exit, dispatches, answers.
+#[inline(always)]
+fn fast_ecall_of(ext: sbi::Extension, regs: [usize; 8]) -> usize {
+    let Some(cause) = diosix_core::exits::ExitCause::of_fast_call(ext) else {
+        return 0;
+    };
+    // SAFETY: taken once per trap; the slow handler is not entered if this one acts.
+    let hart = unsafe { crate::hart::this_hart() };
+    let Some(v) = hart.current.as_ref() else {
+        return 0;
+    };
+    v.shared.count_exit(cause);
     let mut call = Call {
         hart,
         block: None,
@@ -65,6 +129,7 @@ pub fn handle_fast_ecall(hart: &mut HartLocal, ext: sbi::Extension, regs: [usize
     };
     let reply = sbi::dispatch_to(&mut call, ext, regs);
     finish(call, reply);
+    1
 }
 
 /// Answers the call (its reply in a0/a1, the caller's PC past its ecall) or leaves it

@@ -3,8 +3,8 @@
 //! trait in [`super::env`].
 
 use super::env::{
-    Base, Caller, Console, DiosixExtension, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence,
-    SbiEnv, StealTime, SystemSuspend, Timer,
+    Base, Caller, Console, FirmwareFeatures, Hsm, Ipi, LegacyMask, Reset, Rfence, SbiEnv,
+    StealTime, SystemSuspend, Timer,
 };
 use super::{
     decode_hart_mask, eid, FenceKind, FwftFeature, HartSet, Reply, ResetType, SbiRet, Suspend,
@@ -87,7 +87,7 @@ pub fn dispatch(env: &mut dyn SbiEnv, regs: [usize; 8]) -> Reply {
 /// [`dispatch`] of a call whose extension `ext` the caller has decoded from
 /// `regs[7]` already ([`Extension::of`]).
 #[inline]
-pub fn dispatch_to(env: &mut dyn SbiEnv, ext: Extension, regs: [usize; 8]) -> Reply {
+pub fn dispatch_to<E: SbiEnv + ?Sized>(env: &mut E, ext: Extension, regs: [usize; 8]) -> Reply {
     let [a0, a1, a2, a3, a4, a5, fid, _] = regs;
     let ret = match ext {
         Extension::Base => base(env, fid, a0),
@@ -102,7 +102,7 @@ pub fn dispatch_to(env: &mut dyn SbiEnv, ext: Extension, regs: [usize; 8]) -> Re
         Extension::Sta => sta(env, fid, a0, a1, a2),
         Extension::Dbtr => super::dbtr::dispatch(env, fid, [a0, a1, a2]),
         Extension::Pmu => super::pmu::dispatch(env, fid, [a0, a1, a2, a3, a4]),
-        Extension::Diosix => DiosixExtension::diosix_call(env, fid, [a0, a1, a2, a3, a4, a5]),
+        Extension::Diosix => env.diosix_call(fid, [a0, a1, a2, a3, a4, a5]),
         Extension::Legacy(eid) => return legacy(env, eid, a0),
     };
     Reply::Sbi(ret)
@@ -381,7 +381,7 @@ fn legacy_targets<E: Caller + LegacyMask + ?Sized>(
     decode_hart_mask(mask, 0, vcpus)
 }
 
-fn legacy(env: &mut dyn SbiEnv, ext: usize, a0: usize) -> Reply {
+fn legacy<E: SbiEnv + ?Sized>(env: &mut E, ext: usize, a0: usize) -> Reply {
     let done = |r: Result<(), SbiError>| r.map_or_else(SbiError::code, |()| error::SUCCESS);
     let code = match ext {
         eid::LEGACY_SET_TIMER => {
