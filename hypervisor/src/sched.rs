@@ -85,7 +85,7 @@ impl Schedulable for Box<Vcpu> {
     fn placement(&self) -> Placement {
         match self.ctx.wait {
             Wait::None => Placement::Runnable,
-            Wait::Wfi | Wait::Suspend(_) => Placement::Waiting,
+            Wait::Wfi | Wait::Suspend(_) | Wait::IpcRecv(_) => Placement::Waiting,
             Wait::Stopped => Placement::Stopped,
         }
     }
@@ -99,8 +99,16 @@ impl Schedulable for Box<Vcpu> {
     }
 
     /// A waiter's wake-up: WFI continues after the WFI; a retentive suspend returns
-    /// SUCCESS after its ecall; a non-retentive one restarts at its resume address.
+    /// SUCCESS after its ecall; a non-retentive one restarts at its resume address; an
+    /// IPC receive answers what its sender delivered (or, woken by an interrupt, the
+    /// a1 = 0 it was left with).
     fn wake(&mut self) {
+        if let Wait::IpcRecv(_) = self.ctx.wait {
+            if let Some(ret) = self.shared.take_ipc_answer() {
+                self.ctx.frame.regs[diosix_riscv::trap::reg::A0] = ret.error as u64;
+                self.ctx.frame.regs[diosix_riscv::trap::reg::A1] = ret.value as u64;
+            }
+        }
         if self.ctx.sta.shmem.is_some() {
             self.ctx.sta.ready(platform::now());
         }

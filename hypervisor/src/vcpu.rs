@@ -21,6 +21,10 @@ pub enum Wait {
     Suspend(Suspend),
     /// HSM stopped: runs again only on hart_start.
     Stopped,
+    /// Asleep in IPC_RECV with `IPC_RECV_WAIT`, wait ticket as given: runs again when
+    /// a sender has delivered a message (see `VcpuShared::claim_ipc_wait`), or, as
+    /// after a WFI, when an enabled interrupt is pending.
+    IpcRecv(u64),
 }
 
 /// A vCPU's guest-visible state: registers, supervisor CSRs, FP state, timer and wait
@@ -191,6 +195,7 @@ impl Vcpu {
             || (overflow && self.ctx.csrs.sie & diosix_riscv::pmu::LCOFIP != 0);
         match self.ctx.wait {
             Wait::Suspend(_) => enabled || raised != 0 || timer != 0,
+            Wait::IpcRecv(ticket) => self.shared.ipc_wait_over(ticket, enabled),
             _ => enabled,
         }
     }

@@ -5,7 +5,7 @@ use alloc::string::String;
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use diosix_core::exits::ExitCause;
-use diosix_core::sbi::HartState;
+use diosix_core::sbi::{HartState, SbiRet};
 
 /// Marks "not running on any hart" in [`VcpuShared::running_on`].
 pub const NOT_RUNNING: usize = usize::MAX;
@@ -39,6 +39,35 @@ pub struct VcpuShared {
     /// and received (timers set are the TIME exits). Codes for what Diosix never does
     /// for a guest (misaligned or access-fault emulation, HFENCEs) stay zero.
     fw_events: [AtomicU64; FW_EVENTS],
+    /// The vCPU's sleep in IPC_RECV with `IPC_RECV_WAIT`: its ticket while a sender
+    /// may still claim it, [`IPC_CLAIMED`] once one has, [`IPC_ENDED`] once an
+    /// interrupt ended it, [`IPC_IDLE`] when it is over (or was never armed, as in a
+    /// FORK's copy of a sleeping vCPU). A claim and an interrupt race for it with one
+    /// compare-and-swap each, so exactly one of them ends the wait.
+    ipc_wait: AtomicU64,
+    /// A claimed wait's answer ([`encode_ipc_answer`]), 0 until the claimer has
+    /// delivered.
+    ipc_answer: AtomicU64,
+}
+
+/// [`VcpuShared::ipc_wait`]: no wait.
+const IPC_IDLE: u64 = 0;
+/// [`VcpuShared::ipc_wait`]: a sender claimed the wait and is delivering.
+const IPC_CLAIMED: u64 = u64::MAX;
+/// [`VcpuShared::ipc_wait`]: an interrupt ended the wait (nothing received).
+const IPC_ENDED: u64 = u64::MAX - 1;
+
+/// An IPC_RECV answer as one word, never 0: bit 63, the value's low bit at bit 32,
+/// the (small, negative) error in bits 31..0.
+fn encode_ipc_answer(ret: SbiRet) -> u64 {
+    (1 << 63) | ((ret.value as u64 & 1) << 32) | u64::from(ret.error as i32 as u32)
+}
+
+fn decode_ipc_answer(word: u64) -> SbiRet {
+    SbiRet {
+        error: word as u32 as i32 as isize,
+        value: ((word >> 32) & 1) as usize,
+    }
 }
 
 /// The SBI's standard firmware event codes (0..=21).
@@ -58,6 +87,68 @@ impl VcpuShared {
             ipi_wakes: AtomicU64::new(0),
             ipi_wake_ticks: AtomicU64::new(0),
             fw_events: [const { AtomicU64::new(0) }; FW_EVENTS],
+            ipc_wait: AtomicU64::new(IPC_IDLE),
+            ipc_answer: AtomicU64::new(0),
+        }
+    }
+
+    /// The vCPU is about to sleep in IPC_RECV wait `ticket` (never 0): from now on a
+    /// sender may claim it.
+    pub fn arm_ipc_wait(&self, ticket: u64) {
+        self.ipc_answer.store(0, Ordering::Relaxed);
+        self.ipc_wait.store(ticket, Ordering::SeqCst);
+    }
+
+    /// A sender takes wait `ticket` for a delivery: true if the vCPU still sleeps in
+    /// it and nobody (no other sender, no interrupt) took it first.
+    pub fn claim_ipc_wait(&self, ticket: u64) -> bool {
+        ticket != IPC_IDLE
+            && ticket < IPC_ENDED
+            && self
+                .ipc_wait
+                .compare_exchange(ticket, IPC_CLAIMED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// The claimer's delivery is done: the vCPU answers `ret` when it wakes.
+    pub fn answer_ipc_wait(&self, ret: SbiRet) {
+        self.ipc_answer
+            .store(encode_ipc_answer(ret), Ordering::Release);
+    }
+
+    /// Whether the vCPU sleeping in wait `ticket` may wake now, `interrupted` saying
+    /// an interrupt enabled in its `sie` is pending. An interrupt ends the wait only
+    /// if no sender has claimed it; a claimed wait ends once its answer is in.
+    pub fn ipc_wait_over(&self, ticket: u64, interrupted: bool) -> bool {
+        match self.ipc_wait.load(Ordering::Acquire) {
+            IPC_CLAIMED => self.ipc_answer.load(Ordering::Acquire) != 0,
+            t if t == ticket => {
+                interrupted
+                    && match self.ipc_wait.compare_exchange(
+                        ticket,
+                        IPC_ENDED,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    ) {
+                        Ok(_) => true,
+                        // A sender claimed it meanwhile.
+                        Err(_) => self.ipc_answer.load(Ordering::Acquire) != 0,
+                    }
+            }
+            // Ended by an interrupt already, or never armed for this vCPU (a copy of
+            // a sleeping one): it wakes with nothing received.
+            _ => true,
+        }
+    }
+
+    /// Ends the vCPU's wait as it wakes: the delivered answer, or `None` if nothing
+    /// was delivered (the call's answer stays a1 = 0).
+    pub fn take_ipc_answer(&self) -> Option<SbiRet> {
+        match self.ipc_wait.swap(IPC_IDLE, Ordering::SeqCst) {
+            IPC_CLAIMED => Some(decode_ipc_answer(
+                self.ipc_answer.swap(0, Ordering::Acquire),
+            )),
+            _ => None,
         }
     }
 

@@ -477,6 +477,13 @@ static long diosix_ipc_recv(void __user *uarg)
 		return -EFAULT;
 	if (s.args.max_len > DIOSIX_IPC_MAX_MESSAGE)
 		return -E2BIG;
+	/*
+	 * A Linux CPU does not sleep inside the hypervisor (it would stall until
+	 * its next interrupt with a task in the middle of a system call): a
+	 * process waits for messages with poll() on the event interrupt.
+	 */
+	if (s.args.flags & DIOSIX_IPC_RECV_WAIT)
+		return -EINVAL;
 	/* Zeroed: the hypervisor may write fewer bytes than max_len. */
 	buf = kzalloc(s.args.max_len ? s.args.max_len : 8, GFP_KERNEL);
 	args = kmalloc(sizeof(*args), GFP_KERNEL);

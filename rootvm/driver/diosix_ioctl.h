@@ -117,7 +117,10 @@ struct diosix_ioc_ipc_send {
 	__u64 data;		/* user pointer */
 };
 
-/* IPC_RECV: up to args.max_len (<= DIOSIX_IPC_MAX_MESSAGE) bytes to buf. */
+/*
+ * IPC_RECV: up to args.max_len (<= DIOSIX_IPC_MAX_MESSAGE) bytes to buf.
+ * DIOSIX_IPC_RECV_WAIT is refused (EINVAL): wait with poll() instead.
+ */
 struct diosix_ioc_ipc_recv {
 	struct diosix_ioc_ret ret;	/* value: 1 received, 0 none */
 	struct diosix_ipc_recv_args args;	/* out: cid, out_len */

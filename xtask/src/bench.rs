@@ -960,7 +960,7 @@ fn tree_bench(elf: &Path) -> Result<()> {
             if name.starts_with("fork_")
                 || name.starts_with("cow_")
                 || name.starts_with("spawn_")
-                || name == "ipc_round_trip"
+                || name.starts_with("ipc_round_trip")
                 || (name.starts_with("child_mem_") && ram == 64)
                 || name == "yield_round_trip"
                 || name.starts_with("vm_switch")

@@ -173,6 +173,7 @@ pub fn generate() -> String {
     );
     def(w, "DIOSIX_QUOTA_ALL", &hex32(flags::QUOTA_ALL));
     def(w, "DIOSIX_IPC_RECV_EXACT", &hex32(flags::IPC_RECV_EXACT));
+    def(w, "DIOSIX_IPC_RECV_WAIT", &hex32(flags::IPC_RECV_WAIT));
     def(w, "DIOSIX_IPC_RECV_ALL", &hex32(flags::IPC_RECV_ALL));
     def(w, "DIOSIX_INFO_TRUSTED", &hex32(flags::INFO_TRUSTED));
     def(w, "DIOSIX_INFO_ROOT", &hex32(flags::INFO_ROOT));

@@ -29,7 +29,7 @@
 /* ---- Identification ---- */
 #define DIOSIX_SBI_IMPL_ID 5
 #define DIOSIX_SBI_EID 0x0A000005u
-#define DIOSIX_ABI_VERSION 0x10000u
+#define DIOSIX_ABI_VERSION 0x10001u
 
 /* ---- Error codes (a0) ---- */
 #define DIOSIX_SBI_ERR_SUCCESS (0)
@@ -119,7 +119,8 @@
 #define DIOSIX_QUOTA_SET_DESCENDANTS 0x10u
 #define DIOSIX_QUOTA_ALL 0x1Fu
 #define DIOSIX_IPC_RECV_EXACT 0x1u
-#define DIOSIX_IPC_RECV_ALL 0x1u
+#define DIOSIX_IPC_RECV_WAIT 0x2u
+#define DIOSIX_IPC_RECV_ALL 0x3u
 #define DIOSIX_INFO_TRUSTED 0x1u
 #define DIOSIX_INFO_ROOT 0x2u
 #define DIOSIX_MAP_READ 0x1ULL

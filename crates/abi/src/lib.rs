@@ -328,7 +328,8 @@ pub mod ext {
     pub const EID: usize = 0x0A00_0005;
 
     /// ABI version reported by GET_HV_INFO: major in bits 31..16, minor in bits 15..0.
-    pub const ABI_VERSION: u32 = 1 << 16;
+    /// 1.1 added [`super::flags::IPC_RECV_WAIT`].
+    pub const ABI_VERSION: u32 = (1 << 16) | 1;
 
     /// Terminate a VM and its whole subtree. a0 = target CID (1 = self, >= 2 = a child),
     /// a1 = exit code. Self: never returns. Child: a1 = 0.
@@ -560,8 +561,15 @@ pub mod flags {
     /// IpcRecvArgs.flags: `cid` is an exact sender (so 0 means the parent) rather than
     /// the reference's "0 = any sender".
     pub const IPC_RECV_EXACT: u32 = 1 << 0;
+    /// IpcRecvArgs.flags: when no matching message waits, the calling vCPU sleeps in
+    /// the call (off its hart) until one comes, which the sender's IPC_SEND then
+    /// delivers straight into the buffer (a1 = 1, `cid` and `out_len` written back),
+    /// or until an interrupt enabled in its `sie` is pending (a1 = 0: nothing
+    /// received, as a WFI that ends). A message longer than `max_len` stays queued and
+    /// ends the wait with BAD_RANGE. ABI 1.1.
+    pub const IPC_RECV_WAIT: u32 = 1 << 1;
     /// Every IpcRecvArgs flag this ABI version defines.
-    pub const IPC_RECV_ALL: u32 = IPC_RECV_EXACT;
+    pub const IPC_RECV_ALL: u32 = IPC_RECV_EXACT | IPC_RECV_WAIT;
 
     /// VmInfo.flags: the VM has hardware trust.
     pub const INFO_TRUSTED: u32 = 1 << 0;
@@ -1034,7 +1042,7 @@ abi_struct! {
     IpcRecvArgs = "diosix_ipc_recv_args" {
         /// Size of the structure as the caller knows it; at least [`IpcRecvArgs::SIZE`].
         size: u32,
-        /// [`flags::IPC_RECV_EXACT`]; other bits must be 0.
+        /// [`flags::IPC_RECV_EXACT`], [`flags::IPC_RECV_WAIT`]; other bits must be 0.
         flags: u32,
         /// In: sender filter (0 = any, unless IPC_RECV_EXACT). Out: the actual sender.
         cid: u64,

@@ -6,7 +6,7 @@
 //! Then SPAWN to the child's first instruction ([`crate::spawn`]).
 
 use core::sync::atomic::{AtomicU8, Ordering};
-use diosix_abi::{cid, ext};
+use diosix_abi::{cid, ext, flags};
 use diosix_guest_rt::diosix::{Client, Direct};
 use diosix_guest_rt::{csr, println, sbi};
 
@@ -29,27 +29,29 @@ fn send(cid: u64, data: &[u8]) -> isize {
     DSX.ipc_send(cid, data).error
 }
 
-/// Receives one message from `cid` into `buf`; its length, or `None` if none waits.
-fn recv(cid: u64, buf: &mut [u8]) -> Option<usize> {
-    let (_, n) = DSX.ipc_recv(cid, 0, buf.len()).ok()??;
+/// Receives one message from `cid` into `buf`, sleeping in the call until one comes
+/// if `wait` (`IPC_RECV_WAIT`); its length, or `None` if none came.
+fn recv(cid: u64, buf: &mut [u8], wait: bool) -> Option<usize> {
+    let fl = if wait { flags::IPC_RECV_WAIT } else { 0 };
+    let (_, n) = DSX.ipc_recv(cid, fl, buf.len()).ok()??;
     DSX.data().read(0, &mut buf[..n]);
     Some(n)
 }
 
-/// The forked child: echoes every message from its parent until told to exit.
+/// The forked child: echoes every message from its parent until told to exit,
+/// sleeping in its receive in between (it wakes with nothing only on an interrupt,
+/// and it enables none).
 fn child() -> ! {
     let mut buf = [0u8; 64];
     loop {
-        match recv(PARENT, &mut buf) {
+        match recv(PARENT, &mut buf, true) {
             Some(n) if &buf[..n] == b"exit" => {
                 DSX.exit(cid::SELF, 0);
             }
             Some(n) => {
                 send(PARENT, &buf[..n]);
             }
-            None => {
-                DSX.yield_now();
-            }
+            None => {}
         }
     }
 }
@@ -102,16 +104,28 @@ pub fn run(ram_mib: usize) {
     println!("bench cow_next_write_same_2MiB {}", done - second);
     let mut v = [0u64; SAMPLES];
     let mut buf = [0u8; 64];
+    // A message and its answer, each side sleeping in its receive until the other's
+    // send delivers into it: two sends, two receives, two switches.
     for s in v.iter_mut() {
         let a = csr::instret();
         send(cid, b"ping");
-        while recv(cid, &mut buf).is_none() {
+        while recv(cid, &mut buf, true).is_none() {}
+        *s = csr::instret() - a;
+    }
+    v.sort_unstable();
+    println!("bench ipc_round_trip {}", v[SAMPLES / 2]);
+    // The same with this side polling: a receive that finds nothing and a YIELD
+    // before the one that finds the answer (queued, as this side was not waiting).
+    for s in v.iter_mut() {
+        let a = csr::instret();
+        send(cid, b"ping");
+        while recv(cid, &mut buf, false).is_none() {
             DSX.yield_now();
         }
         *s = csr::instret() - a;
     }
     v.sort_unstable();
-    println!("bench ipc_round_trip {}", v[SAMPLES / 2]);
+    println!("bench ipc_round_trip_poll {}", v[SAMPLES / 2]);
     // What a device backend pays to reach its child's memory: a ring index (8 bytes),
     // a page, and the largest copy, into the data buffer and back (the child's pages
     // are backed and its own by then: each figure is the copy alone).

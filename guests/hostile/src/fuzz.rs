@@ -464,7 +464,7 @@ fn diosix_one(f: &mut Fz) {
         ext::FID_IPC_RECV => {
             let a = IpcRecvArgs {
                 size: f.rng.pick(&[40, 40, 39, 0, 48]),
-                flags: f.rng.pick(&[0, 1, 1, 2, u32::MAX]),
+                flags: f.rng.pick(&[0, 1, 1, 2, 3, 4, u32::MAX]),
                 cid: f.cid(),
                 buf_gpa: f.out_addr() as u64,
                 max_len: f.len(limits::IPC_MAX_MESSAGE as u64),
@@ -478,7 +478,13 @@ fn diosix_one(f: &mut Fz) {
                 s.write(0, &a.to_le_bytes());
                 s.addr()
             };
+            // A receive that sleeps (IPC_RECV_WAIT) and finds nothing ends on this
+            // vCPU's timer, 1 ms on, if no message comes first.
+            diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(1));
+            diosix_guest_rt::csr::sie_set(diosix_guest_rt::csr::STI);
             f.dsx(fid, [at, 0, 0, 0, 0, 0]);
+            diosix_guest_rt::csr::sie_clear(diosix_guest_rt::csr::STI);
+            diosix_guest_rt::sbi::set_timer(u64::MAX);
         }
         ext::FID_MAP_CHILD_MEM => {
             let c = f.cid() as usize;

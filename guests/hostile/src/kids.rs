@@ -20,6 +20,13 @@ pub const ROLE_BYSTANDER: usize = 1;
 /// Role: echoes IPC messages to their sender and console input to its console.
 pub const ROLE_ECHO: usize = 2;
 
+/// Role: two vCPUs echoing their parent's IPC messages from receives that sleep
+/// (`IPC_RECV_WAIT`), each with its timer interrupt enabled and set a random 0-2 ms
+/// ahead, so that a delivery and an interrupt race to end many of the waits. A
+/// message too long for its 64-byte receive (BAD_RANGE) is drained and answered
+/// `LONG`.
+pub const ROLE_WAITER: usize = 3;
+
 /// Priority children get (the Root VM's own).
 pub static PRIO: AtomicU32 = AtomicU32::new(128);
 /// The bystander's CID (0 = none).
@@ -92,8 +99,14 @@ pub fn image_end() -> usize {
 
 /// Spawns a role child; returns its CID.
 pub fn spawn_role(role: usize) -> Result<u64, &'static str> {
+    spawn_role_vcpus(role, 1)
+}
+
+/// Spawns a role child with `vcpus` vCPUs (the first started, the others left to
+/// the role to start); returns its CID.
+pub fn spawn_role_vcpus(role: usize, vcpus: u32) -> Result<u64, &'static str> {
     let pages = ROLE_PAGES.load(Ordering::Relaxed);
-    let r = spawn_prog(Program::Idle, pages, 1, flags::SPAWN_PAUSED, |_| {});
+    let r = spawn_prog(Program::Idle, pages, vcpus, flags::SPAWN_PAUSED, |_| {});
     if r.error != 0 {
         return Err("SPAWN refused");
     }
@@ -127,6 +140,7 @@ pub fn child_main(_hartid: usize, a1: usize) {
     match a1.wrapping_sub(sys::RAM_BASE) / 64 {
         ROLE_BYSTANDER => bystander_main(),
         ROLE_ECHO => echo_main(),
+        ROLE_WAITER => waiter_main(),
         _ => DSX.exit_self(0xD00D),
     }
 }
@@ -171,6 +185,42 @@ fn echo_main() -> ! {
         }
         if idle {
             sys::sleep_ms(1);
+        }
+    }
+}
+
+fn waiter_main() -> ! {
+    println!("waiter: up");
+    let _ = diosix_guest_rt::hart::start(1, waiter_hart, 0);
+    waiter_loop()
+}
+
+fn waiter_hart(_hartid: usize, _opaque: usize) {
+    waiter_loop()
+}
+
+fn waiter_loop() -> ! {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ diosix_guest_rt::hart::id() as u64;
+    diosix_guest_rt::csr::sie_set(diosix_guest_rt::csr::STI);
+    let wait = flags::IPC_RECV_EXACT | flags::IPC_RECV_WAIT;
+    loop {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        sbi::set_timer(sys::now() + sys::ms(2) * (seed % 64) / 64);
+        match DSX.ipc_recv(diosix_abi::cid::PARENT, wait, 64) {
+            Ok(Some((_, len))) => {
+                let mut msg = [0u8; 64];
+                let n = len.min(msg.len());
+                sys::data().read(0, &mut msg[..n]);
+                DSX.ipc_send(diosix_abi::cid::PARENT, &msg[..n]);
+            }
+            Err(e) if e == error::BAD_RANGE => {
+                let _ = DSX.ipc_recv(diosix_abi::cid::PARENT, flags::IPC_RECV_EXACT, 4096);
+                DSX.ipc_send(diosix_abi::cid::PARENT, b"LONG");
+            }
+            // Woken by its timer (or refused): wait again.
+            _ => {}
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Phase `races`: every vCPU hammers the extension at the same moment, for a bounded
-//! number of rounds, in eight races. Every return must be a defined SBI code (and one
+//! number of rounds, in ten races. Every return must be a defined SBI code (and one
 //! the race allows), and what the race leaves behind must be consistent.
 
 use crate::img::{self, Program};
@@ -80,6 +80,7 @@ pub fn run() {
     stop_resume_storm();
     exec_vs_kill();
     ipc_console_storm();
+    ipc_wait_storm();
     virtio_storm();
 }
 
@@ -748,6 +749,183 @@ fn ipc_console_storm() {
     crate::check_code("race_ipc_echo_killed", DSX.exit(echo, 0), &[SUCCESS]);
     kids::forget_events();
     let _ = MAXV;
+}
+
+// ----- sleeping receives vs deliveries, interrupts, reboots and kills -----
+
+/// Rounds per vCPU in [`ipc_wait_storm`].
+const WAIT_ROUNDS: usize = 1000;
+
+/// A receive from `c` that sleeps until a message comes (`IPC_RECV_WAIT`) or this
+/// vCPU's timer fires `ms` from now.
+fn recv_waiting(c: u64, ms: u64) -> Result<Option<(u64, usize)>, isize> {
+    use diosix_guest_rt::csr;
+    diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(ms));
+    csr::sie_set(csr::STI);
+    let wait = diosix_abi::flags::IPC_RECV_EXACT | diosix_abi::flags::IPC_RECV_WAIT;
+    let r = DSX.ipc_recv(c, wait, 4096);
+    csr::sie_clear(csr::STI);
+    diosix_guest_rt::sbi::set_timer(u64::MAX);
+    r
+}
+
+/// Every vCPU sends to a two-vCPU child whose vCPUs sleep in receives that their
+/// timers end at random ([`kids::ROLE_WAITER`]), sends it messages too long for its
+/// buffer, and sleeps in receives of its answers; meanwhile vCPU 0 reboots the child
+/// or kills it and spawns another, so deliveries race interrupts, reboots and deaths
+/// (a receive waiting for a dead child's message must end with INVALID_PARAM).
+fn ipc_wait_storm() {
+    reset();
+    let waiter = match kids::spawn_role_vcpus(kids::ROLE_WAITER, 2) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::report_fail(format_args!("race_ipc_waiter_spawned: {e}"));
+            return;
+        }
+    };
+    remember(waiter);
+    TARGET.store(waiter, Ordering::Relaxed);
+    sys::sleep_ms(20);
+    crate::phase("race_ipc_wait_storm", 30_000, |idx, _n| {
+        for k in 0..WAIT_ROUNDS {
+            let c = TARGET.load(Ordering::Relaxed);
+            match (idx + k) % 6 {
+                0 | 1 => {
+                    let mut msg = [0u8; 24];
+                    msg[..8].copy_from_slice(b"WAITING!");
+                    msg[8..16].copy_from_slice(&(idx as u64).to_le_bytes());
+                    msg[16..].copy_from_slice(&(k as u64).to_le_bytes());
+                    let r = DSX.ipc_send(c, &msg);
+                    // FAILED: the lane is full; INVALID_PARAM: the child was replaced.
+                    expect(ext::FID_IPC_SEND, r, &[SUCCESS, FAILED, INVALID_PARAM]);
+                }
+                2 => {
+                    let r = DSX.ipc_send(c, &[b'L'; 100]);
+                    expect(ext::FID_IPC_SEND, r, &[SUCCESS, FAILED, INVALID_PARAM]);
+                }
+                3 | 4 => match recv_waiting(c, 2) {
+                    Ok(Some((from, len))) => {
+                        if from == c && (len == 24 || len == 4) {
+                            COUNT[0].fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            let bad = SbiRet {
+                                error: FAILED,
+                                value: 0,
+                            };
+                            expect(ext::FID_IPC_RECV, bad, &[]);
+                        }
+                    }
+                    Ok(None) => {
+                        COUNT[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if e == INVALID_PARAM {
+                            COUNT[2].fetch_add(1, Ordering::Relaxed);
+                        }
+                        let r = SbiRet { error: e, value: 0 };
+                        expect(ext::FID_IPC_RECV, r, &[INVALID_PARAM]);
+                    }
+                },
+                _ if idx == 0 && k % 60 == 5 => {
+                    if k % 120 == 5 {
+                        let r = DSX.reboot(c);
+                        expect(ext::FID_REBOOT, r, &[SUCCESS, FAILED]);
+                    } else {
+                        let r = DSX.exit(c, 0);
+                        expect(ext::FID_EXIT, r, &[SUCCESS]);
+                        match kids::spawn_role_vcpus(kids::ROLE_WAITER, 2) {
+                            Ok(n) => {
+                                remember(n);
+                                TARGET.store(n, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                let bad = SbiRet {
+                                    error: FAILED,
+                                    value: 0,
+                                };
+                                expect(ext::FID_SPAWN, bad, &[]);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let r = DSX.ipc_recv(c, diosix_abi::flags::IPC_RECV_EXACT, 4096);
+                    let r = match r {
+                        Ok(_) => SbiRet { error: 0, value: 0 },
+                        Err(e) => SbiRet { error: e, value: 0 },
+                    };
+                    expect(ext::FID_IPC_RECV, r, &[SUCCESS, INVALID_PARAM]);
+                }
+            }
+        }
+    });
+    if team::broken() {
+        return;
+    }
+    verdict("ipc_wait_storm");
+    note(format_args!(
+        "ipc_wait_storm: {} answers, {} waits ended by the timer, {} by a child's death",
+        COUNT[0].load(Ordering::Relaxed),
+        COUNT[1].load(Ordering::Relaxed),
+        COUNT[2].load(Ordering::Relaxed)
+    ));
+    // The hypervisor lived through it: a new waiter answers, into a sleeping receive
+    // (the last one may have been rebooted, back to the paused program it was
+    // spawned as).
+    let _ = DSX.exit(TARGET.load(Ordering::Relaxed), 0);
+    let c = match kids::spawn_role_vcpus(kids::ROLE_WAITER, 2) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::report_fail(format_args!("race_ipc_waiter_respawned: {e}"));
+            return;
+        }
+    };
+    TARGET.store(c, Ordering::Relaxed);
+    let mut answered = false;
+    let end = sys::now() + sys::ms(5_000);
+    while !answered && sys::now() < end {
+        let r = DSX.ipc_send(c, b"WAITING?after-the-storm!");
+        expect(ext::FID_IPC_SEND, r, &[SUCCESS, FAILED]);
+        for _ in 0..20 {
+            if let Ok(Some((_, 24))) = recv_waiting(c, 5) {
+                let mut m = [0u8; 8];
+                sys::data().read(0, &mut m);
+                if &m == b"WAITING?" {
+                    answered = true;
+                    break;
+                }
+            }
+        }
+    }
+    crate::check(
+        "race_ipc_waiter_answers_after",
+        answered,
+        format_args!("no answer within 5 s after the storm"),
+    );
+    // A receive sleeping for a child's message (its timer 2 s away) ends, with
+    // INVALID_PARAM, when another vCPU kills that child.
+    COUNT[3].store(0, Ordering::Relaxed);
+    crate::phase("race_ipc_wait_vs_kill", 10_000, |idx, _n| match idx {
+        0 => {
+            sys::sleep_ms(10);
+            let r = DSX.exit(TARGET.load(Ordering::Relaxed), 0);
+            expect(ext::FID_EXIT, r, &[SUCCESS]);
+        }
+        1 => {
+            let t0 = sys::now();
+            let r = recv_waiting(TARGET.load(Ordering::Relaxed), 2_000);
+            if r == Err(INVALID_PARAM) && sys::now() - t0 < sys::ms(1_000) {
+                COUNT[3].store(1, Ordering::Relaxed);
+            }
+        }
+        _ => {}
+    });
+    crate::check(
+        "race_ipc_wait_ends_with_its_sender",
+        COUNT[3].load(Ordering::Relaxed) == 1,
+        format_args!("the receive did not end with INVALID_PARAM within 1 s of the kill"),
+    );
+    kids::forget_events();
 }
 
 // ----- a child storming its virtio device vs its parent's device calls -----

@@ -259,9 +259,7 @@ impl DiosixExtension for Call<'_> {
     fn diosix_call(&mut self, fid: usize, args: [usize; 6]) -> SbiRet {
         match crate::vmtree::call(self.hart, fid, args) {
             crate::vmtree::Outcome::Done(ret, leave) => {
-                if leave {
-                    self.block = Some(Wait::None);
-                }
+                self.block = leave;
                 ret
             }
             crate::vmtree::Outcome::Again => {

@@ -13,6 +13,7 @@ use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::childdev::DeviceDef;
 use diosix_core::devices::DeviceRef;
 use diosix_core::gstage::Perms;
+use diosix_core::sbi::SbiRet;
 use diosix_core::tree::dispatch::{ExtensionHost, VmLayout};
 use diosix_core::tree::{HostFacts, KilledVm, SbiError, VmId};
 
@@ -32,6 +33,11 @@ pub(super) struct HvHost<'a> {
     /// A VM the call admitted, built once the tree is unlocked.
     /// Boxed: the host is moved apart after every call, and most calls build nothing.
     pub(super) build: Option<alloc::boxed::Box<PendingBuild>>,
+    /// The caller sleeps in this IPC receive wait once the call returns.
+    pub(super) ipc_wait: Option<u64>,
+    /// A sleeping receiver got its answer: the run queue looks at its waiters once
+    /// the tree is unlocked.
+    pub(super) wake_receivers: bool,
 }
 
 impl<'a> HvHost<'a> {
@@ -43,6 +49,8 @@ impl<'a> HvHost<'a> {
             stopped: None,
             stale: crate::isolation::Stale::new(),
             build: None,
+            ipc_wait: None,
+            wake_receivers: false,
         }
     }
 
@@ -66,6 +74,31 @@ pub(super) fn bad_address<T>(_: T) -> SbiError {
 }
 
 impl ExtensionHost for HvHost<'_> {
+    fn caller_vcpu(&self) -> usize {
+        self.hart.current.as_ref().map_or(0, |v| v.shared.index)
+    }
+
+    fn wait_for_message(&mut self, ticket: u64) {
+        if let Some(v) = self.hart.current.as_ref() {
+            // Armed under the tree lock, before any sender can find the record.
+            v.shared.arm_ipc_wait(ticket);
+            self.ipc_wait = Some(ticket);
+        }
+    }
+
+    fn claim_ipc_waiter(&mut self, vm: VmId, vcpu: usize, ticket: u64) -> bool {
+        self.vm(vm)
+            .and_then(|vm| vm.vcpus.get(vcpu).cloned())
+            .is_some_and(|v| v.claim_ipc_wait(ticket))
+    }
+
+    fn end_ipc_wait(&mut self, vm: VmId, vcpu: usize, ret: SbiRet) {
+        if let Some(v) = self.vm(vm).and_then(|vm| vm.vcpus.get(vcpu).cloned()) {
+            v.answer_ipc_wait(ret);
+            self.wake_receivers = true;
+        }
+    }
+
     fn check_range(&self, vm: VmId, gpa: Gpa, len: u64) -> Result<(), SbiError> {
         let vm = self.vm(vm).ok_or(SbiError::Failed)?;
         let ok = if len == 0 {

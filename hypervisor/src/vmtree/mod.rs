@@ -40,7 +40,7 @@ use crate::hart::{self, HartLocal};
 use crate::image::Bytes;
 use crate::mem;
 use crate::sched;
-use crate::vcpu::{Vcpu, VcpuState};
+use crate::vcpu::{Vcpu, VcpuState, Wait};
 use crate::vm::Vm;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -121,9 +121,10 @@ fn lookup(id: VmId) -> Option<Arc<Vm>> {
 
 /// What became of a Diosix extension call.
 pub enum Outcome {
-    /// Answered: the reply, and whether the caller must now leave its hart (it
-    /// yielded, or it no longer exists).
-    Done(SbiRet, bool),
+    /// Answered: the reply, and whether the caller must now leave its hart, and to
+    /// wait for what (it yielded, it no longer exists, or it sleeps in an IPC
+    /// receive).
+    Done(SbiRet, Option<Wait>),
     /// Not carried out: the caller leaves its hart and issues the same ecall again when
     /// next scheduled (another vCPU of its VM is forking it, or the tree's lock stayed
     /// busy for a whole time slice).
@@ -135,11 +136,11 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
     // Decoded once: from here on every address is typed and the function known.
     let req = match Request::decode(fid, args) {
         Ok(req) => req,
-        Err(e) => return Outcome::Done(SbiRet::error(e), false),
+        Err(e) => return Outcome::Done(SbiRet::error(e), None),
     };
     if req.only_yields() {
         // The hart goes to whoever is next: nothing to hold, look up or settle.
-        return Outcome::Done(SbiRet::ok(0), true);
+        return Outcome::Done(SbiRet::ok(0), Some(Wait::None));
     }
     carry_out(hart, req)
 }
@@ -149,7 +150,7 @@ pub fn call(hart: &mut HartLocal, fid: usize, args: [usize; 6]) -> Outcome {
 /// half of every switch between VMs that yield.
 #[inline(never)]
 fn carry_out(hart: &mut HartLocal, req: Request) -> Outcome {
-    let failed = Outcome::Done(SbiRet::error(SbiError::Failed), false);
+    let failed = Outcome::Done(SbiRet::error(SbiError::Failed), None);
     let Some(vm) = hart.current.as_ref().map(|v| v.vm.clone()) else {
         return failed;
     };
@@ -168,14 +169,14 @@ fn carry_out(hart: &mut HartLocal, req: Request) -> Outcome {
         }
         if !wait_off_harts(&vm, slot, || vm.dead.load(Ordering::Acquire)) {
             release_hold(&vm);
-            return Outcome::Done(SbiRet::error(SbiError::Failed), true);
+            return Outcome::Done(SbiRet::error(SbiError::Failed), Some(Wait::None));
         }
     }
     let mut host = HvHost::new(hart);
     if !req.needs_tree() {
         let ret = handle_treeless_call(vm.id, &req, &mut host);
         cow::finish(&vm, slot, core::mem::take(&mut host.stale));
-        return Outcome::Done(ret, host.yield_now || !vm.can_run());
+        return Outcome::Done(ret, leave(host.yield_now, None, &vm));
     }
     // A vCPU that cannot have the lock within a time slice gives its hart to others
     // and asks again later, rather than keeping a hart from every other vCPU.
@@ -208,8 +209,13 @@ fn carry_out(hart: &mut HartLocal, req: Request) -> Outcome {
         yield_now,
         stopped,
         build,
+        ipc_wait,
+        wake_receivers,
         ..
     } = host;
+    if wake_receivers {
+        sched::poke_waiters();
+    }
     if holding {
         release_hold(&vm);
     }
@@ -229,8 +235,17 @@ fn carry_out(hart: &mut HartLocal, req: Request) -> Outcome {
     if let Some(child) = stopped {
         wait_off_harts(&child, slot, || vm.dead.load(Ordering::Acquire));
     }
-    let leave = yield_now || !vm.can_run();
-    Outcome::Done(ret, leave)
+    Outcome::Done(ret, leave(yield_now, ipc_wait, &vm))
+}
+
+/// Whether and how the caller leaves its hart after a call: to sleep in the IPC
+/// receive it armed, or runnable if it yielded or its VM may no longer run.
+fn leave(yield_now: bool, ipc_wait: Option<u64>, vm: &Vm) -> Option<Wait> {
+    match ipc_wait {
+        Some(ticket) => Some(Wait::IpcRecv(ticket)),
+        None if yield_now || !vm.can_run() => Some(Wait::None),
+        None => None,
+    }
 }
 
 /// Ends a FORK's hold: the held vCPUs may run again.

@@ -10,7 +10,9 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
-use diosix_abi::{event, limits};
+use diosix_abi::{event, limits, IpcRecvArgs};
+
+use crate::addr::Gpa;
 
 use super::{ConsoleSink, SbiError, VmId, VmTree};
 
@@ -21,6 +23,24 @@ pub struct Message {
     pub seq: u64,
     /// The payload (at most [`diosix_abi::limits::IPC_MAX_MESSAGE`] bytes).
     pub data: Vec<u8>,
+}
+
+/// A vCPU asleep in IPC_RECV with [`diosix_abi::flags::IPC_RECV_WAIT`]: where a
+/// message that matches its filter goes, straight from the sender's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpcWaiter {
+    /// The vCPU (its index in its VM).
+    pub vcpu: usize,
+    /// Names this one wait: the host ends it only while the vCPU still sleeps in it
+    /// (an interrupt may have ended it first), see `ExtensionHost::claim_ipc_waiter`.
+    pub ticket: u64,
+    /// The senders it takes: a peer's CID as the receiver names it, or any.
+    pub from: Option<u64>,
+    /// Its arguments as it passed them (buffer and length checked then), written back
+    /// with the sender and length when a message is delivered.
+    pub args: IpcRecvArgs,
+    /// Where that structure is in the receiver.
+    pub args_gpa: Gpa,
 }
 
 /// What an event is about.
@@ -221,18 +241,10 @@ impl VmTree {
         cid: u64,
         data: impl AsRef<[u8]> + Into<Vec<u8>>,
     ) -> Result<(), SbiError> {
-        let to = self.resolve_peer(caller, cid)?;
+        let (to, as_seen) = self.ipc_route(caller, cid)?;
         if data.as_ref().len() > limits::IPC_MAX_MESSAGE {
             return Err(SbiError::InvalidParam);
         }
-        // The sender as the receiver names it: a parent is 0 to its child, a child is
-        // its CID to its parent.
-        let me = self.node(caller)?;
-        let as_seen = if cid == diosix_abi::cid::PARENT {
-            me.cid_in_parent
-        } else {
-            diosix_abi::cid::PARENT
-        };
         let r = self.node_mut(to)?;
         let lane = r.lanes.entry(as_seen).or_default();
         if lane.len() >= limits::IPC_QUEUE_DEPTH {
@@ -253,6 +265,48 @@ impl VmTree {
         );
         self.touch_events(to);
         Ok(())
+    }
+
+    /// Where a message from `caller` to its peer `cid` goes: the receiver, and the
+    /// sender's CID as the receiver names it (a parent is 0 to its child, a child is
+    /// its CID to its parent).
+    pub fn ipc_route(&self, caller: VmId, cid: u64) -> Result<(VmId, u64), SbiError> {
+        let to = self.resolve_peer(caller, cid)?;
+        let as_seen = if cid == diosix_abi::cid::PARENT {
+            self.node(caller)?.cid_in_parent
+        } else {
+            diosix_abi::cid::PARENT
+        };
+        Ok((to, as_seen))
+    }
+
+    /// Records that `w.vcpu` of `vm` sleeps until a message for it comes; returns the
+    /// wait's ticket (`w.ticket` is ignored). A vCPU has one wait at most: an older
+    /// record of the same vCPU is of a wait that has ended, and goes.
+    pub fn add_ipc_waiter(&mut self, vm: VmId, mut w: IpcWaiter) -> Result<u64, SbiError> {
+        let n = self.node_mut(vm)?;
+        w.ticket = n.next_ticket;
+        n.next_ticket = n.next_ticket.wrapping_add(1).max(1);
+        n.ipc_waiters.retain(|o| o.vcpu != w.vcpu);
+        n.ipc_waiters.push(w);
+        Ok(w.ticket)
+    }
+
+    /// Takes the oldest record of a vCPU of `to` waiting for a message from
+    /// `as_seen` (the sender as `to` names it). The record may be of a wait that has
+    /// ended since; the host's claim tells.
+    pub fn take_ipc_waiter(&mut self, to: VmId, as_seen: u64) -> Option<IpcWaiter> {
+        let n = self.get_mut(to)?;
+        let i = n
+            .ipc_waiters
+            .iter()
+            .position(|w| w.from.is_none_or(|f| f == as_seen))?;
+        Some(n.ipc_waiters.remove(i))
+    }
+
+    /// vCPUs of `vm` recorded as waiting for a message.
+    pub fn ipc_waiters(&self, vm: VmId) -> &[IpcWaiter] {
+        self.get(vm).map_or(&[], |n| &n.ipc_waiters)
     }
 
     /// IPC_RECV: finds the oldest message from `from` (a peer CID, or `None` for any

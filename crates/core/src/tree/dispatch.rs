@@ -32,8 +32,8 @@ use diosix_abi::{
 
 use super::request::{fork_flags_valid, Request};
 use super::{
-    ChildRequest, HostFacts, KilledVm, Quota, QuotaChange, SbiError, Termination, VmId, VmState,
-    VmTree,
+    ChildRequest, HostFacts, IpcWaiter, KilledVm, Quota, QuotaChange, SbiError, Termination, VmId,
+    VmState, VmTree,
 };
 use crate::addr::{Gpa, Hpa, PAGE_SIZE};
 use crate::childdev::DeviceDef;
@@ -81,6 +81,25 @@ pub trait ExtensionHost {
         self.read_guest(from, from_gpa, &mut buf)?;
         self.write_guest(to, to_gpa, &buf)
     }
+    /// The index of the vCPU making the call, in its VM.
+    fn caller_vcpu(&self) -> usize {
+        0
+    }
+    /// IPC_RECV with `IPC_RECV_WAIT` found nothing: the calling vCPU sleeps once the
+    /// call returns (answering a1 = 0 unless a delivery ends the wait), and from now
+    /// on [`claim_ipc_waiter`](Self::claim_ipc_waiter) with `ticket` may take it. It
+    /// wakes, answering a1 = 0, when an interrupt enabled in its `sie` is pending and
+    /// nobody has claimed it.
+    fn wait_for_message(&mut self, _ticket: u64) {}
+    /// Takes vCPU `vcpu` of `vm` out of its wait `ticket` for a delivery: true only if
+    /// it still sleeps in it and nobody took it first; it then sleeps on until
+    /// [`end_ipc_wait`](Self::end_ipc_wait).
+    fn claim_ipc_waiter(&mut self, _vm: VmId, _vcpu: usize, _ticket: u64) -> bool {
+        false
+    }
+    /// Ends the wait of vCPU `vcpu` of `vm`, claimed by this call: it resumes with
+    /// `ret` as its IPC_RECV's answer.
+    fn end_ipc_wait(&mut self, _vm: VmId, _vcpu: usize, _ret: SbiRet) {}
     /// Host pages the hypervisor keeps for a child SPAWN creates besides its RAM and
     /// page tables (the image it rebuilds the child from on REBOOT). Charged with the
     /// page tables, so quota headroom never promises memory the host has not got.
@@ -373,6 +392,12 @@ pub fn reboot_self(tree: &mut VmTree, vm: VmId, host: &mut dyn ExtensionHost) {
 pub fn apply_termination(t: &Termination, host: &mut dyn ExtensionHost) {
     for k in &t.killed {
         host.release_vm(k);
+    }
+    // A receive waiting for a dead child's message answers what a new one would.
+    for (vm, w) in &t.ended_waits {
+        if host.claim_ipc_waiter(*vm, w.vcpu, w.ticket) {
+            host.end_ipc_wait(*vm, w.vcpu, SbiRet::error(SbiError::InvalidParam));
+        }
     }
     if t.restart_host {
         host.restart_host();
@@ -801,16 +826,62 @@ fn ipc_send(
     if (s.size as usize) < IpcSendArgs::SIZE || s.flags != 0 {
         return Err(SbiError::InvalidParam);
     }
-    tree.resolve_peer(caller, s.cid)?;
+    let (to, as_seen) = tree.ipc_route(caller, s.cid)?;
     if s.len > limits::IPC_MAX_MESSAGE as u64 {
         return Err(SbiError::InvalidParam);
     }
     let data_gpa = Gpa::new(s.data_gpa);
     check_buffer(host, caller, data_gpa, s.len)?;
+    // A receiver asleep waiting for this sender takes the message straight into its
+    // buffer. Each pass drops one record (at most one per vCPU of the receiver); a
+    // record whose wait has ended (an interrupt woke it) is passed over.
+    while let Some(w) = tree.take_ipc_waiter(to, as_seen) {
+        if !host.claim_ipc_waiter(to, w.vcpu, w.ticket) {
+            continue;
+        }
+        match deliver(host, caller, data_gpa, s.len, to, as_seen, &w) {
+            Ok(()) => {
+                host.end_ipc_wait(to, w.vcpu, SbiRet::ok(1));
+                return Ok(0);
+            }
+            // Queued instead (below), and the receiver answered as a receive finding
+            // it would be: too long for its buffer, or its buffer no longer usable.
+            Err(e) => {
+                host.end_ipc_wait(to, w.vcpu, SbiRet::error(e));
+                break;
+            }
+        }
+    }
     let mut data = vec![0u8; to_usize(s.len)?];
     host.read_guest(caller, data_gpa, &mut data)?;
     tree.ipc_send(caller, s.cid, data)?;
     Ok(0)
+}
+
+/// Copies a message of `len` bytes at `data` in `caller` into the buffer of the
+/// receive `w` of `to` waits in, and writes its sender (`as_seen`) and length back
+/// into its arguments. The receiver's ranges were checked when it began to wait, and
+/// again here (RAM never moves under a VM, but checking costs little).
+fn deliver(
+    host: &mut dyn ExtensionHost,
+    caller: VmId,
+    data: Gpa,
+    len: u64,
+    to: VmId,
+    as_seen: u64,
+    w: &IpcWaiter,
+) -> Result<(), SbiError> {
+    if len > w.args.max_len {
+        return Err(SbiError::BadRange);
+    }
+    let buf = Gpa::new(w.args.buf_gpa);
+    host.check_range(to, buf, len)?;
+    host.check_range(to, w.args_gpa, IpcRecvArgs::SIZE as u64)?;
+    host.copy_guest(caller, data, to, buf, len)?;
+    let mut r = w.args;
+    r.cid = as_seen;
+    r.out_len = len;
+    host.write_guest(to, w.args_gpa, &r.to_le_bytes())
 }
 
 fn ipc_recv(
@@ -838,6 +909,17 @@ fn ipc_recv(
         host.write_guest(caller, buf, data)
     })?;
     let Some((sender, len)) = got else {
+        if r.flags & flags::IPC_RECV_WAIT != 0 {
+            let waiter = IpcWaiter {
+                vcpu: host.caller_vcpu(),
+                ticket: 0,
+                from,
+                args: r,
+                args_gpa: gpa,
+            };
+            let ticket = tree.add_ipc_waiter(caller, waiter)?;
+            host.wait_for_message(ticket);
+        }
         return Ok(0);
     };
     r.cid = sender;

@@ -135,6 +135,7 @@ impl VmTree {
         let n = self.node_mut(vm)?;
         n.state = n.initial_state;
         n.lanes.clear();
+        n.ipc_waiters.clear();
         n.events.clear();
         n.console_in.clear();
         let is_root = n.parent.is_none();
@@ -265,6 +266,7 @@ impl VmTree {
                 });
             }
         }
+        let mut ended_waits = Vec::new();
         if let Some(p) = parent {
             if let Some(pn) = self.get_mut(p) {
                 pn.children.remove(&cid);
@@ -272,6 +274,14 @@ impl VmTree {
                 pn.lanes.remove(&cid);
                 pn.events
                     .retain(|e| !(e.cid == cid && e.kind == EventKind::Message));
+                // And so do the parent's waits for a message from it alone.
+                pn.ipc_waiters.retain(|w| {
+                    let from_it = w.from == Some(cid);
+                    if from_it {
+                        ended_waits.push((p, *w));
+                    }
+                    !from_it
+                });
             }
             self.touch_events(p);
             self.propagate(p, delta, false);
@@ -279,6 +289,7 @@ impl VmTree {
         Termination {
             killed,
             restart_host: parent.is_none(),
+            ended_waits,
         }
     }
 

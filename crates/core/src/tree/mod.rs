@@ -65,7 +65,7 @@ use alloc::vec::Vec;
 
 use diosix_abi::{cid, state};
 
-pub use comms::{ByteRing, EventKind, EventQueue, EventRecord, Message};
+pub use comms::{ByteRing, EventKind, EventQueue, EventRecord, IpcWaiter, Message};
 pub use error::SbiError;
 pub use quota::{Quota, QuotaChange, Reserved, SubtreeUsage, Usage};
 
@@ -168,6 +168,9 @@ pub struct Termination {
     pub killed: Vec<KilledVm>,
     /// The Root VM died: the host must restart.
     pub restart_host: bool,
+    /// Waits for a message from a VM that died (by the receiver's vCPU, in the
+    /// receiver): no such message can come any more, so the host ends them.
+    pub ended_waits: Vec<(VmId, IpcWaiter)>,
 }
 
 /// Where a VM's console output goes.
@@ -200,6 +203,11 @@ pub struct VmNode {
     /// another sender's messages.
     lanes: BTreeMap<u64, VecDeque<Message>>,
     next_seq: u64,
+    /// This VM's vCPUs asleep in IPC_RECV with `IPC_RECV_WAIT`, oldest first: at most
+    /// one per vCPU (a vCPU's new wait replaces its old, ended one).
+    ipc_waiters: Vec<IpcWaiter>,
+    /// The ticket of the next such wait (never 0).
+    next_ticket: u64,
     events: EventQueue,
     /// Whether this VM had events waiting when [`VmTree::take_event_edges`] last
     /// looked (so that it reports each filling of the queue once).
@@ -235,6 +243,8 @@ impl VmNode {
             },
             lanes: BTreeMap::new(),
             next_seq: 0,
+            ipc_waiters: Vec::new(),
+            next_ticket: 1,
             events: EventQueue::default(),
             event_line: false,
             events_touched: false,

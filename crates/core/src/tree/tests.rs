@@ -564,6 +564,11 @@ struct FakeHost {
     no_fork: bool,
     /// Each spawned VM's virtio devices.
     devices: BTreeMap<VmId, crate::childdev::ChildDevices>,
+    /// The VM and vCPU making the current call.
+    caller: Option<VmId>,
+    vcpu: usize,
+    /// vCPUs asleep in a waiting IPC receive: (VM, vCPU) -> (ticket, claimed, answer).
+    waits: BTreeMap<(VmId, usize), (u64, bool, Option<SbiRet>)>,
 }
 
 impl FakeHost {
@@ -762,6 +767,48 @@ impl ExtensionHost for FakeHost {
     fn restart_host(&mut self) {
         self.restarted = true;
     }
+    fn caller_vcpu(&self) -> usize {
+        self.vcpu
+    }
+    fn wait_for_message(&mut self, ticket: u64) {
+        let vm = self.caller.expect("a call in progress");
+        self.waits.insert((vm, self.vcpu), (ticket, false, None));
+    }
+    fn claim_ipc_waiter(&mut self, vm: VmId, vcpu: usize, ticket: u64) -> bool {
+        match self.waits.get_mut(&(vm, vcpu)) {
+            Some((t, claimed, _)) if *t == ticket && !*claimed => {
+                *claimed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn end_ipc_wait(&mut self, vm: VmId, vcpu: usize, ret: SbiRet) {
+        let w = self.waits.get_mut(&(vm, vcpu)).expect("a claimed wait");
+        assert!(w.1, "ended without a claim");
+        w.2 = Some(ret);
+    }
+}
+
+impl FakeHost {
+    /// An interrupt ends `vm`'s vCPU `vcpu`'s wait (if no sender has claimed it).
+    fn interrupt(&mut self, vm: VmId, vcpu: usize) -> bool {
+        match self.waits.get(&(vm, vcpu)) {
+            Some((_, false, _)) => self.waits.remove(&(vm, vcpu)).is_some(),
+            _ => false,
+        }
+    }
+    /// The answer a woken vCPU resumes with, if a delivery ended its wait.
+    fn answer(&mut self, vm: VmId, vcpu: usize) -> Option<SbiRet> {
+        match self.waits.get(&(vm, vcpu)) {
+            Some((_, true, Some(r))) => {
+                let r = *r;
+                self.waits.remove(&(vm, vcpu));
+                Some(r)
+            }
+            _ => None,
+        }
+    }
 }
 
 struct World {
@@ -789,7 +836,10 @@ impl World {
     fn call(&mut self, vm: VmId, fid: usize, args: &[usize]) -> SbiRet {
         let mut a = [0usize; 6];
         a[..args.len()].copy_from_slice(args);
-        handle_diosix_call(&mut self.t, vm, fid, a, &mut self.h)
+        self.h.caller = Some(vm);
+        let r = handle_diosix_call(&mut self.t, vm, fid, a, &mut self.h);
+        self.h.caller = None;
+        r
     }
     fn ok(&mut self, vm: VmId, fid: usize, args: &[usize]) -> usize {
         let r = self.call(vm, fid, args);
@@ -1360,6 +1410,162 @@ fn ipc_and_console_through_dispatch() {
     let mut b = [0u8; 3];
     assert_eq!(w.t.console_input(c, &mut b), Ok(Some(3)));
     assert_eq!(&b, b"ls\n");
+}
+
+/// A parent (the Root VM) and its forked child (CID 2).
+fn waiting_world() -> (World, VmId, VmId) {
+    let mut w = World::new();
+    let root = w.root;
+    w.ok(root, ext::FID_FORK, &[0]);
+    let c = w.child(root, 2);
+    (w, root, c)
+}
+
+/// A receive's arguments at 0x100 in `vm`: buffer at 0x3000, `max_len` 64, flags
+/// `fl`, filter `cid`.
+fn put_recv(w: &mut World, vm: VmId, fl: u32, cid: u64) {
+    let recv = IpcRecvArgs {
+        size: IpcRecvArgs::SIZE as u32,
+        flags: fl,
+        cid,
+        buf_gpa: 0x3000,
+        max_len: 64,
+        out_len: 0,
+    };
+    w.h.put(vm, 0x100, &recv.to_le_bytes());
+}
+
+/// IPC_SEND of `msg` from `vm` to its peer `to` (arguments at 0x200, data at 0x2000).
+fn send_from(w: &mut World, vm: VmId, to: u64, msg: &[u8]) -> SbiRet {
+    w.h.put(vm, 0x2000, msg);
+    let send = IpcSendArgs {
+        size: IpcSendArgs::SIZE as u32,
+        flags: 0,
+        cid: to,
+        data_gpa: 0x2000,
+        len: msg.len() as u64,
+    };
+    w.h.put(vm, 0x200, &send.to_le_bytes());
+    w.call(vm, ext::FID_IPC_SEND, &[0x200])
+}
+
+#[test]
+fn a_waiting_receive_takes_the_message_straight_from_its_sender() {
+    let (mut w, root, c) = waiting_world();
+    // The child sleeps waiting for its parent: nothing yet, a1 = 0, one record.
+    put_recv(&mut w, c, flags::IPC_RECV_EXACT | flags::IPC_RECV_WAIT, 0);
+    w.h.vcpu = 0;
+    assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 0);
+    assert_eq!(w.t.ipc_waiters(c).len(), 1);
+    assert!(w.h.waits.contains_key(&(c, 0)));
+    // The parent's send goes into the child's buffer: nothing queued, no event.
+    assert_eq!(send_from(&mut w, root, 2, b"hello"), SbiRet::ok(0));
+    assert_eq!(w.h.answer(c, 0), Some(SbiRet::ok(1)));
+    assert_eq!(w.h.get(c, 0x3000, 5), b"hello");
+    let back = IpcRecvArgs::from_le_bytes(&w.h.get(c, 0x100, IpcRecvArgs::SIZE)).unwrap();
+    assert_eq!((back.cid, back.out_len, back.max_len), (0, 5, 64));
+    assert_eq!(w.t.get(c).unwrap().queued_messages(), 0);
+    assert_eq!(w.t.get(c).unwrap().pending_events(), 0);
+    assert!(w.t.ipc_waiters(c).is_empty());
+    // The next message, with nobody waiting, is queued as before.
+    assert_eq!(send_from(&mut w, root, 2, b"again"), SbiRet::ok(0));
+    assert_eq!(w.t.get(c).unwrap().queued_messages(), 1);
+    // A waiting receive that finds a message takes it at once, and does not sleep.
+    assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 1);
+    assert!(w.h.waits.is_empty() && w.t.ipc_waiters(c).is_empty());
+}
+
+#[test]
+fn a_wait_an_interrupt_ended_gets_no_message_and_loses_none() {
+    let (mut w, root, c) = waiting_world();
+    put_recv(&mut w, c, flags::IPC_RECV_WAIT, 0);
+    assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 0);
+    assert!(w.h.interrupt(c, 0));
+    // The record is stale: the claim fails, the message is queued with its event.
+    assert_eq!(send_from(&mut w, root, 2, b"late"), SbiRet::ok(0));
+    assert_eq!(w.t.get(c).unwrap().queued_messages(), 1);
+    assert_eq!(w.t.get(c).unwrap().pending_events(), 1);
+    assert!(w.t.ipc_waiters(c).is_empty());
+    assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 1);
+    assert_eq!(w.h.get(c, 0x3000, 4), b"late");
+}
+
+#[test]
+fn a_waiting_receive_takes_only_what_its_filter_and_buffer_allow() {
+    let (mut w, root, c) = waiting_world();
+    // The parent waits for child 3 only (a second child): child 2's message queues.
+    w.ok(root, ext::FID_FORK, &[0]);
+    put_recv(
+        &mut w,
+        root,
+        flags::IPC_RECV_EXACT | flags::IPC_RECV_WAIT,
+        3,
+    );
+    assert_eq!(w.ok(root, ext::FID_IPC_RECV, &[0x100]), 0);
+    assert_eq!(send_from(&mut w, c, 0, b"from two"), SbiRet::ok(0));
+    assert_eq!(w.t.get(root).unwrap().queued_messages(), 1);
+    assert_eq!(w.h.answer(root, 0), None);
+    // Child 3's message is delivered, named by its CID.
+    let c3 = w.child(root, 3);
+    w.h.give_ram(c3, 64);
+    assert_eq!(send_from(&mut w, c3, 0, b"three"), SbiRet::ok(0));
+    assert_eq!(w.h.answer(root, 0), Some(SbiRet::ok(1)));
+    let back = IpcRecvArgs::from_le_bytes(&w.h.get(root, 0x100, IpcRecvArgs::SIZE)).unwrap();
+    assert_eq!((back.cid, back.out_len), (3, 5));
+    // Too long for the waiting buffer: queued, and the wait ends with BAD_RANGE.
+    put_recv(&mut w, c, flags::IPC_RECV_WAIT, 0);
+    assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 0);
+    assert_eq!(send_from(&mut w, root, 2, &[7u8; 65]), SbiRet::ok(0));
+    assert_eq!(w.h.answer(c, 0), Some(SbiRet::error(SbiError::BadRange)));
+    assert_eq!(w.t.get(c).unwrap().queued_messages(), 1);
+    // Undefined flags are refused, and put nobody to sleep.
+    put_recv(&mut w, c, 4, 0);
+    assert_eq!(w.err(c, ext::FID_IPC_RECV, &[0x100]), E_INVALID_PARAM);
+    assert!(w.t.ipc_waiters(c).is_empty());
+}
+
+#[test]
+fn one_record_per_vcpu_and_the_oldest_wait_is_served_first() {
+    let (mut w, root, c) = waiting_world();
+    put_recv(&mut w, c, flags::IPC_RECV_WAIT, 0);
+    for vcpu in [1, 0, 1] {
+        w.h.vcpu = vcpu;
+        assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 0);
+    }
+    // vCPU 1's second wait replaced its first: two records, vCPU 0's the oldest.
+    let order: Vec<usize> = w.t.ipc_waiters(c).iter().map(|x| x.vcpu).collect();
+    assert_eq!(order, [0, 1]);
+    assert_eq!(send_from(&mut w, root, 2, b"a"), SbiRet::ok(0));
+    assert_eq!(w.h.answer(c, 0), Some(SbiRet::ok(1)));
+    // vCPU 1's record of its first wait is gone, its current one is served next.
+    assert_eq!(send_from(&mut w, root, 2, b"b"), SbiRet::ok(0));
+    assert_eq!(w.h.answer(c, 1), Some(SbiRet::ok(1)));
+    assert!(w.t.ipc_waiters(c).is_empty());
+}
+
+#[test]
+fn a_wait_for_a_child_ends_when_the_child_dies_and_a_reboot_forgets_waits() {
+    let (mut w, root, _child) = waiting_world();
+    put_recv(
+        &mut w,
+        root,
+        flags::IPC_RECV_EXACT | flags::IPC_RECV_WAIT,
+        2,
+    );
+    assert_eq!(w.ok(root, ext::FID_IPC_RECV, &[0x100]), 0);
+    w.ok(root, ext::FID_EXIT, &[2, 0]);
+    assert_eq!(
+        w.h.answer(root, 0),
+        Some(SbiRet::error(SbiError::InvalidParam))
+    );
+    assert!(w.t.ipc_waiters(root).is_empty());
+    // A waiting child's record goes with its reboot (its vCPUs start afresh).
+    w.ok(root, ext::FID_FORK, &[0]);
+    let c = w.child(root, 3);
+    put_recv(&mut w, c, flags::IPC_RECV_WAIT, 0);
+    assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 0);
+    w.t.reboot(c).unwrap();
+    assert!(w.t.ipc_waiters(c).is_empty());
 }
 
 #[test]
