@@ -225,31 +225,57 @@ pub trait GuestMemoryMap {
     ///
     /// The result has at most one chunk per page, so callers should bound `len`.
     fn chunks(&self, gpa: Gpa, len: u64, need_write: bool) -> Result<Chunks, AccessError> {
-        let mut out = Chunks::new();
         if len == 0 {
-            return Ok(out);
+            return Ok(Chunks::new());
         }
-        let end = gpa.raw().checked_add(len).ok_or(AccessError::Overflow)?;
-        let mut cur = gpa.raw();
-        while cur < end {
-            // A page ending at 2^64 cannot be represented; `end` then bounds the chunk.
-            let page_end = (cur & !(PAGE_SIZE - 1))
-                .checked_add(PAGE_SIZE)
-                .map_or(end, |e| e.min(end));
-            let n = page_end - cur;
-            let here = Gpa::new(cur);
-            let (hpa, perms) = self.translate(here).ok_or(AccessError::NotMapped(here))?;
-            if !perms.contains(Perms::R) || (need_write && !perms.contains(Perms::W)) {
-                return Err(AccessError::NoPermission(here));
-            }
-            match out.last_mut() {
-                Some(last) if last.0.checked_add(last.1) == Some(hpa) => last.1 += n,
-                _ => out.push((hpa, n)),
-            }
-            cur = page_end;
+        // Within one page (an SBI call's argument structure, a short message): one
+        // translation, one chunk, and none of the loop's registers to save.
+        if gpa.page_offset() + len <= PAGE_SIZE {
+            let hpa = guest_page(self, gpa, need_write)?;
+            return Ok(smallvec::smallvec![(hpa, len)]);
         }
-        Ok(out)
+        chunks_of_pages(self, gpa, len, need_write)
     }
+}
+
+/// The HPA backing `gpa` if the guest may read it (and write it, if `need_write`).
+fn guest_page<G: GuestMemoryMap + ?Sized>(
+    map: &G,
+    gpa: Gpa,
+    need_write: bool,
+) -> Result<Hpa, AccessError> {
+    let (hpa, perms) = map.translate(gpa).ok_or(AccessError::NotMapped(gpa))?;
+    if !perms.contains(Perms::R) || (need_write && !perms.contains(Perms::W)) {
+        return Err(AccessError::NoPermission(gpa));
+    }
+    Ok(hpa)
+}
+
+/// [`GuestMemoryMap::chunks`] of a buffer over more than one page, page by page.
+#[inline(never)]
+fn chunks_of_pages<G: GuestMemoryMap + ?Sized>(
+    map: &G,
+    gpa: Gpa,
+    len: u64,
+    need_write: bool,
+) -> Result<Chunks, AccessError> {
+    let mut out = Chunks::new();
+    let end = gpa.raw().checked_add(len).ok_or(AccessError::Overflow)?;
+    let mut cur = gpa.raw();
+    while cur < end {
+        // A page ending at 2^64 cannot be represented; `end` then bounds the chunk.
+        let page_end = (cur & !(PAGE_SIZE - 1))
+            .checked_add(PAGE_SIZE)
+            .map_or(end, |e| e.min(end));
+        let n = page_end - cur;
+        let hpa = guest_page(map, Gpa::new(cur), need_write)?;
+        match out.last_mut() {
+            Some(last) if last.0.checked_add(last.1) == Some(hpa) => last.1 += n,
+            _ => out.push((hpa, n)),
+        }
+        cur = page_end;
+    }
+    Ok(out)
 }
 
 /// The host chunks backing a guest buffer: `(HPA, length)` pairs, in order. Inline for
