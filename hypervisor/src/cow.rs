@@ -220,10 +220,31 @@ impl Vm {
             // locking one lock twice.
             return Err(AccessError::NotMapped(dst_gpa));
         }
+        // Usually both sides are backed and the destination writable already: tried
+        // first, translating both before copying anything, so a failure changes
+        // nothing (and no mapping changes for `stale`).
+        if self.copy_mapped(gpa, dst, dst_gpa, len, false).is_ok() {
+            return Ok(());
+        }
         dst.make_writable(dst_gpa, len, stale)?;
+        self.copy_mapped(gpa, dst, dst_gpa, len, true)
+    }
+
+    /// [`Vm::copy_into`] of memory mapped as it must be (the source backed, if
+    /// `populate` after backing it here; the destination writable).
+    fn copy_mapped(
+        &self,
+        gpa: Gpa,
+        dst: &Vm,
+        dst_gpa: Gpa,
+        len: u64,
+        populate: bool,
+    ) -> Result<(), AccessError> {
         let mut src_guard = self.mem.lock();
         let src = src_guard.as_mut().ok_or(AccessError::NotMapped(gpa))?;
-        self.populate_in_ram(src.as_mut(), gpa, len)?;
+        if populate {
+            self.populate_in_ram(src.as_mut(), gpa, len)?;
+        }
         let from = src.chunks(gpa, len, false)?;
         let dst_guard = dst.mem.lock();
         let to = dst_guard

@@ -1254,7 +1254,7 @@ fn ipc_checks(c: u64) {
         check_err(name, DSX.ipc_recv_args(&a).0, expected);
     };
     bad_recv("ipc_recv_size_39", &|a| a.size = 39, error::INVALID_PARAM);
-    bad_recv("ipc_recv_flags", &|a| a.flags = 2, error::INVALID_PARAM);
+    bad_recv("ipc_recv_flags", &|a| a.flags = 4, error::INVALID_PARAM);
     bad_recv("ipc_recv_cid_99", &|a| a.cid = 99, error::INVALID_PARAM);
     bad_recv(
         "ipc_recv_buffer_outside_ram",
