@@ -134,7 +134,11 @@ pub fn cmd_bench(args: &[String]) -> Result<()> {
         [only] if only == "devices" => return linux_device_bench(),
         [only] if only == "net" => return linux_net_bench(),
         [only] if only == "exits" => return exit_rate_bench(),
-        _ => return Err("usage: cargo xtask bench [sbi|devices|net|exits]".into()),
+        [only] if only == "linux" => {
+            crate::setup::ensure_all()?;
+            return linux_boot_bench();
+        }
+        _ => return Err("usage: cargo xtask bench [sbi|linux|devices|net|exits]".into()),
     };
     // Like `run` and `test`: installs the targets, QEMU and cross tools if missing.
     crate::setup::ensure_all()?;
@@ -329,32 +333,64 @@ fn linux_boot_bench() -> Result<()> {
     let mut rows = Vec::new();
     for smp in [1u32, 2, 4] {
         let name = format!("bench-linux-smp{smp}");
-        let mut us = Vec::new();
-        for mut q in linux_runs(&a, &name, smp, None)? {
-            q.stop_at = Some(INIT_LINE.into());
-            let out = qemu::run(&q)?;
-            us.push(printk_us(&out.output, INIT_LINE).ok_or_else(|| {
-                format!(
-                    "{}: no timestamped `{INIT_LINE}` line (log {})",
-                    q.name,
-                    out.log.display()
-                )
-            })?);
+        let mut us: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        for seed in BOOT_SEEDS {
+            for (side, mut q) in linux_runs(&a, &name, smp, None)?.into_iter().enumerate() {
+                q.stop_at = Some(INIT_LINE.into());
+                q.seed = seed;
+                let out = qemu::run(&q)?;
+                us[side].push(printk_us(&out.output, INIT_LINE).ok_or_else(|| {
+                    format!(
+                        "{}: no timestamped `{INIT_LINE}` line (log {})",
+                        q.name,
+                        out.log.display()
+                    )
+                })?);
+            }
         }
-        rows.push((smp, us[0], us[1]));
+        rows.push((smp, us));
     }
     println!();
     println!(
-        "{:<24} | {:>12} | {:>12} | {:>7}",
-        "Linux to /init (µs)", "Diosix", "OpenSBI", "ratio"
+        "Linux to /init (µs), median over QEMU seeds {BOOT_SEEDS:?} (each run is exact; \
+         with more than one hart the seed moves how the harts interleave)"
     );
-    println!("{:-<25}+{:-<14}+{:-<14}+{:-<8}", "", "", "", "");
-    for (smp, d, o) in rows {
+    println!(
+        "{:<24} | {:>12} | {:>12} | {:>7} | {:>15} | {:>15}",
+        "", "Diosix", "OpenSBI", "ratio", "Diosix range", "OpenSBI range"
+    );
+    println!(
+        "{:-<25}+{:-<14}+{:-<14}+{:-<9}+{:-<17}+{:-<16}",
+        "", "", "", "", "", ""
+    );
+    for (smp, [d, o]) in rows {
         let metric = format!("linux_to_init_smp{smp}");
-        let ratio = d as f64 / o.max(1) as f64;
-        println!("{metric:<24} | {d:>12} | {o:>12} | {ratio:>7.2}");
+        let (dm, om) = (median(&d), median(&o));
+        let ratio = dm as f64 / om.max(1) as f64;
+        let range = |v: &[u64]| {
+            format!(
+                "{}-{}",
+                v.iter().min().unwrap_or(&0),
+                v.iter().max().unwrap_or(&0)
+            )
+        };
+        println!(
+            "{metric:<24} | {dm:>12} | {om:>12} | {ratio:>7.3} | {:>15} | {:>15}",
+            range(&d),
+            range(&o)
+        );
     }
     Ok(())
+}
+
+/// QEMU seeds of the Linux boot comparison: one run per seed on each side.
+const BOOT_SEEDS: [u32; 5] = [1, 2, 3, 4, 5];
+
+/// The median of `v` (the lower middle of an even count; 0 if empty).
+fn median(v: &[u64]) -> u64 {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s.get(s.len().saturating_sub(1) / 2).copied().unwrap_or(0)
 }
 
 /// Prefix of the figure lines `diosix-workloads` prints (`rootvm/workloads/`).

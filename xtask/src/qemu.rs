@@ -39,8 +39,10 @@ pub struct QemuOptions {
     pub smp: u32,
     /// RAM in MiB (`-m`).
     pub mem_mib: u32,
-    /// Deterministic timing: `-icount shift=0,sleep=off -seed 1`.
+    /// Deterministic timing: `-icount shift=0,sleep=off -seed N` (`seed`).
     pub icount: bool,
+    /// QEMU's random seed under `icount` (1 unless a benchmark varies it).
+    pub seed: u32,
     /// `-append` (the DTB's `/chosen/bootargs`; only meaningful with OpenSBI).
     pub append: Option<String>,
     /// Further QEMU arguments.
@@ -144,6 +146,7 @@ impl QemuOptions {
             smp: 1,
             mem_mib: 512,
             icount: false,
+            seed: 1,
             append: None,
             extra: Vec::new(),
             timeout: Duration::from_secs(60),
@@ -241,7 +244,12 @@ fn machine_args(cmd: &mut Command, opts: &QemuOptions) {
         &format!("{}M", opts.mem_mib),
     ]);
     if opts.icount {
-        cmd.args(["-icount", "shift=0,sleep=off", "-seed", "1"]);
+        cmd.args([
+            "-icount",
+            "shift=0,sleep=off",
+            "-seed",
+            &opts.seed.to_string(),
+        ]);
     }
     if let Some(a) = &opts.append {
         cmd.args(["-append", a]);

@@ -292,6 +292,16 @@ impl VirtualPlic {
         }
     }
 
+    /// `context`'s enable bits, 32 sources a word (bit *b* of word *w* is source
+    /// 32*w* + *b*); empty for a context out of range.
+    pub fn enables(&self, context: u32) -> &[u32] {
+        if context < self.contexts {
+            self.enable_words(context)
+        } else {
+            &[]
+        }
+    }
+
     /// True when `context` has `source` enabled (false for either out of range).
     pub fn is_enabled(&self, context: u32, source: u32) -> bool {
         self.valid_source(source) && context < self.contexts && self.enabled(context, source)
