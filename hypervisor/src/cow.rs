@@ -27,12 +27,12 @@
 //! Lock order: a VM's memory, then [`mem::SHARES`], then the frame allocator.
 
 use crate::guestmem::GStageMemory;
-use crate::isolation::{CowError, Stale};
+use crate::isolation::{CowError, Isolation, Stale};
 use crate::mem;
 use crate::mem::TableAlloc;
 use crate::vm::Vm;
 use core::sync::atomic::{fence, Ordering};
-use diosix_core::addr::{Gpa, PAGE_SIZE};
+use diosix_core::addr::{Gpa, Hpa, PAGE_SIZE};
 use diosix_core::gstage::{AccessError, MapError, Perms, WriteOutcome};
 
 impl GStageMemory {
@@ -245,12 +245,21 @@ impl Vm {
         if populate {
             self.populate_in_ram(src.as_mut(), gpa, len)?;
         }
-        let from = src.chunks(gpa, len, false)?;
         let dst_guard = dst.mem.lock();
-        let to = dst_guard
-            .as_ref()
-            .ok_or(AccessError::NotMapped(dst_gpa))?
-            .chunks(dst_gpa, len, true)?;
+        let dst_mem = dst_guard.as_ref().ok_or(AccessError::NotMapped(dst_gpa))?;
+        // Within one page of RAM on each side (an IPC message, a ring index): one
+        // translation each.
+        if let (Some(fh), Some(th)) = (
+            self.page_in_ram(src.as_ref(), gpa, len, Perms::R),
+            dst.page_in_ram(dst_mem.as_ref(), dst_gpa, len, Perms::R | Perms::W),
+        ) {
+            // SAFETY: as below (both translated under their VMs' memory locks, held
+            // until the copy ends).
+            unsafe { diosix_riscv::physmem::copy(th, fh, len) };
+            return Ok(());
+        }
+        let from = src.chunks(gpa, len, false)?;
+        let to = dst_mem.chunks(dst_gpa, len, true)?;
         let (mut fi, mut ti) = (from.iter().copied(), to.iter().copied());
         let (mut f, mut t) = (fi.next(), ti.next());
         while let (Some((fh, fl)), Some((th, tl))) = (f, t) {
@@ -278,6 +287,18 @@ impl Vm {
             };
         }
         Ok(())
+    }
+
+    /// The HPA of `[gpa, gpa + len)` if it lies within one page of this VM's RAM that
+    /// the guest may access with `need`; `None` otherwise (the page-by-page path
+    /// then decides, and names the error).
+    fn page_in_ram(&self, m: &dyn Isolation, gpa: Gpa, len: u64, need: Perms) -> Option<Hpa> {
+        if len == 0 || gpa.page_offset() + len > PAGE_SIZE || !self.ram.contains_span(gpa, len) {
+            return None;
+        }
+        m.translate(gpa)
+            .filter(|(_, perms)| perms.contains(need))
+            .map(|(hpa, _)| hpa)
     }
 
     /// Breaks copy-on-write sharing for `[gpa, gpa+len)` and checks the guest may

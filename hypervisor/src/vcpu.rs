@@ -179,6 +179,12 @@ impl Vcpu {
     /// timer expiring — even if sie masks it, as a firmware suspend would; an
     /// interrupt that was already pending and masked before the suspend does not end it.
     pub fn has_wakeup(&self, now: u64) -> bool {
+        // A receive a sender has answered needs no look at the interrupts.
+        if let Wait::IpcRecv(_) = self.ctx.wait {
+            if self.shared.ipc_answered() {
+                return true;
+            }
+        }
         let raised = self.shared.pending.load(Ordering::Acquire) & irq::VS_ALL;
         let timer = if self.ctx.timer_deadline <= now {
             irq::VSTIP

@@ -6,6 +6,7 @@ use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use diosix_core::exits::ExitCause;
 use diosix_core::sbi::{HartState, SbiRet};
+use diosix_core::tree::comms;
 
 /// Marks "not running on any hart" in [`VcpuShared::running_on`].
 pub const NOT_RUNNING: usize = usize::MAX;
@@ -45,8 +46,8 @@ pub struct VcpuShared {
     /// FORK's copy of a sleeping vCPU). A claim and an interrupt race for it with one
     /// compare-and-swap each, so exactly one of them ends the wait.
     ipc_wait: AtomicU64,
-    /// A claimed wait's answer ([`encode_ipc_answer`]), 0 until the claimer has
-    /// delivered.
+    /// A claimed wait's answer (`diosix_core::tree::comms::encode_ipc_answer`), 0
+    /// until the claimer has delivered.
     ipc_answer: AtomicU64,
 }
 
@@ -56,19 +57,6 @@ const IPC_IDLE: u64 = 0;
 const IPC_CLAIMED: u64 = u64::MAX;
 /// [`VcpuShared::ipc_wait`]: an interrupt ended the wait (nothing received).
 const IPC_ENDED: u64 = u64::MAX - 1;
-
-/// An IPC_RECV answer as one word, never 0: bit 63, the value's low bit at bit 32,
-/// the (small, negative) error in bits 31..0.
-fn encode_ipc_answer(ret: SbiRet) -> u64 {
-    (1 << 63) | ((ret.value as u64 & 1) << 32) | u64::from(ret.error as i32 as u32)
-}
-
-fn decode_ipc_answer(word: u64) -> SbiRet {
-    SbiRet {
-        error: word as u32 as i32 as isize,
-        value: ((word >> 32) & 1) as usize,
-    }
-}
 
 /// The SBI's standard firmware event codes (0..=21).
 pub const FW_EVENTS: usize = 22;
@@ -113,7 +101,14 @@ impl VcpuShared {
     /// The claimer's delivery is done: the vCPU answers `ret` when it wakes.
     pub fn answer_ipc_wait(&self, ret: SbiRet) {
         self.ipc_answer
-            .store(encode_ipc_answer(ret), Ordering::Release);
+            .store(comms::encode_ipc_answer(ret), Ordering::Release);
+    }
+
+    /// Whether a sender has claimed this vCPU's wait and delivered its answer.
+    #[inline]
+    pub fn ipc_answered(&self) -> bool {
+        self.ipc_wait.load(Ordering::Acquire) == IPC_CLAIMED
+            && self.ipc_answer.load(Ordering::Acquire) != 0
     }
 
     /// Whether the vCPU sleeping in wait `ticket` may wake now, `interrupted` saying
@@ -145,7 +140,7 @@ impl VcpuShared {
     /// was delivered (the call's answer stays a1 = 0).
     pub fn take_ipc_answer(&self) -> Option<SbiRet> {
         match self.ipc_wait.swap(IPC_IDLE, Ordering::SeqCst) {
-            IPC_CLAIMED => Some(decode_ipc_answer(
+            IPC_CLAIMED => Some(comms::decode_ipc_answer(
                 self.ipc_answer.swap(0, Ordering::Acquire),
             )),
             _ => None,

@@ -61,6 +61,14 @@ fn run_aia(name: &str, kernel: &Path, bios: Bios) -> Result<Vec<(String, u64)>> 
             out.log.display()
         ));
     }
+    // A figure whose run went wrong (the guest says so) is no figure.
+    if let Some(l) = out
+        .output
+        .lines()
+        .find(|l| l.starts_with("bench ") && l.contains(" failed"))
+    {
+        return Err(format!("{name}: {} (log {})", l.trim(), out.log.display()));
+    }
     Ok(parse(&out.output))
 }
 

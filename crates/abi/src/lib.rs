@@ -328,7 +328,7 @@ pub mod ext {
     pub const EID: usize = 0x0A00_0005;
 
     /// ABI version reported by GET_HV_INFO: major in bits 31..16, minor in bits 15..0.
-    /// 1.1 added [`super::flags::IPC_RECV_WAIT`].
+    /// 1.1 added [`super::flags::IPC_RECV_WAIT`] and [`FID_IPC_CALL`].
     pub const ABI_VERSION: u32 = (1 << 16) | 1;
 
     /// Terminate a VM and its whole subtree. a0 = target CID (1 = self, >= 2 = a child),
@@ -419,8 +419,18 @@ pub mod ext {
     /// [`super::devices::RAISE_CONFIG_CHANGE`] | [`super::devices::RAISE_NEEDS_RESET`]
     /// (at least one). a1 = 0.
     pub const FID_DEVICE_RAISE: usize = 31;
+    /// Send a message to a peer and wait for its answer, in one call (ABI 1.1).
+    /// a0 = the peer's CID (0 = parent, >= 2 = a child), a1 = GPA of a buffer that
+    /// holds the message and receives the answer, a2 = the message's length, a3 = the
+    /// buffer's length for the answer (both <= [`super::limits::IPC_MAX_MESSAGE`]).
+    /// The message goes as IPC_SEND's would; then the oldest message from that peer
+    /// is taken as an exact IPC_RECV with [`super::flags::IPC_RECV_WAIT`] would, the
+    /// caller sleeping until one comes. a1 = the answer's length + 1, or 0 if an
+    /// interrupt ended the wait first (the message was sent; the answer will be
+    /// queued).
+    pub const FID_IPC_CALL: usize = 32;
     /// One past the highest function number defined by this ABI version.
-    pub const FID_COUNT: usize = 32;
+    pub const FID_COUNT: usize = 33;
 
     /// Every defined function: (number, name as in the documentation and C header).
     pub const FUNCTIONS: &[(usize, &str)] = &[
@@ -454,6 +464,7 @@ pub mod ext {
         (FID_CHILD_MEM_WRITE, "CHILD_MEM_WRITE"),
         (FID_DEVICE_STATE, "DEVICE_STATE"),
         (FID_DEVICE_RAISE, "DEVICE_RAISE"),
+        (FID_IPC_CALL, "IPC_CALL"),
     ];
 }
 

@@ -39,19 +39,37 @@ fn recv(cid: u64, buf: &mut [u8], wait: bool) -> Option<usize> {
 }
 
 /// The forked child: echoes every message from its parent until told to exit,
-/// sleeping in its receive in between (it wakes with nothing only on an interrupt,
-/// and it enables none).
+/// sleeping in between (it wakes with nothing only on an interrupt, and it enables
+/// none). Its first message comes by a receive that sleeps (IPC_RECV_WAIT); it then
+/// answers each with an IPC_CALL, which sends the answer and sleeps until the next
+/// message, unless the parent asked for `send` (separate IPC_SEND and waiting receive).
 fn child() -> ! {
     let mut buf = [0u8; 64];
+    let mut got = loop {
+        if let Some(n) = recv(PARENT, &mut buf, true) {
+            break n;
+        }
+    };
     loop {
-        match recv(PARENT, &mut buf, true) {
-            Some(n) if &buf[..n] == b"exit" => {
-                DSX.exit(cid::SELF, 0);
-            }
-            Some(n) => {
-                send(PARENT, &buf[..n]);
-            }
-            None => {}
+        if &buf[..got] == b"exit" {
+            DSX.exit(cid::SELF, 0);
+        }
+        if buf[..got].starts_with(b"send") {
+            send(PARENT, &buf[..got]);
+            got = loop {
+                if let Some(n) = recv(PARENT, &mut buf, true) {
+                    break n;
+                }
+            };
+        } else {
+            let mut answer = [0u8; 64];
+            answer[..got].copy_from_slice(&buf[..got]);
+            got = loop {
+                if let Ok(Some(n)) = DSX.ipc_call(PARENT, &answer[..got], buf.len()) {
+                    DSX.data().read(0, &mut buf[..n]);
+                    break n;
+                }
+            };
         }
     }
 }
@@ -104,21 +122,42 @@ pub fn run(ram_mib: usize) {
     println!("bench cow_next_write_same_2MiB {}", done - second);
     let mut v = [0u64; SAMPLES];
     let mut buf = [0u8; 64];
-    // A message and its answer, each side sleeping in its receive until the other's
-    // send delivers into it: two sends, two receives, two switches.
+    // A message and its answer, each side sending with IPC_CALL, which sleeps until
+    // the other side's call delivers into it: two calls and two switches.
+    let mut echoed = true;
     for s in v.iter_mut() {
         let a = csr::instret();
-        send(cid, b"ping");
-        while recv(cid, &mut buf, true).is_none() {}
+        let n = loop {
+            if let Ok(Some(n)) = DSX.ipc_call(cid, b"ping", buf.len()) {
+                break n;
+            }
+        };
         *s = csr::instret() - a;
+        DSX.data().read(0, &mut buf[..n]);
+        echoed &= &buf[..n] == b"ping";
     }
     v.sort_unstable();
     println!("bench ipc_round_trip {}", v[SAMPLES / 2]);
+    // The same with IPC_SEND and a receive that sleeps (IPC_RECV_WAIT) on each side:
+    // two sends, two receives, two switches.
+    for s in v.iter_mut() {
+        let a = csr::instret();
+        send(cid, b"send");
+        let n = loop {
+            if let Some(n) = recv(cid, &mut buf, true) {
+                break n;
+            }
+        };
+        *s = csr::instret() - a;
+        echoed &= &buf[..n] == b"send";
+    }
+    v.sort_unstable();
+    println!("bench ipc_round_trip_send_recv {}", v[SAMPLES / 2]);
     // The same with this side polling: a receive that finds nothing and a YIELD
     // before the one that finds the answer (queued, as this side was not waiting).
     for s in v.iter_mut() {
         let a = csr::instret();
-        send(cid, b"ping");
+        send(cid, b"send");
         while recv(cid, &mut buf, false).is_none() {
             DSX.yield_now();
         }
@@ -126,6 +165,9 @@ pub fn run(ram_mib: usize) {
     }
     v.sort_unstable();
     println!("bench ipc_round_trip_poll {}", v[SAMPLES / 2]);
+    if !echoed {
+        println!("bench ipc failed: an answer was not the message echoed");
+    }
     // What a device backend pays to reach its child's memory: a ring index (8 bytes),
     // a page, and the largest copy, into the data buffer and back (the child's pages
     // are backed and its own by then: each figure is the copy alone).

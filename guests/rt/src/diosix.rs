@@ -186,6 +186,23 @@ pub unsafe trait Client {
         Ok(Some((out.cid, out.out_len as usize)))
     }
 
+    /// IPC_CALL: sends `msg` (copied into the data buffer) to `to` and sleeps until
+    /// `to` answers (at most `cap` bytes, and no more than the buffer holds):
+    /// `Ok(Some(len))` with the answer at the start of the data buffer, `Ok(None)` if
+    /// an interrupt ended the wait first.
+    fn ipc_call(&self, to: u64, msg: &[u8], cap: usize) -> Result<Option<usize>, isize> {
+        let d = self.data();
+        d.write(0, msg);
+        let r = self.call(
+            ext::FID_IPC_CALL,
+            [to as usize, d.addr(), msg.len(), cap.min(d.len()), 0, 0],
+        );
+        if !r.is_ok() {
+            return Err(r.error);
+        }
+        Ok(r.value.checked_sub(1))
+    }
+
     /// POLL_EVENT: `Ok(None)` when no event waits.
     fn poll_event(&self) -> Result<Option<Event>, isize> {
         let s = self.structs();

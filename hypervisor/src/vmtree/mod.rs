@@ -213,7 +213,10 @@ fn carry_out(hart: &mut HartLocal, req: Request) -> Outcome {
         wake_receivers,
         ..
     } = host;
-    if wake_receivers {
+    // A receiver this call answered runs once the run queue looks at its waiters:
+    // at once if this vCPU now sleeps in a receive of its own (its switch looks),
+    // else through a poke, which also wakes an idle hart for it.
+    if wake_receivers && ipc_wait.is_none() {
         sched::poke_waiters();
     }
     if holding {

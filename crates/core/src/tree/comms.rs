@@ -36,11 +36,55 @@ pub struct IpcWaiter {
     pub ticket: u64,
     /// The senders it takes: a peer's CID as the receiver names it, or any.
     pub from: Option<u64>,
-    /// Its arguments as it passed them (buffer and length checked then), written back
-    /// with the sender and length when a message is delivered.
-    pub args: IpcRecvArgs,
-    /// Where that structure is in the receiver.
-    pub args_gpa: Gpa,
+    /// Where the message goes and how the receiver learns of it.
+    pub into: WaitingReceive,
+}
+
+/// How a sleeping receive takes its message (its buffer checked when it began).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitingReceive {
+    /// IPC_RECV: into `args.buf_gpa`, at most `args.max_len` bytes; the structure as it
+    /// was passed is written back to `gpa` with the sender and the length, a1 = 1.
+    Args {
+        /// The IpcRecvArgs as the receiver passed them.
+        args: IpcRecvArgs,
+        /// Where that structure is in the receiver.
+        gpa: Gpa,
+    },
+    /// IPC_CALL: into `[buf, buf + cap)`, a1 = the length + 1.
+    Buffer {
+        /// The answer's buffer.
+        buf: Gpa,
+        /// Its length.
+        cap: u64,
+    },
+}
+
+/// A sleeping receive's answer as one word (for the hypervisor to store atomically
+/// where the receiver finds it when it wakes): never 0, so 0 can mean "no answer
+/// yet". Bit 63 set, the value (IPC_RECV's 1, IPC_CALL's length + 1: at most 4097)
+/// in bits 62..32, the SBI error (0 or a small negative code) in bits 31..0.
+pub fn encode_ipc_answer(ret: crate::sbi::SbiRet) -> u64 {
+    let value = (ret.value as u64).min(0x7FFF_FFFF);
+    (1 << 63) | (value << 32) | u64::from(ret.error as i32 as u32)
+}
+
+/// The answer [`encode_ipc_answer`] stored.
+pub fn decode_ipc_answer(word: u64) -> crate::sbi::SbiRet {
+    crate::sbi::SbiRet {
+        error: word as u32 as i32 as isize,
+        value: ((word >> 32) & 0x7FFF_FFFF) as usize,
+    }
+}
+
+impl WaitingReceive {
+    /// The buffer and its length.
+    pub fn buffer(&self) -> (Gpa, u64) {
+        match *self {
+            Self::Args { args, .. } => (Gpa::new(args.buf_gpa), args.max_len),
+            Self::Buffer { buf, cap } => (buf, cap),
+        }
+    }
 }
 
 /// What an event is about.

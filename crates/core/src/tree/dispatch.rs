@@ -33,7 +33,7 @@ use diosix_abi::{
 use super::request::{fork_flags_valid, Request};
 use super::{
     ChildRequest, HostFacts, IpcWaiter, KilledVm, Quota, QuotaChange, SbiError, Termination, VmId,
-    VmState, VmTree,
+    VmState, VmTree, WaitingReceive,
 };
 use crate::addr::{Gpa, Hpa, PAGE_SIZE};
 use crate::childdev::DeviceDef;
@@ -296,6 +296,9 @@ fn call(
         Request::SetQuota { args } => set_quota(tree, caller, args, host),
         Request::IpcSend { args } => ipc_send(tree, caller, args, host),
         Request::IpcRecv { args } => ipc_recv(tree, caller, args, host),
+        Request::IpcCall { cid, buf, len, cap } => {
+            ipc_call(tree, caller, (cid, buf, len, cap), host)
+        }
         Request::PollEvent { out, size } => poll_event(tree, caller, out, size, host),
         Request::GetHvInfo { out, size } => hv_info(tree, caller, out, size, host),
         Request::MapChildMem {
@@ -826,23 +829,39 @@ fn ipc_send(
     if (s.size as usize) < IpcSendArgs::SIZE || s.flags != 0 {
         return Err(SbiError::InvalidParam);
     }
-    let (to, as_seen) = tree.ipc_route(caller, s.cid)?;
+    let route = tree.ipc_route(caller, s.cid)?;
     if s.len > limits::IPC_MAX_MESSAGE as u64 {
         return Err(SbiError::InvalidParam);
     }
     let data_gpa = Gpa::new(s.data_gpa);
     check_buffer(host, caller, data_gpa, s.len)?;
-    // A receiver asleep waiting for this sender takes the message straight into its
-    // buffer. Each pass drops one record (at most one per vCPU of the receiver); a
-    // record whose wait has ended (an interrupt woke it) is passed over.
+    send_message(tree, caller, s.cid, route, data_gpa, s.len, host)?;
+    Ok(0)
+}
+
+/// Sends the `len` bytes at `data` in `caller` (checked) to its peer `cid`, which
+/// `route` names (the receiver, and the sender as the receiver names it). A receiver
+/// asleep waiting for this sender takes the message straight into its buffer; else
+/// it is queued.
+fn send_message(
+    tree: &mut VmTree,
+    caller: VmId,
+    cid: u64,
+    (to, as_seen): (VmId, u64),
+    data: Gpa,
+    len: u64,
+    host: &mut dyn ExtensionHost,
+) -> Result<(), SbiError> {
+    // Each pass drops one record (at most one per vCPU of the receiver); a record
+    // whose wait has ended (an interrupt woke it) is passed over.
     while let Some(w) = tree.take_ipc_waiter(to, as_seen) {
         if !host.claim_ipc_waiter(to, w.vcpu, w.ticket) {
             continue;
         }
-        match deliver(host, caller, data_gpa, s.len, to, as_seen, &w) {
-            Ok(()) => {
-                host.end_ipc_wait(to, w.vcpu, SbiRet::ok(1));
-                return Ok(0);
+        match deliver(host, caller, data, len, to, as_seen, &w) {
+            Ok(answer) => {
+                host.end_ipc_wait(to, w.vcpu, answer);
+                return Ok(());
             }
             // Queued instead (below), and the receiver answered as a receive finding
             // it would be: too long for its buffer, or its buffer no longer usable.
@@ -852,16 +871,16 @@ fn ipc_send(
             }
         }
     }
-    let mut data = vec![0u8; to_usize(s.len)?];
-    host.read_guest(caller, data_gpa, &mut data)?;
-    tree.ipc_send(caller, s.cid, data)?;
-    Ok(0)
+    let mut bytes = vec![0u8; to_usize(len)?];
+    host.read_guest(caller, data, &mut bytes)?;
+    tree.ipc_send(caller, cid, bytes)
 }
 
 /// Copies a message of `len` bytes at `data` in `caller` into the buffer of the
-/// receive `w` of `to` waits in, and writes its sender (`as_seen`) and length back
-/// into its arguments. The receiver's ranges were checked when it began to wait, and
-/// again here (RAM never moves under a VM, but checking costs little).
+/// receive `w` of `to` sleeps in, and tells it what it got (its structure written
+/// back, for IPC_RECV); returns the receive's answer. The receiver's ranges were
+/// checked when it began to wait and RAM never moves under a VM (a REBOOT or EXEC,
+/// which may change it, forgets the waits), and the copy translates every page again.
 fn deliver(
     host: &mut dyn ExtensionHost,
     caller: VmId,
@@ -870,18 +889,22 @@ fn deliver(
     to: VmId,
     as_seen: u64,
     w: &IpcWaiter,
-) -> Result<(), SbiError> {
-    if len > w.args.max_len {
+) -> Result<SbiRet, SbiError> {
+    let (buf, room) = w.into.buffer();
+    if len > room {
         return Err(SbiError::BadRange);
     }
-    let buf = Gpa::new(w.args.buf_gpa);
-    host.check_range(to, buf, len)?;
-    host.check_range(to, w.args_gpa, IpcRecvArgs::SIZE as u64)?;
     host.copy_guest(caller, data, to, buf, len)?;
-    let mut r = w.args;
-    r.cid = as_seen;
-    r.out_len = len;
-    host.write_guest(to, w.args_gpa, &r.to_le_bytes())
+    match w.into {
+        WaitingReceive::Args { mut args, gpa } => {
+            args.cid = as_seen;
+            args.out_len = len;
+            host.write_guest(to, gpa, &args.to_le_bytes())?;
+            Ok(SbiRet::ok(1))
+        }
+        // len <= 4096: no overflow.
+        WaitingReceive::Buffer { .. } => Ok(SbiRet::ok(to_usize(len)? + 1)),
+    }
 }
 
 fn ipc_recv(
@@ -910,15 +933,8 @@ fn ipc_recv(
     })?;
     let Some((sender, len)) = got else {
         if r.flags & flags::IPC_RECV_WAIT != 0 {
-            let waiter = IpcWaiter {
-                vcpu: host.caller_vcpu(),
-                ticket: 0,
-                from,
-                args: r,
-                args_gpa: gpa,
-            };
-            let ticket = tree.add_ipc_waiter(caller, waiter)?;
-            host.wait_for_message(ticket);
+            let into = WaitingReceive::Args { args: r, gpa };
+            wait_for_message(tree, caller, from, into, host)?;
         }
         return Ok(0);
     };
@@ -926,6 +942,55 @@ fn ipc_recv(
     r.out_len = len as u64;
     host.write_guest(caller, gpa, &r.to_le_bytes())?;
     Ok(1)
+}
+
+/// Puts the calling vCPU to sleep until a message from `from` (any peer if `None`)
+/// is delivered `into` its buffer, or an interrupt ends the wait.
+fn wait_for_message(
+    tree: &mut VmTree,
+    caller: VmId,
+    from: Option<u64>,
+    into: WaitingReceive,
+    host: &mut dyn ExtensionHost,
+) -> Result<(), SbiError> {
+    let waiter = IpcWaiter {
+        vcpu: host.caller_vcpu(),
+        ticket: 0,
+        from,
+        into,
+    };
+    let ticket = tree.add_ipc_waiter(caller, waiter)?;
+    host.wait_for_message(ticket);
+    Ok(())
+}
+
+/// IPC_CALL: the message, then the peer's answer, in one call. Everything is
+/// checked before the message goes, so a refused call sends nothing.
+fn ipc_call(
+    tree: &mut VmTree,
+    caller: VmId,
+    (cid, buf, len, cap): (u64, Gpa, u64, u64),
+    host: &mut dyn ExtensionHost,
+) -> Result<u64, SbiError> {
+    let route = tree.ipc_route(caller, cid)?;
+    let max = limits::IPC_MAX_MESSAGE as u64;
+    if len > max || cap > max {
+        return Err(SbiError::InvalidParam);
+    }
+    check_buffer(host, caller, buf, len.max(cap))?;
+    send_message(tree, caller, cid, route, buf, len, host)?;
+    let got = tree.ipc_recv(caller, Some(cid), cap, |_, data| {
+        host.write_guest(caller, buf, data)
+    })?;
+    match got {
+        // len <= 4096: no overflow.
+        Some((_, n)) => Ok(n as u64 + 1),
+        None => {
+            let into = WaitingReceive::Buffer { buf, cap };
+            wait_for_message(tree, caller, Some(cid), into, host)?;
+            Ok(0)
+        }
+    }
 }
 
 fn poll_event(

@@ -65,7 +65,7 @@ use alloc::vec::Vec;
 
 use diosix_abi::{cid, state};
 
-pub use comms::{ByteRing, EventKind, EventQueue, EventRecord, IpcWaiter, Message};
+pub use comms::{ByteRing, EventKind, EventQueue, EventRecord, IpcWaiter, Message, WaitingReceive};
 pub use error::SbiError;
 pub use quota::{Quota, QuotaChange, Reserved, SubtreeUsage, Usage};
 

@@ -54,6 +54,18 @@ pub enum Request {
         /// Where the `IpcRecvArgs` structure is.
         args: Gpa,
     },
+    /// IPC_CALL: send `len` bytes at `buf` to peer `cid`, then wait for its answer
+    /// into `[buf, buf + cap)`.
+    IpcCall {
+        /// The peer.
+        cid: u64,
+        /// The message, and where the answer goes.
+        buf: Gpa,
+        /// The message's length.
+        len: u64,
+        /// Room for the answer.
+        cap: u64,
+    },
     /// POLL_EVENT into an `Event` at `out`.
     PollEvent {
         /// Output `Event`.
@@ -233,6 +245,12 @@ impl Request {
             ext::FID_SET_QUOTA => Self::SetQuota { args: gpa(a0) },
             ext::FID_IPC_SEND => Self::IpcSend { args: gpa(a0) },
             ext::FID_IPC_RECV => Self::IpcRecv { args: gpa(a0) },
+            ext::FID_IPC_CALL => Self::IpcCall {
+                cid: a0,
+                buf: gpa(a1),
+                len: a2,
+                cap: a3,
+            },
             ext::FID_POLL_EVENT => Self::PollEvent {
                 out: gpa(a0),
                 size: a1,

@@ -18,6 +18,7 @@ use crate::sbi::SbiRet;
 const E_INVALID_PARAM: isize = diosix_abi::error::INVALID_PARAM;
 const E_DENIED: isize = diosix_abi::error::DENIED;
 const E_INVALID_ADDRESS: isize = diosix_abi::error::INVALID_ADDRESS;
+const E_BAD_RANGE: isize = diosix_abi::error::BAD_RANGE;
 const E_NOT_SUPPORTED: isize = diosix_abi::error::NOT_SUPPORTED;
 
 fn root_tree() -> (VmTree, VmId) {
@@ -1566,6 +1567,101 @@ fn a_wait_for_a_child_ends_when_the_child_dies_and_a_reboot_forgets_waits() {
     assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 0);
     w.t.reboot(c).unwrap();
     assert!(w.t.ipc_waiters(c).is_empty());
+}
+
+#[test]
+fn ipc_call_sends_then_sleeps_until_the_answer_is_delivered_into_its_buffer() {
+    let (mut w, root, c) = waiting_world();
+    // The child sleeps in a receive; the parent's call delivers into it and sleeps.
+    put_recv(&mut w, c, flags::IPC_RECV_EXACT | flags::IPC_RECV_WAIT, 0);
+    w.h.vcpu = 0;
+    assert_eq!(w.ok(c, ext::FID_IPC_RECV, &[0x100]), 0);
+    w.h.put(root, 0x4000, b"ping");
+    assert_eq!(w.ok(root, ext::FID_IPC_CALL, &[2, 0x4000, 4, 64]), 0);
+    assert_eq!(w.h.answer(c, 0), Some(SbiRet::ok(1)));
+    assert_eq!(w.h.get(c, 0x3000, 4), b"ping");
+    assert_eq!(w.t.ipc_waiters(root).len(), 1);
+    // The child answers with a call of its own: its answer lands in the parent's
+    // buffer (a1 = length + 1), and the child sleeps for the next request.
+    w.h.put(c, 0x4000, b"pong!");
+    assert_eq!(w.ok(c, ext::FID_IPC_CALL, &[0, 0x4000, 5, 64]), 0);
+    assert_eq!(w.h.answer(root, 0), Some(SbiRet::ok(6)));
+    assert_eq!(w.h.get(root, 0x4000, 5), b"pong!");
+    assert_eq!(w.t.get(root).unwrap().queued_messages(), 0);
+    // The next request finds the child asleep in its call, which returns at once if
+    // the answer is already queued.
+    w.h.put(root, 0x4000, b"again");
+    assert_eq!(w.ok(root, ext::FID_IPC_CALL, &[2, 0x4000, 5, 64]), 0);
+    assert_eq!(w.h.answer(c, 0), Some(SbiRet::ok(6)));
+    assert_eq!(send_from(&mut w, c, 0, b"early"), SbiRet::ok(0));
+    assert_eq!(w.h.answer(root, 0), Some(SbiRet::ok(6)));
+    assert_eq!(send_from(&mut w, c, 0, b"queued"), SbiRet::ok(0));
+    assert_eq!(w.ok(root, ext::FID_IPC_CALL, &[2, 0x4000, 1, 64]), 7);
+    assert_eq!(w.h.get(root, 0x4000, 6), b"queued");
+}
+
+#[test]
+fn a_sleeping_receives_answer_survives_its_one_word_encoding() {
+    use super::comms::{decode_ipc_answer, encode_ipc_answer};
+    let errors = [
+        SbiError::Failed,
+        SbiError::InvalidParam,
+        SbiError::InvalidAddress,
+        SbiError::BadRange,
+    ];
+    for value in 0..=limits::IPC_MAX_MESSAGE + 1 {
+        let r = SbiRet::ok(value);
+        assert_ne!(encode_ipc_answer(r), 0);
+        assert_eq!(decode_ipc_answer(encode_ipc_answer(r)), r);
+    }
+    for e in errors {
+        let r = SbiRet::error(e);
+        assert_ne!(encode_ipc_answer(r), 0);
+        assert_eq!(decode_ipc_answer(encode_ipc_answer(r)), r);
+    }
+}
+
+#[test]
+fn ipc_call_checks_everything_before_it_sends() {
+    let (mut w, root, c) = waiting_world();
+    let max = limits::IPC_MAX_MESSAGE;
+    for (args, code) in [
+        ([1, 0x4000, 4, 64], E_INVALID_PARAM),
+        ([9, 0x4000, 4, 64], E_INVALID_PARAM),
+        ([0, 0x4000, 4, 64], E_INVALID_PARAM),
+        ([2, 0x4000, max + 1, 64], E_INVALID_PARAM),
+        ([2, 0x4000, 4, max + 1], E_INVALID_PARAM),
+        ([2, 64 * 4096 - 2, 4, 0], E_INVALID_ADDRESS),
+        ([2, 64 * 4096 - 64, 4, 65], E_INVALID_ADDRESS),
+        ([2, usize::MAX, 1, 1], E_INVALID_ADDRESS),
+    ] {
+        assert_eq!(w.err(root, ext::FID_IPC_CALL, &args), code, "{args:?}");
+    }
+    assert_eq!(w.t.get(c).unwrap().queued_messages(), 0);
+    assert!(w.t.ipc_waiters(root).is_empty());
+    // An answer longer than the room for it stays queued: BAD_RANGE (the request
+    // went).
+    assert_eq!(send_from(&mut w, c, 0, &[1u8; 65]), SbiRet::ok(0));
+    assert_eq!(
+        w.err(root, ext::FID_IPC_CALL, &[2, 0x4000, 4, 64]),
+        E_BAD_RANGE
+    );
+    assert_eq!(w.t.get(c).unwrap().queued_messages(), 1);
+    assert_eq!(w.t.get(root).unwrap().queued_messages(), 1);
+    // And one delivered to a sleeping call is refused the same way.
+    let r = IpcRecvArgs {
+        size: IpcRecvArgs::SIZE as u32,
+        flags: flags::IPC_RECV_EXACT,
+        cid: 2,
+        buf_gpa: 0x3000,
+        max_len: 4096,
+        out_len: 0,
+    };
+    w.h.put(root, 0x100, &r.to_le_bytes());
+    assert_eq!(w.ok(root, ext::FID_IPC_RECV, &[0x100]), 1);
+    assert_eq!(w.ok(root, ext::FID_IPC_CALL, &[2, 0x4000, 4, 8]), 0);
+    assert_eq!(send_from(&mut w, c, 0, &[2u8; 9]), SbiRet::ok(0));
+    assert_eq!(w.h.answer(root, 0), Some(SbiRet::error(SbiError::BadRange)));
 }
 
 #[test]
