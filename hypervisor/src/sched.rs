@@ -196,27 +196,45 @@ pub fn poke_waiters() {
 /// Puts this hart's current vCPU back in the queue, marked with `wait`, and loads the
 /// next vCPU to run into the hart (idling in WFI until there is one).
 pub fn switch_away(hart: &mut HartLocal, wait: Wait) {
-    if let Some(mut v) = hart.current.take() {
-        v.save();
-        // SAFETY: the hart's own frame (its stack and state) for any trap until the
-        // next vCPU's load: the one leaving may run on another hart as soon as it is
-        // queued.
-        unsafe { diosix_riscv::trap::set_frame(&mut hart.frame) };
-        if let Some(pmu) = v.ctx.pmu.as_deref_mut() {
-            crate::pmu::save(pmu);
-        }
-        v.ctx.wait = wait;
-        if wait == Wait::None && v.ctx.sta.shmem.is_some() {
-            v.ctx.sta.ready(platform::now());
-        }
-        // Under the queue lock, so a FORK's hold never sees this vCPU neither running
-        // nor queued (see `with_queue_locked`).
-        let mut q = RUNQ.lock();
-        v.shared.running_on.store(NOT_RUNNING, Ordering::Release);
-        q.push(v, platform::now());
-        publish_earliest(&q);
+    let Some(mut v) = hart.current.take() else {
+        let next = next_vcpu(hart);
+        run(hart, next);
+        return;
+    };
+    v.save();
+    // SAFETY: the hart's own frame (its stack and state) for any trap until the
+    // next vCPU's load: the one leaving may run on another hart as soon as it is
+    // queued.
+    unsafe { diosix_riscv::trap::set_frame(&mut hart.frame) };
+    if let Some(pmu) = v.ctx.pmu.as_deref_mut() {
+        crate::pmu::save(pmu);
     }
-    let next = next_vcpu(hart);
+    v.ctx.wait = wait;
+    if wait == Wait::None && v.ctx.sta.shmem.is_some() {
+        v.ctx.sta.ready(platform::now());
+    }
+    // What `next_vcpu` does before it looks at the queue, done first, so that one
+    // hold of the queue lock both queues this vCPU and picks the next.
+    before_picking(hart.slot);
+    let now = platform::now();
+    let mut q = RUNQ.lock();
+    // Under the queue lock, so a FORK's hold never sees this vCPU neither running
+    // nor queued (see `with_queue_locked`).
+    v.shared.running_on.store(NOT_RUNNING, Ordering::Release);
+    // The other waiters first, then this vCPU, whose own wake-up `push` looks at.
+    q.wake_waiters(now);
+    q.push(v, now);
+    publish_earliest(&q);
+    let next = q.pop_best();
+    if let Some(n) = next.as_ref() {
+        // Claimed before the queue is unlocked: see `with_queue_locked`.
+        n.shared.running_on.store(hart.slot, Ordering::SeqCst);
+    }
+    drop(q);
+    let next = match next {
+        Some(n) => n,
+        None => next_vcpu(hart),
+    };
     run(hart, next);
 }
 
@@ -332,20 +350,25 @@ fn wait_for_interrupt() {
     }
 }
 
+/// What a hart does each time before it looks for a vCPU to run: takes its kick,
+/// serves a fence request, and passes on a pending host interrupt (interrupts routed
+/// to guests wake an idle hart's WFI too, MEIE). Only when the line is up: the
+/// handler's PLIC claim is an MMIO read, on every switch otherwise.
+fn before_picking(slot: usize) {
+    hart::clear_kick(slot);
+    crate::hart::service_fence_request(slot);
+    if csr::mip::read() & csr::irq::MEIP != 0 {
+        if let Some(handler) = EXTERNAL_INTERRUPTS.get() {
+            handler(slot);
+        }
+    }
+}
+
 /// Takes the next runnable vCPU, sleeping in WFI while there is none.
 fn next_vcpu(hart: &mut HartLocal) -> Box<Vcpu> {
     let bit = 1usize << hart.slot;
     loop {
-        hart::clear_kick(hart.slot);
-        crate::hart::service_fence_request(hart.slot);
-        // Interrupts routed to guests wake this WFI too (MEIE): pass them on. Only
-        // when the line is up: the handler's PLIC claim is an MMIO read, on every
-        // switch otherwise.
-        if csr::mip::read() & csr::irq::MEIP != 0 {
-            if let Some(handler) = EXTERNAL_INTERRUPTS.get() {
-                handler(hart.slot);
-            }
-        }
+        before_picking(hart.slot);
         let now = platform::now();
         let Some(mut q) = try_lock_queue() else {
             // Sleep rather than spin while another hart is in the queue: marked idle
