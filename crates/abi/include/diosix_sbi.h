@@ -78,7 +78,8 @@
 #define DIOSIX_FID_CHILD_MEM_WRITE 29
 #define DIOSIX_FID_DEVICE_STATE 30
 #define DIOSIX_FID_DEVICE_RAISE 31
-#define DIOSIX_FID_COUNT 32
+#define DIOSIX_FID_IPC_CALL 32
+#define DIOSIX_FID_COUNT 33
 
 /* ---- Context IDs (relative to the caller) ---- */
 #define DIOSIX_CID_PARENT 0x0ULL

@@ -252,6 +252,8 @@ impl Fz {
         if r.error == 0 {
             ok &= match fid {
                 ext::FID_IPC_RECV | ext::FID_POLL_EVENT => r.value <= 1,
+                // 0 (woken first) or an answer's length + 1, within the room for it.
+                ext::FID_IPC_CALL => r.value <= a[3].min(limits::IPC_MAX_MESSAGE) + 1,
                 ext::FID_CONSOLE_READ | ext::FID_CONSOLE_WRITE => {
                     r.value <= a[2].min(limits::CONSOLE_MAX_TRANSFER)
                 }
@@ -355,7 +357,7 @@ fn body(idx: usize, _n: usize) {
 }
 
 fn diosix_one(f: &mut Fz) {
-    let fid = match f.rng.below(45) {
+    let fid = match f.rng.below(47) {
         0 => ext::FID_EXIT,
         1 => ext::FID_YIELD,
         2..=3 => ext::FID_FORK,
@@ -389,6 +391,7 @@ fn diosix_one(f: &mut Fz) {
         40 => ext::FID_CHILD_MEM_WRITE,
         41..=42 => ext::FID_DEVICE_STATE,
         43 => ext::FID_DEVICE_RAISE,
+        44..=45 => ext::FID_IPC_CALL,
         _ => ext::FID_GET_CHILD_INFO,
     };
     let r = &mut f.rng;
@@ -565,6 +568,19 @@ fn diosix_one(f: &mut Fz) {
             let device = r.pick(&[0, 0, 1, 7, 8, usize::MAX]);
             let what = r.pick(&[1, 1, 2, 4, 7, 0, 8, usize::MAX]);
             f.dsx(fid, [c, device, what, 0, 0, 0]);
+        }
+        ext::FID_IPC_CALL => {
+            let c = f.cid() as usize;
+            let buf = f.out_addr();
+            let len = f.len(limits::IPC_MAX_MESSAGE as u64) as usize;
+            let cap = f.len(limits::IPC_MAX_MESSAGE as u64) as usize;
+            // Sleeps for the peer's answer: this vCPU's timer ends the wait, 1 ms on,
+            // if none comes first.
+            diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(1));
+            diosix_guest_rt::csr::sie_set(diosix_guest_rt::csr::STI);
+            f.dsx(fid, [c, buf, len, cap, 0, 0]);
+            diosix_guest_rt::csr::sie_clear(diosix_guest_rt::csr::STI);
+            diosix_guest_rt::sbi::set_timer(u64::MAX);
         }
         ext::FID_GET_CHILD_INFO => {
             let c = f.cid() as usize;

@@ -803,9 +803,33 @@ fn ipc_wait_storm() {
                     let r = DSX.ipc_send(c, &[b'L'; 100]);
                     expect(ext::FID_IPC_SEND, r, &[SUCCESS, FAILED, INVALID_PARAM]);
                 }
+                3 if k % 2 == 0 => {
+                    // A request and a sleep for its answer in one call; the waiter
+                    // child answers (an echo) from its own sleeping receive.
+                    use diosix_guest_rt::csr;
+                    diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(2));
+                    csr::sie_set(csr::STI);
+                    let r = DSX.ipc_call(c, b"WAITING!call....", 4096);
+                    csr::sie_clear(csr::STI);
+                    diosix_guest_rt::sbi::set_timer(u64::MAX);
+                    match r {
+                        Ok(Some(_)) => {
+                            COUNT[0].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(None) => {
+                            COUNT[1].fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let r = SbiRet { error: e, value: 0 };
+                            // FAILED: the child's lane is full; INVALID_PARAM: the
+                            // child was replaced, or died while this vCPU slept.
+                            expect(ext::FID_IPC_CALL, r, &[FAILED, INVALID_PARAM]);
+                        }
+                    }
+                }
                 3 | 4 => match recv_waiting(c, 2) {
                     Ok(Some((from, len))) => {
-                        if from == c && (len == 24 || len == 4) {
+                        if from == c && (len == 24 || len == 16 || len == 4) {
                             COUNT[0].fetch_add(1, Ordering::Relaxed);
                         } else {
                             let bad = SbiRet {
