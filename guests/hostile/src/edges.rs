@@ -183,13 +183,11 @@ fn body(_idx: usize, _n: usize) {
     );
     // IPC_RECV_WAIT with nothing to receive: the vCPU sleeps in the call until its
     // timer interrupt (enabled in sie) is pending, then answers a1 = 0.
-    diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(5));
-    diosix_guest_rt::csr::sie_set(diosix_guest_rt::csr::STI);
     let t0 = sys::now();
-    let waited = recv(&|a| a.flags = diosix_abi::flags::IPC_RECV_EXACT | 2);
+    let waited = sys::with_wake_timer(5, || {
+        recv(&|a| a.flags = diosix_abi::flags::IPC_RECV_EXACT | 2)
+    });
     let slept = sys::now() - t0;
-    diosix_guest_rt::csr::sie_clear(diosix_guest_rt::csr::STI);
-    diosix_guest_rt::sbi::set_timer(u64::MAX);
     crate::check(
         "edge_ipc_recv_wait_ends_on_timer",
         waited.error == SUCCESS && waited.value == 0 && slept >= sys::ms(4),

@@ -483,11 +483,7 @@ fn diosix_one(f: &mut Fz) {
             };
             // A receive that sleeps (IPC_RECV_WAIT) and finds nothing ends on this
             // vCPU's timer, 1 ms on, if no message comes first.
-            diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(1));
-            diosix_guest_rt::csr::sie_set(diosix_guest_rt::csr::STI);
-            f.dsx(fid, [at, 0, 0, 0, 0, 0]);
-            diosix_guest_rt::csr::sie_clear(diosix_guest_rt::csr::STI);
-            diosix_guest_rt::sbi::set_timer(u64::MAX);
+            sys::with_wake_timer(1, || f.dsx(fid, [at, 0, 0, 0, 0, 0]));
         }
         ext::FID_MAP_CHILD_MEM => {
             let c = f.cid() as usize;
@@ -576,11 +572,7 @@ fn diosix_one(f: &mut Fz) {
             let cap = f.len(limits::IPC_MAX_MESSAGE as u64) as usize;
             // Sleeps for the peer's answer: this vCPU's timer ends the wait, 1 ms on,
             // if none comes first.
-            diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(1));
-            diosix_guest_rt::csr::sie_set(diosix_guest_rt::csr::STI);
-            f.dsx(fid, [c, buf, len, cap, 0, 0]);
-            diosix_guest_rt::csr::sie_clear(diosix_guest_rt::csr::STI);
-            diosix_guest_rt::sbi::set_timer(u64::MAX);
+            sys::with_wake_timer(1, || f.dsx(fid, [c, buf, len, cap, 0, 0]));
         }
         ext::FID_GET_CHILD_INFO => {
             let c = f.cid() as usize;

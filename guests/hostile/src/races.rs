@@ -759,14 +759,8 @@ const WAIT_ROUNDS: usize = 1000;
 /// A receive from `c` that sleeps until a message comes (`IPC_RECV_WAIT`) or this
 /// vCPU's timer fires `ms` from now.
 fn recv_waiting(c: u64, ms: u64) -> Result<Option<(u64, usize)>, isize> {
-    use diosix_guest_rt::csr;
-    diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(ms));
-    csr::sie_set(csr::STI);
     let wait = diosix_abi::flags::IPC_RECV_EXACT | diosix_abi::flags::IPC_RECV_WAIT;
-    let r = DSX.ipc_recv(c, wait, 4096);
-    csr::sie_clear(csr::STI);
-    diosix_guest_rt::sbi::set_timer(u64::MAX);
-    r
+    sys::with_wake_timer(ms, || DSX.ipc_recv(c, wait, 4096))
 }
 
 /// Every vCPU sends to a two-vCPU child whose vCPUs sleep in receives that their
@@ -806,12 +800,7 @@ fn ipc_wait_storm() {
                 3 if k % 2 == 0 => {
                     // A request and a sleep for its answer in one call; the waiter
                     // child answers (an echo) from its own sleeping receive.
-                    use diosix_guest_rt::csr;
-                    diosix_guest_rt::sbi::set_timer(sys::now() + sys::ms(2));
-                    csr::sie_set(csr::STI);
-                    let r = DSX.ipc_call(c, b"WAITING!call....", 4096);
-                    csr::sie_clear(csr::STI);
-                    diosix_guest_rt::sbi::set_timer(u64::MAX);
+                    let r = sys::with_wake_timer(2, || DSX.ipc_call(c, b"WAITING!call....", 4096));
                     match r {
                         Ok(Some(_)) => {
                             COUNT[0].fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,19 @@ pub fn sleep_ms(n: u64) {
     diosix_guest_rt::sleep_ticks(ms(n));
 }
 
+/// Runs `f` (a call that may sleep in the hypervisor: a receive with
+/// `IPC_RECV_WAIT`, an IPC_CALL) with this vCPU's timer interrupt enabled and due `ms`
+/// from now, so the sleep ends then at the latest; the timer is off again after.
+pub fn with_wake_timer<R>(ms_from_now: u64, f: impl FnOnce() -> R) -> R {
+    use diosix_guest_rt::csr;
+    diosix_guest_rt::sbi::set_timer(now() + ms(ms_from_now));
+    csr::sie_set(csr::STI);
+    let r = f();
+    csr::sie_clear(csr::STI);
+    diosix_guest_rt::sbi::set_timer(u64::MAX);
+    r
+}
+
 /// This vCPU's slot in the per-vCPU tables.
 pub fn me() -> usize {
     hart::id() % MAXV
